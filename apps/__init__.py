@@ -1,0 +1,1 @@
+"""Applications around the controller: northbound API, lab, demo, trace, bench."""

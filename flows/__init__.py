@@ -1,0 +1,1 @@
+"""Pure compiler: graph snapshot -> desired OpenFlow flows. Never does I/O."""

@@ -1,0 +1,137 @@
+"""The integration-bridge pipeline, declared once, as data.
+
+Every flow the compiler builds names its stage; :func:`flows.flow.make_flow`
+checks the flow against the stage's declaration (allowed match fields, named
+priorities, allowed next stages) so a malformed pipeline fails at compile time,
+not as a black hole on a switch.
+
+Registers (named once here, like OVN's ``REGBIT_*``):
+
+- ``reg6`` (:data:`REG_NETWORK`): the logical network's key (not its VNI: VLAN ids
+  repeat across physical networks; the key is unique per network).
+- ``reg7`` (:data:`REG_INPORT`): the logical port key of the sending local port
+  (0 when the packet came from another hypervisor or the provider network).
+- ``reg5`` (:data:`REG_OUTPORT`): the logical port key chosen by L2 lookup.
+- ``reg4`` (:data:`REG_FLAGS`): flag bits, :data:`FLAG_FROM_REMOTE` set when the
+  packet entered from a tunnel or a provider network (it must never be sent back
+  to the fabric: that is what keeps floods loop-free).
+
+Table ids leave gaps so the stages of later features (port security, ACLs,
+routing, NAT) slot in between without renumbering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+REG_NETWORK = "reg6"
+REG_INPORT = "reg7"
+REG_OUTPORT = "reg5"
+REG_FLAGS = "reg4"
+FLAG_FROM_REMOTE = 0x1
+
+# The top 8 bits of every cookie carry the table id of the flow's stage, so
+# `ovs-ofctl dump-flows br-int cookie=0x1e00000000000000/0xff00000000000000`
+# lists one stage. The low 56 bits hash the flow's content (see flows.flow).
+COOKIE_STAGE_SHIFT = 56
+COOKIE_STAGE_MASK = 0xFF << COOKIE_STAGE_SHIFT
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One table of the pipeline."""
+
+    name: str
+    table_id: int
+    doc: str
+    allowed_matches: frozenset[str]
+    priorities: dict[str, int] = field(hash=False, compare=False)
+    next_stages: tuple[str, ...] = ()
+
+    def priority(self, name: str) -> int:
+        """Return the numeric priority declared under ``name``."""
+        try:
+            return self.priorities[name]
+        except KeyError:
+            raise PipelineError(f"stage {self.name} declares no priority {name!r}") from None
+
+
+class PipelineError(ValueError):
+    """A flow that breaks the pipeline's declared rules."""
+
+
+_L2 = {"eth_src", "eth_dst", "eth_type"}
+_ARP = {"arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha"}
+_REGS = {REG_NETWORK, REG_INPORT, REG_OUTPORT, REG_FLAGS}
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="phy_classify",
+        table_id=0,
+        doc="Physical to logical: maps the OpenFlow in_port (a VM port, the tunnel "
+        "port with its VNI, a provider patch port with its VLAN) to the logical "
+        "network key and logical in-port. Anything unknown is dropped.",
+        allowed_matches=frozenset({"in_port", "tunnel_id", "vlan_vid"}),
+        priorities={"vm_port": 100, "tunnel": 100, "provider": 100, "drop": 0},
+        next_stages=("ls_in_arp_rsp", "ls_in_l2_lookup"),
+    ),
+    Stage(
+        name="ls_in_arp_rsp",
+        table_id=20,
+        doc="ARP responder: an ARP request for a known port's IPv4 address in the "
+        "sender's network is answered here, from the flows, back out of the in_port; "
+        "it never floods across hypervisors. Requests a port makes for its own "
+        "address (gratuitous ARP, duplicate detection) pass on unanswered.",
+        allowed_matches=frozenset({REG_NETWORK, REG_INPORT, "eth_type", "arp_op", "arp_tpa"}),
+        priorities={"own_address": 110, "answer": 100, "default": 0},
+        next_stages=("ls_in_l2_lookup",),
+    ),
+    Stage(
+        name="ls_in_l2_lookup",
+        table_id=30,
+        doc="L2 lookup within the logical network: a known unicast MAC goes to its "
+        "local port (via ls_out_deliver) or straight to the hosting hypervisor "
+        "(tunnel with the network's VNI, or the provider network with its VLAN). "
+        "Broadcast, multicast and unknown unicast are flooded to the network's local "
+        "ports and, only when the packet came from a local port, to each remote "
+        "hypervisor that hosts the network: never to any other network.",
+        allowed_matches=frozenset(_REGS | {"eth_dst"}),
+        priorities={"unicast": 100, "flood_from_remote": 10, "flood": 5, "drop": 0},
+        next_stages=("ls_out_deliver",),
+    ),
+    Stage(
+        name="ls_out_deliver",
+        table_id=60,
+        doc="Logical to physical: outputs to the OpenFlow port of the logical out-port "
+        "chosen in reg5. A packet is never sent back out of the port it came from.",
+        allowed_matches=frozenset({REG_OUTPORT}),
+        priorities={"deliver": 100, "drop": 0},
+        next_stages=(),
+    ),
+)
+
+STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+STAGE_BY_TABLE: dict[int, Stage] = {s.table_id: s for s in STAGES}
+
+
+def stage(name: str) -> Stage:
+    """Return the stage declared as ``name``."""
+    return STAGE_BY_NAME[name]
+
+
+def _check_declaration() -> None:
+    """Fail at import if the declaration itself is inconsistent."""
+    for st in STAGES:
+        for nxt in st.next_stages:
+            target = STAGE_BY_NAME.get(nxt)
+            if target is None:
+                raise PipelineError(f"{st.name} names unknown next stage {nxt}")
+            if target.table_id <= st.table_id:
+                raise PipelineError(f"{st.name} -> {nxt}: goto must move forward")
+        if not 0 <= st.table_id < 255:
+            raise PipelineError(f"{st.name}: table id out of range")
+    if len(STAGE_BY_TABLE) != len(STAGES) or len(STAGE_BY_NAME) != len(STAGES):
+        raise PipelineError("duplicate stage name or table id")
+
+
+_check_declaration()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what tenantflow needs on a fresh Debian machine, idempotently:
+# Debian's Open vSwitch and Mininet, and a venv with the pinned Python packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS="openvswitch-switch mininet iputils-ping iperf3 tcpdump ethtool arping iproute2 procps"
+missing=""
+for p in $APT_PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "bootstrap: apt-get install$missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.tenantflow-installed"
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+# Debian's Mininet (the PyPI one lacks mnexec) without the rest of dist-packages.
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+shim="$PWD/$VENV/debian-mininet"
+mkdir -p "$shim"
+ln -sfn /usr/lib/python3/dist-packages/mininet "$shim/mininet"
+echo "$shim" > "$site/debian-mininet.pth"

@@ -1,0 +1,44 @@
+"""Shared pytest setup.
+
+Tests that need root and Open vSwitch are marked ``ovs``. Outside CI they skip
+when the machine cannot run them; with ``CI`` set they FAIL instead, so a CI
+machine that silently lost OVS can never pass.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+def _ovs_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("ovs-vsctl", "ovsdb-server", "ovs-vswitchd", "ip"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    try:
+        subprocess.run(["ovs-vsctl", "--timeout=3", "show"], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, OSError):
+        return "the host's Open vSwitch is not running (scripts/start-ovs.sh)"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ovs: needs root and a real Open vSwitch")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture(autouse=True)
+def _require_ovs(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("ovs") is None:
+        return
+    problem = _ovs_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"real-OVS test cannot run in CI: {problem}")
+    pytest.skip(problem)

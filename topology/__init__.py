@@ -1,0 +1,1 @@
+"""The cloud's logical topology: model, graph, durable store and IPAM."""

@@ -1,0 +1,105 @@
+"""Logical resources as immutable records.
+
+Only the attributes the flow compiler or the store needs are typed fields; the
+rest of a Neutron resource's attributes (names, descriptions, timestamps and
+the like) live in ``attrs`` so that the API can round-trip them unchanged.
+Records are frozen: a change is a new record (``dataclasses.replace``), which is
+what lets the compiler read a graph without copying it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+NETWORK_TYPES = ("vxlan", "geneve", "vlan", "flat")
+OVERLAY_TYPES = ("vxlan", "geneve")
+
+
+@dataclass(frozen=True)
+class Network:
+    """A tenant or provider L2 network."""
+
+    id: str
+    project_id: str
+    key: int  # unique logical key, the value of reg6 (see flows.pipeline)
+    network_type: str  # one of NETWORK_TYPES
+    segmentation_id: int | None  # VNI for overlays, VLAN id for vlan, None for flat
+    physical_network: str | None = None  # for vlan and flat
+    mtu: int = 1450
+    admin_state_up: bool = True
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """An IP subnet of a network."""
+
+    id: str
+    network_id: str
+    project_id: str
+    cidr: str
+    ip_version: int
+    gateway_ip: str | None
+    allocation_pools: tuple[tuple[str, str], ...] = ()
+    enable_dhcp: bool = True
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class FixedIP:
+    """One address of a port on one subnet."""
+
+    subnet_id: str
+    ip_address: str
+
+
+@dataclass(frozen=True)
+class Port:
+    """A logical port (a VM NIC, a router interface, a DHCP port...)."""
+
+    id: str
+    network_id: str
+    project_id: str
+    key: int  # unique logical port key, the value of reg5/reg7
+    mac_address: str
+    fixed_ips: tuple[FixedIP, ...] = ()
+    binding_host: str | None = None  # the hypervisor's name (binding:host_id)
+    admin_state_up: bool = True
+    device_owner: str = ""
+    device_id: str = ""
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def ofport_name(self) -> str:
+        """The OVS interface name Nova gives this port's tap: ``tap`` + 11 chars of id."""
+        return tap_name(self.id)
+
+
+def tap_name(port_id: str) -> str:
+    """Nova's tap device name for a port: ``tap`` + the first 11 characters of its id."""
+    return "tap" + port_id[:11]
+
+
+@dataclass(frozen=True)
+class Hypervisor:
+    """A compute node: its integration bridge's datapath id and tunnel endpoint.
+
+    ``bridge_mappings`` maps a physical network name to the provider bridge on
+    that host; br-int reaches it through the patch port ``phy-<physnet>``.
+    """
+
+    name: str
+    datapath_id: int
+    tunnel_ip: str
+    bridge_mappings: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def provider_patch_name(physical_network: str) -> str:
+    """The br-int side of the patch port to a physical network's bridge."""
+    return "phy-" + physical_network
+
+
+TUNNEL_PORT_NAMES = {"vxlan": "tf-vxlan", "geneve": "tf-geneve"}
+"""The flow-based tunnel port of each overlay type on br-int (remote_ip=flow, key=flow)."""
