@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Union
 
 from flows.pipeline import COOKIE_STAGE_SHIFT, PipelineError, Stage
 
-MatchValue = Union[int, str, tuple[int, int]]
+MatchValue = int | str | tuple[int, int]
 """An int, an address string (MAC, IPv4, IPv6) or a (value, mask) pair of ints."""
 
 
@@ -65,7 +64,7 @@ class PopVlan:
     """Pop the outer 802.1Q header."""
 
 
-Action = Union[Output, SetField, RegMove, Resubmit, PushVlan, PopVlan]
+Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,153 @@
+"""The os-ken application: a thin shim between OpenFlow events and the sync engine.
+
+Everything here runs on os-ken's event thread and only hands events on: the
+compiler (flows/) decides what each switch must hold, controller.switch makes
+it so. The topology notifies us after each committed write with the set of
+hypervisors whose flows may have changed; only those are recompiled.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
+from controller import metrics
+from controller.switch import Switch
+from flows.compiler import compile_hypervisor
+
+LOG = logging.getLogger("tenantflow.app")
+
+# Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
+TOPOLOGY = None
+
+
+class TenantflowApp(app_manager.OSKenApp):
+    """Keeps every connected integration bridge equal to its compiled flows."""
+
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if TOPOLOGY is None:
+            raise RuntimeError("controller.app.TOPOLOGY must be set before the app starts")
+        self.topology = TOPOLOGY
+        self.switches: dict[int, Switch] = {}  # dpid -> switch
+        self.topology.subscribe(self._topology_changed)
+
+    # -- topology side -------------------------------------------------------
+    def _topology_changed(self, hv_names: set[str]) -> None:
+        """Mark the switches of the affected hypervisors dirty (may be called from any thread)."""
+        for sw in list(self.switches.values()):
+            if sw.hv_name is None:
+                # A bridge that connected before its hypervisor was registered:
+                # its ports and flows were read on connect; now it has a name.
+                hv = self.topology.graph.hypervisor_by_dpid(sw.dpid)
+                if hv is None or hv.name not in hv_names:
+                    continue
+                sw.hv_name = hv.name
+                self._set_ofports(sw, sw.ofports)
+            if sw.hv_name in hv_names:
+                sw.mark_dirty()
+
+    def compile_for(self, hv_name: str):
+        """Compile one hypervisor under the topology's lock (a consistent snapshot)."""
+        with self.topology.lock:
+            return compile_hypervisor(self.topology.graph, hv_name)
+
+    # -- switch side -------------------------------------------------------------
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev):
+        dp = ev.datapath
+        if ev.state == MAIN_DISPATCHER:
+            old = self.switches.pop(dp.id, None)
+            if old is not None:
+                old.stop()
+            hv = self.topology.graph.hypervisor_by_dpid(dp.id)
+            hv_name = hv.name if hv else None
+            if hv is None:
+                LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
+            sw = Switch(dp, self.compile_for, self._set_ofports)
+            self.switches[dp.id] = sw
+            sw.start(hv_name)
+        elif ev.state == DEAD_DISPATCHER and dp.id is not None:
+            sw = self.switches.get(dp.id)
+            if sw is not None and sw.dp is dp:
+                del self.switches[dp.id]
+                sw.stop()
+                if sw.hv_name:
+                    metrics.SWITCH_UP.labels(sw.hv_name).set(0)
+                    self.topology.set_live_ofports(sw.hv_name, {})
+                LOG.info("bridge %016x (%s) disconnected", dp.id, sw.hv_name)
+
+    def _set_ofports(self, sw: Switch, ofports: dict[str, int]) -> None:
+        """Record a bridge's OVS port map (name -> OpenFlow port) in the topology."""
+        sw.ofports = ofports
+        if sw.hv_name is None:
+            return
+        self.topology.set_live_ofports(sw.hv_name, ofports)
+        metrics.SWITCH_UP.labels(sw.hv_name).set(1)
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _features(self, ev):
+        LOG.info("bridge %016x connected from %s", ev.msg.datapath_id, ev.msg.datapath.address)
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    def _port_desc(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is None:
+            return
+        sw.on_reply(ev.msg.xid, ev.msg.body, bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE))
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is not None:
+            sw.on_reply(ev.msg.xid, ev.msg.body, bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE))
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is not None:
+            sw.on_reply(ev.msg.xid, None)
+
+    @set_ev_cls(ofp_event.ofp_msg_to_ev_cls(ofproto_v1_3_parser.ONFBundleCtrlMsg), MAIN_DISPATCHER)
+    def _bundle_reply(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is not None:
+            sw.on_reply(ev.msg.xid, ev.msg.type)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _error(self, ev):
+        dp = ev.msg.datapath
+        sw = self.switches.get(dp.id)
+        name = sw.hv_name if sw else f"{dp.id:016x}" if dp.id else "?"
+        metrics.OF_ERRORS.labels(name or "?").inc()
+        if sw is None or not sw.on_error(ev.msg.xid, ev.msg):
+            LOG.error("switch %s: unsolicited OpenFlow error type=%s code=%s", name, ev.msg.type, ev.msg.code)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is None or not sw.ready:
+            return
+        ofports = dict(sw.ofports)
+        desc = ev.msg.desc
+        if ev.msg.reason == ofproto_v1_3.OFPPR_DELETE:
+            ofports.pop(_name(desc), None)
+        else:
+            ofports[_name(desc)] = desc.port_no
+        self._set_ofports(sw, ofports)
+        sw.mark_dirty()
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        metrics.PACKET_INS.labels(sw.hv_name if sw and sw.hv_name else "?").inc()
+
+
+def _name(port) -> str:
+    return port.name.decode() if isinstance(port.name, bytes) else port.name

@@ -1,0 +1,164 @@
+"""``tenantflow controller``: os-ken 4.x has no osken-manager, so this is our own main().
+
+Runs in one process: the OpenFlow listener (TCP and a unix socket), the
+os-ken application that reconciles every bridge, and the Neutron-compatible
+REST API (with Prometheus metrics at /metrics). State lives in one SQLite file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+LOG = logging.getLogger("tenantflow")
+
+DEFAULTS = {
+    "db": "/var/lib/tenantflow/tenantflow.sqlite",
+    "of_host": "0.0.0.0",
+    "of_port": "6653",
+    "unix_socket": "/run/tenantflow/openflow.sock",
+    "api_host": "0.0.0.0",
+    "api_port": "9696",
+    "vni_range": "1000:1999",
+    "vlan_range": "100:199",
+    "default_network_type": "vxlan",
+    "default_physical_network": "physnet1",
+    "log_level": "INFO",
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Flags override the config file's [controller] section, which overrides the defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    values = dict(DEFAULTS)
+    if known.config:
+        cfg = configparser.ConfigParser()
+        if not cfg.read(known.config):
+            raise SystemExit(f"tenantflow controller: cannot read config file {known.config}")
+        values.update({k.replace("-", "_"): v for k, v in cfg["controller"].items()} if "controller" in cfg else {})
+    p = argparse.ArgumentParser(prog="tenantflow controller", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="INI file with a [controller] section using these option names")
+    p.add_argument("--db", default=values["db"], help="SQLite file holding the topology")
+    p.add_argument("--of-host", default=values["of_host"], help="OpenFlow TCP listen address")
+    p.add_argument("--of-port", type=int, default=int(values["of_port"]), help="OpenFlow TCP listen port")
+    p.add_argument("--unix-socket", default=values["unix_socket"], help="OpenFlow unix socket ('' to disable)")
+    p.add_argument("--api-host", default=values["api_host"], help="REST API listen address")
+    p.add_argument("--api-port", type=int, default=int(values["api_port"]), help="REST API port")
+    p.add_argument("--vni-range", default=values["vni_range"], help="VXLAN/Geneve VNIs to allocate, MIN:MAX")
+    p.add_argument("--vlan-range", default=values["vlan_range"], help="VLAN ids to allocate, MIN:MAX")
+    p.add_argument("--default-network-type", default=values["default_network_type"],
+                   choices=["vxlan", "geneve", "vlan", "flat"])
+    p.add_argument("--default-physical-network", default=values["default_physical_network"])
+    p.add_argument("--log-level", default=values["log_level"])
+    return p.parse_args(argv)
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    return int(low), int(high)
+
+
+class _UnixSocket:
+    """An AF_UNIX socket that ignores TCP-level options.
+
+    os-ken's Datapath sets TCP_NODELAY on every switch socket; on a unix socket
+    that raises and os-ken drops the switch. Everything else is delegated.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def setsockopt(self, level, option, value):
+        if level == socket.IPPROTO_TCP:
+            return None
+        return self._sock.setsockopt(level, option, value)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def serve_unix(path: str) -> threading.Thread:
+    """Accept OpenFlow switches on a unix socket (OVS: ``set-controller br-int unix:PATH``)."""
+    from os_ken.controller.controller import datapath_connection_factory
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o660)
+    server.listen(128)
+
+    def accept_loop() -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=datapath_connection_factory, args=(_UnixSocket(conn), path),
+                             daemon=True).start()
+
+    thread = threading.Thread(target=accept_loop, name="of-unix", daemon=True)
+    thread.start()
+    return thread
+
+
+def _configure_os_ken(args: argparse.Namespace) -> None:
+    from os_ken import cfg
+
+    cfg.CONF(args=[], project="os_ken")
+    cfg.CONF.set_override("ofp_listen_host", args.of_host)
+    cfg.CONF.set_override("ofp_tcp_listen_port", args.of_port)
+    cfg.CONF.set_override("ofp_ssl_listen_port", None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the controller until SIGTERM/SIGINT."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from apps.northbound.server import make_app, serve
+    from os_ken.base import app_manager
+    from prometheus_client import make_wsgi_app
+    from topology.state import Topology
+
+    from controller import app as of_app
+    from controller.metrics import REGISTRY
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+    topology = Topology(
+        args.db, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
+        default_network_type=args.default_network_type, default_physical_network=args.default_physical_network,
+    )
+    of_app.TOPOLOGY = topology
+    _configure_os_ken(args)
+    manager = app_manager.AppManager.get_instance()
+    manager.load_apps(["controller.app"])
+    services = manager.instantiate_apps(**manager.create_contexts())
+    if args.unix_socket:
+        serve_unix(args.unix_socket)
+    api = serve(make_app(topology, extra={"/metrics": make_wsgi_app(REGISTRY)}), args.api_host, args.api_port)
+    LOG.info("tenantflow controller: OpenFlow on %s:%d%s, API on %s:%d, state in %s", args.of_host, args.of_port,
+             f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port, args.db)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    LOG.info("tenantflow controller: stopping")
+    api.shutdown()
+    topology.close()
+    # Switch flows stay on the bridges (fail_mode=secure): a restart reconciles
+    # them without a packet lost. os-ken's own shutdown path raises on HubThread.kill,
+    # so leave the remaining daemon threads to the process exit.
+    del services
+    logging.shutdown()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""One connected integration bridge: what it holds, and how it is brought to what it must hold.
+
+Reconcile, never flush: on connect the switch's flows are read (cookies only:
+a cookie is a hash of the flow's content, see flows.flow) and diffed against
+the compiled flows; only the difference is sent, inside one atomic, ordered ONF
+bundle. A bundle with any rejected message is discarded, never committed, and
+each error is logged with the flow that caused it. A controller restart against
+an unchanged topology therefore sends nothing at all.
+
+A :class:`Switch` owns one worker thread: every sync of that bridge runs there,
+one at a time, so syncs never interleave; replies from the switch arrive on
+os-ken's event thread and are handed over through :class:`_Waiter` objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import Counter as Multiset
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from controller import metrics, wire
+from flows.flow import Flow
+from flows.pipeline import STAGE_BY_TABLE
+
+LOG = logging.getLogger("tenantflow.switch")
+REPLY_TIMEOUT = 30.0
+
+
+@dataclass
+class _Waiter:
+    """A reply (or the end of a multipart reply) some worker is waiting for."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    parts: list = field(default_factory=list)
+
+
+@dataclass
+class PushResult:
+    """Outcome of one sync."""
+
+    added: int = 0
+    deleted: int = 0
+    committed: bool = True
+    errors: list[str] = field(default_factory=list)
+
+
+def describe(flow: Flow) -> str:
+    """A one-line, ovs-ofctl-like rendering of a flow with its description."""
+    stage = STAGE_BY_TABLE.get(flow.table_id)
+    match = ",".join(f"{k}={v[0]:#x}/{v[1]:#x}" if isinstance(v, tuple) else f"{k}={v}" for k, v in flow.match)
+    name = stage.name if stage else str(flow.table_id)
+    return (f"table={name} priority={flow.priority} cookie={flow.cookie:#x} {match} "
+            f"-> {flow.actions} ({flow.description})")
+
+
+class Switch:
+    """State and sync worker of one connected hypervisor bridge."""
+
+    _xids = itertools.count(0x70000000)
+    _bundle_ids = itertools.count(1)
+
+    def __init__(self, datapath, compile_fn: Callable[[str], list[Flow]],
+                 on_ofports: Callable[[Switch, dict[str, int]], None]):
+        self.dp = datapath
+        self.dpid: int = datapath.id
+        self.hv_name: str | None = None
+        self._compile = compile_fn
+        self._on_ofports = on_ofports
+        self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
+        self._inflight: set[int] = set()  # xids of the bundle being pushed
+        self.installed: Multiset[int] = Multiset()  # cookie -> how many flows carry it on the switch
+        self.ready = False
+        self._waiters: dict[int, _Waiter] = {}
+        self._errors: dict[int, list] = {}
+        self._dirty = threading.Condition()
+        self._pending = False
+        self._alive = True
+        self._thread = threading.Thread(target=self._run, name=f"switch-{self.dpid:016x}", daemon=True)
+
+    # -- called from os-ken's event thread ---------------------------------
+    def start(self, hv_name: str | None) -> None:
+        """Begin the connect sequence (port map, flow dump, first reconcile) in the worker."""
+        self.hv_name = hv_name
+        self._thread.start()
+
+    def on_reply(self, xid: int, body, more: bool = False) -> None:
+        """A reply (barrier, bundle control, one part of a multipart) for ``xid``."""
+        waiter = self._waiters.get(xid)
+        if waiter is None:
+            return
+        if body is not None:
+            waiter.parts.append(body)
+        if not more:
+            waiter.event.set()
+
+    def on_error(self, xid: int, msg) -> bool:
+        """An OpenFlow error for ``xid``: keep it if it answers one of ours (returns True)."""
+        waiter = self._waiters.get(xid)
+        if waiter is None and xid not in self._inflight:
+            return False
+        self._errors.setdefault(xid, []).append(msg)
+        if waiter is not None:
+            waiter.event.set()
+        return True
+
+    def mark_dirty(self) -> None:
+        """Ask the worker to recompile and sync (coalesces bursts of changes)."""
+        with self._dirty:
+            self._pending = True
+            self._dirty.notify()
+
+    def stop(self) -> None:
+        """The switch disconnected: end the worker, wake every waiter."""
+        self._alive = False
+        self.ready = False
+        for waiter in list(self._waiters.values()):
+            waiter.event.set()
+        self.mark_dirty()
+
+    # -- worker ---------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._connect()
+            while self._alive:
+                with self._dirty:
+                    while not self._pending and self._alive:
+                        self._dirty.wait()
+                    self._pending = False
+                if self._alive:
+                    self.sync()
+        except ConnectionError as exc:
+            LOG.info("switch %016x: %s", self.dpid, exc)
+        except Exception:  # a bug must not kill the controller, only this switch's sync
+            LOG.exception("switch %016x: sync worker failed", self.dpid)
+
+    def _connect(self) -> None:
+        ports = self._request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0))
+        ofports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
+                   for reply in ports for p in reply}
+        self._on_ofports(self, ofports)
+        parser = self.dp.ofproto_parser
+        req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
+        stats = self._request(req)
+        self.installed = Multiset(s.cookie for reply in stats for s in reply)
+        LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
+                 sum(self.installed.values()))
+        self.ready = True
+        self.sync()
+
+    def _request(self, msg) -> list:
+        """Send a request and wait for its (possibly multipart) reply bodies."""
+        xid = next(self._xids)
+        msg.xid = xid
+        waiter = self._waiters[xid] = _Waiter()
+        try:
+            self.dp.send_msg(msg)
+            if not waiter.event.wait(REPLY_TIMEOUT) or not self._alive:
+                raise ConnectionError("no reply from switch")
+            if xid in self._errors:
+                raise ConnectionError(f"switch refused request: {self._errors.pop(xid)}")
+            return waiter.parts
+        finally:
+            self._waiters.pop(xid, None)
+
+    def sync(self) -> PushResult:
+        """Compile this hypervisor, diff against what the switch holds, push the difference."""
+        if not self.ready or self.hv_name is None:
+            return PushResult(committed=False)
+        start = time.perf_counter()
+        desired = {f.cookie: f for f in self._compile(self.hv_name)}
+        stale = [c for c, n in self.installed.items() if c not in desired or n > 1]
+        missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
+        if not stale and not missing:
+            return PushResult()
+        result = self.push(stale, missing)
+        if result.committed:
+            self.installed = Multiset(desired.keys())
+            metrics.FLOWS.labels(self.hv_name).set(len(desired))
+        metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
+        return result
+
+    def push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
+        """Send deletes (by cookie) then adds in one atomic bundle; commit only if none was refused."""
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        open_xid = next(self._xids)
+        msgs = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
+        by_xid: dict[int, str] = {}
+        result = PushResult()
+        for cookie in delete_cookies:
+            xid = next(self._xids)
+            msgs.append(wire.bundle_add(bundle_id, wire.flow_delete_cookie(cookie), xid))
+            by_xid[xid] = f"delete cookie={cookie:#x}"
+            result.deleted += 1
+        for flow in add_flows:
+            xid = next(self._xids)
+            msgs.append(wire.bundle_add(bundle_id, wire.flow_add(flow), xid))
+            by_xid[xid] = describe(flow)
+            result.added += 1
+        barrier_xid = next(self._xids)
+        msgs.append(wire.barrier_request(barrier_xid))
+        self._inflight = {open_xid, *by_xid}
+        try:
+            self._send_and_wait(b"".join(msgs), barrier_xid)
+        finally:
+            self._inflight = set()
+        refused = [(xid, err) for xid in [open_xid, *by_xid] for err in self._errors.pop(xid, [])]
+        if refused:
+            result.committed = False
+            for xid, err in refused:
+                text = f"switch {self.hv_name}: {_error_text(err)} for {by_xid.get(xid, 'bundle open')}"
+                LOG.error("%s", text)
+                result.errors.append(text)
+            self._bundle_ctrl(bundle_id, ofp.ONF_BCT_DISCARD_REQUEST)
+            metrics.BUNDLES.labels(self.hv_name, "discarded").inc()
+            return result
+        commit_errors = self._bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST)
+        if commit_errors:
+            result.committed = False
+            result.errors += [f"switch {self.hv_name}: commit refused: {_error_text(e)}" for e in commit_errors]
+            LOG.error("%s", "; ".join(result.errors))
+            metrics.BUNDLES.labels(self.hv_name, "failed").inc()
+            return result
+        metrics.BUNDLES.labels(self.hv_name, "committed").inc()
+        metrics.FLOW_MODS.labels(self.hv_name, "add").inc(result.added)
+        metrics.FLOW_MODS.labels(self.hv_name, "delete").inc(result.deleted)
+        LOG.info("switch %s: committed bundle: %d added, %d deleted", self.hv_name, result.added, result.deleted)
+        return result
+
+    def _send_and_wait(self, data: bytes, xid: int) -> _Waiter:
+        waiter = self._waiters[xid] = _Waiter()
+        try:
+            if not self.dp.send(data):
+                raise ConnectionError("switch connection closed")
+            if not waiter.event.wait(REPLY_TIMEOUT + len(data) / 1e6) or not self._alive:
+                raise ConnectionError("switch did not answer the barrier")
+            return waiter
+        finally:
+            self._waiters.pop(xid, None)
+
+    def _bundle_ctrl(self, bundle_id: int, ctrl_type: int) -> list:
+        """Send a bundle control request, wait for its reply, return the errors it drew."""
+        xid = next(self._xids)
+        self._send_and_wait(wire.bundle_ctrl(bundle_id, ctrl_type, xid), xid)
+        return self._errors.pop(xid, [])
+
+
+def _error_text(err) -> str:
+    """Render an OFPErrorMsg (standard or experimenter) readably."""
+    etype, code = getattr(err, "type", "?"), getattr(err, "code", "?")
+    name = ""
+    try:
+        from os_ken.ofproto.ofproto_v1_3 import ofp_error_code_to_str, ofp_error_type_to_str
+
+        name = f" {ofp_error_type_to_str(etype)}/{ofp_error_code_to_str(etype, code)}"
+    except Exception:  # experimenter errors have no names in os-ken
+        name = f" exp_type={getattr(err, 'exp_type', '?')}"
+    return f"OpenFlow error type={etype} code={code}{name}"

@@ -1,0 +1,165 @@
+"""Fast OpenFlow 1.3 encoding of :class:`flows.flow.Flow` records.
+
+os-ken builds a message from objects (OFPMatch, OFPAction...) at ~55 us a flow
+here, which caps a push at ~18k flows/s before the switch does any work. This
+module packs the same bytes directly with ``struct`` (~5 us a flow), for the
+subset of OpenFlow our pipeline uses. The OXM field catalogue (class, field
+number, width, value type) is taken from os-ken at import, not written out
+again; ``tests/test_wire.py`` checks byte-for-byte that every message equals
+what os-ken itself serialises.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import cache, lru_cache
+
+import netaddr
+from os_ken.lib import type_desc
+from os_ken.ofproto import ofproto_common
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from flows.flow import Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.pipeline import STAGE_BY_NAME
+
+OFP_VERSION = ofp.OFP_VERSION
+_HEADER = struct.Struct("!BBHI")
+_FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIH2x")  # header + ofp_flow_mod body, 48 bytes
+_EXPERIMENTER = struct.Struct("!BBHIII")  # header + experimenter id + exp_type
+_BUNDLE_CTRL = struct.Struct("!IHH")
+_BUNDLE_ADD = struct.Struct("!IHH")  # bundle_id, pad, flags
+NX_VENDOR = ofproto_common.NX_EXPERIMENTER_ID
+NXAST_REG_MOVE = 6
+NXAST_RESUBMIT_TABLE = 14
+ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
+
+BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+
+
+@cache
+def _field(name: str) -> tuple[int, int, type]:
+    """(OXM header as int, value width in bytes, os-ken value type) of a field."""
+    num, desc = ofp.oxm_get_field_info_by_name(name)
+    buf = bytearray()
+    ofp.oxm_serialize_header(num, buf, 0)
+    if len(buf) != 4:
+        raise ValueError(f"field {name}: experimenter OXM headers are not supported")
+    return struct.unpack("!I", buf)[0], desc.size, desc
+
+
+@lru_cache(maxsize=65536)
+def _value_bytes(name: str, value) -> bytes:
+    """Encode one field value (int, MAC/IPv4/IPv6 string) to its wire width."""
+    _, width, desc = _field(name)
+    if isinstance(value, int):
+        return value.to_bytes(width, "big")
+    if desc is type_desc.MacAddr:
+        return netaddr.EUI(value).packed
+    if desc in (type_desc.IPv4Addr, type_desc.IPv6Addr):
+        return netaddr.IPAddress(value).packed
+    raise TypeError(f"field {name}: cannot encode {value!r}")
+
+
+def _oxm(name: str, value) -> bytes:
+    header, width, _ = _field(name)
+    if isinstance(value, tuple):
+        val, mask = value
+        # hasmask bit set and the length doubled: value then mask
+        masked_header = (header & ~0xFF) | 0x100 | (2 * width)
+        return struct.pack("!I", masked_header) + _value_bytes(name, val) + _value_bytes(name, mask)
+    return struct.pack("!I", header) + _value_bytes(name, value)
+
+
+def _pad8(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 8)
+
+
+def encode_match(match) -> bytes:
+    """ofp_match (OXM) for a flow's match tuple, padded to 8 bytes."""
+    # Canonical OXM order (by header), the order os-ken itself emits.
+    ordered = sorted(match, key=lambda item: _field(item[0])[0])
+    fields = b"".join(_oxm(name, value) for name, value in ordered)
+    return _pad8(struct.pack("!HH", ofp.OFPMT_OXM, 4 + len(fields)) + fields)
+
+
+def _action(act) -> bytes:
+    if isinstance(act, Output):
+        return struct.pack("!HHIH6x", ofp.OFPAT_OUTPUT, 16, act.port, ofp.OFPCML_MAX)
+    if isinstance(act, SetField):
+        body = _pad8(struct.pack("!HH", ofp.OFPAT_SET_FIELD, 0) + _oxm(act.field, act.value))
+        return body[:2] + struct.pack("!H", len(body)) + body[4:]
+    if isinstance(act, RegMove):
+        return struct.pack(
+            "!HHIHHHHII", ofp.OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_REG_MOVE,
+            act.n_bits, 0, 0, _field(act.src)[0], _field(act.dst)[0],
+        )
+    if isinstance(act, Resubmit):
+        table_id = STAGE_BY_NAME[act.table].table_id
+        return struct.pack(
+            "!HHIHHB3x", ofp.OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_RESUBMIT_TABLE, 0xFFF8, table_id
+        )
+    if isinstance(act, PushVlan):
+        return struct.pack("!HHH2x", ofp.OFPAT_PUSH_VLAN, 8, act.ethertype)
+    if isinstance(act, PopVlan):
+        return struct.pack("!HH4x", ofp.OFPAT_POP_VLAN, 8)
+    raise TypeError(f"cannot encode action {act!r}")
+
+
+def encode_instructions(flow: Flow) -> bytes:
+    """Apply-actions (when there are actions) then goto-table (when there is a goto)."""
+    out = b""
+    if flow.actions:
+        acts = b"".join(_action(a) for a in flow.actions)
+        out += struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts
+    if flow.goto is not None:
+        out += struct.pack("!HHB3x", ofp.OFPIT_GOTO_TABLE, 8, flow.goto)
+    return out
+
+
+def flow_add(flow: Flow, xid: int = 0) -> bytes:
+    """An OFPT_FLOW_MOD ADD installing ``flow`` (replaces one with the same key)."""
+    body = encode_match(flow.match) + encode_instructions(flow)
+    return _FLOW_MOD.pack(
+        OFP_VERSION, ofp.OFPT_FLOW_MOD, 48 + len(body), xid,
+        flow.cookie, 0, flow.table_id, ofp.OFPFC_ADD, 0, 0, flow.priority,
+        ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
+    ) + body
+
+
+_EMPTY_MATCH = encode_match(())
+
+
+def flow_delete_cookie(cookie: int, xid: int = 0) -> bytes:
+    """An OFPT_FLOW_MOD DELETE of every flow, in any table, carrying exactly ``cookie``."""
+    return _FLOW_MOD.pack(
+        OFP_VERSION, ofp.OFPT_FLOW_MOD, 48 + len(_EMPTY_MATCH), xid,
+        cookie, ALL_ONES64, ofp.OFPTT_ALL, ofp.OFPFC_DELETE, 0, 0, 0,
+        ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
+    ) + _EMPTY_MATCH
+
+
+def with_xid(msg: bytes, xid: int) -> bytes:
+    """The same message with another transaction id."""
+    return msg[:4] + struct.pack("!I", xid) + msg[8:]
+
+
+def bundle_ctrl(bundle_id: int, ctrl_type: int, xid: int, flags: int = BUNDLE_FLAGS) -> bytes:
+    """An ONF (OpenFlow 1.3 extension) bundle control message."""
+    return _EXPERIMENTER.pack(
+        OFP_VERSION, ofp.OFPT_EXPERIMENTER, 24, xid, ofproto_common.ONF_EXPERIMENTER_ID, ofp.ONF_ET_BUNDLE_CONTROL
+    ) + _BUNDLE_CTRL.pack(bundle_id, ctrl_type, flags)
+
+
+def bundle_add(bundle_id: int, inner: bytes, xid: int, flags: int = BUNDLE_FLAGS) -> bytes:
+    """Wrap one message into a bundle; its xid becomes ``xid`` too, as the extension requires."""
+    inner = with_xid(inner, xid)
+    length = 16 + 8 + len(inner)
+    return _EXPERIMENTER.pack(
+        OFP_VERSION, ofp.OFPT_EXPERIMENTER, length, xid, ofproto_common.ONF_EXPERIMENTER_ID,
+        ofp.ONF_ET_BUNDLE_ADD_MESSAGE,
+    ) + _BUNDLE_ADD.pack(bundle_id, 0, flags) + inner
+
+
+def barrier_request(xid: int) -> bytes:
+    """An OFPT_BARRIER_REQUEST."""
+    return _HEADER.pack(OFP_VERSION, ofp.OFPT_BARRIER_REQUEST, 8, xid)
