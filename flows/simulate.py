@@ -1,0 +1,506 @@
+"""A pure OpenFlow 1.3 pipeline simulator over compiled :class:`~flows.flow.Flow` records.
+
+Like Faucet's ``fakeoftable``: it walks a packet (a dict of header fields)
+through exactly the flows :func:`flows.compiler.compile_hypervisor` returns, with
+the semantics Open vSwitch gives them, so tests can assert *behaviour* (which
+ports a frame leaves on, with which rewrites) instead of flow text.
+
+Semantics followed (as OVS does):
+
+- start at table 0; the highest-priority matching flow wins; two matching flows
+  at the same priority are an error in our pipeline (OVS would pick one
+  arbitrarily), reported in :attr:`SimResult.errors` (raised when ``strict``);
+- matches compare normalised values (MACs, IPv4/IPv6 addresses via netaddr, ints),
+  ``(value, mask)`` tuples are masked matches; a match on an ``arp_*`` / ``ipv4_*``
+  / ``ipv6_*`` field only matches a packet of the right ``eth_type``;
+- ``vlan_vid`` follows OF1.3: a flow's ``0x0000`` (OFPVID_NONE) matches an untagged
+  packet and ``0x1000 | vid`` a tagged one; in the packet dict, ``vlan_vid`` holds
+  the 12-bit VID and is absent when untagged;
+- apply-actions run in order on the packet; ``Output`` emits a copy of the
+  current packet; output to the packet's own in_port is skipped (OVS drops it)
+  unless the port is ``IN_PORT``; ``Resubmit`` runs a table and comes back with
+  the packet and registers as that table left them; ``goto`` continues in the
+  next table; no matching flow is a drop (table miss);
+- recursion is bounded like OVS (depth 64, 4096 table lookups per packet).
+
+Registers and ``in_port`` are pipeline metadata and are left out of emitted
+packets; tunnel metadata (``tunnel_id``, ``tun_ipv4_dst``) stays in them.
+
+A small :class:`Fabric` joins several simulated switches by their tunnel and
+provider ports, to follow a frame across hypervisors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import netaddr
+
+from flows.flow import IN_PORT, Action, Flow, MatchValue, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.pipeline import STAGE_BY_NAME, STAGE_BY_TABLE
+
+MAX_DEPTH = 64  # OVS's resubmit depth limit
+MAX_LOOKUPS = 4096  # OVS's per-packet resubmit budget
+OFPVID_PRESENT = 0x1000
+ETH_TYPE_ARP, ETH_TYPE_IPV4, ETH_TYPE_IPV6 = 0x0806, 0x0800, 0x86DD
+
+# field -> (kind, width in bits). Kinds: "int", "mac", "ipv4", "ipv6".
+FIELDS: dict[str, tuple[str, int]] = {
+    "in_port": ("int", 32),
+    "eth_src": ("mac", 48),
+    "eth_dst": ("mac", 48),
+    "eth_type": ("int", 16),
+    "vlan_vid": ("int", 13),
+    "vlan_pcp": ("int", 3),
+    "ip_proto": ("int", 8),
+    "ipv4_src": ("ipv4", 32),
+    "ipv4_dst": ("ipv4", 32),
+    "ipv6_src": ("ipv6", 128),
+    "ipv6_dst": ("ipv6", 128),
+    "arp_op": ("int", 16),
+    "arp_spa": ("ipv4", 32),
+    "arp_tpa": ("ipv4", 32),
+    "arp_sha": ("mac", 48),
+    "arp_tha": ("mac", 48),
+    "tcp_src": ("int", 16),
+    "tcp_dst": ("int", 16),
+    "udp_src": ("int", 16),
+    "udp_dst": ("int", 16),
+    "tunnel_id": ("int", 64),
+    "tun_ipv4_src": ("ipv4", 32),
+    "tun_ipv4_dst": ("ipv4", 32),
+    "metadata": ("int", 64),
+    **{f"reg{i}": ("int", 32) for i in range(8)},
+}
+
+# A field that only exists in packets of one ethertype (OVS's match prerequisites).
+PREREQ_ETH_TYPE: dict[str, int] = {
+    **{f: ETH_TYPE_ARP for f in ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")},
+    **{f: ETH_TYPE_IPV4 for f in ("ipv4_src", "ipv4_dst")},
+    **{f: ETH_TYPE_IPV6 for f in ("ipv6_src", "ipv6_dst")},
+}
+
+# Left out of emitted packets: they never leave the switch.
+METADATA = frozenset({"in_port", "metadata", *(f"reg{i}" for i in range(8))})
+
+
+class SimulationError(RuntimeError):
+    """The pipeline did something OVS would reject or that our pipeline forbids."""
+
+    def __init__(self, message: str, result: SimResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+# -- values ----------------------------------------------------------------------
+def to_int(name: str, value: int | str) -> int:
+    """Normalise a field value (MAC / IP string, int, or ``"0x806"``) to an int."""
+    if name not in FIELDS:
+        raise SimulationError(f"unknown field {name!r}")
+    kind, width = FIELDS[name]
+    if isinstance(value, bool):
+        raise SimulationError(f"{name}: bad value {value!r}")
+    if isinstance(value, int):
+        out = value
+    elif kind == "mac":
+        out = int(netaddr.EUI(value))
+    elif kind in ("ipv4", "ipv6"):
+        out = int(netaddr.IPAddress(value, 4 if kind == "ipv4" else 6))
+    else:
+        out = int(value, 0)
+    if not 0 <= out < (1 << width):
+        raise SimulationError(f"{name}: value {value!r} does not fit in {width} bits")
+    return out
+
+
+def to_display(name: str, value: int) -> int | str:
+    """The readable form of a field's int value (canonical MAC / IP string, else the int)."""
+    kind = FIELDS[name][0]
+    if kind == "mac":
+        return str(netaddr.EUI(value, dialect=netaddr.mac_unix_expanded))
+    if kind == "ipv4":
+        return str(netaddr.IPAddress(value, 4))
+    if kind == "ipv6":
+        return str(netaddr.IPAddress(value, 6))
+    return value
+
+
+def normalize_packet(packet: Mapping[str, int | str]) -> dict[str, int]:
+    """Return the packet with every value as an int (``vlan_vid``: the 12-bit VID)."""
+    out = {name: to_int(name, v) for name, v in packet.items()}
+    if "vlan_vid" in out:
+        out["vlan_vid"] &= 0xFFF  # accept 0x1064 as well as 100
+    return out
+
+
+def display_packet(packet: Mapping[str, int], *, keep_metadata: bool = False) -> dict[str, int | str]:
+    """Readable copy of an internal packet; metadata (registers, in_port) dropped unless asked."""
+    return {k: to_display(k, v) for k, v in sorted(packet.items()) if keep_metadata or k not in METADATA}
+
+
+def _packet_value(packet: Mapping[str, int], name: str) -> int | None:
+    """The value a flow sees for ``name`` (None: the packet has no such header)."""
+    need = PREREQ_ETH_TYPE.get(name)
+    if need is not None and packet.get("eth_type") != need:
+        return None
+    if name == "vlan_vid":
+        vid = packet.get("vlan_vid")
+        return 0 if vid is None else OFPVID_PRESENT | vid
+    return packet.get(name, 0)
+
+
+def _match_one(name: str, want: MatchValue, have: int | None) -> bool:
+    if have is None:
+        return False
+    if isinstance(want, tuple):
+        value, mask = (to_int(name, x) for x in want)
+        return have & mask == value & mask
+    return have == to_int(name, want)
+
+
+def flow_matches(flow: Flow, packet: Mapping[str, int]) -> bool:
+    """Whether ``flow``'s match covers the (normalised) packet."""
+    return all(_match_one(name, want, _packet_value(packet, name)) for name, want in flow.match)
+
+
+# -- rendering for traces ------------------------------------------------------------
+def _fmt_value(name: str, v: MatchValue) -> str:
+    if isinstance(v, tuple):
+        return f"{_fmt_value(name, v[0])}/{_fmt_value(name, v[1])}"
+    if isinstance(v, int) and FIELDS.get(name, ("int",))[0] == "int":
+        return hex(v) if v > 9 else str(v)
+    return str(to_display(name, to_int(name, v)) if name in FIELDS else v)
+
+
+def format_match(match: Iterable[tuple[str, MatchValue]]) -> str:
+    """``ovs-ofctl``-like text of a match."""
+    return ",".join(f"{n}={_fmt_value(n, v)}" for n, v in match) or "(any)"
+
+
+def format_action(act: Action) -> str:
+    """``ovs-ofctl``-like text of one action."""
+    if isinstance(act, Output):
+        return "output:IN_PORT" if act.port == IN_PORT else f"output:{act.port}"
+    if isinstance(act, SetField):
+        return f"set_field:{_fmt_value(act.field, act.value)}->{act.field}"
+    if isinstance(act, RegMove):
+        return f"move:{act.src}[0..{act.n_bits - 1}]->{act.dst}[0..{act.n_bits - 1}]"
+    if isinstance(act, Resubmit):
+        return f"resubmit(,{act.table})"
+    if isinstance(act, PushVlan):
+        return f"push_vlan:{act.ethertype:#06x}"
+    if isinstance(act, PopVlan):
+        return "pop_vlan"
+    return repr(act)
+
+
+def table_name(table_id: int) -> str:
+    """The stage name of a table id (``table<N>`` for tables outside the pipeline)."""
+    st = STAGE_BY_TABLE.get(table_id)
+    return st.name if st else f"table{table_id}"
+
+
+# -- results ---------------------------------------------------------------------------
+@dataclass
+class Step:
+    """One table lookup of a walk: which flow matched (``priority`` None = table miss)."""
+
+    depth: int
+    table_id: int
+    stage: str
+    priority: int | None
+    description: str
+    match: str
+    actions: list[str]
+    events: list[str] = field(default_factory=list)  # what the actions did: outputs, skips
+
+
+@dataclass
+class SimResult:
+    """What became of one packet: emitted copies, the walk, and any pipeline errors."""
+
+    outputs: list[tuple[int, dict[str, int | str]]] = field(default_factory=list)
+    trace: list[Step] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    packet: dict[str, int] = field(default_factory=dict)  # final internal state, registers included
+
+    @property
+    def ports(self) -> list[int]:
+        """The OpenFlow ports the packet left on, in emission order."""
+        return [p for p, _ in self.outputs]
+
+
+# -- the simulator ---------------------------------------------------------------------------
+class Pipeline:
+    """A switch's flow tables, indexed once; :meth:`run` walks packets through them.
+
+    Flows with the same (table, priority, match) replace each other in list order,
+    as a later flow-mod replaces an earlier one on a switch.
+    """
+
+    def __init__(self, flows: Iterable[Flow], stages: Mapping[str, int] | None = None) -> None:
+        self.stages = dict(stages) if stages is not None else {n: s.table_id for n, s in STAGE_BY_NAME.items()}
+        by_key: dict[tuple, Flow] = {}
+        for f in flows:
+            by_key[f.key] = f
+        self.tables: dict[int, list[Flow]] = {}
+        for f in by_key.values():
+            self.tables.setdefault(f.table_id, []).append(f)
+        for flows_ in self.tables.values():
+            flows_.sort(key=lambda f: -f.priority)
+
+    def lookup(self, table_id: int, packet: Mapping[str, int]) -> list[Flow]:
+        """All flows of the highest matching priority in a table (more than one = a tie)."""
+        found: list[Flow] = []
+        for f in self.tables.get(table_id, ()):
+            if found and f.priority < found[0].priority:
+                break
+            if flow_matches(f, packet):
+                found.append(f)
+        return found
+
+    def run(self, packet: Mapping[str, int | str], *, strict: bool = True) -> SimResult:
+        """Walk ``packet`` (must carry ``in_port``) from table 0; raise on errors when ``strict``."""
+        pkt = normalize_packet(packet)
+        if "in_port" not in pkt:
+            raise SimulationError("packet has no in_port")
+        res = SimResult()
+        walk = _Walk(self, pkt, res)
+        try:
+            walk.table(0, 0)
+        except _Abort as exc:
+            res.errors.append(str(exc))
+        res.packet = pkt
+        if strict and res.errors:
+            raise SimulationError("; ".join(res.errors), res)
+        return res
+
+
+class _Abort(Exception):
+    """Stops a walk (recursion limit, an action OVS would reject)."""
+
+
+class _Walk:
+    def __init__(self, pipe: Pipeline, pkt: dict[str, int], res: SimResult) -> None:
+        self.pipe, self.pkt, self.res = pipe, pkt, res
+        self.lookups = 0
+
+    def table(self, table_id: int, depth: int) -> None:
+        """Look up one table, apply its flow's actions, follow its goto."""
+        while True:
+            self.lookups += 1
+            if depth > MAX_DEPTH or self.lookups > MAX_LOOKUPS:
+                raise _Abort(f"recursion limit reached in {table_name(table_id)}")
+            found = self.pipe.lookup(table_id, self.pkt)
+            if not found:
+                self.res.trace.append(Step(depth, table_id, table_name(table_id), None, "table miss: drop", "", []))
+                return
+            if len(found) > 1:
+                descs = " | ".join(f.description or format_match(f.match) for f in found)
+                self.res.errors.append(f"{table_name(table_id)}: {len(found)} flows tie at priority "
+                                       f"{found[0].priority}: {descs}")
+            flow = found[0]
+            step = Step(depth, table_id, table_name(table_id), flow.priority, flow.description,
+                        format_match(flow.match), [format_action(a) for a in flow.actions])
+            self.res.trace.append(step)
+            for act in flow.actions:
+                self.action(act, step, depth)
+            if flow.goto is None:
+                return
+            if flow.goto <= table_id:
+                raise _Abort(f"{table_name(table_id)}: goto {flow.goto} does not move forward")
+            step.events.append(f"goto {table_name(flow.goto)}")
+            table_id = flow.goto
+
+    def action(self, act: Action, step: Step, depth: int) -> None:
+        pkt = self.pkt
+        if isinstance(act, Output):
+            port = pkt["in_port"] if act.port == IN_PORT else act.port
+            if act.port != IN_PORT and port == pkt["in_port"]:
+                step.events.append(f"output:{port} skipped: it is the in_port")
+                return
+            out = display_packet(pkt)
+            self.res.outputs.append((port, out))
+            step.events.append(f"output:{port}")
+        elif isinstance(act, SetField):
+            self._check_prereq(act.field, "set_field")
+            value = to_int(act.field, act.value)
+            if act.field == "vlan_vid":
+                if "vlan_vid" not in pkt:
+                    raise _Abort("set_field vlan_vid on an untagged packet (push_vlan first)")
+                value &= 0xFFF
+            pkt[act.field] = value
+        elif isinstance(act, RegMove):
+            self._check_prereq(act.src, "move")
+            self._check_prereq(act.dst, "move")
+            mask = (1 << act.n_bits) - 1
+            if act.n_bits > min(FIELDS[act.src][1], FIELDS[act.dst][1]):
+                raise _Abort(f"move {act.src}->{act.dst}: {act.n_bits} bits do not fit")
+            src = _packet_value(pkt, act.src) or 0
+            pkt[act.dst] = (pkt.get(act.dst, 0) & ~mask) | (src & mask)
+        elif isinstance(act, Resubmit):
+            target = self.pipe.stages.get(act.table)
+            if target is None:
+                raise _Abort(f"resubmit to unknown table {act.table!r}")
+            step.events.append(f"resubmit {act.table}")
+            self.table(target, depth + 1)
+        elif isinstance(act, PushVlan):
+            # A second tag would need QinQ; our pipeline never pushes onto a tagged frame.
+            if "vlan_vid" in pkt:
+                raise _Abort("push_vlan on an already tagged packet")
+            pkt["vlan_vid"] = 0
+        elif isinstance(act, PopVlan):
+            if "vlan_vid" not in pkt:
+                raise _Abort("pop_vlan on an untagged packet")
+            del pkt["vlan_vid"]
+        else:
+            raise _Abort(f"unknown action {act!r}")
+
+    def _check_prereq(self, name: str, what: str) -> None:
+        if name not in FIELDS:
+            raise _Abort(f"{what}: unknown field {name!r}")
+        need = PREREQ_ETH_TYPE.get(name)
+        if need is not None and self.pkt.get("eth_type") != need:
+            raise _Abort(f"{what} {name} on a packet with eth_type {self.pkt.get('eth_type', 0):#06x}")
+
+
+def simulate(flows: Iterable[Flow], packet: Mapping[str, int | str], *, strict: bool = True) -> SimResult:
+    """Walk one packet through ``flows`` (see :class:`Pipeline`)."""
+    return Pipeline(flows).run(packet, strict=strict)
+
+
+# -- static checks ------------------------------------------------------------------------------
+def lint(flows: Iterable[Flow], stages: Mapping[str, int] | None = None) -> list[str]:
+    """Problems OVS would reject at flow-mod time, or that silently replace flows.
+
+    Unknown fields, a match or a set-field on ``arp_*``/``ipv4_*``/``ipv6_*`` without
+    the matching ``eth_type`` in the flow's match (OFPBMC_BAD_PREREQ), a goto that
+    does not move forward, a resubmit to an unknown table, and two flows with the
+    same (table, priority, match) but different instructions (the second replaces
+    the first on the switch).
+    """
+    stages = stages if stages is not None else {n: s.table_id for n, s in STAGE_BY_NAME.items()}
+    problems: list[str] = []
+    seen: dict[tuple, Flow] = {}
+    for f in flows:
+        where = f"{table_name(f.table_id)} prio {f.priority} [{f.description}]"
+        match = dict(f.match)
+        eth_type = match.get("eth_type")
+        fields = list(match) + [a.field for a in f.actions if isinstance(a, SetField)]
+        fields += [n for a in f.actions if isinstance(a, RegMove) for n in (a.src, a.dst)]
+        for name in fields:
+            if name not in FIELDS:
+                problems.append(f"{where}: unknown field {name}")
+            elif name in PREREQ_ETH_TYPE and eth_type != PREREQ_ETH_TYPE[name]:
+                problems.append(f"{where}: {name} needs eth_type={PREREQ_ETH_TYPE[name]:#06x} in the match")
+        if f.goto is not None and f.goto <= f.table_id:
+            problems.append(f"{where}: goto {f.goto} does not move forward")
+        for a in f.actions:
+            if isinstance(a, Resubmit) and a.table not in stages:
+                problems.append(f"{where}: resubmit to unknown table {a.table}")
+        old = seen.get(f.key)
+        if old is not None and (old.actions, old.goto) != (f.actions, f.goto):
+            problems.append(f"{where}: replaces [{old.description}] (same table, priority and match)")
+        seen[f.key] = f
+    return problems
+
+
+# -- several switches ----------------------------------------------------------------------------------
+@dataclass
+class Switch:
+    """One simulated hypervisor bridge and how it is wired to the fabric."""
+
+    name: str
+    flows: list[Flow]
+    ofports: dict[str, int]  # OVS port name -> OpenFlow port
+    tunnel_ip: str | None = None
+    tunnel_ports: frozenset[str] = frozenset({"tf-vxlan", "tf-geneve"})
+    provider_prefix: str = "phy-"
+
+    def __post_init__(self) -> None:
+        self.pipeline = Pipeline(self.flows)
+        self.port_names = {num: name for name, num in self.ofports.items()}
+
+
+@dataclass
+class Delivery:
+    """A copy of the frame that left a switch on a non-fabric port (a VM's tap)."""
+
+    hv: str
+    port: str
+    packet: dict[str, int | str]
+
+
+@dataclass
+class FabricResult:
+    """Every VM-facing delivery of one injected frame, and every switch's walk."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    walks: list[tuple[str, SimResult]] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # frames the fabric could not carry
+
+
+class Fabric:
+    """Switches joined by a tunnel underlay and provider networks.
+
+    A tunnel output reaches the switch whose ``tunnel_ip`` is the frame's
+    ``tun_ipv4_dst``, on its tunnel port of the same name. A provider output on
+    ``phy-<physnet>`` reaches the other switches' ``phy-<physnet>`` port: only the
+    one ``locate(physnet, eth_dst)`` names when it names one (a physical switch
+    that learned the MAC), else all of them (flooding).
+    """
+
+    def __init__(self, switches: Iterable[Switch],
+                 locate: Callable[[str, str], str | None] | None = None, max_hops: int = 64) -> None:
+        self.switches = {s.name: s for s in switches}
+        self.by_tunnel_ip = {
+            int(netaddr.IPAddress(s.tunnel_ip)): s.name for s in self.switches.values() if s.tunnel_ip
+        }
+        self.locate = locate
+        self.max_hops = max_hops
+
+    def inject(self, hv: str, packet: Mapping[str, int | str], *, strict: bool = True) -> FabricResult:
+        """Send ``packet`` (its ``in_port`` on switch ``hv``) and follow it across the fabric."""
+        res = FabricResult()
+        queue: list[tuple[str, dict]] = [(hv, dict(packet))]
+        while queue:
+            if len(res.walks) >= self.max_hops:
+                raise SimulationError(f"fabric: more than {self.max_hops} hops (a forwarding loop?)")
+            name, pkt = queue.pop(0)
+            sw = self.switches[name]
+            sim = sw.pipeline.run(pkt, strict=strict)
+            res.walks.append((name, sim))
+            for port, out in sim.outputs:
+                port_name = sw.port_names.get(port, str(port))
+                if port_name in sw.tunnel_ports:
+                    queue += self._through_tunnel(sw, port_name, out, res)
+                elif port_name.startswith(sw.provider_prefix):
+                    queue += self._through_provider(sw, port_name, out)
+                else:
+                    res.deliveries.append(Delivery(name, port_name, out))
+        return res
+
+    def _through_tunnel(self, sw: Switch, port_name: str, out: dict, res: FabricResult) -> list[tuple[str, dict]]:
+        dst = out.get("tun_ipv4_dst")
+        peer = self.by_tunnel_ip.get(int(netaddr.IPAddress(dst))) if dst else None
+        if peer is None or port_name not in self.switches[peer].ofports:
+            res.lost.append(f"{sw.name}: {port_name} to {dst}: no such tunnel endpoint")
+            return []
+        pkt = {k: v for k, v in out.items() if k != "tun_ipv4_dst"}
+        pkt["tun_ipv4_src"] = sw.tunnel_ip
+        pkt["in_port"] = self.switches[peer].ofports[port_name]
+        return [(peer, pkt)]
+
+    def _through_provider(self, sw: Switch, port_name: str, out: dict) -> list[tuple[str, dict]]:
+        # Tunnel metadata does not survive a physical network.
+        pkt = {k: v for k, v in out.items() if k not in ("tunnel_id", "tun_ipv4_dst", "tun_ipv4_src")}
+        target = self.locate(port_name[len(sw.provider_prefix):], str(out.get("eth_dst"))) if self.locate else None
+        hops = []
+        for peer in self.switches.values():
+            if peer.name == sw.name or port_name not in peer.ofports:
+                continue
+            if target is not None and peer.name != target:
+                continue
+            hops.append((peer.name, {**pkt, "in_port": peer.ofports[port_name]}))
+        return hops
