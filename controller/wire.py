@@ -133,7 +133,7 @@ def flow_delete_cookie(cookie: int, xid: int = 0) -> bytes:
     """An OFPT_FLOW_MOD DELETE of every flow, in any table, carrying exactly ``cookie``."""
     return _FLOW_MOD.pack(
         OFP_VERSION, ofp.OFPT_FLOW_MOD, 48 + len(_EMPTY_MATCH), xid,
-        cookie, ALL_ONES64, ofp.OFPTT_ALL, ofp.OFPFC_DELETE, 0, 0, 0,
+        cookie, ALL_ONES64, ofp.OFPTT_ALL, ofp.OFPFC_DELETE, 0, 0, ofp.OFP_DEFAULT_PRIORITY,
         ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
     ) + _EMPTY_MATCH
 
