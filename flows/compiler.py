@@ -47,7 +47,7 @@ def view_of(graph: TopologyGraph, hv_name: str) -> HypervisorView | None:
         return None
     ofports = graph.ofports(hv_name)
     bound = graph.ports_on(hv_name)
-    local = [p for p in bound if p.admin_state_up and p.ofport_name in ofports]
+    local = sorted((p for p in bound if p.admin_state_up and p.ofport_name in ofports), key=lambda p: p.key)
     networks = {}
     for p in bound:
         net = graph.network(p.network_id)
