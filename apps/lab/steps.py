@@ -1,0 +1,250 @@
+"""The operator steps that attach a hypervisor to tenantflow, one function per step.
+
+These functions ARE the operator guide: the lab runs exactly these commands, in
+this order, on each of its hypervisors, and an operator runs the same commands by
+hand on a real compute node (with the host's own ``ovs-vsctl``). Each step takes
+``vsctl``, a callable running ``ovs-vsctl ARGS`` against the hypervisor's
+database, so it works unchanged for a private lab OVS and for a real host.
+
+Order on a compute node:
+
+1. :func:`add_integration_bridge`  -- br-int, userspace datapath, secure fail mode
+2. :func:`set_controller`          -- point br-int at the controller
+3. :func:`attach_underlay`         -- the tunnel endpoint IP on an OVS bridge
+4. :func:`add_tunnel_ports`        -- flow-based VXLAN and Geneve ports
+5. :func:`add_provider_bridge`     -- optional, one per physical network
+6. :func:`register_hypervisor`     -- tell the controller's API about the node
+7. :func:`plug_vif` / :func:`unplug_vif` -- what Nova does per VM port
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from apps.lab import sh
+from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, tap_name
+
+Vsctl = Callable[..., str]
+
+INTEGRATION_BRIDGE = "br-int"
+UNDERLAY_BRIDGE = "br-underlay"
+
+
+def format_dpid(dpid: int) -> str:
+    """A datapath id as OVS's ``other-config:datapath-id`` wants it: 16 hex digits."""
+    if not 0 <= dpid < 1 << 64:
+        raise ValueError(f"datapath id out of range: {dpid}")
+    return f"{dpid:016x}"
+
+
+def add_integration_bridge(vsctl: Vsctl, dpid: int) -> None:
+    """Step 1: create br-int.
+
+    ``ovs-vsctl add-br br-int -- set bridge br-int datapath_type=netdev fail_mode=secure
+    protocols=OpenFlow13 other-config:datapath-id=<16 hex> other-config:disable-in-band=true``
+
+    ``datapath_type=netdev``: there is no OVS kernel module, only the userspace datapath.
+    ``fail_mode=secure``: without a controller br-int forwards nothing (no NORMAL fallback
+    that would leak traffic between tenants). A fixed datapath id lets the controller
+    know which registered hypervisor a connecting switch is.
+    """
+    vsctl(
+        "add-br", INTEGRATION_BRIDGE,
+        "--", "set", "bridge", INTEGRATION_BRIDGE,
+        "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13",
+        f"other-config:datapath-id={format_dpid(dpid)}", "other-config:disable-in-band=true",
+    )  # fmt: skip
+
+
+def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None) -> None:
+    """Step 2: point br-int at the controller.
+
+    ``ovs-vsctl set-controller br-int <target>`` then
+    ``ovs-vsctl set controller br-int connection-mode=out-of-band``.
+
+    ``target`` is ``tcp:IP:6653`` or ``unix:<path>``; OVS only accepts a ``unix:`` path
+    inside its own run directory, so on a host whose controller listens on a unix
+    socket elsewhere, symlink that socket into the run directory first (the lab does).
+    Out-of-band: the controller is reached through the host's own network stack, never
+    through br-int's ports. ``max_backoff_ms`` (optional, lab tuning) caps OVS's
+    reconnect back-off, 8 s by default, so a restarted controller is found quickly.
+    """
+    vsctl("set-controller", INTEGRATION_BRIDGE, target)
+    extra = [f"max_backoff={max_backoff_ms}"] if max_backoff_ms else []
+    vsctl("set", "controller", INTEGRATION_BRIDGE, "connection-mode=out-of-band", *extra)
+
+
+def attach_underlay(vsctl: Vsctl, netns: str, nic: str, tunnel_cidr: str, mtu: int = 1600) -> None:
+    """Step 3: put the tunnel endpoint address on an OVS bridge holding the underlay NIC.
+
+    ``ovs-vsctl add-br br-underlay -- set bridge br-underlay datapath_type=netdev
+    fail_mode=standalone -- set interface br-underlay mtu_request=<mtu>
+    -- add-port br-underlay <nic>``, then ``ip addr add <tunnel ip/len> dev br-underlay``
+    and ``ip link set br-underlay up``.
+
+    Why: the userspace datapath does its own tunnel encapsulation ("native tunnelling").
+    It routes ``tun_dst`` with OVS's route table and resolves the next hop's MAC itself,
+    and it can only send out of a device that is an OVS bridge. With the address on the
+    plain NIC, ``ofproto/trace`` says "native tunnel routing failed" and every
+    encapsulated packet is dropped (checked on this machine, OVS 3.1).
+    MTU 1600 leaves room for the VXLAN/Geneve headers of 1500-byte inner frames.
+    """
+    vsctl(
+        "add-br", UNDERLAY_BRIDGE,
+        "--", "set", "bridge", UNDERLAY_BRIDGE, "datapath_type=netdev", "fail_mode=standalone",
+        "other-config:disable-in-band=true",
+        "--", "set", "interface", UNDERLAY_BRIDGE, f"mtu_request={mtu}",
+        "--", "add-port", UNDERLAY_BRIDGE, nic,
+    )  # fmt: skip
+    ip = ["ip", "-n", netns]
+    sh.run([*ip, "addr", "add", tunnel_cidr, "dev", UNDERLAY_BRIDGE])
+    sh.run([*ip, "link", "set", UNDERLAY_BRIDGE, "up"])
+
+
+def add_tunnel_ports(vsctl: Vsctl, tunnel_ip: str) -> None:
+    """Step 4: the flow-based tunnel ports, one per overlay type.
+
+    ``ovs-vsctl add-port br-int tf-vxlan -- set interface tf-vxlan type=vxlan
+    options:remote_ip=flow options:key=flow options:local_ip=<tunnel ip>`` and the same
+    for ``tf-geneve`` with ``type=geneve``. One port serves every peer: the controller's
+    flows set ``tunnel_id`` (the VNI) and ``tun_dst`` before ``output:tf-vxlan``.
+    """
+    args: list[str] = []
+    for kind, port in TUNNEL_PORT_NAMES.items():
+        args += [
+            "--", "add-port", INTEGRATION_BRIDGE, port,
+            "--", "set", "interface", port, f"type={kind}",
+            "options:remote_ip=flow", "options:key=flow", f"options:local_ip={tunnel_ip}",
+        ]  # fmt: skip
+    vsctl(*args[1:])
+
+
+def add_provider_bridge(vsctl: Vsctl, physnet: str, bridge: str, nic: str) -> None:
+    """Step 5 (optional): a provider bridge for ``physnet`` with its NIC, patched to br-int.
+
+    ``ovs-vsctl add-br <bridge> -- set bridge <bridge> datapath_type=netdev
+    fail_mode=standalone -- add-port <bridge> <nic>``, then the patch pair
+    ``phy-<physnet>`` (on br-int, ``options:peer=int-<physnet>``) and
+    ``int-<physnet>`` (on the provider bridge, ``options:peer=phy-<physnet>``).
+    The hypervisor is then registered with ``bridge_mappings={physnet: bridge}``.
+    """
+    phy = provider_patch_name(physnet)
+    peer = "int-" + physnet
+    vsctl(
+        "add-br", bridge,
+        "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=standalone",
+        "other-config:disable-in-band=true",
+        "--", "add-port", bridge, nic,
+        "--", "add-port", INTEGRATION_BRIDGE, phy,
+        "--", "set", "interface", phy, "type=patch", f"options:peer={peer}",
+        "--", "add-port", bridge, peer,
+        "--", "set", "interface", peer, "type=patch", f"options:peer={phy}",
+    )  # fmt: skip
+
+
+def register_hypervisor(
+    api_url: str,
+    name: str,
+    dpid: int,
+    tunnel_ip: str,
+    bridge_mappings: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Step 6: ``POST <api>/v2.0/hypervisors`` with the node's name, dpid and tunnel IP.
+
+    Body: ``{"hypervisor": {"name", "datapath_id" (16 hex), "tunnel_ip", "bridge_mappings"}}``.
+    Returns the decoded JSON response; raises ``RuntimeError`` with the API's message
+    on an HTTP error.
+    """
+    body = {
+        "hypervisor": {
+            "name": name,
+            "datapath_id": format_dpid(dpid),
+            "tunnel_ip": tunnel_ip,
+            "bridge_mappings": dict(bridge_mappings or {}),
+        }
+    }
+    req = urllib.request.Request(
+        api_url.rstrip("/") + "/v2.0/hypervisors",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise RuntimeError(f"registering hypervisor {name}: HTTP {exc.code}: {detail}") from exc
+    return json.loads(raw) if raw else {}
+
+
+def plug_vif(
+    vsctl: Vsctl,
+    hv_netns: str,
+    vm_netns: str,
+    port: Mapping[str, Any],
+    vm_name: str,
+    mtu: int = 1450,
+    vm_dev: str = "eth0",
+) -> str:
+    """Step 7: plug a VM's port the way Nova does; returns the tap name.
+
+    A veth whose hypervisor end is ``tap<first 11 chars of the port id>`` and whose VM
+    end is ``eth0`` in the VM's namespace, both with MTU ``mtu`` (the network's: 1450
+    for overlays) and tx checksum offload off; then
+    ``ovs-vsctl add-port br-int <tap> -- set interface <tap> external_ids:iface-id=<port id>
+    external_ids:attached-mac=<mac> external_ids:iface-status=active
+    external_ids:vm-uuid=<vm>``. The controller learns the tap's ofport from the port
+    status it sees, keyed by ``iface-id``. The VM's addressing is :func:`configure_vm_nic`.
+    """
+    tap = tap_name(port["id"])
+    sh.veth_add(tap, hv_netns, vm_dev, vm_netns, mtu=mtu)
+    vsctl(
+        "add-port", INTEGRATION_BRIDGE, tap,
+        "--", "set", "interface", tap,
+        f"external_ids:iface-id={port['id']}",
+        f"external_ids:attached-mac={port['mac_address']}",
+        "external_ids:iface-status=active",
+        f"external_ids:vm-uuid={vm_name}",
+    )  # fmt: skip
+    return tap
+
+
+def configure_vm_nic(
+    vm_netns: str,
+    port: Mapping[str, Any],
+    prefixlen: int = 24,
+    gateway: str | None = None,
+    vm_dev: str = "eth0",
+) -> list[str]:
+    """Inside the VM: the port's MAC, its fixed IPs (``prefixlen`` for IPv4, /64 for IPv6), a default route.
+
+    What cloud-init does from the metadata; returns the ``ip/len`` strings configured.
+    """
+    ip = ["ip", "-n", vm_netns]
+    sh.run([*ip, "link", "set", vm_dev, "down"])
+    sh.run([*ip, "link", "set", vm_dev, "address", port["mac_address"]])
+    sh.run([*ip, "link", "set", vm_dev, "up"])
+    cidrs = []
+    for fixed in port.get("fixed_ips", []):
+        addr = ipaddress.ip_address(fixed["ip_address"])
+        cidr = f"{addr}/{prefixlen if addr.version == 4 else 64}"
+        # nodad: the address is usable at once instead of after IPv6 duplicate detection
+        extra = ["nodad"] if addr.version == 6 else []
+        sh.run([*ip, "addr", "add", cidr, "dev", vm_dev, *extra])
+        cidrs.append(cidr)
+    if gateway:
+        sh.run([*ip, "route", "replace", "default", "via", gateway, "dev", vm_dev])
+    return cidrs
+
+
+def unplug_vif(vsctl: Vsctl, hv_netns: str, tap: str) -> None:
+    """Unplug: ``ovs-vsctl --if-exists del-port br-int <tap>``, then delete the veth."""
+    vsctl("--if-exists", "del-port", INTEGRATION_BRIDGE, tap)
+    sh.link_del(hv_netns, tap)
