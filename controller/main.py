@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import dataclass
 
 LOG = logging.getLogger("tenantflow")
 
@@ -118,23 +119,38 @@ def _configure_os_ken(args: argparse.Namespace) -> None:
     cfg.CONF.set_override("ofp_ssl_listen_port", None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the controller until SIGTERM/SIGINT."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+@dataclass
+class Running:
+    """A started controller: its topology, its os-ken app and its API server."""
+
+    topology: object
+    app: object
+    api: object
+    services: list
+
+
+def start(args: argparse.Namespace, topology=None) -> Running:
+    """Start the OpenFlow listeners, the os-ken app and the API; return at once.
+
+    ``topology`` defaults to the SQLite-backed one at ``args.db``. os-ken's app
+    manager is a per-process singleton: start at most one controller per process.
+    """
     from apps.northbound.server import make_app, serve
     from os_ken.base import app_manager
     from prometheus_client import make_wsgi_app
-    from topology.state import Topology
 
     from controller import app as of_app
     from controller.metrics import REGISTRY
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-    topology = Topology(
-        args.db, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
-        default_network_type=args.default_network_type, default_physical_network=args.default_physical_network,
-    )
+    if topology is None:
+        from topology.state import Topology
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+        topology = Topology(
+            args.db, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
+            default_network_type=args.default_network_type,
+            default_physical_network=args.default_physical_network,
+        )
     of_app.TOPOLOGY = topology
     _configure_os_ken(args)
     manager = app_manager.AppManager.get_instance()
@@ -142,20 +158,30 @@ def main(argv: list[str] | None = None) -> int:
     services = manager.instantiate_apps(**manager.create_contexts())
     if args.unix_socket:
         serve_unix(args.unix_socket)
-    api = serve(make_app(topology, extra={"/metrics": make_wsgi_app(REGISTRY)}), args.api_host, args.api_port)
+    api = None
+    if args.api_port:
+        api = serve(make_app(topology, extra={"/metrics": make_wsgi_app(REGISTRY)}), args.api_host, args.api_port)
     LOG.info("tenantflow controller: OpenFlow on %s:%d%s, API on %s:%d, state in %s", args.of_host, args.of_port,
              f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port, args.db)
+    return Running(topology, manager.applications.get("TenantflowApp"), api, services)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the controller until SIGTERM/SIGINT."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    running = start(args)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     LOG.info("tenantflow controller: stopping")
-    api.shutdown()
-    topology.close()
+    if running.api is not None:
+        running.api.shutdown()
+    running.topology.close()
     # Switch flows stay on the bridges (fail_mode=secure): a restart reconciles
-    # them without a packet lost. os-ken's own shutdown path raises on HubThread.kill,
-    # so leave the remaining daemon threads to the process exit.
-    del services
+    # them without a packet lost. os-ken's own shutdown path raises on
+    # HubThread.kill, so the remaining daemon threads end with the process.
     logging.shutdown()
     os._exit(0)
 

@@ -48,6 +48,7 @@ class PushResult:
     deleted: int = 0
     committed: bool = True
     errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # encode + send + switch install + commit
 
 
 def describe(flow: Flow) -> str:
@@ -76,6 +77,7 @@ class Switch:
         self._inflight: set[int] = set()  # xids of the bundle being pushed
         self.installed: Multiset[int] = Multiset()  # cookie -> how many flows carry it on the switch
         self.ready = False
+        self.last_push: PushResult | None = None
         self._waiters: dict[int, _Waiter] = {}
         self._errors: dict[int, list] = {}
         self._dirty = threading.Condition()
@@ -187,6 +189,13 @@ class Switch:
 
     def push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
         """Send deletes (by cookie) then adds in one atomic bundle; commit only if none was refused."""
+        start = time.perf_counter()
+        result = self._push(delete_cookies, add_flows)
+        result.seconds = time.perf_counter() - start
+        self.last_push = result
+        return result
+
+    def _push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
         open_xid = next(self._xids)
         msgs = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
