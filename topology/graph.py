@@ -32,6 +32,10 @@ class TopologyGraph:
         self.g: nx.Graph = nx.Graph()
         self._dpid_to_hv: dict[int, str] = {}
 
+    def _require(self, kind: str, ident: str) -> None:
+        if self.get(kind, ident) is None:
+            raise KeyError(f"{kind} {ident} does not exist")
+
     # -- mutation ----------------------------------------------------------
     def put_network(self, net: Network) -> None:
         """Add or replace a network."""
