@@ -53,6 +53,7 @@ FIELDS: dict[str, tuple[str, int]] = {
     "eth_type": ("int", 16),
     "vlan_vid": ("int", 13),
     "vlan_pcp": ("int", 3),
+    "vlan_inner_vid": ("int", 12),  # the inner tag of a QinQ frame (not matchable in OF1.3)
     "ip_proto": ("int", 8),
     "ipv4_src": ("ipv4", 32),
     "ipv4_dst": ("ipv4", 32),
@@ -129,8 +130,9 @@ def to_display(name: str, value: int) -> int | str:
 def normalize_packet(packet: Mapping[str, int | str]) -> dict[str, int]:
     """Return the packet with every value as an int (``vlan_vid``: the 12-bit VID)."""
     out = {name: to_int(name, v) for name, v in packet.items()}
-    if "vlan_vid" in out:
-        out["vlan_vid"] &= 0xFFF  # accept 0x1064 as well as 100
+    for name in ("vlan_vid", "vlan_inner_vid"):
+        if name in out:
+            out[name] &= 0xFFF  # accept 0x1064 as well as 100
     return out
 
 
@@ -346,14 +348,19 @@ class _Walk:
             step.events.append(f"resubmit {act.table}")
             self.table(target, depth + 1)
         elif isinstance(act, PushVlan):
-            # A second tag would need QinQ; our pipeline never pushes onto a tagged frame.
+            # OF1.3: the new outer tag copies the VID of the tag it covers (0 when untagged).
+            # OVS handles at most two tags (FLOW_MAX_VLAN_HEADERS).
+            if "vlan_inner_vid" in pkt:
+                raise _Abort("push_vlan on a packet that already has two VLAN tags")
             if "vlan_vid" in pkt:
-                raise _Abort("push_vlan on an already tagged packet")
-            pkt["vlan_vid"] = 0
+                pkt["vlan_inner_vid"] = pkt["vlan_vid"]
+            pkt["vlan_vid"] = pkt.get("vlan_vid", 0)
         elif isinstance(act, PopVlan):
             if "vlan_vid" not in pkt:
                 raise _Abort("pop_vlan on an untagged packet")
             del pkt["vlan_vid"]
+            if "vlan_inner_vid" in pkt:
+                pkt["vlan_vid"] = pkt.pop("vlan_inner_vid")
         else:
             raise _Abort(f"unknown action {act!r}")
 

@@ -120,6 +120,11 @@ def test_vlan_push_pop_and_match() -> None:
     assert simulate(pop, {"in_port": 1, "vlan_vid": 101}).ports == []
     with pytest.raises(SimulationError, match="untagged"):
         simulate([F(0, 1, {}, [PopVlan()])], {"in_port": 1})
+    # Push onto a tagged frame: QinQ, the outer tag first; pop brings the inner one back.
+    qinq = [F(0, 1, {}, [PushVlan(), SetField("vlan_vid", 0x1000 | 100), Output(2), PopVlan(), Output(3)])]
+    (_, out2), (_, out3) = simulate(qinq, {"in_port": 1, "vlan_vid": 7}).outputs
+    assert (out2["vlan_vid"], out2["vlan_inner_vid"]) == (100, 7)
+    assert out3["vlan_vid"] == 7 and "vlan_inner_vid" not in out3
     with pytest.raises(SimulationError, match="untagged"):
         simulate([F(0, 1, {}, [SetField("vlan_vid", 0x1005)])], {"in_port": 1})
 
