@@ -224,7 +224,8 @@ class Lab:
             sh.run(["ip", "-n", self.fabric_netns, "link", "set", br, "mtu", str(self.underlay_mtu), "up"])
         hosts = list(self.underlay.hosts())
         with ThreadPoolExecutor(max_workers=min(8, self.n_hypervisors)) as pool:
-            futures = [pool.submit(self._build_hypervisor, i, str(hosts[i - 1])) for i in range(1, self.n_hypervisors + 1)]
+            indexes = range(1, self.n_hypervisors + 1)
+            futures = [pool.submit(self._build_hypervisor, i, str(hosts[i - 1])) for i in indexes]
             errors = [f.exception() for f in futures]
         self.hypervisors.sort(key=lambda hv: hv.index)
         for err in errors:
@@ -273,7 +274,8 @@ class Lab:
         target = self._controller_target_for(hv)
         if target is not None:
             hv.set_controller(target, self.controller_max_backoff_ms)
-        steps.attach_underlay(hv.vsctl, netns, UNDERLAY_NIC, f"{tunnel_ip}/{self.underlay.prefixlen}", self.underlay_mtu)
+        tunnel_cidr = f"{tunnel_ip}/{self.underlay.prefixlen}"
+        steps.attach_underlay(hv.vsctl, netns, UNDERLAY_NIC, tunnel_cidr, self.underlay_mtu)
         steps.add_tunnel_ports(hv.vsctl, tunnel_ip)
         if self.provider:
             steps.add_provider_bridge(hv.vsctl, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
