@@ -1,0 +1,276 @@
+"""The Neutron v2.0-shaped REST API as a plain WSGI app (WebOb + Routes).
+
+Resources: ``networks``, ``subnets``, ``ports`` (Neutron's) and ``hypervisors``
+(our extension). Each request is parsed and type-checked here, handed to one
+:class:`topology.state.Topology` write method (one transaction), and the result
+rendered by :mod:`apps.northbound.views`. Errors are Neutron's JSON
+``NeutronError`` bodies; nothing unexpected ever leaks a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import routes
+import webob
+
+from apps.northbound import attributes, views
+from topology.graph import TopologyGraph
+from topology.model import Hypervisor, Network, Port, Subnet
+from topology.state import Topology
+from topology.store import BadRequest, NotFound, TopologyError
+
+LOG = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+DRAIN_LIMIT = 16 * MAX_BODY  # read (and drop) this much of an oversized body so the client sees our 413
+PAGING_PARAMS = {"limit", "marker", "sort_key", "sort_dir", "page_reverse"}  # accepted, not implemented
+
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """How one REST collection maps onto the topology."""
+
+    member: str  # "network"
+    collection: str  # "networks"
+    kind: str  # graph node kind
+    label: str  # for "<Label> <id> could not be found."
+    attributes: dict[str, attributes.Attr]
+    render: Callable
+    sample: Any  # a minimal record: rendering it tells which keys a filter may name
+    create: str  # Topology method names
+    update: str
+    delete: str
+
+
+RESOURCES = {
+    r.collection: r for r in (
+        Resource("network", "networks", "network", "Network", attributes.NETWORK, views.network,
+                 Network("", "", 0, "vxlan", None), "create_network", "update_network", "delete_network"),
+        Resource("subnet", "subnets", "subnet", "Subnet", attributes.SUBNET, views.subnet,
+                 Subnet("", "", "", "", 4, None), "create_subnet", "update_subnet", "delete_subnet"),
+        Resource("port", "ports", "port", "Port", attributes.PORT, views.port,
+                 Port("", "", "", 0, ""), "create_port", "update_port", "delete_port"),
+        Resource("hypervisor", "hypervisors", "hv", "Hypervisor", attributes.HYPERVISOR, views.hypervisor,
+                 Hypervisor("", 0, ""), "register_hypervisor", "update_hypervisor", "delete_hypervisor"),
+    )
+}
+
+
+class HttpError(TopologyError):
+    """An HTTP-level error that is not about topology state (404 path, 405, 413)."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(kind, message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def json_response(status: int, body: Any = None) -> webob.Response:
+    """A JSON response (no body for 204)."""
+    resp = webob.Response(status=status, content_type="application/json", charset=None)
+    if body is not None:
+        resp.body = json.dumps(body).encode()
+    return resp
+
+
+def error_response(status: int, kind: str, message: str) -> webob.Response:
+    """Neutron's error body."""
+    return json_response(status, {"NeutronError": {"type": kind, "message": message, "detail": ""}})
+
+
+class NorthboundApp:
+    """The WSGI application; one instance per :class:`Topology`."""
+
+    def __init__(self, topology: Topology, extra: dict[str, WsgiApp] | None = None) -> None:
+        self.topology = topology
+        self.extra = dict(extra or {})
+        self.mapper = routes.Mapper()
+        collections = "|".join(RESOURCES)
+        self.mapper.connect("/", action="versions")
+        self.mapper.connect("/v2.0", action="resources")
+        self.mapper.connect("/v2.0/{collection}", action="collection", requirements={"collection": collections})
+        self.mapper.connect("/v2.0/{collection}/{id}", action="member", requirements={"collection": collections})
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        request_id = f"req-{uuid.uuid4()}"
+        path = environ.get("PATH_INFO", "") or "/"
+        mounted = self._mounted(path)
+        if mounted is not None:
+            def start(status: str, headers: list, exc_info: Any = None) -> Callable:
+                return start_response(status, [*headers, ("X-Openstack-Request-Id", request_id)], exc_info)
+            return mounted(environ, start)
+        req = webob.Request(environ)
+        try:
+            resp = self._dispatch(req)
+        except HttpError as exc:
+            resp = error_response(exc.status, exc.kind, exc.message)
+            resp.headers.update(exc.headers)
+        except TopologyError as exc:
+            resp = error_response(exc.status, exc.kind, exc.message)
+        except Exception:
+            LOG.exception("%s %s %s failed", request_id, req.method, req.path)
+            resp = error_response(500, "HTTPInternalServerError",
+                                  "Request Failed: internal server error while processing your request.")
+        resp.headers["X-Openstack-Request-Id"] = request_id
+        return resp(environ, start_response)
+
+    def _mounted(self, path: str) -> WsgiApp | None:
+        for prefix, app in self.extra.items():
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return app
+        return None
+
+    # -- dispatch ------------------------------------------------------------------
+    def _dispatch(self, req: webob.Request) -> webob.Response:
+        path = req.path_info.rstrip("/") or "/"
+        if path.endswith(".json"):  # old Neutron clients ask for /v2.0/networks.json
+            path = path[: -len(".json")]
+        match = self.mapper.match(path)
+        if match is None:
+            raise HttpError(404, "HTTPNotFound", "The resource could not be found.")
+        action = match["action"]
+        if action in ("versions", "resources"):
+            self._allow(req, "GET")
+            return json_response(200, self._versions(req) if action == "versions" else self._resources(req))
+        resource = RESOURCES[match["collection"]]
+        if action == "collection":
+            self._allow(req, "GET", "POST")
+            return self._list(req, resource) if req.method == "GET" else self._create(req, resource)
+        self._allow(req, "GET", "PUT", "DELETE")
+        handler = {"GET": self._show, "PUT": self._update, "DELETE": self._delete}[req.method]
+        return handler(req, resource, match["id"])
+
+    @staticmethod
+    def _allow(req: webob.Request, *methods: str) -> None:
+        if req.method not in methods:
+            raise HttpError(405, "HTTPMethodNotAllowed", f"The method {req.method} is not allowed for this "
+                            "resource.", {"Allow": ", ".join(methods)})
+
+    def _versions(self, req: webob.Request) -> dict:
+        href = req.host_url + "/v2.0/"
+        return {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [{"href": href, "rel": "self"}]}]}
+
+    def _resources(self, req: webob.Request) -> dict:
+        return {"resources": [
+            {"name": r.member, "collection": r.collection,
+             "links": [{"href": f"{req.host_url}/v2.0/{r.collection}", "rel": "self"}]}
+            for r in RESOURCES.values()
+        ]}
+
+    # -- request bodies -------------------------------------------------------------
+    @staticmethod
+    def _body(req: webob.Request, resource: Resource, create: bool) -> dict[str, Any]:
+        length = req.content_length
+        if length is not None and length > MAX_BODY:
+            _drain(req, length)
+            raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
+        raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
+        if len(raw) > MAX_BODY:
+            raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("HTTPBadRequest", "Malformed request body") from None
+        if not isinstance(doc, dict) or resource.member not in doc:
+            if isinstance(doc, dict) and resource.collection in doc:
+                raise BadRequest("HTTPBadRequest", "Bulk operations are not supported")
+            raise BadRequest("HTTPBadRequest", f"Unable to find '{resource.member}' in request body")
+        if len(doc) != 1:
+            extra = ", ".join(sorted(set(doc) - {resource.member}))
+            raise BadRequest("HTTPBadRequest", f"Unrecognized attribute(s) '{extra}'")
+        return attributes.convert_body(resource.attributes, doc[resource.member], create=create)
+
+    # -- handlers --------------------------------------------------------------------------
+    def _render(self, resource: Resource, record: Any) -> dict[str, Any]:
+        return resource.render(self.topology.graph, record)
+
+    def _get(self, resource: Resource, ident: str) -> Any:
+        record = self.topology.graph.get(resource.kind, ident)
+        if record is None:
+            raise NotFound(f"{resource.label}NotFound", f"{resource.label} {ident} could not be found.")
+        return record
+
+    def _list(self, req: webob.Request, resource: Resource) -> webob.Response:
+        fields = req.GET.getall("fields")
+        filters: dict[str, list[str]] = {}
+        for key, value in req.GET.items():
+            if key != "fields" and key not in PAGING_PARAMS:
+                filters.setdefault(key, []).append(value)
+        with self.topology.lock:
+            items = [self._render(resource, r) for r in self.topology.graph.records(resource.kind)]
+        if filters:
+            known = set(resource.render(TopologyGraph(), resource.sample))
+            bad = sorted(k for k in filters if k not in known)
+            if bad:
+                raise BadRequest("HTTPBadRequest", f"{bad} is invalid attribute for filtering")
+            items = [i for i in items if all(_matches(i.get(k), vs) for k, vs in filters.items())]
+        return json_response(200, {resource.collection: [_select(i, fields) for i in items]})
+
+    def _show(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
+        with self.topology.lock:
+            item = self._render(resource, self._get(resource, ident))
+        return json_response(200, {resource.member: _select(item, req.GET.getall("fields"))})
+
+    def _create(self, req: webob.Request, resource: Resource) -> webob.Response:
+        values = self._body(req, resource, create=True)
+        if "project_id" not in values and resource.kind != "hv" and req.headers.get("X-Project-Id"):
+            values["project_id"] = req.headers["X-Project-Id"]
+        if resource.kind == "hv":
+            values.pop("project_id", None)
+        with self.topology.lock:
+            record = getattr(self.topology, resource.create)(values)
+            item = self._render(resource, record)
+        return json_response(201, {resource.member: item})
+
+    def _update(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
+        values = self._body(req, resource, create=False)
+        with self.topology.lock:
+            record = getattr(self.topology, resource.update)(ident, values)
+            item = self._render(resource, record)
+        return json_response(200, {resource.member: item})
+
+    def _delete(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
+        getattr(self.topology, resource.delete)(ident)
+        return json_response(204)
+
+
+def _drain(req: webob.Request, length: int) -> None:
+    """Read and drop an oversized body (bounded) so closing the socket does not reset the client."""
+    stream = req.environ["wsgi.input"]
+    left = min(length, DRAIN_LIMIT)
+    while left > 0:
+        chunk = stream.read(min(left, 65536))
+        if not chunk:
+            break
+        left -= len(chunk)
+
+
+def _matches(value: Any, wanted: list[str]) -> bool:
+    """Neutron filter semantics: equality with any of the given values; lists match on membership."""
+    if isinstance(value, list):
+        if value and isinstance(value[0], dict):  # fixed_ips=ip_address=10.0.0.3
+            pairs = [w.split("=", 1) for w in wanted if "=" in w]
+            return any(item.get(k) == v for item in value for k, v in pairs)
+        return any(w in value for w in wanted)
+    if isinstance(value, bool):
+        return any(w.lower() == str(value).lower() for w in wanted)
+    if value is None:
+        return any(w in ("", "None", "null") for w in wanted)
+    return str(value) in wanted
+
+
+def _select(item: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k in fields} if fields else item
+
+
+def make_app(topology: Topology, *, extra: dict[str, WsgiApp] | None = None) -> WsgiApp:
+    """The northbound WSGI app; ``extra`` mounts other WSGI apps at paths (e.g. ``/metrics``)."""
+    return NorthboundApp(topology, extra)

@@ -1,0 +1,52 @@
+"""Serve a WSGI app from a daemon thread: wsgiref with one thread per request."""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+import threading
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+LOG = logging.getLogger(__name__)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Access log to the debug logger instead of stderr."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        LOG.debug("%s " + format, self.address_string(), *args)
+
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A wsgiref server handling each request in its own daemon thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:9696``."""
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def shutdown(self) -> None:
+        """Stop serving, wait for the serving thread and close the socket."""
+        super().shutdown()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        self.server_close()
+
+
+def serve(app: Callable, host: str, port: int) -> ThreadingWSGIServer:
+    """Start serving ``app`` on ``host:port`` (0: any free port) in a daemon thread.
+
+    The returned server's ``server_port`` is the bound port and ``shutdown()`` stops it.
+    """
+    server = make_server(host, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler)
+    server.thread = threading.Thread(target=server.serve_forever, name=f"northbound-{server.server_port}",
+                                     daemon=True)
+    server.thread.start()
+    LOG.info("northbound API listening on %s", server.url)
+    return server
