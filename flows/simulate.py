@@ -167,11 +167,14 @@ def flow_matches(flow: Flow, packet: Mapping[str, int]) -> bool:
 
 
 # -- rendering for traces ------------------------------------------------------------
+_HEX_FIELDS = frozenset({"eth_type", "vlan_vid", "tunnel_id", "metadata", *(f"reg{i}" for i in range(8))})
+
+
 def _fmt_value(name: str, v: MatchValue) -> str:
     if isinstance(v, tuple):
         return f"{_fmt_value(name, v[0])}/{_fmt_value(name, v[1])}"
     if isinstance(v, int) and FIELDS.get(name, ("int",))[0] == "int":
-        return hex(v) if v > 9 else str(v)
+        return hex(v) if name in _HEX_FIELDS and v > 9 else str(v)
     return str(to_display(name, to_int(name, v)) if name in FIELDS else v)
 
 
@@ -216,6 +219,8 @@ class Step:
     match: str
     actions: list[str]
     events: list[str] = field(default_factory=list)  # what the actions did: outputs, skips
+    call: int = 0  # which resubmit made this lookup (0: the packet's own walk from table 0)
+    resubmits: list[int] = field(default_factory=list)  # the calls this lookup's resubmits made
 
 
 @dataclass
@@ -287,8 +292,9 @@ class _Walk:
     def __init__(self, pipe: Pipeline, pkt: dict[str, int], res: SimResult) -> None:
         self.pipe, self.pkt, self.res = pipe, pkt, res
         self.lookups = 0
+        self.calls = 0
 
-    def table(self, table_id: int, depth: int) -> None:
+    def table(self, table_id: int, depth: int, call: int = 0) -> None:
         """Look up one table, apply its flow's actions, follow its goto."""
         while True:
             self.lookups += 1
@@ -296,7 +302,8 @@ class _Walk:
                 raise _Abort(f"recursion limit reached in {table_name(table_id)}")
             found = self.pipe.lookup(table_id, self.pkt)
             if not found:
-                self.res.trace.append(Step(depth, table_id, table_name(table_id), None, "table miss: drop", "", []))
+                self.res.trace.append(Step(depth, table_id, table_name(table_id), None, "table miss: drop", "", [],
+                                           call=call))
                 return
             if len(found) > 1:
                 descs = " | ".join(f.description or format_match(f.match) for f in found)
@@ -304,7 +311,7 @@ class _Walk:
                                        f"{found[0].priority}: {descs}")
             flow = found[0]
             step = Step(depth, table_id, table_name(table_id), flow.priority, flow.description,
-                        format_match(flow.match), [format_action(a) for a in flow.actions])
+                        format_match(flow.match), [format_action(a) for a in flow.actions], call=call)
             self.res.trace.append(step)
             for act in flow.actions:
                 self.action(act, step, depth)
@@ -345,8 +352,10 @@ class _Walk:
             target = self.pipe.stages.get(act.table)
             if target is None:
                 raise _Abort(f"resubmit to unknown table {act.table!r}")
+            self.calls += 1
             step.events.append(f"resubmit {act.table}")
-            self.table(target, depth + 1)
+            step.resubmits.append(self.calls)
+            self.table(target, depth + 1, self.calls)
         elif isinstance(act, PushVlan):
             # OF1.3: the new outer tag copies the VID of the tag it covers (0 when untagged).
             # OVS handles at most two tags (FLOW_MAX_VLAN_HEADERS).
@@ -445,6 +454,7 @@ class FabricResult:
 
     deliveries: list[Delivery] = field(default_factory=list)
     walks: list[tuple[str, SimResult]] = field(default_factory=list)
+    entries: list[dict[str, int | str]] = field(default_factory=list)  # the packet each walk started from
     lost: list[str] = field(default_factory=list)  # frames the fabric could not carry
 
 
@@ -478,6 +488,7 @@ class Fabric:
             sw = self.switches[name]
             sim = sw.pipeline.run(pkt, strict=strict)
             res.walks.append((name, sim))
+            res.entries.append(pkt)
             for port, out in sim.outputs:
                 port_name = sw.port_names.get(port, str(port))
                 if port_name in sw.tunnel_ports:
@@ -485,7 +496,9 @@ class Fabric:
                 elif port_name.startswith(sw.provider_prefix):
                     queue += self._through_provider(sw, port_name, out)
                 else:
-                    res.deliveries.append(Delivery(name, port_name, out))
+                    # Tunnel metadata stays in the switch: a VM gets the bare frame.
+                    frame = {k: v for k, v in out.items() if k not in ("tunnel_id", "tun_ipv4_src", "tun_ipv4_dst")}
+                    res.deliveries.append(Delivery(name, port_name, frame))
         return res
 
     def _through_tunnel(self, sw: Switch, port_name: str, out: dict, res: FabricResult) -> list[tuple[str, dict]]:

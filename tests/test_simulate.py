@@ -177,4 +177,34 @@ def test_fabric_follows_tunnels() -> None:
                "192.0.2.2")
     res = Fabric([a, b]).inject("a", {"in_port": 10})
     assert [(d.hv, d.port) for d in res.deliveries] == [("b", "tapB")]
-    assert res.deliveries[0].packet["tun_ipv4_src"] == "192.0.2.1"
+    assert res.entries[1]["tun_ipv4_src"] == "192.0.2.1" and res.entries[1]["tunnel_id"] == 7
+    assert "tunnel_id" not in res.deliveries[0].packet  # a VM gets the bare frame
+
+
+# -- tenantflow trace ------------------------------------------------------------------------------
+def test_trace_arp_walk_and_follow(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from topo_builders import two_tenants_same_cidr
+
+    from apps import trace
+
+    built = two_tenants_same_cidr(n_hvs=2)
+    for hv in ("hv0", "hv1"):
+        built.graph.set_ofports(hv, {})  # as loaded from the store: no live port map
+    fake = types.ModuleType("topology.state")
+    fake.Topology = lambda db_path: types.SimpleNamespace(graph=built.graph, close=lambda: None)
+    monkeypatch.setitem(sys.modules, "topology.state", fake)
+    a0 = built.ports["a0"]
+    code = trace.main(["--db", "x.db", "--hv", "hv0", "--in-port", a0.id, "--ofports", f"{a0.ofport_name}=42",
+                       "eth_type=0x806", "arp_tpa=10.0.0.11"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "ls_in_arp_rsp, priority 100" in text and "output 42" in text and "arp_op=2*" in text
+    code = trace.main(["--hv", "hv0", "--in-port", "42", "--follow", "eth_dst=" + built.ports["a1"].mac_address])
+    text = capsys.readouterr().out
+    assert code == 0 and "== hv1: in_port=1 (tf-vxlan)" in text
+    assert text.strip().endswith(f"delivered: hv1:{built.ports['a1'].ofport_name}")
+    assert trace.main(["--hv", "nope", "--in-port", "1"]) == 2
+    assert trace.main(["--hv", "hv0", "--in-port", "no-such-port"]) == 2

@@ -24,23 +24,9 @@ FIRST_TAP_OFPORT = 10
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 
-class _Graph(TopologyGraph):
-    """TopologyGraph, plus ``_require`` while topology/graph.py calls it without defining it.
-
-    put_subnet/put_port call ``self._require(kind, id)`` but the committed graph
-    has no such method (reported); once it does, this subclass adds nothing.
-    """
-
-    if not hasattr(TopologyGraph, "_require"):
-
-        def _require(self, kind: str, ident: str) -> None:
-            if self.get(kind, ident) is None:
-                raise KeyError(f"{kind} {ident} does not exist")
-
-
 def new_graph() -> TopologyGraph:
-    """An empty graph (see :class:`_Graph`)."""
-    return _Graph()
+    """An empty graph."""
+    return TopologyGraph()
 
 
 def uid(kind: int, n: int) -> str:

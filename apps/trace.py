@@ -1,0 +1,195 @@
+"""``tenantflow trace``: walk a packet through a hypervisor's compiled pipeline, like ovn-trace.
+
+Example::
+
+    tenantflow trace --db tenantflow.db --hv hv1 --in-port tap3f2a9c1e-7b \\
+        eth_dst=ff:ff:ff:ff:ff:ff eth_type=0x806 arp_op=1 arp_tpa=10.0.0.3
+
+It compiles the hypervisor's flows from the stored topology (nothing is read
+from a switch) and simulates them with :mod:`flows.simulate`. Live OpenFlow port
+numbers are not stored: pass them with ``--ofports name=num,...``; the ones not
+given are numbered like the test topologies (tunnels 1-2, ``phy-*`` from 5,
+taps from 10 in port-key order) and flagged as assumed. ``--follow`` carries
+the frame across the tunnel and provider ports to the other hypervisors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from flows.compiler import compile_hypervisor
+from flows.simulate import Fabric, SimResult, SimulationError, Step, Switch, display_packet, normalize_packet
+from topology.graph import TopologyGraph
+from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, tap_name
+
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line."""
+    ap = argparse.ArgumentParser(prog="tenantflow trace", description=__doc__.split("\n")[0])
+    ap.add_argument("--db", default="tenantflow.db", help="the topology store (SQLite)")
+    ap.add_argument("--hv", required=True, help="hypervisor name")
+    ap.add_argument("--in-port", required=True, help="OpenFlow port number, OVS port name or logical port id")
+    ap.add_argument("--ofports", default="", help="live port map: name=num,... (per --hv)")
+    ap.add_argument("--follow", action="store_true", help="follow the frame to the other hypervisors")
+    ap.add_argument("fields", nargs="*", metavar="field=value", help="packet header fields")
+    return ap.parse_args(list(argv))
+
+
+def assumed_ofports(graph: TopologyGraph, hv_name: str) -> dict[str, int]:
+    """A plausible port map for a hypervisor whose switch is not connected."""
+    ofports = {"tf-vxlan": 1, "tf-geneve": 2}
+    hv = graph.hypervisor(hv_name)
+    for i, physnet in enumerate(sorted(hv.bridge_mappings if hv else ())):
+        ofports[provider_patch_name(physnet)] = 5 + i
+    for i, port in enumerate(sorted(graph.ports_on(hv_name), key=lambda p: p.key)):
+        ofports[port.ofport_name] = 10 + i
+    return ofports
+
+
+def _parse_pairs(text: str, what: str) -> dict[str, str]:
+    pairs = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{what}: expected name=value, got {item!r}")
+        pairs[name] = value
+    return pairs
+
+
+def build_packet(graph: TopologyGraph, hv: str, ofports: dict[str, int], in_port: str,
+                 fields: Sequence[str]) -> dict[str, int | str]:
+    """The packet to trace: the given fields, with defaults taken from the sending port.
+
+    Defaults: ``eth_src`` (and ``arp_sha``/``arp_spa`` for ARP) from the logical
+    port behind ``in_port``, ``eth_dst`` broadcast, ``eth_type`` ARP when an
+    ``arp_*`` field is given, else IPv4.
+    """
+    pkt: dict[str, int | str] = {}
+    for item in fields:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected field=value, got {item!r}")
+        pkt[name] = value
+    if in_port.isdigit():
+        pkt["in_port"] = int(in_port)
+    else:
+        name = in_port if in_port in ofports else tap_name(in_port)
+        if name not in ofports:
+            raise ValueError(f"{hv} has no port {in_port!r} (known: {', '.join(sorted(ofports))})")
+        pkt["in_port"] = ofports[name]
+    names = {num: name for name, num in ofports.items()}
+    port = next((p for p in graph.ports_on(hv) if p.ofport_name == names.get(int(pkt["in_port"]))), None)
+    is_arp = any(k.startswith("arp_") for k in pkt)
+    pkt.setdefault("eth_type", "0x0806" if is_arp else "0x0800")
+    pkt.setdefault("eth_dst", BROADCAST)
+    if port is not None:
+        pkt.setdefault("eth_src", port.mac_address)
+        if is_arp:
+            pkt.setdefault("arp_op", 1)
+            pkt.setdefault("arp_sha", port.mac_address)
+            v4 = [f.ip_address for f in port.fixed_ips if ":" not in f.ip_address]
+            if v4:
+                pkt.setdefault("arp_spa", v4[0])
+    return pkt
+
+
+def _fmt_packet(pkt: dict, before: dict | None = None) -> str:
+    shown = []
+    for k, v in pkt.items():
+        v_text = hex(v) if k == "eth_type" and isinstance(v, int) else str(v)
+        changed = before is not None and before.get(k) != v
+        shown.append(f"{k}={v_text}{'*' if changed else ''}")
+    if before is not None:
+        shown += [f"-{k}" for k in before if k not in pkt]
+    return " ".join(shown)
+
+
+def render(hv: str, result: SimResult, packet: dict, port_names: dict[int, str]) -> list[str]:
+    """ovn-trace-like lines for one switch's walk: each lookup indented by resubmit depth."""
+    before = display_packet(normalize_packet(packet))
+    lines = [f"== {hv}: in_port={packet['in_port']} ({port_names.get(int(packet['in_port']), '?')})",
+             f"   {_fmt_packet(before)}"]
+    lines += _render_steps(result.trace)
+    for err in result.errors:
+        lines.append(f"   ERROR: {err}")
+    if not result.outputs:
+        lines.append("   outputs: none (dropped)")
+    for port, out in result.outputs:
+        lines.append(f"   output {port} ({port_names.get(port, '?')}): {_fmt_packet(out, before)}")
+    return lines
+
+
+def _render_steps(trace: list[Step], call: int = 0) -> list[str]:
+    """Lines for the lookups of one resubmit ``call`` (0: the walk from table 0), each
+    resubmit's own lookups nested under the event that made them."""
+    lines: list[str] = []
+    for st in (st for st in trace if st.call == call):
+        pad = "   " + "    " * st.depth
+        if st.priority is None:
+            lines.append(f"{pad}{st.table_id}. {st.stage}: no match, drop")
+            continue
+        lines.append(f"{pad}{st.table_id}. {st.stage}, priority {st.priority}: {st.description}")
+        lines.append(f"{pad}   match: {st.match}")
+        if st.actions:
+            lines.append(f"{pad}   actions: {', '.join(st.actions)}")
+        calls = iter(st.resubmits)
+        for event in st.events:
+            lines.append(f"{pad}   -> {event}")
+            if event.startswith("resubmit "):
+                lines += _render_steps(trace, next(calls))
+    return lines
+
+
+def run(graph: TopologyGraph, args: argparse.Namespace) -> tuple[list[str], int]:
+    """Trace per ``args`` on ``graph``; return the lines to print and the exit code."""
+    if graph.hypervisor(args.hv) is None:
+        return [f"unknown hypervisor {args.hv!r}"], 2
+    lines: list[str] = []
+    given = {k: int(v) for k, v in _parse_pairs(args.ofports, "--ofports").items()}
+    for hv in graph.hypervisors():
+        live = graph.ofports(hv.name)
+        extra = given if hv.name == args.hv else {}
+        if live and not extra:
+            continue
+        ofports = {**(live or assumed_ofports(graph, hv.name)), **extra}
+        if not live and hv.name == args.hv:
+            assumed = sorted(set(ofports) - set(given))
+            lines.append(f"(assumed ofports on {hv.name}: " + ", ".join(f"{n}={ofports[n]}" for n in assumed) + ")")
+        graph.set_ofports(hv.name, ofports)  # only in this process's copy of the graph
+    packet = build_packet(graph, args.hv, graph.ofports(args.hv), args.in_port, args.fields)
+    names = {hv.name: {n: k for k, n in graph.ofports(hv.name).items()} for hv in graph.hypervisors()}
+    if not args.follow:
+        result = Switch(args.hv, compile_hypervisor(graph, args.hv), graph.ofports(args.hv)).pipeline.run(
+            packet, strict=False)
+        return lines + render(args.hv, result, packet, names[args.hv]), 1 if result.errors else 0
+    fabric = Fabric(Switch(hv.name, compile_hypervisor(graph, hv.name), graph.ofports(hv.name), hv.tunnel_ip,
+                           frozenset(TUNNEL_PORT_NAMES.values())) for hv in graph.hypervisors())
+    res = fabric.inject(args.hv, packet, strict=False)
+    for (name, sim), pkt in zip(res.walks, res.entries, strict=True):
+        lines += render(name, sim, pkt, names[name])
+    lines.append("delivered: " + (", ".join(f"{d.hv}:{d.port}" for d in res.deliveries) or "nowhere"))
+    lines += [f"lost: {x}" for x in res.lost]
+    return lines, 1 if any(sim.errors for _, sim in res.walks) else 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of ``tenantflow trace``."""
+    args = parse_args(argv)
+    from topology.state import Topology  # lazily: it opens SQLite, and only this path needs it
+
+    topo = Topology(args.db)
+    try:
+        lines, code = run(topo.graph, args)
+    except (ValueError, SimulationError) as exc:
+        print(f"tenantflow trace: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        close = getattr(topo, "close", None)
+        if close:
+            close()
+    print("\n".join(lines))
+    return code
