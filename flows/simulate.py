@@ -161,6 +161,17 @@ def _match_one(name: str, want: MatchValue, have: int | None) -> bool:
     return have == to_int(name, want)
 
 
+def _compile_match(flow: Flow) -> list[tuple[str, int, int]]:
+    out = []
+    for name, want in flow.match:
+        if isinstance(want, tuple):
+            value, mask = (to_int(name, x) for x in want)
+            out.append((name, value & mask, mask))
+        else:
+            out.append((name, to_int(name, want), -1))
+    return out
+
+
 def flow_matches(flow: Flow, packet: Mapping[str, int]) -> bool:
     """Whether ``flow``'s match covers the (normalised) packet."""
     return all(_match_one(name, want, _packet_value(packet, name)) for name, want in flow.match)
@@ -256,6 +267,8 @@ class Pipeline:
             self.tables.setdefault(f.table_id, []).append(f)
         for flows_ in self.tables.values():
             flows_.sort(key=lambda f: -f.priority)
+        # Matches normalised once: (field, value, mask) with mask -1 for an exact match.
+        self._compiled = {id(f): _compile_match(f) for fl in self.tables.values() for f in fl}
 
     def lookup(self, table_id: int, packet: Mapping[str, int]) -> list[Flow]:
         """All flows of the highest matching priority in a table (more than one = a tie)."""
@@ -263,7 +276,8 @@ class Pipeline:
         for f in self.tables.get(table_id, ()):
             if found and f.priority < found[0].priority:
                 break
-            if flow_matches(f, packet):
+            if all((have := _packet_value(packet, name)) is not None and have & mask == value
+                   for name, value, mask in self._compiled[id(f)]):
                 found.append(f)
         return found
 

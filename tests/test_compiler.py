@@ -339,3 +339,16 @@ def test_compile_survives_a_port_whose_network_was_removed(tenants: Built) -> No
     flows = compile_hypervisor(g, "hv0")
     res = simulate(flows, {"in_port": tenants.ofport("a0"), "eth_dst": BROADCAST})
     assert sorted(res.ports) != []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_broadcast_reaches_every_other_port_of_its_network_exactly_once(seed: int) -> None:
+    g = synthetic_cloud(n_hvs=12, ports_per_hv=4, n_networks=6, seed=seed, vlan_fraction=0.3)
+    fab = fabric_of(g)
+    ports = list(g.records("port"))
+    for p in ports:
+        res = fab.inject(p.binding_host, {"in_port": g.ofports(p.binding_host)[p.ofport_name],
+                                          "eth_src": p.mac_address, "eth_dst": BROADCAST, "eth_type": 0x0800})
+        got = sorted((d.hv, d.port) for d in res.deliveries)
+        want = sorted((q.binding_host, q.ofport_name) for q in ports if q.network_id == p.network_id and q != p)
+        assert got == want, (seed, p.id)
