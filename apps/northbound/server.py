@@ -8,6 +8,10 @@ import threading
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from apps.northbound.api import make_app
+
+__all__ = ["ThreadingWSGIServer", "make_app", "serve"]  # make_app re-exported: the controller imports both here
+
 LOG = logging.getLogger(__name__)
 
 
@@ -45,8 +49,9 @@ def serve(app: Callable, host: str, port: int) -> ThreadingWSGIServer:
     The returned server's ``server_port`` is the bound port and ``shutdown()`` stops it.
     """
     server = make_server(host, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler)
-    server.thread = threading.Thread(target=server.serve_forever, name=f"northbound-{server.server_port}",
-                                     daemon=True)
+    # A short poll interval only bounds how long shutdown() waits for the loop to notice.
+    server.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                     name=f"northbound-{server.server_port}", daemon=True)
     server.thread.start()
     LOG.info("northbound API listening on %s", server.url)
     return server
