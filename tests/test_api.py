@@ -282,6 +282,27 @@ def test_oversized_body_is_413(api: Api) -> None:
     assert api.request("GET", "/").status_code == 200  # the server is still serving
 
 
+def test_bad_bytes_are_400(api: Api) -> None:
+    api.expect_error(400, "HTTPBadRequest", "POST", "/v2.0/networks", data=b"[" * 200_000 + b"]" * 200_000)
+    api.expect_error(400, "HTTPBadRequest", "POST", "/v2.0/networks", data=b'{"network": {"name": "\xff"}}')
+    api.expect_error(400, "HTTPBadRequest", "GET", "/v2.0/networks?name=%ff")
+
+
+def test_extra_apps_are_mounted(tmp_path) -> None:
+    import prometheus_client
+
+    registry = prometheus_client.CollectorRegistry()
+    prometheus_client.Counter("tf_test_total", "a test counter", registry=registry).inc()
+    api = Api(tmp_path / "t.sqlite", extra={"/metrics": prometheus_client.make_wsgi_app(registry)})
+    try:
+        resp = api.request("GET", "/metrics")
+        assert resp.status_code == 200 and "tf_test_total 1.0" in resp.text
+        assert resp.headers["X-Openstack-Request-Id"].startswith("req-")
+        assert api.request("GET", "/v2.0/networks").status_code == 200
+    finally:
+        api.close()
+
+
 def test_unexpected_exception_is_a_generic_500(api: Api, world: dict) -> None:
     api.topology.store.close()  # every later database access raises sqlite3.ProgrammingError
     resp = api.request("POST", "/v2.0/networks", {"network": {}})

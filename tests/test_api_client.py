@@ -20,8 +20,9 @@ COLLECTIONS = ("networks", "subnets", "ports", "hypervisors")
 class Api:
     """A Topology + API server on a free port; records every subscriber notification."""
 
-    def __init__(self, db_path: Path, **topology_options: Any) -> None:
+    def __init__(self, db_path: Path, extra: dict | None = None, **topology_options: Any) -> None:
         self.db_path = str(db_path)
+        self.extra = extra
         self.options = topology_options
         self.session = requests.Session()
         self._start()
@@ -30,7 +31,7 @@ class Api:
         self.topology = Topology(self.db_path, **self.options)
         self.events: list[set[str]] = []
         self.topology.subscribe(self.events.append)
-        self.server = serve(make_app(self.topology), "127.0.0.1", 0)
+        self.server = serve(make_app(self.topology, extra=self.extra), "127.0.0.1", 0)
         self.url = self.server.url
 
     def close(self) -> None:

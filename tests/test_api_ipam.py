@@ -142,4 +142,5 @@ def test_port_update_addresses(api: Api) -> None:
     assert moved["mac_address"] == "fa:16:3e:00:00:07" and _ips(moved) == ["10.0.0.40"]
     api.expect_error(409, "IpAddressAlreadyAllocated", "PUT", f"/v2.0/ports/{port['id']}",
                      {"port": {"fixed_ips": [{"ip_address": "10.0.0.2"}]}})
+    assert _ips(api.update("port", port["id"], fixed_ips=None)) == ["10.0.0.40"]  # null: unchanged
     assert _ips(api.update("port", port["id"], fixed_ips=[])) == []

@@ -487,8 +487,9 @@ class Topology:
             owner = (values["device_owner"] or "") if "device_owner" in values else old.device_owner
             mac = self._mac(old.network_id, values["mac_address"], port_id) if "mac_address" in values \
                 else old.mac_address
-            fixed_ips = self._fixed_ips(old.network_id, values["fixed_ips"] or [], owner, old) \
-                if "fixed_ips" in values else old.fixed_ips
+            # null (like absent) keeps the addresses; [] removes them all.
+            fixed_ips = old.fixed_ips if values.get("fixed_ips") is None else \
+                self._fixed_ips(old.network_id, values["fixed_ips"], owner, old)
             host = (values["binding:host_id"] or None) if "binding:host_id" in values else old.binding_host
             attrs = {**old.attrs, **_extra(values, PORT_FIELDS), "updated_at": now()}
             port = replace(old, mac_address=mac, fixed_ips=fixed_ips, binding_host=host, device_owner=owner,

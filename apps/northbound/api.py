@@ -115,6 +115,8 @@ class NorthboundApp:
             resp.headers.update(exc.headers)
         except TopologyError as exc:
             resp = error_response(exc.status, exc.kind, exc.message)
+        except UnicodeError:  # a query string or path that is not UTF-8
+            resp = error_response(400, "HTTPBadRequest", "The request is not valid UTF-8.")
         except Exception:
             LOG.exception("%s %s %s failed", request_id, req.method, req.path)
             resp = error_response(500, "HTTPInternalServerError",
@@ -177,7 +179,7 @@ class NorthboundApp:
             raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise BadRequest("HTTPBadRequest", "Malformed request body") from None
         if not isinstance(doc, dict) or resource.member not in doc:
             if isinstance(doc, dict) and resource.collection in doc:
