@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from test_api_client import Api
 
+from flows.compiler import compile_hypervisor
 from topology.model import tap_name
 
 
@@ -95,3 +96,16 @@ def test_live_ofports_set_port_status(api: Api) -> None:
     assert api.show("port", other["id"])["status"] == "ACTIVE"
     api.restart()  # live state is not persisted
     assert api.show("port", other["id"])["status"] == "DOWN"
+
+
+def test_the_compiler_reads_what_the_api_wrote(api: Api) -> None:
+    net = api.create("network")
+    api.create("subnet", network_id=net["id"], cidr="10.0.0.0/24")
+    local = api.create("port", network_id=net["id"], **{"binding:host_id": "hv1"})
+    api.create("port", network_id=net["id"], **{"binding:host_id": "hv2"})
+    api.topology.set_live_ofports("hv1", {tap_name(local["id"]): 5, "tf-vxlan": 1})
+    with api.topology.lock:
+        flows = compile_hypervisor(api.topology.graph, "hv1")
+    text = "\n".join(str(f) for f in flows)
+    assert local["mac_address"] in text and "10.0.0.2" in text and "10.0.0.3" in text
+    assert "192.168.100.2" in text  # the remote port is reached through hv2's tunnel endpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_api_client import Api
@@ -144,3 +145,12 @@ def test_port_update_addresses(api: Api) -> None:
                      {"port": {"fixed_ips": [{"ip_address": "10.0.0.2"}]}})
     assert _ips(api.update("port", port["id"], fixed_ips=None)) == ["10.0.0.40"]  # null: unchanged
     assert _ips(api.update("port", port["id"], fixed_ips=[])) == []
+
+
+def test_concurrent_creates_get_distinct_addresses_and_keys(api: Api) -> None:
+    net, _ = _net_with_subnet(api)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ports = list(pool.map(lambda _: api.request("POST", "/v2.0/ports", {"port": {"network_id": net}}), range(24)))
+    assert all(r.status_code == 201 for r in ports)
+    ips = {p.json()["port"]["fixed_ips"][0]["ip_address"] for p in ports}
+    assert len(ips) == 24 and len({p.key for p in api.topology.graph.ports_of(net)}) == 24
