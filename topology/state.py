@@ -308,7 +308,7 @@ class Topology:
             self._notify(affected)
 
     # -- subnets ----------------------------------------------------------------------------
-    def _subnet_options(self, net: netaddr.IPNetwork, values: dict[str, Any]) -> dict[str, Any]:
+    def _subnet_options(self, values: dict[str, Any]) -> dict[str, Any]:
         """Validate dns_nameservers and host_routes (kept in attrs)."""
         out: dict[str, Any] = {}
         if values.get("dns_nameservers") is not None:
@@ -342,7 +342,7 @@ class Topology:
                                          f"overlaps with another subnet")
             stamp = now()
             attrs = {"dns_nameservers": [], "host_routes": [], **_extra(values, SUBNET_FIELDS),
-                     **self._subnet_options(cidr, values), "created_at": stamp, "updated_at": stamp}
+                     **self._subnet_options(values), "created_at": stamp, "updated_at": stamp}
             subnet = Subnet(id=str(uuid.uuid4()), network_id=network.id,
                             project_id=values.get("project_id") or self.default_project, cidr=str(cidr),
                             ip_version=cidr.version, gateway_ip=gateway, allocation_pools=pools,
@@ -368,7 +368,7 @@ class Topology:
                 pools = ipam.check_pools(cidr, values["allocation_pools"], gateway)
             else:
                 pools = ipam.check_pools(cidr, [{"start": s, "end": e} for s, e in old.allocation_pools], gateway)
-            attrs = {**old.attrs, **_extra(values, SUBNET_FIELDS), **self._subnet_options(cidr, values),
+            attrs = {**old.attrs, **_extra(values, SUBNET_FIELDS), **self._subnet_options(values),
                      "updated_at": now()}
             subnet = replace(old, gateway_ip=gateway, allocation_pools=pools, attrs=attrs,
                              enable_dhcp=values.get("enable_dhcp", old.enable_dhcp))
