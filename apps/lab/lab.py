@@ -87,6 +87,7 @@ class Hypervisor:
     ovs: PrivateOVS
     bridge_mappings: dict[str, str] = field(default_factory=dict)
     controller: str | None = None
+    peer_tunnel_ips: list[str] = field(default_factory=list)
 
     @property
     def rundir(self) -> str:
@@ -126,9 +127,24 @@ class Hypervisor:
         self.ovs.stop_vswitchd()
 
     def start_vswitchd(self) -> None:
-        """Start ovs-vswitchd again; it rebuilds bridges and ports from the database, not flows."""
+        """Start ovs-vswitchd again; it rebuilds bridges and ports from the database, not flows.
+
+        The new vswitchd's tunnel neighbour cache is empty, so it is primed again (see
+        :meth:`prime_tunnel_neighbours`).
+        """
         self.ovs.start_vswitchd()
         self.ovs.wait_bridge(steps.INTEGRATION_BRIDGE)
+        self.prime_tunnel_neighbours()
+
+    def prime_tunnel_neighbours(self) -> None:
+        """Ping every peer's tunnel IP once from this hypervisor's namespace.
+
+        OVS's native tunnelling drops the first packet to a peer whose MAC it has not
+        learned yet (it ARPs and drops). The ping's ARP exchange passes through
+        br-underlay, where OVS snoops it into its tunnel neighbour cache.
+        """
+        for ip in self.peer_tunnel_ips:
+            sh.run(["ping", "-c1", "-W1", "-q", ip], netns=self.netns, check=False)
 
     def restart_vswitchd(self) -> None:
         """Stop then start ovs-vswitchd."""
@@ -278,7 +294,7 @@ class Lab:
         steps.attach_underlay(hv.vsctl, netns, UNDERLAY_NIC, tunnel_cidr, self.underlay_mtu)
         steps.add_tunnel_ports(hv.vsctl, tunnel_ip)
         if self.provider:
-            steps.add_provider_bridge(hv.vsctl, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
+            steps.add_provider_bridge(hv.vsctl, netns, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
             hv.bridge_mappings[self.physnet] = PROVIDER_BRIDGE
         hv.ovs.wait_bridge(steps.INTEGRATION_BRIDGE)
 
@@ -295,16 +311,11 @@ class Lab:
         return f"unix:{link}"
 
     def _prime_tunnel_neighbours(self) -> None:
-        # OVS's native tunnelling drops the first packet to a peer whose MAC it has not
-        # learned yet (it ARPs and drops). A ping between the tunnel endpoints sends ARP
-        # through each br-underlay, where OVS snoops it into its tunnel neighbour cache.
-        def ping_peers(hv: Hypervisor) -> None:
-            for peer in self.hypervisors:
-                if peer is not hv:
-                    sh.run(["ping", "-c1", "-W1", "-q", peer.tunnel_ip], netns=hv.netns, check=False)
-
+        # Without this, the first packet of every VM pair's first exchange is lost.
+        for hv in self.hypervisors:
+            hv.peer_tunnel_ips = [peer.tunnel_ip for peer in self.hypervisors if peer is not hv]
         with ThreadPoolExecutor(max_workers=min(8, len(self.hypervisors))) as pool:
-            list(pool.map(ping_peers, self.hypervisors))
+            list(pool.map(Hypervisor.prime_tunnel_neighbours, self.hypervisors))
 
     # -- lookups -------------------------------------------------------------------
     def hypervisor(self, name: str) -> Hypervisor:

@@ -84,8 +84,8 @@ def attach_underlay(vsctl: Vsctl, netns: str, nic: str, tunnel_cidr: str, mtu: i
 
     ``ovs-vsctl add-br br-underlay -- set bridge br-underlay datapath_type=netdev
     fail_mode=standalone -- set interface br-underlay mtu_request=<mtu>
-    -- add-port br-underlay <nic>``, then ``ip addr add <tunnel ip/len> dev br-underlay``
-    and ``ip link set br-underlay up``.
+    -- add-port br-underlay <nic>``, then ``ip addr add <tunnel ip/len> dev br-underlay``,
+    ``ip link set br-underlay up`` and :func:`release_nic_from_kernel` on the NIC.
 
     Why: the userspace datapath does its own tunnel encapsulation ("native tunnelling").
     It routes ``tun_dst`` with OVS's route table and resolves the next hop's MAC itself,
@@ -94,6 +94,7 @@ def attach_underlay(vsctl: Vsctl, netns: str, nic: str, tunnel_cidr: str, mtu: i
     encapsulated packet is dropped (checked on this machine, OVS 3.1).
     MTU 1600 leaves room for the VXLAN/Geneve headers of 1500-byte inner frames.
     """
+    release_nic_from_kernel(netns, nic)
     vsctl(
         "add-br", UNDERLAY_BRIDGE,
         "--", "set", "bridge", UNDERLAY_BRIDGE, "datapath_type=netdev", "fail_mode=standalone",
@@ -104,6 +105,21 @@ def attach_underlay(vsctl: Vsctl, netns: str, nic: str, tunnel_cidr: str, mtu: i
     ip = ["ip", "-n", netns]
     sh.run([*ip, "addr", "add", tunnel_cidr, "dev", UNDERLAY_BRIDGE])
     sh.run([*ip, "link", "set", UNDERLAY_BRIDGE, "up"])
+
+
+def release_nic_from_kernel(netns: str, nic: str) -> None:
+    """Keep the kernel's IP stack off a NIC that a userspace-datapath bridge owns.
+
+    ``ip link set <nic> arp off`` and ``sysctl net.ipv6.conf.<nic>.disable_ipv6=1``.
+    The netdev datapath reads the NIC with an AF_PACKET socket, so the kernel still
+    receives every frame on it too. With ARP on, the kernel answers the peers' ARP for
+    the tunnel IP a second time, with the NIC's own MAC; whichever reply OVS snoops last
+    wins, and with the NIC's MAC the peer's encapsulated packets are not terminated
+    (seen here: two replies per request). IPv6 off: no router solicitations or MLD
+    reports from the NIC itself on the fabric.
+    """
+    sh.run(["ip", "-n", netns, "link", "set", nic, "arp", "off"])
+    sh.run(["sysctl", "-qw", f"net.ipv6.conf.{nic}.disable_ipv6=1"], netns=netns)
 
 
 def add_tunnel_ports(vsctl: Vsctl, tunnel_ip: str) -> None:
@@ -124,7 +140,7 @@ def add_tunnel_ports(vsctl: Vsctl, tunnel_ip: str) -> None:
     vsctl(*args[1:])
 
 
-def add_provider_bridge(vsctl: Vsctl, physnet: str, bridge: str, nic: str) -> None:
+def add_provider_bridge(vsctl: Vsctl, netns: str, physnet: str, bridge: str, nic: str) -> None:
     """Step 5 (optional): a provider bridge for ``physnet`` with its NIC, patched to br-int.
 
     ``ovs-vsctl add-br <bridge> -- set bridge <bridge> datapath_type=netdev
@@ -132,7 +148,9 @@ def add_provider_bridge(vsctl: Vsctl, physnet: str, bridge: str, nic: str) -> No
     ``phy-<physnet>`` (on br-int, ``options:peer=int-<physnet>``) and
     ``int-<physnet>`` (on the provider bridge, ``options:peer=phy-<physnet>``).
     The hypervisor is then registered with ``bridge_mappings={physnet: bridge}``.
+    ``netns`` (the lab's hypervisor namespace): :func:`release_nic_from_kernel` on the NIC.
     """
+    release_nic_from_kernel(netns, nic)
     phy = provider_patch_name(physnet)
     peer = "int-" + physnet
     vsctl(
