@@ -135,9 +135,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     ``topology`` defaults to the SQLite-backed one at ``args.db``. os-ken's app
     manager is a per-process singleton: start at most one controller per process.
     """
-    from apps.northbound.server import make_app, serve
     from os_ken.base import app_manager
-    from prometheus_client import make_wsgi_app
 
     from controller import app as of_app
     from controller.metrics import REGISTRY
@@ -160,6 +158,10 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         serve_unix(args.unix_socket)
     api = None
     if args.api_port:
+        from prometheus_client import make_wsgi_app
+
+        from apps.northbound.server import make_app, serve
+
         api = serve(make_app(topology, extra={"/metrics": make_wsgi_app(REGISTRY)}), args.api_host, args.api_port)
     LOG.info("tenantflow controller: OpenFlow on %s:%d%s, API on %s:%d, state in %s", args.of_host, args.of_port,
              f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port, args.db)
