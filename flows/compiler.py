@@ -47,12 +47,17 @@ def view_of(graph: TopologyGraph, hv_name: str) -> HypervisorView | None:
         return None
     ofports = graph.ofports(hv_name)
     bound = graph.ports_on(hv_name)
-    local = sorted((p for p in bound if p.admin_state_up and p.ofport_name in ofports), key=lambda p: p.key)
     networks = {}
     for p in bound:
         net = graph.network(p.network_id)
         if net is not None:
             networks[net.id] = net
+    # Sorted by key: flood actions list local ports in this order, and cookies
+    # must not depend on the order the graph happened to load them in.
+    local = sorted(
+        (p for p in bound if p.admin_state_up and p.ofport_name in ofports and p.network_id in networks),
+        key=lambda p: p.key,
+    )
     return HypervisorView(hv, ofports, local, networks)
 
 
@@ -84,9 +89,11 @@ def _default_flows() -> list[Flow]:
 def _classify_local_ports(view: HypervisorView) -> Iterator[Flow]:
     for port in view.local_ports:
         net = view.networks[port.network_id]
+        # Untagged only: a guest's own 802.1Q tag must never reach a provider
+        # network, where it would land the frame in another tenant's VLAN.
         yield make_flow(
             CLASSIFY, "vm_port",
-            {"in_port": view.ofports[port.ofport_name]},
+            {"in_port": view.ofports[port.ofport_name], "vlan_vid": OFPVID_NONE},
             [SetField(REG_NETWORK, net.key), SetField(REG_INPORT, port.key)],
             goto=ARP_RSP,
             description=f"from port {port.id} into network {net.id}",

@@ -313,9 +313,7 @@ def test_synthetic_cloud_is_deterministic_and_compiles() -> None:
         assert lint(compile_hypervisor(g1, hv)) == []
 
 
-# -- known compiler bugs (strict xfail: they flip to failures once fixed, then drop the mark) -----------
-@pytest.mark.xfail(strict=True, reason="compiler bug: phy_classify's vm_port flow does not match vlan_vid=0x0000, "
-                   "so a guest's own 802.1Q tag survives onto a flat provider network (see report)")
+# -- regressions ---------------------------------------------------------------------------------------
 def test_guest_vlan_tag_cannot_cross_into_a_vlan_provider_network() -> None:
     b = Builder()
     b.hv(0)
@@ -331,8 +329,6 @@ def test_guest_vlan_tag_cannot_cross_into_a_vlan_provider_network() -> None:
     assert "v1" not in delivered_labels(built, res)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="compiler bug: _classify_local_ports indexes "
-                   "view.networks with a port whose network record is gone (see report)")
 def test_compile_survives_a_port_whose_network_was_removed(tenants: Built) -> None:
     g = tenants.graph
     g.remove("network", tenants.networks["b"].id)
