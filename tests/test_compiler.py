@@ -22,7 +22,6 @@ from topo_builders import (
     provider_pair,
     random_cloud,
     send,
-    synthetic_cloud,
     two_tenants_same_cidr,
 )
 
@@ -31,6 +30,7 @@ from flows.flow import make_flow
 from flows.pipeline import PipelineError, stage
 from flows.simulate import lint, simulate
 from topology.graph import TopologyGraph
+from topology.synthetic import synthetic_cloud
 
 ARP = 0x0806
 

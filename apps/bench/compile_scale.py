@@ -5,9 +5,8 @@ from __future__ import annotations
 import statistics
 import time
 
-from topology.synthetic import synthetic_cloud
-
 from flows.compiler import compile_hypervisor
+from topology.synthetic import synthetic_cloud
 
 
 def run(quick: bool = False) -> dict:
