@@ -89,7 +89,6 @@ class TenantflowApp(app_manager.OSKenApp):
         if sw.hv_name is None:
             return
         self.topology.set_live_ofports(sw.hv_name, ofports)
-        metrics.SWITCH_UP.labels(sw.hv_name).set(1)
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev):

@@ -179,12 +179,18 @@ class Switch:
         stale = [c for c, n in self.installed.items() if c not in desired or n > 1]
         missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
         if not stale and not missing:
-            return PushResult()
-        result = self.push(stale, missing)
-        if result.committed:
-            self.installed = Multiset(desired.keys())
+            result = PushResult()
+        else:
+            result = self.push(stale, missing)
+            if result.committed:
+                self.installed = Multiset(desired.keys())
+            metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
+        if result.committed and self._alive:
             metrics.FLOWS.labels(self.hv_name).set(len(desired))
-        metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
+        # "connected and synced": only a sync that left the switch equal to the
+        # compiled flows says so, and only after it (never on connect alone).
+        if self._alive:
+            metrics.SWITCH_UP.labels(self.hv_name).set(1 if result.committed else 0)
         return result
 
     def push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
