@@ -1,0 +1,274 @@
+"""Shared helpers for end-to-end tests: the real controller process plus a lab wired to it.
+
+An end-to-end test runs ``tenantflow controller`` as a child process
+(:class:`apps.lab.controller.ControllerProcess`), builds a lab whose hypervisors
+reach it over its OpenFlow unix socket, and drives everything through the REST
+API, exactly as an operator and Nova would. Import what you need::
+
+    from tests.e2e_fixtures import controller, attached_lab, plug_new_vm, wait_until
+
+``controller`` is a function-scoped fixture; :func:`running_controller` is the
+context manager behind it, for module-scoped fixtures (with ``tmp_path_factory``).
+Every helper fails with the controller's log tail attached, since that is where the
+cause of an end-to-end failure usually is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from apps.lab import Hypervisor, Lab, LabVM
+from apps.lab.controller import ControllerProcess
+from tests.lab_fixtures import lab_problem, require_lab
+
+__all__ = [
+    "Capture",
+    "attached_lab",
+    "capturing",
+    "controller",
+    "create_network",
+    "create_port",
+    "flows_mentioning",
+    "lab_problem",
+    "plug_new_vm",
+    "port_ip",
+    "require_lab",
+    "running_controller",
+    "wait_port_active",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+
+def wait_until(
+    cond: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition",
+) -> T:
+    """Call ``cond`` until it returns something truthy and return that; TimeoutError after ``timeout`` s.
+
+    ``message`` (a string, or a callable evaluated only on failure, e.g. to attach a
+    controller log tail) describes what was awaited.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {text}")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def running_controller(workdir: str | os.PathLike[str], *extra_args: str) -> Iterator[ControllerProcess]:
+    """A started ``tenantflow controller`` with its state, log and socket in ``workdir``; stopped on exit."""
+    ctrl = ControllerProcess(str(workdir), extra_args=list(extra_args))
+    ctrl.start()
+    try:
+        yield ctrl
+    finally:
+        ctrl.stop()
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[ControllerProcess]:
+    """A running controller process private to this test (state in ``tmp_path``), stopped at teardown."""
+    require_lab()
+    with running_controller(tmp_path / "controller") as ctrl:
+        yield ctrl
+
+
+@contextlib.contextmanager
+def attached_lab(
+    ctrl: ControllerProcess,
+    prefix: str,
+    n_hypervisors: int = 2,
+    connect_timeout: float = 15.0,
+    **lab_kwargs: Any,
+) -> Iterator[Lab]:
+    """A lab whose hypervisors are attached to ``ctrl`` (unix socket), registered and connected.
+
+    ``prefix`` must be unique per test module (namespaces are named after it). Extra
+    keyword arguments go to :class:`apps.lab.Lab` (``provider=True``...). The lab is torn
+    down on exit, whatever happened.
+    """
+    with Lab(
+        prefix=prefix,
+        n_hypervisors=n_hypervisors,
+        controller_unix_socket=ctrl.unix_socket,
+        api_url=ctrl.api_url,
+        **lab_kwargs,
+    ) as lab:
+        lab.register_hypervisors()
+        for hv in lab.hypervisors:
+            ctrl.wait_hypervisor_connected(hv.name, timeout=connect_timeout)
+        yield lab
+
+
+def create_network(
+    ctrl: ControllerProcess,
+    name: str,
+    cidr: str = "10.0.0.0/24",
+    project_id: str | None = None,
+    **attrs: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """POST a network (``attrs`` may hold ``provider:*`` keys) and one IPv4 subnet on it; returns both."""
+    if project_id is not None:
+        attrs["project_id"] = project_id
+    net = ctrl.create("network", name=name, **attrs)
+    subnet_attrs: dict[str, Any] = {"network_id": net["id"], "cidr": cidr, "ip_version": 4}
+    if project_id is not None:
+        subnet_attrs["project_id"] = project_id
+    subnet = ctrl.create("subnet", **subnet_attrs)
+    return net, subnet
+
+
+def create_port(ctrl: ControllerProcess, net: dict[str, Any], host: str, **attrs: Any) -> dict[str, Any]:
+    """POST a Nova-style port on ``net`` bound to hypervisor ``host`` (same project as the network)."""
+    attrs.setdefault("device_owner", "compute:nova")
+    attrs.setdefault("project_id", net["project_id"])
+    return ctrl.create("port", network_id=net["id"], **{"binding:host_id": host}, **attrs)
+
+
+def port_ip(port: dict[str, Any]) -> str:
+    """The port's first fixed IP address."""
+    return str(port["fixed_ips"][0]["ip_address"])
+
+
+def wait_port_active(ctrl: ControllerProcess, port_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Wait until the API shows the port ``ACTIVE`` (its tap was seen on its host); returns the port."""
+
+    def active() -> dict[str, Any] | None:
+        port = ctrl.show("port", port_id)
+        return port if port["status"] == "ACTIVE" else None
+
+    return wait_until(
+        active,
+        timeout,
+        message=lambda: f"port {port_id} ACTIVE; controller log:\n{ctrl.log_tail()}",
+    )
+
+
+def plug_new_vm(
+    ctrl: ControllerProcess,
+    lab: Lab,
+    name: str,
+    net: dict[str, Any],
+    host: str,
+    fixed_ips: list[dict[str, str]] | None = None,
+    wait_active: bool = True,
+    **port_attrs: Any,
+) -> LabVM:
+    """Create a port on ``net`` bound to ``host`` through the API and boot VM ``name`` on it.
+
+    The VM's NIC gets the network's MTU (1450 on overlays) and every fixed IP of the
+    port. With ``wait_active`` the call returns once the controller has seen the tap;
+    that does not mean every peer hypervisor has its flows yet: poll for traffic.
+    """
+    if fixed_ips is not None:
+        port_attrs["fixed_ips"] = fixed_ips
+    port = create_port(ctrl, net, host, **port_attrs)
+    vm = lab.plug_vm(name, port, mtu=int(net.get("mtu") or 1450))
+    if wait_active:
+        wait_port_active(ctrl, port["id"])
+    return vm
+
+
+def flows_mentioning(hv: Hypervisor, *needles: str, bridge: str = "br-int") -> list[str]:
+    """The ``dump-flows`` lines of ``hv``'s bridge containing any of ``needles`` (case-insensitive)."""
+    pattern = re.compile("|".join(re.escape(n) for n in needles), re.IGNORECASE)
+    return [line for line in hv.ofctl("dump-flows", bridge).splitlines() if pattern.search(line)]
+
+
+FRAME_RE = re.compile(r"^\S+ (?P<src>[0-9a-f]{2}(?::[0-9a-f]{2}){5}) > (?P<dst>[0-9a-f]{2}(?::[0-9a-f]{2}){5}),")
+
+
+class Capture:
+    """``tcpdump`` on a VM's ``eth0`` into a pcap file: started before the traffic, stopped by PID after.
+
+    The file is written packet by packet (``-U``), so nothing is lost when it stops.
+    ``-Z root``: Debian's tcpdump otherwise drops to user ``tcpdump`` and may not be
+    allowed to write into the test's temporary directory.
+    """
+
+    def __init__(self, vm: LabVM, directory: str | os.PathLike[str], bpf: tuple[str, ...] = ()) -> None:
+        self.vm = vm
+        self.path = os.path.join(directory, f"{vm.name}.pcap")
+        self.errpath = self.path + ".err"
+        self.bpf = bpf
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 5.0) -> Capture:
+        """Start tcpdump in the VM's namespace and wait until it is listening."""
+        with open(self.errpath, "w") as err:
+            self.proc = self.vm.popen(
+                ["tcpdump", "-i", "eth0", "-n", "-U", "-Z", "root", "-w", self.path, *self.bpf],
+                stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+
+        def listening() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"tcpdump in {self.vm.name} exited: {Path(self.errpath).read_text()}")
+            return "listening on" in Path(self.errpath).read_text()
+
+        wait_until(listening, timeout, message=f"tcpdump listening in {self.vm.name}")
+        return self
+
+    def stop(self) -> None:
+        """SIGINT tcpdump (by its PID) and reap it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def lines(self) -> list[str]:
+        """The capture decoded by ``tcpdump -r -n -e`` (link-level headers: source and destination MAC)."""
+        out = subprocess.run(["tcpdump", "-r", self.path, "-n", "-e"], capture_output=True, text=True, check=True)
+        return out.stdout.splitlines()
+
+    def frames_from(self, *macs: str) -> list[str]:
+        """Captured frames whose Ethernet source is one of ``macs``."""
+        wanted = {m.lower() for m in macs}
+        return [line for line in self.lines() if (m := FRAME_RE.match(line)) and m["src"] in wanted]
+
+    def mentioning(self, *needles: str) -> list[str]:
+        """Captured frames whose decoded line contains any of ``needles`` (MACs, addresses...)."""
+        lowered = [n.lower() for n in needles]
+        return [line for line in self.lines() if any(n in line.lower() for n in lowered)]
+
+
+@contextlib.contextmanager
+def capturing(
+    vms: list[LabVM], directory: str | os.PathLike[str], bpf: tuple[str, ...] = ()
+) -> Iterator[dict[str, Capture]]:
+    """Capture on every VM of ``vms`` for the duration of the block; ``{vm name: Capture}``.
+
+    The captures are stopped when the block exits; read them afterwards.
+    """
+    os.makedirs(directory, exist_ok=True)
+    captures: dict[str, Capture] = {}
+    try:
+        for vm in vms:
+            captures[vm.name] = Capture(vm, directory, bpf).start()
+        yield captures
+    finally:
+        for cap in captures.values():
+            cap.stop()
