@@ -21,7 +21,9 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,8 +33,12 @@ from flows.flow import Flow, SetField, make_flow  # noqa: E402
 from flows.pipeline import stage  # noqa: E402
 from topology.state import Topology  # noqa: E402
 
-DPID = 0x7466E2E0000000E1
 HV = "errhv"
+
+
+def dpid_for(bridge: str) -> int:
+    """A datapath id of our own, distinct per bridge name (concurrent runs use distinct bridges)."""
+    return 0x7466E2E000000000 | zlib.crc32(bridge.encode())
 
 
 def _sh(*cmd: str) -> str:
@@ -91,24 +97,25 @@ def bad_flow() -> Flow:
 
 def run(bridge: str, workdir: str) -> dict:
     """Start the controller on ``bridge``, push good+bad then good, report what happened."""
+    dpid = dpid_for(bridge)
     collect = _Collect()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger().addHandler(collect)
     db = os.path.join(workdir, "probe.sqlite")
     topology = Topology(db)
-    topology.register_hypervisor({"name": HV, "datapath_id": f"{DPID:016x}", "tunnel_ip": "192.0.2.1"})
+    topology.register_hypervisor({"name": HV, "datapath_id": f"{dpid:016x}", "tunnel_ip": "192.0.2.1"})
     of_port, api_port = _free_port(), _free_port()
     args = parse_args(["--db", db, "--of-host", "127.0.0.1", "--of-port", str(of_port), "--unix-socket", "",
                        "--api-host", "127.0.0.1", "--api-port", str(api_port)])
     _sh("ovs-vsctl", "--if-exists", "del-br", bridge)
     _sh("ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=secure",
-        "protocols=OpenFlow13", f"other-config:datapath-id={DPID:016x}", "other-config:disable-in-band=true")
+        "protocols=OpenFlow13", f"other-config:datapath-id={dpid:016x}", "other-config:disable-in-band=true")
     try:
         running = start(args, topology=topology)
         app = running.app
         _sh("ovs-vsctl", "set-controller", bridge, f"tcp:127.0.0.1:{of_port}")
         # Connected and synced (the default flows of an empty hypervisor are on the switch).
-        sw = _wait(lambda: (s := app.switches.get(DPID)) is not None and s.ready and s.last_push is not None
+        sw = _wait(lambda: (s := app.switches.get(dpid)) is not None and s.ready and s.last_push is not None
                    and s.last_push.committed and s, 15, "bridge never connected and synced")
         baseline = sorted(_cookies(bridge))
         good, bad = good_flows(), bad_flow()
@@ -133,7 +140,7 @@ def run(bridge: str, workdir: str) -> dict:
             "after_second": after_second,
             "bundles_delta": {k: v - bundles_before.get(k, 0) for k, v in _bundle_counts().items()},
             "of_errors": metrics.REGISTRY.get_sample_value("tenantflow_of_errors_total", {"hypervisor": HV}),
-            "switch_still_connected": app.switches.get(DPID) is sw and sw.ready,
+            "switch_still_connected": app.switches.get(dpid) is sw and sw.ready,
             "api_status": api_status,
             "metrics_has_discarded": f'tenantflow_bundles_total{{hypervisor="{HV}",outcome="discarded"}} 1.0'
             in metrics_text,
@@ -150,8 +157,14 @@ def _bundle_counts() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    result = run(sys.argv[1], sys.argv[2])
+    # os-ken's threads do not shut down cleanly (HubThread.kill): leave with os._exit,
+    # on failure too, or the interpreter would wait for them forever.
+    try:
+        result = run(sys.argv[1], sys.argv[2])
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
-    # os-ken's threads do not shut down cleanly (HubThread.kill): leave at once.
     os._exit(0)
