@@ -9,8 +9,8 @@ in namespaces and the VMs Mininet hosts (:mod:`apps.lab`). What is proven:
    very same flows (same cookies, packet counters and ages never reset).
    After the restart, a new port sends exactly the compiled difference.
 2. A switch whose flows were tampered with (one of ours deleted, a stray added) is
-   brought back to exactly the compiled flows when it reconnects, with one delete
-   and one add.
+   brought back to exactly the compiled flows with one delete and one add, both when
+   the bridge reconnects to the running controller and by a SIGKILLed+restarted one.
 3. An OpenFlow error inside a bundle is logged with the flow that caused it, the
    bundle is discarded (none of its flows lands), the controller keeps running and
    the next bundle commits (in a subprocess: ``tests/ofp_error_probe.py``).
