@@ -89,6 +89,11 @@ class TenantflowApp(app_manager.OSKenApp):
         if sw.hv_name is None:
             return
         self.topology.set_live_ofports(sw.hv_name, ofports)
+        # Export this hypervisor's event counters at 0 from the start: a labelled counter
+        # has no series until its first increment, and an absent series reads as "no data",
+        # not as "no packet-in / no error" (alerts on rate() and increase() never fire).
+        metrics.PACKET_INS.labels(sw.hv_name)
+        metrics.OF_ERRORS.labels(sw.hv_name)
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev):
