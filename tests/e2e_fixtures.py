@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -194,6 +196,14 @@ def flows_mentioning(hv: Hypervisor, *needles: str, bridge: str = "br-int") -> l
     return [line for line in hv.ofctl("dump-flows", bridge).splitlines() if pattern.search(line)]
 
 
+MARKER_ETHERTYPE = 0x88B5  # IEEE 802 "local experimental": nothing else sends it
+MARKER_SENDER = """
+import socket, sys
+mac = bytes.fromhex(sys.argv[1].replace(":", ""))
+with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+    s.bind(("eth0", 0))
+    s.send(mac + mac + b"\\x88\\xb5" + b"tenantflow capture marker".ljust(46, b"\\0"))
+"""
 FRAME_RE = re.compile(r"^\S+ (?P<src>[0-9a-f]{2}(?::[0-9a-f]{2}){5}) > (?P<dst>[0-9a-f]{2}(?::[0-9a-f]{2}){5}),")
 
 
@@ -211,6 +221,7 @@ class Capture:
         self.errpath = self.path + ".err"
         self.bpf = bpf
         self.proc: subprocess.Popen[bytes] | None = None
+        self._markers_sent = 0
 
     def start(self, timeout: float = 5.0) -> Capture:
         """Start tcpdump in the VM's namespace and wait until it is listening."""
@@ -228,10 +239,39 @@ class Capture:
         wait_until(listening, timeout, message=f"tcpdump listening in {self.vm.name}")
         return self
 
-    def stop(self) -> None:
-        """SIGINT tcpdump (by its PID) and reap it."""
+    def send_marker(self) -> None:
+        """Send one marker frame (ethertype :data:`MARKER_ETHERTYPE`) out of the VM's eth0.
+
+        Addressed to the VM's own MAC: the hypervisor never sends a frame back out of
+        its in_port, so the marker goes nowhere, but the capture sees it leave.
+        """
+        self._markers_sent += 1
+        self.vm.cmd(f"{sys.executable} -c {shlex.quote(MARKER_SENDER)} {self.vm.port['mac_address']}")
+
+    def wait_marker(self, timeout: float = 5.0) -> None:
+        """Wait until every marker sent so far is in the pcap file."""
+
+        def written() -> bool:
+            return len(self.lines(check=False, ethertype=MARKER_ETHERTYPE)) >= self._markers_sent
+
+        wait_until(written, timeout, message=f"the capture marker in {self.vm.name}'s pcap")
+
+    def sync(self) -> None:
+        """Make sure everything that crossed eth0 so far is in the pcap file.
+
+        tcpdump reads the packet socket asynchronously: stopped right after the traffic,
+        it may never write the last frames. A frame sent after the traffic and found in
+        the file proves every earlier frame was processed (one socket, in order).
+        """
+        self.send_marker()
+        self.wait_marker()
+
+    def stop(self, sync: bool = True) -> None:
+        """Sync (unless told not to), then SIGINT tcpdump (by its PID) and reap it."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        if sync:
+            self.sync()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=5)
@@ -239,9 +279,16 @@ class Capture:
             self.proc.kill()
             self.proc.wait(timeout=5)
 
-    def lines(self) -> list[str]:
-        """The capture decoded by ``tcpdump -r -n -e`` (link-level headers: source and destination MAC)."""
-        out = subprocess.run(["tcpdump", "-r", self.path, "-n", "-e"], capture_output=True, text=True, check=True)
+    def lines(self, check: bool = True, ethertype: int | None = None) -> list[str]:
+        """The capture decoded by ``tcpdump -r -n -e`` (link-level headers: source and destination MAC).
+
+        Capture markers are left out unless ``ethertype`` selects them (a BPF filter).
+        ``check=False``: tolerate a file still being written (a truncated last record).
+        """
+        bpf = [f"ether proto {ethertype:#x}"] if ethertype else [f"not ether proto {MARKER_ETHERTYPE:#x}"]
+        out = subprocess.run(["tcpdump", "-r", self.path, "-n", "-e", *bpf], capture_output=True, text=True)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"tcpdump -r {self.path}: {out.stderr}")
         return out.stdout.splitlines()
 
     def frames_from(self, *macs: str) -> list[str]:
@@ -270,5 +317,9 @@ def capturing(
             captures[vm.name] = Capture(vm, directory, bpf).start()
         yield captures
     finally:
+        # markers first, all at once, then wait for each: one round trip, not one per VM
         for cap in captures.values():
-            cap.stop()
+            cap.send_marker()
+        for cap in captures.values():
+            cap.wait_marker()
+            cap.stop(sync=False)
