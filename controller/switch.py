@@ -29,7 +29,8 @@ from flows.flow import Flow
 from flows.pipeline import STAGE_BY_TABLE
 
 LOG = logging.getLogger("tenantflow.switch")
-REPLY_TIMEOUT = 30.0
+REPLY_TIMEOUT = 60.0
+STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Switch:
         self._compile = compile_fn
         self._on_ofports = on_ofports
         self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
-        self._inflight: set[int] = set()  # xids of the bundle being pushed
+        self._inflight_from: int | None = None  # first xid of the bundle being pushed
         self.installed: Multiset[int] = Multiset()  # cookie -> how many flows carry it on the switch
         self.ready = False
         self.last_push: PushResult | None = None
@@ -104,7 +105,8 @@ class Switch:
     def on_error(self, xid: int, msg) -> bool:
         """An OpenFlow error for ``xid``: keep it if it answers one of ours (returns True)."""
         waiter = self._waiters.get(xid)
-        if waiter is None and xid not in self._inflight:
+        pushing = self._inflight_from is not None and xid >= self._inflight_from
+        if waiter is None and not pushing:
             return False
         self._errors.setdefault(xid, []).append(msg)
         if waiter is not None:
@@ -204,31 +206,20 @@ class Switch:
     def _push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
         open_xid = next(self._xids)
-        msgs = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
-        by_xid: dict[int, str] = {}
+        by_xid: dict[int, Flow | int] = {}  # what each bundle message carried: a flow, or a cookie to delete
         result = PushResult()
-        for cookie in delete_cookies:
-            xid = next(self._xids)
-            msgs.append(wire.bundle_add(bundle_id, wire.flow_delete_cookie(cookie), xid))
-            by_xid[xid] = f"delete cookie={cookie:#x}"
-            result.deleted += 1
-        for flow in add_flows:
-            xid = next(self._xids)
-            msgs.append(wire.bundle_add(bundle_id, wire.flow_add(flow), xid))
-            by_xid[xid] = describe(flow)
-            result.added += 1
-        barrier_xid = next(self._xids)
-        msgs.append(wire.barrier_request(barrier_xid))
-        self._inflight = {open_xid, *by_xid}
+        # Errors may come back while later messages are still being encoded:
+        # from here on, every error with one of this push's xids is ours.
+        self._inflight_from = open_xid
         try:
-            self._send_and_wait(b"".join(msgs), barrier_xid)
+            self._stream(bundle_id, open_xid, delete_cookies, add_flows, by_xid, result)
         finally:
-            self._inflight = set()
+            self._inflight_from = None
         refused = [(xid, err) for xid in [open_xid, *by_xid] for err in self._errors.pop(xid, [])]
         if refused:
             result.committed = False
             for xid, err in refused:
-                text = f"switch {self.hv_name}: {_error_text(err)} for {by_xid.get(xid, 'bundle open')}"
+                text = f"switch {self.hv_name}: {_error_text(err)} for {_carried(by_xid.get(xid))}"
                 LOG.error("%s", text)
                 result.errors.append(text)
             self._bundle_ctrl(bundle_id, ofp.ONF_BCT_DISCARD_REQUEST)
@@ -247,12 +238,37 @@ class Switch:
         LOG.info("switch %s: committed bundle: %d added, %d deleted", self.hv_name, result.added, result.deleted)
         return result
 
+    def _stream(self, bundle_id: int, open_xid: int, delete_cookies: Iterable[int], add_flows: Iterable[Flow],
+                by_xid: dict[int, Flow | int], result: PushResult) -> None:
+        """Encode and send the bundle in chunks, so the switch installs while we encode; then a barrier."""
+        chunk = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
+        xids = self._xids
+        for cookie in delete_cookies:
+            xid = next(xids)
+            chunk.append(wire.bundle_add(bundle_id, wire.flow_delete_cookie(cookie), xid))
+            by_xid[xid] = cookie
+            result.deleted += 1
+        for flow in add_flows:
+            xid = next(xids)
+            chunk.append(wire.bundle_add(bundle_id, wire.flow_add(flow), xid))
+            by_xid[xid] = flow
+            result.added += 1
+            if len(chunk) >= STREAM_CHUNK:
+                self._send(b"".join(chunk))
+                chunk = []
+        barrier_xid = next(xids)
+        chunk.append(wire.barrier_request(barrier_xid))
+        self._send_and_wait(b"".join(chunk), barrier_xid)
+
+    def _send(self, data: bytes) -> None:
+        if not self._alive or not self.dp.send(data):
+            raise ConnectionError("switch connection closed")
+
     def _send_and_wait(self, data: bytes, xid: int) -> _Waiter:
         waiter = self._waiters[xid] = _Waiter()
         try:
-            if not self.dp.send(data):
-                raise ConnectionError("switch connection closed")
-            if not waiter.event.wait(REPLY_TIMEOUT + len(data) / 1e6) or not self._alive:
+            self._send(data)
+            if not waiter.event.wait(REPLY_TIMEOUT) or not self._alive:
                 raise ConnectionError("switch did not answer the barrier")
             return waiter
         finally:
@@ -263,6 +279,14 @@ class Switch:
         xid = next(self._xids)
         self._send_and_wait(wire.bundle_ctrl(bundle_id, ctrl_type, xid), xid)
         return self._errors.pop(xid, [])
+
+
+def _carried(item: Flow | int | None) -> str:
+    if item is None:
+        return "bundle open"
+    if isinstance(item, int):
+        return f"delete cookie={item:#x}"
+    return describe(item)
 
 
 def _error_text(err) -> str:

@@ -11,6 +11,7 @@ what os-ken itself serialises.
 
 from __future__ import annotations
 
+import socket
 import struct
 from functools import cache, lru_cache
 
@@ -27,7 +28,6 @@ _HEADER = struct.Struct("!BBHI")
 _FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIH2x")  # header + ofp_flow_mod body, 48 bytes
 _EXPERIMENTER = struct.Struct("!BBHIII")  # header + experimenter id + exp_type
 _BUNDLE_CTRL = struct.Struct("!IHH")
-_BUNDLE_ADD = struct.Struct("!IHH")  # bundle_id, pad, flags
 NX_VENDOR = ofproto_common.NX_EXPERIMENTER_ID
 NXAST_REG_MOVE = 6
 NXAST_RESUBMIT_TABLE = 14
@@ -53,6 +53,17 @@ def _value_bytes(name: str, value) -> bytes:
     _, width, desc = _field(name)
     if isinstance(value, int):
         return value.to_bytes(width, "big")
+    try:  # fast paths for the canonical spellings; netaddr for anything else
+        if desc is type_desc.MacAddr:
+            packed = bytes.fromhex(value.replace(":", ""))
+            if len(packed) == 6:
+                return packed
+        elif desc is type_desc.IPv4Addr:
+            return socket.inet_pton(socket.AF_INET, value)
+        elif desc is type_desc.IPv6Addr:
+            return socket.inet_pton(socket.AF_INET6, value)
+    except (ValueError, OSError):
+        pass
     if desc is type_desc.MacAddr:
         return netaddr.EUI(value).packed
     if desc in (type_desc.IPv4Addr, type_desc.IPv6Addr):
@@ -60,6 +71,7 @@ def _value_bytes(name: str, value) -> bytes:
     raise TypeError(f"field {name}: cannot encode {value!r}")
 
 
+@lru_cache(maxsize=1 << 17)
 def _oxm(name: str, value) -> bytes:
     header, width, _ = _field(name)
     if isinstance(value, tuple):
@@ -70,18 +82,26 @@ def _oxm(name: str, value) -> bytes:
     return struct.pack("!I", header) + _value_bytes(name, value)
 
 
+_PADDING = [b"\0" * n for n in range(8)]
+
+
 def _pad8(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % 8)
+    return data + _PADDING[-len(data) % 8]
+
+
+def _oxm_order(item: tuple) -> int:
+    return _field(item[0])[0]
 
 
 def encode_match(match) -> bytes:
     """ofp_match (OXM) for a flow's match tuple, padded to 8 bytes."""
     # Canonical OXM order (by header), the order os-ken itself emits.
-    ordered = sorted(match, key=lambda item: _field(item[0])[0])
+    ordered = sorted(match, key=_oxm_order)
     fields = b"".join(_oxm(name, value) for name, value in ordered)
     return _pad8(struct.pack("!HH", ofp.OFPMT_OXM, 4 + len(fields)) + fields)
 
 
+@lru_cache(maxsize=1 << 17)
 def _action(act) -> bytes:
     if isinstance(act, Output):
         return struct.pack("!HHIH6x", ofp.OFPAT_OUTPUT, 16, act.port, ofp.OFPCML_MAX)
@@ -138,9 +158,12 @@ def flow_delete_cookie(cookie: int, xid: int = 0) -> bytes:
     ) + _EMPTY_MATCH
 
 
+_XID = struct.Struct("!I")
+
+
 def with_xid(msg: bytes, xid: int) -> bytes:
     """The same message with another transaction id."""
-    return msg[:4] + struct.pack("!I", xid) + msg[8:]
+    return msg[:4] + _XID.pack(xid) + msg[8:]
 
 
 def bundle_ctrl(bundle_id: int, ctrl_type: int, xid: int, flags: int = BUNDLE_FLAGS) -> bytes:
@@ -150,14 +173,15 @@ def bundle_ctrl(bundle_id: int, ctrl_type: int, xid: int, flags: int = BUNDLE_FL
     ) + _BUNDLE_CTRL.pack(bundle_id, ctrl_type, flags)
 
 
+_BUNDLE_ADD_HEAD = struct.Struct("!BBHIIIIHH")  # experimenter header + bundle_id, pad, flags
+
+
 def bundle_add(bundle_id: int, inner: bytes, xid: int, flags: int = BUNDLE_FLAGS) -> bytes:
     """Wrap one message into a bundle; its xid becomes ``xid`` too, as the extension requires."""
-    inner = with_xid(inner, xid)
-    length = 16 + 8 + len(inner)
-    return _EXPERIMENTER.pack(
-        OFP_VERSION, ofp.OFPT_EXPERIMENTER, length, xid, ofproto_common.ONF_EXPERIMENTER_ID,
-        ofp.ONF_ET_BUNDLE_ADD_MESSAGE,
-    ) + _BUNDLE_ADD.pack(bundle_id, 0, flags) + inner
+    return _BUNDLE_ADD_HEAD.pack(
+        OFP_VERSION, ofp.OFPT_EXPERIMENTER, 24 + len(inner), xid, ofproto_common.ONF_EXPERIMENTER_ID,
+        ofp.ONF_ET_BUNDLE_ADD_MESSAGE, bundle_id, 0, flags,
+    ) + inner[:4] + _XID.pack(xid) + inner[8:]
 
 
 def barrier_request(xid: int) -> bytes:
