@@ -8,6 +8,7 @@ REST API (with Prometheus metrics at /metrics). State lives in one SQLite file.
 from __future__ import annotations
 
 import argparse
+import gc
 import configparser
 import logging
 import os
@@ -150,6 +151,9 @@ def start(args: argparse.Namespace, topology=None) -> Running:
             default_physical_network=args.default_physical_network,
         )
     of_app.TOPOLOGY = topology
+    # The topology graph lives as long as the process: move it (and os-ken's
+    # tables) out of the GC's young generations so compiles don't rescan it.
+    gc.freeze()
     _configure_os_ken(args)
     manager = app_manager.AppManager.get_instance()
     manager.load_apps(["controller.app"])

@@ -18,25 +18,31 @@ MatchValue = int | str | tuple[int, int]
 """An int, an address string (MAC, IPv4, IPv6) or a (value, mask) pair of ints."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Output:
     """Output to an OpenFlow port number (``IN_PORT`` = 0xfffffff8)."""
 
     port: int
 
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"Output({self.port})"
+
 
 IN_PORT = 0xFFFFFFF8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class SetField:
     """Set a header or register field to a value."""
 
     field: str
     value: MatchValue
 
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"SetField({self.field!r}, {self.value!r})"
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, repr=False)
 class RegMove:
     """Copy all ``n_bits`` of field ``src`` into field ``dst`` (NXAST_REG_MOVE)."""
 
@@ -44,24 +50,36 @@ class RegMove:
     dst: str
     n_bits: int
 
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"RegMove({self.src!r}, {self.dst!r}, {self.n_bits})"
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, repr=False)
 class Resubmit:
     """Run the packet through another table and come back (NXAST_RESUBMIT_TABLE)."""
 
     table: str  # stage name
 
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"Resubmit({self.table!r})"
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, repr=False)
 class PushVlan:
     """Push an 802.1Q header (its VID is then set with SetField vlan_vid)."""
 
     ethertype: int = 0x8100
 
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"PushVlan({self.ethertype:#x})"
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, repr=False)
 class PopVlan:
     """Pop the outer 802.1Q header."""
+
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return "PopVlan()"
 
 
 Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan
