@@ -8,8 +8,8 @@ REST API (with Prometheus metrics at /metrics). State lives in one SQLite file.
 from __future__ import annotations
 
 import argparse
-import gc
 import configparser
+import gc
 import logging
 import os
 import signal
