@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import netaddr
 
 from flows.flow import IN_PORT, Action, Flow, MatchValue, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.ofctl import action_text
 from flows.pipeline import STAGE_BY_NAME, STAGE_BY_TABLE
 
 MAX_DEPTH = 64  # OVS's resubmit depth limit
@@ -194,23 +195,6 @@ def format_match(match: Iterable[tuple[str, MatchValue]]) -> str:
     return ",".join(f"{n}={_fmt_value(n, v)}" for n, v in match) or "(any)"
 
 
-def format_action(act: Action) -> str:
-    """``ovs-ofctl``-like text of one action."""
-    if isinstance(act, Output):
-        return "output:IN_PORT" if act.port == IN_PORT else f"output:{act.port}"
-    if isinstance(act, SetField):
-        return f"set_field:{_fmt_value(act.field, act.value)}->{act.field}"
-    if isinstance(act, RegMove):
-        return f"move:{act.src}[0..{act.n_bits - 1}]->{act.dst}[0..{act.n_bits - 1}]"
-    if isinstance(act, Resubmit):
-        return f"resubmit(,{act.table})"
-    if isinstance(act, PushVlan):
-        return f"push_vlan:{act.ethertype:#06x}"
-    if isinstance(act, PopVlan):
-        return "pop_vlan"
-    return repr(act)
-
-
 def table_name(table_id: int) -> str:
     """The stage name of a table id (``table<N>`` for tables outside the pipeline)."""
     st = STAGE_BY_TABLE.get(table_id)
@@ -325,7 +309,7 @@ class _Walk:
                                        f"{found[0].priority}: {descs}")
             flow = found[0]
             step = Step(depth, table_id, table_name(table_id), flow.priority, flow.description,
-                        format_match(flow.match), [format_action(a) for a in flow.actions], call=call)
+                        format_match(flow.match), [action_text(a) for a in flow.actions], call=call)
             self.res.trace.append(step)
             for act in flow.actions:
                 self.action(act, step, depth)

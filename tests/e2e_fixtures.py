@@ -56,8 +56,8 @@ T = TypeVar("T")
 def wait_until(
     cond: Callable[[], T],
     timeout: float = 10.0,
-    interval: float = 0.05,
     message: str | Callable[[], str] = "condition",
+    interval: float = 0.05,
 ) -> T:
     """Call ``cond`` until it returns something truthy and return that; TimeoutError after ``timeout`` s.
 

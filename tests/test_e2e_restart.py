@@ -37,7 +37,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +49,7 @@ from apps.lab import Hypervisor, Lab, LabVM
 from apps.lab.controller import ControllerProcess
 from flows.compiler import compile_hypervisor
 from flows.flow import Flow
+from tests.e2e_fixtures import wait_until
 from tests.lab_fixtures import ping_count, require_lab
 from topology.state import Topology
 
@@ -68,18 +69,6 @@ def _require_ovs() -> None:
 
 
 # -- small helpers -----------------------------------------------------------------------
-def wait_until(cond: Callable[[], T], timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> T:
-    """Poll ``cond`` until it returns something truthy (returned); TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what() if callable(what) else what}")
-        time.sleep(interval)
-
-
 @dataclass(frozen=True)
 class SwitchFlow:
     """One flow as ``ovs-ofctl dump-flows`` shows it."""
