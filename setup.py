@@ -1,10 +1,6 @@
 """tenantflow: an OpenFlow SDN controller for tenant networking."""
 
-import sys
-
 from setuptools import setup
-
-NETWORKX = "networkx>=3.2,<3.7" if sys.version_info < (3, 12) else "networkx>=3.2,<3.7"
 
 setup(
     name="tenantflow",
@@ -16,21 +12,22 @@ setup(
         "apps",
         "apps.northbound",
         "apps.lab",
+        "apps.bench",
         "topology",
         "flows",
     ],
     install_requires=[
-        "os-ken>=4.2.2,<5",
-        NETWORKX,
-        "WebOb>=1.8.7,<2",
-        "Routes>=2.5.1,<3",
-        "netaddr>=1.3,<2",
-        "prometheus_client>=0.20,<1",
+        "os-ken~=4.2.2",
+        "networkx>=3.2,<3.7",  # 3.7 needs Python 3.12
+        "WebOb~=1.8.7",
+        "Routes~=2.5.1",
+        "netaddr~=1.3.0",
+        "prometheus_client>=0.20,<0.30",
     ],
     extras_require={
         "test": [
             "pytest>=8,<10",
-            "scapy>=2.5,<3",
+            "scapy~=2.6",
             "ruff>=0.6",
         ],
     },
