@@ -22,7 +22,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.tenantflow-installed"
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+  log=$(mktemp)
+  if ! "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+    grep -v 'WARNING: Location' "$log" >&2; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
   touch "$stamp"
 fi
 # Debian's Mininet (the PyPI one lacks mnexec) without the rest of dist-packages.
