@@ -51,5 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=2)
     print(_table(results))
-    print(f"\nresults written to {args.out}")
-    return 0
+    print(f"\nresults written to {args.out}", flush=True)
+    # The push section runs an os-ken controller inside this process; os-ken's hub
+    # threads are not daemons and cannot be stopped (controller.main ends the same
+    # way), so a plain return would leave `make bench` hanging after its results.
+    sys.stderr.flush()
+    os._exit(0)
