@@ -139,9 +139,17 @@ class Switch:
                 if self._alive:
                     self.sync()
         except ConnectionError as exc:
-            LOG.info("switch %016x: %s", self.dpid, exc)
-        except Exception:  # a bug must not kill the controller, only this switch's sync
-            LOG.exception("switch %016x: sync worker failed", self.dpid)
+            LOG.warning("switch %016x (%s): %s", self.dpid, self.hv_name, exc)
+            self._drop_connection()
+        except Exception:  # a bug must not kill the controller, only this switch's connection
+            LOG.exception("switch %016x (%s): sync worker failed", self.dpid, self.hv_name)
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Close a connection we can no longer keep in sync: the switch reconnects and is reconciled."""
+        if self._alive:
+            self.ready = False
+            self.dp.close()
 
     def _connect(self) -> None:
         ports = self._request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0))
