@@ -31,6 +31,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,8 +109,6 @@ def create_tenants(ctl: ControllerProcess, lab: Lab) -> list[DemoVM]:
 
 def _flow_gauges(ctl: ControllerProcess) -> dict[str, float]:
     """``tenantflow_flows{hypervisor=...}``: what the controller believes each bridge holds."""
-    import urllib.request
-
     with urllib.request.urlopen(ctl.api_url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
     found = re.findall(r'^tenantflow_flows\{hypervisor="([^"]+)"\} ([0-9.e+]+)$', text, re.M)
