@@ -9,6 +9,7 @@ same os-ken app, sync engine and encoder as ``tenantflow controller``.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -134,3 +135,4 @@ def run(quick: bool = False) -> dict:
         }
     finally:
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", BRIDGE], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)  # the state file and a flows file of up to ~25 MB
