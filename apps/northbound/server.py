@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socketserver
 import threading
+import uuid
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -16,10 +18,26 @@ LOG = logging.getLogger(__name__)
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """Access log to the debug logger instead of stderr."""
+    """Access log to the debug logger instead of stderr; HTTP-level errors as NeutronError JSON."""
 
     def log_message(self, format: str, *args: object) -> None:
         LOG.debug("%s " + format, self.address_string(), *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """An answer to a request that never reached the app (a bad request line, too long a URI or
+        header): http.server's default is an HTML page; clients of this API expect Neutron's JSON."""
+        short = self.responses.get(code, ("Error",))[0]
+        kind = "HTTP" + "".join(w.capitalize() for w in short.replace("-", " ").split())
+        body = json.dumps({"NeutronError": {"type": kind, "message": message or short, "detail": ""}}).encode()
+        self.log_error("code %d, message %s", code, message)
+        self.send_response(code, short)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Openstack-Request-Id", f"req-{uuid.uuid4()}")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
