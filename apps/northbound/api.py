@@ -19,8 +19,7 @@ from typing import Any
 import routes
 import webob
 
-from apps.northbound import attributes, views
-from topology.graph import TopologyGraph
+from apps.northbound import attributes, collections, extensions, openapi, views
 from topology.model import Hypervisor, Network, Port, Subnet
 from topology.state import Topology
 from topology.store import BadRequest, NotFound, TopologyError
@@ -29,7 +28,6 @@ LOG = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 DRAIN_LIMIT = 16 * MAX_BODY  # read (and drop) this much of an oversized body so the client sees our 413
-PAGING_PARAMS = {"limit", "marker", "sort_key", "sort_dir", "page_reverse"}  # accepted, not implemented
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -92,10 +90,14 @@ class NorthboundApp:
     def __init__(self, topology: Topology, extra: dict[str, WsgiApp] | None = None) -> None:
         self.topology = topology
         self.extra = dict(extra or {})
+        self._openapi: dict | None = None
         self.mapper = routes.Mapper()
         collections = "|".join(RESOURCES)
         self.mapper.connect("/", action="versions")
         self.mapper.connect("/v2.0", action="resources")
+        self.mapper.connect("/openapi.json", action="openapi")
+        self.mapper.connect("/v2.0/extensions", action="extensions")
+        self.mapper.connect("/v2.0/extensions/{alias}", action="extension")
         self.mapper.connect("/v2.0/{collection}", action="collection", requirements={"collection": collections})
         self.mapper.connect("/v2.0/{collection}/{id}", action="member", requirements={"collection": collections})
 
@@ -133,15 +135,19 @@ class NorthboundApp:
     # -- dispatch ------------------------------------------------------------------
     def _dispatch(self, req: webob.Request) -> webob.Response:
         path = req.path_info.rstrip("/") or "/"
-        if path.endswith(".json"):  # old Neutron clients ask for /v2.0/networks.json
-            path = path[: -len(".json")]
         match = self.mapper.match(path)
+        if match is None and path.endswith(".json"):  # old Neutron clients ask for /v2.0/networks.json
+            match = self.mapper.match(path[: -len(".json")])
         if match is None:
             raise HttpError(404, "HTTPNotFound", "The resource could not be found.")
         action = match["action"]
         if action in ("versions", "resources"):
             self._allow(req, "GET")
             return json_response(200, self._versions(req) if action == "versions" else self._resources(req))
+        if action in ("extensions", "extension", "openapi"):
+            self._allow(req, "GET")
+            return json_response(200, self._extensions(match.get("alias")) if action != "openapi" else
+                                 self.openapi())
         resource = RESOURCES[match["collection"]]
         if action == "collection":
             self._allow(req, "GET", "POST")
@@ -159,6 +165,27 @@ class NorthboundApp:
     def _versions(self, req: webob.Request) -> dict:
         href = req.host_url + "/v2.0/"
         return {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [{"href": href, "rel": "self"}]}]}
+
+    def extensions(self) -> list[extensions.Extension]:
+        """The Neutron extensions this API implements (computed from its resources and routes)."""
+        def has_action(collection: str, action: str) -> bool:
+            path = f"/v2.0/{collection}/{openapi.PROBE_ID}/{action}"
+            return self.mapper.match(path, environ={"REQUEST_METHOD": "PUT"}) is not None
+        return extensions.supported(RESOURCES, has_action)
+
+    def _extensions(self, alias: str | None) -> dict:
+        found = {e.alias: e for e in self.extensions()}
+        if alias is None:
+            return {"extensions": [e.view() for e in found.values()]}
+        if alias not in found:
+            raise HttpError(404, "HTTPNotFound", f"Extension with alias {alias} does not exist")
+        return {"extension": found[alias].view()}
+
+    def openapi(self) -> dict:
+        """The OpenAPI document of this app (built once: routes and resources are fixed)."""
+        if self._openapi is None:
+            self._openapi = openapi.document(self, RESOURCES)
+        return self._openapi
 
     def _resources(self, req: webob.Request) -> dict:
         return {"resources": [
@@ -201,25 +228,20 @@ class NorthboundApp:
         return record
 
     def _list(self, req: webob.Request, resource: Resource) -> webob.Response:
-        fields = req.GET.getall("fields")
-        filters: dict[str, list[str]] = {}
-        for key, value in req.GET.items():
-            if key != "fields" and key not in PAGING_PARAMS:
-                filters.setdefault(key, []).append(value)
+        query = collections.parse(req.GET, resource)  # first: a bad query is a 400 before any work
+
+        def find(marker: str) -> dict[str, Any]:
+            with self.topology.lock:
+                return self._render(resource, self._get(resource, marker))
+
         with self.topology.lock:
             items = [self._render(resource, r) for r in self.topology.graph.records(resource.kind)]
-        if filters:
-            known = set(resource.render(TopologyGraph(), resource.sample))
-            bad = sorted(k for k in filters if k not in known)
-            if bad:
-                raise BadRequest("HTTPBadRequest", f"{bad} is invalid attribute for filtering")
-            items = [i for i in items if all(_matches(i.get(k), vs) for k, vs in filters.items())]
-        return json_response(200, {resource.collection: [_select(i, fields) for i in items]})
+        return json_response(200, collections.list_body(resource, query, req.path_url, req.GET, items, find))
 
     def _show(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
         with self.topology.lock:
             item = self._render(resource, self._get(resource, ident))
-        return json_response(200, {resource.member: _select(item, req.GET.getall("fields"))})
+        return json_response(200, {resource.member: collections.select(item, req.GET.getall("fields"))})
 
     def _create(self, req: webob.Request, resource: Resource) -> webob.Response:
         values = self._body(req, resource, create=True)
@@ -253,24 +275,6 @@ def _drain(req: webob.Request, length: int) -> None:
         if not chunk:
             break
         left -= len(chunk)
-
-
-def _matches(value: Any, wanted: list[str]) -> bool:
-    """Neutron filter semantics: equality with any of the given values; lists match on membership."""
-    if isinstance(value, list):
-        if value and isinstance(value[0], dict):  # fixed_ips=ip_address=10.0.0.3
-            pairs = [w.split("=", 1) for w in wanted if "=" in w]
-            return any(item.get(k) == v for item in value for k, v in pairs)
-        return any(w in value for w in wanted)
-    if isinstance(value, bool):
-        return any(w.lower() == str(value).lower() for w in wanted)
-    if value is None:
-        return any(w in ("", "None", "null") for w in wanted)
-    return str(value) in wanted
-
-
-def _select(item: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    return {k: v for k, v in item.items() if k in fields} if fields else item
 
 
 def make_app(topology: Topology, *, extra: dict[str, WsgiApp] | None = None) -> WsgiApp:
