@@ -107,7 +107,7 @@ def test_port_crud(api: Api, world: dict) -> None:
     port = world["port"]
     assert port["status"] == "DOWN" and port["binding:host_id"] == "hv1" and port["binding:vif_type"] == "ovs"
     assert port["fixed_ips"] == [{"subnet_id": world["subnet"]["id"], "ip_address": "10.0.0.2"}]
-    assert port["mac_address"].startswith("fa:16:3e:") and port["security_groups"] == []
+    assert port["mac_address"].startswith("fa:16:3e:") and len(port["security_groups"]) == 1  # the default group
     assert port["device_owner"] == "" and port["admin_state_up"] is True
     unbound = api.create("port", network_id=world["net"]["id"], name="vm2", device_owner="compute:nova",
                          device_id="vm-2")

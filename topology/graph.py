@@ -2,7 +2,10 @@
 
 Nodes are ``(kind, id)`` tuples with the record in the ``obj`` attribute:
 ``("network", id)``, ``("subnet", id)``, ``("port", id)``, ``("hv", name)``.
-Edges: subnet-network, port-network, port-hv (the port's binding).
+Edges: subnet-network, port-network, port-hv (the port's binding). Routers, floating
+IPs and security groups (``("router", id)``, ``("fip", id)``, ``("sg", id)``,
+``("sg_rule", id)``) are added by :mod:`topology.graph_l3`, which also answers
+the queries about them.
 
 Besides the logical records, each hypervisor node carries the live state the
 controller learns from its switch: ``ofports`` (OVS port name -> OpenFlow port
@@ -19,6 +22,8 @@ from collections.abc import Iterable, Iterator
 import networkx as nx
 
 from topology.model import Hypervisor, Network, Port, Subnet
+
+PORT_LINKS = frozenset({"network", "hv", "sg", "router"})  # neighbour kinds put_port derives from the record
 
 
 def _n(kind: str, ident: str) -> tuple[str, str]:
@@ -49,11 +54,11 @@ class TopologyGraph:
         self.g.add_edge(node, _n("network", subnet.network_id))
 
     def put_port(self, port: Port) -> None:
-        """Add or replace a port, re-linking it to its network and binding host."""
+        """Add or replace a port, re-linking it to its network, binding host, security groups and router."""
         self._require("network", port.network_id)
         node = _n("port", port.id)
-        if node in self.g:
-            self.g.remove_edges_from(list(self.g.edges(node)))
+        if node in self.g:  # edges a port's own fields define; others (a floating IP's) stay
+            self.g.remove_edges_from([(node, nb) for nb in list(self.g.neighbors(node)) if nb[0] in PORT_LINKS])
         self.g.add_node(node, obj=port)
         self.g.add_edge(node, _n("network", port.network_id))
         if port.binding_host:
@@ -63,6 +68,21 @@ class TopologyGraph:
                 # first); the edge waits on a placeholder node without a record.
                 self.g.add_node(hv, obj=None, ofports={})
             self.g.add_edge(node, hv)
+        for sg_id in port.attrs.get("security_groups") or ():
+            self.link(node, _n("sg", sg_id))
+        if port.device_owner.startswith("network:router") and port.device_id:
+            self.link(node, _n("router", port.device_id))
+
+    def put_node(self, kind: str, ident: str, obj: object) -> None:
+        """Add or replace a record of any kind, keeping the node's edges."""
+        self.g.add_node(_n(kind, ident), obj=obj)
+
+    def link(self, a: tuple[str, str], b: tuple[str, str]) -> None:
+        """Add an edge; a missing end waits as a placeholder node without a record."""
+        for node in (a, b):
+            if node not in self.g:
+                self.g.add_node(node, obj=None)
+        self.g.add_edge(a, b)
 
     def put_hypervisor(self, hv: Hypervisor) -> None:
         """Add or replace a hypervisor record, keeping its live port map."""

@@ -29,9 +29,13 @@ from typing import Any
 
 import netaddr
 
-from topology import ipam
+from topology import ipam, ipv6
+from topology.floatingips import FloatingIPs
 from topology.graph import TopologyGraph
+from topology.l3common import Deleted
 from topology.model import NETWORK_TYPES, OVERLAY_TYPES, FixedIP, Hypervisor, Network, Port, Subnet, tap_name
+from topology.routers import Routers
+from topology.secgroups import SecurityGroups
 from topology.store import BadRequest, Conflict, NotFound, Store, Unavailable, segment_name
 
 LOG = logging.getLogger(__name__)
@@ -85,8 +89,12 @@ def _extra(values: dict[str, Any], typed: set[str]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in typed}
 
 
-class Topology:
-    """The logical topology: SQLite store + networkx graph + change notification."""
+class Topology(Routers, FloatingIPs, SecurityGroups):
+    """The logical topology: SQLite store + networkx graph + change notification.
+
+    Routers, floating IPs and security groups are in the mixins' modules
+    (:mod:`topology.routers`, :mod:`topology.floatingips`, :mod:`topology.secgroups`).
+    """
 
     def __init__(self, db_path: str, *, vni_range: tuple[int, int] = (1000, 1999),
                  vlan_range: tuple[int, int] = (100, 199), default_project: str = "default",
@@ -121,6 +129,7 @@ class Topology:
         self.graph = graph
         for port in ports:
             graph.put_port(self._with_status(port))
+        self._load_l3()
 
     def close(self) -> None:
         """Close the store; the object must not be used afterwards."""
@@ -330,6 +339,7 @@ class Topology:
         with self.lock:
             network = self._network(values.get("network_id"))
             cidr = ipam.parse_cidr(values.get("cidr"), values.get("ip_version"))
+            ipv6.check_modes(values, cidr)
             gateway = ipam.default_gateway(cidr) if "gateway_ip" not in values else \
                 ipam.check_gateway(cidr, values["gateway_ip"])
             if values.get("allocation_pools") is None:
@@ -421,7 +431,7 @@ class Topology:
         return mac
 
     def _fixed_ips(self, net_id: str, requested: list[dict[str, str]] | None, device_owner: str,
-                   current: Port | None = None) -> tuple[FixedIP, ...]:
+                   current: Port | None = None, *, mac: str) -> tuple[FixedIP, ...]:
         if requested is not None:
             for req in requested:
                 if not isinstance(req, dict) or set(req) - {"subnet_id", "ip_address"}:
@@ -435,7 +445,7 @@ class Topology:
             if current is None or port.id != current.id:
                 for fip in port.fixed_ips:
                     used.setdefault(fip.subnet_id, set()).add(fip.ip_address)
-        return ipam.assign_fixed_ips(net_id, self.graph.subnets_of(net_id), requested, used, device_owner)
+        return ipv6.assign(net_id, self.graph.subnets_of(net_id), requested, used, device_owner, mac)
 
     @staticmethod
     def _keep_current_ips(port: Port, requested: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -458,11 +468,13 @@ class Topology:
             net = self._network(values.get("network_id"))
             owner = values.get("device_owner") or ""
             mac = self._mac(net.id, values.get("mac_address"))
-            fixed_ips = self._fixed_ips(net.id, values.get("fixed_ips"), owner)
+            fixed_ips = self._fixed_ips(net.id, values.get("fixed_ips"), owner, mac=mac)
+            project = values.get("project_id") or self.default_project
+            security, made = self._port_security(values, net, None, project, mac)  # made: a default group
             stamp = now()
-            attrs = {**_extra(values, PORT_FIELDS), "created_at": stamp, "updated_at": stamp}
+            attrs = {**_extra(values, PORT_FIELDS), **security, "created_at": stamp, "updated_at": stamp}
             port = Port(id=str(uuid.uuid4()), network_id=net.id, key=0, mac_address=mac, fixed_ips=fixed_ips,
-                        project_id=values.get("project_id") or self.default_project,
+                        project_id=project,
                         binding_host=values.get("binding:host_id") or None,
                         admin_state_up=values.get("admin_state_up", True), device_owner=owner,
                         device_id=values.get("device_id") or "", attrs=attrs)
@@ -472,9 +484,10 @@ class Topology:
                 if key is None:
                     raise Unavailable("PortKeyExhausted", "No logical port key is free.")
                 port = replace(port, key=key)
+                self._put_l3(tx, made)
                 tx.put_port(self._persistable(port))
             port = self._with_status(port)
-            self._apply(lambda: self.graph.put_port(port))
+            self._apply(lambda: self._graph_put_l3([*made, port]))
             self._notify(before | self.graph.hypervisors_of(net.id) | {port.binding_host})
             return port
 
@@ -487,11 +500,13 @@ class Topology:
             owner = (values["device_owner"] or "") if "device_owner" in values else old.device_owner
             mac = self._mac(old.network_id, values["mac_address"], port_id) if "mac_address" in values \
                 else old.mac_address
-            # null (like absent) keeps the addresses; [] removes them all.
-            fixed_ips = old.fixed_ips if values.get("fixed_ips") is None else \
-                self._fixed_ips(old.network_id, values["fixed_ips"], owner, old)
+            # null (like absent) keeps the addresses (EUI-64 ones follow the MAC); [] removes them all.
+            fixed_ips = ipv6.readdress(old.fixed_ips, {s.id: s for s in self.graph.subnets_of(old.network_id)},
+                                       mac) if values.get("fixed_ips") is None else \
+                self._fixed_ips(old.network_id, values["fixed_ips"], owner, old, mac=mac)
+            security, _ = self._port_security(values, self._network(old.network_id), old, old.project_id, mac)
             host = (values["binding:host_id"] or None) if "binding:host_id" in values else old.binding_host
-            attrs = {**old.attrs, **_extra(values, PORT_FIELDS), "updated_at": now()}
+            attrs = {**old.attrs, **_extra(values, PORT_FIELDS), **security, "updated_at": now()}
             port = replace(old, mac_address=mac, fixed_ips=fixed_ips, binding_host=host, device_owner=owner,
                            device_id=(values["device_id"] or "") if "device_id" in values else old.device_id,
                            admin_state_up=values.get("admin_state_up", old.admin_state_up), attrs=attrs)
@@ -507,10 +522,12 @@ class Topology:
         """Delete a port, releasing its addresses and key."""
         with self.lock:
             port = self._port(port_id)
+            released = self._before_port_delete(port)  # 409 for router/FIP ports; FIPs to disassociate
             affected = self.graph.hypervisors_of(port.network_id) | {port.binding_host}
             with self.store.transaction() as tx:
+                self._put_l3(tx, released)
                 tx.delete("port", port_id)
-            self._apply(lambda: self.graph.remove("port", port_id))
+            self._apply(lambda: self._graph_put_l3([Deleted("port", port_id), *released]))
             self._notify(affected)
 
     # -- hypervisors --------------------------------------------------------------------------

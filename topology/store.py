@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
+from topology import store_l3
 from topology.model import FixedIP, Hypervisor, Network, Port, Subnet
 
 
@@ -149,7 +150,7 @@ class Store:
         # FULL: a committed write survives power loss, not just a process crash.
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(SCHEMA)
+        self._conn.executescript(SCHEMA + store_l3.SCHEMA)  # routers, floating IPs, security groups
         self._in_tx = False
 
     def close(self) -> None:
