@@ -31,6 +31,7 @@ DEFAULTS = {
     "vlan_range": "100:199",
     "default_network_type": "vxlan",
     "default_physical_network": "physnet1",
+    "default_project": "default",
     "log_level": "INFO",
 }
 
@@ -60,6 +61,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--default-network-type", default=values["default_network_type"],
                    choices=["vxlan", "geneve", "vlan", "flat"])
     p.add_argument("--default-physical-network", default=values["default_physical_network"])
+    p.add_argument("--default-project", default=values["default_project"],
+                   help="project_id of resources created with none in the body and no X-Project-Id header")
     p.add_argument("--log-level", default=values["log_level"])
     return p.parse_args(argv)
 
@@ -148,7 +151,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         topology = Topology(
             args.db, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
             default_network_type=args.default_network_type,
-            default_physical_network=args.default_physical_network,
+            default_physical_network=args.default_physical_network, default_project=args.default_project,
         )
     of_app.TOPOLOGY = topology
     # The topology graph lives as long as the process: move it (and os-ken's
