@@ -20,7 +20,7 @@ from os_ken.lib import type_desc
 from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from flows.flow import Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.flow import DecTtl, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
 from flows.pipeline import STAGE_BY_NAME
 
 OFP_VERSION = ofp.OFP_VERSION
@@ -122,6 +122,8 @@ def _action(act) -> bytes:
         return struct.pack("!HHH2x", ofp.OFPAT_PUSH_VLAN, 8, act.ethertype)
     if isinstance(act, PopVlan):
         return struct.pack("!HH4x", ofp.OFPAT_POP_VLAN, 8)
+    if isinstance(act, DecTtl):
+        return struct.pack("!HH4x", ofp.OFPAT_DEC_NW_TTL, 8)
     raise TypeError(f"cannot encode action {act!r}")
 
 

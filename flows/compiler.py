@@ -74,6 +74,10 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
         flows += _arp_responder(graph, view, net)
         flows += _l2_lookup(graph, view, net)
     flows += _deliver(view)
+    # Distributed routing: imported here, as routing builds on this module's L2 helpers.
+    from flows.routing import routing_flows
+
+    flows += routing_flows(graph, view)
     return flows
 
 
@@ -165,7 +169,7 @@ def _arp_reply(mac: str, ip: str) -> list:
     ]
 
 
-def _to_fabric(view: HypervisorView, graph: TopologyGraph, net: Network, hv_name: str) -> list | None:
+def to_fabric(view: HypervisorView, graph: TopologyGraph, net: Network, hv_name: str) -> list | None:
     """Actions that carry a frame of ``net`` to hypervisor ``hv_name`` (None: unreachable)."""
     if net.network_type in OVERLAY_TYPES:
         tun = view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
@@ -186,22 +190,7 @@ def _to_provider(view: HypervisorView, net: Network) -> list | None:
 
 
 def _l2_lookup(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
-    local_ids = {p.id for p in view.local_ports}
-    here = view.hv.name
-    for port in graph.ports_of(net.id):
-        match = {REG_NETWORK: net.key, "eth_dst": port.mac_address}
-        if port.id in local_ids:
-            yield make_flow(
-                L2_LOOKUP, "unicast", match, [SetField(REG_OUTPORT, port.key)], goto=DELIVER,
-                description=f"{port.mac_address} is local port {port.id}",
-            )
-        elif port.binding_host and port.binding_host != here:
-            actions = _to_fabric(view, graph, net, port.binding_host)
-            if actions:
-                yield make_flow(
-                    L2_LOOKUP, "unicast", {**match, REG_FLAGS: (0, FLAG_FROM_REMOTE)}, actions,
-                    description=f"{port.mac_address} is port {port.id} on {port.binding_host}",
-                )
+    yield from l2_unicast(graph, view, net)
     local_copies: list = []
     for port in view.local_ports:
         if port.network_id == net.id:
@@ -216,12 +205,32 @@ def _l2_lookup(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iter
     )
 
 
+def l2_unicast(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
+    """Known unicast MACs of ``net``: to the local port, or straight to the hosting hypervisor."""
+    local_ids = {p.id for p in view.local_ports}
+    here = view.hv.name
+    for port in graph.ports_of(net.id):
+        match = {REG_NETWORK: net.key, "eth_dst": port.mac_address}
+        if port.id in local_ids:
+            yield make_flow(
+                L2_LOOKUP, "unicast", match, [SetField(REG_OUTPORT, port.key)], goto=DELIVER,
+                description=f"{port.mac_address} is local port {port.id}",
+            )
+        elif port.binding_host and port.binding_host != here:
+            actions = to_fabric(view, graph, net, port.binding_host)
+            if actions:
+                yield make_flow(
+                    L2_LOOKUP, "unicast", {**match, REG_FLAGS: (0, FLAG_FROM_REMOTE)}, actions,
+                    description=f"{port.mac_address} is port {port.id} on {port.binding_host}",
+                )
+
+
 def _flood_to_fabric(graph: TopologyGraph, view: HypervisorView, net: Network) -> list:
     if net.network_type not in OVERLAY_TYPES:
         return _to_provider(view, net) or []
     actions: list = []
     for hv_name in sorted(graph.hypervisors_of(net.id) - {view.hv.name}):
-        actions += _to_fabric(view, graph, net, hv_name) or []
+        actions += to_fabric(view, graph, net, hv_name) or []
     return actions
 
 

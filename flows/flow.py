@@ -65,6 +65,14 @@ class Resubmit:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class DecTtl:
+    """Decrement the IPv4 TTL / IPv6 hop limit; a packet whose TTL runs out is dropped."""
+
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return "DecTtl()"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class PushVlan:
     """Push an 802.1Q header (its VID is then set with SetField vlan_vid)."""
 
@@ -82,7 +90,7 @@ class PopVlan:
         return "PopVlan()"
 
 
-Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan
+Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,7 @@ def make_flow(
     actions: list[Action] | tuple[Action, ...] = (),
     goto: Stage | None = None,
     description: str = "",
+    priority_offset: int = 0,
 ) -> Flow:
     """Build a flow of ``stage``, checked against the pipeline declaration.
 
@@ -128,9 +137,9 @@ def make_flow(
     if goto is not None and goto.name not in stage.next_stages:
         raise PipelineError(f"{stage.name}: goto {goto.name} not allowed")
     for act in actions:
-        if isinstance(act, Resubmit) and act.table not in stage.next_stages:
+        if isinstance(act, Resubmit) and act.table not in stage.next_stages + stage.resubmit_stages:
             raise PipelineError(f"{stage.name}: resubmit to {act.table} not allowed")
-    prio = stage.priority(priority)
+    prio = stage.priority(priority, priority_offset)
     match_t = tuple(sorted(match.items()))
     actions_t = tuple(actions)
     goto_id = goto.table_id if goto is not None else None

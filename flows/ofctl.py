@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from flows.flow import IN_PORT, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+import netaddr
+
+from flows.flow import IN_PORT, DecTtl, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
 from flows.pipeline import STAGE_BY_NAME
 
 # os-ken's OXM names that ovs-ofctl spells differently.
 _OFCTL_NAMES = {"tunnel_id": "tun_id", "tun_ipv4_dst": "tun_dst", "eth_src": "dl_src", "eth_dst": "dl_dst",
-                "eth_type": "dl_type"}
+                "eth_type": "dl_type", "ipv4_src": "ip_src", "ipv4_dst": "ip_dst", "ip_proto": "nw_proto",
+                "icmpv4_type": "icmp_type", "icmpv4_code": "icmp_code", "ipv6_nd_target": "nd_target",
+                "ipv6_nd_tll": "nd_tll"}
 
 
 def field_name(name: str) -> str:
@@ -15,12 +19,27 @@ def field_name(name: str) -> str:
     return _OFCTL_NAMES.get(name, name)
 
 
-def _value(value) -> str:
+_MAC = {"eth_src", "eth_dst", "arp_sha", "arp_tha", "ipv6_nd_tll"}
+_IPV4 = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa", "tun_ipv4_dst"}
+_IPV6 = {"ipv6_src", "ipv6_dst", "ipv6_nd_target"}
+
+
+def _scalar(name: str, value) -> str:
+    if not isinstance(value, int):
+        return value
+    if name in _MAC:
+        return str(netaddr.EUI(value, dialect=netaddr.mac_unix_expanded))
+    if name in _IPV4 or name in _IPV6:
+        return str(netaddr.IPAddress(value, 4 if name in _IPV4 else 6))
+    if name == "in_port":
+        return str(value)
+    return f"{value:#x}" if value > 9 else str(value)
+
+
+def _value(value, name: str = "") -> str:
     if isinstance(value, tuple):
-        return f"{value[0]:#x}/{value[1]:#x}"
-    if isinstance(value, int):
-        return f"{value:#x}" if value > 9 else str(value)
-    return value
+        return f"{_scalar(name, value[0])}/{_scalar(name, value[1])}"
+    return _scalar(name, value)
 
 
 def action_text(act) -> str:
@@ -28,7 +47,7 @@ def action_text(act) -> str:
     if isinstance(act, Output):
         return "in_port" if act.port == IN_PORT else f"output:{act.port}"
     if isinstance(act, SetField):
-        return f"set_field:{_value(act.value)}->{field_name(act.field)}"
+        return f"set_field:{_value(act.value, act.field)}->{field_name(act.field)}"
     if isinstance(act, RegMove):
         return f"move:{field_name(act.src)}[]->{field_name(act.dst)}[]"
     if isinstance(act, Resubmit):
@@ -37,13 +56,15 @@ def action_text(act) -> str:
         return f"push_vlan:{act.ethertype:#x}"
     if isinstance(act, PopVlan):
         return "pop_vlan"
+    if isinstance(act, DecTtl):
+        return "dec_ttl"
     raise TypeError(f"no ofctl text for {act!r}")
 
 
 def flow_text(flow: Flow) -> str:
     """The flow as one ``ovs-ofctl add-flow`` line."""
     parts = [f"table={flow.table_id}", f"priority={flow.priority}", f"cookie={flow.cookie:#x}"]
-    parts += [f"{field_name(k)}={_value(v)}" for k, v in flow.match]
+    parts += [f"{field_name(k)}={_value(v, k)}" for k, v in flow.match]
     actions = [action_text(a) for a in flow.actions]
     if flow.goto is not None:
         actions.append(f"goto_table:{flow.goto}")

@@ -15,6 +15,11 @@ Registers (named once here, like OVN's ``REGBIT_*``):
 - ``reg4`` (:data:`REG_FLAGS`): flag bits, :data:`FLAG_FROM_REMOTE` set when the
   packet entered from a tunnel or a provider network (it must never be sent back
   to the fabric: that is what keeps floods loop-free).
+- ``reg3`` (:data:`REG_ROUTER`): the logical router's key, set when L2 lookup hands
+  a frame addressed to a router interface MAC to the routing stages.
+- ``reg0`` (:data:`REG_NEXTHOP`): the IPv4 next hop chosen by ``lr_in_ip_routing``
+  (the destination itself for a connected subnet); ``xxreg0``
+  (:data:`REG_NEXTHOP6`) the same for IPv6.
 
 Table ids leave gaps so the stages of later features (port security, ACLs,
 routing, NAT) slot in between without renumbering.
@@ -28,6 +33,9 @@ REG_NETWORK = "reg6"
 REG_INPORT = "reg7"
 REG_OUTPORT = "reg5"
 REG_FLAGS = "reg4"
+REG_ROUTER = "reg3"
+REG_NEXTHOP = "reg0"
+REG_NEXTHOP6 = "xxreg0"
 FLAG_FROM_REMOTE = 0x1
 
 # The top 8 bits of every cookie carry the table id of the flow's stage, so
@@ -47,13 +55,22 @@ class Stage:
     allowed_matches: frozenset[str]
     priorities: dict[str, int] = field(hash=False, compare=False)
     next_stages: tuple[str, ...] = ()
+    # Stages a flow may resubmit to and come back from, backwards too (a routed
+    # packet re-enters L2 lookup in its destination network). Loop-free because
+    # routing rewrites eth_dst to a port's MAC before it resubmits.
+    resubmit_stages: tuple[str, ...] = ()
+    # Named priorities a flow may add an offset to (routes: base + prefix length).
+    ranged: frozenset[str] = frozenset()
 
-    def priority(self, name: str) -> int:
-        """Return the numeric priority declared under ``name``."""
+    def priority(self, name: str, offset: int = 0) -> int:
+        """Return the numeric priority declared under ``name`` (+ ``offset`` for a ranged one)."""
         try:
-            return self.priorities[name]
+            base = self.priorities[name]
         except KeyError:
             raise PipelineError(f"stage {self.name} declares no priority {name!r}") from None
+        if offset and (name not in self.ranged or not 0 <= offset <= 128):
+            raise PipelineError(f"stage {self.name}: priority {name!r} takes no offset {offset}")
+        return base + offset
 
 
 class PipelineError(ValueError):
@@ -70,9 +87,11 @@ STAGES: tuple[Stage, ...] = (
         table_id=0,
         doc="Physical to logical: maps the OpenFlow in_port (a VM port, the tunnel "
         "port with its VNI, a provider patch port with its VLAN) to the logical "
-        "network key and logical in-port. Anything unknown is dropped.",
-        allowed_matches=frozenset({"in_port", "tunnel_id", "vlan_vid"}),
-        priorities={"vm_port": 100, "tunnel": 100, "provider": 100, "drop": 0},
+        "network key and logical in-port. A routed frame from another hypervisor "
+        "carries that hypervisor's DVR MAC as source: it is given back the router "
+        "interface MAC of its subnet (dvr_mac). Anything unknown is dropped.",
+        allowed_matches=frozenset({"in_port", "tunnel_id", "vlan_vid", "eth_src", "eth_type", "ipv4_dst", "ipv6_dst"}),
+        priorities={"dvr_mac": 110, "vm_port": 100, "tunnel": 100, "provider": 100, "drop": 0},
         next_stages=("ls_in_arp_rsp", "ls_in_l2_lookup"),
     ),
     Stage(
@@ -89,15 +108,50 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="ls_in_l2_lookup",
         table_id=30,
-        doc="L2 lookup within the logical network: a known unicast MAC goes to its "
+        doc="L2 lookup within the logical network: a frame from a local port to a "
+        "router interface MAC goes to the router's stages (to_router); a known unicast MAC goes to its "
         "local port (via ls_out_deliver) or straight to the hosting hypervisor "
         "(tunnel with the network's VNI, or the provider network with its VLAN). "
         "Broadcast, multicast and unknown unicast are flooded to the network's local "
         "ports and, only when the packet came from a local port, to each remote "
         "hypervisor that hosts the network: never to any other network.",
         allowed_matches=frozenset(_REGS | {"eth_dst"}),
-        priorities={"unicast": 100, "flood_from_remote": 10, "flood": 5, "drop": 0},
-        next_stages=("ls_out_deliver",),
+        priorities={"unicast": 100, "to_router": 100, "flood_from_remote": 10, "flood": 5, "drop": 0},
+        next_stages=("lr_in_ip_input", "ls_out_deliver"),
+    ),
+    Stage(
+        name="lr_in_ip_input",
+        table_id=40,
+        doc="Router input: an ICMP echo request to one of the router's own addresses "
+        "is answered here, out of the in_port (echo_reply); everything else goes on "
+        "to routing.",
+        allowed_matches=frozenset({REG_ROUTER, REG_NETWORK, "eth_type", "ip_proto", "icmpv4_type", "ipv4_dst"}),
+        priorities={"echo_reply": 90, "default": 0},
+        next_stages=("lr_in_ip_routing",),
+    ),
+    Stage(
+        name="lr_in_ip_routing",
+        table_id=42,
+        doc="Routing, longest prefix first (priority 100 + prefix length): the router's "
+        "connected subnets and its extra routes. Decrements the TTL / hop limit "
+        "(an expired packet is dropped), sets the source MAC to the router "
+        "interface on the destination network, the logical network to that network "
+        "and the next hop (reg0 / xxreg0). No route: drop.",
+        allowed_matches=frozenset({REG_ROUTER, "eth_type", "ipv4_dst", "ipv6_dst"}),
+        priorities={"route": 100, "drop": 0},
+        ranged=frozenset({"route"}),
+        next_stages=("lr_in_arp_resolve",),
+    ),
+    Stage(
+        name="lr_in_arp_resolve",
+        table_id=44,
+        doc="Next hop to MAC, from the topology (no ARP inside the cloud): sets the "
+        "destination MAC to the next hop port's MAC and, when that port lives on "
+        "another hypervisor, the source MAC to this hypervisor's DVR MAC; then the "
+        "frame re-enters L2 lookup in its destination network. Unknown next hop: drop.",
+        allowed_matches=frozenset({REG_ROUTER, REG_NETWORK, REG_NEXTHOP, REG_NEXTHOP6, "eth_type"}),
+        priorities={"resolved": 100, "drop": 0},
+        resubmit_stages=("ls_in_l2_lookup",),
     ),
     Stage(
         name="ls_out_deliver",
@@ -122,6 +176,9 @@ def stage(name: str) -> Stage:
 def _check_declaration() -> None:
     """Fail at import if the declaration itself is inconsistent."""
     for st in STAGES:
+        for nxt in st.resubmit_stages:
+            if nxt not in STAGE_BY_NAME:
+                raise PipelineError(f"{st.name} names unknown resubmit stage {nxt}")
         for nxt in st.next_stages:
             target = STAGE_BY_NAME.get(nxt)
             if target is None:

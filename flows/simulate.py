@@ -37,7 +37,19 @@ from dataclasses import dataclass, field
 
 import netaddr
 
-from flows.flow import IN_PORT, Action, Flow, MatchValue, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.flow import (
+    IN_PORT,
+    Action,
+    DecTtl,
+    Flow,
+    MatchValue,
+    Output,
+    PopVlan,
+    PushVlan,
+    RegMove,
+    Resubmit,
+    SetField,
+)
 from flows.ofctl import action_text
 from flows.pipeline import STAGE_BY_NAME, STAGE_BY_TABLE
 
@@ -73,18 +85,26 @@ FIELDS: dict[str, tuple[str, int]] = {
     "tun_ipv4_src": ("ipv4", 32),
     "tun_ipv4_dst": ("ipv4", 32),
     "metadata": ("int", 64),
+    "ip_ttl": ("int", 8),  # IPv4 TTL or IPv6 hop limit (64 when a packet does not say)
+    "icmpv4_type": ("int", 8),
+    "icmpv4_code": ("int", 8),
+    "icmpv6_type": ("int", 8),
+    "icmpv6_code": ("int", 8),
     **{f"reg{i}": ("int", 32) for i in range(8)},
+    **{f"xxreg{i}": ("int", 128) for i in range(4)},
 }
 
 # A field that only exists in packets of one ethertype (OVS's match prerequisites).
 PREREQ_ETH_TYPE: dict[str, int] = {
     **{f: ETH_TYPE_ARP for f in ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha")},
     **{f: ETH_TYPE_IPV4 for f in ("ipv4_src", "ipv4_dst")},
-    **{f: ETH_TYPE_IPV6 for f in ("ipv6_src", "ipv6_dst")},
+    **{f: ETH_TYPE_IPV6 for f in ("ipv6_src", "ipv6_dst", "icmpv6_type", "icmpv6_code")},
+    **{f: ETH_TYPE_IPV4 for f in ("icmpv4_type", "icmpv4_code")},
 }
 
 # Left out of emitted packets: they never leave the switch.
-METADATA = frozenset({"in_port", "metadata", *(f"reg{i}" for i in range(8))})
+METADATA = frozenset({"in_port", "metadata", *(f"reg{i}" for i in range(8)), *(f"xxreg{i}" for i in range(4))})
+DEFAULT_TTL = 64
 
 
 class SimulationError(RuntimeError):
@@ -276,6 +296,8 @@ class Pipeline:
             walk.table(0, 0)
         except _Abort as exc:
             res.errors.append(str(exc))
+        except _Dropped:
+            pass
         res.packet = pkt
         if strict and res.errors:
             raise SimulationError("; ".join(res.errors), res)
@@ -284,6 +306,10 @@ class Pipeline:
 
 class _Abort(Exception):
     """Stops a walk (recursion limit, an action OVS would reject)."""
+
+
+class _Dropped(Exception):
+    """The packet was dropped by an action (dec_ttl on an expiring TTL): not an error."""
 
 
 class _Walk:
@@ -362,6 +388,14 @@ class _Walk:
             if "vlan_vid" in pkt:
                 pkt["vlan_inner_vid"] = pkt["vlan_vid"]
             pkt["vlan_vid"] = pkt.get("vlan_vid", 0)
+        elif isinstance(act, DecTtl):
+            if pkt.get("eth_type") not in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
+                raise _Abort("dec_ttl on a packet that is neither IPv4 nor IPv6")
+            ttl = pkt.get("ip_ttl", DEFAULT_TTL)
+            if ttl <= 1:
+                step.events.append("dec_ttl: TTL expired: drop")
+                raise _Dropped()
+            pkt["ip_ttl"] = ttl - 1
         elif isinstance(act, PopVlan):
             if "vlan_vid" not in pkt:
                 raise _Abort("pop_vlan on an untagged packet")

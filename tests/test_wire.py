@@ -8,7 +8,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller import wire
-from flows.flow import IN_PORT, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField, make_flow
+from flows.flow import IN_PORT, DecTtl, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField, make_flow
 from flows.pipeline import stage
 
 DP = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
@@ -41,6 +41,23 @@ CASES = [
       parser.OFPActionPushVlan(0x8100), parser.OFPActionSetField(vlan_vid=0x1065), parser.OFPActionOutput(2)],
      None),
     ("ls_out_deliver", "drop", {}, [], [], None),
+    ("lr_in_ip_routing", "route", {"reg3": 1, "eth_type": 0x800, "ipv4_dst": (0x0A000200, 0xFFFFFF00)},
+     [DecTtl(), SetField("reg6", 2), SetField("eth_src", "fa:16:3e:ff:01:02"), RegMove("ipv4_dst", "reg0", 32)],
+     [parser.OFPActionDecNwTtl(), parser.OFPActionSetField(reg6=2),
+      parser.OFPActionSetField(eth_src="fa:16:3e:ff:01:02"),
+      parser.NXActionRegMove(src_field="ipv4_dst", dst_field="reg0", n_bits=32)], "lr_in_arp_resolve"),
+    ("lr_in_ip_routing", "route",
+     {"reg3": 1, "eth_type": 0x86DD, "ipv6_dst": (0x20010DB8 << 96, ((1 << 64) - 1) << 64)},
+     [DecTtl(), SetField("xxreg0", 0x20010DB8 << 96 | 0x10)],
+     [parser.OFPActionDecNwTtl(), parser.OFPActionSetField(xxreg0=0x20010DB8 << 96 | 0x10)], "lr_in_arp_resolve"),
+    ("lr_in_ip_input", "echo_reply", {"reg3": 1, "reg6": 2, "eth_type": 0x800, "ip_proto": 1, "icmpv4_type": 8,
+                                      "ipv4_dst": "10.0.2.1"},
+     [SetField("icmpv4_type", 0), Output(IN_PORT)],
+     [parser.OFPActionSetField(icmpv4_type=0), parser.OFPActionOutput(ofp.OFPP_IN_PORT)], None),
+    ("lr_in_arp_resolve", "resolved", {"reg6": 2, "eth_type": 0x800, "reg0": 0x0A00020A},
+     [SetField("eth_dst", "fa:16:3e:00:00:09"), SetField("eth_src", "fe:16:c0:a8:64:01"), Resubmit("ls_in_l2_lookup")],
+     [parser.OFPActionSetField(eth_dst="fa:16:3e:00:00:09"), parser.OFPActionSetField(eth_src="fe:16:c0:a8:64:01"),
+      parser.NXActionResubmitTable(in_port=0xFFF8, table_id=30)], None),
 ]
 
 

@@ -101,5 +101,20 @@ def provider_patch_name(physical_network: str) -> str:
     return "phy-" + physical_network
 
 
+DVR_MAC_PREFIX = "fe:16:00:00:00:00"
+DVR_MAC_MASK = "ff:ff:00:00:00:00"
+
+
+def dvr_mac(hv: Hypervisor) -> str:
+    """The hypervisor's DVR MAC: ``fe:16`` + its IPv4 tunnel address (unique per host).
+
+    Routed frames leave a hypervisor with it as source MAC (Neutron's "DVR MAC"),
+    so a router's interface MAC never appears from many hosts on a fabric.
+    Locally administered, unicast, and outside the fa:16:3e range ports get.
+    """
+    octets = [int(x) for x in hv.tunnel_ip.split(".")] if "." in hv.tunnel_ip else [0, 0, 0, 0]
+    return "fe:16:" + ":".join(f"{o:02x}" for o in octets)
+
+
 TUNNEL_PORT_NAMES = {"vxlan": "tf-vxlan", "geneve": "tf-geneve"}
 """The flow-based tunnel port of each overlay type on br-int (remote_ip=flow, key=flow)."""

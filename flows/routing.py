@@ -1,0 +1,245 @@
+"""Distributed east-west routing (DVR) in the pipeline: every hypervisor routes its own VMs.
+
+A router exists only as flows, on every hypervisor that hosts a port of one of
+its subnets and on no other. A frame from a local VM to a router interface MAC
+is routed where it was sent: TTL decremented, source MAC set to the router
+interface on the destination subnet, destination MAC to the destination port's
+(known from the topology: no ARP inside the cloud), then handed to L2 lookup of
+the destination network, which delivers it locally or tunnels it straight to
+the destination's hypervisor with the destination network's VNI.
+
+On the wire between hypervisors a routed frame carries the sending
+hypervisor's DVR MAC (:func:`topology.model.dvr_mac`), so one router MAC never
+shows up from many hosts on a fabric; the receiving hypervisor gives the frame
+back the router interface MAC of the destination subnet before delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import netaddr
+
+from flows.compiler import CLASSIFY, OFPVID_NONE, HypervisorView, l2_unicast
+from flows.flow import IN_PORT, DecTtl, Flow, Output, PopVlan, RegMove, Resubmit, SetField, make_flow
+from flows.pipeline import (
+    FLAG_FROM_REMOTE,
+    REG_FLAGS,
+    REG_NETWORK,
+    REG_NEXTHOP,
+    REG_NEXTHOP6,
+    REG_ROUTER,
+    stage,
+)
+from topology.graph import TopologyGraph
+from topology.model import (
+    DVR_MAC_MASK,
+    DVR_MAC_PREFIX,
+    OVERLAY_TYPES,
+    TUNNEL_PORT_NAMES,
+    Network,
+    Port,
+    dvr_mac,
+    provider_patch_name,
+)
+from topology.model_l3 import ROUTER_INTERFACE, Router
+
+L2_LOOKUP = stage("ls_in_l2_lookup")
+IP_INPUT = stage("lr_in_ip_input")
+ROUTING = stage("lr_in_ip_routing")
+ARP_RESOLVE = stage("lr_in_arp_resolve")
+
+ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+ICMP, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 1, 8, 0
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One router interface: its port, the subnet address it holds and the subnet's network."""
+
+    port: Port
+    ip: netaddr.IPAddress
+    cidr: netaddr.IPNetwork
+    network: Network
+
+
+def routers_of(graph: TopologyGraph, view: HypervisorView) -> list[Router]:
+    """Routers with an interface on a network this hypervisor hosts (admin up), by key."""
+    found: dict[str, Router] = {}
+    for net_id in view.networks:
+        for port in graph.ports_of(net_id):
+            if port.device_owner == ROUTER_INTERFACE and port.device_id:
+                router = graph.get("router", port.device_id)
+                if router is not None and router.admin_state_up:
+                    found[router.id] = router
+    return sorted(found.values(), key=lambda r: r.key)
+
+
+def interfaces_of(graph: TopologyGraph, router: Router) -> list[Interface]:
+    """Every (port, address, subnet, network) the router is attached with."""
+    out = []
+    for node in sorted(graph.g.neighbors(("router", router.id))) if ("router", router.id) in graph.g else ():
+        port = graph.g.nodes[node].get("obj") if node[0] == "port" else None
+        if port is None or port.device_owner != ROUTER_INTERFACE or not port.admin_state_up:
+            continue
+        net = graph.network(port.network_id)
+        for fixed in port.fixed_ips:
+            subnet = graph.subnet(fixed.subnet_id)
+            if net is not None and subnet is not None:
+                out.append(Interface(port, netaddr.IPAddress(fixed.ip_address), netaddr.IPNetwork(subnet.cidr), net))
+    return out
+
+
+def routing_flows(graph: TopologyGraph, view: HypervisorView) -> list[Flow]:
+    """Every routing flow of this hypervisor (none when it hosts no router's subnet)."""
+    routers = routers_of(graph, view)
+    if not routers:
+        return []
+    flows: list[Flow] = [
+        make_flow(IP_INPUT, "default", {}, goto=ROUTING, description="not for the router itself: route it"),
+        make_flow(ROUTING, "drop", {}, description="no route: drop"),
+        make_flow(ARP_RESOLVE, "drop", {}, description="next hop unknown: drop"),
+    ]
+    routed_networks: dict[str, Network] = {}
+    for router in routers:
+        ifaces = interfaces_of(graph, router)
+        flows += _to_router(view, router, ifaces)
+        flows += _echo_replies(view, router, ifaces)
+        flows += _routes(router, ifaces)
+        for iface in ifaces:
+            routed_networks[iface.network.id] = iface.network
+    for net in sorted(routed_networks.values(), key=lambda n: n.key):
+        flows += _resolve(graph, view, net)
+        if net.id not in view.networks:
+            # Reached only through the router here: its remote ports, nothing else.
+            flows += l2_unicast(graph, view, net)
+        else:
+            flows += _restore_router_mac(view, net, [i for r in routers for i in interfaces_of(graph, r)
+                                                     if i.network.id == net.id])
+    return flows
+
+
+def _to_router(view: HypervisorView, router: Router, ifaces: list[Interface]) -> Iterator[Flow]:
+    seen = set()
+    for iface in ifaces:
+        if iface.network.id not in view.networks or iface.port.id in seen:
+            continue
+        seen.add(iface.port.id)
+        yield make_flow(
+            L2_LOOKUP, "to_router",
+            {REG_NETWORK: iface.network.key, "eth_dst": iface.port.mac_address, REG_FLAGS: (0, FLAG_FROM_REMOTE)},
+            [SetField(REG_ROUTER, router.key)], goto=IP_INPUT,
+            description=f"to router {router.id} on network {iface.network.id}",
+        )
+
+
+def _echo_replies(view: HypervisorView, router: Router, ifaces: list[Interface]) -> Iterator[Flow]:
+    """Ping to any of the router's IPv4 addresses, from any of its hosted networks, answered here."""
+    ingress = {i.network.id: i for i in ifaces if i.network.id in view.networks and i.ip.version == 4}
+    for entry in ingress.values():
+        for target in ifaces:
+            if target.ip.version != 4:
+                continue
+            yield make_flow(
+                IP_INPUT, "echo_reply",
+                {REG_ROUTER: router.key, REG_NETWORK: entry.network.key, "eth_type": ETH_IPV4, "ip_proto": ICMP,
+                 "icmpv4_type": ICMP_ECHO_REQUEST, "ipv4_dst": str(target.ip)},
+                [RegMove("eth_src", "eth_dst", 48), SetField("eth_src", entry.port.mac_address),
+                 RegMove("ipv4_src", REG_NEXTHOP, 32), SetField("ipv4_src", str(target.ip)),
+                 RegMove(REG_NEXTHOP, "ipv4_dst", 32), SetField("icmpv4_type", ICMP_ECHO_REPLY), Output(IN_PORT)],
+                description=f"router {router.id} answers ping to {target.ip} from network {entry.network.id}",
+            )
+
+
+def _route_actions(iface: Interface, nexthop: netaddr.IPAddress | None) -> list:
+    v4 = iface.ip.version == 4
+    actions: list = [DecTtl(), SetField(REG_NETWORK, iface.network.key), SetField("eth_src", iface.port.mac_address)]
+    if nexthop is None:  # connected: the destination is its own next hop
+        actions.append(RegMove("ipv4_dst", REG_NEXTHOP, 32) if v4 else RegMove("ipv6_dst", REG_NEXTHOP6, 128))
+    else:
+        actions.append(SetField(REG_NEXTHOP if v4 else REG_NEXTHOP6, int(nexthop)))
+    return actions
+
+
+def _routes(router: Router, ifaces: list[Interface]) -> Iterator[Flow]:
+    """Connected subnets and extra routes, longest prefix first (priority 100 + prefix length)."""
+    seen: set[tuple] = set()
+    for iface in ifaces:
+        key = (iface.cidr.cidr, None)
+        if key not in seen:
+            seen.add(key)
+            yield _route(router, iface, iface.cidr, None, "connected")
+    for destination, nexthop in router.routes:
+        dest, hop = netaddr.IPNetwork(destination), netaddr.IPAddress(nexthop)
+        via = next((i for i in ifaces if hop in i.cidr and i.ip.version == hop.version), None)
+        if via is None or (dest.cidr, hop) in seen:
+            continue  # the API refuses a next hop outside the router's subnets; be safe anyway
+        seen.add((dest.cidr, hop))
+        yield _route(router, via, dest, hop, f"extra route via {hop}")
+
+
+def _route(router: Router, iface: Interface, dest: netaddr.IPNetwork, hop, what: str) -> Flow:
+    if dest.version == 4:
+        match = {REG_ROUTER: router.key, "eth_type": ETH_IPV4,
+                 "ipv4_dst": (int(dest.network), int(dest.netmask))}
+    else:
+        match = {REG_ROUTER: router.key, "eth_type": ETH_IPV6,
+                 "ipv6_dst": (int(dest.network), int(dest.netmask))}
+    return make_flow(
+        ROUTING, "route", match, _route_actions(iface, hop), goto=ARP_RESOLVE, priority_offset=dest.prefixlen,
+        description=f"router {router.id}: {dest.cidr} {what} out of network {iface.network.id}",
+    )
+
+
+def _resolve(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
+    """Next hop address -> the port's MAC (and this hypervisor's DVR MAC when it lives elsewhere)."""
+    here = view.hv.name
+    mine = dvr_mac(view.hv)
+    for port in graph.ports_of(net.id):
+        if not port.binding_host or port.device_owner.startswith("network:router"):
+            continue
+        rewrite = [SetField("eth_dst", port.mac_address)]
+        if port.binding_host != here:
+            rewrite.append(SetField("eth_src", mine))
+        for fixed in port.fixed_ips:
+            addr = netaddr.IPAddress(fixed.ip_address)
+            if addr.version == 4:
+                match = {REG_NETWORK: net.key, "eth_type": ETH_IPV4, REG_NEXTHOP: int(addr)}
+            else:
+                match = {REG_NETWORK: net.key, "eth_type": ETH_IPV6, REG_NEXTHOP6: int(addr)}
+            yield make_flow(
+                ARP_RESOLVE, "resolved", match, [*rewrite, Resubmit(L2_LOOKUP.name)],
+                description=f"{addr} in network {net.id} is {port.mac_address} (port {port.id} on "
+                f"{port.binding_host})",
+            )
+
+
+def _restore_router_mac(view: HypervisorView, net: Network, ifaces: list[Interface]) -> Iterator[Flow]:
+    """Routed frames from other hypervisors: DVR MAC -> the router interface MAC of the destination subnet."""
+    if net.network_type in OVERLAY_TYPES:
+        port = view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
+        base = {"in_port": port, "tunnel_id": net.segmentation_id}
+        pre: list = []
+    else:
+        port = view.ofports.get(provider_patch_name(net.physical_network or ""))
+        if net.network_type == "vlan":
+            base = {"in_port": port, "vlan_vid": 0x1000 | net.segmentation_id}
+            pre = [PopVlan()]
+        else:
+            base = {"in_port": port, "vlan_vid": OFPVID_NONE}
+            pre = []
+    if port is None:
+        return
+    dvr = (int(netaddr.EUI(DVR_MAC_PREFIX)), int(netaddr.EUI(DVR_MAC_MASK)))
+    for iface in ifaces:
+        v4 = iface.cidr.version == 4
+        match = {**base, "eth_src": dvr, "eth_type": ETH_IPV4 if v4 else ETH_IPV6,
+                 "ipv4_dst" if v4 else "ipv6_dst": (int(iface.cidr.network), int(iface.cidr.netmask))}
+        yield make_flow(
+            CLASSIFY, "dvr_mac", match,
+            [*pre, SetField("eth_src", iface.port.mac_address), SetField(REG_NETWORK, net.key),
+             SetField(REG_FLAGS, FLAG_FROM_REMOTE)],
+            goto=L2_LOOKUP,
+            description=f"routed into {iface.cidr} from another hypervisor: source MAC back to the router's",
+        )
