@@ -34,7 +34,8 @@ def test_versions_and_resources(api: Api) -> None:
     assert version["id"] == "v2.0" and version["status"] == "CURRENT"
     assert version["links"][0]["href"] == api.url + "/v2.0/"
     resources = api.request("GET", "/v2.0").json()["resources"]
-    assert {r["collection"] for r in resources} == {"networks", "subnets", "ports", "hypervisors"}
+    assert {r["collection"] for r in resources} == {"networks", "subnets", "ports", "hypervisors", "routers",
+                                                    "floatingips", "security-groups", "security-group-rules"}
     assert api.request("GET", "/v2.0/").status_code == 200
     ids = {api.request("GET", "/").headers["X-Openstack-Request-Id"] for _ in range(3)}
     assert len(ids) == 3
@@ -210,7 +211,7 @@ def test_not_found_errors(api: Api, world: dict) -> None:
     err(404, "NetworkNotFound", "POST", "/v2.0/subnets", {"subnet": {"network_id": MISSING, "cidr": "10.5.0.0/24"}})
     err(404, "SubnetNotFound", "POST", "/v2.0/ports",
         {"port": {"network_id": world["net"]["id"], "fixed_ips": [{"subnet_id": MISSING}]}})
-    err(404, "HTTPNotFound", "GET", "/v2.0/routers")
+    err(404, "HTTPNotFound", "GET", "/v2.0/routerz")
     err(404, "HTTPNotFound", "GET", "/v3")
     err(405, "HTTPMethodNotAllowed", "DELETE", "/v2.0/networks")
     err(405, "HTTPMethodNotAllowed", "POST", f"/v2.0/networks/{world['net']['id']}", {"network": {}})

@@ -19,8 +19,9 @@ from typing import Any
 import routes
 import webob
 
-from apps.northbound import attributes, collections, extensions, openapi, views
+from apps.northbound import attributes, attributes_l3, collections, extensions, openapi, views, views_l3
 from topology.model import Hypervisor, Network, Port, Subnet
+from topology.model_l3 import FloatingIP, Router, SecurityGroup, SecurityGroupRule
 from topology.state import Topology
 from topology.store import BadRequest, NotFound, TopologyError
 
@@ -46,10 +47,16 @@ class Resource:
     create: str  # Topology method names
     update: str
     delete: str
+    path: str = ""  # the URL's collection name when it differs from the JSON one ("security-groups")
+
+    @property
+    def url(self) -> str:
+        """The collection's name in URLs."""
+        return self.path or self.collection
 
 
 RESOURCES = {
-    r.collection: r for r in (
+    r.url: r for r in (
         Resource("network", "networks", "network", "Network", attributes.NETWORK, views.network,
                  Network("", "", 0, "vxlan", None), "create_network", "update_network", "delete_network"),
         Resource("subnet", "subnets", "subnet", "Subnet", attributes.SUBNET, views.subnet,
@@ -58,8 +65,20 @@ RESOURCES = {
                  Port("", "", "", 0, ""), "create_port", "update_port", "delete_port"),
         Resource("hypervisor", "hypervisors", "hv", "Hypervisor", attributes.HYPERVISOR, views.hypervisor,
                  Hypervisor("", 0, ""), "register_hypervisor", "update_hypervisor", "delete_hypervisor"),
+        Resource("router", "routers", "router", "Router", attributes_l3.ROUTER, views_l3.router,
+                 Router("", "", 0), "create_router", "update_router", "delete_router"),
+        Resource("floatingip", "floatingips", "fip", "FloatingIP", attributes_l3.FLOATINGIP, views_l3.floatingip,
+                 FloatingIP("", "", "", "", ""), "create_floatingip", "update_floatingip", "delete_floatingip"),
+        Resource("security_group", "security_groups", "sg", "SecurityGroup", attributes_l3.SECURITY_GROUP,
+                 views_l3.security_group, SecurityGroup("", ""), "create_security_group", "update_security_group",
+                 "delete_security_group", path="security-groups"),
+        Resource("security_group_rule", "security_group_rules", "sg_rule", "SecurityGroupRule",
+                 attributes_l3.SECURITY_GROUP_RULE, views_l3.security_group_rule,
+                 SecurityGroupRule("", "", "", "ingress"), "create_security_group_rule",
+                 "update_security_group_rule", "delete_security_group_rule", path="security-group-rules"),
     )
 }
+ROUTER_ACTIONS = ("add_router_interface", "remove_router_interface")
 
 
 class HttpError(TopologyError):
@@ -100,6 +119,8 @@ class NorthboundApp:
         self.mapper.connect("/v2.0/extensions/{alias}", action="extension")
         self.mapper.connect("/v2.0/{collection}", action="collection", requirements={"collection": collections})
         self.mapper.connect("/v2.0/{collection}/{id}", action="member", requirements={"collection": collections})
+        self.mapper.connect("/v2.0/routers/{id}/{name}", action="router_action",
+                            requirements={"name": "|".join(ROUTER_ACTIONS)})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request_id = f"req-{uuid.uuid4()}"
@@ -148,6 +169,9 @@ class NorthboundApp:
             self._allow(req, "GET")
             return json_response(200, self._extensions(match.get("alias")) if action != "openapi" else
                                  self.openapi())
+        if action == "router_action":
+            self._allow(req, "PUT")
+            return self._router_action(req, match["id"], match["name"])
         resource = RESOURCES[match["collection"]]
         if action == "collection":
             self._allow(req, "GET", "POST")
@@ -189,8 +213,8 @@ class NorthboundApp:
 
     def _resources(self, req: webob.Request) -> dict:
         return {"resources": [
-            {"name": r.member, "collection": r.collection,
-             "links": [{"href": f"{req.host_url}/v2.0/{r.collection}", "rel": "self"}]}
+            {"name": r.member, "collection": r.url,
+             "links": [{"href": f"{req.host_url}/v2.0/{r.url}", "rel": "self"}]}
             for r in RESOURCES.values()
         ]}
 
@@ -234,6 +258,8 @@ class NorthboundApp:
             with self.topology.lock:
                 return self._render(resource, self._get(resource, marker))
 
+        if resource.kind == "sg":  # Neutron makes the asking project's default group on its first look
+            self.topology.ensure_default_security_group(req.headers.get("X-Project-Id"))
         with self.topology.lock:
             items = [self._render(resource, r) for r in self.topology.graph.records(resource.kind)]
         return json_response(200, collections.list_body(resource, query, req.path_url, req.GET, items, find))
@@ -264,6 +290,23 @@ class NorthboundApp:
     def _delete(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
         getattr(self.topology, resource.delete)(ident)
         return json_response(204)
+
+    def _router_action(self, req: webob.Request, router_id: str, name: str) -> webob.Response:
+        """``PUT /v2.0/routers/{id}/add_router_interface`` (or remove): an unwrapped {subnet_id | port_id} body."""
+        length = req.content_length
+        if length is not None and length > MAX_BODY:
+            _drain(req, length)
+            raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
+        raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
+        if len(raw) > MAX_BODY:
+            raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise BadRequest("HTTPBadRequest", "Malformed request body") from None
+        if not isinstance(body, dict):
+            raise BadRequest("HTTPBadRequest", "Request body must be a JSON object.")
+        return json_response(200, getattr(self.topology, name)(router_id, body))
 
 
 def _drain(req: webob.Request, length: int) -> None:

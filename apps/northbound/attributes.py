@@ -133,6 +133,7 @@ NETWORK = {
     "admin_state_up": Attr(boolean),
     "shared": Attr(boolean),
     "router:external": Attr(boolean),
+    "port_security_enabled": Attr(boolean),
     "mtu": Attr(integer(68, 9216)),
     "provider:network_type": Attr(string),
     "provider:physical_network": Attr(string_or_none),
@@ -165,6 +166,8 @@ PORT = {
     "device_owner": Attr(string_or_none),
     "device_id": Attr(string_or_none),
     "security_groups": Attr(list_of(string)),
+    "port_security_enabled": Attr(boolean),
+    "allowed_address_pairs": Attr(list_of(dict_of({"ip_address", "mac_address"}, {"ip_address"}))),
 }
 
 HYPERVISOR = {
