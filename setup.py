@@ -32,6 +32,7 @@ setup(
             "hypothesis>=6.100,<7",
             "openstacksdk>=4.0,<5",
             "python-openstackclient>=7.0,<11",
+            "jsonschema>=4.18,<5",  # tests/test_openapi.py validates live answers against /openapi.json
         ],
     },
     entry_points={"console_scripts": ["tenantflow=apps.cli:main"]},

@@ -37,6 +37,17 @@ EXTENSION = {"type": "object", "properties": {k: {"type": "string"} for k in ("n
                                                                               "updated")}
              | {"links": {"type": "array", "items": LINK}},
              "required": ["name", "alias", "description", "updated", "links"], "additionalProperties": False}
+_IFACE = {"type": "object", "properties": {k: {"type": "string"} for k in ("id", "tenant_id", "project_id",
+                                                                         "port_id", "network_id")}
+          | {"subnet_id": {"type": ["string", "null"]}, "subnet_ids": {"type": "array", "items": {"type": "string"}}},
+          "required": ["id", "tenant_id", "project_id", "port_id", "subnet_id", "subnet_ids", "network_id"],
+          "additionalProperties": False}
+_BY_SUBNET_OR_PORT = {"type": "object", "properties": {"subnet_id": {"type": "string"}, "port_id": {"type": "string"}}}
+# Neutron's member actions (PUT /v2.0/<collection>/{id}/<action>, unwrapped bodies): request, answer.
+ACTION_SHAPES: dict[str, tuple[dict, dict]] = {
+    "add_router_interface": (_BY_SUBNET_OR_PORT, _IFACE),
+    "remove_router_interface": (_BY_SUBNET_OR_PORT, _IFACE),
+}
 ERROR_TEXT = {400: "Invalid request (bad input, unknown attribute or filter)", 404: "No such resource",
               409: "Conflict with the current state", 413: "Request body too large"}
 
@@ -150,6 +161,11 @@ def _operations(resources: dict[str, Any], action: str, values: dict[str, str],
             else:
                 op = {"summary": f"Delete a {resource.member}",
                       "responses": _responses(204, None, (400, 404, 409), "Deleted")}
+        elif method == "PUT" and _action_name(values) in ACTION_SHAPES:
+            request, answer = ACTION_SHAPES[_action_name(values)]
+            op = {"summary": _action_name(values).replace("_", " "),
+                  "requestBody": {"required": True, "content": _json(request)},
+                  "responses": _responses(200, answer, (400, 404, 409, 413), "Done")}
         else:  # a route this module has no shape for: documented, loosely
             body_ok = method != "DELETE"
             op = {"summary": f"{method} {action}",
@@ -157,9 +173,14 @@ def _operations(resources: dict[str, Any], action: str, values: dict[str, str],
                                           (400, 404, 409), "Done")}
             if method in ("POST", "PUT"):
                 op["requestBody"] = {"required": True, "content": _json({"type": "object"})}
-        op["operationId"] = f"{method.lower()}_{action}_{values.get('collection', '')}".rstrip("_")
+        op["operationId"] = "_".join([method.lower(), action, *values.values()])
         ops[method.lower()] = op
     return ops
+
+
+def _action_name(values: dict[str, str]) -> str:
+    """The member action a route's fixed values name (the last one: ``add_router_interface``)."""
+    return list(values.values())[-1] if values else ""
 
 
 def _expansions(route: Any) -> list[tuple[str, dict[str, str]]]:
