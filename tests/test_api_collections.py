@@ -348,3 +348,9 @@ def test_wrong_paths_and_methods(api: Api) -> None:
     resp = api.request("OPTIONS", f"/v2.0/networks/{net['id']}")
     assert resp.status_code == 405 and resp.headers["Allow"] == "GET, PUT, DELETE"
     assert resp.json()["NeutronError"]["type"] == "HTTPMethodNotAllowed"
+
+
+def test_integer_strings_are_checked_not_crashed_on(api: Api) -> None:
+    for text in ("²", "--5", "1_000", "٣"):  # isdigit() says yes to some of these, int() says no (or yes)
+        api.expect_error(400, "HTTPBadRequest", "POST", "/v2.0/networks", {"network": {"mtu": text}})
+    assert api.create("network", mtu=" 1400 ")["mtu"] == 1400

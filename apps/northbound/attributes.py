@@ -8,6 +8,7 @@ exist, is the address free...) is the topology's job.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,7 @@ def boolean(name: str, value: Any) -> bool:
 def integer(lo: int, hi: int) -> Converter:
     """An integer in [lo, hi] (a JSON number or a decimal string; never a boolean)."""
     def convert(name: str, value: Any) -> int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):  # not isdigit(): "²", "--5"
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise _bad(name, value, "is not an integer")
