@@ -21,6 +21,8 @@ from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Hypervisor, Network
 
 CLASSIFY = stage("phy_classify")
 ARP_RSP = stage("ls_in_arp_rsp")
+ND_RSP = stage("ls_in_nd_rsp")
+ND_TLL = stage("ls_in_nd_rsp_tll")
 L2_LOOKUP = stage("ls_in_l2_lookup")
 DELIVER = stage("ls_out_deliver")
 
@@ -61,6 +63,13 @@ def view_of(graph: TopologyGraph, hv_name: str) -> HypervisorView | None:
     return HypervisorView(hv, ofports, local, networks)
 
 
+def nd_responder(graph: TopologyGraph, view: HypervisorView, net: Network) -> list[Flow]:
+    """The network's IPv6 Neighbour Discovery answers (see :mod:`flows.nd`)."""
+    from flows.nd import nd_flows
+
+    return nd_flows(graph, view, net)
+
+
 def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
     """Return every flow the integration bridge of ``hv_name`` must hold."""
     view = view_of(graph, hv_name)
@@ -72,9 +81,10 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
     for net in view.networks.values():
         flows += _classify_from_fabric(view, net)
         flows += _arp_responder(graph, view, net)
+        flows += nd_responder(graph, view, net)
         flows += _l2_lookup(graph, view, net)
     flows += _deliver(view)
-    # Distributed routing: imported here, as routing builds on this module's L2 helpers.
+    # Imported here: these build on this module's L2 helpers.
     from flows.routing import routing_flows
 
     flows += routing_flows(graph, view)
@@ -84,7 +94,9 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
 def _default_flows() -> list[Flow]:
     return [
         make_flow(CLASSIFY, "drop", {}, description="unknown in_port: drop"),
-        make_flow(ARP_RSP, "default", {}, goto=L2_LOOKUP, description="not for the ARP responder"),
+        make_flow(ARP_RSP, "default", {}, goto=ND_RSP, description="not for the ARP responder"),
+        make_flow(ND_RSP, "default", {}, goto=L2_LOOKUP, description="not for the ND responder"),
+        make_flow(ND_TLL, "drop", {}, description="not an answer of ours: drop"),
         make_flow(L2_LOOKUP, "drop", {}, description="no logical network: drop"),
         make_flow(DELIVER, "drop", {}, description="no logical out-port: drop"),
     ]
@@ -146,7 +158,7 @@ def _arp_responder(graph: TopologyGraph, view: HypervisorView, net: Network) -> 
             match = {REG_NETWORK: net.key, "eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": ip}
             if port.id in local_keys:
                 yield make_flow(
-                    ARP_RSP, "own_address", {**match, REG_INPORT: port.key}, goto=L2_LOOKUP,
+                    ARP_RSP, "own_address", {**match, REG_INPORT: port.key}, goto=ND_RSP,
                     description=f"port {port.id} asks for its own {ip}: let it through",
                 )
             yield make_flow(

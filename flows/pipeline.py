@@ -103,7 +103,30 @@ STAGES: tuple[Stage, ...] = (
         "address (gratuitous ARP, duplicate detection) pass on unanswered.",
         allowed_matches=frozenset({REG_NETWORK, REG_INPORT, "eth_type", "arp_op", "arp_tpa"}),
         priorities={"own_address": 110, "answer": 100, "default": 0},
+        next_stages=("ls_in_nd_rsp",),
+    ),
+    Stage(
+        name="ls_in_nd_rsp",
+        table_id=22,
+        doc="IPv6 Neighbour Discovery responder: a Neighbour Solicitation for a known "
+        "port's IPv6 address (a router interface's included) is turned, in place, into "
+        "the Neighbour Advertisement (flags: router for a router port, solicited, "
+        "override) and finished by ls_in_nd_rsp_tll, from the flows. Duplicate address "
+        "detection (source ::) and a port asking for its own address pass on unanswered.",
+        allowed_matches=frozenset({REG_NETWORK, REG_INPORT, "eth_type", "ip_proto", "icmpv6_type",
+                                   "ipv6_nd_target", "ipv6_src"}),
+        priorities={"own_address": 110, "dad": 110, "answer": 100, "default": 0},
         next_stages=("ls_in_l2_lookup",),
+        resubmit_stages=("ls_in_nd_rsp_tll",),
+    ),
+    Stage(
+        name="ls_in_nd_rsp_tll",
+        table_id=23,
+        doc="Second half of the ND responder, reached by resubmit only: now that the "
+        "packet is an advertisement, OVS lets the target link-layer address be set; "
+        "the answer goes back out of the in_port.",
+        allowed_matches=frozenset({REG_NETWORK, "eth_type", "ip_proto", "icmpv6_type", "ipv6_nd_target"}),
+        priorities={"answer": 100, "drop": 0},
     ),
     Stage(
         name="ls_in_l2_lookup",
@@ -123,9 +146,10 @@ STAGES: tuple[Stage, ...] = (
         name="lr_in_ip_input",
         table_id=40,
         doc="Router input: an ICMP echo request to one of the router's own addresses "
-        "is answered here, out of the in_port (echo_reply); everything else goes on "
+        "(IPv4 or IPv6) is answered here, out of the in_port (echo_reply); everything else goes on "
         "to routing.",
-        allowed_matches=frozenset({REG_ROUTER, REG_NETWORK, "eth_type", "ip_proto", "icmpv4_type", "ipv4_dst"}),
+        allowed_matches=frozenset({REG_ROUTER, REG_NETWORK, "eth_type", "ip_proto", "icmpv4_type", "ipv4_dst",
+                                   "icmpv6_type", "ipv6_dst"}),
         priorities={"echo_reply": 90, "default": 0},
         next_stages=("lr_in_ip_routing",),
     ),

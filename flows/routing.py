@@ -52,6 +52,7 @@ ARP_RESOLVE = stage("lr_in_arp_resolve")
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 ICMP, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 1, 8, 0
+ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 58, 128, 129
 
 
 @dataclass(frozen=True)
@@ -135,19 +136,22 @@ def _to_router(view: HypervisorView, router: Router, ifaces: list[Interface]) ->
 
 
 def _echo_replies(view: HypervisorView, router: Router, ifaces: list[Interface]) -> Iterator[Flow]:
-    """Ping to any of the router's IPv4 addresses, from any of its hosted networks, answered here."""
-    ingress = {i.network.id: i for i in ifaces if i.network.id in view.networks and i.ip.version == 4}
+    """Ping to any of the router's addresses, from any of its hosted networks, answered here."""
+    ingress = {i.network.id: i for i in ifaces if i.network.id in view.networks}
     for entry in ingress.values():
         for target in ifaces:
-            if target.ip.version != 4:
-                continue
+            v4 = target.ip.version == 4
+            ip_dst, ip_src, scratch, bits = ("ipv4_dst", "ipv4_src", REG_NEXTHOP, 32) if v4 else \
+                ("ipv6_dst", "ipv6_src", REG_NEXTHOP6, 128)
+            match = {REG_ROUTER: router.key, REG_NETWORK: entry.network.key, "eth_type": ETH_IPV4 if v4 else ETH_IPV6,
+                     "ip_proto": ICMP if v4 else ICMPV6, ip_dst: str(target.ip)}
+            match["icmpv4_type" if v4 else "icmpv6_type"] = ICMP_ECHO_REQUEST if v4 else ICMPV6_ECHO_REQUEST
             yield make_flow(
-                IP_INPUT, "echo_reply",
-                {REG_ROUTER: router.key, REG_NETWORK: entry.network.key, "eth_type": ETH_IPV4, "ip_proto": ICMP,
-                 "icmpv4_type": ICMP_ECHO_REQUEST, "ipv4_dst": str(target.ip)},
+                IP_INPUT, "echo_reply", match,
                 [RegMove("eth_src", "eth_dst", 48), SetField("eth_src", entry.port.mac_address),
-                 RegMove("ipv4_src", REG_NEXTHOP, 32), SetField("ipv4_src", str(target.ip)),
-                 RegMove(REG_NEXTHOP, "ipv4_dst", 32), SetField("icmpv4_type", ICMP_ECHO_REPLY), Output(IN_PORT)],
+                 RegMove(ip_src, scratch, bits), SetField(ip_src, str(target.ip)), RegMove(scratch, ip_dst, bits),
+                 SetField("icmpv4_type" if v4 else "icmpv6_type", ICMP_ECHO_REPLY if v4 else ICMPV6_ECHO_REPLY),
+                 Output(IN_PORT)],
                 description=f"router {router.id} answers ping to {target.ip} from network {entry.network.id}",
             )
 

@@ -85,6 +85,11 @@ FIELDS: dict[str, tuple[str, int]] = {
     "tun_ipv4_src": ("ipv4", 32),
     "tun_ipv4_dst": ("ipv4", 32),
     "metadata": ("int", 64),
+    "ipv6_nd_target": ("ipv6", 128),
+    "ipv6_nd_sll": ("mac", 48),
+    "ipv6_nd_tll": ("mac", 48),
+    "nd_reserved": ("int", 32),
+    "nd_options_type": ("int", 8),
     "ip_ttl": ("int", 8),  # IPv4 TTL or IPv6 hop limit (64 when a packet does not say)
     "icmpv4_type": ("int", 8),
     "icmpv4_code": ("int", 8),
@@ -100,6 +105,8 @@ PREREQ_ETH_TYPE: dict[str, int] = {
     **{f: ETH_TYPE_IPV4 for f in ("ipv4_src", "ipv4_dst")},
     **{f: ETH_TYPE_IPV6 for f in ("ipv6_src", "ipv6_dst", "icmpv6_type", "icmpv6_code")},
     **{f: ETH_TYPE_IPV4 for f in ("icmpv4_type", "icmpv4_code")},
+    **{f: ETH_TYPE_IPV6 for f in ("ipv6_nd_target", "ipv6_nd_sll", "ipv6_nd_tll", "nd_reserved",
+                                  "nd_options_type")},
 }
 
 # Left out of emitted packets: they never leave the switch.

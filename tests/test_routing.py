@@ -213,3 +213,83 @@ def test_routing_flows_pass_the_switch_rules(cloud: Built) -> None:
 
     for hv in ("hv0", "hv1", "hv2", "hv3"):
         assert lint(compile_hypervisor(cloud.graph, hv)) == []
+
+
+# -- IPv6 -----------------------------------------------------------------------------------
+@pytest.fixture
+def cloud6() -> Built:
+    """Dual-stack: router r1 on 2001:db8:1::/64 and 2001:db8:2::/64 (plus their IPv4 subnets)."""
+    from topology.model import Subnet
+
+    b = Builder()
+    for i in range(3):
+        b.hv(i)
+    nets = {}
+    for i in (1, 2):
+        nets[i] = b.network(f"n{i}", cidr=f"10.0.{i}.0/24")
+        b.graph.put_subnet(Subnet(id=f"sub6-{i}", network_id=nets[i].id, project_id="p", cidr=f"2001:db8:{i}::/64",
+                                  ip_version=6, gateway_ip=f"2001:db8:{i}::1"))
+    for label, net, hv, v6 in (("v1", 1, "hv0", "2001:db8:1::10"), ("v2", 2, "hv1", "2001:db8:2::10")):
+        b._port_n += 1
+        port = Port(id=f"{label}-port-000000", network_id=nets[net].id, project_id="p", key=b._port_n,
+                    mac_address=f"fa:16:3e:00:0{net}:10", fixed_ips=(FixedIP(f"sub6-{net}", v6),), binding_host=hv,
+                    device_owner="compute:nova")
+        b.graph.put_port(port)
+        b.built.ports[label] = port
+    router = Router(id="router-r1", project_id="p", key=1)
+    b.graph.put_node("router", router.id, router)
+    for i in (1, 2):
+        b._port_n += 1
+        port = Port(id=f"rif-r1-n{i}-0000", network_id=nets[i].id, project_id="p", key=b._port_n,
+                    mac_address=f"fa:16:3e:ff:01:0{i}", fixed_ips=(FixedIP(f"sub6-{i}", f"2001:db8:{i}::1"),),
+                    device_owner=ROUTER_INTERFACE, device_id=router.id)
+        b.graph.put_port(port)
+        b.built.ports[f"r1-n{i}"] = port
+    return b.done()
+
+
+def _ns(built: Built, label: str, target: str, src: str | None = None) -> dict:
+    port = built.ports[label]
+    return {"in_port": built.ofport(label), "eth_src": port.mac_address, "eth_dst": "33:33:ff:00:00:01",
+            "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135, "ipv6_nd_target": target,
+            "ipv6_src": src if src is not None else port.fixed_ips[0].ip_address, "ipv6_dst": "ff02::1:ff00:1",
+            "ipv6_nd_sll": port.mac_address, "nd_options_type": 1, "ip_ttl": 255}
+
+
+def test_gateway_neighbour_solicitation_is_answered_from_the_flows(cloud6: Built) -> None:
+    gw = cloud6.ports["r1-n1"]
+    res = simulate(compile_hypervisor(cloud6.graph, "hv0"), _ns(cloud6, "v1", "2001:db8:1::1"))
+    ((port, na),) = res.outputs
+    assert port == cloud6.ofport("v1")
+    assert na["icmpv6_type"] == 136 and na["ipv6_nd_target"] == "2001:db8:1::1"
+    assert na["ipv6_nd_tll"] == gw.mac_address and na["nd_options_type"] == 2
+    assert na["nd_reserved"] == 0xE0000000  # router, solicited, override
+    assert (na["ipv6_src"], na["ipv6_dst"]) == ("2001:db8:1::1", "2001:db8:1::10")
+    assert (na["eth_src"], na["eth_dst"]) == (gw.mac_address, cloud6.ports["v1"].mac_address)
+
+
+def test_duplicate_address_detection_is_never_answered(cloud6: Built) -> None:
+    res = simulate(compile_hypervisor(cloud6.graph, "hv0"), _ns(cloud6, "v1", "2001:db8:1::1", src="::"))
+    assert all(out.get("icmpv6_type") != 136 for _, out in res.outputs)
+
+
+def test_ipv6_routed_in_one_hop_with_hop_limit_lowered(cloud6: Built) -> None:
+    res = send(fabric_of(cloud6.graph), cloud6, "v1", eth_type=0x86DD, eth_dst=cloud6.ports["r1-n1"].mac_address,
+               ipv6_src="2001:db8:1::10", ipv6_dst="2001:db8:2::10", ip_ttl=64)
+    assert delivered_labels(cloud6, res) == ["v2"]
+    (delivery,) = res.deliveries
+    assert delivery.packet["ip_ttl"] == 63
+    assert delivery.packet["eth_src"] == cloud6.ports["r1-n2"].mac_address
+    assert [hv for hv, _ in res.walks] == ["hv0", "hv1"]
+    assert res.entries[1]["eth_src"] == dvr_mac(cloud6.graph.hypervisor("hv0"))
+
+
+def test_router_answers_ping6(cloud6: Built) -> None:
+    v1 = cloud6.ports["v1"]
+    res = simulate(compile_hypervisor(cloud6.graph, "hv0"),
+                   {"in_port": cloud6.ofport("v1"), "eth_src": v1.mac_address,
+                    "eth_dst": cloud6.ports["r1-n1"].mac_address, "eth_type": 0x86DD, "ip_proto": 58,
+                    "icmpv6_type": 128, "ipv6_src": "2001:db8:1::10", "ipv6_dst": "2001:db8:2::1"})
+    ((port, reply),) = res.outputs
+    assert reply["icmpv6_type"] == 129
+    assert (reply["ipv6_src"], reply["ipv6_dst"]) == ("2001:db8:2::1", "2001:db8:1::10")
