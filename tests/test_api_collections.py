@@ -354,3 +354,21 @@ def test_integer_strings_are_checked_not_crashed_on(api: Api) -> None:
     for text in ("²", "--5", "1_000", "٣"):  # isdigit() says yes to some of these, int() says no (or yes)
         api.expect_error(400, "HTTPBadRequest", "POST", "/v2.0/networks", {"network": {"mtu": text}})
     assert api.create("network", mtu=" 1400 ")["mtu"] == 1400
+
+
+def test_openstacksdk_pages_through_the_links(api: Api, nets: list[dict]) -> None:
+    """A real client follows ``networks_links`` (limit pages, sort, marker) and finds everything once."""
+    import openstack
+
+    conn = openstack.connect(auth_type="none", network_endpoint_override=api.url)
+    try:
+        got = [n.id for n in conn.network.networks(limit=2)]
+        assert got == sorted(ids(nets))
+        names = [n.name for n in conn.network.networks(limit=2, sort_key="name", sort_dir="desc")]
+        assert names == ["e", "c", "b", "a", "a"]
+        assert [n.id for n in conn.network.networks(name="a", is_admin_state_up=False)] == [nets[3]["id"]]
+        aliases = {e.alias for e in conn.network.extensions()}
+        assert {"pagination", "sorting", "provider", "external-net"} <= aliases
+        assert conn.network.find_extension("provider").name == "Provider Network"
+    finally:
+        conn.close()
