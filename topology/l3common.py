@@ -86,11 +86,15 @@ class L3Base:
         after = affected_after() if affected_after is not None else set()
         self._notify((affected_before or set()) | after)
 
-    def _load_l3(self) -> None:
-        """Put the stored L3 records into the (freshly loaded) graph."""
+    def _load_l3(self) -> list[FloatingIP]:
+        """Put the stored groups, rules and routers into the (freshly loaded) graph; return the floating IPs.
+
+        Loading in this order (then the ports, then the floating IPs) makes no
+        placeholder node, so every kind's records keep their creation order.
+        """
         routers, fips, sgs, rules = store_l3.load(self.store)
-        for record in (*sgs, *rules, *routers, *fips):
-            self._graph_put_l3([record])
+        self._graph_put_l3([*sgs, *rules, *routers])
+        return fips
 
     def _new_port(self, tx: Store, net: Network, *, project_id: str, owner: str, device_id: str,
                   fixed_ips: tuple[FixedIP, ...], mac: str | None = None) -> Port:

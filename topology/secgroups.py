@@ -52,6 +52,23 @@ def normalize_protocol(value: Any) -> str | None:
                      "are supported.")
 
 
+def parse_ip_or_cidr(value: Any) -> netaddr.IPNetwork | None:
+    """An address (as a host network) or a CIDR, strictly (dotted quads only); None if it is neither."""
+    if not isinstance(value, str) or value.count("/") > 1:
+        return None
+    address, _, prefix = value.partition("/")
+    try:
+        ip = netaddr.IPAddress(address, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError):
+        return None
+    width = 32 if ip.version == 4 else 128
+    if not prefix:
+        return netaddr.IPNetwork(f"{ip}/{width}")
+    if not prefix.isdigit() or not 0 <= int(prefix) <= width:
+        return None
+    return netaddr.IPNetwork(f"{ip}/{int(prefix)}")
+
+
 def _dup_key(rule: SecurityGroupRule) -> tuple:
     """Neutron's duplicate test: names and numbers of a protocol, and 'any' prefixes, are the same."""
     prefix = None if rule.remote_ip_prefix in ANY else rule.remote_ip_prefix
@@ -177,10 +194,7 @@ class SecurityGroups(L3Base):
             raise BadRequest("SecurityGroupRemoteGroupAndRemoteIpPrefix",
                              "Only remote_ip_prefix or remote_group_id may be provided.")
         if prefix is not None:
-            try:
-                cidr = netaddr.IPNetwork(prefix, flags=netaddr.INET_PTON) if isinstance(prefix, str) else None
-            except (netaddr.AddrFormatError, ValueError, TypeError):
-                cidr = None
+            cidr = parse_ip_or_cidr(prefix)
             if cidr is None:
                 raise BadRequest("InvalidCIDR", f"Invalid CIDR {prefix} given as IP prefix.")
             if f"IPv{cidr.version}" != ethertype:
@@ -292,10 +306,7 @@ class SecurityGroups(L3Base):
             if not isinstance(pair, dict) or "ip_address" not in pair:
                 raise BadRequest("AllowedAddressPairsMissingIP", "AllowedAddressPair must contain ip_address")
             ip = pair["ip_address"]
-            try:
-                net = netaddr.IPNetwork(ip, flags=netaddr.INET_PTON) if isinstance(ip, str) else None
-            except (netaddr.AddrFormatError, ValueError, TypeError):
-                net = None
+            net = parse_ip_or_cidr(ip)
             if net is None:
                 raise ipam.invalid_input(f"'{ip}' is not a valid IP address or CIDR")
             entry = {"ip_address": str(net.ip) if "/" not in ip else str(net),

@@ -127,9 +127,10 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         for hv_name, ofports in live.items():
             graph.set_ofports(hv_name, ofports)
         self.graph = graph
+        l3 = self._load_l3()  # groups, rules, routers now (ports link to them); floating IPs after the ports
         for port in ports:
             graph.put_port(self._with_status(port))
-        self._load_l3()
+        self._graph_put_l3(l3)
 
     def close(self) -> None:
         """Close the store; the object must not be used afterwards."""

@@ -74,7 +74,7 @@ RESOURCES = {
                  "delete_security_group", path="security-groups"),
         Resource("security_group_rule", "security_group_rules", "sg_rule", "SecurityGroupRule",
                  attributes_l3.SECURITY_GROUP_RULE, views_l3.security_group_rule,
-                 SecurityGroupRule("", "", "", "ingress"), "create_security_group_rule",
+                 SecurityGroupRule("", "", "", "ingress", protocol="tcp"), "create_security_group_rule",
                  "update_security_group_rule", "delete_security_group_rule", path="security-group-rules"),
     )
 }
