@@ -286,8 +286,10 @@ class UnderlayCapture:
         from scapy.layers.inet import ICMP, IP
 
         tag = bytes.fromhex(MARKER)
-        return any(IP in p and ICMP in p and p[IP].src == self.hv.tunnel_ip and tag in bytes(p[ICMP].payload)
-                   for p in self._packets())
+        return any(
+            IP in p and ICMP in p and p[IP].src == self.hv.tunnel_ip and tag in bytes(p[ICMP].payload)
+            for p in self._packets()
+        )
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -410,8 +412,9 @@ def test_tcp_between_every_pair(cloud: Cloud) -> None:
     """A TCP echo in every VM, signed with the VM's name: every pair connects, to the right VM;
     plus a second of iperf3 across a routed hop."""
     vms = [cloud.vms[n] for n in LAYOUT]
-    servers = [vm.popen([sys.executable, "-c", ECHO_SERVER, vm.name, str(ECHO_PORT)], stdout=subprocess.DEVNULL)
-               for vm in vms]
+    servers = [
+        vm.popen([sys.executable, "-c", ECHO_SERVER, vm.name, str(ECHO_PORT)], stdout=subprocess.DEVNULL) for vm in vms
+    ]
     try:
         for vm in vms:
             wait_listening(vm, ECHO_PORT)
@@ -420,8 +423,12 @@ def test_tcp_between_every_pair(cloud: Cloud) -> None:
             for src in LAYOUT:
                 token = f"{src}-{uuid.uuid4().hex[:6]}"
                 targets = [LAYOUT[d][2] for d in LAYOUT if d != src]
-                proc = cloud.vms[src].popen([sys.executable, "-c", ECHO_CLIENT, token, str(ECHO_PORT), *targets],
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                proc = cloud.vms[src].popen(
+                    [sys.executable, "-c", ECHO_CLIENT, token, str(ECHO_PORT), *targets],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
                 clients.append((src, token, proc))
             for src, token, proc in clients:
                 out, err = proc.communicate(timeout=30)
@@ -442,8 +449,9 @@ def _iperf(client: LabVM, server: LabVM, ip: str, port: int, seconds: int = 1) -
     srv = server.popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(server, port)
-        cli = client.popen(["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J"], stdout=subprocess.PIPE,
-                           text=True)
+        cli = client.popen(
+            ["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J"], stdout=subprocess.PIPE, text=True
+        )
         out, _ = cli.communicate(timeout=20 + seconds)
         data = json.loads(out)
         assert "error" not in data, data["error"]
@@ -464,15 +472,19 @@ def test_router_answers_ping_to_every_gateway_from_the_flows(cloud: Cloud) -> No
                 gw = cloud.gateway(i)
 
                 def hits(gw: str = gw, hv: Hypervisor = hv) -> int:
-                    return sum(n_packets(ln) for ln in table_flows(hv, 40)
-                               if f"nw_dst={gw}," in ln and "icmp_type=8" in ln)
+                    return sum(
+                        n_packets(ln) for ln in table_flows(hv, 40) if f"nw_dst={gw}," in ln and "icmp_type=8" in ln
+                    )
 
                 before = hits()
                 answered, _ = ping(vm, gw, count=2)
                 assert answered == 2, f"{name} -> router {gw}"
                 # flow counters follow the datapath's with a revalidator delay
-                wait_until(lambda b=before, h=hits: h() - b >= 2, 5,
-                           message=f"{hv.name}'s echo flows for {gw} to count {name}'s pings")
+                wait_until(
+                    lambda b=before, h=hits: h() - b >= 2,
+                    5,
+                    message=f"{hv.name}'s echo flows for {gw} to count {name}'s pings",
+                )
 
 
 # -- 2. the bystander hypervisor, and one crossing per packet ---------------------------------
@@ -486,8 +498,9 @@ def test_hv4_holds_no_router_flow(cloud: Cloud) -> None:
     assert not [ln for ln in dump_flows(hv4) if "reg3=" in ln]
     # ...while every hypervisor hosting one of the router's subnets holds its stages
     for name in ("hv1", "hv2", "hv3"):
-        assert {int(re.search(r"table=(\d+)", ln).group(1)) for ln in table_flows(cloud.hv(name), *ROUTER_TABLES)} \
-            == set(ROUTER_TABLES), name
+        assert {
+            int(re.search(r"table=(\d+)", ln).group(1)) for ln in table_flows(cloud.hv(name), *ROUTER_TABLES)
+        } == set(ROUTER_TABLES), name
 
 
 def test_each_routed_packet_crosses_the_underlay_once_and_hv4_carries_nothing(cloud: Cloud) -> None:
@@ -572,14 +585,21 @@ def test_two_tenants_with_the_same_cidrs_on_their_own_routers_stay_apart(cloud: 
         tenants[t] = {"router": router, "gw0_mac": gw0["mac_address"], "vms": vms}
     for t in ("a", "b"):
         for dst_ip in ("10.0.1.10", "10.0.1.11"):
-            wait_until(lambda t=t, ip=dst_ip: reaches(tenants[t]["vms"][f"{t}0"], ip), 15,
-                       message=lambda t=t, ip=dst_ip: f"{t}0 -> {ip}; controller log:\n{ctrl.log_tail()}")
+            wait_until(
+                lambda t=t, ip=dst_ip: reaches(tenants[t]["vms"][f"{t}0"], ip),
+                15,
+                message=lambda t=t, ip=dst_ip: f"{t}0 -> {ip}; controller log:\n{ctrl.log_tail()}",
+            )
     all_vms = [vm for t in tenants.values() for vm in t["vms"].values()]
     with NoPacketIns(ctrl):
         for t, other in (("a", "b"), ("b", "a")):
             mine = tenants[t]["vms"]
-            for src, dst, ip in ((f"{t}0", f"{t}1", "10.0.1.10"), (f"{t}0", f"{t}1b", "10.0.1.11"),
-                                 (f"{t}1", f"{t}0", "10.0.0.10"), (f"{t}1b", f"{t}0", "10.0.0.10")):
+            for src, dst, ip in (
+                (f"{t}0", f"{t}1", "10.0.1.10"),
+                (f"{t}0", f"{t}1b", "10.0.1.11"),
+                (f"{t}1", f"{t}0", "10.0.0.10"),
+                (f"{t}1b", f"{t}0", "10.0.0.10"),
+            ):
                 before = {vm.name: in_echos(vm) for vm in all_vms}
                 answered, ttls = ping(mine[src], ip, count=3, interval=0.1)
                 assert answered == 3 and ttls == [63] * 3, (src, ip, answered, ttls)
@@ -633,9 +653,16 @@ def test_removing_an_interface_cuts_its_subnet_and_leaves_no_flow(cloud: Cloud) 
     def leftovers() -> dict[str, list[str]]:
         found = {hv.name: flows_for_subnet(hv, CIDRS[3], gone_mac) for hv in lab.hypervisors}
         # the L2 side of net3 on hv3 stays (v3's own port); only its routing must go
-        found = {k: [ln for ln in v if not (k == "hv3" and re.search(r"table=(20|30|60),", ln)
-                                            and old["mac_address"].lower() not in ln.lower())]
-                 for k, v in found.items()}
+        found = {
+            k: [
+                ln
+                for ln in v
+                if not (
+                    k == "hv3" and re.search(r"table=(20|30|60),", ln) and old["mac_address"].lower() not in ln.lower()
+                )
+            ]
+            for k, v in found.items()
+        }
         return {k: v for k, v in found.items() if v}
 
     wait_until(lambda: not leftovers(), 5, message=lambda: f"no flow of 10.1.3.0/24's routing: {leftovers()}")
@@ -648,8 +675,11 @@ def test_removing_an_interface_cuts_its_subnet_and_leaves_no_flow(cloud: Cloud) 
     # a guest finds out with its next ARP probe; here the cache is flushed instead.
     v3.cmd("ip neigh flush dev eth0")
     for src, dst in (("v1", "v3"), ("v3", "v1"), ("v3", "v2"), ("v1b", "v3")):
-        wait_until(lambda s=src, d=dst: reaches(cloud.vms[s], LAYOUT[d][2]), 10,
-                   message=lambda s=src, d=dst: f"{s} -> {d} after re-adding\n{ctrl.log_tail()}")
+        wait_until(
+            lambda s=src, d=dst: reaches(cloud.vms[s], LAYOUT[d][2]),
+            10,
+            message=lambda s=src, d=dst: f"{s} -> {d} after re-adding\n{ctrl.log_tail()}",
+        )
     with NoPacketIns(ctrl):
         for src, dst in (("v1", "v3"), ("v3", "v1"), ("v2", "v3"), ("v3", "v1b")):
             answered, ttls = ping(cloud.vms[src], LAYOUT[dst][2], count=2)
@@ -698,8 +728,10 @@ def test_deleted_routed_port_leaves_no_flow_anywhere(cloud: Cloud) -> None:
     del cloud.vms["v1b"]
 
     def leftovers() -> dict[str, list[str]]:
-        found = {hv.name: [ln for ln in dump_flows(hv) if mac in ln.lower() or "reg0=0xa01010b," in ln]
-                 for hv in lab.hypervisors}
+        found = {
+            hv.name: [ln for ln in dump_flows(hv) if mac in ln.lower() or "reg0=0xa01010b," in ln]
+            for hv in lab.hypervisors
+        }
         return {k: v for k, v in found.items() if v}
 
     wait_until(lambda: not leftovers(), 4, message=lambda: f"no flow of the deleted port v1b: {leftovers()}")
