@@ -17,8 +17,78 @@ __all__ = ["ThreadingWSGIServer", "make_app", "serve"]  # make_app re-exported: 
 LOG = logging.getLogger(__name__)
 
 
+DRAIN_LIMIT = 16 * 1024 * 1024  # at most this much of a body the app left unread is read (and dropped) at the end
+DRAIN_TIMEOUT = 2.0
+
+
+class _CountingReader:
+    """The request stream, counting the bytes read from it."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self.raw.readline(size)
+        self.count += len(data)
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = self.raw.readlines(hint)
+        self.count += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """Access log to the debug logger instead of stderr; HTTP-level errors as NeutronError JSON."""
+    """Access log to the debug logger instead of stderr; HTTP-level errors as NeutronError JSON;
+    the part of a request body the app did not read is read before the connection closes."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _CountingReader(self.rfile)
+        self._body_start: int | None = None
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._body_start = self.rfile.count
+        return ok
+
+    def finish(self) -> None:
+        # Closing a socket with unread bytes in its receive buffer sends a RST, which can destroy
+        # the answer before the client has read it (a GET or DELETE with a large body, say).
+        try:
+            self._drain()
+        except (OSError, ValueError):
+            pass
+        super().finish()
+
+    def _drain(self) -> None:
+        if self._body_start is None or getattr(self, "headers", None) is None:
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return
+        left = min(length - (self.rfile.count - self._body_start), DRAIN_LIMIT)
+        if left <= 0:
+            return
+        self.connection.settimeout(DRAIN_TIMEOUT)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                break
+            left -= len(chunk)
 
     def log_message(self, format: str, *args: object) -> None:
         LOG.debug("%s " + format, self.address_string(), *args)
