@@ -18,6 +18,7 @@ SECTIONS = {
     "compile": "apps.bench.compile_scale",
     "push": "apps.bench.push_rate",
     "port_latency": "apps.bench.port_latency",
+    "routing": "apps.bench.routing",
 }
 
 
