@@ -159,9 +159,9 @@ def plug_routed_vm(
     return vm
 
 
-def ping(vm: LabVM, dst: str, count: int = 2, interval: float = 0.2) -> tuple[int, list[int]]:
-    """``count`` pings from ``vm``: (answers, the TTL of each answer)."""
-    out = vm.cmd(f"ping -c{count} -i{interval} -W1 {dst}")
+def ping(vm: LabVM, dst: str, count: int = 2, interval: float = 0.2, ttl: int = 64) -> tuple[int, list[int]]:
+    """``count`` pings from ``vm`` (sent with ``ttl``): (answers, the TTL of each answer)."""
+    out = vm.cmd(f"ping -c{count} -i{interval} -W1 -t{ttl} {dst}")
     m = re.search(r"(\d+) received", out)
     return (int(m.group(1)) if m else 0), [int(t) for t in re.findall(r"ttl=(\d+)", out)]
 
@@ -406,6 +406,23 @@ def test_every_vm_reaches_every_other_with_ttl_lowered_by_one(cloud: Cloud) -> N
             assert answered == 2, f"{src} -> {dst}"
             want = 64 if LAYOUT[src][1] == LAYOUT[dst][1] else 63
             assert ttls == [want, want], f"{src} -> {dst}: reply TTLs {ttls}, want {want}"
+
+
+def test_exactly_one_hop_and_ttl_expiry_drops(cloud: Cloud) -> None:
+    """What a traceroute would show, with ping's TTL: sent with TTL 1 a packet to another subnet
+    expires at the router (nothing reaches the destination: its InEchos do not move; no
+    packet-in either, OVS's dec_ttl drops it), with TTL 2 it arrives: exactly one hop. Across
+    hypervisors (v1 -> v2) and within one (v2 -> v1b, both on hv2)."""
+    with NoPacketIns(cloud.ctrl):
+        for src, dst in (("v1", "v2"), ("v2", "v1b"), ("v3", "v1")):
+            target = cloud.vms[dst]
+            before = in_echos(target)
+            out = cloud.vms[src].cmd(f"ping -t1 -c2 -i0.2 -W1 {LAYOUT[dst][2]}")
+            assert " 0 received" in out, (src, dst, out)
+            assert in_echos(target) == before, f"{src} -> {dst} with TTL 1 reached {dst}"
+            answered, ttls = ping(cloud.vms[src], LAYOUT[dst][2], count=2, ttl=2)
+            assert answered == 2 and ttls == [63, 63], (src, dst, ttls)
+            assert in_echos(target) == before + 2
 
 
 def test_tcp_between_every_pair(cloud: Cloud) -> None:
