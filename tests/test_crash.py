@@ -18,7 +18,6 @@ import random
 import sqlite3
 import threading
 import time
-import urllib.error
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +51,28 @@ class Unacknowledged(Exception):
 
 
 def call(ctrl: ControllerProcess, method: str, path: str, body: Any = None) -> Any:
+    """One API call; the answer counts only when it arrived whole: a status line, headers ending with a
+    Content-Length, and that many bytes. (A process killed between writing its status line and the end of
+    its headers leaves what http.client takes for a complete answer without a body.)"""
+    conn = http.client.HTTPConnection("127.0.0.1", ctrl.api_port, timeout=10)
     try:
-        return ctrl.request(method, path, body, timeout=10)
-    except urllib.error.URLError as err:
-        raise Unacknowledged(sent=not isinstance(err.reason, ConnectionRefusedError)) from None
+        try:
+            conn.request(method, path, json.dumps(body).encode() if body is not None else None,
+                         {"Content-Type": "application/json"})
+        except ConnectionRefusedError:
+            raise Unacknowledged(sent=False) from None
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.getheader("Content-Length") is None or int(resp.getheader("Content-Length")) != len(raw):
+            raise Unacknowledged(sent=True)
+        doc = json.loads(raw) if raw else None
     except (OSError, http.client.HTTPException, json.JSONDecodeError):
         raise Unacknowledged(sent=True) from None
+    finally:
+        conn.close()
+    if resp.status >= 300:
+        raise ApiError(resp.status, doc)
+    return doc
 
 
 @dataclass
