@@ -314,3 +314,212 @@ def test_openstack_cli(ctrl: ControllerProcess, clouds_yaml: str) -> None:
     r = _cli(*ep, "network", "delete", "cli-net", env=env)
     assert r.returncode == 0, r.stderr
     assert ctrl.request("GET", "/v2.0/networks?name=cli-net")["networks"] == []
+
+
+# -- routers, floating IPs, security groups ------------------------------------------------------
+@pytest.fixture
+def ext_net(conn):
+    """An external network with a subnet (the routers' gateway and the floating IPs' pool)."""
+    n = conn.network.create_network(name=f"ext-{uuid.uuid4().hex[:6]}", is_router_external=True)
+    s = conn.network.create_subnet(network_id=n.id, cidr="203.0.113.0/24", ip_version=4)
+    yield n, s
+    for fip in conn.network.ips(floating_network_id=n.id):
+        conn.network.delete_ip(fip)
+
+
+def _cleanup_router(conn, router) -> None:
+    if conn.network.find_router(router.id) is None:
+        return
+    conn.network.update_router(router.id, routes=[])
+    for p in conn.network.ports(device_id=router.id, device_owner="network:router_interface"):
+        conn.network.remove_interface_from_router(router, port_id=p.id)
+    conn.network.delete_router(router, ignore_missing=True)
+
+
+def test_router_lifecycle(conn, net, ext_net) -> None:
+    n, s4 = net
+    ext, ext_sub = ext_net
+    r = conn.network.create_router(name="r1", external_gateway_info={"network_id": ext.id})
+    try:
+        gw = r.external_gateway_info
+        assert gw["network_id"] == ext.id and gw["external_fixed_ips"][0]["subnet_id"] == ext_sub.id
+        assert gw["external_fixed_ips"][0]["ip_address"].startswith("203.0.113.")
+        assert (r.name, r.status, r.is_admin_state_up, r.routes) == ("r1", "ACTIVE", True, [])
+        assert conn.network.find_router("r1").id == r.id
+        # an interface by subnet takes the subnet's gateway address
+        added = conn.network.add_interface_to_router(r, subnet_id=s4.id)
+        assert added["subnet_id"] == s4.id and added["id"] == r.id
+        rif = conn.network.get_port(added["port_id"])
+        assert rif.device_owner == "network:router_interface" and rif.device_id == r.id
+        assert rif.fixed_ips == [{"subnet_id": s4.id, "ip_address": "10.20.0.1"}]
+        # an interface by port
+        n2 = conn.network.create_network(name="r1-net2")
+        s2 = conn.network.create_subnet(network_id=n2.id, cidr="10.21.0.0/24", ip_version=4)
+        p2 = conn.network.create_port(network_id=n2.id, fixed_ips=[{"ip_address": "10.21.0.5"}])
+        added2 = conn.network.add_interface_to_router(r, port_id=p2.id)
+        assert (added2["port_id"], added2["subnet_id"]) == (p2.id, s2.id)
+        assert conn.network.get_port(p2.id).device_owner == "network:router_interface"
+        # extra routes
+        up = conn.network.update_router(r, routes=[{"destination": "192.168.50.0/24", "nexthop": "10.20.0.50"}])
+        assert up.routes == [{"destination": "192.168.50.0/24", "nexthop": "10.20.0.50"}]
+        assert conn.network.get_router(r.id).routes == up.routes
+        # an interface an extra route needs stays; without the route, both go: by subnet, by port
+        _raises(sdk_exc.ConflictException, 409, "required by one or more routes",
+                conn.network.remove_interface_from_router, r.id, subnet_id=s4.id)
+        conn.network.update_router(r.id, routes=[])
+        conn.network.remove_interface_from_router(r, subnet_id=s4.id)
+        _raises(sdk_exc.NotFoundException, 404, "could not be found", conn.network.get_port, added["port_id"])
+        conn.network.remove_interface_from_router(r, port_id=p2.id)
+        conn.network.delete_port(p2.id)
+        conn.network.delete_network(n2)
+        conn.network.delete_router(r)
+        _raises(sdk_exc.NotFoundException, 404, f"Router {r.id} could not be found", conn.network.get_router, r.id)
+    finally:
+        _cleanup_router(conn, r)
+
+
+def test_router_errors(conn, net, ext_net) -> None:
+    n, s4 = net
+    ext, _ = ext_net
+    r = conn.network.create_router(name="r-err", external_gateway_info={"network_id": ext.id})
+    try:
+        added = conn.network.add_interface_to_router(r, subnet_id=s4.id)
+        _raises(sdk_exc.ConflictException, 409, "still has ports", conn.network.delete_router, r)
+        _raises(sdk_exc.ConflictException, 409, "has device owner network:router_interface",
+                conn.network.delete_port, added["port_id"])
+        _raises(sdk_exc.ConflictException, 409, "One or more ports have an IP allocation from this subnet",
+                conn.network.delete_subnet, s4)
+        n3 = conn.network.create_network(name="overlapping")
+        s3 = conn.network.create_subnet(network_id=n3.id, cidr="10.20.0.0/25", ip_version=4)
+        _raises(sdk_exc.BadRequestException, 400, "overlaps with cidr 10.20.0.0/24",
+                conn.network.add_interface_to_router, r, subnet_id=s3.id)
+        _raises(sdk_exc.NotFoundException, 404, f"has no interface on subnet {s3.id}",
+                conn.network.remove_interface_from_router, r, subnet_id=s3.id)
+        _raises(sdk_exc.NotFoundException, 404, f"Router {MISSING} could not be found",
+                conn.network.add_interface_to_router, MISSING, subnet_id=s4.id)
+        _raises(sdk_exc.BadRequestException, 400, "", conn.network.create_router,
+                external_gateway_info={"network_id": n.id})  # not an external network
+        conn.network.delete_network(n3)
+    finally:
+        _cleanup_router(conn, r)
+
+
+def test_floating_ips(conn, net, ext_net) -> None:
+    n, s4 = net
+    ext, _ = ext_net
+    r = conn.network.create_router(name="r-fip", external_gateway_info={"network_id": ext.id})
+    try:
+        conn.network.add_interface_to_router(r, subnet_id=s4.id)
+        vm = conn.network.create_port(network_id=n.id, fixed_ips=[{"subnet_id": s4.id}, {"subnet_id": s4.id}])
+        other = conn.network.create_port(network_id=n.id)
+        first, second = (f["ip_address"] for f in vm.fixed_ips)
+        fip = conn.network.create_ip(floating_network_id=ext.id)
+        assert fip.floating_ip_address.startswith("203.0.113.") and fip.port_id is None and fip.status == "DOWN"
+        # associate, choosing the second of the port's addresses
+        fip = conn.network.update_ip(fip, port_id=vm.id, fixed_ip_address=second)
+        assert (fip.port_id, fip.fixed_ip_address, fip.router_id) == (vm.id, second, r.id)
+        assert fip.status == "ACTIVE"
+        assert [x.id for x in conn.network.ips(port_id=vm.id)] == [fip.id]
+        # move it to another port, then disassociate
+        fip = conn.network.update_ip(fip, port_id=other.id)
+        assert (fip.port_id, fip.fixed_ip_address) == (other.id, other.fixed_ips[0]["ip_address"])
+        fip = conn.network.update_ip(fip, port_id=None)
+        assert (fip.port_id, fip.fixed_ip_address, fip.router_id) == (None, None, None)
+        # at creation, with an address of its own choosing
+        fip2 = conn.network.create_ip(floating_network_id=ext.id, port_id=vm.id, fixed_ip_address=first,
+                                      floating_ip_address="203.0.113.77")
+        assert (fip2.floating_ip_address, fip2.fixed_ip_address) == ("203.0.113.77", first)
+        # errors
+        _raises(sdk_exc.BadRequestException, 400, "is not a valid external network", conn.network.create_ip,
+                floating_network_id=n.id)
+        _raises(sdk_exc.ConflictException, 409, "", conn.network.create_ip, floating_network_id=ext.id,
+                floating_ip_address="203.0.113.77")
+        _raises(sdk_exc.BadRequestException, 400, "does not have fixed ip 10.20.0.250", conn.network.update_ip,
+                fip.id, port_id=vm.id, fixed_ip_address="10.20.0.250")
+        lonely = conn.network.create_network(name="no-router")
+        conn.network.create_subnet(network_id=lonely.id, cidr="10.66.0.0/24", ip_version=4)
+        far = conn.network.create_port(network_id=lonely.id)
+        _raises(sdk_exc.NotFoundException, 404, "is not reachable from subnet", conn.network.update_ip, fip.id,
+                port_id=far.id)
+        conn.network.delete_port(far)
+        conn.network.delete_network(lonely)
+        conn.network.delete_ip(fip2)
+        conn.network.delete_ip(fip)
+        _raises(sdk_exc.NotFoundException, 404, "could not be found", conn.network.get_ip, fip.id)
+    finally:
+        for f in conn.network.ips(floating_network_id=ext.id):
+            conn.network.delete_ip(f)
+        _cleanup_router(conn, r)
+
+
+def test_security_groups(conn, net) -> None:
+    n, _ = net
+    project = "default"  # the project of requests without one (no Keystone, no X-Project-Id)
+    # the project's default group appears on first use, with Neutron's default rules
+    list(conn.network.security_groups())
+    (default,) = conn.network.security_groups(project_id=project, name="default")
+    assert default.name == "default"
+    assert sorted((r["direction"], r["ethertype"]) for r in default.security_group_rules) == [
+        ("egress", "IPv4"), ("egress", "IPv6"), ("ingress", "IPv4"), ("ingress", "IPv6")]
+    sg = conn.network.create_security_group(name="web", project_id=project)
+    assert sorted(r["direction"] for r in sg.security_group_rules) == ["egress", "egress"]
+    ssh = conn.network.create_security_group_rule(security_group_id=sg.id, direction="ingress", protocol="tcp",
+                                                  port_range_min=22, port_range_max=22,
+                                                  remote_ip_prefix="0.0.0.0/0", ether_type="IPv4")
+    assert (ssh.protocol, ssh.port_range_min, ssh.port_range_max, ssh.remote_ip_prefix) == ("tcp", 22, 22,
+                                                                                          "0.0.0.0/0")
+    by_number = conn.network.create_security_group_rule(security_group_id=sg.id, direction="ingress",
+                                                        protocol="17", port_range_min=53, port_range_max=53)
+    assert by_number.protocol == "17"
+    peers = conn.network.create_security_group_rule(security_group_id=sg.id, direction="ingress",
+                                                    protocol="icmp", remote_group_id=sg.id)
+    assert peers.remote_group_id == sg.id
+    shown = conn.network.get_security_group(sg.id)
+    assert {ssh.id, by_number.id, peers.id} <= {r["id"] for r in shown.security_group_rules}
+    assert [r.id for r in conn.network.security_group_rules(security_group_id=sg.id, protocol="tcp")] == [ssh.id]
+    # errors
+    _raises(sdk_exc.ConflictException, 409, f"Rule id is {ssh.id}", conn.network.create_security_group_rule,
+            security_group_id=sg.id, direction="ingress", protocol="6", port_range_min=22, port_range_max=22,
+            remote_ip_prefix="0.0.0.0/0", ether_type="IPv4")
+    _raises(sdk_exc.BadRequestException, 400, "", conn.network.create_security_group_rule,
+            security_group_id=sg.id, direction="ingress", protocol="tcp", port_range_min=80, port_range_max=22)
+    _raises(sdk_exc.BadRequestException, 400, "", conn.network.create_security_group_rule,
+            security_group_id=sg.id, direction="sideways")
+    _raises(sdk_exc.NotFoundException, 404, f"Security group {MISSING} does not exist",
+            conn.network.create_security_group_rule,
+            security_group_id=MISSING, direction="ingress")
+    # a port with the group, port security and allowed address pairs
+    port = conn.network.create_port(network_id=n.id, security_group_ids=[sg.id], project_id=project,
+                                    allowed_address_pairs=[{"ip_address": "10.20.0.200"}])
+    assert port.security_group_ids == [sg.id] and port.is_port_security_enabled is True
+    assert port.allowed_address_pairs == [{"ip_address": "10.20.0.200", "mac_address": port.mac_address}]
+    _raises(sdk_exc.ConflictException, 409, f"Security Group {sg.id} in use", conn.network.delete_security_group,
+            sg.id)
+    _raises(sdk_exc.ConflictException, 409, "Port has security group associated",
+            conn.network.update_port, port.id, is_port_security_enabled=False)
+    port = conn.network.update_port(port, security_group_ids=[], allowed_address_pairs=[],
+                                    is_port_security_enabled=False)
+    assert (port.security_group_ids, port.is_port_security_enabled) == ([], False)
+    conn.network.delete_security_group_rule(ssh)
+    _raises(sdk_exc.NotFoundException, 404, "could not be found", conn.network.get_security_group_rule, ssh.id)
+    conn.network.delete_security_group(sg)
+    _raises(sdk_exc.NotFoundException, 404, "could not be found", conn.network.get_security_group, sg.id)
+
+
+def test_l3_raw_json_wrappers(ctrl: ControllerProcess) -> None:
+    status, _, doc = _raw(ctrl, "POST", "/v2.0/routers", {"router": {"name": "raw-r"}})
+    assert status == 201 and list(doc) == ["router"]
+    rid = doc["router"]["id"]
+    status, _, doc = _raw(ctrl, "GET", "/v2.0/routers?name=raw-r")
+    assert status == 200 and [r["id"] for r in doc["routers"]] == [rid]
+    status, _, doc = _raw(ctrl, "PUT", f"/v2.0/routers/{rid}/add_router_interface", {"subnet_id": MISSING})
+    assert status == 404 and doc["NeutronError"]["type"] == "SubnetNotFound"
+    status, _, doc = _raw(ctrl, "POST", "/v2.0/security-groups", {"security_group": {"name": "raw-sg"}})
+    assert status == 201 and list(doc) == ["security_group"]
+    status, _, doc = _raw(ctrl, "GET", "/v2.0/security-group-rules?security_group_id=" + doc["security_group"]["id"])
+    assert status == 200 and len(doc["security_group_rules"]) == 2
+    status, _, doc = _raw(ctrl, "GET", "/v2.0/floatingips")
+    assert status == 200 and "floatingips" in doc
+    status, _, doc = _raw(ctrl, "GET", f"/v2.0/floatingips/{MISSING}")
+    assert status == 404 and doc["NeutronError"]["type"] == "FloatingIPNotFound"
+    assert _raw(ctrl, "DELETE", f"/v2.0/routers/{rid}")[0] == 204
