@@ -705,20 +705,10 @@ def test_removing_an_interface_cuts_its_subnet_and_leaves_no_flow(cloud: Cloud) 
     assert table_flows(cloud.hv("hv4"), *ROUTER_TABLES) == []
 
 
-ROUTED_NOTIFY_BUG = (
-    "topology/state.py create_port/update_port/delete_port (and _neighbourhood) notify only "
-    "graph.hypervisors_of(port.network_id) (+ the binding host); a routed port's next-hop "
-    "resolution (flows/routing.py _resolve, table 44) and remote L2 unicast (l2_unicast for networks "
-    "reached only through the router) live on EVERY hypervisor hosting any subnet of the port's "
-    "routers (graph_l3.hypervisors_of_router): those are not recompiled"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ROUTED_NOTIFY_BUG, raises=TimeoutError)
 def test_vm_booted_after_the_router_is_routed_everywhere(cloud: Cloud) -> None:
     """A VM booted on net2 (on hv3) once r1 has its interfaces is reachable from v1 (hv1, net1
-    only) across the router. Fails today: hv1 is not recompiled when the port appears, so
-    its table 44 has no entry for 10.1.2.20 and drops v1's packets."""
+    only) across the router: hv1 must be recompiled when the port appears (regression: it
+    was not, its table 44 had no entry for 10.1.2.20 and dropped v1's packets)."""
     ctrl, lab = cloud.ctrl, cloud.lab
     vm = plug_routed_vm(ctrl, lab, "v2c", cloud.nets[2], cloud.subnets[2], "hv3", "10.1.2.20")
     try:
@@ -730,11 +720,10 @@ def test_vm_booted_after_the_router_is_routed_everywhere(cloud: Cloud) -> None:
         ctrl.delete("port", vm.port_id)
 
 
-@pytest.mark.xfail(strict=True, reason=ROUTED_NOTIFY_BUG, raises=TimeoutError)
 def test_deleted_routed_port_leaves_no_flow_anywhere(cloud: Cloud) -> None:
     """DELETE v1b's port (net1, on hv2): no hypervisor keeps a flow mentioning its MAC or routing
-    to its address. Fails today: hv3 (net3 only) is not recompiled and keeps its table-44
-    resolution of 10.1.1.11 and its table-30 unicast towards hv2."""
+    to its address (regression: hv3, hosting only net3, was not recompiled and kept its
+    table-44 resolution of 10.1.1.11 and its table-30 unicast towards hv2)."""
     ctrl, lab = cloud.ctrl, cloud.lab
     v1b = cloud.vms["v1b"]
     mac = v1b.MAC().lower()

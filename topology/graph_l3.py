@@ -118,6 +118,21 @@ def hypervisors_of_router(graph: TopologyGraph, router_id: str) -> set[str]:
     return graph.affected_by_networks(router_networks(graph, router_id))
 
 
+def hypervisors_depending_on(graph: TopologyGraph, net_ids: Iterable[str]) -> set[str]:
+    """Hypervisors whose compiled flows mention these networks' ports.
+
+    Those hosting the networks, and, through distributed routing, every hypervisor
+    hosting another subnet of a router attached to them: they route to these ports
+    (next-hop and unicast flows), so a port change here must recompile them too.
+    """
+    hvs: set[str] = set()
+    for net_id in net_ids:
+        hvs |= graph.hypervisors_of(net_id)
+        for r in routers_of_network(graph, net_id):
+            hvs |= hypervisors_of_router(graph, r.id)
+    return hvs
+
+
 def router_of_subnet_for_external(graph: TopologyGraph, subnet_id: str, ext_net_id: str) -> Router | None:
     """The router with an interface on ``subnet_id`` and its gateway on ``ext_net_id`` (FIP reachability)."""
     sub = graph.subnet(subnet_id)

@@ -29,7 +29,7 @@ from typing import Any
 
 import netaddr
 
-from topology import ipam, ipv6
+from topology import graph_l3, ipam, ipv6
 from topology.floatingips import FloatingIPs
 from topology.graph import TopologyGraph
 from topology.l3common import Deleted
@@ -287,7 +287,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             with self.store.transaction() as tx:
                 tx.put_network(net)
             self._apply(lambda: self.graph.put_network(net))
-            self._notify(self.graph.hypervisors_of(net_id))
+            self._notify(self._dependents(net_id))
             return net
 
     def delete_network(self, net_id: str) -> None:
@@ -299,7 +299,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                 raise Conflict("NetworkInUse", f"Unable to complete operation on network {net_id}. "
                                "There are one or more ports still in use on the network.")
             subnets = self.graph.subnets_of(net_id)
-            affected = self.graph.hypervisors_of(net_id)
+            affected = self._dependents(net_id)
             with self.store.transaction() as tx:
                 for port in ports:
                     tx.delete("port", port.id)
@@ -413,7 +413,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                 self.graph.remove("subnet", subnet_id)
 
             self._apply(change)
-            self._notify(self.graph.hypervisors_of(subnet.network_id) if changed else ())
+            self._notify(self._dependents(subnet.network_id) if changed else ())
 
     # -- ports ------------------------------------------------------------------------------
     @staticmethod
@@ -479,7 +479,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                         binding_host=values.get("binding:host_id") or None,
                         admin_state_up=values.get("admin_state_up", True), device_owner=owner,
                         device_id=values.get("device_id") or "", attrs=attrs)
-            before = self.graph.hypervisors_of(net.id)
+            before = self._dependents(net.id)
             with self.store.transaction() as tx:
                 key = tx.next_key("port_key", 1, PORT_KEY_MAX, tx.port_key_taken)
                 if key is None:
@@ -489,7 +489,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                 tx.put_port(self._persistable(port))
             port = self._with_status(port)
             self._apply(lambda: self._graph_put_l3([*made, port]))
-            self._notify(before | self.graph.hypervisors_of(net.id) | {port.binding_host})
+            self._notify(before | self._dependents(net.id) | {port.binding_host})
             return port
 
     def update_port(self, port_id: str, values: dict[str, Any]) -> Port:
@@ -511,12 +511,12 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             port = replace(old, mac_address=mac, fixed_ips=fixed_ips, binding_host=host, device_owner=owner,
                            device_id=(values["device_id"] or "") if "device_id" in values else old.device_id,
                            admin_state_up=values.get("admin_state_up", old.admin_state_up), attrs=attrs)
-            before = self.graph.hypervisors_of(old.network_id)
+            before = self._dependents(old.network_id)
             with self.store.transaction() as tx:
                 tx.put_port(self._persistable(port))
             port = self._with_status(port)
             self._apply(lambda: self.graph.put_port(port))
-            self._notify(before | self.graph.hypervisors_of(old.network_id) | {old.binding_host, host})
+            self._notify(before | self._dependents(old.network_id) | {old.binding_host, host})
             return port
 
     def delete_port(self, port_id: str) -> None:
@@ -524,7 +524,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         with self.lock:
             port = self._port(port_id)
             released = self._before_port_delete(port)  # 409 for router/FIP ports; FIPs to disassociate
-            affected = self.graph.hypervisors_of(port.network_id) | {port.binding_host}
+            affected = self._dependents(port.network_id) | {port.binding_host}
             with self.store.transaction() as tx:
                 self._put_l3(tx, released)
                 tx.delete("port", port_id)
@@ -532,9 +532,13 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             self._notify(affected)
 
     # -- hypervisors --------------------------------------------------------------------------
+    def _dependents(self, net_id: str) -> set[str]:
+        """Hypervisors whose flows depend on a network (hosting it, or routing to it)."""
+        return graph_l3.hypervisors_depending_on(self.graph, (net_id,))
+
     def _neighbourhood(self, name: str) -> set[str]:
         """A hypervisor and every hypervisor sharing a network with it."""
-        return {name} | self.graph.affected_by_networks(self.graph.networks_on(name))
+        return {name} | graph_l3.hypervisors_depending_on(self.graph, self.graph.networks_on(name))
 
     def _hv_record(self, name: str, values: dict[str, Any], old: Hypervisor | None) -> Hypervisor:
         dpid = parse_datapath_id(values["datapath_id"]) if "datapath_id" in values else old.datapath_id
