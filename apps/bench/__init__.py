@@ -19,6 +19,7 @@ SECTIONS = {
     "push": "apps.bench.push_rate",
     "port_latency": "apps.bench.port_latency",
     "routing": "apps.bench.routing",
+    "api": "apps.bench.api",
 }
 
 

@@ -1,0 +1,130 @@
+"""Northbound API figures: port creates (throughput, p50/p99 latency), listing and filtering ports.
+
+Against a real ``tenantflow controller`` child process (its own SQLite file, WAL,
+synchronous=FULL: every create is one fsync'ed transaction) over real HTTP on
+127.0.0.1, one new connection per request as the wsgiref server speaks HTTP/1.0.
+Issue #3's goals: p99 of a port create under 20 ms, listing 10,000 ports under 0.5 s.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import tempfile
+import threading
+import time
+
+from apps.lab.controller import ControllerProcess
+
+CONCURRENT_CLIENTS = 4
+
+
+def _call(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, json.dumps(body).encode() if body is not None else None,
+                     {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _create_ports(port: int, net_id: str, n: int, latencies: list[float]) -> None:
+    for i in range(n):
+        t0 = time.perf_counter()
+        status, raw = _call(port, "POST", "/v2.0/ports", {"port": {"network_id": net_id, "name": f"bench-{i}",
+                                                                    "device_owner": "compute:nova"}})
+        latencies.append(time.perf_counter() - t0)
+        if status != 201:
+            raise RuntimeError(f"port create answered {status}: {raw[:200]!r}")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _timed_get(port: int, path: str, expect: int, collection: str = "ports", rounds: int = 5) -> float:
+    """Median seconds of ``rounds`` GETs (answer read and decoded) that must list ``expect`` items."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        status, raw = _call(port, "GET", path)
+        items = json.loads(raw)[collection]
+        times.append(time.perf_counter() - t0)
+        if status != 200 or len(items) != expect:
+            raise RuntimeError(f"GET {path}: {status}, {len(items)} items, expected {expect}")
+    return statistics.median(times)
+
+
+def run(quick: bool = False) -> dict:
+    """Create N ports with one client, list and filter them, then create more with 4 concurrent clients."""
+    n = 1_000 if quick else 10_000
+    n_concurrent = 400 if quick else 2_000
+    with tempfile.TemporaryDirectory(prefix="tf-bench-api-") as tmp, \
+            ControllerProcess(tmp, extra_args=["--log-level", "WARNING"]) as ctrl:
+        api = ctrl.api_port
+        net_a = ctrl.create("network", name="bench-a")
+        ctrl.create("subnet", network_id=net_a["id"], cidr="10.0.0.0/16")
+        net_b = ctrl.create("network", name="bench-b")
+        ctrl.create("subnet", network_id=net_b["id"], cidr="10.1.0.0/20")
+
+        single: list[float] = []
+        t0 = time.perf_counter()
+        _create_ports(api, net_a["id"], n, single)
+        single_s = time.perf_counter() - t0
+
+        list_s = _timed_get(api, "/v2.0/ports", n)
+        list_ids_s = _timed_get(api, "/v2.0/ports?fields=id", n)
+
+        per_client = n_concurrent // CONCURRENT_CLIENTS
+        lat_lists: list[list[float]] = [[] for _ in range(CONCURRENT_CLIENTS)]
+        errors: list[BaseException] = []
+
+        def client(i: int) -> None:
+            try:
+                _create_ports(api, net_b["id"], per_client, lat_lists[i])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(CONCURRENT_CLIENTS)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        concurrent_s = time.perf_counter() - t0
+        if errors:
+            raise RuntimeError(f"concurrent creates failed: {errors[0]}")
+        concurrent = [x for lat in lat_lists for x in lat]
+        total = n + per_client * CONCURRENT_CLIENTS
+
+        filter_small_s = _timed_get(api, f"/v2.0/ports?network_id={net_b['id']}", per_client * CONCURRENT_CLIENTS)
+        filter_big_s = _timed_get(api, f"/v2.0/ports?network_id={net_a['id']}", n)
+        list_all_s = _timed_get(api, "/v2.0/ports", total, rounds=3)
+        show_lat = []
+        for p in json.loads(_call(api, "GET", "/v2.0/ports?fields=id&limit=200")[1])["ports"]:
+            t1 = time.perf_counter()
+            _call(api, "GET", f"/v2.0/ports/{p['id']}")
+            show_lat.append(time.perf_counter() - t1)
+        return {
+            "ports_created_single_client": n,
+            "create_per_s_single_client": n / single_s,
+            "create_p50_ms": statistics.median(single) * 1e3,
+            "create_p99_ms": _pct(single, 0.99) * 1e3,
+            "create_max_ms": max(single) * 1e3,
+            "create_p99_goal_ms": 20.0,
+            f"list_{n}_ports_s": list_s,
+            f"list_{n}_ports_fields_id_s": list_ids_s,
+            "list_goal_s": 0.5,
+            f"concurrent_{CONCURRENT_CLIENTS}_clients_ports": per_client * CONCURRENT_CLIENTS,
+            "concurrent_create_per_s": per_client * CONCURRENT_CLIENTS / concurrent_s,
+            "concurrent_create_p50_ms": statistics.median(concurrent) * 1e3,
+            "concurrent_create_p99_ms": _pct(concurrent, 0.99) * 1e3,
+            f"filter_network_{per_client * CONCURRENT_CLIENTS}_of_{total}_s": filter_small_s,
+            f"filter_network_{n}_of_{total}_s": filter_big_s,
+            f"list_{total}_ports_s": list_all_s,
+            "show_port_p50_ms": statistics.median(show_lat) * 1e3,
+        }
