@@ -36,9 +36,19 @@ ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
 BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 
 
+# Fields OVS has and os-ken's catalogue lacks: OVS encodes them in the
+# ERICOXM class 0x1000 (read back from OVS 3.1's own flow stats).
+_EXTRA_FIELDS: dict[str, tuple[int, int, type]] = {
+    "nd_reserved": (0x10000204, 4, type_desc.Int4),
+    "nd_options_type": (0x10000401, 1, type_desc.Int1),
+}
+
+
 @cache
 def _field(name: str) -> tuple[int, int, type]:
     """(OXM header as int, value width in bytes, os-ken value type) of a field."""
+    if name in _EXTRA_FIELDS:
+        return _EXTRA_FIELDS[name]
     num, desc = ofp.oxm_get_field_info_by_name(name)
     buf = bytearray()
     ofp.oxm_serialize_header(num, buf, 0)

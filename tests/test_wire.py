@@ -107,3 +107,14 @@ def test_bundle_messages_match_os_ken():
 def test_masked_field_encoding_matches_os_ken():
     flow = make_flow(stage("ls_in_l2_lookup"), "flood_from_remote", {"reg6": 1, "reg4": (1, 1)})
     assert wire.flow_add(flow, 1) == _os_ken_bytes(flow, {"reg6": 1, "reg4": (1, 1)}, [], 1)
+
+
+def test_nd_extension_fields_use_the_encoding_ovs_reports() -> None:
+    """nd_reserved / nd_options_type: os-ken has no encoding; ours is what OVS 3.1 sends back."""
+    flow = make_flow(stage("ls_in_nd_rsp"), "answer",
+                     {"reg6": 1, "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135,
+                      "ipv6_nd_target": "2001:db8::1"},
+                     [SetField("nd_reserved", 0xE0000000), SetField("nd_options_type", 2)])
+    msg = wire.flow_add(flow)
+    assert bytes.fromhex("0019001010000204e000000000000000") in msg
+    assert bytes.fromhex("00190010100004010200000000000000") in msg
