@@ -16,10 +16,14 @@ from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_D
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import metrics
+from controller.icmp import time_exceeded
 from controller.switch import Switch
 from flows.compiler import compile_hypervisor
+from flows.pipeline import stage
+from flows.routing import router_interface
 
 LOG = logging.getLogger("tenantflow.app")
+IP_INPUT_TABLE = stage("lr_in_ip_input").table_id
 
 # Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
 TOPOLOGY = None
@@ -149,8 +153,23 @@ class TenantflowApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        msg = ev.msg
+        sw = self.switches.get(msg.datapath.id)
         metrics.PACKET_INS.labels(sw.hv_name if sw and sw.hv_name else "?").inc()
+        if sw is None or msg.table_id != IP_INPUT_TABLE or not sw.icmp_limiter.allow():
+            return
+        # An IPv4 packet whose TTL expires at a router (lr_in_ip_input's ttl_expired).
+        fields = dict(msg.match.items())
+        with self.topology.lock:
+            iface = router_interface(self.topology.graph, fields.get("reg3", 0), fields.get("reg6", 0))
+        if iface is None:
+            return
+        reply = time_exceeded(bytes(msg.data), *iface)
+        if reply is None:
+            return
+        dp, parser, ofp = msg.datapath, msg.datapath.ofproto_parser, msg.datapath.ofproto
+        dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                                        [parser.OFPActionOutput(fields["in_port"])], reply))
 
 
 def _name(port) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, wire
+from controller.icmp import RateLimiter
 from flows.flow import Flow
 from flows.pipeline import STAGE_BY_TABLE
 
@@ -79,6 +80,7 @@ class Switch:
         self.installed: Multiset[int] = Multiset()  # cookie -> how many flows carry it on the switch
         self.ready = False
         self.last_push: PushResult | None = None
+        self.icmp_limiter = RateLimiter()  # ICMP errors this switch's packet-ins may draw
         self._waiters: dict[int, _Waiter] = {}
         self._errors: dict[int, list] = {}
         self._dirty = threading.Condition()

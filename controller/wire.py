@@ -99,8 +99,13 @@ def _pad8(data: bytes) -> bytes:
     return data + _PADDING[-len(data) % 8]
 
 
-def _oxm_order(item: tuple) -> int:
-    return _field(item[0])[0]
+# Nicira-class fields with prerequisites: OVS wants a prerequisite (eth_type) before the
+# field that needs it, and the header order would put these first.
+_AFTER_PREREQUISITES = frozenset({"nw_ttl"})
+
+
+def _oxm_order(item: tuple) -> tuple[bool, int]:
+    return item[0] in _AFTER_PREREQUISITES, _field(item[0])[0]
 
 
 def encode_match(match) -> bytes:

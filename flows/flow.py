@@ -29,6 +29,7 @@ class Output:
 
 
 IN_PORT = 0xFFFFFFF8
+CONTROLLER = 0xFFFFFFFD
 
 
 @dataclass(frozen=True, slots=True, repr=False)

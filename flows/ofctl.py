@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import netaddr
 
-from flows.flow import IN_PORT, DecTtl, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
 from flows.pipeline import STAGE_BY_NAME
 
 # os-ken's OXM names that ovs-ofctl spells differently.
@@ -45,6 +45,8 @@ def _value(value, name: str = "") -> str:
 def action_text(act) -> str:
     """One action in ovs-ofctl syntax."""
     if isinstance(act, Output):
+        if act.port == CONTROLLER:
+            return "controller"
         return "in_port" if act.port == IN_PORT else f"output:{act.port}"
     if isinstance(act, SetField):
         return f"set_field:{_value(act.value, act.field)}->{field_name(act.field)}"

@@ -146,11 +146,13 @@ STAGES: tuple[Stage, ...] = (
         name="lr_in_ip_input",
         table_id=40,
         doc="Router input: an ICMP echo request to one of the router's own addresses "
-        "(IPv4 or IPv6) is answered here, out of the in_port (echo_reply); everything else goes on "
-        "to routing.",
+        "(IPv4 or IPv6) is answered here, out of the in_port (echo_reply); an IPv4 packet "
+        "whose TTL would expire here goes to the controller, which answers ICMP time "
+        "exceeded from the router's address (ttl_expired: what traceroute shows; "
+        "rate-limited, never in steady-state traffic); everything else goes on to routing.",
         allowed_matches=frozenset({REG_ROUTER, REG_NETWORK, "eth_type", "ip_proto", "icmpv4_type", "ipv4_dst",
-                                   "icmpv6_type", "ipv6_dst"}),
-        priorities={"echo_reply": 90, "default": 0},
+                                   "icmpv6_type", "ipv6_dst", "nw_ttl"}),
+        priorities={"echo_reply": 100, "ttl_expired": 95, "default": 0},
         next_stages=("lr_in_ip_routing",),
     ),
     Stage(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import netaddr
 
 from flows.compiler import CLASSIFY, OFPVID_NONE, HypervisorView, l2_unicast
-from flows.flow import IN_PORT, DecTtl, Flow, Output, PopVlan, RegMove, Resubmit, SetField, make_flow
+from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Output, PopVlan, RegMove, Resubmit, SetField, make_flow
 from flows.pipeline import (
     FLAG_FROM_REMOTE,
     REG_FLAGS,
@@ -92,6 +92,21 @@ def interfaces_of(graph: TopologyGraph, router: Router) -> list[Interface]:
     return out
 
 
+def router_interface(graph: TopologyGraph, router_key: int, network_key: int) -> tuple[str, str] | None:
+    """(IPv4 address, MAC) of the router with ``router_key`` on the network with ``network_key``."""
+    for net in graph.records("network"):
+        if net.key != network_key:
+            continue
+        for port in graph.ports_of(net.id):
+            router = graph.get("router", port.device_id) if port.device_owner == ROUTER_INTERFACE else None
+            if router is None or router.key != router_key:
+                continue
+            for fixed in port.fixed_ips:
+                if ":" not in fixed.ip_address:
+                    return fixed.ip_address, port.mac_address
+    return None
+
+
 def routing_flows(graph: TopologyGraph, view: HypervisorView) -> list[Flow]:
     """Every routing flow of this hypervisor (none when it hosts no router's subnet)."""
     routers = routers_of(graph, view)
@@ -107,6 +122,7 @@ def routing_flows(graph: TopologyGraph, view: HypervisorView) -> list[Flow]:
         ifaces = interfaces_of(graph, router)
         flows += _to_router(view, router, ifaces)
         flows += _echo_replies(view, router, ifaces)
+        flows += _ttl_expired(view, router, ifaces)
         flows += _routes(router, ifaces)
         for iface in ifaces:
             routed_networks[iface.network.id] = iface.network
@@ -153,6 +169,18 @@ def _echo_replies(view: HypervisorView, router: Router, ifaces: list[Interface])
                  SetField("icmpv4_type" if v4 else "icmpv6_type", ICMP_ECHO_REPLY if v4 else ICMPV6_ECHO_REPLY),
                  Output(IN_PORT)],
                 description=f"router {router.id} answers ping to {target.ip} from network {entry.network.id}",
+            )
+
+
+def _ttl_expired(view: HypervisorView, router: Router, ifaces: list[Interface]) -> Iterator[Flow]:
+    """IPv4 with TTL 0 or 1 would die here: the controller answers time exceeded (traceroute's hop)."""
+    for net_key in sorted({i.network.key for i in ifaces if i.network.id in view.networks and i.ip.version == 4}):
+        for ttl in (0, 1):  # OVS does not allow a mask on nw_ttl
+            yield make_flow(
+                IP_INPUT, "ttl_expired",
+                {REG_ROUTER: router.key, REG_NETWORK: net_key, "eth_type": ETH_IPV4, "nw_ttl": ttl},
+                [Output(CONTROLLER)],
+                description=f"TTL {ttl} expires at router {router.id}: ICMP time exceeded, from the controller",
             )
 
 

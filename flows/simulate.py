@@ -90,7 +90,7 @@ FIELDS: dict[str, tuple[str, int]] = {
     "ipv6_nd_tll": ("mac", 48),
     "nd_reserved": ("int", 32),
     "nd_options_type": ("int", 8),
-    "ip_ttl": ("int", 8),  # IPv4 TTL or IPv6 hop limit (64 when a packet does not say)
+    "nw_ttl": ("int", 8),  # IPv4 TTL or IPv6 hop limit (64 when a packet does not say)
     "icmpv4_type": ("int", 8),
     "icmpv4_code": ("int", 8),
     "icmpv6_type": ("int", 8),
@@ -398,11 +398,11 @@ class _Walk:
         elif isinstance(act, DecTtl):
             if pkt.get("eth_type") not in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
                 raise _Abort("dec_ttl on a packet that is neither IPv4 nor IPv6")
-            ttl = pkt.get("ip_ttl", DEFAULT_TTL)
+            ttl = pkt.get("nw_ttl", DEFAULT_TTL)
             if ttl <= 1:
                 step.events.append("dec_ttl: TTL expired: drop")
                 raise _Dropped()
-            pkt["ip_ttl"] = ttl - 1
+            pkt["nw_ttl"] = ttl - 1
         elif isinstance(act, PopVlan):
             if "vlan_vid" not in pkt:
                 raise _Abort("pop_vlan on an untagged packet")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from flows.compiler import compile_hypervisor
+from flows.flow import CONTROLLER
 from flows.pipeline import STAGE_BY_NAME
 from flows.simulate import simulate
 from tests.topo_builders import Builder, Built, delivered_labels, fabric_of, send
@@ -65,7 +66,7 @@ def cloud() -> Built:
 def routed(built: Built, src: str, dst_ip: str, ttl: int = 64, **extra):
     gw = built.ports[f"r1-{built.ports[src].network_id and _net_label(built, src)}"]
     return send(fabric_of(built.graph), built, src, eth_dst=gw.mac_address, ipv4_src=built.ports[src].fixed_ips[0]
-                .ip_address, ipv4_dst=dst_ip, ip_ttl=ttl, **extra)
+                .ip_address, ipv4_dst=dst_ip, nw_ttl=ttl, **extra)
 
 
 def _net_label(built: Built, port_label: str) -> str:
@@ -77,7 +78,7 @@ def test_routed_to_a_remote_hypervisor_in_one_hop(cloud: Built) -> None:
     res = routed(cloud, "v1", "10.0.2.10")
     assert delivered_labels(cloud, res) == ["v2"]
     (delivery,) = res.deliveries
-    assert delivery.packet["ip_ttl"] == 63
+    assert delivery.packet["nw_ttl"] == 63
     assert delivery.packet["eth_src"] == cloud.ports["r1-n2"].mac_address
     assert delivery.packet["eth_dst"] == cloud.ports["v2"].mac_address
     # One crossing of the underlay, source hypervisor to destination hypervisor, with
@@ -93,7 +94,7 @@ def test_routed_locally_when_both_ends_share_a_hypervisor(cloud: Built) -> None:
     assert delivered_labels(cloud, res) == ["v2b"]
     assert [hv for hv, _ in res.walks] == ["hv0"]
     assert res.deliveries[0].packet["eth_src"] == cloud.ports["r1-n2"].mac_address
-    assert res.deliveries[0].packet["ip_ttl"] == 63
+    assert res.deliveries[0].packet["nw_ttl"] == 63
 
 
 def test_return_path_and_every_pair(cloud: Built) -> None:
@@ -104,7 +105,7 @@ def test_return_path_and_every_pair(cloud: Built) -> None:
                 continue
             res = routed(cloud, src, ip)
             assert delivered_labels(cloud, res) == [dst], (src, dst)
-            assert res.deliveries[0].packet["ip_ttl"] == 63
+            assert res.deliveries[0].packet["nw_ttl"] == 63
 
 
 def test_longest_prefix_wins_and_extra_routes_use_their_next_hop(cloud: Built) -> None:
@@ -120,8 +121,11 @@ def test_longest_prefix_wins_and_extra_routes_use_their_next_hop(cloud: Built) -
     assert routed(cloud, "v1", "198.51.100.1").deliveries == []
 
 
-def test_ttl_expiry_drops(cloud: Built) -> None:
-    assert routed(cloud, "v1", "10.0.2.10", ttl=1).deliveries == []
+def test_ttl_expiry_goes_to_the_controller_not_the_destination(cloud: Built) -> None:
+    """TTL 1 expires at the router: no VM gets it; one copy goes to the controller, which answers
+    ICMP time exceeded (what traceroute shows as the router hop). TTL 2 arrives."""
+    res = routed(cloud, "v1", "10.0.2.10", ttl=1)
+    assert [d.port for d in res.deliveries] == [str(CONTROLLER)]
     assert delivered_labels(cloud, routed(cloud, "v1", "10.0.2.10", ttl=2)) == ["v2"]
 
 
@@ -182,14 +186,14 @@ def test_a_router_only_routes_between_its_own_interfaces() -> None:
     for tenant, other in (("a", "b"), ("b", "a")):
         gw = built.ports[f"r{tenant}-{tenant}0"].mac_address
         for ip, want in (("10.0.1.10", f"{tenant}-dst"), ("10.0.1.11", f"{tenant}-dst2")):
-            res = send(fabric, built, f"{tenant}-src", eth_dst=gw, ipv4_src="10.0.0.10", ipv4_dst=ip, ip_ttl=64)
+            res = send(fabric, built, f"{tenant}-src", eth_dst=gw, ipv4_src="10.0.0.10", ipv4_dst=ip, nw_ttl=64)
             assert delivered_labels(built, res) == [want]
         # A frame sent to the OTHER tenant's router MAC is not routed: it stays an unknown
         # unicast in the sender's own network (no port there answers to it).
         foreign = built.ports[f"r{other}-{other}0"].mac_address
         res = send(fabric, built, f"{tenant}-src", eth_dst=foreign, ipv4_src="10.0.0.10", ipv4_dst="10.0.1.10",
-                   ip_ttl=64)
-        assert all(d.packet.get("ip_ttl") == 64 for d in res.deliveries)
+                   nw_ttl=64)
+        assert all(d.packet.get("nw_ttl") == 64 for d in res.deliveries)
         assert not [d for d in res.deliveries if (built.label_of(d.hv, d.port) or "").startswith(other)]
 
 
@@ -253,7 +257,7 @@ def _ns(built: Built, label: str, target: str, src: str | None = None) -> dict:
     return {"in_port": built.ofport(label), "eth_src": port.mac_address, "eth_dst": "33:33:ff:00:00:01",
             "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135, "ipv6_nd_target": target,
             "ipv6_src": src if src is not None else port.fixed_ips[0].ip_address, "ipv6_dst": "ff02::1:ff00:1",
-            "ipv6_nd_sll": port.mac_address, "nd_options_type": 1, "ip_ttl": 255}
+            "ipv6_nd_sll": port.mac_address, "nd_options_type": 1, "nw_ttl": 255}
 
 
 def test_gateway_neighbour_solicitation_is_answered_from_the_flows(cloud6: Built) -> None:
@@ -275,10 +279,10 @@ def test_duplicate_address_detection_is_never_answered(cloud6: Built) -> None:
 
 def test_ipv6_routed_in_one_hop_with_hop_limit_lowered(cloud6: Built) -> None:
     res = send(fabric_of(cloud6.graph), cloud6, "v1", eth_type=0x86DD, eth_dst=cloud6.ports["r1-n1"].mac_address,
-               ipv6_src="2001:db8:1::10", ipv6_dst="2001:db8:2::10", ip_ttl=64)
+               ipv6_src="2001:db8:1::10", ipv6_dst="2001:db8:2::10", nw_ttl=64)
     assert delivered_labels(cloud6, res) == ["v2"]
     (delivery,) = res.deliveries
-    assert delivery.packet["ip_ttl"] == 63
+    assert delivery.packet["nw_ttl"] == 63
     assert delivery.packet["eth_src"] == cloud6.ports["r1-n2"].mac_address
     assert [hv for hv, _ in res.walks] == ["hv0", "hv1"]
     assert res.entries[1]["eth_src"] == dvr_mac(cloud6.graph.hypervisor("hv0"))
