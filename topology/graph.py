@@ -11,6 +11,12 @@ Besides the logical records, each hypervisor node carries the live state the
 controller learns from its switch: ``ofports`` (OVS port name -> OpenFlow port
 number). That state is not persisted: a switch reports it on every connect.
 
+Per network, the graph also keeps indexes of its ports (:class:`NetworkIndex`:
+MACs, addresses per subnet, ports per binding host, router interfaces),
+maintained by :meth:`TopologyGraph.put_port` and :meth:`TopologyGraph.remove`, so
+that allocating a port's MAC and addresses, or finding the hypervisors a network
+is on, does not walk every port of the network.
+
 The graph is not thread-safe by itself: :class:`topology.state.Topology` wraps it
 with the lock and the durable store.
 """
@@ -21,7 +27,9 @@ from collections.abc import Iterable, Iterator
 
 import networkx as nx
 
+from topology.ipam import AddressIndex
 from topology.model import Hypervisor, Network, Port, Subnet
+from topology.model_l3 import ROUTER_GATEWAY
 
 PORT_LINKS = frozenset({"network", "hv", "sg", "router"})  # neighbour kinds put_port derives from the record
 
@@ -30,12 +38,65 @@ def _n(kind: str, ident: str) -> tuple[str, str]:
     return (kind, ident)
 
 
+class NetworkIndex:
+    """What the ports of one network hold, kept up to date by :class:`TopologyGraph` (read-only to others)."""
+
+    __slots__ = ("addresses", "hosts", "macs", "ports", "router_ports", "subnets")
+
+    def __init__(self) -> None:
+        self.subnets: dict[str, None] = {}  # ids of the subnets linked to the network, in subnets_of order
+        self.ports: dict[str, Port] = {}  # id -> record, in the order ports_of lists them
+        self.macs: dict[str, int] = {}  # MAC -> number of ports having it
+        self.addresses: dict[str, AddressIndex] = {}  # subnet id -> addresses held there
+        self.hosts: dict[str, int] = {}  # binding host -> number of ports bound there
+        self.router_ports: dict[str, str] = {}  # router interface port id -> its router's id (not gateways)
+
+    def add(self, port: Port) -> None:
+        self.ports[port.id] = port
+        self.macs[port.mac_address] = self.macs.get(port.mac_address, 0) + 1
+        for f in port.fixed_ips:
+            self.addresses.setdefault(f.subnet_id, AddressIndex()).add(f.ip_address)
+        if port.binding_host:
+            self.hosts[port.binding_host] = self.hosts.get(port.binding_host, 0) + 1
+        if port.device_owner.startswith("network:router") and port.device_id \
+                and port.device_owner != ROUTER_GATEWAY:
+            self.router_ports[port.id] = port.device_id
+
+    def discard(self, port_id: str) -> None:
+        port = self.ports.pop(port_id, None)
+        if port is None:
+            return
+        _decrement(self.macs, port.mac_address)
+        for f in port.fixed_ips:
+            held = self.addresses.get(f.subnet_id)
+            if held is not None:
+                held.discard(f.ip_address)
+                if not held:
+                    del self.addresses[f.subnet_id]
+        if port.binding_host:
+            _decrement(self.hosts, port.binding_host)
+        self.router_ports.pop(port_id, None)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0)
+    if n > 1:
+        counts[key] = n - 1
+    else:
+        counts.pop(key, None)
+
+
+_EMPTY_INDEX = NetworkIndex()
+
+
 class TopologyGraph:
     """Logical resources and their relations, answering what the compiler asks."""
 
     def __init__(self) -> None:
         self.g: nx.Graph = nx.Graph()
         self._dpid_to_hv: dict[int, str] = {}
+        self._net_index: dict[str, NetworkIndex] = {}
+        self._port_net: dict[str, str] = {}  # port id -> the network whose index holds it
 
     def _require(self, kind: str, ident: str) -> None:
         if self.get(kind, ident) is None:
@@ -52,6 +113,7 @@ class TopologyGraph:
         node = _n("subnet", subnet.id)
         self.g.add_node(node, obj=subnet)
         self.g.add_edge(node, _n("network", subnet.network_id))
+        self._net_index.setdefault(subnet.network_id, NetworkIndex()).subnets.setdefault(subnet.id)
 
     def put_port(self, port: Port) -> None:
         """Add or replace a port, re-linking it to its network, binding host, security groups and router."""
@@ -72,6 +134,14 @@ class TopologyGraph:
             self.link(node, _n("sg", sg_id))
         if port.device_owner.startswith("network:router") and port.device_id:
             self.link(node, _n("router", port.device_id))
+        self._unindex_port(port.id)  # re-added last, as its network edge was: the order ports_of lists
+        self._net_index.setdefault(port.network_id, NetworkIndex()).add(port)
+        self._port_net[port.id] = port.network_id
+
+    def _unindex_port(self, port_id: str) -> None:
+        net_id = self._port_net.pop(port_id, None)
+        if net_id is not None and net_id in self._net_index:
+            self._net_index[net_id].discard(port_id)
 
     def put_node(self, kind: str, ident: str, obj: object) -> None:
         """Add or replace a record of any kind, keeping the node's edges."""
@@ -106,6 +176,15 @@ class TopologyGraph:
             if any(n[0] == "port" for n in self.g.neighbors(node)):
                 self.g.nodes[node]["obj"] = None
                 return
+        elif kind == "port":
+            self._unindex_port(ident)
+        elif kind == "subnet":
+            for nb in self.g.neighbors(node):
+                if nb[0] == "network" and nb[1] in self._net_index:
+                    self._net_index[nb[1]].subnets.pop(ident, None)
+        elif kind == "network":  # its ports and subnets (if any remain) lose their edge to it
+            for port_id in self._net_index.pop(ident, _EMPTY_INDEX).ports:
+                self._port_net.pop(port_id, None)
         self.g.remove_node(node)
 
     def set_ofports(self, hv_name: str, ofports: dict[str, int]) -> None:
@@ -176,8 +255,8 @@ class TopologyGraph:
         return list(self._neighbors(_n("network", net_id), "port"))
 
     def subnets_of(self, net_id: str) -> list[Subnet]:
-        """Subnets of a network."""
-        return list(self._neighbors(_n("network", net_id), "subnet"))
+        """Subnets of a network (from its index: the network node has an edge to each of its ports too)."""
+        return [s for sid in self.network_index(net_id).subnets if (s := self.get("subnet", sid)) is not None]
 
     def networks_on(self, hv_name: str) -> set[str]:
         """Ids of the networks that have at least one port on a hypervisor."""
@@ -185,7 +264,11 @@ class TopologyGraph:
 
     def hypervisors_of(self, net_id: str) -> set[str]:
         """Names of the hypervisors that host at least one port of a network."""
-        return {p.binding_host for p in self.ports_of(net_id) if p.binding_host}
+        return set(self.network_index(net_id).hosts)
+
+    def network_index(self, net_id: str) -> NetworkIndex:
+        """What a network's ports hold (MACs, addresses per subnet, hosts, router interfaces); do not modify."""
+        return self._net_index.get(net_id, _EMPTY_INDEX)
 
     def affected_by_networks(self, net_ids: Iterable[str]) -> set[str]:
         """Hypervisors whose flows depend on any of these networks."""

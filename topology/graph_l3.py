@@ -104,12 +104,12 @@ def router_networks(graph: TopologyGraph, router_id: str) -> set[str]:
 
 
 def routers_of_network(graph: TopologyGraph, net_id: str) -> list[Router]:
-    """Routers with an interface on a network (for distributed routing)."""
+    """Routers with an interface on a network (for distributed routing), from the network's index."""
     out: dict[str, Router] = {}
-    for port in graph.ports_of(net_id):
-        for r in _neighbors(graph, ("port", port.id), "router"):
-            if port.device_owner != ROUTER_GATEWAY:
-                out.setdefault(r.id, r)
+    for port_id, router_id in graph.network_index(net_id).router_ports.items():
+        r = graph.get("router", router_id)
+        if r is not None and graph.g.has_edge(("port", port_id), ("router", router_id)):
+            out.setdefault(r.id, r)
     return list(out.values())
 
 

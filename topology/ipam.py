@@ -11,7 +11,8 @@ compare like with like.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import netaddr
 
@@ -132,13 +133,144 @@ def overlapping(cidr: netaddr.IPNetwork, others: Iterable[Subnet]) -> Subnet | N
 
 
 # -- ports ------------------------------------------------------------------------------
-def lowest_free(subnet: Subnet, used: set[str]) -> str | None:
-    """The lowest address of the subnet's pools that is not in ``used`` (None: exhausted)."""
+_V6 = 1 << 128  # IPv6 keys sort after every IPv4 one, so a subnet's index never confuses the two
+
+
+def _ip_key(ip: netaddr.IPAddress) -> int:
+    return int(ip) + (_V6 if ip.version == 6 else 0)
+
+
+def _address_key(addr: str) -> int | None:
+    """The sort key of a normalised address string; None for anything :func:`_key_address` would not give back."""
+    try:
+        ip = netaddr.IPAddress(addr, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return None
+    return _ip_key(ip) if str(ip) == addr else None
+
+
+def _key_address(key: int) -> str:
+    return str(netaddr.IPAddress(key - _V6, 6) if key >= _V6 else netaddr.IPAddress(key, 4))
+
+
+class AddressIndex:
+    """The addresses held in one subnet: a multiset of strings plus their keys in a sorted list.
+
+    Membership is a dict lookup and the lowest free address at or above a point
+    is a binary search (:meth:`first_free`), so allocating does not walk the
+    addresses already held. The graph keeps one per (network, subnet), updated
+    as ports come and go.
+    """
+
+    __slots__ = ("_count", "_sorted")
+
+    def __init__(self, addresses: Iterable[str] = ()) -> None:
+        self._count: dict[str, int] = {}
+        self._sorted: list[int] = []
+        for addr in addresses:
+            self.add(addr)
+
+    def add(self, addr: str) -> None:
+        """Count one more holder of ``addr``."""
+        n = self._count.get(addr, 0)
+        self._count[addr] = n + 1
+        if n == 0 and (key := _address_key(addr)) is not None:
+            insort(self._sorted, key)
+
+    def discard(self, addr: str) -> None:
+        """Count one holder of ``addr`` less (nothing if it has none)."""
+        n = self._count.get(addr, 0)
+        if n > 1:
+            self._count[addr] = n - 1
+        elif n == 1:
+            del self._count[addr]
+            if (key := _address_key(addr)) is not None:
+                i = bisect_left(self._sorted, key)
+                if i < len(self._sorted) and self._sorted[i] == key:
+                    del self._sorted[i]
+
+    def without(self, addresses: Iterable[str]) -> AddressIndex:
+        """A copy with one holder of each of ``addresses`` less."""
+        out = AddressIndex()
+        out._count = dict(self._count)
+        out._sorted = list(self._sorted)
+        for addr in addresses:
+            out.discard(addr)
+        return out
+
+    def __contains__(self, addr: object) -> bool:
+        return addr in self._count
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._count)
+
+    def __len__(self) -> int:
+        return len(self._count)
+
+    def counts(self) -> dict[str, int]:
+        """Each held address with its number of holders."""
+        return dict(self._count)
+
+    def first_free(self, key: int) -> int:
+        """The lowest key >= ``key`` that is not held."""
+        keys = self._sorted
+        i = bisect_left(keys, key)
+        if i == len(keys) or keys[i] != key:
+            return key
+        # keys are distinct and sorted, so keys[j] - j never decreases: the end of the
+        # run of held keys starting at keys[i] is the first j where it exceeds key - i.
+        base, lo, hi = key - i, i, len(keys)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if keys[mid] - mid > base:
+                hi = mid
+            else:
+                lo = mid + 1
+        return key + (lo - i)
+
+
+class Taken:
+    """Addresses not to hand out in one subnet: a held index (not modified) plus this request's extras."""
+
+    __slots__ = ("_extra", "_extra_keys", "_held")
+
+    def __init__(self, held: Iterable[str] | None = None) -> None:
+        if held is None or isinstance(held, AddressIndex):
+            self._held = held if held is not None else AddressIndex()
+        else:
+            self._held = AddressIndex(held)
+        self._extra: set[str] = set()
+        self._extra_keys: set[int] = set()
+
+    def add(self, addr: str) -> None:
+        """Take one more address (a gateway, an explicit request, an earlier pick)."""
+        self._extra.add(addr)
+        if (key := _address_key(addr)) is not None:
+            self._extra_keys.add(key)
+
+    def __contains__(self, addr: object) -> bool:
+        return addr in self._extra or addr in self._held
+
+    def first_free(self, key: int) -> int:
+        """The lowest key >= ``key`` neither held nor taken here."""
+        while True:
+            key = self._held.first_free(key)
+            if key not in self._extra_keys:
+                return key
+            key += 1
+
+
+def lowest_free(subnet: Subnet, used: Iterable[str] | Taken | None) -> str | None:
+    """The lowest address of the subnet's pools that is not in ``used`` (None: exhausted).
+
+    ``used`` is a :class:`Taken`, an :class:`AddressIndex` or any set of address strings.
+    """
+    taken = used if isinstance(used, Taken) else Taken(used)
     for start, end in subnet.allocation_pools:
-        # Iterating the range stops at the first free address: at most len(used)+1 steps.
-        for ip in netaddr.IPRange(start, end):
-            if str(ip) not in used:
-                return str(ip)
+        first, last = netaddr.IPAddress(start), netaddr.IPAddress(end)
+        key = taken.first_free(_ip_key(first))
+        if key <= _ip_key(last):
+            return _key_address(key)
     return None
 
 
@@ -147,19 +279,20 @@ def assign_fixed_ips(network_id: str, subnets: list[Subnet], requested: list[Map
     """Resolve a port's ``fixed_ips`` request into addresses, Neutron style.
 
     ``subnets`` are the network's subnets in creation order; ``used`` maps a subnet
-    id to the addresses other ports hold there. ``requested`` None means "one
+    id to the addresses other ports hold there (an :class:`AddressIndex`, which is
+    read, never modified, or any set of strings). ``requested`` None means "one
     address from the first v4 subnet with room and one from the first v6 one";
     otherwise each entry has a ``subnet_id`` (auto address in it), an
     ``ip_address`` (in whichever subnet contains it), or both. Unknown subnet ids
     must have been rejected (404) by the caller.
     """
-    taken = {sid: set(ips) for sid, ips in used.items()}
+    taken = {sid: Taken(ips) for sid, ips in used.items()}
     by_id = {s.id: s for s in subnets}
     is_router = device_owner.startswith(ROUTER_OWNER_PREFIX)
     for s in subnets:
         # The gateway address is reserved for the router's interface.
         if s.gateway_ip and not is_router:
-            taken.setdefault(s.id, set()).add(s.gateway_ip)
+            taken.setdefault(s.id, Taken()).add(s.gateway_ip)
     if requested is None:
         return _auto_per_version(network_id, subnets, taken)
     result: list[FixedIP | None] = []
@@ -175,28 +308,28 @@ def assign_fixed_ips(network_id: str, subnets: list[Subnet], requested: list[Map
             raise BadRequest("InvalidIpForSubnet",
                              f"IP address {req['ip_address']} is not a valid IP for the specified subnet.")
         addr = str(ip)
-        if addr in taken.get(subnet.id, set()):
+        if addr in taken.get(subnet.id, ()):
             raise Conflict("IpAddressAlreadyAllocated",
                            f"IP address {addr} already allocated in subnet {subnet.id}")
-        taken.setdefault(subnet.id, set()).add(addr)
+        taken.setdefault(subnet.id, Taken()).add(addr)
         result.append(FixedIP(subnet.id, addr))
     for index, subnet in auto:
-        addr = lowest_free(subnet, taken.get(subnet.id, set()))
+        addr = lowest_free(subnet, taken.get(subnet.id))
         if addr is None:
             raise Conflict("IpAddressGenerationFailure", f"No more IP addresses available on network {network_id}.")
-        taken.setdefault(subnet.id, set()).add(addr)
+        taken.setdefault(subnet.id, Taken()).add(addr)
         result[index] = FixedIP(subnet.id, addr)
     return tuple(f for f in result if f is not None)
 
 
-def _auto_per_version(network_id: str, subnets: list[Subnet], taken: dict[str, set[str]]) -> tuple[FixedIP, ...]:
+def _auto_per_version(network_id: str, subnets: list[Subnet], taken: dict[str, Taken]) -> tuple[FixedIP, ...]:
     result = []
     for version in (4, 6):
         candidates = [s for s in subnets if s.ip_version == version]
         if not candidates:
             continue
         for s in candidates:
-            addr = lowest_free(s, taken.get(s.id, set()))
+            addr = lowest_free(s, taken.get(s.id))
             if addr is not None:
                 result.append(FixedIP(s.id, addr))
                 break

@@ -422,11 +422,16 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         return replace(port, attrs={k: v for k, v in port.attrs.items() if k != "status"})
 
     def _mac(self, net_id: str, requested: str | None, port_id: str | None = None) -> str:
-        in_use = {p.mac_address for p in self.graph.ports_of(net_id) if p.id != port_id}
+        held = self.graph.network_index(net_id).macs  # MAC -> ports of the network having it
+        own = self.graph.network_index(net_id).ports.get(port_id) if port_id is not None else None
+
+        def in_use(mac: str) -> bool:  # by a port other than port_id
+            return held.get(mac, 0) - (own is not None and own.mac_address == mac) > 0
+
         if requested is None:
-            return ipam.generate_mac(in_use.__contains__)
+            return ipam.generate_mac(in_use)
         mac = ipam.normalize_mac(requested)
-        if mac in in_use:
+        if in_use(mac):
             raise Conflict("MacAddressInUse", f"Unable to complete operation for network {net_id}. "
                            f"The mac address {mac} is in use.")
         return mac
@@ -441,11 +446,13 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                     self._subnet(req["subnet_id"])
             if current is not None:
                 requested = self._keep_current_ips(current, requested)
-        used: dict[str, set[str]] = {}
-        for port in self.graph.ports_of(net_id):
-            if current is None or port.id != current.id:
-                for fip in port.fixed_ips:
-                    used.setdefault(fip.subnet_id, set()).add(fip.ip_address)
+        index = self.graph.network_index(net_id)
+        used = index.addresses  # subnet id -> addresses held there; read, never modified
+        mine = index.ports.get(current.id) if current is not None else None
+        if mine is not None:  # the port's own addresses are not in the way of its update (copies those subnets')
+            used = dict(used)
+            for sid in {f.subnet_id for f in mine.fixed_ips} & used.keys():
+                used[sid] = used[sid].without(f.ip_address for f in mine.fixed_ips if f.subnet_id == sid)
         return ipv6.assign(net_id, self.graph.subnets_of(net_id), requested, used, device_owner, mac)
 
     @staticmethod
