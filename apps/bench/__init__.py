@@ -20,6 +20,7 @@ SECTIONS = {
     "port_latency": "apps.bench.port_latency",
     "routing": "apps.bench.routing",
     "api": "apps.bench.api",
+    "port_to_flows": "apps.bench.port_to_flows",
 }
 
 
