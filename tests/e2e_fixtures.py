@@ -323,3 +323,62 @@ def capturing(
         for cap in captures.values():
             cap.wait_marker()
             cap.stop(sync=False)
+
+
+# -- traffic helpers shared by the real-packet tests ---------------------------------------
+PACKET_INS = "tenantflow_packet_ins_total"
+
+# An echo server that answers every TCP connection with its VM's name and what it was sent:
+# a reply names the VM that really received the connection, whatever its IP says.
+ECHO_SERVER = """
+import socket, sys
+name, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", port))
+srv.listen(16)
+while True:
+    conn, _ = srv.accept()
+    with conn:
+        conn.settimeout(2)
+        try:
+            conn.sendall(name.encode() + b" " + conn.recv(256))
+        except OSError:
+            pass
+"""
+
+# Connects to each address in turn and prints {address: reply or "error: ..."} as JSON.
+ECHO_CLIENT = """
+import json, socket, sys
+token, port, out = sys.argv[1], int(sys.argv[2]), {}
+for ip in sys.argv[3:]:
+    try:
+        with socket.create_connection((ip, port), timeout=2) as s:
+            s.sendall(token.encode())
+            s.shutdown(socket.SHUT_WR)
+            out[ip] = s.recv(256).decode()
+    except OSError as exc:
+        out[ip] = "error: %s" % exc
+print(json.dumps(out))
+"""
+
+
+def packet_ins(ctrl: ControllerProcess) -> float:
+    """The controller's packet-in counter (absent until the first packet-in: a labelled counter)."""
+    return ctrl.metrics().get(PACKET_INS, 0.0)
+
+
+class NoPacketIns:
+    """Context manager: the controller's packet-in counter must not move inside the block."""
+
+    def __init__(self, ctrl: ControllerProcess) -> None:
+        self.ctrl = ctrl
+
+    def __enter__(self) -> NoPacketIns:
+        self.before = packet_ins(self.ctrl)
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            after = packet_ins(self.ctrl)
+            assert after == self.before, f"packet-ins moved {self.before} -> {after} during steady-state traffic"

@@ -37,16 +37,21 @@ import pytest
 from apps.lab import Lab, LabVM
 from apps.lab.controller import ControllerProcess
 from tests.e2e_fixtures import (
+    ECHO_CLIENT,
+    ECHO_SERVER,
+    PACKET_INS,
+    NoPacketIns,
     attached_lab,
     capturing,
     create_network,
     flows_mentioning,
+    packet_ins,
     plug_new_vm,
     require_lab,
     running_controller,
     wait_until,
 )
-from tests.lab_fixtures import ping_count, wait_listening
+from tests.lab_fixtures import ping_count, tcp_transfer, wait_listening
 
 pytestmark = pytest.mark.ovs
 
@@ -56,42 +61,6 @@ SHARED_IPS = ("10.0.0.11", "10.0.0.12", "10.0.0.13")  # one per hypervisor, in B
 A_ONLY_IP = "10.0.0.100"  # a second address on a2
 B_ONLY_IP = "10.0.0.200"  # a second address on b3
 ECHO_PORT = 7007
-PACKET_INS = "tenantflow_packet_ins_total"
-
-# An echo server that answers every TCP connection with its VM's name and what it was sent:
-# a reply names the VM that really received the connection, whatever its IP says.
-ECHO_SERVER = """
-import socket, sys
-name, port = sys.argv[1], int(sys.argv[2])
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", port))
-srv.listen(16)
-while True:
-    conn, _ = srv.accept()
-    with conn:
-        conn.settimeout(2)
-        try:
-            conn.sendall(name.encode() + b" " + conn.recv(256))
-        except OSError:
-            pass
-"""
-
-# Connects to each address in turn and prints {address: reply or "error: ..."} as JSON.
-ECHO_CLIENT = """
-import json, socket, sys
-token, port, out = sys.argv[1], int(sys.argv[2]), {}
-for ip in sys.argv[3:]:
-    try:
-        with socket.create_connection((ip, port), timeout=2) as s:
-            s.sendall(token.encode())
-            s.shutdown(socket.SHUT_WR)
-            out[ip] = s.recv(256).decode()
-    except OSError as exc:
-        out[ip] = "error: %s" % exc
-print(json.dumps(out))
-"""
-
 
 @dataclass
 class Tenant:
@@ -150,11 +119,6 @@ def _wait_mesh(ctrl: ControllerProcess, tenant: Tenant, timeout: float = 15.0) -
         )
 
 
-def packet_ins(ctrl: ControllerProcess) -> float:
-    """The controller's packet-in counter (absent until the first packet-in: a labelled counter)."""
-    return ctrl.metrics().get(PACKET_INS, 0.0)
-
-
 @pytest.fixture(autouse=True)
 def _require_ovs() -> None:
     # Overrides conftest's check: the lab runs its own private OVS daemons, it needs
@@ -179,22 +143,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         _wait_mesh(ctrl, a)
         _wait_mesh(ctrl, b)
         yield Cloud(ctrl, lab, a, b, workdir)
-
-
-class NoPacketIns:
-    """Context manager: the controller's packet-in counter must not move inside the block."""
-
-    def __init__(self, ctrl: ControllerProcess) -> None:
-        self.ctrl = ctrl
-
-    def __enter__(self) -> NoPacketIns:
-        self.before = packet_ins(self.ctrl)
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            after = packet_ins(self.ctrl)
-            assert after == self.before, f"packet-ins moved {self.before} -> {after} during steady-state traffic"
 
 
 def _n_packets(flow_line: str) -> int:
@@ -254,22 +202,6 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(timeout=5)
 
 
-def _iperf(client: LabVM, server: LabVM, ip: str, port: int) -> dict[str, Any]:
-    """One second of iperf3 from ``client`` to ``server`` at ``ip``; the server is killed by PID after."""
-    srv = server.popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(server, port)
-        cli = client.popen(["iperf3", "-c", ip, "-p", str(port), "-t", "1", "-J"], text=True)
-        out, _ = cli.communicate(timeout=20)
-        data = json.loads(out)
-        assert "error" not in data, data["error"]
-        return data["end"]
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-        srv.wait(timeout=5)
-
-
 # -- 1. same tenant: everything reaches everything, and the RIGHT VM --------------------
 
 
@@ -319,7 +251,7 @@ def test_same_tenant_tcp_reaches_own_tenant_vm_only(cloud: Cloud) -> None:
         _stop(servers)
     with NoPacketIns(cloud.ctrl):
         for tenant, port in ((cloud.a, 5301), (cloud.b, 5302)):
-            end = _iperf(tenant.vms[0], tenant.vms[2], SHARED_IPS[2], port)
+            end = tcp_transfer(tenant.vms[0], tenant.vms[2], SHARED_IPS[2], port=port)
             assert end["sum_received"]["bytes"] > 1_000_000, (tenant.name, end["sum_received"])
 
 
@@ -532,7 +464,7 @@ def test_vlan_provider_networks_isolate_tenants(cloud: Cloud) -> None:
         tagged = re.compile(rf"in_port={hv1.ofport('phy-physnet1')},dl_vlan={tag}\b")
         hits = [_n_packets(line) for line in hv1.ofctl("dump-flows", "br-int").splitlines() if tagged.search(line)]
         assert hits and hits[0] > 0, f"nothing arrived on hv1 from the provider network with VLAN {tag}"
-    end = _iperf(va1, va2, "10.0.0.22", 5303)
+    end = tcp_transfer(va1, va2, "10.0.0.22", port=5303)
     assert end["sum_received"]["bytes"] > 1_000_000
 
 
@@ -547,7 +479,7 @@ def test_geneve_network_across_hypervisors(cloud: Cloud) -> None:
     wait_until(lambda: ping_count(g1, g3.IP(), count=1) == 1, 10, message=lambda: f"geneve ping\n{ctrl.log_tail()}")
     with NoPacketIns(ctrl):
         assert ping_count(g3, g1.IP(), count=3) == 3
-        end = _iperf(g1, g3, g3.IP(), 5304)
+        end = tcp_transfer(g1, g3, g3.IP(), port=5304)
     assert end["sum_received"]["bytes"] > 1_000_000
     hv3 = lab.hypervisor("hv3")
     vni = net["provider:segmentation_id"]

@@ -46,15 +46,19 @@ import pytest
 from apps.lab import Hypervisor, Lab, LabVM, sh
 from apps.lab.controller import ControllerProcess
 from tests.e2e_fixtures import (
+    ECHO_CLIENT,
+    ECHO_SERVER,
+    NoPacketIns,
     attached_lab,
     create_network,
     create_port,
+    packet_ins,
     require_lab,
     running_controller,
     wait_port_active,
     wait_until,
 )
-from tests.lab_fixtures import wait_listening
+from tests.lab_fixtures import tcp_transfer, wait_listening
 
 pytestmark = pytest.mark.ovs
 
@@ -72,40 +76,7 @@ ROUTER_TABLES = (40, 42, 44)  # lr_in_ip_input, lr_in_ip_routing, lr_in_arp_reso
 UNDERLAY_NIC = "underlay0"
 VXLAN_PORT = 4789
 ECHO_PORT = 7008
-PACKET_INS = "tenantflow_packet_ins_total"
 MARKER = "7466726f75746564"  # "tfrouted": the payload pattern of the capture marker pings
-
-ECHO_SERVER = """
-import socket, sys
-name, port = sys.argv[1], int(sys.argv[2])
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", port))
-srv.listen(16)
-while True:
-    conn, _ = srv.accept()
-    with conn:
-        conn.settimeout(2)
-        try:
-            conn.sendall(name.encode() + b" " + conn.recv(256))
-        except OSError:
-            pass
-"""
-
-ECHO_CLIENT = """
-import json, socket, sys
-token, port, out = sys.argv[1], int(sys.argv[2]), {}
-for ip in sys.argv[3:]:
-    try:
-        with socket.create_connection((ip, port), timeout=2) as s:
-            s.sendall(token.encode())
-            s.shutdown(socket.SHUT_WR)
-            out[ip] = s.recv(256).decode()
-    except OSError as exc:
-        out[ip] = "error: %s" % exc
-print(json.dumps(out))
-"""
-
 
 @dataclass
 class Cloud:
@@ -174,26 +145,6 @@ def in_echos(vm: LabVM) -> int:
     """``Icmp: InEchos`` of the VM's namespace: echo requests its kernel received."""
     lines = [ln.split() for ln in vm.cmd("cat /proc/net/snmp").splitlines() if ln.startswith("Icmp:")]
     return int(lines[1][lines[0].index("InEchos")])
-
-
-def packet_ins(ctrl: ControllerProcess) -> float:
-    return ctrl.metrics().get(PACKET_INS, 0.0)
-
-
-class NoPacketIns:
-    """The controller's packet-in counter must not move inside the block."""
-
-    def __init__(self, ctrl: ControllerProcess) -> None:
-        self.ctrl = ctrl
-
-    def __enter__(self) -> NoPacketIns:
-        self.before = packet_ins(self.ctrl)
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            after = packet_ins(self.ctrl)
-            assert after == self.before, f"packet-ins moved {self.before} -> {after} during routed traffic"
 
 
 def dump_flows(hv: Hypervisor) -> list[str]:
@@ -464,29 +415,12 @@ def test_tcp_between_every_pair(cloud: Cloud) -> None:
                 for dst in LAYOUT:
                     if dst != src:
                         assert replies[LAYOUT[dst][2]] == f"{dst} {token}", (src, dst, replies)
-            end = _iperf(cloud.vms["v1"], cloud.vms["v3"], LAYOUT["v3"][2], 5311)
+            end = tcp_transfer(cloud.vms["v1"], cloud.vms["v3"], LAYOUT["v3"][2], port=5311)
         assert end["sum_received"]["bytes"] > 1_000_000, end["sum_received"]
     finally:
         for proc in servers:
             proc.kill()
             proc.wait(timeout=5)
-
-
-def _iperf(client: LabVM, server: LabVM, ip: str, port: int, seconds: int = 1) -> dict[str, Any]:
-    srv = server.popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(server, port)
-        cli = client.popen(
-            ["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J"], stdout=subprocess.PIPE, text=True
-        )
-        out, _ = cli.communicate(timeout=20 + seconds)
-        data = json.loads(out)
-        assert "error" not in data, data["error"]
-        return data["end"]
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-        srv.wait(timeout=5)
 
 
 def test_router_answers_ping_to_every_gateway_from_the_flows(cloud: Cloud) -> None:
