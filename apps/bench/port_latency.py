@@ -48,6 +48,7 @@ import threading
 import time
 from typing import Any
 
+from apps.bench.stats import latency_summary, ms
 from apps.lab import Lab, sh, steps
 from apps.lab.controller import ControllerProcess
 from topology.model import tap_name
@@ -93,24 +94,6 @@ class Arrivals:
                 return got[0]
             time.sleep(0.001)
         raise TimeoutError(f"no datagram delivered within {timeout}s")
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1e3, 3)
-
-
-def _summary(name: str, samples: list[float]) -> dict[str, Any]:
-    """median / p90 (nearest rank) / min / max in ms, plus the raw samples."""
-    ordered = sorted(samples)
-    p90 = ordered[max(0, -(-9 * len(ordered) // 10) - 1)]
-    return {
-        f"{name}_ms_median": _ms(ordered[len(ordered) // 2] if len(ordered) % 2 else
-                                 (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2),
-        f"{name}_ms_p90": _ms(p90),
-        f"{name}_ms_min": _ms(ordered[0]),
-        f"{name}_ms_max": _ms(ordered[-1]),
-        f"{name}_ms_samples": [_ms(s) for s in samples],
-    }
 
 
 class Bench:
@@ -289,15 +272,15 @@ def run(quick: bool = False) -> dict:
             binds.append(bind)
             deletes.append(delete)
         figures: dict[str, Any] = {"rounds": n, "send_interval_ms": INTERVAL_S * 1e3}
-        figures |= _summary("create_to_first_delivery", creates)
-        figures |= _summary("create_plug_done", plugs)
+        figures |= latency_summary("create_to_first_delivery", creates)
+        figures |= latency_summary("create_plug_done", plugs)
         # after our plug tooling returned (may be < 0: OVS reports the port before ovs-vsctl returns)
-        figures |= _summary("plug_done_to_first_delivery", [c - p for c, p in zip(creates, plugs, strict=True)])
-        figures |= _summary("create_api_call", apis)
-        figures |= _summary("bind_to_first_delivery", binds)
-        figures |= _summary("delete_to_last_delivery", deletes)
-        figures |= {"warmup_create_to_first_delivery_ms": _ms(warm_create),
-                    "warmup_delete_to_last_delivery_ms": _ms(warm_delete)}
+        figures |= latency_summary("plug_done_to_first_delivery", [c - p for c, p in zip(creates, plugs, strict=True)])
+        figures |= latency_summary("create_api_call", apis)
+        figures |= latency_summary("bind_to_first_delivery", binds)
+        figures |= latency_summary("delete_to_last_delivery", deletes)
+        figures |= {"warmup_create_to_first_delivery_ms": ms(warm_create),
+                    "warmup_delete_to_last_delivery_ms": ms(warm_delete)}
         return figures
     except Exception as exc:
         raise RuntimeError(f"port latency bench failed: {exc}\ncontroller log:\n{bench.ctl.log_tail()}") from exc

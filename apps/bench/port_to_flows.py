@@ -58,6 +58,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from apps.bench.stats import latency_summary, ms
 from apps.lab import Lab, sh, steps
 from apps.lab.controller import ControllerProcess
 from apps.lab.lab import Hypervisor
@@ -123,25 +124,6 @@ class FlowMonitor:
         with contextlib.suppress(Exception):
             self.proc.terminate()
             self.proc.wait(timeout=5)
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1e3, 3)
-
-
-def _summary(name: str, samples: list[float]) -> dict[str, Any]:
-    """median / p90 (nearest rank) / min / max in ms, plus the raw samples."""
-    ordered = sorted(samples)
-    n = len(ordered)
-    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
-    p90 = ordered[max(0, -(-9 * n // 10) - 1)]
-    return {
-        f"{name}_ms_median": _ms(median),
-        f"{name}_ms_p90": _ms(p90),
-        f"{name}_ms_min": _ms(ordered[0]),
-        f"{name}_ms_max": _ms(ordered[-1]),
-        f"{name}_ms_samples": [_ms(s) for s in samples],
-    }
 
 
 class Bench:
@@ -236,12 +218,12 @@ def run(quick: bool = False) -> dict:
             locals_.append(local)
             plugs.append(plug)
         figures: dict[str, Any] = {"rounds": n}
-        figures |= _summary("create_to_remote_l2", remotes)
-        figures |= _summary("create_api_call", apis)
-        figures |= _summary("plug_to_local_deliver", locals_)
-        figures |= _summary("plug_command", plugs)
-        figures |= {"warmup_create_to_remote_l2_ms": _ms(warm_remote),
-                    "warmup_plug_to_local_deliver_ms": _ms(warm_local)}
+        figures |= latency_summary("create_to_remote_l2", remotes)
+        figures |= latency_summary("create_api_call", apis)
+        figures |= latency_summary("plug_to_local_deliver", locals_)
+        figures |= latency_summary("plug_command", plugs)
+        figures |= {"warmup_create_to_remote_l2_ms": ms(warm_remote),
+                    "warmup_plug_to_local_deliver_ms": ms(warm_local)}
         return figures
     except Exception as exc:
         raise RuntimeError(f"port-to-flows bench failed: {exc}\ncontroller log:\n{bench.ctl.log_tail()}") from exc
