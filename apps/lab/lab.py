@@ -141,10 +141,17 @@ class Hypervisor:
 
         OVS's native tunnelling drops the first packet to a peer whose MAC it has not
         learned yet (it ARPs and drops). The ping's ARP exchange passes through
-        br-underlay, where OVS snoops it into its tunnel neighbour cache.
+        br-underlay, where OVS snoops it into its tunnel neighbour cache, but only when
+        the reply takes the slow path: once a datapath flow matches ARP replies, the
+        next peer's reply is not snooped (seen: the first packet to that peer lost in
+        about one lab in four). So the kernel's answer is also given to OVS directly.
         """
         for ip in self.peer_tunnel_ips:
             sh.run(["ping", "-c1", "-W1", "-q", ip], netns=self.netns, check=False)
+            fields = sh.run(["ip", "neigh", "show", ip], netns=self.netns, check=False).split()
+            if "lladdr" in fields:
+                mac = fields[fields.index("lladdr") + 1]
+                self.appctl("tnl/neigh/set", steps.UNDERLAY_BRIDGE, ip, mac)
 
     def restart_vswitchd(self) -> None:
         """Stop then start ovs-vswitchd."""
