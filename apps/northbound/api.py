@@ -221,17 +221,7 @@ class NorthboundApp:
     # -- request bodies -------------------------------------------------------------
     @staticmethod
     def _body(req: webob.Request, resource: Resource, create: bool) -> dict[str, Any]:
-        length = req.content_length
-        if length is not None and length > MAX_BODY:
-            _drain(req, length)
-            raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
-        raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
-        if len(raw) > MAX_BODY:
-            raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
-        try:
-            doc = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-            raise BadRequest("HTTPBadRequest", "Malformed request body") from None
+        doc = _json_body(req)
         if not isinstance(doc, dict) or resource.member not in doc:
             if isinstance(doc, dict) and resource.collection in doc:
                 raise BadRequest("HTTPBadRequest", "Bulk operations are not supported")
@@ -293,20 +283,25 @@ class NorthboundApp:
 
     def _router_action(self, req: webob.Request, router_id: str, name: str) -> webob.Response:
         """``PUT /v2.0/routers/{id}/add_router_interface`` (or remove): an unwrapped {subnet_id | port_id} body."""
-        length = req.content_length
-        if length is not None and length > MAX_BODY:
-            _drain(req, length)
-            raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
-        raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
-        if len(raw) > MAX_BODY:
-            raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise BadRequest("HTTPBadRequest", "Malformed request body") from None
+        body = _json_body(req)
         if not isinstance(body, dict):
             raise BadRequest("HTTPBadRequest", "Request body must be a JSON object.")
         return json_response(200, getattr(self.topology, name)(router_id, body))
+
+
+def _json_body(req: webob.Request) -> Any:
+    """The request body parsed as JSON: 413 over MAX_BODY, 400 when it is not JSON."""
+    length = req.content_length
+    if length is not None and length > MAX_BODY:
+        _drain(req, length)
+        raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
+    raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
+    if len(raw) > MAX_BODY:
+        raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+        raise BadRequest("HTTPBadRequest", "Malformed request body") from None
 
 
 def _drain(req: webob.Request, length: int) -> None:
