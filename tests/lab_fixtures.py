@@ -35,14 +35,18 @@ def lab_problem() -> str | None:
     return None
 
 
-def require_lab() -> None:
-    """Skip (or fail under ``CI``) when the lab cannot run; same policy as conftest's OVS check."""
-    problem = lab_problem()
+def unless_able(problem: str | None, what: str) -> None:
+    """The suite's one policy for a test this machine cannot run: skip, but FAIL under ``CI``."""
     if problem is None:
         return
     if os.environ.get("CI"):
-        pytest.fail(f"lab test cannot run in CI: {problem}")
+        pytest.fail(f"{what} cannot run in CI: {problem}")
     pytest.skip(problem)
+
+
+def require_lab() -> None:
+    """Skip (or fail under ``CI``) when the lab cannot run (for module-scoped lab fixtures)."""
+    unless_able(lab_problem(), "lab test")
 
 
 def lab_prefix(tag: str = "t") -> str:

@@ -53,7 +53,7 @@ from tests.e2e_fixtures import (
 )
 from tests.lab_fixtures import ping_count, tcp_transfer, wait_listening
 
-pytestmark = pytest.mark.ovs
+pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
 PROJECT_A = "project-a-" + uuid.uuid4().hex[:8]
 PROJECT_B = "project-b-" + uuid.uuid4().hex[:8]
@@ -118,12 +118,6 @@ def _wait_mesh(ctrl: ControllerProcess, tenant: Tenant, timeout: float = 15.0) -
             message=lambda s=src, d=dst: f"{s.name} -> {d.name} ping; controller log:\n{ctrl.log_tail()}",
         )
 
-
-@pytest.fixture(autouse=True)
-def _require_ovs() -> None:
-    # Overrides conftest's check: the lab runs its own private OVS daemons, it needs
-    # root and the binaries, not the host's Open vSwitch.
-    require_lab()
 
 
 @pytest.fixture(scope="module")

@@ -53,19 +53,13 @@ from tests.e2e_fixtures import wait_until
 from tests.lab_fixtures import ping_count, require_lab
 from topology.state import Topology
 
-pytestmark = pytest.mark.ovs
+pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
 T = TypeVar("T")
 PING_COUNT = 500  # at 20 ms: a 10 s ping, the SIGKILL and resync happen inside it
 SUBNET = "10.20.0.0/24"
 OFPP_LOCAL = 0xFFFFFFFE
 
-
-@pytest.fixture(autouse=True)
-def _require_ovs() -> None:
-    # Overrides conftest's check: the lab starts its own private OVS daemons and needs
-    # root and the binaries, not the host's Open vSwitch (the error probe checks that).
-    require_lab()
 
 
 # -- small helpers -----------------------------------------------------------------------

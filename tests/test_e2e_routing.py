@@ -60,7 +60,7 @@ from tests.e2e_fixtures import (
 )
 from tests.lab_fixtures import tcp_transfer, wait_listening
 
-pytestmark = pytest.mark.ovs
+pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
 T1 = "project-t1-" + uuid.uuid4().hex[:8]
 OTHER = "project-x-" + uuid.uuid4().hex[:8]
@@ -305,10 +305,6 @@ def dvr_mac(hv: Hypervisor) -> str:
 
 # -- fixture ------------------------------------------------------------------------------
 
-
-@pytest.fixture(autouse=True)
-def _require_ovs() -> None:
-    require_lab()
 
 
 @pytest.fixture(scope="module")

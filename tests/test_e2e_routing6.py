@@ -19,7 +19,7 @@ from apps.lab import Lab, LabVM
 from apps.lab.controller import ControllerProcess
 from tests.e2e_fixtures import attached_lab, plug_new_vm, running_controller, wait_until
 
-pytestmark = pytest.mark.ovs
+pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
 
 @dataclass

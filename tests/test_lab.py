@@ -34,14 +34,8 @@ from tests.lab_fixtures import (
 )
 from topology.model import tap_name
 
-pytestmark = pytest.mark.ovs
+pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
-
-@pytest.fixture(autouse=True)
-def _require_ovs() -> None:
-    # Overrides conftest's check: the lab starts its own private OVS daemons and does not
-    # need the host's Open vSwitch to be running, only root and the binaries.
-    require_lab()
 
 
 @pytest.fixture(scope="module")
