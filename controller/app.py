@@ -17,13 +17,16 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import metrics
 from controller.icmp import time_exceeded
+from controller.neighbour import ext_output_actions, resolve_request
 from controller.switch import Switch
-from flows.compiler import compile_hypervisor
+from flows.compiler import EXT_OUTPUT, compile_hypervisor, view_of
+from flows.nat import announcements
 from flows.pipeline import stage
 from flows.routing import router_interface
 
 LOG = logging.getLogger("tenantflow.app")
 IP_INPUT_TABLE = stage("lr_in_ip_input").table_id
+EXT_OUTPUT_TABLE = EXT_OUTPUT.table_id
 
 # Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
 TOPOLOGY = None
@@ -62,6 +65,12 @@ class TenantflowApp(app_manager.OSKenApp):
         with self.topology.lock:
             return compile_hypervisor(self.topology.graph, hv_name)
 
+    def announcements_for(self, hv_name: str):
+        """The floating IPs a hypervisor hosts, to announce on their external networks."""
+        with self.topology.lock:
+            graph = self.topology.graph
+            return announcements(graph, view_of(graph, hv_name))
+
     # -- switch side -------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
@@ -74,7 +83,7 @@ class TenantflowApp(app_manager.OSKenApp):
             hv_name = hv.name if hv else None
             if hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
-            sw = Switch(dp, self.compile_for, self._set_ofports)
+            sw = Switch(dp, self.compile_for, self._set_ofports, self.announcements_for)
             self.switches[dp.id] = sw
             sw.start(hv_name)
         elif ev.state == DEAD_DISPATCHER and dp.id is not None:
@@ -156,7 +165,12 @@ class TenantflowApp(app_manager.OSKenApp):
         msg = ev.msg
         sw = self.switches.get(msg.datapath.id)
         metrics.PACKET_INS.labels(sw.hv_name if sw and sw.hv_name else "?").inc()
-        if sw is None or msg.table_id != IP_INPUT_TABLE or not sw.icmp_limiter.allow():
+        if sw is None:
+            return
+        if msg.table_id == EXT_OUTPUT_TABLE:
+            self._resolve_next_hop(sw, msg)
+            return
+        if msg.table_id != IP_INPUT_TABLE or not sw.icmp_limiter.allow():
             return
         # An IPv4 packet whose TTL expires at a router (lr_in_ip_input's ttl_expired).
         fields = dict(msg.match.items())
@@ -170,6 +184,16 @@ class TenantflowApp(app_manager.OSKenApp):
         dp, parser, ofp = msg.datapath, msg.datapath.ofproto_parser, msg.datapath.ofproto
         dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
                                         [parser.OFPActionOutput(fields["in_port"])], reply))
+
+
+    def _resolve_next_hop(self, sw: Switch, msg) -> None:
+        """lr_in_ext_output's unresolved: ARP for the next hop; the switch learns the answer."""
+        if not sw.arp_limiter.allow():
+            return
+        fields = dict(msg.match.items())
+        request = resolve_request(bytes(msg.data), fields.get("reg0", 0))
+        if request is not None and fields.get("reg6"):
+            sw.packet_out(ext_output_actions(fields["reg6"]), request)
 
 
 def _name(port) -> str:

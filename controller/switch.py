@@ -26,7 +26,9 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, wire
 from controller.icmp import RateLimiter
-from flows.flow import Flow
+from controller.neighbour import announcement_packets, ext_output_actions
+from flows.flow import Flow, Learn
+from flows.nat import Announcement
 from flows.pipeline import STAGE_BY_TABLE
 
 LOG = logging.getLogger("tenantflow.switch")
@@ -69,8 +71,10 @@ class Switch:
     _bundle_ids = itertools.count(1)
 
     def __init__(self, datapath, compile_fn: Callable[[str], list[Flow]],
-                 on_ofports: Callable[[Switch, dict[str, int]], None]):
+                 on_ofports: Callable[[Switch, dict[str, int]], None],
+                 announce_fn: Callable[[str], list[Announcement]] | None = None):
         self.dp = datapath
+        self._announce_fn = announce_fn
         self.dpid: int = datapath.id
         self.hv_name: str | None = None
         self._compile = compile_fn
@@ -78,9 +82,12 @@ class Switch:
         self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
         self._inflight_from: int | None = None  # first xid of the bundle being pushed
         self.installed: Multiset[int] = Multiset()  # cookie -> how many flows carry it on the switch
+        self._learners: set[int] = set()  # cookies of the flows the switch may learn (see learned_cookies)
+        self._announced: frozenset = frozenset()  # what announce_fn returned after the last committed sync
         self.ready = False
         self.last_push: PushResult | None = None
         self.icmp_limiter = RateLimiter()  # ICMP errors this switch's packet-ins may draw
+        self.arp_limiter = RateLimiter()  # ARP requests for unresolved external next hops
         self._waiters: dict[int, _Waiter] = {}
         self._errors: dict[int, list] = {}
         self._dirty = threading.Condition()
@@ -187,8 +194,12 @@ class Switch:
         if not self.ready or self.hv_name is None:
             return PushResult(committed=False)
         start = time.perf_counter()
-        desired = {f.cookie: f for f in self._compile(self.hv_name)}
-        stale = [c for c, n in self.installed.items() if c not in desired or n > 1]
+        compiled = self._compile(self.hv_name)
+        desired = {f.cookie: f for f in compiled}
+        learners = learned_cookies(compiled)
+        # Flows the switch learned itself are kept while a compiled flow still learns them.
+        stale = [c for c, n in self.installed.items() if c not in learners and (c not in desired or n > 1)]
+        stale += [c for c in self._learners - learners if c not in self.installed]
         missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
         if not stale and not missing:
             result = PushResult()
@@ -196,6 +207,9 @@ class Switch:
             result = self.push(stale, missing)
             if result.committed:
                 self.installed = Multiset(desired.keys())
+        if result.committed:
+            self._learners = learners
+            self._announce()
             metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
         if result.committed and self._alive:
             metrics.FLOWS.labels(self.hv_name).set(len(desired))
@@ -204,6 +218,20 @@ class Switch:
         if self._alive:
             metrics.SWITCH_UP.labels(self.hv_name).set(1 if result.committed else 0)
         return result
+
+    def _announce(self) -> None:
+        """Gratuitous ARP for each floating IP this switch newly hosts (after its flows are in)."""
+        if self._announce_fn is None or not self._alive:
+            return
+        current = frozenset(self._announce_fn(self.hv_name))
+        for item in sorted(current - self._announced, key=lambda a: a.ip):
+            for packet in announcement_packets(item):
+                self.packet_out(ext_output_actions(item.ext_key), packet)
+        self._announced = current
+
+    def packet_out(self, actions: list, data: bytes) -> None:
+        """Send ``data`` into the pipeline from the controller, running ``actions``."""
+        self._send(wire.packet_out(actions, data))
 
     def push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
         """Send deletes (by cookie) then adds in one atomic bundle; commit only if none was refused."""
@@ -289,6 +317,11 @@ class Switch:
         xid = next(self._xids)
         self._send_and_wait(wire.bundle_ctrl(bundle_id, ctrl_type, xid), xid)
         return self._errors.pop(xid, [])
+
+
+def learned_cookies(flows: Iterable[Flow]) -> set[int]:
+    """Cookies of the flows the switch adds itself through the learn actions of ``flows``."""
+    return {a.cookie for f in flows for a in f.actions if isinstance(a, Learn)}
 
 
 def _carried(item: Flow | int | None) -> str:

@@ -20,7 +20,7 @@ from os_ken.lib import type_desc
 from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from flows.flow import DecTtl, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.flow import CT, Conjunction, DecTtl, Flow, Learn, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
 from flows.pipeline import STAGE_BY_NAME
 
 OFP_VERSION = ofp.OFP_VERSION
@@ -31,6 +31,7 @@ _BUNDLE_CTRL = struct.Struct("!IHH")
 NX_VENDOR = ofproto_common.NX_EXPERIMENTER_ID
 NXAST_REG_MOVE = 6
 NXAST_RESUBMIT_TABLE = 14
+NXAST_CONJUNCTION = 34
 ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
 
 BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
@@ -120,6 +121,8 @@ def encode_match(match) -> bytes:
 def _action(act) -> bytes:
     if isinstance(act, Output):
         return struct.pack("!HHIH6x", ofp.OFPAT_OUTPUT, 16, act.port, ofp.OFPCML_MAX)
+    if isinstance(act, SetField) and act.field == "in_port":
+        return _load_in_port(int(act.value))
     if isinstance(act, SetField):
         body = _pad8(struct.pack("!HH", ofp.OFPAT_SET_FIELD, 0) + _oxm(act.field, act.value))
         return body[:2] + struct.pack("!H", len(body)) + body[4:]
@@ -139,7 +142,72 @@ def _action(act) -> bytes:
         return struct.pack("!HH4x", ofp.OFPAT_POP_VLAN, 8)
     if isinstance(act, DecTtl):
         return struct.pack("!HH4x", ofp.OFPAT_DEC_NW_TTL, 8)
+    if isinstance(act, Learn):
+        return _learn(act)
+    if isinstance(act, CT):
+        return _ct(act)
+    if isinstance(act, Conjunction):
+        return _conjunction(act)
     raise TypeError(f"cannot encode action {act!r}")
+
+
+NX_CT_RECIRC_NONE = 0xFF
+NX_CT_F_COMMIT = 0x1
+
+
+def _ct(act: CT) -> bytes:
+    """NXAST_CT, serialised by os-ken itself (cached by _action: a handful of distinct ones per switch)."""
+    from os_ken.ofproto import nicira_ext
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    if isinstance(act.zone, str):  # the zone is the field's low 16 bits
+        zone_src, zone = act.zone, nicira_ext.ofs_nbits(0, 15)
+    else:
+        zone_src, zone = "", act.zone
+    table = STAGE_BY_NAME[act.table].table_id if act.table is not None else NX_CT_RECIRC_NONE
+    action = parser.NXActionCT(flags=NX_CT_F_COMMIT if act.commit else 0, zone_src=zone_src, zone_ofs_nbits=zone,
+                               recirc_table=table, alg=0, actions=[])
+    buf = bytearray()
+    action.serialize(buf, 0)
+    return _pad8(bytes(buf))  # os-ken writes the padded length in the header but not the padding
+
+
+# OpenFlow 1.3 has no writable in_port; OVS takes NXAST_REG_LOAD to NXM_OF_IN_PORT (16 bits), as OVN does.
+NXAST_REG_LOAD = 7
+NXM_OF_IN_PORT = 0x00000002
+
+
+def _load_in_port(value: int) -> bytes:
+    return struct.pack("!HHIHHIQ", ofp.OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_REG_LOAD, 15, NXM_OF_IN_PORT, value)
+
+
+def _conjunction(act: Conjunction) -> bytes:
+    """NXAST_CONJUNCTION: on the wire the clause number is 0-based (ovs-ofctl's k/n is 1-based)."""
+    return struct.pack("!HHIHBBI", ofp.OFPAT_EXPERIMENTER, 16, NX_VENDOR, NXAST_CONJUNCTION, act.clause - 1,
+                       act.n_clauses, act.id)
+
+
+def _learn(act: Learn) -> bytes:
+    """NXAST_LEARN, serialised by os-ken itself: rare (a few per switch) and cached by _action."""
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    specs = [parser.NXFlowSpecMatch(src=(src, 0), dst=(dst, 0), n_bits=_field(dst)[1] * 8)
+             for dst, src in act.matches]
+    specs += [parser.NXFlowSpecLoad(src=(src, 0), dst=(dst, 0), n_bits=_field(dst)[1] * 8) for src, dst in act.loads]
+    action = parser.NXActionLearn(table_id=STAGE_BY_NAME[act.table].table_id, specs=specs,
+                                  idle_timeout=act.idle_timeout, priority=act.priority, cookie=act.cookie)
+    buf = bytearray()
+    action.serialize(buf, 0)
+    return _pad8(bytes(buf))  # os-ken writes the padded length in the header but not the padding
+
+
+# OpenFlow 1.3 has no writable in_port; OVS takes NXAST_REG_LOAD to NXM_OF_IN_PORT (16 bits), as OVN does.
+NXAST_REG_LOAD = 7
+NXM_OF_IN_PORT = 0x00000002
+
+
+def _load_in_port(value: int) -> bytes:
+    return struct.pack("!HHIHHIQ", ofp.OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_REG_LOAD, 15, NXM_OF_IN_PORT, value)
 
 
 def encode_instructions(flow: Flow) -> bytes:
@@ -199,6 +267,16 @@ def bundle_add(bundle_id: int, inner: bytes, xid: int, flags: int = BUNDLE_FLAGS
         OFP_VERSION, ofp.OFPT_EXPERIMENTER, 24 + len(inner), xid, ofproto_common.ONF_EXPERIMENTER_ID,
         ofp.ONF_ET_BUNDLE_ADD_MESSAGE, bundle_id, 0, flags,
     ) + inner[:4] + _XID.pack(xid) + inner[8:]
+
+
+_PACKET_OUT = struct.Struct("!BBHIIIH6x")
+
+
+def packet_out(actions, data: bytes, xid: int = 0, in_port: int = ofp.OFPP_CONTROLLER) -> bytes:
+    """An OFPT_PACKET_OUT injecting ``data`` with ``actions`` (no buffered packet)."""
+    acts = b"".join(_action(a) for a in actions)
+    return _PACKET_OUT.pack(OFP_VERSION, ofp.OFPT_PACKET_OUT, 24 + len(acts) + len(data), xid, ofp.OFP_NO_BUFFER,
+                            in_port, len(acts)) + acts + data
 
 
 def barrier_request(xid: int) -> bytes:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from flows.flow import IN_PORT, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField, make_flow
-from flows.pipeline import FLAG_FROM_REMOTE, REG_FLAGS, REG_INPORT, REG_NETWORK, REG_OUTPORT, stage
+from flows.pipeline import FLAG_FROM_REMOTE, REG_FLAGS, REG_INPORT, REG_NETWORK, REG_OUTPORT, Stage, stage
 from topology.graph import TopologyGraph
 from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Hypervisor, Network, Port, provider_patch_name
 
@@ -25,6 +25,13 @@ ND_RSP = stage("ls_in_nd_rsp")
 ND_TLL = stage("ls_in_nd_rsp_tll")
 L2_LOOKUP = stage("ls_in_l2_lookup")
 DELIVER = stage("ls_out_deliver")
+PORT_SEC = stage("ls_in_port_sec")
+OUT_PRE_ACL = stage("ls_out_pre_acl")
+EXT_IN_FIP = stage("ext_in_fip")
+FIP_SNAT = stage("lr_in_fip_snat")
+EXT_RESOLVE = stage("lr_in_ext_resolve")
+MAC_BINDING = stage("lr_in_mac_binding")
+EXT_OUTPUT = stage("lr_in_ext_output")
 
 OFPVID_PRESENT = 0x1000
 OFPVID_NONE = 0x0000
@@ -75,20 +82,33 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
     view = view_of(graph, hv_name)
     if view is None:
         return []
+    # Imported here: these build on this module's L2 helpers.
+    from flows.nat import EXT_IN_FIP, local_fips, nat_flows
+    from flows.routing import routing_flows
+
+    fips = local_fips(graph, view)
+    fip_networks = {f.ext.id for f in fips}
     flows: list[Flow] = []
     flows += _default_flows()
     flows += _classify_local_ports(view)
     for net in view.networks.values():
-        flows += _classify_from_fabric(view, net)
+        flows += classify_from_fabric(view, net, EXT_IN_FIP if net.id in fip_networks else L2_LOOKUP)
         flows += _arp_responder(graph, view, net)
         flows += nd_responder(graph, view, net)
         flows += _l2_lookup(graph, view, net)
     flows += _deliver(view)
-    # Imported here: these build on this module's L2 helpers.
-    from flows.routing import routing_flows
-
+    flows += security_flows(graph, view)
     flows += routing_flows(graph, view)
+    flows += nat_flows(view, fips)
     return flows
+
+
+def security_flows(graph: TopologyGraph, view: HypervisorView) -> list[Flow]:
+    """Port security and security groups of the local ports (see :mod:`flows.portsec`, :mod:`flows.acl`)."""
+    from flows.acl import acl_flows
+    from flows.portsec import port_security_flows
+
+    return port_security_flows(view.local_ports) + acl_flows(graph, view.local_ports)
 
 
 def _default_flows() -> list[Flow]:
@@ -99,6 +119,11 @@ def _default_flows() -> list[Flow]:
         make_flow(ND_TLL, "drop", {}, description="not an answer of ours: drop"),
         make_flow(L2_LOOKUP, "drop", {}, description="no logical network: drop"),
         make_flow(DELIVER, "drop", {}, description="no logical out-port: drop"),
+        make_flow(EXT_IN_FIP, "default", {}, goto=L2_LOOKUP, description="not for a floating IP here"),
+        make_flow(FIP_SNAT, "drop", {}, description="no floating IP: no external access (fixed IPs stay inside)"),
+        make_flow(EXT_RESOLVE, "drop", {}, description="no external network here: drop"),
+        make_flow(MAC_BINDING, "default", {}, description="neighbour not learned: eth_dst stays unset"),
+        make_flow(EXT_OUTPUT, "drop", {}, description="no external network here: drop"),
     ]
 
 
@@ -111,13 +136,16 @@ def _classify_local_ports(view: HypervisorView) -> Iterator[Flow]:
             CLASSIFY, "vm_port",
             {"in_port": view.ofports[port.ofport_name], "vlan_vid": OFPVID_NONE},
             [SetField(REG_NETWORK, net.key), SetField(REG_INPORT, port.key)],
-            goto=ARP_RSP,
+            goto=PORT_SEC,
             description=f"from port {port.id} into network {net.id}",
         )
 
 
-def _classify_from_fabric(view: HypervisorView, net: Network) -> Iterator[Flow]:
-    """Packets of ``net`` arriving from other hypervisors (tunnel) or the provider network."""
+def classify_from_fabric(view: HypervisorView, net: Network, goto: Stage = L2_LOOKUP) -> Iterator[Flow]:
+    """Packets of ``net`` arriving from other hypervisors (tunnel) or the provider network.
+
+    An external network's frames go to ``ext_in_fip`` first where floating IPs are hosted.
+    """
     mark = [SetField(REG_NETWORK, net.key), SetField(REG_FLAGS, FLAG_FROM_REMOTE)]
     if net.network_type in OVERLAY_TYPES:
         tun = view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
@@ -140,7 +168,7 @@ def _classify_from_fabric(view: HypervisorView, net: Network) -> Iterator[Flow]:
         match = {"in_port": patch, "vlan_vid": OFPVID_NONE}
         actions = mark
     yield make_flow(
-        CLASSIFY, "provider", match, actions, goto=L2_LOOKUP,
+        CLASSIFY, "provider", match, actions, goto=goto,
         description=f"{net.network_type} {net.physical_network}:{net.segmentation_id} into network {net.id}",
     )
 
@@ -162,13 +190,13 @@ def _arp_responder(graph: TopologyGraph, view: HypervisorView, net: Network) -> 
                     description=f"port {port.id} asks for its own {ip}: let it through",
                 )
             yield make_flow(
-                ARP_RSP, "answer", match, _arp_reply(port.mac_address, ip),
+                ARP_RSP, "answer", match, arp_reply(port.mac_address, ip),
                 description=f"answer ARP who-has {ip} with {port.mac_address} (port {port.id})",
             )
 
 
-def _arp_reply(mac: str, ip: str) -> list:
-    """Turn an ARP request into the reply, in place, and send it back out of in_port."""
+def arp_reply(mac: str, ip: str, out: list | None = None) -> list:
+    """Turn an ARP request into the reply, in place, and send it back (``out``; default: out of in_port)."""
     return [
         RegMove("eth_src", "eth_dst", 48),
         SetField("eth_src", mac),
@@ -177,7 +205,7 @@ def _arp_reply(mac: str, ip: str) -> list:
         SetField("arp_sha", mac),
         RegMove("arp_spa", "arp_tpa", 32),
         SetField("arp_spa", ip),
-        Output(IN_PORT),
+        *(out if out is not None else [Output(IN_PORT)]),
     ]
 
 
@@ -189,10 +217,10 @@ def to_fabric(view: HypervisorView, graph: TopologyGraph, net: Network, hv_name:
         if tun is None or remote is None:
             return None
         return [SetField("tunnel_id", net.segmentation_id), SetField("tun_ipv4_dst", remote.tunnel_ip), Output(tun)]
-    return _to_provider(view, net)
+    return to_provider(view, net)
 
 
-def _to_provider(view: HypervisorView, net: Network) -> list | None:
+def to_provider(view: HypervisorView, net: Network) -> list | None:
     patch = view.ofports.get(provider_patch_name(net.physical_network or ""))
     if patch is None:
         return None
@@ -206,7 +234,7 @@ def _l2_lookup(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iter
     local_copies: list = []
     for port in view.local_ports:
         if port.network_id == net.id:
-            local_copies += [SetField(REG_OUTPORT, port.key), Resubmit(DELIVER.name)]
+            local_copies += [SetField(REG_OUTPORT, port.key), Resubmit(OUT_PRE_ACL.name)]
     yield make_flow(
         L2_LOOKUP, "flood_from_remote", {REG_NETWORK: net.key, REG_FLAGS: (FLAG_FROM_REMOTE, FLAG_FROM_REMOTE)},
         local_copies, description=f"flood from the fabric in network {net.id}: local ports only",
@@ -225,7 +253,7 @@ def l2_unicast(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iter
         match = {REG_NETWORK: net.key, "eth_dst": port.mac_address}
         if port.id in local_ids:
             yield make_flow(
-                L2_LOOKUP, "unicast", match, [SetField(REG_OUTPORT, port.key)], goto=DELIVER,
+                L2_LOOKUP, "unicast", match, [SetField(REG_OUTPORT, port.key)], goto=OUT_PRE_ACL,
                 description=f"{port.mac_address} is local port {port.id}",
             )
         elif port.binding_host and port.binding_host != here:
@@ -239,7 +267,7 @@ def l2_unicast(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iter
 
 def _flood_to_fabric(graph: TopologyGraph, view: HypervisorView, net: Network) -> list:
     if net.network_type not in OVERLAY_TYPES:
-        return _to_provider(view, net) or []
+        return to_provider(view, net) or []
     actions: list = []
     for hv_name in sorted(graph.hypervisors_of(net.id) - {view.hv.name}):
         actions += to_fabric(view, graph, net, hv_name) or []

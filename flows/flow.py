@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from flows.pipeline import COOKIE_STAGE_SHIFT, PipelineError, Stage
+from flows.pipeline import COOKIE_STAGE_SHIFT, STAGE_BY_NAME, PipelineError, Stage
 
 MatchValue = int | str | tuple[int, int]
 """An int, an address string (MAC, IPv4, IPv6) or a (value, mask) pair of ints."""
@@ -91,7 +91,68 @@ class PopVlan:
         return "PopVlan()"
 
 
-Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl
+@dataclass(frozen=True, slots=True, repr=False)
+class Learn:
+    """NXAST_LEARN: the switch adds (or refreshes) a flow in stage ``table``, built from this packet.
+
+    The learned flow matches each ``matches`` pair (field of the learned flow, field
+    of this packet whose value it takes) and its actions load each ``loads`` pair
+    (field of this packet, field of the learned flow to set). It carries ``cookie``
+    and ages out after ``idle_timeout`` seconds unused.
+    """
+
+    table: str  # stage name; the stage must be declared switch_owned
+    priority: int
+    idle_timeout: int
+    cookie: int
+    matches: tuple[tuple[str, str], ...]
+    loads: tuple[tuple[str, str], ...]
+
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return (f"Learn({self.table!r}, {self.priority}, {self.idle_timeout}, {self.cookie:#x}, "
+                f"{self.matches!r}, {self.loads!r})")
+
+
+# ct_state bits (OVS's; os-ken does not name them).
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class CT:
+    """NXAST_CT: send the packet through the connection tracker in conntrack ``zone``.
+
+    ``zone`` is an immediate 16-bit zone or the name of a field whose low 16 bits hold
+    it (``ct(zone=reg8[0..15])``). ``commit`` stores the connection. With ``table``
+    (a stage name) the pipeline forks as in OVS: the tracked packet (``ct_state`` /
+    ``ct_zone`` set) resumes in that table, the original goes on untracked after this
+    action; our flows therefore end with it.
+    """
+
+    commit: bool = False
+    zone: int | str = 0
+    table: str | None = None
+
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"CT({self.commit}, {self.zone!r}, {self.table!r})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Conjunction:
+    """NXAST_CONJUNCTION: this flow is clause ``clause`` (1-based) of ``n_clauses`` of conjunctive match ``id``.
+
+    A flow with conjunction actions has no other action and no goto; every flow of one
+    conjunctive match (and the flow matching ``conj_id=id``) shares one priority.
+    """
+
+    id: int
+    clause: int
+    n_clauses: int
+
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"Conjunction({self.id}, {self.clause}, {self.n_clauses})"
+
+
+Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl | Learn | CT | Conjunction
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +199,15 @@ def make_flow(
     if goto is not None and goto.name not in stage.next_stages:
         raise PipelineError(f"{stage.name}: goto {goto.name} not allowed")
     for act in actions:
+        if isinstance(act, CT) and act.table is not None and act.table not in stage.next_stages:
+            raise PipelineError(f"{stage.name}: ct(table={act.table}) not allowed")
+        if isinstance(act, Conjunction) and (goto is not None or not all(isinstance(a, Conjunction) for a in actions)
+                                             or not 1 <= act.clause <= act.n_clauses or act.n_clauses < 2):
+            raise PipelineError(f"{stage.name}: a conjunction flow has only valid conjunction actions, no goto")
         if isinstance(act, Resubmit) and act.table not in stage.next_stages + stage.resubmit_stages:
             raise PipelineError(f"{stage.name}: resubmit to {act.table} not allowed")
+        if isinstance(act, Learn):
+            _check_learn(stage, act)
     prio = stage.priority(priority, priority_offset)
     match_t = tuple(sorted(match.items()))
     actions_t = tuple(actions)
@@ -148,3 +216,15 @@ def make_flow(
         stage.table_id, prio, match_t, actions_t, goto_id
     )
     return Flow(stage.table_id, prio, match_t, actions_t, goto_id, cookie, description)
+
+
+def _check_learn(stage: Stage, act: Learn) -> None:
+    """A learn action may only write into a switch-owned stage, with that stage's matches and cookie."""
+    target = STAGE_BY_NAME.get(act.table)
+    if target is None or not target.switch_owned:
+        raise PipelineError(f"{stage.name}: learn into {act.table}, which is not a switch-owned stage")
+    bad = {dst for dst, _ in act.matches} - target.allowed_matches
+    if bad:
+        raise PipelineError(f"{stage.name}: learned flow in {target.name} may not match on {sorted(bad)}")
+    if act.cookie >> COOKIE_STAGE_SHIFT != target.table_id:
+        raise PipelineError(f"{stage.name}: learned cookie {act.cookie:#x} does not name {target.name}")

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import netaddr
 
-from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.flow import (
+    CONTROLLER,
+    CT,
+    IN_PORT,
+    Conjunction,
+    DecTtl,
+    Flow,
+    Learn,
+    Output,
+    PopVlan,
+    PushVlan,
+    RegMove,
+    Resubmit,
+    SetField,
+)
 from flows.pipeline import STAGE_BY_NAME
 
 # os-ken's OXM names that ovs-ofctl spells differently.
@@ -36,7 +50,18 @@ def _scalar(name: str, value) -> str:
     return f"{value:#x}" if value > 9 else str(value)
 
 
+_CT_FLAGS = (("new", 0x01), ("est", 0x02), ("rel", 0x04), ("rpl", 0x08), ("inv", 0x10), ("trk", 0x20))
+
+
+def ct_state_text(value) -> str:
+    """``+trk+est-rpl`` for a ct_state value (or (value, mask) pair)."""
+    val, mask = value if isinstance(value, tuple) else (value, value)
+    return "".join(("+" if val & bit else "-") + name for name, bit in _CT_FLAGS if mask & bit)
+
+
 def _value(value, name: str = "") -> str:
+    if name == "ct_state":
+        return ct_state_text(value)
     if isinstance(value, tuple):
         return f"{_scalar(name, value[0])}/{_scalar(name, value[1])}"
     return _scalar(name, value)
@@ -60,6 +85,19 @@ def action_text(act) -> str:
         return "pop_vlan"
     if isinstance(act, DecTtl):
         return "dec_ttl"
+    if isinstance(act, Learn):
+        specs = [f"{field_name(dst)}={field_name(src)}" for dst, src in act.matches]
+        specs += [f"load:{field_name(src)}[]->{field_name(dst)}[]" for src, dst in act.loads]
+        return (f"learn(table={STAGE_BY_NAME[act.table].table_id},idle_timeout={act.idle_timeout},"
+                f"priority={act.priority},cookie={act.cookie:#x},{','.join(specs)})")
+    if isinstance(act, CT):
+        args = ["commit"] if act.commit else []
+        args.append(f"zone={field_name(act.zone)}[0..15]" if isinstance(act.zone, str) else f"zone={act.zone}")
+        if act.table is not None:
+            args.append(f"table={STAGE_BY_NAME[act.table].table_id}")
+        return f"ct({','.join(args)})"
+    if isinstance(act, Conjunction):
+        return f"conjunction({act.id},{act.clause}/{act.n_clauses})"
     raise TypeError(f"no ofctl text for {act!r}")
 
 

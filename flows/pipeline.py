@@ -20,6 +20,9 @@ Registers (named once here, like OVN's ``REGBIT_*``):
 - ``reg0`` (:data:`REG_NEXTHOP`): the IPv4 next hop chosen by ``lr_in_ip_routing``
   (the destination itself for a connected subnet); ``xxreg0``
   (:data:`REG_NEXTHOP6`) the same for IPv6.
+- ``reg8`` (:data:`REG_CT_ZONE`): the conntrack zone of the port whose security
+  groups are being applied (set by ``ls_in_pre_acl`` / ``ls_out_pre_acl`` right before
+  ``ct``), so one ``ct(commit, zone=reg8[0..15])`` flow serves every port.
 
 Table ids leave gaps so the stages of later features (port security, ACLs,
 routing, NAT) slot in between without renumbering.
@@ -36,6 +39,7 @@ REG_FLAGS = "reg4"
 REG_ROUTER = "reg3"
 REG_NEXTHOP = "reg0"
 REG_NEXTHOP6 = "xxreg0"
+REG_CT_ZONE = "reg8"
 FLAG_FROM_REMOTE = 0x1
 
 # The top 8 bits of every cookie carry the table id of the flow's stage, so
@@ -61,6 +65,8 @@ class Stage:
     resubmit_stages: tuple[str, ...] = ()
     # Named priorities a flow may add an offset to (routes: base + prefix length).
     ranged: frozenset[str] = frozenset()
+    # Flows the switch adds itself (learn actions): reconciliation never deletes them.
+    switch_owned: bool = False
 
     def priority(self, name: str, offset: int = 0) -> int:
         """Return the numeric priority declared under ``name`` (+ ``offset`` for a ranged one)."""
@@ -92,7 +98,70 @@ STAGES: tuple[Stage, ...] = (
         "interface MAC of its subnet (dvr_mac). Anything unknown is dropped.",
         allowed_matches=frozenset({"in_port", "tunnel_id", "vlan_vid", "eth_src", "eth_type", "ipv4_dst", "ipv6_dst"}),
         priorities={"dvr_mac": 110, "vm_port": 100, "tunnel": 100, "provider": 100, "drop": 0},
-        next_stages=("ls_in_arp_rsp", "ls_in_l2_lookup"),
+        next_stages=("ls_in_port_sec", "ls_in_arp_rsp", "ls_in_l2_lookup", "ext_in_fip"),
+    ),
+    Stage(
+        name="ls_in_port_sec",
+        table_id=2,
+        doc="Port security (anti-spoofing) of the sending local port. With port security "
+        "on, a port may send only from its MAC and its fixed addresses (or an allowed "
+        "address pair's MAC and address/CIDR), IPv6 link-local (fe80::/64) included (allow); "
+        "ARP only with its own sender MAC and address (allow); a booting VM's DHCP "
+        "request from 0.0.0.0, ARP probe (sender 0.0.0.0), and DAD / MLD / router "
+        "solicitation from :: pass too (boot). Neighbour Advertisements for addresses it "
+        "owns pass (nd_ok); any other advertisement, router advertisements and redirects, "
+        "and DHCP server replies (UDP source port 67 / 547) are dropped (block). Everything "
+        "else from a secured port, other ethertypes included, is dropped (default). A port "
+        "with port security off passes everything (disabled).",
+        allowed_matches=frozenset({REG_INPORT, "eth_src", "eth_type", "ipv4_src", "ipv6_src", "arp_sha", "arp_spa",
+                                   "ip_proto", "udp_src", "udp_dst", "icmpv6_type", "ipv6_nd_target"}),
+        priorities={"nd_ok": 140, "block": 130, "boot": 110, "allow": 100, "disabled": 100, "default": 0},
+        next_stages=("ls_in_pre_acl",),
+    ),
+    Stage(
+        name="ls_in_pre_acl",
+        table_id=4,
+        doc="Before the egress security-group rules of the sending port (Neutron's "
+        "egress: from the VM). IPv4/IPv6 from a port with security groups goes to the "
+        "connection tracker in the port's zone (reg8 := zone, then ct(zone, "
+        "table=ls_in_acl)) (track). Neighbour Discovery, MLD and DHCP/DHCPv6 client "
+        "requests are never filtered by security groups (always); nor is anything from "
+        "a port without security groups, nor ARP (default).",
+        allowed_matches=frozenset({REG_INPORT, "eth_type", "ip_proto", "udp_src", "udp_dst", "icmpv6_type"}),
+        priorities={"always": 110, "track": 100, "default": 0},
+        next_stages=("ls_in_acl", "ls_in_arp_rsp"),
+    ),
+    Stage(
+        name="ls_in_acl",
+        table_id=6,
+        doc="The sending port's egress security-group rules, on tracked packets: "
+        "conntrack-invalid is dropped (invalid); replies and related packets of "
+        "committed connections pass (established); every other packet (a new "
+        "connection's or an established one's original direction: so a removed rule cuts "
+        "connections it allowed) passes only if one of the port's egress rules allows it "
+        "(rule: matched on reg7 and the rule's fields; conj: remote-group rules as OVS "
+        "conjunctive matches, linear in members + ports), then is committed "
+        "(ct(commit, zone=reg8)). Anything else is dropped (drop).",
+        allowed_matches=frozenset({REG_INPORT, "ct_state", "conj_id", "eth_type", "ip_proto", "ipv4_dst", "ipv6_dst",
+                                   "tcp_dst", "udp_dst", "icmpv4_type", "icmpv4_code", "icmpv6_type",
+                                   "icmpv6_code"}),
+        priorities={"invalid": 200, "established": 190, "conj": 110, "rule": 100, "drop": 0},
+        next_stages=("ls_in_arp_rsp",),
+    ),
+    Stage(
+        name="ext_in_fip",
+        table_id=10,
+        doc="From an external network (a provider network with router:external), on a "
+        "hypervisor that hosts ports with floating IPs on it: an ARP request for one of "
+        "those floating IPs is answered with the floating IP's own MAC (arp_answer: only "
+        "the hosting hypervisor answers, no MAC is shared between hosts) and an ARP for "
+        "or from a floating IP teaches lr_in_mac_binding the sender's MAC (arp_learn); "
+        "an IPv4 packet to a floating IP's MAC and address is DNATed to the fixed address "
+        "(stateless 1:1), routed into the port's network and handed to L2 lookup (dnat). "
+        "Everything else goes on to L2 lookup of the external network (default).",
+        allowed_matches=frozenset({REG_NETWORK, "eth_type", "eth_dst", "arp_op", "arp_spa", "arp_tpa", "ipv4_dst"}),
+        priorities={"arp_answer": 100, "arp_learn": 100, "dnat": 100, "default": 0},
+        next_stages=("ls_in_l2_lookup",),
     ),
     Stage(
         name="ls_in_arp_rsp",
@@ -133,14 +202,14 @@ STAGES: tuple[Stage, ...] = (
         table_id=30,
         doc="L2 lookup within the logical network: a frame from a local port to a "
         "router interface MAC goes to the router's stages (to_router); a known unicast MAC goes to its "
-        "local port (via ls_out_deliver) or straight to the hosting hypervisor "
+        "local port (via its ingress ACL, ls_out_pre_acl) or straight to the hosting hypervisor "
         "(tunnel with the network's VNI, or the provider network with its VLAN). "
         "Broadcast, multicast and unknown unicast are flooded to the network's local "
         "ports and, only when the packet came from a local port, to each remote "
         "hypervisor that hosts the network: never to any other network.",
         allowed_matches=frozenset(_REGS | {"eth_dst"}),
         priorities={"unicast": 100, "to_router": 100, "flood_from_remote": 10, "flood": 5, "drop": 0},
-        next_stages=("lr_in_ip_input", "ls_out_deliver"),
+        next_stages=("lr_in_ip_input", "ls_out_pre_acl", "ls_out_deliver"),
     ),
     Stage(
         name="lr_in_ip_input",
@@ -166,7 +235,7 @@ STAGES: tuple[Stage, ...] = (
         allowed_matches=frozenset({REG_ROUTER, "eth_type", "ipv4_dst", "ipv6_dst"}),
         priorities={"route": 100, "drop": 0},
         ranged=frozenset({"route"}),
-        next_stages=("lr_in_arp_resolve",),
+        next_stages=("lr_in_arp_resolve", "lr_in_fip_snat"),
     ),
     Stage(
         name="lr_in_arp_resolve",
@@ -178,6 +247,80 @@ STAGES: tuple[Stage, ...] = (
         allowed_matches=frozenset({REG_ROUTER, REG_NETWORK, REG_NEXTHOP, REG_NEXTHOP6, "eth_type"}),
         priorities={"resolved": 100, "drop": 0},
         resubmit_stages=("ls_in_l2_lookup",),
+    ),
+    Stage(
+        name="lr_in_fip_snat",
+        table_id=46,
+        doc="Routed out of the external gateway: a packet from a local port's fixed "
+        "address that has a floating IP (matched on the in-port and the fixed address) "
+        "leaves with the floating IP as source address and the floating IP's MAC as "
+        "source MAC (snat). Only the hypervisor hosting the port holds the flow. Any other "
+        "source is dropped: fixed addresses never show on the external network (default).",
+        allowed_matches=frozenset({REG_NETWORK, REG_INPORT, "eth_type", "ipv4_src"}),
+        priorities={"snat": 100, "drop": 0},
+        next_stages=("lr_in_ext_resolve",),
+    ),
+    Stage(
+        name="lr_in_ext_resolve",
+        table_id=48,
+        doc="Next hop on the external network to MAC. A floating IP hosted here "
+        "(hairpin: a VM to its own or a neighbour's floating IP) is taken straight back to "
+        "ext_in_fip with the in-port cleared, never onto the wire (local_fip); any other "
+        "next hop is looked up in lr_in_mac_binding (lookup), then sent by lr_in_ext_output.",
+        allowed_matches=frozenset({REG_NETWORK, REG_NEXTHOP, "eth_type"}),
+        priorities={"local_fip": 110, "lookup": 100, "drop": 0},
+        next_stages=("lr_in_ext_output",),
+        resubmit_stages=("ext_in_fip", "lr_in_mac_binding"),
+    ),
+    Stage(
+        name="lr_in_mac_binding",
+        table_id=49,
+        doc="External neighbours' MACs, learned by the switch itself (OVS learn action in "
+        "ext_in_fip) from ARP addressed to a floating IP hosted here: (external network, "
+        "next hop) -> eth_dst. These flows belong to the switch: reconciliation leaves them "
+        "alone and they age out after LEARNED_IDLE_TIMEOUT seconds unused. Miss: eth_dst "
+        "stays 00:00:00:00:00:00 (default).",
+        allowed_matches=frozenset({REG_NETWORK, REG_NEXTHOP}),
+        priorities={"learned": 100, "default": 0},
+        switch_owned=True,
+    ),
+    Stage(
+        name="lr_in_ext_output",
+        table_id=50,
+        doc="Out to the external network through the provider bridge (out). A next hop "
+        "whose MAC is not known yet goes to the controller, which sends an ARP request "
+        "for it from the floating IP (unresolved; rate-limited, the packet is dropped, as "
+        "OVN does); the reply is learned by ext_in_fip.",
+        allowed_matches=frozenset({REG_NETWORK, "eth_dst"}),
+        priorities={"unresolved": 110, "out": 100, "drop": 0},
+    ),
+    Stage(
+        name="ls_out_pre_acl",
+        table_id=52,
+        doc="Before the ingress security-group rules of the destination local port "
+        "(reg5; Neutron's ingress: to the VM), reached from L2 lookup (goto for unicast, "
+        "resubmit for each copy of a flood). IPv4/IPv6 to a port with security groups goes "
+        "to the connection tracker in that port's zone (reg8 := zone, then ct(zone, "
+        "table=ls_out_acl)) (track). Neighbour Discovery, MLD, router advertisements and "
+        "DHCP/DHCPv6 server replies are never filtered by security groups (always); nor is "
+        "anything to a port without security groups, nor ARP (default).",
+        allowed_matches=frozenset({REG_OUTPORT, "eth_type", "ip_proto", "udp_src", "udp_dst", "icmpv6_type"}),
+        priorities={"always": 110, "track": 100, "default": 0},
+        next_stages=("ls_out_acl", "ls_out_deliver"),
+    ),
+    Stage(
+        name="ls_out_acl",
+        table_id=54,
+        doc="The destination port's ingress security-group rules, on tracked packets, "
+        "with the same structure as ls_in_acl: invalid dropped (invalid), replies and "
+        "related pass (established), anything else passes only if an ingress rule of the "
+        "port allows it (rule, conj: remote prefix or remote group matched on the source "
+        "address), committed in the port's zone; else dropped (drop).",
+        allowed_matches=frozenset({REG_OUTPORT, "ct_state", "conj_id", "eth_type", "ip_proto", "ipv4_src",
+                                   "ipv6_src", "tcp_dst", "udp_dst", "icmpv4_type", "icmpv4_code", "icmpv6_type",
+                                   "icmpv6_code"}),
+        priorities={"invalid": 200, "established": 190, "conj": 110, "rule": 100, "drop": 0},
+        next_stages=("ls_out_deliver",),
     ),
     Stage(
         name="ls_out_deliver",

@@ -49,6 +49,7 @@ L2_LOOKUP = stage("ls_in_l2_lookup")
 IP_INPUT = stage("lr_in_ip_input")
 ROUTING = stage("lr_in_ip_routing")
 ARP_RESOLVE = stage("lr_in_arp_resolve")
+FIP_SNAT = stage("lr_in_fip_snat")
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 ICMP, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 1, 8, 0
@@ -63,6 +64,7 @@ class Interface:
     ip: netaddr.IPAddress
     cidr: netaddr.IPNetwork
     network: Network
+    subnet_gateway: str | None = None  # the subnet's gateway_ip (the external gateway's default next hop)
 
 
 def routers_of(graph: TopologyGraph, view: HypervisorView) -> list[Router]:
@@ -90,6 +92,20 @@ def interfaces_of(graph: TopologyGraph, router: Router) -> list[Interface]:
             if net is not None and subnet is not None:
                 out.append(Interface(port, netaddr.IPAddress(fixed.ip_address), netaddr.IPNetwork(subnet.cidr), net))
     return out
+
+
+def gateway_of(graph: TopologyGraph, router: Router) -> Interface | None:
+    """The router's IPv4 gateway on its external network, or None."""
+    port = graph.port(router.gw_port_id) if router.gw_port_id else None
+    net = graph.network(port.network_id) if port is not None else None
+    if port is None or net is None:
+        return None
+    for fixed in port.fixed_ips:
+        subnet = graph.subnet(fixed.subnet_id)
+        if subnet is not None and subnet.ip_version == 4:
+            return Interface(port, netaddr.IPAddress(fixed.ip_address), netaddr.IPNetwork(subnet.cidr), net,
+                             subnet.gateway_ip)
+    return None
 
 
 def router_interface(graph: TopologyGraph, router_key: int, network_key: int) -> tuple[str, str] | None:
@@ -123,7 +139,7 @@ def routing_flows(graph: TopologyGraph, view: HypervisorView) -> list[Flow]:
         flows += _to_router(view, router, ifaces)
         flows += _echo_replies(view, router, ifaces)
         flows += _ttl_expired(view, router, ifaces)
-        flows += _routes(router, ifaces)
+        flows += _routes(router, ifaces, gateway_of(graph, router))
         for iface in ifaces:
             routed_networks[iface.network.id] = iface.network
     for net in sorted(routed_networks.values(), key=lambda n: n.key):
@@ -194,24 +210,38 @@ def _route_actions(iface: Interface, nexthop: netaddr.IPAddress | None) -> list:
     return actions
 
 
-def _routes(router: Router, ifaces: list[Interface]) -> Iterator[Flow]:
-    """Connected subnets and extra routes, longest prefix first (priority 100 + prefix length)."""
+def _routes(router: Router, ifaces: list[Interface], gateway: Interface | None) -> Iterator[Flow]:
+    """Connected subnets, extra routes and the external gateway's, longest prefix first (100 + prefix length).
+
+    Out of the gateway a packet goes to lr_in_fip_snat: only a fixed address with a
+    floating IP on this hypervisor gets out (SNAT of the others comes later).
+    """
     seen: set[tuple] = set()
-    for iface in ifaces:
+    connected = [*ifaces, gateway] if gateway is not None else ifaces
+    for iface in connected:
         key = (iface.cidr.cidr, None)
         if key not in seen:
             seen.add(key)
-            yield _route(router, iface, iface.cidr, None, "connected")
-    for destination, nexthop in router.routes:
+            yield _route(router, iface, iface.cidr, None, "connected", gateway=iface is gateway)
+    default_hop = _default_gateway(gateway)
+    for destination, nexthop in [*router.routes, *default_hop]:
         dest, hop = netaddr.IPNetwork(destination), netaddr.IPAddress(nexthop)
-        via = next((i for i in ifaces if hop in i.cidr and i.ip.version == hop.version), None)
-        if via is None or (dest.cidr, hop) in seen:
+        via = next((i for i in connected if hop in i.cidr and i.ip.version == hop.version), None)
+        if via is None or (dest.cidr, None) in seen or (dest.cidr, hop) in seen:
             continue  # the API refuses a next hop outside the router's subnets; be safe anyway
         seen.add((dest.cidr, hop))
-        yield _route(router, via, dest, hop, f"extra route via {hop}")
+        yield _route(router, via, dest, hop, f"extra route via {hop}" if (destination, nexthop) in router.routes
+                     else f"default route via the external gateway {hop}", gateway=via is gateway)
 
 
-def _route(router: Router, iface: Interface, dest: netaddr.IPNetwork, hop, what: str) -> Flow:
+def _default_gateway(gateway: Interface | None) -> list[tuple[str, str]]:
+    """0.0.0.0/0 via the external subnet's gateway, unless an extra route says otherwise."""
+    if gateway is None or not gateway.subnet_gateway:
+        return []
+    return [("0.0.0.0/0", gateway.subnet_gateway)]
+
+
+def _route(router: Router, iface: Interface, dest: netaddr.IPNetwork, hop, what: str, gateway: bool = False) -> Flow:
     if dest.version == 4:
         match = {REG_ROUTER: router.key, "eth_type": ETH_IPV4,
                  "ipv4_dst": (int(dest.network), int(dest.netmask))}
@@ -219,7 +249,8 @@ def _route(router: Router, iface: Interface, dest: netaddr.IPNetwork, hop, what:
         match = {REG_ROUTER: router.key, "eth_type": ETH_IPV6,
                  "ipv6_dst": (int(dest.network), int(dest.netmask))}
     return make_flow(
-        ROUTING, "route", match, _route_actions(iface, hop), goto=ARP_RESOLVE, priority_offset=dest.prefixlen,
+        ROUTING, "route", match, _route_actions(iface, hop), goto=FIP_SNAT if gateway else ARP_RESOLVE,
+        priority_offset=dest.prefixlen,
         description=f"router {router.id}: {dest.cidr} {what} out of network {iface.network.id}",
     )
 

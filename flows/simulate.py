@@ -37,11 +37,15 @@ from dataclasses import dataclass, field
 
 import netaddr
 
+from flows.conntrack import Conntrack, lint_conntrack
 from flows.flow import (
+    CT,
     IN_PORT,
     Action,
+    Conjunction,
     DecTtl,
     Flow,
+    Learn,
     MatchValue,
     Output,
     PopVlan,
@@ -50,7 +54,7 @@ from flows.flow import (
     Resubmit,
     SetField,
 )
-from flows.ofctl import action_text
+from flows.ofctl import action_text, ct_state_text
 from flows.pipeline import STAGE_BY_NAME, STAGE_BY_TABLE
 
 MAX_DEPTH = 64  # OVS's resubmit depth limit
@@ -95,8 +99,11 @@ FIELDS: dict[str, tuple[str, int]] = {
     "icmpv4_code": ("int", 8),
     "icmpv6_type": ("int", 8),
     "icmpv6_code": ("int", 8),
-    **{f"reg{i}": ("int", 32) for i in range(8)},
+    **{f"reg{i}": ("int", 32) for i in range(16)},
     **{f"xxreg{i}": ("int", 128) for i in range(4)},
+    "ct_state": ("int", 32),  # set only in the copy a ct(table=...) action resumes (flows.conntrack)
+    "ct_zone": ("int", 16),
+    "conj_id": ("int", 32),  # set only while a completed conjunctive match is looked up again
 }
 
 # A field that only exists in packets of one ethertype (OVS's match prerequisites).
@@ -110,7 +117,11 @@ PREREQ_ETH_TYPE: dict[str, int] = {
 }
 
 # Left out of emitted packets: they never leave the switch.
-METADATA = frozenset({"in_port", "metadata", *(f"reg{i}" for i in range(8)), *(f"xxreg{i}" for i in range(4))})
+METADATA = frozenset({"in_port", "metadata", "ct_state", "ct_zone", "conj_id", *(f"reg{i}" for i in range(16)),
+                      *(f"xxreg{i}" for i in range(4))})
+# Transport fields exist only in packets of their IP protocol (and IPv4 or IPv6).
+PREREQ_IP_PROTO: dict[str, int] = {"tcp_src": 6, "tcp_dst": 6, "udp_src": 17, "udp_dst": 17,
+                                   "icmpv4_type": 1, "icmpv4_code": 1, "icmpv6_type": 58, "icmpv6_code": 58}
 DEFAULT_TTL = 64
 
 
@@ -174,6 +185,9 @@ def _packet_value(packet: Mapping[str, int], name: str) -> int | None:
     need = PREREQ_ETH_TYPE.get(name)
     if need is not None and packet.get("eth_type") != need:
         return None
+    proto = PREREQ_IP_PROTO.get(name)
+    if proto is not None and (packet.get("ip_proto") != proto or packet.get("eth_type") not in (0x0800, 0x86DD)):
+        return None
     if name == "vlan_vid":
         vid = packet.get("vlan_vid")
         return 0 if vid is None else OFPVID_PRESENT | vid
@@ -210,6 +224,8 @@ _HEX_FIELDS = frozenset({"eth_type", "vlan_vid", "tunnel_id", "metadata", *(f"re
 
 
 def _fmt_value(name: str, v: MatchValue) -> str:
+    if name == "ct_state":
+        return ct_state_text(v)
     if isinstance(v, tuple):
         return f"{_fmt_value(name, v[0])}/{_fmt_value(name, v[1])}"
     if isinstance(v, int) and FIELDS.get(name, ("int",))[0] == "int":
@@ -280,16 +296,57 @@ class Pipeline:
             flows_.sort(key=lambda f: -f.priority)
         # Matches normalised once: (field, value, mask) with mask -1 for an exact match.
         self._compiled = {id(f): _compile_match(f) for fl in self.tables.values() for f in fl}
+        self.conntrack = Conntrack()  # survives runs: a reply finds its request's connection
+
+    def add(self, flow: Flow) -> None:
+        """Install one flow as a flow-mod ADD would (replacing the flow with the same key)."""
+        table = [f for f in self.tables.get(flow.table_id, []) if f.key != flow.key]
+        table.append(flow)
+        table.sort(key=lambda f: -f.priority)
+        self.tables[flow.table_id] = table
+        self._compiled[id(flow)] = _compile_match(flow)
+
+    def learn(self, act: Learn, packet: Mapping[str, int]) -> Flow:
+        """What an OVS learn action does: add the flow built from ``packet``'s fields (see flows.flow.Learn)."""
+        for _, src in (*act.matches, *((s, d) for s, d in act.loads)):
+            need = PREREQ_ETH_TYPE.get(src)
+            if need is not None and packet.get("eth_type") != need:
+                raise _Abort(f"learn: {src} on a packet with eth_type {packet.get('eth_type', 0):#06x}")
+        match = tuple(sorted((dst, _packet_value(packet, src) or 0) for dst, src in act.matches))
+        actions = tuple(SetField(dst, _packet_value(packet, src) or 0) for src, dst in act.loads)
+        flow = Flow(self.stages[act.table], act.priority, match, actions, None, act.cookie,
+                    f"learned: {format_match(match)}")
+        self.add(flow)
+        return flow
 
     def lookup(self, table_id: int, packet: Mapping[str, int]) -> list[Flow]:
-        """All flows of the highest matching priority in a table (more than one = a tie)."""
+        """All flows of the highest matching priority in a table (more than one = a tie).
+
+        Conjunctive matches as OVS's classifier does them: flows whose actions are
+        ``conjunction`` only count above the best ordinary match; at the highest such
+        priority where some conjunction ``id`` has a matching flow for each of its
+        clauses, the table is looked up again with ``conj_id = id``. Incomplete
+        conjunctions are ignored.
+        """
         found: list[Flow] = []
+        soft: list[Flow] = []
         for f in self.tables.get(table_id, ()):
             if found and f.priority < found[0].priority:
                 break
             if all((have := _packet_value(packet, name)) is not None and have & mask == value
                    for name, value, mask in self._compiled[id(f)]):
-                found.append(f)
+                (soft if f.actions and type(f.actions[0]) is Conjunction else found).append(f)
+        floor = found[0].priority if found else -1
+        for prio in sorted({f.priority for f in soft if f.priority > floor}, reverse=True):
+            clauses: dict[tuple[int, int], set[int]] = {}
+            for f in soft:
+                if f.priority == prio:
+                    for a in f.actions:
+                        clauses.setdefault((a.id, a.n_clauses), set()).add(a.clause)
+            done = sorted(cid for (cid, n), got in clauses.items() if len(got) == n)
+            if done:
+                again = self.lookup(table_id, {**packet, "conj_id": done[0]})
+                return [f for f in again if not (f.actions and type(f.actions[0]) is Conjunction)]
         return found
 
     def run(self, packet: Mapping[str, int | str], *, strict: bool = True) -> SimResult:
@@ -336,7 +393,8 @@ class _Walk:
                 self.res.trace.append(Step(depth, table_id, table_name(table_id), None, "table miss: drop", "", [],
                                            call=call))
                 return
-            if len(found) > 1:
+            if len(found) > 1 and any((f.actions, f.goto) != (found[0].actions, found[0].goto) for f in found):
+                # A tie between flows with the same instructions is harmless (OVS picks either).
                 descs = " | ".join(f.description or format_match(f.match) for f in found)
                 self.res.errors.append(f"{table_name(table_id)}: {len(found)} flows tie at priority "
                                        f"{found[0].priority}: {descs}")
@@ -403,6 +461,13 @@ class _Walk:
                 step.events.append("dec_ttl: TTL expired: drop")
                 raise _Dropped()
             pkt["nw_ttl"] = ttl - 1
+        elif isinstance(act, CT):
+            self.conntrack(act, step, depth)
+        elif isinstance(act, Conjunction):
+            raise _Abort("conjunction action executed (a conjunctive flow with other actions?)")
+        elif isinstance(act, Learn):
+            self.pipe.learn(act, pkt)
+            step.events.append(f"learn into {act.table}")
         elif isinstance(act, PopVlan):
             if "vlan_vid" not in pkt:
                 raise _Abort("pop_vlan on an untagged packet")
@@ -411,6 +476,25 @@ class _Walk:
                 pkt["vlan_vid"] = pkt.pop("vlan_inner_vid")
         else:
             raise _Abort(f"unknown action {act!r}")
+
+    def conntrack(self, act: CT, step: Step, depth: int) -> None:
+        """ct: track (and commit) in the zone; with a table, the tracked copy resumes there (OVS's fork)."""
+        pkt = self.pkt
+        zone = act.zone if isinstance(act.zone, int) else pkt.get(act.zone, 0) & 0xFFFF
+        state = self.pipe.conntrack.track(pkt, zone, commit=act.commit)
+        step.events.append(f"ct zone {zone}: {action_text(act)} -> {format_match([('ct_state', state)])}")
+        if act.table is None:
+            return  # OVS: without recirculation the packet's ct fields are unchanged
+        target = self.pipe.stages.get(act.table)
+        if target is None:
+            raise _Abort(f"ct to unknown table {act.table!r}")
+        self.calls += 1
+        step.resubmits.append(self.calls)
+        self.pkt = {**pkt, "ct_state": state, "ct_zone": zone}
+        try:
+            self.table(target, depth + 1, self.calls)
+        finally:
+            self.pkt = pkt  # the original goes on, untracked
 
     def _check_prereq(self, name: str, what: str) -> None:
         if name not in FIELDS:
@@ -438,7 +522,8 @@ def lint(flows: Iterable[Flow], stages: Mapping[str, int] | None = None) -> list
     stages = stages if stages is not None else {n: s.table_id for n, s in STAGE_BY_NAME.items()}
     problems: list[str] = []
     seen: dict[tuple, Flow] = {}
-    for f in flows:
+    flows_ = list(flows)
+    for f in flows_:
         where = f"{table_name(f.table_id)} prio {f.priority} [{f.description}]"
         match = dict(f.match)
         eth_type = match.get("eth_type")
@@ -458,6 +543,7 @@ def lint(flows: Iterable[Flow], stages: Mapping[str, int] | None = None) -> list
         if old is not None and (old.actions, old.goto) != (f.actions, f.goto):
             problems.append(f"{where}: replaces [{old.description}] (same table, priority and match)")
         seen[f.key] = f
+    problems += lint_conntrack(flows_, stages, PREREQ_IP_PROTO)
     return problems
 
 

@@ -237,7 +237,7 @@ def cloud6() -> Built:
         b._port_n += 1
         port = Port(id=f"{label}-port-000000", network_id=nets[net].id, project_id="p", key=b._port_n,
                     mac_address=f"fa:16:3e:00:0{net}:10", fixed_ips=(FixedIP(f"sub6-{net}", v6),), binding_host=hv,
-                    device_owner="compute:nova")
+                    device_owner="compute:nova", attrs={"port_security_enabled": False})
         b.graph.put_port(port)
         b.built.ports[label] = port
     router = Router(id="router-r1", project_id="p", key=1)

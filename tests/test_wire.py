@@ -8,7 +8,19 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller import wire
-from flows.flow import IN_PORT, DecTtl, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField, make_flow
+from flows.flow import (
+    CT,
+    IN_PORT,
+    Conjunction,
+    DecTtl,
+    Output,
+    PopVlan,
+    PushVlan,
+    RegMove,
+    Resubmit,
+    SetField,
+    make_flow,
+)
 from flows.pipeline import stage
 
 DP = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
@@ -58,6 +70,26 @@ CASES = [
      [SetField("eth_dst", "fa:16:3e:00:00:09"), SetField("eth_src", "fe:16:c0:a8:64:01"), Resubmit("ls_in_l2_lookup")],
      [parser.OFPActionSetField(eth_dst="fa:16:3e:00:00:09"), parser.OFPActionSetField(eth_src="fe:16:c0:a8:64:01"),
       parser.NXActionResubmitTable(in_port=0xFFF8, table_id=30)], None),
+]
+
+
+CASES += [
+    ("ls_in_pre_acl", "track", {"reg7": 9, "eth_type": 0x800}, [SetField("reg8", 3), CT(zone=3, table="ls_in_acl")],
+     [parser.OFPActionSetField(reg8=3),
+      parser.NXActionCT(flags=0, zone_src="", zone_ofs_nbits=3, recirc_table=6, alg=0, actions=[])], None),
+    ("ls_in_acl", "rule", {"reg7": 9, "eth_type": 0x800, "ip_proto": 6, "tcp_dst": (1024, 0xFC00),
+                           "ipv4_dst": (0x0A000000, 0xFFFFFF00)},
+     [CT(commit=True, zone="reg8")],
+     [parser.NXActionCT(flags=1, zone_src="reg8", zone_ofs_nbits=15, recirc_table=255, alg=0, actions=[])],
+     "ls_in_arp_rsp"),
+    ("ls_out_acl", "established", {"ct_state": (0x28, 0x28)}, [], [], "ls_out_deliver"),
+    ("ls_out_acl", "conj", {"reg5": 4, "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 128},
+     [Conjunction(77, 1, 2), Conjunction(78, 1, 3)],
+     [parser.NXActionConjunction(clause=0, n_clauses=2, id_=77),
+      parser.NXActionConjunction(clause=0, n_clauses=3, id_=78)], None),
+    ("ls_out_acl", "conj", {"conj_id": 77}, [CT(commit=True, zone="reg8")],
+     [parser.NXActionCT(flags=1, zone_src="reg8", zone_ofs_nbits=15, recirc_table=255, alg=0, actions=[])],
+     "ls_out_deliver"),
 ]
 
 

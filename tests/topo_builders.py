@@ -90,14 +90,20 @@ class Builder:
         return net
 
     def port(self, label: str, net: Network, hv: str | None, ip: str | None = None,
-             mac_address: str | None = None, admin_state_up: bool = True) -> Port:
-        """Add a port bound to ``hv`` (key = creation order, MAC unique unless given)."""
+             mac_address: str | None = None, admin_state_up: bool = True, **security) -> Port:
+        """Add a port bound to ``hv`` (key = creation order, MAC unique unless given).
+
+        Port security is off unless ``security`` says otherwise (``port_security_enabled``,
+        ``security_groups``, ``allowed_address_pairs``: the port's attrs, as the topology
+        stores them): these tests are about forwarding, not filtering.
+        """
         self._port_n += 1
         n = self._port_n
         ips = (FixedIP(uid(2, net.key), ip),) if ip else ()
+        attrs = {"port_security_enabled": False, **security}
         port = Port(id=uid(3, n), network_id=net.id, project_id=net.project_id, key=n,
                     mac_address=mac_address or mac(n), fixed_ips=ips, binding_host=hv,
-                    admin_state_up=admin_state_up, device_owner="compute:nova")
+                    admin_state_up=admin_state_up, device_owner="compute:nova", attrs=attrs)
         self.graph.put_port(port)
         self.built.ports[label] = port
         return port

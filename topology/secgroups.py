@@ -318,12 +318,22 @@ class SecurityGroups(L3Base):
         return pairs
 
     def _sg_dependents(self, *ports: Port | None) -> set[str]:
-        """Hypervisors whose ACLs depend on these ports' memberships (remote-group rules).
+        """Hypervisors whose ACLs depend on these ports' memberships and addresses (remote-group rules).
 
-        Not yet part of a port write's notification: no compiled flow depends on
-        security groups until the ACL stage exists (then port writes add it).
+        Those hosting a member of any group with a rule whose remote group is one of
+        these ports' groups: their conjunctive matches list the members' addresses.
+        Every port write (create, update, delete) adds them to its notification.
         """
-        groups = {sg for p in ports if p is not None for sg in p.attrs.get("security_groups") or ()}
+        groups = {sg for p in ports if p is not None and (p.fixed_ips or p.attrs.get("allowed_address_pairs"))
+                  for sg in p.attrs.get("security_groups") or ()}  # a member without addresses adds no flow
         if not groups:
             return set()
         return graph_l3.hypervisors_of_sgs(self.graph, graph_l3.sg_referrers(self.graph, groups))
+
+    def _sg_port_change(self, old: Port, new: Port) -> set[str]:
+        """:meth:`_sg_dependents` of a port update, when it changed its groups or addresses (else none)."""
+        def member(p: Port) -> tuple:
+            return (tuple(p.attrs.get("security_groups") or ()), p.fixed_ips,
+                    tuple((a["ip_address"], a.get("mac_address")) for a in p.attrs.get("allowed_address_pairs") or ()))
+
+        return self._sg_dependents(old, new) if member(old) != member(new) else set()

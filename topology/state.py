@@ -30,6 +30,7 @@ from typing import Any
 import netaddr
 
 from topology import graph_l3, ipam, ipv6
+from topology.ctzones import with_ct_zone
 from topology.floatingips import FloatingIPs
 from topology.graph import TopologyGraph
 from topology.l3common import Deleted
@@ -486,6 +487,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                         binding_host=values.get("binding:host_id") or None,
                         admin_state_up=values.get("admin_state_up", True), device_owner=owner,
                         device_id=values.get("device_id") or "", attrs=attrs)
+            port = with_ct_zone(self.graph, port, None)
             before = self._dependents(net.id)
             with self.store.transaction() as tx:
                 key = tx.next_key("port_key", 1, PORT_KEY_MAX, tx.port_key_taken)
@@ -496,7 +498,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                 tx.put_port(self._persistable(port))
             port = self._with_status(port)
             self._apply(lambda: self._graph_put_l3([*made, port]))
-            self._notify(before | self._dependents(net.id) | {port.binding_host})
+            self._notify(before | self._dependents(net.id) | {port.binding_host} | self._sg_dependents(port))
             return port
 
     def update_port(self, port_id: str, values: dict[str, Any]) -> Port:
@@ -518,12 +520,14 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             port = replace(old, mac_address=mac, fixed_ips=fixed_ips, binding_host=host, device_owner=owner,
                            device_id=(values["device_id"] or "") if "device_id" in values else old.device_id,
                            admin_state_up=values.get("admin_state_up", old.admin_state_up), attrs=attrs)
-            before = self._dependents(old.network_id)
+            port = with_ct_zone(self.graph, port, old)
+            before = self._dependents(old.network_id) | self._sg_port_change(old, port)
             with self.store.transaction() as tx:
                 tx.put_port(self._persistable(port))
             port = self._with_status(port)
             self._apply(lambda: self.graph.put_port(port))
-            self._notify(before | self._dependents(old.network_id) | {old.binding_host, host})
+            self._notify(before | self._dependents(old.network_id) | {old.binding_host, host}
+                         | self._sg_port_change(old, port))
             return port
 
     def delete_port(self, port_id: str) -> None:
@@ -531,7 +535,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         with self.lock:
             port = self._port(port_id)
             released = self._before_port_delete(port)  # 409 for router/FIP ports; FIPs to disassociate
-            affected = self._dependents(port.network_id) | {port.binding_host}
+            affected = self._dependents(port.network_id) | {port.binding_host} | self._sg_dependents(port)
             with self.store.transaction() as tx:
                 self._put_l3(tx, released)
                 tx.delete("port", port_id)

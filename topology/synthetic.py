@@ -53,8 +53,10 @@ def wire_ofports(graph: TopologyGraph, hv_names: Iterable[str] | None = None) ->
 
 
 def synthetic_cloud(n_hvs: int = 1000, ports_per_hv: int = 20, n_networks: int = 500, seed: int = 0,
-                    vlan_fraction: float = 0.1) -> TopologyGraph:
+                    vlan_fraction: float = 0.1, port_security: bool = False) -> TopologyGraph:
     """A deterministic large cloud for benchmarks: ``n_hvs * ports_per_hv`` ports on random networks.
+
+    Ports have port security as ``port_security`` says, and no security group.
 
     Networks are vxlan (a few geneve, ``vlan_fraction`` VLAN on physnet1); every
     network has the same CIDR 10.0.0.0/16 (tenants overlap); MACs are unique.
@@ -84,7 +86,7 @@ def synthetic_cloud(n_hvs: int = 1000, ports_per_hv: int = 20, n_networks: int =
             ip = f"10.0.{k // 250}.{k % 250 + 2}"
             g.put_port(Port(id=uid(3, n), network_id=nets[j].id, project_id=nets[j].project_id, key=n + 1,
                             mac_address=mac(n), fixed_ips=(FixedIP(uid(2, j), ip),), binding_host=f"hv{i}",
-                            device_owner="compute:nova"))
+                            device_owner="compute:nova", attrs={"port_security_enabled": port_security}))
             n += 1
     wire_ofports(g)
     return g

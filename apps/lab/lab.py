@@ -8,7 +8,7 @@ Layout for ``Lab(prefix="tf1", n_hypervisors=2, provider=True)``::
     netns tf1-hv1: ovsdb-server + ovs-vswitchd (files in <workdir>/hv1)
         br-underlay (netdev, standalone): underlay0, IP 192.168.100.1/24 (the tunnel IP)
         br-int (netdev, secure): tf-vxlan, tf-geneve, tap<port>..., phy-physnet1
-        br-phys (netdev, standalone): physnet0, int-physnet1
+        br-phys (netdev, secure, a wire): physnet0 <-> int-physnet1
     netns tf1-vm-<name>: a Mininet Host, eth0 = the VM end of the tap's veth
 
 Every hypervisor is built with the operator steps of :mod:`apps.lab.steps`, nothing
@@ -129,11 +129,15 @@ class Hypervisor:
     def start_vswitchd(self) -> None:
         """Start ovs-vswitchd again; it rebuilds bridges and ports from the database, not flows.
 
-        The new vswitchd's tunnel neighbour cache is empty, so it is primed again (see
-        :meth:`prime_tunnel_neighbours`).
+        The provider bridges' flows are put back (operator step 5's
+        :func:`apps.lab.steps.wire_provider_bridge`), and the new vswitchd's tunnel
+        neighbour cache, empty, is primed again (see :meth:`prime_tunnel_neighbours`).
         """
         self.ovs.start_vswitchd()
         self.ovs.wait_bridge(steps.INTEGRATION_BRIDGE)
+        for physnet, bridge in self.bridge_mappings.items():
+            self.ovs.wait_bridge(bridge)
+            steps.wire_provider_bridge(self.ofctl, physnet, bridge, PROVIDER_NIC)
         self.prime_tunnel_neighbours()
 
     def prime_tunnel_neighbours(self) -> None:
@@ -301,7 +305,7 @@ class Lab:
         steps.attach_underlay(hv.vsctl, netns, UNDERLAY_NIC, tunnel_cidr, self.underlay_mtu)
         steps.add_tunnel_ports(hv.vsctl, tunnel_ip)
         if self.provider:
-            steps.add_provider_bridge(hv.vsctl, netns, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
+            steps.add_provider_bridge(hv.vsctl, hv.ofctl, netns, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
             hv.bridge_mappings[self.physnet] = PROVIDER_BRIDGE
         hv.ovs.wait_bridge(steps.INTEGRATION_BRIDGE)
 
@@ -394,6 +398,40 @@ class Lab:
             self.unplug_vm(vm)
             raise
         return vm
+
+    def add_outside_host(self, name: str, cidr: str, gateway: str | None = None) -> LabVM:
+        """A host outside the cloud, on the provider network itself (an upstream router, an Internet client).
+
+        Its ``eth0`` is cabled straight to the fabric's provider bridge, the physical
+        network every hypervisor's provider bridge also reaches, with address ``cidr``
+        and a default route via ``gateway`` if given. Removed like a VM (:meth:`unplug_vm`).
+        """
+        if not self.provider:
+            raise LabError("an outside host needs a lab with provider=True")
+        if name in self.vms:
+            raise LabError(f"host {name!r} already exists")
+        netns = f"{self.prefix}-out-{name}"
+        host = LabVM(name)
+        host.netns, host.port, host.tap = netns, {}, ""
+        self.vms[name] = host
+        try:
+            sh.netns_attach(netns, host.pid)
+            with self._lock:
+                self._namespaces.append(netns)
+                self._write_manifest()
+            cable = f"out-{name}"[:15]
+            sh.veth_add("eth0", netns, cable, self.fabric_netns)
+            sh.run(["ip", "-n", self.fabric_netns, "link", "set", cable, "master", "provider"])
+            sh.run(["ip", "-n", netns, "addr", "add", cidr, "dev", "eth0"])
+            if gateway:
+                sh.run(["ip", "-n", netns, "route", "replace", "default", "via", gateway, "dev", "eth0"])
+            intf = Intf("eth0", node=host, moveIntfFn=_no_move)
+            intf.ip, plen = cidr.split("/")
+            intf.prefixLen = int(plen)
+        except BaseException:
+            self.unplug_vm(host)
+            raise
+        return host
 
     def unplug_vm(self, vm: LabVM) -> None:
         """Unplug the VM's tap from br-int, stop everything running in the VM, delete its namespace."""

@@ -30,6 +30,7 @@ from apps.lab import sh
 from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, tap_name
 
 Vsctl = Callable[..., str]
+Ofctl = Callable[..., str]  # runs ``ovs-ofctl ARGS`` against the hypervisor's vswitchd
 
 INTEGRATION_BRIDGE = "br-int"
 UNDERLAY_BRIDGE = "br-underlay"
@@ -140,22 +141,23 @@ def add_tunnel_ports(vsctl: Vsctl, tunnel_ip: str) -> None:
     vsctl(*args[1:])
 
 
-def add_provider_bridge(vsctl: Vsctl, netns: str, physnet: str, bridge: str, nic: str) -> None:
+def add_provider_bridge(vsctl: Vsctl, ofctl: Ofctl, netns: str, physnet: str, bridge: str, nic: str) -> None:
     """Step 5 (optional): a provider bridge for ``physnet`` with its NIC, patched to br-int.
 
     ``ovs-vsctl add-br <bridge> -- set bridge <bridge> datapath_type=netdev
-    fail_mode=standalone -- add-port <bridge> <nic>``, then the patch pair
+    fail_mode=secure -- add-port <bridge> <nic>``, then the patch pair
     ``phy-<physnet>`` (on br-int, ``options:peer=int-<physnet>``) and
-    ``int-<physnet>`` (on the provider bridge, ``options:peer=phy-<physnet>``).
-    The hypervisor is then registered with ``bridge_mappings={physnet: bridge}``.
-    ``netns`` (the lab's hypervisor namespace): :func:`release_nic_from_kernel` on the NIC.
+    ``int-<physnet>`` (on the provider bridge, ``options:peer=phy-<physnet>``),
+    then :func:`wire_provider_bridge`. The hypervisor is then registered with
+    ``bridge_mappings={physnet: bridge}``. ``netns`` (the lab's hypervisor
+    namespace): :func:`release_nic_from_kernel` on the NIC.
     """
     release_nic_from_kernel(netns, nic)
     phy = provider_patch_name(physnet)
     peer = "int-" + physnet
     vsctl(
         "add-br", bridge,
-        "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=standalone",
+        "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=secure",
         "other-config:disable-in-band=true",
         "--", "add-port", bridge, nic,
         "--", "add-port", INTEGRATION_BRIDGE, phy,
@@ -163,6 +165,23 @@ def add_provider_bridge(vsctl: Vsctl, netns: str, physnet: str, bridge: str, nic
         "--", "add-port", bridge, peer,
         "--", "set", "interface", peer, "type=patch", f"options:peer={phy}",
     )  # fmt: skip
+    wire_provider_bridge(ofctl, physnet, bridge, nic)
+
+
+def wire_provider_bridge(ofctl: Ofctl, physnet: str, bridge: str, nic: str) -> None:
+    """Step 5, its flows: the provider bridge is a wire between its NIC and br-int, nothing more.
+
+    ``ovs-ofctl add-flow <bridge> in_port=<nic>,actions=output:int-<physnet>`` and
+    the reverse. br-int makes every forwarding decision (it knows where each port
+    and floating IP lives); a MAC-learning (NORMAL) bridge in front of it would
+    decide a second time, and with one OVS 3.1 kept a stale datapath drop for a
+    floating IP re-associated to the same hypervisor until its MAC table changed.
+    OVS keeps no flows over a vswitchd restart: run this again after one
+    (``ovs-ctl restart`` saves and restores them itself).
+    """
+    peer = "int-" + physnet
+    ofctl("add-flow", bridge, f"priority=1,in_port={nic},actions=output:{peer}")
+    ofctl("add-flow", bridge, f"priority=1,in_port={peer},actions=output:{nic}")
 
 
 def register_hypervisor(

@@ -1,0 +1,54 @@
+"""ARP the controller sends on external networks for the floating IPs a hypervisor hosts.
+
+The slow path of :mod:`flows.nat`: a gratuitous ARP when a hypervisor starts
+hosting a floating IP (after a move, so the external network's switches learn
+where its MAC now lives), an ARP request for the external gateway at the same
+time (so outbound traffic finds the gateway's MAC already learned), and an ARP
+request for a next hop a packet found unresolved (packet-in from
+``lr_in_ext_output``, rate-limited per switch). Every answer is learned by the
+switch itself (``ext_in_fip``'s learn actions); the controller keeps no state.
+Frames are injected through ``lr_in_ext_output``, which knows the provider
+port and VLAN of the external network.
+"""
+
+from __future__ import annotations
+
+from os_ken.lib.packet import arp, ethernet, ipv4, packet
+
+from flows.flow import Resubmit, SetField
+from flows.nat import EXT_OUTPUT, Announcement
+from flows.pipeline import REG_NETWORK
+
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def arp_request(sender_mac: str, sender_ip: str, target_ip: str) -> bytes:
+    """A broadcast ARP request (gratuitous when ``target_ip`` is ``sender_ip``)."""
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst=BROADCAST, src=sender_mac, ethertype=0x0806))
+    pkt.add_protocol(arp.arp_ip(arp.ARP_REQUEST, sender_mac, sender_ip, "00:00:00:00:00:00", target_ip))
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+def announcement_packets(item: Announcement) -> list[bytes]:
+    """Gratuitous ARP for the floating IP, then a request for its external gateway's MAC."""
+    frames = [arp_request(item.mac, item.ip, item.ip)]
+    if item.ext_gateway and item.ext_gateway != item.ip:
+        frames.append(arp_request(item.mac, item.ip, item.ext_gateway))
+    return frames
+
+
+def ext_output_actions(ext_key: int) -> list:
+    """Packet-out actions: onto external network ``ext_key`` the way lr_in_ext_output sends."""
+    return [SetField(REG_NETWORK, ext_key), Resubmit(EXT_OUTPUT.name)]
+
+
+def resolve_request(frame: bytes, nexthop: int) -> bytes | None:
+    """The ARP request for an unresolved next hop, from the floating IP the packet leaves with."""
+    pkt = packet.Packet(frame)
+    eth, ip = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv4.ipv4)
+    if eth is None or ip is None or not nexthop:
+        return None
+    target = ".".join(str(nexthop >> s & 0xFF) for s in (24, 16, 8, 0))
+    return arp_request(eth.src, ip.src, target)

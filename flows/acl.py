@@ -1,0 +1,309 @@
+"""Stateful security groups on OVS conntrack: ``ls_in_pre_acl`` / ``ls_in_acl`` (egress) and
+``ls_out_pre_acl`` / ``ls_out_acl`` (ingress).
+
+Neutron's directions are the VM's: *egress* rules filter what a port sends (applied
+on its hypervisor right after port security, matched on ``reg7``), *ingress* rules
+what it receives (applied on the destination's hypervisor after L2 lookup chose
+``reg5``). A packet between two ports therefore passes the sender's egress rules in
+the sender's conntrack zone and the receiver's ingress rules in the receiver's zone,
+routed or not, on one hypervisor or two.
+
+Per direction: the pre-ACL stage loads the port's zone into ``reg8`` and sends IPv4
+and IPv6 to ``ct(zone, table=<acl>)``. In the ACL stage, invalid packets are dropped,
+replies and related packets of committed connections pass, and every other packet
+(a new connection's, or the original direction of an established one: a removed rule
+cuts what it allowed, as Neutron does) must match a rule of the port; then it is
+committed (``ct(commit, zone=reg8)``, one action shared by every port) and goes on.
+
+Each port has its own zone (:func:`ct_zones`): stable (stored with the port by the
+topology when it is bound), unique per hypervisor, so two tenants' overlapping
+addresses never share conntrack state.
+
+Rules with a remote group are OVS conjunctive matches, so "from members of G" costs
+flows in proportion to (local ports applying it) + (G's member addresses) + (port
+range pieces), never their product. Ports with port security and no group get no
+rule: everything but the always-allowed basics (Neighbour Discovery, MLD, DHCP) is
+dropped, as Neutron's OVS firewall and OVN's ``neutron_pg_drop`` do. Ports with port
+security off and trusted ports (``network:*``) are not filtered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import netaddr
+
+from flows.flow import CT, CT_INV, CT_REL, CT_RPL, CT_TRK, Conjunction, Flow, MatchValue, SetField, make_flow
+from flows.pipeline import REG_CT_ZONE, REG_INPORT, REG_OUTPORT, PipelineError, Stage, stage
+from flows.portsec import is_secured, prefix_match
+from topology import graph_l3
+from topology.ctzones import ZONE_MAX, ZONE_MIN, stored_zone
+from topology.graph import TopologyGraph
+from topology.model import Port
+from topology.model_l3 import SecurityGroupRule
+from topology.secgroups import protocol_number
+
+ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+
+
+
+@dataclass(frozen=True)
+class Direction:
+    """One side of the ACL: its stages, the port register, the remote address fields, what always passes."""
+
+    name: str  # the rule direction it applies: "egress" or "ingress"
+    pre: Stage
+    acl: Stage
+    after: Stage
+    reg: str
+    remote: dict[int, str]  # eth_type -> field the remote prefix / group address is matched on
+    always: tuple[tuple[int, int, str, int], ...]  # (eth_type, ip_proto, field, value)
+
+
+_ND_MLD = (130, 131, 132, 133, 135, 136, 143)  # MLD, RS, NS, NA (port security vets NA and drops RA)
+EGRESS = Direction(
+    "egress", stage("ls_in_pre_acl"), stage("ls_in_acl"), stage("ls_in_arp_rsp"), REG_INPORT,
+    {ETH_IPV4: "ipv4_dst", ETH_IPV6: "ipv6_dst"},
+    (*((ETH_IPV6, ICMPV6, "icmpv6_type", t) for t in _ND_MLD), (ETH_IPV4, UDP, "udp_dst", 67),
+     (ETH_IPV6, UDP, "udp_dst", 547)),
+)
+INGRESS = Direction(
+    "ingress", stage("ls_out_pre_acl"), stage("ls_out_acl"), stage("ls_out_deliver"), REG_OUTPORT,
+    {ETH_IPV4: "ipv4_src", ETH_IPV6: "ipv6_src"},
+    (*((ETH_IPV6, ICMPV6, "icmpv6_type", t) for t in (*_ND_MLD, 134)), (ETH_IPV4, UDP, "udp_dst", 68),
+     (ETH_IPV6, UDP, "udp_dst", 546)),
+)
+COMMIT = CT(commit=True, zone=REG_CT_ZONE)
+
+
+# -- zones ---------------------------------------------------------------------------------
+def ct_zones(ports: Iterable[Port]) -> dict[str, int]:
+    """Port id -> conntrack zone for a hypervisor's local ports.
+
+    The zone the topology stored with the port when it was bound; a port without one
+    (a graph not made by :class:`topology.state.Topology`, or a duplicate) gets the
+    lowest zone no other port uses, in port key order.
+    """
+    ports = sorted(ports, key=lambda p: p.key)
+    zones: dict[str, int] = {}
+    used: set[int] = set()
+    for p in ports:
+        zone = stored_zone(p)
+        if zone is not None and zone not in used:
+            zones[p.id] = zone
+            used.add(zone)
+    free = (z for z in range(ZONE_MIN, ZONE_MAX + 1) if z not in used)
+    for p in ports:
+        if p.id not in zones:
+            zones[p.id] = next(free)
+    return zones
+
+
+# -- rule fields ---------------------------------------------------------------------------
+def port_masks(lo: int, hi: int, width: int = 16) -> list[MatchValue]:
+    """[lo, hi] as the fewest (value, mask) pairs (a single port as a plain int), like Neutron's OVS firewall."""
+    if not 0 <= lo <= hi < 1 << width:
+        raise ValueError(f"bad port range {lo}-{hi}")
+    full = (1 << width) - 1
+    out: list[MatchValue] = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << width  # the largest aligned block starting at lo...
+        while size > hi - lo + 1:  # ...that fits
+            size >>= 1
+        out.append(lo if size == 1 else (lo, full & ~(size - 1)))
+        lo += size
+    return out
+
+
+def _eth_type(rule: SecurityGroupRule) -> int:
+    return ETH_IPV6 if rule.ethertype == "IPv6" else ETH_IPV4
+
+
+def rule_matches(rule: SecurityGroupRule) -> tuple[dict[str, MatchValue], list[dict[str, MatchValue]]]:
+    """(protocol part, alternatives for the port range part) of a rule's match, without remotes or ports.
+
+    ``icmp`` on IPv6 means ICMPv6, as in Neutron. Port ranges are matched for TCP and UDP
+    (the fields OVS has here); other protocols match on the protocol alone.
+    """
+    eth = _eth_type(rule)
+    base: dict[str, MatchValue] = {"eth_type": eth}
+    proto = protocol_number(rule.protocol)
+    if proto is None:
+        return base, [{}]
+    if proto == ICMP and eth == ETH_IPV6:
+        proto = ICMPV6
+    base["ip_proto"] = proto
+    pmin, pmax = rule.port_range_min, rule.port_range_max
+    if proto in (ICMP, ICMPV6) and pmin is not None:
+        prefix = "icmpv4" if proto == ICMP else "icmpv6"
+        base[f"{prefix}_type"] = pmin
+        if pmax is not None:
+            base[f"{prefix}_code"] = pmax
+        return base, [{}]
+    if proto in (TCP, UDP) and pmin is not None and pmax is not None:
+        field = "tcp_dst" if proto == TCP else "udp_dst"
+        return base, [{field: v} for v in port_masks(pmin, pmax)]
+    return base, [{}]
+
+
+def member_addresses(graph: TopologyGraph, sg_id: str, eth_type: int) -> list[MatchValue]:
+    """The addresses of a group's members of one IP version (fixed and allowed pairs), as match values."""
+    from flows.portsec import port_addresses
+
+    version = 6 if eth_type == ETH_IPV6 else 4
+    out: dict[MatchValue, None] = {}
+    for port in sorted(graph_l3.sg_members(graph, sg_id), key=lambda p: p.key):
+        for _, net in port_addresses(port):
+            if net.version == version:
+                value = prefix_match(net)
+                if value is not None:
+                    out[value] = None
+    return list(out)
+
+
+def conj_ids(rules: Iterable[SecurityGroupRule]) -> dict[str, int]:
+    """Rule id -> conjunction id: content-derived (a hash of the rule id), nonzero, unique here.
+
+    A collision (1 in 2^31 per pair) moves the later rule id, in id order, to the next
+    free value; ids therefore stay stable as rules come and go.
+    """
+    out: dict[str, int] = {}
+    used: set[int] = set()
+    for rule_id in sorted({r.id for r in rules}):
+        cid = int.from_bytes(hashlib.blake2b(rule_id.encode(), digest_size=4).digest(), "big") & 0x7FFFFFFF or 1
+        while cid in used:
+            cid = cid % 0x7FFFFFFF + 1
+        used.add(cid)
+        out[rule_id] = cid
+    return out
+
+
+# -- flows ---------------------------------------------------------------------------------
+def acl_flows(graph: TopologyGraph, local_ports: list[Port]) -> list[Flow]:
+    """Every flow of the four ACL stages for a hypervisor's local ports."""
+    secured = [p for p in local_ports if is_secured(p)]
+    zones = ct_zones(local_ports)
+    rules_of = {p.id: _port_rules(graph, p) for p in secured}
+    ids = conj_ids(r for rules in rules_of.values() for r in rules if r.remote_group_id)
+    flows: list[Flow] = []
+    for d in (EGRESS, INGRESS):
+        flows += _defaults(d)
+        conj: dict[tuple, list[Conjunction]] = {}  # clause flow (match items) -> its conjunction actions
+        conj_rules: dict[str, SecurityGroupRule] = {}
+        for port in secured:
+            flows += _track(d, port, zones[port.id])
+            for rule in rules_of[port.id]:
+                if rule.direction != d.name:
+                    continue
+                if rule.remote_group_id:
+                    conj_rules[rule.id] = rule
+                    _clause(conj, (d.reg, port.key), rule, ids[rule.id], 1)
+                else:
+                    flows += _hard_rule(d, port, rule)
+        flows += _conjunctions(graph, d, conj, conj_rules, ids)
+    return _dedupe(flows)
+
+
+def _port_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule]:
+    """The rules of a port's stateful groups, in group then creation order."""
+    rules: list[SecurityGroupRule] = []
+    for sg in graph_l3.port_security_groups(graph, port):
+        if sg.stateful:  # stateless groups: not in the data plane yet (treated as having no rule)
+            rules += graph_l3.sg_rules(graph, sg.id)
+    return rules
+
+
+def _defaults(d: Direction) -> Iterator[Flow]:
+    yield make_flow(d.pre, "default", {}, goto=d.after,
+                    description=f"{d.name}: not IP, or the port has no security groups: no ACL")
+    for eth, proto, field, value in d.always:
+        yield make_flow(d.pre, "always", {"eth_type": eth, "ip_proto": proto, field: value}, goto=d.after,
+                        description=f"{d.name}: {field}={value} is never filtered by security groups")
+    yield make_flow(d.acl, "invalid", {"ct_state": (CT_TRK | CT_INV, CT_TRK | CT_INV)},
+                    description=f"{d.name}: conntrack says invalid: drop")
+    yield make_flow(d.acl, "established", {"ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL)}, goto=d.after,
+                    description=f"{d.name}: reply of a committed connection")
+    yield make_flow(d.acl, "established", {"ct_state": (CT_TRK | CT_REL, CT_TRK | CT_REL | CT_RPL)}, goto=d.after,
+                    description=f"{d.name}: related to a committed connection")
+    yield make_flow(d.acl, "drop", {}, description=f"{d.name}: no security group rule allows it: drop")
+
+
+def _track(d: Direction, port: Port, zone: int) -> Iterator[Flow]:
+    for eth in (ETH_IPV4, ETH_IPV6):
+        yield make_flow(d.pre, "track", {d.reg: port.key, "eth_type": eth},
+                        [SetField(REG_CT_ZONE, zone), CT(zone=zone, table=d.acl.name)],
+                        description=f"{d.name} of port {port.id}: conntrack in zone {zone}")
+
+
+def _hard_rule(d: Direction, port: Port, rule: SecurityGroupRule) -> Iterator[Flow]:
+    base, alternatives = rule_matches(rule)
+    base = {**base, d.reg: port.key}
+    if rule.remote_ip_prefix:
+        value = prefix_match(netaddr.IPNetwork(rule.remote_ip_prefix))
+        if value is not None:
+            base[d.remote[base["eth_type"]]] = value
+    for alt in alternatives:
+        yield make_flow(d.acl, "rule", {**base, **alt}, [COMMIT], goto=d.after,
+                        description=f"{d.name} of port {port.id}: rule {rule.id}")
+
+
+def _n_clauses(rule: SecurityGroupRule) -> int:
+    return 3 if len(rule_matches(rule)[1]) > 1 else 2
+
+
+def _clause(conj: dict[tuple, list[Conjunction]], extra: tuple[str, MatchValue], rule: SecurityGroupRule, cid: int,
+            clause: int) -> None:
+    """Add one clause flow (merged with any clause flow of the same match: OVS keeps one flow per match)."""
+    base, alternatives = rule_matches(rule)
+    n = _n_clauses(rule)
+    if clause == 1:  # the port, with the protocol part (and the whole match when there are no port pieces)
+        matches = [{**base, extra[0]: extra[1], **(alternatives[0] if n == 2 else {})}]
+    elif clause == 2:  # one member address
+        matches = [{"eth_type": base["eth_type"], extra[0]: extra[1]}]
+    else:  # the port range pieces
+        matches = [{**base, **alt} for alt in alternatives]
+    for m in matches:
+        conj.setdefault(tuple(sorted(m.items())), []).append(Conjunction(cid, clause, n))
+
+
+def _conjunctions(graph: TopologyGraph, d: Direction, conj: dict[tuple, list[Conjunction]],
+                  rules: dict[str, SecurityGroupRule], ids: dict[str, int]) -> list[Flow]:
+    """Remote-group rules: member-address and port-range clauses, the conj_id flows, then the merged clause flows."""
+    flows: list[Flow] = []
+    members: dict[tuple[str, int], list[MatchValue]] = {}
+    for rule in rules.values():
+        eth = _eth_type(rule)
+        key = (rule.remote_group_id or "", eth)
+        if key not in members:
+            members[key] = member_addresses(graph, key[0], eth)
+        if not members[key]:
+            continue  # no member address: the conjunction can never complete (its port clauses go too)
+        cid = ids[rule.id]
+        for address in members[key]:
+            _clause(conj, (d.remote[eth], address), rule, cid, 2)
+        if _n_clauses(rule) == 3:
+            _clause(conj, ("", 0), rule, cid, 3)
+        # eth_type too: OVS refuses ct() on a flow whose match does not say IPv4 or IPv6.
+        flows.append(make_flow(d.acl, "conj", {"conj_id": cid, "eth_type": eth}, [COMMIT], goto=d.after,
+                               description=f"{d.name}: rule {rule.id} (remote group {rule.remote_group_id})"))
+    live = {dict(f.match)["conj_id"] for f in flows}
+    for items, actions in conj.items():
+        acts = sorted({a for a in actions if a.id in live}, key=lambda a: (a.id, a.clause))
+        if acts:
+            flows.append(make_flow(d.acl, "conj", dict(items), acts,
+                                   description=f"{d.name}: clause of remote-group rules {[a.id for a in acts]}"))
+    return flows
+
+
+def _dedupe(flows: list[Flow]) -> list[Flow]:
+    """One flow per (table, priority, match); two different flows there would replace each other."""
+    out: dict[tuple, Flow] = {}
+    for f in flows:
+        old = out.get(f.key)
+        if old is not None and (old.actions, old.goto) != (f.actions, f.goto):
+            raise PipelineError(f"{f.description} and {old.description}: same match, different actions")
+        out.setdefault(f.key, f)
+    return list(out.values())
