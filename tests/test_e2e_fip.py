@@ -9,7 +9,10 @@ external subnet's gateway (an upstream router, as on a real cloud)::
     hv1: a1 10.0.0.10 (t1, fa1)      hv2: a2 10.0.0.11 (t1, fa2)
     hv3: a3 10.0.0.12 (t1, no FIP)   hv3: b1 10.0.0.10 (t2, fb1: same fixed IP as a1)
 
-Routers r1 (t1) and r2 (t2) each have their gateway on ``ext``. Proofs on real
+Routers r1 (t1) and r2 (t2) each have their gateway on ``ext``. The VMs' ports have
+port security on and a "public" security group (ICMP and the echo port open from
+anywhere, egress open), so every packet also passes the port's conntrack rules on
+the inside of the NAT, as on a real cloud. Proofs on real
 frames: the outside host pings and opens TCP connections to each VM by its floating
 IP (and reaches the right one of two VMs with the same fixed IP); a VM reaches the
 outside host with its floating IP as source (capture on the outside host); only the
@@ -99,10 +102,21 @@ def _tenant(ctrl: ControllerProcess, project: str, ext_id: str) -> tuple[dict, d
     return net, subnet
 
 
-def _boot(cloud: Cloud, name: str, net: dict, subnet: dict) -> LabVM:
+def _open_to_the_outside(ctrl: ControllerProcess, project: str) -> dict:
+    """What a user adds for a public VM: ping and the echo port from anywhere (egress is open by default)."""
+    body = {"security_group": {"name": "public", "project_id": project}}
+    sg = ctrl.request("POST", "/v2.0/security-groups", body)["security_group"]
+    for rule in ({"protocol": "icmp"}, {"protocol": "tcp", "port_range_min": ECHO_PORT, "port_range_max": ECHO_PORT}):
+        ctrl.request("POST", "/v2.0/security-group-rules", {"security_group_rule": {
+            "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv4",
+            "remote_ip_prefix": "0.0.0.0/0", "project_id": project, **rule}})
+    return sg
+
+
+def _boot(cloud: Cloud, name: str, net: dict, subnet: dict, sg: dict) -> LabVM:
     host, project, ip = LAYOUT[name]
     port = create_port(cloud.ctrl, net, host, fixed_ips=[{"ip_address": ip}], project_id=project,
-                       port_security_enabled=False, security_groups=[])
+                       security_groups=[sg["id"]])
     vm = cloud.lab.plug_vm(name, port, mtu=int(net.get("mtu") or 1450), gateway=subnet["gateway_ip"])
     vm.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
     wait_port_active(cloud.ctrl, port["id"])
@@ -130,8 +144,9 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         _start_echo(out, "out")
         cloud = Cloud(ctrl, lab, workdir, ext, out)
         nets = {project: _tenant(ctrl, project, ext["id"]) for project in (T1, T2)}
+        groups = {project: _open_to_the_outside(ctrl, project) for project in (T1, T2)}
         for name, (_, project, _) in LAYOUT.items():
-            cloud.vms[name] = _boot(cloud, name, *nets[project])
+            cloud.vms[name] = _boot(cloud, name, *nets[project], groups[project])
         for name in ("a1", "a2", "b1"):
             cloud.fips[name] = ctrl.create("floatingip", floating_network_id=ext["id"],
                                            port_id=cloud.vms[name].port_id, project_id=LAYOUT[name][1])
@@ -149,9 +164,9 @@ def pings(host: LabVM, dst: str, count: int = 3, interval: float = 0.2) -> int:
     return int(m.group(1)) if m else 0
 
 
-def echo(host: LabVM, *addresses: str) -> dict[str, str]:
+def echo(host: LabVM, *addresses: str, port: int = ECHO_PORT) -> dict[str, str]:
     """TCP to each address's echo server: its answer (``<server name> <token>``) or the error."""
-    proc = host.popen([sys.executable, "-c", ECHO_CLIENT, "tok", str(ECHO_PORT), *addresses],
+    proc = host.popen([sys.executable, "-c", ECHO_CLIENT, "tok", str(port), *addresses],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=30)
     return json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err}
@@ -190,6 +205,16 @@ def test_outside_host_reaches_each_vm_by_its_floating_ip(cloud: Cloud) -> None:
     answers = echo(cloud.out, cloud.fip("a1"), cloud.fip("a2"), cloud.fip("b1"))
     # a1 and b1 share 10.0.0.10 in two tenants: each floating IP reaches its own VM only.
     assert answers == {cloud.fip("a1"): "a1 tok", cloud.fip("a2"): "a2 tok", cloud.fip("b1"): "b1 tok"}
+
+
+def test_security_groups_apply_to_floating_ip_traffic(cloud: Cloud) -> None:
+    closed = ECHO_PORT + 1  # listening in a1, but not opened by its group
+    cloud.vms["a1"].popen([sys.executable, "-c", ECHO_SERVER, "a1", str(closed)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(cloud.vms["a1"], closed)  # it listens: only the group can refuse it
+    ip = cloud.fip("a1")
+    assert "error" in echo(cloud.out, ip, port=closed)[ip]
+    assert echo(cloud.out, ip) == {ip: "a1 tok"}  # the open port, same path
 
 
 def test_vm_reaches_outside_host_from_its_floating_ip(cloud: Cloud) -> None:
