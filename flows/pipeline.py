@@ -122,11 +122,12 @@ STAGES: tuple[Stage, ...] = (
         name="ls_in_pre_acl",
         table_id=4,
         doc="Before the egress security-group rules of the sending port (Neutron's "
-        "egress: from the VM). IPv4/IPv6 from a port with security groups goes to the "
+        "egress: from the VM). IPv4/IPv6 from a port with port security goes to the "
         "connection tracker in the port's zone (reg8 := zone, then ct(zone, "
-        "table=ls_in_acl)) (track). Neighbour Discovery, MLD and DHCP/DHCPv6 client "
+        "table=ls_in_acl)) (track); with no security group it has no rule there, so it "
+        "is dropped, as in Neutron. Neighbour Discovery, MLD and DHCP/DHCPv6 client "
         "requests are never filtered by security groups (always); nor is anything from "
-        "a port without security groups, nor ARP (default).",
+        "a port with port security off or a trusted network:* port, nor ARP (default).",
         allowed_matches=frozenset({REG_INPORT, "eth_type", "ip_proto", "udp_src", "udp_dst", "icmpv6_type"}),
         priorities={"always": 110, "track": 100, "default": 0},
         next_stages=("ls_in_acl", "ls_in_arp_rsp"),
@@ -299,11 +300,12 @@ STAGES: tuple[Stage, ...] = (
         table_id=52,
         doc="Before the ingress security-group rules of the destination local port "
         "(reg5; Neutron's ingress: to the VM), reached from L2 lookup (goto for unicast, "
-        "resubmit for each copy of a flood). IPv4/IPv6 to a port with security groups goes "
+        "resubmit for each copy of a flood). IPv4/IPv6 to a port with port security goes "
         "to the connection tracker in that port's zone (reg8 := zone, then ct(zone, "
         "table=ls_out_acl)) (track). Neighbour Discovery, MLD, router advertisements and "
         "DHCP/DHCPv6 server replies are never filtered by security groups (always); nor is "
-        "anything to a port without security groups, nor ARP (default).",
+        "anything to a port with port security off or a trusted network:* port, nor ARP "
+        "(default).",
         allowed_matches=frozenset({REG_OUTPORT, "eth_type", "ip_proto", "udp_src", "udp_dst", "icmpv6_type"}),
         priorities={"always": 110, "track": 100, "default": 0},
         next_stages=("ls_out_acl", "ls_out_deliver"),
