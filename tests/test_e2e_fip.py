@@ -341,4 +341,13 @@ def test_disassociate_cuts_the_vm_off_and_leaves_no_flow(cloud: Cloud) -> None:
         assert pings(cloud.vms["b1"], EXT_GATEWAY, 2) == 0
     finally:
         cloud.associate(fip, "b1")
-    wait_until(lambda: pings(cloud.out, ip, 1), 10, "the floating IP back at b1")
+    wait_until(lambda: pings(cloud.out, ip, 1), 10, lambda: f"the floating IP back at b1\n{diagnose(cloud, ip)}")
+
+
+def diagnose(cloud: Cloud, ip: str) -> str:
+    """What a failed floating-IP wait needs: datapath flows of the address, the outside ARP, the log tail."""
+    lines = [f"outside neighbours: {cloud.out.cmd('ip neigh').strip()}"]
+    for hv in cloud.lab.hypervisors:
+        lines += [f"{hv.name} datapath: {line}" for line in hv.appctl("dpctl/dump-flows").splitlines() if ip in line]
+        lines += [f"{hv.name} flow: {line}" for line in flows_mentioning(hv, ip)]
+    return "\n".join(lines + [cloud.ctrl.log_tail(20)])
