@@ -2,8 +2,10 @@
 
 Neutron's ``port_security_enabled`` (on by default): a local port may send only
 from its MAC and its fixed addresses, or from an allowed address pair's MAC and
-address/CIDR (pairs without a MAC use the port's). IPv6 link-local (fe80::/64, any
-address: guests do not all derive it from the MAC) is allowed from each of its MACs.
+address/CIDR (pairs without a MAC use the port's). IPv6 link-local: the EUI-64
+address of each of its MACs, as Neutron allows (any other fe80:: source could take
+over a neighbour's gateway entry; a guest using RFC 7217 addresses needs them as an
+allowed address pair, as on Neutron).
 ARP must carry the same sender MAC and address. What a booting guest needs before it
 has an address passes: DHCP discover/request from 0.0.0.0 (UDP 68 -> 67), ARP probes
 (sender 0.0.0.0), and duplicate address detection, MLD reports and router
@@ -33,7 +35,6 @@ UDP, ICMPV6 = 17, 58
 DHCP_SERVER, DHCP_CLIENT, DHCP6_SERVER = 67, 68, 547
 MLD_REPORT, ROUTER_SOLICIT, ROUTER_ADVERT, NEIGH_SOLICIT, NEIGH_ADVERT, REDIRECT, MLD2_REPORT = \
     131, 133, 134, 135, 136, 137, 143
-LINK_LOCAL6 = netaddr.IPNetwork("fe80::/64")
 
 
 def is_trusted(port: Port) -> bool:
@@ -121,9 +122,10 @@ def _boot_flows(port: Port, base: dict[str, MatchValue], mac: str) -> Iterator[F
         yield make_flow(PORT_SEC, "boot", {**src, "eth_type": ETH_IPV6, "ipv6_src": "::", "ip_proto": ICMPV6,
                                            "icmpv6_type": icmp_type}, goto=PRE_ACL,
                         description=f"port {port.id}: DAD / MLD / RS (ICMPv6 {icmp_type}) from :: ({mac})")
-    yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_IPV6}, "ipv6_src", LINK_LOCAL6), goto=PRE_ACL,
-                    description=f"port {port.id}: IPv6 link-local from {mac}")
-    yield _na_ok(port, src, LINK_LOCAL6)
+    link_local = netaddr.IPNetwork(f"{netaddr.EUI(mac).ipv6_link_local()}/128")
+    yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_IPV6}, "ipv6_src", link_local), goto=PRE_ACL,
+                    description=f"port {port.id}: IPv6 link-local {link_local.ip} of {mac}")
+    yield _na_ok(port, src, link_local)
 
 
 def _block_flows(port: Port, base: dict[str, MatchValue]) -> Iterator[Flow]:

@@ -19,11 +19,16 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,23 +36,42 @@ import pytest
 
 from apps.lab import Hypervisor, Lab, LabVM
 from apps.lab.controller import ControllerProcess
+from flows.compiler import compile_hypervisor
+from flows.flow import Flow, Learn
+from flows.pipeline import STAGES
 from tests.lab_fixtures import lab_problem, require_lab
+from topology.state import Topology
 
 __all__ = [
     "Capture",
+    "SwitchFlow",
     "attached_lab",
     "capturing",
+    "compiled",
+    "compiled_cookies",
     "controller",
     "create_network",
     "create_port",
+    "create_security_group",
+    "create_security_group_rule",
+    "delete_security_group_rule",
+    "dump_flows",
     "flows_mentioning",
+    "in_sync",
+    "learned_cookies",
     "lab_problem",
     "plug_new_vm",
     "port_ip",
+    "received_frames",
     "require_lab",
+    "send_frames",
     "running_controller",
+    "switch_cookies",
+    "sync_difference",
+    "wait_in_sync",
     "wait_port_active",
     "wait_until",
+    "was_received",
 ]
 
 T = TypeVar("T")
@@ -144,6 +168,24 @@ def create_port(ctrl: ControllerProcess, net: dict[str, Any], host: str, **attrs
     attrs.setdefault("device_owner", "compute:nova")
     attrs.setdefault("project_id", net["project_id"])
     return ctrl.create("port", network_id=net["id"], **{"binding:host_id": host}, **attrs)
+
+
+def create_security_group(ctrl: ControllerProcess, name: str, project_id: str) -> dict[str, Any]:
+    """POST a security group (it comes with Neutron's two open egress rules)."""
+    body = {"security_group": {"name": name, "project_id": project_id}}
+    return dict(ctrl.request("POST", "/v2.0/security-groups", body)["security_group"])
+
+
+def create_security_group_rule(ctrl: ControllerProcess, sg_id: str, direction: str, **attrs: Any) -> dict[str, Any]:
+    """POST a rule into group ``sg_id`` (``ethertype`` IPv4 unless given; ``protocol``, ports, remotes...)."""
+    attrs.setdefault("ethertype", "IPv4")
+    body = {"security_group_rule": {"security_group_id": sg_id, "direction": direction, **attrs}}
+    return dict(ctrl.request("POST", "/v2.0/security-group-rules", body)["security_group_rule"])
+
+
+def delete_security_group_rule(ctrl: ControllerProcess, rule_id: str) -> None:
+    """DELETE a security group rule."""
+    ctrl.request("DELETE", f"/v2.0/security-group-rules/{rule_id}")
 
 
 def port_ip(port: dict[str, Any]) -> str:
@@ -325,6 +367,37 @@ def capturing(
             cap.stop(sync=False)
 
 
+# -- raw frames -----------------------------------------------------------------------------
+FRAME_SENDER = """
+import socket, sys
+with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+    s.bind(("eth0", 0))
+    for frame in sys.argv[1:]:
+        s.send(bytes.fromhex(frame))
+"""
+
+
+def send_frames(vm: LabVM, frames: list[bytes]) -> None:
+    """Send each frame, as built (e.g. ``bytes(scapy packet)``), out of the VM's eth0: what a guest
+    that forges its headers puts on the wire."""
+    args = " ".join(f.hex() for f in frames)
+    out = vm.cmd(f"{sys.executable} -c {shlex.quote(FRAME_SENDER)} {args}; echo rc=$?")
+    assert out.strip().endswith("rc=0"), f"sending raw frames from {vm.name}: {out}"
+
+
+def received_frames(capture: Capture) -> list[bytes]:
+    """The raw bytes of every frame in a stopped :class:`Capture` (markers included)."""
+    from scapy.utils import RawPcapReader
+
+    with RawPcapReader(capture.path) as reader:
+        return [bytes(data) for data, _ in reader]
+
+
+def was_received(received: list[bytes], frame: bytes) -> bool:
+    """Whether ``frame`` arrived unchanged (trailing Ethernet padding aside)."""
+    return any(r[: len(frame)] == frame for r in received)
+
+
 # -- traffic helpers shared by the real-packet tests ---------------------------------------
 PACKET_INS = "tenantflow_packet_ins_total"
 
@@ -382,3 +455,127 @@ class NoPacketIns:
         if exc_type is None:
             after = packet_ins(self.ctrl)
             assert after == self.before, f"packet-ins moved {self.before} -> {after} during steady-state traffic"
+
+
+# -- switches equal to the compiled flows --------------------------------------------------
+# "Compiled" is computed independently of the controller's memory: the topology is read
+# from a snapshot of the controller's SQLite file, the port map from the switch itself,
+# and flows.compiler.compile_hypervisor does the rest.
+OFPP_LOCAL = 0xFFFFFFFE
+_SWITCH_OWNED = {s.table_id: s.switch_owned for s in STAGES}
+
+
+@dataclass(frozen=True)
+class SwitchFlow:
+    """One flow as ``ovs-ofctl dump-flows`` shows it."""
+
+    cookie: int
+    table: int
+    n_packets: int
+    duration: float
+    spec: str  # "priority=...,<match>": with the table, what --strict del-flows needs
+
+
+_FLOW_LINE = re.compile(
+    r"cookie=(0x[0-9a-f]+), duration=([0-9.]+)s, table=(\d+), n_packets=(\d+), n_bytes=\d+, "
+    r"(?:[a-z_]+=[^ ,]+, )*(\S*?) actions="
+)
+
+
+def dump_flows(hv: Hypervisor) -> list[SwitchFlow]:
+    """Every flow on ``hv``'s br-int, read from the switch."""
+    flows = []
+    for line in hv.ofctl("dump-flows", "br-int").splitlines():
+        m = _FLOW_LINE.search(line)
+        if m:
+            cookie, duration, table, n_packets, spec = m.groups()
+            flows.append(SwitchFlow(int(cookie, 16), int(table), int(n_packets), float(duration), spec))
+        elif "cookie=" in line:
+            raise AssertionError(f"cannot parse dump-flows line: {line!r}")
+    return flows
+
+
+def switch_cookies(hv: Hypervisor, learned: frozenset[int] = frozenset()) -> Counter[tuple[int, int]]:
+    """The (table, cookie) multiset on ``hv``'s br-int, without the flows the switch learned itself.
+
+    ``learned``: the cookies of the compiled learn actions (:func:`learned_cookies`); a flow
+    with one of them in a ``switch_owned`` stage (``lr_in_mac_binding``, table 49) was added by
+    the switch, not compiled, and is left out.
+    """
+    return Counter((f.table, f.cookie) for f in dump_flows(hv)
+                   if not (f.cookie in learned and _SWITCH_OWNED.get(f.table)))
+
+
+def switch_ofports(hv: Hypervisor) -> dict[str, int]:
+    """br-int's port map (name -> OpenFlow port), as the switch reports it to a controller."""
+    ports = {}
+    for m in re.finditer(r"^\s*(\d+|LOCAL)\(([^)]+)\):", hv.ofctl("dump-ports-desc", "br-int"), re.M):
+        ports[m.group(2)] = OFPP_LOCAL if m.group(1) == "LOCAL" else int(m.group(1))
+    return ports
+
+
+def compiled(ctl: ControllerProcess, hv: Hypervisor) -> list[Flow]:
+    """What ``hv`` must hold: the controller's stored topology plus the switch's live port map, compiled.
+
+    The SQLite file is snapshotted with the backup API (a consistent read that does not
+    block the controller), then loaded by the same :class:`Topology` the controller uses.
+    """
+    tmp = tempfile.mkdtemp(prefix="tfr-compile-")
+    try:
+        copy = os.path.join(tmp, "snapshot.sqlite")
+        src, dst = sqlite3.connect(ctl.db), sqlite3.connect(copy)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        topo = Topology(copy)
+        try:
+            topo.set_live_ofports(hv.name, switch_ofports(hv))
+            return compile_hypervisor(topo.graph, hv.name)
+        finally:
+            topo.close()
+    finally:
+        shutil.rmtree(tmp)
+
+
+def compiled_cookies(ctl: ControllerProcess, hv: Hypervisor) -> Counter[tuple[int, int]]:
+    """The (table, cookie) multiset ``hv`` must hold (each exactly once)."""
+    return Counter((f.table_id, f.cookie) for f in compiled(ctl, hv))
+
+
+def learned_cookies(flows: list[Flow]) -> frozenset[int]:
+    """The cookies the switch gives the flows it learns (the compiled flows' learn actions)."""
+    return frozenset(a.cookie for f in flows for a in f.actions if isinstance(a, Learn))
+
+
+Cookies = Counter[tuple[int, int]]  # (table, cookie) -> how many flows
+
+
+def sync_difference(ctl: ControllerProcess, hv: Hypervisor) -> tuple[Cookies, Cookies]:
+    """(extra, missing): what ``hv``'s br-int holds beyond its compiled flows, and what it lacks.
+
+    Switch-learned flows (table 49) are not compiled and are not counted as extra.
+    """
+    flows = compiled(ctl, hv)
+    want = Counter((f.table_id, f.cookie) for f in flows)
+    have = switch_cookies(hv, learned_cookies(flows))
+    return have - want, want - have
+
+
+def in_sync(ctl: ControllerProcess, hvs: list[Hypervisor]) -> bool:
+    """True when every hypervisor's br-int holds exactly its compiled flows (switch-learned ones aside)."""
+    return all(sync_difference(ctl, hv) == (Counter(), Counter()) for hv in hvs)
+
+
+def wait_in_sync(ctl: ControllerProcess, hvs: list[Hypervisor], timeout: float = 15.0) -> None:
+    """Wait until :func:`in_sync`; on timeout show the differences and the controller's log."""
+
+    def explain() -> str:
+        lines = []
+        for hv in hvs:
+            extra, missing = sync_difference(ctl, hv)
+            lines.append(f"{hv.name}: extra {sorted(extra)} missing {sorted(missing)}")
+        return "switches equal to the compiled flows:\n" + "\n".join(lines) + "\n" + ctl.log_tail()
+
+    wait_until(lambda: in_sync(ctl, hvs), timeout, explain, interval=0.1)

@@ -17,7 +17,7 @@ in namespaces and the VMs Mininet hosts (:mod:`apps.lab`). What is proven:
 4. A hypervisor whose vswitchd dies and comes back (with no flows) is re-synced:
    its flows equal the compiled ones again and the ping works again.
 
-"Compiled" is computed here, independently of the controller's memory: the topology
+"Compiled" is computed independently of the controller's memory (tests/e2e_fixtures.py): the topology
 is read from a snapshot of the controller's SQLite file, the port map from the
 switch itself, and :func:`flows.compiler.compile_hypervisor` does the rest.
 """
@@ -27,12 +27,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -47,113 +44,27 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.lab import Hypervisor, Lab, LabVM
 from apps.lab.controller import ControllerProcess
-from flows.compiler import compile_hypervisor
-from flows.flow import Flow
-from tests.e2e_fixtures import wait_until
+from tests.e2e_fixtures import (
+    SwitchFlow,
+    compiled,
+    compiled_cookies,
+    dump_flows,
+    in_sync,
+    switch_cookies,
+    wait_in_sync,
+    wait_until,
+)
 from tests.lab_fixtures import ping_count, require_lab
-from topology.state import Topology
 
 pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
 T = TypeVar("T")
 PING_COUNT = 500  # at 20 ms: a 10 s ping, the SIGKILL and resync happen inside it
 SUBNET = "10.20.0.0/24"
-OFPP_LOCAL = 0xFFFFFFFE
 
 
 
 # -- small helpers -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class SwitchFlow:
-    """One flow as ``ovs-ofctl dump-flows`` shows it."""
-
-    cookie: int
-    table: int
-    n_packets: int
-    duration: float
-    spec: str  # "priority=...,<match>": with the table, what --strict del-flows needs
-
-
-_FLOW_LINE = re.compile(
-    r"cookie=(0x[0-9a-f]+), duration=([0-9.]+)s, table=(\d+), n_packets=(\d+), n_bytes=\d+, "
-    r"(?:[a-z_]+=[^ ,]+, )*(\S*?) actions="
-)
-
-
-def dump_flows(hv: Hypervisor) -> list[SwitchFlow]:
-    """Every flow on ``hv``'s br-int, read from the switch."""
-    flows = []
-    for line in hv.ofctl("dump-flows", "br-int").splitlines():
-        m = _FLOW_LINE.search(line)
-        if m:
-            cookie, duration, table, n_packets, spec = m.groups()
-            flows.append(SwitchFlow(int(cookie, 16), int(table), int(n_packets), float(duration), spec))
-        elif "cookie=" in line:
-            raise AssertionError(f"cannot parse dump-flows line: {line!r}")
-    return flows
-
-
-def switch_cookies(hv: Hypervisor) -> Counter[tuple[int, int]]:
-    """The (table, cookie) multiset on ``hv``'s br-int."""
-    return Counter((f.table, f.cookie) for f in dump_flows(hv))
-
-
-def switch_ofports(hv: Hypervisor) -> dict[str, int]:
-    """br-int's port map (name -> OpenFlow port), as the switch reports it to a controller."""
-    ports = {}
-    for m in re.finditer(r"^\s*(\d+|LOCAL)\(([^)]+)\):", hv.ofctl("dump-ports-desc", "br-int"), re.M):
-        ports[m.group(2)] = OFPP_LOCAL if m.group(1) == "LOCAL" else int(m.group(1))
-    return ports
-
-
-def compiled(ctl: ControllerProcess, hv: Hypervisor) -> list[Flow]:
-    """What ``hv`` must hold: the controller's stored topology plus the switch's live port map, compiled.
-
-    The SQLite file is snapshotted with the backup API (a consistent read that does not
-    block the controller), then loaded by the same :class:`Topology` the controller uses.
-    """
-    tmp = tempfile.mkdtemp(prefix="tfr-compile-")
-    try:
-        copy = os.path.join(tmp, "snapshot.sqlite")
-        src, dst = sqlite3.connect(ctl.db), sqlite3.connect(copy)
-        try:
-            src.backup(dst)
-        finally:
-            src.close()
-            dst.close()
-        topo = Topology(copy)
-        try:
-            topo.set_live_ofports(hv.name, switch_ofports(hv))
-            return compile_hypervisor(topo.graph, hv.name)
-        finally:
-            topo.close()
-    finally:
-        shutil.rmtree(tmp)
-
-
-def compiled_cookies(ctl: ControllerProcess, hv: Hypervisor) -> Counter[tuple[int, int]]:
-    """The (table, cookie) multiset ``hv`` must hold (each exactly once)."""
-    return Counter((f.table_id, f.cookie) for f in compiled(ctl, hv))
-
-
-def in_sync(ctl: ControllerProcess, hvs: list[Hypervisor]) -> bool:
-    """True when every hypervisor's br-int holds exactly its compiled flows."""
-    return all(switch_cookies(hv) == compiled_cookies(ctl, hv) for hv in hvs)
-
-
-def wait_in_sync(ctl: ControllerProcess, hvs: list[Hypervisor], timeout: float = 15.0) -> None:
-    """Wait until :func:`in_sync`; on timeout show the differences and the controller's log."""
-
-    def explain() -> str:
-        lines = []
-        for hv in hvs:
-            have, want = switch_cookies(hv), compiled_cookies(ctl, hv)
-            lines.append(f"{hv.name}: extra {sorted(have - want)} missing {sorted(want - have)}")
-        return "switches equal to the compiled flows:\n" + "\n".join(lines) + "\n" + ctl.log_tail()
-
-    wait_until(lambda: in_sync(ctl, hvs), timeout, explain, interval=0.1)
-
-
 def labelled_metrics(ctl: ControllerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every Prometheus sample at /metrics, keyed by (name, sorted labels)."""
     with urllib.request.urlopen(ctl.api_url + "/metrics", timeout=5) as resp:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import netaddr
 import pytest
 
 from flows.compiler import compile_hypervisor
@@ -124,8 +125,11 @@ def test_router_advertisements_redirects_and_foreign_neighbour_advertisements_ar
     assert send(fab, cloud, "a", **_icmp6(cloud, "a", 136, ipv6_nd_target="2001:db8::11")).deliveries == []
     own = send(fab, cloud, "a", **_icmp6(cloud, "a", 136, ipv6_nd_target="2001:db8::10"))
     assert delivered_labels(cloud, own) == ["b", "c", "off"]
-    link_local = send(fab, cloud, "a", **_icmp6(cloud, "a", 136, ipv6_src="fe80::1", ipv6_nd_target="fe80::1"))
+    own_lla = str(netaddr.EUI(cloud.ports["a"].mac_address).ipv6_link_local())
+    link_local = send(fab, cloud, "a", **_icmp6(cloud, "a", 136, ipv6_src=own_lla, ipv6_nd_target=own_lla))
     assert delivered_labels(cloud, link_local) == ["b", "c", "off"]
+    # ...but not for another link-local address (a neighbour's, or the router's)
+    assert send(fab, cloud, "a", **_icmp6(cloud, "a", 136, ipv6_src=own_lla, ipv6_nd_target="fe80::1")).deliveries == []
     # Port security off: a router advertisement goes through.
     assert delivered_labels(cloud, send(fab, cloud, "off", **_icmp6(cloud, "off", 134, ipv6_src="fe80::5"))) \
         == ["a", "b", "c"]
@@ -142,13 +146,15 @@ def test_duplicate_address_detection_and_mld_from_the_unspecified_address_pass(c
     assert send(fab, cloud, "a", **_icmp6(cloud, "a", 128, ipv6_src="::")).deliveries == []
 
 
-def test_ipv6_from_own_global_and_any_link_local_address(cloud: Built) -> None:
+def test_ipv6_from_own_global_and_own_link_local_address_only(cloud: Built) -> None:
     fab = fabric_of(cloud.graph)
     b = cloud.ports["b"]
     base = {"eth_type": 0x86DD, "eth_dst": b.mac_address, "ipv6_dst": "2001:db8::11", "ip_proto": 17,
             "udp_src": 1, "udp_dst": 2}
     assert delivered_labels(cloud, send(fab, cloud, "a", **base, ipv6_src="2001:db8::10")) == ["b"]
-    assert delivered_labels(cloud, send(fab, cloud, "a", **base, ipv6_src="fe80::1234")) == ["b"]
+    own_lla = str(netaddr.EUI(cloud.ports["a"].mac_address).ipv6_link_local())
+    assert delivered_labels(cloud, send(fab, cloud, "a", **base, ipv6_src=own_lla)) == ["b"]
+    assert send(fab, cloud, "a", **base, ipv6_src="fe80::1234").deliveries == []  # not derived from its MAC
     assert send(fab, cloud, "a", **base, ipv6_src="2001:db8::11").deliveries == []
 
 
