@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -13,6 +15,7 @@ from flows.flow import (
     IN_PORT,
     Conjunction,
     DecTtl,
+    Learn,
     Output,
     PopVlan,
     PushVlan,
@@ -150,3 +153,33 @@ def test_nd_extension_fields_use_the_encoding_ovs_reports() -> None:
     msg = wire.flow_add(flow)
     assert bytes.fromhex("0019001010000204e000000000000000") in msg
     assert bytes.fromhex("00190010100004010200000000000000") in msg
+
+
+def test_learn_action_matches_os_ken():
+    learn = Learn("lr_in_mac_binding", 100, 300, 0x3100000000000007, (("reg6", "reg6"), ("reg0", "arp_spa")),
+                  (("arp_sha", "eth_dst"),))
+    match = {"reg6": 7, "eth_type": 0x0806, "arp_op": 2, "arp_tpa": "203.0.113.10"}
+    flow = make_flow(stage("ext_in_fip"), "arp_learn", match, [learn])
+    theirs = parser.NXActionLearn(
+        table_id=49, idle_timeout=300, priority=100, cookie=0x3100000000000007,
+        specs=[parser.NXFlowSpecMatch(src=("reg6", 0), dst=("reg6", 0), n_bits=32),
+               parser.NXFlowSpecMatch(src=("arp_spa", 0), dst=("reg0", 0), n_bits=32),
+               parser.NXFlowSpecLoad(src=("arp_sha", 0), dst=("eth_dst", 0), n_bits=48)])
+    assert wire.flow_add(flow, xid=3) == _os_ken_bytes(flow, match, [theirs], 3)
+
+
+def test_in_port_is_cleared_with_nxm_reg_load():
+    # OpenFlow 1.3 has no writable in_port; OVS takes NXAST_REG_LOAD into NXM_OF_IN_PORT (16 bits).
+    encoded = wire._action(SetField("in_port", 0))
+    assert struct.unpack("!HHIHHIQ", encoded) == (0xFFFF, 24, 0x2320, 7, 15, 0x00000002, 0)
+
+
+def test_packet_out_matches_os_ken():
+    data = bytes(range(60))
+    ours = wire.packet_out([SetField("reg6", 5), Resubmit("lr_in_ext_output")], data, xid=8)
+    msg = parser.OFPPacketOut(DP, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                              [parser.OFPActionSetField(reg6=5), parser.NXActionResubmitTable(in_port=0xFFF8,
+                                                                                             table_id=50)], data)
+    msg.xid = 8
+    msg.serialize()
+    assert ours == bytes(msg.buf)
