@@ -193,7 +193,10 @@ class TenantflowApp(app_manager.OSKenApp):
         fields = dict(msg.match.items())
         request = resolve_request(bytes(msg.data), fields.get("reg0", 0))
         if request is not None and fields.get("reg6"):
-            sw.packet_out(ext_output_actions(fields["reg6"]), request)
+            try:
+                sw.packet_out(ext_output_actions(fields["reg6"]), request)
+            except ConnectionError:  # the switch went away meanwhile: its reconnect starts over
+                LOG.info("switch %s: gone before the ARP for %#x could be sent", sw.hv_name, fields.get("reg0", 0))
 
 
 def _name(port) -> str:
