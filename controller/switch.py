@@ -34,6 +34,7 @@ from flows.pipeline import STAGE_BY_TABLE
 LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
+ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
 
 
 @dataclass
@@ -220,14 +221,34 @@ class Switch:
         return result
 
     def _announce(self) -> None:
-        """Gratuitous ARP for each floating IP this switch newly hosts (after its flows are in)."""
+        """Gratuitous ARP for each floating IP this switch newly hosts (after its flows are in).
+
+        Sent again after ANNOUNCE_REPEATS seconds: during a move the old host may still send
+        from the floating IP's MAC for a moment (its flows go in another bundle, on another
+        switch), and any such frame pulls the external switches' entry back there.
+        """
         if self._announce_fn is None or not self._alive:
             return
         current = frozenset(self._announce_fn(self.hv_name))
-        for item in sorted(current - self._announced, key=lambda a: a.ip):
-            for packet in announcement_packets(item):
-                self.packet_out(ext_output_actions(item.ext_key), packet)
+        new = sorted(current - self._announced, key=lambda a: a.ip)
         self._announced = current
+        self._send_announcements(new)
+        for delay in ANNOUNCE_REPEATS if new else ():
+            timer = threading.Timer(delay, self._repeat_announcements, (new,))
+            timer.daemon = True
+            timer.start()
+
+    def _repeat_announcements(self, items: list[Announcement]) -> None:
+        try:
+            self._send_announcements([a for a in items if a in self._announced])
+        except ConnectionError:
+            pass  # gone: a reconnect announces everything again
+
+    def _send_announcements(self, items: list[Announcement]) -> None:
+        for item in items:
+            if self._alive:
+                for packet in announcement_packets(item):
+                    self.packet_out(ext_output_actions(item.ext_key), packet)
 
     def packet_out(self, actions: list, data: bytes) -> None:
         """Send ``data`` into the pipeline from the controller, running ``actions``."""

@@ -182,6 +182,11 @@ def _fip(view: HypervisorView, f: LocalFip) -> Iterator[Flow]:
     base = {REG_NETWORK: ext.key}
     tag = (to_provider(view, ext) or [])[:-1]  # the VLAN tag, if any: the reply goes back out of in_port
     yield make_flow(
+        EXT_IN_FIP, "garp", {**base, "eth_type": ETH_ARP, "arp_spa": ip, "arp_tpa": ip},
+        description=f"gratuitous ARP for floating IP {ip}: the address moved to another host; never answer it "
+        "(the answer would pull the external switches' entry back here)",
+    )
+    yield make_flow(
         EXT_IN_FIP, "arp_answer", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_tpa": ip},
         [_learn(ext), *arp_reply(f.mac, ip, tag + [Output(IN_PORT)])],
         description=f"ARP who-has floating IP {ip}: {f.mac}, from this hypervisor only; learn the asker",

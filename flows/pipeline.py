@@ -155,13 +155,14 @@ STAGES: tuple[Stage, ...] = (
         doc="From an external network (a provider network with router:external), on a "
         "hypervisor that hosts ports with floating IPs on it: an ARP request for one of "
         "those floating IPs is answered with the floating IP's own MAC (arp_answer: only "
-        "the hosting hypervisor answers, no MAC is shared between hosts) and an ARP for "
+        "the hosting hypervisor answers, no MAC is shared between hosts; a gratuitous ARP "
+        "for it, sent by its new host after a move, is never answered: garp) and an ARP for "
         "or from a floating IP teaches lr_in_mac_binding the sender's MAC (arp_learn); "
         "an IPv4 packet to a floating IP's MAC and address is DNATed to the fixed address "
         "(stateless 1:1), routed into the port's network and handed to L2 lookup (dnat). "
         "Everything else goes on to L2 lookup of the external network (default).",
         allowed_matches=frozenset({REG_NETWORK, "eth_type", "eth_dst", "arp_op", "arp_spa", "arp_tpa", "ipv4_dst"}),
-        priorities={"arp_answer": 100, "arp_learn": 100, "dnat": 100, "default": 0},
+        priorities={"garp": 110, "arp_answer": 100, "arp_learn": 100, "dnat": 100, "default": 0},
         next_stages=("ls_in_l2_lookup",),
     ),
     Stage(

@@ -339,15 +339,26 @@ def test_disassociate_cuts_the_vm_off_and_leaves_no_flow(cloud: Cloud) -> None:
         assert pings(cloud.out, ip, 3) == 0
         assert "error" in echo(cloud.out, ip)[ip]
         assert pings(cloud.vms["b1"], EXT_GATEWAY, 2) == 0
+        # Before giving the address back to the same hypervisor, let its datapath forget the drops
+        # (OVS ages an unused datapath flow out after 10 s): OVS 3.1's userspace datapath was once
+        # seen keeping a stale datapath drop for the address while it was hit every second, with
+        # the OpenFlow tables right (see the README's known issues).
+        wait_until(lambda: not datapath_flows(cloud, "hv3", mac), 20, "hv3's datapath forgetting the address")
     finally:
         cloud.associate(fip, "b1")
     wait_until(lambda: pings(cloud.out, ip, 1), 10, lambda: f"the floating IP back at b1\n{diagnose(cloud, ip)}")
+
+
+def datapath_flows(cloud: Cloud, hv: str, *needles: str) -> list[str]:
+    """The datapath (megaflow) entries of ``hv`` mentioning any of ``needles``."""
+    dump = cloud.lab.hypervisor(hv).appctl("dpctl/dump-flows").splitlines()
+    return [line for line in dump if any(n.lower() in line.lower() for n in needles)]
 
 
 def diagnose(cloud: Cloud, ip: str) -> str:
     """What a failed floating-IP wait needs: datapath flows of the address, the outside ARP, the log tail."""
     lines = [f"outside neighbours: {cloud.out.cmd('ip neigh').strip()}"]
     for hv in cloud.lab.hypervisors:
-        lines += [f"{hv.name} datapath: {line}" for line in hv.appctl("dpctl/dump-flows").splitlines() if ip in line]
+        lines += [f"{hv.name} datapath: {line}" for line in datapath_flows(cloud, hv.name, ip)]
         lines += [f"{hv.name} flow: {line}" for line in flows_mentioning(hv, ip)]
     return "\n".join(lines + [cloud.ctrl.log_tail(20)])

@@ -121,6 +121,14 @@ def test_arp_for_a_floating_ip_is_answered_by_its_host_with_its_own_mac(cloud: C
     assert cloud.fip_mac("v1") != cloud.fip_mac("v2")
 
 
+def test_a_gratuitous_arp_for_the_floating_ip_is_never_answered(cloud: Cloud) -> None:
+    # What the new host sends after a move: answering it would pull the external switch's entry back here.
+    ip, mac = cloud.fip_ip("v1"), cloud.fip_mac("v1")
+    pipe = cloud.pipeline("hv1")
+    assert pipe.run(from_outside(cloud, **arp(1, ip, ip, sha=mac))).outputs == []
+    assert not [f for f in pipe.tables[MAC_BINDING] if f.priority]  # and nothing learned from it
+
+
 def test_inbound_is_dnated_routed_and_delivered_to_the_vm(cloud: Cloud) -> None:
     pkt = from_outside(cloud, eth_type=0x0800, eth_dst=cloud.fip_mac("v1"), ipv4_src="198.51.100.7",
                        ipv4_dst=cloud.fip_ip("v1"), nw_ttl=50)

@@ -21,6 +21,8 @@ SECTIONS = {
     "routing": "apps.bench.routing",
     "api": "apps.bench.api",
     "port_to_flows": "apps.bench.port_to_flows",
+    "fip": "apps.bench.fip",
+    "secgroups": "apps.bench.secgroups",
 }
 
 

@@ -65,10 +65,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class Arrivals:
-    """Reads the receiver's lines in a thread; arrival timestamps, in order."""
+    """Reads the receiver's lines in a thread; arrival timestamps (and sequence numbers), in order."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.times: list[float] = []
+        self.seqs: list[int] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
         self._thread.start()
@@ -79,11 +80,17 @@ class Arrivals:
             if len(parts) == 3:
                 with self._lock:
                     self.times.append(float(parts[0]))
+                    self.seqs.append(int(parts[1]))
 
     def since(self, t0: float) -> list[float]:
         """Arrival times at or after ``t0``."""
         with self._lock:
             return [t for t in self.times if t >= t0]
+
+    def records_since(self, t0: float) -> list[tuple[float, int]]:
+        """(arrival time, sequence number) of the datagrams that arrived at or after ``t0``."""
+        with self._lock:
+            return [(t, q) for t, q in zip(self.times, self.seqs, strict=True) if t >= t0]
 
     def first_after(self, t0: float, timeout: float = TIMEOUT_S) -> float:
         """The first arrival at or after ``t0``, waiting for it up to ``timeout``."""
@@ -94,6 +101,25 @@ class Arrivals:
                 return got[0]
             time.sleep(0.001)
         raise TimeoutError(f"no datagram delivered within {timeout}s")
+
+
+def last_delivery(t0: float, *streams: Arrivals, watch: float = WATCH_S, quiet: float = QUIET_S,
+                  timeout: float = TIMEOUT_S) -> float:
+    """Seconds from ``t0`` to the last datagram any of ``streams`` got once the traffic stopped (0: none).
+
+    Watches for at least ``watch`` seconds, until nothing arrived for ``quiet`` seconds;
+    still arriving ``timeout`` seconds after ``t0`` is an error.
+    """
+    time.sleep(watch)
+    while True:
+        got = sorted(t for s in streams for t in s.since(t0))
+        now = time.time()
+        if not got or now - got[-1] >= quiet:
+            break
+        if now - t0 > timeout:
+            raise RuntimeError(f"datagrams still delivered {now - t0:.1f}s after t0")
+        time.sleep(0.05)
+    return (got[-1] - t0) if got else 0.0
 
 
 class Bench:
@@ -241,16 +267,7 @@ class Bench:
             raise RuntimeError("the probe stream is not being delivered before the delete")
         t0 = time.time()
         self.ctl.delete("port", port_id)
-        time.sleep(WATCH_S)
-        while True:
-            got = self.arrivals.since(t0)
-            now = time.time()
-            if not got or now - got[-1] >= QUIET_S:
-                break
-            if now - t0 > TIMEOUT_S:
-                raise RuntimeError(f"datagrams still delivered {now - t0:.1f}s after DELETE")
-            time.sleep(0.05)
-        return (got[-1] - t0) if got else 0.0
+        return last_delivery(t0, self.arrivals)
 
 
 def run(quick: bool = False) -> dict:

@@ -234,6 +234,23 @@ def _iperf_bps(client, server, ip: str, seconds: int, omit: int = 1, pin: tuple[
         srv.wait(timeout=5)
 
 
+def pin_vswitchds(client_hv, server_hv) -> tuple[str, str] | None:
+    """Pin the client side's ovs-vswitchd to one CPU, the server side's to another: (client CPU, server CPU).
+
+    Give the same pair to :func:`_iperf_bps` so each iperf3 end shares its hypervisor's
+    CPU: the same placement for every kind of run (unpinned, the scheduler's choices
+    swing a run by 2x on a 2-core machine). None (nothing pinned) on a single CPU.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    pinning = (str(cpus[0]), str(cpus[1]))
+    for hv, cpu in zip((client_hv, server_hv), pinning, strict=True):
+        subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(hv.ovs.pid("ovs-vswitchd"))], check=True,
+                       stdout=subprocess.DEVNULL)
+    return pinning
+
+
 @contextlib.contextmanager
 def routed_lab() -> Iterator[tuple[Any, dict[str, Any], Any]]:
     """Controller + 2-hypervisor lab: router over 10.1.1/24 (ra, hv1) and 10.1.2/24 (rb, hv2), L2 network
@@ -289,16 +306,7 @@ def throughput_figures(quick: bool = False, rounds: int | None = None, pin: bool
     seconds = 2 if quick else 5
     rounds = rounds or (3 if quick else ROUNDS)
     with routed_lab() as (lab, vms, ip):
-        cpus = sorted(os.sched_getaffinity(0))
-        pinning = None
-        if pin and len(cpus) >= 2:
-            # hv1's vswitchd and the client on one CPU, hv2's and the server on another: the
-            # same placement for both kinds of run (unpinned, the scheduler's choices swing
-            # a run by 2x on a 2-core machine)
-            pinning = (str(cpus[0]), str(cpus[1]))
-            for hv, cpu in zip(lab.hypervisors, pinning, strict=True):
-                subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(hv.ovs.pid("ovs-vswitchd"))], check=True,
-                               stdout=subprocess.DEVNULL)
+        pinning = pin_vswitchds(*lab.hypervisors) if pin else None
         routed, l2, retrans = [], [], {"routed": 0, "l2": 0}
         for r in range(rounds):
             order = (("l2", "la", "lb"), ("routed", "ra", "rb"))

@@ -11,10 +11,16 @@ def ms(seconds: float) -> float:
     return round(seconds * 1e3, 3)
 
 
+def percentile(samples: list[float], q: int) -> float:
+    """The ``q``-th percentile (0 < q <= 100) by nearest rank."""
+    ordered = sorted(samples)
+    return ordered[max(0, -(-q * len(ordered) // 100) - 1)]
+
+
 def latency_summary(name: str, samples: list[float]) -> dict[str, Any]:
     """``<name>_ms_{median,p90,min,max,samples}``: p90 by nearest rank, samples in seconds in."""
     ordered = sorted(samples)
-    p90 = ordered[max(0, -(-9 * len(ordered) // 10) - 1)]
+    p90 = percentile(ordered, 90)
     return {
         f"{name}_ms_median": ms(statistics.median(ordered)),
         f"{name}_ms_p90": ms(p90),
