@@ -35,16 +35,11 @@ the figures are the network's readiness, not the outside host's ARP retry timer.
     median window < 1000 ms. A move after which the stream stops arriving anywhere is
     counted as ``move_black_holed`` (not in the windows), with the fabric bridge port
     its MAC table then has for the floating IP's MAC; it is healed by one frame out of
-    the new VM (a ping to the gateway) before the next move. Probable cause (read from the
-    flows and the controller log, not captured on the wire): the new host's
-    gratuitous ARP reaches the old host while it still has the address's flows (the old
-    host's delete is committed after the new host's add), its ``ext_in_fip`` ARP
-    responder answers it (it matches any request for the address, gratuitous ones too),
-    and the reply, from the address's MAC, moves the external switch's MAC entry back
-    to the old host, which then drops the address; inbound-only traffic never heals it
-    (here the outside host's ARP entry is static; a real upstream's ARP refresh would,
-    after its reachable time). Any answer the old VM sends in that overlap (a ping
-    reply, a TCP ACK) does the same.
+    the new VM (a ping to the gateway) before the next move. It must stay 0: it was seen
+    before the old host stopped answering the new host's gratuitous ARP (``garp`` in
+    ``ext_in_fip``) and the new host repeated it (0.25 s and 1 s after the first), when a
+    frame from the old host during the overlap of the two syncs could pin the address's
+    MAC on the old host's port of the external switch.
 ``nat_throughput``
     iperf3 TCP to ``v1`` (hv1), from the outside host through the floating IP (provider
     network, NAT on hv1) and from ``w`` on hv3 routed east-west by its fixed address
