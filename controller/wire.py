@@ -167,18 +167,7 @@ def _ct(act: CT) -> bytes:
     table = STAGE_BY_NAME[act.table].table_id if act.table is not None else NX_CT_RECIRC_NONE
     action = parser.NXActionCT(flags=NX_CT_F_COMMIT if act.commit else 0, zone_src=zone_src, zone_ofs_nbits=zone,
                                recirc_table=table, alg=0, actions=[])
-    buf = bytearray()
-    action.serialize(buf, 0)
-    return _pad8(bytes(buf))  # os-ken writes the padded length in the header but not the padding
-
-
-# OpenFlow 1.3 has no writable in_port; OVS takes NXAST_REG_LOAD to NXM_OF_IN_PORT (16 bits), as OVN does.
-NXAST_REG_LOAD = 7
-NXM_OF_IN_PORT = 0x00000002
-
-
-def _load_in_port(value: int) -> bytes:
-    return struct.pack("!HHIHHIQ", ofp.OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_REG_LOAD, 15, NXM_OF_IN_PORT, value)
+    return _os_ken_action(action)
 
 
 def _conjunction(act: Conjunction) -> bytes:
@@ -196,9 +185,7 @@ def _learn(act: Learn) -> bytes:
     specs += [parser.NXFlowSpecLoad(src=(src, 0), dst=(dst, 0), n_bits=_field(dst)[1] * 8) for src, dst in act.loads]
     action = parser.NXActionLearn(table_id=STAGE_BY_NAME[act.table].table_id, specs=specs,
                                   idle_timeout=act.idle_timeout, priority=act.priority, cookie=act.cookie)
-    buf = bytearray()
-    action.serialize(buf, 0)
-    return _pad8(bytes(buf))  # os-ken writes the padded length in the header but not the padding
+    return _os_ken_action(action)
 
 
 # OpenFlow 1.3 has no writable in_port; OVS takes NXAST_REG_LOAD to NXM_OF_IN_PORT (16 bits), as OVN does.
@@ -208,6 +195,13 @@ NXM_OF_IN_PORT = 0x00000002
 
 def _load_in_port(value: int) -> bytes:
     return struct.pack("!HHIHHIQ", ofp.OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_REG_LOAD, 15, NXM_OF_IN_PORT, value)
+
+
+def _os_ken_action(action) -> bytes:
+    """An os-ken action object's bytes, padded: os-ken writes the padded length in the header but not the padding."""
+    buf = bytearray()
+    action.serialize(buf, 0)
+    return _pad8(bytes(buf))
 
 
 def encode_instructions(flow: Flow) -> bytes:
