@@ -218,7 +218,7 @@ def _port_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule]:
 
 def _defaults(d: Direction) -> Iterator[Flow]:
     yield make_flow(d.pre, "default", {}, goto=d.after,
-                    description=f"{d.name}: not IP, or the port has no security groups: no ACL")
+                    description=f"{d.name}: not IP, or a port without port security: no ACL")
     for eth, proto, field, value in d.always:
         yield make_flow(d.pre, "always", {"eth_type": eth, "ip_proto": proto, field: value}, goto=d.after,
                         description=f"{d.name}: {field}={value} is never filtered by security groups")
