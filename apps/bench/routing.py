@@ -252,22 +252,36 @@ def pin_vswitchds(client_hv, server_hv) -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def routed_lab() -> Iterator[tuple[Any, dict[str, Any], Any]]:
-    """Controller + 2-hypervisor lab: router over 10.1.1/24 (ra, hv1) and 10.1.2/24 (rb, hv2), L2 network
-    10.2.0/24 (la on hv1, lb on hv2); yields (lab, {name: VM}, ip(name)); everything removed on exit."""
+def controller_and_lab(prefix: str, n_hypervisors: int, tag: str) -> Iterator[tuple[Any, Any]]:
+    """A ``tenantflow controller`` process and a lab of ``n_hypervisors`` attached to it, registered and
+    connected; yields (controller, lab); both stopped and their work dir removed on exit."""
     from apps.lab import Lab
     from apps.lab.controller import ControllerProcess
 
-    workdir = tempfile.mkdtemp(prefix="tenantflow-bench-routing-")
+    workdir = tempfile.mkdtemp(prefix=f"tenantflow-bench-{tag}-")
     ctl = ControllerProcess(os.path.join(workdir, "controller"))
-    lab = Lab(prefix=PREFIX, n_hypervisors=2, controller_unix_socket=ctl.unix_socket, api_url=ctl.api_url,
-              workdir=os.path.join(workdir, "lab"))
+    lab = Lab(prefix=prefix, n_hypervisors=n_hypervisors, controller_unix_socket=ctl.unix_socket,
+              api_url=ctl.api_url, workdir=os.path.join(workdir, "lab"))
     try:
         ctl.start()
         lab.start()
         lab.register_hypervisors()
         for hv in lab.hypervisors:
             ctl.wait_hypervisor_connected(hv.name)
+        yield ctl, lab
+    finally:
+        try:
+            lab.stop()
+        finally:
+            ctl.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def routed_lab() -> Iterator[tuple[Any, dict[str, Any], Any]]:
+    """Controller + 2-hypervisor lab: router over 10.1.1/24 (ra, hv1) and 10.1.2/24 (rb, hv2), L2 network
+    10.2.0/24 (la on hv1, lb on hv2); yields (lab, {name: VM}, ip(name)); everything removed on exit."""
+    with controller_and_lab(PREFIX, 2, "routing") as (ctl, lab):
         router = ctl.create("router", name="bench-router")
         nets = {}
         for name, cidr in (("r1", "10.1.1.0/24"), ("r2", "10.1.2.0/24"), ("l2", "10.2.0.0/24")):
@@ -293,12 +307,6 @@ def routed_lab() -> Iterator[tuple[Any, dict[str, Any], Any]]:
         if "ttl=63" not in ttl:
             raise RuntimeError(f"ra -> rb is not one routed hop:\n{ttl}")
         yield lab, vms, ip
-    finally:
-        try:
-            lab.stop()
-        finally:
-            ctl.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def throughput_figures(quick: bool = False, rounds: int | None = None, pin: bool = True) -> dict[str, Any]:

@@ -35,16 +35,13 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
-from apps.bench.routing import _by_stage, _iperf_bps, _wait, pin_vswitchds
+from apps.bench.routing import _by_stage, _iperf_bps, _wait, controller_and_lab, pin_vswitchds
 from flows.compiler import compile_hypervisor
 from flows.pipeline import stage
 from topology import graph_l3
@@ -260,84 +257,73 @@ def _connects(vm, ip: str, port: int, timeout: float = 1.0) -> bool:
 
 def throughput_figures(quick: bool = False) -> dict[str, Any]:
     """50-rule group vs port security off on the same receiver port, rounds alternating (module docstring)."""
-    from apps.lab import Lab
-    from apps.lab.controller import ControllerProcess
-
     seconds, rounds = (2, 3) if quick else (5, 5)
-    workdir = tempfile.mkdtemp(prefix="tenantflow-bench-secgroups-")
-    ctl = ControllerProcess(os.path.join(workdir, "controller"))
-    lab = Lab(prefix=PREFIX, n_hypervisors=2, controller_unix_socket=ctl.unix_socket, api_url=ctl.api_url,
-              workdir=os.path.join(workdir, "lab"))
-    try:
-        ctl.start()
-        lab.start()
-        lab.register_hypervisors()
-        for hv in lab.hypervisors:
-            ctl.wait_hypervisor_connected(hv.name)
-        project = "bench-sg"
-        net = ctl.create("network", name="bench-sg", project_id=project)
-        ctl.create("subnet", network_id=net["id"], cidr="10.3.0.0/24", ip_version=4, project_id=project)
-        sg = _fifty_rules(ctl, project)
-        mtu = int(net.get("mtu") or 1450)
-        pa = ctl.create("port", network_id=net["id"], project_id=project, device_owner="compute:nova",
-                        port_security_enabled=False, security_groups=[], **{"binding:host_id": "hv1"})
-        pb = ctl.create("port", network_id=net["id"], project_id=project, device_owner="compute:nova",
-                        security_groups=[sg["id"]], **{"binding:host_id": "hv2"})
-        a, b = lab.plug_vm("a", pa, mtu=mtu), lab.plug_vm("b", pb, mtu=mtu)
-        ip_b = str(pb["fixed_ips"][0]["ip_address"])
-        hv2 = lab.hypervisor("hv2")
-        _wait(lambda: " 0% packet loss" in a.cmd(f"ping -c1 -W1 {ip_b}"), TIMEOUT_S, "a -> b ping", ctl)
-        listener = b.popen([sys.executable, "-c", LISTEN, str(CLOSED_PORT)], stdout=-1, stderr=-1)
-
-        def secure(on: bool) -> None:
-            body = {"port_security_enabled": True, "security_groups": [sg["id"]]} if on else \
-                {"port_security_enabled": False, "security_groups": []}
-            ctl.request("PUT", f"/v2.0/ports/{pb['id']}", {"port": body})
-            _wait(lambda: (_tracked(hv2) > 0) == on, TIMEOUT_S, f"port security {on} on hv2", ctl)
-
-        closed_with_group = not _connects(a, ip_b, CLOSED_PORT)
-        secure(False)
-        open_without = _connects(a, ip_b, CLOSED_PORT)
-        secure(True)
-        if not (closed_with_group and open_without):
-            raise RuntimeError(f"filtering check failed: closed with the group {closed_with_group}, "
-                               f"open without {open_without}")
-        pinning = pin_vswitchds(*lab.hypervisors)
-        with_sg, without = [], []
-        retrans = {"group": 0, "off": 0}
-        for r in range(rounds):
-            for kind in (("group", "off") if r % 2 == 0 else ("off", "group")):
-                secure(kind == "group")
-                bps, rt = _iperf_bps(a, b, ip_b, seconds, pin=pinning)
-                (with_sg if kind == "group" else without).append(bps)
-                retrans[kind] += rt
-        secure(True)
-        acl_flows = sum(hv2.ofctl("dump-flows", "br-int", f"table={stage(name).table_id}").count("cookie=")
-                        for name in ACL_STAGES)
-        listener.kill()
-        ratio = statistics.median(with_sg) / statistics.median(without)
-        return {
-            "throughput_rules_in_group": len(sg["security_group_rules"]),
-            "throughput_ingress_rules": sum(r["direction"] == "ingress" for r in sg["security_group_rules"]),
-            "throughput_acl_flows_on_hv2": acl_flows,
-            "throughput_seconds_per_run": seconds, "throughput_rounds": rounds,
-            "throughput_pinned_cpus": list(pinning) if pinning else None,
-            "throughput_group_gbps": [round(x / 1e9, 3) for x in with_sg],
-            "throughput_port_security_off_gbps": [round(x / 1e9, 3) for x in without],
-            "throughput_group_gbps_median": round(statistics.median(with_sg) / 1e9, 3),
-            "throughput_port_security_off_gbps_median": round(statistics.median(without) / 1e9, 3),
-            "throughput_retransmits": retrans,
-            "throughput_ratio_50_rules": round(ratio, 3),
-            "throughput_goal_0_9_met": ratio >= 0.9,
-        }
-    except Exception as exc:
-        raise RuntimeError(f"secgroups throughput bench failed: {exc}\ncontroller log:\n{ctl.log_tail()}") from exc
-    finally:
+    with controller_and_lab(PREFIX, 2, "secgroups") as (ctl, lab):
         try:
-            lab.stop()
-        finally:
-            ctl.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
+            return _throughput(ctl, lab, seconds, rounds)
+        except Exception as exc:
+            raise RuntimeError(f"secgroups throughput bench failed: {exc}\ncontroller log:\n{ctl.log_tail()}") \
+                from exc
+
+
+def _throughput(ctl, lab, seconds: int, rounds: int) -> dict[str, Any]:
+    """TCP through the 50-rule group vs port security off on the same receiver, rounds alternating."""
+    project = "bench-sg"
+    net = ctl.create("network", name="bench-sg", project_id=project)
+    ctl.create("subnet", network_id=net["id"], cidr="10.3.0.0/24", ip_version=4, project_id=project)
+    sg = _fifty_rules(ctl, project)
+    mtu = int(net.get("mtu") or 1450)
+    pa = ctl.create("port", network_id=net["id"], project_id=project, device_owner="compute:nova",
+                    port_security_enabled=False, security_groups=[], **{"binding:host_id": "hv1"})
+    pb = ctl.create("port", network_id=net["id"], project_id=project, device_owner="compute:nova",
+                    security_groups=[sg["id"]], **{"binding:host_id": "hv2"})
+    a, b = lab.plug_vm("a", pa, mtu=mtu), lab.plug_vm("b", pb, mtu=mtu)
+    ip_b = str(pb["fixed_ips"][0]["ip_address"])
+    hv2 = lab.hypervisor("hv2")
+    _wait(lambda: " 0% packet loss" in a.cmd(f"ping -c1 -W1 {ip_b}"), TIMEOUT_S, "a -> b ping", ctl)
+    listener = b.popen([sys.executable, "-c", LISTEN, str(CLOSED_PORT)], stdout=-1, stderr=-1)
+
+    def secure(on: bool) -> None:
+        body = {"port_security_enabled": True, "security_groups": [sg["id"]]} if on else \
+            {"port_security_enabled": False, "security_groups": []}
+        ctl.request("PUT", f"/v2.0/ports/{pb['id']}", {"port": body})
+        _wait(lambda: (_tracked(hv2) > 0) == on, TIMEOUT_S, f"port security {on} on hv2", ctl)
+
+    closed_with_group = not _connects(a, ip_b, CLOSED_PORT)
+    secure(False)
+    open_without = _connects(a, ip_b, CLOSED_PORT)
+    secure(True)
+    if not (closed_with_group and open_without):
+        raise RuntimeError(f"filtering check failed: closed with the group {closed_with_group}, "
+                           f"open without {open_without}")
+    pinning = pin_vswitchds(*lab.hypervisors)
+    with_sg, without = [], []
+    retrans = {"group": 0, "off": 0}
+    for r in range(rounds):
+        for kind in (("group", "off") if r % 2 == 0 else ("off", "group")):
+            secure(kind == "group")
+            bps, rt = _iperf_bps(a, b, ip_b, seconds, pin=pinning)
+            (with_sg if kind == "group" else without).append(bps)
+            retrans[kind] += rt
+    secure(True)
+    acl_flows = sum(hv2.ofctl("dump-flows", "br-int", f"table={stage(name).table_id}").count("cookie=")
+                    for name in ACL_STAGES)
+    listener.kill()
+    ratio = statistics.median(with_sg) / statistics.median(without)
+    return {
+        "throughput_rules_in_group": len(sg["security_group_rules"]),
+        "throughput_ingress_rules": sum(r["direction"] == "ingress" for r in sg["security_group_rules"]),
+        "throughput_acl_flows_on_hv2": acl_flows,
+        "throughput_seconds_per_run": seconds, "throughput_rounds": rounds,
+        "throughput_pinned_cpus": list(pinning) if pinning else None,
+        "throughput_group_gbps": [round(x / 1e9, 3) for x in with_sg],
+        "throughput_port_security_off_gbps": [round(x / 1e9, 3) for x in without],
+        "throughput_group_gbps_median": round(statistics.median(with_sg) / 1e9, 3),
+        "throughput_port_security_off_gbps_median": round(statistics.median(without) / 1e9, 3),
+        "throughput_retransmits": retrans,
+        "throughput_ratio_50_rules": round(ratio, 3),
+        "throughput_goal_0_9_met": ratio >= 0.9,
+    }
 
 
 def run(quick: bool = False) -> dict[str, Any]:
