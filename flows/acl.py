@@ -19,6 +19,10 @@ Each port has its own zone (:func:`ct_zones`): stable (stored with the port by t
 topology when it is bound), unique per hypervisor, so two tenants' overlapping
 addresses never share conntrack state.
 
+A port whose groups are all stateless (Neutron's ``stateful: false``) skips conntrack:
+its rules are matched packet by packet and nothing is committed, so a reply passes
+only if a rule of the other direction allows it, as Neutron specifies.
+
 Rules with a remote group are OVS conjunctive matches, so "from members of G" costs
 flows in proportion to (local ports applying it) + (G's member addresses) + (port
 range pieces), never their product. Ports with port security and no group get no
@@ -188,13 +192,14 @@ def acl_flows(graph: TopologyGraph, local_ports: list[Port]) -> list[Flow]:
     zones = ct_zones(local_ports)
     rules_of = {p.id: _port_rules(graph, p) for p in secured}
     ids = conj_ids(r for rules in rules_of.values() for r in rules if r.remote_group_id)
+    stateless = {p.id for p in secured if _stateless(graph, p)}
     flows: list[Flow] = []
     for d in (EGRESS, INGRESS):
         flows += _defaults(d)
         conj: dict[tuple, list[Conjunction]] = {}  # clause flow (match items) -> its conjunction actions
         conj_rules: dict[str, SecurityGroupRule] = {}
         for port in secured:
-            flows += _track(d, port, zones[port.id])
+            flows += _track(d, port, zones[port.id], port.id in stateless)
             for rule in rules_of[port.id]:
                 if rule.direction != d.name:
                     continue
@@ -202,18 +207,30 @@ def acl_flows(graph: TopologyGraph, local_ports: list[Port]) -> list[Flow]:
                     conj_rules[rule.id] = rule
                     _clause(conj, (d.reg, port.key), rule, ids[rule.id], 1)
                 else:
-                    flows += _hard_rule(d, port, rule)
-        flows += _conjunctions(graph, d, conj, conj_rules, ids)
+                    flows += _hard_rule(d, port, rule, port.id not in stateless)
+        flows += _conjunctions(graph, d, conj, conj_rules, ids, _stateful_rules(graph, conj_rules.values()))
     return _dedupe(flows)
 
 
 def _port_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule]:
-    """The rules of a port's stateful groups, in group then creation order."""
-    rules: list[SecurityGroupRule] = []
-    for sg in graph_l3.port_security_groups(graph, port):
-        if sg.stateful:  # stateless groups: not in the data plane yet (treated as having no rule)
-            rules += graph_l3.sg_rules(graph, sg.id)
-    return rules
+    """The rules of a port's groups, in group then creation order."""
+    return [r for sg in graph_l3.port_security_groups(graph, port) for r in graph_l3.sg_rules(graph, sg.id)]
+
+
+def _stateless(graph: TopologyGraph, port: Port) -> bool:
+    """A port whose groups are all stateless (Neutron's ``stateful: false``): no conntrack at all.
+
+    Its rules are matched packet by packet, replies included: what they do not allow in
+    either direction is dropped. A port with any stateful group is tracked (Neutron
+    refuses the mix; should a graph hold one, the stricter-to-bypass stateful way wins).
+    """
+    groups = graph_l3.port_security_groups(graph, port)
+    return bool(groups) and not any(sg.stateful for sg in groups)
+
+
+def _stateful_rules(graph: TopologyGraph, rules: Iterable[SecurityGroupRule]) -> set[str]:
+    """Ids of the rules that belong to a stateful group (their conjunctive match commits the connection)."""
+    return {r.id for r in rules if (sg := graph.get("sg", r.security_group_id)) is None or sg.stateful}
 
 
 def _defaults(d: Direction) -> Iterator[Flow]:
@@ -231,14 +248,18 @@ def _defaults(d: Direction) -> Iterator[Flow]:
     yield make_flow(d.acl, "drop", {}, description=f"{d.name}: no security group rule allows it: drop")
 
 
-def _track(d: Direction, port: Port, zone: int) -> Iterator[Flow]:
+def _track(d: Direction, port: Port, zone: int, stateless: bool = False) -> Iterator[Flow]:
     for eth in (ETH_IPV4, ETH_IPV6):
+        if stateless:
+            yield make_flow(d.pre, "track", {d.reg: port.key, "eth_type": eth}, goto=d.acl,
+                            description=f"{d.name} of port {port.id}: stateless groups, no conntrack")
+            continue
         yield make_flow(d.pre, "track", {d.reg: port.key, "eth_type": eth},
                         [SetField(REG_CT_ZONE, zone), CT(zone=zone, table=d.acl.name)],
                         description=f"{d.name} of port {port.id}: conntrack in zone {zone}")
 
 
-def _hard_rule(d: Direction, port: Port, rule: SecurityGroupRule) -> Iterator[Flow]:
+def _hard_rule(d: Direction, port: Port, rule: SecurityGroupRule, stateful: bool = True) -> Iterator[Flow]:
     base, alternatives = rule_matches(rule)
     base = {**base, d.reg: port.key}
     if rule.remote_ip_prefix:
@@ -246,8 +267,9 @@ def _hard_rule(d: Direction, port: Port, rule: SecurityGroupRule) -> Iterator[Fl
         if value is not None:
             base[d.remote[base["eth_type"]]] = value
     for alt in alternatives:
-        yield make_flow(d.acl, "rule", {**base, **alt}, [COMMIT], goto=d.after,
-                        description=f"{d.name} of port {port.id}: rule {rule.id}")
+        yield make_flow(d.acl, "rule", {**base, **alt}, [COMMIT] if stateful else [], goto=d.after,
+                        description=f"{d.name} of port {port.id}: rule {rule.id}"
+                        + ("" if stateful else " (stateless)"))
 
 
 def _n_clauses(rule: SecurityGroupRule) -> int:
@@ -270,7 +292,7 @@ def _clause(conj: dict[tuple, list[Conjunction]], extra: tuple[str, MatchValue],
 
 
 def _conjunctions(graph: TopologyGraph, d: Direction, conj: dict[tuple, list[Conjunction]],
-                  rules: dict[str, SecurityGroupRule], ids: dict[str, int]) -> list[Flow]:
+                  rules: dict[str, SecurityGroupRule], ids: dict[str, int], stateful: set[str]) -> list[Flow]:
     """Remote-group rules: member-address and port-range clauses, the conj_id flows, then the merged clause flows."""
     flows: list[Flow] = []
     members: dict[tuple[str, int], list[MatchValue]] = {}
@@ -287,7 +309,8 @@ def _conjunctions(graph: TopologyGraph, d: Direction, conj: dict[tuple, list[Con
         if _n_clauses(rule) == 3:
             _clause(conj, ("", 0), rule, cid, 3)
         # eth_type too: OVS refuses ct() on a flow whose match does not say IPv4 or IPv6.
-        flows.append(make_flow(d.acl, "conj", {"conj_id": cid, "eth_type": eth}, [COMMIT], goto=d.after,
+        flows.append(make_flow(d.acl, "conj", {"conj_id": cid, "eth_type": eth},
+                               [COMMIT] if rule.id in stateful else [], goto=d.after,
                                description=f"{d.name}: rule {rule.id} (remote group {rule.remote_group_id})"))
     live = {dict(f.match)["conj_id"] for f in flows}
     for items, actions in conj.items():

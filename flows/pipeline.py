@@ -124,7 +124,8 @@ STAGES: tuple[Stage, ...] = (
         doc="Before the egress security-group rules of the sending port (Neutron's "
         "egress: from the VM). IPv4/IPv6 from a port with port security goes to the "
         "connection tracker in the port's zone (reg8 := zone, then ct(zone, "
-        "table=ls_in_acl)) (track); with no security group it has no rule there, so it "
+        "table=ls_in_acl)) (track; a port whose groups are all stateless goes to ls_in_acl "
+        "untracked); with no security group it has no rule there, so it "
         "is dropped, as in Neutron. Neighbour Discovery, MLD and DHCP/DHCPv6 client "
         "requests are never filtered by security groups (always); nor is anything from "
         "a port with port security off or a trusted network:* port, nor ARP (default).",
@@ -303,7 +304,8 @@ STAGES: tuple[Stage, ...] = (
         "(reg5; Neutron's ingress: to the VM), reached from L2 lookup (goto for unicast, "
         "resubmit for each copy of a flood). IPv4/IPv6 to a port with port security goes "
         "to the connection tracker in that port's zone (reg8 := zone, then ct(zone, "
-        "table=ls_out_acl)) (track). Neighbour Discovery, MLD, router advertisements and "
+        "table=ls_out_acl)) (track; untracked for a port whose groups are all stateless). "
+        "Neighbour Discovery, MLD, router advertisements and "
         "DHCP/DHCPv6 server replies are never filtered by security groups (always); nor is "
         "anything to a port with port security off or a trusted network:* port, nor ARP "
         "(default).",

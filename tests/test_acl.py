@@ -316,3 +316,30 @@ def test_topology_allocates_stable_zones_and_notifies_remote_group_dependents(tm
 
     assert CT_ZONE_ATTR not in views.port(again.graph, again.graph.port(s2.id))
     again.close()
+
+
+def test_stateless_group_matches_every_packet_and_lets_no_reply_through_by_itself() -> None:
+    b = Builder()
+    b.hv(0)
+    b.hv(1)
+    graph_l3.put_sg(b.graph, SecurityGroup(id="sl", project_id="p", name="sl", stateful=False))
+    graph_l3.put_sg_rule(b.graph, SecurityGroupRule(id="sl-in", project_id="p", security_group_id="sl",
+                                                    direction="ingress", protocol="tcp", port_range_min=80,
+                                                    port_range_max=80))
+    net = b.network("n", cidr="10.0.0.0/24")
+    b.port("client", net, "hv0", ip="10.0.0.10")  # port security off: only the server filters
+    b.port("srv", net, "hv1", ip="10.0.0.20", **SEC, security_groups=["sl"])
+    built = b.done()
+    fab = fabric_of(built.graph)
+    assert delivered_labels(built, send(fab, built, "client", **tcp(built, "client", "srv"))) == ["srv"]
+    # The server's answer: no egress rule, and a stateless group keeps no connection to let it out.
+    reply = tcp(built, "srv", "client", sport=80, dport=40000)
+    assert send(fab, built, "srv", **reply).deliveries == []
+    assert len(fab.switches["hv1"].pipeline.conntrack) == 0  # nothing was ever tracked
+    graph_l3.put_sg_rule(built.graph, SecurityGroupRule(id="sl-out", project_id="p", security_group_id="sl",
+                                                        direction="egress", protocol="tcp"))
+    fab = fabric_of(built.graph)
+    assert delivered_labels(built, send(fab, built, "srv", **reply)) == ["client"]
+    # still packet by packet: another port is not let in by the connection it belongs to
+    assert send(fab, built, "client", **tcp(built, "client", "srv", dport=81)).deliveries == []
+    assert lint(compile_hypervisor(built.graph, "hv1")) == []

@@ -435,3 +435,24 @@ def deliveries(cloud: Cloud, sends: list[tuple[str, bytes]], tag: str) -> list[b
             send_frames(cloud.vms[vm], [frame])
     received = {d: received_frames(caps[d]) for d in dsts}
     return [was_received(received[by_mac[Ether(frame).dst]], frame) for _, frame in sends]
+
+
+def test_stateless_group_checks_every_packet_replies_included(cloud: Cloud) -> None:
+    body = {"security_group": {"name": "stateless", "project_id": PA, "stateful": False}}
+    group = cloud.ctrl.request("POST", "/v2.0/security-groups", body)["security_group"]
+    cloud.groups["stateless"] = group
+    for rule in group["security_group_rules"]:  # a new group's open egress: not wanted here
+        delete_security_group_rule(cloud.ctrl, rule["id"])
+    for proto, port in (("udp", 7200), ("tcp", 7100)):
+        cloud.add_rule("stateless", protocol=proto, port_range_min=port, port_range_max=port)
+    cloud.set_groups("o", "stateless")
+    try:
+        ip = cloud.ip("o")
+        specs = (f"udp:{ip}:7200", f"tcp:{ip}:7100")
+        # The requests are let in, but no connection is remembered: the answers find no rule.
+        assert probe(cloud, "c", *specs) == {specs[0]: "timeout", specs[1]: "timeout"}
+        for proto in ("udp", "tcp"):
+            cloud.add_rule("stateless", "egress", protocol=proto)
+        assert probe(cloud, "c", *specs) == {specs[0]: "o", specs[1]: "o"}
+    finally:
+        cloud.set_groups("o", "open")
