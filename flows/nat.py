@@ -93,13 +93,12 @@ def learned_cookie(ext: Network) -> int:
 
 def local_fips(graph: TopologyGraph, view: HypervisorView) -> list[LocalFip]:
     """The floating IPs this hypervisor serves: associated with a local port, routed, reachable."""
-    local = {p.id: p for p in view.local_ports}
     out = []
-    for fip in graph.records("fip"):
-        port = local.get(fip.port_id or "")
-        found = _serving(graph, view, fip, port) if port is not None else None
-        if found is not None:
-            out.append(found)
+    for port in view.local_ports:  # by the port's own edges: never a walk over the cloud's floating IPs
+        for fip in graph_l3.fips_of_port(graph, port.id):
+            found = _serving(graph, view, fip, port)
+            if found is not None:
+                out.append(found)
     return sorted(out, key=lambda f: netaddr.IPAddress(f.fip.floating_ip_address))
 
 

@@ -213,32 +213,28 @@ def _route_actions(iface: Interface, nexthop: netaddr.IPAddress | None) -> list:
 def _routes(router: Router, ifaces: list[Interface], gateway: Interface | None) -> Iterator[Flow]:
     """Connected subnets, extra routes and the external gateway's, longest prefix first (100 + prefix length).
 
-    Out of the gateway a packet goes to lr_in_fip_snat: only a fixed address with a
-    floating IP on this hypervisor gets out (SNAT of the others comes later).
+    One route per destination (the flows' match): connected first, then extra routes in
+    their order, then the default route via the external subnet's gateway unless an
+    extra route already covers 0.0.0.0/0. Out of the gateway a packet goes to
+    lr_in_fip_snat: only a fixed address with a floating IP on this hypervisor gets out
+    (SNAT of the others comes later).
     """
-    seen: set[tuple] = set()
+    seen: set[netaddr.IPNetwork] = set()
     connected = [*ifaces, gateway] if gateway is not None else ifaces
     for iface in connected:
-        key = (iface.cidr.cidr, None)
-        if key not in seen:
-            seen.add(key)
+        if iface.cidr.cidr not in seen:
+            seen.add(iface.cidr.cidr)
             yield _route(router, iface, iface.cidr, None, "connected", gateway=iface is gateway)
-    default_hop = _default_gateway(gateway)
-    for destination, nexthop in [*router.routes, *default_hop]:
+    hops = [(destination, nexthop, "extra route") for destination, nexthop in router.routes]
+    if gateway is not None and gateway.subnet_gateway:
+        hops.append(("0.0.0.0/0", gateway.subnet_gateway, "default route out of the external gateway"))
+    for destination, nexthop, what in hops:
         dest, hop = netaddr.IPNetwork(destination), netaddr.IPAddress(nexthop)
         via = next((i for i in connected if hop in i.cidr and i.ip.version == hop.version), None)
-        if via is None or (dest.cidr, None) in seen or (dest.cidr, hop) in seen:
+        if via is None or dest.cidr in seen:
             continue  # the API refuses a next hop outside the router's subnets; be safe anyway
-        seen.add((dest.cidr, hop))
-        yield _route(router, via, dest, hop, f"extra route via {hop}" if (destination, nexthop) in router.routes
-                     else f"default route via the external gateway {hop}", gateway=via is gateway)
-
-
-def _default_gateway(gateway: Interface | None) -> list[tuple[str, str]]:
-    """0.0.0.0/0 via the external subnet's gateway, unless an extra route says otherwise."""
-    if gateway is None or not gateway.subnet_gateway:
-        return []
-    return [("0.0.0.0/0", gateway.subnet_gateway)]
+        seen.add(dest.cidr)
+        yield _route(router, via, dest, hop, f"{what} via {hop}", gateway=via is gateway)
 
 
 def _route(router: Router, iface: Interface, dest: netaddr.IPNetwork, hop, what: str, gateway: bool = False) -> Flow:

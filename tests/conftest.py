@@ -7,24 +7,7 @@ machine that silently lost OVS can never pass.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import pytest
-
-
-def _ovs_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("ovs-vsctl", "ovsdb-server", "ovs-vswitchd", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    try:
-        subprocess.run(["ovs-vsctl", "--timeout=3", "show"], check=True, capture_output=True)
-    except (subprocess.CalledProcessError, OSError):
-        return "the host's Open vSwitch is not running (scripts/start-ovs.sh)"
-    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,9 +21,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def _require_ovs(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("ovs") is None:
         return
-    from tests.lab_fixtures import lab_problem, unless_able
+    from tests.lab_fixtures import host_ovs_problem, lab_problem, unless_able
 
     if request.node.get_closest_marker("lab") is not None:
         unless_able(lab_problem(), "lab test")
     else:
-        unless_able(_ovs_problem(), "real-OVS test")
+        unless_able(host_ovs_problem(), "real-OVS test")

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,8 +37,9 @@ import pytest
 
 from apps.lab import Hypervisor, Lab, LabVM
 from apps.lab.controller import ControllerProcess
+from controller.switch import learned_cookies
 from flows.compiler import compile_hypervisor
-from flows.flow import Flow, Learn
+from flows.flow import Flow
 from flows.pipeline import STAGES
 from tests.lab_fixtures import lab_problem, require_lab
 from topology.state import Topology
@@ -58,7 +60,6 @@ __all__ = [
     "dump_flows",
     "flows_mentioning",
     "in_sync",
-    "learned_cookies",
     "lab_problem",
     "plug_new_vm",
     "port_ip",
@@ -170,9 +171,9 @@ def create_port(ctrl: ControllerProcess, net: dict[str, Any], host: str, **attrs
     return ctrl.create("port", network_id=net["id"], **{"binding:host_id": host}, **attrs)
 
 
-def create_security_group(ctrl: ControllerProcess, name: str, project_id: str) -> dict[str, Any]:
-    """POST a security group (it comes with Neutron's two open egress rules)."""
-    body = {"security_group": {"name": name, "project_id": project_id}}
+def create_security_group(ctrl: ControllerProcess, name: str, project_id: str, **attrs: Any) -> dict[str, Any]:
+    """POST a security group (it comes with Neutron's two open egress rules); ``attrs``: ``stateful``..."""
+    body = {"security_group": {"name": name, "project_id": project_id, **attrs}}
     return dict(ctrl.request("POST", "/v2.0/security-groups", body)["security_group"])
 
 
@@ -495,10 +496,10 @@ def dump_flows(hv: Hypervisor) -> list[SwitchFlow]:
     return flows
 
 
-def switch_cookies(hv: Hypervisor, learned: frozenset[int] = frozenset()) -> Counter[tuple[int, int]]:
+def switch_cookies(hv: Hypervisor, learned: AbstractSet[int] = frozenset()) -> Counter[tuple[int, int]]:
     """The (table, cookie) multiset on ``hv``'s br-int, without the flows the switch learned itself.
 
-    ``learned``: the cookies of the compiled learn actions (:func:`learned_cookies`); a flow
+    ``learned``: the cookies of the compiled learn actions (:func:`controller.switch.learned_cookies`); a flow
     with one of them in a ``switch_owned`` stage (``lr_in_mac_binding``, table 49) was added by
     the switch, not compiled, and is left out.
     """
@@ -542,11 +543,6 @@ def compiled(ctl: ControllerProcess, hv: Hypervisor) -> list[Flow]:
 def compiled_cookies(ctl: ControllerProcess, hv: Hypervisor) -> Counter[tuple[int, int]]:
     """The (table, cookie) multiset ``hv`` must hold (each exactly once)."""
     return Counter((f.table_id, f.cookie) for f in compiled(ctl, hv))
-
-
-def learned_cookies(flows: list[Flow]) -> frozenset[int]:
-    """The cookies the switch gives the flows it learns (the compiled flows' learn actions)."""
-    return frozenset(a.cookie for f in flows for a in f.actions if isinstance(a, Learn))
 
 
 Cookies = Counter[tuple[int, int]]  # (table, cookie) -> how many flows

@@ -35,6 +35,20 @@ def lab_problem() -> str | None:
     return None
 
 
+def host_ovs_problem() -> str | None:
+    """Why a test of the host's own Open vSwitch cannot run here (None if it can)."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("ovs-vsctl", "ovsdb-server", "ovs-vswitchd", "ip"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    try:
+        subprocess.run(["ovs-vsctl", "--timeout=3", "show"], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, OSError):
+        return "the host's Open vSwitch is not running (scripts/start-ovs.sh)"
+    return None
+
+
 def unless_able(problem: str | None, what: str) -> None:
     """The suite's one policy for a test this machine cannot run: skip, but FAIL under ``CI``."""
     if problem is None:

@@ -46,6 +46,8 @@ from tests.e2e_fixtures import (
     attached_lab,
     create_network,
     create_port,
+    create_security_group,
+    create_security_group_rule,
     flows_mentioning,
     require_lab,
     running_controller,
@@ -104,12 +106,10 @@ def _tenant(ctrl: ControllerProcess, project: str, ext_id: str) -> tuple[dict, d
 
 def _open_to_the_outside(ctrl: ControllerProcess, project: str) -> dict:
     """What a user adds for a public VM: ping and the echo port from anywhere (egress is open by default)."""
-    body = {"security_group": {"name": "public", "project_id": project}}
-    sg = ctrl.request("POST", "/v2.0/security-groups", body)["security_group"]
+    sg = create_security_group(ctrl, "public", project)
     for rule in ({"protocol": "icmp"}, {"protocol": "tcp", "port_range_min": ECHO_PORT, "port_range_max": ECHO_PORT}):
-        ctrl.request("POST", "/v2.0/security-group-rules", {"security_group_rule": {
-            "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv4",
-            "remote_ip_prefix": "0.0.0.0/0", "project_id": project, **rule}})
+        create_security_group_rule(ctrl, sg["id"], "ingress", remote_ip_prefix="0.0.0.0/0", project_id=project,
+                                   **rule)
     return sg
 
 

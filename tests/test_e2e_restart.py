@@ -54,7 +54,7 @@ from tests.e2e_fixtures import (
     wait_in_sync,
     wait_until,
 )
-from tests.lab_fixtures import ping_count, require_lab
+from tests.lab_fixtures import host_ovs_problem, ping_count, require_lab, unless_able
 
 pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
@@ -331,21 +331,10 @@ def test_tampered_switch_is_repaired_exactly_by_a_restarted_controller(cloud: Cl
 
 
 # -- 3. OpenFlow error in a bundle --------------------------------------------------------
-def _host_ovs_problem() -> str | None:
-    try:
-        subprocess.run(["ovs-vsctl", "--timeout=3", "show"], check=True, capture_output=True)
-    except (subprocess.CalledProcessError, OSError):
-        return "the host's Open vSwitch is not running (scripts/start-ovs.sh)"
-    return None
-
 
 def test_openflow_error_discards_the_bundle_names_the_flow_and_keeps_running(tmp_path: Path) -> None:
     """Good flows + one flow OVS refuses, in one bundle: discarded whole, error names the flow, next push ok."""
-    problem = _host_ovs_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"real-OVS test cannot run in CI: {problem}")
-        pytest.skip(problem)
+    unless_able(host_ovs_problem(), "real-OVS test")  # the host's OVS, not the lab's
     probe = Path(__file__).with_name("ofp_error_probe.py")
     bridge = f"tfrerr{uuid.uuid4().hex[:4]}"  # a bridge of the host's OVS: unique to this run
     proc = subprocess.run([sys.executable, str(probe), bridge, str(tmp_path)], capture_output=True, text=True,

@@ -438,8 +438,7 @@ def deliveries(cloud: Cloud, sends: list[tuple[str, bytes]], tag: str) -> list[b
 
 
 def test_stateless_group_checks_every_packet_replies_included(cloud: Cloud) -> None:
-    body = {"security_group": {"name": "stateless", "project_id": PA, "stateful": False}}
-    group = cloud.ctrl.request("POST", "/v2.0/security-groups", body)["security_group"]
+    group = create_security_group(cloud.ctrl, "stateless", PA, stateful=False)
     cloud.groups["stateless"] = group
     for rule in group["security_group_rules"]:  # a new group's open egress: not wanted here
         delete_security_group_rule(cloud.ctrl, rule["id"])

@@ -236,3 +236,16 @@ def test_learn_actions_may_only_write_switch_owned_stages() -> None:
 def _learn_into(name: str) -> Learn:
     table = STAGE_BY_NAME[name].table_id
     return Learn(name, 100, LEARNED_IDLE_TIMEOUT, table << 56 | 7, (("reg6", "reg6"),), (("arp_sha", "eth_dst"),))
+
+
+def test_an_extra_default_route_replaces_the_gateways_own(cloud: Cloud) -> None:
+    def default_routes() -> list:
+        return [f for f in compile_hypervisor(cloud.topo.graph, "hv1")
+                if f.table_id == STAGE_BY_NAME["lr_in_ip_routing"].table_id and ("ipv4_dst", (0, 0)) in f.match]
+
+    (via_gateway,) = default_routes()
+    assert ("reg0", 0xCB007101) in [(a.field, a.value) for a in via_gateway.actions if hasattr(a, "field")]
+    (router,) = cloud.topo.graph.records("router")
+    cloud.topo.update_router(router.id, {"routes": [{"destination": "0.0.0.0/0", "nexthop": "203.0.113.254"}]})
+    (extra,) = default_routes()  # one flow for the destination, never two competing for the same match
+    assert ("reg0", 0xCB0071FE) in [(a.field, a.value) for a in extra.actions if hasattr(a, "field")]

@@ -65,7 +65,7 @@ from typing import Any
 from apps.bench.port_latency import Arrivals, last_delivery
 from apps.bench.routing import _iperf_bps, _wait, pin_vswitchds
 from apps.bench.secgroups import security_group
-from apps.bench.stats import latency_summary, ms, percentile
+from apps.bench.stats import gbps_summary, interleaved, latency_summary, ms, percentile
 from apps.lab import Lab, LabVM, sh
 from apps.lab.controller import ControllerProcess
 
@@ -233,22 +233,18 @@ def _throughput(b: FipBench, quick: bool) -> dict[str, Any]:
     pinning = pin_vswitchds(b.lab.hypervisor("hv3"), b.lab.hypervisor("hv1"))
     if pinning:
         _receive_on(b.out, pinning[0])
-    runs: dict[str, list[float]] = {"fip": [], "east_west": []}
-    retrans = {"fip": 0, "east_west": 0}
-    order = (("fip", b.out, b.address), ("east_west", b.vms["w"], b.ip("v1")))
-    for r in range(rounds):
-        for kind, client, ip in (order if r % 2 == 0 else order[::-1]):
-            bps, rt = _iperf_bps(client, b.vms["v1"], ip, seconds, pin=pinning)
-            runs[kind].append(bps)
-            retrans[kind] += rt
+    ends = {"fip": (b.out, b.address), "east_west": (b.vms["w"], b.ip("v1"))}
+
+    def run_one(kind: str) -> tuple[float, int]:
+        client, ip = ends[kind]
+        return _iperf_bps(client, b.vms["v1"], ip, seconds, pin=pinning)
+
+    runs, retrans = interleaved(("fip", "east_west"), rounds, run_one)
     fip, ew = statistics.median(runs["fip"]), statistics.median(runs["east_west"])
     return {
         "nat_throughput_seconds_per_run": seconds, "nat_throughput_rounds": rounds,
         "nat_throughput_pinned_cpus": list(pinning) if pinning else None,
-        "nat_throughput_fip_gbps": [round(x / 1e9, 3) for x in runs["fip"]],
-        "nat_throughput_east_west_gbps": [round(x / 1e9, 3) for x in runs["east_west"]],
-        "nat_throughput_fip_gbps_median": round(fip / 1e9, 3),
-        "nat_throughput_east_west_gbps_median": round(ew / 1e9, 3),
+        **gbps_summary("nat_throughput", runs),
         "nat_throughput_retransmits": retrans,
         "nat_throughput_ratio": round(fip / ew, 3),
     }

@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from apps.bench.stats import gbps_summary, interleaved
 from flows.compiler import compile_hypervisor
 from flows.pipeline import STAGE_BY_TABLE
 from topology.graph import TopologyGraph
@@ -315,23 +316,21 @@ def throughput_figures(quick: bool = False, rounds: int | None = None, pin: bool
     rounds = rounds or (3 if quick else ROUNDS)
     with routed_lab() as (lab, vms, ip):
         pinning = pin_vswitchds(*lab.hypervisors) if pin else None
-        routed, l2, retrans = [], [], {"routed": 0, "l2": 0}
-        for r in range(rounds):
-            order = (("l2", "la", "lb"), ("routed", "ra", "rb"))
-            for kind, a, b in (order if r % 2 == 0 else order[::-1]):
-                bps, rt = _iperf_bps(vms[a], vms[b], ip(b), seconds, pin=pinning)
-                (routed if kind == "routed" else l2).append(bps)
-                retrans[kind] += rt
+        ends = {"l2": ("la", "lb"), "routed": ("ra", "rb")}
+
+        def run_one(kind: str) -> tuple[float, int]:
+            a, b = ends[kind]
+            return _iperf_bps(vms[a], vms[b], ip(b), seconds, pin=pinning)
+
+        runs, retrans = interleaved(("l2", "routed"), rounds, run_one)
+        routed, l2 = runs["routed"], runs["l2"]
         ratio = statistics.median(routed) / statistics.median(l2)
         paired = [r / x for r, x in zip(routed, l2, strict=True)]
         return {
             "throughput_seconds_per_run": seconds,
             "throughput_rounds": rounds,
             "throughput_pinned_cpus": list(pinning) if pinning else None,
-            "throughput_l2_gbps": [round(x / 1e9, 3) for x in l2],
-            "throughput_routed_gbps": [round(x / 1e9, 3) for x in routed],
-            "throughput_l2_gbps_median": round(statistics.median(l2) / 1e9, 3),
-            "throughput_routed_gbps_median": round(statistics.median(routed) / 1e9, 3),
+            **gbps_summary("throughput", runs),
             "throughput_retransmits": retrans,
             "throughput_routed_over_l2": round(ratio, 3),
             "throughput_routed_over_l2_per_round": [round(x, 3) for x in paired],

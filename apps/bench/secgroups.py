@@ -42,6 +42,7 @@ import time
 from typing import Any
 
 from apps.bench.routing import _by_stage, _iperf_bps, _wait, controller_and_lab, pin_vswitchds
+from apps.bench.stats import gbps_summary, interleaved
 from flows.compiler import compile_hypervisor
 from flows.pipeline import stage
 from topology import graph_l3
@@ -297,14 +298,13 @@ def _throughput(ctl, lab, seconds: int, rounds: int) -> dict[str, Any]:
         raise RuntimeError(f"filtering check failed: closed with the group {closed_with_group}, "
                            f"open without {open_without}")
     pinning = pin_vswitchds(*lab.hypervisors)
-    with_sg, without = [], []
-    retrans = {"group": 0, "off": 0}
-    for r in range(rounds):
-        for kind in (("group", "off") if r % 2 == 0 else ("off", "group")):
-            secure(kind == "group")
-            bps, rt = _iperf_bps(a, b, ip_b, seconds, pin=pinning)
-            (with_sg if kind == "group" else without).append(bps)
-            retrans[kind] += rt
+
+    def run_one(kind: str) -> tuple[float, int]:
+        secure(kind == "group")
+        return _iperf_bps(a, b, ip_b, seconds, pin=pinning)
+
+    runs, retrans = interleaved(("group", "port_security_off"), rounds, run_one)
+    with_sg, without = runs["group"], runs["port_security_off"]
     secure(True)
     acl_flows = sum(hv2.ofctl("dump-flows", "br-int", f"table={stage(name).table_id}").count("cookie=")
                     for name in ACL_STAGES)
@@ -316,10 +316,7 @@ def _throughput(ctl, lab, seconds: int, rounds: int) -> dict[str, Any]:
         "throughput_acl_flows_on_hv2": acl_flows,
         "throughput_seconds_per_run": seconds, "throughput_rounds": rounds,
         "throughput_pinned_cpus": list(pinning) if pinning else None,
-        "throughput_group_gbps": [round(x / 1e9, 3) for x in with_sg],
-        "throughput_port_security_off_gbps": [round(x / 1e9, 3) for x in without],
-        "throughput_group_gbps_median": round(statistics.median(with_sg) / 1e9, 3),
-        "throughput_port_security_off_gbps_median": round(statistics.median(without) / 1e9, 3),
+        **gbps_summary("throughput", runs),
         "throughput_retransmits": retrans,
         "throughput_ratio_50_rules": round(ratio, 3),
         "throughput_goal_0_9_met": ratio >= 0.9,
