@@ -19,10 +19,12 @@ from controller import metrics
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, resolve_request
 from controller.switch import Switch
-from flows.compiler import EXT_OUTPUT, compile_hypervisor, view_of
+from flows.compiler import compile_hypervisor
 from flows.nat import announcements
 from flows.pipeline import stage
 from flows.routing import router_interface
+from flows.stages import EXT_OUTPUT
+from flows.view import view_of
 
 LOG = logging.getLogger("tenantflow.app")
 IP_INPUT_TABLE = stage("lr_in_ip_input").table_id

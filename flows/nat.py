@@ -38,20 +38,11 @@ from dataclasses import dataclass
 
 import netaddr
 
-from flows.compiler import (
-    EXT_IN_FIP,
-    EXT_OUTPUT,
-    EXT_RESOLVE,
-    FIP_SNAT,
-    L2_LOOKUP,
-    MAC_BINDING,
-    HypervisorView,
-    arp_reply,
-    classify_from_fabric,
-    to_provider,
-)
 from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Learn, Output, Resubmit, SetField, make_flow
+from flows.l2 import arp_reply, classify_from_fabric, to_provider
 from flows.pipeline import REG_INPORT, REG_NETWORK, REG_NEXTHOP
+from flows.stages import EXT_IN_FIP, EXT_OUTPUT, EXT_RESOLVE, FIP_SNAT, L2_LOOKUP, MAC_BINDING
+from flows.view import HypervisorView
 from topology import graph_l3
 from topology.graph import TopologyGraph
 from topology.model import Network, Port, provider_patch_name

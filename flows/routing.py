@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import netaddr
 
-from flows.compiler import CLASSIFY, OFPVID_NONE, HypervisorView, l2_unicast
 from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Output, PopVlan, RegMove, Resubmit, SetField, make_flow
+from flows.l2 import l2_unicast
 from flows.pipeline import (
     FLAG_FROM_REMOTE,
     REG_FLAGS,
@@ -32,6 +32,8 @@ from flows.pipeline import (
     REG_ROUTER,
     stage,
 )
+from flows.stages import CLASSIFY, OFPVID_NONE
+from flows.view import HypervisorView
 from topology.graph import TopologyGraph
 from topology.model import (
     DVR_MAC_MASK,

@@ -1,0 +1,215 @@
+"""Logical switching: classification, the ARP responder, L2 lookup, flooding and delivery.
+
+The flows of ``phy_classify``, ``ls_in_arp_rsp``, ``ls_in_l2_lookup`` and
+``ls_out_deliver`` for one hypervisor, plus the pipeline's default flows. The
+helpers that carry a frame to another hypervisor (:func:`to_fabric`,
+:func:`to_provider`) and answer ARP (:func:`arp_reply`) are used by routing and
+NAT too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flows.flow import IN_PORT, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField, make_flow
+from flows.pipeline import FLAG_FROM_REMOTE, REG_FLAGS, REG_INPORT, REG_NETWORK, REG_OUTPORT, Stage
+from flows.stages import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    ARP_RSP,
+    CLASSIFY,
+    DELIVER,
+    ETH_TYPE_ARP,
+    EXT_IN_FIP,
+    EXT_OUTPUT,
+    EXT_RESOLVE,
+    FIP_SNAT,
+    L2_LOOKUP,
+    MAC_BINDING,
+    ND_RSP,
+    ND_TLL,
+    OFPVID_NONE,
+    OFPVID_PRESENT,
+    OUT_PRE_ACL,
+    PORT_SEC,
+)
+from flows.view import HypervisorView
+from topology.graph import TopologyGraph
+from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Network, Port, provider_patch_name
+
+
+def default_flows() -> list[Flow]:
+    """The lowest-priority flow of each switching and external stage: where a packet matching nothing goes."""
+    return [
+        make_flow(CLASSIFY, "drop", {}, description="unknown in_port: drop"),
+        make_flow(ARP_RSP, "default", {}, goto=ND_RSP, description="not for the ARP responder"),
+        make_flow(ND_RSP, "default", {}, goto=L2_LOOKUP, description="not for the ND responder"),
+        make_flow(ND_TLL, "drop", {}, description="not an answer of ours: drop"),
+        make_flow(L2_LOOKUP, "drop", {}, description="no logical network: drop"),
+        make_flow(DELIVER, "drop", {}, description="no logical out-port: drop"),
+        make_flow(EXT_IN_FIP, "default", {}, goto=L2_LOOKUP, description="not for a floating IP here"),
+        make_flow(FIP_SNAT, "drop", {}, description="no floating IP: no external access (fixed IPs stay inside)"),
+        make_flow(EXT_RESOLVE, "drop", {}, description="no external network here: drop"),
+        make_flow(MAC_BINDING, "default", {}, description="neighbour not learned: eth_dst stays unset"),
+        make_flow(EXT_OUTPUT, "drop", {}, description="no external network here: drop"),
+    ]
+
+
+def classify_local_ports(view: HypervisorView) -> Iterator[Flow]:
+    """phy_classify for each plugged local port: its network and logical in-port."""
+    for port in view.local_ports:
+        net = view.networks[port.network_id]
+        # Untagged only: a guest's own 802.1Q tag must never reach a provider
+        # network, where it would land the frame in another tenant's VLAN.
+        yield make_flow(
+            CLASSIFY, "vm_port",
+            {"in_port": view.ofports[port.ofport_name], "vlan_vid": OFPVID_NONE},
+            [SetField(REG_NETWORK, net.key), SetField(REG_INPORT, port.key)],
+            goto=PORT_SEC,
+            description=f"from port {port.id} into network {net.id}",
+        )
+
+
+def classify_from_fabric(view: HypervisorView, net: Network, goto: Stage = L2_LOOKUP) -> Iterator[Flow]:
+    """Packets of ``net`` arriving from other hypervisors (tunnel) or the provider network.
+
+    An external network's frames go to ``ext_in_fip`` first where floating IPs are hosted.
+    """
+    mark = [SetField(REG_NETWORK, net.key), SetField(REG_FLAGS, FLAG_FROM_REMOTE)]
+    if net.network_type in OVERLAY_TYPES:
+        tun = view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
+        if tun is None:
+            return
+        yield make_flow(
+            CLASSIFY, "tunnel",
+            {"in_port": tun, "tunnel_id": net.segmentation_id},
+            mark, goto=L2_LOOKUP,
+            description=f"{net.network_type} VNI {net.segmentation_id} into network {net.id}",
+        )
+        return
+    patch = view.ofports.get(provider_patch_name(net.physical_network or ""))
+    if patch is None:
+        return
+    if net.network_type == "vlan":
+        match = {"in_port": patch, "vlan_vid": OFPVID_PRESENT | net.segmentation_id}
+        actions = [PopVlan(), *mark]
+    else:
+        match = {"in_port": patch, "vlan_vid": OFPVID_NONE}
+        actions = mark
+    yield make_flow(
+        CLASSIFY, "provider", match, actions, goto=goto,
+        description=f"{net.network_type} {net.physical_network}:{net.segmentation_id} into network {net.id}",
+    )
+
+
+def _ipv4s(port: Port) -> Iterator[str]:
+    for fip in port.fixed_ips:
+        if ":" not in fip.ip_address:
+            yield fip.ip_address
+
+
+def arp_responder(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
+    """ARP requests for the network's known IPv4 addresses, answered on the asker's hypervisor."""
+    local_keys = {p.id for p in view.local_ports}
+    for port in graph.ports_of(net.id):
+        for ip in _ipv4s(port):
+            match = {REG_NETWORK: net.key, "eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": ip}
+            if port.id in local_keys:
+                yield make_flow(
+                    ARP_RSP, "own_address", {**match, REG_INPORT: port.key}, goto=ND_RSP,
+                    description=f"port {port.id} asks for its own {ip}: let it through",
+                )
+            yield make_flow(
+                ARP_RSP, "answer", match, arp_reply(port.mac_address, ip),
+                description=f"answer ARP who-has {ip} with {port.mac_address} (port {port.id})",
+            )
+
+
+def arp_reply(mac: str, ip: str, out: list | None = None) -> list:
+    """Turn an ARP request into the reply, in place, and send it back (``out``; default: out of in_port)."""
+    return [
+        RegMove("eth_src", "eth_dst", 48),
+        SetField("eth_src", mac),
+        SetField("arp_op", ARP_REPLY),
+        RegMove("arp_sha", "arp_tha", 48),
+        SetField("arp_sha", mac),
+        RegMove("arp_spa", "arp_tpa", 32),
+        SetField("arp_spa", ip),
+        *(out if out is not None else [Output(IN_PORT)]),
+    ]
+
+
+def to_fabric(view: HypervisorView, graph: TopologyGraph, net: Network, hv_name: str) -> list | None:
+    """Actions that carry a frame of ``net`` to hypervisor ``hv_name`` (None: unreachable)."""
+    if net.network_type in OVERLAY_TYPES:
+        tun = view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
+        remote = graph.hypervisor(hv_name)
+        if tun is None or remote is None:
+            return None
+        return [SetField("tunnel_id", net.segmentation_id), SetField("tun_ipv4_dst", remote.tunnel_ip), Output(tun)]
+    return to_provider(view, net)
+
+
+def to_provider(view: HypervisorView, net: Network) -> list | None:
+    """Actions that send a frame of a provider network out of its patch port (None: no bridge mapping)."""
+    patch = view.ofports.get(provider_patch_name(net.physical_network or ""))
+    if patch is None:
+        return None
+    if net.network_type == "vlan":
+        return [PushVlan(), SetField("vlan_vid", OFPVID_PRESENT | net.segmentation_id), Output(patch)]
+    return [Output(patch)]
+
+
+def l2_lookup(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
+    """Known unicast MACs, then flooding (local ports, plus the fabric for frames of local ports)."""
+    yield from l2_unicast(graph, view, net)
+    local_copies: list = []
+    for port in view.local_ports:
+        if port.network_id == net.id:
+            local_copies += [SetField(REG_OUTPORT, port.key), Resubmit(OUT_PRE_ACL.name)]
+    yield make_flow(
+        L2_LOOKUP, "flood_from_remote", {REG_NETWORK: net.key, REG_FLAGS: (FLAG_FROM_REMOTE, FLAG_FROM_REMOTE)},
+        local_copies, description=f"flood from the fabric in network {net.id}: local ports only",
+    )
+    yield make_flow(
+        L2_LOOKUP, "flood", {REG_NETWORK: net.key}, local_copies + _flood_to_fabric(graph, view, net),
+        description=f"flood in network {net.id}: local ports and each hypervisor hosting it",
+    )
+
+
+def l2_unicast(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
+    """Known unicast MACs of ``net``: to the local port, or straight to the hosting hypervisor."""
+    local_ids = {p.id for p in view.local_ports}
+    here = view.hv.name
+    for port in graph.ports_of(net.id):
+        match = {REG_NETWORK: net.key, "eth_dst": port.mac_address}
+        if port.id in local_ids:
+            yield make_flow(
+                L2_LOOKUP, "unicast", match, [SetField(REG_OUTPORT, port.key)], goto=OUT_PRE_ACL,
+                description=f"{port.mac_address} is local port {port.id}",
+            )
+        elif port.binding_host and port.binding_host != here:
+            actions = to_fabric(view, graph, net, port.binding_host)
+            if actions:
+                yield make_flow(
+                    L2_LOOKUP, "unicast", {**match, REG_FLAGS: (0, FLAG_FROM_REMOTE)}, actions,
+                    description=f"{port.mac_address} is port {port.id} on {port.binding_host}",
+                )
+
+
+def _flood_to_fabric(graph: TopologyGraph, view: HypervisorView, net: Network) -> list:
+    if net.network_type not in OVERLAY_TYPES:
+        return to_provider(view, net) or []
+    actions: list = []
+    for hv_name in sorted(graph.hypervisors_of(net.id) - {view.hv.name}):
+        actions += to_fabric(view, graph, net, hv_name) or []
+    return actions
+
+
+def deliver(view: HypervisorView) -> Iterator[Flow]:
+    """ls_out_deliver: the logical out-port to its OpenFlow port."""
+    for port in view.local_ports:
+        yield make_flow(
+            DELIVER, "deliver", {REG_OUTPORT: port.key}, [Output(view.ofports[port.ofport_name])],
+            description=f"to port {port.id}",
+        )
