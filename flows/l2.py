@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from flows.flow import IN_PORT, Flow, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField, make_flow
 from flows.pipeline import FLAG_FROM_REMOTE, REG_FLAGS, REG_INPORT, REG_NETWORK, REG_OUTPORT, Stage
+from flows.shared import shared_flow
 from flows.stages import (
     ARP_REPLY,
     ARP_REQUEST,
@@ -119,10 +120,14 @@ def arp_responder(graph: TopologyGraph, view: HypervisorView, net: Network) -> I
                     ARP_RSP, "own_address", {**match, REG_INPORT: port.key}, goto=ND_RSP,
                     description=f"port {port.id} asks for its own {ip}: let it through",
                 )
-            yield make_flow(
-                ARP_RSP, "answer", match, arp_reply(port.mac_address, ip),
-                description=f"answer ARP who-has {ip} with {port.mac_address} (port {port.id})",
-            )
+            yield shared_flow(("arp_answer", net.key, ip, port.mac_address, port.id), _arp_answer, match, port, ip)
+
+
+def _arp_answer(match: dict, port: Port, ip: str) -> Flow:
+    return make_flow(
+        ARP_RSP, "answer", match, arp_reply(port.mac_address, ip),
+        description=f"answer ARP who-has {ip} with {port.mac_address} (port {port.id})",
+    )
 
 
 def arp_reply(mac: str, ip: str, out: list | None = None) -> list:
@@ -189,12 +194,33 @@ def l2_unicast(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iter
                 description=f"{port.mac_address} is local port {port.id}",
             )
         elif port.binding_host and port.binding_host != here:
-            actions = to_fabric(view, graph, net, port.binding_host)
-            if actions:
-                yield make_flow(
-                    L2_LOOKUP, "unicast", {**match, REG_FLAGS: (0, FLAG_FROM_REMOTE)}, actions,
-                    description=f"{port.mac_address} is port {port.id} on {port.binding_host}",
-                )
+            flow = _remote_unicast(graph, view, net, port)
+            if flow is not None:
+                yield flow
+
+
+def _remote_unicast(graph: TopologyGraph, view: HypervisorView, net: Network, port: Port) -> Flow | None:
+    """A remote port's unicast flow, shared by every hypervisor reaching it through the same port number."""
+    if net.network_type in OVERLAY_TYPES:
+        remote = graph.hypervisor(port.binding_host)
+        via = (view.ofports.get(TUNNEL_PORT_NAMES[net.network_type]), remote.tunnel_ip if remote else None)
+    else:
+        via = (view.ofports.get(provider_patch_name(net.physical_network or "")), None)
+    if via[0] is None:
+        return None
+    key = ("l2_remote", net.key, net.network_type, net.segmentation_id, port.mac_address, port.id,
+           port.binding_host, via)
+    return shared_flow(key, _build_remote_unicast, graph, view, net, port)
+
+
+def _build_remote_unicast(graph: TopologyGraph, view: HypervisorView, net: Network, port: Port) -> Flow | None:
+    actions = to_fabric(view, graph, net, port.binding_host)
+    if not actions:
+        return None
+    return make_flow(
+        L2_LOOKUP, "unicast", {REG_NETWORK: net.key, "eth_dst": port.mac_address, REG_FLAGS: (0, FLAG_FROM_REMOTE)},
+        actions, description=f"{port.mac_address} is port {port.id} on {port.binding_host}",
+    )
 
 
 def _flood_to_fabric(graph: TopologyGraph, view: HypervisorView, net: Network) -> list:

@@ -17,6 +17,7 @@ import netaddr
 
 from flows.flow import IN_PORT, Flow, Output, RegMove, Resubmit, SetField, make_flow
 from flows.pipeline import REG_INPORT, REG_NETWORK, stage
+from flows.shared import shared_flow
 from topology.graph import TopologyGraph
 from topology.model import Network, Port
 
@@ -51,22 +52,31 @@ def nd_flows(graph: TopologyGraph, view, net: Network) -> Iterator[Flow]:
                     ND_RSP, "own_address", {**ns, "ipv6_nd_target": ip, REG_INPORT: port.key}, goto=L2_LOOKUP,
                     description=f"port {port.id} asks for its own {ip}: let it through",
                 )
-            yield make_flow(
-                ND_RSP, "answer", {**ns, "ipv6_nd_target": ip},
-                [SetField("icmpv6_type", NA), RegMove("eth_src", "eth_dst", 48), SetField("eth_src", port.mac_address),
-                 RegMove("ipv6_src", "ipv6_dst", 128), SetField("ipv6_src", ip), SetField("nd_reserved", flags),
-                 SetField("nd_options_type", OPTION_TLL), Resubmit(ND_TLL.name)],
-                description=f"answer NS who-has {ip} with {port.mac_address} (port {port.id})",
-            )
-            yield make_flow(
-                ND_TLL, "answer",
-                {REG_NETWORK: net.key, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": NA,
-                 "ipv6_nd_target": ip},
-                [SetField("ipv6_nd_tll", port.mac_address), Output(IN_PORT)],
-                description=f"NA for {ip}: target link-layer address {port.mac_address}, back to the asker",
-            )
+            yield from shared_flow(("nd_answer", net.key, ip, port.mac_address, port.id, flags),
+                                   _answer, net, port, ip, flags)
     if any_v6:
         yield make_flow(
             ND_RSP, "dad", {**ns, "ipv6_src": "::"}, goto=L2_LOOKUP,
             description=f"duplicate address detection in network {net.id}: never answered from the flows",
         )
+
+
+def _answer(net: Network, port: Port, ip: str, flags: int) -> tuple[Flow, Flow]:
+    """The two flows answering an NS for ``ip`` (shared by every hypervisor hosting the network)."""
+    ns = {REG_NETWORK: net.key, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": NS}
+    return (
+        make_flow(
+            ND_RSP, "answer", {**ns, "ipv6_nd_target": ip},
+            [SetField("icmpv6_type", NA), RegMove("eth_src", "eth_dst", 48), SetField("eth_src", port.mac_address),
+             RegMove("ipv6_src", "ipv6_dst", 128), SetField("ipv6_src", ip), SetField("nd_reserved", flags),
+             SetField("nd_options_type", OPTION_TLL), Resubmit(ND_TLL.name)],
+            description=f"answer NS who-has {ip} with {port.mac_address} (port {port.id})",
+        ),
+        make_flow(
+            ND_TLL, "answer",
+            {REG_NETWORK: net.key, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": NA,
+             "ipv6_nd_target": ip},
+            [SetField("ipv6_nd_tll", port.mac_address), Output(IN_PORT)],
+            description=f"NA for {ip}: target link-layer address {port.mac_address}, back to the asker",
+        ),
+    )
