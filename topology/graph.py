@@ -197,7 +197,9 @@ class TopologyGraph:
     # -- lookup --------------------------------------------------------------
     def get(self, kind: str, ident: str):
         """Return the record of ``(kind, ident)`` or None."""
-        data = self.g.nodes.get(_n(kind, ident))
+        # networkx's own node dict: NodeView.get goes through three layers of
+        # Mapping machinery, and this is the compiler's hottest lookup.
+        data = self.g._node.get((kind, ident))
         return data.get("obj") if data else None
 
     def network(self, net_id: str) -> Network | None:
@@ -251,8 +253,8 @@ class TopologyGraph:
         return list(self._neighbors(_n("hv", hv_name), "port"))
 
     def ports_of(self, net_id: str) -> list[Port]:
-        """Ports of a network, wherever they are bound."""
-        return list(self._neighbors(_n("network", net_id), "port"))
+        """Ports of a network, wherever they are bound (from its index, in the order they were put)."""
+        return list(self.network_index(net_id).ports.values())
 
     def subnets_of(self, net_id: str) -> list[Subnet]:
         """Subnets of a network (from its index: the network node has an edge to each of its ports too)."""
