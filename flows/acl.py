@@ -34,7 +34,7 @@ security off and trusted ports (``network:*``) are not filtered.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import netaddr
@@ -186,14 +186,44 @@ def conj_ids(rules: Iterable[SecurityGroupRule]) -> dict[str, int]:
 
 
 # -- flows ---------------------------------------------------------------------------------
+MemberSpec = dict[tuple[str, int, str], tuple[Conjunction, ...]]
+"""(direction, eth_type, remote group id) -> the member-address clauses of the rules naming that group
+(empty while the group has no member address of that IP version: such a rule is not live)."""
+
+
 def acl_flows(graph: TopologyGraph, local_ports: list[Port]) -> list[Flow]:
     """Every flow of the four ACL stages for a hypervisor's local ports."""
+    def members_of(sg_id: str, eth: int) -> list[MatchValue]:
+        key = (sg_id, eth)
+        if key not in cache:
+            cache[key] = member_addresses(graph, sg_id, eth)
+        return cache[key]
+
+    cache: dict[tuple[str, int], list[MatchValue]] = {}
+    flows, spec = acl_base(graph, local_ports, lambda sg_id, eth: bool(members_of(sg_id, eth)))
+    addresses = {(d, eth, a) for d, eth, sg_id in spec for a in members_of(sg_id, eth)}
+    for d, eth, address in sorted(addresses, key=repr):
+        flows += member_clause(spec, d, eth, address, lambda sg_id, e, a: a in members_of(sg_id, e))
+    return _dedupe(flows)
+
+
+def acl_base(graph: TopologyGraph, local_ports: list[Port],
+             has_members: Callable[[str, int], bool]) -> tuple[list[Flow], MemberSpec]:
+    """The ACL flows of the local ports except the member-address clauses, and what those clauses need.
+
+    A remote-group rule's member-address clause is one flow per address of the group, shared by
+    every rule (of any local port) naming a group that holds the address: :func:`member_clause`
+    builds it from the returned spec, one address at a time, so that a member joining or leaving a
+    group costs one flow per hypervisor, not a recompilation of the hypervisor's rules.
+    ``has_members(group, eth_type)``: whether the group has a member address of that IP version.
+    """
     secured = [p for p in local_ports if is_secured(p)]
     zones = ct_zones(local_ports)
     rules_of = {p.id: _port_rules(graph, p) for p in secured}
     ids = conj_ids(r for rules in rules_of.values() for r in rules if r.remote_group_id)
     stateless = {p.id for p in secured if _stateless(graph, p)}
     flows: list[Flow] = []
+    spec: dict[tuple[str, int, str], set[Conjunction]] = {}
     for d in (EGRESS, INGRESS):
         flows += _defaults(d)
         conj: dict[tuple, list[Conjunction]] = {}  # clause flow (match items) -> its conjunction actions
@@ -208,8 +238,27 @@ def acl_flows(graph: TopologyGraph, local_ports: list[Port]) -> list[Flow]:
                     _clause(conj, (d.reg, port.key), rule, ids[rule.id], 1)
                 else:
                     flows += _hard_rule(d, port, rule, port.id not in stateless)
-        flows += _conjunctions(graph, d, conj, conj_rules, ids, _stateful_rules(graph, conj_rules.values()))
-    return _dedupe(flows)
+        stateful = _stateful_rules(graph, conj_rules.values())
+        flows += _conjunctions(d, conj, conj_rules, ids, stateful, has_members, spec)
+    return _dedupe(flows), {k: tuple(sorted(v, key=lambda a: (a.id, a.clause))) for k, v in spec.items()}
+
+
+def member_clause(spec: MemberSpec, direction: str, eth: int, address: MatchValue,
+                  holds: Callable[[str, int, MatchValue], bool]) -> list[Flow]:
+    """The member-address clause flow of ``address`` (none if no live rule's group holds it).
+
+    ``holds(group, eth_type, address)``: whether the group has a member with that address.
+    """
+    acts: set[Conjunction] = set()
+    for (d, e, sg_id), clauses in spec.items():
+        if d == direction and e == eth and holds(sg_id, eth, address):
+            acts.update(clauses)
+    if not acts:
+        return []
+    d = EGRESS if direction == EGRESS.name else INGRESS
+    ordered = sorted(acts, key=lambda a: (a.id, a.clause))
+    return [make_flow(d.acl, "conj", {"eth_type": eth, d.remote[eth]: address}, ordered,
+                      description=f"{d.name}: clause of remote-group rules {[a.id for a in ordered]}")]
 
 
 def _port_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule]:
@@ -291,21 +340,18 @@ def _clause(conj: dict[tuple, list[Conjunction]], extra: tuple[str, MatchValue],
         conj.setdefault(tuple(sorted(m.items())), []).append(Conjunction(cid, clause, n))
 
 
-def _conjunctions(graph: TopologyGraph, d: Direction, conj: dict[tuple, list[Conjunction]],
-                  rules: dict[str, SecurityGroupRule], ids: dict[str, int], stateful: set[str]) -> list[Flow]:
-    """Remote-group rules: member-address and port-range clauses, the conj_id flows, then the merged clause flows."""
+def _conjunctions(d: Direction, conj: dict[tuple, list[Conjunction]], rules: dict[str, SecurityGroupRule],
+                  ids: dict[str, int], stateful: set[str], has_members: Callable[[str, int], bool],
+                  spec: dict[tuple[str, int, str], set[Conjunction]]) -> list[Flow]:
+    """Remote-group rules: port-range clauses, the conj_id flows, the merged clause flows; the member clauses' spec."""
     flows: list[Flow] = []
-    members: dict[tuple[str, int], list[MatchValue]] = {}
     for rule in rules.values():
         eth = _eth_type(rule)
-        key = (rule.remote_group_id or "", eth)
-        if key not in members:
-            members[key] = member_addresses(graph, key[0], eth)
-        if not members[key]:
+        clauses = spec.setdefault((d.name, eth, rule.remote_group_id or ""), set())
+        if not has_members(rule.remote_group_id or "", eth):
             continue  # no member address: the conjunction can never complete (its port clauses go too)
         cid = ids[rule.id]
-        for address in members[key]:
-            _clause(conj, (d.remote[eth], address), rule, cid, 2)
+        clauses.add(Conjunction(cid, 2, _n_clauses(rule)))
         if _n_clauses(rule) == 3:
             _clause(conj, ("", 0), rule, cid, 3)
         # eth_type too: OVS refuses ct() on a flow whose match does not say IPv4 or IPv6.

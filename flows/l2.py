@@ -111,16 +111,21 @@ def _ipv4s(port: Port) -> Iterator[str]:
 
 def arp_responder(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
     """ARP requests for the network's known IPv4 addresses, answered on the asker's hypervisor."""
-    local_keys = {p.id for p in view.local_ports}
+    local_ids = {p.id for p in view.local_ports}
     for port in graph.ports_of(net.id):
-        for ip in _ipv4s(port):
-            match = {REG_NETWORK: net.key, "eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": ip}
-            if port.id in local_keys:
-                yield make_flow(
-                    ARP_RSP, "own_address", {**match, REG_INPORT: port.key}, goto=ND_RSP,
-                    description=f"port {port.id} asks for its own {ip}: let it through",
-                )
-            yield shared_flow(("arp_answer", net.key, ip, port.mac_address, port.id), _arp_answer, match, port, ip)
+        yield from arp_port(net, port, port.id in local_ids)
+
+
+def arp_port(net: Network, port: Port, local: bool) -> Iterator[Flow]:
+    """One port's ARP answers (and, for a local port, its own requests let through)."""
+    for ip in _ipv4s(port):
+        match = {REG_NETWORK: net.key, "eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": ip}
+        if local:
+            yield make_flow(
+                ARP_RSP, "own_address", {**match, REG_INPORT: port.key}, goto=ND_RSP,
+                description=f"port {port.id} asks for its own {ip}: let it through",
+            )
+        yield shared_flow(("arp_answer", net.key, ip, port.mac_address, port.id), _arp_answer, match, port, ip)
 
 
 def _arp_answer(match: dict, port: Port, ip: str) -> Flow:
@@ -168,6 +173,11 @@ def to_provider(view: HypervisorView, net: Network) -> list | None:
 def l2_lookup(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
     """Known unicast MACs, then flooding (local ports, plus the fabric for frames of local ports)."""
     yield from l2_unicast(graph, view, net)
+    yield from flood(graph, view, net)
+
+
+def flood(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
+    """Broadcast and unknown unicast of ``net``: local ports, and the fabric for frames of local ports."""
     local_copies: list = []
     for port in view.local_ports:
         if port.network_id == net.id:
@@ -185,18 +195,22 @@ def l2_lookup(graph: TopologyGraph, view: HypervisorView, net: Network) -> Itera
 def l2_unicast(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
     """Known unicast MACs of ``net``: to the local port, or straight to the hosting hypervisor."""
     local_ids = {p.id for p in view.local_ports}
-    here = view.hv.name
     for port in graph.ports_of(net.id):
-        match = {REG_NETWORK: net.key, "eth_dst": port.mac_address}
-        if port.id in local_ids:
-            yield make_flow(
-                L2_LOOKUP, "unicast", match, [SetField(REG_OUTPORT, port.key)], goto=OUT_PRE_ACL,
-                description=f"{port.mac_address} is local port {port.id}",
-            )
-        elif port.binding_host and port.binding_host != here:
-            flow = _remote_unicast(graph, view, net, port)
-            if flow is not None:
-                yield flow
+        yield from unicast_port(graph, view, net, port, port.id in local_ids)
+
+
+def unicast_port(graph: TopologyGraph, view: HypervisorView, net: Network, port: Port, local: bool) -> Iterator[Flow]:
+    """One port's unicast flow here: to the local port, or to the hypervisor it is bound to."""
+    if local:
+        yield make_flow(
+            L2_LOOKUP, "unicast", {REG_NETWORK: net.key, "eth_dst": port.mac_address},
+            [SetField(REG_OUTPORT, port.key)], goto=OUT_PRE_ACL,
+            description=f"{port.mac_address} is local port {port.id}",
+        )
+    elif port.binding_host and port.binding_host != view.hv.name:
+        flow = _remote_unicast(graph, view, net, port)
+        if flow is not None:
+            yield flow
 
 
 def _remote_unicast(graph: TopologyGraph, view: HypervisorView, net: Network, port: Port) -> Flow | None:

@@ -39,26 +39,44 @@ def _ipv6s(port: Port) -> Iterator[str]:
 
 def nd_flows(graph: TopologyGraph, view, net: Network) -> Iterator[Flow]:
     """Answer NS for every IPv6 address of the network's ports; let DAD and self-queries through."""
-    ns = {REG_NETWORK: net.key, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": NS}
-    any_v6 = False
     local = {p.id for p in view.local_ports}
+    dad = shared_flow(("nd_dad", net.key), _dad, net)
+    any_v6 = False
     for port in graph.ports_of(net.id):
-        router = port.device_owner.startswith("network:router")
-        flags = FLAG_SOLICITED | FLAG_OVERRIDE | (FLAG_ROUTER if router else 0)
-        for ip in _ipv6s(port):
-            any_v6 = True
-            if port.id in local:
-                yield make_flow(
-                    ND_RSP, "own_address", {**ns, "ipv6_nd_target": ip, REG_INPORT: port.key}, goto=L2_LOOKUP,
-                    description=f"port {port.id} asks for its own {ip}: let it through",
-                )
-            yield from shared_flow(("nd_answer", net.key, ip, port.mac_address, port.id, flags),
-                                   _answer, net, port, ip, flags)
+        for flow in nd_port(net, port, port.id in local):
+            if flow is dad:
+                any_v6 = True  # one per network, however many ports have IPv6 addresses
+            else:
+                yield flow
     if any_v6:
-        yield make_flow(
-            ND_RSP, "dad", {**ns, "ipv6_src": "::"}, goto=L2_LOOKUP,
-            description=f"duplicate address detection in network {net.id}: never answered from the flows",
-        )
+        yield dad
+
+
+def nd_port(net: Network, port: Port, local: bool) -> Iterator[Flow]:
+    """One port's NS answers (and own-address pass for a local port), plus the network's DAD pass if it has IPv6."""
+    ns = {REG_NETWORK: net.key, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": NS}
+    router = port.device_owner.startswith("network:router")
+    flags = FLAG_SOLICITED | FLAG_OVERRIDE | (FLAG_ROUTER if router else 0)
+    any_v6 = False
+    for ip in _ipv6s(port):
+        any_v6 = True
+        if local:
+            yield make_flow(
+                ND_RSP, "own_address", {**ns, "ipv6_nd_target": ip, REG_INPORT: port.key}, goto=L2_LOOKUP,
+                description=f"port {port.id} asks for its own {ip}: let it through",
+            )
+        yield from shared_flow(("nd_answer", net.key, ip, port.mac_address, port.id, flags),
+                               _answer, net, port, ip, flags)
+    if any_v6:
+        yield shared_flow(("nd_dad", net.key), _dad, net)
+
+
+def _dad(net: Network) -> Flow:
+    ns = {REG_NETWORK: net.key, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": NS}
+    return make_flow(
+        ND_RSP, "dad", {**ns, "ipv6_src": "::"}, goto=L2_LOOKUP,
+        description=f"duplicate address detection in network {net.id}: never answered from the flows",
+    )
 
 
 def _answer(net: Network, port: Port, ip: str, flags: int) -> tuple[Flow, Flow]:

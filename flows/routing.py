@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import netaddr
 
 from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Output, PopVlan, RegMove, Resubmit, SetField, make_flow
-from flows.l2 import l2_unicast
+from flows.l2 import unicast_port
 from flows.pipeline import (
     FLAG_FROM_REMOTE,
     REG_FLAGS,
@@ -73,9 +73,10 @@ def routers_of(graph: TopologyGraph, view: HypervisorView) -> list[Router]:
     """Routers with an interface on a network this hypervisor hosts (admin up), by key."""
     found: dict[str, Router] = {}
     for net_id in view.networks:
-        for port in graph.ports_of(net_id):
-            if port.device_owner == ROUTER_INTERFACE and port.device_id:
-                router = graph.get("router", port.device_id)
+        for port_id, router_id in graph.network_index(net_id).router_ports.items():
+            port = graph.port(port_id)
+            if port is not None and port.device_owner == ROUTER_INTERFACE:
+                router = graph.get("router", router_id)
                 if router is not None and router.admin_state_up:
                     found[router.id] = router
     return sorted(found.values(), key=lambda r: r.key)
@@ -127,31 +128,47 @@ def router_interface(graph: TopologyGraph, router_key: int, network_key: int) ->
 
 def routing_flows(graph: TopologyGraph, view: HypervisorView) -> list[Flow]:
     """Every routing flow of this hypervisor (none when it hosts no router's subnet)."""
+    flows, routed = routing_base(graph, view)
+    for net in routed:
+        for port in graph.ports_of(net.id):
+            flows += routed_port(graph, view, net, port)
+    return flows
+
+
+def routing_base(graph: TopologyGraph, view: HypervisorView) -> tuple[list[Flow], list[Network]]:
+    """The routing flows that do not depend on each port of the routed networks, and those networks (by key)."""
     routers = routers_of(graph, view)
     if not routers:
-        return []
+        return [], []
     flows: list[Flow] = [
         make_flow(IP_INPUT, "default", {}, goto=ROUTING, description="not for the router itself: route it"),
         make_flow(ROUTING, "drop", {}, description="no route: drop"),
         make_flow(ARP_RESOLVE, "drop", {}, description="next hop unknown: drop"),
     ]
     routed_networks: dict[str, Network] = {}
+    all_ifaces: list[Interface] = []
     for router in routers:
         ifaces = interfaces_of(graph, router)
+        all_ifaces += ifaces
         flows += _to_router(view, router, ifaces)
         flows += _echo_replies(view, router, ifaces)
         flows += _ttl_expired(view, router, ifaces)
         flows += _routes(router, ifaces, gateway_of(graph, router))
         for iface in ifaces:
             routed_networks[iface.network.id] = iface.network
-    for net in sorted(routed_networks.values(), key=lambda n: n.key):
-        flows += _resolve(graph, view, net)
-        if net.id not in view.networks:
-            # Reached only through the router here: its remote ports, nothing else.
-            flows += l2_unicast(graph, view, net)
-        else:
-            flows += _restore_router_mac(view, net, [i for r in routers for i in interfaces_of(graph, r)
-                                                     if i.network.id == net.id])
+    routed = sorted(routed_networks.values(), key=lambda n: n.key)
+    for net in routed:
+        if net.id in view.networks:
+            flows += _restore_router_mac(view, net, [i for i in all_ifaces if i.network.id == net.id])
+    return flows, routed
+
+
+def routed_port(graph: TopologyGraph, view: HypervisorView, net: Network, port: Port) -> list[Flow]:
+    """A port's flows on a hypervisor routing into its network: its next-hop entries, and its unicast
+    flow where the network is reached only through the router (a hosted network has it already)."""
+    flows = list(_resolve_port(view, net, port))
+    if net.id not in view.networks:
+        flows += unicast_port(graph, view, net, port, False)
     return flows
 
 
@@ -253,27 +270,24 @@ def _route(router: Router, iface: Interface, dest: netaddr.IPNetwork, hop, what:
     )
 
 
-def _resolve(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
+def _resolve_port(view: HypervisorView, net: Network, port: Port) -> Iterator[Flow]:
     """Next hop address -> the port's MAC (and this hypervisor's DVR MAC when it lives elsewhere)."""
-    here = view.hv.name
-    mine = dvr_mac(view.hv)
-    for port in graph.ports_of(net.id):
-        if not port.binding_host or port.device_owner.startswith("network:router"):
-            continue
-        rewrite = [SetField("eth_dst", port.mac_address)]
-        if port.binding_host != here:
-            rewrite.append(SetField("eth_src", mine))
-        for fixed in port.fixed_ips:
-            addr = netaddr.IPAddress(fixed.ip_address)
-            if addr.version == 4:
-                match = {REG_NETWORK: net.key, "eth_type": ETH_IPV4, REG_NEXTHOP: int(addr)}
-            else:
-                match = {REG_NETWORK: net.key, "eth_type": ETH_IPV6, REG_NEXTHOP6: int(addr)}
-            yield make_flow(
-                ARP_RESOLVE, "resolved", match, [*rewrite, Resubmit(L2_LOOKUP.name)],
-                description=f"{addr} in network {net.id} is {port.mac_address} (port {port.id} on "
-                f"{port.binding_host})",
-            )
+    if not port.binding_host or port.device_owner.startswith("network:router"):
+        return
+    rewrite = [SetField("eth_dst", port.mac_address)]
+    if port.binding_host != view.hv.name:
+        rewrite.append(SetField("eth_src", dvr_mac(view.hv)))
+    for fixed in port.fixed_ips:
+        addr = netaddr.IPAddress(fixed.ip_address)
+        if addr.version == 4:
+            match = {REG_NETWORK: net.key, "eth_type": ETH_IPV4, REG_NEXTHOP: int(addr)}
+        else:
+            match = {REG_NETWORK: net.key, "eth_type": ETH_IPV6, REG_NEXTHOP6: int(addr)}
+        yield make_flow(
+            ARP_RESOLVE, "resolved", match, [*rewrite, Resubmit(L2_LOOKUP.name)],
+            description=f"{addr} in network {net.id} is {port.mac_address} (port {port.id} on "
+            f"{port.binding_host})",
+        )
 
 
 def _restore_router_mac(view: HypervisorView, net: Network, ifaces: list[Interface]) -> Iterator[Flow]:

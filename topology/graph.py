@@ -97,6 +97,18 @@ class TopologyGraph:
         self._dpid_to_hv: dict[int, str] = {}
         self._net_index: dict[str, NetworkIndex] = {}
         self._port_net: dict[str, str] = {}  # port id -> the network whose index holds it
+        # What changed since the last take_journal(): (kind, id, the record before), in order;
+        # None while nobody listens (the incremental engine turns it on).
+        self.journal: list[tuple[str, str, object]] | None = None
+
+    def _record(self, kind: str, ident: str, old: object) -> None:
+        if self.journal is not None:
+            self.journal.append((kind, ident, old))
+
+    def take_journal(self) -> list[tuple[str, str, object]]:
+        """The changes recorded since the last call (and start recording, if not yet)."""
+        taken, self.journal = self.journal or [], []
+        return taken
 
     def _require(self, kind: str, ident: str) -> None:
         if self.get(kind, ident) is None:
@@ -105,11 +117,13 @@ class TopologyGraph:
     # -- mutation ----------------------------------------------------------
     def put_network(self, net: Network) -> None:
         """Add or replace a network."""
+        self._record("network", net.id, self.get("network", net.id))
         self.g.add_node(_n("network", net.id), obj=net)
 
     def put_subnet(self, subnet: Subnet) -> None:
         """Add or replace a subnet; its network must exist."""
         self._require("network", subnet.network_id)
+        self._record("subnet", subnet.id, self.get("subnet", subnet.id))
         node = _n("subnet", subnet.id)
         self.g.add_node(node, obj=subnet)
         self.g.add_edge(node, _n("network", subnet.network_id))
@@ -118,6 +132,7 @@ class TopologyGraph:
     def put_port(self, port: Port) -> None:
         """Add or replace a port, re-linking it to its network, binding host, security groups and router."""
         self._require("network", port.network_id)
+        self._record("port", port.id, self.get("port", port.id))
         node = _n("port", port.id)
         if node in self.g:  # edges a port's own fields define; others (a floating IP's) stay
             self.g.remove_edges_from([(node, nb) for nb in list(self.g.neighbors(node)) if nb[0] in PORT_LINKS])
@@ -145,6 +160,7 @@ class TopologyGraph:
 
     def put_node(self, kind: str, ident: str, obj: object) -> None:
         """Add or replace a record of any kind, keeping the node's edges."""
+        self._record(kind, ident, self.get(kind, ident))
         self.g.add_node(_n(kind, ident), obj=obj)
 
     def link(self, a: tuple[str, str], b: tuple[str, str]) -> None:
@@ -158,6 +174,7 @@ class TopologyGraph:
         """Add or replace a hypervisor record, keeping its live port map."""
         node = _n("hv", hv.name)
         old = self.g.nodes[node].get("obj") if node in self.g else None
+        self._record("hv", hv.name, old)
         if old is not None:
             self._dpid_to_hv.pop(old.datapath_id, None)
         ofports = self.g.nodes[node].get("ofports", {}) if node in self.g else {}
@@ -169,6 +186,7 @@ class TopologyGraph:
         node = _n(kind, ident)
         if node not in self.g:
             return
+        self._record(kind, ident, self.get(kind, ident))
         if kind == "hv":
             hv = self.g.nodes[node]["obj"]
             if hv is not None:
@@ -192,6 +210,7 @@ class TopologyGraph:
         node = _n("hv", hv_name)
         if node not in self.g:
             self.g.add_node(node, obj=None, ofports={})
+        self._record("ofports", hv_name, self.g.nodes[node].get("ofports"))
         self.g.nodes[node]["ofports"] = dict(ofports)
 
     # -- lookup --------------------------------------------------------------

@@ -177,6 +177,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                 updated = self._with_status(port)
                 if updated is not port:
                     self.graph.put_port(updated)
+            self._notify({hv_name})
             return {hv_name}
 
     # -- lookups (404s) ---------------------------------------------------------------

@@ -1,0 +1,460 @@
+"""Incremental compilation: every hypervisor's flows kept up to date, a change costing what it changes.
+
+Each hypervisor's flows are the union of the contributions of its units (:mod:`flows.units`):
+one base unit, one per hosted network, one per port of each network it reaches, one per
+security-group member address its rules need. The engine keeps, per hypervisor, each unit's
+flows and a count of the units contributing each cookie; the switch side takes the cookies
+that changed since it last looked (:meth:`FlowEngine.take_changes`) and sends only those.
+
+After each committed write the topology's graph hands over its journal (which records
+changed, with the record before); the engine maps each entry to the units it can change:
+
+- a port: its port unit on every hypervisor reaching its network (one shared flow per
+  hypervisor for its ARP/ND answers and unicast); the base and network units of its
+  binding hosts (old and new); the network units of every host of its network when the set
+  of hosts changed (flooding); its security groups' member-address units where a rule
+  names them; routers' hypervisors when it is a router port;
+- a network, subnet, router, floating IP, security group or rule: the base units of the
+  hypervisors it reaches, whose recomputation says which other units moved (networks now
+  reached or not, local ports, member-address clauses);
+- a hypervisor record or a switch's port map: that hypervisor is rebuilt (its units all
+  recomputed), and the units elsewhere that name its tunnel endpoint.
+
+:func:`flows.compiler.compile_hypervisor` stays the reference: :meth:`FlowEngine.mismatches`
+compares every hypervisor with it (the property-based test does so after every step).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from flows.acl import EGRESS, ETH_IPV4, ETH_IPV6, INGRESS
+from flows.compiler import compile_hypervisor
+from flows.flow import Flow, MatchValue
+from flows.portsec import port_addresses, prefix_match
+from flows.units import BASE, BaseInfo, UnitKey, base_unit, member_unit, network_unit, port_unit
+from topology import graph_l3
+from topology.ctzones import CT_ZONE_ATTR
+from topology.graph import TopologyGraph
+from topology.model import Port
+
+LOG = logging.getLogger("tenantflow.engine")
+Listener = Callable[[set[str]], None]
+MemberKey = tuple[str, int]  # (security group id, eth_type)
+
+
+@dataclass
+class HypervisorFlows:
+    """One hypervisor's units, and the flows they add up to."""
+
+    info: BaseInfo | None = None
+    units: dict[UnitKey, tuple[Flow, ...]] = field(default_factory=dict)
+    refs: dict[int, int] = field(default_factory=dict)  # cookie -> number of units contributing it
+    flows: dict[int, Flow] = field(default_factory=dict)  # cookie -> flow
+    changed: set[int] = field(default_factory=set)  # cookies added or removed since take_changes
+
+
+@dataclass
+class Stats:
+    """What the engine did (exported as metrics by the controller)."""
+
+    changes: int = 0  # journal entries processed
+    units: int = 0  # unit recomputations
+    hypervisor_rebuilds: int = 0  # every unit of one hypervisor recomputed (its record or port map changed)
+    full_rebuilds: int = 0  # every hypervisor rebuilt (start, or the topology reloaded its graph)
+
+
+class FlowEngine:
+    """Every hypervisor's compiled flows, maintained incrementally from the topology's journal."""
+
+    def __init__(self, graph: TopologyGraph, lock: threading.RLock | None = None) -> None:
+        self.lock = lock or threading.RLock()
+        self.graph = graph
+        self.stats = Stats()
+        self._listeners: list[Listener] = []
+        self.hvs: dict[str, HypervisorFlows] = {}
+        self._reach: dict[str, set[str]] = {}  # network id -> hypervisors reaching it
+        self._hosts: dict[str, frozenset[str]] = {}  # network id -> hypervisors hosting a port of it
+        self._named: dict[str, set[str]] = {}  # security group -> hypervisors whose rules name it as remote
+        self._members: dict[MemberKey, Counter] = {}  # (group, eth_type) -> member address -> count
+        self._topology = None
+        with self.lock:
+            self._rebuild_all()
+
+    @classmethod
+    def attach(cls, topology) -> FlowEngine:
+        """An engine following ``topology`` (:class:`topology.state.Topology`) from now on."""
+        engine = cls(topology.graph, topology.lock)
+        engine._topology = topology
+        topology.subscribe(engine.on_change)
+        return engine
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(hypervisor names)`` after each change that changed their flows."""
+        self._listeners.append(listener)
+
+    # -- what the switches read (under self.lock) -----------------------------------------
+    def desired(self, hv_name: str) -> dict[int, Flow]:
+        """Cookie -> flow of everything ``hv_name`` must hold (the engine's own dict: do not modify)."""
+        state = self.hvs.get(hv_name)
+        return state.flows if state is not None else {}
+
+    def take_changes(self, hv_name: str) -> set[int]:
+        """The cookies added or removed on ``hv_name`` since the last call."""
+        state = self.hvs.get(hv_name)
+        if state is None:
+            return set()
+        taken, state.changed = state.changed, set()
+        return taken
+
+    def mismatches(self) -> list[str]:
+        """Each hypervisor whose flows differ from a fresh full compile (the reference), described."""
+        out = []
+        with self.lock:
+            names = {h.name for h in self.graph.hypervisors()} | set(self.hvs)
+            for name in sorted(names):
+                want = {f.cookie for f in compile_hypervisor(self.graph, name)}
+                have = set(self.desired(name))
+                if want != have:
+                    out.append(f"{name}: {len(have - want)} extra, {len(want - have)} missing: "
+                               + "; ".join(sorted(self._describe(name, have ^ want))[:6]))
+        return out
+
+    def _describe(self, hv_name: str, cookies: Iterable[int]) -> list[str]:
+        ref = {f.cookie: f for f in compile_hypervisor(self.graph, hv_name)}
+        have = self.desired(hv_name)
+        return [("missing " if c in ref else "extra ") + (ref.get(c) or have[c]).description for c in cookies]
+
+    # -- applying changes --------------------------------------------------------------------
+    def on_change(self, affected: set[str]) -> None:
+        """Bring every hypervisor up to date with the graph's journal (a topology subscriber)."""
+        with self.lock:
+            before = {name: len(s.changed) for name, s in self.hvs.items()}
+            if self._topology is not None and self._topology.graph is not self.graph:
+                self.graph = self._topology.graph
+                self._rebuild_all()
+            else:
+                self._apply(self.graph.take_journal(), affected)
+            touched = {name for name, s in self.hvs.items() if len(s.changed) != before.get(name, 0)}
+        if touched:
+            for listener in list(self._listeners):
+                listener(touched)
+
+    def _rebuild_all(self) -> None:
+        self.stats.full_rebuilds += 1
+        self.graph.take_journal()
+        old = self.hvs
+        self.hvs, self._reach, self._hosts, self._named = {}, {}, {}, {}
+        self._members = {}
+        for port in self.graph.records("port"):
+            self._count_members(port, +1)
+        for net_id in {p.network_id for p in self.graph.records("port")}:
+            self._hosts[net_id] = frozenset(self.graph.network_index(net_id).hosts)
+        for name in {h.name for h in self.graph.hypervisors()} | set(old):
+            state = self.hvs[name] = HypervisorFlows()
+            previous = old.get(name)
+            self._rebuild(name)
+            if previous is not None:  # what the switches must still be told
+                state.changed = previous.changed | (set(previous.flows) ^ set(state.flows))
+            else:
+                state.changed = set(state.flows)
+
+    def _apply(self, journal: list[tuple[str, str, object]], affected: set[str]) -> None:
+        plan = _Plan(base={h for h in affected if h})
+        for kind, ident, old in journal:
+            self.stats.changes += 1
+            handler = getattr(self, f"_on_{kind}", None)
+            if handler is not None:
+                handler(plan, ident, old)
+            else:
+                plan.base |= self._hvs_of_node(kind, ident)
+        for name in plan.rebuild:
+            self._rebuild(name)
+        for name in sorted(plan.base - plan.rebuild):
+            self._update_base(name, plan)
+        for name, keys in plan.units.items():
+            state = self.hvs.get(name)
+            if name in plan.rebuild or state is None or state.info is None:
+                continue
+            for key in keys:
+                self._set_unit(state, key, self._compute(state.info, key))
+
+    # -- journal handlers: what each kind of change can touch -------------------------------------
+    def _on_port(self, plan: _Plan, port_id: str, old: Port | None) -> None:
+        new = self.graph.port(port_id)
+        if _same_for_flows(old, new):
+            return  # its status, name, timestamps... (its tap coming and going is the port map's change)
+        versions = [p for p in (old, new) if p is not None]
+        nets = {p.network_id for p in versions}
+        for net_id in nets:
+            for name in self._reach.get(net_id, ()):
+                plan.unit(name, ("port", net_id, port_id))
+        for p in versions:
+            if p.binding_host:
+                plan.base.add(p.binding_host)
+                plan.unit(p.binding_host, ("net", p.network_id))
+        for net_id in nets:
+            hosts = frozenset(self.graph.network_index(net_id).hosts)
+            previous = self._hosts.get(net_id, frozenset())
+            if hosts != previous:
+                self._hosts[net_id] = hosts
+                for name in hosts | previous:  # the hosts' flood lists
+                    plan.unit(name, ("net", net_id))
+                plan.base |= hosts ^ previous
+        if any(p.device_owner.startswith("network:router") for p in versions):
+            for router_id in {p.device_id for p in versions if p.device_id}:
+                plan.base |= self._router_hvs(router_id)
+            for net_id in nets:
+                plan.base |= self._reach.get(net_id, set()) | self._hosts.get(net_id, frozenset())
+        if any(p.device_owner == "network:floatingip" for p in versions):
+            fip = graph_l3.fip_of_port_port(self.graph, port_id)
+            plan.base |= self._fip_hosts([fip] if fip else [])
+        self._member_change(plan, old, new)
+
+    def _on_network(self, plan: _Plan, net_id: str, old) -> None:
+        new = self.graph.network(net_id)
+        if old is None or new is None or old != new:  # its flows' fields (name and such are attrs)
+            for name in self._reach.get(net_id, ()):
+                plan.rebuild.add(name)
+
+    def _on_subnet(self, plan: _Plan, subnet_id: str, old) -> None:
+        new = self.graph.subnet(subnet_id)
+        for net_id in {s.network_id for s in (old, new) if s is not None}:
+            plan.base |= self._reach.get(net_id, set())
+            plan.base |= self._fip_hosts(f for f in self.graph.records("fip") if f.floating_network_id == net_id)
+            for router in graph_l3.routers_of_network(self.graph, net_id):
+                plan.base |= self._router_hvs(router.id)
+
+    def _on_router(self, plan: _Plan, router_id: str, old) -> None:
+        plan.base |= self._router_hvs(router_id)
+        if old is not None and getattr(old, "gw_network_id", None):
+            plan.base |= self._reach.get(old.gw_network_id, set())
+
+    def _on_fip(self, plan: _Plan, fip_id: str, old) -> None:
+        plan.base |= self._fip_hosts([f for f in (old, self.graph.get("fip", fip_id)) if f is not None])
+
+    def _on_sg(self, plan: _Plan, sg_id: str, old) -> None:
+        plan.base |= self._member_hosts(sg_id) | self._named.get(sg_id, set())
+
+    def _on_sg_rule(self, plan: _Plan, rule_id: str, old) -> None:
+        for rule in (old, self.graph.get("sg_rule", rule_id)):
+            if rule is not None:
+                plan.base |= self._member_hosts(rule.security_group_id)
+
+    def _on_hv(self, plan: _Plan, name: str, old) -> None:
+        plan.rebuild.add(name)
+        self.hvs.setdefault(name, HypervisorFlows())
+        for port in self.graph.ports_on(name):  # their unicast flows elsewhere name our tunnel endpoint
+            for other in self._reach.get(port.network_id, ()):
+                plan.unit(other, ("port", port.network_id, port.id))
+            for other in self._hosts.get(port.network_id, ()):
+                plan.unit(other, ("net", port.network_id))
+
+    def _on_ofports(self, plan: _Plan, name: str, old) -> None:
+        plan.rebuild.add(name)
+        self.hvs.setdefault(name, HypervisorFlows())
+
+    # -- where things are -------------------------------------------------------------------------
+    def _router_hvs(self, router_id: str) -> set[str]:
+        out: set[str] = set()
+        for net_id in graph_l3.router_networks(self.graph, router_id):
+            out |= self._reach.get(net_id, set()) | self._hosts.get(net_id, frozenset())
+        out |= self._fip_hosts(graph_l3.fips_of_router(self.graph, router_id))
+        return out
+
+    def _fip_hosts(self, fips: Iterable) -> set[str]:
+        out: set[str] = set()
+        for fip in fips:
+            port = self.graph.port(fip.port_id) if fip.port_id else None
+            if port is not None and port.binding_host:
+                out.add(port.binding_host)
+        return out
+
+    def _member_hosts(self, sg_id: str) -> set[str]:
+        return {p.binding_host for p in graph_l3.sg_members(self.graph, sg_id) if p.binding_host}
+
+    def _hvs_of_node(self, kind: str, ident: str) -> set[str]:
+        LOG.debug("no handler for %s %s: its hypervisors come from the topology's notification", kind, ident)
+        return set()
+
+    # -- security-group members ---------------------------------------------------------------------
+    def _member_change(self, plan: _Plan, old: Port | None, new: Port | None) -> None:
+        before, after = _member_values(old), _member_values(new)
+        if before == after:
+            return
+        self._count_members(old, -1)
+        self._count_members(new, +1)
+        for sg_id, eth, value in before ^ after:
+            for name in self._named.get(sg_id, ()):
+                plan.base.add(name)  # the group may have become empty or not: its rules' liveness
+                for d in (EGRESS.name, INGRESS.name):
+                    plan.unit(name, ("member", d, eth, value))
+
+    def _count_members(self, port: Port | None, delta: int) -> None:
+        for sg_id, eth, value in _member_values(port):
+            counts = self._members.setdefault((sg_id, eth), Counter())
+            counts[value] += delta
+            if counts[value] <= 0:
+                del counts[value]
+
+    def _holds(self, sg_id: str, eth: int, value: MatchValue) -> bool:
+        return self._members.get((sg_id, eth), {}).get(value, 0) > 0
+
+    def _has_members(self, sg_id: str, eth: int) -> bool:
+        return bool(self._members.get((sg_id, eth)))
+
+    # -- units ------------------------------------------------------------------------------------------
+    def _compute(self, info: BaseInfo, key: UnitKey) -> list[Flow]:
+        self.stats.units += 1
+        kind = key[0]
+        if kind == "port":
+            return port_unit(self.graph, info, key[1], key[2])
+        if kind == "net":
+            return network_unit(self.graph, info, key[1])
+        if kind == "member":
+            return member_unit(info, key[1], key[2], key[3], self._holds)
+        raise ValueError(f"unknown unit {key!r}")
+
+    def _unit_keys(self, info: BaseInfo) -> list[UnitKey]:
+        keys: list[UnitKey] = [("net", n) for n, r in info.reach.items() if r.hosted]
+        for net_id in info.reach:
+            keys += [("port", net_id, p) for p in self.graph.network_index(net_id).ports]
+        for d, eth, sg_id in info.member_spec:
+            keys += [("member", d, eth, v) for v in self._members.get((sg_id, eth), ())]
+        return keys
+
+    def _rebuild(self, name: str) -> None:
+        """Recompute every unit of one hypervisor."""
+        self.stats.hypervisor_rebuilds += 1
+        state = self.hvs.setdefault(name, HypervisorFlows())
+        result = base_unit(self.graph, name, self._has_members)
+        old_info = state.info
+        if result is None:
+            for key in list(state.units):
+                self._set_unit(state, key, [])
+            state.info = None
+        else:
+            flows, info = result
+            state.info = info
+            wanted = {BASE: flows}
+            for key in self._unit_keys(info):
+                wanted[key] = self._compute(info, key)
+            for key in set(state.units) - set(wanted):
+                self._set_unit(state, key, [])
+            for key, unit_flows in wanted.items():
+                self._set_unit(state, key, unit_flows)
+        self._index(name, old_info, state.info)
+
+    def _update_base(self, name: str, plan: _Plan) -> None:
+        """Recompute a hypervisor's base unit, and the units whose reason to be changed with it."""
+        state = self.hvs.setdefault(name, HypervisorFlows())
+        old = state.info
+        result = base_unit(self.graph, name, self._has_members)
+        if result is None or old is None or result[1].view.ofports != old.view.ofports \
+                or result[1].view.hv != old.view.hv:
+            self._rebuild(name)
+            return
+        flows, new = result
+        state.info = new
+        self._set_unit(state, BASE, flows)
+        units = plan.units.setdefault(name, set())
+        for net_id in set(old.reach) | set(new.reach):
+            was, now = old.reach.get(net_id), new.reach.get(net_id)
+            ports = self.graph.network_index(net_id).ports
+            if was != now:
+                units.add(("net", net_id))
+                units.update(("port", net_id, p) for p in ports)
+                if was is not None:  # ports gone from the network meanwhile
+                    units.update(k for k in state.units if k[0] == "port" and k[1] == net_id)
+            elif old.local_of(net_id) != new.local_of(net_id):
+                units.add(("net", net_id))
+                units.update(("port", net_id, p) for p in set(old.local_of(net_id)) ^ set(new.local_of(net_id)))
+        for net_id in old.fip_networks ^ new.fip_networks:
+            units.add(("net", net_id))
+        for key in set(old.member_spec) | set(new.member_spec):
+            if old.member_spec.get(key) != new.member_spec.get(key):
+                d, eth, sg_id = key
+                units.update(("member", d, eth, v) for v in self._members.get((sg_id, eth), ()))
+                units.update(k for k in state.units if k[0] == "member" and k[1] == d and k[2] == eth)
+        self._index(name, old, new)
+
+    def _index(self, name: str, old: BaseInfo | None, new: BaseInfo | None) -> None:
+        """Keep the reverse indexes (network -> reaching hypervisors, group -> naming ones) in step."""
+        for net_id in set(old.reach if old else ()) - set(new.reach if new else ()):
+            self._reach.get(net_id, set()).discard(name)
+        for net_id in new.reach if new else ():
+            self._reach.setdefault(net_id, set()).add(name)
+        old_groups = {k[2] for k in (old.member_spec if old else ())}
+        new_groups = {k[2] for k in (new.member_spec if new else ())}
+        for sg_id in old_groups - new_groups:
+            self._named.get(sg_id, set()).discard(name)
+        for sg_id in new_groups:
+            self._named.setdefault(sg_id, set()).add(name)
+
+    def _set_unit(self, state: HypervisorFlows, key: UnitKey, flows: Iterable[Flow]) -> None:
+        new = tuple(flows)
+        old = state.units.get(key, ())
+        if new:
+            state.units[key] = new
+        else:
+            state.units.pop(key, None)
+        if old == new:
+            return
+        refs, by_cookie, changed = state.refs, state.flows, state.changed
+        for flow in old:
+            c = flow.cookie
+            n = refs[c] - 1
+            if n:
+                refs[c] = n
+            else:
+                del refs[c]
+                del by_cookie[c]
+                changed.add(c)
+        for flow in new:
+            c = flow.cookie
+            n = refs.get(c, 0)
+            refs[c] = n + 1
+            if not n:
+                by_cookie[c] = flow
+                changed.add(c)
+
+
+@dataclass
+class _Plan:
+    """What one batch of changes recomputes."""
+
+    base: set[str] = field(default_factory=set)  # hypervisors whose base unit is recomputed
+    rebuild: set[str] = field(default_factory=set)  # hypervisors whose every unit is
+    units: dict[str, set[UnitKey]] = field(default_factory=dict)  # hypervisor -> other units
+
+    def unit(self, hv_name: str, key: UnitKey) -> None:
+        self.units.setdefault(hv_name, set()).add(key)
+
+
+_FLOW_ATTRS = ("security_groups", "port_security_enabled", "allowed_address_pairs", CT_ZONE_ATTR)
+
+
+def _same_for_flows(old: Port | None, new: Port | None) -> bool:
+    """Whether two versions of a port differ in nothing a flow is made of."""
+    return old is not None and new is not None and old == new and all(
+        old.attrs.get(a) == new.attrs.get(a) for a in _FLOW_ATTRS)
+
+
+def _member_values(port: Port | None) -> set[tuple[str, int, MatchValue]]:
+    """(group, eth_type, address match) for each group of the port and each address it may use."""
+    if port is None:
+        return set()
+    groups = port.attrs.get("security_groups") or ()
+    if not groups:
+        return set()
+    out = set()
+    for _, net in port_addresses(port):
+        value = prefix_match(net)
+        if value is not None:
+            eth = ETH_IPV6 if net.version == 6 else ETH_IPV4
+            out.update((sg_id, eth, value) for sg_id in groups)
+    return out

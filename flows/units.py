@@ -1,0 +1,116 @@
+"""A hypervisor's flows as the union of small contributions ("units"), each a pure function.
+
+:func:`flows.compiler.compile_hypervisor` builds a hypervisor's flows in one go; the
+incremental engine (:mod:`flows.engine`) builds the same flows as a union of units, so
+that a change recomputes only the units it touches:
+
+- ``("base",)``: what depends only on the hypervisor and its local ports: the default
+  flows, classification and delivery of local ports, port security, the security groups'
+  rules (:func:`flows.acl.acl_base`), the routers' own flows (:func:`flows.routing.routing_base`)
+  and the floating IPs hosted here. It also says (:class:`BaseInfo`) which networks the
+  hypervisor reaches and how, which are the other units;
+- ``("net", network)``: one network hosted here: from the fabric into it, and its flooding;
+- ``("port", network, port)``: one port of a reached network as seen from here: its ARP and
+  ND answers, its unicast flow (local or to its host), its next-hop entry where routed. Most
+  of these flows are the same on every hypervisor and shared (:mod:`flows.shared`);
+- ``("member", direction, eth_type, address)``: a security-group member address's
+  conjunction clause (:func:`flows.acl.member_clause`).
+
+A flow may be contributed by several units (the DAD pass of a network by each of its
+IPv6 ports): the hypervisor holds it while any unit contributes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flows.acl import MemberSpec, acl_base, member_clause
+from flows.flow import Flow, MatchValue
+from flows.l2 import arp_port, classify_from_fabric, classify_local_ports, default_flows, deliver, flood, unicast_port
+from flows.nat import local_fips, nat_flows
+from flows.nd import nd_port
+from flows.portsec import port_security_flows
+from flows.routing import routed_port, routing_base
+from flows.stages import EXT_IN_FIP, L2_LOOKUP
+from flows.view import HypervisorView, view_of
+from topology.graph import TopologyGraph
+
+UnitKey = tuple
+BASE: UnitKey = ("base",)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How a hypervisor reaches a network: it hosts a port of it, and/or routes into it."""
+
+    hosted: bool
+    routed: bool
+
+
+@dataclass
+class BaseInfo:
+    """What the base unit found out: what the other units of the hypervisor are, and need."""
+
+    view: HypervisorView
+    reach: dict[str, Reach] = field(default_factory=dict)  # network id -> how it is reached
+    fip_networks: frozenset[str] = frozenset()  # external networks whose frames go to ext_in_fip first
+    local_ids: frozenset[str] = frozenset()  # plugged local ports
+    member_spec: MemberSpec = field(default_factory=dict)
+
+    def local_of(self, net_id: str) -> tuple[str, ...]:
+        """Ids of the local ports in a network (in flood order)."""
+        return tuple(p.id for p in self.view.local_ports if p.network_id == net_id)
+
+
+def base_unit(graph: TopologyGraph, hv_name: str,
+              has_members: Callable[[str, int], bool]) -> tuple[list[Flow], BaseInfo] | None:
+    """The base unit of ``hv_name`` and what it says about the others (None: no such hypervisor)."""
+    view = view_of(graph, hv_name)
+    if view is None:
+        return None
+    fips = local_fips(graph, view)
+    flows: list[Flow] = [*default_flows(), *classify_local_ports(view), *deliver(view),
+                         *port_security_flows(view.local_ports)]
+    acl, spec = acl_base(graph, view.local_ports, has_members)
+    flows += acl
+    routing, routed = routing_base(graph, view)
+    flows += routing
+    flows += nat_flows(view, fips)
+    routed_ids = {n.id for n in routed}
+    reach = {n: Reach(n in view.networks, n in routed_ids) for n in set(view.networks) | routed_ids}
+    info = BaseInfo(view, reach, frozenset(f.ext.id for f in fips), frozenset(p.id for p in view.local_ports), spec)
+    return flows, info
+
+
+def network_unit(graph: TopologyGraph, info: BaseInfo, net_id: str) -> list[Flow]:
+    """A hosted network's flows here that do not depend on each of its ports."""
+    net = info.view.networks.get(net_id)
+    if net is None:
+        return []
+    goto = EXT_IN_FIP if net_id in info.fip_networks else L2_LOOKUP
+    return [*classify_from_fabric(info.view, net, goto), *flood(graph, info.view, net)]
+
+
+def port_unit(graph: TopologyGraph, info: BaseInfo, net_id: str, port_id: str) -> list[Flow]:
+    """One port's flows here, for a network this hypervisor reaches."""
+    reach = info.reach.get(net_id)
+    net = graph.network(net_id)
+    port = graph.port(port_id)
+    if reach is None or net is None or port is None or port.network_id != net_id:
+        return []
+    flows: list[Flow] = []
+    if reach.hosted:
+        local = port_id in info.local_ids
+        flows += arp_port(net, port, local)
+        flows += nd_port(net, port, local)
+        flows += unicast_port(graph, info.view, net, port, local)
+    if reach.routed:
+        flows += routed_port(graph, info.view, net, port)
+    return flows
+
+
+def member_unit(info: BaseInfo, direction: str, eth: int, address: MatchValue,
+                holds: Callable[[str, int, MatchValue], bool]) -> list[Flow]:
+    """A security-group member address's clause flow here."""
+    return member_clause(info.member_spec, direction, eth, address, holds)
