@@ -1,9 +1,9 @@
 """The os-ken application: a thin shim between OpenFlow events and the sync engine.
 
 Everything here runs on os-ken's event thread and only hands events on: the
-compiler (flows/) decides what each switch must hold, controller.switch makes
-it so. The topology notifies us after each committed write with the set of
-hypervisors whose flows may have changed; only those are recompiled.
+incremental engine (flows/engine.py) keeps what each switch must hold up to date
+with every committed write, controller.switch makes it so. The engine tells us
+which hypervisors' flows changed; only their switches are woken.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from controller import metrics
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, resolve_request
 from controller.switch import Switch
-from flows.compiler import compile_hypervisor
+from flows.engine import FlowEngine
 from flows.nat import announcements
 from flows.pipeline import stage
 from flows.routing import router_interface
@@ -45,11 +45,14 @@ class TenantflowApp(app_manager.OSKenApp):
             raise RuntimeError("controller.app.TOPOLOGY must be set before the app starts")
         self.topology = TOPOLOGY
         self.switches: dict[int, Switch] = {}  # dpid -> switch
-        self.topology.subscribe(self._topology_changed)
+        # Every hypervisor's flows, kept up to date by each committed write (under the
+        # topology's lock); switches take the changes and push them outside it.
+        self.engine = FlowEngine.attach(self.topology)
+        self.engine.subscribe(self._topology_changed)
 
     # -- topology side -------------------------------------------------------
     def _topology_changed(self, hv_names: set[str]) -> None:
-        """Mark the switches of the affected hypervisors dirty (may be called from any thread)."""
+        """Wake the switches of the hypervisors whose flows changed (may be called from any thread)."""
         for sw in list(self.switches.values()):
             if sw.hv_name is None:
                 # A bridge that connected before its hypervisor was registered:
@@ -61,11 +64,6 @@ class TenantflowApp(app_manager.OSKenApp):
                 self._set_ofports(sw, sw.ofports)
             if sw.hv_name in hv_names:
                 sw.mark_dirty()
-
-    def compile_for(self, hv_name: str):
-        """Compile one hypervisor under the topology's lock (a consistent snapshot)."""
-        with self.topology.lock:
-            return compile_hypervisor(self.topology.graph, hv_name)
 
     def announcements_for(self, hv_name: str):
         """The floating IPs a hypervisor hosts, to announce on their external networks."""
@@ -85,7 +83,7 @@ class TenantflowApp(app_manager.OSKenApp):
             hv_name = hv.name if hv else None
             if hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
-            sw = Switch(dp, self.compile_for, self._set_ofports, self.announcements_for)
+            sw = Switch(dp, self.engine, self._set_ofports, self.announcements_for)
             self.switches[dp.id] = sw
             sw.start(hv_name)
         elif ev.state == DEAD_DISPATCHER and dp.id is not None:

@@ -21,6 +21,7 @@ import time
 from collections import Counter as Multiset
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -71,14 +72,16 @@ class Switch:
     _xids = itertools.count(0x70000000)
     _bundle_ids = itertools.count(1)
 
-    def __init__(self, datapath, compile_fn: Callable[[str], list[Flow]],
+    def __init__(self, datapath, source: FlowSource,
                  on_ofports: Callable[[Switch, dict[str, int]], None],
                  announce_fn: Callable[[str], list[Announcement]] | None = None):
         self.dp = datapath
         self._announce_fn = announce_fn
         self.dpid: int = datapath.id
         self.hv_name: str | None = None
-        self._compile = compile_fn
+        self._source = source
+        self._full_diff = True  # next sync compares every cookie (connect, or after a failed push)
+        self._learner_flows: set[int] = set()  # cookies of desired flows carrying a learn action
         self._on_ofports = on_ofports
         self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
         self._inflight_from: int | None = None  # first xid of the bundle being pushed
@@ -191,34 +194,69 @@ class Switch:
             self._waiters.pop(xid, None)
 
     def sync(self) -> PushResult:
-        """Compile this hypervisor, diff against what the switch holds, push the difference."""
+        """Send the switch what changed in its compiled flows since the last sync (all of it after a connect).
+
+        The flows come from the incremental engine (:class:`FlowSource`): a sync takes the cookies
+        that changed since the previous one, under the engine's lock for as long as reading them
+        takes, and pushes outside it. Changes made while a push is under way wait in the engine and
+        go in the next bundle, so a burst of changes costs one bundle per switch, not one per change.
+        """
         if not self.ready or self.hv_name is None:
             return PushResult(committed=False)
         start = time.perf_counter()
-        compiled = self._compile(self.hv_name)
-        desired = {f.cookie: f for f in compiled}
-        learners = learned_cookies(compiled)
-        # Flows the switch learned itself are kept while a compiled flow still learns them.
-        stale = [c for c, n in self.installed.items() if c not in learners and (c not in desired or n > 1)]
-        stale += [c for c in self._learners - learners if c not in self.installed]
-        missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
+        full = self._full_diff
+        with self._source.lock:
+            changed = self._source.take_changes(self.hv_name)
+            desired_all = self._source.desired(self.hv_name)
+            if not full and (changed & self._learner_flows
+                             or any(_learns(desired_all.get(c)) for c in changed)):
+                full = True  # what the switch may learn changed: recheck every cookie
+            if full:
+                desired = dict(desired_all)
+            else:
+                desired = {c: desired_all[c] for c in changed if c in desired_all}
+            n_desired = len(desired_all)
+        if full:
+            learners = learned_cookies(desired.values())
+            stale = [c for c, n in self.installed.items() if c not in learners and (c not in desired or n > 1)]
+            stale += [c for c in self._learners - learners if c not in self.installed]
+            missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
+        else:
+            learners = self._learners
+            stale = [c for c in changed if c not in desired and c in self.installed and c not in learners]
+            stale += [c for c, f in desired.items() if self.installed.get(c, 0) > 1]
+            missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
         if not stale and not missing:
             result = PushResult()
         else:
             result = self.push(stale, missing)
-            if result.committed:
-                self.installed = Multiset(desired.keys())
         if result.committed:
+            self._commit_installed(full, desired, changed, stale)
+            if full:
+                self._learner_flows = {c for c, f in desired.items() if _learns(f)}
             self._learners = learners
+            self._full_diff = False
             self._announce()
             metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
+        else:
+            self._full_diff = True  # what the switch holds now is unknown: compare everything next time
         if result.committed and self._alive:
-            metrics.FLOWS.labels(self.hv_name).set(len(desired))
+            metrics.FLOWS.labels(self.hv_name).set(n_desired)
         # "connected and synced": only a sync that left the switch equal to the
         # compiled flows says so, and only after it (never on connect alone).
         if self._alive:
             metrics.SWITCH_UP.labels(self.hv_name).set(1 if result.committed else 0)
         return result
+
+    def _commit_installed(self, full: bool, desired: dict[int, Flow], changed: set[int], stale: list[int]) -> None:
+        """Record what the switch holds after a committed bundle."""
+        if full:
+            self.installed = Multiset(desired.keys())
+            return
+        for cookie in stale:
+            self.installed.pop(cookie, None)
+        for cookie in desired:
+            self.installed[cookie] = 1
 
     def _announce(self) -> None:
         """Gratuitous ARP for each floating IP this switch newly hosts (after its flows are in).
@@ -338,6 +376,20 @@ class Switch:
         xid = next(self._xids)
         self._send_and_wait(wire.bundle_ctrl(bundle_id, ctrl_type, xid), xid)
         return self._errors.pop(xid, [])
+
+
+class FlowSource(Protocol):
+    """Where a switch's compiled flows come from (:class:`flows.engine.FlowEngine`)."""
+
+    lock: threading.RLock
+
+    def desired(self, hv_name: str) -> dict[int, Flow]: ...
+
+    def take_changes(self, hv_name: str) -> set[int]: ...
+
+
+def _learns(flow: Flow | None) -> bool:
+    return flow is not None and any(isinstance(a, Learn) for a in flow.actions)
 
 
 def learned_cookies(flows: Iterable[Flow]) -> set[int]:

@@ -40,7 +40,7 @@ from flows.units import BASE, BaseInfo, UnitKey, base_unit, member_unit, network
 from topology import graph_l3
 from topology.ctzones import CT_ZONE_ATTR
 from topology.graph import TopologyGraph
-from topology.model import Port
+from topology.model import TUNNEL_PORT_NAMES, Port, provider_patch_name
 
 LOG = logging.getLogger("tenantflow.engine")
 Listener = Callable[[set[str]], None]
@@ -91,6 +91,7 @@ class FlowEngine:
         engine = cls(topology.graph, topology.lock)
         engine._topology = topology
         topology.subscribe(engine.on_change)
+        topology.subscribe_live(engine.on_change)
         return engine
 
     def subscribe(self, listener: Listener) -> None:
@@ -164,7 +165,9 @@ class FlowEngine:
                 state.changed = set(state.flows)
 
     def _apply(self, journal: list[tuple[str, str, object]], affected: set[str]) -> None:
-        plan = _Plan(base={h for h in affected if h})
+        # The topology's own notion of who is affected is coarse (every host of a network);
+        # the journal says what changed, and the handlers below where that matters.
+        plan = _Plan()
         for kind, ident, old in journal:
             self.stats.changes += 1
             handler = getattr(self, f"_on_{kind}", None)
@@ -255,8 +258,11 @@ class FlowEngine:
                 plan.unit(other, ("net", port.network_id))
 
     def _on_ofports(self, plan: _Plan, name: str, old) -> None:
-        plan.rebuild.add(name)
         self.hvs.setdefault(name, HypervisorFlows())
+        if _fabric_ports(old or {}) != _fabric_ports(self.graph.ofports(name)):
+            plan.rebuild.add(name)  # tunnel or provider ports: every unit reaching the fabric
+        else:
+            plan.base.add(name)  # taps plugged or unplugged: the base unit says which ports are local
 
     # -- where things are -------------------------------------------------------------------------
     def _router_hvs(self, router_id: str) -> set[str]:
@@ -354,8 +360,8 @@ class FlowEngine:
         state = self.hvs.setdefault(name, HypervisorFlows())
         old = state.info
         result = base_unit(self.graph, name, self._has_members)
-        if result is None or old is None or result[1].view.ofports != old.view.ofports \
-                or result[1].view.hv != old.view.hv:
+        if result is None or old is None or result[1].view.hv != old.view.hv \
+                or _fabric_ports(result[1].view.ofports) != _fabric_ports(old.view.ofports):
             self._rebuild(name)
             return
         flows, new = result
@@ -435,6 +441,13 @@ class _Plan:
         self.units.setdefault(hv_name, set()).add(key)
 
 
+def _fabric_ports(ofports: dict[str, int]) -> dict[str, int]:
+    """The tunnel and provider patch ports of a port map (what units other than the base one use)."""
+    return {name: n for name, n in ofports.items() if name in _FABRIC_NAMES or name.startswith(PATCH_PREFIX)}
+
+
+_FABRIC_NAMES = frozenset(TUNNEL_PORT_NAMES.values())
+PATCH_PREFIX = provider_patch_name("")
 _FLOW_ATTRS = ("security_groups", "port_security_enabled", "allowed_address_pairs", CT_ZONE_ATTR)
 
 

@@ -35,6 +35,7 @@ from flows.routing import routed_port, routing_base
 from flows.stages import EXT_IN_FIP, L2_LOOKUP
 from flows.view import HypervisorView, view_of
 from topology.graph import TopologyGraph
+from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Network, Port, dvr_mac, provider_patch_name
 
 UnitKey = tuple
 BASE: UnitKey = ("base",)
@@ -57,6 +58,7 @@ class BaseInfo:
     fip_networks: frozenset[str] = frozenset()  # external networks whose frames go to ext_in_fip first
     local_ids: frozenset[str] = frozenset()  # plugged local ports
     member_spec: MemberSpec = field(default_factory=dict)
+    dvr_mac: str = ""  # this hypervisor's DVR MAC (routed frames to other hypervisors carry it)
 
     def local_of(self, net_id: str) -> tuple[str, ...]:
         """Ids of the local ports in a network (in flood order)."""
@@ -79,7 +81,8 @@ def base_unit(graph: TopologyGraph, hv_name: str,
     flows += nat_flows(view, fips)
     routed_ids = {n.id for n in routed}
     reach = {n: Reach(n in view.networks, n in routed_ids) for n in set(view.networks) | routed_ids}
-    info = BaseInfo(view, reach, frozenset(f.ext.id for f in fips), frozenset(p.id for p in view.local_ports), spec)
+    info = BaseInfo(view, reach, frozenset(f.ext.id for f in fips), frozenset(p.id for p in view.local_ports), spec,
+                    dvr_mac(view.hv))
     return flows, info
 
 
@@ -92,22 +95,50 @@ def network_unit(graph: TopologyGraph, info: BaseInfo, net_id: str) -> list[Flow
     return [*classify_from_fabric(info.view, net, goto), *flood(graph, info.view, net)]
 
 
-def port_unit(graph: TopologyGraph, info: BaseInfo, net_id: str, port_id: str) -> list[Flow]:
-    """One port's flows here, for a network this hypervisor reaches."""
+def port_unit(graph: TopologyGraph, info: BaseInfo, net_id: str, port_id: str) -> tuple[Flow, ...]:
+    """One port's flows here, for a network this hypervisor reaches.
+
+    Memoised on everything they are made of: the port and network records (by identity: records
+    are immutable, and the memo holds them, so an identity cannot be reused while it is cached),
+    how the network is reached, whether the port is local or bound here, the tunnel or patch port
+    and remote endpoint its frames take, and this hypervisor's DVR MAC where it routes. So a
+    remote port's flows are built once per change, and shared by every hypervisor reaching it.
+    """
     reach = info.reach.get(net_id)
     net = graph.network(net_id)
     port = graph.port(port_id)
     if reach is None or net is None or port is None or port.network_id != net_id:
-        return []
+        return ()
+    here = info.view.hv.name
+    local = port_id in info.local_ids
+    key = (id(port), id(net), reach, local, port.binding_host == here, _via(graph, info, net, port),
+           info.dvr_mac if reach.routed else None)
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is port and hit[1] is net:
+        return hit[2]
     flows: list[Flow] = []
     if reach.hosted:
-        local = port_id in info.local_ids
         flows += arp_port(net, port, local)
         flows += nd_port(net, port, local)
         flows += unicast_port(graph, info.view, net, port, local)
     if reach.routed:
         flows += routed_port(graph, info.view, net, port)
-    return flows
+    if len(_memo) >= MEMO_ENTRIES:
+        _memo.clear()
+    _memo[key] = (port, net, tuple(flows))
+    return _memo[key][2]
+
+
+def _via(graph: TopologyGraph, info: BaseInfo, net: Network, port: Port) -> tuple:
+    """The local port (and remote endpoint) a frame to ``port`` leaves through."""
+    if net.network_type in OVERLAY_TYPES:
+        remote = graph.hypervisor(port.binding_host) if port.binding_host else None
+        return info.view.ofports.get(TUNNEL_PORT_NAMES[net.network_type]), remote.tunnel_ip if remote else None
+    return info.view.ofports.get(provider_patch_name(net.physical_network or "")), None
+
+
+MEMO_ENTRIES = 1_000_000
+_memo: dict[tuple, tuple[Port, Network, tuple[Flow, ...]]] = {}
 
 
 def member_unit(info: BaseInfo, direction: str, eth: int, address: MatchValue,

@@ -110,6 +110,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         self.lock = threading.RLock()
         self.graph = TopologyGraph()
         self._subscribers: list[Callback] = []
+        self._live_subscribers: list[Callback] = []
         self.store = Store(db_path)
         with self.lock:
             self._load()
@@ -142,6 +143,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         """Call ``callback(affected_hypervisor_names)`` after every committed write."""
         with self.lock:
             self._subscribers.append(callback)
+
+    def subscribe_live(self, callback: Callback) -> None:
+        """Call ``callback({hypervisor})`` after a switch's live port map changed (not a committed write)."""
+        with self.lock:
+            self._live_subscribers.append(callback)
 
     def _notify(self, affected: Iterable[str | None]) -> None:
         hvs = {h for h in affected if h}
@@ -177,7 +183,8 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                 updated = self._with_status(port)
                 if updated is not port:
                     self.graph.put_port(updated)
-            self._notify({hv_name})
+            for callback in list(self._live_subscribers):
+                callback({hv_name})
             return {hv_name}
 
     # -- lookups (404s) ---------------------------------------------------------------
