@@ -36,11 +36,11 @@ from flows.acl import EGRESS, ETH_IPV4, ETH_IPV6, INGRESS
 from flows.compiler import compile_hypervisor
 from flows.flow import Flow, MatchValue
 from flows.portsec import port_addresses, prefix_match
-from flows.units import BASE, BaseInfo, UnitKey, base_unit, member_unit, network_unit, port_unit
+from flows.units import BASE, BaseInfo, Reach, UnitKey, base_unit, member_unit, network_unit, port_unit
 from topology import graph_l3
 from topology.ctzones import CT_ZONE_ATTR
 from topology.graph import TopologyGraph
-from topology.model import TUNNEL_PORT_NAMES, Port, provider_patch_name
+from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Port, provider_patch_name
 
 LOG = logging.getLogger("tenantflow.engine")
 Listener = Callable[[set[str]], None]
@@ -327,11 +327,21 @@ class FlowEngine:
 
     def _unit_keys(self, info: BaseInfo) -> list[UnitKey]:
         keys: list[UnitKey] = [("net", n) for n, r in info.reach.items() if r.hosted]
-        for net_id in info.reach:
-            keys += [("port", net_id, p) for p in self.graph.network_index(net_id).ports]
+        for net_id, reach in info.reach.items():
+            keys += [("port", net_id, p) for p in self._port_ids(info, net_id, reach)]
         for d, eth, sg_id in info.member_spec:
             keys += [("member", d, eth, v) for v in self._members.get((sg_id, eth), ())]
         return keys
+
+    def _port_ids(self, info: BaseInfo, net_id: str, reach: Reach) -> Iterable[str]:
+        """The ports of a reached network that may have flows on this hypervisor."""
+        index = self.graph.network_index(net_id)
+        net = self.graph.network(net_id)
+        if reach.routed or net is None or net.network_type in OVERLAY_TYPES:
+            return index.ports
+        # A provider network only routed nowhere here: its ports bound here or nowhere (see l2.answered_here).
+        here = info.view.hv.name
+        return [*index.unbound, *(p.id for p in self.graph.ports_on(here) if p.network_id == net_id)]
 
     def _rebuild(self, name: str) -> None:
         """Recompute every unit of one hypervisor."""

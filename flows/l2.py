@@ -38,6 +38,8 @@ from flows.view import HypervisorView
 from topology.graph import TopologyGraph
 from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Network, Port, provider_patch_name
 
+MULTICAST_BIT = 0x010000000000  # the I/G bit of a MAC: set for broadcast and multicast
+
 
 def default_flows() -> list[Flow]:
     """The lowest-priority flow of each switching and external stage: where a packet matching nothing goes."""
@@ -113,7 +115,21 @@ def arp_responder(graph: TopologyGraph, view: HypervisorView, net: Network) -> I
     """ARP requests for the network's known IPv4 addresses, answered on the asker's hypervisor."""
     local_ids = {p.id for p in view.local_ports}
     for port in graph.ports_of(net.id):
-        yield from arp_port(net, port, port.id in local_ids)
+        if answered_here(net, port, view.hv.name):
+            yield from arp_port(net, port, port.id in local_ids)
+
+
+def answered_here(net: Network, port: Port, here: str) -> bool:
+    """Whether this hypervisor answers ARP and ND for ``port`` and holds a flow per port for it.
+
+    On an overlay, for every port: no request ever needs to cross the fabric. On a provider
+    (flat or VLAN) network only for the ports bound here or nowhere (router interfaces): a
+    request for a port on another hypervisor goes out to the provider network like any
+    broadcast and the port answers itself, so that a hypervisor's flows grow with what it
+    hosts, not with the size of the provider network (20,000 ports on 1,000 hypervisors would
+    otherwise be 40 million flows).
+    """
+    return net.network_type in OVERLAY_TYPES or not port.binding_host or port.binding_host == here
 
 
 def arp_port(net: Network, port: Port, local: bool) -> Iterator[Flow]:
@@ -190,6 +206,25 @@ def flood(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[
         L2_LOOKUP, "flood", {REG_NETWORK: net.key}, local_copies + _flood_to_fabric(graph, view, net),
         description=f"flood in network {net.id}: local ports and each hypervisor hosting it",
     )
+    if net.network_type not in OVERLAY_TYPES:
+        yield from _provider_unicast(view, net)
+
+
+def _provider_unicast(view: HypervisorView, net: Network) -> Iterator[Flow]:
+    """A provider network's unicast to MACs not on this hypervisor: out to it, or (from it) dropped."""
+    unicast = (0, MULTICAST_BIT)
+    out = to_provider(view, net)
+    if out:
+        yield make_flow(
+            L2_LOOKUP, "provider_unicast", {REG_NETWORK: net.key, "eth_dst": unicast, REG_FLAGS: (0, FLAG_FROM_REMOTE)},
+            out, description=f"unicast to a MAC not on this hypervisor: out to provider network {net.id}",
+        )
+    yield make_flow(
+        L2_LOOKUP, "provider_unicast",
+        {REG_NETWORK: net.key, "eth_dst": unicast, REG_FLAGS: (FLAG_FROM_REMOTE, FLAG_FROM_REMOTE)},
+        description=f"unicast from provider network {net.id} to a MAC not here: drop (its switches flood "
+        "what they have not learned)",
+    )
 
 
 def l2_unicast(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[Flow]:
@@ -207,7 +242,7 @@ def unicast_port(graph: TopologyGraph, view: HypervisorView, net: Network, port:
             [SetField(REG_OUTPORT, port.key)], goto=OUT_PRE_ACL,
             description=f"{port.mac_address} is local port {port.id}",
         )
-    elif port.binding_host and port.binding_host != view.hv.name:
+    elif port.binding_host and port.binding_host != view.hv.name and net.network_type in OVERLAY_TYPES:
         flow = _remote_unicast(graph, view, net, port)
         if flow is not None:
             yield flow

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import netaddr
 
 from flows.flow import IN_PORT, Flow, Output, RegMove, Resubmit, SetField, make_flow
+from flows.l2 import answered_here
 from flows.pipeline import REG_INPORT, REG_NETWORK, stage
 from flows.shared import shared_flow
 from topology.graph import TopologyGraph
@@ -43,6 +44,8 @@ def nd_flows(graph: TopologyGraph, view, net: Network) -> Iterator[Flow]:
     dad = shared_flow(("nd_dad", net.key), _dad, net)
     any_v6 = False
     for port in graph.ports_of(net.id):
+        if not answered_here(net, port, view.hv.name):
+            continue
         for flow in nd_port(net, port, port.id in local):
             if flow is dad:
                 any_v6 = True  # one per network, however many ports have IPv6 addresses

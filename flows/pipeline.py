@@ -209,9 +209,14 @@ STAGES: tuple[Stage, ...] = (
         "(tunnel with the network's VNI, or the provider network with its VLAN). "
         "Broadcast, multicast and unknown unicast are flooded to the network's local "
         "ports and, only when the packet came from a local port, to each remote "
-        "hypervisor that hosts the network: never to any other network.",
+        "hypervisor that hosts the network: never to any other network. On a provider "
+        "(flat or VLAN) network the physical switches know where each MAC is, so no "
+        "hypervisor holds a flow per remote port: unicast from a local port to any MAC "
+        "not local goes out to the provider network, and unicast from the provider "
+        "network to a MAC not here is dropped (provider_unicast).",
         allowed_matches=frozenset(_REGS | {"eth_dst"}),
-        priorities={"unicast": 100, "to_router": 100, "flood_from_remote": 10, "flood": 5, "drop": 0},
+        priorities={"unicast": 100, "to_router": 100, "provider_unicast": 50, "flood_from_remote": 10, "flood": 5,
+                    "drop": 0},
         next_stages=("lr_in_ip_input", "ls_out_pre_acl", "ls_out_deliver"),
     ),
     Stage(

@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 
 from flows.acl import MemberSpec, acl_base, member_clause
 from flows.flow import Flow, MatchValue
-from flows.l2 import arp_port, classify_from_fabric, classify_local_ports, default_flows, deliver, flood, unicast_port
+from flows.l2 import (
+    answered_here,
+    arp_port,
+    classify_from_fabric,
+    classify_local_ports,
+    default_flows,
+    deliver,
+    flood,
+    unicast_port,
+)
 from flows.nat import local_fips, nat_flows
 from flows.nd import nd_port
 from flows.portsec import port_security_flows
@@ -117,7 +126,7 @@ def port_unit(graph: TopologyGraph, info: BaseInfo, net_id: str, port_id: str) -
     if hit is not None and hit[0] is port and hit[1] is net:
         return hit[2]
     flows: list[Flow] = []
-    if reach.hosted:
+    if reach.hosted and answered_here(net, port, here):
         flows += arp_port(net, port, local)
         flows += nd_port(net, port, local)
         flows += unicast_port(graph, info.view, net, port, local)

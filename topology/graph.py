@@ -41,7 +41,7 @@ def _n(kind: str, ident: str) -> tuple[str, str]:
 class NetworkIndex:
     """What the ports of one network hold, kept up to date by :class:`TopologyGraph` (read-only to others)."""
 
-    __slots__ = ("addresses", "hosts", "macs", "ports", "router_ports", "subnets")
+    __slots__ = ("addresses", "hosts", "macs", "ports", "router_ports", "subnets", "unbound")
 
     def __init__(self) -> None:
         self.subnets: dict[str, None] = {}  # ids of the subnets linked to the network, in subnets_of order
@@ -50,6 +50,7 @@ class NetworkIndex:
         self.addresses: dict[str, AddressIndex] = {}  # subnet id -> addresses held there
         self.hosts: dict[str, int] = {}  # binding host -> number of ports bound there
         self.router_ports: dict[str, str] = {}  # router interface port id -> its router's id (not gateways)
+        self.unbound: dict[str, None] = {}  # ids of the ports bound to no hypervisor
 
     def add(self, port: Port) -> None:
         self.ports[port.id] = port
@@ -58,6 +59,8 @@ class NetworkIndex:
             self.addresses.setdefault(f.subnet_id, AddressIndex()).add(f.ip_address)
         if port.binding_host:
             self.hosts[port.binding_host] = self.hosts.get(port.binding_host, 0) + 1
+        else:
+            self.unbound[port.id] = None
         if port.device_owner.startswith("network:router") and port.device_id \
                 and port.device_owner != ROUTER_GATEWAY:
             self.router_ports[port.id] = port.device_id
@@ -75,6 +78,7 @@ class NetworkIndex:
                     del self.addresses[f.subnet_id]
         if port.binding_host:
             _decrement(self.hosts, port.binding_host)
+        self.unbound.pop(port_id, None)
         self.router_ports.pop(port_id, None)
 
 
