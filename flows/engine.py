@@ -36,7 +36,18 @@ from flows.acl import EGRESS, ETH_IPV4, ETH_IPV6, INGRESS
 from flows.compiler import compile_hypervisor
 from flows.flow import Flow, MatchValue
 from flows.portsec import port_addresses, prefix_match
-from flows.units import BASE, BaseInfo, Reach, UnitKey, base_unit, member_unit, network_unit, port_unit
+from flows.units import (
+    BASE,
+    BaseInfo,
+    Fragment,
+    Reach,
+    UnitKey,
+    base_unit,
+    member_unit,
+    network_unit,
+    port_unit,
+    remote_view,
+)
 from topology import graph_l3
 from topology.ctzones import CT_ZONE_ATTR
 from topology.graph import TopologyGraph
@@ -51,11 +62,13 @@ MemberKey = tuple[str, int]  # (security group id, eth_type)
 class HypervisorFlows:
     """One hypervisor's units, and the flows they add up to."""
 
+    name: str
     info: BaseInfo | None = None
     units: dict[UnitKey, tuple[Flow, ...]] = field(default_factory=dict)
     refs: dict[int, int] = field(default_factory=dict)  # cookie -> number of units contributing it
     flows: dict[int, Flow] = field(default_factory=dict)  # cookie -> flow
     changed: set[int] = field(default_factory=set)  # cookies added or removed since take_changes
+    frags: dict[str, Fragment] = field(default_factory=dict)  # network id -> the shared fragment held
 
 
 @dataclass
@@ -81,6 +94,7 @@ class FlowEngine:
         self._hosts: dict[str, frozenset[str]] = {}  # network id -> hypervisors hosting a port of it
         self._named: dict[str, set[str]] = {}  # security group -> hypervisors whose rules name it as remote
         self._members: dict[MemberKey, Counter] = {}  # (group, eth_type) -> member address -> count
+        self._frags: dict[tuple[str, int], Fragment] = {}  # (overlay network, tunnel port number) -> fragment
         self._topology = None
         with self.lock:
             self._rebuild_all()
@@ -150,13 +164,13 @@ class FlowEngine:
         self.graph.take_journal()
         old = self.hvs
         self.hvs, self._reach, self._hosts, self._named = {}, {}, {}, {}
-        self._members = {}
+        self._members, self._frags = {}, {}
         for port in self.graph.records("port"):
             self._count_members(port, +1)
         for net_id in {p.network_id for p in self.graph.records("port")}:
             self._hosts[net_id] = frozenset(self.graph.network_index(net_id).hosts)
         for name in {h.name for h in self.graph.hypervisors()} | set(old):
-            state = self.hvs[name] = HypervisorFlows()
+            state = self.hvs[name] = HypervisorFlows(name)
             previous = old.get(name)
             self._rebuild(name)
             if previous is not None:  # what the switches must still be told
@@ -194,12 +208,14 @@ class FlowEngine:
         versions = [p for p in (old, new) if p is not None]
         nets = {p.network_id for p in versions}
         for net_id in nets:
+            self._refresh_fragments(plan, net_id, port_id)
             for name in self._reach.get(net_id, ()):
                 plan.unit(name, ("port", net_id, port_id))
         for p in versions:
             if p.binding_host:
                 plan.base.add(p.binding_host)
                 plan.unit(p.binding_host, ("net", p.network_id))
+                plan.unit(p.binding_host, ("anti", p.network_id, port_id))
         for net_id in nets:
             hosts = frozenset(self.graph.network_index(net_id).hosts)
             previous = self._hosts.get(net_id, frozenset())
@@ -223,6 +239,10 @@ class FlowEngine:
         if old is None or new is None or old != new:  # its flows' fields (name and such are attrs)
             for name in self._reach.get(net_id, ()):
                 plan.rebuild.add(name)
+            for key in [k for k in self._frags if k[0] == net_id]:
+                frag = self._frags.pop(key)
+                for name in list(frag.holders):
+                    self._detach(self.hvs[name], net_id)
 
     def _on_subnet(self, plan: _Plan, subnet_id: str, old) -> None:
         new = self.graph.subnet(subnet_id)
@@ -250,15 +270,16 @@ class FlowEngine:
 
     def _on_hv(self, plan: _Plan, name: str, old) -> None:
         plan.rebuild.add(name)
-        self.hvs.setdefault(name, HypervisorFlows())
+        self._state(name)
         for port in self.graph.ports_on(name):  # their unicast flows elsewhere name our tunnel endpoint
+            self._refresh_fragments(plan, port.network_id, port.id)
             for other in self._reach.get(port.network_id, ()):
                 plan.unit(other, ("port", port.network_id, port.id))
             for other in self._hosts.get(port.network_id, ()):
                 plan.unit(other, ("net", port.network_id))
 
     def _on_ofports(self, plan: _Plan, name: str, old) -> None:
-        self.hvs.setdefault(name, HypervisorFlows())
+        self._state(name)
         if _fabric_ports(old or {}) != _fabric_ports(self.graph.ofports(name)):
             plan.rebuild.add(name)  # tunnel or provider ports: every unit reaching the fabric
         else:
@@ -318,17 +339,36 @@ class FlowEngine:
         self.stats.units += 1
         kind = key[0]
         if kind == "port":
+            if key[1] in self.hvs[info.view.hv.name].frags and not self._bound_here(info, key[2]):
+                return []  # in the shared fragment
             return port_unit(self.graph, info, key[1], key[2])
+        if kind == "anti":  # a port of ours, taken out of the fragment (see Fragment)
+            frag = self.hvs[info.view.hv.name].frags.get(key[1])
+            return list(frag.by_port.get(key[2], ())) if frag is not None and self._bound_here(info, key[2]) else []
         if kind == "net":
             return network_unit(self.graph, info, key[1])
         if kind == "member":
             return member_unit(info, key[1], key[2], key[3], self._holds)
         raise ValueError(f"unknown unit {key!r}")
 
+    def _state(self, name: str) -> HypervisorFlows:
+        state = self.hvs.get(name)
+        if state is None:
+            state = self.hvs[name] = HypervisorFlows(name)
+        return state
+
+    def _bound_here(self, info: BaseInfo, port_id: str) -> bool:
+        port = self.graph.port(port_id)
+        return port is not None and port.binding_host == info.view.hv.name
+
     def _unit_keys(self, info: BaseInfo) -> list[UnitKey]:
         keys: list[UnitKey] = [("net", n) for n, r in info.reach.items() if r.hosted]
         for net_id, reach in info.reach.items():
-            keys += [("port", net_id, p) for p in self._port_ids(info, net_id, reach)]
+            if self._fragment_key(info, net_id) is not None:
+                here = [p.id for p in self.graph.ports_on(info.view.hv.name) if p.network_id == net_id]
+                keys += [("port", net_id, p) for p in here] + [("anti", net_id, p) for p in here]
+            else:
+                keys += [("port", net_id, p) for p in self._port_ids(info, net_id, reach)]
         for d, eth, sg_id in info.member_spec:
             keys += [("member", d, eth, v) for v in self._members.get((sg_id, eth), ())]
         return keys
@@ -346,7 +386,7 @@ class FlowEngine:
     def _rebuild(self, name: str) -> None:
         """Recompute every unit of one hypervisor."""
         self.stats.hypervisor_rebuilds += 1
-        state = self.hvs.setdefault(name, HypervisorFlows())
+        state = self._state(name)
         result = base_unit(self.graph, name, self._has_members)
         old_info = state.info
         if result is None:
@@ -356,6 +396,7 @@ class FlowEngine:
         else:
             flows, info = result
             state.info = info
+            self._place_fragments(state, name, info)
             wanted = {BASE: flows}
             for key in self._unit_keys(info):
                 wanted[key] = self._compute(info, key)
@@ -363,11 +404,14 @@ class FlowEngine:
                 self._set_unit(state, key, [])
             for key, unit_flows in wanted.items():
                 self._set_unit(state, key, unit_flows)
+        if result is None:
+            for net_id in list(state.frags):
+                self._detach(state, net_id)
         self._index(name, old_info, state.info)
 
     def _update_base(self, name: str, plan: _Plan) -> None:
         """Recompute a hypervisor's base unit, and the units whose reason to be changed with it."""
-        state = self.hvs.setdefault(name, HypervisorFlows())
+        state = self._state(name)
         old = state.info
         result = base_unit(self.graph, name, self._has_members)
         if result is None or old is None or result[1].view.hv != old.view.hv \
@@ -378,14 +422,15 @@ class FlowEngine:
         state.info = new
         self._set_unit(state, BASE, flows)
         units = plan.units.setdefault(name, set())
+        self._place_fragments(state, name, new)
         for net_id in set(old.reach) | set(new.reach):
             was, now = old.reach.get(net_id), new.reach.get(net_id)
-            ports = self.graph.network_index(net_id).ports
             if was != now:
                 units.add(("net", net_id))
-                units.update(("port", net_id, p) for p in ports)
-                if was is not None:  # ports gone from the network meanwhile
-                    units.update(k for k in state.units if k[0] == "port" and k[1] == net_id)
+                if now is not None:
+                    units.update(("port", net_id, p) for p in self._port_ids(new, net_id, now))
+                    units.update(("anti", net_id, p.id) for p in self.graph.ports_on(name) if p.network_id == net_id)
+                units.update(k for k in state.units if k[0] in ("port", "anti") and k[1] == net_id)
             elif old.local_of(net_id) != new.local_of(net_id):
                 units.add(("net", net_id))
                 units.update(("port", net_id, p) for p in set(old.local_of(net_id)) ^ set(new.local_of(net_id)))
@@ -397,6 +442,66 @@ class FlowEngine:
                 units.update(("member", d, eth, v) for v in self._members.get((sg_id, eth), ()))
                 units.update(k for k in state.units if k[0] == "member" and k[1] == d and k[2] == eth)
         self._index(name, old, new)
+
+    # -- shared fragments (see flows.units.Fragment) ------------------------------------------------
+    def _fragment_key(self, info: BaseInfo, net_id: str) -> tuple[str, int] | None:
+        """The fragment a hypervisor holds for a network: an overlay it hosts and does not route into."""
+        reach = info.reach.get(net_id)
+        net = self.graph.network(net_id)
+        if reach is None or not reach.hosted or reach.routed or net is None or net.network_type not in OVERLAY_TYPES:
+            return None
+        tunnel = info.view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
+        return None if tunnel is None else (net_id, tunnel)
+
+    def _place_fragments(self, state: HypervisorFlows, name: str, info: BaseInfo) -> None:
+        """Attach the fragments the hypervisor now needs, detach the others."""
+        wanted = {net_id: key for net_id in info.reach if (key := self._fragment_key(info, net_id)) is not None}
+        for net_id, frag in list(state.frags.items()):
+            if wanted.get(net_id) != (frag.net_id, frag.tunnel_ofport):
+                self._detach(state, net_id)
+        for net_id, key in wanted.items():
+            if net_id not in state.frags:
+                frag = self._frags.get(key)
+                if frag is None:
+                    frag = self._frags[key] = self._new_fragment(*key)
+                frag.holders.add(name)
+                state.frags[net_id] = frag
+                self._adjust(state, (), frag.flows())
+
+    def _detach(self, state: HypervisorFlows, net_id: str) -> None:
+        frag = state.frags.pop(net_id)
+        frag.holders.discard(state.name)
+        self._adjust(state, frag.flows(), ())
+        if not frag.holders and self._frags.get((frag.net_id, frag.tunnel_ofport)) is frag:
+            del self._frags[(frag.net_id, frag.tunnel_ofport)]
+
+    def _new_fragment(self, net_id: str, tunnel_ofport: int) -> Fragment:
+        frag = Fragment(net_id, tunnel_ofport)
+        net = self.graph.network(net_id)
+        for port in self.graph.network_index(net_id).ports.values():
+            flows = remote_view(self.graph, net, port, tunnel_ofport)
+            if flows:
+                frag.by_port[port.id] = flows
+        return frag
+
+    def _refresh_fragments(self, plan: _Plan, net_id: str, port_id: str) -> None:
+        """A port of ``net_id`` changed: update it in each of the network's fragments, and their holders."""
+        port, net = self.graph.port(port_id), self.graph.network(net_id)
+        for (frag_net, tunnel), frag in list(self._frags.items()):
+            if frag_net != net_id:
+                continue
+            old = frag.by_port.get(port_id, ())
+            new = remote_view(self.graph, net, port, tunnel) if port is not None and net is not None \
+                and port.network_id == net_id else ()
+            if new == old:
+                continue
+            if new:
+                frag.by_port[port_id] = new
+            else:
+                frag.by_port.pop(port_id, None)
+            for name in frag.holders:
+                self._adjust(self.hvs[name], old, new)
+                plan.unit(name, ("anti", net_id, port_id))
 
     def _index(self, name: str, old: BaseInfo | None, new: BaseInfo | None) -> None:
         """Keep the reverse indexes (network -> reaching hypervisors, group -> naming ones) in step."""
@@ -420,23 +525,31 @@ class FlowEngine:
             state.units.pop(key, None)
         if old == new:
             return
+        if key[0] == "anti":  # subtracted: what it held comes back, what it holds goes
+            self._adjust(state, new, old)
+        else:
+            self._adjust(state, old, new)
+
+    @staticmethod
+    def _adjust(state: HypervisorFlows, minus: Iterable[Flow], plus: Iterable[Flow]) -> None:
+        """Count contributions out and in; a flow is held while its count is positive."""
         refs, by_cookie, changed = state.refs, state.flows, state.changed
-        for flow in old:
-            c = flow.cookie
-            n = refs[c] - 1
-            if n:
-                refs[c] = n
-            else:
-                del refs[c]
-                del by_cookie[c]
-                changed.add(c)
-        for flow in new:
-            c = flow.cookie
-            n = refs.get(c, 0)
-            refs[c] = n + 1
-            if not n:
-                by_cookie[c] = flow
-                changed.add(c)
+        for sign, flows in ((-1, minus), (1, plus)):
+            for flow in flows:
+                c = flow.cookie
+                was = refs.get(c, 0)
+                now = was + sign
+                if now:
+                    refs[c] = now
+                else:
+                    del refs[c]
+                if now > 0:
+                    if was <= 0:
+                        by_cookie[c] = flow
+                        changed.add(c)
+                elif was > 0:
+                    del by_cookie[c]
+                    changed.add(c)
 
 
 @dataclass

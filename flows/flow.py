@@ -173,9 +173,16 @@ class Flow:
         return (self.table_id, self.priority, self.match)
 
 
-def _content_hash(table_id: int, priority: int, match: tuple, actions: tuple, goto: int | None) -> int:
-    text = repr((table_id, priority, match, actions, goto)).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "big")
+def _content_hash(table_id: int, priority: int, match: tuple, actions: tuple, goto: int | None,
+                  actions_repr: str | None = None) -> int:
+    if actions_repr is None:
+        text = repr((table_id, priority, match, actions, goto))
+    else:  # the same text, the actions' part rendered by the caller from cached pieces
+        text = f"({table_id!r}, {priority!r}, {match!r}, {actions_repr}, {goto!r})"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=7).digest(), "big")
+
+
+_PLAIN = frozenset({Output, SetField, RegMove, PushVlan, PopVlan, DecTtl})
 
 
 def make_flow(
@@ -186,9 +193,12 @@ def make_flow(
     goto: Stage | None = None,
     description: str = "",
     priority_offset: int = 0,
+    actions_repr: str | None = None,
 ) -> Flow:
     """Build a flow of ``stage``, checked against the pipeline declaration.
 
+    ``actions_repr``, if given, must be ``repr(tuple(actions))`` (built by a caller that holds
+    the pieces' renderings already: a flood's hundreds of copies).
     ``priority`` is one of the stage's named priorities. Raises
     :class:`PipelineError` for a match field the stage does not allow, or a goto
     or resubmit to a stage not in its ``next_stages``.
@@ -199,21 +209,24 @@ def make_flow(
     if goto is not None and goto.name not in stage.next_stages:
         raise PipelineError(f"{stage.name}: goto {goto.name} not allowed")
     for act in actions:
-        if isinstance(act, CT) and act.table is not None and act.table not in stage.next_stages:
+        kind = type(act)
+        if kind in _PLAIN:  # most actions (a flood's copies are hundreds): nothing to check
+            continue
+        if kind is CT and act.table is not None and act.table not in stage.next_stages:
             raise PipelineError(f"{stage.name}: ct(table={act.table}) not allowed")
-        if isinstance(act, Conjunction) and (goto is not None or not all(isinstance(a, Conjunction) for a in actions)
-                                             or not 1 <= act.clause <= act.n_clauses or act.n_clauses < 2):
+        if kind is Conjunction and (goto is not None or not all(isinstance(a, Conjunction) for a in actions)
+                                    or not 1 <= act.clause <= act.n_clauses or act.n_clauses < 2):
             raise PipelineError(f"{stage.name}: a conjunction flow has only valid conjunction actions, no goto")
-        if isinstance(act, Resubmit) and act.table not in stage.next_stages + stage.resubmit_stages:
+        if kind is Resubmit and act.table not in stage.next_stages + stage.resubmit_stages:
             raise PipelineError(f"{stage.name}: resubmit to {act.table} not allowed")
-        if isinstance(act, Learn):
+        if kind is Learn:
             _check_learn(stage, act)
     prio = stage.priority(priority, priority_offset)
     match_t = tuple(sorted(match.items()))
     actions_t = tuple(actions)
     goto_id = goto.table_id if goto is not None else None
     cookie = (stage.table_id << COOKIE_STAGE_SHIFT) | _content_hash(
-        stage.table_id, prio, match_t, actions_t, goto_id
+        stage.table_id, prio, match_t, actions_t, goto_id, actions_repr if len(actions_t) > 1 else None
     )
     return Flow(stage.table_id, prio, match_t, actions_t, goto_id, cookie, description)
 

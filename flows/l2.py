@@ -202,9 +202,11 @@ def flood(graph: TopologyGraph, view: HypervisorView, net: Network) -> Iterator[
         L2_LOOKUP, "flood_from_remote", {REG_NETWORK: net.key, REG_FLAGS: (FLAG_FROM_REMOTE, FLAG_FROM_REMOTE)},
         local_copies, description=f"flood from the fabric in network {net.id}: local ports only",
     )
+    fabric, fabric_repr = _flood_to_fabric(graph, view, net)
     yield make_flow(
-        L2_LOOKUP, "flood", {REG_NETWORK: net.key}, local_copies + _flood_to_fabric(graph, view, net),
+        L2_LOOKUP, "flood", {REG_NETWORK: net.key}, local_copies + fabric,
         description=f"flood in network {net.id}: local ports and each hypervisor hosting it",
+        actions_repr="(" + ", ".join([*map(repr, local_copies), *fabric_repr]) + ")",
     )
     if net.network_type not in OVERLAY_TYPES:
         yield from _provider_unicast(view, net)
@@ -243,12 +245,12 @@ def unicast_port(graph: TopologyGraph, view: HypervisorView, net: Network, port:
             description=f"{port.mac_address} is local port {port.id}",
         )
     elif port.binding_host and port.binding_host != view.hv.name and net.network_type in OVERLAY_TYPES:
-        flow = _remote_unicast(graph, view, net, port)
+        flow = remote_unicast(graph, view, net, port)
         if flow is not None:
             yield flow
 
 
-def _remote_unicast(graph: TopologyGraph, view: HypervisorView, net: Network, port: Port) -> Flow | None:
+def remote_unicast(graph: TopologyGraph, view, net: Network, port: Port) -> Flow | None:
     """A remote port's unicast flow, shared by every hypervisor reaching it through the same port number."""
     if net.network_type in OVERLAY_TYPES:
         remote = graph.hypervisor(port.binding_host)
@@ -262,7 +264,7 @@ def _remote_unicast(graph: TopologyGraph, view: HypervisorView, net: Network, po
     return shared_flow(key, _build_remote_unicast, graph, view, net, port)
 
 
-def _build_remote_unicast(graph: TopologyGraph, view: HypervisorView, net: Network, port: Port) -> Flow | None:
+def _build_remote_unicast(graph: TopologyGraph, view, net: Network, port: Port) -> Flow | None:
     actions = to_fabric(view, graph, net, port.binding_host)
     if not actions:
         return None
@@ -272,13 +274,31 @@ def _build_remote_unicast(graph: TopologyGraph, view: HypervisorView, net: Netwo
     )
 
 
-def _flood_to_fabric(graph: TopologyGraph, view: HypervisorView, net: Network) -> list:
+def _flood_to_fabric(graph: TopologyGraph, view: HypervisorView, net: Network) -> tuple[list, list[str]]:
+    """The flood's copies to the fabric, and each copy's rendering (for the flow's cookie)."""
     if net.network_type not in OVERLAY_TYPES:
-        return to_provider(view, net) or []
-    actions: list = []
-    for hv_name in sorted(graph.hypervisors_of(net.id) - {view.hv.name}):
-        actions += to_fabric(view, graph, net, hv_name) or []
-    return actions
+        actions = to_provider(view, net) or []
+        return actions, [repr(a) for a in actions]
+    tun = view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
+    if tun is None:
+        return [], []
+    hosts = tuple(sorted(graph.network_index(net.id).hosts))
+    # The copies to every host of the network are the same list on each of them but for
+    # their own: built once per (hosts, tunnel port, hypervisor records), then filtered.
+    key = ("flood_copies", net.network_type, net.segmentation_id, tun, hosts, graph.hv_generation)
+    copies = shared_flow(key, _copies_to_hosts, graph, view, net, hosts)
+    here = view.hv.name
+    return ([a for host, triple, _ in copies if host != here for a in triple],
+            [text for host, _, text in copies if host != here])
+
+
+def _copies_to_hosts(graph: TopologyGraph, view: HypervisorView, net: Network, hosts: tuple[str, ...]) -> tuple:
+    out = []
+    for host in hosts:
+        triple = to_fabric(view, graph, net, host)
+        if triple:
+            out.append((host, tuple(triple), ", ".join(map(repr, triple))))
+    return tuple(out)
 
 
 def deliver(view: HypervisorView) -> Iterator[Flow]:

@@ -35,6 +35,7 @@ from flows.l2 import (
     default_flows,
     deliver,
     flood,
+    remote_unicast,
     unicast_port,
 )
 from flows.nat import local_fips, nat_flows
@@ -132,22 +133,75 @@ def port_unit(graph: TopologyGraph, info: BaseInfo, net_id: str, port_id: str) -
         flows += unicast_port(graph, info.view, net, port, local)
     if reach.routed:
         flows += routed_port(graph, info.view, net, port)
-    if len(_memo) >= MEMO_ENTRIES:
-        _memo.clear()
-    _memo[key] = (port, net, tuple(flows))
+    _remember(key, port, net, flows)
     return _memo[key][2]
 
 
 def _via(graph: TopologyGraph, info: BaseInfo, net: Network, port: Port) -> tuple:
     """The local port (and remote endpoint) a frame to ``port`` leaves through."""
     if net.network_type in OVERLAY_TYPES:
-        remote = graph.hypervisor(port.binding_host) if port.binding_host else None
-        return info.view.ofports.get(TUNNEL_PORT_NAMES[net.network_type]), remote.tunnel_ip if remote else None
+        return info.view.ofports.get(TUNNEL_PORT_NAMES[net.network_type]), _remote_ip(graph, port)
     return info.view.ofports.get(provider_patch_name(net.physical_network or "")), None
 
 
 MEMO_ENTRIES = 1_000_000
 _memo: dict[tuple, tuple[Port, Network, tuple[Flow, ...]]] = {}
+
+
+class Fragment:
+    """Every port of one overlay network as seen from any hypervisor it is remote to, via one tunnel port.
+
+    A remote port's flows (its ARP and ND answers, its unicast flow to its host) are the same on
+    every hypervisor reaching it over the same tunnel port number, so each hypervisor hosting the
+    network without routing into it holds this one fragment, shared: a port added costs one
+    computation and one small delta per hypervisor, not a recomputation per hypervisor. A
+    hypervisor's own ports are subtracted there (the "anti" units) and added as it sees them.
+    """
+
+    __slots__ = ("by_port", "holders", "net_id", "tunnel_ofport")
+
+    def __init__(self, net_id: str, tunnel_ofport: int) -> None:
+        self.net_id = net_id
+        self.tunnel_ofport = tunnel_ofport
+        self.by_port: dict[str, tuple[Flow, ...]] = {}  # port id -> its flows as a remote port
+        self.holders: set[str] = set()  # hypervisors holding this fragment
+
+    def flows(self) -> list[Flow]:
+        """Every flow of the fragment (with repeats: the DAD pass once per IPv6 port)."""
+        return [f for flows in self.by_port.values() for f in flows]
+
+
+class _TunnelView:
+    """The part of a hypervisor view a remote port's unicast flow reads: the tunnel port number."""
+
+    def __init__(self, ofports: dict[str, int]) -> None:
+        self.ofports = ofports
+
+
+def remote_view(graph: TopologyGraph, net: Network, port: Port, tunnel_ofport: int) -> tuple[Flow, ...]:
+    """A port's flows on a hypervisor hosting its overlay network, it being bound elsewhere (or nowhere)."""
+    key = (id(port), id(net), tunnel_ofport, _remote_ip(graph, port))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is port and hit[1] is net:
+        return hit[2]
+    flows: list[Flow] = [*arp_port(net, port, False), *nd_port(net, port, False)]
+    if port.binding_host:
+        flow = remote_unicast(graph, _TunnelView({TUNNEL_PORT_NAMES[net.network_type]: tunnel_ofport}), net, port)
+        if flow is not None:
+            flows.append(flow)
+    _remember(key, port, net, flows)
+    return _memo[key][2]
+
+
+def _remote_ip(graph: TopologyGraph, port: Port) -> str | None:
+    remote = graph.hypervisor(port.binding_host) if port.binding_host else None
+    return remote.tunnel_ip if remote else None
+
+
+def _remember(key: tuple, port: Port, net: Network, flows: list[Flow]) -> None:
+    if len(_memo) >= MEMO_ENTRIES:
+        _memo.clear()
+    _memo[key] = (port, net, tuple(flows))
 
 
 def member_unit(info: BaseInfo, direction: str, eth: int, address: MatchValue,

@@ -104,6 +104,7 @@ class TopologyGraph:
         # What changed since the last take_journal(): (kind, id, the record before), in order;
         # None while nobody listens (the incremental engine turns it on).
         self.journal: list[tuple[str, str, object]] | None = None
+        self.hv_generation = 0  # bumped on every change of a hypervisor record (caches of tunnel endpoints key on it)
 
     def _record(self, kind: str, ident: str, old: object) -> None:
         if self.journal is not None:
@@ -179,6 +180,7 @@ class TopologyGraph:
         node = _n("hv", hv.name)
         old = self.g.nodes[node].get("obj") if node in self.g else None
         self._record("hv", hv.name, old)
+        self.hv_generation += 1
         if old is not None:
             self._dpid_to_hv.pop(old.datapath_id, None)
         ofports = self.g.nodes[node].get("ofports", {}) if node in self.g else {}
@@ -192,6 +194,7 @@ class TopologyGraph:
             return
         self._record(kind, ident, self.get(kind, ident))
         if kind == "hv":
+            self.hv_generation += 1
             hv = self.g.nodes[node]["obj"]
             if hv is not None:
                 self._dpid_to_hv.pop(hv.datapath_id, None)
