@@ -48,6 +48,7 @@ class TenantflowApp(app_manager.OSKenApp):
         # Every hypervisor's flows, kept up to date by each committed write (under the
         # topology's lock); switches take the changes and push them outside it.
         self.engine = FlowEngine.attach(self.topology)
+        metrics.register_engine(self.engine.stats)
         self.engine.subscribe(self._topology_changed)
 
     # -- topology side -------------------------------------------------------

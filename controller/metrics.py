@@ -20,3 +20,33 @@ FLOWS = Gauge("tenantflow_flows", "Flows installed on a hypervisor as the contro
               registry=REGISTRY)
 SYNC_SECONDS = Histogram("tenantflow_sync_seconds", "Time of one compile+diff+push of a hypervisor",
                          registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5, 30))
+
+
+class EngineCollector:
+    """The incremental engine's counters (flows.engine.Stats), read at each scrape."""
+
+    def __init__(self, stats) -> None:
+        self.stats = stats
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        s = self.stats
+        for name, value, doc in (
+            ("tenantflow_engine_changes", s.changes, "Journal entries (changed records) the engine applied"),
+            ("tenantflow_engine_units", s.units, "Unit recomputations (a port, network, address... on one hypervisor)"),
+            ("tenantflow_engine_hypervisor_rebuilds", s.hypervisor_rebuilds,
+             "Hypervisors whose every unit was recomputed (a hypervisor record or tunnel/patch port changed)"),
+            ("tenantflow_engine_full_rebuilds", s.full_rebuilds,
+             "Rebuilds of every hypervisor (at start, or after the topology reloaded its graph)"),
+            ("tenantflow_engine_seconds", s.seconds, "CPU time spent applying changes (the writes' share)"),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+
+def register_engine(stats) -> None:
+    """Export an engine's counters (once per process: the registry refuses a second collector of the same names)."""
+    try:
+        REGISTRY.register(EngineCollector(stats))
+    except ValueError:  # already registered (tests that start several apps in one process)
+        pass
