@@ -70,6 +70,7 @@ class HypervisorFlows:
     flows: dict[int, Flow] = field(default_factory=dict)  # cookie -> flow
     changed: set[int] = field(default_factory=set)  # cookies added or removed since take_changes
     frags: dict[str, Fragment] = field(default_factory=dict)  # network id -> the shared fragment held
+    generation: int = 0  # the engine's generation when these flows last changed
 
 
 @dataclass
@@ -97,6 +98,7 @@ class FlowEngine:
         self._named: dict[str, set[str]] = {}  # security group -> hypervisors whose rules name it as remote
         self._members: dict[MemberKey, Counter] = {}  # (group, eth_type) -> member address -> count
         self._frags: dict[tuple[str, int], Fragment] = {}  # (overlay network, tunnel port number) -> fragment
+        self.generation = 0  # counts the changes that changed some hypervisor's flows
         self._topology = None
         with self.lock:
             self._rebuild_all()
@@ -128,6 +130,11 @@ class FlowEngine:
         taken, state.changed = state.changed, set()
         return taken
 
+    def generation_of(self, hv_name: str) -> int:
+        """The generation at which ``hv_name``'s flows last changed (a switch synced to it is up to date)."""
+        state = self.hvs.get(hv_name)
+        return state.generation if state is not None else 0
+
     def mismatches(self) -> list[str]:
         """Each hypervisor whose flows differ from a fresh full compile (the reference), described."""
         out = []
@@ -158,6 +165,10 @@ class FlowEngine:
             else:
                 self._apply(self.graph.take_journal(), affected)
             touched = {name for name, s in self.hvs.items() if len(s.changed) != before.get(name, 0)}
+            if touched:
+                self.generation += 1
+                for name in touched:
+                    self.hvs[name].generation = self.generation
             self.stats.seconds += time.thread_time() - start
         if touched:
             for listener in list(self._listeners):
@@ -255,6 +266,9 @@ class FlowEngine:
             plan.base |= self._fip_hosts(f for f in self.graph.records("fip") if f.floating_network_id == net_id)
             for router in graph_l3.routers_of_network(self.graph, net_id):
                 plan.base |= self._router_hvs(router.id)
+            for router in self.graph.records("router"):  # its gateway's subnet: the default route
+                if router.gw_network_id == net_id:
+                    plan.base |= self._router_hvs(router.id)
 
     def _on_router(self, plan: _Plan, router_id: str, old) -> None:
         plan.base |= self._router_hvs(router_id)

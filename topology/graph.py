@@ -23,6 +23,7 @@ with the lock and the durable store.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 import networkx as nx
@@ -91,6 +92,7 @@ def _decrement(counts: dict[str, int], key: str) -> None:
 
 
 _EMPTY_INDEX = NetworkIndex()
+_GENERATIONS = itertools.count(1)
 
 
 class TopologyGraph:
@@ -104,7 +106,9 @@ class TopologyGraph:
         # What changed since the last take_journal(): (kind, id, the record before), in order;
         # None while nobody listens (the incremental engine turns it on).
         self.journal: list[tuple[str, str, object]] | None = None
-        self.hv_generation = 0  # bumped on every change of a hypervisor record (caches of tunnel endpoints key on it)
+        # Changes with every change of a hypervisor record: caches of tunnel endpoints key on it.
+        # Unique across graphs (a process may hold several, and such caches are process-wide).
+        self.hv_generation = next(_GENERATIONS)
 
     def _record(self, kind: str, ident: str, old: object) -> None:
         if self.journal is not None:
@@ -180,7 +184,7 @@ class TopologyGraph:
         node = _n("hv", hv.name)
         old = self.g.nodes[node].get("obj") if node in self.g else None
         self._record("hv", hv.name, old)
-        self.hv_generation += 1
+        self.hv_generation = next(_GENERATIONS)
         if old is not None:
             self._dpid_to_hv.pop(old.datapath_id, None)
         ofports = self.g.nodes[node].get("ofports", {}) if node in self.g else {}
@@ -194,7 +198,7 @@ class TopologyGraph:
             return
         self._record(kind, ident, self.get(kind, ident))
         if kind == "hv":
-            self.hv_generation += 1
+            self.hv_generation = next(_GENERATIONS)
             hv = self.g.nodes[node]["obj"]
             if hv is not None:
                 self._dpid_to_hv.pop(hv.datapath_id, None)
