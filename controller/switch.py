@@ -316,8 +316,7 @@ class Switch:
 
     def _backoff(self, failures: int) -> None:
         """Wait before retry number ``failures``; only stop() cuts it short (changes wait for the retry)."""
-        delay = min(RETRY_CAP, RETRY_BASE * 2 ** (failures - 1))
-        deadline = time.monotonic() + random.uniform(delay / 2, delay)
+        deadline = time.monotonic() + retry_delay(failures)
         with self._dirty:
             while self._alive and (left := deadline - time.monotonic()) > 0:
                 self._dirty.wait(left)
@@ -572,6 +571,15 @@ class FlowSource(Protocol):
 
 def _learns(flow: Flow | None) -> bool:
     return flow is not None and any(isinstance(a, Learn) for a in flow.actions)
+
+
+def retry_delay(failures: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after ``failures`` failed syncs in a row: RETRY_BASE doubling up to RETRY_CAP, jittered.
+
+    The wait is drawn from [delay/2, delay], so bridges that failed together do not retry together.
+    """
+    delay = min(RETRY_CAP, RETRY_BASE * 2 ** min(max(failures, 1) - 1, 32))
+    return (rng or random).uniform(delay / 2, delay)
 
 
 def learned_cookies(flows: Iterable[Flow]) -> set[int]:
