@@ -40,6 +40,7 @@ import socket
 import struct
 import threading
 
+from os_ken.base import app_manager  # noqa: F401  (first: os-ken's controller module imports it back)
 from os_ken.controller.controller import Datapath
 
 LOG = logging.getLogger("tenantflow.connection")

@@ -37,11 +37,7 @@ class FakeSwitch:
     """One connection to a controller, answered by a reader thread."""
 
     def __init__(self, address, dpid: int, *, connect_timeout: float = 5.0):
-        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(connect_timeout)
-        self.sock.connect(address)
-        self.sock.settimeout(None)
+        self.sock = self._connect(address, connect_timeout)
         self.dpid = dpid
         self.closed = threading.Event()
         self.features_sent = threading.Event()
@@ -52,6 +48,24 @@ class FakeSwitch:
         self._reader = threading.Thread(target=self._read_loop, name=f"fake-switch-{dpid:x}", daemon=True)
         self.send(message(HELLO, 1))
         self._reader.start()
+
+    @staticmethod
+    def _connect(address, timeout: float) -> socket.socket:
+        """Connect, retrying while the controller's listener is not up yet."""
+        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(address)
+                sock.settimeout(None)
+                return sock
+            except OSError:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     # -- what the test does ------------------------------------------------------
     def send(self, data: bytes) -> None:
