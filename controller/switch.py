@@ -13,13 +13,14 @@ os-ken's event thread and are handed over through :class:`_Waiter` objects.
 
 The worker keeps at it until the bridge equals its compiled flows: a sync that fails
 for any reason (a bundle discarded or its commit refused, no reply in time, an error
-while compiling) is retried with exponential backoff and jitter (``RETRY_BASE``
-doubling up to ``RETRY_CAP``), and before each retry what the switch really holds is
-read again (a refused commit or a timeout leaves it unknown). Changes are coalesced:
-at most one sync of a bridge runs, and every change that arrives while it runs (or
-while a retry waits) sets one pending flag, so any burst of changes costs at most one
-more sync, which compiles the state as it is when that sync starts. A retry is never
-brought forward by a change (a stream of changes must not defeat the backoff).
+of ours) is retried with exponential backoff and jitter (``RETRY_BASE`` doubling up to
+``RETRY_CAP``), and before each retry what the switch really holds is read again (a
+refused commit or a timeout leaves it unknown) and the retry compares every cookie.
+Changes are coalesced: at most one sync of a bridge runs, and every change that
+arrives while it runs (or while a retry waits) sets one pending flag, so any burst of
+changes costs at most one more sync, which takes everything that changed up to its
+start. A retry is never brought forward by a change (a stream of changes must not
+defeat the backoff).
 
 Cold syncs are bounded: every sync attempt (connect-time read, re-read, compile, push)
 holds one of ``SYNC_SLOTS`` (4 by default, ``--sync-concurrency``), handed out in
@@ -350,6 +351,7 @@ class Switch:
         req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
         stats = self._request(req)
         self.installed = Multiset(s.cookie for reply in stats for s in reply)
+        self._full_diff = True  # the changes taken by a failed sync are gone: compare every cookie
         LOG.debug("switch %016x (%s): %d flows installed", self.dpid, self.hv_name, sum(self.installed.values()))
 
     def _request(self, msg) -> list:

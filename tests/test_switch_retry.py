@@ -50,7 +50,7 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
     Knobs a test turns: ``refuse_commits`` (that many commits answered with an error,
     the bundle dropped), ``refuse_adds`` (that many bundles get an error on their first
     add), ``lose_commit_replies`` (that many commits applied but never answered),
-    ``silent`` (answer nothing at all), ``barrier_gate`` (an Event the barrier reply
+    ``drop_barriers`` (that many barriers never answered), ``silent`` (answer nothing at all), ``barrier_gate`` (an Event the barrier reply
     waits for, in a thread).
     """
 
@@ -66,6 +66,7 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         self.refuse_commits = 0
         self.refuse_adds = 0
         self.lose_commit_replies = 0
+        self.drop_barriers = 0
         self.silent = False
         self.barrier_gate: threading.Event | None = None
         self.on_dump: Callable[[FakeDatapath], None] | None = None
@@ -103,7 +104,9 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
     # -- the switch -----------------------------------------------------------------
     def _handle(self, msg_type: int, xid: int, msg: bytes) -> None:
         if msg_type == ofp.OFPT_BARRIER_REQUEST:
-            if self.barrier_gate is None:
+            if self.drop_barriers:
+                self.drop_barriers -= 1
+            elif self.barrier_gate is None:
                 self.sw.on_reply(xid, None)
             else:
                 gate = self.barrier_gate
@@ -144,23 +147,51 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         self.sw.on_reply(xid, ctrl_type + 1)
 
 
-def connect(dpid: int, hv: str, compiled: list[Flow] | Callable[[], list[Flow]],
-            setup: Callable[[FakeDatapath], None] | None = None) -> tuple[Switch, FakeDatapath, list[int]]:
-    """A started Switch on a fake datapath; returns it, the datapath and its compile calls (a list)."""
+class FakeSource:
+    """The incremental engine as a switch sees it (``controller.switch.FlowSource``): one hypervisor's flows.
+
+    ``set`` replaces them and records the changed cookies, as a committed write does;
+    ``takes`` counts the syncs that took changes.
+    """
+
+    def __init__(self, hv: str, compiled: list[Flow]):
+        self.lock = threading.RLock()
+        self.hv = hv
+        self._desired = {f.cookie: f for f in compiled}
+        self._changed = set(self._desired)
+        self.takes = 0
+
+    def set(self, compiled: list[Flow]) -> None:
+        """New flows for the hypervisor."""
+        with self.lock:
+            new = {f.cookie: f for f in compiled}
+            self._changed |= set(new) ^ set(self._desired)
+            self._desired = new
+
+    def desired(self, hv_name: str) -> dict[int, Flow]:
+        """Every flow the hypervisor must hold, by cookie."""
+        assert hv_name == self.hv
+        return self._desired
+
+    def take_changes(self, hv_name: str) -> set[int]:
+        """The cookies changed since the last call."""
+        assert hv_name == self.hv
+        self.takes += 1
+        changed, self._changed = self._changed, set()
+        return changed
+
+
+def connect(dpid: int, hv: str, compiled: list[Flow],
+            setup: Callable[[FakeDatapath], None] | None = None) -> tuple[Switch, FakeDatapath, FakeSource]:
+    """A started Switch on a fake datapath; returns it, the datapath and its flow source."""
     dp = FakeDatapath(dpid)
-    calls: list[int] = []
-
-    def compile_fn(name: str) -> list[Flow]:
-        assert name == hv
-        calls.append(1)
-        return compiled() if callable(compiled) else compiled
-
-    sw = Switch(dp, compile_fn, lambda s, ports: setattr(s, "ofports", ports))
+    source = FakeSource(hv, compiled)
+    sw = Switch(dp, source, lambda s, ports: setattr(s, "ofports", ports))
     dp.sw = sw
     if setup is not None:
         setup(dp)
     sw.start(hv)
-    return sw, dp, calls
+    return sw, dp, source
 
 
 def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
@@ -204,7 +235,7 @@ def test_a_refused_commit_is_retried_after_a_reread_until_the_bridge_is_equal() 
             (metrics.REGISTRY.get_sample_value("tenantflow_bridges_diverged"), d.sw.diverged))
 
     retries = sample("tenantflow_sync_retries_total", hypervisor=hv)
-    sw, dp, calls = connect(0xA1, hv, compiled, setup)
+    sw, dp, source = connect(0xA1, hv, compiled, setup)
     try:
         wait_until(lambda: equal(sw, dp, compiled), what="the bridge to equal its compiled flows")
         assert dp.commits == 2, "one refused commit, then one accepted"
@@ -214,7 +245,7 @@ def test_a_refused_commit_is_retried_after_a_reread_until_the_bridge_is_equal() 
         assert sample("tenantflow_bundles_total", hypervisor=hv, outcome="failed") == 1
         assert sample("tenantflow_bundles_total", hypervisor=hv, outcome="committed") == 1
         assert sample("tenantflow_switch_connected", hypervisor=hv) == 1
-        assert len(calls) == 2 and dp.closed == 0
+        assert source.takes == 2 and dp.closed == 0
         time.sleep(0.3)
         assert dp.commits == 2 and dp.flow_dumps == 2, "nothing more once the bridge is equal"
     finally:
@@ -246,6 +277,22 @@ def test_a_lost_commit_reply_times_out_and_the_reread_finds_the_flows_installed(
         assert dp.flows == Counter({f.cookie: 1 for f in compiled})
         assert dp.commits == 1 and dp.flow_mods == 6, "the retry found the flows there and sent nothing"
         assert dp.closed == 0, "one timeout does not drop the connection"
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
+def test_changes_taken_by_a_sync_that_timed_out_are_pushed_by_the_retry() -> None:
+    """The engine hands each change out once: after a failed incremental sync the retry compares everything."""
+    hv = "retry-incremental"
+    sw, dp, source = connect(0xAA, hv, flows(2))
+    try:
+        wait_until(lambda: equal(sw, dp, flows(2)), what="the first sync")
+        dp.drop_barriers = 1  # the next push never hears back: ReplyTimeout, its bundle never committed
+        source.set(flows(4))
+        sw.mark_dirty()
+        wait_until(lambda: equal(sw, dp, flows(4)), what="the retry to push the two new flows")
+        assert sample("tenantflow_sync_retries_total", hypervisor=hv) == 1 and dp.flow_dumps == 2
     finally:
         sw.stop()
         assert sw.join(2)
@@ -305,19 +352,19 @@ def test_a_stopped_worker_waiting_for_a_reply_ends_without_touching_the_connecti
 
 def test_changes_during_a_sync_are_coalesced_into_one_more() -> None:
     hv = "retry-coalesce"
-    version = [flows(2)]
     gate = threading.Event()
-    sw, dp, calls = connect(0xA8, hv, lambda: version[0], lambda dp: setattr(dp, "barrier_gate", gate))
+    sw, dp, source = connect(0xA8, hv, flows(2), lambda dp: setattr(dp, "barrier_gate", gate))
     try:
         wait_until(lambda: dp.flow_mods == 2, what="the first push to be under way")
-        version[0] = flows(3)
-        for _ in range(50):
+        for n in range(3, 53):  # 50 changes while the push waits for the switch
+            source.set(flows(n))
             sw.mark_dirty()
         dp.barrier_gate = None
         gate.set()
-        wait_until(lambda: equal(sw, dp, version[0]), what="the changed flows")
+        wait_until(lambda: equal(sw, dp, flows(52)), what="the changed flows")
         time.sleep(0.2)
-        assert len(calls) == 2, "50 changes during one sync cost exactly one more"
+        assert source.takes == 2, "50 changes during one sync cost exactly one more"
+        assert dp.commits == 2 and dp.flow_mods == 2 + 50
     finally:
         sw.stop()
         assert sw.join(2)
@@ -326,7 +373,7 @@ def test_changes_during_a_sync_are_coalesced_into_one_more() -> None:
 def test_changes_during_a_backoff_wait_for_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(switch, "RETRY_BASE", 0.4)
     monkeypatch.setattr(switch, "RETRY_CAP", 0.4)
-    sw, dp, calls = connect(0xA9, "retry-no-shortcut", flows(2), lambda dp: setattr(dp, "refuse_commits", 1))
+    sw, dp, source = connect(0xA9, "retry-no-shortcut", flows(2), lambda dp: setattr(dp, "refuse_commits", 1))
     try:
         wait_until(lambda: sw.diverged, what="the first failure")
         failed_at = time.monotonic()
@@ -336,7 +383,7 @@ def test_changes_during_a_backoff_wait_for_the_retry(monkeypatch: pytest.MonkeyP
         wait_until(lambda: not sw.diverged, what="the retry")
         assert time.monotonic() - failed_at >= 0.19, "the backoff (0.2-0.4 s) was not cut short by changes"
         time.sleep(0.1)
-        assert len(calls) == 2, "the changes were folded into the retry"
+        assert source.takes == 2, "the changes were folded into the retry"
     finally:
         sw.stop()
         assert sw.join(2)
