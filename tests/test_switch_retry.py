@@ -50,8 +50,8 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
     Knobs a test turns: ``refuse_commits`` (that many commits answered with an error,
     the bundle dropped), ``refuse_adds`` (that many bundles get an error on their first
     add), ``lose_commit_replies`` (that many commits applied but never answered),
-    ``drop_barriers`` (that many barriers never answered), ``silent`` (answer nothing at all), ``barrier_gate`` (an Event the barrier reply
-    waits for, in a thread).
+    ``drop_barriers`` (that many barriers never answered), ``silent`` (answer nothing at
+    all), ``barrier_gate`` (an Event the barrier reply waits for, in a thread).
     """
 
     def __init__(self, dpid: int):
