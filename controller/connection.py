@@ -51,6 +51,7 @@ HEADER = struct.Struct("!BBHI")
 RECV_SIZE = 256 * 1024
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before the reader waits
 IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the connection
+KEEPALIVE = (30, 10, 3)  # TCP keepalive: idle seconds, seconds between probes, probes before giving up
 CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
 
 
@@ -123,7 +124,9 @@ class FastEchoSocket:
     socket's own timeout is ``IO_TIMEOUT``: os-ken's 5 s ``socket_timeout`` only paces its
     receive loop, and a switch that is slow to read (installing a big bundle) is given a
     minute, as long as the sync engine waits for its replies. On a unix socket TCP options
-    are ignored (os-ken sets TCP_NODELAY on every switch socket).
+    are ignored (os-ken sets TCP_NODELAY on every switch socket); on TCP, keepalive is on
+    (``KEEPALIVE``): we send the switches no echo requests, and a switch whose host
+    vanished without closing the connection is still seen gone, in about a minute.
     """
 
     def __init__(self, sock: socket.socket, *, unix: bool = False, max_buffered: int = MAX_BUFFERED):
@@ -138,6 +141,8 @@ class FastEchoSocket:
         self._timeout: float | None = None
         self.echo_replies = 0
         sock.settimeout(IO_TIMEOUT)
+        if not unix:
+            _keepalive(sock)
         self._reader = threading.Thread(target=self._read_loop, name="of-reader", daemon=True)
         self._reader.start()
 
@@ -232,6 +237,16 @@ class FastEchoSocket:
             self._inbox += data
             self._cond.notify_all()
         return True
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """Turn TCP keepalive on with ``KEEPALIVE``'s timing (where the platform has the options)."""
+    idle, interval, count = KEEPALIVE
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
 
 class TenantflowDatapath(Datapath):

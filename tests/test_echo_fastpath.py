@@ -125,6 +125,21 @@ def test_socket_answers_echoes_while_nobody_reads_and_its_buffer_is_full() -> No
         switch.close()
 
 
+def test_tcp_switch_sockets_have_keepalive() -> None:
+    """We send switches no echo requests: a switch whose host vanished is found by TCP keepalive."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+        wrapped = FastEchoSocket(conn)
+        try:
+            assert wrapped.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert wrapped.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+            assert wrapped.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+        finally:
+            wrapped.close()
+            client.close()
+
+
 def run_probe(*args: str, timeout: float = 120) -> dict:
     """Run tests/echo_probe.py with ``args``; its JSON result."""
     proc = subprocess.run([sys.executable, str(PROBE), *args], capture_output=True, text=True, timeout=timeout,
