@@ -78,8 +78,8 @@ class TenantflowApp(app_manager.OSKenApp):
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
             old = self.switches.pop(dp.id, None)
-            if old is not None:
-                old.stop()
+            if old is not None:  # a new connection of the same bridge replaces the old one
+                self._disconnected(old)
             hv = self.topology.graph.hypervisor_by_dpid(dp.id)
             hv_name = hv.name if hv else None
             if hv is None:
@@ -91,11 +91,17 @@ class TenantflowApp(app_manager.OSKenApp):
             sw = self.switches.get(dp.id)
             if sw is not None and sw.dp is dp:
                 del self.switches[dp.id]
-                sw.stop()
+                self._disconnected(sw)
                 if sw.hv_name:
-                    metrics.SWITCH_UP.labels(sw.hv_name).set(0)
                     self.topology.set_live_ofports(sw.hv_name, {})
-                LOG.info("bridge %016x (%s) disconnected", dp.id, sw.hv_name)
+
+    def _disconnected(self, sw: Switch) -> None:
+        """A bridge's connection ended: stop its worker (it ends on its own), count it."""
+        sw.stop()
+        metrics.DISCONNECTS.labels(sw.label).inc()
+        if sw.hv_name:
+            metrics.SWITCH_UP.labels(sw.hv_name).set(0)
+        LOG.info("bridge %016x (%s) disconnected", sw.dpid, sw.hv_name)
 
     def _set_ofports(self, sw: Switch, ofports: dict[str, int]) -> None:
         """Record a bridge's OVS port map (name -> OpenFlow port) in the topology."""
@@ -108,6 +114,8 @@ class TenantflowApp(app_manager.OSKenApp):
         # not as "no packet-in / no error" (alerts on rate() and increase() never fire).
         metrics.PACKET_INS.labels(sw.hv_name)
         metrics.OF_ERRORS.labels(sw.hv_name)
+        metrics.SYNC_RETRIES.labels(sw.hv_name)
+        metrics.DISCONNECTS.labels(sw.hv_name)
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev):

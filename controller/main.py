@@ -33,6 +33,7 @@ DEFAULTS = {
     "default_physical_network": "physnet1",
     "default_project": "default",
     "log_level": "INFO",
+    "sync_concurrency": "4",
 }
 
 
@@ -63,6 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--default-physical-network", default=values["default_physical_network"])
     p.add_argument("--default-project", default=values["default_project"],
                    help="project_id of resources created with none in the body and no X-Project-Id header")
+    p.add_argument("--sync-concurrency", type=int, default=int(values["sync_concurrency"]),
+                   help="bridges read and pushed at the same time (the others wait their turn, in order)")
     p.add_argument("--log-level", default=values["log_level"])
     return p.parse_args(argv)
 
@@ -72,28 +75,13 @@ def _range(text: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-class _UnixSocket:
-    """An AF_UNIX socket that ignores TCP-level options.
-
-    os-ken's Datapath sets TCP_NODELAY on every switch socket; on a unix socket
-    that raises and os-ken drops the switch. Everything else is delegated.
-    """
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-
-    def setsockopt(self, level, option, value):
-        if level == socket.IPPROTO_TCP:
-            return None
-        return self._sock.setsockopt(level, option, value)
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-
 def serve_unix(path: str) -> threading.Thread:
-    """Accept OpenFlow switches on a unix socket (OVS: ``set-controller br-int unix:PATH``)."""
-    from os_ken.controller.controller import datapath_connection_factory
+    """Accept OpenFlow switches on a unix socket (OVS: ``set-controller br-int unix:PATH``).
+
+    Each connection is served like a TCP one (:func:`controller.connection.serve_connection`:
+    echo requests answered on arrival), with TCP-level socket options ignored.
+    """
+    from controller.connection import serve_connection
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.exists(path):
@@ -106,7 +94,7 @@ def serve_unix(path: str) -> threading.Thread:
     def accept_loop() -> None:
         while True:
             conn, _ = server.accept()
-            threading.Thread(target=datapath_connection_factory, args=(_UnixSocket(conn), path),
+            threading.Thread(target=serve_connection, args=(conn, path), kwargs={"unix": True},
                              daemon=True).start()
 
     thread = threading.Thread(target=accept_loop, name="of-unix", daemon=True)
@@ -121,6 +109,13 @@ def _configure_os_ken(args: argparse.Namespace) -> None:
     cfg.CONF.set_override("ofp_listen_host", args.of_host)
     cfg.CONF.set_override("ofp_tcp_listen_port", args.of_port)
     cfg.CONF.set_override("ofp_ssl_listen_port", None)
+    # Liveness, both ways (README "Switch connections"): OVS probes us (inactivity_probe,
+    # 5 s by default) and controller.connection answers on arrival, however busy the app.
+    # We never probe the switches: a switch busy committing a big bundle answers nothing
+    # for seconds, and dropping it then throws the bundle away and makes it reconnect and
+    # be re-read under load. A dead switch is seen by TCP, by OVS closing the connection,
+    # or by the sync engine's reply timeout (controller.switch.REPLY_TIMEOUT).
+    cfg.CONF.set_override("maximum_unreplied_echo_requests", 0)
 
 
 @dataclass
@@ -142,6 +137,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     from os_ken.base import app_manager
 
     from controller import app as of_app
+    from controller import connection, switch
     from controller.metrics import REGISTRY
 
     if topology is None:
@@ -154,10 +150,12 @@ def start(args: argparse.Namespace, topology=None) -> Running:
             default_physical_network=args.default_physical_network, default_project=args.default_project,
         )
     of_app.TOPOLOGY = topology
+    switch.SYNC_SLOTS.set_limit(args.sync_concurrency)
     # The topology graph lives as long as the process: move it (and os-ken's
     # tables) out of the GC's young generations so compiles don't rescan it.
     gc.freeze()
     _configure_os_ken(args)
+    connection.install()
     manager = app_manager.AppManager.get_instance()
     manager.load_apps(["controller.app"])
     services = manager.instantiate_apps(**manager.create_contexts())

@@ -20,6 +20,12 @@ FLOWS = Gauge("tenantflow_flows", "Flows installed on a hypervisor as the contro
               registry=REGISTRY)
 SYNC_SECONDS = Histogram("tenantflow_sync_seconds", "Time of one compile+diff+push of a hypervisor",
                          registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5, 30))
+SYNC_RETRIES = Counter("tenantflow_sync_retries", "Syncs retried after a failed one (discarded or refused bundle, "
+                       "no reply in time, an error)", ["hypervisor"], registry=REGISTRY)
+DISCONNECTS = Counter("tenantflow_switch_disconnects", "Times a bridge's OpenFlow connection ended",
+                      ["hypervisor"], registry=REGISTRY)
+BRIDGES_DIVERGED = Gauge("tenantflow_bridges_diverged", "Connected bridges whose last sync did not leave them equal "
+                         "to their compiled flows (a retry is pending)", registry=REGISTRY)
 
 
 class EngineCollector:

@@ -10,15 +10,33 @@ an unchanged topology therefore sends nothing at all.
 A :class:`Switch` owns one worker thread: every sync of that bridge runs there,
 one at a time, so syncs never interleave; replies from the switch arrive on
 os-ken's event thread and are handed over through :class:`_Waiter` objects.
+
+The worker keeps at it until the bridge equals its compiled flows: a sync that fails
+for any reason (a bundle discarded or its commit refused, no reply in time, an error
+of ours) is retried with exponential backoff and jitter (``RETRY_BASE`` doubling up to
+``RETRY_CAP``), and before each retry what the switch really holds is read again (a
+refused commit or a timeout leaves it unknown) and the retry compares every cookie.
+Changes are coalesced: at most one sync of a bridge runs, and every change that
+arrives while it runs (or while a retry waits) sets one pending flag, so any burst of
+changes costs at most one more sync, which takes everything that changed up to its
+start. A retry is never brought forward by a change (a stream of changes must not
+defeat the backoff).
+
+Cold syncs are bounded: every sync attempt (connect-time read, re-read, compile, push)
+holds one of ``SYNC_SLOTS`` (4 by default, ``--sync-concurrency``), handed out in
+arrival order, so 1,000 bridges connecting at once are read and pushed a few at a
+time, in order, instead of all encoding at once on two cores.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import random
 import threading
 import time
 from collections import Counter as Multiset
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +54,77 @@ LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
 ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
+RETRY_BASE = 0.5  # seconds before the first retry of a failed sync; doubles with each failure...
+RETRY_CAP = 30.0  # ...up to this; each wait is drawn from [delay/2, delay] (jitter)
+TIMEOUTS_BEFORE_DROP = 3  # consecutive unanswered requests after which the connection is closed
+DEFAULT_SYNC_CONCURRENCY = 4
+
+
+class SwitchGone(ConnectionError):
+    """The connection closed or the switch was stopped: this worker has nothing more to do."""
+
+
+class ReplyTimeout(ConnectionError):
+    """The switch did not answer within REPLY_TIMEOUT (alive but overloaded, or gone silently)."""
+
+
+class RequestRefused(ConnectionError):
+    """The switch answered a request with an OpenFlow error."""
+
+
+class SyncSlots:
+    """At most ``limit`` holders at a time, admitted in arrival order (a FIFO semaphore)."""
+
+    def __init__(self, limit: int):
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._busy = 0
+        self._queue: deque[threading.Event] = deque()
+
+    @property
+    def limit(self) -> int:
+        """How many may hold a slot at once."""
+        return self._limit
+
+    def set_limit(self, limit: int) -> None:
+        """Change the bound (at least 1); waiters the new bound lets in are admitted now."""
+        if limit < 1:
+            raise ValueError(f"sync concurrency must be at least 1, not {limit}")
+        with self._lock:
+            self._limit = limit
+            while self._queue and self._busy < self._limit:
+                self._busy += 1
+                self._queue.popleft().set()
+
+    def acquire(self) -> None:
+        """Wait for a slot (after everyone who asked before)."""
+        with self._lock:
+            if self._busy < self._limit and not self._queue:
+                self._busy += 1
+                return
+            turn = threading.Event()
+            self._queue.append(turn)
+        turn.wait()  # release() handed its slot over to us
+
+    def release(self) -> None:
+        """Give the slot to the longest waiter, or free it."""
+        with self._lock:
+            if self._queue and self._busy <= self._limit:
+                self._queue.popleft().set()
+            else:
+                self._busy -= 1
+
+    def __enter__(self) -> SyncSlots:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)
+_DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a retry is pending)
+metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
 
 @dataclass
@@ -133,30 +222,110 @@ class Switch:
             self._dirty.notify()
 
     def stop(self) -> None:
-        """The switch disconnected: end the worker, wake every waiter."""
+        """The switch disconnected: end the worker (wherever it waits), wake every waiter."""
         self._alive = False
         self.ready = False
+        _DIVERGED.discard(self)
         for waiter in list(self._waiters.values()):
             waiter.event.set()
         self.mark_dirty()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end; True if it has."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def label(self) -> str:
+        """The hypervisor name for metrics and logs (the datapath id until one is registered)."""
+        return self.hv_name or f"{self.dpid:016x}"
+
+    @property
+    def diverged(self) -> bool:
+        """True while the last sync failed and a retry is pending."""
+        return self in _DIVERGED
+
     # -- worker ---------------------------------------------------------------
     def _run(self) -> None:
+        """Connect, then sync after each batch of changes; retry a failed sync until one succeeds."""
+        failures = timeouts = 0
         try:
-            self._connect()
             while self._alive:
+                if failures:
+                    self._backoff(failures)
+                elif self.ready:
+                    self._wait_for_change()
+                if not self._alive:
+                    break
+                if failures:
+                    metrics.SYNC_RETRIES.labels(self.label).inc()
                 with self._dirty:
-                    while not self._pending and self._alive:
-                        self._dirty.wait()
-                    self._pending = False
-                if self._alive:
-                    self.sync()
-        except ConnectionError as exc:
-            LOG.warning("switch %016x (%s): %s", self.dpid, self.hv_name, exc)
+                    self._pending = False  # this attempt compiles every change made so far
+                try:
+                    ok = self._attempt(reread=failures > 0)
+                    timeouts = 0
+                except SwitchGone:
+                    raise
+                except ReplyTimeout as exc:
+                    timeouts += 1
+                    if timeouts >= TIMEOUTS_BEFORE_DROP:
+                        raise
+                    LOG.warning("switch %016x (%s): %s; will re-read it and retry", self.dpid, self.hv_name, exc)
+                    ok = False
+                except Exception as exc:  # any failure of ours is retried too (a bug must not stop the repair)
+                    if failures:
+                        LOG.error("switch %016x (%s): sync failed again: %r", self.dpid, self.hv_name, exc)
+                    else:
+                        LOG.exception("switch %016x (%s): sync failed", self.dpid, self.hv_name)
+                    ok = False
+                failures = 0 if ok else failures + 1
+                self._set_diverged(not ok)
+        except SwitchGone as exc:
+            LOG.info("switch %016x (%s): worker ends: %s", self.dpid, self.hv_name, exc)
+        except ReplyTimeout as exc:
+            LOG.warning("switch %016x (%s): %s, %d times in a row: closing the connection (it reconnects and is "
+                        "reconciled)", self.dpid, self.hv_name, exc, TIMEOUTS_BEFORE_DROP)
             self._drop_connection()
-        except Exception:  # a bug must not kill the controller, only this switch's connection
-            LOG.exception("switch %016x (%s): sync worker failed", self.dpid, self.hv_name)
-            self._drop_connection()
+        finally:
+            _DIVERGED.discard(self)
+
+    def _attempt(self, reread: bool) -> bool:
+        """One sync in a concurrency slot: (re)read the switch if need be, then sync; True if it is equal now."""
+        with SYNC_SLOTS:
+            if not self._alive:
+                raise SwitchGone("stopped")
+            if not self.ready:
+                self._connect()
+            elif reread:
+                self._read_installed()
+            if self.hv_name is None:
+                return True  # nothing to compile yet: the hypervisor's registration marks us dirty
+            result = self.sync()
+        if not result.committed and self._alive:
+            LOG.warning("switch %016x (%s): sync not committed (%d errors); will re-read it and retry",
+                        self.dpid, self.hv_name, len(result.errors))
+        return result.committed
+
+    def _set_diverged(self, diverged: bool) -> None:
+        if diverged and self._alive:
+            _DIVERGED.add(self)
+            if self.hv_name:
+                metrics.SWITCH_UP.labels(self.hv_name).set(0)
+        else:
+            _DIVERGED.discard(self)
+
+    def _backoff(self, failures: int) -> None:
+        """Wait before retry number ``failures``; only stop() cuts it short (changes wait for the retry)."""
+        deadline = time.monotonic() + retry_delay(failures)
+        with self._dirty:
+            while self._alive and (left := deadline - time.monotonic()) > 0:
+                self._dirty.wait(left)
+
+    def _wait_for_change(self) -> None:
+        with self._dirty:
+            while not self._pending and self._alive:
+                self._dirty.wait()
 
     def _drop_connection(self) -> None:
         """Close a connection we can no longer keep in sync: the switch reconnects and is reconciled."""
@@ -165,18 +334,25 @@ class Switch:
             self.dp.close()
 
     def _connect(self) -> None:
+        """Read the bridge's port map and flows; then it is ready to be synced."""
         ports = self._request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0))
         ofports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
                    for reply in ports for p in reply}
         self._on_ofports(self, ofports)
+        self._read_installed()
+        LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
+                 sum(self.installed.values()))
+        self.ready = True
+
+    def _read_installed(self) -> None:
+        """Read the cookies of every flow on the switch into ``installed`` (what it really holds)."""
+        self._errors.clear()  # errors a failed attempt left behind answer nothing any more
         parser = self.dp.ofproto_parser
         req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
         stats = self._request(req)
         self.installed = Multiset(s.cookie for reply in stats for s in reply)
-        LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
-                 sum(self.installed.values()))
-        self.ready = True
-        self.sync()
+        self._full_diff = True  # the changes taken by a failed sync are gone: compare every cookie
+        LOG.debug("switch %016x (%s): %d flows installed", self.dpid, self.hv_name, sum(self.installed.values()))
 
     def _request(self, msg) -> list:
         """Send a request and wait for its (possibly multipart) reply bodies."""
@@ -184,14 +360,22 @@ class Switch:
         msg.xid = xid
         waiter = self._waiters[xid] = _Waiter()
         try:
-            self.dp.send_msg(msg)
-            if not waiter.event.wait(REPLY_TIMEOUT) or not self._alive:
-                raise ConnectionError("no reply from switch")
+            if not self._alive or not self.dp.send_msg(msg):
+                raise SwitchGone("switch connection closed")
+            self._wait(waiter, "no reply from switch")
             if xid in self._errors:
-                raise ConnectionError(f"switch refused request: {self._errors.pop(xid)}")
+                raise RequestRefused(f"switch refused request: {self._errors.pop(xid)}")
             return waiter.parts
         finally:
             self._waiters.pop(xid, None)
+
+    def _wait(self, waiter: _Waiter, what: str) -> None:
+        """Wait for a reply; SwitchGone if the switch went away meanwhile, ReplyTimeout if none came."""
+        answered = waiter.event.wait(REPLY_TIMEOUT)
+        if not self._alive:
+            raise SwitchGone("switch disconnected")
+        if not answered:
+            raise ReplyTimeout(f"{what} within {REPLY_TIMEOUT:g} s")
 
     def sync(self) -> PushResult:
         """Send the switch what changed in its compiled flows since the last sync (all of it after a connect).
@@ -359,14 +543,13 @@ class Switch:
 
     def _send(self, data: bytes) -> None:
         if not self._alive or not self.dp.send(data):
-            raise ConnectionError("switch connection closed")
+            raise SwitchGone("switch connection closed")
 
     def _send_and_wait(self, data: bytes, xid: int) -> _Waiter:
         waiter = self._waiters[xid] = _Waiter()
         try:
             self._send(data)
-            if not waiter.event.wait(REPLY_TIMEOUT) or not self._alive:
-                raise ConnectionError("switch did not answer the barrier")
+            self._wait(waiter, "no reply from switch")
             return waiter
         finally:
             self._waiters.pop(xid, None)
@@ -390,6 +573,15 @@ class FlowSource(Protocol):
 
 def _learns(flow: Flow | None) -> bool:
     return flow is not None and any(isinstance(a, Learn) for a in flow.actions)
+
+
+def retry_delay(failures: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after ``failures`` failed syncs in a row: RETRY_BASE doubling up to RETRY_CAP, jittered.
+
+    The wait is drawn from [delay/2, delay], so bridges that failed together do not retry together.
+    """
+    delay = min(RETRY_CAP, RETRY_BASE * 2 ** min(max(failures, 1) - 1, 32))
+    return (rng or random).uniform(delay / 2, delay)
 
 
 def learned_cookies(flows: Iterable[Flow]) -> set[int]:

@@ -1,0 +1,288 @@
+"""Switch connections: echo requests answered on arrival, and a disconnect always reported.
+
+Why a busy controller missed OVS's inactivity probes (os-ken 4.2.2, native threads):
+os-ken answers ``OFPT_ECHO_REQUEST`` in ``OFPHandler.echo_request_handler``, a
+``set_ev_handler`` that ``Datapath._recv_loop`` calls inline, so the echo itself never
+waits in an event queue. But that loop first hands every message it parses to the
+observing apps (``send_event_to_observers``), and each app's queue is bounded (128
+events, ``OSKenApp._events_sem``): while our app's one event thread is busy (a burst of
+packet-ins, port status, barrier and stats replies of many bridges, the GIL held by
+compile and encode threads), the queue fills, the put blocks, and the receive loop of
+that switch stops reading its socket. An echo request behind the backlog is then not
+even read until the app catches up; OVS gives up after two probe intervals (5 s + 5 s).
+Measured with ``tests/fake_switch.py``: 10 packet-ins queued behind a busy handler, the
+echo is answered in 1 ms; 200, and it is not answered at all while the handler is busy.
+
+Two more things os-ken does with a switch's socket matter here:
+
+- its ``_send_loop`` gives up on a switch that does not read for ``socket_timeout``
+  (5 s by default): a switch busy installing a big bundle was dropped for that;
+- with native threads its ``Datapath.serve`` joins the send thread, which sleeps in
+  ``send_q.get()`` until something is sent: after the switch disconnects, nothing is,
+  so ``DEAD_DISPATCHER`` was never reported and the switch's worker never stopped.
+
+So every switch socket is wrapped in :class:`FastEchoSocket`: its own reader thread
+drains the socket as fast as the switch writes, answers each echo request at once (the
+only writer besides os-ken's send thread, under one lock, between whole buffers) and
+hands everything else, byte for byte, to os-ken's receive loop. The app may fall behind;
+the echo replies do not (they wait for the GIL, a few ms, and at most for one buffer
+os-ken is writing). :class:`TenantflowDatapath` is os-ken's ``Datapath`` with that socket,
+and with a receive loop that ends the send thread when it ends (so a disconnect is
+always reported). :func:`install` makes os-ken's TCP listener create it;
+``controller.main.serve_unix`` does the same for the unix socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+
+from os_ken.base import app_manager  # noqa: F401  (first: os-ken's controller module imports it back)
+from os_ken.controller.controller import Datapath
+
+LOG = logging.getLogger("tenantflow.connection")
+
+OFPT_ECHO_REQUEST = 2
+OFPT_ECHO_REPLY = 3
+HEADER = struct.Struct("!BBHI")
+RECV_SIZE = 256 * 1024
+MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before the reader waits
+IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the connection
+KEEPALIVE = (30, 10, 3)  # TCP keepalive: idle seconds, seconds between probes, probes before giving up
+CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
+
+
+class EchoSplitter:
+    """Splits a switch's byte stream into echo requests and everything else.
+
+    :meth:`feed` takes bytes as they arrive (any split) and returns the bytes to pass on,
+    unchanged and in order, minus every complete ``OFPT_ECHO_REQUEST``, and the replies
+    to send for those. A message's header decides where it goes, so everything that is
+    not an echo request is passed on as soon as it arrives, a big reply included.
+    A length below the header size counts as 8, as os-ken's receive loop counts it.
+    """
+
+    def __init__(self) -> None:
+        self._head = bytearray()  # a header being read
+        self._passing = 0  # bytes of the current (not echo) message still to pass on
+        self._echo: bytearray | None = None  # the echo request being read
+        self._echo_len = 0
+
+    def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
+        """(bytes for os-ken, echo replies to send) for the next ``data`` read from the switch."""
+        out: list[bytes] = []
+        replies: list[bytes] = []
+        view = memoryview(data)
+        i, n = 0, len(data)
+        while i < n:
+            if self._passing:
+                take = min(self._passing, n - i)
+                out.append(view[i:i + take])
+                self._passing -= take
+                i += take
+            elif self._echo is not None:
+                take = min(self._echo_len - len(self._echo), n - i)
+                self._echo += view[i:i + take]
+                i += take
+                if len(self._echo) == self._echo_len:
+                    replies.append(echo_reply(bytes(self._echo)))
+                    self._echo = None
+            else:
+                take = min(HEADER.size - len(self._head), n - i)
+                self._head += view[i:i + take]
+                i += take
+                if len(self._head) == HEADER.size:
+                    _, msg_type, length, _ = HEADER.unpack(self._head)
+                    length = max(length, HEADER.size)
+                    if msg_type == OFPT_ECHO_REQUEST:
+                        self._echo, self._echo_len = bytearray(self._head), length
+                        if length == HEADER.size:
+                            replies.append(echo_reply(bytes(self._echo)))
+                            self._echo = None
+                    else:
+                        out.append(bytes(self._head))
+                        self._passing = length - HEADER.size
+                    self._head.clear()
+        return b"".join(out), replies
+
+
+def echo_reply(request: bytes) -> bytes:
+    """The OFPT_ECHO_REPLY to an echo request: same version, xid and data."""
+    version, _, length, xid = HEADER.unpack_from(request)
+    return HEADER.pack(version, OFPT_ECHO_REPLY, length, xid) + request[HEADER.size:length]
+
+
+class FastEchoSocket:
+    """A switch's socket as os-ken's ``Datapath`` uses it, with echo requests answered on arrival.
+
+    ``recv`` serves what the reader thread read ahead (``MAX_BUFFERED`` at most, then the
+    reader waits for os-ken and TCP pushes back on the switch), honouring the timeout
+    os-ken sets; ``sendall`` writes under the lock the echo replies share. The real
+    socket's own timeout is ``IO_TIMEOUT``: os-ken's 5 s ``socket_timeout`` only paces its
+    receive loop, and a switch that is slow to read (installing a big bundle) is given a
+    minute, as long as the sync engine waits for its replies. On a unix socket TCP options
+    are ignored (os-ken sets TCP_NODELAY on every switch socket); on TCP, keepalive is on
+    (``KEEPALIVE``): we send the switches no echo requests, and a switch whose host
+    vanished without closing the connection is still seen gone, in about a minute.
+    """
+
+    def __init__(self, sock: socket.socket, *, unix: bool = False, max_buffered: int = MAX_BUFFERED):
+        self._sock = sock
+        self._unix = unix
+        self._max_buffered = max_buffered
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._inbox = bytearray()
+        self._eof = False
+        self._closed = False
+        self._timeout: float | None = None
+        self.echo_replies = 0
+        sock.settimeout(IO_TIMEOUT)
+        if not unix:
+            _keepalive(sock)
+        self._reader = threading.Thread(target=self._read_loop, name="of-reader", daemon=True)
+        self._reader.start()
+
+    # -- the socket interface os-ken uses -------------------------------------------
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` bytes the switch sent, echo requests left out; b"" at the end."""
+        with self._cond:
+            if not self._inbox and not self._eof:
+                self._cond.wait_for(lambda: self._inbox or self._eof, self._timeout)
+            if self._inbox:
+                data = bytes(self._inbox[:bufsize])
+                del self._inbox[:bufsize]
+                self._cond.notify_all()
+                return data
+            if self._eof:
+                return b""
+        raise TimeoutError("timed out")
+
+    def sendall(self, data: bytes) -> None:
+        """Write ``data`` whole; an echo reply never lands inside it."""
+        with self._send_lock:
+            self._sock.sendall(data)
+
+    def settimeout(self, value: float | None) -> None:
+        """The timeout of :meth:`recv` (the real socket keeps ``IO_TIMEOUT``)."""
+        self._timeout = value
+
+    def setsockopt(self, level: int, option: int, value) -> None:
+        """Set a socket option; TCP-level ones are ignored on a unix socket."""
+        if self._unix and level == socket.IPPROTO_TCP:
+            return
+        self._sock.setsockopt(level, option, value)
+
+    def shutdown(self, how: int) -> None:
+        """Shut down one or both directions of the real socket."""
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        """End the connection: wake and end the reader, then close the real socket."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # a reader blocked in recv or sendall returns
+        if threading.current_thread() is not self._reader:
+            self._reader.join(CLOSE_LINGER)
+        self._sock.close()
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._sock, name)
+
+    # -- the reader thread -------------------------------------------------------------
+    def _read_loop(self) -> None:
+        splitter = EchoSplitter()
+        try:
+            while not self._closed:
+                try:
+                    data = self._sock.recv(RECV_SIZE)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                passed, replies = splitter.feed(data)
+                for reply in replies:
+                    if not self._answer(reply):
+                        return
+                if passed and not self._hand_over(passed):
+                    return
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def _answer(self, reply: bytes) -> bool:
+        try:
+            self.sendall(reply)
+        except OSError as exc:  # the connection is going: its end is seen by recv
+            LOG.debug("echo reply not sent: %s", exc)
+            return False
+        self.echo_replies += 1
+        return True
+
+    def _hand_over(self, data: bytes) -> bool:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._inbox) < self._max_buffered or self._closed)
+            if self._closed:
+                return False
+            self._inbox += data
+            self._cond.notify_all()
+        return True
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """Turn TCP keepalive on with ``KEEPALIVE``'s timing (where the platform has the options)."""
+    idle, interval, count = KEEPALIVE
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
+class TenantflowDatapath(Datapath):
+    """os-ken's ``Datapath`` on a :class:`FastEchoSocket`, whose send thread ends with its receive loop."""
+
+    def __init__(self, sock: socket.socket, address, *, unix: bool = False):
+        super().__init__(FastEchoSocket(sock, unix=unix), address)
+
+    def _recv_loop(self) -> None:
+        try:
+            super()._recv_loop()  # returns with the socket closed
+        finally:
+            # Wake the send thread (it sleeps in send_q.get()): writing to the closed socket
+            # ends it, Datapath.serve returns, and os-ken reports DEAD_DISPATCHER.
+            self.send(b"", close_socket=True)
+
+
+def serve_connection(sock: socket.socket, address, *, unix: bool = False) -> None:
+    """Serve one switch connection until it ends (os-ken's ``datapath_connection_factory``)."""
+    LOG.debug("switch connected from %s", address)
+    with contextlib.closing(TenantflowDatapath(sock, address, unix=unix)) as datapath:
+        try:
+            datapath.serve()
+        except Exception:  # a malformed message makes os-ken's parser raise: drop this switch only
+            LOG.exception("switch %s from %s: connection failed",
+                          f"{datapath.id:016x}" if datapath.id is not None else "?", address)
+
+
+def install() -> None:
+    """Make os-ken's OpenFlow listener serve its switches with :func:`serve_connection`.
+
+    os-ken's ``OpenFlowController.server_loop`` hands each accepted socket to the module
+    function ``datapath_connection_factory`` and takes no other factory, so that name is
+    pointed here (os-ken's files are not changed). Call before the apps are instantiated:
+    the listener starts then.
+    """
+    from os_ken.controller import controller as os_ken_controller
+
+    os_ken_controller.datapath_connection_factory = serve_connection

@@ -1,0 +1,457 @@
+"""The sync worker's repair loop, against a fake datapath (no switch, no os-ken event loop).
+
+A sync that fails (commit refused, a message of the bundle refused, no reply in time)
+is retried with backoff after re-reading what the switch holds, until the bridge
+equals its compiled flows; changes during a sync are coalesced; a stopped worker ends
+at once; at most ``SYNC_SLOTS`` syncs run at a time, admitted in order.
+
+:class:`FakeDatapath` takes the exact bytes the worker writes (``controller.wire``),
+keeps a table of cookies the way OVS keeps flows (an ONF bundle applies atomically at
+commit, or not at all) and answers like the app shim would, through
+``Switch.on_reply`` / ``Switch.on_error``.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+from os_ken.ofproto import ofproto_protocol
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller import metrics, switch
+from controller.switch import Switch, SyncSlots, retry_delay
+from flows.flow import Flow, SetField, make_flow
+from flows.pipeline import stage
+
+HEADER = struct.Struct("!BBHI")
+EXP = struct.Struct("!II")
+CTRL = struct.Struct("!IHH")
+INNER = struct.Struct("!QQBB")  # flow-mod cookie, cookie mask, table, command
+
+
+def flows(n: int, net: int = 0x4242) -> list[Flow]:
+    """``n`` valid flows of the l2 lookup stage."""
+    l2, deliver = stage("ls_in_l2_lookup"), stage("ls_out_deliver")
+    return [make_flow(l2, "unicast", {"reg6": net, "eth_dst": f"fa:16:3e:00:42:{i:02x}"},
+                      [SetField("reg5", 0x4200 + i)], goto=deliver, description=f"test flow {i}")
+            for i in range(n)]
+
+
+class FakeDatapath(ofproto_protocol.ProtocolDesc):
+    """Just enough of an OVS bridge behind os-ken's Datapath for :class:`controller.switch.Switch`.
+
+    Knobs a test turns: ``refuse_commits`` (that many commits answered with an error,
+    the bundle dropped), ``refuse_adds`` (that many bundles get an error on their first
+    add), ``lose_commit_replies`` (that many commits applied but never answered),
+    ``drop_barriers`` (that many barriers never answered), ``silent`` (answer nothing at
+    all), ``barrier_gate`` (an Event the barrier reply waits for, in a thread).
+    """
+
+    def __init__(self, dpid: int):
+        super().__init__(ofp.OFP_VERSION)
+        self.id = dpid
+        self.sw: Switch | None = None
+        self.flows: Counter[int] = Counter()  # cookie -> flows carrying it, as dump-flows would show
+        self.flow_dumps = 0
+        self.commits = 0
+        self.flow_mods = 0
+        self.closed = 0
+        self.refuse_commits = 0
+        self.refuse_adds = 0
+        self.lose_commit_replies = 0
+        self.drop_barriers = 0
+        self.silent = False
+        self.barrier_gate: threading.Event | None = None
+        self.on_dump: Callable[[FakeDatapath], None] | None = None
+        self._bundles: dict[int, list[tuple[int, int]]] = {}
+        self._bad_bundles: set[int] = set()
+
+    # -- what os-ken's Datapath offers the worker ---------------------------------
+    def send_msg(self, msg) -> bool:
+        """Requests built with os-ken's parser: the port description and the flow dump."""
+        if self.silent:
+            return True
+        if isinstance(msg, parser.OFPPortDescStatsRequest):
+            self.sw.on_reply(msg.xid, [SimpleNamespace(name=b"tf-vxlan", port_no=1)])
+        elif isinstance(msg, parser.OFPFlowStatsRequest):
+            self.flow_dumps += 1
+            if self.on_dump is not None:
+                self.on_dump(self)
+            self.sw.on_reply(msg.xid, [SimpleNamespace(cookie=c) for c, n in self.flows.items() for _ in range(n)])
+        return True
+
+    def send(self, data: bytes) -> bool:
+        """Raw bytes from controller.wire: bundle control and adds, barriers, packet-outs."""
+        offset = 0
+        while offset < len(data):
+            _, msg_type, length, xid = HEADER.unpack_from(data, offset)
+            if not self.silent:
+                self._handle(msg_type, xid, data[offset:offset + length])
+            offset += length
+        return True
+
+    def close(self) -> None:
+        """What the worker calls to drop the connection."""
+        self.closed += 1
+
+    # -- the switch -----------------------------------------------------------------
+    def _handle(self, msg_type: int, xid: int, msg: bytes) -> None:
+        if msg_type == ofp.OFPT_BARRIER_REQUEST:
+            if self.drop_barriers:
+                self.drop_barriers -= 1
+            elif self.barrier_gate is None:
+                self.sw.on_reply(xid, None)
+            else:
+                gate = self.barrier_gate
+                threading.Thread(target=lambda: (gate.wait(10), self.sw.on_reply(xid, None)), daemon=True).start()
+            return
+        if msg_type != ofp.OFPT_EXPERIMENTER:
+            return
+        _, exp_type = EXP.unpack_from(msg, 8)
+        if exp_type == ofp.ONF_ET_BUNDLE_ADD_MESSAGE:
+            bundle_id = struct.unpack_from("!I", msg, 16)[0]
+            cookie, _, _, command = INNER.unpack_from(msg, 24 + 8)
+            self.flow_mods += 1
+            ops = self._bundles.setdefault(bundle_id, [])
+            if not ops and self.refuse_adds and bundle_id not in self._bad_bundles:
+                self.refuse_adds -= 1
+                self._bad_bundles.add(bundle_id)
+                self.sw.on_error(xid, SimpleNamespace(type=ofp.OFPET_BAD_ACTION, code=ofp.OFPBAC_MATCH_INCONSISTENT))
+            ops.append((command, cookie))
+            return
+        bundle_id, ctrl_type, _ = CTRL.unpack_from(msg, 16)
+        if ctrl_type == ofp.ONF_BCT_COMMIT_REQUEST:
+            self.commits += 1
+            ops = self._bundles.pop(bundle_id, [])
+            if self.refuse_commits:  # as OVS after OFPBFC_TIMEOUT: the bundle is gone, nothing applied
+                self.refuse_commits -= 1
+                self.sw.on_error(xid, SimpleNamespace(type=ofp.OFPET_EXPERIMENTER, code=0, exp_type=2302))
+                return
+            for command, cookie in ops:
+                if command == ofp.OFPFC_DELETE:
+                    self.flows.pop(cookie, None)
+                else:
+                    self.flows[cookie] = 1
+            if self.lose_commit_replies:
+                self.lose_commit_replies -= 1
+                return
+        elif ctrl_type == ofp.ONF_BCT_DISCARD_REQUEST:
+            self._bundles.pop(bundle_id, None)
+        self.sw.on_reply(xid, ctrl_type + 1)
+
+
+class FakeSource:
+    """The incremental engine as a switch sees it (``controller.switch.FlowSource``): one hypervisor's flows.
+
+    ``set`` replaces them and records the changed cookies, as a committed write does;
+    ``takes`` counts the syncs that took changes.
+    """
+
+    def __init__(self, hv: str, compiled: list[Flow]):
+        self.lock = threading.RLock()
+        self.hv = hv
+        self._desired = {f.cookie: f for f in compiled}
+        self._changed = set(self._desired)
+        self.takes = 0
+
+    def set(self, compiled: list[Flow]) -> None:
+        """New flows for the hypervisor."""
+        with self.lock:
+            new = {f.cookie: f for f in compiled}
+            self._changed |= set(new) ^ set(self._desired)
+            self._desired = new
+
+    def desired(self, hv_name: str) -> dict[int, Flow]:
+        """Every flow the hypervisor must hold, by cookie."""
+        assert hv_name == self.hv
+        return self._desired
+
+    def take_changes(self, hv_name: str) -> set[int]:
+        """The cookies changed since the last call."""
+        assert hv_name == self.hv
+        self.takes += 1
+        changed, self._changed = self._changed, set()
+        return changed
+
+
+def connect(dpid: int, hv: str, compiled: list[Flow],
+            setup: Callable[[FakeDatapath], None] | None = None) -> tuple[Switch, FakeDatapath, FakeSource]:
+    """A started Switch on a fake datapath; returns it, the datapath and its flow source."""
+    dp = FakeDatapath(dpid)
+    source = FakeSource(hv, compiled)
+    sw = Switch(dp, source, lambda s, ports: setattr(s, "ofports", ports))
+    dp.sw = sw
+    if setup is not None:
+        setup(dp)
+    sw.start(hv)
+    return sw, dp, source
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll ``cond`` until it is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric's current value (0 when it has no series yet)."""
+    return metrics.REGISTRY.get_sample_value(name, labels or None) or 0.0
+
+
+def equal(sw: Switch, dp: FakeDatapath, compiled: list[Flow]) -> bool:
+    """The bridge holds exactly the compiled flows, the last sync committed, no retry is pending."""
+    return (dp.flows == Counter({f.cookie: 1 for f in compiled}) and sw.last_push is not None
+            and sw.last_push.committed and not sw.diverged)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backoff in milliseconds, timeouts in a fraction of a second."""
+    monkeypatch.setattr(switch, "RETRY_BASE", 0.05)
+    monkeypatch.setattr(switch, "RETRY_CAP", 0.2)
+    monkeypatch.setattr(switch, "REPLY_TIMEOUT", 0.5)
+
+
+def test_a_refused_commit_is_retried_after_a_reread_until_the_bridge_is_equal() -> None:
+    hv, compiled = "retry-commit", flows(5)
+    seen_during_retry: list[tuple[float, bool]] = []
+
+    def setup(dp: FakeDatapath) -> None:
+        dp.refuse_commits = 1
+        # The re-read before the retry: the bridge is counted as diverged at that moment.
+        dp.on_dump = lambda d: d.flow_dumps == 2 and seen_during_retry.append(
+            (metrics.REGISTRY.get_sample_value("tenantflow_bridges_diverged"), d.sw.diverged))
+
+    retries = sample("tenantflow_sync_retries_total", hypervisor=hv)
+    sw, dp, source = connect(0xA1, hv, compiled, setup)
+    try:
+        wait_until(lambda: equal(sw, dp, compiled), what="the bridge to equal its compiled flows")
+        assert dp.commits == 2, "one refused commit, then one accepted"
+        assert dp.flow_dumps == 2, "read on connect, read again before the retry"
+        assert seen_during_retry and seen_during_retry[0][0] >= 1 and seen_during_retry[0][1]
+        assert sample("tenantflow_sync_retries_total", hypervisor=hv) == retries + 1
+        assert sample("tenantflow_bundles_total", hypervisor=hv, outcome="failed") == 1
+        assert sample("tenantflow_bundles_total", hypervisor=hv, outcome="committed") == 1
+        assert sample("tenantflow_switch_connected", hypervisor=hv) == 1
+        assert source.takes == 2 and dp.closed == 0
+        time.sleep(0.3)
+        assert dp.commits == 2 and dp.flow_dumps == 2, "nothing more once the bridge is equal"
+    finally:
+        sw.stop()
+        assert sw.join(2)
+    assert not sw.diverged
+
+
+def test_a_discarded_bundle_is_retried() -> None:
+    hv, compiled = "retry-discard", flows(4)
+    sw, dp, _ = connect(0xA2, hv, compiled, lambda dp: setattr(dp, "refuse_adds", 2))
+    try:
+        wait_until(lambda: equal(sw, dp, compiled), what="the bridge to equal its compiled flows")
+        assert sample("tenantflow_bundles_total", hypervisor=hv, outcome="discarded") == 2
+        assert sample("tenantflow_sync_retries_total", hypervisor=hv) == 2
+        assert dp.flow_dumps == 3 and dp.commits == 1
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
+def test_a_lost_commit_reply_times_out_and_the_reread_finds_the_flows_installed() -> None:
+    """No reply in time leaves ``installed`` unknown: the re-read shows the commit did land, nothing is resent."""
+    hv, compiled = "retry-timeout", flows(6)
+    sw, dp, _ = connect(0xA3, hv, compiled, lambda dp: setattr(dp, "lose_commit_replies", 1))
+    try:
+        wait_until(lambda: sample("tenantflow_sync_retries_total", hypervisor=hv) == 1 and dp.flow_dumps == 2
+                   and not sw.diverged, what="the retry")
+        assert dp.flows == Counter({f.cookie: 1 for f in compiled})
+        assert dp.commits == 1 and dp.flow_mods == 6, "the retry found the flows there and sent nothing"
+        assert dp.closed == 0, "one timeout does not drop the connection"
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
+def test_changes_taken_by_a_sync_that_timed_out_are_pushed_by_the_retry() -> None:
+    """The engine hands each change out once: after a failed incremental sync the retry compares everything."""
+    hv = "retry-incremental"
+    sw, dp, source = connect(0xAA, hv, flows(2))
+    try:
+        wait_until(lambda: equal(sw, dp, flows(2)), what="the first sync")
+        dp.drop_barriers = 1  # the next push never hears back: ReplyTimeout, its bundle never committed
+        source.set(flows(4))
+        sw.mark_dirty()
+        wait_until(lambda: equal(sw, dp, flows(4)), what="the retry to push the two new flows")
+        assert sample("tenantflow_sync_retries_total", hypervisor=hv) == 1 and dp.flow_dumps == 2
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
+def test_the_reread_sees_what_changed_on_the_switch_meanwhile() -> None:
+    hv, compiled = "retry-stray", flows(3)
+    stray = flows(1, net=0x999)[0].cookie
+
+    def setup(dp: FakeDatapath) -> None:
+        dp.refuse_commits = 1
+        dp.on_dump = lambda d: d.flow_dumps == 2 and d.flows.update({stray: 1})  # someone added a flow
+
+    sw, dp, _ = connect(0xA4, hv, compiled, setup)
+    try:
+        wait_until(lambda: equal(sw, dp, compiled), what="the stray flow to be deleted")
+        assert stray not in dp.flows and dp.flow_dumps == 2
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
+def test_a_switch_that_never_answers_is_dropped_after_repeated_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(switch, "REPLY_TIMEOUT", 0.1)
+    hv = "retry-silent"
+    sw, dp, _ = connect(0xA5, hv, flows(2), lambda dp: setattr(dp, "silent", True))
+    assert sw.join(5), "the worker ends"
+    assert dp.closed == 1, "after TIMEOUTS_BEFORE_DROP unanswered requests the connection is closed"
+    assert sample("tenantflow_sync_retries_total", hypervisor=hv) == switch.TIMEOUTS_BEFORE_DROP - 1
+    assert not sw.diverged
+
+
+def test_stop_during_backoff_ends_the_worker_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(switch, "RETRY_BASE", 30.0)
+    monkeypatch.setattr(switch, "RETRY_CAP", 30.0)
+    hv = "retry-stop"
+    sw, dp, _ = connect(0xA6, hv, flows(2), lambda dp: setattr(dp, "refuse_commits", 100))
+    wait_until(lambda: sw.diverged, what="the first failure")
+    assert metrics.REGISTRY.get_sample_value("tenantflow_bridges_diverged") >= 1
+    started = time.monotonic()
+    sw.stop()
+    assert sw.join(2) and time.monotonic() - started < 1, "stop() cuts the 15-30 s backoff short"
+    assert not sw.diverged and dp.closed == 0 and dp.commits == 1
+
+
+def test_a_stopped_worker_waiting_for_a_reply_ends_without_touching_the_connection() -> None:
+    gate = threading.Event()
+    sw, dp, _ = connect(0xA7, "retry-stop-push", flows(2), lambda dp: setattr(dp, "barrier_gate", gate))
+    try:
+        wait_until(lambda: dp.flow_mods == 2, what="the push to be under way")
+        sw.stop()
+        assert sw.join(2)
+        assert dp.closed == 0 and dp.commits == 0 and not sw.diverged
+    finally:
+        gate.set()
+
+
+def test_changes_during_a_sync_are_coalesced_into_one_more() -> None:
+    hv = "retry-coalesce"
+    gate = threading.Event()
+    sw, dp, source = connect(0xA8, hv, flows(2), lambda dp: setattr(dp, "barrier_gate", gate))
+    try:
+        wait_until(lambda: dp.flow_mods == 2, what="the first push to be under way")
+        for n in range(3, 53):  # 50 changes while the push waits for the switch
+            source.set(flows(n))
+            sw.mark_dirty()
+        dp.barrier_gate = None
+        gate.set()
+        wait_until(lambda: equal(sw, dp, flows(52)), what="the changed flows")
+        time.sleep(0.2)
+        assert source.takes == 2, "50 changes during one sync cost exactly one more"
+        assert dp.commits == 2 and dp.flow_mods == 2 + 50
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
+def test_changes_during_a_backoff_wait_for_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(switch, "RETRY_BASE", 0.4)
+    monkeypatch.setattr(switch, "RETRY_CAP", 0.4)
+    sw, dp, source = connect(0xA9, "retry-no-shortcut", flows(2), lambda dp: setattr(dp, "refuse_commits", 1))
+    try:
+        wait_until(lambda: sw.diverged, what="the first failure")
+        failed_at = time.monotonic()
+        for _ in range(20):
+            sw.mark_dirty()
+            time.sleep(0.005)
+        wait_until(lambda: not sw.diverged, what="the retry")
+        assert time.monotonic() - failed_at >= 0.19, "the backoff (0.2-0.4 s) was not cut short by changes"
+        time.sleep(0.1)
+        assert source.takes == 2, "the changes were folded into the retry"
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
+def test_retry_delay_doubles_to_the_cap_with_jitter() -> None:
+    import random
+
+    rng = random.Random(1)
+    for failures, full in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 16.0), (7, 30.0), (50, 30.0), (5000, 30.0)]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(switch, "RETRY_BASE", 0.5)
+            mp.setattr(switch, "RETRY_CAP", 30.0)
+            delays = [retry_delay(failures, rng) for _ in range(200)]
+        assert all(full / 2 <= d <= full for d in delays), failures
+        assert max(delays) - min(delays) > full / 4, "jittered"
+
+
+def test_sync_slots_bound_concurrency_and_admit_in_order() -> None:
+    slots = SyncSlots(2)
+    inside, peak, order = [0], [0], []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        with slots:
+            with lock:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+                order.append(i)
+            time.sleep(0.03)
+            with lock:
+                inside[0] -= 1
+
+    threads = []
+    for i in range(8):
+        t = threading.Thread(target=worker, args=(i,))
+        t.start()
+        threads.append(t)
+        time.sleep(0.005)  # arrival order 0, 1, 2, ...
+    for t in threads:
+        t.join(5)
+    assert peak[0] == 2 and order == list(range(8))
+    slots.set_limit(1)
+    with pytest.raises(ValueError):
+        slots.set_limit(0)
+
+
+def test_cold_syncs_of_many_bridges_run_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(switch, "SYNC_SLOTS", SyncSlots(3))
+    inside, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow_dump(dp: FakeDatapath) -> None:  # a connect-time read inside the slot
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        time.sleep(0.02)
+        with lock:
+            inside[0] -= 1
+
+    compiled = flows(3)
+    started = [connect(0xB00 + i, f"cold-{i}", compiled, lambda dp: setattr(dp, "on_dump", slow_dump))
+               for i in range(12)]
+    try:
+        for sw, dp, _ in started:
+            wait_until(lambda sw=sw, dp=dp: equal(sw, dp, compiled), what="every bridge synced")
+        assert peak[0] == 3
+    finally:
+        for sw, _, _ in started:
+            sw.stop()
+            assert sw.join(2)
