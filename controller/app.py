@@ -66,6 +66,20 @@ class TenantflowApp(app_manager.OSKenApp):
             if sw.hv_name in hv_names:
                 sw.mark_dirty()
 
+    def sync_status(self) -> dict:
+        """Which bridges hold every change so far (confirmed by the switch's bundle commit), which not yet.
+
+        ``pending``: connected bridges whose last confirmed sync is older than their flows' last
+        change; ``disconnected``: registered hypervisors without a connected bridge.
+        """
+        with self.topology.lock:
+            switches = {sw.hv_name: sw for sw in list(self.switches.values()) if sw.hv_name}
+            names = {hv.name for hv in self.topology.graph.hypervisors()}
+            pending = sorted(n for n, sw in switches.items()
+                             if not sw.ready or sw.synced_generation < self.engine.generation_of(n))
+            return {"generation": self.engine.generation, "connected": len(switches), "pending": pending,
+                    "disconnected": sorted(names - set(switches))}
+
     def announcements_for(self, hv_name: str):
         """The floating IPs a hypervisor hosts, to announce on their external networks."""
         with self.topology.lock:

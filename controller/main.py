@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import gc
+import json
 import logging
 import os
 import signal
@@ -167,10 +168,27 @@ def start(args: argparse.Namespace, topology=None) -> Running:
 
         from apps.northbound.server import make_app, serve
 
-        api = serve(make_app(topology, extra={"/metrics": make_wsgi_app(REGISTRY)}), args.api_host, args.api_port)
+        app = manager.applications.get("TenantflowApp")
+        extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app)}
+        api = serve(make_app(topology, extra=extra), args.api_host, args.api_port)
     LOG.info("tenantflow controller: OpenFlow on %s:%d%s, API on %s:%d, state in %s", args.of_host, args.of_port,
              f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port, args.db)
     return Running(topology, manager.applications.get("TenantflowApp"), api, services)
+
+
+def _sync_status_app(app):
+    """``GET /sync``: the engine's generation and the bridges not yet confirmed up to date (JSON).
+
+    What an operator (and the benchmark) waits on after a change: a change is in place on
+    every bridge once ``pending`` is empty, each bridge having confirmed it by committing
+    its bundle. A read of the controller's state, never of the switches.
+    """
+    def wsgi(environ, start_response):
+        body = json.dumps(app.sync_status() if app is not None else {}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return wsgi
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,6 +170,7 @@ class Switch:
         self.hv_name: str | None = None
         self._source = source
         self._full_diff = True  # next sync compares every cookie (connect, or after a failed push)
+        self.synced_generation = -1  # the engine generation of the flows the switch last confirmed
         self._learner_flows: set[int] = set()  # cookies of desired flows carrying a learn action
         self._on_ofports = on_ofports
         self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
@@ -400,6 +401,7 @@ class Switch:
             else:
                 desired = {c: desired_all[c] for c in changed if c in desired_all}
             n_desired = len(desired_all)
+            generation = self._source.generation_of(self.hv_name)
         if full:
             learners = learned_cookies(desired.values())
             stale = [c for c, n in self.installed.items() if c not in learners and (c not in desired or n > 1)]
@@ -420,6 +422,7 @@ class Switch:
                 self._learner_flows = {c for c, f in desired.items() if _learns(f)}
             self._learners = learners
             self._full_diff = False
+            self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
             self._announce()
             metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
         else:
@@ -569,6 +572,8 @@ class FlowSource(Protocol):
     def desired(self, hv_name: str) -> dict[int, Flow]: ...
 
     def take_changes(self, hv_name: str) -> set[int]: ...
+
+    def generation_of(self, hv_name: str) -> int: ...
 
 
 def _learns(flow: Flow | None) -> bool:

@@ -160,6 +160,7 @@ class FakeSource:
         self._desired = {f.cookie: f for f in compiled}
         self._changed = set(self._desired)
         self.takes = 0
+        self.generation = 1
 
     def set(self, compiled: list[Flow]) -> None:
         """New flows for the hypervisor."""
@@ -167,6 +168,11 @@ class FakeSource:
             new = {f.cookie: f for f in compiled}
             self._changed |= set(new) ^ set(self._desired)
             self._desired = new
+            self.generation += 1
+
+    def generation_of(self, hv_name: str) -> int:
+        """How many times the hypervisor's flows were set."""
+        return self.generation
 
     def desired(self, hv_name: str) -> dict[int, Flow]:
         """Every flow the hypervisor must hold, by cookie."""
