@@ -133,6 +133,11 @@ except ImportError:  # not written yet: the stand-in keeps the machine running
     FlowEngine = RecompilingEngine  # type: ignore[misc,assignment]
 
 
+def is_vm(port: Any) -> bool:
+    """Whether a port is a VM's (or anything not owned by the network: router, DHCP, floating IP)."""
+    return not port.device_owner.startswith("network:")
+
+
 # -- the machine -------------------------------------------------------------------------------
 class CloudMachine(RuleBasedStateMachine):
     """Random API-level writes to a small cloud; after each one, the engine must equal a full compile."""
@@ -145,6 +150,8 @@ class CloudMachine(RuleBasedStateMachine):
         super().__init__()
         self.db = self.db_dir / f"cloud-{next(self._serial)}.sqlite"
         self.topo = Topology(str(self.db), vni_range=(1000, 1009), vlan_range=(100, 104))
+        # Still a real SQLite file, but without an fsync per commit (durability is not what is tested here).
+        self.topo.store._conn.execute("PRAGMA synchronous=OFF")
         self.engine = self.engine_class.attach(self.topo)
         self.ofport_numbers: dict[tuple[str, str], int] = {}
         self.next_ofport = itertools.count(10)
@@ -160,7 +167,8 @@ class CloudMachine(RuleBasedStateMachine):
     def _snapshot(self) -> tuple:
         """Every record (typed fields and attrs), live port map and edge of the graph."""
         g = self.topo.graph.g
-        nodes = {n: (d.get("obj"), getattr(d.get("obj"), "attrs", None), d.get("ofports")) for n, d in g.nodes(data=True)}
+        nodes = {n: (d.get("obj"), getattr(d.get("obj"), "attrs", None), d.get("ofports"))
+                 for n, d in g.nodes(data=True)}
         return nodes, {frozenset(e) for e in g.edges}
 
     def call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -183,8 +191,8 @@ class CloudMachine(RuleBasedStateMachine):
         return [r for r in self.topo.graph.records(kind) if where is None or where(r)]
 
     def pick(self, kind: str, i: int, where: Callable[[Any], bool] | None = None) -> Any:
-        """The ``i``-th record (modulo) of a kind, or None if there is none."""
-        found = self.records(kind, where)
+        """The ``i``-th record (modulo) of a kind that is ``where``; of any record of the kind if none is; else None."""
+        found = self.records(kind, where) or (self.records(kind) if where is not None else [])
         return found[i % len(found)] if found else None
 
     def pick_id(self, kind: str, i: int, where: Callable[[Any], bool] | None = None) -> str:
@@ -195,7 +203,19 @@ class CloudMachine(RuleBasedStateMachine):
         return sum(1 for _ in self.topo.graph.records(kind))
 
     def vm_ports(self) -> list[Any]:
-        return self.records("port", lambda p: not p.device_owner.startswith("network:"))
+        return self.records("port", is_vm)
+
+    def vm_port_id(self, i: int) -> str:
+        ports = self.vm_ports()
+        return ports[i % len(ports)].id if ports else MISSING
+
+    def fip_port_id(self, ext_id: str, i: int, reachable: bool) -> str:
+        """A VM's port; if ``reachable``, preferably one with one IPv4 address that a router links to ``ext_id``."""
+        def reaches(port: Any) -> bool:
+            v4 = [f for f in port.fixed_ips if "." in f.ip_address]
+            return is_vm(port) and len(v4) == 1 and graph_l3.router_of_subnet_for_external(
+                self.topo.graph, v4[0].subnet_id, ext_id) is not None
+        return self.pick_id("port", i, reaches) if reachable else self.vm_port_id(i)
 
     def sg_ids(self, indices: Iterable[int]) -> list[str]:
         return list(dict.fromkeys(self.pick_id("sg", i) for i in indices))
@@ -207,29 +227,44 @@ class CloudMachine(RuleBasedStateMachine):
         return str(net[k % net.size])
 
     # -- initial cloud ----------------------------------------------------------------------------
-    @initialize(n_hvs=st.integers(1, 3), ext_type=st.sampled_from(["flat", "vlan", "vxlan"]))
-    def initial_cloud(self, n_hvs: int, ext_type: str) -> None:
-        """A few hypervisors, an external network with a subnet, a tenant network with a subnet."""
+    @initialize(n_hvs=st.integers(1, 3), ext_type=st.sampled_from(["flat", "vlan", "vxlan"]),
+                vms=st.lists(st.sampled_from(HV_NAMES[:3]), max_size=4), router=st.booleans())
+    def initial_cloud(self, n_hvs: int, ext_type: str, vms: list[str], router: bool) -> None:
+        """Hypervisors, an external network with a subnet, a tenant network with a subnet and VMs (their switches
+        reporting them), sometimes a router between the two."""
         for n in range(n_hvs):
-            self.register_hypervisor(HV_NAMES[n], n + 1, True)
+            self.register_hypervisor(0, n + 1, True)
         ext = self.call("create_network", self.topo.create_network, {
             "name": "public", "router:external": True, "provider:network_type": ext_type,
             **({} if ext_type == "vxlan" else {"provider:physical_network": PHYSNET})})
         self.call("create_subnet", self.topo.create_subnet, {"network_id": ext.id, "cidr": "203.0.113.0/24",
                                                              "ip_version": 4})
         net = self.call("create_network", self.topo.create_network, {"name": "tenant"})
-        self.call("create_subnet", self.topo.create_subnet, {"network_id": net.id, "cidr": "10.0.0.0/24",
-                                                             "ip_version": 4})
+        sub = self.call("create_subnet", self.topo.create_subnet, {"network_id": net.id, "cidr": "10.0.0.0/24",
+                                                                   "ip_version": 4})
+        if router:
+            r = self.call("create_router", self.topo.create_router, {"external_gateway_info": {"network_id": ext.id}})
+            self.call("add_interface_by_subnet", self.topo.add_router_interface, r.id, {"subnet_id": sub.id})
+        for host in vms:
+            self.call("create_port", self.topo.create_port, {"network_id": net.id, "binding:host_id": host,
+                                                             "device_owner": "compute:nova",
+                                                             "device_id": f"vm-{next(self.vms)}"})
+        for host in sorted(set(vms)):
+            self.switch_reports_ports(host, set(), False, True, True, set(), False)
 
     # -- the invariant ---------------------------------------------------------------------------
     @invariant()
     def incremental_equals_full_compile(self) -> None:
+        RUNS["checks"] += 1
         mismatches = self.engine.mismatches()
         assert mismatches == [], "incremental state differs from a full compile:\n" + "\n".join(mismatches)
 
     # -- hypervisors and their switches ------------------------------------------------------------
-    @rule(name=st.sampled_from(HV_NAMES), ip=st.integers(1, 250), physnet=st.booleans())
-    def register_hypervisor(self, name: str, ip: int, physnet: bool) -> None:
+    @rule(i=IDX, ip=st.integers(1, 250), physnet=st.sampled_from([True, True, True, False]))
+    def register_hypervisor(self, i: int, ip: int, physnet: bool) -> None:
+        """The i-th name not registered (all are: the i-th name, refused)."""
+        free = [n for n in HV_NAMES if self.topo.graph.hypervisor(n) is None] or list(HV_NAMES)
+        name = free[i % len(free)]
         self.call("register_hypervisor", self.topo.register_hypervisor, {
             "name": name, "datapath_id": HV_NAMES.index(name) + 1, "tunnel_ip": f"192.0.2.{ip}",
             "bridge_mappings": {PHYSNET: "br-phys"} if physnet else {}})
@@ -295,9 +330,12 @@ class CloudMachine(RuleBasedStateMachine):
         self.call("update_network", self.topo.update_network, net.id, values[change])
 
     @precondition(lambda self: self.count("network") > 0)
-    @rule(i=IDX)
-    def delete_network(self, i: int) -> None:
-        self.call("delete_network", self.topo.delete_network, self.pick_id("network", i))
+    @rule(i=IDX, unused=st.sampled_from([True, True, True, False]))
+    def delete_network(self, i: int, unused: bool) -> None:
+        """Preferably a network without ports but DHCP ones (the others are refused)."""
+        def free(net: Any) -> bool:
+            return all(p.device_owner == "network:dhcp" for p in self.topo.graph.ports_of(net.id))
+        self.call("delete_network", self.topo.delete_network, self.pick_id("network", i, free if unused else None))
 
     @precondition(lambda self: self.count("network") > 0 and self.count("subnet") < MAX_SUBNETS)
     @rule(i=IDX, v6=st.sampled_from([False, False, True]), cidr=IDX,
@@ -315,16 +353,27 @@ class CloudMachine(RuleBasedStateMachine):
         self.call("create_subnet", self.topo.create_subnet, values)
 
     @precondition(lambda self: self.count("subnet") > 0)
-    @rule(i=IDX, gateway=st.sampled_from([None, 1, 9, 14]), dhcp=st.booleans())
-    def update_subnet(self, i: int, gateway: int | None, dhcp: bool) -> None:
+    @rule(i=IDX, gateway=st.sampled_from(["none", "first", "last", "keep"]), dhcp=st.booleans())
+    def update_subnet(self, i: int, gateway: str, dhcp: bool) -> None:
+        """Gateway removed, or moved to the first or last address (the pools shrunk to leave both out)."""
         subnet = self.pick("subnet", i)
-        values = {"gateway_ip": None if gateway is None else self.host_in(subnet.cidr, gateway), "enable_dhcp": dhcp}
+        values: dict[str, Any] = {"enable_dhcp": dhcp}
+        if gateway != "keep":
+            size = netaddr.IPNetwork(subnet.cidr).size
+            values["gateway_ip"] = {"none": None, "first": self.host_in(subnet.cidr, 1),
+                                    "last": self.host_in(subnet.cidr, size - 2)}[gateway]
+            values["allocation_pools"] = [{"start": self.host_in(subnet.cidr, 2),
+                                           "end": self.host_in(subnet.cidr, size - 3)}]
         self.call("update_subnet", self.topo.update_subnet, subnet.id, values)
 
     @precondition(lambda self: self.count("subnet") > 0)
-    @rule(i=IDX)
-    def delete_subnet(self, i: int) -> None:
-        self.call("delete_subnet", self.topo.delete_subnet, self.pick_id("subnet", i))
+    @rule(i=IDX, unused=st.sampled_from([True, True, True, False]))
+    def delete_subnet(self, i: int, unused: bool) -> None:
+        """Preferably a subnet where only DHCP ports have addresses (the others are refused)."""
+        def free(sub: Any) -> bool:
+            return all(p.device_owner == "network:dhcp" or all(f.subnet_id != sub.id for f in p.fixed_ips)
+                       for p in self.topo.graph.ports_of(sub.network_id))
+        self.call("delete_subnet", self.topo.delete_subnet, self.pick_id("subnet", i, free if unused else None))
 
     # -- ports ------------------------------------------------------------------------------------
     def address_pairs(self, i: int) -> list[dict[str, str]]:
@@ -333,9 +382,18 @@ class CloudMachine(RuleBasedStateMachine):
         return choices[i % len(choices)]
 
     @precondition(lambda self: self.count("network") > 0 and self.count("port") < MAX_PORTS)
+    @rule(i=IDX, host=st.sampled_from(HV_NAMES))
+    def create_vm(self, i: int, host: str) -> None:
+        """The common case: a VM's port, bound, with an automatic address and the default group."""
+        self.call("create_port", self.topo.create_port, {
+            "network_id": self.pick_id("network", i, lambda n: not graph_l3.is_external(n)),
+            "binding:host_id": host, "device_owner": "compute:nova", "device_id": f"vm-{next(self.vms)}"})
+
+    @precondition(lambda self: self.count("network") > 0 and self.count("port") < MAX_PORTS)
     @rule(i=IDX, host=HOSTS, ips=st.sampled_from(["auto", "auto", "subnet", "address", "none"]), k=IDX,
           security=st.sampled_from(["default", "default", "off", "groups", "pairs"]), groups=st.sets(IDX, max_size=2),
-          owner=st.sampled_from(["compute:nova"] * 6 + ["", "network:dhcp"]), admin=st.sampled_from([True] * 5 + [False]))
+          owner=st.sampled_from(["compute:nova"] * 6 + ["", "network:dhcp"]),
+          admin=st.sampled_from([True] * 5 + [False]))
     def create_port(self, i: int, host: str | None, ips: str, k: int, security: str, groups: set[int],
                     owner: str, admin: bool) -> None:
         net = self.pick("network", i)
@@ -374,7 +432,7 @@ class CloudMachine(RuleBasedStateMachine):
     @rule(i=IDX, clear=st.sampled_from([True, True, False]), groups=st.sets(IDX, max_size=2))
     def toggle_port_security(self, i: int, clear: bool, groups: set[int]) -> None:
         """Off (clearing groups and pairs, as the API requires, or not: then refused) or back on with groups."""
-        port = self.pick("port", i, lambda p: not p.device_owner.startswith("network:"))
+        port = self.pick("port", i, is_vm)
         if port.attrs.get("port_security_enabled", True):
             values: dict[str, Any] = {"port_security_enabled": False}
             if clear:
@@ -383,16 +441,16 @@ class CloudMachine(RuleBasedStateMachine):
             values = {"port_security_enabled": True, "security_groups": self.sg_ids(groups)}
         self.call("toggle_port_security", self.topo.update_port, port.id, values)
 
-    @precondition(lambda self: self.count("port") > 0 and self.count("sg") > 0)
+    @precondition(lambda self: len(self.vm_ports()) > 0 and self.count("sg") > 0)
     @rule(i=IDX, groups=st.sets(IDX, max_size=3))
     def set_port_groups(self, i: int, groups: set[int]) -> None:
-        self.call("set_port_groups", self.topo.update_port, self.pick_id("port", i),
+        self.call("set_port_groups", self.topo.update_port, self.vm_port_id(i),
                   {"security_groups": self.sg_ids(groups)})
 
-    @precondition(lambda self: self.count("port") > 0)
+    @precondition(lambda self: len(self.vm_ports()) > 0)
     @rule(i=IDX, k=IDX)
     def set_port_pairs(self, i: int, k: int) -> None:
-        self.call("set_port_pairs", self.topo.update_port, self.pick_id("port", i),
+        self.call("set_port_pairs", self.topo.update_port, self.vm_port_id(i),
                   {"allowed_address_pairs": self.address_pairs(k)})
 
     @precondition(lambda self: self.count("port") > 0)
@@ -416,9 +474,11 @@ class CloudMachine(RuleBasedStateMachine):
         self.call("set_port_fixed_ips", self.topo.update_port, port.id, {"fixed_ips": fixed})
 
     @precondition(lambda self: self.count("port") > 0)
-    @rule(i=IDX)
-    def delete_port(self, i: int) -> None:
-        self.call("delete_port", self.topo.delete_port, self.pick_id("port", i))
+    @rule(i=IDX, any_port=st.sampled_from([False, False, False, True]))
+    def delete_port(self, i: int, any_port: bool) -> None:
+        """A VM's port, or any port (a router's or a floating IP's: refused)."""
+        port_id = self.pick_id("port", i) if any_port else self.vm_port_id(i)
+        self.call("delete_port", self.topo.delete_port, port_id)
 
     # -- routers ------------------------------------------------------------------------------------
     def external_id(self, i: int) -> str:
@@ -453,7 +513,7 @@ class CloudMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.count("router") > 0)
     @rule(r=IDX, k=IDX, by_subnet=st.booleans())
     def remove_interface(self, r: int, k: int, by_subnet: bool) -> None:
-        router_id = self.pick_id("router", r)
+        router_id = self.pick_id("router", r, lambda x: bool(graph_l3.router_interfaces(self.topo.graph, x.id)))
         ports = graph_l3.router_interfaces(self.topo.graph, router_id)
         port = ports[k % len(ports)] if ports else None
         if by_subnet and port is not None and port.fixed_ips:
@@ -496,25 +556,22 @@ class CloudMachine(RuleBasedStateMachine):
         self.call("delete_router", self.topo.delete_router, self.pick_id("router", r))
 
     # -- floating IPs --------------------------------------------------------------------------------
-    def vm_port_id(self, i: int) -> str:
-        ports = self.vm_ports()
-        return ports[i % len(ports)].id if ports else MISSING
-
     @precondition(lambda self: self.count("fip") < MAX_FIPS)
-    @rule(i=IDX, p=IDX, associate=st.booleans())
-    def create_floatingip(self, i: int, p: int, associate: bool) -> None:
+    @rule(i=IDX, p=IDX, associate=st.booleans(), reachable=st.sampled_from([True, True, True, False]))
+    def create_floatingip(self, i: int, p: int, associate: bool, reachable: bool) -> None:
         values = {"floating_network_id": self.external_id(i)}
         if associate:
-            values["port_id"] = self.vm_port_id(p)
+            values["port_id"] = self.fip_port_id(values["floating_network_id"], p, reachable)
         self.call("create_floatingip", self.topo.create_floatingip, values)
 
     @precondition(lambda self: self.count("fip") > 0)
-    @rule(f=IDX, p=IDX)
-    def associate_floatingip(self, f: int, p: int) -> None:
+    @rule(f=IDX, p=IDX, reachable=st.sampled_from([True, True, True, False]))
+    def associate_floatingip(self, f: int, p: int, reachable: bool) -> None:
         """Associate, or move to another port when it already is."""
         fip = self.pick("fip", f)
         op = "move_floatingip" if fip.port_id else "associate_floatingip"
-        self.call(op, self.topo.update_floatingip, fip.id, {"port_id": self.vm_port_id(p)})
+        self.call(op, self.topo.update_floatingip, fip.id,
+                  {"port_id": self.fip_port_id(fip.floating_network_id, p, reachable)})
 
     @precondition(lambda self: self.count("fip") > 0)
     @rule(f=IDX)
@@ -566,9 +623,11 @@ class CloudMachine(RuleBasedStateMachine):
         self.call("delete_rule", self.topo.delete_security_group_rule, self.pick_id("sg_rule", i))
 
     @precondition(lambda self: self.count("sg") > 0)
-    @rule(g=IDX)
-    def delete_security_group(self, g: int) -> None:
-        self.call("delete_security_group", self.topo.delete_security_group, self.pick_id("sg", g))
+    @rule(g=IDX, default=st.sampled_from([False] * 5 + [True]))
+    def delete_security_group(self, g: int, default: bool) -> None:
+        """A group of ours (refused while a port uses it), or a default group (always refused)."""
+        self.call("delete_security_group", self.topo.delete_security_group,
+                  self.pick_id("sg", g, lambda sg: sg.is_default == default))
 
 
 def run_machine(tmp_path: Path, engine_class: Any, machine_settings: settings) -> None:
@@ -580,7 +639,8 @@ def run_machine(tmp_path: Path, engine_class: Any, machine_settings: settings) -
 def stats_table() -> str:
     """Accepted and refused calls per operation, over the run."""
     ops = sorted({op for op, _ in STATS})
-    lines = [f"{RUNS['sequences']} sequences, {RUNS['steps']} API calls"]
+    lines = [f"{RUNS['sequences']} sequences, {RUNS['checks']} checks of the invariant (after the initial cloud "
+             f"and every step), {RUNS['steps']} API calls"]
     for op in ops:
         refused = {k: n for (o, k), n in STATS.items() if o == op and k != "ok"}
         lines.append(f"  {op:26} ok {STATS[op, 'ok']:5}  refused {sum(refused.values()):5}  "
