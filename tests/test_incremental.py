@@ -76,14 +76,17 @@ def cookie_counts(flows: Iterable[Any]) -> Counter[int]:
 
 
 class RecompilingEngine:
-    """Stand-in for ``flows.engine.FlowEngine``: recompiles, in full, the hypervisors each change names.
+    """Stand-in for ``flows.engine.FlowEngine``: full recompiles when the topology reports a change.
 
-    It holds per hypervisor the flows compiled when a notification last named it
-    (``Topology.subscribe``), or when its switch last reported ports
-    (``set_live_ofports``, which notifies nobody: the controller's switch recompiles
-    itself; here a wrapper does). A write that changes a hypervisor's flows without
-    naming it leaves that hypervisor stale, and :meth:`mismatches` says so.
+    It holds per hypervisor the flows of its last compile, and recompiles on each
+    notification (``Topology.subscribe``) and each switch report (``set_live_ofports``,
+    which notifies nobody: the controller's switch recompiles itself; here a wrapper
+    does): every hypervisor, or with ``named_only`` only those the change names
+    (what the controller does today). A change it is not told about leaves stale
+    flows, and :meth:`mismatches` says so.
     """
+
+    named_only = False
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
@@ -106,8 +109,10 @@ class RecompilingEngine:
         return engine
 
     def changed(self, hv_names: set[str]) -> None:
-        """Recompile the named hypervisors."""
+        """Recompile the named hypervisors (``named_only``), or all of them."""
         with self.topology.lock:
+            if not self.named_only:
+                hv_names = set(hv_names) | set(self.held) | {hv.name for hv in self.topology.graph.hypervisors()}
             for name in hv_names:
                 self.held[name] = cookie_counts(compile_hypervisor(self.topology.graph, name))
 
@@ -125,6 +130,12 @@ class RecompilingEngine:
                 out.append(f"{name}: {sum((want - held).values())} flows missing, {sum((held - want).values())} "
                            f"stale; missing e.g. {missing[:2]!r}")
         return out
+
+
+class NamedOnlyEngine(RecompilingEngine):
+    """Recompiles only the hypervisors a change names: checks that the notifications name all they change."""
+
+    named_only = True
 
 
 try:
@@ -215,7 +226,8 @@ class CloudMachine(RuleBasedStateMachine):
             v4 = [f for f in port.fixed_ips if "." in f.ip_address]
             return is_vm(port) and len(v4) == 1 and graph_l3.router_of_subnet_for_external(
                 self.topo.graph, v4[0].subnet_id, ext_id) is not None
-        return self.pick_id("port", i, reaches) if reachable else self.vm_port_id(i)
+        candidates = self.records("port", reaches) if reachable else []
+        return candidates[i % len(candidates)].id if candidates else self.vm_port_id(i)
 
     def sg_ids(self, indices: Iterable[int]) -> list[str]:
         return list(dict.fromkeys(self.pick_id("sg", i) for i in indices))
@@ -551,9 +563,13 @@ class CloudMachine(RuleBasedStateMachine):
                   {"admin_state_up": not router.admin_state_up})
 
     @precondition(lambda self: self.count("router") > 0)
-    @rule(r=IDX)
-    def delete_router(self, r: int) -> None:
-        self.call("delete_router", self.topo.delete_router, self.pick_id("router", r))
+    @rule(r=IDX, unused=st.sampled_from([True, True, True, False]))
+    def delete_router(self, r: int, unused: bool) -> None:
+        """Preferably a router without interfaces or floating IPs (the others are refused)."""
+        def free(router: Any) -> bool:
+            g = self.topo.graph
+            return not graph_l3.router_interfaces(g, router.id) and not graph_l3.fips_of_router(g, router.id)
+        self.call("delete_router", self.topo.delete_router, self.pick_id("router", r, free if unused else None))
 
     # -- floating IPs --------------------------------------------------------------------------------
     @precondition(lambda self: self.count("fip") < MAX_FIPS)
@@ -590,9 +606,10 @@ class CloudMachine(RuleBasedStateMachine):
         self.call("create_security_group", self.topo.create_security_group, {"name": "g", "stateful": stateful})
 
     @precondition(lambda self: self.count("sg") > 0)
-    @rule(g=IDX)
-    def toggle_group_stateful(self, g: int) -> None:
-        sg = self.pick("sg", g)
+    @rule(g=IDX, unused=st.sampled_from([True, True, True, False]))
+    def toggle_group_stateful(self, g: int, unused: bool) -> None:
+        """Preferably a group no port uses (for the others it is refused)."""
+        sg = self.pick("sg", g, (lambda x: not graph_l3.sg_members(self.topo.graph, x.id)) if unused else None)
         self.call("toggle_group_stateful", self.topo.update_security_group, sg.id, {"stateful": not sg.stateful})
 
     @precondition(lambda self: self.count("sg") > 0 and self.count("sg_rule") < MAX_RULES)
