@@ -60,7 +60,8 @@ HV_NAMES = ("hv1", "hv2", "hv3", "hv4", "hv5")
 PHYSNET = "physnet1"
 MISSING = "00000000-0000-4000-8000-000000000000"  # an id that never exists
 MAX_NETWORKS, MAX_SUBNETS, MAX_PORTS, MAX_ROUTERS, MAX_FIPS, MAX_SGS, MAX_RULES = 7, 12, 30, 3, 5, 5, 24
-V4_CIDRS = ("10.0.0.0/24", "10.1.0.0/24", "10.2.0.0/24", "10.0.0.0/28", "203.0.113.0/24", "198.51.100.0/28")
+V4_CIDRS = ("10.0.0.0/24", "10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24", "10.4.0.0/24", "10.0.0.0/28",
+            "203.0.113.0/24", "198.51.100.0/28")  # tenants' subnets may overlap (not on one router)
 V6_CIDRS = ("fd00:1::/64", "fd00:2::/64", "fd00:3::/64")
 ROUTE_DESTINATIONS = ("192.168.50.0/24", "172.16.0.0/16", "0.0.0.0/0", "fd99::/64", "::/0")
 IDX = st.integers(0, 63)  # "the i-th one of what exists", modulo how many there are
@@ -250,10 +251,10 @@ class CloudMachine(RuleBasedStateMachine):
     # -- initial cloud ----------------------------------------------------------------------------
     @initialize(n_hvs=st.integers(1, 3), ext_type=st.sampled_from(["flat", "vlan", "vxlan"]),
                 vms=st.lists(st.sampled_from(HV_NAMES[:3]), min_size=1, max_size=4),
-                router=st.sampled_from([True, True, True, False]))
-    def initial_cloud(self, n_hvs: int, ext_type: str, vms: list[str], router: bool) -> None:
+                router=st.sampled_from([True, True, True, False]), fip=st.booleans())
+    def initial_cloud(self, n_hvs: int, ext_type: str, vms: list[str], router: bool, fip: bool) -> None:
         """Hypervisors, an external network with a subnet, a tenant network with a subnet and VMs (their switches
-        reporting them), sometimes a router between the two."""
+        reporting them); mostly a router between the two, sometimes a VM with a floating IP."""
         for n in range(n_hvs):
             self.register_hypervisor(0, n + 1, True)
         ext = self.call("create_network", self.topo.create_network, {
@@ -273,6 +274,8 @@ class CloudMachine(RuleBasedStateMachine):
                                                              "device_id": f"vm-{next(self.vms)}"})
         for host in sorted(set(vms)):
             self.switch_reports_ports(host, set(), False, True, True, set(), False)
+        if router and fip:
+            self.create_floatingip(0, 0, True, True)
 
     # -- the invariant ---------------------------------------------------------------------------
     @invariant()
