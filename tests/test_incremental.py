@@ -533,32 +533,28 @@ class CloudMachine(RuleBasedStateMachine):
         self.call("remove_interface", self.topo.remove_router_interface, router_id, values)
 
     @precondition(lambda self: self.count("router") > 0)
-    @rule(r=IDX, i=IDX, clear=st.sampled_from([False, False, True]), snat=st.booleans())
-    def set_router_gateway(self, r: int, i: int, clear: bool, snat: bool) -> None:
-        info = None if clear else {"network_id": self.external_id(i), "enable_snat": snat}
-        self.call("set_router_gateway", self.topo.update_router, self.pick_id("router", r),
-                  {"external_gateway_info": info})
-
-    @precondition(lambda self: self.count("router") > 0)
-    @rule(r=IDX, routes=st.lists(st.tuples(IDX, IDX, IDX), max_size=3))
-    def set_router_routes(self, r: int, routes: list[tuple[int, int, int]]) -> None:
-        """Extra routes whose nexthop is an address of one of the router's subnets (of the destination's family)."""
-        router_id = self.pick_id("router", r)
-        subnets = graph_l3.router_subnets(self.topo.graph, router_id, gateway=True)
-        out = []
-        for d, s, k in routes:
-            dest = ROUTE_DESTINATIONS[d % len(ROUTE_DESTINATIONS)]
-            family = [x for x in subnets if x.ip_version == netaddr.IPNetwork(dest).version]
-            if family:
-                out.append({"destination": dest, "nexthop": self.host_in(family[s % len(family)].cidr, 2 + k % 12)})
-        self.call("set_router_routes", self.topo.update_router, router_id, {"routes": out})
-
-    @precondition(lambda self: self.count("router") > 0)
-    @rule(r=IDX)
-    def toggle_router_admin(self, r: int) -> None:
+    @rule(r=IDX, change=st.sampled_from(["gateway", "gateway", "no_gateway", "routes", "routes", "admin"]), i=IDX,
+          snat=st.booleans(), routes=st.lists(st.tuples(IDX, IDX, IDX), max_size=3))
+    def update_router(self, r: int, change: str, i: int, snat: bool, routes: list[tuple[int, int, int]]) -> None:
+        """Set (or change, or clear) the external gateway; set extra routes, whose nexthop is an address of one of
+        the router's subnets of the destination's family; toggle the admin state."""
         router = self.pick("router", r)
-        self.call("toggle_router_admin", self.topo.update_router, router.id,
-                  {"admin_state_up": not router.admin_state_up})
+        if change == "routes":
+            subnets = graph_l3.router_subnets(self.topo.graph, router.id, gateway=True)
+            out = []
+            for d, s, k in routes:
+                dest = ROUTE_DESTINATIONS[d % len(ROUTE_DESTINATIONS)]
+                family = [x for x in subnets if x.ip_version == netaddr.IPNetwork(dest).version]
+                if family:
+                    out.append({"destination": dest, "nexthop": self.host_in(family[s % len(family)].cidr, 2 + k % 12)})
+            values: dict[str, Any] = {"routes": out}
+        elif change == "admin":
+            values = {"admin_state_up": not router.admin_state_up}
+        else:
+            values = {"external_gateway_info": None if change == "no_gateway" else
+                      {"network_id": self.external_id(i), "enable_snat": snat}}
+        op = {"routes": "set_router_routes", "admin": "toggle_router_admin"}.get(change, "set_router_gateway")
+        self.call(op, self.topo.update_router, router.id, values)
 
     @precondition(lambda self: self.count("router") > 0)
     @rule(r=IDX, unused=st.sampled_from([True, True, True, False]))
@@ -579,18 +575,15 @@ class CloudMachine(RuleBasedStateMachine):
         self.call("create_floatingip", self.topo.create_floatingip, values)
 
     @precondition(lambda self: self.count("fip") > 0)
-    @rule(f=IDX, p=IDX, reachable=st.sampled_from([True, True, True, False]))
-    def associate_floatingip(self, f: int, p: int, reachable: bool) -> None:
-        """Associate, or move to another port when it already is."""
+    @rule(f=IDX, p=IDX, to=st.sampled_from(["reachable", "reachable", "reachable", "any", "none"]))
+    def update_floatingip(self, f: int, p: int, to: str) -> None:
+        """Associate to a port (preferably one it can reach), move to another one, or disassociate."""
+        reachable = to == "reachable"
         fip = self.pick("fip", f, (lambda x: bool(self.reaching(x.floating_network_id))) if reachable else None)
-        op = "move_floatingip" if fip.port_id else "associate_floatingip"
-        self.call(op, self.topo.update_floatingip, fip.id,
-                  {"port_id": self.fip_port_id(fip.floating_network_id, p, reachable)})
-
-    @precondition(lambda self: self.count("fip") > 0)
-    @rule(f=IDX)
-    def disassociate_floatingip(self, f: int) -> None:
-        self.call("disassociate_floatingip", self.topo.update_floatingip, self.pick_id("fip", f), {"port_id": None})
+        port_id = None if to == "none" else self.fip_port_id(fip.floating_network_id, p, reachable)
+        op = "disassociate_floatingip" if to == "none" else "move_floatingip" if fip.port_id else \
+            "associate_floatingip"
+        self.call(op, self.topo.update_floatingip, fip.id, {"port_id": port_id})
 
     @precondition(lambda self: self.count("fip") > 0)
     @rule(f=IDX)
