@@ -446,6 +446,13 @@ class CloudMachine(RuleBasedStateMachine):
             values["allowed_address_pairs"] = self.address_pairs(k)
         self.call("create_port", self.topo.create_port, values)
 
+    @precondition(lambda self: self.count("port") > 0)
+    @rule(i=IDX, host=HOSTS, vm=st.sampled_from([True, True, False]))
+    def move_port(self, i: int, host: str | None, vm: bool) -> None:
+        """Bind a port to another hypervisor, or unbind it (a VM's port, or any port: a router's...)."""
+        self.call("move_port", self.topo.update_port, self.pick_id("port", i, is_vm if vm else None),
+                  {"binding:host_id": host})
+
     PORT_CHANGES = {"host": "move_port", "admin": "toggle_port_admin", "mac": "set_port_mac",
                     "pairs": "set_port_pairs", "groups": "set_port_groups", "ips": "set_port_fixed_ips"}
 
