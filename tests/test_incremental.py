@@ -75,9 +75,9 @@ STEPS: list[int] = []  # API calls per sequence
 
 
 # -- the stand-in engine ----------------------------------------------------------------------
-def cookie_counts(flows: Iterable[Any]) -> Counter[int]:
-    """A compiled flow list as a multiset of cookies (a cookie is a hash of the flow's whole content)."""
-    return Counter(f.cookie for f in flows)
+def by_cookie(flows: Iterable[Any]) -> dict[int, Any]:
+    """A compiled flow list by cookie (a hash of the whole flow: flows with the same cookie are the same)."""
+    return {f.cookie: f for f in flows}
 
 
 class RecompilingEngine:
@@ -95,7 +95,7 @@ class RecompilingEngine:
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
-        self.held: dict[str, Counter[int]] = {}
+        self.held: dict[str, dict[int, Any]] = {}
 
     @classmethod
     def attach(cls, topology: Topology) -> RecompilingEngine:
@@ -119,7 +119,7 @@ class RecompilingEngine:
             if not self.named_only:
                 hv_names = set(hv_names) | set(self.held) | {hv.name for hv in self.topology.graph.hypervisors()}
             for name in hv_names:
-                self.held[name] = cookie_counts(compile_hypervisor(self.topology.graph, name))
+                self.held[name] = by_cookie(compile_hypervisor(self.topology.graph, name))
 
     def mismatches(self) -> list[str]:
         """One line per hypervisor whose held flows differ from a fresh full compile."""
@@ -127,13 +127,12 @@ class RecompilingEngine:
         names = sorted(set(self.held) | {hv.name for hv in graph.hypervisors()})
         out = []
         for name in names:
-            fresh = compile_hypervisor(graph, name)
-            held, want = self.held.get(name, Counter()), cookie_counts(fresh)
-            if held != want:
-                by_cookie = {f.cookie: f for f in fresh}
-                missing = [by_cookie[c] for c in (want - held)]
-                out.append(f"{name}: {sum((want - held).values())} flows missing, {sum((held - want).values())} "
-                           f"stale; missing e.g. {missing[:2]!r}")
+            held, want = self.held.get(name, {}), by_cookie(compile_hypervisor(graph, name))
+            if held.keys() != want.keys():
+                missing = [want[c] for c in want.keys() - held.keys()]
+                stale = [held[c] for c in held.keys() - want.keys()]
+                out.append(f"{name}: {len(missing)} flows missing, {len(stale)} stale; missing e.g. {missing[:2]!r}, "
+                           f"stale e.g. {stale[:2]!r}")
         return out
 
 
