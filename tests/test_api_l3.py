@@ -418,3 +418,19 @@ def test_l3_restart_reloads(api: Api, cloud: dict) -> None:
     assert graph_l3.fips_of_port(graph, cloud["vm1"]["id"])[0].id == fip["id"]
     # allocation goes on: a new router gets a new key
     assert api.topology.graph.get("router", api.create("router")["id"]).key == before[2].key + 1
+
+
+def test_removing_an_interface_port_without_addresses_is_a_clear_409(api: Api, cloud: dict) -> None:
+    # Found by the property test: the error message took the interface's first subnet, and an
+    # interface port whose addresses were removed has none (a 500 with a traceback, before).
+    router = api.create("router")
+    rid = router["id"]
+    port = api.create("port", network_id=cloud["net1"]["id"], fixed_ips=[{"ip_address": "10.0.1.5"}])
+    _add(api, rid, port_id=port["id"])
+    api.update("router", rid, routes=[{"destination": "172.16.0.0/16", "nexthop": "10.0.1.50"}])
+    api.update("port", port["id"], fixed_ips=[])
+    reply = api.expect_error(409, "RouterInterfaceInUseByRoute", "PUT",
+                             f"/v2.0/routers/{rid}/remove_router_interface", {"port_id": port["id"]})
+    assert f"port {port['id']}" in reply["message"]
+    api.update("router", rid, routes=None)
+    assert _remove(api, rid, port_id=port["id"])["port_id"] == port["id"]

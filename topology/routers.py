@@ -300,19 +300,22 @@ class Routers(L3Base):
                     raise NotFound("RouterInterfaceNotFoundForSubnet", f"Router {router_id} has no interface on "
                                    f"subnet {subnet_id}")
             removed = {f.subnet_id for f in port.fixed_ips}
+            # What the errors name: the interface's subnet, or the port (an interface whose
+            # addresses were all removed from the port has none).
+            named = f"subnet {sorted(removed)[0]}" if removed else f"port {port.id}"
             for fip in graph_l3.fips_of_router(self.graph, router_id):
                 fixed_port = self.graph.port(fip.port_id) if fip.port_id else None
                 if fixed_port and any(f.subnet_id in removed and f.ip_address == fip.fixed_ip_address
                                       for f in fixed_port.fixed_ips):
-                    raise Conflict("RouterInterfaceInUseByFloatingIP", f"Router interface for subnet "
-                                   f"{sorted(removed)[0]} on router {router_id} cannot be deleted, as it is "
+                    raise Conflict("RouterInterfaceInUseByFloatingIP", f"Router interface for {named} "
+                                   f"on router {router_id} cannot be deleted, as it is "
                                    "required by one or more floating IPs.")
             remaining = [netaddr.IPNetwork(s.cidr) for p in graph_l3.router_ports(self.graph, router_id)
                          if p.id != port.id for s in graph_l3.port_subnets(self.graph, p)]
             for _dest, hop in router.routes:
                 if not any(netaddr.IPAddress(hop) in c for c in remaining):
-                    raise Conflict("RouterInterfaceInUseByRoute", f"Router interface for subnet "
-                                   f"{sorted(removed)[0]} on router {router_id} cannot be deleted, as it is "
+                    raise Conflict("RouterInterfaceInUseByRoute", f"Router interface for {named} "
+                                   f"on router {router_id} cannot be deleted, as it is "
                                    "required by one or more routes.")
             before = self._router_hvs(router_id)
             self._write([Deleted("port", port.id)], before)
