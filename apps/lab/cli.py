@@ -124,6 +124,10 @@ def _scale(args: argparse.Namespace) -> int:
                 up = lab.wait_connected(args.connect_timeout)
                 print(f"{up}/{args.scale} bridges connected to {lab.controller_target} "
                       f"({lab.timings['connect_wait_s']:.2f}s)", flush=True)
+                if not args.scale_no_register:
+                    side = lab.controller_side()
+                    print(f"the controller: {side['connected']} of them connected, {side['synced']} switches synced",
+                          flush=True)
             print(describe_scale(lab))
             print("Ctrl-C or SIGTERM tears the lab down.", flush=True)
             ready = True
