@@ -42,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="do not POST the hypervisors to the API")
     scale.add_argument("--bridges-per-vswitchd", type=int, default=DEFAULT_BRIDGES_PER_VSWITCHD, metavar="B",
                        help=f"bridges per ovs-vswitchd ({DEFAULT_BRIDGES_PER_VSWITCHD})")
-    scale.add_argument("--workers", type=int, default=8, metavar="W",
-                       help="threads for the API calls and OVS tools (8)")
+    scale.add_argument("--workers", type=int, default=8, metavar="W", help="threads running OVS tools (8)")
+    scale.add_argument("--api-workers", type=int, default=4, metavar="W", help="threads calling the API (4)")
     scale.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",
                        help="seconds to wait for every bridge's controller connection (120)")
     sub = p.add_subparsers(dest="cmd")
@@ -106,7 +106,8 @@ def _scale(args: argparse.Namespace) -> int:
         return 2
     lab = ScaleLab(args.scale, None if args.scale_no_controller else args.scale_controller,
                    ports_per_hv=args.ports_per_hv, api_url=args.scale_api,
-                   bridges_per_vswitchd=args.bridges_per_vswitchd, workers=args.workers)
+                   bridges_per_vswitchd=args.bridges_per_vswitchd, workers=args.workers,
+                   api_workers=args.api_workers)
     old = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM tears down like Ctrl-C
     ready = False
     try:

@@ -377,7 +377,9 @@ class ScaleLab:
     and ``max_backoff`` (operator step 2); None: no controller. :meth:`register` and
     :meth:`populate` create the hypervisors, networks and ``ports_per_hv`` bound ports
     per hypervisor through the API at ``api_url``; :meth:`plug` adds one port's tap.
-    ``timings`` collects the seconds each phase took.
+    ``workers`` threads run the OVS tools, ``api_workers`` the API calls (more than 4
+    gained nothing against the controller here: its writes are serialised). ``timings``
+    collects the seconds each phase took.
     """
 
     def __init__(
@@ -394,6 +396,7 @@ class ScaleLab:
         workdir: str | None = None,
         max_backoff_ms: int | None = 1000,
         workers: int = 8,
+        api_workers: int = 4,
     ) -> None:
         if not 1 <= n_hypervisors <= 0xFFFF:
             raise ValueError("n_hypervisors must be in 1..65535")
@@ -411,6 +414,7 @@ class ScaleLab:
         self.dpid_base = dpid_base
         self.max_backoff_ms = max_backoff_ms
         self.workers = workers
+        self.api_workers = api_workers
         self._workdir_arg = workdir
         self.workdir = ""
         self.vswitchds: list[DummyVswitchd] = []
@@ -502,7 +506,7 @@ class ScaleLab:
         self.api.wait_up(timeout)
         t0 = time.perf_counter()
         parallel(lambda hv: self.api.create("hypervisor", **steps.hypervisor_record(hv.name, hv.dpid, hv.tunnel_ip)),
-                 self.hypervisors, self.workers)
+                 self.hypervisors, self.api_workers)
         self.timings["register_s"] = took = time.perf_counter() - t0
         return took
 
@@ -534,7 +538,7 @@ class ScaleLab:
                             cidr=f"10.0.0.0/{prefix}", name=f"scale-subnet{j}")
             return net
 
-        nets = parallel(make_network, range(start, start + networks), self.workers)
+        nets = parallel(make_network, range(start, start + networks), self.api_workers)
         self.networks += nets
         self.timings["networks_s"] = time.perf_counter() - t0
 
@@ -549,7 +553,7 @@ class ScaleLab:
 
         t1 = time.perf_counter()
         jobs = [(pos, j) for pos in range(len(self.hypervisors)) for j in range(k)]
-        made = parallel(make_port, jobs, self.workers)
+        made = parallel(make_port, jobs, self.api_workers)
         self.timings["ports_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         self.plug_many(made)
