@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--controller", dest="scale_controller", default="tcp:127.0.0.1:6653", metavar="TARGET",
                        help="OVS controller target of every bridge (default: tcp:127.0.0.1:6653)")
     scale.add_argument("--no-controller", dest="scale_no_controller", action="store_true")
+    scale.add_argument("--connect-last", action="store_true",
+                       help="connect the bridges only once the topology exists (a cold start of N switches)")
     scale.add_argument("--api", dest="scale_api", default=DEFAULT_API_URL, metavar="URL",
                        help=f"API base URL ({DEFAULT_API_URL})")
     scale.add_argument("--no-register", dest="scale_no_register", action="store_true",
@@ -104,7 +106,8 @@ def _scale(args: argparse.Namespace) -> int:
     if (networks or args.ports_per_hv) and args.scale_no_register:
         print("tenantflow lab: --networks/--ports-per-hv need the hypervisors registered (drop --no-register)")
         return 2
-    lab = ScaleLab(args.scale, None if args.scale_no_controller else args.scale_controller,
+    target = None if args.scale_no_controller else args.scale_controller
+    lab = ScaleLab(args.scale, None if args.connect_last else target,
                    ports_per_hv=args.ports_per_hv, api_url=args.scale_api,
                    bridges_per_vswitchd=args.bridges_per_vswitchd, workers=args.workers,
                    api_workers=args.api_workers)
@@ -121,6 +124,8 @@ def _scale(args: argparse.Namespace) -> int:
                     lab.populate(networks, port_security=args.port_security)
                     print(f"created {networks} networks and {args.ports_per_hv} ports per hypervisor, plugged",
                           flush=True)
+            if target and args.connect_last:
+                lab.set_controller(target)
             if lab.controller_target:
                 up = lab.wait_connected(args.connect_timeout)
                 print(f"{up}/{args.scale} bridges connected to {lab.controller_target} "

@@ -492,13 +492,31 @@ class ScaleLab:
         names = {kind: hv.port_name(name) for kind, name in TUNNEL_PORT_NAMES.items()}
         args += ["--", *steps.tunnel_port_args(hv.tunnel_ip, hv.bridge, names)]
         if self.controller_target:
-            # step 2 (set-controller + connection-mode) as one record in the same transaction
-            backoff = [f"max_backoff={self.max_backoff_ms}"] if self.max_backoff_ms else []
-            ref = f"@ctl{hv.index}"
-            args += ["--", f"--id={ref}", "create", "controller", f"target={json.dumps(self.controller_target)}",
-                     "connection-mode=out-of-band", *backoff,
-                     "--", "set", "bridge", hv.bridge, f"controller={ref}"]
+            args += ["--", *self._controller_args(hv, self.controller_target)]
         return args
+
+    def _controller_args(self, hv: ScaleHypervisor, target: str) -> list[str]:
+        # step 2 (set-controller, then connection-mode) as one record, in the caller's transaction
+        backoff = [f"max_backoff={self.max_backoff_ms}"] if self.max_backoff_ms else []
+        ref = f"@ctl{hv.index}"
+        return [f"--id={ref}", "create", "controller", f"target={json.dumps(target)}",
+                "connection-mode=out-of-band", *backoff, "--", "set", "bridge", hv.bridge, f"controller={ref}"]
+
+    def set_controller(self, target: str | None) -> None:
+        """Point every bridge at ``target`` (None: no controller), one transaction per vswitchd.
+
+        E.g. build with no controller, create the topology, then connect all N bridges at
+        once: the controller's cold start at scale.
+        """
+        def apply(vs: DummyVswitchd) -> None:
+            args: list[str] = []
+            for hv in vs.hypervisors:
+                args += ["--", *(self._controller_args(hv, target) if target
+                                 else ["clear", "bridge", hv.bridge, "controller"])]
+            vs.vsctl(*args[1:])
+
+        parallel(apply, self.vswitchds, self.workers)
+        self.controller_target = target
 
     # -- the API ------------------------------------------------------------------------------
     def register(self, timeout: float = 10.0) -> float:
