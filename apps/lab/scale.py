@@ -69,7 +69,7 @@ DEFAULT_BRIDGES_PER_VSWITCHD = 100
 DEFAULT_TUNNEL_CIDR = "172.16.0.0/12"
 OFPP_LOCAL = 0xFFFFFFFE
 _DEATHSIG = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-_COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
+_COOKIE = re.compile(r"^\s*cookie=(0x[0-9a-f]+),", re.M)  # a flow's own, not a learn action's
 _PORT_DESC = re.compile(r"^\s*(\d+|LOCAL)\(([^)]+)\):", re.M)
 
 T = TypeVar("T")
@@ -462,6 +462,7 @@ class ScaleLab:
             base = (0x7473 << 48) | ((zlib.crc32(self.workdir.encode()) & 0xFFFF) << 16)
         n, n_vs = self.n_hypervisors, math.ceil(self.n_hypervisors / self.bridges_per_vswitchd)
         self.vswitchds = [DummyVswitchd(i, os.path.join(self.workdir, f"vs{i}")) for i in range(n_vs)]
+        self.hypervisors, self._by_name, self.networks, self.timings = [], {}, [], {}
         for i in range(1, n + 1):
             vs = self.vswitchds[(i - 1) * n_vs // n]  # contiguous, balanced blocks
             hv = ScaleHypervisor(f"{self.name_prefix}{i}", i, base | i, str(self.tunnel_net.network_address + i), vs)
