@@ -25,6 +25,7 @@ from flows.pipeline import stage
 from flows.routing import router_interface
 from flows.stages import EXT_OUTPUT
 from flows.view import view_of
+from topology.model import canonical_port_map
 
 LOG = logging.getLogger("tenantflow.app")
 IP_INPUT_TABLE = stage("lr_in_ip_input").table_id
@@ -118,11 +119,21 @@ class TenantflowApp(app_manager.OSKenApp):
         LOG.info("bridge %016x (%s) disconnected", sw.dpid, sw.hv_name)
 
     def _set_ofports(self, sw: Switch, ofports: dict[str, int]) -> None:
-        """Record a bridge's OVS port map (name -> OpenFlow port) in the topology."""
+        """Record a bridge's OVS port map (name -> OpenFlow port) in the topology, by canonical name.
+
+        ``sw.ofports`` keeps the names the switch reported (port-status events edit it);
+        the topology gets them canonical (``tf-vxlan@hv7`` counts as ``tf-vxlan``, see
+        :func:`topology.model.canonical_port_name`), so the compiler finds the tunnel
+        ports of bridges that share one vswitchd. Names that clash are logged.
+        """
         sw.ofports = ofports
         if sw.hv_name is None:
             return
-        self.topology.set_live_ofports(sw.hv_name, ofports)
+        canonical, clashes = canonical_port_map(ofports)
+        for name, candidates in clashes.items():
+            LOG.warning("switch %s: ports %s all count as %r; using %r", sw.hv_name, ", ".join(candidates),
+                        name, candidates[0])
+        self.topology.set_live_ofports(sw.hv_name, canonical)
         # Export this hypervisor's event counters at 0 from the start: a labelled counter
         # has no series until its first increment, and an absent series reads as "no data",
         # not as "no packet-in / no error" (alerts on rate() and increase() never fire).

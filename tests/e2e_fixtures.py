@@ -42,6 +42,7 @@ from flows.compiler import compile_hypervisor
 from flows.flow import Flow
 from flows.pipeline import STAGES
 from tests.lab_fixtures import lab_problem, require_lab
+from topology.model import canonical_port_map
 from topology.state import Topology
 
 __all__ = [
@@ -532,7 +533,8 @@ def compiled(ctl: ControllerProcess, hv: Hypervisor) -> list[Flow]:
             dst.close()
         topo = Topology(copy)
         try:
-            topo.set_live_ofports(hv.name, switch_ofports(hv))
+            # as the controller does: tf-vxlan@x counts as tf-vxlan (topology.model.canonical_port_name)
+            topo.set_live_ofports(hv.name, canonical_port_map(switch_ofports(hv))[0])
             return compile_hypervisor(topo.graph, hv.name)
         finally:
             topo.close()

@@ -9,6 +9,7 @@ what lets the compiler read a graph without copying it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,3 +119,40 @@ def dvr_mac(hv: Hypervisor) -> str:
 
 TUNNEL_PORT_NAMES = {"vxlan": "tf-vxlan", "geneve": "tf-geneve"}
 """The flow-based tunnel port of each overlay type on br-int (remote_ip=flow, key=flow)."""
+
+
+PORT_ALIAS_SEPARATOR = "@"
+"""An OVS port named ``<canonical>@<anything>`` counts as ``<canonical>`` on its bridge (see below)."""
+
+
+def canonical_port_name(name: str) -> str:
+    """The name the topology knows an OVS port by: ``tf-vxlan@hv7`` -> ``tf-vxlan``.
+
+    Port names are unique within one ovs-vswitchd, so bridges that share one (the scale
+    lab's hypervisors, :mod:`apps.lab.scale`) cannot each have a port ``tf-vxlan``; they
+    name it ``tf-vxlan@<suffix>`` instead. A name without ``@`` (a real hypervisor's
+    layout), or one starting with it, is its own canonical name. Only the first 15
+    characters of a name reach OpenFlow, so the ``@`` must be within them.
+    """
+    base, sep, _ = name.partition(PORT_ALIAS_SEPARATOR)
+    return base if sep and base else name
+
+
+def canonical_port_map(ofports: Mapping[str, int]) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """A bridge's port map (OVS name -> OpenFlow port) keyed by canonical name, and its clashes.
+
+    When several ports of the bridge count as the same canonical name, the one named exactly
+    so wins, else the name that sorts first: the choice depends only on the names. The
+    clashes map each such canonical name to every candidate, the chosen one first.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in ofports:
+        groups.setdefault(canonical_port_name(name), []).append(name)
+    result: dict[str, int] = {}
+    clashes: dict[str, list[str]] = {}
+    for canonical, names in groups.items():
+        names.sort(key=lambda n: (n != canonical, n))
+        result[canonical] = ofports[names[0]]
+        if len(names) > 1:
+            clashes[canonical] = names
+    return result, clashes

@@ -2,6 +2,10 @@
 
     tenantflow lab run --hypervisors 3 [--provider] [--controller-socket PATH | --controller TARGET]
     tenantflow lab down --prefix tf      # clean up after a lab whose process was killed
+    tenantflow lab --scale 1000 [--ports-per-hv 20] [--networks 500] [--controller tcp:127.0.0.1:6653] [--api URL]
+
+``--scale N`` is the control-plane scale lab (:mod:`apps.lab.scale`): N hypervisors as
+dummy-datapath bridges, at most 100 per private ovs-vswitchd, no namespaces.
 """
 
 from __future__ import annotations
@@ -14,13 +18,37 @@ import urllib.error
 from types import FrameType
 
 from apps.lab.lab import DEFAULT_API_URL, Lab, destroy_stale
+from apps.lab.scale import DEFAULT_BRIDGES_PER_VSWITCHD, ScaleLab
+from apps.lab.scale import describe as describe_scale
 
 DEFAULT_SOCKET = "/run/tenantflow/openflow.sock"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tenantflow lab", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    scale = p.add_argument_group("scale lab", "tenantflow lab --scale N [options]: N hypervisors as dummy-datapath "
+                                 "OVS bridges (no namespaces), registered through the API; Ctrl-C tears down")
+    scale.add_argument("--scale", type=int, metavar="N", help="build the scale lab with N hypervisors")
+    scale.add_argument("--ports-per-hv", type=int, default=0, metavar="K", help="bound VM ports per hypervisor")
+    scale.add_argument("--networks", type=int, metavar="M",
+                       help="networks to create through the API (default: 1 if --ports-per-hv, else 0)")
+    scale.add_argument("--port-security", action="store_true", help="ports with port security (default: off)")
+    scale.add_argument("--controller", dest="scale_controller", default="tcp:127.0.0.1:6653", metavar="TARGET",
+                       help="OVS controller target of every bridge (default: tcp:127.0.0.1:6653)")
+    scale.add_argument("--no-controller", dest="scale_no_controller", action="store_true")
+    scale.add_argument("--connect-last", action="store_true",
+                       help="connect the bridges only once the topology exists (a cold start of N switches)")
+    scale.add_argument("--api", dest="scale_api", default=DEFAULT_API_URL, metavar="URL",
+                       help=f"API base URL ({DEFAULT_API_URL})")
+    scale.add_argument("--no-register", dest="scale_no_register", action="store_true",
+                       help="do not POST the hypervisors to the API")
+    scale.add_argument("--bridges-per-vswitchd", type=int, default=DEFAULT_BRIDGES_PER_VSWITCHD, metavar="B",
+                       help=f"bridges per ovs-vswitchd ({DEFAULT_BRIDGES_PER_VSWITCHD})")
+    scale.add_argument("--workers", type=int, default=8, metavar="W", help="threads running OVS tools (8)")
+    scale.add_argument("--api-workers", type=int, default=4, metavar="W", help="threads calling the API (4)")
+    scale.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",
+                       help="seconds to wait for every bridge's controller connection (120)")
+    sub = p.add_subparsers(dest="cmd")
     run = sub.add_parser("run", help="build the lab, register hypervisors, wait for Ctrl-C/SIGTERM, tear down")
     run.add_argument("--prefix", default="tf", help="namespace name prefix (default: tf)")
     run.add_argument("--hypervisors", "-n", type=int, default=2)
@@ -68,9 +96,70 @@ def describe(lab: Lab) -> str:
     return "\n".join(lines)
 
 
+def _raise_interrupt(_sig: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _scale(args: argparse.Namespace) -> int:
+    """``tenantflow lab --scale N``: build, register, populate, summarise, wait for Ctrl-C/SIGTERM, tear down."""
+    networks = args.networks if args.networks is not None else (1 if args.ports_per_hv else 0)
+    if (networks or args.ports_per_hv) and args.scale_no_register:
+        print("tenantflow lab: --networks/--ports-per-hv need the hypervisors registered (drop --no-register)")
+        return 2
+    target = None if args.scale_no_controller else args.scale_controller
+    lab = ScaleLab(args.scale, None if args.connect_last else target,
+                   ports_per_hv=args.ports_per_hv, api_url=args.scale_api,
+                   bridges_per_vswitchd=args.bridges_per_vswitchd, workers=args.workers,
+                   api_workers=args.api_workers)
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM tears down like Ctrl-C
+    ready = False
+    try:
+        with lab:
+            print(f"built {args.scale} bridges on {len(lab.vswitchds)} vswitchds in {lab.timings['build_s']:.2f}s",
+                  flush=True)
+            if not args.scale_no_register:
+                took = lab.register()
+                print(f"registered {args.scale} hypervisors with {args.scale_api} in {took:.2f}s", flush=True)
+                if networks:
+                    lab.populate(networks, port_security=args.port_security)
+                    print(f"created {networks} networks and {args.ports_per_hv} ports per hypervisor, plugged",
+                          flush=True)
+            if target and args.connect_last:
+                lab.set_controller(target)
+            if lab.controller_target:
+                up = lab.wait_connected(args.connect_timeout)
+                print(f"{up}/{args.scale} bridges connected to {lab.controller_target} "
+                      f"({lab.timings['connect_wait_s']:.2f}s)", flush=True)
+                if not args.scale_no_register:
+                    side = lab.controller_side()
+                    print(f"the controller: {side['connected']} of them connected, {side['synced']} switches synced",
+                          flush=True)
+            print(describe_scale(lab))
+            print("Ctrl-C or SIGTERM tears the lab down.", flush=True)
+            ready = True
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, OSError, ValueError) as exc:  # ScaleLabError, ApiError, sh.CommandError...
+        print(f"tenantflow lab: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    print("scale lab torn down")
+    return 0 if ready else 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tenantflow lab``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.scale is not None:
+        if args.cmd is not None:
+            parser.error("--scale builds the scale lab: give it without a command")
+        return _scale(args)
+    if args.cmd is None:
+        parser.error("give a command (run, down) or --scale N")
     if args.cmd == "down":
         removed = destroy_stale(args.prefix)
         print(f"removed namespaces: {', '.join(removed) or 'none'}")

@@ -54,12 +54,17 @@ def add_integration_bridge(vsctl: Vsctl, dpid: int) -> None:
     that would leak traffic between tenants). A fixed datapath id lets the controller
     know which registered hypervisor a connecting switch is.
     """
-    vsctl(
-        "add-br", INTEGRATION_BRIDGE,
-        "--", "set", "bridge", INTEGRATION_BRIDGE,
-        "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13",
+    vsctl(*integration_bridge_args(dpid))
+
+
+def integration_bridge_args(dpid: int, bridge: str = INTEGRATION_BRIDGE, datapath_type: str = "netdev") -> list[str]:
+    """Step 1's ``ovs-vsctl`` arguments (the scale lab: another bridge name, ``datapath_type=dummy``)."""
+    return [
+        "add-br", bridge,
+        "--", "set", "bridge", bridge,
+        f"datapath_type={datapath_type}", "fail_mode=secure", "protocols=OpenFlow13",
         f"other-config:datapath-id={format_dpid(dpid)}", "other-config:disable-in-band=true",
-    )  # fmt: skip
+    ]  # fmt: skip
 
 
 def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None) -> None:
@@ -131,14 +136,21 @@ def add_tunnel_ports(vsctl: Vsctl, tunnel_ip: str) -> None:
     for ``tf-geneve`` with ``type=geneve``. One port serves every peer: the controller's
     flows set ``tunnel_id`` (the VNI) and ``tun_dst`` before ``output:tf-vxlan``.
     """
+    vsctl(*tunnel_port_args(tunnel_ip))
+
+
+def tunnel_port_args(
+    tunnel_ip: str, bridge: str = INTEGRATION_BRIDGE, names: Mapping[str, str] = TUNNEL_PORT_NAMES
+) -> list[str]:
+    """Step 4's ``ovs-vsctl`` arguments; ``names``: overlay type -> port name (the scale lab's aliases)."""
     args: list[str] = []
-    for kind, port in TUNNEL_PORT_NAMES.items():
+    for kind, port in names.items():
         args += [
-            "--", "add-port", INTEGRATION_BRIDGE, port,
+            "--", "add-port", bridge, port,
             "--", "set", "interface", port, f"type={kind}",
             "options:remote_ip=flow", "options:key=flow", f"options:local_ip={tunnel_ip}",
         ]  # fmt: skip
-    vsctl(*args[1:])
+    return args[1:]
 
 
 def add_provider_bridge(vsctl: Vsctl, ofctl: Ofctl, netns: str, physnet: str, bridge: str, nic: str) -> None:
@@ -184,6 +196,18 @@ def wire_provider_bridge(ofctl: Ofctl, physnet: str, bridge: str, nic: str) -> N
     ofctl("add-flow", bridge, f"priority=1,in_port={peer},actions=output:{nic}")
 
 
+def hypervisor_record(
+    name: str, dpid: int, tunnel_ip: str, bridge_mappings: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Step 6's body: ``{"name", "datapath_id" (16 hex), "tunnel_ip", "bridge_mappings"}``."""
+    return {
+        "name": name,
+        "datapath_id": format_dpid(dpid),
+        "tunnel_ip": tunnel_ip,
+        "bridge_mappings": dict(bridge_mappings or {}),
+    }
+
+
 def register_hypervisor(
     api_url: str,
     name: str,
@@ -198,14 +222,7 @@ def register_hypervisor(
     Returns the decoded JSON response; raises ``RuntimeError`` with the API's message
     on an HTTP error.
     """
-    body = {
-        "hypervisor": {
-            "name": name,
-            "datapath_id": format_dpid(dpid),
-            "tunnel_ip": tunnel_ip,
-            "bridge_mappings": dict(bridge_mappings or {}),
-        }
-    }
+    body = {"hypervisor": hypervisor_record(name, dpid, tunnel_ip, bridge_mappings)}
     req = urllib.request.Request(
         api_url.rstrip("/") + "/v2.0/hypervisors",
         data=json.dumps(body).encode(),
@@ -242,15 +259,20 @@ def plug_vif(
     """
     tap = tap_name(port["id"])
     sh.veth_add(tap, hv_netns, vm_dev, vm_netns, mtu=mtu)
-    vsctl(
-        "add-port", INTEGRATION_BRIDGE, tap,
+    vsctl(*vif_port_args(tap, port, vm_name))
+    return tap
+
+
+def vif_port_args(tap: str, port: Mapping[str, Any], vm_name: str, bridge: str = INTEGRATION_BRIDGE) -> list[str]:
+    """Step 7's ``ovs-vsctl`` arguments: the tap on the bridge with Nova's ``external_ids``."""
+    return [
+        "add-port", bridge, tap,
         "--", "set", "interface", tap,
         f"external_ids:iface-id={port['id']}",
         f"external_ids:attached-mac={port['mac_address']}",
         "external_ids:iface-status=active",
         f"external_ids:vm-uuid={vm_name}",
-    )  # fmt: skip
-    return tap
+    ]  # fmt: skip
 
 
 def configure_vm_nic(
