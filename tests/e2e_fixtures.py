@@ -19,12 +19,9 @@ import contextlib
 import os
 import re
 import shlex
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,14 +33,11 @@ from typing import Any, TypeVar
 import pytest
 
 from apps.lab import Hypervisor, Lab, LabVM
-from apps.lab.controller import ControllerProcess
+from apps.lab.controller import ControllerProcess, compile_stored
 from controller.switch import learned_cookies
-from flows.compiler import compile_hypervisor
 from flows.flow import Flow
 from flows.pipeline import STAGES
 from tests.lab_fixtures import lab_problem, require_lab
-from topology.model import canonical_port_map
-from topology.state import Topology
 
 __all__ = [
     "Capture",
@@ -522,24 +516,7 @@ def compiled(ctl: ControllerProcess, hv: Hypervisor) -> list[Flow]:
     The SQLite file is snapshotted with the backup API (a consistent read that does not
     block the controller), then loaded by the same :class:`Topology` the controller uses.
     """
-    tmp = tempfile.mkdtemp(prefix="tfr-compile-")
-    try:
-        copy = os.path.join(tmp, "snapshot.sqlite")
-        src, dst = sqlite3.connect(ctl.db), sqlite3.connect(copy)
-        try:
-            src.backup(dst)
-        finally:
-            src.close()
-            dst.close()
-        topo = Topology(copy)
-        try:
-            # as the controller does: tf-vxlan@x counts as tf-vxlan (topology.model.canonical_port_name)
-            topo.set_live_ofports(hv.name, canonical_port_map(switch_ofports(hv))[0])
-            return compile_hypervisor(topo.graph, hv.name)
-        finally:
-            topo.close()
-    finally:
-        shutil.rmtree(tmp)
+    return compile_stored(ctl.db, {hv.name: switch_ofports(hv)})[hv.name]
 
 
 def compiled_cookies(ctl: ControllerProcess, hv: Hypervisor) -> Counter[tuple[int, int]]:

@@ -164,3 +164,39 @@ class ControllerProcess:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"hypervisor {name} never connected; controller log:\n{self.log_tail()}")
+
+
+def compile_stored(db_path: str, port_maps: dict[str, dict[str, int]]) -> dict[str, list]:
+    """What each bridge must hold, independently of the controller's memory: ``{hypervisor: flows}``.
+
+    The controller's SQLite file is snapshotted with the backup API (a consistent read that
+    does not block the controller), loaded by the same ``Topology`` the controller uses, given
+    each bridge's live port map canonicalised as the controller does (``tf-vxlan@x`` counts as
+    ``tf-vxlan``), and compiled by the reference ``flows.compiler.compile_hypervisor``.
+    """
+    import shutil
+    import sqlite3
+    import tempfile
+
+    from flows.compiler import compile_hypervisor
+    from topology.model import canonical_port_map
+    from topology.state import Topology
+
+    tmp = tempfile.mkdtemp(prefix="tenantflow-compile-")
+    try:
+        copy = os.path.join(tmp, "snapshot.sqlite")
+        src, dst = sqlite3.connect(db_path), sqlite3.connect(copy)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        topo = Topology(copy)
+        try:
+            for name, ofports in port_maps.items():
+                topo.set_live_ofports(name, canonical_port_map(ofports)[0])
+            return {name: compile_hypervisor(topo.graph, name) for name in port_maps}
+        finally:
+            topo.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

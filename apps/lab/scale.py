@@ -44,7 +44,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -60,7 +59,7 @@ from typing import Any, TypeVar
 from apps.lab import sh, steps
 from apps.lab.controller import ApiError
 from apps.lab.ovs import SCHEMA
-from topology.model import PORT_ALIAS_SEPARATOR, TUNNEL_PORT_NAMES, canonical_port_map, tap_name
+from topology.model import PORT_ALIAS_SEPARATOR, TUNNEL_PORT_NAMES, tap_name
 
 LOG = logging.getLogger(__name__)
 
@@ -658,28 +657,10 @@ class ScaleLab:
         ``Topology`` the controller uses, given each bridge's live port map canonicalised as
         the controller does, and compiled by ``flows.compiler.compile_hypervisor``.
         """
-        from flows.compiler import compile_hypervisor
-        from topology.state import Topology
+        from apps.lab.controller import compile_stored
 
-        maps = self.port_maps()
-        tmp = tempfile.mkdtemp(prefix="tenantflow-scale-compile-")
-        try:
-            copy = os.path.join(tmp, "snapshot.sqlite")
-            src, dst = sqlite3.connect(db_path), sqlite3.connect(copy)
-            try:
-                src.backup(dst)
-            finally:
-                src.close()
-                dst.close()
-            topo = Topology(copy)
-            try:
-                for name, ofports in maps.items():
-                    topo.set_live_ofports(name, canonical_port_map(ofports)[0])
-                return {name: Counter(f.cookie for f in compile_hypervisor(topo.graph, name)) for name in maps}
-            finally:
-                topo.close()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return {name: Counter(f.cookie for f in flows)
+                for name, flows in compile_stored(db_path, self.port_maps()).items()}
 
     def controller_status(self) -> dict[str, bool]:
         """{hypervisor: its bridge's controller connection is up}, from every vswitchd's OVSDB."""
