@@ -171,7 +171,10 @@ STAGES: tuple[Stage, ...] = (
         table_id=20,
         doc="ARP responder: an ARP request for a known port's IPv4 address in the "
         "sender's network is answered here, from the flows, back out of the in_port; "
-        "it never floods across hypervisors. Requests a port makes for its own "
+        "on an overlay it never floods across hypervisors. On a provider network only "
+        "the ports bound here or nowhere are answered here: a request for a port on "
+        "another hypervisor crosses the physical network like any broadcast and that "
+        "port answers itself. Requests a port makes for its own "
         "address (gratuitous ARP, duplicate detection) pass on unanswered.",
         allowed_matches=frozenset({REG_NETWORK, REG_INPORT, "eth_type", "arp_op", "arp_tpa"}),
         priorities={"own_address": 110, "answer": 100, "default": 0},
