@@ -42,6 +42,7 @@ import netaddr
 from flows.flow import CT, CT_INV, CT_REL, CT_RPL, CT_TRK, Conjunction, Flow, MatchValue, SetField, make_flow
 from flows.pipeline import REG_CT_ZONE, REG_INPORT, REG_OUTPORT, PipelineError, Stage, stage
 from flows.portsec import is_secured, prefix_match
+from flows.shared import shared_flow
 from topology import graph_l3
 from topology.ctzones import ZONE_MAX, ZONE_MIN, stored_zone
 from topology.graph import TopologyGraph
@@ -225,7 +226,7 @@ def acl_base(graph: TopologyGraph, local_ports: list[Port],
     flows: list[Flow] = []
     spec: dict[tuple[str, int, str], set[Conjunction]] = {}
     for d in (EGRESS, INGRESS):
-        flows += _defaults(d)
+        flows += shared_flow(("acl_defaults", d.name), lambda d: tuple(_defaults(d)), d)  # the same everywhere
         conj: dict[tuple, list[Conjunction]] = {}  # clause flow (match items) -> its conjunction actions
         conj_rules: dict[str, SecurityGroupRule] = {}
         for port in secured:

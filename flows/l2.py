@@ -43,7 +43,11 @@ MULTICAST_BIT = 0x010000000000  # the I/G bit of a MAC: set for broadcast and mu
 
 def default_flows() -> list[Flow]:
     """The lowest-priority flow of each switching and external stage: where a packet matching nothing goes."""
-    return [
+    return list(shared_flow(("default_flows",), _default_flows))
+
+
+def _default_flows() -> tuple[Flow, ...]:
+    return (
         make_flow(CLASSIFY, "drop", {}, description="unknown in_port: drop"),
         make_flow(ARP_RSP, "default", {}, goto=ND_RSP, description="not for the ARP responder"),
         make_flow(ND_RSP, "default", {}, goto=L2_LOOKUP, description="not for the ND responder"),
@@ -55,7 +59,7 @@ def default_flows() -> list[Flow]:
         make_flow(EXT_RESOLVE, "drop", {}, description="no external network here: drop"),
         make_flow(MAC_BINDING, "default", {}, description="neighbour not learned: eth_dst stays unset"),
         make_flow(EXT_OUTPUT, "drop", {}, description="no external network here: drop"),
-    ]
+    )
 
 
 def classify_local_ports(view: HypervisorView) -> Iterator[Flow]:
