@@ -221,9 +221,10 @@ class ApiClient:
 class DummyVswitchd:
     """One ovsdb-server and one ``ovs-vswitchd --enable-dummy=override``, all their files in ``rundir``."""
 
-    def __init__(self, index: int, rundir: str) -> None:
+    def __init__(self, index: int, rundir: str, vsctl_timeout: float = 300.0) -> None:
         self.index = index
         self.rundir = rundir
+        self.vsctl_timeout = vsctl_timeout
         self.db = os.path.join(rundir, "conf.db")
         self.db_sock = os.path.join(rundir, "db.sock")
         self.env = {"OVS_RUNDIR": rundir, "OVS_DBDIR": rundir, "OVS_LOGDIR": rundir}
@@ -274,8 +275,13 @@ class DummyVswitchd:
                 raise ScaleLabError(f"{daemon} of {self.rundir} did not come up in {timeout}s")
             time.sleep(0.01)
 
-    def vsctl(self, *args: str, timeout: float = 120.0) -> str:
-        """``ovs-vsctl ARGS`` against this instance's database (waits for vswitchd unless ``--no-wait``)."""
+    def vsctl(self, *args: str, timeout: float | None = None) -> str:
+        """``ovs-vsctl ARGS`` against this instance's database (waits for vswitchd unless ``--no-wait``).
+
+        ``timeout``: default ``vsctl_timeout``. A vswitchd busy with a controller's bundles for
+        100 bridges took more than 120 s to apply 500 new ports once.
+        """
+        timeout = timeout or self.vsctl_timeout
         return sh.run(["ovs-vsctl", f"--db=unix:{self.db_sock}", f"--timeout={int(timeout)}", *args],
                       env=self.env, timeout=timeout + 10)
 
@@ -396,6 +402,7 @@ class ScaleLab:
         max_backoff_ms: int | None = 1000,
         workers: int = 8,
         api_workers: int = 4,
+        vsctl_timeout: float = 300.0,
     ) -> None:
         if not 1 <= n_hypervisors <= 0xFFFF:
             raise ValueError("n_hypervisors must be in 1..65535")
@@ -414,6 +421,7 @@ class ScaleLab:
         self.max_backoff_ms = max_backoff_ms
         self.workers = workers
         self.api_workers = api_workers
+        self.vsctl_timeout = vsctl_timeout
         self._workdir_arg = workdir
         self.workdir = ""
         self.vswitchds: list[DummyVswitchd] = []
@@ -460,7 +468,8 @@ class ScaleLab:
         if base is None:  # "ts" + 16 bits of the work dir: two scale labs on one controller differ
             base = (0x7473 << 48) | ((zlib.crc32(self.workdir.encode()) & 0xFFFF) << 16)
         n, n_vs = self.n_hypervisors, math.ceil(self.n_hypervisors / self.bridges_per_vswitchd)
-        self.vswitchds = [DummyVswitchd(i, os.path.join(self.workdir, f"vs{i}")) for i in range(n_vs)]
+        self.vswitchds = [DummyVswitchd(i, os.path.join(self.workdir, f"vs{i}"), self.vsctl_timeout)
+                          for i in range(n_vs)]
         self.hypervisors, self._by_name, self.networks, self.timings = [], {}, [], {}
         for i in range(1, n + 1):
             vs = self.vswitchds[(i - 1) * n_vs // n]  # contiguous, balanced blocks
