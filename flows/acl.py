@@ -202,6 +202,9 @@ def acl_flows(graph: TopologyGraph, local_ports: list[Port]) -> list[Flow]:
 
     cache: dict[tuple[str, int], list[MatchValue]] = {}
     flows, spec = acl_base(graph, local_ports, lambda sg_id, eth: bool(members_of(sg_id, eth)))
+    zones = ct_zones(local_ports)
+    for port in local_ports:
+        flows += acl_port(graph, port, zones[port.id])
     addresses = {(d, eth, a) for d, eth, sg_id in spec for a in members_of(sg_id, eth)}
     for d, eth, address in sorted(addresses, key=repr):
         flows += member_clause(spec, d, eth, address, lambda sg_id, e, a: a in members_of(sg_id, e))
@@ -219,29 +222,41 @@ def acl_base(graph: TopologyGraph, local_ports: list[Port],
     ``has_members(group, eth_type)``: whether the group has a member address of that IP version.
     """
     secured = [p for p in local_ports if is_secured(p)]
-    zones = ct_zones(local_ports)
     rules_of = {p.id: _port_rules(graph, p) for p in secured}
     ids = conj_ids(r for rules in rules_of.values() for r in rules if r.remote_group_id)
-    stateless = {p.id for p in secured if _stateless(graph, p)}
     flows: list[Flow] = []
     spec: dict[tuple[str, int, str], set[Conjunction]] = {}
     for d in (EGRESS, INGRESS):
         flows += shared_flow(("acl_defaults", d.name), lambda d: tuple(_defaults(d)), d)  # the same everywhere
         conj: dict[tuple, list[Conjunction]] = {}  # clause flow (match items) -> its conjunction actions
         conj_rules: dict[str, SecurityGroupRule] = {}
-        for port in secured:
-            flows += _track(d, port, zones[port.id], port.id in stateless)
+        for port in secured:  # the ports' own flows (tracking, rules without a remote group): acl_port
             for rule in rules_of[port.id]:
-                if rule.direction != d.name:
-                    continue
-                if rule.remote_group_id:
+                if rule.direction == d.name and rule.remote_group_id:
                     conj_rules[rule.id] = rule
                     _clause(conj, (d.reg, port.key), rule, ids[rule.id], 1)
-                else:
-                    flows += _hard_rule(d, port, rule, port.id not in stateless)
         stateful = _stateful_rules(graph, conj_rules.values())
         flows += _conjunctions(d, conj, conj_rules, ids, stateful, has_members, spec)
     return _dedupe(flows), {k: tuple(sorted(v, key=lambda a: (a.id, a.clause))) for k, v in spec.items()}
+
+
+def acl_port(graph: TopologyGraph, port: Port, zone: int) -> list[Flow]:
+    """One local port's own ACL flows: into conntrack in its zone, and its rules without a remote group.
+
+    Its own unit in the incremental engine: a rule added to a group touches these flows of the
+    group's members, nothing else of their hypervisors.
+    """
+    if not is_secured(port):
+        return []
+    stateless = _stateless(graph, port)
+    rules = _port_rules(graph, port)
+    flows: list[Flow] = []
+    for d in (EGRESS, INGRESS):
+        flows += _track(d, port, zone, stateless)
+        for rule in rules:
+            if rule.direction == d.name and not rule.remote_group_id:
+                flows += _hard_rule(d, port, rule, not stateless)
+    return flows
 
 
 def member_clause(spec: MemberSpec, direction: str, eth: int, address: MatchValue,

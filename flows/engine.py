@@ -43,9 +43,11 @@ from flows.units import (
     Fragment,
     Reach,
     UnitKey,
+    acl_unit,
     base_unit,
     member_unit,
     network_unit,
+    port_in_unit,
     port_unit,
     remote_view,
 )
@@ -222,14 +224,22 @@ class FlowEngine:
             return  # its status, name, timestamps... (its tap coming and going is the port map's change)
         versions = [p for p in (old, new) if p is not None]
         nets = {p.network_id for p in versions}
+        hosts = {p.binding_host for p in versions}
         for net_id in nets:
             self._refresh_fragments(plan, net_id, port_id)
+            net = self.graph.network(net_id)
+            # On a provider network a hypervisor has flows for another's port only where it routes
+            # into the network (l2.answered_here): a port bound somewhere touches its host(s) alone.
+            everywhere = net is None or net.network_type in OVERLAY_TYPES or not all(hosts)
             for name in self._reach.get(net_id, ()):
-                plan.unit(name, ("port", net_id, port_id))
+                if everywhere or name in hosts or self._routes_into(name, net_id):
+                    plan.unit(name, ("port", net_id, port_id))
         for p in versions:
             if p.binding_host:
                 plan.base.add(p.binding_host)
                 plan.unit(p.binding_host, ("net", p.network_id))
+                plan.unit(p.binding_host, ("in", port_id))
+                plan.unit(p.binding_host, ("acl", port_id))
                 plan.unit(p.binding_host, ("anti", p.network_id, port_id))
         for net_id in nets:
             hosts = frozenset(self.graph.network_index(net_id).hosts)
@@ -279,12 +289,23 @@ class FlowEngine:
         plan.base |= self._fip_hosts([f for f in (old, self.graph.get("fip", fip_id)) if f is not None])
 
     def _on_sg(self, plan: _Plan, sg_id: str, old) -> None:
-        plan.base |= self._member_hosts(sg_id) | self._named.get(sg_id, set())
+        plan.base |= self._member_acls(plan, sg_id) | self._named.get(sg_id, set())
 
     def _on_sg_rule(self, plan: _Plan, rule_id: str, old) -> None:
         for rule in (old, self.graph.get("sg_rule", rule_id)):
             if rule is not None:
-                plan.base |= self._member_hosts(rule.security_group_id)
+                hosts = self._member_acls(plan, rule.security_group_id)
+                if rule.remote_group_id:  # its conjunctions are in the base unit
+                    plan.base |= hosts
+
+    def _member_acls(self, plan: _Plan, sg_id: str) -> set[str]:
+        """Recompute the ACL unit of each member of a group; the members' hosts."""
+        hosts = set()
+        for port in graph_l3.sg_members(self.graph, sg_id):
+            if port.binding_host:
+                plan.unit(port.binding_host, ("acl", port.id))
+                hosts.add(port.binding_host)
+        return hosts
 
     def _on_hv(self, plan: _Plan, name: str, old) -> None:
         plan.rebuild.add(name)
@@ -367,7 +388,16 @@ class FlowEngine:
             return network_unit(self.graph, info, key[1])
         if kind == "member":
             return member_unit(info, key[1], key[2], key[3], self._holds)
+        if kind == "in":
+            return port_in_unit(info, key[1])
+        if kind == "acl":
+            return acl_unit(self.graph, info, key[1])
         raise ValueError(f"unknown unit {key!r}")
+
+    def _routes_into(self, name: str, net_id: str) -> bool:
+        state = self.hvs.get(name)
+        reach = state.info.reach.get(net_id) if state is not None and state.info is not None else None
+        return reach is None or reach.routed
 
     def _state(self, name: str) -> HypervisorFlows:
         state = self.hvs.get(name)
@@ -381,6 +411,7 @@ class FlowEngine:
 
     def _unit_keys(self, info: BaseInfo) -> list[UnitKey]:
         keys: list[UnitKey] = [("net", n) for n, r in info.reach.items() if r.hosted]
+        keys += [(kind, p) for p in info.local_ids for kind in ("in", "acl")]
         for net_id, reach in info.reach.items():
             if self._fragment_key(info, net_id) is not None:
                 here = [p.id for p in self.graph.ports_on(info.view.hv.name) if p.network_id == net_id]
@@ -454,6 +485,13 @@ class FlowEngine:
                 units.update(("port", net_id, p) for p in set(old.local_of(net_id)) ^ set(new.local_of(net_id)))
         for net_id in old.fip_networks ^ new.fip_networks:
             units.add(("net", net_id))
+        for port_id in old.local_ids | new.local_ids:
+            if port_id not in old.local_ids or port_id not in new.local_ids \
+                    or old.tap_ofport(port_id) != new.tap_ofport(port_id):
+                units.add(("in", port_id))
+                units.add(("acl", port_id))
+            elif old.zones.get(port_id) != new.zones.get(port_id):
+                units.add(("acl", port_id))
         for key in set(old.member_spec) | set(new.member_spec):
             if old.member_spec.get(key) != new.member_spec.get(key):
                 d, eth, sg_id = key

@@ -79,6 +79,11 @@ def port_security_flows(local_ports: list[Port]) -> list[Flow]:
     return list({f.key: f for f in flows}.values())
 
 
+def local_port_security(port: Port) -> list[Flow]:
+    """The ``ls_in_port_sec`` flows of one local port."""
+    return list({f.key: f for f in _port_flows(port)}.values())
+
+
 def _port_flows(port: Port) -> Iterator[Flow]:
     base: dict[str, MatchValue] = {REG_INPORT: port.key}
     if not is_secured(port):

@@ -23,9 +23,9 @@ IPv6 ports): the hypervisor holds it while any unit contributes it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from flows.acl import MemberSpec, acl_base, member_clause
+from flows.acl import MemberSpec, acl_base, acl_port, ct_zones, member_clause
 from flows.flow import Flow, MatchValue
 from flows.l2 import (
     answered_here,
@@ -40,7 +40,7 @@ from flows.l2 import (
 )
 from flows.nat import local_fips, nat_flows
 from flows.nd import nd_port
-from flows.portsec import port_security_flows
+from flows.portsec import local_port_security, port_security_flows
 from flows.routing import routed_port, routing_base
 from flows.stages import EXT_IN_FIP, L2_LOOKUP
 from flows.view import HypervisorView, view_of
@@ -69,6 +69,16 @@ class BaseInfo:
     local_ids: frozenset[str] = frozenset()  # plugged local ports
     member_spec: MemberSpec = field(default_factory=dict)
     dvr_mac: str = ""  # this hypervisor's DVR MAC (routed frames to other hypervisors carry it)
+    zones: dict[str, int] = field(default_factory=dict)  # local port id -> its conntrack zone
+
+    def local_port(self, port_id: str) -> Port | None:
+        """A plugged local port's record, or None."""
+        return next((p for p in self.view.local_ports if p.id == port_id), None)
+
+    def tap_ofport(self, port_id: str) -> int | None:
+        """The OpenFlow port number of a local port's tap."""
+        port = self.local_port(port_id)
+        return self.view.ofports.get(port.ofport_name) if port is not None else None
 
     def local_of(self, net_id: str) -> tuple[str, ...]:
         """Ids of the local ports in a network (in flood order)."""
@@ -82,8 +92,8 @@ def base_unit(graph: TopologyGraph, hv_name: str,
     if view is None:
         return None
     fips = local_fips(graph, view)
-    flows: list[Flow] = [*default_flows(), *classify_local_ports(view), *deliver(view),
-                         *port_security_flows(view.local_ports)]
+    # Each local port's own flows are units of their own (port_in_unit, acl_unit).
+    flows: list[Flow] = [*default_flows(), *port_security_flows([])]
     acl, spec = acl_base(graph, view.local_ports, has_members)
     flows += acl
     routing, routed = routing_base(graph, view)
@@ -92,8 +102,23 @@ def base_unit(graph: TopologyGraph, hv_name: str,
     routed_ids = {n.id for n in routed}
     reach = {n: Reach(n in view.networks, n in routed_ids) for n in set(view.networks) | routed_ids}
     info = BaseInfo(view, reach, frozenset(f.ext.id for f in fips), frozenset(p.id for p in view.local_ports), spec,
-                    dvr_mac(view.hv))
+                    dvr_mac(view.hv), ct_zones(view.local_ports))
     return flows, info
+
+
+def port_in_unit(info: BaseInfo, port_id: str) -> list[Flow]:
+    """A local port's classification, delivery and port security."""
+    port = info.local_port(port_id)
+    if port is None:
+        return []
+    alone = replace(info.view, local_ports=[port])
+    return [*classify_local_ports(alone), *deliver(alone), *local_port_security(port)]
+
+
+def acl_unit(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[Flow]:
+    """A local port's conntrack and security-group rules without a remote group."""
+    port = info.local_port(port_id)
+    return acl_port(graph, port, info.zones[port_id]) if port is not None else []
 
 
 def network_unit(graph: TopologyGraph, info: BaseInfo, net_id: str) -> list[Flow]:
