@@ -313,7 +313,12 @@ def _defaults(d: Direction) -> Iterator[Flow]:
     yield make_flow(d.acl, "drop", {}, description=f"{d.name}: no security group rule allows it: drop")
 
 
-def _track(d: Direction, port: Port, zone: int, stateless: bool = False) -> Iterator[Flow]:
+def _track(d: Direction, port: Port, zone: int, stateless: bool = False) -> tuple[Flow, ...]:
+    return shared_flow(("acl_track", d.name, port.key, port.id, zone, stateless),
+                       lambda: tuple(_build_track(d, port, zone, stateless)))
+
+
+def _build_track(d: Direction, port: Port, zone: int, stateless: bool) -> Iterator[Flow]:
     for eth in (ETH_IPV4, ETH_IPV6):
         if stateless:
             yield make_flow(d.pre, "track", {d.reg: port.key, "eth_type": eth}, goto=d.acl,
@@ -324,13 +329,25 @@ def _track(d: Direction, port: Port, zone: int, stateless: bool = False) -> Iter
                         description=f"{d.name} of port {port.id}: conntrack in zone {zone}")
 
 
-def _hard_rule(d: Direction, port: Port, rule: SecurityGroupRule, stateful: bool = True) -> Iterator[Flow]:
+def _hard_rule(d: Direction, port: Port, rule: SecurityGroupRule, stateful: bool = True) -> tuple[Flow, ...]:
+    """A rule without a remote group, for one port (built once per port and rule: memoised on both)."""
+    return shared_flow(("acl_rule", d.name, port.key, port.id, rule, stateful),
+                       lambda: tuple(_build_hard_rule(d, port, rule, stateful)))
+
+
+def _rule_base(d: Direction, rule: SecurityGroupRule) -> tuple[dict[str, MatchValue], list[dict[str, MatchValue]]]:
+    """A rule's match without the port: (the common part, the port range alternatives)."""
     base, alternatives = rule_matches(rule)
-    base = {**base, d.reg: port.key}
     if rule.remote_ip_prefix:
         value = prefix_match(netaddr.IPNetwork(rule.remote_ip_prefix))
         if value is not None:
-            base[d.remote[base["eth_type"]]] = value
+            base = {**base, d.remote[base["eth_type"]]: value}
+    return base, alternatives
+
+
+def _build_hard_rule(d: Direction, port: Port, rule: SecurityGroupRule, stateful: bool) -> Iterator[Flow]:
+    base, alternatives = shared_flow(("acl_rule_base", d.name, rule), _rule_base, d, rule)
+    base = {**base, d.reg: port.key}
     for alt in alternatives:
         yield make_flow(d.acl, "rule", {**base, **alt}, [COMMIT] if stateful else [], goto=d.after,
                         description=f"{d.name} of port {port.id}: rule {rule.id}"

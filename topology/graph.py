@@ -109,6 +109,9 @@ class TopologyGraph:
         # Changes with every change of a hypervisor record: caches of tunnel endpoints key on it.
         # Unique across graphs (a process may hold several, and such caches are process-wide).
         self.hv_generation = next(_GENERATIONS)
+        # Security group id -> its rules' ids in creation order (kept by graph_l3.put_sg_rule and
+        # remove): a group's node also links every member port, too many to walk for its rules.
+        self.sg_rule_index: dict[str, dict[str, None]] = {}
 
     def _record(self, kind: str, ident: str, old: object) -> None:
         if self.journal is not None:
@@ -207,6 +210,12 @@ class TopologyGraph:
                 return
         elif kind == "port":
             self._unindex_port(ident)
+        elif kind == "sg_rule":
+            rule = self.get(kind, ident)
+            if rule is not None:
+                self.sg_rule_index.get(rule.security_group_id, {}).pop(ident, None)
+        elif kind == "sg":
+            self.sg_rule_index.pop(ident, None)
         elif kind == "subnet":
             for nb in self.g.neighbors(node):
                 if nb[0] == "network" and nb[1] in self._net_index:
