@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import random
 import re
@@ -649,4 +650,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             out[kind] = ScaleRun(kind, n, quick, workdir).run()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        partial = os.environ.get("TENANTFLOW_SCALE_PARTIAL")  # each topology's figures as soon as they exist
+        if partial:
+            with open(partial, "w") as fh:
+                json.dump(out, fh, indent=2)
     return out
