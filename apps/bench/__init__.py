@@ -23,6 +23,7 @@ SECTIONS = {
     "port_to_flows": "apps.bench.port_to_flows",
     "fip": "apps.bench.fip",
     "secgroups": "apps.bench.secgroups",
+    "scale": "apps.bench.scale",
 }
 
 

@@ -1,0 +1,657 @@
+"""The controller at scale: N hypervisors of the scale lab (:mod:`apps.lab.scale`) on the real
+``tenantflow controller`` process, two topologies one after the other.
+
+``overlay``
+    500 overlay networks (VXLAN and Geneve alternating), 20 ports per hypervisor, no port
+    security (:meth:`ScaleLab.populate`).
+``provider``
+    One VLAN provider network (``physnet1``) spanning every hypervisor, 20 ports per
+    hypervisor, every port in one security group that has a ``remote_ip_prefix`` rule (no
+    remote group). Each bridge gets a dummy ``phy-physnet1@<index>`` port and each
+    hypervisor is registered with ``bridge_mappings={"physnet1": "br-physnet1"}``.
+
+N = 1,000 (``TENANTFLOW_SCALE_HVS`` overrides; ``--quick``: 30 and smaller counts;
+``TENANTFLOW_SCALE_TIMEOUT`` the longest wait in s, default 600; ``TENANTFLOW_SCALE_TOPOLOGIES``
+e.g. ``provider``). The topology goes through the API with the controller running and the
+bridges not yet pointed at it; then every bridge gets the controller at once
+(``first_connect_converged_s``). With the 1,000 bridges connected during the 20,000 creates
+(2026-12-06) the controller stopped answering echo requests within OVS's 5 s inactivity
+probe, and reconnects fed on themselves (5,666 disconnects, 995 of 1,000 bridges
+disconnected after 8 minutes): that is a controller finding, not a figure of this section.
+
+"converged" is always the controller's own ``GET /sync`` showing every hypervisor
+connected and none pending (each bridge confirmed every change by a bundle commit),
+polled every 5 ms (0.2 s for the long waits). Every wait has a timeout; a timeout is
+reported as a figure (``..._timed_out: true``), never a hang. Figures per topology:
+
+1. ``cold_start``: controller stopped (SIGTERM), every bridge's flows deleted, controller
+   started on the same SQLite file: wall time from the start of the process to converged,
+   and its CPU seconds (``/proc/<pid>/stat``). Baseline in the same run: the flows the
+   bridges hold after that cold start, dumped (``dump-flows --no-names``, durations and
+   counters stripped), deleted and loaded back with ``ovs-ofctl --bundle add-flows``, one
+   thread per vswitchd (the controller stopped meanwhile). ``ratio`` = cold / baseline.
+2. ``compile``: in-process, from a snapshot of the controller's SQLite file with every
+   bridge's live port map: ``FlowEngine(graph)`` construction (the engine's cold build) and
+   the reference ``flows.compiler.compile_hypervisor`` over every hypervisor.
+3. ``port_create``: ~50 ports, each on a random hypervisor (and random network in
+   ``overlay``): POST, plug its tap, converged. API latency and convergence (from the
+   POST) p50/p99; controller CPU and the engine's own CPU
+   (``tenantflow_engine_seconds_total``) per create; the hypervisors hosting the network.
+4. ``sg_rule`` (``provider``): POST a rule to the group every port is in -> converged, 5 times.
+5. ``api_during_cold_start``: ~100 sequential port creates from one client, started as soon
+   as the restarted controller's API answers, while the bridges are still cold-syncing.
+6. ``restart``: controller restarted on an unchanged topology with the flows in place:
+   flow-mods sent after the restart (goal 0), time to converged.
+7. ``health``: over the whole topology's run (summed over the controller's lifetimes):
+   switch disconnects, bundles discarded/failed, sync retries; the bridges dumped and
+   compared with the compiled cookies after each phase; each vswitchd log grepped for
+   ``inactivity probe`` and ``OFPBFC_TIMEOUT``.
+8. ``rss``: the controller's RSS at the end, and its growth per 1,000 ports over an extra
+   batch of 10 % more ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from apps.bench.stats import ms, percentile
+from apps.lab import sh
+from apps.lab.controller import ControllerProcess
+from apps.lab.scale import ApiClient, ScaleHypervisor, ScaleLab, alias, parallel, rss_kib
+from apps.lab.steps import hypervisor_record
+from topology.model import canonical_port_map, provider_patch_name
+
+PHYSNET = "physnet1"
+_VOLATILE = re.compile(r"\s*(duration|n_packets|n_bytes|idle_age|hard_age)=[^,\s]*,?")
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+# -- small helpers -------------------------------------------------------------------------
+def cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def summary(prefix: str, samples: list[float]) -> dict[str, Any]:
+    """``<prefix>_ms_p50/p99/max`` (nearest rank) of samples in seconds."""
+    if not samples:
+        return {f"{prefix}_ms_p50": None, f"{prefix}_ms_p99": None}
+    return {f"{prefix}_ms_p50": ms(statistics.median(samples)), f"{prefix}_ms_p99": ms(percentile(samples, 99)),
+            f"{prefix}_ms_max": ms(max(samples))}
+
+
+def labelled(api: ApiClient, name: str, label: str) -> dict[str, float]:
+    """{label value: sample value summed over the other labels} of one metric sample name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(api.request("GET", "/metrics")):
+        for s in family.samples:
+            if s.name == name:
+                key = s.labels.get(label, "")
+                out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def reset(api: ApiClient) -> None:
+    """Drop this thread's connection of ``api`` (after a failed call it may be half used)."""
+    conn = getattr(api._local, "conn", None)
+    if conn is not None:
+        conn.close()
+    api._local.conn = None
+
+
+class Sync:
+    """``GET /sync`` polled until every hypervisor is connected and none pending."""
+
+    def __init__(self, api: ApiClient, n: int) -> None:
+        self.api, self.n = api, n
+        self.last: dict[str, Any] = {}
+
+    def done(self) -> bool:
+        try:
+            s = self.last = self.api.request("GET", "/sync")
+        except (OSError, http.client.HTTPException):
+            reset(self.api)
+            return False
+        return s.get("connected") == self.n and not s.get("pending") and not s.get("disconnected")
+
+    def wait(self, timeout: float, interval: float = 0.005) -> float | None:
+        """Seconds until converged (from now), None on timeout."""
+        t0 = time.perf_counter()
+        deadline = t0 + timeout
+        while True:
+            if self.done():
+                return time.perf_counter() - t0
+            if time.perf_counter() > deadline:
+                return None
+            time.sleep(interval)
+
+    def state(self) -> dict[str, Any]:
+        s = self.last
+        return {"connected": s.get("connected"), "pending": len(s.get("pending") or []),
+                "disconnected": len(s.get("disconnected") or []), "pending_sample": (s.get("pending") or [])[:5]}
+
+
+# -- the run --------------------------------------------------------------------------------
+class ScaleRun:
+    """One topology on one lab and one controller, phase by phase; ``figures`` collects the results."""
+
+    def __init__(self, kind: str, n: int, quick: bool, workdir: str) -> None:
+        self.kind, self.n, self.quick = kind, n, quick
+        self.workdir = workdir
+        self.ctl = ControllerProcess(os.path.join(workdir, "ctl"), extra_args=["--log-level", "warning"])
+        self.api = ApiClient(self.ctl.api_url, timeout=120)
+        self.sync = Sync(self.api, n)
+        self.lab: ScaleLab | None = None
+        self.rng = random.Random(1)
+        self.figures: dict[str, Any] = {"hypervisors": n}
+        self.totals: Counter[str] = Counter()  # health counters summed over the controller's lifetimes
+        self.verifications: dict[str, int] = {}
+        self.ports: list[tuple[ScaleHypervisor, dict[str, Any]]] = []
+        self.sg: dict[str, Any] | None = None
+        self.net: dict[str, Any] | None = None
+        self.ports_per_hv = 5 if quick else 20
+        # the longest wait (a timeout is a figure); TENANTFLOW_SCALE_TIMEOUT overrides
+        self.long = float(os.environ.get("TENANTFLOW_SCALE_TIMEOUT", 120 if quick else 600))
+
+    # -- controller lifetime ---------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        assert self.ctl.proc is not None
+        return self.ctl.proc.pid
+
+    def harvest(self) -> None:
+        """Add this controller lifetime's health counters to the totals (before stopping it)."""
+        if self.ctl.proc is None or self.ctl.proc.poll() is not None:
+            return
+        try:
+            m = self.api.metrics()
+            for k in ("tenantflow_switch_disconnects_total", "tenantflow_sync_retries_total",
+                      "tenantflow_of_errors_total"):
+                self.totals[k] += m.get(k, 0.0)
+            for outcome, v in labelled(self.api, "tenantflow_bundles_total", "outcome").items():
+                self.totals[f"bundles_{outcome}"] += v
+            self.totals["bridges_diverged_at_stop"] += m.get("tenantflow_bridges_diverged", 0.0)
+        except Exception:  # noqa: BLE001 - counters lost are counters lost, not a failed run
+            reset(self.api)
+
+    def stop_controller(self) -> None:
+        self.harvest()
+        self.ctl.stop()
+
+    # -- building -----------------------------------------------------------------------------
+    def build(self) -> None:
+        t0 = time.perf_counter()
+        self.ctl.start(timeout=60)
+        # The bridges connect once the topology is in: 20,000 creates each pushed at once to
+        # 1,000 connected bridges starved the controller's echo replies (see the module doc).
+        lab = self.lab = ScaleLab(self.n, None, ports_per_hv=self.ports_per_hv,
+                                  api_url=self.ctl.api_url, workdir=os.path.join(self.workdir, "lab"))
+        lab.start()
+        if self.kind == "provider":
+            self.add_patch_ports()
+            self.api.wait_up()
+            mappings = {PHYSNET: "br-" + PHYSNET}
+            parallel(lambda hv: self.api.create("hypervisor", **hypervisor_record(hv.name, hv.dpid, hv.tunnel_ip,
+                                                                                  mappings)),
+                     lab.hypervisors, lab.api_workers)
+            self.populate_provider()
+        else:
+            lab.register()
+            lab.populate(networks=15 if self.quick else 500, ports_per_hv=self.ports_per_hv,
+                         network_types=("vxlan", "geneve"))
+            self.ports = [(hv, p) for hv in lab.hypervisors for p in hv.ports.values()]
+        t1 = time.perf_counter()
+        lab.set_controller(f"tcp:127.0.0.1:{self.ctl.of_port}")
+        took = self.sync.wait(self.long, interval=0.2)
+        self.figures["build"] = {"ports": len(self.ports), "seconds": round(time.perf_counter() - t0, 2),
+                                 "first_connect_converged_s": round(time.perf_counter() - t1, 2) if took else None,
+                                 "timed_out": took is None,
+                                 **{k: round(v, 2) for k, v in lab.timings.items()}}
+        if took is None:
+            self.figures["build"]["sync"] = self.sync.state()
+        self.check("build")
+
+    def add_patch_ports(self) -> None:
+        """A dummy ``phy-physnet1@<index>`` on every bridge (what the controller counts as ``phy-physnet1``)."""
+        assert self.lab is not None
+        name = provider_patch_name(PHYSNET)
+
+        def on(vs) -> None:
+            args: list[str] = []
+            for hv in vs.hypervisors:
+                args += ["--", "add-port", hv.bridge, alias(name, hv.index)]
+            vs.vsctl(*args[1:])
+
+        parallel(on, self.lab.vswitchds, self.lab.workers)
+
+    def populate_provider(self) -> None:
+        assert self.lab is not None
+        lab, api = self.lab, self.api
+        self.sg = api.request("POST", "/v2.0/security-groups", {"security_group": {
+            "name": "scale-sg", "project_id": "scale-p"}})["security_group"]
+        self.add_rule(22, "192.0.2.0/24")
+        self.net = api.create("network", name="scale-vlan", project_id="scale-p",
+                              **{"provider:network_type": "vlan", "provider:physical_network": PHYSNET})
+        api.create("subnet", network_id=self.net["id"], project_id="scale-p", ip_version=4, cidr="10.0.0.0/16",
+                   name="scale-vlan-subnet")
+        self.figures["network"] = {k: self.net.get(k) for k in ("provider:network_type", "provider:physical_network",
+                                                                "provider:segmentation_id")}
+        t0 = time.perf_counter()
+        jobs = [(hv, j) for hv in lab.hypervisors for j in range(self.ports_per_hv)]
+        made = parallel(lambda job: (job[0], self.new_port(job[0], f"vm{job[1]}")), jobs, lab.api_workers)
+        lab.timings["ports_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        lab.plug_many(made)
+        lab.timings["plug_s"] = time.perf_counter() - t1
+        self.ports += made
+
+    def add_rule(self, port: int, prefix: str) -> None:
+        """An ingress TCP rule from ``prefix`` (no remote group) in the group every port is in."""
+        assert self.sg is not None
+        self.api.request("POST", "/v2.0/security-group-rules", {"security_group_rule": {
+            "security_group_id": self.sg["id"], "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+            "port_range_min": port, "port_range_max": port, "remote_ip_prefix": prefix}})
+
+    def new_port(self, hv: ScaleHypervisor, name: str, net: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST one port bound to ``hv`` (provider: on the VLAN network, in the group)."""
+        if self.kind == "provider":
+            assert self.net is not None and self.sg is not None
+            return self.api.create("port", network_id=self.net["id"], project_id="scale-p", name=f"{hv.name}-{name}",
+                                   device_owner="compute:nova", device_id=f"{hv.name}-{name}",
+                                   security_groups=[self.sg["id"]], **{"binding:host_id": hv.name})
+        assert net is not None
+        return self.api.create("port", network_id=net["id"], project_id=net["project_id"], name=f"{hv.name}-{name}",
+                               device_owner="compute:nova", device_id=f"{hv.name}-{name}",
+                               port_security_enabled=False, **{"binding:host_id": hv.name})
+
+    def random_port(self, name: str) -> tuple[ScaleHypervisor, dict[str, Any] | None]:
+        assert self.lab is not None
+        hv = self.rng.choice(self.lab.hypervisors)
+        net = None if self.kind == "provider" else self.rng.choice(self.lab.networks)
+        return hv, net
+
+    # -- verification -------------------------------------------------------------------------
+    def snapshot(self) -> str:
+        path = os.path.join(self.workdir, "snapshot.sqlite")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        src, dst = sqlite3.connect(self.ctl.db), sqlite3.connect(path)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        return path
+
+    def compiled(self, timings: dict[str, Any] | None = None) -> dict[str, Counter[int]]:
+        """Each hypervisor's cookies as compiled by the engine from a snapshot of the db, with the live port maps.
+
+        With ``timings``: also the engine's cold build time and the reference full compile's.
+        """
+        from flows.compiler import compile_hypervisor
+        from flows.engine import FlowEngine
+        from topology.state import Topology
+
+        assert self.lab is not None
+        maps = self.lab.port_maps()
+        topo = Topology(self.snapshot())
+        try:
+            for name, ofports in maps.items():
+                topo.set_live_ofports(name, canonical_port_map(ofports)[0])
+            t0 = time.perf_counter()
+            engine = FlowEngine(topo.graph)
+            build_s = time.perf_counter() - t0
+            expected = {name: Counter(engine.desired(name).keys()) for name in maps}
+            if timings is not None:
+                timings["engine_build_s"] = round(build_s, 3)
+                t0 = time.perf_counter()
+                per_hv = []
+                flows = 0
+                for name in maps:
+                    t1 = time.perf_counter()
+                    compiled = compile_hypervisor(topo.graph, name)
+                    per_hv.append(time.perf_counter() - t1)
+                    flows += len(compiled)
+                    if Counter(f.cookie for f in compiled) != expected[name]:
+                        timings.setdefault("engine_differs_from_compiler", []).append(name)
+                timings["full_compile_s"] = round(time.perf_counter() - t0, 3)
+                timings["compile_per_hv_ms_p50"] = ms(statistics.median(per_hv))
+                timings["flows_total"] = flows
+                timings["flows_per_hv_median"] = statistics.median(sum(c.values()) for c in expected.values())
+            return expected
+        finally:
+            topo.close()
+
+    def check(self, phase: str) -> int:
+        """Dump every bridge, compare with the compiled cookies; the number of bridges that differ (recorded)."""
+        assert self.lab is not None
+        bad = self.lab.verify(self.compiled())
+        self.verifications[phase] = len(bad)
+        if bad:
+            name, (extra, missing) = sorted(bad.items())[0]
+            self.verifications[f"{phase}_example"] = (  # type: ignore[assignment]
+                f"{name}: {sum(extra.values())} extra {[hex(c) for c in list(extra)[:4]]}, "
+                f"{sum(missing.values())} missing {[hex(c) for c in list(missing)[:4]]}")
+            self.verifications[f"{phase}_bridges"] = sorted(bad)[:10]  # type: ignore[assignment]
+        return len(bad)
+
+    # -- phases ---------------------------------------------------------------------------------
+    def port_creates(self) -> None:
+        """Phase 3: POST + plug + converged, one port at a time."""
+        assert self.lab is not None
+        count = 10 if self.quick else 50
+        api_s, conv_s, plug_s, after_plug_s, hosts, timeouts = [], [], [], [], [], 0
+        hosts_of = self.hosts_by_network()
+        cpu0, eng0 = cpu_s(self.pid), self.api.metrics().get("tenantflow_engine_seconds_total", 0.0)
+        for i in range(count):
+            hv, net = self.random_port(f"lat{i}")
+            t0 = time.perf_counter()
+            port = self.new_port(hv, f"lat{i}", net)
+            api_s.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self.lab.plug(hv, port)
+            plug_s.append(time.perf_counter() - t1)
+            self.ports.append((hv, port))
+            took = self.sync.wait(30)
+            if took is not None:
+                after_plug_s.append(took)
+            if took is None:
+                timeouts += 1
+                if timeouts >= 3:
+                    break
+            else:
+                conv_s.append(time.perf_counter() - t0)
+            key = port["network_id"]
+            hosts_of.setdefault(key, set()).add(hv.name)
+            hosts.append(len(hosts_of[key]))
+        cpu1, eng1 = cpu_s(self.pid), self.api.metrics().get("tenantflow_engine_seconds_total", 0.0)
+        self.figures["port_create"] = {
+            "count": len(api_s), **summary("api", api_s), **summary("converged", conv_s), "timeouts": timeouts,
+            **summary("plug", plug_s), **summary("converged_after_plug", after_plug_s),
+            "controller_cpu_ms_per_create": ms((cpu1 - cpu0) / len(api_s)),
+            "engine_cpu_ms_per_create": ms((eng1 - eng0) / len(api_s)),
+            "affected_hypervisors_median": statistics.median(hosts),
+            "model_ms_median": round(20 + 0.1 * statistics.median(hosts), 1),  # "20 ms + 0.1 ms per affected hv"
+        }
+        self.check("port_create")
+
+    def hosts_by_network(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for hv, port in self.ports:
+            out.setdefault(port["network_id"], set()).add(hv.name)
+        return out
+
+    def sg_rules(self) -> None:
+        """Phase 4 (provider): a rule added to the group every port is in -> converged."""
+        assert self.sg is not None
+        samples, timeouts = [], 0
+        cpu0 = cpu_s(self.pid)
+        for i in range(5):
+            t0 = time.perf_counter()
+            self.add_rule(8000 + i, f"198.51.100.{i * 16}/28")
+            if self.sync.wait(self.long, interval=0.005) is None:
+                timeouts += 1
+            else:
+                samples.append(time.perf_counter() - t0)
+        self.figures["sg_rule"] = {"repetitions": 5, "converged_ms_p50": ms(statistics.median(samples)) if samples
+                                   else None, "converged_ms_max": ms(max(samples)) if samples else None,
+                                   "timeouts": timeouts, "controller_cpu_s_per_rule": round((cpu_s(self.pid) - cpu0)
+                                                                                            / 5, 3)}
+        self.check("sg_rule")
+
+    def rss_growth(self) -> None:
+        """Phase 8: RSS before and after 10 % more ports (created through the API and plugged)."""
+        assert self.lab is not None
+        extra = max(10, len(self.ports) // 10)
+        rss0 = rss_kib(self.pid)
+        jobs = []
+        for i in range(extra):
+            hv, net = self.random_port(f"x{i}")
+            jobs.append((hv, net, i))
+        t0 = time.perf_counter()
+        made = parallel(lambda job: (job[0], self.new_port(job[0], f"x{job[2]}", job[1])), jobs,
+                        self.lab.api_workers)
+        create_s = time.perf_counter() - t0
+        self.lab.plug_many(made)
+        self.ports += made
+        took = self.sync.wait(self.long, interval=0.05)
+        rss1 = rss_kib(self.pid)
+        self.figures["rss"] = {"before_mib": round(rss0 / 1024, 1), "after_mib": round(rss1 / 1024, 1),
+                               "extra_ports": extra, "extra_ports_create_s": round(create_s, 2),
+                               "growth_mib_per_1000_ports": round((rss1 - rss0) / 1024 / extra * 1000, 1),
+                               "converged_timed_out": took is None}
+
+    def cold_start(self) -> None:
+        """Phases 1 and 5: stop, delete every bridge's flows, start; API creates while it syncs."""
+        assert self.lab is not None
+        lab = self.lab
+        self.stop_controller()
+        parallel(lambda vs: [hv.ofctl("del-flows") for hv in vs.hypervisors], lab.vswitchds, lab.workers)
+        t0 = time.perf_counter()
+        self.ctl.start(timeout=self.long)
+        api_up = time.perf_counter() - t0
+        # phase 5 on its own thread (one client, sequential), while this one polls /sync
+        creates: list[tuple[float, float]] = []  # (end, latency)
+        errors: list[str] = []
+        made: list[tuple[ScaleHypervisor, dict[str, Any]]] = []
+        count = 20 if self.quick else 100
+        client = ApiClient(self.ctl.api_url, timeout=60)
+        worker = threading.Thread(target=self._create_with(client, count, creates, made, errors),
+                                  name="cold-creates", daemon=True)
+        worker.start()
+        pend_sync = Sync(ApiClient(self.ctl.api_url, timeout=60), self.n)
+        took = pend_sync.wait(self.long, interval=0.05)
+        cold_s = time.perf_counter() - t0 if took is not None else None
+        t_conv = time.perf_counter()
+        cpu = cpu_s(self.pid)
+        worker.join(timeout=self.long)
+        state_after = pend_sync.state()
+        self.ports += made
+        # the creates changed the topology: wait for them too before dumping
+        self.sync.wait(self.long, interval=0.05)
+        bad = self.check("cold_start")
+        baseline = self.baseline()
+        self.figures["cold_start"] = {
+            "cold_start_s": round(cold_s, 3) if cold_s is not None else None, "timed_out": cold_s is None,
+            "api_up_s": round(api_up, 3), "controller_cpu_s": round(cpu, 2), "diverged_bridges": bad,
+            **baseline,
+            "ratio": round(cold_s / baseline["baseline_s"], 3) if cold_s and baseline.get("baseline_s") else None,
+        }
+        if cold_s is None:
+            self.figures["cold_start"]["sync"] = state_after
+        self.figures["api_during_cold_start"] = {
+            "creates": len(creates), "created_before_converged": sum(1 for end, _ in creates if end <= t_conv),
+            **summary("api", [lat for _, lat in creates]), "errors": errors[:3], "error_count": len(errors)}
+
+    def _create_with(self, client: ApiClient, count: int, out: list[tuple[float, float]],
+                     made: list[tuple[ScaleHypervisor, dict[str, Any]]], errors: list[str]) -> Callable[[], None]:
+        run = ScaleRun.__new__(ScaleRun)  # a view of this run with its own API client
+        run.__dict__.update(self.__dict__)
+        run.api = client
+        run.rng = random.Random(2)
+
+        def go() -> None:
+            for i in range(count):
+                hv, net = run.random_port(f"cold{i}")
+                t1 = time.perf_counter()
+                try:
+                    port = run.new_port(hv, f"cold{i}", net)
+                except Exception as exc:  # noqa: BLE001 - reported as a figure
+                    errors.append(repr(exc))
+                    continue
+                end = time.perf_counter()
+                out.append((end, end - t1))
+                made.append((hv, port))
+
+        return go
+
+    def baseline(self) -> dict[str, Any]:
+        """Dump every bridge, stop the controller, del-flows, time ``--bundle add-flows`` of the dumps."""
+        assert self.lab is not None
+        lab = self.lab
+        flows_dir = os.path.join(self.workdir, "flows")
+        os.makedirs(flows_dir, exist_ok=True)
+
+        def dump(hv: ScaleHypervisor) -> int:
+            text = sh.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "--no-names", hv.target],
+                          env=hv.vswitchd.env)
+            lines = [_VOLATILE.sub(" ", line).strip() for line in text.splitlines()
+                     if line.strip() and not line.startswith("OFPST_FLOW")]
+            with open(os.path.join(flows_dir, f"{hv.index}.flows"), "w") as fh:
+                fh.write("\n".join(lines) + "\n")
+            return len(lines)
+
+        counts = parallel(dump, lab.hypervisors, lab.workers)
+        self.stop_controller()
+        parallel(lambda vs: [hv.ofctl("del-flows") for hv in vs.hypervisors], lab.vswitchds, lab.workers)
+
+        def load(vs) -> None:
+            for hv in vs.hypervisors:
+                sh.run(["ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", hv.target,
+                        os.path.join(flows_dir, f"{hv.index}.flows")], env=vs.env, timeout=600)
+
+        t0 = time.perf_counter()
+        parallel(load, lab.vswitchds, len(lab.vswitchds))
+        took = time.perf_counter() - t0
+        shutil.rmtree(flows_dir, ignore_errors=True)
+        return {"baseline_s": round(took, 3), "flows_total": sum(counts),
+                "flows_per_hv_median": statistics.median(counts), "flows_per_hv_max": max(counts)}
+
+    def restart(self) -> None:
+        """Phase 6: the controller started with every flow in place (the baseline loaded them)."""
+        self.ctl.stop()  # already stopped by the baseline: a no-op
+        t0 = time.perf_counter()
+        self.ctl.start(timeout=self.long)
+        took = self.sync.wait(self.long, interval=0.05)
+        total = time.perf_counter() - t0
+        mods = labelled(self.api, "tenantflow_flow_mods_sent_total", "command")
+        self.figures["restart"] = {"converged_s": round(total, 3) if took is not None else None,
+                                   "timed_out": took is None, "flow_mods_sent": sum(mods.values()),
+                                   "flow_mods_by_command": mods, "diverged_bridges": self.check("restart")}
+
+    def compile_figures(self) -> None:
+        timings: dict[str, Any] = {}
+        self.compiled(timings)
+        self.figures["compile"] = timings
+
+    def health(self) -> None:
+        """Phase 7 (and 8's end RSS): counters over the run, final dump, OVS logs."""
+        assert self.lab is not None
+        self.figures["rss"]["end_mib"] = round(rss_kib(self.pid) / 1024, 1)
+        self.figures["rss"]["ports_total"] = len(self.ports)
+        final = self.check("final")
+        self.harvest()
+        logs: Counter[str] = Counter()
+        samples: list[str] = []
+        for vs in self.lab.vswitchds:
+            with contextlib.suppress(OSError), open(os.path.join(vs.rundir, "ovs-vswitchd.log")) as fh:
+                for line in fh:
+                    for key in ("inactivity probe", "OFPBFC_TIMEOUT"):
+                        if key in line:
+                            logs[key] += 1
+                            if len(samples) < 4:
+                                samples.append(f"vs{vs.index}: {line.strip()[:300]}")
+        warnings: list[str] = []
+        with contextlib.suppress(OSError), open(self.ctl.log_path) as fh:
+            for line in fh:
+                if ("WARNING" in line or "ERROR" in line) and "no hypervisor has that datapath id" not in line:
+                    warnings.append(line.strip()[:300])
+        self.figures["health"] = {
+            "switch_disconnects": self.totals["tenantflow_switch_disconnects_total"],
+            "sync_retries": self.totals["tenantflow_sync_retries_total"],
+            "of_errors": self.totals["tenantflow_of_errors_total"],
+            "bundles": {k[len("bundles_"):]: v for k, v in self.totals.items() if k.startswith("bundles_")},
+            "bundles_discarded_or_failed": self.totals["bundles_discarded"] + self.totals["bundles_failed"],
+            "diverged_bridges_final": final,
+            "verifications": dict(self.verifications),
+            "ovs_inactivity_probe": logs["inactivity probe"], "ovs_OFPBFC_TIMEOUT": logs["OFPBFC_TIMEOUT"],
+            "ovs_log_samples": samples,
+            "controller_warnings": len(warnings), "controller_warning_samples": warnings[:4],
+        }
+
+    def run(self) -> dict[str, Any]:
+        phases: list[tuple[str, Callable[[], None]]] = [
+            ("build", self.build), ("port_create", self.port_creates)]
+        if self.kind == "provider":
+            phases.append(("sg_rule", self.sg_rules))
+        phases += [("rss", self.rss_growth), ("cold_start", self.cold_start), ("restart", self.restart),
+                   ("compile", self.compile_figures), ("health", self.health)]
+        t_all = time.perf_counter()
+        try:
+            for name, phase in phases:
+                t0 = time.perf_counter()
+                print(f"bench scale [{self.kind}]: {name} ...", flush=True)
+                phase()
+                self.progress(name)
+                print(f"bench scale [{self.kind}]: {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
+        except Exception as exc:  # noqa: BLE001 - the figures so far, and the error, are the result
+            self.figures["error"] = f"{name}: {exc!r}"
+            self.figures["traceback"] = traceback.format_exc()[-2000:]
+            self.figures["controller_log_tail"] = self.ctl.log_tail(20)
+            print(f"bench scale [{self.kind}]: FAILED in {name}: {exc!r}", flush=True)
+        finally:
+            self.figures["seconds"] = round(time.perf_counter() - t_all, 1)
+            self.teardown()
+        return self.figures
+
+    def progress(self, phase: str) -> None:
+        """Health counters so far (this controller lifetime's plus the earlier ones') after ``phase``."""
+        if self.ctl.proc is None or self.ctl.proc.poll() is not None:
+            return
+        try:
+            m = self.api.metrics()
+            self.figures.setdefault("health_by_phase", {})[phase] = {
+                "switch_disconnects": self.totals["tenantflow_switch_disconnects_total"]
+                + m.get("tenantflow_switch_disconnects_total", 0.0),
+                "sync_retries": self.totals["tenantflow_sync_retries_total"]
+                + m.get("tenantflow_sync_retries_total", 0.0),
+                "rss_mib": round(rss_kib(self.pid) / 1024, 1)}
+        except Exception:  # noqa: BLE001
+            reset(self.api)
+
+    def teardown(self) -> None:
+        try:
+            if self.lab is not None:
+                self.lab.stop()
+        finally:
+            self.ctl.stop()
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Both topologies, one after the other (the first torn down before the second is built)."""
+    n = 30 if quick else int(os.environ.get("TENANTFLOW_SCALE_HVS", "1000"))
+    out: dict[str, Any] = {"hypervisors": n, "date": time.strftime("%Y-%m-%d")}
+    kinds = os.environ.get("TENANTFLOW_SCALE_TOPOLOGIES", "overlay,provider").split(",")
+    for kind in kinds:
+        workdir = tempfile.mkdtemp(prefix=f"tenantflow-bench-scale-{kind}-")
+        try:
+            out[kind] = ScaleRun(kind, n, quick, workdir).run()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        partial = os.environ.get("TENANTFLOW_SCALE_PARTIAL")  # each topology's figures as soon as they exist
+        if partial:
+            with open(partial, "w") as fh:
+                json.dump(out, fh, indent=2)
+    return out
