@@ -183,7 +183,10 @@ class TenantflowApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
         sw = self.switches.get(ev.msg.datapath.id)
-        if sw is None or not sw.ready:
+        if sw is None:
+            return
+        if not sw.ready:  # its port map is being read: read again once connected (nothing lost)
+            sw.ports_changed = True
             return
         ofports = dict(sw.ofports)
         desc = ev.msg.desc

@@ -171,6 +171,7 @@ class Switch:
         self._source = source
         self._full_diff = True  # next sync compares every cookie (connect, or after a failed push)
         self.synced_generation = -1  # the engine generation of the flows the switch last confirmed
+        self.ports_changed = False  # a port-status event came while connecting (see _connect)
         self._learner_flows: set[int] = set()  # cookies of desired flows carrying a learn action
         self._on_ofports = on_ofports
         self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
@@ -335,15 +336,29 @@ class Switch:
             self.dp.close()
 
     def _connect(self) -> None:
-        """Read the bridge's port map and flows; then it is ready to be synced."""
-        ports = self._request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0))
-        ofports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
-                   for reply in ports for p in reply}
-        self._on_ofports(self, ofports)
+        """Read the bridge's port map and flows; then it is ready to be synced.
+
+        A port added or removed while connecting (its port-status event comes before we are
+        ready, and the app cannot apply it to a map it does not have yet) sets
+        ``ports_changed``: the map is read again once ready, so that no port is lost.
+        """
+        self.ports_changed = False
+        ofports = self._read_ports()
         self._read_installed()
         LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
                  sum(self.installed.values()))
         self.ready = True
+        if self.ports_changed:
+            LOG.info("switch %016x (%s): ports changed while connecting: reading them again", self.dpid,
+                     self.hv_name)
+            self._read_ports()
+
+    def _read_ports(self) -> dict[str, int]:
+        ports = self._request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0))
+        ofports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
+                   for reply in ports for p in reply}
+        self._on_ofports(self, ofports)
+        return ofports
 
     def _read_installed(self) -> None:
         """Read the cookies of every flow on the switch into ``installed`` (what it really holds)."""

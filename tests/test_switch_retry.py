@@ -70,6 +70,7 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         self.silent = False
         self.barrier_gate: threading.Event | None = None
         self.on_dump: Callable[[FakeDatapath], None] | None = None
+        self.ports: dict[str, int] = {"tf-vxlan": 1}  # the bridge's ports, as the port description lists them
         self._bundles: dict[int, list[tuple[int, int]]] = {}
         self._bad_bundles: set[int] = set()
 
@@ -79,7 +80,7 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         if self.silent:
             return True
         if isinstance(msg, parser.OFPPortDescStatsRequest):
-            self.sw.on_reply(msg.xid, [SimpleNamespace(name=b"tf-vxlan", port_no=1)])
+            self.sw.on_reply(msg.xid, [SimpleNamespace(name=n.encode(), port_no=no) for n, no in self.ports.items()])
         elif isinstance(msg, parser.OFPFlowStatsRequest):
             self.flow_dumps += 1
             if self.on_dump is not None:
@@ -461,3 +462,18 @@ def test_cold_syncs_of_many_bridges_run_a_few_at_a_time(monkeypatch: pytest.Monk
         for sw, _, _ in started:
             sw.stop()
             assert sw.join(2)
+
+
+def test_a_port_added_while_connecting_is_not_lost() -> None:
+    # The port-status event of a port added between reading the port map and being ready cannot
+    # be applied (there is no map yet): the app flags it and the switch reads the map again.
+    def port_arrives(dp: FakeDatapath) -> None:
+        if "tapnew" not in dp.ports:
+            dp.ports["tapnew"] = 7
+            dp.sw.ports_changed = True  # what TenantflowApp._port_status does before the switch is ready
+
+    sw, dp, _ = connect(0x77, "hv-ports", [], setup=lambda dp: setattr(dp, "on_dump", port_arrives))
+    try:
+        wait_until(lambda: sw.ready and sw.ofports.get("tapnew") == 7, what="the new port in the switch's map")
+    finally:
+        sw.stop()
