@@ -156,7 +156,7 @@ class FlowEngine:
         return [("missing " if c in ref else "extra ") + (ref.get(c) or have[c]).description for c in cookies]
 
     # -- applying changes --------------------------------------------------------------------
-    def on_change(self, affected: set[str]) -> None:
+    def on_change(self, _affected: set[str]) -> None:
         """Bring every hypervisor up to date with the graph's journal (a topology subscriber)."""
         with self.lock:
             start = time.thread_time()
@@ -165,7 +165,7 @@ class FlowEngine:
                 self.graph = self._topology.graph
                 self._rebuild_all()
             else:
-                self._apply(self.graph.take_journal(), affected)
+                self._apply(self.graph.take_journal())
             touched = {name for name, s in self.hvs.items() if len(s.changed) != before.get(name, 0)}
             if touched:
                 self.generation += 1
@@ -195,17 +195,15 @@ class FlowEngine:
             else:
                 state.changed = set(state.flows)
 
-    def _apply(self, journal: list[tuple[str, str, object]], affected: set[str]) -> None:
-        # The topology's own notion of who is affected is coarse (every host of a network);
-        # the journal says what changed, and the handlers below where that matters.
+    def _apply(self, journal: list[tuple[str, str, object]]) -> None:
+        # The topology's own notion of who is affected (the subscriber's argument) is coarse:
+        # every host of a network. The journal says what changed, the handlers where it matters.
         plan = _Plan()
         for kind, ident, old in journal:
             self.stats.changes += 1
             handler = getattr(self, f"_on_{kind}", None)
-            if handler is not None:
+            if handler is not None:  # no other kind of record makes flows
                 handler(plan, ident, old)
-            else:
-                plan.base |= self._hvs_of_node(kind, ident)
         for name in plan.rebuild:
             self._rebuild(name)
         for name in sorted(plan.base - plan.rebuild):
@@ -339,13 +337,6 @@ class FlowEngine:
             if port is not None and port.binding_host:
                 out.add(port.binding_host)
         return out
-
-    def _member_hosts(self, sg_id: str) -> set[str]:
-        return {p.binding_host for p in graph_l3.sg_members(self.graph, sg_id) if p.binding_host}
-
-    def _hvs_of_node(self, kind: str, ident: str) -> set[str]:
-        LOG.debug("no handler for %s %s: its hypervisors come from the topology's notification", kind, ident)
-        return set()
 
     # -- security-group members ---------------------------------------------------------------------
     def _member_change(self, plan: _Plan, old: Port | None, new: Port | None) -> None:

@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from controller import app as of_app  # noqa: E402
 from controller import connection, metrics, wire  # noqa: E402
 from controller.main import parse_args, start  # noqa: E402
+from tests.e2e_fixtures import wait_until  # noqa: E402
 from tests.fake_switch import FakeSwitch, packet_in  # noqa: E402
 from topology.state import Topology  # noqa: E402
 
@@ -70,14 +71,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise TimeoutError(what)
 
 
 def _sh(*cmd: str) -> str:
@@ -109,10 +102,10 @@ def run_fake(workdir: str, stock: bool) -> dict:
     if not stock:
         switches[0xE2] = FakeSwitch(unix_path, 0xE2)
     for dpid in switches:
-        _wait(lambda d=dpid: (s := app.switches.get(d)) is not None and s.ready, 10, f"switch {dpid:x} never ready")
+        wait_until(lambda d=dpid: (s := app.switches.get(d)) is not None and s.ready, 10, f"switch {dpid:x} ready")
     tcp = switches[0xE1]
     tcp.send(packet_in(100))
-    _wait(HELD.is_set, 5, "the app never took the first packet-in")
+    wait_until(HELD.is_set, 5, "the app to take the first packet-in")
     tcp.send(b"".join(packet_in(101 + i) for i in range(400)))
     time.sleep(0.3)  # os-ken's receive loop fills the app's queue and blocks
     result: dict = {"stock": stock, "echo_latency": {}, "handled_when_answered": None}
@@ -125,7 +118,7 @@ def run_fake(workdir: str, stock: bool) -> dict:
     if stock:
         return result
     # Released: every packet-in reaches the app, in order and whole; echoes still answered.
-    _wait(lambda: packet_ins("?") >= 401, 30, "the app never handled the 401 packet-ins")
+    wait_until(lambda: packet_ins("?") >= 401, 30, "the app never handled the 401 packet-ins")
     result["handled_after_release"] = packet_ins("?")
     sent = tcp.echo(20)
     got = tcp.wait_echo_reply(20, 3.0)
@@ -134,7 +127,7 @@ def run_fake(workdir: str, stock: bool) -> dict:
     workers = {dpid: app.switches[dpid] for dpid in switches}
     for fake in switches.values():
         fake.close()
-    _wait(lambda: not any(d in app.switches for d in switches), 10, "a disconnect was never reported")
+    wait_until(lambda: not any(d in app.switches for d in switches), 10, "a disconnect was never reported")
     result["workers_ended"] = all(sw.join(5) for sw in workers.values())
     result["disconnects"] = {f"{d:x}": metrics.REGISTRY.get_sample_value(
         "tenantflow_switch_disconnects_total", {"hypervisor": f"{d:016x}"}) for d in switches}
@@ -162,10 +155,10 @@ def run_ovs(workdir: str, stock: bool, bridge: str, hold: float) -> dict:
             "protocols=OpenFlow13", f"other-config:datapath-id={dpid:016x}", "other-config:disable-in-band=true")
         _sh("ovs-vsctl", "set-controller", bridge, f"tcp:127.0.0.1:{of_port}", "--",
             "set", "controller", bridge, "inactivity_probe=1000", "max_backoff=1000")
-        sw = _wait(lambda: (s := app.switches.get(dpid)) is not None and s.ready and s, 15, "bridge never connected")
+        sw = wait_until(lambda: (s := app.switches.get(dpid)) is not None and s.ready and s, 15, "bridge connected")
         # 300 barrier replies: the app blocks on the first, the rest fill its queue.
         sw.dp.send(b"".join(wire.barrier_request(0x60000000 + i) for i in range(300)))
-        _wait(HELD.is_set, 5, "the app never took the first barrier reply")
+        wait_until(HELD.is_set, 5, "the app never took the first barrier reply")
         time.sleep(hold)
         same_switch = app.switches.get(dpid) is sw
         RELEASE.set()

@@ -12,12 +12,8 @@ against what exists at that step, so most calls do real work; the calls the API
 refuses (``topology.store.TopologyError``) must leave the graph exactly as it was.
 
 After every step the invariant is ``engine.mismatches() == []``: each hypervisor's
-incremental state equals a fresh ``compile_hypervisor``. Until ``flows.engine``
-exists, :class:`RecompilingEngine` stands in: it recompiles every hypervisor on
-each change the topology reports, so it checks that every write reports a change,
-that refused calls change nothing and that nothing raises. (Recompiling only the
-hypervisors each notification names, as the controller does today, the machine
-found notifications that miss some: see ``test_notifications.py``.)
+incremental state (:class:`flows.engine.FlowEngine`) equals a fresh
+``compile_hypervisor``, refused calls change nothing and nothing raises.
 
 Deterministic in CI (``derandomize`` when ``CI`` is set); ``TENANTFLOW_PROP_SCALE``
 scales the number of sequences. The run prints how many calls of each kind the
@@ -46,7 +42,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from flows.compiler import compile_hypervisor
+from flows.engine import FlowEngine
 from topology import graph_l3
 from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, tap_name
 from topology.state import Topology
@@ -72,74 +68,6 @@ HOSTS = st.sampled_from([*HV_NAMES, None])
 STATS: Counter[tuple[str, str]] = Counter()  # (operation, "ok" or the refusal's kind), over the whole run
 RUNS: Counter[str] = Counter()  # sequences, API calls and checks of the invariant
 STEPS: list[int] = []  # API calls per sequence
-
-
-# -- the stand-in engine ----------------------------------------------------------------------
-def by_cookie(flows: Iterable[Any]) -> dict[int, Any]:
-    """A compiled flow list by cookie (a hash of the whole flow: flows with the same cookie are the same)."""
-    return {f.cookie: f for f in flows}
-
-
-class RecompilingEngine:
-    """Stand-in for ``flows.engine.FlowEngine``: full recompiles when the topology reports a change.
-
-    It holds per hypervisor the flows of its last compile, and recompiles on each
-    notification (``Topology.subscribe``) and each switch report (``set_live_ofports``,
-    which notifies nobody: the controller's switch recompiles itself; here a wrapper
-    does): every hypervisor, or with ``named_only`` only those the change names
-    (what the controller does today). A change it is not told about leaves stale
-    flows, and :meth:`mismatches` says so.
-    """
-
-    named_only = False
-
-    def __init__(self, topology: Topology) -> None:
-        self.topology = topology
-        self.held: dict[str, dict[int, Any]] = {}
-
-    @classmethod
-    def attach(cls, topology: Topology) -> RecompilingEngine:
-        """Compile every hypervisor now, then follow every change."""
-        engine = cls(topology)
-        engine.changed({hv.name for hv in topology.graph.hypervisors()})
-        topology.subscribe(engine.changed)
-        set_live_ofports = topology.set_live_ofports
-
-        def reported(hv_name: str, ofports: dict[str, int]) -> set[str]:
-            affected = set_live_ofports(hv_name, ofports)
-            engine.changed(affected)
-            return affected
-
-        topology.set_live_ofports = reported  # type: ignore[method-assign]
-        return engine
-
-    def changed(self, hv_names: set[str]) -> None:
-        """Recompile the named hypervisors (``named_only``), or all of them."""
-        with self.topology.lock:
-            if not self.named_only:
-                hv_names = set(hv_names) | set(self.held) | {hv.name for hv in self.topology.graph.hypervisors()}
-            for name in hv_names:
-                self.held[name] = by_cookie(compile_hypervisor(self.topology.graph, name))
-
-    def mismatches(self) -> list[str]:
-        """One line per hypervisor whose held flows differ from a fresh full compile."""
-        graph = self.topology.graph
-        names = sorted(set(self.held) | {hv.name for hv in graph.hypervisors()})
-        out = []
-        for name in names:
-            held, want = self.held.get(name, {}), by_cookie(compile_hypervisor(graph, name))
-            if held.keys() != want.keys():
-                missing = [want[c] for c in want.keys() - held.keys()]
-                stale = [held[c] for c in held.keys() - want.keys()]
-                out.append(f"{name}: {len(missing)} flows missing, {len(stale)} stale; missing e.g. {missing[:2]!r}, "
-                           f"stale e.g. {stale[:2]!r}")
-        return out
-
-
-try:
-    from flows.engine import FlowEngine
-except ImportError:  # not written yet: the stand-in keeps the machine running
-    FlowEngine = RecompilingEngine  # type: ignore[misc,assignment]
 
 
 def is_vm(port: Any) -> bool:

@@ -13,6 +13,7 @@ commit, or not at all) and answers like the app shim would, through
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 import time
@@ -29,11 +30,14 @@ from controller import metrics, switch
 from controller.switch import Switch, SyncSlots, retry_delay
 from flows.flow import Flow, SetField, make_flow
 from flows.pipeline import stage
+from tests import e2e_fixtures
 
 HEADER = struct.Struct("!BBHI")
 EXP = struct.Struct("!II")
 CTRL = struct.Struct("!IHH")
 INNER = struct.Struct("!QQBB")  # flow-mod cookie, cookie mask, table, command
+
+wait_until = functools.partial(e2e_fixtures.wait_until, interval=0.005)  # short-lived fake-switch states
 
 
 def flows(n: int, net: int = 0x4242) -> list[Flow]:
@@ -201,17 +205,6 @@ def connect(dpid: int, hv: str, compiled: list[Flow],
     return sw, dp, source
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll ``cond`` until it is true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def sample(name: str, **labels: str) -> float:
     """A metric's current value (0 when it has no series yet)."""
     return metrics.REGISTRY.get_sample_value(name, labels or None) or 0.0
@@ -244,7 +237,7 @@ def test_a_refused_commit_is_retried_after_a_reread_until_the_bridge_is_equal() 
     retries = sample("tenantflow_sync_retries_total", hypervisor=hv)
     sw, dp, source = connect(0xA1, hv, compiled, setup)
     try:
-        wait_until(lambda: equal(sw, dp, compiled), what="the bridge to equal its compiled flows")
+        wait_until(lambda: equal(sw, dp, compiled), message="the bridge to equal its compiled flows")
         assert dp.commits == 2, "one refused commit, then one accepted"
         assert dp.flow_dumps == 2, "read on connect, read again before the retry"
         assert seen_during_retry and seen_during_retry[0][0] >= 1 and seen_during_retry[0][1]
@@ -265,7 +258,7 @@ def test_a_discarded_bundle_is_retried() -> None:
     hv, compiled = "retry-discard", flows(4)
     sw, dp, _ = connect(0xA2, hv, compiled, lambda dp: setattr(dp, "refuse_adds", 2))
     try:
-        wait_until(lambda: equal(sw, dp, compiled), what="the bridge to equal its compiled flows")
+        wait_until(lambda: equal(sw, dp, compiled), message="the bridge to equal its compiled flows")
         assert sample("tenantflow_bundles_total", hypervisor=hv, outcome="discarded") == 2
         assert sample("tenantflow_sync_retries_total", hypervisor=hv) == 2
         assert dp.flow_dumps == 3 and dp.commits == 1
@@ -280,7 +273,7 @@ def test_a_lost_commit_reply_times_out_and_the_reread_finds_the_flows_installed(
     sw, dp, _ = connect(0xA3, hv, compiled, lambda dp: setattr(dp, "lose_commit_replies", 1))
     try:
         wait_until(lambda: sample("tenantflow_sync_retries_total", hypervisor=hv) == 1 and dp.flow_dumps == 2
-                   and not sw.diverged, what="the retry")
+                   and not sw.diverged, message="the retry")
         assert dp.flows == Counter({f.cookie: 1 for f in compiled})
         assert dp.commits == 1 and dp.flow_mods == 6, "the retry found the flows there and sent nothing"
         assert dp.closed == 0, "one timeout does not drop the connection"
@@ -294,11 +287,11 @@ def test_changes_taken_by_a_sync_that_timed_out_are_pushed_by_the_retry() -> Non
     hv = "retry-incremental"
     sw, dp, source = connect(0xAA, hv, flows(2))
     try:
-        wait_until(lambda: equal(sw, dp, flows(2)), what="the first sync")
+        wait_until(lambda: equal(sw, dp, flows(2)), message="the first sync")
         dp.drop_barriers = 1  # the next push never hears back: ReplyTimeout, its bundle never committed
         source.set(flows(4))
         sw.mark_dirty()
-        wait_until(lambda: equal(sw, dp, flows(4)), what="the retry to push the two new flows")
+        wait_until(lambda: equal(sw, dp, flows(4)), message="the retry to push the two new flows")
         assert sample("tenantflow_sync_retries_total", hypervisor=hv) == 1 and dp.flow_dumps == 2
     finally:
         sw.stop()
@@ -315,7 +308,7 @@ def test_the_reread_sees_what_changed_on_the_switch_meanwhile() -> None:
 
     sw, dp, _ = connect(0xA4, hv, compiled, setup)
     try:
-        wait_until(lambda: equal(sw, dp, compiled), what="the stray flow to be deleted")
+        wait_until(lambda: equal(sw, dp, compiled), message="the stray flow to be deleted")
         assert stray not in dp.flows and dp.flow_dumps == 2
     finally:
         sw.stop()
@@ -337,7 +330,7 @@ def test_stop_during_backoff_ends_the_worker_at_once(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(switch, "RETRY_CAP", 30.0)
     hv = "retry-stop"
     sw, dp, _ = connect(0xA6, hv, flows(2), lambda dp: setattr(dp, "refuse_commits", 100))
-    wait_until(lambda: sw.diverged, what="the first failure")
+    wait_until(lambda: sw.diverged, message="the first failure")
     assert metrics.REGISTRY.get_sample_value("tenantflow_bridges_diverged") >= 1
     started = time.monotonic()
     sw.stop()
@@ -349,7 +342,7 @@ def test_a_stopped_worker_waiting_for_a_reply_ends_without_touching_the_connecti
     gate = threading.Event()
     sw, dp, _ = connect(0xA7, "retry-stop-push", flows(2), lambda dp: setattr(dp, "barrier_gate", gate))
     try:
-        wait_until(lambda: dp.flow_mods == 2, what="the push to be under way")
+        wait_until(lambda: dp.flow_mods == 2, message="the push to be under way")
         sw.stop()
         assert sw.join(2)
         assert dp.closed == 0 and dp.commits == 0 and not sw.diverged
@@ -362,13 +355,13 @@ def test_changes_during_a_sync_are_coalesced_into_one_more() -> None:
     gate = threading.Event()
     sw, dp, source = connect(0xA8, hv, flows(2), lambda dp: setattr(dp, "barrier_gate", gate))
     try:
-        wait_until(lambda: dp.flow_mods == 2, what="the first push to be under way")
+        wait_until(lambda: dp.flow_mods == 2, message="the first push to be under way")
         for n in range(3, 53):  # 50 changes while the push waits for the switch
             source.set(flows(n))
             sw.mark_dirty()
         dp.barrier_gate = None
         gate.set()
-        wait_until(lambda: equal(sw, dp, flows(52)), what="the changed flows")
+        wait_until(lambda: equal(sw, dp, flows(52)), message="the changed flows")
         time.sleep(0.2)
         assert source.takes == 2, "50 changes during one sync cost exactly one more"
         assert dp.commits == 2 and dp.flow_mods == 2 + 50
@@ -382,12 +375,12 @@ def test_changes_during_a_backoff_wait_for_the_retry(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(switch, "RETRY_CAP", 0.4)
     sw, dp, source = connect(0xA9, "retry-no-shortcut", flows(2), lambda dp: setattr(dp, "refuse_commits", 1))
     try:
-        wait_until(lambda: sw.diverged, what="the first failure")
+        wait_until(lambda: sw.diverged, message="the first failure")
         failed_at = time.monotonic()
         for _ in range(20):
             sw.mark_dirty()
             time.sleep(0.005)
-        wait_until(lambda: not sw.diverged, what="the retry")
+        wait_until(lambda: not sw.diverged, message="the retry")
         assert time.monotonic() - failed_at >= 0.19, "the backoff (0.2-0.4 s) was not cut short by changes"
         time.sleep(0.1)
         assert source.takes == 2, "the changes were folded into the retry"
@@ -456,7 +449,7 @@ def test_cold_syncs_of_many_bridges_run_a_few_at_a_time(monkeypatch: pytest.Monk
                for i in range(12)]
     try:
         for sw, dp, _ in started:
-            wait_until(lambda sw=sw, dp=dp: equal(sw, dp, compiled), what="every bridge synced")
+            wait_until(lambda sw=sw, dp=dp: equal(sw, dp, compiled), message="every bridge synced")
         assert peak[0] == 3
     finally:
         for sw, _, _ in started:
@@ -474,6 +467,6 @@ def test_a_port_added_while_connecting_is_not_lost() -> None:
 
     sw, dp, _ = connect(0x77, "hv-ports", [], setup=lambda dp: setattr(dp, "on_dump", port_arrives))
     try:
-        wait_until(lambda: sw.ready and sw.ofports.get("tapnew") == 7, what="the new port in the switch's map")
+        wait_until(lambda: sw.ready and sw.ofports.get("tapnew") == 7, message="the new port in the switch's map")
     finally:
         sw.stop()
