@@ -39,6 +39,7 @@ import logging
 import socket
 import struct
 import threading
+from collections.abc import Callable
 
 from os_ken.base import app_manager  # noqa: F401  (first: os-ken's controller module imports it back)
 from os_ken.controller.controller import Datapath
@@ -47,7 +48,10 @@ LOG = logging.getLogger("tenantflow.connection")
 
 OFPT_ECHO_REQUEST = 2
 OFPT_ECHO_REPLY = 3
+OFPT_MULTIPART_REPLY = 19
+OFPMPF_REPLY_MORE = 1
 HEADER = struct.Struct("!BBHI")
+MULTIPART_HEADER = struct.Struct("!BBHIHH4x")  # header + multipart type and flags
 RECV_SIZE = 256 * 1024
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before the reader waits
 IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the connection
@@ -56,20 +60,26 @@ CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
 
 
 class EchoSplitter:
-    """Splits a switch's byte stream into echo requests and everything else.
+    """Splits a switch's byte stream into echo requests, diverted replies and everything else.
 
     :meth:`feed` takes bytes as they arrive (any split) and returns the bytes to pass on,
     unchanged and in order, minus every complete ``OFPT_ECHO_REQUEST``, and the replies
     to send for those. A message's header decides where it goes, so everything that is
-    not an echo request is passed on as soon as it arrives, a big reply included.
+    not held back is passed on as soon as it arrives, a big reply included.
     A length below the header size counts as 8, as os-ken's receive loop counts it.
+
+    ``diverted`` maps an xid to a handler: each multipart reply with that xid is held
+    back whole and given to the handler (on the caller's thread) instead of being passed
+    on; the entry goes with the reply's last part (no ``OFPMPF_REPLY_MORE``). A switch's
+    flow dump at connect takes this way (see :meth:`FastEchoSocket.divert`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, diverted: dict[int, Callable[[bytes], None]] | None = None) -> None:
+        self.diverted = diverted if diverted is not None else {}
         self._head = bytearray()  # a header being read
-        self._passing = 0  # bytes of the current (not echo) message still to pass on
-        self._echo: bytearray | None = None  # the echo request being read
-        self._echo_len = 0
+        self._passing = 0  # bytes of the current (passed on) message still to pass on
+        self._held: bytearray | None = None  # the message being held back (echo request or diverted reply)
+        self._held_len = 0
 
     def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
         """(bytes for os-ken, echo replies to send) for the next ``data`` read from the switch."""
@@ -83,30 +93,48 @@ class EchoSplitter:
                 out.append(view[i:i + take])
                 self._passing -= take
                 i += take
-            elif self._echo is not None:
-                take = min(self._echo_len - len(self._echo), n - i)
-                self._echo += view[i:i + take]
+            elif self._held is not None:
+                take = min(self._held_len - len(self._held), n - i)
+                self._held += view[i:i + take]
                 i += take
-                if len(self._echo) == self._echo_len:
-                    replies.append(echo_reply(bytes(self._echo)))
-                    self._echo = None
+                if len(self._held) == self._held_len:
+                    self._release(bytes(self._held), replies)
             else:
                 take = min(HEADER.size - len(self._head), n - i)
                 self._head += view[i:i + take]
                 i += take
                 if len(self._head) == HEADER.size:
-                    _, msg_type, length, _ = HEADER.unpack(self._head)
-                    length = max(length, HEADER.size)
-                    if msg_type == OFPT_ECHO_REQUEST:
-                        self._echo, self._echo_len = bytearray(self._head), length
-                        if length == HEADER.size:
-                            replies.append(echo_reply(bytes(self._echo)))
-                            self._echo = None
-                    else:
-                        out.append(bytes(self._head))
-                        self._passing = length - HEADER.size
-                    self._head.clear()
+                    self._start(out, replies)
         return b"".join(out), replies
+
+    def _start(self, out: list, replies: list[bytes]) -> None:
+        """A header is complete: hold its message back, or pass it on."""
+        _, msg_type, length, xid = HEADER.unpack(self._head)
+        length = max(length, HEADER.size)
+        if msg_type == OFPT_ECHO_REQUEST or (msg_type == OFPT_MULTIPART_REPLY and xid in self.diverted):
+            self._held, self._held_len = bytearray(self._head), length
+            if length == HEADER.size:
+                self._release(bytes(self._held), replies)
+        else:
+            out.append(bytes(self._head))
+            self._passing = length - HEADER.size
+        self._head.clear()
+
+    def _release(self, msg: bytes, replies: list[bytes]) -> None:
+        """A held-back message is complete: answer it (echo) or hand it to its handler."""
+        self._held = None
+        _, msg_type, _, xid = HEADER.unpack_from(msg)
+        if msg_type == OFPT_ECHO_REQUEST:
+            replies.append(echo_reply(msg))
+            return
+        last = len(msg) < MULTIPART_HEADER.size or not MULTIPART_HEADER.unpack_from(msg)[5] & OFPMPF_REPLY_MORE
+        handler = self.diverted.pop(xid, None) if last else self.diverted.get(xid)
+        if handler is None:
+            return  # its requester gave up on it (undiverted) meanwhile: nobody wants it
+        try:
+            handler(msg)
+        except Exception:  # a handler's bug must not end the connection's reader
+            LOG.exception("handler of diverted reply xid=%#x failed", xid)
 
 
 def echo_reply(request: bytes) -> bytes:
@@ -140,6 +168,7 @@ class FastEchoSocket:
         self._closed = False
         self._timeout: float | None = None
         self.echo_replies = 0
+        self._diverted: dict[int, Callable[[bytes], None]] = {}
         sock.settimeout(IO_TIMEOUT)
         if not unix:
             _keepalive(sock)
@@ -180,6 +209,19 @@ class FastEchoSocket:
         """Shut down one or both directions of the real socket."""
         self._sock.shutdown(how)
 
+    def divert(self, xid: int, handler: Callable[[bytes], None]) -> None:
+        """Give each part of the multipart reply to request ``xid`` to ``handler``, on the reader thread.
+
+        The reply never reaches os-ken: neither its parser (which builds a Python object per
+        flow of a dump, about 50 times the cost of reading cookies) nor the app's event queue.
+        Register before sending the request; the registration ends with the reply's last part.
+        """
+        self._diverted[xid] = handler
+
+    def undivert(self, xid: int) -> None:
+        """Forget ``xid``'s handler (its requester gave up); parts still arriving are dropped."""
+        self._diverted.pop(xid, None)
+
     def close(self) -> None:
         """End the connection: wake and end the reader, then close the real socket."""
         with self._cond:
@@ -198,7 +240,7 @@ class FastEchoSocket:
 
     # -- the reader thread -------------------------------------------------------------
     def _read_loop(self) -> None:
-        splitter = EchoSplitter()
+        splitter = EchoSplitter(self._diverted)
         try:
             while not self._closed:
                 try:

@@ -276,3 +276,34 @@ def packet_out(actions, data: bytes, xid: int = 0, in_port: int = ofp.OFPP_CONTR
 def barrier_request(xid: int) -> bytes:
     """An OFPT_BARRIER_REQUEST."""
     return _HEADER.pack(OFP_VERSION, ofp.OFPT_BARRIER_REQUEST, 8, xid)
+
+
+# -- decoding: the one reply read without os-ken's parser ----------------------------------
+_MULTIPART_REPLY = struct.Struct("!BBHIHH4x")  # header + multipart type, flags
+_FLOW_STATS_LENGTH = struct.Struct("!H")  # ofp_flow_stats starts with its own length...
+_FLOW_STATS_COOKIE = struct.Struct("!Q")  # ...and has its cookie at byte 24
+_FLOW_STATS_COOKIE_AT = 24
+
+
+def flow_stats_cookies(msg: bytes) -> tuple[list[int], bool]:
+    """The cookies of one ``OFPMP_FLOW`` multipart reply, and whether more parts follow.
+
+    A connecting switch's flow dump only needs its cookies (a cookie names the flow's
+    content, see flows.flow): reading them at fixed offsets costs a fraction of parsing
+    every match and instruction into objects. Raises ValueError on anything malformed.
+    """
+    if len(msg) < _MULTIPART_REPLY.size:
+        raise ValueError(f"multipart reply of {len(msg)} bytes")
+    _, msg_type, length, _, mp_type, flags = _MULTIPART_REPLY.unpack_from(msg)
+    if msg_type != ofp.OFPT_MULTIPART_REPLY or mp_type != ofp.OFPMP_FLOW or length != len(msg):
+        raise ValueError(f"not a whole flow stats reply (type {msg_type}, multipart {mp_type}, "
+                         f"length {length} of {len(msg)})")
+    cookies = []
+    at = _MULTIPART_REPLY.size
+    while at < length:
+        (entry,) = _FLOW_STATS_LENGTH.unpack_from(msg, at)
+        if entry < _FLOW_STATS_COOKIE_AT + 8 or at + entry > length:
+            raise ValueError(f"flow stats entry of {entry} bytes at {at} of {length}")
+        cookies.append(_FLOW_STATS_COOKIE.unpack_from(msg, at + _FLOW_STATS_COOKIE_AT)[0])
+        at += entry
+    return cookies, bool(flags & ofp.OFPMPF_REPLY_MORE)

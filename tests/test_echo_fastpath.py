@@ -181,3 +181,35 @@ def test_a_stuck_app_keeps_a_real_ovs_bridge_connected(tmp_path: Path, stock: bo
         assert not dropped and not r["reconnected"] and r["disconnects"] == 0, r
         assert r["fast_path_echo_replies"] >= 1, "OVS probed and the reader thread answered"
     assert bridge not in subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split()
+
+
+def test_splitter_diverts_registered_multipart_replies_whole_at_any_split() -> None:
+    rng = random.Random(11)
+    def part(xid: int, more: bool, size: int) -> bytes:
+        return msg(19, xid, struct.pack("!HH4x", 1, 1 if more else 0) + bytes(rng.randrange(256) for _ in range(size)))
+    diverted_msgs = [part(500, True, 300), part(500, True, 0), part(500, False, 77)]
+    after = part(500, False, 5)  # same xid after the last part: nobody asked for it any more
+    others = [msg(10, i, b"y" * rng.randrange(0, 200)) for i in range(10)] + [part(501, False, 20)]
+    stream_msgs = [others[0], msg(2, 9, b"e"), diverted_msgs[0], others[1], diverted_msgs[1], *others[2:6],
+                   diverted_msgs[2], after, *others[6:]]
+    stream = b"".join(stream_msgs)
+    for trial in range(30):
+        got: list[bytes] = []
+        splitter, rest, replies, i = EchoSplitter({500: got.append}), b"", [], 0
+        while i < len(stream):
+            step = rng.choice([1, 2, 5, 8, 13, 100, 4096]) if trial else len(stream)
+            out, rep = splitter.feed(stream[i:i + step])
+            rest += out
+            replies += rep
+            i += step
+        assert got == diverted_msgs
+        assert rest == b"".join(m for m in stream_msgs if m not in diverted_msgs and m[1] != 2)
+        assert replies == [echo_reply(msg(2, 9, b"e"))] and splitter.diverted == {}
+
+
+def test_a_failing_divert_handler_loses_nothing_else() -> None:
+    def broken(_: bytes) -> None:
+        raise RuntimeError("bug")
+    reply = msg(19, 3, struct.pack("!HH4x", 1, 0))
+    out, replies = EchoSplitter({3: broken}).feed(reply + msg(10, 4) + msg(2, 5))
+    assert out == msg(10, 4) and replies == [echo_reply(msg(2, 5))]

@@ -183,3 +183,40 @@ def test_packet_out_matches_os_ken():
     msg.xid = 8
     msg.serialize()
     assert ours == bytes(msg.buf)
+
+
+_FLOW_STATS_HEAD = struct.Struct("!HBxIIHHHH4xQQQ")  # ofp_flow_stats up to its match
+
+
+def _flow_stats_reply(flows, xid: int, more: bool) -> bytes:
+    """An OFPMP_FLOW reply as OVS sends it, its entries built from our own encodings."""
+    entries = b""
+    for i, flow in enumerate(flows):
+        body = wire.encode_match(flow.match) + wire.encode_instructions(flow)
+        entries += _FLOW_STATS_HEAD.pack(_FLOW_STATS_HEAD.size + len(body), flow.table_id, i, 7, flow.priority,
+                                         0, 0, 0, flow.cookie, 3 * i, 100 * i) + body
+    head = struct.pack("!BBHIHH4x", ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, 16 + len(entries), xid,
+                       ofp.OFPMP_FLOW, ofp.OFPMPF_REPLY_MORE if more else 0)
+    return head + entries
+
+
+def test_flow_stats_cookies_read_what_os_ken_parses():
+    from os_ken.ofproto.ofproto_parser import msg as parse
+
+    flows = [make_flow(stage(c[0]), c[1], c[2], c[3], goto=stage(c[5]) if c[5] else None) for c in CASES]
+    for more in (False, True):
+        raw = _flow_stats_reply(flows, 77, more)
+        parsed = parse(DP, ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, len(raw), 77, raw)
+        cookies, has_more = wire.flow_stats_cookies(raw)
+        assert cookies == [s.cookie for s in parsed.body] == [f.cookie for f in flows]
+        assert has_more is more is bool(parsed.flags & ofp.OFPMPF_REPLY_MORE)
+    assert wire.flow_stats_cookies(_flow_stats_reply([], 1, False)) == ([], False)
+
+
+def test_flow_stats_cookies_refuse_malformed_replies():
+    flows = [make_flow(stage("ls_out_deliver"), "drop", {}, [])]
+    raw = _flow_stats_reply(flows, 1, False)
+    for bad in (raw[:12], raw[:-1], raw[:16] + struct.pack("!H", 8) + raw[18:],  # truncated; entry too short
+                raw[:1] + bytes([ofp.OFPT_ECHO_REPLY]) + raw[2:], raw[:9] + bytes([ofp.OFPMP_TABLE]) + raw[10:]):
+        with pytest.raises(ValueError):
+            wire.flow_stats_cookies(bad)
