@@ -146,18 +146,20 @@ class TenantflowApp(app_manager.OSKenApp):
     def _features(self, ev):
         LOG.info("bridge %016x connected from %s", ev.msg.datapath_id, ev.msg.datapath.address)
 
+    # Replies to a switch's requests reach it straight from its connection (Switch._on_message);
+    # these handlers serve connections that cannot hand them over (os-ken's own socket).
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def _port_desc(self, ev):
         sw = self.switches.get(ev.msg.datapath.id)
-        if sw is None:
-            return
-        sw.on_reply(ev.msg.xid, ev.msg.body, bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE))
+        if sw is not None:
+            sw.on_reply(ev.msg.xid, ev.msg.body, bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE))
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
         sw = self.switches.get(ev.msg.datapath.id)
         if sw is not None:
-            sw.on_reply(ev.msg.xid, ev.msg.body, bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE))
+            more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
+            sw.on_reply(ev.msg.xid, [s.cookie for s in ev.msg.body], more)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev):

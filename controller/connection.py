@@ -48,10 +48,7 @@ LOG = logging.getLogger("tenantflow.connection")
 
 OFPT_ECHO_REQUEST = 2
 OFPT_ECHO_REPLY = 3
-OFPT_MULTIPART_REPLY = 19
-OFPMPF_REPLY_MORE = 1
 HEADER = struct.Struct("!BBHI")
-MULTIPART_HEADER = struct.Struct("!BBHIHH4x")  # header + multipart type and flags
 RECV_SIZE = 256 * 1024
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before the reader waits
 IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the connection
@@ -60,7 +57,7 @@ CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
 
 
 class EchoSplitter:
-    """Splits a switch's byte stream into echo requests, diverted replies and everything else.
+    """Splits a switch's byte stream into echo requests, intercepted replies and everything else.
 
     :meth:`feed` takes bytes as they arrive (any split) and returns the bytes to pass on,
     unchanged and in order, minus every complete ``OFPT_ECHO_REQUEST``, and the replies
@@ -68,18 +65,23 @@ class EchoSplitter:
     not held back is passed on as soon as it arrives, a big reply included.
     A length below the header size counts as 8, as os-ken's receive loop counts it.
 
-    ``diverted`` maps an xid to a handler: each multipart reply with that xid is held
-    back whole and given to the handler (on the caller's thread) instead of being passed
-    on; the entry goes with the reply's last part (no ``OFPMPF_REPLY_MORE``). A switch's
-    flow dump at connect takes this way (see :meth:`FastEchoSocket.divert`).
+    Interception (:meth:`intercept`): each message whose xid ``owns(xid)`` claims is held
+    back whole and given to ``handler`` (on the caller's thread) instead of being passed
+    on. The sync engine claims the replies and errors it waits for this way (see
+    :meth:`FastEchoSocket.intercept`).
     """
 
-    def __init__(self, diverted: dict[int, Callable[[bytes], None]] | None = None) -> None:
-        self.diverted = diverted if diverted is not None else {}
+    def __init__(self) -> None:
+        self.owns: Callable[[int], bool] | None = None
+        self.handler: Callable[[bytes], None] | None = None
         self._head = bytearray()  # a header being read
         self._passing = 0  # bytes of the current (passed on) message still to pass on
-        self._held: bytearray | None = None  # the message being held back (echo request or diverted reply)
+        self._held: bytearray | None = None  # the message being held back (echo request or intercepted)
         self._held_len = 0
+
+    def intercept(self, owns: Callable[[int], bool], handler: Callable[[bytes], None]) -> None:
+        """Give every later message whose xid ``owns`` claims to ``handler`` (not echo requests)."""
+        self.owns, self.handler = owns, handler
 
     def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
         """(bytes for os-ken, echo replies to send) for the next ``data`` read from the switch."""
@@ -111,7 +113,7 @@ class EchoSplitter:
         """A header is complete: hold its message back, or pass it on."""
         _, msg_type, length, xid = HEADER.unpack(self._head)
         length = max(length, HEADER.size)
-        if msg_type == OFPT_ECHO_REQUEST or (msg_type == OFPT_MULTIPART_REPLY and xid in self.diverted):
+        if msg_type == OFPT_ECHO_REQUEST or (xid and self.owns is not None and self.owns(xid)):
             self._held, self._held_len = bytearray(self._head), length
             if length == HEADER.size:
                 self._release(bytes(self._held), replies)
@@ -121,20 +123,16 @@ class EchoSplitter:
         self._head.clear()
 
     def _release(self, msg: bytes, replies: list[bytes]) -> None:
-        """A held-back message is complete: answer it (echo) or hand it to its handler."""
+        """A held-back message is complete: answer it (echo) or hand it to the handler."""
         self._held = None
-        _, msg_type, _, xid = HEADER.unpack_from(msg)
-        if msg_type == OFPT_ECHO_REQUEST:
+        if msg[1] == OFPT_ECHO_REQUEST:
             replies.append(echo_reply(msg))
             return
-        last = len(msg) < MULTIPART_HEADER.size or not MULTIPART_HEADER.unpack_from(msg)[5] & OFPMPF_REPLY_MORE
-        handler = self.diverted.pop(xid, None) if last else self.diverted.get(xid)
-        if handler is None:
-            return  # its requester gave up on it (undiverted) meanwhile: nobody wants it
         try:
-            handler(msg)
+            self.handler(msg)
         except Exception:  # a handler's bug must not end the connection's reader
-            LOG.exception("handler of diverted reply xid=%#x failed", xid)
+            LOG.exception("handler of intercepted message (type %d, xid %#x) failed", msg[1],
+                          HEADER.unpack_from(msg)[3])
 
 
 def echo_reply(request: bytes) -> bytes:
@@ -168,7 +166,7 @@ class FastEchoSocket:
         self._closed = False
         self._timeout: float | None = None
         self.echo_replies = 0
-        self._diverted: dict[int, Callable[[bytes], None]] = {}
+        self._splitter = EchoSplitter()
         sock.settimeout(IO_TIMEOUT)
         if not unix:
             _keepalive(sock)
@@ -209,18 +207,15 @@ class FastEchoSocket:
         """Shut down one or both directions of the real socket."""
         self._sock.shutdown(how)
 
-    def divert(self, xid: int, handler: Callable[[bytes], None]) -> None:
-        """Give each part of the multipart reply to request ``xid`` to ``handler``, on the reader thread.
+    def intercept(self, owns: Callable[[int], bool], handler: Callable[[bytes], None]) -> None:
+        """Hand each message whose xid ``owns`` claims to ``handler``, whole, on the reader thread.
 
-        The reply never reaches os-ken: neither its parser (which builds a Python object per
-        flow of a dump, about 50 times the cost of reading cookies) nor the app's event queue.
-        Register before sending the request; the registration ends with the reply's last part.
+        Such messages never reach os-ken: not its parser (a flow dump is 2,000 objects per
+        bridge, built to read their cookies) and not the app's one event thread, where every
+        barrier and bundle reply of every bridge used to queue behind all the others'.
+        ``owns`` is asked once per message, on the reader thread: it must be cheap.
         """
-        self._diverted[xid] = handler
-
-    def undivert(self, xid: int) -> None:
-        """Forget ``xid``'s handler (its requester gave up); parts still arriving are dropped."""
-        self._diverted.pop(xid, None)
+        self._splitter.intercept(owns, handler)
 
     def close(self) -> None:
         """End the connection: wake and end the reader, then close the real socket."""
@@ -240,7 +235,7 @@ class FastEchoSocket:
 
     # -- the reader thread -------------------------------------------------------------
     def _read_loop(self) -> None:
-        splitter = EchoSplitter(self._diverted)
+        splitter = self._splitter
         try:
             while not self._closed:
                 try:

@@ -189,6 +189,9 @@ class Switch:
         self._pending = False
         self._alive = True
         self._thread = threading.Thread(target=self._run, name=f"switch-{self.dpid:016x}", daemon=True)
+        sock = getattr(datapath, "socket", None)
+        if hasattr(sock, "intercept"):  # our connection (controller.connection): replies come straight here
+            sock.intercept(self._owns, self._on_message)
 
     # -- called from os-ken's event thread ---------------------------------
     def start(self, hv_name: str | None) -> None:
@@ -216,6 +219,39 @@ class Switch:
         if waiter is not None:
             waiter.event.set()
         return True
+
+    def _owns(self, xid: int) -> bool:
+        """True if a message with ``xid`` answers a request of ours (asked on the reader thread)."""
+        inflight = self._inflight_from
+        return xid in self._waiters or (inflight is not None and xid >= inflight)
+
+    def _on_message(self, msg: bytes) -> None:
+        """A reply or error to one of our requests, straight off the connection's reader thread.
+
+        Barrier and bundle replies are read from their fixed fields and a flow dump for its
+        cookies (:func:`controller.wire.flow_stats_cookies`); only errors and port lists go
+        through os-ken's parser. None of them waits in the app's event queue.
+        """
+        msg_type, xid = msg[1], wire.xid_of(msg)
+        try:
+            if msg_type == ofp.OFPT_BARRIER_REPLY:
+                self.on_reply(xid, None)
+            elif msg_type == ofp.OFPT_EXPERIMENTER:
+                self.on_reply(xid, wire.bundle_ctrl_type(msg))
+            elif msg_type == ofp.OFPT_MULTIPART_REPLY and wire.multipart_type(msg) == ofp.OFPMP_FLOW:
+                cookies, more = wire.flow_stats_cookies(msg)
+                self.on_reply(xid, cookies, more)
+            else:
+                parsed = wire.parse(self.dp, msg)
+                if msg_type == ofp.OFPT_ERROR:
+                    metrics.OF_ERRORS.labels(self.label).inc()
+                    self.on_error(xid, parsed)
+                elif msg_type == ofp.OFPT_MULTIPART_REPLY:
+                    self.on_reply(xid, parsed.body, bool(parsed.flags & ofp.OFPMPF_REPLY_MORE))
+                else:
+                    LOG.warning("switch %s: unexpected message type %d for xid %#x", self.label, msg_type, xid)
+        except ValueError as exc:  # malformed: the request fails (and is retried), the connection stays
+            self.on_error(xid, exc)
 
     def mark_dirty(self) -> None:
         """Ask the worker to recompile and sync (coalesces bursts of changes)."""
@@ -365,49 +401,9 @@ class Switch:
         self._errors.clear()  # errors a failed attempt left behind answer nothing any more
         parser = self.dp.ofproto_parser
         req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
-        sock = getattr(self.dp, "socket", None)
-        if hasattr(sock, "divert"):
-            self.installed = Multiset(self._request_cookies(req, sock))
-        else:  # a datapath without our socket (tests' fakes): os-ken parses the dump
-            self.installed = Multiset(s.cookie for reply in self._request(req) for s in reply)
+        self.installed = Multiset(cookie for part in self._request(req) for cookie in part)
         self._full_diff = True  # the changes taken by a failed sync are gone: compare every cookie
         LOG.debug("switch %016x (%s): %d flows installed", self.dpid, self.hv_name, sum(self.installed.values()))
-
-    def _request_cookies(self, req, sock) -> list[int]:
-        """Send a flow stats request; its reply's cookies, read off the wire (see FastEchoSocket.divert).
-
-        At 1,000 bridges of 2,000 flows a restart reads 2 M flows: parsed by os-ken, and queued
-        through the app's one event thread, that alone took minutes.
-        """
-        xid = next(self._xids)
-        req.xid = xid
-        waiter = self._waiters[xid] = _Waiter()  # an error reply for xid finds it (on_error)
-
-        def part(msg: bytes) -> None:  # on the connection's reader thread
-            try:
-                cookies, more = wire.flow_stats_cookies(msg)
-            except ValueError as exc:
-                waiter.parts.append(exc)
-                more = False
-            else:
-                waiter.parts.append(cookies)
-            if not more:
-                waiter.event.set()
-
-        sock.divert(xid, part)
-        try:
-            if not self._alive or not self.dp.send_msg(req):
-                raise SwitchGone("switch connection closed")
-            self._wait(waiter, "no reply from switch")
-            if xid in self._errors:
-                raise RequestRefused(f"switch refused request: {self._errors.pop(xid)}")
-            for item in waiter.parts:
-                if isinstance(item, ValueError):
-                    raise RequestRefused(f"malformed flow stats reply: {item}")
-            return [cookie for cookies in waiter.parts for cookie in cookies]
-        finally:
-            sock.undivert(xid)
-            self._waiters.pop(xid, None)
 
     def _request(self, msg) -> list:
         """Send a request and wait for its (possibly multipart) reply bodies."""
@@ -657,7 +653,9 @@ def _carried(item: Flow | int | None) -> str:
 
 
 def _error_text(err) -> str:
-    """Render an OFPErrorMsg (standard or experimenter) readably."""
+    """Render an OFPErrorMsg (standard or experimenter), or a malformed reply's ValueError, readably."""
+    if isinstance(err, ValueError):
+        return f"malformed reply: {err}"
     etype, code = getattr(err, "type", "?"), getattr(err, "code", "?")
     name = ""
     try:

@@ -285,6 +285,42 @@ _FLOW_STATS_COOKIE = struct.Struct("!Q")  # ...and has its cookie at byte 24
 _FLOW_STATS_COOKIE_AT = 24
 
 
+def xid_of(msg: bytes) -> int:
+    """A message's transaction id."""
+    return _XID.unpack_from(msg, 4)[0]
+
+
+def multipart_type(msg: bytes) -> int:
+    """A multipart reply's type (OFPMP_*); ValueError if too short to have one."""
+    if len(msg) < _MULTIPART_REPLY.size:
+        raise ValueError(f"multipart reply of {len(msg)} bytes")
+    return _MULTIPART_REPLY.unpack_from(msg)[4]
+
+
+_BUNDLE_CTRL_REPLY = struct.Struct("!BBHIIIIHH")  # experimenter header, bundle id, type, flags
+
+
+def bundle_ctrl_type(msg: bytes) -> int:
+    """An ONF bundle control reply's type (ONF_BCT_*); ValueError if it is not one."""
+    if len(msg) < _BUNDLE_CTRL_REPLY.size:
+        raise ValueError(f"experimenter message of {len(msg)} bytes")
+    _, _, _, _, experimenter, exp_type, _, ctrl_type, _ = _BUNDLE_CTRL_REPLY.unpack_from(msg)
+    if experimenter != ofproto_common.ONF_EXPERIMENTER_ID or exp_type != ofp.ONF_ET_BUNDLE_CONTROL:
+        raise ValueError(f"experimenter message {experimenter:#x}/{exp_type} is no bundle control reply")
+    return ctrl_type
+
+
+def parse(datapath, msg: bytes):
+    """os-ken's object for one whole message (errors, port lists: the rare replies); ValueError if unparsable."""
+    from os_ken.ofproto.ofproto_parser import msg as os_ken_msg
+
+    version, msg_type, length, xid = _HEADER.unpack_from(msg)
+    try:
+        return os_ken_msg(datapath, version, msg_type, length, xid, msg)
+    except Exception as exc:  # os-ken raises anything on bad input
+        raise ValueError(f"unparsable message type {msg_type}: {exc!r}") from exc
+
+
 def flow_stats_cookies(msg: bytes) -> tuple[list[int], bool]:
     """The cookies of one ``OFPMP_FLOW`` multipart reply, and whether more parts follow.
 

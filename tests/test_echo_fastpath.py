@@ -183,33 +183,43 @@ def test_a_stuck_app_keeps_a_real_ovs_bridge_connected(tmp_path: Path, stock: bo
     assert bridge not in subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split()
 
 
-def test_splitter_diverts_registered_multipart_replies_whole_at_any_split() -> None:
+def test_splitter_hands_claimed_messages_whole_to_the_handler_at_any_split() -> None:
     rng = random.Random(11)
+
     def part(xid: int, more: bool, size: int) -> bytes:
         return msg(19, xid, struct.pack("!HH4x", 1, 1 if more else 0) + bytes(rng.randrange(256) for _ in range(size)))
-    diverted_msgs = [part(500, True, 300), part(500, True, 0), part(500, False, 77)]
-    after = part(500, False, 5)  # same xid after the last part: nobody asked for it any more
-    others = [msg(10, i, b"y" * rng.randrange(0, 200)) for i in range(10)] + [part(501, False, 20)]
-    stream_msgs = [others[0], msg(2, 9, b"e"), diverted_msgs[0], others[1], diverted_msgs[1], *others[2:6],
-                   diverted_msgs[2], after, *others[6:]]
+    claimed_msgs = [part(500, True, 300), part(500, True, 0), msg(21, 502), part(500, False, 77)]
+    after = part(500, False, 5)  # same xid after the last part: no longer claimed
+    others = [msg(10, i, b"y" * rng.randrange(0, 200)) for i in range(10)] + [part(501, False, 20), msg(10, 0)]
+    stream_msgs = [others[0], msg(2, 9, b"e"), claimed_msgs[0], others[1], claimed_msgs[1], *others[2:6],
+                   claimed_msgs[2], claimed_msgs[3], after, *others[6:]]
     stream = b"".join(stream_msgs)
     for trial in range(30):
         got: list[bytes] = []
-        splitter, rest, replies, i = EchoSplitter({500: got.append}), b"", [], 0
+        claimed = {500, 502, 0}  # xid 0 (asynchronous messages) is never claimed
+
+        def handler(m: bytes, got=got, claimed=claimed) -> None:
+            got.append(m)
+            if m[1] != 19 or not m[11] & 1:  # the reply's last part ends the claim
+                claimed.discard(HEADER.unpack_from(m)[3])
+
+        splitter, rest, replies, i = EchoSplitter(), b"", [], 0
+        splitter.intercept(claimed.__contains__, handler)
         while i < len(stream):
             step = rng.choice([1, 2, 5, 8, 13, 100, 4096]) if trial else len(stream)
             out, rep = splitter.feed(stream[i:i + step])
             rest += out
             replies += rep
             i += step
-        assert got == diverted_msgs
-        assert rest == b"".join(m for m in stream_msgs if m not in diverted_msgs and m[1] != 2)
-        assert replies == [echo_reply(msg(2, 9, b"e"))] and splitter.diverted == {}
+        assert got == claimed_msgs
+        assert rest == b"".join(m for m in stream_msgs if m not in claimed_msgs and m[1] != 2)
+        assert replies == [echo_reply(msg(2, 9, b"e"))] and claimed == {0}
 
 
-def test_a_failing_divert_handler_loses_nothing_else() -> None:
+def test_a_failing_handler_loses_nothing_else() -> None:
     def broken(_: bytes) -> None:
         raise RuntimeError("bug")
-    reply = msg(19, 3, struct.pack("!HH4x", 1, 0))
-    out, replies = EchoSplitter({3: broken}).feed(reply + msg(10, 4) + msg(2, 5))
+    splitter = EchoSplitter()
+    splitter.intercept(lambda xid: xid == 3, broken)
+    out, replies = splitter.feed(msg(19, 3, struct.pack("!HH4x", 1, 0)) + msg(10, 4) + msg(2, 5))
     assert out == msg(10, 4) and replies == [echo_reply(msg(2, 5))]

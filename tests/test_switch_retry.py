@@ -7,8 +7,9 @@ at once; at most ``SYNC_SLOTS`` syncs run at a time, admitted in order.
 
 :class:`FakeDatapath` takes the exact bytes the worker writes (``controller.wire``),
 keeps a table of cookies the way OVS keeps flows (an ONF bundle applies atomically at
-commit, or not at all) and answers like the app shim would, through
-``Switch.on_reply`` / ``Switch.on_error``.
+commit, or not at all) and answers in OpenFlow bytes, handed to the switch the way the
+connection's reader thread hands them (``FastEchoSocket.intercept``: only the xids the
+switch claims, straight to ``Switch._on_message``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ from tests import e2e_fixtures
 HEADER = struct.Struct("!BBHI")
 EXP = struct.Struct("!II")
 CTRL = struct.Struct("!IHH")
+BUNDLE_REPLY = struct.Struct("!BBHIIIIHH")
+ERROR = struct.Struct("!BBHIHH")
+EXP_ERROR = struct.Struct("!BBHIHHI")  # OFPET_EXPERIMENTER: type, exp_code, experimenter
+MULTIPART = struct.Struct("!BBHIHH4x")
+PORT = struct.Struct("!I4x6s2x16sIIIIIIII")
+FLOW_STATS = struct.Struct("!HBxIIHHHH4xQQQ")
+EMPTY_MATCH = struct.pack("!HH4x", ofp.OFPMT_OXM, 4)
 INNER = struct.Struct("!QQBB")  # flow-mod cookie, cookie mask, table, command
 
 wait_until = functools.partial(e2e_fixtures.wait_until, interval=0.005)  # short-lived fake-switch states
@@ -74,22 +82,42 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         self.silent = False
         self.barrier_gate: threading.Event | None = None
         self.on_dump: Callable[[FakeDatapath], None] | None = None
+        self.socket = SimpleNamespace(intercept=self._intercept)
+        self._owns: Callable[[int], bool] = lambda xid: False
+        self._deliver: Callable[[bytes], None] = lambda msg: None
         self.ports: dict[str, int] = {"tf-vxlan": 1}  # the bridge's ports, as the port description lists them
         self._bundles: dict[int, list[tuple[int, int]]] = {}
         self._bad_bundles: set[int] = set()
 
     # -- what os-ken's Datapath offers the worker ---------------------------------
+    def _intercept(self, owns: Callable[[int], bool], handler: Callable[[bytes], None]) -> None:
+        self._owns, self._deliver = owns, handler
+
+    def reply(self, msg: bytes) -> None:
+        """A message from the switch, as the reader thread passes it: to the switch if it claims the xid."""
+        if self._owns(HEADER.unpack_from(msg)[3]):
+            self._deliver(msg)
+
     def send_msg(self, msg) -> bool:
         """Requests built with os-ken's parser: the port description and the flow dump."""
         if self.silent:
             return True
         if isinstance(msg, parser.OFPPortDescStatsRequest):
-            self.sw.on_reply(msg.xid, [SimpleNamespace(name=n.encode(), port_no=no) for n, no in self.ports.items()])
+            body = b"".join(PORT.pack(no, bytes(6), n.encode(), 0, 0, 0, 0, 0, 0, 0, 0)
+                            for n, no in self.ports.items())
+            self.reply(MULTIPART.pack(4, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), msg.xid, ofp.OFPMP_PORT_DESC, 0)
+                       + body)
         elif isinstance(msg, parser.OFPFlowStatsRequest):
             self.flow_dumps += 1
             if self.on_dump is not None:
                 self.on_dump(self)
-            self.sw.on_reply(msg.xid, [SimpleNamespace(cookie=c) for c, n in self.flows.items() for _ in range(n)])
+            entries = [FLOW_STATS.pack(FLOW_STATS.size + 8, 0, 0, 0, 0, 0, 0, 0, c, 0, 0) + EMPTY_MATCH
+                       for c, n in self.flows.items() for _ in range(n)]
+            for at in range(0, max(len(entries), 1), 100):  # in parts, as OVS sends a big dump
+                more = at + 100 < len(entries)
+                body = b"".join(entries[at:at + 100])
+                self.reply(MULTIPART.pack(4, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), msg.xid, ofp.OFPMP_FLOW,
+                                          ofp.OFPMPF_REPLY_MORE if more else 0) + body)
         return True
 
     def send(self, data: bytes) -> bool:
@@ -112,10 +140,10 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
             if self.drop_barriers:
                 self.drop_barriers -= 1
             elif self.barrier_gate is None:
-                self.sw.on_reply(xid, None)
+                self.reply(HEADER.pack(4, ofp.OFPT_BARRIER_REPLY, 8, xid))
             else:
-                gate = self.barrier_gate
-                threading.Thread(target=lambda: (gate.wait(10), self.sw.on_reply(xid, None)), daemon=True).start()
+                gate, barrier = self.barrier_gate, HEADER.pack(4, ofp.OFPT_BARRIER_REPLY, 8, xid)
+                threading.Thread(target=lambda: (gate.wait(10), self.reply(barrier)), daemon=True).start()
             return
         if msg_type != ofp.OFPT_EXPERIMENTER:
             return
@@ -128,7 +156,8 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
             if not ops and self.refuse_adds and bundle_id not in self._bad_bundles:
                 self.refuse_adds -= 1
                 self._bad_bundles.add(bundle_id)
-                self.sw.on_error(xid, SimpleNamespace(type=ofp.OFPET_BAD_ACTION, code=ofp.OFPBAC_MATCH_INCONSISTENT))
+                self.reply(ERROR.pack(4, ofp.OFPT_ERROR, 12 + 64, xid, ofp.OFPET_BAD_ACTION,
+                                      ofp.OFPBAC_MATCH_INCONSISTENT) + msg[:64])
             ops.append((command, cookie))
             return
         bundle_id, ctrl_type, _ = CTRL.unpack_from(msg, 16)
@@ -137,7 +166,8 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
             ops = self._bundles.pop(bundle_id, [])
             if self.refuse_commits:  # as OVS after OFPBFC_TIMEOUT: the bundle is gone, nothing applied
                 self.refuse_commits -= 1
-                self.sw.on_error(xid, SimpleNamespace(type=ofp.OFPET_EXPERIMENTER, code=0, exp_type=2302))
+                self.reply(EXP_ERROR.pack(4, ofp.OFPT_ERROR, 16 + len(msg), xid, ofp.OFPET_EXPERIMENTER, 2302,
+                                          0x4F4E4600) + msg)
                 return
             for command, cookie in ops:
                 if command == ofp.OFPFC_DELETE:
@@ -149,7 +179,8 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
                 return
         elif ctrl_type == ofp.ONF_BCT_DISCARD_REQUEST:
             self._bundles.pop(bundle_id, None)
-        self.sw.on_reply(xid, ctrl_type + 1)
+        self.reply(BUNDLE_REPLY.pack(4, ofp.OFPT_EXPERIMENTER, 24, xid, 0x4F4E4600, ofp.ONF_ET_BUNDLE_CONTROL,
+                                     bundle_id, ctrl_type + 1, 0))
 
 
 class FakeSource:
