@@ -32,6 +32,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 
 from flows.acl import EGRESS, ETH_IPV4, ETH_IPV6, INGRESS
 from flows.compiler import compile_hypervisor
@@ -68,7 +70,7 @@ class HypervisorFlows:
     name: str
     info: BaseInfo | None = None
     units: dict[UnitKey, tuple[Flow, ...]] = field(default_factory=dict)
-    refs: dict[int, int] = field(default_factory=dict)  # cookie -> number of units contributing it
+    refs: Counter[int] = field(default_factory=Counter)  # cookie -> number of units contributing it
     flows: dict[int, Flow] = field(default_factory=dict)  # cookie -> flow
     changed: set[int] = field(default_factory=set)  # cookies added or removed since take_changes
     frags: dict[str, Fragment] = field(default_factory=dict)  # network id -> the shared fragment held
@@ -424,30 +426,57 @@ class FlowEngine:
         return [*index.unbound, *(p.id for p in self.graph.ports_on(here) if p.network_id == net_id)]
 
     def _rebuild(self, name: str) -> None:
-        """Recompute every unit of one hypervisor."""
+        """Recompute every unit of one hypervisor, and count its flows afresh."""
         self.stats.hypervisor_rebuilds += 1
         state = self._state(name)
         result = base_unit(self.graph, name, self._has_members)
         old_info = state.info
+        units: dict[UnitKey, tuple[Flow, ...]] = {}
         if result is None:
-            for key in list(state.units):
-                self._set_unit(state, key, [])
             state.info = None
+            for net_id in list(state.frags):
+                self._detach(state, net_id, count=False)
         else:
             flows, info = result
             state.info = info
-            self._place_fragments(state, name, info)
-            wanted = {BASE: flows}
+            self._place_fragments(state, name, info, count=False)
+            units[BASE] = tuple(flows)
             for key in self._unit_keys(info):
-                wanted[key] = self._compute(info, key)
-            for key in set(state.units) - set(wanted):
-                self._set_unit(state, key, [])
-            for key, unit_flows in wanted.items():
-                self._set_unit(state, key, unit_flows)
-        if result is None:
-            for net_id in list(state.frags):
-                self._detach(state, net_id)
+                unit_flows = tuple(self._compute(info, key))
+                if unit_flows:
+                    units[key] = unit_flows
+        state.units = units
+        self._recount(state)
         self._index(name, old_info, state.info)
+
+    @staticmethod
+    def _recount(state: HypervisorFlows) -> None:
+        """Count every unit's and fragment's contributions from scratch (what _adjust keeps in step).
+
+        A rebuild (every hypervisor's, at start) replaces all of a hypervisor's units at once: counting
+        them in bulk (C loops over the concatenated flows) is several times cheaper than counting them
+        out and in one by one, and the switch is told the difference from the flows held before.
+        """
+        plus = [flows for key, flows in state.units.items() if key[0] != "anti"]
+        plus += [frag.flat() for frag in state.frags.values()]
+        everything = [*chain.from_iterable(plus)]
+        cookies = [*map(_COOKIE, everything)]
+        refs = Counter(cookies)
+        held = dict(zip(cookies, everything))
+        for key, flows in state.units.items():
+            if key[0] == "anti":  # subtracted (see Fragment)
+                for flow in flows:
+                    refs[flow.cookie] -= 1
+        for key, flows in state.units.items():
+            if key[0] == "anti":
+                for flow in flows:
+                    count = refs.get(flow.cookie, 0)
+                    if count == 0:
+                        refs.pop(flow.cookie, None)
+                    if count <= 0:
+                        held.pop(flow.cookie, None)
+        state.changed |= state.flows.keys() ^ held.keys()
+        state.refs, state.flows = refs, held
 
     def _update_base(self, name: str, plan: _Plan) -> None:
         """Recompute a hypervisor's base unit, and the units whose reason to be changed with it."""
@@ -500,12 +529,12 @@ class FlowEngine:
         tunnel = info.view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
         return None if tunnel is None else (net_id, tunnel)
 
-    def _place_fragments(self, state: HypervisorFlows, name: str, info: BaseInfo) -> None:
-        """Attach the fragments the hypervisor now needs, detach the others."""
+    def _place_fragments(self, state: HypervisorFlows, name: str, info: BaseInfo, count: bool = True) -> None:
+        """Attach the fragments the hypervisor now needs, detach the others (``count``: their flows too)."""
         wanted = {net_id: key for net_id in info.reach if (key := self._fragment_key(info, net_id)) is not None}
         for net_id, frag in list(state.frags.items()):
             if wanted.get(net_id) != (frag.net_id, frag.tunnel_ofport):
-                self._detach(state, net_id)
+                self._detach(state, net_id, count)
         for net_id, key in wanted.items():
             if net_id not in state.frags:
                 frag = self._frags.get(key)
@@ -513,12 +542,14 @@ class FlowEngine:
                     frag = self._frags[key] = self._new_fragment(*key)
                 frag.holders.add(name)
                 state.frags[net_id] = frag
-                self._adjust(state, (), frag.flows())
+                if count:
+                    self._adjust(state, (), frag.flat())
 
-    def _detach(self, state: HypervisorFlows, net_id: str) -> None:
+    def _detach(self, state: HypervisorFlows, net_id: str, count: bool = True) -> None:
         frag = state.frags.pop(net_id)
         frag.holders.discard(state.name)
-        self._adjust(state, frag.flows(), ())
+        if count:
+            self._adjust(state, frag.flat(), ())
         if not frag.holders and self._frags.get((frag.net_id, frag.tunnel_ofport)) is frag:
             del self._frags[(frag.net_id, frag.tunnel_ofport)]
 
@@ -528,7 +559,7 @@ class FlowEngine:
         for port in self.graph.network_index(net_id).ports.values():
             flows = remote_view(self.graph, net, port, tunnel_ofport)
             if flows:
-                frag.by_port[port.id] = flows
+                frag.set_port(port.id, flows)
         return frag
 
     def _refresh_fragments(self, plan: _Plan, net_id: str, port_id: str) -> None:
@@ -542,10 +573,7 @@ class FlowEngine:
                 and port.network_id == net_id else ()
             if new == old:
                 continue
-            if new:
-                frag.by_port[port_id] = new
-            else:
-                frag.by_port.pop(port_id, None)
+            frag.set_port(port_id, new)
             for name in frag.holders:
                 self._adjust(self.hvs[name], old, new)
                 plan.unit(name, ("anti", net_id, port_id))
@@ -616,6 +644,7 @@ def _fabric_ports(ofports: dict[str, int]) -> dict[str, int]:
     return {name: n for name, n in ofports.items() if name in _FABRIC_NAMES or name.startswith(PATCH_PREFIX)}
 
 
+_COOKIE = attrgetter("cookie")
 _FABRIC_NAMES = frozenset(TUNNEL_PORT_NAMES.values())
 PATCH_PREFIX = provider_patch_name("")
 _FLOW_ATTRS = ("security_groups", "port_security_enabled", "allowed_address_pairs", CT_ZONE_ATTR)

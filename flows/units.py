@@ -183,17 +183,31 @@ class Fragment:
     hypervisor's own ports are subtracted there (the "anti" units) and added as it sees them.
     """
 
-    __slots__ = ("by_port", "holders", "net_id", "tunnel_ofport")
+    __slots__ = ("_flat", "by_port", "holders", "net_id", "tunnel_ofport")
 
     def __init__(self, net_id: str, tunnel_ofport: int) -> None:
         self.net_id = net_id
         self.tunnel_ofport = tunnel_ofport
-        self.by_port: dict[str, tuple[Flow, ...]] = {}  # port id -> its flows as a remote port
+        self.by_port: dict[str, tuple[Flow, ...]] = {}  # port id -> its flows as a remote port (set_port)
         self.holders: set[str] = set()  # hypervisors holding this fragment
+        self._flat: tuple[Flow, ...] | None = None  # flat(), until a port changes
 
-    def flows(self) -> list[Flow]:
-        """Every flow of the fragment (with repeats: the DAD pass once per IPv6 port)."""
-        return [f for flows in self.by_port.values() for f in flows]
+    def set_port(self, port_id: str, flows: tuple[Flow, ...]) -> None:
+        """A port's flows as a remote port (none: the port is gone from the fragment)."""
+        if flows:
+            self.by_port[port_id] = flows
+        else:
+            self.by_port.pop(port_id, None)
+        self._flat = None
+
+    def flat(self) -> tuple[Flow, ...]:
+        """Every flow of the fragment (with repeats: the DAD pass once per IPv6 port).
+
+        Kept between changes: each of the hypervisors attaching the fragment reads it whole.
+        """
+        if self._flat is None:
+            self._flat = tuple(f for flows in self.by_port.values() for f in flows)
+        return self._flat
 
 
 class _TunnelView:
