@@ -26,11 +26,13 @@ compares every hypervisor with it (the property-based test does so after every s
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
@@ -179,6 +181,10 @@ class FlowEngine:
                 listener(touched)
 
     def _rebuild_all(self) -> None:
+        with _gc_paused():
+            self._rebuild_every_hypervisor()
+
+    def _rebuild_every_hypervisor(self) -> None:
         self.stats.full_rebuilds += 1
         self.graph.take_journal()
         old = self.hvs
@@ -625,6 +631,24 @@ class FlowEngine:
                 elif was > 0:
                     del by_cookie[c]
                     changed.add(c)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile (restored as it was after).
+
+    A full build allocates millions of objects (flows, tuples, per-hypervisor dicts) that all live
+    on, and makes no reference cycles: the collector, whose full pass over every tracked object
+    runs each time their number grows by a quarter, would only rescan them (about 40% of the
+    build's time at 1,000 hypervisors). Their memory is freed by reference counting either way.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
