@@ -411,9 +411,10 @@ class FlowEngine:
     def _unit_keys(self, info: BaseInfo) -> list[UnitKey]:
         keys: list[UnitKey] = [("net", n) for n, r in info.reach.items() if r.hosted]
         keys += [(kind, p) for p in info.local_ids for kind in ("in", "acl")]
+        bound = self.graph.ports_on(info.view.hv.name)
         for net_id, reach in info.reach.items():
             if self._fragment_key(info, net_id) is not None:
-                here = [p.id for p in self.graph.ports_on(info.view.hv.name) if p.network_id == net_id]
+                here = [p.id for p in bound if p.network_id == net_id]
                 keys += [("port", net_id, p) for p in here] + [("anti", net_id, p) for p in here]
             else:
                 keys += [("port", net_id, p) for p in self._port_ids(info, net_id, reach)]

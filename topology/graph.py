@@ -279,11 +279,14 @@ class TopologyGraph:
 
     # -- what compilation asks -------------------------------------------------
     def _neighbors(self, node: tuple[str, str], kind: str) -> Iterator:
-        if node not in self.g:
+        # networkx's own adjacency and node dicts, as in get(): its views cost more than the walk.
+        adjacent = self.g._adj.get(node)
+        if adjacent is None:
             return
-        for nb in self.g.neighbors(node):
+        nodes = self.g._node
+        for nb in adjacent:
             if nb[0] == kind:
-                obj = self.g.nodes[nb].get("obj")
+                obj = nodes[nb].get("obj")
                 if obj is not None:
                     yield obj
 
