@@ -464,12 +464,14 @@ class FlowEngine:
         them in bulk (C loops over the concatenated flows) is several times cheaper than counting them
         out and in one by one, and the switch is told the difference from the flows held before.
         """
-        plus = [flows for key, flows in state.units.items() if key[0] != "anti"]
-        plus += [frag.flat() for frag in state.frags.values()]
-        everything = [*chain.from_iterable(plus)]
+        everything = [*chain.from_iterable(flows for key, flows in state.units.items() if key[0] != "anti")]
         cookies = [*map(_COOKIE, everything)]
         refs = Counter(cookies)
-        held = dict(zip(cookies, everything))
+        held = dict(zip(cookies, everything, strict=True))
+        for frag in state.frags.values():  # most of the flows: counted from the fragment's own tables
+            frag_cookies, by_cookie = frag.cookies()
+            refs.update(frag_cookies)
+            held.update(by_cookie)
         for key, flows in state.units.items():
             if key[0] == "anti":  # subtracted (see Fragment)
                 for flow in flows:

@@ -173,15 +173,6 @@ class Flow:
         return (self.table_id, self.priority, self.match)
 
 
-def _content_hash(table_id: int, priority: int, match: tuple, actions: tuple, goto: int | None,
-                  actions_repr: str | None = None) -> int:
-    if actions_repr is None:
-        text = repr((table_id, priority, match, actions, goto))
-    else:  # the same text, the actions' part rendered by the caller from cached pieces
-        text = f"({table_id!r}, {priority!r}, {match!r}, {actions_repr}, {goto!r})"
-    return int.from_bytes(_blake2b(text.encode(), digest_size=7).digest(), "big")
-
-
 _blake2b = hashlib.blake2b
 _PLAIN = frozenset({Output, SetField, RegMove, PushVlan, PopVlan, DecTtl})
 
@@ -233,13 +224,19 @@ def make_flow(
     actions_t = tuple(actions)
     if not _PLAIN.issuperset(map(type, actions_t)):  # most flows' actions (a flood's hundreds) need no check
         _check_actions(stage, actions_t, goto)
-    prio = stage.priority(priority, priority_offset)
+    prio = stage.priorities.get(priority) if not priority_offset else None
+    if prio is None:  # an offset, or no such priority (raises)
+        prio = stage.priority(priority, priority_offset)
+    table_id = stage.table_id
     match_t = tuple(sorted(match.items()))
     goto_id = goto.table_id if goto is not None else None
-    cookie = (stage.table_id << COOKIE_STAGE_SHIFT) | _content_hash(
-        stage.table_id, prio, match_t, actions_t, goto_id, actions_repr if len(actions_t) > 1 else None
-    )
-    return _new_flow(stage.table_id, prio, match_t, actions_t, goto_id, cookie, description)
+    # The cookie: a hash of the flow's content as text (the actions' part may come rendered already).
+    if actions_repr is None or len(actions_t) <= 1:
+        text = repr((table_id, prio, match_t, actions_t, goto_id))
+    else:
+        text = f"({table_id!r}, {prio!r}, {match_t!r}, {actions_repr}, {goto_id!r})"
+    cookie = (table_id << COOKIE_STAGE_SHIFT) | int.from_bytes(_blake2b(text.encode(), digest_size=7).digest(), "big")
+    return _new_flow(table_id, prio, match_t, actions_t, goto_id, cookie, description)
 
 
 def _check_actions(stage: Stage, actions: tuple[Action, ...], goto: Stage | None) -> None:

@@ -184,7 +184,7 @@ class Fragment:
     hypervisor's own ports are subtracted there (the "anti" units) and added as it sees them.
     """
 
-    __slots__ = ("_flat", "by_port", "holders", "net_id", "tunnel_ofport")
+    __slots__ = ("_by_cookie", "_cookies", "_flat", "by_port", "holders", "net_id", "tunnel_ofport")
 
     def __init__(self, net_id: str, tunnel_ofport: int) -> None:
         self.net_id = net_id
@@ -192,6 +192,8 @@ class Fragment:
         self.by_port: dict[str, tuple[Flow, ...]] = {}  # port id -> its flows as a remote port (set_port)
         self.holders: set[str] = set()  # hypervisors holding this fragment
         self._flat: tuple[Flow, ...] | None = None  # flat(), until a port changes
+        self._cookies: tuple[int, ...] = ()  # their cookies, in order (with flat())
+        self._by_cookie: dict[int, Flow] = {}  # cookie -> flow (with flat())
 
     def set_port(self, port_id: str, flows: tuple[Flow, ...]) -> None:
         """A port's flows as a remote port (none: the port is gone from the fragment)."""
@@ -208,7 +210,14 @@ class Fragment:
         """
         if self._flat is None:
             self._flat = tuple(f for flows in self.by_port.values() for f in flows)
+            self._cookies = tuple(f.cookie for f in self._flat)
+            self._by_cookie = dict(zip(self._cookies, self._flat, strict=True))
         return self._flat
+
+    def cookies(self) -> tuple[tuple[int, ...], dict[int, Flow]]:
+        """The cookies of flat(), in order, and cookie -> flow: what a hypervisor counts in bulk."""
+        self.flat()
+        return self._cookies, self._by_cookie
 
 
 class _TunnelView:
