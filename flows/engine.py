@@ -103,7 +103,8 @@ class FlowEngine:
         self._hosts: dict[str, frozenset[str]] = {}  # network id -> hypervisors hosting a port of it
         self._named: dict[str, set[str]] = {}  # security group -> hypervisors whose rules name it as remote
         self._members: dict[MemberKey, Counter] = {}  # (group, eth_type) -> member address -> count
-        self._frags: dict[tuple[str, int], Fragment] = {}  # (overlay network, tunnel port number) -> fragment
+        self._frags: dict[str, dict[int, Fragment]] = {}  # overlay network -> tunnel port number -> fragment
+        self._dirty: set[str] = set()  # hypervisors whose changed cookies grew in this on_change
         self.generation = 0  # counts the changes that changed some hypervisor's flows
         self._topology = None
         with self.lock:
@@ -164,13 +165,16 @@ class FlowEngine:
         """Bring every hypervisor up to date with the graph's journal (a topology subscriber)."""
         with self.lock:
             start = time.thread_time()
-            before = {name: len(s.changed) for name, s in self.hvs.items()}
             if self._topology is not None and self._topology.graph is not self.graph:
+                before = {name: len(s.changed) for name, s in self.hvs.items()}
                 self.graph = self._topology.graph
                 self._rebuild_all()
+                touched = {name for name, s in self.hvs.items() if len(s.changed) != before.get(name, 0)}
             else:
+                # Only the hypervisors a change reached: no walk over every hypervisor per change.
+                self._dirty = set()
                 self._apply(self.graph.take_journal())
-            touched = {name for name, s in self.hvs.items() if len(s.changed) != before.get(name, 0)}
+                touched = self._dirty
             if touched:
                 self.generation += 1
                 for name in touched:
@@ -270,8 +274,7 @@ class FlowEngine:
         if old is None or new is None or old != new:  # its flows' fields (name and such are attrs)
             for name in self._reach.get(net_id, ()):
                 plan.rebuild.add(name)
-            for key in [k for k in self._frags if k[0] == net_id]:
-                frag = self._frags.pop(key)
+            for frag in self._frags.pop(net_id, {}).values():
                 for name in list(frag.holders):
                     self._detach(self.hvs[name], net_id)
 
@@ -456,8 +459,7 @@ class FlowEngine:
         self._recount(state)
         self._index(name, old_info, state.info)
 
-    @staticmethod
-    def _recount(state: HypervisorFlows) -> None:
+    def _recount(self, state: HypervisorFlows) -> None:
         """Count every unit's and fragment's contributions from scratch (what _adjust keeps in step).
 
         A rebuild (every hypervisor's, at start) replaces all of a hypervisor's units at once: counting
@@ -484,8 +486,11 @@ class FlowEngine:
                         refs.pop(flow.cookie, None)
                     if count <= 0:
                         held.pop(flow.cookie, None)
+        before = len(state.changed)
         state.changed |= state.flows.keys() ^ held.keys()
         state.refs, state.flows = refs, held
+        if len(state.changed) != before:
+            self._dirty.add(state.name)
 
     def _update_base(self, name: str, plan: _Plan) -> None:
         """Recompute a hypervisor's base unit, and the units whose reason to be changed with it."""
@@ -546,9 +551,10 @@ class FlowEngine:
                 self._detach(state, net_id, count)
         for net_id, key in wanted.items():
             if net_id not in state.frags:
-                frag = self._frags.get(key)
+                by_tunnel = self._frags.setdefault(key[0], {})
+                frag = by_tunnel.get(key[1])
                 if frag is None:
-                    frag = self._frags[key] = self._new_fragment(*key)
+                    frag = by_tunnel[key[1]] = self._new_fragment(*key)
                 frag.holders.add(name)
                 state.frags[net_id] = frag
                 if count:
@@ -559,8 +565,11 @@ class FlowEngine:
         frag.holders.discard(state.name)
         if count:
             self._adjust(state, frag.flat(), ())
-        if not frag.holders and self._frags.get((frag.net_id, frag.tunnel_ofport)) is frag:
-            del self._frags[(frag.net_id, frag.tunnel_ofport)]
+        by_tunnel = self._frags.get(frag.net_id, {})
+        if not frag.holders and by_tunnel.get(frag.tunnel_ofport) is frag:
+            del by_tunnel[frag.tunnel_ofport]
+            if not by_tunnel:
+                del self._frags[frag.net_id]
 
     def _new_fragment(self, net_id: str, tunnel_ofport: int) -> Fragment:
         frag = Fragment(net_id, tunnel_ofport)
@@ -574,9 +583,7 @@ class FlowEngine:
     def _refresh_fragments(self, plan: _Plan, net_id: str, port_id: str) -> None:
         """A port of ``net_id`` changed: update it in each of the network's fragments, and their holders."""
         port, net = self.graph.port(port_id), self.graph.network(net_id)
-        for (frag_net, tunnel), frag in list(self._frags.items()):
-            if frag_net != net_id:
-                continue
+        for tunnel, frag in list(self._frags.get(net_id, {}).items()):
             old = frag.by_port.get(port_id, ())
             new = remote_view(self.graph, net, port, tunnel) if port is not None and net is not None \
                 and port.network_id == net_id else ()
@@ -614,10 +621,10 @@ class FlowEngine:
         else:
             self._adjust(state, old, new)
 
-    @staticmethod
-    def _adjust(state: HypervisorFlows, minus: Iterable[Flow], plus: Iterable[Flow]) -> None:
+    def _adjust(self, state: HypervisorFlows, minus: Iterable[Flow], plus: Iterable[Flow]) -> None:
         """Count contributions out and in; a flow is held while its count is positive."""
         refs, by_cookie, changed = state.refs, state.flows, state.changed
+        before = len(changed)
         for sign, flows in ((-1, minus), (1, plus)):
             for flow in flows:
                 c = flow.cookie
@@ -634,6 +641,8 @@ class FlowEngine:
                 elif was > 0:
                     del by_cookie[c]
                     changed.add(c)
+        if len(changed) != before:
+            self._dirty.add(state.name)
 
 
 @contextmanager
