@@ -160,8 +160,6 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     manager = app_manager.AppManager.get_instance()
     manager.load_apps(["controller.app"])
     services = manager.instantiate_apps(**manager.create_contexts())
-    # The engine (built by the app) holds every hypervisor's flows as long as the process too.
-    gc.freeze()
     if args.unix_socket:
         serve_unix(args.unix_socket)
     api = None
