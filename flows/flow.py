@@ -232,13 +232,34 @@ def make_flow(
     table_id = stage.table_id
     match_t = tuple(sorted(match.items()))
     goto_id = goto.table_id if goto is not None else None
-    # The cookie: a hash of the flow's content as text (the actions' part may come rendered already).
+    # The cookie: a hash of the flow's content as text, repr((table_id, prio, match_t, actions_t, goto_id)),
+    # put together from pieces (the match's items from a cache, the actions' maybe rendered already).
     if actions_repr is None or len(actions_t) <= 1:
-        text = repr((table_id, prio, match_t, actions_t, goto_id))
-    else:
-        text = f"({table_id!r}, {prio!r}, {match_t!r}, {actions_repr}, {goto_id!r})"
+        actions_repr = repr(actions_t)
+    text = f"({table_id!r}, {prio!r}, {_match_repr(match_t)}, {actions_repr}, {goto_id!r})"
     cookie = (table_id << COOKIE_STAGE_SHIFT) | int.from_bytes(_blake2b(text.encode(), digest_size=7).digest(), "big")
     return _new_flow(table_id, prio, match_t, actions_t, goto_id, cookie, description)
+
+
+def _match_repr(match: tuple[tuple[str, MatchValue], ...]) -> str:
+    """``repr(match)``, each (field, value) item's rendering cached: the same few recur in many flows.
+
+    Sound because match values are ints, strings or pairs of ints (MatchValue), which render alike
+    whenever they are equal (a bool, equal to 0 or 1 but rendered otherwise, is no match value).
+    """
+    try:
+        parts = [_ITEM_REPR[item] for item in match]
+    except KeyError:
+        if len(_ITEM_REPR) >= _ITEM_REPR_MAX:
+            _ITEM_REPR.clear()
+        parts = [_ITEM_REPR.setdefault(item, repr(item)) for item in match]
+    if len(parts) == 1:
+        return f"({parts[0]},)"
+    return "(" + ", ".join(parts) + ")"
+
+
+_ITEM_REPR: dict[tuple[str, MatchValue], str] = {}
+_ITEM_REPR_MAX = 1_000_000  # emptied when full (it refills with what is in use)
 
 
 def _check_actions(stage: Stage, actions: tuple[Action, ...], goto: Stage | None) -> None:
