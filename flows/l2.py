@@ -286,7 +286,7 @@ def _flood_to_fabric(graph: TopologyGraph, view: HypervisorView, net: Network) -
     tun = view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
     if tun is None:
         return [], []
-    hosts = tuple(sorted(graph.network_index(net.id).hosts))
+    hosts = graph.network_index(net.id).sorted_hosts()
     # The copies to every host of the network are the same list on each of them but for
     # their own: built once per (hosts, tunnel port, hypervisor records), then filtered.
     key = ("flood_copies", net.network_type, net.segmentation_id, tun, hosts, graph.hv_generation)
