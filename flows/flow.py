@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from itertools import compress
 
 from flows.pipeline import COOKIE_STAGE_SHIFT, STAGE_BY_NAME, PipelineError, Stage
 
@@ -173,16 +174,30 @@ class Flow:
         return (self.table_id, self.priority, self.match)
 
 
-def _content_hash(table_id: int, priority: int, match: tuple, actions: tuple, goto: int | None,
-                  actions_repr: str | None = None) -> int:
-    if actions_repr is None:
-        text = repr((table_id, priority, match, actions, goto))
-    else:  # the same text, the actions' part rendered by the caller from cached pieces
-        text = f"({table_id!r}, {priority!r}, {match!r}, {actions_repr}, {goto!r})"
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=7).digest(), "big")
-
-
+_blake2b = hashlib.blake2b
 _PLAIN = frozenset({Output, SetField, RegMove, PushVlan, PopVlan, DecTtl})
+_CHECKED = frozenset({CT, Conjunction, Resubmit, Learn})  # the other actions: they name stages, or have rules
+
+# Flow's generated __init__ sets each field through object.__setattr__ (it is frozen): a quarter of
+# make_flow's time. make_flow sets the slots straight through their descriptors instead (C calls).
+_new = object.__new__
+_FLOW_SLOTS = tuple(getattr(Flow, name).__set__
+                    for name in ("table_id", "priority", "match", "actions", "goto", "cookie", "description"))
+
+
+def _new_flow(table_id: int, priority: int, match: tuple, actions: tuple, goto: int | None, cookie: int,
+              description: str) -> Flow:
+    """``Flow(...)``, built faster (the same object: make_flow has checked what __init__ would not)."""
+    flow = _new(Flow)
+    s_table, s_priority, s_match, s_actions, s_goto, s_cookie, s_description = _FLOW_SLOTS
+    s_table(flow, table_id)
+    s_priority(flow, priority)
+    s_match(flow, match)
+    s_actions(flow, actions)
+    s_goto(flow, goto)
+    s_cookie(flow, cookie)
+    s_description(flow, description)
+    return flow
 
 
 def make_flow(
@@ -203,15 +218,55 @@ def make_flow(
     :class:`PipelineError` for a match field the stage does not allow, or a goto
     or resubmit to a stage not in its ``next_stages``.
     """
-    bad = set(match) - stage.allowed_matches
-    if bad:
+    if not stage.allowed_matches.issuperset(match):
+        bad = set(match) - stage.allowed_matches
         raise PipelineError(f"{stage.name}: match on {sorted(bad)} not allowed")
     if goto is not None and goto.name not in stage.next_stages:
         raise PipelineError(f"{stage.name}: goto {goto.name} not allowed")
-    for act in actions:
+    actions_t = tuple(actions)
+    if not _PLAIN.issuperset(map(type, actions_t)):  # most flows' actions (a flood's hundreds) need no check
+        _check_actions(stage, actions_t, goto)
+    prio = stage.priorities.get(priority) if not priority_offset else None
+    if prio is None:  # an offset, or no such priority (raises)
+        prio = stage.priority(priority, priority_offset)
+    table_id = stage.table_id
+    match_t = tuple(sorted(match.items()))
+    goto_id = goto.table_id if goto is not None else None
+    # The cookie: a hash of the flow's content as text, repr((table_id, prio, match_t, actions_t, goto_id)),
+    # put together from pieces (the match's items from a cache, the actions' maybe rendered already).
+    if actions_repr is None or len(actions_t) <= 1:
+        actions_repr = repr(actions_t)
+    text = f"({table_id!r}, {prio!r}, {_match_repr(match_t)}, {actions_repr}, {goto_id!r})"
+    cookie = (table_id << COOKIE_STAGE_SHIFT) | int.from_bytes(_blake2b(text.encode(), digest_size=7).digest(), "big")
+    return _new_flow(table_id, prio, match_t, actions_t, goto_id, cookie, description)
+
+
+def _match_repr(match: tuple[tuple[str, MatchValue], ...]) -> str:
+    """``repr(match)``, each (field, value) item's rendering cached: the same few recur in many flows.
+
+    Sound because match values are ints, strings or pairs of ints (MatchValue), which render alike
+    whenever they are equal (a bool, equal to 0 or 1 but rendered otherwise, is no match value).
+    """
+    try:
+        parts = [_ITEM_REPR[item] for item in match]
+    except KeyError:
+        if len(_ITEM_REPR) >= _ITEM_REPR_MAX:
+            _ITEM_REPR.clear()
+        parts = [_ITEM_REPR.setdefault(item, repr(item)) for item in match]
+    if len(parts) == 1:
+        return f"({parts[0]},)"
+    return "(" + ", ".join(parts) + ")"
+
+
+_ITEM_REPR: dict[tuple[str, MatchValue], str] = {}
+_ITEM_REPR_MAX = 1_000_000  # emptied when full (it refills with what is in use)
+
+
+def _check_actions(stage: Stage, actions: tuple[Action, ...], goto: Stage | None) -> None:
+    """The actions that name other stages or come with rules of their own (see make_flow)."""
+    # Picked out in C: a flood's hundreds of copies are plain but for a resubmit per local port.
+    for act in compress(actions, map(_CHECKED.__contains__, map(type, actions))):
         kind = type(act)
-        if kind in _PLAIN:  # most actions (a flood's copies are hundreds): nothing to check
-            continue
         if kind is CT and act.table is not None and act.table not in stage.next_stages:
             raise PipelineError(f"{stage.name}: ct(table={act.table}) not allowed")
         if kind is Conjunction and (goto is not None or not all(isinstance(a, Conjunction) for a in actions)
@@ -221,14 +276,6 @@ def make_flow(
             raise PipelineError(f"{stage.name}: resubmit to {act.table} not allowed")
         if kind is Learn:
             _check_learn(stage, act)
-    prio = stage.priority(priority, priority_offset)
-    match_t = tuple(sorted(match.items()))
-    actions_t = tuple(actions)
-    goto_id = goto.table_id if goto is not None else None
-    cookie = (stage.table_id << COOKIE_STAGE_SHIFT) | _content_hash(
-        stage.table_id, prio, match_t, actions_t, goto_id, actions_repr if len(actions_t) > 1 else None
-    )
-    return Flow(stage.table_id, prio, match_t, actions_t, goto_id, cookie, description)
 
 
 def _check_learn(stage: Stage, act: Learn) -> None:

@@ -286,23 +286,47 @@ def _flood_to_fabric(graph: TopologyGraph, view: HypervisorView, net: Network) -
     tun = view.ofports.get(TUNNEL_PORT_NAMES[net.network_type])
     if tun is None:
         return [], []
-    hosts = tuple(sorted(graph.network_index(net.id).hosts))
+    hosts = graph.network_index(net.id).sorted_hosts()
     # The copies to every host of the network are the same list on each of them but for
     # their own: built once per (hosts, tunnel port, hypervisor records), then filtered.
     key = ("flood_copies", net.network_type, net.segmentation_id, tun, hosts, graph.hv_generation)
-    copies = shared_flow(key, _copies_to_hosts, graph, view, net, hosts)
-    here = view.hv.name
-    return ([a for host, triple, _ in copies if host != here for a in triple],
-            [text for host, _, text in copies if host != here])
+    copies: _FloodCopies = shared_flow(key, _copies_to_hosts, graph, view, net, hosts)
+    return copies.without(view.hv.name)
 
 
-def _copies_to_hosts(graph: TopologyGraph, view: HypervisorView, net: Network, hosts: tuple[str, ...]) -> tuple:
+class _FloodCopies:
+    """The copies of a flood to each host of a network, laid end to end, and each copy's rendering.
+
+    Every host's flood holds all of them but its own: cut out by slicing (C copies), where picking
+    them one by one cost more than the rest of the network's flows.
+    """
+
+    __slots__ = ("actions", "bounds", "index", "texts")
+
+    def __init__(self, copies: list[tuple[str, tuple, str]]) -> None:
+        self.actions = tuple(a for _, triple, _ in copies for a in triple)
+        self.texts = [text for _, _, text in copies]
+        self.index = {host: i for i, (host, _, _) in enumerate(copies)}
+        self.bounds = [0]
+        for _, triple, _ in copies:
+            self.bounds.append(self.bounds[-1] + len(triple))
+
+    def without(self, host: str) -> tuple[list, list[str]]:
+        """The copies (actions, renderings) but ``host``'s."""
+        i = self.index.get(host)
+        if i is None:
+            return list(self.actions), list(self.texts)
+        start, end = self.bounds[i], self.bounds[i + 1]
+        return [*self.actions[:start], *self.actions[end:]], self.texts[:i] + self.texts[i + 1:]
+
+
+def _copies_to_hosts(graph: TopologyGraph, view: HypervisorView, net: Network, hosts: tuple[str, ...]) -> _FloodCopies:
     out = []
     for host in hosts:
         triple = to_fabric(view, graph, net, host)
         if triple:
             out.append((host, tuple(triple), ", ".join(map(repr, triple))))
-    return tuple(out)
+    return _FloodCopies(out)
 
 
 def deliver(view: HypervisorView) -> Iterator[Flow]:

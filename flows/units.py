@@ -23,7 +23,7 @@ IPv6 ports): the hypervisor holds it while any unit contributes it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from flows.acl import MemberSpec, acl_base, acl_port, ct_zones, member_clause
 from flows.flow import Flow, MatchValue
@@ -111,7 +111,8 @@ def port_in_unit(info: BaseInfo, port_id: str) -> list[Flow]:
     port = info.local_port(port_id)
     if port is None:
         return []
-    alone = replace(info.view, local_ports=[port])
+    view = info.view
+    alone = HypervisorView(view.hv, view.ofports, [port], view.networks)  # dataclasses.replace, without its cost
     return [*classify_local_ports(alone), *deliver(alone), *local_port_security(port)]
 
 
@@ -183,17 +184,40 @@ class Fragment:
     hypervisor's own ports are subtracted there (the "anti" units) and added as it sees them.
     """
 
-    __slots__ = ("by_port", "holders", "net_id", "tunnel_ofport")
+    __slots__ = ("_by_cookie", "_cookies", "_flat", "by_port", "holders", "net_id", "tunnel_ofport")
 
     def __init__(self, net_id: str, tunnel_ofport: int) -> None:
         self.net_id = net_id
         self.tunnel_ofport = tunnel_ofport
-        self.by_port: dict[str, tuple[Flow, ...]] = {}  # port id -> its flows as a remote port
+        self.by_port: dict[str, tuple[Flow, ...]] = {}  # port id -> its flows as a remote port (set_port)
         self.holders: set[str] = set()  # hypervisors holding this fragment
+        self._flat: tuple[Flow, ...] | None = None  # flat(), until a port changes
+        self._cookies: tuple[int, ...] = ()  # their cookies, in order (with flat())
+        self._by_cookie: dict[int, Flow] = {}  # cookie -> flow (with flat())
 
-    def flows(self) -> list[Flow]:
-        """Every flow of the fragment (with repeats: the DAD pass once per IPv6 port)."""
-        return [f for flows in self.by_port.values() for f in flows]
+    def set_port(self, port_id: str, flows: tuple[Flow, ...]) -> None:
+        """A port's flows as a remote port (none: the port is gone from the fragment)."""
+        if flows:
+            self.by_port[port_id] = flows
+        else:
+            self.by_port.pop(port_id, None)
+        self._flat = None
+
+    def flat(self) -> tuple[Flow, ...]:
+        """Every flow of the fragment (with repeats: the DAD pass once per IPv6 port).
+
+        Kept between changes: each of the hypervisors attaching the fragment reads it whole.
+        """
+        if self._flat is None:
+            self._flat = tuple(f for flows in self.by_port.values() for f in flows)
+            self._cookies = tuple(f.cookie for f in self._flat)
+            self._by_cookie = dict(zip(self._cookies, self._flat, strict=True))
+        return self._flat
+
+    def cookies(self) -> tuple[tuple[int, ...], dict[int, Flow]]:
+        """The cookies of flat(), in order, and cookie -> flow: what a hypervisor counts in bulk."""
+        self.flat()
+        return self._cookies, self._by_cookie
 
 
 class _TunnelView:
@@ -209,12 +233,22 @@ def remote_view(graph: TopologyGraph, net: Network, port: Port, tunnel_ofport: i
     hit = _memo.get(key)
     if hit is not None and hit[0] is port and hit[1] is net:
         return hit[2]
-    flows: list[Flow] = [*arp_port(net, port, False), *nd_port(net, port, False)]
+    flows: list[Flow] = [*_remote_answers(net, port)]
     if port.binding_host:
         flow = remote_unicast(graph, _TunnelView({TUNNEL_PORT_NAMES[net.network_type]: tunnel_ofport}), net, port)
         if flow is not None:
             flows.append(flow)
     _remember(key, port, net, flows)
+    return _memo[key][2]
+
+
+def _remote_answers(net: Network, port: Port) -> tuple[Flow, ...]:
+    """A port's ARP and ND answers as a remote port: the same through whichever tunnel port (one per bridge)."""
+    key = ("answers", id(port), id(net))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is port and hit[1] is net:
+        return hit[2]
+    _remember(key, port, net, [*arp_port(net, port, False), *nd_port(net, port, False)])
     return _memo[key][2]
 
 

@@ -42,7 +42,7 @@ def _n(kind: str, ident: str) -> tuple[str, str]:
 class NetworkIndex:
     """What the ports of one network hold, kept up to date by :class:`TopologyGraph` (read-only to others)."""
 
-    __slots__ = ("addresses", "hosts", "macs", "ports", "router_ports", "subnets", "unbound")
+    __slots__ = ("_sorted_hosts", "addresses", "hosts", "macs", "ports", "router_ports", "subnets", "unbound")
 
     def __init__(self) -> None:
         self.subnets: dict[str, None] = {}  # ids of the subnets linked to the network, in subnets_of order
@@ -52,6 +52,13 @@ class NetworkIndex:
         self.hosts: dict[str, int] = {}  # binding host -> number of ports bound there
         self.router_ports: dict[str, str] = {}  # router interface port id -> its router's id (not gateways)
         self.unbound: dict[str, None] = {}  # ids of the ports bound to no hypervisor
+        self._sorted_hosts: tuple[str, ...] | None = None  # sorted_hosts(), until a bound port comes or goes
+
+    def sorted_hosts(self) -> tuple[str, ...]:
+        """The hosts, sorted (each host's flood lists them all: sorted once, not once per host)."""
+        if self._sorted_hosts is None:
+            self._sorted_hosts = tuple(sorted(self.hosts))
+        return self._sorted_hosts
 
     def add(self, port: Port) -> None:
         self.ports[port.id] = port
@@ -60,6 +67,7 @@ class NetworkIndex:
             self.addresses.setdefault(f.subnet_id, AddressIndex()).add(f.ip_address)
         if port.binding_host:
             self.hosts[port.binding_host] = self.hosts.get(port.binding_host, 0) + 1
+            self._sorted_hosts = None
         else:
             self.unbound[port.id] = None
         if port.device_owner.startswith("network:router") and port.device_id \
@@ -79,6 +87,7 @@ class NetworkIndex:
                     del self.addresses[f.subnet_id]
         if port.binding_host:
             _decrement(self.hosts, port.binding_host)
+            self._sorted_hosts = None
         self.unbound.pop(port_id, None)
         self.router_ports.pop(port_id, None)
 
@@ -279,11 +288,14 @@ class TopologyGraph:
 
     # -- what compilation asks -------------------------------------------------
     def _neighbors(self, node: tuple[str, str], kind: str) -> Iterator:
-        if node not in self.g:
+        # networkx's own adjacency and node dicts, as in get(): its views cost more than the walk.
+        adjacent = self.g._adj.get(node)
+        if adjacent is None:
             return
-        for nb in self.g.neighbors(node):
+        nodes = self.g._node
+        for nb in adjacent:
             if nb[0] == kind:
-                obj = self.g.nodes[nb].get("obj")
+                obj = nodes[nb].get("obj")
                 if obj is not None:
                     yield obj
 
