@@ -190,13 +190,8 @@ class Switch:
         self._alive = True
         self._thread = threading.Thread(target=self._run, name=f"switch-{self.dpid:016x}", daemon=True)
         sock = getattr(datapath, "socket", None)
-        # Our connection (controller.connection): replies come straight here, and bundles go
-        # straight out (its sendall writes whole buffers under the lock the echo replies share),
-        # not through os-ken's send queue and the one send thread per bridge it wakes.
-        self._write: Callable[[bytes], None] | None = None
-        if hasattr(sock, "intercept"):
+        if hasattr(sock, "intercept"):  # our connection (controller.connection): replies come straight here
             sock.intercept(self._owns, self._on_message)
-            self._write = getattr(sock, "sendall", None)
 
     # -- called from os-ken's event thread ---------------------------------
     def start(self, hv_name: str | None) -> None:
@@ -600,17 +595,8 @@ class Switch:
         self._send_and_wait(b"".join(chunk), barrier_xid)
 
     def _send(self, data: bytes) -> None:
-        if not self._alive:
+        if not self._alive or not self.dp.send(data):
             raise SwitchGone("switch connection closed")
-        if self._write is None:
-            if not self.dp.send(data):
-                raise SwitchGone("switch connection closed")
-            return
-        try:
-            self._write(data)
-        except OSError as exc:  # closed, or not read for IO_TIMEOUT: the switch reconnects and is reconciled
-            self._drop_connection()
-            raise SwitchGone(f"write to switch failed: {exc!r}") from exc
 
     def _send_and_wait(self, data: bytes, xid: int) -> _Waiter:
         waiter = self._waiters[xid] = _Waiter()
