@@ -480,18 +480,14 @@ class FlowEngine:
             frag_cookies, by_cookie = frag.cookies()
             refs.update(frag_cookies)
             held.update(by_cookie)
-        for key, flows in state.units.items():
-            if key[0] == "anti":  # subtracted (see Fragment)
-                for flow in flows:
-                    refs[flow.cookie] -= 1
-        for key, flows in state.units.items():
-            if key[0] == "anti":
-                for flow in flows:
-                    count = refs.get(flow.cookie, 0)
-                    if count == 0:
-                        refs.pop(flow.cookie, None)
-                    if count <= 0:
-                        held.pop(flow.cookie, None)
+        anti = [flow.cookie for key, flows in state.units.items() if key[0] == "anti" for flow in flows]
+        refs.subtract(anti)  # the hypervisor's own ports, out of its fragments (see Fragment)
+        for cookie in anti:
+            count = refs.get(cookie, 0)
+            if count == 0:
+                refs.pop(cookie, None)
+            if count <= 0:
+                held.pop(cookie, None)
         before = len(state.changed)
         state.changed |= state.flows.keys() ^ held.keys()
         state.refs, state.flows = refs, held

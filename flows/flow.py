@@ -175,8 +175,7 @@ class Flow:
 
 
 _blake2b = hashlib.blake2b
-_PLAIN = frozenset({Output, SetField, RegMove, PushVlan, PopVlan, DecTtl})
-_CHECKED = frozenset({CT, Conjunction, Resubmit, Learn})  # the other actions: they name stages, or have rules
+_CHECKED = frozenset({CT, Conjunction, Resubmit, Learn})  # actions that name stages, or have rules of their own
 
 # Flow's generated __init__ sets each field through object.__setattr__ (it is frozen): a quarter of
 # make_flow's time. make_flow sets the slots straight through their descriptors instead (C calls).
@@ -224,7 +223,7 @@ def make_flow(
     if goto is not None and goto.name not in stage.next_stages:
         raise PipelineError(f"{stage.name}: goto {goto.name} not allowed")
     actions_t = tuple(actions)
-    if not _PLAIN.issuperset(map(type, actions_t)):  # most flows' actions (a flood's hundreds) need no check
+    if not _CHECKED.isdisjoint(map(type, actions_t)):  # most flows' actions (a flood's hundreds) need no check
         _check_actions(stage, actions_t, goto)
     prio = stage.priorities.get(priority) if not priority_offset else None
     if prio is None:  # an offset, or no such priority (raises)

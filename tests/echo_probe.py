@@ -71,8 +71,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-
-
 def _sh(*cmd: str) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
 
