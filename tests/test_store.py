@@ -7,9 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
-from topology.model import Network
 from topology.state import Topology
-from topology.store import Conflict, Store, Unavailable, segment_name
+from topology.store import Conflict, Unavailable
 
 
 def _state(topo: Topology) -> dict[str, list[dict]]:
@@ -103,30 +102,6 @@ def test_segment_pools_and_exhaustion(tmp_path) -> None:
     assert len(list(topo.graph.records("network"))) == 5
     topo.close()
     assert len(before) < len(_rows(str(tmp_path / "t.sqlite")))
-
-
-def test_failed_transaction_leaves_nothing(tmp_path) -> None:
-    db = str(tmp_path / "t.sqlite")
-    store = Store(db)
-    net = Network("n1", "p", 1, "vxlan", 1000)
-    with store.transaction() as tx:
-        tx.put_network(net)
-    before = _rows(db)
-    with pytest.raises(Conflict):
-        with store.transaction() as tx:
-            tx.put_network(Network("n2", "p", 2, "vxlan", 1001))
-            tx.put_network(Network("n3", "p", 3, "vxlan", 1000))  # same segment as n1: the constraint fires
-    assert _rows(db) == before
-    with pytest.raises(RuntimeError):
-        with store.transaction() as tx:
-            tx.put_network(Network("n4", "p", 4, "vxlan", 1004))
-            raise RuntimeError("boom")
-    assert _rows(db) == before
-    assert [n.id for n in store.load()[0]] == ["n1"]
-    assert segment_name(net) == "vxlan:1000"
-    with pytest.raises(RuntimeError):
-        store.put_network(net)  # writes outside a transaction are a bug, not a silent autocommit
-    store.close()
 
 
 def test_failed_write_changes_neither_store_nor_graph(tmp_path) -> None:

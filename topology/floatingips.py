@@ -16,6 +16,7 @@ from typing import Any
 import netaddr
 
 from topology import graph_l3, ipam
+from topology.core import write
 from topology.l3common import Deleted, L3Base, new_id, now
 from topology.model import Port
 from topology.model_l3 import FLOATINGIP_OWNER, FloatingIP
@@ -104,6 +105,7 @@ class FloatingIPs(L3Base):
                 last = exc
         raise last
 
+    @write
     def create_floatingip(self, values: dict[str, Any]) -> FloatingIP:
         """Allocate a floating IP on an external network, optionally associated with a port."""
         with self.lock:
@@ -118,15 +120,14 @@ class FloatingIPs(L3Base):
             assoc = self._association(fip, values.get("port_id"), values.get("fixed_ip_address"))
             mac = self._mac(net.id, None)
             fixed_ips = self._fip_address(net.id, values.get("floating_ip_address"), values.get("subnet_id"), mac)
-            with self.store.transaction() as tx:
-                port = self._new_port(tx, net, project_id="", owner=FLOATINGIP_OWNER, device_id=fip.id,
-                                      fixed_ips=fixed_ips, mac=mac)
-                fip = replace(fip, floating_ip_address=fixed_ips[0].ip_address, floating_port_id=port.id, **assoc)
-                self._put_l3(tx, [fip])
-            self._apply(lambda: self._graph_put_l3([port, fip]))
+            port = self._new_port(net, project_id="", owner=FLOATINGIP_OWNER, device_id=fip.id,
+                                  fixed_ips=fixed_ips, mac=mac)
+            fip = replace(fip, floating_ip_address=fixed_ips[0].ip_address, floating_port_id=port.id, **assoc)
+            self._commit([port, fip])
             self._notify(self._fip_hvs(fip))
             return fip
 
+    @write
     def update_floatingip(self, fip_id: str, values: dict[str, Any]) -> FloatingIP:
         """Associate (``port_id``), move to another port, disassociate (``port_id`` null), or describe."""
         with self.lock:
@@ -142,6 +143,7 @@ class FloatingIPs(L3Base):
             self._write([fip], before, lambda: self._fip_hvs(fip))
             return fip
 
+    @write
     def delete_floatingip(self, fip_id: str) -> None:
         """Release a floating IP and its address."""
         with self.lock:

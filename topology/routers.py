@@ -15,7 +15,8 @@ from typing import Any
 
 import netaddr
 
-from topology import graph_l3, ipam, store_l3
+from topology import graph_l3, ipam
+from topology.core import write
 from topology.l3common import Deleted, L3Base, new_id, now
 from topology.model import Port, Subnet
 from topology.model_l3 import ROUTER_GATEWAY, ROUTER_INTERFACE, Router
@@ -51,6 +52,7 @@ class Routers(L3Base):
         return graph_l3.hypervisors_of_router(self.graph, router_id)
 
     # -- CRUD -----------------------------------------------------------------------------
+    @write
     def create_router(self, values: dict[str, Any]) -> Router:
         """Create a router, with its gateway port if ``external_gateway_info`` names a network."""
         with self.lock:
@@ -61,17 +63,16 @@ class Routers(L3Base):
                                    "created_at": stamp, "updated_at": stamp})
             gw = values.get("external_gateway_info")
             plan = self._plan_gateway(router, gw) if gw else None
-            with self.store.transaction() as tx:
-                key = tx.next_key("router_key", 1, ROUTER_KEY_MAX, lambda k: store_l3.router_key_taken(tx, k))
-                if key is None:
-                    raise Unavailable("RouterKeyExhausted", "No logical router key is free.")
-                router = replace(router, key=key)
-                records, router = self._apply_gateway(tx, router, plan)
-                self._put_l3(tx, [router])
-            self._apply(lambda: self._graph_put_l3([*records, router]))
+            key = self._next_key("router", 1, ROUTER_KEY_MAX)
+            if key is None:
+                raise Unavailable("RouterKeyExhausted", "No logical router key is free.")
+            router = replace(router, key=key)
+            records, router = self._apply_gateway(router, plan)
+            self._commit([*records, router])
             self._notify(self._router_hvs(router.id))
             return router
 
+    @write
     def update_router(self, router_id: str, values: dict[str, Any]) -> Router:
         """Update name, admin state, gateway (set, change, clear) or extra routes."""
         with self.lock:
@@ -85,19 +86,18 @@ class Routers(L3Base):
             plan = None
             if "external_gateway_info" in values:
                 plan = self._plan_gateway(old, values["external_gateway_info"] or None)
-            with self.store.transaction() as tx:
-                records, router = self._apply_gateway(tx, router, plan) if plan is not None else ([], router)
-                if "routes" in values:
-                    gw_port = next((r for r in records if isinstance(r, Port) and r.device_owner == ROUTER_GATEWAY),
-                                   None)
-                    router = replace(router, routes=self._routes(router, values["routes"] or [], gw_port))
-                elif plan is not None:
-                    self._check_routes_still_reachable(router, records)
-                self._put_l3(tx, [router])
-            self._apply(lambda: self._graph_put_l3([*records, router]))
+            records, router = self._apply_gateway(router, plan) if plan is not None else ([], router)
+            if "routes" in values:
+                gw_port = next((r for r in records if isinstance(r, Port) and r.device_owner == ROUTER_GATEWAY),
+                               None)
+                router = replace(router, routes=self._routes(router, values["routes"] or [], gw_port))
+            elif plan is not None:
+                self._check_routes_still_reachable(router, records)
+            self._commit([*records, router])
             self._notify(before | self._router_hvs(router_id))
             return router
 
+    @write
     def delete_router(self, router_id: str) -> None:
         """Delete a router and its gateway port (409 RouterInUse while it has interfaces)."""
         with self.lock:
@@ -145,25 +145,22 @@ class Routers(L3Base):
         return {"network": net, "fixed_ips": fixed_ips, "mac": mac, "same": same,
                 "enable_snat": info.get("enable_snat", True)}
 
-    def _apply_gateway(self, tx, router: Router, plan: dict[str, Any] | None) -> tuple[list, Router]:
-        """Write the gateway part of a plan inside ``tx``: the records for the graph and the new router."""
+    def _apply_gateway(self, router: Router, plan: dict[str, Any] | None) -> tuple[list, Router]:
+        """The gateway part of a plan: the records to write (before the router) and the new router."""
         if plan is None:
             return [], router
         current = graph_l3.gateway_port(self.graph, router.id)
         records: list = []
         if plan["network"] is None:
             if current is not None:
-                tx.delete("port", current.id)
                 records.append(Deleted("port", current.id))
             return records, replace(router, gw_network_id=None, gw_port_id=None, enable_snat=True)
         if plan["same"]:
             port = replace(current, fixed_ips=plan["fixed_ips"], attrs={**current.attrs, "updated_at": now()})
-            tx.put_port(self._persistable(port))
         else:
             if current is not None:
-                tx.delete("port", current.id)
                 records.append(Deleted("port", current.id))
-            port = self._new_port(tx, plan["network"], project_id="", owner=ROUTER_GATEWAY, device_id=router.id,
+            port = self._new_port(plan["network"], project_id="", owner=ROUTER_GATEWAY, device_id=router.id,
                                   fixed_ips=plan["fixed_ips"], mac=plan["mac"])
         records.append(port)
         return records, replace(router, gw_network_id=port.network_id, gw_port_id=port.id,
@@ -240,6 +237,7 @@ class Routers(L3Base):
             raise bad_router("Either subnet_id or port_id must be specified")
         return subnet_id, port_id
 
+    @write
     def add_router_interface(self, router_id: str, values: dict[str, Any]) -> dict[str, Any]:
         """Attach a subnet (a new port with its gateway address) or an existing port to a router."""
         with self.lock:
@@ -261,8 +259,6 @@ class Routers(L3Base):
                 self._check_overlap(router, subnets)
                 port = replace(port, device_owner=ROUTER_INTERFACE, device_id=router.id,
                                attrs={**port.attrs, "updated_at": now()})
-                with self.store.transaction() as tx:
-                    tx.put_port(self._persistable(port))
             else:
                 subnet = self._subnet(subnet_id)
                 if not subnet.gateway_ip:
@@ -272,13 +268,14 @@ class Routers(L3Base):
                 mac = self._mac(net.id, None)
                 fixed_ips = self._fixed_ips(net.id, [{"subnet_id": subnet.id, "ip_address": subnet.gateway_ip}],
                                             ROUTER_INTERFACE, mac=mac)
-                with self.store.transaction() as tx:
-                    port = self._new_port(tx, net, project_id=subnet.project_id, owner=ROUTER_INTERFACE,
-                                          device_id=router.id, fixed_ips=fixed_ips, mac=mac)
-            self._apply(lambda: self._graph_put_l3([port]))
+                port = self._new_port(net, project_id=subnet.project_id, owner=ROUTER_INTERFACE,
+                                      device_id=router.id, fixed_ips=fixed_ips, mac=mac)
+            self._commit([port])
+            port = self.graph.port(port.id)
             self._notify(before | self._router_hvs(router_id))
             return interface_info(router, port)
 
+    @write
     def remove_router_interface(self, router_id: str, values: dict[str, Any]) -> dict[str, Any]:
         """Detach an interface (by port or by subnet) and delete its port."""
         with self.lock:

@@ -14,6 +14,7 @@ from typing import Any
 import netaddr
 
 from topology import graph_l3, ipam
+from topology.core import write
 from topology.l3common import Deleted, L3Base, new_id, now
 from topology.model import Network, Port
 from topology.model_l3 import SecurityGroup, SecurityGroupRule
@@ -101,6 +102,7 @@ class SecurityGroups(L3Base):
                  for d in ("egress", "ingress") for e in ("IPv4", "IPv6")]
         return [sg, *rules]
 
+    @write
     def ensure_default_security_group(self, project_id: str | None) -> SecurityGroup:
         """A project's default group, made (one transaction) if it does not exist yet."""
         with self.lock:
@@ -111,6 +113,7 @@ class SecurityGroups(L3Base):
             return graph_l3.default_sg(self.graph, project_id)
 
     # -- groups ---------------------------------------------------------------------------
+    @write
     def create_security_group(self, values: dict[str, Any]) -> SecurityGroup:
         """Create a group with Neutron's two egress rules (the project's default group is made first)."""
         with self.lock:
@@ -129,6 +132,7 @@ class SecurityGroups(L3Base):
             self._write(records)
             return sg
 
+    @write
     def update_security_group(self, sg_id: str, values: dict[str, Any]) -> SecurityGroup:
         """Update a group's name, description or statefulness (the default group keeps its name)."""
         with self.lock:
@@ -147,6 +151,7 @@ class SecurityGroups(L3Base):
             self._write([sg], graph_l3.hypervisors_of_sgs(self.graph, [sg_id]))
             return sg
 
+    @write
     def delete_security_group(self, sg_id: str) -> None:
         """Delete a group and its rules (409 if a port uses it or it is a project's default group)."""
         with self.lock:
@@ -164,6 +169,7 @@ class SecurityGroups(L3Base):
             self._write([*records, Deleted("sg", sg_id)], affected)
 
     # -- rules ------------------------------------------------------------------------------
+    @write
     def create_security_group_rule(self, values: dict[str, Any]) -> SecurityGroupRule:
         """Create a rule: Neutron's checks of protocol, ports, ethertype and remotes; duplicates are 409."""
         with self.lock:
@@ -237,6 +243,7 @@ class SecurityGroups(L3Base):
             raise BadRequest("SecurityGroupInvalidProtocolForPortRange", f"Invalid protocol {protocol} for port "
                              "range, only supported for TCP, UDP, UDPLITE, SCTP and DCCP.")
 
+    @write
     def update_security_group_rule(self, rule_id: str, values: dict[str, Any]) -> SecurityGroupRule:
         """Rules are immutable in Neutron: only ``description`` (the API rejects everything else)."""
         with self.lock:
@@ -247,6 +254,7 @@ class SecurityGroups(L3Base):
             self._write([rule])
             return rule
 
+    @write
     def delete_security_group_rule(self, rule_id: str) -> None:
         """Delete a rule."""
         with self.lock:

@@ -1,13 +1,14 @@
 """The controller's view of the cloud: the graph, kept durable and consistent.
 
 :class:`Topology` is the only writer of the graph. Every write method follows
-the same order, under :attr:`Topology.lock`:
+the same order (:mod:`topology.core`), under :attr:`Topology.lock`:
 
 1. validate fully against the current graph (raising a
-   :class:`topology.store.TopologyError` leaves everything untouched);
-2. write the rows in ONE SQLite transaction (keys and segments are allocated
-   inside it, so a rollback returns them too);
-3. after the commit, apply the new records to the graph;
+   :class:`topology.store.TopologyError` leaves everything untouched), allocating
+   keys and segments from what the graph holds;
+2. commit the write's records in ONE store transaction (:mod:`topology.store`);
+3. the store's commit stream applies them to the graph (this instance's writes and
+   every other instance's);
 4. tell subscribers which hypervisors' compiled flows may have changed.
 
 Write methods take Neutron-shaped attribute dicts (``"provider:network_type"``,
@@ -20,24 +21,22 @@ typed fields of a record (name, description, timestamps...) are kept in its
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 import netaddr
 
 from topology import graph_l3, ipam, ipv6
+from topology.core import write
 from topology.ctzones import with_ct_zone
 from topology.floatingips import FloatingIPs
-from topology.graph import TopologyGraph
 from topology.l3common import Deleted
 from topology.model import NETWORK_TYPES, OVERLAY_TYPES, FixedIP, Hypervisor, Network, Port, Subnet, tap_name
 from topology.routers import Routers
 from topology.secgroups import SecurityGroups
-from topology.store import BadRequest, Conflict, NotFound, Store, Unavailable, segment_name
+from topology.store import BadRequest, Conflict, NotFound, Store, Unavailable, open_store, segment_name
 
 LOG = logging.getLogger(__name__)
 
@@ -55,8 +54,6 @@ SUBNET_FIELDS = {"id", "network_id", "project_id", "tenant_id", "cidr", "ip_vers
 PORT_FIELDS = {"id", "network_id", "project_id", "tenant_id", "mac_address", "fixed_ips", "binding:host_id",
                "admin_state_up", "device_owner", "device_id", "status"}
 HV_FIELDS = {"name", "id", "datapath_id", "tunnel_ip", "bridge_mappings"}
-
-Callback = Callable[[set[str]], None]
 
 
 def now() -> str:
@@ -97,9 +94,10 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
     (:mod:`topology.routers`, :mod:`topology.floatingips`, :mod:`topology.secgroups`).
     """
 
-    def __init__(self, db_path: str, *, vni_range: tuple[int, int] = (1000, 1999),
+    def __init__(self, store: str | Store, *, vni_range: tuple[int, int] = (1000, 1999),
                  vlan_range: tuple[int, int] = (100, 199), default_project: str = "default",
                  default_network_type: str = "vxlan", default_physical_network: str = "physnet1") -> None:
+        """``store``: a :class:`Store`, or what ``--store`` takes (an SQLite path, ``etcd://...``)."""
         if default_network_type not in NETWORK_TYPES:
             raise ValueError(f"unknown network type {default_network_type!r}")
         self.vni_range = vni_range
@@ -107,63 +105,12 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         self.default_project = default_project
         self.default_network_type = default_network_type
         self.default_physical_network = default_physical_network
-        self.lock = threading.RLock()
-        self.graph = TopologyGraph()
-        self._subscribers: list[Callback] = []
-        self._live_subscribers: list[Callback] = []
-        self.store = Store(db_path)
-        with self.lock:
-            self._load()
-
-    def _load(self) -> None:
-        """(Re)build the graph from the store, keeping the live ofports maps."""
-        live = {hv: self.graph.ofports(hv) for kind, hv in self.graph.g.nodes if kind == "hv"}
-        graph = TopologyGraph()
-        networks, subnets, ports, hvs = self.store.load()
-        for net in networks:
-            graph.put_network(net)
-        for subnet in subnets:
-            graph.put_subnet(subnet)
-        for hv in hvs:
-            graph.put_hypervisor(hv)
-        for hv_name, ofports in live.items():
-            graph.set_ofports(hv_name, ofports)
-        self.graph = graph
-        l3 = self._load_l3()  # groups, rules, routers now (ports link to them); floating IPs after the ports
-        for port in ports:
-            graph.put_port(self._with_status(port))
-        self._graph_put_l3(l3)
+        self._init_core(store if isinstance(store, Store) else open_store(store))
 
     def close(self) -> None:
         """Close the store; the object must not be used afterwards."""
         with self.lock:
             self.store.close()
-
-    def subscribe(self, callback: Callback) -> None:
-        """Call ``callback(affected_hypervisor_names)`` after every committed write."""
-        with self.lock:
-            self._subscribers.append(callback)
-
-    def subscribe_live(self, callback: Callback) -> None:
-        """Call ``callback({hypervisor})`` after a switch's live port map changed (not a committed write)."""
-        with self.lock:
-            self._live_subscribers.append(callback)
-
-    def _notify(self, affected: Iterable[str | None]) -> None:
-        hvs = {h for h in affected if h}
-        for callback in list(self._subscribers):
-            try:
-                callback(set(hvs))
-            except Exception:  # a subscriber's bug must not turn a committed write into an error
-                LOG.exception("topology subscriber %r failed", callback)
-
-    def _apply(self, change: Callable[[], None]) -> None:
-        """Apply a committed change to the graph; if that fails, rebuild the graph from the store."""
-        try:
-            change()
-        except Exception:
-            LOG.exception("applying a committed change to the graph failed: reloading from the store")
-            self._load()
 
     # -- live state -------------------------------------------------------------------
     def _with_status(self, port: Port) -> Port:
@@ -233,10 +180,15 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             raise ipam.invalid_input(f"VLAN segmentation_id {seg} out of range 1-{VLAN_MAX}")
         return ntype, physnet, seg
 
+    def _segments_in_use(self, prefix: str) -> set[str]:
+        """The segment names of the graph's networks starting with ``prefix``."""
+        names = (segment_name(n) for n in self.graph.records("network"))
+        return {name for name in names if name and name.startswith(prefix)}
+
     def _allocate_segment(self, ntype: str, physnet: str | None) -> int:
         lo, hi = self.vni_range if ntype in OVERLAY_TYPES else self.vlan_range
         prefix = f"{ntype}:" if ntype in OVERLAY_TYPES else f"vlan:{physnet}:"
-        used = self.store.segments_in_use(prefix)
+        used = self._segments_in_use(prefix)
         for seg in range(lo, hi + 1):
             if f"{prefix}{seg}" not in used:
                 return seg
@@ -244,7 +196,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                           "Unable to create the network. No tenant network is available for allocation.")
 
     def _check_segment_free(self, net: Network) -> None:
-        if segment_name(net) not in self.store.segments_in_use(segment_name(net) or ""):
+        if segment_name(net) not in self._segments_in_use(segment_name(net) or ""):
             return
         if net.network_type == "flat":
             raise Conflict("FlatNetworkInUse", f"Unable to create the flat network. Physical network "
@@ -255,6 +207,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         raise Conflict("TunnelIdInUse", f"Unable to create the network. The tunnel ID {net.segmentation_id} "
                        "is in use.")
 
+    @write
     def create_network(self, values: dict[str, Any]) -> Network:
         """Create a network, allocating its logical key and (unless given) its segmentation id."""
         with self.lock:
@@ -269,18 +222,17 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             )
             if seg is not None or ntype == "flat":
                 self._check_segment_free(net)
-            with self.store.transaction() as tx:
-                key = tx.next_key("network_key", 1, NETWORK_KEY_MAX, tx.network_key_taken)
-                if key is None:
-                    raise Unavailable("NoNetworkAvailable", "Unable to create the network. No logical key is free.")
-                if seg is None and ntype != "flat":
-                    seg = self._allocate_segment(ntype, physnet)
-                net = replace(net, key=key, segmentation_id=seg)
-                tx.put_network(net)
-            self._apply(lambda: self.graph.put_network(net))
+            key = self._next_key("network", 1, NETWORK_KEY_MAX)
+            if key is None:
+                raise Unavailable("NoNetworkAvailable", "Unable to create the network. No logical key is free.")
+            if seg is None and ntype != "flat":
+                seg = self._allocate_segment(ntype, physnet)
+            net = replace(net, key=key, segmentation_id=seg)
+            self._commit([net])
             self._notify(())  # a network without ports is on no hypervisor
             return net
 
+    @write
     def update_network(self, net_id: str, values: dict[str, Any]) -> Network:
         """Update a network's mutable attributes (provider attributes may only be restated unchanged)."""
         with self.lock:
@@ -293,12 +245,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             attrs = {**old.attrs, **_extra(values, NETWORK_FIELDS), "updated_at": now()}
             net = replace(old, mtu=values.get("mtu") or old.mtu, attrs=attrs,
                           admin_state_up=values.get("admin_state_up", old.admin_state_up))
-            with self.store.transaction() as tx:
-                tx.put_network(net)
-            self._apply(lambda: self.graph.put_network(net))
+            self._commit([net])
             self._notify(self._dependents(net_id))
             return net
 
+    @write
     def delete_network(self, net_id: str) -> None:
         """Delete a network with its subnets and auto-deletable ports (409 if other ports remain)."""
         with self.lock:
@@ -309,21 +260,8 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                                "There are one or more ports still in use on the network.")
             subnets = self.graph.subnets_of(net_id)
             affected = self._dependents(net_id)
-            with self.store.transaction() as tx:
-                for port in ports:
-                    tx.delete("port", port.id)
-                for subnet in subnets:
-                    tx.delete("subnet", subnet.id)
-                tx.delete("network", net_id)
-
-            def change() -> None:
-                for port in ports:
-                    self.graph.remove("port", port.id)
-                for subnet in subnets:
-                    self.graph.remove("subnet", subnet.id)
-                self.graph.remove("network", net_id)
-
-            self._apply(change)
+            self._commit([*(Deleted("port", p.id) for p in ports), *(Deleted("subnet", s.id) for s in subnets),
+                          Deleted("network", net_id)])
             self._notify(affected)
 
     # -- subnets ----------------------------------------------------------------------------
@@ -344,6 +282,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             out["host_routes"] = routes
         return out
 
+    @write
     def create_subnet(self, values: dict[str, Any]) -> Subnet:
         """Create a subnet: CIDR, gateway and pools validated; no overlap within its network."""
         with self.lock:
@@ -367,12 +306,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                             project_id=values.get("project_id") or self.default_project, cidr=str(cidr),
                             ip_version=cidr.version, gateway_ip=gateway, allocation_pools=pools,
                             enable_dhcp=values.get("enable_dhcp", True), attrs=attrs)
-            with self.store.transaction() as tx:
-                tx.put_subnet(subnet)
-            self._apply(lambda: self.graph.put_subnet(subnet))
+            self._commit([subnet])
             self._notify(())  # no port's addresses changed
             return subnet
 
+    @write
     def update_subnet(self, subnet_id: str, values: dict[str, Any]) -> Subnet:
         """Update name, gateway, pools, DHCP flag, DNS servers or host routes of a subnet."""
         with self.lock:
@@ -392,12 +330,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                      "updated_at": now()}
             subnet = replace(old, gateway_ip=gateway, allocation_pools=pools, attrs=attrs,
                              enable_dhcp=values.get("enable_dhcp", old.enable_dhcp))
-            with self.store.transaction() as tx:
-                tx.put_subnet(subnet)
-            self._apply(lambda: self.graph.put_subnet(subnet))
+            self._commit([subnet])
             self._notify(())
             return subnet
 
+    @write
     def delete_subnet(self, subnet_id: str) -> None:
         """Delete a subnet (409 if a port other than an auto-deletable one has an address in it)."""
         with self.lock:
@@ -411,25 +348,10 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             stamp = now()
             changed = [replace(p, fixed_ips=tuple(f for f in p.fixed_ips if f.subnet_id != subnet_id),
                                attrs={**p.attrs, "updated_at": stamp}) for p in holders]
-            with self.store.transaction() as tx:
-                for port in changed:
-                    tx.put_port(self._persistable(port))
-                tx.delete("subnet", subnet_id)
-
-            def change() -> None:
-                for port in changed:
-                    self.graph.put_port(port)
-                self.graph.remove("subnet", subnet_id)
-
-            self._apply(change)
+            self._commit([*changed, Deleted("subnet", subnet_id)])
             self._notify(self._dependents(subnet.network_id) if changed else ())
 
     # -- ports ------------------------------------------------------------------------------
-    @staticmethod
-    def _persistable(port: Port) -> Port:
-        """The port without its live status, which is not stored."""
-        return replace(port, attrs={k: v for k, v in port.attrs.items() if k != "status"})
-
     def _mac(self, net_id: str, requested: str | None, port_id: str | None = None) -> str:
         held = self.graph.network_index(net_id).macs  # MAC -> ports of the network having it
         own = self.graph.network_index(net_id).ports.get(port_id) if port_id is not None else None
@@ -479,6 +401,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             out.append(req)
         return out
 
+    @write
     def create_port(self, values: dict[str, Any]) -> Port:
         """Create a port: MAC and fixed IPs allocated (or checked), logical key allocated."""
         with self.lock:
@@ -497,18 +420,16 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                         device_id=values.get("device_id") or "", attrs=attrs)
             port = with_ct_zone(self.graph, port, None)
             before = self._dependents(net.id)
-            with self.store.transaction() as tx:
-                key = tx.next_key("port_key", 1, PORT_KEY_MAX, tx.port_key_taken)
-                if key is None:
-                    raise Unavailable("PortKeyExhausted", "No logical port key is free.")
-                port = replace(port, key=key)
-                self._put_l3(tx, made)
-                tx.put_port(self._persistable(port))
-            port = self._with_status(port)
-            self._apply(lambda: self._graph_put_l3([*made, port]))
+            key = self._next_key("port", 1, PORT_KEY_MAX)
+            if key is None:
+                raise Unavailable("PortKeyExhausted", "No logical port key is free.")
+            port = replace(port, key=key)
+            self._commit([*made, port])
+            port = self.graph.port(port.id)
             self._notify(before | self._dependents(net.id) | {port.binding_host} | self._sg_dependents(port))
             return port
 
+    @write
     def update_port(self, port_id: str, values: dict[str, Any]) -> Port:
         """Update a port (MAC, fixed IPs, binding, owner, admin state, names...); network_id is fixed."""
         with self.lock:
@@ -530,24 +451,20 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                            admin_state_up=values.get("admin_state_up", old.admin_state_up), attrs=attrs)
             port = with_ct_zone(self.graph, port, old)
             before = self._dependents(old.network_id) | self._sg_port_change(old, port)
-            with self.store.transaction() as tx:
-                tx.put_port(self._persistable(port))
-            port = self._with_status(port)
-            self._apply(lambda: self.graph.put_port(port))
+            self._commit([port])
+            port = self.graph.port(port.id)
             self._notify(before | self._dependents(old.network_id) | {old.binding_host, host}
                          | self._sg_port_change(old, port))
             return port
 
+    @write
     def delete_port(self, port_id: str) -> None:
         """Delete a port, releasing its addresses and key."""
         with self.lock:
             port = self._port(port_id)
             released = self._before_port_delete(port)  # 409 for router/FIP ports; FIPs to disassociate
             affected = self._dependents(port.network_id) | {port.binding_host} | self._sg_dependents(port)
-            with self.store.transaction() as tx:
-                self._put_l3(tx, released)
-                tx.delete("port", port_id)
-            self._apply(lambda: self._graph_put_l3([Deleted("port", port_id), *released]))
+            self._commit([*released, Deleted("port", port_id)])
             self._notify(affected)
 
     # -- hypervisors --------------------------------------------------------------------------
@@ -574,6 +491,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         return Hypervisor(name=name, datapath_id=dpid, tunnel_ip=tunnel_ip, bridge_mappings=dict(mappings),
                           attrs=attrs)
 
+    @write
     def register_hypervisor(self, values: dict[str, Any]) -> Hypervisor:
         """Register a hypervisor (name, datapath_id, tunnel_ip, bridge_mappings)."""
         with self.lock:
@@ -587,12 +505,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             if self.graph.hypervisor(name) is not None:
                 raise Conflict("HypervisorExists", f"Hypervisor {name} already exists.")
             hv = self._hv_record(name, values, None)
-            with self.store.transaction() as tx:
-                tx.put_hypervisor(hv)
-            self._apply(lambda: self.graph.put_hypervisor(hv))
+            self._commit([hv])
             self._notify(self._neighbourhood(name))
             return hv
 
+    @write
     def update_hypervisor(self, name: str, values: dict[str, Any]) -> Hypervisor:
         """Update a hypervisor's datapath id, tunnel IP or bridge mappings."""
         with self.lock:
@@ -600,18 +517,15 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             if values.get("name", name) != name:
                 raise ipam.invalid_input("name cannot be updated")
             hv = self._hv_record(name, values, old)
-            with self.store.transaction() as tx:
-                tx.put_hypervisor(hv)
-            self._apply(lambda: self.graph.put_hypervisor(hv))
+            self._commit([hv])
             self._notify(self._neighbourhood(name))
             return hv
 
+    @write
     def delete_hypervisor(self, name: str) -> None:
         """Forget a hypervisor (ports stay bound to its name, waiting for it to come back)."""
         with self.lock:
             self._hypervisor(name)
             affected = self._neighbourhood(name)
-            with self.store.transaction() as tx:
-                tx.delete("hv", name)
-            self._apply(lambda: self.graph.remove("hv", name))
+            self._commit([Deleted("hv", name)])
             self._notify(affected)
