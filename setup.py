@@ -23,6 +23,7 @@ setup(
         "Routes~=2.5.1",
         "netaddr~=1.3.0",
         "prometheus_client>=0.20,<0.30",
+        "etcd3gw>=2.4,<3",  # the controller's etcd store talks to etcd's v3 JSON gateway
     ],
     extras_require={
         "test": [

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install what tenantflow needs on a fresh Debian machine, idempotently:
-# Debian's Open vSwitch and Mininet, and a venv with the pinned Python packages.
+# Debian's Open vSwitch, Mininet and etcd, and a venv with the pinned Python packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="openvswitch-switch mininet iputils-ping iperf3 tcpdump ethtool arping iproute2 procps traceroute"
+APT_PKGS="openvswitch-switch mininet iputils-ping iperf3 tcpdump ethtool arping iproute2 procps traceroute etcd-server etcd-client"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
