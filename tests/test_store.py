@@ -1,14 +1,32 @@
-"""The durable store: restart reloads exactly what was written; failed writes leave no trace."""
+"""The store contract, one suite for both stores: the embedded SQLite file and a real etcd.
+
+Restart reloads exactly what was written; failed writes leave no trace; whatever
+validation did, a store refuses a write that breaks a unique key or a parent, as a
+whole; every commit reaches the listener in order. The etcd runs come from
+:mod:`tests.etcd_fixtures` (a real one-member cluster, each test on a prefix of its own).
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import asdict
+import uuid
+from dataclasses import asdict, replace
 
 import pytest
 
+from tests.etcd_fixtures import etcd  # noqa: F401 - fixture
+from topology.model import FixedIP, Network, Port, Subnet
+from topology.records import Deleted, encode, op_key
 from topology.state import Topology
-from topology.store import Conflict, Unavailable
+from topology.store import Conflict, Stale, Unavailable, open_store
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def store_url(request, tmp_path) -> str:
+    """Where a test's store lives: an SQLite file, or a fresh prefix on the module's etcd."""
+    if request.param == "sqlite":
+        return str(tmp_path / "t.sqlite")
+    cluster = request.getfixturevalue("etcd")
+    return f"{cluster.url}/test-{uuid.uuid4().hex[:12]}"
 
 
 def _state(topo: Topology) -> dict[str, list[dict]]:
@@ -16,9 +34,14 @@ def _state(topo: Topology) -> dict[str, list[dict]]:
     return {kind: [asdict(r) for r in topo.graph.records(kind)] for kind in ("network", "subnet", "port", "hv")}
 
 
-def _rows(path: str) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return list(conn.iterdump())
+def _rows(url: str) -> dict:
+    """Everything a fresh store object loads from ``url`` (revision aside): records and counters."""
+    store = open_store(url)
+    try:
+        snap = store.load()
+    finally:
+        store.close()
+    return {"records": {k: [encode(r) for r in v] for k, v in snap.records.items()}, "counters": snap.counters}
 
 
 def _populate(topo: Topology) -> None:
@@ -40,8 +63,8 @@ def _populate(topo: Topology) -> None:
     topo.update_network(vx.id, {"name": "vx2", "mtu": 1400})
 
 
-def test_restart_reloads_everything(tmp_path) -> None:
-    db = str(tmp_path / "t.sqlite")
+def test_restart_reloads_everything(store_url) -> None:
+    db = store_url
     topo = Topology(db)
     _populate(topo)
     before = _state(topo)
@@ -60,7 +83,7 @@ def test_restart_reloads_everything(tmp_path) -> None:
     again.close()
 
 
-def test_sqlite_settings(tmp_path) -> None:
+def test_sqlite_settings(tmp_path) -> None:  # the embedded store's own promises
     db = str(tmp_path / "t.sqlite")
     topo = Topology(db)
     conn = topo.store._conn
@@ -71,8 +94,8 @@ def test_sqlite_settings(tmp_path) -> None:
     topo.close()
 
 
-def test_keys_are_not_reused_at_once(tmp_path) -> None:
-    db = str(tmp_path / "t.sqlite")
+def test_keys_are_not_reused_at_once(store_url) -> None:
+    db = store_url
     topo = Topology(db)
     n1 = topo.create_network({})
     topo.delete_network(n1.id)
@@ -82,8 +105,8 @@ def test_keys_are_not_reused_at_once(tmp_path) -> None:
     topo.close()
 
 
-def test_segment_pools_and_exhaustion(tmp_path) -> None:
-    topo = Topology(str(tmp_path / "t.sqlite"), vni_range=(7, 8), vlan_range=(10, 10),
+def test_segment_pools_and_exhaustion(store_url) -> None:
+    topo = Topology(store_url, vni_range=(7, 8), vlan_range=(10, 10),
                     default_network_type="vlan", default_physical_network="physA")
     assert topo.create_network({}).segmentation_id == 10
     assert (topo.create_network({"provider:physical_network": "physB"}).segmentation_id) == 10
@@ -93,7 +116,7 @@ def test_segment_pools_and_exhaustion(tmp_path) -> None:
     # An explicitly requested id outside the range is fine; the range is for automatic picks.
     assert topo.create_network({"provider:network_type": "vxlan", "provider:segmentation_id": 8}).segmentation_id == 8
     assert topo.create_network({"provider:network_type": "vxlan"}).segmentation_id == 7
-    before = _rows(str(tmp_path / "t.sqlite"))
+    before = _rows(store_url)
     with pytest.raises(Unavailable):
         topo.create_network({"provider:network_type": "vxlan"})
     assert topo.create_network({"provider:network_type": "geneve"}).segmentation_id == 7
@@ -101,11 +124,11 @@ def test_segment_pools_and_exhaustion(tmp_path) -> None:
         topo.create_network({"provider:network_type": "geneve", "provider:segmentation_id": 7})
     assert len(list(topo.graph.records("network"))) == 5
     topo.close()
-    assert len(before) < len(_rows(str(tmp_path / "t.sqlite")))
+    assert len(before["records"]["network"]) < len(_rows(store_url)["records"]["network"])
 
 
-def test_failed_write_changes_neither_store_nor_graph(tmp_path) -> None:
-    db = str(tmp_path / "t.sqlite")
+def test_failed_write_changes_neither_store_nor_graph(store_url) -> None:
+    db = store_url
     topo = Topology(db)
     _populate(topo)
     events: list[set[str]] = []
@@ -131,15 +154,115 @@ def test_failed_write_changes_neither_store_nor_graph(tmp_path) -> None:
     topo.close()
 
 
-def test_status_is_live_not_stored(tmp_path) -> None:
-    db = str(tmp_path / "t.sqlite")
+def test_status_is_live_not_stored(store_url) -> None:
+    db = store_url
     topo = Topology(db)
     net = topo.create_network({})
     port = topo.create_port({"network_id": net.id, "binding:host_id": "hv1"})
     topo.set_live_ofports("hv1", {port.ofport_name: 3})
     assert topo.graph.port(port.id).attrs["status"] == "ACTIVE"
-    assert "ACTIVE" not in "".join(_rows(db))
+    assert "ACTIVE" not in repr(_rows(db))
     topo.close()
     topo = Topology(db)
     assert topo.graph.port(port.id).attrs["status"] == "DOWN" and topo.graph.ofports("hv1") == {}
     topo.close()
+
+
+# -- the store itself, under the validation: what it refuses whatever the caller checked -----------
+class _Log:
+    """A store's listener: the commits it delivered."""
+
+    def __init__(self) -> None:
+        self.commits: list = []
+
+    def __call__(self, commit) -> None:
+        self.commits.append(commit)
+
+
+def _net(key: int, seg: int) -> Network:
+    return Network(f"n{key}", "p", key, "vxlan", seg)
+
+
+def _port(ident: str, key: int, mac: str, ip: str = "10.0.0.5", net: str = "n1") -> Port:
+    return Port(ident, net, "p", key, mac, (FixedIP("s1", ip),))
+
+
+def _commit(store, ops, based_on: int, before=None) -> int:
+    return store.commit(ops, before=before or {op_key(op): None for op in ops}, counters={}, based_on=based_on)
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the store did not deliver in time"
+        time.sleep(0.01)
+
+
+def test_commits_are_atomic_ordered_and_delivered(store_url) -> None:
+    store, log = open_store(store_url), _Log()
+    rev0 = store.load().revision
+    store.listen(log, rev0)
+    sub = Subnet("s1", "n1", "p", "10.0.0.0/24", 4, "10.0.0.1")
+    rev1 = store.commit([_net(1, 1000), sub], before={("network", "n1"): None, ("subnet", "s1"): None},
+                        counters={"network_key": 2}, based_on=rev0)
+    p1 = _port("p1", 1, "fa:16:3e:00:00:01")
+    rev2 = _commit(store, [p1], rev1)
+    assert rev0 < rev1 < rev2
+    _wait(lambda: len(log.commits) == 2)
+    assert [c.revision for c in log.commits] == [rev1, rev2]
+    assert [(k, i) for k, i, _ in log.commits[0].ops] == [("network", "n1"), ("subnet", "s1")]
+    assert log.commits[0].counters == {"network_key": 2} and log.commits[0].origin == store.instance
+    snap = store.load()
+    assert snap.revision >= rev2 and snap.counters == {"network_key": 2}
+    assert [r.id for r in snap.records["port"]] == ["p1"] and snap.records["subnet"] == [sub]
+    before = _rows(store_url)
+    # Whatever the caller validated: a second holder of a unique value is refused, the whole write with it.
+    refused = [
+        [_port("p2", 2, "fa:16:3e:00:00:02", "10.0.0.9"), _port("p3", 3, "fa:16:3e:00:00:01", "10.0.0.10")],  # MAC
+        [_port("p2", 2, "fa:16:3e:00:00:02", "10.0.0.5")],  # address in the subnet
+        [_port("p2", 1, "fa:16:3e:00:00:02", "10.0.0.9")],  # logical key
+        [_net(2, 1000)],  # segment
+        [_port("p2", 2, "fa:16:3e:00:00:02", "10.0.0.9", net="n9")],  # a missing parent
+        [Subnet("s2", "n9", "p", "10.1.0.0/24", 4, None)],  # a missing parent
+    ]
+    for ops in refused:
+        with pytest.raises(Conflict):
+            _commit(store, ops, store.load().revision)
+        assert _rows(store_url) == before, ops
+    # A value freed and taken again in one write is fine: p1 gives up its MAC to p2.
+    moved = replace(p1, mac_address="fa:16:3e:00:00:09")
+    _commit(store, [moved, _port("p2", 2, "fa:16:3e:00:00:01", "10.0.0.9")], store.load().revision,
+            before={("port", "p1"): p1, ("port", "p2"): None})
+    assert {p.id: p.mac_address for p in store.load().records["port"]} == {"p1": "fa:16:3e:00:00:09",
+                                                                           "p2": "fa:16:3e:00:00:01"}
+    store.close()
+
+
+def test_deleting_a_parent_still_referred_to_is_refused(store_url) -> None:
+    store = open_store(store_url)
+    sub = Subnet("s1", "n1", "p", "10.0.0.0/24", 4, "10.0.0.1")
+    rev = _commit(store, [_net(1, 1000), sub, _port("p1", 1, "fa:16:3e:00:00:01")], store.load().revision)
+    before = _rows(store_url)
+    with pytest.raises(Conflict):
+        store.commit([Deleted("network", "n1")], before={("network", "n1"): _net(1, 1000)}, counters={},
+                     based_on=rev)
+    assert _rows(store_url) == before
+    store.close()
+
+
+def test_etcd_refuses_a_write_validated_on_a_stale_view(etcd) -> None:  # noqa: F811
+    url = f"{etcd.url}/test-{uuid.uuid4().hex[:12]}"
+    a, b = open_store(url), open_store(url)
+    rev0 = a.load().revision
+    rev1 = _commit(a, [_net(1, 1000)], rev0)
+    net = _net(1, 1000)
+    renamed = replace(net, mtu=1400)
+    rev2 = a.commit([renamed], before={("network", "n1"): net}, counters={}, based_on=rev1)
+    # b validated an update of n1 on the view at rev1: the store says stale, and where to catch up to.
+    with pytest.raises(Stale) as exc:
+        b.commit([replace(net, mtu=1300)], before={("network", "n1"): net}, counters={}, based_on=rev1)
+    assert exc.value.revision == rev2
+    assert b.load().records["network"][0].mtu == 1400
+    a.close()
+    b.close()

@@ -33,7 +33,7 @@ from topology.graph import TopologyGraph
 from topology.model import Hypervisor, Network, Port, Subnet
 from topology.model_l3 import FloatingIP, Router, SecurityGroup
 from topology.records import KINDS, Op, Record, op_key
-from topology.store import Commit, Conflict, Stale, Store, StoreUnavailable
+from topology.store import Commit, Conflict, Snapshot, Stale, Store, StoreUnavailable
 
 LOG = logging.getLogger(__name__)
 
@@ -84,10 +84,10 @@ class TopologyCore:
             store.listen(self._on_commit, self.revision)
 
     # -- loading -----------------------------------------------------------------------
-    def _load(self) -> None:
-        """(Re)build the graph from the store, keeping the live port maps."""
+    def _load(self, snapshot: Snapshot | None = None) -> None:
+        """(Re)build the graph from the store (or a snapshot of it), keeping the live port maps."""
         live = {hv: self.graph.ofports(hv) for kind, hv in self.graph.g.nodes if kind == "hv"}
-        snapshot = self.store.load()
+        snapshot = snapshot or self.store.load()
         self.graph = TopologyGraph()
         self._keys_used = {name: set() for name in KEY_COUNTERS.values()}
         # Kinds in KINDS order (a record only refers to kinds before it); the live port maps
@@ -105,6 +105,12 @@ class TopologyCore:
     def _on_commit(self, commit: Commit) -> None:
         """Apply one committed write to the graph (every instance's, in revision order)."""
         with self.lock:
+            if commit.snapshot is not None:
+                self.stats["reloads"] += 1
+                self._load(commit.snapshot)
+                self._applied.notify_all()
+                self._notify({h.name for h in self.graph.hypervisors()})
+                return
             if commit.revision <= self.revision:
                 return  # already held (a reload got past it)
             own = commit.origin == self.store.instance

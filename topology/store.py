@@ -91,6 +91,7 @@ class Commit:
     ops: list[tuple[str, str, Record | None]]
     counters: dict[str, int] = field(default_factory=dict)
     origin: str = ""  # the committing store object's instance id
+    snapshot: Snapshot | None = None  # set: the store lost the thread of commits; rebuild from this
 
 
 @dataclass

@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     import etcd3gw
 
 HEARTBEAT_MS = 100
+# One API write is one transaction: deleting a network with its ports, addresses and unique
+# keys takes more than etcd's default 128 operations (topology.store_etcd says the same).
+MAX_TXN_OPS = 10000
 ELECTION_MS = 1000
 _HOST = "127.0.0.1"
 _DEATHSIG = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
@@ -150,7 +153,8 @@ class EtcdCluster:
                 "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
                 "--initial-cluster", cluster, "--initial-cluster-state", state,
                 "--initial-cluster-token", self.token, "--heartbeat-interval", str(HEARTBEAT_MS),
-                "--election-timeout", str(ELECTION_MS), "--pre-vote", "--logger", "zap", "--log-outputs", "stderr"]
+                "--election-timeout", str(ELECTION_MS), "--pre-vote", "--max-txn-ops", str(MAX_TXN_OPS),
+                "--logger", "zap", "--log-outputs", "stderr"]
 
     def _spawn(self, i: int, state: str) -> None:
         """Start member ``i`` as our child, its output appended to its log."""
