@@ -30,7 +30,7 @@ BROADCAST = "ff:ff:ff:ff:ff:ff"
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the command line."""
     ap = argparse.ArgumentParser(prog="tenantflow trace", description=__doc__.split("\n")[0])
-    ap.add_argument("--db", default="tenantflow.db", help="the topology store (SQLite)")
+    ap.add_argument("--db", default="tenantflow.db", help="the topology store: an SQLite file or etcd://HOST:PORT[,...][/prefix]")
     ap.add_argument("--hv", required=True, help="hypervisor name")
     ap.add_argument("--in-port", required=True, help="OpenFlow port number, OVS port name or logical port id")
     ap.add_argument("--ofports", default="", help="live port map: name=num,... (per --hv)")

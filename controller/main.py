@@ -23,6 +23,7 @@ LOG = logging.getLogger("tenantflow")
 
 DEFAULTS = {
     "db": "/var/lib/tenantflow/tenantflow.sqlite",
+    "store": "",
     "of_host": "0.0.0.0",
     "of_port": "6653",
     "unix_socket": "/run/tenantflow/openflow.sock",
@@ -52,7 +53,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tenantflow controller", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="INI file with a [controller] section using these option names")
-    p.add_argument("--db", default=values["db"], help="SQLite file holding the topology")
+    p.add_argument("--db", default=values["db"], help="SQLite file holding the topology (the embedded store)")
+    p.add_argument("--store", default=values["store"],
+                   help="the topology store instead of --db: etcd://HOST:PORT[,HOST:PORT...][/prefix], shared by "
+                        "every controller instance pointed at it (or an SQLite path)")
     p.add_argument("--of-host", default=values["of_host"], help="OpenFlow TCP listen address")
     p.add_argument("--of-port", type=int, default=int(values["of_port"]), help="OpenFlow TCP listen port")
     p.add_argument("--unix-socket", default=values["unix_socket"], help="OpenFlow unix socket ('' to disable)")
@@ -132,7 +136,7 @@ class Running:
 def start(args: argparse.Namespace, topology=None) -> Running:
     """Start the OpenFlow listeners, the os-ken app and the API; return at once.
 
-    ``topology`` defaults to the SQLite-backed one at ``args.db``. os-ken's app
+    ``topology`` defaults to the one in ``args.store`` (else the SQLite file ``args.db``). os-ken's app
     manager is a per-process singleton: start at most one controller per process.
     """
     from os_ken.base import app_manager
@@ -144,9 +148,11 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     if topology is None:
         from topology.state import Topology
 
-        os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+        where = args.store or args.db
+        if not where.startswith("etcd://"):
+            os.makedirs(os.path.dirname(os.path.abspath(where)), exist_ok=True)
         topology = Topology(
-            args.db, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
+            where, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
             default_network_type=args.default_network_type,
             default_physical_network=args.default_physical_network, default_project=args.default_project,
         )
@@ -172,7 +178,8 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app)}
         api = serve(make_app(topology, extra=extra), args.api_host, args.api_port)
     LOG.info("tenantflow controller: OpenFlow on %s:%d%s, API on %s:%d, state in %s", args.of_host, args.of_port,
-             f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port, args.db)
+             f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port,
+             topology.store.url)
     return Running(topology, manager.applications.get("TenantflowApp"), api, services)
 
 

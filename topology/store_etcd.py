@@ -10,6 +10,7 @@ every commit, its own included, in revision order. Keys under the prefix
     u/<unique key>  its holder, '<kind>/<id>': one per unique value (topology.records)
     p/<kind>/<id>/<child kind>/<child id>   one per record that refers to this one
     g/<guard>       touched by every write a guard covers (the subnets of a network...)
+    o/<kind>/<id>   a record's place among those its creating transaction made (creation order)
     c/<counter>     allocation counters (next logical key to try)
     commit          the origin of the latest transaction: every transaction ends with it
 
@@ -191,7 +192,8 @@ class EtcdStore(Store):
     def load(self) -> Snapshot:
         """Every record (per kind, in creation order) and counter, at one revision."""
         revision, kvs = self._scan()
-        found: dict[str, list[tuple[int, Record]]] = {name: [] for name in KINDS}
+        found: dict[str, list[tuple[int, str, Record]]] = {name: [] for name in KINDS}
+        places: dict[str, int] = {}
         counters: dict[str, int] = {}
         for kv in kvs:
             key = _unb64(kv["key"]).decode()[len(self.prefix):]
@@ -199,10 +201,15 @@ class EtcdStore(Store):
             section, _, rest = key.partition("/")
             if section == "r":
                 kind = rest.partition("/")[0]
-                found[kind].append((int(kv["create_revision"]), decode(kind, value)))
+                found[kind].append((int(kv["create_revision"]), rest, decode(kind, value)))
+            elif section == "o":
+                places[rest] = int(value)
             elif section == "c":
                 counters[rest] = int(value)
-        records = {name: [r for _, r in sorted(items, key=lambda item: item[0])] for name, items in found.items()}
+
+        def creation(item: tuple[int, str, Record]) -> tuple[int, int]:
+            return item[0], places.get(item[1], 0)
+        records = {name: [r for _, _, r in sorted(items, key=creation)] for name, items in found.items()}
         return Snapshot(revision, records, counters)
 
     def commit(self, ops: Sequence[Op], *, before: Mapping[tuple[str, str], Record | None],
@@ -210,6 +217,8 @@ class EtcdStore(Store):
         """One etcd transaction for the whole write (see the module's doc for its compares)."""
         txn = _Txn(based_on)
         txn.made = {op_key(op) for op in ops if not isinstance(op, Deleted) and before.get(op_key(op)) is None}
+        for place, (kind, ident) in enumerate(k for k in map(op_key, ops) if k in txn.made):
+            txn.actions[f"o/{kind}/{ident}"] = str(place)
         for op in ops:
             self._add_op(txn, op, before.get(op_key(op)))
         for name, value in counters.items():
@@ -226,6 +235,8 @@ class EtcdStore(Store):
         new = None if isinstance(op, Deleted) else op
         txn.unchanged(f"r/{kind_name}/{ident}")
         txn.actions[f"r/{kind_name}/{ident}"] = encode(new) if new is not None else None
+        if new is None:
+            txn.actions[f"o/{kind_name}/{ident}"] = None
         old_keys = set(kind.unique(old)) if old is not None else set()
         new_keys = set(kind.unique(new)) if new is not None else set()
         for key in sorted(old_keys - new_keys):
