@@ -35,6 +35,17 @@ def require_etcd() -> None:
     unless_able(etcd_problem(), "etcd test")
 
 
+_SHARED: list[EtcdCluster] = []
+
+
+def shared_etcd() -> EtcdCluster:
+    """One one-member cluster for the whole test process (started on first use, stopped at exit)."""
+    if not _SHARED:
+        require_etcd()
+        _SHARED.append(EtcdCluster(1, binary=ETCD_BINARY).start())
+    return _SHARED[0]
+
+
 @pytest.fixture(scope="module")
 def etcd() -> Iterator[EtcdCluster]:
     """A one-member etcd cluster for the whole module."""

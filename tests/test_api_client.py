@@ -1,18 +1,24 @@
-"""A real northbound server on 127.0.0.1 over a real SQLite file, and a small client for it.
+"""A real northbound server on 127.0.0.1 over a real store, and a small client for it.
 
-Shared by the ``test_api*.py`` files (this module holds no tests itself).
+Shared by the ``test_api*.py`` files (this module holds no tests itself). The store is a
+real SQLite file, or, with ``TENANTFLOW_TEST_STORE=etcd`` (``make test`` runs the API suites
+both ways), a prefix of its own on a real etcd (:func:`tests.etcd_fixtures.shared_etcd`).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from apps.northbound import make_app, serve
+from topology.records import encode
 from topology.state import Topology
+from topology.store import open_store
 
 COLLECTIONS = ("networks", "subnets", "ports", "hypervisors")
 
@@ -20,8 +26,13 @@ COLLECTIONS = ("networks", "subnets", "ports", "hypervisors")
 class Api:
     """A Topology + API server on a free port; records every subscriber notification."""
 
-    def __init__(self, db_path: Path, extra: dict | None = None, **topology_options: Any) -> None:
+    def __init__(self, db_path: Path, extra: dict | None = None, store: str | None = None,
+                 **topology_options: Any) -> None:
+        """``store``: "sqlite" or "etcd" (default: ``TENANTFLOW_TEST_STORE``, else sqlite)."""
         self.db_path = str(db_path)
+        if (store or os.environ.get("TENANTFLOW_TEST_STORE")) == "etcd":
+            from tests.etcd_fixtures import shared_etcd
+            self.db_path = f"{shared_etcd().url}/api-{uuid.uuid4().hex[:12]}"
         self.extra = extra
         self.options = topology_options
         self.session = requests.Session()
@@ -75,11 +86,18 @@ class Api:
         return resp.json()[collection]
 
     def snapshot(self) -> tuple[dict[str, list], list[str]]:
-        """Everything the API shows, and every row of the database."""
+        """Everything the API shows, and everything stored (every row of an SQLite file)."""
         shown = {c: self.list(c) for c in COLLECTIONS}
-        with sqlite3.connect(self.db_path) as conn:
-            rows = list(conn.iterdump())
-        return shown, rows
+        if not self.db_path.startswith("etcd://"):
+            with sqlite3.connect(self.db_path) as conn:
+                return shown, list(conn.iterdump())
+        store = open_store(self.db_path)
+        try:
+            snap = store.load()
+        finally:
+            store.close()
+        stored = [f"{k}:{encode(r)}" for k, records in snap.records.items() for r in records]
+        return shown, [*stored, *(f"{k}={v}" for k, v in sorted(snap.counters.items()))]
 
     def expect_error(self, status: int, kind: str, method: str, path: str, body: Any = None, *,
                      data: bytes | None = None) -> dict[str, Any]:

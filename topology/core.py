@@ -49,13 +49,16 @@ def write(method: F) -> F:
     """Run a write method again, on a caught-up graph, while the store finds its view stale."""
     @functools.wraps(method)
     def retrying(self: TopologyCore, *args: Any, **kwargs: Any) -> Any:
-        for _ in range(STALE_RETRIES):
-            self._begin_write()
-            try:
-                return method(self, *args, **kwargs)
-            except Stale as exc:
-                self.stats["stale_retries"] += 1
-                self._catch_up(exc.revision)
+        # One write at a time per instance, from validation until its commit is in the graph:
+        # the instance's own writes never find each other's views stale (only other instances' can).
+        with self._writing:
+            for _ in range(STALE_RETRIES):
+                self._begin_write()
+                try:
+                    return method(self, *args, **kwargs)
+                except Stale as exc:
+                    self.stats["stale_retries"] += 1
+                    self._catch_up(exc.revision)
         raise Conflict("Conflict", "The request kept conflicting with concurrent writes; try again.")
     return retrying  # type: ignore[return-value]
 
@@ -67,7 +70,8 @@ class TopologyCore:
     graph: TopologyGraph
 
     def _init_core(self, store: Store) -> None:
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # the graph's: readers, the commit stream, writers validating
+        self._writing = threading.RLock()  # held by a write from validation until its commit is applied
         self._applied = threading.Condition(self.lock)
         self.graph = TopologyGraph()
         self.revision = 0  # of the last commit the graph holds

@@ -262,13 +262,14 @@ class EtcdStore(Store):
                 txn.actions[f"g/{guard}"] = ""
 
     def _check_orphans(self, txn: _Txn, kind: str, ident: str) -> None:
-        """Deleting a record: every record referring to it must go in the same write (else Conflict)."""
+        """Deleting a record: every record referring to it must let go of it in the same write (else Conflict)."""
         refs = f"p/{kind}/{ident}/"
         answer = self._post("/kv/range", {"key": _b64(self.prefix + refs), "range_end": _range_end(self.prefix + refs),
                                           "keys_only": True})
         for kv in answer.get("kvs", []):
             child = _unb64(kv["key"]).decode()[len(self.prefix + refs):]
-            if f"r/{child}" not in txn.actions or txn.actions[f"r/{child}"] is not None:
+            ref = f"{refs}{child}"
+            if ref not in txn.actions or txn.actions[ref] is not None:  # not let go of by this write
                 raise Conflict("Conflict", f"Conflict with stored state: {kind} {ident} is referred to by {child}")
         txn.range_unchanged(self.prefix, refs, int(answer["header"]["revision"]))
 

@@ -265,15 +265,16 @@ class NorthboundApp:
             values["project_id"] = req.headers["X-Project-Id"]
         if resource.kind == "hv":
             values.pop("project_id", None)
+        # The write takes the topology's locks itself (its write lock, then the graph's): never under the graph's.
+        record = getattr(self.topology, resource.create)(values)
         with self.topology.lock:
-            record = getattr(self.topology, resource.create)(values)
             item = self._render(resource, record)
         return json_response(201, {resource.member: item})
 
     def _update(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
         values = self._body(req, resource, create=False)
+        record = getattr(self.topology, resource.update)(ident, values)
         with self.topology.lock:
-            record = getattr(self.topology, resource.update)(ident, values)
             item = self._render(resource, record)
         return json_response(200, {resource.member: item})
 
