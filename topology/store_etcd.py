@@ -39,19 +39,17 @@ has compacted that revision away, the listener gets a fresh snapshot (a counted 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import etcd3gw
-import requests
 from etcd3gw import exceptions as etcd_errors
 
+from topology.etcd_watch import PrefixWatch, b64, range_end, unb64
 from topology.records import KINDS, Deleted, Op, Record, decode, encode, op_key
 from topology.store import Commit, Conflict, Listener, Snapshot, Stale, Store, StoreUnavailable
 
@@ -59,21 +57,6 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/tenantflow/"
 PAGE = 5000  # keys per range request when loading
-RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # the watch's reconnect backoff
-
-
-def _b64(text: str | bytes) -> str:
-    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
-
-
-def _range_end(prefix: str) -> str:
-    """The end of etcd's range for every key starting with ``prefix``."""
-    raw = prefix.encode()
-    return _b64(raw[:-1] + bytes([raw[-1] + 1]))
 
 
 def parse_url(url: str) -> tuple[list[tuple[str, int]], str]:
@@ -111,16 +94,16 @@ class _Txn:
         self.compares[(key, "VERSION")] = {"target": "VERSION", "result": "GREATER", "version": 0}
 
     def range_unchanged(self, prefix: str, key: str, since: int) -> None:
-        self.compares[(key, "RANGE")] = {"range_end": _range_end(prefix + key), "target": "MOD",
+        self.compares[(key, "RANGE")] = {"range_end": range_end(prefix + key), "target": "MOD",
                                          "result": "LESS", "mod_revision": since + 1}
 
     def request(self, prefix: str, commit_value: str) -> dict[str, Any]:
-        compare = [{"key": _b64(prefix + key), **c} for (key, _), c in self.compares.items()]
-        success = [{"request_put": {"key": _b64(prefix + key), "value": _b64(value)}} if value is not None
-                   else {"request_delete_range": {"key": _b64(prefix + key)}} for key, value in self.actions.items()]
-        success.append({"request_put": {"key": _b64(prefix + "commit"), "value": _b64(commit_value)}})
+        compare = [{"key": b64(prefix + key), **c} for (key, _), c in self.compares.items()]
+        success = [{"request_put": {"key": b64(prefix + key), "value": b64(value)}} if value is not None
+                   else {"request_delete_range": {"key": b64(prefix + key)}} for key, value in self.actions.items()]
+        success.append({"request_put": {"key": b64(prefix + "commit"), "value": b64(commit_value)}})
         return {"compare": compare, "success": success,
-                "failure": [{"request_range": {"key": _b64(prefix + "commit")}}]}
+                "failure": [{"request_range": {"key": b64(prefix + "commit")}}]}
 
 
 class EtcdStore(Store):
@@ -136,10 +119,7 @@ class EtcdStore(Store):
         for client in self._clients:
             client.session.trust_env = False  # never through an HTTP proxy: etcd is ours, on our network
         self._current = 0  # the endpoint that answered last
-        self._watch: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._response: requests.Response | None = None
-        self.watch_state = {"connected": False, "revision": 0, "reconnects": 0, "resets": 0}
+        self._watch: PrefixWatch | None = None
 
     # -- requests ---------------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +142,7 @@ class EtcdStore(Store):
                                + "; ".join(errors))
 
     def _range(self, key: str, *, end: str | None = None, revision: int = 0, limit: int = 0) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": _b64(key)}
+        body: dict[str, Any] = {"key": b64(key)}
         if end is not None:
             body["range_end"] = end
         if revision:
@@ -173,7 +153,7 @@ class EtcdStore(Store):
 
     def _scan(self) -> tuple[int, Iterator[dict[str, Any]]]:
         """Every key under the prefix at one revision, in pages: (revision, kvs)."""
-        first = self._range(self.prefix, end=_range_end(self.prefix), limit=PAGE)
+        first = self._range(self.prefix, end=range_end(self.prefix), limit=PAGE)
         revision = int(first["header"]["revision"])
 
         def pages() -> Iterator[dict[str, Any]]:
@@ -183,8 +163,8 @@ class EtcdStore(Store):
                 yield from kvs
                 if not answer.get("more"):
                     return
-                after = _unb64(kvs[-1]["key"]) + b"\0"
-                answer = self._post("/kv/range", {"key": _b64(after), "range_end": _range_end(self.prefix),
+                after = unb64(kvs[-1]["key"]) + b"\0"
+                answer = self._post("/kv/range", {"key": b64(after), "range_end": range_end(self.prefix),
                                                   "revision": revision, "limit": PAGE})
         return revision, pages()
 
@@ -196,8 +176,8 @@ class EtcdStore(Store):
         places: dict[str, int] = {}
         counters: dict[str, int] = {}
         for kv in kvs:
-            key = _unb64(kv["key"]).decode()[len(self.prefix):]
-            value = _unb64(kv.get("value", ""))
+            key = unb64(kv["key"]).decode()[len(self.prefix):]
+            value = unb64(kv.get("value", ""))
             section, _, rest = key.partition("/")
             if section == "r":
                 kind = rest.partition("/")[0]
@@ -264,10 +244,10 @@ class EtcdStore(Store):
     def _check_orphans(self, txn: _Txn, kind: str, ident: str) -> None:
         """Deleting a record: every record referring to it must let go of it in the same write (else Conflict)."""
         refs = f"p/{kind}/{ident}/"
-        answer = self._post("/kv/range", {"key": _b64(self.prefix + refs), "range_end": _range_end(self.prefix + refs),
+        answer = self._post("/kv/range", {"key": b64(self.prefix + refs), "range_end": range_end(self.prefix + refs),
                                           "keys_only": True})
         for kv in answer.get("kvs", []):
-            child = _unb64(kv["key"]).decode()[len(self.prefix + refs):]
+            child = unb64(kv["key"]).decode()[len(self.prefix + refs):]
             ref = f"{refs}{child}"
             if ref not in txn.actions or txn.actions[ref] is not None:  # not let go of by this write
                 raise Conflict("Conflict", f"Conflict with stored state: {kind} {ident} is referred to by {child}")
@@ -285,7 +265,7 @@ class EtcdStore(Store):
             if target == "CREATE":
                 held = self._range(self.prefix + key).get("kvs")
                 if held:
-                    holder = _unb64(held[0].get("value", "")).decode()
+                    holder = unb64(held[0].get("value", "")).decode()
                     return Conflict("Conflict", f"Conflict with stored state: {key[2:]} is held by {holder}")
             elif target == "VERSION" and not self._range(self.prefix + key).get("kvs"):
                 return Conflict("Conflict", f"Conflict with stored state: {key[2:]} does not exist")
@@ -296,56 +276,21 @@ class EtcdStore(Store):
         """Deliver every commit after revision ``after`` to ``listener``, from a watch thread."""
         if self._watch is not None:
             raise RuntimeError("already listening")
-        self.watch_state["revision"] = after
-        self._watch = threading.Thread(target=self._watch_loop, args=(listener,), name="etcd-watch", daemon=True)
-        self._watch.start()
 
-    def _watch_loop(self, listener: Listener) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self._watch_once(listener)
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - any failure: reconnect, resume after the last revision
-                if self._stop.is_set():
-                    return
-                LOG.warning("etcd watch: %s: reconnecting", exc)
-                failures += 1
-            self.watch_state["connected"] = False
-            self.watch_state["reconnects"] += 1
-            self._current = (self._current + 1) % len(self._clients) if failures else self._current
-            self._stop.wait(RETRY_S[min(failures, len(RETRY_S) - 1)])
-
-    def _watch_once(self, listener: Listener) -> None:
-        client = self._clients[self._current]
-        start = self.watch_state["revision"] + 1
-        body = {"create_request": {"key": _b64(self.prefix), "range_end": _range_end(self.prefix),
-                                   "start_revision": start, "progress_notify": True}}
-        # No read timeout: a quiet watch is fine; progress notifications keep it alive.
-        response = client.session.post(client.get_url("/watch"), json=body, stream=True,
-                                       timeout=(self.timeout, None))
-        self._response = response
-        pending: list[dict[str, Any]] = []
-        for line in response.iter_lines(chunk_size=None):
-            if self._stop.is_set():
-                return
-            if not line.strip():
-                continue
-            result = json.loads(line).get("result", {})
-            if result.get("compact_revision") and int(result["compact_revision"]) >= start:
-                self._reset(listener)
-                return
-            if result.get("canceled"):
-                raise RuntimeError(f"watch canceled: {result.get('cancel_reason', '')}")
-            self.watch_state["connected"] = True
-            for event in result.get("events", []):
+        def handle(events: list[dict[str, Any]]) -> None:
+            pending: list[dict[str, Any]] = []
+            for event in events:  # one transaction's events end with its commit key
                 pending.append(event)
-                if _unb64(event["kv"]["key"]).decode() == self.prefix + "commit":
-                    commit = self._commit_of(pending)
+                if unb64(event["kv"]["key"]).decode() == self.prefix + "commit":
+                    listener(self._commit_of(pending))
                     pending = []
-                    listener(commit)
-                    self.watch_state["revision"] = commit.revision
-        raise RuntimeError("watch stream ended")
+
+        def reset() -> int:
+            snapshot = self.load()
+            listener(Commit(snapshot.revision, [], snapshot.counters, "", snapshot))
+            return snapshot.revision
+
+        self._watch = PrefixWatch(self._clients, self.prefix, handle, after, reset, self.timeout)
 
     def _commit_of(self, events: list[dict[str, Any]]) -> Commit:
         """The Commit one transaction's events make (they end with its ``commit`` key)."""
@@ -354,8 +299,8 @@ class EtcdStore(Store):
         origin = ""
         revision = int(events[-1]["kv"]["mod_revision"])
         for event in events:
-            key = _unb64(event["kv"]["key"]).decode()[len(self.prefix):]
-            value = _unb64(event["kv"].get("value", ""))
+            key = unb64(event["kv"]["key"]).decode()[len(self.prefix):]
+            value = unb64(event["kv"].get("value", ""))
             section, _, rest = key.partition("/")
             if section == "r":
                 kind, _, ident = rest.partition("/")
@@ -366,30 +311,16 @@ class EtcdStore(Store):
                 origin = json.loads(value).get("origin", "")
         return Commit(revision, ops, counters, origin)
 
-    def _reset(self, listener: Listener) -> None:
-        """The watch's revision was compacted away: hand the listener a fresh snapshot."""
-        snapshot = self.load()
-        self.watch_state["resets"] += 1
-        listener(Commit(snapshot.revision, [], snapshot.counters, "", snapshot))
-        self.watch_state["revision"] = snapshot.revision
-
     def close(self) -> None:
         """Stop the watch and close the HTTP sessions."""
-        self._stop.set()
-        response = self._response
-        if response is not None:
-            try:
-                response.raw._fp.fp.raw._sock.shutdown(2)  # wake the watch thread out of its read
-            except Exception:  # noqa: BLE001, S110 - already closed
-                pass
-            response.close()
         if self._watch is not None:
-            self._watch.join(timeout=2)
+            self._watch.stop()
         for client in self._clients:
             client.session.close()
 
     def status(self) -> dict[str, object]:
         """The endpoints, the one in use, and the watch's state."""
         host, port = self.endpoints[self._current]
-        return {"url": self.url, "endpoint": f"{host}:{port}", **self.watch_state}
+        watch = self._watch.state if self._watch is not None else {}
+        return {"url": self.url, "endpoint": f"{host}:{port}", **watch}
 
