@@ -113,6 +113,9 @@ class FlowEngine:
         self._dirty: set[str] = set()  # hypervisors whose changed cookies grew in this on_change
         self.generation = 0  # counts the changes that changed some hypervisor's flows
         self._topology = None
+        # Which hypervisors this engine compiles: all of them, unless this controller instance is one of a
+        # cluster's and masters only a share of the bridges (controller.cluster); see set_ownership.
+        self._owns: Callable[[str], bool] = _everything
         with self.lock:
             self._rebuild_all(freeze=long_lived)
 
@@ -128,6 +131,40 @@ class FlowEngine:
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(hypervisor names)`` after each change that changed their flows."""
         self._listeners.append(listener)
+
+    def set_ownership(self, owns: Callable[[str], bool]) -> None:
+        """Compile only the hypervisors ``owns`` accepts from now on: build those gained, forget those lost.
+
+        A cluster's instance masters a share of the bridges and compiles only theirs (the others'
+        masters compile the rest); when the share changes, the hypervisors it gains are built
+        here and now, and their listeners hear of them like of any change.
+        """
+        with self.lock:
+            self._owns = owns
+            names = {h.name for h in self.graph.hypervisors()} | set(self.hvs)
+            gained = {n for n in names if owns(n) and n not in self.hvs}
+            for name in [n for n in self.hvs if not owns(n)]:
+                self._drop(name)
+            for name in gained:
+                self._rebuild(name)
+                state = self.hvs[name]
+                state.changed = set(state.flows)
+            if gained:
+                self.generation += 1
+                for name in gained:
+                    self.hvs[name].generation = self.generation
+        if gained:
+            for listener in list(self._listeners):
+                listener(gained)
+
+    def _drop(self, name: str) -> None:
+        """Forget a hypervisor this engine no longer compiles (its shared fragments and indexes let go)."""
+        state = self.hvs.pop(name, None)
+        if state is None:
+            return
+        for net_id in list(state.frags):
+            self._detach(state, net_id, count=False)
+        self._index(name, state.info, None)
 
     # -- what the switches read (under self.lock) -----------------------------------------
     def desired(self, hv_name: str) -> dict[int, Flow]:
@@ -152,7 +189,7 @@ class FlowEngine:
         """Each hypervisor whose flows differ from a fresh full compile (the reference), described."""
         out = []
         with self.lock:
-            names = {h.name for h in self.graph.hypervisors()} | set(self.hvs)
+            names = {h.name for h in self.graph.hypervisors() if self._owns(h.name)} | set(self.hvs)
             for name in sorted(names):
                 want = {f.cookie for f in compile_hypervisor(self.graph, name)}
                 have = set(self.desired(name))
@@ -205,6 +242,8 @@ class FlowEngine:
         for net_id in {p.network_id for p in self.graph.records("port")}:
             self._hosts[net_id] = frozenset(self.graph.network_index(net_id).hosts)
         for name in {h.name for h in self.graph.hypervisors()} | set(old):
+            if not self._owns(name):
+                continue
             state = self.hvs[name] = HypervisorFlows(name)
             previous = old.get(name)
             self._rebuild(name)
@@ -223,9 +262,11 @@ class FlowEngine:
             if handler is not None:  # no other kind of record makes flows
                 handler(plan, ident, old)
         for name in plan.rebuild:
-            self._rebuild(name)
+            if self._owns(name):
+                self._rebuild(name)
         for name in sorted(plan.base - plan.rebuild):
-            self._update_base(name, plan)
+            if self._owns(name):
+                self._update_base(name, plan)
         for name, keys in plan.units.items():
             state = self.hvs.get(name)
             if name in plan.rebuild or state is None or state.info is None:
@@ -323,8 +364,11 @@ class FlowEngine:
         return hosts
 
     def _on_hv(self, plan: _Plan, name: str, old) -> None:
-        plan.rebuild.add(name)
-        self._state(name)
+        if not self._owns(name):  # (its datapath id may have moved it to another instance)
+            self._drop(name)
+        else:
+            plan.rebuild.add(name)
+            self._state(name)
         for port in self.graph.ports_on(name):  # their unicast flows elsewhere name our tunnel endpoint
             self._refresh_fragments(plan, port.network_id, port.id)
             for other in self._reach.get(port.network_id, ()):
@@ -333,6 +377,8 @@ class FlowEngine:
                 plan.unit(other, ("net", port.network_id))
 
     def _on_ofports(self, plan: _Plan, name: str, old) -> None:
+        if not self._owns(name):
+            return
         self._state(name)
         if _fabric_ports(old or {}) != _fabric_ports(self.graph.ofports(name)):
             plan.rebuild.add(name)  # tunnel or provider ports: every unit reaching the fabric
@@ -712,3 +758,7 @@ def _member_values(port: Port | None) -> set[tuple[str, int, MatchValue]]:
             eth = ETH_IPV6 if net.version == 6 else ETH_IPV4
             out.update((sg_id, eth, value) for sg_id in groups)
     return out
+
+
+def _everything(_name: str) -> bool:
+    return True

@@ -206,6 +206,16 @@ class CloudMachine(RuleBasedStateMachine):
         RUNS["checks"] += 1
         mismatches = self.engine.mismatches()
         assert mismatches == [], "incremental state differs from a full compile:\n" + "\n".join(mismatches)
+        owned = getattr(self, "owned", None)
+        if owned is not None:  # a cluster's instance compiles its share, every owned hypervisor checked above
+            assert set(self.engine.hvs) <= owned, f"compiles {set(self.engine.hvs) - owned} it does not own"
+
+    # -- a cluster's instance: it compiles only the hypervisors whose bridges it masters ------------------
+    @rule(owned=st.sets(st.sampled_from(HV_NAMES)), everything=st.sampled_from([False, False, True]))
+    def change_ownership(self, owned: set[str], everything: bool) -> None:
+        self.owned = None if everything else set(owned)
+        self.engine.set_ownership((lambda _name: True) if everything else self.owned.__contains__)
+        RUNS["ownership changes"] += 1
 
     # -- hypervisors and their switches ------------------------------------------------------------
     @rule(i=IDX, ip=st.integers(1, 250), physnet=st.sampled_from([True, True, True, False]))

@@ -1,0 +1,293 @@
+"""Which controller instance masters which bridge: membership in etcd, rendezvous hashing, generation ids.
+
+Every bridge connects to every instance (``set-controller br-int tcp:A tcp:B tcp:C``); exactly
+one instance is its master (OpenFlow 1.3 ``OFPT_ROLE_REQUEST``), the others are slaves that
+read (port maps) and never write. Who masters what follows from the set of live instances:
+
+- **Membership.** Each instance holds an etcd lease (``ttl`` s, kept alive three times per
+  TTL) and, under it, the key ``<prefix>-cluster/members/<instance>``. An instance that dies
+  loses its key when its lease expires, or at once when a peer revokes it: every instance
+  holds a TCP connection to every other's peer port, and a peer that closes it (a process
+  that died closes all its sockets) or refuses it is revoked without waiting for the TTL.
+- **Ownership.** The view is the sorted set of members and the etcd revision of its latest
+  change. Bridge ``dpid`` belongs to the member with the highest ``blake2b(member, dpid)``
+  (rendezvous hashing): every instance computes the same owner from the same view, bridges
+  spread evenly, and a member joining or leaving moves only its share.
+- **Generation ids.** A master asks with the view's revision as ``generation_id``. Revisions
+  only grow, so a newer view's master always outranks an older one's: the switch demotes
+  the old master to slave (its writes are refused from then on) and refuses a deposed
+  master's claim (``OFPRRFC_STALE``).
+- **Claims.** An instance claims master only while its own lease is alive (a keepalive
+  answered within the TTL) and the view lists it; otherwise it declares itself slave
+  before sending anything else, on every (re)connection (OpenFlow starts each connection
+  as EQUAL, which may write).
+
+:class:`Solo` is the single-instance default (the SQLite store): it masters every bridge and
+sends no role request at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from topology.etcd_watch import PrefixWatch, b64, range_end, unb64
+
+LOG = logging.getLogger("tenantflow.cluster")
+
+DEFAULT_TTL = 2  # s: etcd's shortest lease with its default 1 s election timeout is 1.5 s
+
+
+@dataclass(frozen=True)
+class Role:
+    """What an instance must be on a bridge: master (with ``generation``) or slave; None: no request."""
+
+    master: bool
+    generation: int | None = None
+
+
+def rank(member: str, dpid: int) -> bytes:
+    """A member's rendezvous weight for a bridge (the highest weight owns it)."""
+    return hashlib.blake2b(f"{member}/{dpid:016x}".encode(), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class View:
+    """The live members and the revision of the membership's latest change (the generation id)."""
+
+    revision: int
+    members: tuple[str, ...] = ()
+    peers: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, hash=False)
+
+    def owner(self, dpid: int) -> str | None:
+        """The member that masters bridge ``dpid`` (None: no member)."""
+        return max(self.members, key=lambda m: rank(m, dpid)) if self.members else None
+
+
+class Solo:
+    """One instance, masters every bridge: no role requests (OpenFlow's EQUAL), nothing to watch."""
+
+    instance = "solo"
+
+    def role_for(self, dpid: int) -> Role | None:
+        """None: send no role request."""
+        return None
+
+    def masters(self, dpid: int) -> bool:
+        """Every bridge is ours."""
+        return True
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Ownership never changes."""
+
+    def status(self) -> dict[str, Any]:
+        """Nothing to report but the mode."""
+        return {"mode": "solo"}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class Cluster:
+    """This instance's membership in etcd, the current view, and the roles it implies."""
+
+    def __init__(self, store: Any, *, instance: str, peer_host: str = "127.0.0.1", peer_port: int = 0,
+                 ttl: int = DEFAULT_TTL, api_url: str = "") -> None:
+        self.store, self.instance, self.ttl = store, instance, ttl
+        self.prefix = store.prefix.rstrip("/") + "-cluster/members/"
+        self.view = View(0)
+        self.lease = 0
+        self._alive_until = 0.0  # monotonic time until which our lease surely lives
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._peers: dict[str, socket.socket] = {}
+        self.stats = {"revoked_peers": 0, "rejoins": 0, "view_changes": 0}
+        self._listener = socket.create_server((peer_host, peer_port))
+        self.peer = f"{peer_host}:{self._listener.getsockname()[1]}"
+        self.api_url = api_url
+        self._watch: PrefixWatch | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> Cluster:
+        """Join: a lease, our member key, the membership watch, our peer port; wait until the view lists us."""
+        threading.Thread(target=self._accept_peers, name="cluster-peers", daemon=True).start()
+        self._join()
+        revision = self._load_view()
+        self._watch = PrefixWatch(self.store._clients, self.prefix, self._on_events, revision, self._load_view,
+                                  self.store.timeout, name="cluster-watch")
+        threading.Thread(target=self._keepalive_loop, name="cluster-keepalive", daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while self.instance not in self.view.members:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"instance {self.instance} did not see itself join the cluster in {timeout} s")
+            time.sleep(0.01)
+        return self
+
+    def close(self) -> None:
+        """Leave at once (our lease revoked: the others take our bridges now, not after the TTL)."""
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        try:
+            self.store._post("/kv/lease/revoke", {"ID": self.lease})
+        except Exception:  # noqa: BLE001 - etcd gone: the lease expires on its own
+            LOG.info("cluster: could not revoke our lease; it expires in %d s", self.ttl)
+        self._listener.close()
+        for sock in list(self._peers.values()):
+            sock.close()
+
+    def _join(self) -> None:
+        """A new lease and our member key under it."""
+        answer = self.store._post("/lease/grant", {"TTL": self.ttl})
+        self.lease = int(answer["ID"])
+        value = json.dumps({"peer": self.peer, "lease": self.lease, "api": self.api_url})
+        self.store._post("/kv/put", {"key": b64(self.prefix + self.instance), "value": b64(value),
+                                     "lease": self.lease})
+        self._alive_until = time.monotonic() + self.ttl * 0.9
+        LOG.info("cluster: %s joined with lease %x (peer port %s)", self.instance, self.lease, self.peer)
+
+    # -- the view --------------------------------------------------------------------------------
+    def _load_view(self) -> int:
+        answer = self.store._post("/kv/range", {"key": b64(self.prefix), "range_end": range_end(self.prefix)})
+        peers = {unb64(kv["key"]).decode()[len(self.prefix):]: json.loads(unb64(kv.get("value", "")))
+                 for kv in answer.get("kvs", [])}
+        revision = int(answer["header"]["revision"])
+        self._set_view(View(revision, tuple(sorted(peers)), peers))
+        return revision
+
+    def _on_events(self, events: list[dict[str, Any]]) -> None:
+        peers = dict(self.view.peers)
+        for event in events:
+            name = unb64(event["kv"]["key"]).decode()[len(self.prefix):]
+            if event.get("type") == "DELETE":
+                peers.pop(name, None)
+            else:
+                peers[name] = json.loads(unb64(event["kv"].get("value", "")))
+        revision = int(events[-1]["kv"]["mod_revision"])
+        self._set_view(View(revision, tuple(sorted(peers)), peers))
+
+    def _set_view(self, view: View) -> None:
+        with self._lock:
+            if view.revision <= self.view.revision:
+                return
+            changed = view.members != self.view.members
+            self.view = view
+        if changed:
+            self.stats["view_changes"] += 1
+            LOG.info("cluster: view %d: %s", view.revision, ", ".join(view.members) or "(none)")
+            self._dial_peers(view)
+            for callback in list(self._callbacks):
+                callback()
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever the set of members (so ownership) changes."""
+        self._callbacks.append(callback)
+
+    # -- roles -----------------------------------------------------------------------------------
+    @property
+    def in_good_standing(self) -> bool:
+        """Our lease surely lives and the view lists us: only then may we claim a bridge."""
+        return time.monotonic() < self._alive_until and self.instance in self.view.members
+
+    def masters(self, dpid: int) -> bool:
+        """Whether this instance is to master bridge ``dpid`` now."""
+        return self.in_good_standing and self.view.owner(dpid) == self.instance
+
+    def role_for(self, dpid: int) -> Role:
+        """The role to ask bridge ``dpid`` for: master with the view's generation, or slave."""
+        view = self.view
+        if self.in_good_standing and view.owner(dpid) == self.instance:
+            return Role(True, view.revision)
+        return Role(False)
+
+    def status(self) -> dict[str, Any]:
+        """The members, our standing, the view's revision (the generation id) and counters."""
+        return {"mode": "cluster", "instance": self.instance, "members": list(self.view.members),
+                "view_revision": self.view.revision, "in_good_standing": self.in_good_standing,
+                "lease": f"{self.lease:x}", **self.stats}
+
+    # -- keeping our lease ----------------------------------------------------------------------
+    def _keepalive_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                answer = self.store._post("/lease/keepalive", {"ID": self.lease})
+            except Exception as exc:  # noqa: BLE001 - etcd unreachable: our standing runs out with the TTL
+                LOG.warning("cluster: keepalive failed: %s", exc)
+                if not self.in_good_standing:
+                    self._notify()
+                continue
+            if int(answer.get("result", {}).get("TTL", -1)) <= 0:
+                # Our lease is gone (expired while we were stopped or cut off): we are out.
+                LOG.warning("cluster: our lease %x expired: slave everywhere, joining again", self.lease)
+                self._alive_until = 0.0
+                self._notify()
+                self.stats["rejoins"] += 1
+                try:
+                    self._join()
+                except Exception as exc:  # noqa: BLE001 - try again next round
+                    LOG.warning("cluster: rejoin failed: %s", exc)
+                continue
+            self._alive_until = time.monotonic() + self.ttl * 0.9
+
+    def _notify(self) -> None:
+        for callback in list(self._callbacks):
+            callback()
+
+    # -- peers: a dead process is seen at once ------------------------------------------------------
+    def _accept_peers(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._hold, args=(conn, None), daemon=True).start()
+
+    def _dial_peers(self, view: View) -> None:
+        for name, info in view.peers.items():
+            if name == self.instance or name in self._peers or not info.get("peer"):
+                continue
+            host, _, port = info["peer"].rpartition(":")
+            try:
+                sock = socket.create_connection((host, int(port)), timeout=1.0)
+            except ConnectionRefusedError:
+                self._revoke(name, info, "refused our peer connection")
+                continue
+            except OSError as exc:
+                LOG.info("cluster: peer %s unreachable (%s): its lease decides", name, exc)
+                continue
+            sock.settimeout(None)
+            self._peers[name] = sock
+            threading.Thread(target=self._hold, args=(sock, (name, info)), daemon=True).start()
+
+    def _hold(self, sock: socket.socket, peer: tuple[str, dict[str, Any]] | None) -> None:
+        """Block on a peer connection; when the peer closes it, revoke that peer's lease."""
+        try:
+            while sock.recv(64):
+                pass
+        except OSError:
+            pass
+        finally:
+            sock.close()
+        if peer is None or self._stop.is_set():
+            return
+        name, info = peer
+        self._peers.pop(name, None)
+        if self.view.peers.get(name, {}).get("lease") == info.get("lease"):
+            self._revoke(name, info, "closed its peer connection")
+
+    def _revoke(self, name: str, info: dict[str, Any], why: str) -> None:
+        """A peer that died: revoke its lease so its bridges move now, not after the TTL."""
+        LOG.warning("cluster: %s %s: revoking its lease", name, why)
+        self.stats["revoked_peers"] += 1
+        try:
+            self.store._post("/kv/lease/revoke", {"ID": int(info["lease"])})
+        except Exception as exc:  # noqa: BLE001 - already gone, or etcd unreachable: the TTL decides
+            LOG.info("cluster: revoking %s's lease: %s", name, exc)
