@@ -16,6 +16,7 @@ from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_D
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import metrics
+from controller.cluster import Solo
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, resolve_request
 from controller.switch import Switch
@@ -33,6 +34,7 @@ EXT_OUTPUT_TABLE = EXT_OUTPUT.table_id
 
 # Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
 TOPOLOGY = None
+CLUSTER = None  # a controller.cluster.Cluster when this instance is one of several (None: the only one)
 
 
 class TenantflowApp(app_manager.OSKenApp):
@@ -51,21 +53,46 @@ class TenantflowApp(app_manager.OSKenApp):
         self.engine = FlowEngine.attach(self.topology)
         metrics.register_engine(self.engine.stats)
         self.engine.subscribe(self._topology_changed)
+        # One of a cluster's instances: compile and push only the bridges this one masters.
+        self.cluster = CLUSTER or Solo()
+        if CLUSTER is not None:
+            self.topology.subscribe(self._name_switches)
+            self.engine.set_ownership(self._owns)
+            self.cluster.subscribe(self._ownership_changed)
+            metrics.register_cluster(self.cluster, self.topology.store, lambda: list(self.switches.values()))
+
+    def _owns(self, hv_name: str) -> bool:
+        """Whether the cluster's view gives this instance the bridge of ``hv_name`` (under the topology's lock)."""
+        hv = self.topology.graph.hypervisor(hv_name)
+        return hv is not None and self.cluster.owns(hv.datapath_id)
+
+    def _ownership_changed(self) -> None:
+        """The cluster's members changed (or our standing): recompile our share, every switch claims its role."""
+        self.engine.set_ownership(self._owns)
+        for sw in list(self.switches.values()):
+            sw.mark_dirty()
 
     # -- topology side -------------------------------------------------------
     def _topology_changed(self, hv_names: set[str]) -> None:
         """Wake the switches of the hypervisors whose flows changed (may be called from any thread)."""
+        self._name_switches()
         for sw in list(self.switches.values()):
-            if sw.hv_name is None:
-                # A bridge that connected before its hypervisor was registered:
-                # its ports and flows were read on connect; now it has a name.
-                hv = self.topology.graph.hypervisor_by_dpid(sw.dpid)
-                if hv is None or hv.name not in hv_names:
-                    continue
-                sw.hv_name = hv.name
-                self._set_ofports(sw, sw.ofports)
             if sw.hv_name in hv_names:
                 sw.mark_dirty()
+
+    def _name_switches(self, _affected: object = None) -> None:
+        """Bridges that connected before their hypervisor was registered get its name once it is.
+
+        Their ports were read on connect; now the topology learns them. (A topology subscriber
+        too: a cluster's instance hears from the engine only of the hypervisors it compiles.)
+        """
+        for sw in list(self.switches.values()):
+            if sw.hv_name is None:
+                hv = self.topology.graph.hypervisor_by_dpid(sw.dpid)
+                if hv is not None:
+                    sw.hv_name = hv.name
+                    self._set_ofports(sw, sw.ofports)
+                    sw.mark_dirty()
 
     def sync_status(self) -> dict:
         """Which bridges hold every change so far (confirmed by the switch's bundle commit), which not yet.
@@ -76,10 +103,14 @@ class TenantflowApp(app_manager.OSKenApp):
         with self.topology.lock:
             switches = {sw.hv_name: sw for sw in list(self.switches.values()) if sw.hv_name}
             names = {hv.name for hv in self.topology.graph.hypervisors()}
-            pending = sorted(n for n, sw in switches.items()
+            mastered = {n: sw for n, sw in switches.items() if sw.mastering and self._owns(n)}
+            pending = sorted(n for n, sw in mastered.items()
                              if not sw.ready or sw.synced_generation < self.engine.generation_of(n))
+            if not isinstance(self.cluster, Solo):  # ours, by the view, but not granted yet
+                pending += sorted(n for n in switches if self._owns(n) and n not in mastered)
             return {"generation": self.engine.generation, "connected": len(switches), "pending": pending,
-                    "disconnected": sorted(names - set(switches))}
+                    "disconnected": sorted(names - set(switches)), "mastered": len(mastered),
+                    "cluster": self.cluster.status()}
 
     def announcements_for(self, hv_name: str):
         """The floating IPs a hypervisor hosts, to announce on their external networks."""
@@ -99,7 +130,8 @@ class TenantflowApp(app_manager.OSKenApp):
             hv_name = hv.name if hv else None
             if hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
-            sw = Switch(dp, self.engine, self._set_ofports, self.announcements_for)
+            roles = None if isinstance(self.cluster, Solo) else self.cluster
+            sw = Switch(dp, self.engine, self._set_ofports, self.announcements_for, roles)
             self.switches[dp.id] = sw
             sw.start(hv_name)
         elif ev.state == DEAD_DISPATCHER and dp.id is not None:
@@ -160,6 +192,12 @@ class TenantflowApp(app_manager.OSKenApp):
         if sw is not None:
             more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
             sw.on_reply(ev.msg.xid, [s.cookie for s in ev.msg.body], more)
+
+    @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
+    def _role_reply(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is not None:
+            sw.on_reply(ev.msg.xid, None)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev):

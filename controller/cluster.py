@@ -80,7 +80,7 @@ class Solo:
         """None: send no role request."""
         return None
 
-    def masters(self, dpid: int) -> bool:
+    def owns(self, dpid: int) -> bool:
         """Every bridge is ours."""
         return True
 
@@ -197,16 +197,16 @@ class Cluster:
         """Our lease surely lives and the view lists us: only then may we claim a bridge."""
         return time.monotonic() < self._alive_until and self.instance in self.view.members
 
-    def masters(self, dpid: int) -> bool:
-        """Whether this instance is to master bridge ``dpid`` now."""
-        return self.in_good_standing and self.view.owner(dpid) == self.instance
+    def owns(self, dpid: int) -> bool:
+        """Whether the view gives bridge ``dpid`` to this instance (what it compiles; it claims it in good standing)."""
+        return self.view.owner(dpid) == self.instance
 
     def role_for(self, dpid: int) -> Role:
         """The role to ask bridge ``dpid`` for: master with the view's generation, or slave."""
         view = self.view
         if self.in_good_standing and view.owner(dpid) == self.instance:
             return Role(True, view.revision)
-        return Role(False)
+        return Role(False, view.revision)
 
     def status(self) -> dict[str, Any]:
         """The members, our standing, the view's revision (the generation id) and counters."""

@@ -24,6 +24,9 @@ LOG = logging.getLogger("tenantflow")
 DEFAULTS = {
     "db": "/var/lib/tenantflow/tenantflow.sqlite",
     "store": "",
+    "instance": "",
+    "peer_host": "127.0.0.1",
+    "peer_port": "0",
     "of_host": "0.0.0.0",
     "of_port": "6653",
     "unix_socket": "/run/tenantflow/openflow.sock",
@@ -57,6 +60,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--store", default=values["store"],
                    help="the topology store instead of --db: etcd://HOST:PORT[,HOST:PORT...][/prefix], shared by "
                         "every controller instance pointed at it (or an SQLite path)")
+    p.add_argument("--instance", default=values["instance"],
+                   help="this instance's name in a cluster (etcd store; default: HOSTNAME-APIPORT)")
+    p.add_argument("--peer-host", default=values["peer_host"],
+                   help="address the other instances reach this one's peer port on (etcd store)")
+    p.add_argument("--peer-port", type=int, default=int(values["peer_port"]),
+                   help="TCP port the other instances hold a connection to, to see this one die at once (0: any)")
     p.add_argument("--of-host", default=values["of_host"], help="OpenFlow TCP listen address")
     p.add_argument("--of-port", type=int, default=int(values["of_port"]), help="OpenFlow TCP listen port")
     p.add_argument("--unix-socket", default=values["unix_socket"], help="OpenFlow unix socket ('' to disable)")
@@ -157,6 +166,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
             default_physical_network=args.default_physical_network, default_project=args.default_project,
         )
     of_app.TOPOLOGY = topology
+    of_app.CLUSTER = _join_cluster(args, topology)
     switch.SYNC_SLOTS.set_limit(args.sync_concurrency)
     # The topology graph lives as long as the process: move it (and os-ken's
     # tables) out of the GC's young generations so compiles don't rescan it.
@@ -181,6 +191,20 @@ def start(args: argparse.Namespace, topology=None) -> Running:
              f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port,
              topology.store.url)
     return Running(topology, manager.applications.get("TenantflowApp"), api, services)
+
+
+def _join_cluster(args: argparse.Namespace, topology):
+    """With the etcd store, this instance joins the cluster that shares the bridges (None: the only one)."""
+    from topology.store_etcd import EtcdStore
+
+    if not isinstance(topology.store, EtcdStore):
+        return None
+    from controller.cluster import Cluster
+
+    name = args.instance or f"{socket.gethostname()}-{args.api_port}"
+    cluster = Cluster(topology.store, instance=name, peer_host=args.peer_host, peer_port=args.peer_port,
+                      api_url=f"http://{args.api_host}:{args.api_port}")
+    return cluster.start()
 
 
 def _sync_status_app(app):
@@ -210,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     LOG.info("tenantflow controller: stopping")
     if running.api is not None:
         running.api.shutdown()
+    from controller import app as of_app
+
+    if of_app.CLUSTER is not None:  # leave now: the others take our bridges at once, not after the lease's TTL
+        of_app.CLUSTER.close()
     running.topology.close()
     # Switch flows stay on the bridges (fail_mode=secure): a restart reconciles
     # them without a packet lost. os-ken's own shutdown path raises on

@@ -26,6 +26,54 @@ DISCONNECTS = Counter("tenantflow_switch_disconnects", "Times a bridge's OpenFlo
                       ["hypervisor"], registry=REGISTRY)
 BRIDGES_DIVERGED = Gauge("tenantflow_bridges_diverged", "Connected bridges whose last sync did not leave them equal "
                          "to their compiled flows (a retry is pending)", registry=REGISTRY)
+ROLE_CHANGES = Counter("tenantflow_role_changes", "Roles a bridge granted this instance (a cluster's: master or "
+                       "slave)", ["role"], registry=REGISTRY)
+
+
+class ClusterCollector:
+    """This instance's standing in a cluster and its store's watch (controller.cluster), read at each scrape."""
+
+    def __init__(self, cluster, store, switches) -> None:
+        self.cluster, self.store, self.switches = cluster, store, switches
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        status = self.cluster.status()
+        members = GaugeMetricFamily("tenantflow_cluster_member", "1 for each live instance of the cluster, as this "
+                                    "instance sees it", labels=["instance"])
+        for name in status.get("members", []):
+            members.add_metric([name], 1)
+        yield members
+        yield GaugeMetricFamily("tenantflow_cluster_in_good_standing", "1 while this instance's lease lives and the "
+                                "view lists it (only then does it claim bridges)",
+                                value=1 if status.get("in_good_standing") else 0)
+        yield GaugeMetricFamily("tenantflow_cluster_view_revision", "etcd revision of the membership's latest change "
+                                "(the generation id of this instance's role requests)",
+                                value=status.get("view_revision", 0))
+        mastered = GaugeMetricFamily("tenantflow_bridge_mastered", "1 for each connected bridge this instance "
+                                     "masters, 0 for those it is a slave of", labels=["hypervisor"])
+        for sw in list(self.switches()):
+            mastered.add_metric([sw.label], 1 if sw.mastering else 0)
+        yield mastered
+        for key in ("revoked_peers", "rejoins", "view_changes"):
+            yield CounterMetricFamily(f"tenantflow_cluster_{key}", f"Cluster events: {key.replace('_', ' ')}",
+                                      value=status.get(key, 0))
+        watch = self.store.status()
+        yield GaugeMetricFamily("tenantflow_store_watch_connected", "1 while the store's watch is connected",
+                                value=1 if watch.get("connected") else 0)
+        yield GaugeMetricFamily("tenantflow_store_revision", "The last store revision this instance's graph holds",
+                                value=watch.get("revision", 0))
+        yield CounterMetricFamily("tenantflow_store_watch_reconnects", "Times the store's watch reconnected",
+                                  value=watch.get("reconnects", 0))
+
+
+def register_cluster(cluster, store, switches) -> None:
+    """Export a cluster instance's state (once per process)."""
+    try:
+        REGISTRY.register(ClusterCollector(cluster, store, switches))
+    except ValueError:
+        pass
 
 
 class EngineCollector:

@@ -44,6 +44,7 @@ from typing import Protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, wire
+from controller.cluster import Role
 from controller.icmp import RateLimiter
 from controller.neighbour import announcement_packets, ext_output_actions
 from flows.flow import Flow, Learn
@@ -163,8 +164,14 @@ class Switch:
 
     def __init__(self, datapath, source: FlowSource,
                  on_ofports: Callable[[Switch, dict[str, int]], None],
-                 announce_fn: Callable[[str], list[Announcement]] | None = None):
+                 announce_fn: Callable[[str], list[Announcement]] | None = None, roles: RoleSource | None = None):
         self.dp = datapath
+        # A cluster's instance (controller.cluster): the role to hold on this bridge, asked for before
+        # anything is sent on each connection. None: the only controller, no role request (EQUAL).
+        self._roles = roles
+        self.role: Role | None = None  # the role the switch granted on this connection
+        self._refused: Role | None = None  # a claim the switch found stale (not asked again)
+        self._ports_read = False
         self._announce_fn = announce_fn
         self.dpid: int = datapath.id
         self.hv_name: str | None = None
@@ -192,6 +199,11 @@ class Switch:
         sock = getattr(datapath, "socket", None)
         if hasattr(sock, "intercept"):  # our connection (controller.connection): replies come straight here
             sock.intercept(self._owns, self._on_message)
+
+    @property
+    def mastering(self) -> bool:
+        """Whether this instance keeps the bridge's flows (always, unless it is one of a cluster's)."""
+        return self._roles is None or (self.role is not None and self.role.master)
 
     # -- called from os-ken's event thread ---------------------------------
     def start(self, hv_name: str | None) -> None:
@@ -234,7 +246,7 @@ class Switch:
         """
         msg_type, xid = msg[1], wire.xid_of(msg)
         try:
-            if msg_type == ofp.OFPT_BARRIER_REPLY:
+            if msg_type in (ofp.OFPT_BARRIER_REPLY, ofp.OFPT_ROLE_REPLY):
                 self.on_reply(xid, None)
             elif msg_type == ofp.OFPT_EXPERIMENTER:
                 self.on_reply(xid, wire.bundle_ctrl_type(msg))
@@ -292,7 +304,7 @@ class Switch:
             while self._alive:
                 if failures:
                     self._backoff(failures)
-                elif self.ready:
+                elif self.ready or (self._ports_read and not self.mastering):
                     self._wait_for_change()
                 if not self._alive:
                     break
@@ -329,7 +341,16 @@ class Switch:
             _DIVERGED.discard(self)
 
     def _attempt(self, reread: bool) -> bool:
-        """One sync in a concurrency slot: (re)read the switch if need be, then sync; True if it is equal now."""
+        """One sync in a concurrency slot: (re)read the switch if need be, then sync; True if it is equal now.
+
+        A cluster's instance first claims its role; as a slave it only reads the port map (the
+        topology's live port status), and syncs nothing.
+        """
+        if not self._claim_role():
+            if not self._ports_read:
+                self._read_ports()
+                self._ports_read = True
+            return True
         with SYNC_SLOTS:
             if not self._alive:
                 raise SwitchGone("stopped")
@@ -344,6 +365,37 @@ class Switch:
             LOG.warning("switch %016x (%s): sync not committed (%d errors); will re-read it and retry",
                         self.dpid, self.hv_name, len(result.errors))
         return result.committed
+
+    def _claim_role(self) -> bool:
+        """Hold the role the cluster gives this instance on the bridge; True if it is the master."""
+        wanted = self._roles.role_for(self.dpid) if self._roles is not None else None
+        if wanted is None:
+            return True
+        if wanted == self.role or wanted == self._refused:
+            return self.mastering
+        parser = self.dp.ofproto_parser
+        request = parser.OFPRoleRequest(self.dp, ofp.OFPCR_ROLE_MASTER if wanted.master else ofp.OFPCR_ROLE_SLAVE,
+                                        wanted.generation or 0)
+        try:
+            self._request(request)
+        except RequestRefused as exc:  # OFPRRFC_STALE: a master of a newer view got there first
+            LOG.info("switch %016x (%s): role %s (generation %s) refused: %s", self.dpid, self.hv_name,
+                     "master" if wanted.master else "slave", wanted.generation, exc)
+            self._refused = wanted
+            if self.role is not None and self.role.master:
+                self.role = Role(False, wanted.generation)  # it demoted us when the newer master came
+            return False
+        was_master = self.mastering
+        self.role, self._refused = wanted, None
+        metrics.ROLE_CHANGES.labels("master" if wanted.master else "slave").inc()
+        LOG.info("switch %016x (%s): %s (generation %s)", self.dpid, self.hv_name,
+                 "master" if wanted.master else "slave", wanted.generation)
+        if wanted.master and not was_master:
+            self.ready = False  # a new master reads what the bridge holds before it changes anything
+        if not wanted.master:
+            self.ready = False
+            _DIVERGED.discard(self)
+        return wanted.master
 
     def _set_diverged(self, diverged: bool) -> None:
         if diverged and self._alive:
@@ -624,6 +676,12 @@ class FlowSource(Protocol):
     def take_changes(self, hv_name: str) -> set[int]: ...
 
     def generation_of(self, hv_name: str) -> int: ...
+
+
+class RoleSource(Protocol):
+    """Which role this instance is to hold on a bridge (:class:`controller.cluster.Cluster`)."""
+
+    def role_for(self, dpid: int) -> Role | None: ...
 
 
 def _learns(flow: Flow | None) -> bool:

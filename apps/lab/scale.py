@@ -510,10 +510,14 @@ class ScaleLab:
 
     def _controller_args(self, hv: ScaleHypervisor, target: str) -> list[str]:
         # step 2 (set-controller, then connection-mode) as one record, in the caller's transaction
+        # ``target``: one or more (space-separated: a cluster's instances, each bridge connects to all)
         backoff = [f"max_backoff={self.max_backoff_ms}"] if self.max_backoff_ms else []
-        ref = f"@ctl{hv.index}"
-        return [f"--id={ref}", "create", "controller", f"target={json.dumps(target)}",
-                "connection-mode=out-of-band", *backoff, "--", "set", "bridge", hv.bridge, f"controller={ref}"]
+        refs, args = [], []
+        for i, one in enumerate(target.split()):
+            refs.append(f"@ctl{hv.index}x{i}")
+            args += [f"--id={refs[-1]}", "create", "controller", f"target={json.dumps(one)}",
+                     "connection-mode=out-of-band", *backoff, "--"]
+        return [*args, "set", "bridge", hv.bridge, f"controller=[{','.join(refs)}]"]
 
     def set_controller(self, target: str | None) -> None:
         """Point every bridge at ``target`` (None: no controller), one transaction per vswitchd.
