@@ -109,7 +109,7 @@ class TenantflowApp(app_manager.OSKenApp):
             if not isinstance(self.cluster, Solo):  # ours, by the view, but not granted yet
                 pending += sorted(n for n in switches if self._owns(n) and n not in mastered)
             return {"generation": self.engine.generation, "connected": len(switches), "pending": pending,
-                    "disconnected": sorted(names - set(switches)), "mastered": len(mastered),
+                    "disconnected": sorted(names - set(switches)), "mastered": sorted(mastered),
                     "cluster": self.cluster.status()}
 
     def announcements_for(self, hv_name: str):
@@ -225,7 +225,7 @@ class TenantflowApp(app_manager.OSKenApp):
         sw = self.switches.get(ev.msg.datapath.id)
         if sw is None:
             return
-        if not sw.ready:  # its port map is being read: read again once connected (nothing lost)
+        if not sw.ports_known:  # its port map is being read: read again once connected (nothing lost)
             sw.ports_changed = True
             return
         ofports = dict(sw.ofports)

@@ -201,6 +201,11 @@ class Switch:
             sock.intercept(self._owns, self._on_message)
 
     @property
+    def ports_known(self) -> bool:
+        """Whether the port map was read on this connection (port-status events now edit it)."""
+        return self.ready or (self._ports_read and not self.mastering)
+
+    @property
     def mastering(self) -> bool:
         """Whether this instance keeps the bridge's flows (always, unless it is one of a cluster's)."""
         return self._roles is None or (self.role is not None and self.role.master)
@@ -347,7 +352,8 @@ class Switch:
         topology's live port status), and syncs nothing.
         """
         if not self._claim_role():
-            if not self._ports_read:
+            while not self._ports_read or self.ports_changed:  # (a port came or went while reading)
+                self.ports_changed = False
                 self._read_ports()
                 self._ports_read = True
             return True
@@ -432,6 +438,7 @@ class Switch:
         """
         self.ports_changed = False
         ofports = self._read_ports()
+        self._ports_read = True
         self._read_installed()
         LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
                  sum(self.installed.values()))

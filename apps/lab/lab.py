@@ -172,7 +172,8 @@ class Lab:
 
     ``controller_unix_socket``: the controller's OpenFlow unix socket in the root namespace;
     it is symlinked into each hypervisor's run dir and br-int gets
-    ``unix:<rundir>/tenantflow.sock``. ``controller_target``: any other OVS controller
+    ``unix:<rundir>/tenantflow.sock`` (a list: a cluster's instances, br-int connects to each).
+    ``controller_target``: any other OVS controller
     target, used verbatim. Neither: no controller (br-int is fail_mode=secure, so only
     flows added by hand forward anything).
     """
@@ -181,7 +182,7 @@ class Lab:
         self,
         prefix: str = "tf",
         n_hypervisors: int = 2,
-        controller_unix_socket: str | None = None,
+        controller_unix_socket: str | list[str] | None = None,
         controller_target: str | None = None,
         api_url: str = DEFAULT_API_URL,
         provider: bool = False,
@@ -317,9 +318,15 @@ class Lab:
         # OVS refuses unix: controllers outside its run dir; a symlink there is accepted
         # and still reaches the controller's socket in the root namespace (a unix socket
         # is a file, not bound to a network namespace).
-        link = os.path.join(hv.rundir, SOCKET_LINK)
-        os.symlink(os.path.abspath(self.controller_unix_socket), link)
-        return f"unix:{link}"
+        sockets = self.controller_unix_socket
+        if isinstance(sockets, str):
+            sockets = [sockets]
+        targets = []
+        for i, sock in enumerate(sockets):
+            link = os.path.join(hv.rundir, SOCKET_LINK if i == 0 else SOCKET_LINK.replace(".sock", f"-{i}.sock"))
+            os.symlink(os.path.abspath(sock), link)
+            targets.append(f"unix:{link}")
+        return " ".join(targets)
 
     def _prime_tunnel_neighbours(self) -> None:
         # Without this, the first packet of every VM pair's first exchange is lost.

@@ -71,7 +71,9 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None)
     """Step 2: point br-int at the controller.
 
     ``ovs-vsctl set-controller br-int <target>`` then
-    ``ovs-vsctl set controller br-int connection-mode=out-of-band``.
+    ``ovs-vsctl set controller br-int connection-mode=out-of-band``. With a cluster of
+    instances, ``target`` lists each (``tcp:A:6653 tcp:B:6653 tcp:C:6653``), and every
+    controller record gets the connection mode.
 
     ``target`` is ``tcp:IP:6653`` or ``unix:<path>``; OVS only accepts a ``unix:`` path
     inside its own run directory, so on a host whose controller listens on a unix
@@ -80,9 +82,14 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None)
     through br-int's ports. ``max_backoff_ms`` (optional, lab tuning) caps OVS's
     reconnect back-off, 8 s by default, so a restarted controller is found quickly.
     """
-    vsctl("set-controller", INTEGRATION_BRIDGE, target)
+    targets = target.split()  # several: a cluster's instances (each masters its share, see README)
+    vsctl("set-controller", INTEGRATION_BRIDGE, *targets)
     extra = [f"max_backoff={max_backoff_ms}"] if max_backoff_ms else []
-    vsctl("set", "controller", INTEGRATION_BRIDGE, "connection-mode=out-of-band", *extra)
+    if len(targets) == 1:
+        vsctl("set", "controller", INTEGRATION_BRIDGE, "connection-mode=out-of-band", *extra)
+        return
+    for uuid in vsctl("get", "bridge", INTEGRATION_BRIDGE, "controller").strip("[] \n").split(", "):
+        vsctl("set", "controller", uuid, "connection-mode=out-of-band", *extra)
 
 
 def attach_underlay(vsctl: Vsctl, netns: str, nic: str, tunnel_cidr: str, mtu: int = 1600) -> None:
