@@ -1,22 +1,36 @@
 """``tenantflow lab``: build a lab, register its hypervisors, wait for Ctrl-C, tear it down.
 
     tenantflow lab run --hypervisors 3 [--provider] [--controller-socket PATH | --controller TARGET]
+    tenantflow lab run --hypervisors 3 --controllers 3 --etcd 3   # its own cluster: etcd + 3 instances
     tenantflow lab down --prefix tf      # clean up after a lab whose process was killed
     tenantflow lab --scale 1000 [--ports-per-hv 20] [--networks 500] [--controller tcp:127.0.0.1:6653] [--api URL]
 
 ``--scale N`` is the control-plane scale lab (:mod:`apps.lab.scale`): N hypervisors as
-dummy-datapath bridges, at most 100 per private ovs-vswitchd, no namespaces.
+dummy-datapath bridges, at most 10 per private ovs-vswitchd, no namespaces.
+
+``--controllers N`` starts the lab's own controller instances (``tenantflow controller``
+processes, state in the lab's work dir) instead of attaching to a running one; with N > 1
+they share an etcd cluster of ``--etcd M`` members (default 3) the lab starts too, on
+127.0.0.1 with ports and data directories of their own, and every br-int connects to
+each instance. Everything stops with the lab.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import urllib.error
+from collections.abc import Iterator
 from types import FrameType
 
+from apps.lab.controller import ControllerProcess
+from apps.lab.etcd import EtcdCluster
 from apps.lab.lab import DEFAULT_API_URL, Lab, destroy_stale
 from apps.lab.scale import DEFAULT_BRIDGES_PER_VSWITCHD, ScaleLab
 from apps.lab.scale import describe as describe_scale
@@ -57,12 +71,38 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--controller-socket", default=DEFAULT_SOCKET, help=f"controller unix socket ({DEFAULT_SOCKET})")
     ctl.add_argument("--controller", dest="controller_target", help="an OVS controller target, used verbatim")
     ctl.add_argument("--no-controller", action="store_true")
+    ctl.add_argument("--controllers", type=int, default=0, metavar="N",
+                     help="start N controller instances of the lab's own (N > 1: a cluster over etcd)")
+    run.add_argument("--etcd", type=int, default=None, metavar="M",
+                     help="etcd members for --controllers N > 1 (default 3; 1 is a single point of failure)")
     run.add_argument("--api", default=DEFAULT_API_URL, help=f"controller API base URL ({DEFAULT_API_URL})")
     run.add_argument("--no-register", action="store_true", help="do not POST the hypervisors to the API")
     run.add_argument("--register-timeout", type=float, default=10.0, help="seconds to wait for the API")
     down = sub.add_parser("down", help="remove what a killed lab left behind (namespaces, processes, files)")
     down.add_argument("--prefix", default="tf")
     return p
+
+
+@contextlib.contextmanager
+def own_controllers(prefix: str, count: int, members: int | None) -> Iterator[list[ControllerProcess]]:
+    """``count`` controller instances of the lab's own (over an etcd cluster when more than one); stopped on exit."""
+    workdir = os.path.join(tempfile.gettempdir(), f"tenantflow-lab-{prefix}-controllers")
+    shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, True)
+        extra: list[list[str]] = [[] for _ in range(count)]
+        if count > 1:
+            etcd = stack.enter_context(EtcdCluster(members or 3))
+            print(f"etcd: {members or 3} members at {', '.join(etcd.endpoints)}", flush=True)
+            for i in range(count):
+                url = f"{etcd.url}/{prefix}"
+                extra[i] = ["--store", url, "--instance", f"{prefix}-c{i}"]
+        ctls = []
+        for i in range(count):
+            ctl = ControllerProcess(os.path.join(workdir, f"c{i}"), extra_args=extra[i])
+            stack.callback(ctl.stop)
+            ctls.append(ctl.start(30))
+        yield ctls
 
 
 def _register(lab: Lab, timeout: float) -> None:
@@ -171,16 +211,18 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    lab = Lab(
-        prefix=args.prefix,
-        n_hypervisors=args.hypervisors,
-        controller_unix_socket=None if args.no_controller or args.controller_target else args.controller_socket,
-        controller_target=args.controller_target,
-        api_url=args.api,
-        provider=args.provider,
-    )
     try:
-        with lab:
+        with contextlib.ExitStack() as stack:
+            sockets: str | list[str] | None = None if args.no_controller or args.controller_target \
+                else args.controller_socket
+            if args.controllers:
+                ctls = stack.enter_context(own_controllers(args.prefix, args.controllers, args.etcd))
+                sockets, args.api = [c.unix_socket for c in ctls], ctls[0].api_url
+                for c in ctls:
+                    print(f"controller {c.api_url} (OpenFlow unix:{c.unix_socket}), log {c.log_path}", flush=True)
+            lab = stack.enter_context(Lab(prefix=args.prefix, n_hypervisors=args.hypervisors,
+                                          controller_unix_socket=sockets, controller_target=args.controller_target,
+                                          api_url=args.api, provider=args.provider))
             if not args.no_register:
                 _register(lab, args.register_timeout)
             print(describe(lab))
@@ -188,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             print("Ctrl-C or SIGTERM tears the lab down.", flush=True)
             while not stop.wait(0.5):
                 pass
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"tenantflow lab: {exc}")
         return 1
     finally:
