@@ -110,6 +110,7 @@ class TenantflowApp(app_manager.OSKenApp):
                 pending += sorted(n for n in switches if self._owns(n) and n not in mastered)
             return {"generation": self.engine.generation, "connected": len(switches), "pending": pending,
                     "disconnected": sorted(names - set(switches)), "mastered": sorted(mastered),
+                    "revision": self.topology.revision,
                     "cluster": self.cluster.status()}
 
     def announcements_for(self, hv_name: str):

@@ -24,6 +24,7 @@ SECTIONS = {
     "fip": "apps.bench.fip",
     "secgroups": "apps.bench.secgroups",
     "scale": "apps.bench.scale",
+    "scale_out": "apps.bench.scale_out",
 }
 
 

@@ -1,0 +1,170 @@
+"""Scale-out: the scale lab's bridges on one controller instance, then on two, over etcd; then a failover.
+
+N = 1,000 hypervisors (``TENANTFLOW_SCALE_OUT_HVS``; ``--quick``: 30), 20 ports each on 500
+overlay networks (``--quick``: 3 on 10), as :mod:`apps.bench.scale`'s overlay topology, in a
+one-member etcd (the instances' shared store: one member keeps the two cores for the
+instances and the switches; the 3-member case is what ``tests/test_e2e_cluster.py`` runs).
+Every bridge connects to both instances' OpenFlow ports from the start; the second instance
+is started after the first phase.
+
+1. ``one``: instance c0 alone masters every bridge. ``CREATES`` ports (200; quick 30) from
+   4 clients at once, each on a random hypervisor and network, no tap plugged: wall time from
+   the first request until every create is acknowledged, every instance's graph holds the
+   last one, and no bridge is pending (``GET /sync``: each bridge confirmed its bundle);
+   ``creates_per_s`` = creates / that time.
+2. ``two``: c1 started; it takes its share (rendezvous hashing: about half; ``rebalance_s``);
+   the same creates, the clients spread over both instances.
+   ``ratio`` = two's creates_per_s / one's (goal on 2 cores: 1.6).
+3. ``failover``: the instance mastering more bridges is SIGKILLed: seconds until the
+   survivor masters every orphaned bridge (each granted its ``ROLE_REQUEST``) and until
+   none is pending (each read and reconciled); flow-mods the survivor sent meanwhile
+   (0 when nothing changed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any
+
+from apps.lab.controller import ControllerProcess, free_port
+from apps.lab.etcd import EtcdCluster
+from apps.lab.scale import ApiClient, ScaleLab, parallel
+
+CLIENTS = 4
+
+
+class Instances:
+    """The controller instances of the run, polled through their ``/sync``."""
+
+    def __init__(self, workdir: str, url: str) -> None:
+        self.workdir, self.url = workdir, url
+        self.ctls: dict[str, ControllerProcess] = {}
+
+    def start(self, name: str) -> ControllerProcess:
+        ctl = ControllerProcess(os.path.join(self.workdir, name), extra_args=[
+            "--store", self.url, "--instance", name, "--log-level", "warning"])
+        self.ctls[name] = ctl.start(60)
+        return ctl
+
+    def sync(self) -> dict[str, dict[str, Any]]:
+        return {n: c.request("GET", "/sync", timeout=30) for n, c in self.ctls.items()}
+
+    def settled(self, n: int, revision: int = 0) -> bool:
+        """Every bridge mastered by a live instance, none pending, every graph at ``revision`` or later."""
+        states = self.sync()
+        mastered = {hv for s in states.values() for hv in s["mastered"]}
+        return len(mastered) == n and all(not s["pending"] and s.get("revision", 0) >= revision
+                                          for s in states.values())
+
+    def wait(self, predicate, timeout: float, interval: float = 0.02) -> float | None:
+        t0 = time.perf_counter()
+        while not predicate():
+            if time.perf_counter() - t0 > timeout:
+                return None
+            time.sleep(interval)
+        return time.perf_counter() - t0
+
+    def flow_mods(self, name: str) -> float:
+        return self.ctls[name].metrics().get("tenantflow_flow_mods_sent_total", 0.0)
+
+    def stop(self) -> None:
+        for ctl in self.ctls.values():
+            ctl.stop()
+
+
+def _creates(lab: ScaleLab, inst: Instances, count: int, tag: str, timeout: float) -> dict[str, Any]:
+    """``count`` port creates from CLIENTS threads over the live instances; until converged everywhere."""
+    rng = random.Random(tag)
+    jobs = [(rng.choice(lab.hypervisors), rng.choice(lab.networks), i) for i in range(count)]
+    clients = {n: ApiClient(c.api_url, timeout=120) for n, c in inst.ctls.items()}
+    names = sorted(clients)
+    lock, latencies = threading.Lock(), []
+
+    def create(job) -> None:
+        hv, net, i = job
+        api = clients[names[i % len(names)]]
+        t0 = time.perf_counter()
+        api.create("port", network_id=net["id"], project_id=net["project_id"], name=f"{tag}{i}",
+                   device_owner="compute:nova", port_security_enabled=False, **{"binding:host_id": hv.name})
+        with lock:
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    parallel(create, jobs, CLIENTS)
+    acked = time.perf_counter() - t0
+    revision = max(s.get("revision", 0) for s in inst.sync().values())
+    waited = inst.wait(lambda: inst.settled(len(lab.hypervisors), revision), timeout)
+    total = time.perf_counter() - t0
+    latencies.sort()
+    return {"creates": count, "instances": len(names), "acked_s": round(acked, 2),
+            "converged_s": round(total, 2) if waited is not None else None, "timed_out": waited is None,
+            "creates_per_s": round(count / total, 2) if waited is not None else None,
+            "api_ms_p50": round(latencies[len(latencies) // 2] * 1000, 1),
+            "api_ms_p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1)}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """The three phases (see the module's doc); figures as a dict."""
+    n = 30 if quick else int(os.environ.get("TENANTFLOW_SCALE_OUT_HVS", "1000"))
+    creates = 30 if quick else int(os.environ.get("TENANTFLOW_SCALE_OUT_CREATES", "200"))
+    timeout = 120.0 if quick else 900.0
+    workdir = tempfile.mkdtemp(prefix="tenantflow-bench-scale-out-")
+    out: dict[str, Any] = {"hypervisors": n, "date": time.strftime("%Y-%m-%d")}
+    try:
+        with EtcdCluster(1) as etcd:
+            inst = Instances(workdir, f"{etcd.url}/scale-out")
+            try:
+                _phases(inst, n, creates, timeout, quick, workdir, out)
+            finally:
+                inst.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def _phases(inst: Instances, n: int, creates: int, timeout: float, quick: bool, workdir: str,
+            out: dict[str, Any]) -> None:
+    c0 = inst.start("c0")
+    of1 = free_port()  # c1's OpenFlow port: every bridge gets it before c1 starts
+    lab = ScaleLab(n, None, ports_per_hv=3 if quick else 20, api_url=c0.api_url, workdir=os.path.join(workdir, "lab"))
+    with lab:
+        t0 = time.perf_counter()
+        lab.register()
+        lab.populate(networks=10 if quick else 500, ports_per_hv=3 if quick else 20)
+        out["populate_s"] = round(time.perf_counter() - t0, 1)
+        lab.set_controller(f"tcp:127.0.0.1:{c0.of_port} tcp:127.0.0.1:{of1}")
+        took = inst.wait(lambda: inst.settled(n), timeout, 0.2)
+        out["first_sync_s"] = round(took, 1) if took is not None else None
+        out["one"] = _creates(lab, inst, creates, "one", timeout)
+        ctl = ControllerProcess(os.path.join(workdir, "c1"), of_port=of1, extra_args=[
+            "--store", inst.url, "--instance", "c1", "--log-level", "warning"])
+        inst.ctls["c1"] = ctl.start(60)
+        took = inst.wait(lambda: inst.settled(n) and all(len(s["mastered"]) for s in inst.sync().values()),
+                         timeout, 0.1)
+        out["rebalance_s"] = round(took, 2) if took is not None else None
+        out["mastered"] = {name: len(s["mastered"]) for name, s in inst.sync().items()}
+        out["two"] = _creates(lab, inst, creates, "two", timeout)
+        one, two = out["one"].get("creates_per_s"), out["two"].get("creates_per_s")
+        out["ratio"] = round(two / one, 2) if one and two else None
+        out["failover"] = _failover(inst, n, timeout)
+
+
+def _failover(inst: Instances, n: int, timeout: float) -> dict[str, Any]:
+    states = inst.sync()
+    victim = max(states, key=lambda name: len(states[name]["mastered"]))
+    survivor = next(name for name in states if name != victim)
+    orphans = set(states[victim]["mastered"])
+    mods0 = inst.flow_mods(survivor)
+    t0 = time.perf_counter()
+    inst.ctls[victim].kill()
+    del inst.ctls[victim]
+    mastered = inst.wait(lambda: orphans <= set(inst.sync()[survivor]["mastered"]), timeout, 0.005)
+    converged = inst.wait(lambda: inst.settled(n), timeout, 0.01)
+    return {"victim_mastered": len(orphans), "all_mastered_s": round(mastered, 3) if mastered is not None else None,
+            "converged_s": round(time.perf_counter() - t0, 3) if converged is not None else None,
+            "flow_mods_sent": inst.flow_mods(survivor) - mods0}
