@@ -15,7 +15,7 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
-from controller import metrics
+from controller import heap, metrics
 from controller.cluster import Solo
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, resolve_request
@@ -51,6 +51,9 @@ class TenantflowApp(app_manager.OSKenApp):
         # Every hypervisor's flows, kept up to date by each committed write (under the
         # topology's lock); switches take the changes and push them outside it.
         self.engine = FlowEngine.attach(self.topology)
+        # From now on what lives a second is frozen out of the collector's full passes, which
+        # stopped the whole process for seconds at 1,000 bridges (controller.heap).
+        heap.install()
         metrics.register_engine(self.engine.stats)
         self.engine.subscribe(self._topology_changed)
         # One of a cluster's instances: compile and push only the bridges this one masters.
@@ -149,7 +152,8 @@ class TenantflowApp(app_manager.OSKenApp):
         metrics.DISCONNECTS.labels(sw.label).inc()
         if sw.hv_name:
             metrics.SWITCH_UP.labels(sw.hv_name).set(0)
-        LOG.info("bridge %016x (%s) disconnected", sw.dpid, sw.hv_name)
+        reason = getattr(getattr(sw.dp, "socket", None), "end_reason", "") or "reason unknown"
+        LOG.info("bridge %016x (%s) disconnected: %s", sw.dpid, sw.hv_name, reason)
 
     def _set_ofports(self, sw: Switch, ofports: dict[str, int]) -> None:
         """Record a bridge's OVS port map (name -> OpenFlow port) in the topology, by canonical name.

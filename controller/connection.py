@@ -79,8 +79,8 @@ class EchoSplitter:
         self._held: bytearray | None = None  # the message being held back (echo request or intercepted)
         self._held_len = 0
 
-    def intercept(self, owns: Callable[[int], bool], handler: Callable[[bytes], None]) -> None:
-        """Give every later message whose xid ``owns`` claims to ``handler`` (not echo requests)."""
+    def intercept(self, owns: Callable[[int], bool] | None, handler: Callable[[bytes], None] | None) -> None:
+        """Give every later message whose xid ``owns`` claims to ``handler`` (not echo requests); None: stop."""
         self.owns, self.handler = owns, handler
 
     def feed(self, data: bytes) -> tuple[bytes, list[bytes]]:
@@ -113,7 +113,8 @@ class EchoSplitter:
         """A header is complete: hold its message back, or pass it on."""
         _, msg_type, length, xid = HEADER.unpack(self._head)
         length = max(length, HEADER.size)
-        if msg_type == OFPT_ECHO_REQUEST or (xid and self.owns is not None and self.owns(xid)):
+        owns = self.owns  # once: intercept(None, None) may come from another thread
+        if msg_type == OFPT_ECHO_REQUEST or (xid and owns is not None and owns(xid)):
             self._held, self._held_len = bytearray(self._head), length
             if length == HEADER.size:
                 self._release(bytes(self._held), replies)
@@ -128,8 +129,11 @@ class EchoSplitter:
         if msg[1] == OFPT_ECHO_REQUEST:
             replies.append(echo_reply(msg))
             return
+        handler = self.handler
+        if handler is None:  # interception ended meanwhile: the request's owner is gone
+            return
         try:
-            self.handler(msg)
+            handler(msg)
         except Exception:  # a handler's bug must not end the connection's reader
             LOG.exception("handler of intercepted message (type %d, xid %#x) failed", msg[1],
                           HEADER.unpack_from(msg)[3])
@@ -166,6 +170,7 @@ class FastEchoSocket:
         self._closed = False
         self._timeout: float | None = None
         self.echo_replies = 0
+        self.end_reason = ""  # why the connection ended, once it has (for the disconnect's log line)
         self._splitter = EchoSplitter()
         sock.settimeout(IO_TIMEOUT)
         if not unix:
@@ -204,11 +209,12 @@ class FastEchoSocket:
         self._sock.setsockopt(level, option, value)
 
     def shutdown(self, how: int) -> None:
-        """Shut down one or both directions of the real socket."""
+        """Shut down one or both directions of the real socket (os-ken's way to end a connection)."""
+        self._ended("closed by the controller (shutdown)")
         self._sock.shutdown(how)
 
-    def intercept(self, owns: Callable[[int], bool], handler: Callable[[bytes], None]) -> None:
-        """Hand each message whose xid ``owns`` claims to ``handler``, whole, on the reader thread.
+    def intercept(self, owns: Callable[[int], bool] | None, handler: Callable[[bytes], None] | None) -> None:
+        """Hand each message whose xid ``owns`` claims to ``handler``, whole, on the reader thread (None: stop).
 
         Such messages never reach os-ken: not its parser (a flow dump is 2,000 objects per
         bridge, built to read their cookies) and not the app's one event thread, where every
@@ -242,9 +248,11 @@ class FastEchoSocket:
                     data = self._sock.recv(RECV_SIZE)
                 except TimeoutError:
                     continue
-                except OSError:
+                except OSError as exc:
+                    self._ended(f"read failed: {exc}")
                     break
                 if not data:
+                    self._ended("closed by the switch")
                     break
                 passed, replies = splitter.feed(data)
                 for reply in replies:
@@ -253,15 +261,22 @@ class FastEchoSocket:
                 if passed and not self._hand_over(passed):
                     return
         finally:
+            self._ended("closed by the controller")
             with self._cond:
                 self._eof = True
                 self._cond.notify_all()
+
+    def _ended(self, reason: str) -> None:
+        """Record why the connection ended (the first reason only; ours if we closed it)."""
+        if not self.end_reason:
+            self.end_reason = "closed by the controller" if self._closed else reason
 
     def _answer(self, reply: bytes) -> bool:
         try:
             self.sendall(reply)
         except OSError as exc:  # the connection is going: its end is seen by recv
             LOG.debug("echo reply not sent: %s", exc)
+            self._ended(f"echo reply not sent: {exc}")
             return False
         self.echo_replies += 1
         return True

@@ -284,6 +284,11 @@ class Switch:
         for waiter in list(self._waiters.values()):
             waiter.event.set()
         self.mark_dirty()
+        # The connection's reader held our bound methods (switch -> datapath -> socket -> switch):
+        # a reference cycle, which a frozen heap never collects (controller.heap). Break it.
+        sock = getattr(self.dp, "socket", None)
+        if hasattr(sock, "intercept"):
+            sock.intercept(None, None)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker to end; True if it has."""
