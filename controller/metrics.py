@@ -1,5 +1,7 @@
 """Prometheus metrics of the controller (served at /metrics on the API port)."""
 
+import gc
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
@@ -26,6 +28,10 @@ DISCONNECTS = Counter("tenantflow_switch_disconnects", "Times a bridge's OpenFlo
                       ["hypervisor"], registry=REGISTRY)
 BRIDGES_DIVERGED = Gauge("tenantflow_bridges_diverged", "Connected bridges whose last sync did not leave them equal "
                          "to their compiled flows (a retry is pending)", registry=REGISTRY)
+GC_FROZEN = Gauge("tenantflow_gc_frozen_objects", "Objects in the garbage collector's permanent generation "
+                  "(controller.heap): the live heap, plus any reference cycle that died after it was frozen "
+                  "(a leak: this must not grow with reconnects or writes undone)", registry=REGISTRY)
+GC_FROZEN.set_function(gc.get_freeze_count)
 ROLE_CHANGES = Counter("tenantflow_role_changes", "Roles a bridge granted this instance (a cluster's: master or "
                        "slave)", ["role"], registry=REGISTRY)
 
