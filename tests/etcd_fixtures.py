@@ -11,12 +11,15 @@ Without the etcd binary they skip, and FAIL under ``CI``: the suite's one policy
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from apps.lab.controller import ControllerProcess
 from apps.lab.etcd import EtcdCluster
 from tests.lab_fixtures import unless_able
 
@@ -36,6 +39,28 @@ def require_etcd() -> None:
 
 
 _SHARED: list[EtcdCluster] = []
+
+
+@contextlib.contextmanager
+def instances(etcd: EtcdCluster, workdir: Path, prefix: str, *, own_member_only: bool = False,
+              count: int = 3) -> Iterator[dict[str, ControllerProcess]]:
+    """``count`` ``tenantflow controller`` processes c0, c1... over ``etcd`` (under ``prefix``), stopped on exit.
+
+    Instance i talks to member i first (then the others, unless ``own_member_only``: a test
+    that cuts one instance off etcd cuts its member's client port).
+    """
+    ctls: dict[str, ControllerProcess] = {}
+    try:
+        for i in range(count):
+            ports = [etcd.members[(i + k) % len(etcd.members)].client_port for k in range(len(etcd.members))]
+            ports = ports[:1] if own_member_only else ports
+            url = "etcd://" + ",".join(f"127.0.0.1:{p}" for p in ports) + f"/{prefix}"
+            ctls[f"c{i}"] = ControllerProcess(str(workdir / f"c{i}"), extra_args=[
+                "--store", url, "--instance", f"c{i}"]).start(30)
+        yield ctls
+    finally:
+        for ctl in ctls.values():
+            ctl.stop()
 
 
 def shared_etcd() -> EtcdCluster:

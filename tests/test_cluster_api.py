@@ -20,7 +20,7 @@ import pytest
 from apps.lab.controller import ApiError, ControllerProcess
 from apps.lab.etcd import EtcdCluster
 from tests.e2e_fixtures import wait_until
-from tests.etcd_fixtures import ETCD_BINARY, require_etcd
+from tests.etcd_fixtures import ETCD_BINARY, instances, require_etcd
 from topology.store import open_store
 
 PREFIX = "capi"
@@ -30,18 +30,8 @@ PREFIX = "capi"
 def cluster(tmp_path_factory) -> Iterator[tuple[EtcdCluster, dict[str, ControllerProcess]]]:
     require_etcd()
     work = tmp_path_factory.mktemp("capi")
-    with EtcdCluster(3, binary=ETCD_BINARY) as etcd:
-        ctls: dict[str, ControllerProcess] = {}
-        try:
-            for i in range(3):
-                ports = [etcd.members[(i + k) % 3].client_port for k in range(3)]  # its own member first
-                url = "etcd://" + ",".join(f"127.0.0.1:{p}" for p in ports) + f"/{PREFIX}"
-                ctls[f"c{i}"] = ControllerProcess(str(work / f"c{i}"), extra_args=[
-                    "--store", url, "--instance", f"c{i}"]).start(30)
-            yield etcd, ctls
-        finally:
-            for ctl in ctls.values():
-                ctl.stop()
+    with EtcdCluster(3, binary=ETCD_BINARY) as etcd, instances(etcd, work, PREFIX) as ctls:
+        yield etcd, ctls
 
 
 def _stored_ports(etcd: EtcdCluster) -> list:

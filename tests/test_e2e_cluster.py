@@ -29,7 +29,7 @@ from apps.lab import Lab
 from apps.lab.controller import ControllerProcess
 from apps.lab.etcd import EtcdCluster
 from tests.e2e_fixtures import create_network, plug_new_vm, port_ip, require_lab, wait_until
-from tests.etcd_fixtures import ETCD_BINARY, require_etcd
+from tests.etcd_fixtures import ETCD_BINARY, instances, require_etcd
 from tests.lab_fixtures import ping_count
 from tests.test_e2e_restart import Ping
 
@@ -78,23 +78,16 @@ def cloud(tmp_path_factory) -> Iterator[Cloud]:
     require_lab()
     require_etcd()
     work = tmp_path_factory.mktemp("cluster")
-    with EtcdCluster(3, binary=ETCD_BINARY) as etcd:
-        ctls: dict[str, ControllerProcess] = {}
-        try:
-            for i in range(3):
-                url = f"etcd://127.0.0.1:{etcd.members[i].client_port}/e2e"
-                ctls[f"c{i}"] = ControllerProcess(str(work / f"c{i}"), extra_args=[
-                    "--store", url, "--instance", f"c{i}"]).start(30)
-            with Lab(prefix="tfcl", n_hypervisors=3, controller_unix_socket=[c.unix_socket for c in ctls.values()],
-                     api_url=ctls["c0"].api_url) as lab:
-                lab.register_hypervisors()
-                cloud = Cloud(etcd, ctls, lab)
-                wait_until(cloud.settled, 30, lambda: f"bridges mastered and synced\n{cloud.logs()}")
-                yield cloud
-        finally:
-            for ctl in ctls.values():
-                ctl.stop()
-            subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], capture_output=True)
+    try:
+        with EtcdCluster(3, binary=ETCD_BINARY) as etcd, instances(etcd, work, "e2e", own_member_only=True) as ctls, \
+                Lab(prefix="tfcl", n_hypervisors=3, controller_unix_socket=[c.unix_socket for c in ctls.values()],
+                    api_url=ctls["c0"].api_url) as lab:
+            lab.register_hypervisors()
+            cloud = Cloud(etcd, ctls, lab)
+            wait_until(cloud.settled, 30, lambda: f"bridges mastered and synced\n{cloud.logs()}")
+            yield cloud
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], capture_output=True)
 
 
 def _reach(src, dst_ip: str) -> bool:
