@@ -70,10 +70,14 @@ class TenantflowApp(app_manager.OSKenApp):
         return hv is not None and self.cluster.owns(hv.datapath_id)
 
     def _ownership_changed(self) -> None:
-        """The cluster's members changed (or our standing): recompile our share, every switch claims its role."""
-        self.engine.set_ownership(self._owns)
+        """The cluster's members changed (or our standing): every switch claims its role, then our share compiles.
+
+        Roles first: a bridge whose master died gets its new one within a role request's round
+        trip, not after the engine has built every bridge we gained (its sync waits for that).
+        """
         for sw in list(self.switches.values()):
             sw.mark_dirty()
+        self.engine.set_ownership(self._owns)
 
     # -- topology side -------------------------------------------------------
     def _topology_changed(self, hv_names: set[str]) -> None:

@@ -502,6 +502,10 @@ class Switch:
         """
         if not self.ready or self.hv_name is None:
             return PushResult(committed=False)
+        if not self._source.compiles(self.hv_name):
+            # A bridge just taken over whose flows the engine is still building: never diff it
+            # against nothing (that would delete every flow). The build's end wakes us again.
+            return PushResult()
         start = time.perf_counter()
         full = self._full_diff
         with self._source.lock:
@@ -686,6 +690,8 @@ class FlowSource(Protocol):
     def desired(self, hv_name: str) -> dict[int, Flow]: ...
 
     def take_changes(self, hv_name: str) -> set[int]: ...
+
+    def compiles(self, hv_name: str) -> bool: ...
 
     def generation_of(self, hv_name: str) -> int: ...
 

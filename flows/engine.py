@@ -172,6 +172,10 @@ class FlowEngine:
         state = self.hvs.get(hv_name)
         return state.flows if state is not None else {}
 
+    def compiles(self, hv_name: str) -> bool:
+        """Whether this engine holds ``hv_name``'s flows (a cluster's instance: the bridges it masters)."""
+        return hv_name in self.hvs
+
     def take_changes(self, hv_name: str) -> set[int]:
         """The cookies added or removed on ``hv_name`` since the last call."""
         state = self.hvs.get(hv_name)

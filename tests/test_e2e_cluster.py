@@ -10,7 +10,8 @@ pinging every 10 ms across hypervisors while, one after the other:
     reaches the orphaned bridge;
 (b) the etcd leader is SIGKILLed: writes go on after the election;
 (c) one instance is cut off from etcd (nft drops its member's client port): its lease
-    expires, the other takes its bridges; when the cut heals it rejoins and gets its share.
+    expires, the other takes its bridges; when the cut heals it rejoins and gets its share;
+(d) etcd loses its quorum: writes answer 503, and succeed again once it is back.
 
 In each, not one ping is lost: the bridges keep their flows, and a new master reconciles
 (reads, diffs) rather than flushing.
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from apps.lab import Lab
-from apps.lab.controller import ControllerProcess
+from apps.lab.controller import ApiError, ControllerProcess
 from apps.lab.etcd import EtcdCluster
 from tests.e2e_fixtures import create_network, plug_new_vm, port_ip, require_lab, wait_until
 from tests.etcd_fixtures import ETCD_BINARY, instances, require_etcd
@@ -159,6 +160,23 @@ def test_bridges_are_split_and_failures_lose_no_ping(cloud: Cloud, tmp_path: Pat
     wait_until(lambda: _reach(vm1, port_ip(vm6.port)), 10, lambda: f"vm1 reaching vm6\n{cloud.logs()}")
     sent, received = ping.finish(timeout=30)
     assert sent == received, f"(c) lost {sent - received} of {sent} pings\n{ping.output()[-400:]}"
+
+    # (d) etcd loses its quorum (one member is dead since (b); one more stops): writes answer 503,
+    # the bridges keep every flow, and writes come back with the quorum, nothing restarted.
+    second = next(i for i in range(3) if i != dead_member and cloud.member_of[other] != i)
+    ping = Ping(vm1, port_ip(vm2.port), count=500, interval=0.01,
+                workdir=tmp_path)
+    cloud.etcd.stop_member(second)
+    try:
+        with pytest.raises(ApiError) as refused:
+            ctls[other].create("network", name="no-quorum")
+        assert refused.value.status == 503, refused.value.body
+    finally:
+        cloud.etcd.restart(second)
+    vm7 = wait_until(lambda: _try_plug(ctls[other], lab, "vm7", net, "hv3"), 30, lambda: f"a write\n{cloud.logs()}")
+    wait_until(lambda: _reach(vm1, port_ip(vm7.port)), 10, lambda: f"vm1 reaching vm7\n{cloud.logs()}")
+    sent, received = ping.finish(timeout=30)
+    assert sent == received, f"(d) lost {sent - received} of {sent} pings\n{ping.output()[-400:]}"
 
 
 def _try_plug(ctl: ControllerProcess, lab: Lab, name: str, net: dict, host: str):

@@ -215,6 +215,10 @@ class FakeSource:
         assert hv_name == self.hv
         return self._desired
 
+    def compiles(self, hv_name: str) -> bool:
+        """It holds the one hypervisor's flows."""
+        return hv_name == self.hv
+
     def take_changes(self, hv_name: str) -> set[int]:
         """The cookies changed since the last call."""
         assert hv_name == self.hv

@@ -108,9 +108,12 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         self._init_core(store if isinstance(store, Store) else open_store(store))
 
     def close(self) -> None:
-        """Close the store; the object must not be used afterwards."""
-        with self.lock:
-            self.store.close()
+        """Close the store; the object must not be used afterwards.
+
+        Not under the graph's lock: the store's watch thread may be waiting for it to apply a
+        commit, and closing waits for that thread to end.
+        """
+        self.store.close()
 
     # -- live state -------------------------------------------------------------------
     def _with_status(self, port: Port) -> Port:

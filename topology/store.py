@@ -21,7 +21,7 @@ Every committed write is delivered, in revision order, to the store's listener
 any write, its own instance's included.
 
 The error types of the topology layer carry a type name (Neutron's, e.g.
-``PortNotFound``) and a class; the northbound API maps the class to an HTTP status.
+``PortNotFound``) and a class; only the northbound API maps the class to an HTTP status.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ __all__ = ["BadRequest", "Commit", "Conflict", "NotFound", "Snapshot", "Stale", 
 
 
 class TopologyError(Exception):
-    """A rejected request: ``kind`` is the Neutron error type, ``status`` the HTTP status."""
+    """A rejected request: ``kind`` names the error (Neutron's type names: ``PortNotFound``...).
 
-    status = 500
+    The domain knows no HTTP: the northbound API maps each class to a status
+    (:func:`apps.northbound.api.http_status`).
+    """
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -48,31 +50,23 @@ class TopologyError(Exception):
 
 
 class BadRequest(TopologyError):
-    """400: the request is malformed or invalid."""
-
-    status = 400
+    """The request is malformed or invalid."""
 
 
 class NotFound(TopologyError):
-    """404: a referenced resource does not exist."""
-
-    status = 404
+    """A referenced resource does not exist."""
 
 
 class Conflict(TopologyError):
-    """409: the request conflicts with the current state (in use, duplicate...)."""
-
-    status = 409
+    """The request conflicts with the current state (in use, duplicate...)."""
 
 
 class Unavailable(TopologyError):
-    """503: a pool (VNIs, VLAN ids, keys) is exhausted."""
-
-    status = 503
+    """A pool (VNIs, VLAN ids, keys) is exhausted, or the store cannot take writes."""
 
 
 class StoreUnavailable(Unavailable):
-    """503: the store cannot take writes now (etcd without quorum, unreachable): nothing was written."""
+    """The store cannot take writes now (etcd without quorum, unreachable): nothing was written."""
 
 
 class Stale(Exception):

@@ -23,7 +23,7 @@ from apps.northbound import attributes, attributes_l3, collections, extensions, 
 from topology.model import Hypervisor, Network, Port, Subnet
 from topology.model_l3 import FloatingIP, Router, SecurityGroup, SecurityGroupRule
 from topology.state import Topology
-from topology.store import BadRequest, NotFound, TopologyError
+from topology.store import BadRequest, Conflict, NotFound, TopologyError, Unavailable
 
 LOG = logging.getLogger(__name__)
 
@@ -79,6 +79,17 @@ RESOURCES = {
     )
 }
 ROUTER_ACTIONS = ("add_router_interface", "remove_router_interface")
+
+
+# The topology's errors as HTTP statuses (the domain knows no HTTP); anything else is a 500.
+STATUS_OF = ((BadRequest, 400), (NotFound, 404), (Conflict, 409), (Unavailable, 503))
+
+
+def http_status(exc: TopologyError) -> int:
+    """The HTTP status of a refused request."""
+    if isinstance(exc, HttpError):
+        return exc.status
+    return next((status for cls, status in STATUS_OF if isinstance(exc, cls)), 500)
 
 
 class HttpError(TopologyError):
@@ -137,7 +148,7 @@ class NorthboundApp:
             resp = error_response(exc.status, exc.kind, exc.message)
             resp.headers.update(exc.headers)
         except TopologyError as exc:
-            resp = error_response(exc.status, exc.kind, exc.message)
+            resp = error_response(http_status(exc), exc.kind, exc.message)
         except UnicodeError:  # a query string or path that is not UTF-8
             resp = error_response(400, "HTTPBadRequest", "The request is not valid UTF-8.")
         except Exception:
