@@ -146,12 +146,15 @@ class Cluster:
 
     def _join(self) -> None:
         """A new lease and our member key under it."""
+        granted = time.monotonic()
         answer = self.store._post("/lease/grant", {"TTL": self.ttl})
         self.lease = int(answer["ID"])
+        # In good standing from the grant on: our member key's put comes back through the watch,
+        # maybe before the put's own answer, and the view it makes must find us standing.
+        self._alive_until = granted + self.ttl * 0.9
         value = json.dumps({"peer": self.peer, "lease": self.lease, "api": self.api_url})
         self.store._post("/kv/put", {"key": b64(self.prefix + self.instance), "value": b64(value),
                                      "lease": self.lease})
-        self._alive_until = time.monotonic() + self.ttl * 0.9
         LOG.info("cluster: %s joined with lease %x (peer port %s)", self.instance, self.lease, self.peer)
 
     # -- the view --------------------------------------------------------------------------------
@@ -234,6 +237,8 @@ class Cluster:
                     self._join()
                 except Exception as exc:  # noqa: BLE001 - try again next round
                     LOG.warning("cluster: rejoin failed: %s", exc)
+                    continue
+                self._notify()  # in standing again: the bridges the view gives us are claimed
                 continue
             self._alive_until = time.monotonic() + self.ttl * 0.9
 
