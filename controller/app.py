@@ -118,6 +118,7 @@ class TenantflowApp(app_manager.OSKenApp):
             return {"generation": self.engine.generation, "connected": len(switches), "pending": pending,
                     "disconnected": sorted(names - set(switches)), "mastered": sorted(mastered),
                     "revision": self.topology.revision,
+                    "master_since": {n: sw.role_granted_at for n, sw in mastered.items()},
                     "cluster": self.cluster.status()}
 
     def announcements_for(self, hv_name: str):

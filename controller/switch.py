@@ -170,6 +170,7 @@ class Switch:
         # anything is sent on each connection. None: the only controller, no role request (EQUAL).
         self._roles = roles
         self.role: Role | None = None  # the role the switch granted on this connection
+        self.role_granted_at = 0.0
         self._refused: Role | None = None  # a claim the switch found stale (not asked again)
         self._ports_read = False
         self._announce_fn = announce_fn
@@ -398,6 +399,7 @@ class Switch:
             return False
         was_master = self.mastering
         self.role, self._refused = wanted, None
+        self.role_granted_at = time.time()  # wall clock: what a failover's measure compares with the kill
         metrics.ROLE_CHANGES.labels("master" if wanted.master else "slave").inc()
         LOG.info("switch %016x (%s): %s (generation %s)", self.dpid, self.hv_name,
                  "master" if wanted.master else "slave", wanted.generation)

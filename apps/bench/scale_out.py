@@ -15,10 +15,11 @@ is started after the first phase.
 2. ``two``: c1 started; it takes its share (rendezvous hashing: about half; ``rebalance_s``);
    the same creates, the clients spread over both instances.
    ``ratio`` = two's creates_per_s / one's (goal on 2 cores: 1.6).
-3. ``failover``: the instance mastering more bridges is SIGKILLed: seconds until the
-   survivor masters every orphaned bridge (each granted its ``ROLE_REQUEST``) and until
-   none is pending (each read and reconciled); flow-mods the survivor sent meanwhile
-   (0 when nothing changed).
+3. ``failover``: the instance mastering more bridges is SIGKILLed: seconds from the kill
+   until the last orphaned bridge granted the survivor's ``ROLE_REQUEST`` (the survivor's
+   own record of each grant, ``GET /sync``'s ``master_since``), until ``/sync`` showed them
+   all (it answers after the survivor has built its new share), and until none is pending
+   (each read and reconciled); flow-mods the survivor sent meanwhile (0: nothing changed).
 """
 
 from __future__ import annotations
@@ -160,11 +161,17 @@ def _failover(inst: Instances, n: int, timeout: float) -> dict[str, Any]:
     survivor = next(name for name in states if name != victim)
     orphans = set(states[victim]["mastered"])
     mods0 = inst.flow_mods(survivor)
-    t0 = time.perf_counter()
+    t0, killed_at = time.perf_counter(), time.time()
     inst.ctls[victim].kill()
     del inst.ctls[victim]
     mastered = inst.wait(lambda: orphans <= set(inst.sync()[survivor]["mastered"]), timeout, 0.005)
     converged = inst.wait(lambda: inst.settled(n), timeout, 0.01)
-    return {"victim_mastered": len(orphans), "all_mastered_s": round(mastered, 3) if mastered is not None else None,
+    # When each orphan granted the survivor's ROLE_REQUEST, by the survivor's clock (the same machine's).
+    since = inst.sync()[survivor].get("master_since", {})
+    granted = [since[hv] - killed_at for hv in orphans if hv in since]
+    return {"victim_mastered": len(orphans),
+            "last_role_granted_s": round(max(granted), 3) if len(granted) == len(orphans) else None,
+            "median_role_granted_s": round(sorted(granted)[len(granted) // 2], 3) if granted else None,
+            "all_mastered_seen_s": round(mastered, 3) if mastered is not None else None,
             "converged_s": round(time.perf_counter() - t0, 3) if converged is not None else None,
             "flow_mods_sent": inst.flow_mods(survivor) - mods0}
