@@ -207,6 +207,12 @@ class Switch:
         return self.ready or (self._ports_read and not self.mastering)
 
     @property
+    def role_settled(self) -> bool:
+        """Whether the switch holds the role the cluster gives this instance now (or was refused it, or is gone)."""
+        wanted = self._roles.role_for(self.dpid) if self._roles is not None else None
+        return wanted is None or wanted in (self.role, self._refused) or not self._alive
+
+    @property
     def mastering(self) -> bool:
         """Whether this instance keeps the bridge's flows (always, unless it is one of a cluster's)."""
         return self._roles is None or (self.role is not None and self.role.master)
