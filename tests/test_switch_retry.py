@@ -95,8 +95,9 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
 
     def reply(self, msg: bytes) -> None:
         """A message from the switch, as the reader thread passes it: to the switch if it claims the xid."""
-        if self._owns(HEADER.unpack_from(msg)[3]):
-            self._deliver(msg)
+        owns, deliver = self._owns, self._deliver  # once: a stopped switch lets go of them (intercept(None, None))
+        if owns is not None and deliver is not None and owns(HEADER.unpack_from(msg)[3]):
+            deliver(msg)
 
     def send_msg(self, msg) -> bool:
         """Requests built with os-ken's parser: the port description and the flow dump."""

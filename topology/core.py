@@ -52,6 +52,10 @@ def write(method: F) -> F:
         # One write at a time per instance, from validation until its commit is in the graph:
         # the instance's own writes never find each other's views stale (only other instances' can).
         with self._writing:
+            # Validate on everything committed before this write began, whoever wrote it: a client
+            # creating a network through one instance and its port through another right after
+            # must not be told the network does not exist (one round trip to etcd; SQLite: none).
+            self._catch_up(self.store.latest_revision())
             for _ in range(STALE_RETRIES):
                 self._begin_write()
                 try:

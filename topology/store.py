@@ -129,6 +129,10 @@ class Store(ABC):
     def close(self) -> None:
         """Stop delivering and release the store's resources."""
 
+    def latest_revision(self) -> int:
+        """The revision of the latest commit of anyone's (0: only this process writes, nothing to wait for)."""
+        return 0
+
     def status(self) -> dict[str, object]:
         """What an operator wants to know about the store (its kind, reachability...)."""
         return {"url": self.url}

@@ -271,6 +271,11 @@ class EtcdStore(Store):
                 return Conflict("Conflict", f"Conflict with stored state: {key[2:]} does not exist")
         return Stale(int(answer["header"]["revision"]))
 
+    def latest_revision(self) -> int:
+        """The revision of the latest topology commit (the ``commit`` key every transaction writes last)."""
+        kvs = self._range(self.prefix + "commit").get("kvs", [])
+        return int(kvs[0]["mod_revision"]) if kvs else 0
+
     # -- the watch -----------------------------------------------------------------------------------
     def listen(self, listener: Listener, after: int) -> None:
         """Deliver every commit after revision ``after`` to ``listener``, from a watch thread."""
