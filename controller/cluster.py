@@ -240,7 +240,11 @@ class Cluster:
                     continue
                 self._notify()  # in standing again: the bridges the view gives us are claimed
                 continue
+            lapsed = not self.in_good_standing  # e.g. keepalives unanswered through an etcd election
             self._alive_until = time.monotonic() + self.ttl * 0.9
+            if lapsed:
+                LOG.info("cluster: our lease %x answered again: claiming our bridges", self.lease)
+                self._notify()
 
     def _notify(self) -> None:
         for callback in list(self._callbacks):
