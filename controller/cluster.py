@@ -121,7 +121,7 @@ class Cluster:
         threading.Thread(target=self._accept_peers, name="cluster-peers", daemon=True).start()
         self._join()
         revision = self._load_view()
-        self._watch = PrefixWatch(self.store._clients, self.prefix, self._on_events, revision, self._load_view,
+        self._watch = PrefixWatch(self.store.clients, self.prefix, self._on_events, revision, self._load_view,
                                   self.store.timeout, name="cluster-watch")
         threading.Thread(target=self._keepalive_loop, name="cluster-keepalive", daemon=True).start()
         deadline = time.monotonic() + timeout
@@ -137,7 +137,7 @@ class Cluster:
         if self._watch is not None:
             self._watch.stop()
         try:
-            self.store._post("/kv/lease/revoke", {"ID": self.lease})
+            self.store.request("/kv/lease/revoke", {"ID": self.lease})
         except Exception:  # noqa: BLE001 - etcd gone: the lease expires on its own
             LOG.info("cluster: could not revoke our lease; it expires in %d s", self.ttl)
         self._listener.close()
@@ -147,19 +147,19 @@ class Cluster:
     def _join(self) -> None:
         """A new lease and our member key under it."""
         granted = time.monotonic()
-        answer = self.store._post("/lease/grant", {"TTL": self.ttl})
+        answer = self.store.request("/lease/grant", {"TTL": self.ttl})
         self.lease = int(answer["ID"])
         # In good standing from the grant on: our member key's put comes back through the watch,
         # maybe before the put's own answer, and the view it makes must find us standing.
         self._alive_until = granted + self.ttl * 0.9
         value = json.dumps({"peer": self.peer, "lease": self.lease, "api": self.api_url})
-        self.store._post("/kv/put", {"key": b64(self.prefix + self.instance), "value": b64(value),
+        self.store.request("/kv/put", {"key": b64(self.prefix + self.instance), "value": b64(value),
                                      "lease": self.lease})
         LOG.info("cluster: %s joined with lease %x (peer port %s)", self.instance, self.lease, self.peer)
 
     # -- the view --------------------------------------------------------------------------------
     def _load_view(self) -> int:
-        answer = self.store._post("/kv/range", {"key": b64(self.prefix), "range_end": range_end(self.prefix)})
+        answer = self.store.request("/kv/range", {"key": b64(self.prefix), "range_end": range_end(self.prefix)})
         peers = {unb64(kv["key"]).decode()[len(self.prefix):]: json.loads(unb64(kv.get("value", "")))
                  for kv in answer.get("kvs", [])}
         revision = int(answer["header"]["revision"])
@@ -221,7 +221,7 @@ class Cluster:
     def _keepalive_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
-                answer = self.store._post("/lease/keepalive", {"ID": self.lease})
+                answer = self.store.request("/lease/keepalive", {"ID": self.lease})
             except Exception as exc:  # noqa: BLE001 - etcd unreachable: our standing runs out with the TTL
                 LOG.warning("cluster: keepalive failed: %s", exc)
                 if not self.in_good_standing:
@@ -297,6 +297,6 @@ class Cluster:
         LOG.warning("cluster: %s %s: revoking its lease", name, why)
         self.stats["revoked_peers"] += 1
         try:
-            self.store._post("/kv/lease/revoke", {"ID": int(info["lease"])})
+            self.store.request("/kv/lease/revoke", {"ID": int(info["lease"])})
         except Exception as exc:  # noqa: BLE001 - already gone, or etcd unreachable: the TTL decides
             LOG.info("cluster: revoking %s's lease: %s", name, exc)

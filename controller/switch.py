@@ -321,7 +321,7 @@ class Switch:
             while self._alive:
                 if failures:
                     self._backoff(failures)
-                elif self.ready or (self._ports_read and not self.mastering):
+                elif self.ports_known:
                     self._wait_for_change()
                 if not self._alive:
                     break
@@ -409,10 +409,9 @@ class Switch:
         metrics.ROLE_CHANGES.labels("master" if wanted.master else "slave").inc()
         LOG.info("switch %016x (%s): %s (generation %s)", self.dpid, self.hv_name,
                  "master" if wanted.master else "slave", wanted.generation)
-        if wanted.master and not was_master:
+        if not (wanted.master and was_master):
             self.ready = False  # a new master reads what the bridge holds before it changes anything
         if not wanted.master:
-            self.ready = False
             _DIVERGED.discard(self)
         return wanted.master
 
@@ -510,13 +509,13 @@ class Switch:
         """
         if not self.ready or self.hv_name is None:
             return PushResult(committed=False)
-        if not self._source.compiles(self.hv_name):
-            # A bridge just taken over whose flows the engine is still building: never diff it
-            # against nothing (that would delete every flow). The build's end wakes us again.
-            return PushResult()
         start = time.perf_counter()
         full = self._full_diff
         with self._source.lock:
+            if not self._source.compiles(self.hv_name):
+                # A bridge just taken over whose flows the engine is still building: never diff it
+                # against nothing (that would delete every flow). The build's end wakes us again.
+                return PushResult()
             changed = self._source.take_changes(self.hv_name)
             desired_all = self._source.desired(self.hv_name)
             if not full and (changed & self._learner_flows

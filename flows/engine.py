@@ -149,13 +149,8 @@ class FlowEngine:
                 self._rebuild(name)
                 state = self.hvs[name]
                 state.changed = set(state.flows)
-            if gained:
-                self.generation += 1
-                for name in gained:
-                    self.hvs[name].generation = self.generation
-        if gained:
-            for listener in list(self._listeners):
-                listener(gained)
+            self._stamp(gained)
+        self._tell(gained)
 
     def _drop(self, name: str) -> None:
         """Forget a hypervisor this engine no longer compiles (its shared fragments and indexes let go)."""
@@ -222,11 +217,19 @@ class FlowEngine:
                 self._dirty = set()
                 self._apply(self.graph.take_journal())
                 touched = self._dirty
-            if touched:
-                self.generation += 1
-                for name in touched:
-                    self.hvs[name].generation = self.generation
+            self._stamp(touched)
             self.stats.seconds += time.thread_time() - start
+        self._tell(touched)
+
+    def _stamp(self, touched: set[str]) -> None:
+        """A new generation for the hypervisors whose flows just changed (under the lock)."""
+        if touched:
+            self.generation += 1
+            for name in touched:
+                self.hvs[name].generation = self.generation
+
+    def _tell(self, touched: set[str]) -> None:
+        """The listeners hear which hypervisors' flows changed (outside the lock)."""
         if touched:
             for listener in list(self._listeners):
                 listener(touched)

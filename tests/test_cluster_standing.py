@@ -17,14 +17,14 @@ from topology.store import StoreUnavailable
 
 
 class FakeStore:
-    """Just what the keepalive loop uses: ``_post`` answering or failing on demand."""
+    """Just what the keepalive loop uses: ``request`` answering or failing on demand."""
 
     prefix, timeout = "/test/", 1.0
 
     def __init__(self) -> None:
         self.failing = False
 
-    def _post(self, path: str, body: dict) -> dict:
+    def request(self, path: str, body: dict) -> dict:
         if self.failing:
             raise StoreUnavailable("StoreUnavailable", "The topology store (etcd) is unavailable")
         return {"result": {"TTL": "1"}}

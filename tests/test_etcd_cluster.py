@@ -22,6 +22,7 @@ from tests.etcd_fixtures import (
     etcd3,  # noqa: F401  (fixture)
     require_etcd,
 )
+from tests.lab_fixtures import unless_able
 
 
 def _alive(pid: int) -> bool:
@@ -98,9 +99,9 @@ def test_stop_kills_members_and_removes_workdir(tmp_path) -> None:
     assert not any(_alive(pid) for pid in pids if pid is not None)
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) for --pdeathsig")
 def test_members_die_with_the_thread_that_started_them(tmp_path) -> None:
     require_etcd()
+    unless_able(None if shutil.which("setpriv") else "setpriv (util-linux) missing: no --pdeathsig", "etcd test")
     cluster = EtcdCluster(1, workdir=str(tmp_path), binary=ETCD_BINARY)
     starter = threading.Thread(target=cluster.start)
     starter.start()

@@ -146,7 +146,7 @@ def test_without_quorum_writes_answer_503_and_resume_after(etcd3) -> None:  # no
     topo = Topology(url)
     net, _ = _base(topo)
     topo.store.timeout = 2.0
-    for client in topo.store._clients:
+    for client in topo.store.clients:
         client.timeout = 2.0
     before = _graph(topo)
     leader = etcd3.leader()

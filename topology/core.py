@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from topology import graph_l3
 from topology.graph import TopologyGraph
 from topology.model import Hypervisor, Network, Port, Subnet
-from topology.model_l3 import FloatingIP, Router, SecurityGroup
+from topology.model_l3 import FloatingIP, Router, SecurityGroup, SecurityGroupRule
 from topology.records import KINDS, Op, Record, op_key
 from topology.store import Commit, Conflict, Snapshot, Stale, Store, StoreUnavailable
 
@@ -43,6 +43,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 STALE_RETRIES = 8  # a write validated on a stale view runs again at most this often
 APPLY_TIMEOUT = 10.0  # s a writer waits for its own commit to reach the graph
 KEY_COUNTERS = {"network": "network_key", "port": "port_key", "router": "router_key"}
+# How each kind of record goes into the graph (a port with its live status added first).
+_GRAPH_PUT: dict[type, Callable[[TopologyGraph, Any], None]] = {
+    Port: TopologyGraph.put_port, Network: TopologyGraph.put_network, Subnet: TopologyGraph.put_subnet,
+    Hypervisor: TopologyGraph.put_hypervisor, Router: graph_l3.put_router, FloatingIP: graph_l3.put_fip,
+    SecurityGroup: graph_l3.put_sg, SecurityGroupRule: graph_l3.put_sg_rule,
+}
 
 
 def write(method: F) -> F:
@@ -156,10 +162,10 @@ class TopologyCore:
                     hosts |= graph_l3.hypervisors_of_router(self.graph, rec.id)
                 elif isinstance(rec, SecurityGroup):
                     hosts |= graph_l3.hypervisors_of_sgs(self.graph, [rec.id])
-                elif rec is not None and hasattr(rec, "security_group_id"):
+                elif isinstance(rec, SecurityGroupRule):
                     hosts |= graph_l3.hypervisors_of_sgs(self.graph, [rec.security_group_id])
-                elif isinstance(rec, FloatingIP) and rec.port_id and self.graph.port(rec.port_id):
-                    hosts.add(self.graph.port(rec.port_id).binding_host)
+                elif isinstance(rec, FloatingIP) and rec.port_id:
+                    hosts.add(getattr(self.graph.port(rec.port_id), "binding_host", None))
         known = {h.name for h in self.graph.hypervisors()}
         return {h for h in hosts if h in known} | graph_l3.hypervisors_depending_on(self.graph, nets)
 
@@ -172,21 +178,8 @@ class TopologyCore:
                 self._keys_used[counter].discard(old.key)
             self._keys_used[counter].add(record.key)
         if isinstance(record, Port):
-            self.graph.put_port(self._with_status(record))
-        elif isinstance(record, Network):
-            self.graph.put_network(record)
-        elif isinstance(record, Subnet):
-            self.graph.put_subnet(record)
-        elif isinstance(record, Hypervisor):
-            self.graph.put_hypervisor(record)
-        elif isinstance(record, Router):
-            graph_l3.put_router(self.graph, record)
-        elif isinstance(record, FloatingIP):
-            graph_l3.put_fip(self.graph, record)
-        elif isinstance(record, SecurityGroup):
-            graph_l3.put_sg(self.graph, record)
-        else:
-            graph_l3.put_sg_rule(self.graph, record)
+            record = self._with_status(record)
+        _GRAPH_PUT[type(record)](self.graph, record)
 
     def _graph_remove(self, kind: str, ident: str) -> None:
         counter = KEY_COUNTERS.get(kind)

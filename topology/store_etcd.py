@@ -114,20 +114,20 @@ class EtcdStore(Store):
         self.endpoints, self.prefix = parse_url(url)
         self.timeout = timeout
         self.instance = uuid.uuid4().hex
-        self._clients = [etcd3gw.Etcd3Client(host=h, port=p, timeout=timeout, api_path="/v3/")
+        self.clients = [etcd3gw.Etcd3Client(host=h, port=p, timeout=timeout, api_path="/v3/")
                          for h, p in self.endpoints]
-        for client in self._clients:
+        for client in self.clients:
             client.session.trust_env = False  # never through an HTTP proxy: etcd is ours, on our network
         self._current = 0  # the endpoint that answered last
         self._watch: PrefixWatch | None = None
 
     # -- requests ---------------------------------------------------------------------------
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the endpoint that answered last, then to the others; StoreUnavailable if none answers."""
         errors = []
-        for i in range(len(self._clients)):
-            index = (self._current + i) % len(self._clients)
-            client = self._clients[index]
+        for i in range(len(self.clients)):
+            index = (self._current + i) % len(self.clients)
+            client = self.clients[index]
             try:
                 answer = client.post(client.get_url(path), json=body)
             except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError) as exc:
@@ -141,15 +141,16 @@ class EtcdStore(Store):
         raise StoreUnavailable("StoreUnavailable", "The topology store (etcd) is unavailable: "
                                + "; ".join(errors))
 
-    def _range(self, key: str, *, end: str | None = None, revision: int = 0, limit: int = 0) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": b64(key)}
+    def _range(self, key: str | bytes, *, end: str | None = None, revision: int = 0, limit: int = 0,
+               keys_only: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": b64(key), "keys_only": keys_only}
         if end is not None:
             body["range_end"] = end
         if revision:
             body["revision"] = revision
         if limit:
             body["limit"] = limit
-        return self._post("/kv/range", body)
+        return self.request("/kv/range", body)
 
     def _scan(self) -> tuple[int, Iterator[dict[str, Any]]]:
         """Every key under the prefix at one revision, in pages: (revision, kvs)."""
@@ -163,9 +164,8 @@ class EtcdStore(Store):
                 yield from kvs
                 if not answer.get("more"):
                     return
-                after = unb64(kvs[-1]["key"]) + b"\0"
-                answer = self._post("/kv/range", {"key": b64(after), "range_end": range_end(self.prefix),
-                                                  "revision": revision, "limit": PAGE})
+                answer = self._range(unb64(kvs[-1]["key"]) + b"\0", end=range_end(self.prefix), revision=revision,
+                                     limit=PAGE)
         return revision, pages()
 
     # -- the contract -----------------------------------------------------------------------------
@@ -176,9 +176,7 @@ class EtcdStore(Store):
         places: dict[str, int] = {}
         counters: dict[str, int] = {}
         for kv in kvs:
-            key = unb64(kv["key"]).decode()[len(self.prefix):]
-            value = unb64(kv.get("value", ""))
-            section, _, rest = key.partition("/")
+            section, rest, value = self._split(kv)
             if section == "r":
                 kind = rest.partition("/")[0]
                 found[kind].append((int(kv["create_revision"]), rest, decode(kind, value)))
@@ -203,8 +201,8 @@ class EtcdStore(Store):
             self._add_op(txn, op, before.get(op_key(op)))
         for name, value in counters.items():
             txn.actions[f"c/{name}"] = str(value)
-        origin = json.dumps({"origin": self.instance, "ops": len(ops)})
-        answer = self._post("/kv/txn", txn.request(self.prefix, origin))
+        origin = json.dumps({"origin": self.instance})
+        answer = self.request("/kv/txn", txn.request(self.prefix, origin))
         if answer.get("succeeded"):
             return int(answer["header"]["revision"])
         raise self._refusal(answer, txn, based_on)
@@ -244,8 +242,7 @@ class EtcdStore(Store):
     def _check_orphans(self, txn: _Txn, kind: str, ident: str) -> None:
         """Deleting a record: every record referring to it must let go of it in the same write (else Conflict)."""
         refs = f"p/{kind}/{ident}/"
-        answer = self._post("/kv/range", {"key": b64(self.prefix + refs), "range_end": range_end(self.prefix + refs),
-                                          "keys_only": True})
+        answer = self._range(self.prefix + refs, end=range_end(self.prefix + refs), keys_only=True)
         for kv in answer.get("kvs", []):
             child = unb64(kv["key"]).decode()[len(self.prefix + refs):]
             ref = f"{refs}{child}"
@@ -295,7 +292,12 @@ class EtcdStore(Store):
             listener(Commit(snapshot.revision, [], snapshot.counters, "", snapshot))
             return snapshot.revision
 
-        self._watch = PrefixWatch(self._clients, self.prefix, handle, after, reset, self.timeout)
+        self._watch = PrefixWatch(self.clients, self.prefix, handle, after, reset, self.timeout)
+
+    def _split(self, kv: dict[str, Any]) -> tuple[str, str, bytes]:
+        """A key-value of ours as (section, the rest of its key, value): ``r/port/<id>`` -> ("r", "port/<id>", ...)."""
+        section, _, rest = unb64(kv["key"]).decode()[len(self.prefix):].partition("/")
+        return section, rest, unb64(kv.get("value", ""))
 
     def _commit_of(self, events: list[dict[str, Any]]) -> Commit:
         """The Commit one transaction's events make (they end with its ``commit`` key)."""
@@ -304,15 +306,13 @@ class EtcdStore(Store):
         origin = ""
         revision = int(events[-1]["kv"]["mod_revision"])
         for event in events:
-            key = unb64(event["kv"]["key"]).decode()[len(self.prefix):]
-            value = unb64(event["kv"].get("value", ""))
-            section, _, rest = key.partition("/")
+            section, rest, value = self._split(event["kv"])
             if section == "r":
                 kind, _, ident = rest.partition("/")
                 ops.append((kind, ident, None if event.get("type") == "DELETE" else decode(kind, value)))
             elif section == "c" and event.get("type") != "DELETE":
                 counters[rest] = int(value)
-            elif key == "commit":
+            elif section == "commit":
                 origin = json.loads(value).get("origin", "")
         return Commit(revision, ops, counters, origin)
 
@@ -320,7 +320,7 @@ class EtcdStore(Store):
         """Stop the watch and close the HTTP sessions."""
         if self._watch is not None:
             self._watch.stop()
-        for client in self._clients:
+        for client in self.clients:
             client.session.close()
 
     def status(self) -> dict[str, object]:

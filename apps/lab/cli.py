@@ -90,16 +90,15 @@ def own_controllers(prefix: str, count: int, members: int | None) -> Iterator[li
     shutil.rmtree(workdir, ignore_errors=True)
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
-        extra: list[list[str]] = [[] for _ in range(count)]
+        store: list[str] = []
         if count > 1:
             etcd = stack.enter_context(EtcdCluster(members or 3))
             print(f"etcd: {members or 3} members at {', '.join(etcd.endpoints)}", flush=True)
-            for i in range(count):
-                url = f"{etcd.url}/{prefix}"
-                extra[i] = ["--store", url, "--instance", f"{prefix}-c{i}"]
+            store = ["--store", f"{etcd.url}/{prefix}"]
         ctls = []
         for i in range(count):
-            ctl = ControllerProcess(os.path.join(workdir, f"c{i}"), extra_args=extra[i])
+            extra = [*store, "--instance", f"{prefix}-c{i}"] if store else []
+            ctl = ControllerProcess(os.path.join(workdir, f"c{i}"), extra_args=extra)
             stack.callback(ctl.stop)
             ctls.append(ctl.start(30))
         yield ctls
