@@ -20,7 +20,7 @@ from controller import heap, metrics
 from controller.cluster import Solo
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, resolve_request
-from controller.switch import Switch
+from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
 from flows.nat import announcements
 from flows.pipeline import stage
@@ -120,8 +120,7 @@ class TenantflowApp(app_manager.OSKenApp):
             switches = {sw.hv_name: sw for sw in list(self.switches.values()) if sw.hv_name}
             names = {hv.name for hv in self.topology.graph.hypervisors()}
             mastered = {n: sw for n, sw in switches.items() if sw.mastering and self._owns(n)}
-            pending = sorted(n for n, sw in mastered.items()
-                             if not sw.ready or sw.synced_generation < self.engine.generation_of(n))
+            pending = sorted(n for n, sw in mastered.items() if not sw.holds(self.engine.generation_of(n)))
             if not isinstance(self.cluster, Solo):  # ours, by the view, but not granted yet
                 pending += sorted(n for n in switches if self._owns(n) and n not in mastered)
             return {"generation": self.engine.generation, "connected": len(switches), "pending": pending,
@@ -129,6 +128,27 @@ class TenantflowApp(app_manager.OSKenApp):
                     "revision": self.topology.revision,
                     "master_since": {n: sw.role_granted_at for n, sw in mastered.items()},
                     "cluster": self.cluster.status()}
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait until every connected bridge this instance masters holds every change made before the call.
+
+        At most ``timeout`` seconds; True if they all do. Bridges that disconnect meanwhile stop
+        counting (``sync_status`` lists them as disconnected). What ``GET /sync?wait=`` answers
+        after, instead of a client polling: a poll of 1,000 bridges' status costs milliseconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self.topology.lock:
+            behind = {sw: self.engine.generation_of(sw.hv_name) for sw in list(self.switches.values())
+                      if sw.hv_name and self._owns(sw.hv_name)}
+        with SYNCED:
+            while True:
+                behind = {sw: gen for sw, gen in behind.items() if sw.alive and not sw.holds(gen)}
+                left = deadline - time.monotonic()
+                if not behind or left <= 0:
+                    return not behind
+                # Role grants do not notify (a bridge gained becomes ready through a sync, which does);
+                # waking now and then bounds what a missed notification could cost.
+                SYNCED.wait(min(left, 0.5))
 
     def announcements_for(self, hv_name: str):
         """The floating IPs a hypervisor hosts, to announce on their external networks."""

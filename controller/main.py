@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import urllib.parse
 from dataclasses import dataclass
 
 LOG = logging.getLogger("tenantflow")
@@ -213,13 +214,47 @@ def _sync_status_app(app):
     What an operator (and the benchmark) waits on after a change: a change is in place on
     every bridge once ``pending`` is empty, each bridge having confirmed it by committing
     its bundle. A read of the controller's state, never of the switches.
+    ``?wait=S`` (at most MAX_SYNC_WAIT s) first waits until every connected bridge holds every
+    change made before the request, like ``ovn-nbctl --wait=hv``; ``converged`` says whether
+    they do.
     """
     def wsgi(environ, start_response):
-        body = json.dumps(app.sync_status() if app is not None else {}).encode()
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
+        try:
+            wait = _sync_wait(environ.get("QUERY_STRING", ""))
+        except ValueError as exc:
+            return _json(start_response, "400 Bad Request", {"error": str(exc)})
+        status = {}
+        if app is not None:
+            converged = app.wait_synced(wait) if wait else None
+            status = app.sync_status()
+            if converged is not None:
+                status["converged"] = converged and not status["pending"]
+        return _json(start_response, "200 OK", status)
 
     return wsgi
+
+
+MAX_SYNC_WAIT = 300.0
+
+
+def _sync_wait(query: str) -> float:
+    """The ``wait`` parameter of ``GET /sync`` in seconds (0 if absent); ValueError if it is no number in range."""
+    values = urllib.parse.parse_qs(query, keep_blank_values=True).get("wait")
+    if not values:
+        return 0.0
+    try:
+        wait = float(values[-1])
+    except ValueError:
+        raise ValueError(f"wait must be a number of seconds, not {values[-1]!r}") from None
+    if not 0 <= wait <= MAX_SYNC_WAIT:
+        raise ValueError(f"wait must be between 0 and {MAX_SYNC_WAIT:g} seconds, not {values[-1]}")
+    return wait
+
+
+def _json(start_response, status: str, value) -> list[bytes]:
+    body = json.dumps(value).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,8 @@ class SyncSlots:
 
 
 SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)
+# Notified whenever a switch confirms a sync or goes away: what GET /sync?wait= sleeps on.
+SYNCED = threading.Condition()
 _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a retry is pending)
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
@@ -212,6 +214,15 @@ class Switch:
         wanted = self._roles.role_for(self.dpid) if self._roles is not None else None
         return wanted is None or wanted in (self.role, self._refused) or not self._alive
 
+    def holds(self, generation: int) -> bool:
+        """Whether the switch confirmed (by a bundle commit) every change up to engine ``generation``."""
+        return self.ready and self.mastering and self.synced_generation >= generation
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection ended (the switch is stopped)."""
+        return self._alive
+
     @property
     def mastering(self) -> bool:
         """Whether this instance keeps the bridge's flows (always, unless it is one of a cluster's)."""
@@ -291,6 +302,8 @@ class Switch:
         for waiter in list(self._waiters.values()):
             waiter.event.set()
         self.mark_dirty()
+        with SYNCED:
+            SYNCED.notify_all()
         # The connection's reader held our bound methods (switch -> datapath -> socket -> switch):
         # a reference cycle, which a frozen heap never collects (controller.heap). Break it.
         sock = getattr(self.dp, "socket", None)
@@ -548,6 +561,8 @@ class Switch:
             self._learners = learners
             self._full_diff = False
             self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
+            with SYNCED:
+                SYNCED.notify_all()
             self._announce()
             metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
         else:

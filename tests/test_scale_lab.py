@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from apps.lab import sh
-from apps.lab.controller import ControllerProcess
+from apps.lab.controller import ApiError, ControllerProcess
 from apps.lab.scale import ScaleLab
 from tests.e2e_fixtures import wait_until
 from tests.lab_fixtures import require_lab
@@ -98,10 +98,30 @@ def test_bridges_hold_exactly_the_compiled_flows(tmp_path: Path) -> None:
             statuses = {p["id"]: p["status"] for p in lab.api.list("ports")}
             assert statuses and set(statuses.values()) == {"ACTIVE"}
 
-            # a port created and plugged later, then unplugged: the bridges follow each time
-            hv2 = lab.hypervisor("hv2")
-            port = lab.api.create("port", network_id=lab.networks[1]["id"], port_security_enabled=False,
-                                  device_owner="compute:nova", **{"binding:host_id": "hv2"})
+            # a port created while every vswitchd is stopped: GET /sync?wait= waits (and says it gave up),
+            # then answers only once every bridge holds the port's flows (verified at once, no polling)
+            daemons = [vs.pids()["ovs-vswitchd"] for vs in lab.vswitchds]
+            for pid in daemons:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                hv2 = lab.hypervisor("hv2")
+                port = lab.api.create("port", network_id=lab.networks[1]["id"], port_security_enabled=False,
+                                      device_owner="compute:nova", **{"binding:host_id": "hv2"})
+                t0 = time.monotonic()
+                status = lab.api.request("GET", "/sync?wait=1")
+                assert time.monotonic() - t0 >= 1.0 and status["converged"] is False and status["pending"]
+            finally:
+                for pid in daemons:
+                    os.kill(pid, signal.SIGCONT)
+            status = lab.api.request("GET", "/sync?wait=20")
+            assert status["converged"] is True and status["pending"] == [] and status["connected"] == 6
+            assert converged(lab, ctl) is not None, lab.verify(lab.compiled_cookies(ctl.db))
+            for bad in ("soon", "-1", "nan", "301"):
+                with pytest.raises(ApiError) as refused:
+                    lab.api.request("GET", f"/sync?wait={bad}")
+                assert refused.value.status == 400 and "wait must be" in refused.value.body["error"]
+
+            # the port plugged, then unplugged: the bridges follow each time
             assert lab.plug("hv2", port) == tap_name(port["id"]) in hv2.port_map()
             after = wait_until(lambda: converged(lab, ctl), 20, "the new port's flows", interval=0.2)
             assert after["hv2"] != expected["hv2"]
