@@ -674,7 +674,7 @@ class Switch:
             result.deleted += 1
         for flow in add_flows:
             xid = next(xids)
-            chunk.append(wire.bundle_add(bundle_id, wire.flow_add(flow), xid))
+            chunk.append(wire.bundle_flow_add(bundle_id, flow, xid))
             by_xid[xid] = flow
             result.added += 1
             if len(chunk) >= STREAM_CHUNK:

@@ -20,7 +20,20 @@ from os_ken.lib import type_desc
 from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from flows.flow import CT, Conjunction, DecTtl, Flow, Learn, Output, PopVlan, PushVlan, RegMove, Resubmit, SetField
+from flows.flow import (
+    CT,
+    Conjunction,
+    DecTtl,
+    Flow,
+    Learn,
+    Output,
+    PopVlan,
+    PushVlan,
+    RegMove,
+    Resubmit,
+    SetField,
+    memo_encoding,
+)
 from flows.pipeline import STAGE_BY_NAME
 
 OFP_VERSION = ofp.OFP_VERSION
@@ -215,14 +228,25 @@ def encode_instructions(flow: Flow) -> bytes:
     return out
 
 
+_FLOW_MOD_BODY = struct.Struct("!QQBBHHHIIIH2x")  # ofp_flow_mod after its header, 40 bytes
+
+
+def _flow_add_body(flow: Flow) -> bytes:
+    """What follows the header in :func:`flow_add`'s message; encoded once per flow, then kept on it."""
+    body = flow.encoded
+    if body is None:
+        body = _FLOW_MOD_BODY.pack(
+            flow.cookie, 0, flow.table_id, ofp.OFPFC_ADD, 0, 0, flow.priority,
+            ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
+        ) + encode_match(flow.match) + encode_instructions(flow)
+        memo_encoding(flow, body)  # two threads may race here: they store equal bytes
+    return body
+
+
 def flow_add(flow: Flow, xid: int = 0) -> bytes:
     """An OFPT_FLOW_MOD ADD installing ``flow`` (replaces one with the same key)."""
-    body = encode_match(flow.match) + encode_instructions(flow)
-    return _FLOW_MOD.pack(
-        OFP_VERSION, ofp.OFPT_FLOW_MOD, 48 + len(body), xid,
-        flow.cookie, 0, flow.table_id, ofp.OFPFC_ADD, 0, 0, flow.priority,
-        ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
-    ) + body
+    body = _flow_add_body(flow)
+    return _HEADER.pack(OFP_VERSION, ofp.OFPT_FLOW_MOD, 8 + len(body), xid) + body
 
 
 _EMPTY_MATCH = encode_match(())
@@ -261,6 +285,19 @@ def bundle_add(bundle_id: int, inner: bytes, xid: int, flags: int = BUNDLE_FLAGS
         OFP_VERSION, ofp.OFPT_EXPERIMENTER, 24 + len(inner), xid, ofproto_common.ONF_EXPERIMENTER_ID,
         ofp.ONF_ET_BUNDLE_ADD_MESSAGE, bundle_id, 0, flags,
     ) + inner[:4] + _XID.pack(xid) + inner[8:]
+
+
+_BUNDLE_ADD_FLOW = struct.Struct("!BBHIIIIHHBBHI")  # _BUNDLE_ADD_HEAD, then the flow-mod's header
+
+
+def bundle_flow_add(bundle_id: int, flow: Flow, xid: int, flags: int = BUNDLE_FLAGS) -> bytes:
+    """``bundle_add(bundle_id, flow_add(flow), xid)`` in one pack: what a cold sync sends two million times."""
+    body = _flow_add_body(flow)
+    inner = 8 + len(body)
+    return _BUNDLE_ADD_FLOW.pack(
+        OFP_VERSION, ofp.OFPT_EXPERIMENTER, 24 + inner, xid, ofproto_common.ONF_EXPERIMENTER_ID,
+        ofp.ONF_ET_BUNDLE_ADD_MESSAGE, bundle_id, 0, flags, OFP_VERSION, ofp.OFPT_FLOW_MOD, inner, xid,
+    ) + body
 
 
 _PACKET_OUT = struct.Struct("!BBHIIIH6x")

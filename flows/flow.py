@@ -10,7 +10,7 @@ compares cookies: no need to parse a switch's instructions back.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 
 from flows.pipeline import COOKIE_STAGE_SHIFT, STAGE_BY_NAME, PipelineError, Stage
@@ -167,6 +167,10 @@ class Flow:
     goto: int | None
     cookie: int
     description: str
+    # The flow's OpenFlow encoding, filled in by whoever encodes it first (controller.wire): a flow
+    # shared by every hypervisor of a network is encoded once, not once per bridge. Not part of
+    # the flow's value (no compare, no hash, no repr).
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[int, int, tuple[tuple[str, MatchValue], ...]]:
@@ -181,14 +185,17 @@ _CHECKED = frozenset({CT, Conjunction, Resubmit, Learn})  # actions that name st
 # make_flow's time. make_flow sets the slots straight through their descriptors instead (C calls).
 _new = object.__new__
 _FLOW_SLOTS = tuple(getattr(Flow, name).__set__
-                    for name in ("table_id", "priority", "match", "actions", "goto", "cookie", "description"))
+                    for name in ("table_id", "priority", "match", "actions", "goto", "cookie", "description",
+                                 "encoded"))
+memo_encoding = Flow.encoded.__set__  # type: ignore[attr-defined]
+"""``memo_encoding(flow, data)``: keep ``data`` as the flow's ``encoded`` (the dataclass is frozen)."""
 
 
 def _new_flow(table_id: int, priority: int, match: tuple, actions: tuple, goto: int | None, cookie: int,
               description: str) -> Flow:
     """``Flow(...)``, built faster (the same object: make_flow has checked what __init__ would not)."""
     flow = _new(Flow)
-    s_table, s_priority, s_match, s_actions, s_goto, s_cookie, s_description = _FLOW_SLOTS
+    s_table, s_priority, s_match, s_actions, s_goto, s_cookie, s_description, s_encoded = _FLOW_SLOTS
     s_table(flow, table_id)
     s_priority(flow, priority)
     s_match(flow, match)
@@ -196,6 +203,7 @@ def _new_flow(table_id: int, priority: int, match: tuple, actions: tuple, goto: 
     s_goto(flow, goto)
     s_cookie(flow, cookie)
     s_description(flow, description)
+    s_encoded(flow, None)
     return flow
 
 

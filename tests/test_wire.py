@@ -96,15 +96,19 @@ CASES += [
 ]
 
 
-def _os_ken_bytes(flow, match: dict, actions: list, xid: int) -> bytes:
+def _os_ken_instructions(flow, actions: list) -> list:
     inst = []
     if actions:
         inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
     if flow.goto is not None:
         inst.append(parser.OFPInstructionGotoTable(flow.goto))
+    return inst
+
+
+def _os_ken_bytes(flow, match: dict, actions: list, xid: int) -> bytes:
     msg = parser.OFPFlowMod(DP, cookie=flow.cookie, table_id=flow.table_id, priority=flow.priority,
                             out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch(**match),
-                            instructions=inst)
+                            instructions=_os_ken_instructions(flow, actions))
     msg.xid = xid
     msg.serialize()
     return bytes(msg.buf)
@@ -115,6 +119,19 @@ def test_flow_add_matches_os_ken(case):
     stage_name, prio, match, ours, theirs, goto = case
     flow = make_flow(stage(stage_name), prio, match, ours, goto=stage(goto) if goto else None)
     assert wire.flow_add(flow, xid=42) == _os_ken_bytes(flow, match, theirs, 42)
+    # encoded once, kept on the flow: again with another xid, and wrapped into a bundle, all as os-ken has it
+    assert flow.encoded is not None
+    assert wire.flow_add(flow, xid=7) == _os_ken_bytes(flow, match, theirs, 7)
+    inner = parser.OFPFlowMod(DP, cookie=flow.cookie, table_id=flow.table_id, priority=flow.priority,
+                              out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch(**match),
+                              instructions=_os_ken_instructions(flow, theirs))
+    add = parser.ONFBundleAddMsg(DP, 3, wire.BUNDLE_FLAGS, inner, [])
+    add.xid = 99
+    add.serialize()
+    assert wire.bundle_flow_add(3, flow, 99) == bytes(add.buf) == wire.bundle_add(3, wire.flow_add(flow), 99)
+    # the memo is no part of the flow's value
+    again = make_flow(stage(stage_name), prio, match, ours, goto=stage(goto) if goto else None)
+    assert again.encoded is None and again == flow and hash(again) == hash(flow) and repr(again) == repr(flow)
 
 
 def test_delete_by_cookie_matches_os_ken():
