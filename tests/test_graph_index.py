@@ -10,7 +10,7 @@ import pytest
 
 from topology import graph_l3, ipam
 from topology.graph import TopologyGraph
-from topology.model import FixedIP, Network, Port, Subnet
+from topology.model import FixedIP, Hypervisor, Network, Port, Subnet
 from topology.model_l3 import ROUTER_GATEWAY, ROUTER_INTERFACE, Router
 
 NETS = ("n1", "n2", "n3")
@@ -31,7 +31,15 @@ def _brute_routers_of_network(graph: TopologyGraph, net_id: str) -> list[str]:
     return list(out)
 
 
+def _brute_records(graph: TopologyGraph, kind: str) -> list:
+    """What records() did before its index: a walk over every node."""
+    return [data["obj"] for node, data in graph.g.nodes(data=True) if node[0] == kind and data.get("obj") is not None]
+
+
 def _check(graph: TopologyGraph) -> None:
+    for kind in ("network", "subnet", "port", "router", "hv", "fip"):
+        assert list(graph.records(kind)) == _brute_records(graph, kind), kind  # same records, same order
+    assert graph.hypervisors() == _brute_records(graph, "hv")
     for net_id in (*NETS, "ghost"):
         ports = graph.ports_of(net_id)
         index = graph.network_index(net_id)
@@ -104,8 +112,14 @@ def test_indexes_equal_a_recomputation_after_random_changes(seed: int) -> None:
             elif graph.network(net_id) is None:
                 graph.put_network(Network(id=net_id, project_id="p", key=1, network_type="vxlan",
                                           segmentation_id=1))
-        elif op < 0.96:
+        elif op < 0.94:
             graph.remove("subnet", rng.choice(list(SUBNETS)))
+        elif op < 0.96:  # a hypervisor registers (maybe over the placeholder a bound port left) or goes
+            name = rng.choice(("hv1", "hv2", "hv3"))
+            if rng.random() < 0.5:
+                graph.remove("hv", name)
+            else:
+                graph.put_hypervisor(Hypervisor(name=name, datapath_id=int(name[2:]), tunnel_ip=f"192.0.2.{name[2:]}"))
         else:  # a subnet comes back, or is put again (even naming another network: the old edge stays)
             sid = rng.choice(list(SUBNETS))
             net_id, cidr = SUBNETS[sid] if rng.random() < 0.7 else (rng.choice(NETS), SUBNETS[sid][1])
