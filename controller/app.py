@@ -16,22 +16,24 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
-from controller import heap, metrics
+from controller import dhcp, heap, metrics
 from controller.cluster import Solo
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, resolve_request
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
+from flows.flow import Output
 from flows.nat import announcements
 from flows.pipeline import stage
 from flows.routing import router_interface
-from flows.stages import EXT_OUTPUT
+from flows.stages import DHCP, EXT_OUTPUT
 from flows.view import view_of
 from topology.model import canonical_port_map
 
 LOG = logging.getLogger("tenantflow.app")
 IP_INPUT_TABLE = stage("lr_in_ip_input").table_id
 EXT_OUTPUT_TABLE = EXT_OUTPUT.table_id
+DHCP_TABLE = DHCP.table_id
 
 # Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
 TOPOLOGY = None
@@ -283,10 +285,17 @@ class TenantflowApp(app_manager.OSKenApp):
         metrics.PACKET_INS.labels(sw.hv_name if sw and sw.hv_name else "?").inc()
         if sw is None:
             return
+        if msg.table_id == DHCP_TABLE:
+            self._answer_dhcp(sw, msg)
+            return
         if msg.table_id == EXT_OUTPUT_TABLE:
             self._resolve_next_hop(sw, msg)
             return
-        if msg.table_id != IP_INPUT_TABLE or not sw.icmp_limiter.allow():
+        if msg.table_id != IP_INPUT_TABLE:
+            return
+        allowed = sw.icmp_limiter.allow()
+        metrics.PACKET_INS_BY_KIND.labels("ttl_expired", "handled" if allowed else "rate_limited").inc()
+        if not allowed:
             return
         # An IPv4 packet whose TTL expires at a router (lr_in_ip_input's ttl_expired).
         fields = dict(msg.match.items())
@@ -302,9 +311,35 @@ class TenantflowApp(app_manager.OSKenApp):
                                         [parser.OFPActionOutput(fields["in_port"])], reply))
 
 
+    def _answer_dhcp(self, sw: Switch, msg) -> None:
+        """ls_in_dhcp's request: answer it from the topology, back out of the port (controller.dhcp)."""
+        fields = dict(msg.match.items())
+        port_key, in_port = fields.get("reg7", 0), fields.get("in_port")
+        if not sw.dhcp_limiter.allow(port_key):
+            metrics.PACKET_INS_BY_KIND.labels("dhcp", "rate_limited").inc()
+            return
+        metrics.PACKET_INS_BY_KIND.labels("dhcp", "handled").inc()
+        with self.topology.lock:
+            graph = self.topology.graph
+            port = next((p for p in graph.ports_on(sw.hv_name or "") if p.key == port_key), None)
+            lease = dhcp.lease_for(graph, port) if port is not None else None
+        if lease is None or in_port is None:  # (the port went away, or its subnet's DHCP just went off)
+            return
+        result = dhcp.answer(bytes(msg.data), lease)
+        metrics.DHCP_MESSAGES.labels(result.request, result.reply or "none").inc()
+        if result.frame is None:
+            return
+        try:
+            sw.packet_out([Output(in_port)], result.frame)
+        except ConnectionError:  # gone meanwhile: the client asks again
+            LOG.info("switch %s: gone before the DHCP %s for port %s could be sent", sw.hv_name, result.reply,
+                     port.id if port else port_key)
+
     def _resolve_next_hop(self, sw: Switch, msg) -> None:
         """lr_in_ext_output's unresolved: ARP for the next hop; the switch learns the answer."""
-        if not sw.arp_limiter.allow():
+        allowed = sw.arp_limiter.allow()
+        metrics.PACKET_INS_BY_KIND.labels("next_hop", "handled" if allowed else "rate_limited").inc()
+        if not allowed:
             return
         fields = dict(msg.match.items())
         request = resolve_request(bytes(msg.data), fields.get("reg0", 0))

@@ -54,3 +54,25 @@ class RateLimiter:
             self.tokens -= 1
             return True
         return False
+
+
+class FairLimiter:
+    """A token bucket per key (a port) inside one for all (a switch).
+
+    One flooding key empties its own bucket, not the shared one: the others keep their share.
+    """
+
+    def __init__(self, rate: float = 100.0, burst: int = 50, per_key_rate: float = 10.0, per_key_burst: int = 10,
+                 max_keys: int = 4096):
+        self.total = RateLimiter(rate, burst)
+        self.per_key_rate, self.per_key_burst, self.max_keys = per_key_rate, per_key_burst, max_keys
+        self.keys: dict[object, RateLimiter] = {}
+
+    def allow(self, key: object) -> bool:
+        """Take a token from ``key``'s bucket, then from the shared one; False if either is empty."""
+        bucket = self.keys.get(key)
+        if bucket is None:
+            if len(self.keys) >= self.max_keys:  # keys come and go with ports: forget them all now and then
+                self.keys.clear()
+            bucket = self.keys[key] = RateLimiter(self.per_key_rate, self.per_key_burst)
+        return bucket.allow() and self.total.allow()

@@ -40,6 +40,8 @@ DEFAULTS = {
     "default_project": "default",
     "log_level": "INFO",
     "sync_concurrency": "4",
+    "dhcp_lease_time": "86400",
+    "dhcp_domain": "openstacklocal",
 }
 
 
@@ -81,8 +83,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="project_id of resources created with none in the body and no X-Project-Id header")
     p.add_argument("--sync-concurrency", type=int, default=int(values["sync_concurrency"]),
                    help="bridges read and pushed at the same time (the others wait their turn, in order)")
+    p.add_argument("--dhcp-lease-time", type=int, default=int(values["dhcp_lease_time"]),
+                   help="seconds of every DHCP lease (renewals at half of it)")
+    p.add_argument("--dhcp-domain", default=values["dhcp_domain"], help="the domain name DHCP gives VMs")
     p.add_argument("--log-level", default=values["log_level"])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dhcp_lease_time < 10:
+        p.error(f"--dhcp-lease-time must be at least 10 seconds, not {args.dhcp_lease_time}")
+    return args
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -152,7 +160,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     from os_ken.base import app_manager
 
     from controller import app as of_app
-    from controller import connection, switch
+    from controller import connection, dhcp, switch
     from controller.metrics import REGISTRY
 
     if topology is None:
@@ -169,6 +177,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     of_app.TOPOLOGY = topology
     of_app.CLUSTER = _join_cluster(args, topology)
     switch.SYNC_SLOTS.set_limit(args.sync_concurrency)
+    dhcp.SETTINGS = dhcp.Settings(lease_time=args.dhcp_lease_time, domain=args.dhcp_domain)
     # The topology graph lives as long as the process: move it (and os-ken's
     # tables) out of the GC's young generations so compiles don't rescan it.
     gc.freeze()

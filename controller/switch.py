@@ -45,7 +45,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, wire
 from controller.cluster import Role
-from controller.icmp import RateLimiter
+from controller.icmp import FairLimiter, RateLimiter
 from controller.neighbour import announcement_packets, ext_output_actions
 from flows.flow import Flow, Learn
 from flows.nat import Announcement
@@ -193,6 +193,7 @@ class Switch:
         self.last_push: PushResult | None = None
         self.icmp_limiter = RateLimiter()  # ICMP errors this switch's packet-ins may draw
         self.arp_limiter = RateLimiter()  # ARP requests for unresolved external next hops
+        self.dhcp_limiter = FairLimiter()  # DHCP requests: per port, then for the whole switch
         self._waiters: dict[int, _Waiter] = {}
         self._errors: dict[int, list] = {}
         self._dirty = threading.Condition()

@@ -8,6 +8,7 @@ module only assembles them:
 - :mod:`flows.l2`: classification, ARP responder, L2 lookup and flooding, delivery;
 - :mod:`flows.nd`: IPv6 Neighbour Discovery answers;
 - :mod:`flows.portsec`, :mod:`flows.acl`: port security and security groups;
+- :mod:`flows.dhcp`: the DHCP requests the controller answers;
 - :mod:`flows.routing`: distributed routing;
 - :mod:`flows.nat`: floating IPs.
 
@@ -21,6 +22,7 @@ the ports of the networks it hosts), never with the size of the cloud.
 from __future__ import annotations
 
 from flows.acl import acl_flows
+from flows.dhcp import dhcp_flows
 from flows.flow import Flow
 from flows.l2 import arp_responder, classify_from_fabric, classify_local_ports, default_flows, deliver, l2_lookup
 from flows.nat import local_fips, nat_flows
@@ -51,6 +53,7 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
         flows += l2_lookup(graph, view, net)
     flows += deliver(view)
     flows += security_flows(graph, view)
+    flows += dhcp_flows(graph, view)
     flows += routing_flows(graph, view)
     flows += nat_flows(view, fips)
     return flows

@@ -335,6 +335,10 @@ class FlowEngine:
     def _on_subnet(self, plan: _Plan, subnet_id: str, old) -> None:
         new = self.graph.subnet(subnet_id)
         for net_id in {s.network_id for s in (old, new) if s is not None}:
+            for port_id in self.graph.network_index(net_id).ports:  # whether DHCP serves them (ls_in_dhcp)
+                port = self.graph.port(port_id)
+                if port is not None and port.binding_host:
+                    plan.unit(port.binding_host, ("in", port_id))
             plan.base |= self._reach.get(net_id, set())
             plan.base |= self._fip_hosts(f for f in self.graph.records("fip") if f.floating_network_id == net_id)
             for router in graph_l3.routers_of_network(self.graph, net_id):
@@ -450,7 +454,7 @@ class FlowEngine:
         if kind == "member":
             return member_unit(info, key[1], key[2], key[3], self._holds)
         if kind == "in":
-            return port_in_unit(info, key[1])
+            return port_in_unit(self.graph, info, key[1])
         if kind == "acl":
             return acl_unit(self.graph, info, key[1])
         raise ValueError(f"unknown unit {key!r}")

@@ -116,6 +116,19 @@ STAGES: tuple[Stage, ...] = (
         allowed_matches=frozenset({REG_INPORT, "eth_src", "eth_type", "ipv4_src", "ipv6_src", "arp_sha", "arp_spa",
                                    "ip_proto", "udp_src", "udp_dst", "icmpv6_type", "ipv6_nd_target"}),
         priorities={"nd_ok": 140, "block": 130, "boot": 110, "allow": 100, "disabled": 100, "default": 0},
+        next_stages=("ls_in_dhcp",),
+    ),
+    Stage(
+        name="ls_in_dhcp",
+        table_id=3,
+        doc="DHCP (IPv4) server: a DHCP client message (UDP 68 -> 67) from a local port that has "
+        "an address on a subnet with enable_dhcp goes to the controller, which answers it "
+        "with that address and the subnet's options, straight back to the port (request: "
+        "never flooded, never seen by another port). Anything else, and DHCP from a port "
+        "whose subnets have DHCP off (a tenant's own server may answer), goes on to the "
+        "security groups (default).",
+        allowed_matches=frozenset({REG_INPORT, "eth_type", "ip_proto", "udp_src", "udp_dst"}),
+        priorities={"request": 100, "default": 0},
         next_stages=("ls_in_pre_acl",),
     ),
     Stage(

@@ -24,11 +24,11 @@ import netaddr
 
 from flows.flow import Flow, MatchValue, make_flow
 from flows.pipeline import REG_INPORT, stage
+from flows.stages import DHCP
 from topology.graph_l3 import allowed_address_pairs, port_security_enabled
 from topology.model import Port
 
 PORT_SEC = stage("ls_in_port_sec")
-PRE_ACL = stage("ls_in_pre_acl")
 
 ETH_ARP, ETH_IPV4, ETH_IPV6 = 0x0806, 0x0800, 0x86DD
 UDP, ICMPV6 = 17, 58
@@ -87,7 +87,7 @@ def local_port_security(port: Port) -> list[Flow]:
 def _port_flows(port: Port) -> Iterator[Flow]:
     base: dict[str, MatchValue] = {REG_INPORT: port.key}
     if not is_secured(port):
-        yield make_flow(PORT_SEC, "disabled", base, goto=PRE_ACL,
+        yield make_flow(PORT_SEC, "disabled", base, goto=DHCP,
                         description=f"port {port.id}: port security off: anything passes")
         return
     pairs = port_addresses(port)
@@ -97,12 +97,12 @@ def _port_flows(port: Port) -> Iterator[Flow]:
     for mac, net in pairs:
         src = {**base, "eth_src": mac}
         if net.version == 4:
-            yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_IPV4}, "ipv4_src", net), goto=PRE_ACL,
+            yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_IPV4}, "ipv4_src", net), goto=DHCP,
                             description=f"port {port.id}: IPv4 from {mac} {net}")
             yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_ARP, "arp_sha": mac}, "arp_spa", net),
-                            goto=PRE_ACL, description=f"port {port.id}: ARP from {mac} {net}")
+                            goto=DHCP, description=f"port {port.id}: ARP from {mac} {net}")
         else:
-            yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_IPV6}, "ipv6_src", net), goto=PRE_ACL,
+            yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_IPV6}, "ipv6_src", net), goto=DHCP,
                             description=f"port {port.id}: IPv6 from {mac} {net}")
             yield _na_ok(port, src, net)
     yield from _block_flows(port, base)
@@ -111,7 +111,7 @@ def _port_flows(port: Port) -> Iterator[Flow]:
 def _na_ok(port: Port, src: dict[str, MatchValue], net: netaddr.IPNetwork) -> Flow:
     match = _with({**src, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": NEIGH_ADVERT}, "ipv6_nd_target",
                   net)
-    return make_flow(PORT_SEC, "nd_ok", match, goto=PRE_ACL,
+    return make_flow(PORT_SEC, "nd_ok", match, goto=DHCP,
                      description=f"port {port.id}: neighbour advertisement for its own {net}")
 
 
@@ -119,16 +119,16 @@ def _boot_flows(port: Port, base: dict[str, MatchValue], mac: str) -> Iterator[F
     """What a guest sends before it has an address, and IPv6 link-local, from one of its MACs."""
     src = {**base, "eth_src": mac}
     yield make_flow(PORT_SEC, "boot", {**src, "eth_type": ETH_IPV4, "ipv4_src": "0.0.0.0", "ip_proto": UDP,
-                                       "udp_src": DHCP_CLIENT, "udp_dst": DHCP_SERVER}, goto=PRE_ACL,
+                                       "udp_src": DHCP_CLIENT, "udp_dst": DHCP_SERVER}, goto=DHCP,
                     description=f"port {port.id}: DHCP request from 0.0.0.0 ({mac})")
     yield make_flow(PORT_SEC, "boot", {**src, "eth_type": ETH_ARP, "arp_sha": mac, "arp_spa": "0.0.0.0"},
-                    goto=PRE_ACL, description=f"port {port.id}: ARP probe from {mac}")
+                    goto=DHCP, description=f"port {port.id}: ARP probe from {mac}")
     for icmp_type in (MLD_REPORT, ROUTER_SOLICIT, NEIGH_SOLICIT, MLD2_REPORT):
         yield make_flow(PORT_SEC, "boot", {**src, "eth_type": ETH_IPV6, "ipv6_src": "::", "ip_proto": ICMPV6,
-                                           "icmpv6_type": icmp_type}, goto=PRE_ACL,
+                                           "icmpv6_type": icmp_type}, goto=DHCP,
                         description=f"port {port.id}: DAD / MLD / RS (ICMPv6 {icmp_type}) from :: ({mac})")
     link_local = netaddr.IPNetwork(f"{netaddr.EUI(mac).ipv6_link_local()}/128")
-    yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_IPV6}, "ipv6_src", link_local), goto=PRE_ACL,
+    yield make_flow(PORT_SEC, "allow", _with({**src, "eth_type": ETH_IPV6}, "ipv6_src", link_local), goto=DHCP,
                     description=f"port {port.id}: IPv6 link-local {link_local.ip} of {mac}")
     yield _na_ok(port, src, link_local)
 

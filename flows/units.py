@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flows.acl import MemberSpec, acl_base, acl_port, ct_zones, member_clause
+from flows.dhcp import dhcp_default, dhcp_port
 from flows.flow import Flow, MatchValue
 from flows.l2 import (
     answered_here,
@@ -93,7 +94,7 @@ def base_unit(graph: TopologyGraph, hv_name: str,
         return None
     fips = local_fips(graph, view)
     # Each local port's own flows are units of their own (port_in_unit, acl_unit).
-    flows: list[Flow] = [*default_flows(), *port_security_flows([])]
+    flows: list[Flow] = [*default_flows(), *port_security_flows([]), *dhcp_default()]
     acl, spec = acl_base(graph, view.local_ports, has_members)
     flows += acl
     routing, routed = routing_base(graph, view)
@@ -106,14 +107,14 @@ def base_unit(graph: TopologyGraph, hv_name: str,
     return flows, info
 
 
-def port_in_unit(info: BaseInfo, port_id: str) -> list[Flow]:
-    """A local port's classification, delivery and port security."""
+def port_in_unit(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[Flow]:
+    """A local port's classification, delivery, port security and DHCP."""
     port = info.local_port(port_id)
     if port is None:
         return []
     view = info.view
     alone = HypervisorView(view.hv, view.ofports, [port], view.networks)  # dataclasses.replace, without its cost
-    return [*classify_local_ports(alone), *deliver(alone), *local_port_security(port)]
+    return [*classify_local_ports(alone), *deliver(alone), *local_port_security(port), *dhcp_port(graph, port)]
 
 
 def acl_unit(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[Flow]:

@@ -157,7 +157,7 @@ def test_no_stale_flows_after_a_rule_goes(cloud: Built) -> None:
 def test_port_with_security_but_no_group_gets_only_the_basics() -> None:
     b = Builder()
     b.hv(0)
-    net = b.network("n")
+    net = b.network("n", dhcp=False)  # (DHCP off: the request goes to the network, where x may serve it)
     b.port("bare", net, "hv0", ip="10.0.0.5", **SEC)
     b.port("x", net, "hv0", ip="10.0.0.6")
     built = b.done()

@@ -119,8 +119,9 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     prefix = "tfps" + uuid.uuid4().hex[:5]
     with running_controller(workdir / "controller") as ctrl, attached_lab(ctrl, prefix, n_hypervisors=2) as lab:
         net = ctrl.create("network", name="ps", project_id=PROJECT)
-        for version, cidr in ((4, "10.40.0.0/24"), (6, "2001:db8:40::/64")):
-            ctrl.create("subnet", network_id=net["id"], cidr=cidr, ip_version=version, project_id=PROJECT)
+        for version, cidr in ((4, "10.40.0.0/24"), (6, "2001:db8:40::/64")):  # DHCP off: the tenant serves it
+            ctrl.create("subnet", network_id=net["id"], cidr=cidr, ip_version=version, project_id=PROJECT,
+                        enable_dhcp=False)
         sg = create_security_group(ctrl, "open", PROJECT)
         for ethertype in ("IPv4", "IPv6"):
             create_security_group_rule(ctrl, sg["id"], "ingress", ethertype=ethertype)

@@ -33,12 +33,13 @@ def open_group(b: Builder) -> None:
 @pytest.fixture
 def cloud() -> Built:
     """hv0: a (secured, with an allowed pair 10.0.0.128/25 on MAC fa:16:3e:aa:aa:aa), b (secured), off (no port
-    security); hv1: c (secured). One network 10.0.0.0/24 (+ IPv6 on a and b)."""
+    security); hv1: c (secured). One network 10.0.0.0/24 (+ IPv6 on a and b), DHCP off: a tenant's own DHCP
+    server would answer there (the controller's is tests/test_dhcp.py's)."""
     b = Builder()
     b.hv(0)
     b.hv(1)
     open_group(b)
-    net = b.network("n", cidr="10.0.0.0/24")
+    net = b.network("n", cidr="10.0.0.0/24", dhcp=False)
     sec = {"port_security_enabled": True, "security_groups": [OPEN_SG]}
     b.port("a", net, "hv0", ip="10.0.0.10", **sec,
            allowed_address_pairs=[{"ip_address": "10.0.0.128/25", "mac_address": "fa:16:3e:aa:aa:aa"}])

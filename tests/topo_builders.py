@@ -73,8 +73,9 @@ class Builder:
         return h
 
     def network(self, label: str, network_type: str = "vxlan", segmentation_id: int | None = None,
-                physical_network: str | None = None, cidr: str = "10.0.0.0/24", project: str = "") -> Network:
-        """Add a network (key = creation order, VNI 1000+key by default) with one IPv4 subnet."""
+                physical_network: str | None = None, cidr: str = "10.0.0.0/24", project: str = "",
+                dhcp: bool = True) -> Network:
+        """Add a network (key = creation order, VNI 1000+key by default) with one IPv4 subnet (DHCP on or off)."""
         self._net_n += 1
         n = self._net_n
         if segmentation_id is None and network_type != "flat":
@@ -85,7 +86,7 @@ class Builder:
                       segmentation_id=segmentation_id, physical_network=physical_network)
         self.graph.put_network(net)
         self.graph.put_subnet(Subnet(id=uid(2, n), network_id=net.id, project_id=net.project_id, cidr=cidr,
-                                     ip_version=4, gateway_ip=None))
+                                     ip_version=4, gateway_ip=None, enable_dhcp=dhcp))
         self.built.networks[label] = net
         return net
 

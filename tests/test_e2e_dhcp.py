@@ -1,0 +1,145 @@
+"""DHCPv4 on real Open vSwitch: VMs with no address configured ask busybox ``udhcpc`` for one.
+
+The controller (``--dhcp-lease-time 10``: renewals every 5 s) answers from the topology. The
+client's script applies what it gets to the VM's eth0 (address, MTU, routes) and records the
+options: each is checked in the VM's interface and routing table, against the API.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from apps.lab.controller import ControllerProcess
+from apps.lab.lab import Lab, LabVM
+from tests.e2e_fixtures import attached_lab, create_port, running_controller, wait_port_active, wait_until
+from tests.lab_fixtures import lab_prefix, require_lab, unless_able
+
+pytestmark = [pytest.mark.ovs, pytest.mark.lab]
+
+PROJECT = "dhcp-e2e"
+LEASE = 10
+SCRIPT = textwrap.dedent("""\
+    #!/bin/sh
+    # udhcpc's event script: what a guest's network scripts do with a lease, and a record of it
+    case "$1" in
+      deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+      bound|renew)
+        ip -4 addr flush dev "$interface"
+        ip addr add "$ip/$subnet" dev "$interface"
+        [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+        if [ -n "$staticroutes" ]; then
+          set -- $staticroutes
+          while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
+        elif [ -n "$router" ]; then
+          ip route replace default via "${router%% *}" dev "$interface"
+        fi
+        {
+          echo "ip=$ip"; echo "subnet=$subnet"; echo "router=$router"; echo "dns=$dns"; echo "domain=$domain"
+          echo "mtu=$mtu"; echo "staticroutes=$staticroutes"; echo "lease=$lease"; echo "serverid=$serverid"
+        } > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
+        ;;
+    esac
+    """)
+
+
+@dataclass
+class Cloud:
+    ctrl: ControllerProcess
+    lab: Lab
+    net: dict
+    subnet: dict
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    require_lab()
+    unless_able(None if shutil.which("udhcpc") else "udhcpc (Debian package udhcpc) is not installed", "DHCP e2e")
+    workdir = tmp_path_factory.mktemp("e2e-dhcp")
+    script = workdir / "udhcpc.script"
+    script.write_text(SCRIPT)
+    script.chmod(0o755)
+    with running_controller(workdir / "controller", "--dhcp-lease-time", str(LEASE), "--dhcp-domain",
+                            "tenant.test") as ctrl, attached_lab(ctrl, lab_prefix("dh"), n_hypervisors=2) as lab:
+        net = ctrl.create("network", name="dhcp", project_id=PROJECT)
+        subnet = ctrl.create("subnet", network_id=net["id"], cidr="10.60.0.0/24", ip_version=4, project_id=PROJECT,
+                             gateway_ip="10.60.0.1", dns_nameservers=["192.0.2.53", "192.0.2.54"],
+                             host_routes=[{"destination": "172.16.0.0/12", "nexthop": "10.60.0.254"}])
+        yield Cloud(ctrl, lab, net, subnet, workdir)
+
+
+def boot(cloud: Cloud, name: str, host: str, net: dict | None = None) -> tuple[LabVM, dict]:
+    """A VM whose eth0 has the port's MAC and no address at all (what a stock image boots with)."""
+    port = create_port(cloud.ctrl, net or cloud.net, host, name=name, port_security_enabled=True)
+    vm = cloud.lab.plug_vm(name, {**port, "fixed_ips": []}, mtu=1500)
+    wait_port_active(cloud.ctrl, port["id"])
+    assert "inet " not in vm.cmd("ip -4 addr show dev eth0")
+    return vm, port
+
+
+def udhcpc(cloud: Cloud, vm: LabVM, *args: str) -> tuple[subprocess.Popen, Path]:
+    state = cloud.workdir / f"{vm.name}.lease"
+    proc = vm.popen(["udhcpc", "-f", "-i", "eth0", "-s", str(cloud.workdir / "udhcpc.script"), "-O", "mtu",
+                     "-O", "staticroutes", "-t", "5", "-T", "1", *args], env={**os.environ, "STATE": str(state)},
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, state
+
+
+def lease_of(state: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in state.read_text().splitlines()) if state.exists() else {}
+
+
+def test_a_booting_vm_gets_its_address_gateway_dns_mtu_and_routes(cloud: Cloud) -> None:
+    vm, port = boot(cloud, "v1", "hv1")
+    proc, state = udhcpc(cloud, vm, "-q", "-n")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    got = lease_of(state)
+    address = port["fixed_ips"][0]["ip_address"]
+    assert (got["ip"], got["subnet"], got["router"], got["serverid"]) == (address, "255.255.255.0", "10.60.0.1",
+                                                                            "10.60.0.1")
+    assert got["dns"].split() == ["192.0.2.53", "192.0.2.54"] and got["domain"] == "tenant.test"
+    assert got["mtu"] == str(cloud.net["mtu"]) and got["lease"] == str(LEASE)
+    assert got["staticroutes"].split() == ["172.16.0.0/12", "10.60.0.254", "0.0.0.0/0", "10.60.0.1"]
+    # ...and the VM's network is configured with it
+    assert f"inet {address}/24" in vm.cmd("ip -4 addr show dev eth0")
+    assert f"mtu {cloud.net['mtu']}" in vm.cmd("ip link show dev eth0")
+    routes = vm.cmd("ip -4 route show")
+    assert "default via 10.60.0.1 dev eth0" in routes and "172.16.0.0/12 via 10.60.0.254 dev eth0" in routes
+
+
+def test_a_changed_address_reaches_the_vm_at_its_next_renewal(cloud: Cloud) -> None:
+    vm, port = boot(cloud, "v2", "hv2")
+    proc, state = udhcpc(cloud, vm)
+    try:
+        old = port["fixed_ips"][0]["ip_address"]
+        wait_until(lambda: lease_of(state).get("ip") == old, 15, "the first lease")
+        new = "10.60.0.77"
+        cloud.ctrl.request("PUT", f"/v2.0/ports/{port['id']}",
+                           {"port": {"fixed_ips": [{"subnet_id": cloud.subnet["id"], "ip_address": new}]}})
+        # the renewal at LEASE/2 asks for the old address: NAK, then a new DISCOVER gets the new one
+        wait_until(lambda: lease_of(state).get("ip") == new, LEASE + 10, "the new address after a renewal")
+        addrs = vm.cmd("ip -4 addr show dev eth0")
+        assert f"inet {new}/24" in addrs and old not in addrs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_no_answer_where_dhcp_is_off(cloud: Cloud) -> None:
+    net = cloud.ctrl.create("network", name="nodhcp", project_id=PROJECT)
+    cloud.ctrl.create("subnet", network_id=net["id"], cidr="10.61.0.0/24", ip_version=4, project_id=PROJECT,
+                      enable_dhcp=False)
+    vm, _ = boot(cloud, "v3", "hv1", net)
+    proc, state = udhcpc(cloud, vm, "-q", "-n", "-t", "3")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and not state.exists(), out
+    assert "inet " not in vm.cmd("ip -4 addr show dev eth0")
