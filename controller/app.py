@@ -16,13 +16,13 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
-from controller import dhcp, heap, metrics
+from controller import heap, metrics
+from controller.addresses import AddressService
 from controller.cluster import Solo
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, resolve_request
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
-from flows.flow import Output
 from flows.nat import announcements
 from flows.pipeline import stage
 from flows.routing import router_interface
@@ -60,6 +60,8 @@ class TenantflowApp(app_manager.OSKenApp):
         heap.install()
         metrics.register_engine(self.engine.stats)
         self.engine.subscribe(self._topology_changed)
+        # DHCP and router solicitations answered, router advertisements sent (controller.addresses)
+        self.addresses = AddressService(self.topology, lambda: list(self.switches.values())).start()
         # One of a cluster's instances: compile and push only the bridges this one masters.
         self.cluster = CLUSTER or Solo()
         if CLUSTER is not None:
@@ -286,7 +288,7 @@ class TenantflowApp(app_manager.OSKenApp):
         if sw is None:
             return
         if msg.table_id == DHCP_TABLE:
-            self._answer_dhcp(sw, msg)
+            self.addresses.packet_in(sw, msg)
             return
         if msg.table_id == EXT_OUTPUT_TABLE:
             self._resolve_next_hop(sw, msg)
@@ -310,30 +312,6 @@ class TenantflowApp(app_manager.OSKenApp):
         dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
                                         [parser.OFPActionOutput(fields["in_port"])], reply))
 
-
-    def _answer_dhcp(self, sw: Switch, msg) -> None:
-        """ls_in_dhcp's request: answer it from the topology, back out of the port (controller.dhcp)."""
-        fields = dict(msg.match.items())
-        port_key, in_port = fields.get("reg7", 0), fields.get("in_port")
-        if not sw.dhcp_limiter.allow(port_key):
-            metrics.PACKET_INS_BY_KIND.labels("dhcp", "rate_limited").inc()
-            return
-        metrics.PACKET_INS_BY_KIND.labels("dhcp", "handled").inc()
-        with self.topology.lock:
-            graph = self.topology.graph
-            port = next((p for p in graph.ports_on(sw.hv_name or "") if p.key == port_key), None)
-            lease = dhcp.lease_for(graph, port) if port is not None else None
-        if lease is None or in_port is None:  # (the port went away, or its subnet's DHCP just went off)
-            return
-        result = dhcp.answer(bytes(msg.data), lease)
-        metrics.DHCP_MESSAGES.labels(result.request, result.reply or "none").inc()
-        if result.frame is None:
-            return
-        try:
-            sw.packet_out([Output(in_port)], result.frame)
-        except ConnectionError:  # gone meanwhile: the client asks again
-            LOG.info("switch %s: gone before the DHCP %s for port %s could be sent", sw.hv_name, result.reply,
-                     port.id if port else port_key)
 
     def _resolve_next_hop(self, sw: Switch, msg) -> None:
         """lr_in_ext_output's unresolved: ARP for the next hop; the switch learns the answer."""

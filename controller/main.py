@@ -42,6 +42,7 @@ DEFAULTS = {
     "sync_concurrency": "4",
     "dhcp_lease_time": "86400",
     "dhcp_domain": "openstacklocal",
+    "ra_interval": "600",
 }
 
 
@@ -86,10 +87,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dhcp-lease-time", type=int, default=int(values["dhcp_lease_time"]),
                    help="seconds of every DHCP lease (renewals at half of it)")
     p.add_argument("--dhcp-domain", default=values["dhcp_domain"], help="the domain name DHCP gives VMs")
+    p.add_argument("--ra-interval", type=float, default=float(values["ra_interval"]),
+                   help="most seconds between unsolicited router advertisements (the least: a third of it)")
     p.add_argument("--log-level", default=values["log_level"])
     args = p.parse_args(argv)
     if args.dhcp_lease_time < 10:
         p.error(f"--dhcp-lease-time must be at least 10 seconds, not {args.dhcp_lease_time}")
+    if not 3 <= args.ra_interval <= 1800:  # RFC 4861's MaxRtrAdvInterval range (4-1800 s), and tests' 3 s
+        p.error(f"--ra-interval must be between 3 and 1800 seconds, not {args.ra_interval:g}")
     return args
 
 
@@ -160,7 +165,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     from os_ken.base import app_manager
 
     from controller import app as of_app
-    from controller import connection, dhcp, switch
+    from controller import connection, dhcp, ra, switch
     from controller.metrics import REGISTRY
 
     if topology is None:
@@ -178,6 +183,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     of_app.CLUSTER = _join_cluster(args, topology)
     switch.SYNC_SLOTS.set_limit(args.sync_concurrency)
     dhcp.SETTINGS = dhcp.Settings(lease_time=args.dhcp_lease_time, domain=args.dhcp_domain)
+    ra.INTERVAL = (args.ra_interval / 3, args.ra_interval)
     # The topology graph lives as long as the process: move it (and os-ken's
     # tables) out of the GC's young generations so compiles don't rescan it.
     gc.freeze()

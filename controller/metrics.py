@@ -16,9 +16,12 @@ BUNDLES = Counter(
 )
 OF_ERRORS = Counter("tenantflow_of_errors", "OpenFlow errors received", ["hypervisor"], registry=REGISTRY)
 PACKET_INS = Counter("tenantflow_packet_ins", "Packet-ins received", ["hypervisor"], registry=REGISTRY)
-PACKET_INS_BY_KIND = Counter("tenantflow_packet_ins_by_kind", "Packet-ins received, by what they are for "
-                             "(dhcp, ttl_expired, next_hop) and whether the rate limits let them through",
+PACKET_INS_BY_KIND = Counter("tenantflow_packet_ins_by_kind", "Packet-ins received, by what they are for (dhcp: "
+                             "v4 and v6, router_solicit, ttl_expired, next_hop) and whether the rate limits let them "
+                             "through",
                              ["kind", "outcome"], registry=REGISTRY)
+ROUTER_ADVERTS = Counter("tenantflow_router_adverts_periodic", "Unsolicited router advertisements sent",
+                         registry=REGISTRY)
 DHCP_MESSAGES = Counter("tenantflow_dhcp_messages", "DHCP client messages answered by the controller: the "
                         "request's type and the reply's (none: no answer)", ["request", "reply"], registry=REGISTRY)
 SWITCH_UP = Gauge("tenantflow_switch_connected", "1 while a hypervisor's bridge is connected and synced",

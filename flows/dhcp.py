@@ -1,4 +1,4 @@
-"""``ls_in_dhcp``: the DHCP (IPv4) requests the controller answers.
+"""``ls_in_dhcp``: the DHCP (IPv4 and IPv6) requests and router solicitations the controller answers.
 
 A local port with an address on a subnet whose ``enable_dhcp`` is true has one flow
 here: its DHCP client messages (UDP 68 -> 67, broadcast or unicast renewals alike) go
@@ -6,7 +6,12 @@ to the controller (:mod:`controller.dhcp` answers them, back out of the port). N
 is flooded, so no other port, local or remote, ever sees a tenant's request. A port
 whose subnets all have DHCP off has no flow: its requests go on through the security
 groups to the network like any broadcast, where a tenant's own server may answer (as
-in Neutron). Everything else passes on to ``ls_in_pre_acl``.
+in Neutron). A port with an address on an IPv6 subnet that has an ``ipv6_ra_mode`` sends its
+router solicitations there too (:mod:`controller.ra` advertises the subnet's router); where
+no mode is set an outside router may be the one advertising, so they go to the network.
+A port on a subnet whose ``ipv6_address_mode`` is dhcpv6-stateful or -stateless sends its
+DHCPv6 requests (UDP 546 -> 547) there (:mod:`controller.dhcp6`). Everything else passes on
+to ``ls_in_pre_acl``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from flows.view import HypervisorView
 from topology.graph import TopologyGraph
 from topology.model import Port, Subnet
 
-ETH_IPV4, UDP = 0x0800, 17
+ETH_IPV4, ETH_IPV6, UDP, ICMPV6 = 0x0800, 0x86DD, 17, 58
+ROUTER_SOLICIT = 133
 DHCP_SERVER_PORT, DHCP_CLIENT_PORT = 67, 68
+DHCP6_CLIENT_PORT, DHCP6_SERVER_PORT = 546, 547
 
 
 def dhcp_default() -> list[Flow]:
@@ -36,15 +43,38 @@ def served_subnet(graph: TopologyGraph, port: Port) -> tuple[Subnet, str] | None
     return None
 
 
+def ra_subnets(graph: TopologyGraph, port: Port) -> list[Subnet]:
+    """The IPv6 subnets of a port whose router advertisements the cloud sends (an ``ipv6_ra_mode``)."""
+    subnets = (graph.subnet(f.subnet_id) for f in port.fixed_ips)
+    return [s for s in subnets if s is not None and s.ip_version == 6 and s.attrs.get("ipv6_ra_mode")]
+
+
+def dhcp6_subnets(graph: TopologyGraph, port: Port) -> list[Subnet]:
+    """The IPv6 subnets of a port whose DHCPv6 the cloud serves (``ipv6_address_mode`` dhcpv6-*)."""
+    subnets = (graph.subnet(f.subnet_id) for f in port.fixed_ips)
+    return [s for s in subnets if s is not None and s.ip_version == 6
+            and s.attrs.get("ipv6_address_mode") in ("dhcpv6-stateful", "dhcpv6-stateless")]
+
+
 def dhcp_port(graph: TopologyGraph, port: Port) -> list[Flow]:
-    """A local port's flow: its DHCP requests to the controller, if one of its subnets serves DHCP."""
+    """A local port's flows: its DHCP requests (and router solicitations) to the controller, where served."""
+    flows = []
     served = served_subnet(graph, port)
-    if served is None:
-        return []
-    match = {REG_INPORT: port.key, "eth_type": ETH_IPV4, "ip_proto": UDP, "udp_src": DHCP_CLIENT_PORT,
-             "udp_dst": DHCP_SERVER_PORT}
-    return [make_flow(DHCP, "request", match, [Output(CONTROLLER)],
-                      description=f"port {port.id}: DHCP request: the controller answers ({served[1]})")]
+    if served is not None:
+        match = {REG_INPORT: port.key, "eth_type": ETH_IPV4, "ip_proto": UDP, "udp_src": DHCP_CLIENT_PORT,
+                 "udp_dst": DHCP_SERVER_PORT}
+        flows.append(make_flow(DHCP, "request", match, [Output(CONTROLLER)],
+                               description=f"port {port.id}: DHCP request: the controller answers ({served[1]})"))
+    if dhcp6_subnets(graph, port):
+        match = {REG_INPORT: port.key, "eth_type": ETH_IPV6, "ip_proto": UDP, "udp_src": DHCP6_CLIENT_PORT,
+                 "udp_dst": DHCP6_SERVER_PORT}
+        flows.append(make_flow(DHCP, "request", match, [Output(CONTROLLER)],
+                               description=f"port {port.id}: DHCPv6 request: the controller answers"))
+    if ra_subnets(graph, port):
+        match = {REG_INPORT: port.key, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": ROUTER_SOLICIT}
+        flows.append(make_flow(DHCP, "router_solicit", match, [Output(CONTROLLER)],
+                               description=f"port {port.id}: router solicitation: the controller advertises"))
+    return flows
 
 
 def dhcp_flows(graph: TopologyGraph, view: HypervisorView) -> list[Flow]:

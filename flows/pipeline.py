@@ -121,14 +121,18 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="ls_in_dhcp",
         table_id=3,
-        doc="DHCP (IPv4) server: a DHCP client message (UDP 68 -> 67) from a local port that has "
+        doc="Address assignment: a DHCP client message (UDP 68 -> 67) from a local port that has "
         "an address on a subnet with enable_dhcp goes to the controller, which answers it "
         "with that address and the subnet's options, straight back to the port (request: "
-        "never flooded, never seen by another port). Anything else, and DHCP from a port "
+        "never flooded, never seen by another port); so does a router solicitation from a "
+        "port on an IPv6 subnet with an ipv6_ra_mode (router_solicit), answered with the "
+        "router advertisement of the subnet's router; and a DHCPv6 client message (UDP 546 -> 547) "
+        "from a port on a subnet whose ipv6_address_mode is dhcpv6-stateful or -stateless "
+        "(request). Anything else, and DHCP from a port "
         "whose subnets have DHCP off (a tenant's own server may answer), goes on to the "
         "security groups (default).",
-        allowed_matches=frozenset({REG_INPORT, "eth_type", "ip_proto", "udp_src", "udp_dst"}),
-        priorities={"request": 100, "default": 0},
+        allowed_matches=frozenset({REG_INPORT, "eth_type", "ip_proto", "udp_src", "udp_dst", "icmpv6_type"}),
+        priorities={"request": 100, "router_solicit": 100, "default": 0},
         next_stages=("ls_in_pre_acl",),
     ),
     Stage(

@@ -1,8 +1,11 @@
-"""DHCPv4 on real Open vSwitch: VMs with no address configured ask busybox ``udhcpc`` for one.
+"""Address assignment on real Open vSwitch: VMs with no address configured ask for one.
 
-The controller (``--dhcp-lease-time 10``: renewals every 5 s) answers from the topology. The
-client's script applies what it gets to the VM's eth0 (address, MTU, routes) and records the
-options: each is checked in the VM's interface and routing table, against the API.
+IPv4: busybox ``udhcpc``. The controller (``--dhcp-lease-time 10``: renewals every 5 s)
+answers from the topology; the client's script applies what it gets to the VM's eth0
+(address, MTU, routes) and records the options: each is checked in the VM's interface and
+routing table, against the API. IPv6: the VM's kernel (``accept_ra``) solicits the router at
+link up and builds its address from the advertisement (``--ra-interval 3``: unsolicited ones
+every 1-3 s too).
 """
 
 from __future__ import annotations
@@ -62,13 +65,15 @@ class Cloud:
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     require_lab()
-    unless_able(None if shutil.which("udhcpc") else "udhcpc (Debian package udhcpc) is not installed", "DHCP e2e")
+    for tool, package in (("udhcpc", "udhcpc"), ("dhclient", "isc-dhcp-client")):
+        unless_able(None if shutil.which(tool) else f"{tool} (Debian package {package}) is not installed", "DHCP e2e")
     workdir = tmp_path_factory.mktemp("e2e-dhcp")
     script = workdir / "udhcpc.script"
     script.write_text(SCRIPT)
     script.chmod(0o755)
-    with running_controller(workdir / "controller", "--dhcp-lease-time", str(LEASE), "--dhcp-domain",
-                            "tenant.test") as ctrl, attached_lab(ctrl, lab_prefix("dh"), n_hypervisors=2) as lab:
+    args = ("--dhcp-lease-time", str(LEASE), "--dhcp-domain", "tenant.test", "--ra-interval", "3")
+    with running_controller(workdir / "controller", *args) as ctrl, \
+            attached_lab(ctrl, lab_prefix("dh"), n_hypervisors=2) as lab:
         net = ctrl.create("network", name="dhcp", project_id=PROJECT)
         subnet = ctrl.create("subnet", network_id=net["id"], cidr="10.60.0.0/24", ip_version=4, project_id=PROJECT,
                              gateway_ip="10.60.0.1", dns_nameservers=["192.0.2.53", "192.0.2.54"],
@@ -143,3 +148,97 @@ def test_no_answer_where_dhcp_is_off(cloud: Cloud) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode != 0 and not state.exists(), out
     assert "inet " not in vm.cmd("ip -4 addr show dev eth0")
+
+
+def v6_network(cloud: Cloud, name: str, cidr: str, mode: str) -> tuple[dict, dict]:
+    """A network with an IPv6 subnet in ``mode`` (ra and address mode), on a router."""
+    net = cloud.ctrl.create("network", name=name, project_id=PROJECT)
+    subnet = cloud.ctrl.create("subnet", network_id=net["id"], cidr=cidr, ip_version=6, project_id=PROJECT,
+                               ipv6_ra_mode=mode, ipv6_address_mode=mode)
+    router = cloud.ctrl.create("router", name=f"r-{name}", project_id=PROJECT)
+    cloud.ctrl.request("PUT", f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": subnet["id"]})
+    return net, subnet
+
+
+def default_via_router(vm: LabVM) -> str:
+    """The VM's IPv6 default route learned from an advertisement ('' until there is one)."""
+    return next((line for line in vm.cmd("ip -6 route show default").splitlines() if "proto ra" in line), "")
+
+
+def test_slaac_builds_the_address_the_api_shows(cloud: Cloud) -> None:
+    net, _ = v6_network(cloud, "slaac", "2001:db8:60::/64", "slaac")
+    vm, port = boot(cloud, "v4", "hv1", net)
+    (address,) = [f["ip_address"] for f in port["fixed_ips"] if ":" in f["ip_address"]]
+    wait_until(lambda: f"inet6 {address}/64" in vm.cmd("ip -6 addr show dev eth0 scope global"), 15,
+               lambda: f"{address} on eth0: {vm.cmd('ip -6 addr show dev eth0')}")
+    route = wait_until(lambda: default_via_router(vm), 5, "a default route from the advertisement")
+    assert "via fe80::" in route
+    assert vm.cmd("sysctl -n net.ipv6.conf.eth0.mtu").strip() == str(net["mtu"])  # the MTU option
+
+
+def test_stateful_subnet_advertises_without_the_prefix_for_slaac(cloud: Cloud) -> None:
+    """M flag, prefix not autonomous: the kernel takes the router, and builds no address itself."""
+    net, _ = v6_network(cloud, "stateful", "2001:db8:61::/64", "dhcpv6-stateful")
+    vm, _ = boot(cloud, "v5", "hv2", net)
+    wait_until(lambda: default_via_router(vm), 15, "a default route from the advertisement")
+    assert "2001:db8:61:" not in vm.cmd("ip -6 addr show dev eth0")
+
+
+def test_advertisements_come_unsolicited_too(cloud: Cloud) -> None:
+    net, _ = v6_network(cloud, "periodic", "2001:db8:62::/64", "slaac")
+    vm, _ = boot(cloud, "v6", "hv1", net)
+    wait_until(lambda: default_via_router(vm), 15, "a default route from the advertisement")
+    vm.cmd("sysctl -qw net.ipv6.conf.eth0.router_solicitations=0")  # it asks no more: what comes is periodic
+    out = vm.cmd("timeout 8 tcpdump -c 1 -nl -i eth0 'icmp6 and ip6[40] == 134' 2>&1")
+    assert "router advertisement" in out and "ff02::1" in out, out
+
+
+def dhclient6(cloud: Cloud, vm: LabVM, *flags: str) -> dict[str, str]:
+    """ISC ``dhclient -6`` once in ``vm`` (files in the test's directory, never the host's); what it was given."""
+    base = cloud.workdir / f"{vm.name}.dhclient6"
+    script = base.with_suffix(".sh")
+    script.write_text("#!/bin/sh\n"  # dhclient gives its script its own environment: the paths are written in
+                      f"env | grep -E '^(reason|new_ip6_address|new_ip6_prefixlen|new_dhcp6_name_servers|"
+                      f"new_dhcp6_domain_search)=' > '{base}'.\"$reason\"\n"
+                      'if [ -n "$new_ip6_address" ]; then ip -6 addr replace "$new_ip6_address/$new_ip6_prefixlen" '
+                      'dev "$interface" nodad; fi\n')
+    script.chmod(0o755)
+    wait_until(lambda: "tentative" not in vm.cmd("ip -6 addr show dev eth0 scope link")
+               and "inet6 fe80" in vm.cmd("ip -6 addr show dev eth0 scope link"), 10, "eth0's link-local address")
+    pid = base.with_suffix(".pid")
+
+    def given() -> dict[str, str]:
+        got: dict[str, str] = {}
+        for state in sorted(cloud.workdir.glob(f"{base.name}.*")):
+            if state.suffix.lstrip(".").isupper():  # one file per reason the script was called with
+                got.update(line.split("=", 1) for line in state.read_text().splitlines() if "=" in line)
+        return got
+
+    try:
+        out = vm.cmd(f"timeout 20 dhclient -6 {' '.join(flags)} -1 -v -sf {script} -lf {base}.leases -pf {pid} "
+                     "eth0 2>&1")
+        return wait_until(given, 5, lambda: f"dhclient's script called; dhclient said:\n{out}")
+    finally:
+        if pid.exists():
+            vm.cmd(f"kill {pid.read_text().strip()}")
+
+
+def test_dhcpv6_stateful_gives_the_ports_own_address_and_dns(cloud: Cloud) -> None:
+    net = cloud.ctrl.create("network", name="stateful6", project_id=PROJECT)
+    cloud.ctrl.create("subnet", network_id=net["id"], cidr="2001:db8:63::/64", ip_version=6, project_id=PROJECT,
+                      ipv6_address_mode="dhcpv6-stateful", dns_nameservers=["2001:db8::53"])
+    vm, port = boot(cloud, "v7", "hv2", net)
+    (address,) = [f["ip_address"] for f in port["fixed_ips"]]
+    got = dhclient6(cloud, vm)
+    assert got.get("new_ip6_address") == address and got.get("new_dhcp6_name_servers") == "2001:db8::53", got
+    assert got.get("new_dhcp6_domain_search", "").rstrip(".") == "tenant.test"
+    assert f"inet6 {address}/" in vm.cmd("ip -6 addr show dev eth0")
+
+
+def test_dhcpv6_stateless_gives_the_dns_servers(cloud: Cloud) -> None:
+    net = cloud.ctrl.create("network", name="stateless6", project_id=PROJECT)
+    cloud.ctrl.create("subnet", network_id=net["id"], cidr="2001:db8:64::/64", ip_version=6, project_id=PROJECT,
+                      ipv6_address_mode="dhcpv6-stateless", dns_nameservers=["2001:db8::54"])
+    vm, _ = boot(cloud, "v8", "hv1", net)
+    got = dhclient6(cloud, vm, "-S")
+    assert got.get("new_dhcp6_name_servers") == "2001:db8::54" and "new_ip6_address" not in got, got

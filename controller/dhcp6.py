@@ -1,0 +1,148 @@
+"""DHCPv6 answers built from the topology (RFC 8415; what OVN's put_dhcpv6_opts does).
+
+For a port with an address on a subnet whose ``ipv6_address_mode`` is:
+
+- ``dhcpv6-stateful``: SOLICIT gets an ADVERTISE, REQUEST / RENEW / REBIND a REPLY, each with
+  the port's own fixed IPv6 address in the client's IA_NA (never a pool lease), and the
+  subnet's IPv6 DNS servers;
+- ``dhcpv6-stateless``: INFORMATION-REQUEST gets a REPLY with the DNS servers (the address
+  comes from the router advertisement, :mod:`controller.ra`).
+
+CONFIRM is answered Success when the client's addresses are the port's, NotOnLink otherwise;
+RELEASE and DECLINE get a Success REPLY. A message naming another server's DUID is left alone.
+The server's DUID is stable (DUID-LL of :data:`controller.dhcp.SERVER_MAC`), as is its
+link-local source address, so a client renews with the same server across controller
+restarts and instances.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import netaddr
+from os_ken.lib.packet import dhcp6, ethernet, ipv6, packet, udp
+
+from controller.dhcp import SERVER_MAC, Answer
+from topology.graph import TopologyGraph
+from topology.model import Port
+
+CLIENT_PORT, SERVER_PORT = 546, 547
+SERVER_DUID = struct.pack("!HH", 3, 1) + netaddr.EUI(SERVER_MAC).packed  # DUID-LL, Ethernet
+SERVER_LLA = str(netaddr.EUI(SERVER_MAC).ipv6_link_local())
+OPTION_DNS_SERVERS, OPTION_DOMAIN_LIST = 23, 24
+STATUS_SUCCESS, STATUS_NOT_ON_LINK = 0, 4
+PREFERRED, VALID = 604800, 2592000  # s, an address's lifetimes (as the advertisements' prefixes)
+NAMES = {dhcp6.DHCPV6_SOLICIT: "solicit", dhcp6.DHCPV6_ADVERTISE: "advertise", dhcp6.DHCPV6_REQUEST: "request",
+         dhcp6.DHCPV6_CONFIRM: "confirm", dhcp6.DHCPV6_RENEW: "renew", dhcp6.DHCPV6_REBIND: "rebind",
+         dhcp6.DHCPV6_REPLY: "reply", dhcp6.DHCPV6_RELEASE: "release", dhcp6.DHCPV6_DECLINE: "decline",
+         dhcp6.DHCPV6_INFORMATION_REQUEST: "information-request"}
+DHCP6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
+
+
+@dataclass(frozen=True)
+class Lease6:
+    """What one port is offered by DHCPv6: its address (stateful only) and the subnet's DNS servers."""
+
+    address: str | None
+    prefix: str
+    dns: tuple[str, ...]
+    domain: str
+
+
+def lease6_for(graph: TopologyGraph, port: Port, domain: str = "") -> Lease6 | None:
+    """The DHCPv6 lease of ``port``, or None if none of its subnets is in a DHCPv6 mode (under the lock)."""
+    for fixed in port.fixed_ips:
+        subnet = graph.subnet(fixed.subnet_id)
+        mode = subnet.attrs.get("ipv6_address_mode") if subnet is not None else None
+        if subnet is not None and subnet.ip_version == 6 and mode in DHCP6_MODES:
+            return Lease6(address=fixed.ip_address if mode == "dhcpv6-stateful" else None, prefix=subnet.cidr,
+                          dns=tuple(d for d in subnet.attrs.get("dns_nameservers") or () if ":" in d),
+                          domain=domain)
+    return None
+
+
+def answer6(frame: bytes, lease: Lease6) -> Answer:
+    """The reply to one client frame (as it left the port) for a port offered ``lease``."""
+    try:
+        pkt = packet.Packet(frame)
+    except Exception:  # noqa: BLE001 - os-ken's parsers raise anything on garbage
+        return Answer("malformed")
+    eth, ip, datagram = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv6.ipv6), pkt.get_protocol(udp.udp)
+    msg = pkt.get_protocol(dhcp6.dhcp6)  # (os-ken's udp hands ports 546 / 547 to its DHCPv6 parser)
+    if eth is None or ip is None or datagram is None or msg is None or datagram.dst_port != SERVER_PORT:
+        return Answer("malformed")
+    opts = _options(msg)
+    kind = msg.msg_type
+    name = NAMES.get(kind, f"type{kind}")
+    client = opts.get(dhcp6.DHCPV6_OPTION_CLIENTID)
+    server = opts.get(dhcp6.DHCPV6_OPTION_SERVERID)
+    if client is None and kind != dhcp6.DHCPV6_INFORMATION_REQUEST or server not in (None, SERVER_DUID):
+        return Answer(name)  # no client id where one is required, or another server's business
+    reply: list[tuple[int, bytes]] = []
+    if kind in (dhcp6.DHCPV6_SOLICIT, dhcp6.DHCPV6_REQUEST, dhcp6.DHCPV6_RENEW, dhcp6.DHCPV6_REBIND):
+        ia = opts.get(dhcp6.DHCPV6_OPTION_IA_NA)
+        if lease.address is None or ia is None or len(ia) < 12:
+            return Answer(name)  # stateless: addresses come from the advertisement
+        reply.append((dhcp6.DHCPV6_OPTION_IA_NA, _ia_na(ia[:4], lease.address)))
+        out_type = dhcp6.DHCPV6_ADVERTISE if kind == dhcp6.DHCPV6_SOLICIT else dhcp6.DHCPV6_REPLY
+    elif kind == dhcp6.DHCPV6_INFORMATION_REQUEST:
+        out_type = dhcp6.DHCPV6_REPLY
+    elif kind == dhcp6.DHCPV6_CONFIRM:
+        asked = _ia_addresses(opts.get(dhcp6.DHCPV6_OPTION_IA_NA, b""))
+        ours = asked == {lease.address} if lease.address else all(a in netaddr.IPNetwork(lease.prefix) for a in asked)
+        reply.append((dhcp6.DHCPV6_OPTION_STATUS_CODE, _status(STATUS_SUCCESS if ours else STATUS_NOT_ON_LINK)))
+        out_type = dhcp6.DHCPV6_REPLY
+    elif kind in (dhcp6.DHCPV6_RELEASE, dhcp6.DHCPV6_DECLINE):
+        reply.append((dhcp6.DHCPV6_OPTION_STATUS_CODE, _status(STATUS_SUCCESS)))
+        out_type = dhcp6.DHCPV6_REPLY
+    else:
+        return Answer(name)
+    head = [(dhcp6.DHCPV6_OPTION_CLIENTID, client)] if client is not None else []
+    head.append((dhcp6.DHCPV6_OPTION_SERVERID, SERVER_DUID))
+    if lease.dns and out_type in (dhcp6.DHCPV6_ADVERTISE, dhcp6.DHCPV6_REPLY) and kind not in (
+            dhcp6.DHCPV6_RELEASE, dhcp6.DHCPV6_DECLINE, dhcp6.DHCPV6_CONFIRM):
+        reply.append((OPTION_DNS_SERVERS, b"".join(netaddr.IPAddress(d).packed for d in lease.dns)))
+        if lease.domain:
+            reply.append((OPTION_DOMAIN_LIST, _domain(lease.domain)))
+    body = dhcp6.dhcp6(out_type, dhcp6.options([dhcp6.option(c, d) for c, d in head + reply]),
+                       transaction_id=msg.transaction_id)
+    frame_out = packet.Packet()
+    frame_out.add_protocol(ethernet.ethernet(dst=eth.src, src=SERVER_MAC, ethertype=0x86DD))
+    frame_out.add_protocol(ipv6.ipv6(src=SERVER_LLA, dst=ip.src, nxt=17, hop_limit=255))
+    frame_out.add_protocol(udp.udp(src_port=SERVER_PORT, dst_port=CLIENT_PORT))
+    frame_out.add_protocol(body)
+    frame_out.serialize()
+    return Answer(name, NAMES[out_type], bytes(frame_out.data))
+
+
+def _options(msg: dhcp6.dhcp6) -> dict[int, bytes]:
+    opts = msg.options.option_list if msg.options is not None else []
+    return {o.code: bytes(o.data) for o in opts if isinstance(o, dhcp6.option)}
+
+
+def _ia_na(iaid: bytes, address: str) -> bytes:
+    """IA_NA (RFC 8415 21.4): the client's IAID, T1 and T2, one IAADDR with the port's address."""
+    iaaddr = netaddr.IPAddress(address).packed + struct.pack("!II", PREFERRED, VALID)
+    return iaid + struct.pack("!II", PREFERRED // 2, PREFERRED * 4 // 5) + struct.pack(
+        "!HH", dhcp6.DHCPV6_OPTION_IAADDR, len(iaaddr)) + iaaddr
+
+
+def _ia_addresses(ia: bytes) -> set[str]:
+    """The addresses of the IAADDR options inside an IA_NA."""
+    out, at = set(), 12
+    while at + 4 <= len(ia):
+        code, length = struct.unpack_from("!HH", ia, at)
+        if code == dhcp6.DHCPV6_OPTION_IAADDR and length >= 16:
+            out.add(str(netaddr.IPAddress(int.from_bytes(ia[at + 4:at + 20], "big"), 6)))
+        at += 4 + length
+    return out
+
+
+def _status(code: int) -> bytes:
+    return struct.pack("!H", code)
+
+
+def _domain(name: str) -> bytes:
+    """One domain name in DNS wire format (RFC 1035 3.1), as option 24 carries it."""
+    return b"".join(bytes([len(label)]) + label.encode() for label in name.strip(".").split(".")) + b"\0"
