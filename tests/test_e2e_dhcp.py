@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import pytest
 
 from apps.lab.controller import ControllerProcess
 from apps.lab.lab import Lab, LabVM
+from apps.lab.steps import PACKET_IN_LIMITS
 from tests.e2e_fixtures import attached_lab, create_port, running_controller, wait_port_active, wait_until
 from tests.lab_fixtures import lab_prefix, require_lab, unless_able
 
@@ -242,3 +245,65 @@ def test_dhcpv6_stateless_gives_the_dns_servers(cloud: Cloud) -> None:
     vm, _ = boot(cloud, "v8", "hv1", net)
     got = dhclient6(cloud, vm, "-S")
     assert got.get("new_dhcp6_name_servers") == "2001:db8::54" and "new_ip6_address" not in got, got
+
+
+FLOOD = """
+import sys, time
+from scapy.all import BOOTP, DHCP, IP, UDP, Ether, conf
+mac, seconds = sys.argv[1], float(sys.argv[2])
+frame = bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+              / UDP(sport=68, dport=67) / BOOTP(chaddr=bytes.fromhex(mac.replace(":", "")), xid=1)
+              / DHCP(options=[("message-type", "discover"), "end"]))
+sock = conf.L2socket(iface="eth0")
+sent, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    sock.send(frame)
+    sent += 1
+print(sent)
+"""
+
+
+def labelled(ctrl: ControllerProcess, name: str, **labels: str) -> float:
+    """One labelled sample of the controller's /metrics (0 if absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(ctrl.api_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_a_flooding_vm_does_not_keep_another_from_its_lease(cloud: Cloud) -> None:
+    """Thousands of DISCOVERs a second from one VM; its neighbour on the same hypervisor still gets its lease
+    within 2 s, the controller receives the switch's packet-in rate only, and the flooder gets the answers of
+    its own share only."""
+    flooder, _ = boot(cloud, "f1", "hv1")
+    vm, port = boot(cloud, "g1", "hv1")
+    offers = ("tenantflow_dhcp_messages_total", {"request": "discover", "reply": "offer"})
+    packet_ins = ("tenantflow_packet_ins_by_kind_total", {"kind": "dhcp"})
+    offers0, ins0 = labelled(cloud.ctrl, offers[0], **offers[1]), labelled(cloud.ctrl, packet_ins[0], **packet_ins[1])
+    seconds = 5.0
+    flood = flooder.popen([sys.executable, "-c", FLOOD, flooder.port["mac_address"], str(seconds)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # the flood under way
+        t0 = time.monotonic()
+        proc, state = udhcpc(cloud, vm, "-q", "-n")
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        sent_text, err = flood.communicate(timeout=30)
+    sent = int(sent_text.strip() or 0)
+    assert proc.returncode == 0 and lease_of(state)["ip"] == port["fixed_ips"][0]["ip_address"], out
+    assert took < 2.0, f"the neighbour's lease took {took:.2f} s under the flood"
+    assert sent / seconds > 1000, f"the flood sent only {sent} DISCOVERs in {seconds:g} s: {err}"
+    answered = labelled(cloud.ctrl, offers[0], **offers[1]) - offers0
+    received = labelled(cloud.ctrl, packet_ins[0], **packet_ins[1]) - ins0
+    # the switch lets through its rate (PACKET_IN_LIMITS, the operator's step 2), whatever the flood sends...
+    limits = dict(item.split("=") for item in PACKET_IN_LIMITS)
+    rate, burst = int(limits["controller_rate_limit"]), int(limits["controller_burst_limit"])
+    assert received <= rate * (seconds + 2) + burst, (received, sent)
+    # ...and of those the controller answers the flooder's share: a burst of 10 and 10 a second
+    assert answered <= 10 + 10 * (seconds + 2) + 1, answered

@@ -67,6 +67,12 @@ def integration_bridge_args(dpid: int, bridge: str = INTEGRATION_BRIDGE, datapat
     ]  # fmt: skip
 
 
+# OVS's own packet-in limiter (pinsched): past the rate, packets for the controller wait in one queue per
+# port, served in turn, so a VM flooding the slow path (DHCP, router solicitations) uses up its own
+# queue, not its neighbours' share; without it one flooder fills the connection's single queue.
+PACKET_IN_LIMITS = ("controller_rate_limit=200", "controller_burst_limit=50")
+
+
 def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None) -> None:
     """Step 2: point br-int at the controller.
 
@@ -84,7 +90,7 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None)
     """
     targets = target.split()  # several: a cluster's instances (each masters its share, see README)
     vsctl("set-controller", INTEGRATION_BRIDGE, *targets)
-    extra = [f"max_backoff={max_backoff_ms}"] if max_backoff_ms else []
+    extra = [*PACKET_IN_LIMITS, *([f"max_backoff={max_backoff_ms}"] if max_backoff_ms else [])]
     if len(targets) == 1:
         vsctl("set", "controller", INTEGRATION_BRIDGE, "connection-mode=out-of-band", *extra)
         return
