@@ -10,7 +10,9 @@ Everything goes through the documented interfaces, in the operator's order:
    through the REST API, and one port per hypervisor bound with ``binding:host_id``,
    plugged the way Nova does it;
 4. wait until every port is ACTIVE and the controller has pushed every bridge;
-5. the reachability matrix: each VM pings every other VM's address.
+5. every VM, booted with no address, takes its port's address by DHCP (busybox ``udhcpc``,
+   answered by the controller);
+6. the reachability matrix: each VM pings every other VM's address.
 
 Both tenants use the same addresses on purpose: tenant B's VMs hold tenant A's
 addresses rotated by one hypervisor (``b1`` has ``a2``'s address, ...). So a ping
@@ -102,9 +104,19 @@ def create_tenants(ctl: ControllerProcess, lab: Lab) -> list[DemoVM]:
             port = ctl.create("port", network_id=net["id"], project_id=tenant, name=name,
                               device_owner="compute:nova", device_id=name, **{"binding:host_id": hv.name},
                               fixed_ips=[{"subnet_id": sub["id"], "ip_address": ip}])
-            vm = lab.plug_vm(name, port, mtu=int(net.get("mtu") or 1450))
+            vm = lab.plug_vm(name, port, mtu=int(net.get("mtu") or 1450), dhcp=True)
             vms.append(DemoVM(name, tenant, vm, ip, port["mac_address"]))
     return vms
+
+
+def take_addresses(lab: Lab, vms: list[DemoVM]) -> None:
+    """Each VM asks DHCP for its address (in parallel, as VMs boot); each must get its own port's."""
+    with ThreadPoolExecutor(max_workers=len(vms) or 1) as pool:
+        leases = list(pool.map(lambda v: lab.request_address(v.vm), vms))
+    wrong = [f"{v.name} got {lease.get('ip')}, its port has {v.ip}" for v, lease in zip(vms, leases, strict=True)
+             if lease.get("ip") != v.ip]
+    if wrong:
+        raise RuntimeError("DHCP gave the wrong address: " + "; ".join(wrong))
 
 
 def _flow_gauges(ctl: ControllerProcess) -> dict[str, float]:
@@ -299,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"         {v.name}  {v.tenant}  {v.hv:<4} {v.ip:<11} {v.mac}  port {v.vm.port_id}")
             wait_pushed(ctl, lab, vms)
             _log("every port ACTIVE, every bridge holds what the controller compiled", t0)
+            take_addresses(lab, vms)
+            _log(f"every VM took its port's address by DHCP ({len(vms)} leases)", t0)
             cells = ping_matrix(vms)
             _log("pings done", t0)
             print("\n".join(render(vms, cells)))

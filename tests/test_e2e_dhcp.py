@@ -1,11 +1,11 @@
 """Address assignment on real Open vSwitch: VMs with no address configured ask for one.
 
 IPv4: busybox ``udhcpc``. The controller (``--dhcp-lease-time 10``: renewals every 5 s)
-answers from the topology; the client's script applies what it gets to the VM's eth0
-(address, MTU, routes) and records the options: each is checked in the VM's interface and
-routing table, against the API. IPv6: the VM's kernel (``accept_ra``) solicits the router at
-link up and builds its address from the advertisement (``--ra-interval 3``: unsolicited ones
-every 1-3 s too).
+answers from the topology; the client's script (the lab's ``apps.lab.steps.UDHCPC_SCRIPT``)
+applies what it gets to the VM's eth0 (address, MTU, routes) and records the options: each
+is checked in the VM's interface and routing table, against the API. IPv6: the VM's kernel
+(``accept_ra``) solicits the router at link up and builds its address from the advertisement
+(``--ra-interval 3``: unsolicited ones every 1-3 s too); ISC ``dhclient -6`` asks DHCPv6.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from apps.lab import steps
 from apps.lab.controller import ControllerProcess
 from apps.lab.lab import Lab, LabVM
 from apps.lab.steps import PACKET_IN_LIMITS
@@ -32,28 +32,6 @@ pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
 PROJECT = "dhcp-e2e"
 LEASE = 10
-SCRIPT = textwrap.dedent("""\
-    #!/bin/sh
-    # udhcpc's event script: what a guest's network scripts do with a lease, and a record of it
-    case "$1" in
-      deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
-      bound|renew)
-        ip -4 addr flush dev "$interface"
-        ip addr add "$ip/$subnet" dev "$interface"
-        [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
-        if [ -n "$staticroutes" ]; then
-          set -- $staticroutes
-          while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
-        elif [ -n "$router" ]; then
-          ip route replace default via "${router%% *}" dev "$interface"
-        fi
-        {
-          echo "ip=$ip"; echo "subnet=$subnet"; echo "router=$router"; echo "dns=$dns"; echo "domain=$domain"
-          echo "mtu=$mtu"; echo "staticroutes=$staticroutes"; echo "lease=$lease"; echo "serverid=$serverid"
-        } > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
-        ;;
-    esac
-    """)
 
 
 @dataclass
@@ -71,9 +49,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     for tool, package in (("udhcpc", "udhcpc"), ("dhclient", "isc-dhcp-client")):
         unless_able(None if shutil.which(tool) else f"{tool} (Debian package {package}) is not installed", "DHCP e2e")
     workdir = tmp_path_factory.mktemp("e2e-dhcp")
-    script = workdir / "udhcpc.script"
-    script.write_text(SCRIPT)
-    script.chmod(0o755)
+    steps.write_udhcpc_script(str(workdir))
     args = ("--dhcp-lease-time", str(LEASE), "--dhcp-domain", "tenant.test", "--ra-interval", "3")
     with running_controller(workdir / "controller", *args) as ctrl, \
             attached_lab(ctrl, lab_prefix("dh"), n_hypervisors=2) as lab:
@@ -87,7 +63,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 def boot(cloud: Cloud, name: str, host: str, net: dict | None = None) -> tuple[LabVM, dict]:
     """A VM whose eth0 has the port's MAC and no address at all (what a stock image boots with)."""
     port = create_port(cloud.ctrl, net or cloud.net, host, name=name, port_security_enabled=True)
-    vm = cloud.lab.plug_vm(name, {**port, "fixed_ips": []}, mtu=1500)
+    vm = cloud.lab.plug_vm(name, port, mtu=1500, dhcp=True)
     wait_port_active(cloud.ctrl, port["id"])
     assert "inet " not in vm.cmd("ip -4 addr show dev eth0")
     return vm, port
@@ -95,9 +71,9 @@ def boot(cloud: Cloud, name: str, host: str, net: dict | None = None) -> tuple[L
 
 def udhcpc(cloud: Cloud, vm: LabVM, *args: str) -> tuple[subprocess.Popen, Path]:
     state = cloud.workdir / f"{vm.name}.lease"
-    proc = vm.popen(["udhcpc", "-f", "-i", "eth0", "-s", str(cloud.workdir / "udhcpc.script"), "-O", "mtu",
-                     "-O", "staticroutes", "-t", "5", "-T", "1", *args], env={**os.environ, "STATE": str(state)},
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = vm.popen(steps.udhcpc_argv(str(cloud.workdir / "udhcpc.script"), "eth0", *args),
+                    env={**os.environ, "STATE": str(state)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    text=True)
     return proc, state
 
 

@@ -373,11 +373,13 @@ class Lab:
         mtu: int = 1450,
         gateway: str | None = None,
         hypervisor: str | None = None,
+        dhcp: bool = False,
     ) -> LabVM:
         """Boot VM ``name`` with ``port`` (Neutron port JSON) plugged, on ``port['binding:host_id']``.
 
         ``hypervisor`` overrides the binding. The VM's eth0 gets the port's MAC, its fixed
-        IPs with ``prefixlen``, MTU ``mtu`` and a default route via ``gateway`` if given.
+        IPs with ``prefixlen``, MTU ``mtu`` and a default route via ``gateway`` if given; with
+        ``dhcp``, no address at all (as a stock image boots): :meth:`request_address` takes one.
         """
         hv_name = hypervisor or port.get("binding:host_id")
         if not hv_name:
@@ -396,7 +398,7 @@ class Lab:
                 self._write_manifest()
             vm.tap = steps.plug_vif(hv.vsctl, hv.netns, netns, port, name, mtu=mtu)
             intf = Intf("eth0", node=vm, moveIntfFn=_no_move)
-            cidrs = steps.configure_vm_nic(netns, port, prefixlen, gateway)
+            cidrs = steps.configure_vm_nic(netns, {**port, "fixed_ips": []} if dhcp else port, prefixlen, gateway)
             intf.mac = port["mac_address"]
             if cidrs:
                 intf.ip, plen = cidrs[0].split("/")
@@ -405,6 +407,12 @@ class Lab:
             self.unplug_vm(vm)
             raise
         return vm
+
+    def request_address(self, vm: LabVM) -> dict[str, str]:
+        """The VM takes its address by DHCP (operator step 8, the guest's); what the lease gave."""
+        lease = steps.request_address(vm.netns, self.workdir)
+        vm.intf("eth0").ip = lease["ip"]
+        return lease
 
     def add_outside_host(self, name: str, cidr: str, gateway: str | None = None) -> LabVM:
         """A host outside the cloud, on the provider network itself (an upstream router, an Internet client).

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -286,6 +287,60 @@ def vif_port_args(tap: str, port: Mapping[str, Any], vm_name: str, bridge: str =
         "external_ids:iface-status=active",
         f"external_ids:vm-uuid={vm_name}",
     ]  # fmt: skip
+
+
+# What a guest's network scripts do with a DHCP lease (busybox udhcpc's event script): apply it to
+# the NIC (address, MTU, routes: classless static routes, else the router) and, if $STATE is set,
+# record what came (one "name=value" per line) in that file.
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+  deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/$subnet" dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    if [ -n "$staticroutes" ]; then
+      set -- $staticroutes
+      while [ $# -ge 2 ]; do ip route replace "$1" via "$2" dev "$interface"; shift 2; done
+    elif [ -n "$router" ]; then
+      ip route replace default via "${router%% *}" dev "$interface"
+    fi
+    if [ -n "$STATE" ]; then
+      {
+        echo "ip=$ip"; echo "subnet=$subnet"; echo "router=$router"; echo "dns=$dns"; echo "domain=$domain"
+        echo "mtu=$mtu"; echo "staticroutes=$staticroutes"; echo "lease=$lease"; echo "serverid=$serverid"
+      } > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
+    fi
+    ;;
+esac
+"""
+
+
+def udhcpc_argv(script: str, vm_dev: str = "eth0", *extra: str) -> list[str]:
+    """busybox ``udhcpc`` in the foreground on ``vm_dev``, asking for the MTU and classless routes too."""
+    return ["udhcpc", "-f", "-i", vm_dev, "-s", script, "-O", "mtu", "-O", "staticroutes", "-t", "5", "-T", "1",
+            *extra]
+
+
+def write_udhcpc_script(directory: str) -> str:
+    """:data:`UDHCPC_SCRIPT` as an executable file in ``directory``; its path."""
+    path = os.path.join(directory, "udhcpc.script")
+    with open(path, "w") as fh:
+        fh.write(UDHCPC_SCRIPT)
+    os.chmod(path, 0o755)
+    return path
+
+
+def request_address(vm_netns: str, workdir: str, vm_dev: str = "eth0") -> dict[str, str]:
+    """Step 8, inside the VM: take an address by DHCP, as a stock image boots; what the lease gave.
+
+    ``udhcpc -q -n`` (exits once bound, fails if no server answers) with :data:`UDHCPC_SCRIPT`;
+    the lease's options are returned as ``{"ip": ..., "router": ..., "mtu": ...}``.
+    """
+    state = os.path.join(workdir, f"{vm_netns}.lease")
+    sh.run(udhcpc_argv(write_udhcpc_script(workdir), vm_dev, "-q", "-n"), netns=vm_netns, env={"STATE": state})
+    with open(state) as fh:
+        return dict(line.split("=", 1) for line in fh.read().splitlines() if "=" in line)
 
 
 def configure_vm_nic(
