@@ -25,6 +25,7 @@ SECTIONS = {
     "secgroups": "apps.bench.secgroups",
     "scale": "apps.bench.scale",
     "scale_out": "apps.bench.scale_out",
+    "dhcp": "apps.bench.dhcp",
 }
 
 
