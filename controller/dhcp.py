@@ -9,7 +9,9 @@ fixed IPv4 address (never a pool lease), with its subnet's options:
   network's MTU, lease time and domain (``--dhcp-lease-time``, ``--dhcp-domain``);
 - classless static routes (option 121) when the subnet has ``host_routes``: those and the
   default route through the gateway (RFC 3442: a client that gets option 121 ignores the
-  router option).
+  router option);
+- the port's own ``extra_dhcp_opts`` (:mod:`topology.dhcp_opts`: PXE's ``tftp-server``,
+  ``bootfile-name``, ``server-ip-address``...), which replace the subnet's of the same number.
 
 DISCOVER gets an OFFER; REQUEST an ACK, or a NAK when it asks for an address that is not
 the port's (a changed fixed IP reaches the VM at its next renewal: the renewal's NAK makes
@@ -33,6 +35,7 @@ import netaddr
 from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
 
 from flows.dhcp import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, served_subnet
+from topology import dhcp_opts
 from topology.graph import TopologyGraph
 from topology.model import Port
 from topology.model_l3 import ROUTER_INTERFACE
@@ -74,6 +77,7 @@ class Lease:
     mtu: int
     lease_time: int
     domain: str
+    extra: tuple[tuple[int, bytes], ...] = ()  # the port's extra_dhcp_opts, encoded (0: siaddr, next-server)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,9 @@ def lease_for(graph: TopologyGraph, port: Port, settings: Settings | None = None
     return Lease(ip=address, prefix_len=netaddr.IPNetwork(subnet.cidr).prefixlen,
                  server_ip=gateway or NO_GATEWAY_SERVER, server_mac=server_mac, router=gateway,
                  dns=tuple(d for d in subnet.attrs.get("dns_nameservers") or () if ":" not in d),
-                 routes=host_routes, mtu=net.mtu, lease_time=settings.lease_time, domain=settings.domain)
+                 routes=host_routes, mtu=net.mtu, lease_time=settings.lease_time, domain=settings.domain,
+                 extra=tuple(dhcp_opts.encode(o["opt_name"], o["opt_value"])
+                             for o in port.attrs.get("extra_dhcp_opts") or () if o.get("ip_version", 4) == 4))
 
 
 def answer(frame: bytes, lease: Lease) -> Answer:
@@ -166,14 +172,18 @@ def _reply(eth: ethernet.ethernet, msg: dhcp.dhcp, lease: Lease, kind: int, info
         opts.append((dhcp.DHCP_INTERFACE_MTU_OPT, struct.pack("!H", lease.mtu)))
         if lease.routes:
             opts.append((dhcp.DHCP_CLASSLESS_ROUTE_OPT, classless_routes(lease.routes)))
+        extra = [(code, data) for code, data in lease.extra if code]  # a port's own replace the subnet's
+        opts = [o for o in opts if o[0] not in {code for code, _ in extra}] + extra
     yiaddr = lease.ip if kind in (dhcp.DHCP_OFFER, dhcp.DHCP_ACK) and not inform else "0.0.0.0"
     ciaddr = msg.ciaddr if kind == dhcp.DHCP_ACK else "0.0.0.0"
     if kind == DHCP_NAK or (msg.ciaddr == "0.0.0.0" and msg.flags & BROADCAST_FLAG):
         ip_dst, eth_dst = BROADCAST_IP, BROADCAST_MAC
     else:
         ip_dst, eth_dst = (msg.ciaddr if msg.ciaddr != "0.0.0.0" else yiaddr), eth.src
+    next_server = next((str(netaddr.IPAddress(int.from_bytes(data, "big"))) for code, data in lease.extra
+                        if code == 0 and kind != DHCP_NAK), "0.0.0.0")
     body = dhcp.dhcp(op=dhcp.DHCP_BOOT_REPLY, chaddr=msg.chaddr, xid=msg.xid, flags=msg.flags, ciaddr=ciaddr,
-                     yiaddr=yiaddr, giaddr=msg.giaddr,
+                     yiaddr=yiaddr, siaddr=next_server, giaddr=msg.giaddr,
                      options=dhcp.options([dhcp.option(tag, value) for tag, value in opts]))
     out = packet.Packet()
     out.add_protocol(ethernet.ethernet(dst=eth_dst, src=lease.server_mac, ethertype=0x0800))

@@ -126,6 +126,32 @@ def test_port_crud(api: Api, world: dict) -> None:
     assert [p["id"] for p in api.list("ports")] == [port["id"]]
 
 
+def test_port_extra_dhcp_opts(api: Api, world: dict) -> None:
+    """Neutron's extra_dhcp_opt: stored and shown, merged by name on update, removed by a null value;
+    a name or value the server cannot encode is refused and nothing changes."""
+    net = world["net"]["id"]
+    pxe = [{"opt_name": "tftp-server", "opt_value": "192.0.2.9"}, {"opt_name": "bootfile-name", "opt_value": "pxe.0"}]
+    port = api.create("port", network_id=net, extra_dhcp_opts=pxe)
+    assert port["extra_dhcp_opts"] == [{**o, "ip_version": 4} for o in pxe]
+    assert api.show("port", port["id"])["extra_dhcp_opts"] == port["extra_dhcp_opts"]
+    assert world["port"]["extra_dhcp_opts"] == []
+    upd = api.update("port", port["id"], extra_dhcp_opts=[{"opt_name": "bootfile-name", "opt_value": "grub.efi"},
+                                                          {"opt_name": "tftp-server", "opt_value": None},
+                                                          {"opt_name": "150", "opt_value": "192.0.2.10,192.0.2.11"}])
+    assert {o["opt_name"]: o["opt_value"] for o in upd["extra_dhcp_opts"]} == {"bootfile-name": "grub.efi",
+                                                                              "150": "192.0.2.10,192.0.2.11"}
+    for bad, kind, text in (
+            ([{"opt_name": "no-such-option", "opt_value": "x"}], "InvalidInput", "Unknown extra DHCP option"),
+            ([{"opt_name": "router", "opt_value": "not-an-address"}], "InvalidInput", "Invalid value"),
+            ([{"opt_name": "53", "opt_value": "1"}], "InvalidInput", "set by the server"),
+            ([{"opt_name": "mtu", "opt_value": "1500", "ip_version": 6}], "InvalidInput", "not supported"),
+            ([{"opt_value": "1"}], "HTTPBadRequest", "opt_name"), ("tftp-server", "HTTPBadRequest", "not a list")):
+        error = api.expect_error(400, kind, "PUT", f"/v2.0/ports/{port['id']}", {"port": {"extra_dhcp_opts": bad}})
+        assert text in error["message"], error
+    assert api.show("port", port["id"])["extra_dhcp_opts"] == upd["extra_dhcp_opts"]
+    assert "extra_dhcp_opt" in {e["alias"] for e in api.request("GET", "/v2.0/extensions").json()["extensions"]}
+
+
 def test_hypervisor_crud(api: Api) -> None:
     hv = api.create("hypervisor", name="hv1", datapath_id="00000000000000ab", tunnel_ip="192.168.100.1",
                     bridge_mappings={"physnet1": "br-phys"})

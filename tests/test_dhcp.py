@@ -182,6 +182,28 @@ def test_without_gateway_or_router() -> None:
     assert "router" not in opts and "classless_static_routes" not in opts and opts["server_id"] == "169.254.169.254"
 
 
+def test_a_ports_extra_dhcp_opts_are_served_and_replace_the_subnets() -> None:
+    built = cloud()
+    extra = [{"opt_name": "tftp-server", "opt_value": "192.0.2.9", "ip_version": 4},
+             {"opt_name": "bootfile-name", "opt_value": "pxelinux.0", "ip_version": 4},
+             {"opt_name": "server-ip-address", "opt_value": "192.0.2.9", "ip_version": 4},
+             {"opt_name": "router", "opt_value": "10.0.0.254", "ip_version": 4},
+             {"opt_name": "150", "opt_value": "192.0.2.10,192.0.2.11", "ip_version": 4}]
+    port = replace(built.ports["a"], attrs={**built.ports["a"].attrs, "extra_dhcp_opts": extra})
+    built.graph.put_port(port)
+    built.ports["a"] = port
+    frame, opts = reply_of(dhcp.answer(client(built, "a", "discover"), lease(built)))
+    raw = {o[0]: o[1] for o in frame[DHCP].options if isinstance(o, tuple)}
+    assert raw["tftp_server_name"] == b"192.0.2.9" and raw["boot-file-name"] == b"pxelinux.0"
+    assert frame[BOOTP].siaddr == "192.0.2.9"
+    assert opts["router"] == "10.0.0.254"  # the port's, not the subnet's gateway
+    assert [o for o in frame[DHCP].options if isinstance(o, tuple) and o[0] == "router"] == [("router", "10.0.0.254")]
+    assert opts["tftp_server_address"] == ("192.0.2.10", "192.0.2.11")
+    # a NAK carries none of them
+    _, nak = reply_of(dhcp.answer(client(built, "a", "request", requested_addr="10.0.0.99"), lease(built)))
+    assert "tftp_server_name" not in nak and "router" not in nak
+
+
 def test_fair_limiter_keeps_a_share_for_every_port() -> None:
     limiter = FairLimiter(rate=0.001, burst=30, per_key_rate=0.001, per_key_burst=5)
     assert sum(limiter.allow("flooder") for _ in range(1000)) == 5

@@ -182,6 +182,9 @@ def test_port_lifecycle(conn, net) -> None:
     # the old address is free again
     again = conn.network.create_port(network_id=n.id, fixed_ips=[{"ip_address": "10.20.0.77"}])
     assert again.fixed_ips[0]["ip_address"] == "10.20.0.77"
+    # PXE options (extra_dhcp_opt), as Nova's ironic driver sets them
+    pxe = conn.network.update_port(auto, extra_dhcp_opts=[{"opt_name": "bootfile-name", "opt_value": "pxe.0"}])
+    assert pxe.extra_dhcp_opts == [{"opt_name": "bootfile-name", "opt_value": "pxe.0", "ip_version": 4}]
     conn.network.delete_port(auto)
     _raises(sdk_exc.NotFoundException, 404, f"Port {auto.id} could not be found", conn.network.get_port, auto.id)
 

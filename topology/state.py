@@ -28,7 +28,7 @@ from typing import Any
 
 import netaddr
 
-from topology import graph_l3, ipam, ipv6
+from topology import dhcp_opts, graph_l3, ipam, ipv6
 from topology.core import write
 from topology.ctzones import with_ct_zone
 from topology.floatingips import FloatingIPs
@@ -416,6 +416,8 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             security, made = self._port_security(values, net, None, project, mac)  # made: a default group
             stamp = now()
             attrs = {**_extra(values, PORT_FIELDS), **security, "created_at": stamp, "updated_at": stamp}
+            if values.get("extra_dhcp_opts") is not None:  # (null values mean nothing on a new port)
+                attrs["extra_dhcp_opts"] = dhcp_opts.merged([], values["extra_dhcp_opts"])
             port = Port(id=str(uuid.uuid4()), network_id=net.id, key=0, mac_address=mac, fixed_ips=fixed_ips,
                         project_id=project,
                         binding_host=values.get("binding:host_id") or None,
@@ -449,6 +451,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             security, _ = self._port_security(values, self._network(old.network_id), old, old.project_id, mac)
             host = (values["binding:host_id"] or None) if "binding:host_id" in values else old.binding_host
             attrs = {**old.attrs, **_extra(values, PORT_FIELDS), **security, "updated_at": now()}
+            if values.get("extra_dhcp_opts") is not None:
+                attrs["extra_dhcp_opts"] = dhcp_opts.merged(old.attrs.get("extra_dhcp_opts") or (),
+                                                            values["extra_dhcp_opts"])
+            elif "extra_dhcp_opts" in values:  # null: as absent
+                attrs["extra_dhcp_opts"] = old.attrs.get("extra_dhcp_opts") or []
             port = replace(old, mac_address=mac, fixed_ips=fixed_ips, binding_host=host, device_owner=owner,
                            device_id=(values["device_id"] or "") if "device_id" in values else old.device_id,
                            admin_state_up=values.get("admin_state_up", old.admin_state_up), attrs=attrs)

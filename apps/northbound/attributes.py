@@ -94,6 +94,25 @@ def dict_of(keys: set[str], required: set[str] = frozenset()) -> Converter:
     return convert
 
 
+def extra_dhcp_opt(name: str, value: Any) -> dict[str, Any]:
+    """One ``{"opt_name", "opt_value", "ip_version"}`` of the extra_dhcp_opt extension (the shape; what
+    the name and value mean is checked when the port is written: topology.dhcp_opts)."""
+    if not isinstance(value, dict) or set(value) - {"opt_name", "opt_value", "ip_version"} or "opt_name" not in value:
+        raise _bad(name, value, "must have opt_name and may have opt_value and ip_version")
+    out: dict[str, Any] = {"opt_name": string(name, value["opt_name"]),
+                           "opt_value": string_or_none(name, value.get("opt_value"))}
+    if value.get("ip_version") is not None:
+        out["ip_version"] = integer(4, 6)(name, value["ip_version"])
+    return out
+
+
+extra_dhcp_opt.schema = {  # type: ignore[attr-defined]
+    "type": "object", "required": ["opt_name"], "additionalProperties": False,
+    "properties": {"opt_name": {"type": "string", "maxLength": 255},
+                   "opt_value": {"type": ["string", "null"], "maxLength": 255},
+                   "ip_version": {"anyOf": [{"enum": [4, 6]}, {"type": "string", "pattern": "^\\s*[46]\\s*$"}]}}}
+
+
 def str_map(name: str, value: Any) -> dict[str, str]:
     """A JSON object of strings to strings."""
     if not isinstance(value, dict):
@@ -169,6 +188,7 @@ PORT = {
     "security_groups": Attr(list_of(string)),
     "port_security_enabled": Attr(boolean),
     "allowed_address_pairs": Attr(list_of(dict_of({"ip_address", "mac_address"}, {"ip_address"}))),
+    "extra_dhcp_opts": Attr(or_none(list_of(extra_dhcp_opt))),
 }
 
 HYPERVISOR = {

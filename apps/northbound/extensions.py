@@ -75,6 +75,9 @@ EXTENSIONS = (
               attributes={"networks": ("port_security_enabled",), "ports": ("port_security_enabled",)}),
     Extension("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs",
               "2013-07-23T10:00:00-00:00", attributes={"ports": ("allowed_address_pairs",)}),
+    Extension("extra_dhcp_opt", "Neutron Extra DHCP options", "Extra options configuration for DHCP. For "
+              "example PXE boot options to DHCP clients can be specified (e.g. tftp-server, server-ip-address, "
+              "bootfile-name)", "2013-03-17T12:00:00-00:00", attributes={"ports": ("extra_dhcp_opts",)}),
     # resources
     Extension("security-group", "security-group", "The security groups extension.", "2012-10-05T10:00:00-00:00",
               collections=("security-groups", "security-group-rules"),

@@ -74,6 +74,7 @@ def port(graph: TopologyGraph, p: Port) -> dict[str, Any]:
         "security_groups": p.attrs.get("security_groups", []),
         "port_security_enabled": p.attrs.get("port_security_enabled", True),
         "allowed_address_pairs": p.attrs.get("allowed_address_pairs", []),
+        "extra_dhcp_opts": p.attrs.get("extra_dhcp_opts", []),
         "binding:host_id": p.binding_host or "",
         "binding:vnic_type": p.attrs.get("binding:vnic_type", "normal"),
         "binding:profile": p.attrs.get("binding:profile", {}),
