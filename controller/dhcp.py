@@ -119,13 +119,18 @@ def lease_for(graph: TopologyGraph, port: Port, settings: Settings | None = None
                              for o in port.attrs.get("extra_dhcp_opts") or () if o.get("ip_version", 4) == 4))
 
 
-def answer(frame: bytes, lease: Lease) -> Answer:
-    """The reply to one client frame (as it left the port) for a port offered ``lease``."""
+def headers(frame: bytes, *kinds: type) -> tuple | None:
+    """The headers of each of ``kinds`` os-ken finds in ``frame`` (None where absent); None if it cannot parse it."""
     try:
         pkt = packet.Packet(frame)
     except Exception:  # noqa: BLE001 - os-ken's parsers raise anything on garbage
-        return Answer("malformed")
-    eth, ip, msg = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv4.ipv4), pkt.get_protocol(dhcp.dhcp)
+        return None
+    return tuple(pkt.get_protocol(kind) for kind in kinds)
+
+
+def answer(frame: bytes, lease: Lease) -> Answer:
+    """The reply to one client frame (as it left the port) for a port offered ``lease``."""
+    eth, ip, msg = headers(frame, ethernet.ethernet, ipv4.ipv4, dhcp.dhcp) or (None, None, None)
     if eth is None or ip is None or msg is None or msg.op != dhcp.DHCP_BOOT_REQUEST:
         return Answer("malformed")
     options = _options(msg)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import netaddr
 from os_ken.lib.packet import dhcp6, ethernet, ipv6, packet, udp
 
-from controller.dhcp import SERVER_MAC, Answer
+from controller.dhcp import SERVER_MAC, Answer, headers
 from topology.graph import TopologyGraph
 from topology.model import Port
 
@@ -64,12 +64,8 @@ def lease6_for(graph: TopologyGraph, port: Port, domain: str = "") -> Lease6 | N
 
 def answer6(frame: bytes, lease: Lease6) -> Answer:
     """The reply to one client frame (as it left the port) for a port offered ``lease``."""
-    try:
-        pkt = packet.Packet(frame)
-    except Exception:  # noqa: BLE001 - os-ken's parsers raise anything on garbage
-        return Answer("malformed")
-    eth, ip, datagram = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv6.ipv6), pkt.get_protocol(udp.udp)
-    msg = pkt.get_protocol(dhcp6.dhcp6)  # (os-ken's udp hands ports 546 / 547 to its DHCPv6 parser)
+    # (os-ken's udp hands ports 546 / 547 to its DHCPv6 parser)
+    eth, ip, datagram, msg = headers(frame, ethernet.ethernet, ipv6.ipv6, udp.udp, dhcp6.dhcp6) or (None,) * 4
     if eth is None or ip is None or datagram is None or msg is None or datagram.dst_port != SERVER_PORT:
         return Answer("malformed")
     opts = _options(msg)

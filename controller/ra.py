@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import netaddr
 from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
 
+from controller.dhcp import headers
 from flows.dhcp import ra_subnets
 from topology.graph import TopologyGraph
 from topology.ipv6 import ROUTER_INTERFACE_OWNERS
@@ -109,11 +110,7 @@ def router_advert(advert: Advert, dst_mac: str = ALL_NODES_MAC, dst_ip: str = AL
 
 def answer_solicitation(frame: bytes, adverts: list[Advert]) -> list[bytes]:
     """The advertisements answering a router solicitation ``frame`` (none if it is no solicitation)."""
-    try:
-        pkt = packet.Packet(frame)
-    except Exception:  # noqa: BLE001 - os-ken's parsers raise anything on garbage
-        return []
-    eth, ip, icmp = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv6.ipv6), pkt.get_protocol(icmpv6.icmpv6)
+    eth, ip, icmp = headers(frame, ethernet.ethernet, ipv6.ipv6, icmpv6.icmpv6) or (None, None, None)
     if eth is None or ip is None or icmp is None or icmp.type_ != icmpv6.ND_ROUTER_SOLICIT:
         return []
     # RFC 4861 6.2.6: to the solicitor if it has an address (it gave its link-layer one), else to all nodes

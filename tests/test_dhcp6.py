@@ -31,7 +31,7 @@ from scapy.layers.l2 import Ether
 
 from controller import dhcp6
 from flows.flow import CONTROLLER
-from tests.topo_builders import Builder, Built, delivered_labels, fabric_of, send
+from tests.topo_builders import Built, abc, delivered_labels, fabric_of, send
 from topology.model import FixedIP, Subnet
 
 PREFIX, ADDRESS = "2001:db8:2::/64", "2001:db8:2::10"
@@ -39,13 +39,8 @@ PREFIX, ADDRESS = "2001:db8:2::/64", "2001:db8:2::10"
 
 def cloud(mode: str = "dhcpv6-stateful") -> Built:
     """hv0: a (ADDRESS on PREFIX in ``mode``, DNS 2001:db8::53), b; hv1: c."""
-    b = Builder()
-    b.hv(0)
-    b.hv(1)
-    net = b.network("n", dhcp=False)
-    for label, hv in (("a", "hv0"), ("b", "hv0"), ("c", "hv1")):
-        b.port(label, net, hv)
-    built = b.done()
+    built = abc()
+    net = built.networks["n"]
     built.graph.put_subnet(Subnet(id="v6", network_id=net.id, project_id=net.project_id, cidr=PREFIX, ip_version=6,
                                   gateway_ip="2001:db8:2::1", attrs={
                                       "ipv6_address_mode": mode, "dns_nameservers": ["192.0.2.53", "2001:db8::53"]}))

@@ -19,7 +19,7 @@ from scapy.layers.l2 import Ether
 
 from controller import ra
 from flows.flow import CONTROLLER
-from tests.topo_builders import Builder, Built, delivered_labels, fabric_of, send
+from tests.topo_builders import Built, abc, delivered_labels, fabric_of, send
 from topology.model import FixedIP, Port, Subnet
 from topology.model_l3 import ROUTER_INTERFACE
 
@@ -29,14 +29,8 @@ PREFIX = "2001:db8:1::/64"
 
 def cloud(mode: str | None = "slaac", router: bool = True, address_mode: str | None = None) -> Built:
     """hv0: a, b; hv1: c; one network with an IPv4 subnet and the IPv6 subnet PREFIX in ``mode``."""
-    b = Builder()
-    b.hv(0)
-    b.hv(1)
-    net = b.network("n", dhcp=False)
-    for label, hv in (("a", "hv0"), ("b", "hv0"), ("c", "hv1")):
-        b.port(label, net, hv)
-    built = b.done()
-    graph = built.graph
+    built = abc()
+    net, graph = built.networks["n"], built.graph
     attrs = {"ipv6_ra_mode": mode, "ipv6_address_mode": address_mode or mode}
     graph.put_subnet(Subnet(id="v6", network_id=net.id, project_id=net.project_id, cidr=PREFIX, ip_version=6,
                             gateway_ip="2001:db8:1::1", attrs={k: v for k, v in attrs.items() if v}))

@@ -145,6 +145,17 @@ def provider_pair(network_type: str = "vlan", vlan: int = 100) -> Built:
     return b.done()
 
 
+def abc(dhcp: bool = False) -> Built:
+    """hv0: ports a, b; hv1: c; on one network (its IPv4 subnet with DHCP on or off), no address yet."""
+    b = Builder()
+    b.hv(0)
+    b.hv(1)
+    net = b.network("n", dhcp=dhcp)
+    for label, hv in (("a", "hv0"), ("b", "hv0"), ("c", "hv1")):
+        b.port(label, net, hv)
+    return b.done()
+
+
 def random_cloud(seed: int, n_hvs: int = 4, n_networks: int = 5, n_ports: int = 24) -> Built:
     """A small random cloud: mixed network types, overlapping CIDRs and reused MACs across networks."""
     rnd = random.Random(seed)

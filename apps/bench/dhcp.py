@@ -33,9 +33,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from apps.bench.routing import controller_and_lab
 from apps.bench.stats import ms, percentile
 from apps.lab.controller import ControllerProcess
-from apps.lab.lab import Lab
 from apps.lab.scale import ScaleLab, parallel
 from topology.model import tap_name
 
@@ -95,16 +95,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 def lab_storm(quick: bool = False) -> dict[str, Any]:
     """The boot storm on the real lab; figures in ms."""
     n_vms, rounds = (4, 5) if quick else (20, 20)
-    workdir = tempfile.mkdtemp(prefix="tf-bench-dhcp-")
-    ctl = ControllerProcess(os.path.join(workdir, "controller"))
-    lab = Lab(prefix=PREFIX, n_hypervisors=2, controller_unix_socket=ctl.unix_socket, api_url=ctl.api_url,
-              workdir=os.path.join(workdir, "lab"))
-    try:
-        ctl.start()
-        lab.start()
-        lab.register_hypervisors()
-        for hv in lab.hypervisors:
-            ctl.wait_hypervisor_connected(hv.name)
+    with controller_and_lab(PREFIX, 2, "dhcp") as (ctl, lab):
         net = ctl.create("network", name="dhcp-bench")
         ctl.create("subnet", network_id=net["id"], cidr="10.0.0.0/24", ip_version=4, gateway_ip="10.0.0.1",
                    dns_nameservers=["192.0.2.53"])
@@ -115,28 +106,22 @@ def lab_storm(quick: bool = False) -> dict[str, Any]:
             vms.append(lab.plug_vm(f"d{i}", port, dhcp=True))
         for vm in vms:
             _wait_active(ctl, vm.port_id)
-        ctl.request("GET", "/sync?wait=30")
+        ctl.request("GET", "/sync?wait=30", timeout=40)
         idle = _idle_rate(ctl.proc.pid)
         cpu0, t0 = cpu_s(ctl.proc.pid), time.monotonic()
         with ThreadPoolExecutor(max_workers=n_vms) as pool:
             results = list(pool.map(lambda vm: _exchanges(vm, rounds), vms))
         wall, cpu = time.monotonic() - t0, cpu_s(ctl.proc.pid) - cpu0
-        samples = [s for r in results for s in r if s is not None]
-        failed = sum(1 for r in results for s in r if s is None)
-        return {"vms": n_vms, "rounds_per_vm": rounds, "leases": len(samples), "failed": failed,
-                "latency_ms_p50": ms(statistics.median(samples)) if samples else None,
-                "latency_ms_p90": ms(percentile(samples, 90)) if samples else None,
-                "latency_ms_p99": ms(percentile(samples, 99)) if samples else None,
-                "latency_ms_max": ms(max(samples)) if samples else None,
-                "leases_per_s": round(len(samples) / wall, 1),
-                "controller_cpu_ms_per_lease": ms((cpu - idle * wall) / len(samples)) if samples else None,
-                "controller_idle_cpu_ms_per_s": ms(idle)}
-    finally:
-        try:
-            lab.stop()
-        finally:
-            ctl.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
+    samples = [s for r in results for s in r if s is not None]
+    failed = sum(1 for r in results for s in r if s is None)
+    return {"vms": n_vms, "rounds_per_vm": rounds, "leases": len(samples), "failed": failed,
+            "latency_ms_p50": ms(statistics.median(samples)) if samples else None,
+            "latency_ms_p90": ms(percentile(samples, 90)) if samples else None,
+            "latency_ms_p99": ms(percentile(samples, 99)) if samples else None,
+            "latency_ms_max": ms(max(samples)) if samples else None,
+            "leases_per_s": round(len(samples) / wall, 1),
+            "controller_cpu_ms_per_lease": ms((cpu - idle * wall) / len(samples)) if samples else None,
+            "controller_idle_cpu_ms_per_s": ms(idle)}
 
 
 def _exchanges(vm, rounds: int) -> list[float | None]:
