@@ -52,7 +52,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     steps.write_udhcpc_script(str(workdir))
     args = ("--dhcp-lease-time", str(LEASE), "--dhcp-domain", "tenant.test", "--ra-interval", "3")
     with running_controller(workdir / "controller", *args) as ctrl, \
-            attached_lab(ctrl, lab_prefix("dh"), n_hypervisors=2) as lab:
+            attached_lab(ctrl, lab_prefix("dh"), n_hypervisors=2, packet_in_limits=True) as lab:
         net = ctrl.create("network", name="dhcp", project_id=PROJECT)
         subnet = ctrl.create("subnet", network_id=net["id"], cidr="10.60.0.0/24", ip_version=4, project_id=PROJECT,
                              gateway_ip="10.60.0.1", dns_nameservers=["192.0.2.53", "192.0.2.54"],
@@ -277,7 +277,7 @@ def test_a_flooding_vm_does_not_keep_another_from_its_lease(cloud: Cloud) -> Non
     assert sent / seconds > 1000, f"the flood sent only {sent} DISCOVERs in {seconds:g} s: {err}"
     answered = labelled(cloud.ctrl, offers[0], **offers[1]) - offers0
     received = labelled(cloud.ctrl, packet_ins[0], **packet_ins[1]) - ins0
-    # the switch lets through its rate (PACKET_IN_LIMITS, the operator's step 2), whatever the flood sends...
+    # the switch lets through its rate (PACKET_IN_LIMITS, set on this lab's bridges), whatever the flood sends...
     limits = dict(item.split("=") for item in PACKET_IN_LIMITS)
     rate, burst = int(limits["controller_rate_limit"]), int(limits["controller_burst_limit"])
     assert received <= rate * (seconds + 2) + burst, (received, sent)

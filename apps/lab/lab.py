@@ -114,13 +114,13 @@ class Hypervisor:
         """POST this hypervisor to the controller's API (operator step 6)."""
         return steps.register_hypervisor(api_url, self.name, self.dpid, self.tunnel_ip, self.bridge_mappings)
 
-    def set_controller(self, target: str | None, max_backoff_ms: int | None = 1000) -> None:
-        """Point br-int at ``target`` (operator step 2), or remove the controller if None."""
+    def set_controller(self, target: str | None, max_backoff_ms: int | None = 1000, limits: bool = False) -> None:
+        """Point br-int at ``target`` (operator step 2, with the packet-in limits if ``limits``), or remove it."""
         self.controller = target
         if target is None:
             self.vsctl("del-controller", steps.INTEGRATION_BRIDGE)
         else:
-            steps.set_controller(self.vsctl, target, max_backoff_ms)
+            steps.set_controller(self.vsctl, target, max_backoff_ms, limits)
 
     def stop_vswitchd(self) -> None:
         """Stop only ovs-vswitchd (the datapath goes away; the database stays)."""
@@ -192,6 +192,7 @@ class Lab:
         dpid_base: int | None = None,
         workdir: str | None = None,
         controller_max_backoff_ms: int | None = 1000,
+        packet_in_limits: bool = False,
     ) -> None:
         if controller_unix_socket and controller_target:
             raise ValueError("give controller_unix_socket or controller_target, not both")
@@ -207,6 +208,7 @@ class Lab:
         self.underlay = ipaddress.ip_network(underlay_cidr)
         self.underlay_mtu = underlay_mtu
         self.controller_max_backoff_ms = controller_max_backoff_ms
+        self.packet_in_limits = packet_in_limits  # steps.PACKET_IN_LIMITS on every bridge's controller
         if dpid_base is None:
             # "tf" + 16 bits of the prefix: two labs on one controller get distinct dpids
             dpid_base = (0x7466 << 48) | ((zlib.crc32(prefix.encode()) & 0xFFFF) << 16)
@@ -301,7 +303,7 @@ class Lab:
         steps.add_integration_bridge(hv.vsctl, hv.dpid)
         target = self._controller_target_for(hv)
         if target is not None:
-            hv.set_controller(target, self.controller_max_backoff_ms)
+            hv.set_controller(target, self.controller_max_backoff_ms, self.packet_in_limits)
         tunnel_cidr = f"{tunnel_ip}/{self.underlay.prefixlen}"
         steps.attach_underlay(hv.vsctl, netns, UNDERLAY_NIC, tunnel_cidr, self.underlay_mtu)
         steps.add_tunnel_ports(hv.vsctl, tunnel_ip)

@@ -516,7 +516,7 @@ class ScaleLab:
         for i, one in enumerate(target.split()):
             refs.append(f"@ctl{hv.index}x{i}")
             args += [f"--id={refs[-1]}", "create", "controller", f"target={json.dumps(one)}",
-                     "connection-mode=out-of-band", *steps.PACKET_IN_LIMITS, *backoff, "--"]
+                     "connection-mode=out-of-band", *backoff, "--"]
         return [*args, "set", "bridge", hv.bridge, f"controller=[{','.join(refs)}]"]
 
     def set_controller(self, target: str | None) -> None:

@@ -71,10 +71,12 @@ def integration_bridge_args(dpid: int, bridge: str = INTEGRATION_BRIDGE, datapat
 # OVS's own packet-in limiter (pinsched): past the rate, packets for the controller wait in one queue per
 # port, served in turn, so a VM flooding the slow path (DHCP, router solicitations) uses up its own
 # queue, not its neighbours' share; without it one flooder fills the connection's single queue.
+# Optional (``limits``): with it set, the cluster failover test lost one ping of 800 in 3 of 6 runs
+# (scenario c, not understood yet; none in 4 runs without it), so the default steps leave it out.
 PACKET_IN_LIMITS = ("controller_rate_limit=200", "controller_burst_limit=50")
 
 
-def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None) -> None:
+def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None, limits: bool = False) -> None:
     """Step 2: point br-int at the controller.
 
     ``ovs-vsctl set-controller br-int <target>`` then
@@ -87,11 +89,12 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None)
     socket elsewhere, symlink that socket into the run directory first (the lab does).
     Out-of-band: the controller is reached through the host's own network stack, never
     through br-int's ports. ``max_backoff_ms`` (optional, lab tuning) caps OVS's
-    reconnect back-off, 8 s by default, so a restarted controller is found quickly.
+    reconnect back-off, 8 s by default, so a restarted controller is found quickly. ``limits``:
+    also :data:`PACKET_IN_LIMITS`.
     """
     targets = target.split()  # several: a cluster's instances (each masters its share, see README)
     vsctl("set-controller", INTEGRATION_BRIDGE, *targets)
-    extra = [*PACKET_IN_LIMITS, *([f"max_backoff={max_backoff_ms}"] if max_backoff_ms else [])]
+    extra = [*(PACKET_IN_LIMITS if limits else ()), *([f"max_backoff={max_backoff_ms}"] if max_backoff_ms else [])]
     if len(targets) == 1:
         vsctl("set", "controller", INTEGRATION_BRIDGE, "connection-mode=out-of-band", *extra)
         return
