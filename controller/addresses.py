@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from controller import dhcp, dhcp6, metrics, ra
@@ -29,17 +30,11 @@ class AddressService:
     def __init__(self, topology, switches: Callable[[], list[Switch]]) -> None:
         self.topology = topology
         self._switches = switches
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._advertise_forever, name="router-adverts", daemon=True)
 
     def start(self) -> AddressService:
-        """Start the periodic advertisements."""
-        self._thread.start()
+        """Start the periodic advertisements (a daemon thread: it ends with the process)."""
+        threading.Thread(target=self._advertise_forever, name="router-adverts", daemon=True).start()
         return self
-
-    def stop(self) -> None:
-        """Stop them (tests: the process's end stops the daemon thread otherwise)."""
-        self._stop.set()
 
     # -- packet-ins ------------------------------------------------------------------------
     def packet_in(self, sw: Switch, msg) -> None:
@@ -48,11 +43,8 @@ class AddressService:
         port_key, in_port = fields.get("reg7", 0), fields.get("in_port")
         frame = bytes(msg.data)
         kind = _kind(frame)
-        label = "dhcp" if kind == "dhcp6" else kind
-        if not sw.dhcp_limiter.allow(port_key):
-            metrics.PACKET_INS_BY_KIND.labels(label, "rate_limited").inc()
+        if not metrics.packet_in("dhcp" if kind == "dhcp6" else kind, sw.dhcp_limiter.allow(port_key)):
             return
-        metrics.PACKET_INS_BY_KIND.labels(label, "handled").inc()
         with self.topology.lock:
             graph = self.topology.graph
             port = next((p for p in graph.ports_on(sw.hv_name or "") if p.key == port_key), None)
@@ -84,7 +76,8 @@ class AddressService:
 
     # -- periodic advertisements ---------------------------------------------------------------
     def _advertise_forever(self) -> None:
-        while not self._stop.wait(ra.next_interval()):
+        while True:
+            time.sleep(ra.next_interval())
             try:
                 self.advertise()
             except Exception:  # a bug here must not end the advertisements for good

@@ -295,9 +295,7 @@ class TenantflowApp(app_manager.OSKenApp):
             return
         if msg.table_id != IP_INPUT_TABLE:
             return
-        allowed = sw.icmp_limiter.allow()
-        metrics.PACKET_INS_BY_KIND.labels("ttl_expired", "handled" if allowed else "rate_limited").inc()
-        if not allowed:
+        if not metrics.packet_in("ttl_expired", sw.icmp_limiter.allow()):
             return
         # An IPv4 packet whose TTL expires at a router (lr_in_ip_input's ttl_expired).
         fields = dict(msg.match.items())
@@ -315,9 +313,7 @@ class TenantflowApp(app_manager.OSKenApp):
 
     def _resolve_next_hop(self, sw: Switch, msg) -> None:
         """lr_in_ext_output's unresolved: ARP for the next hop; the switch learns the answer."""
-        allowed = sw.arp_limiter.allow()
-        metrics.PACKET_INS_BY_KIND.labels("next_hop", "handled" if allowed else "rate_limited").inc()
-        if not allowed:
+        if not metrics.packet_in("next_hop", sw.arp_limiter.allow()):
             return
         fields = dict(msg.match.items())
         request = resolve_request(bytes(msg.data), fields.get("reg0", 0))

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 import netaddr
 from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
 
-from flows.dhcp import DHCP_CLIENT_PORT, DHCP_SERVER_PORT, served_subnet
+from flows.dhcp import served_subnet
+from flows.portsec import DHCP_CLIENT, DHCP_SERVER
 from topology import dhcp_opts
 from topology.graph import TopologyGraph
+from topology.graph_l3 import subnet_router_port
 from topology.model import Port
-from topology.model_l3 import ROUTER_INTERFACE
 
 LOG = logging.getLogger("tenantflow.dhcp")
 
@@ -101,12 +102,9 @@ def lease_for(graph: TopologyGraph, port: Port, settings: Settings | None = None
         return None
     subnet, address = served
     gateway = subnet.gateway_ip
-    server_mac = SERVER_MAC
-    if gateway:
-        for other in graph.ports_of(subnet.network_id):
-            if other.device_owner == ROUTER_INTERFACE and any(f.ip_address == gateway for f in other.fixed_ips):
-                server_mac = other.mac_address
-                break
+    router = subnet_router_port(graph, subnet) if gateway else None
+    holds_gateway = router is not None and any(f.ip_address == gateway for f in router.fixed_ips)
+    server_mac = router.mac_address if holds_gateway else SERVER_MAC
     host_routes = tuple((r["destination"], r["nexthop"]) for r in subnet.attrs.get("host_routes") or ()
                         if netaddr.IPNetwork(r["destination"]).version == 4)
     if host_routes and gateway and all(netaddr.IPNetwork(d).prefixlen for d, _ in host_routes):
@@ -193,7 +191,7 @@ def _reply(eth: ethernet.ethernet, msg: dhcp.dhcp, lease: Lease, kind: int, info
     out = packet.Packet()
     out.add_protocol(ethernet.ethernet(dst=eth_dst, src=lease.server_mac, ethertype=0x0800))
     out.add_protocol(ipv4.ipv4(src=lease.server_ip, dst=ip_dst, proto=17, ttl=64))
-    out.add_protocol(udp.udp(src_port=DHCP_SERVER_PORT, dst_port=DHCP_CLIENT_PORT))
+    out.add_protocol(udp.udp(src_port=DHCP_SERVER, dst_port=DHCP_CLIENT))
     out.add_protocol(body)
     out.serialize()
     return bytes(out.data)

@@ -24,20 +24,20 @@ import netaddr
 from os_ken.lib.packet import dhcp6, ethernet, ipv6, packet, udp
 
 from controller.dhcp import SERVER_MAC, Answer, headers
+from controller.ra import PREFERRED_LIFETIME, VALID_LIFETIME
+from flows.dhcp import dhcp6_subnets
+from flows.portsec import DHCP6_CLIENT, DHCP6_SERVER
 from topology.graph import TopologyGraph
 from topology.model import Port
 
-CLIENT_PORT, SERVER_PORT = 546, 547
 SERVER_DUID = struct.pack("!HH", 3, 1) + netaddr.EUI(SERVER_MAC).packed  # DUID-LL, Ethernet
 SERVER_LLA = str(netaddr.EUI(SERVER_MAC).ipv6_link_local())
 OPTION_DNS_SERVERS, OPTION_DOMAIN_LIST = 23, 24
 STATUS_SUCCESS, STATUS_NOT_ON_LINK = 0, 4
-PREFERRED, VALID = 604800, 2592000  # s, an address's lifetimes (as the advertisements' prefixes)
 NAMES = {dhcp6.DHCPV6_SOLICIT: "solicit", dhcp6.DHCPV6_ADVERTISE: "advertise", dhcp6.DHCPV6_REQUEST: "request",
          dhcp6.DHCPV6_CONFIRM: "confirm", dhcp6.DHCPV6_RENEW: "renew", dhcp6.DHCPV6_REBIND: "rebind",
          dhcp6.DHCPV6_REPLY: "reply", dhcp6.DHCPV6_RELEASE: "release", dhcp6.DHCPV6_DECLINE: "decline",
          dhcp6.DHCPV6_INFORMATION_REQUEST: "information-request"}
-DHCP6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
 
 
 @dataclass(frozen=True)
@@ -52,21 +52,21 @@ class Lease6:
 
 def lease6_for(graph: TopologyGraph, port: Port, domain: str = "") -> Lease6 | None:
     """The DHCPv6 lease of ``port``, or None if none of its subnets is in a DHCPv6 mode (under the lock)."""
-    for fixed in port.fixed_ips:
-        subnet = graph.subnet(fixed.subnet_id)
-        mode = subnet.attrs.get("ipv6_address_mode") if subnet is not None else None
-        if subnet is not None and subnet.ip_version == 6 and mode in DHCP6_MODES:
-            return Lease6(address=fixed.ip_address if mode == "dhcpv6-stateful" else None, prefix=subnet.cidr,
-                          dns=tuple(d for d in subnet.attrs.get("dns_nameservers") or () if ":" in d),
-                          domain=domain)
-    return None
+    subnets = dhcp6_subnets(graph, port)
+    if not subnets:
+        return None
+    subnet = subnets[0]
+    stateful = subnet.attrs.get("ipv6_address_mode") == "dhcpv6-stateful"
+    address = next((f.ip_address for f in port.fixed_ips if f.subnet_id == subnet.id), None)
+    return Lease6(address=address if stateful else None, prefix=subnet.cidr,
+                  dns=tuple(d for d in subnet.attrs.get("dns_nameservers") or () if ":" in d), domain=domain)
 
 
 def answer6(frame: bytes, lease: Lease6) -> Answer:
     """The reply to one client frame (as it left the port) for a port offered ``lease``."""
     # (os-ken's udp hands ports 546 / 547 to its DHCPv6 parser)
     eth, ip, datagram, msg = headers(frame, ethernet.ethernet, ipv6.ipv6, udp.udp, dhcp6.dhcp6) or (None,) * 4
-    if eth is None or ip is None or datagram is None or msg is None or datagram.dst_port != SERVER_PORT:
+    if eth is None or ip is None or datagram is None or msg is None or datagram.dst_port != DHCP6_SERVER:
         return Answer("malformed")
     opts = _options(msg)
     kind = msg.msg_type
@@ -106,7 +106,7 @@ def answer6(frame: bytes, lease: Lease6) -> Answer:
     frame_out = packet.Packet()
     frame_out.add_protocol(ethernet.ethernet(dst=eth.src, src=SERVER_MAC, ethertype=0x86DD))
     frame_out.add_protocol(ipv6.ipv6(src=SERVER_LLA, dst=ip.src, nxt=17, hop_limit=255))
-    frame_out.add_protocol(udp.udp(src_port=SERVER_PORT, dst_port=CLIENT_PORT))
+    frame_out.add_protocol(udp.udp(src_port=DHCP6_SERVER, dst_port=DHCP6_CLIENT))
     frame_out.add_protocol(body)
     frame_out.serialize()
     return Answer(name, NAMES[out_type], bytes(frame_out.data))
@@ -119,8 +119,8 @@ def _options(msg: dhcp6.dhcp6) -> dict[int, bytes]:
 
 def _ia_na(iaid: bytes, address: str) -> bytes:
     """IA_NA (RFC 8415 21.4): the client's IAID, T1 and T2, one IAADDR with the port's address."""
-    iaaddr = netaddr.IPAddress(address).packed + struct.pack("!II", PREFERRED, VALID)
-    return iaid + struct.pack("!II", PREFERRED // 2, PREFERRED * 4 // 5) + struct.pack(
+    iaaddr = netaddr.IPAddress(address).packed + struct.pack("!II", PREFERRED_LIFETIME, VALID_LIFETIME)
+    return iaid + struct.pack("!II", PREFERRED_LIFETIME // 2, PREFERRED_LIFETIME * 4 // 5) + struct.pack(
         "!HH", dhcp6.DHCPV6_OPTION_IAADDR, len(iaaddr)) + iaaddr
 
 

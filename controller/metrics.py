@@ -20,6 +20,14 @@ PACKET_INS_BY_KIND = Counter("tenantflow_packet_ins_by_kind", "Packet-ins receiv
                              "v4 and v6, router_solicit, ttl_expired, next_hop) and whether the rate limits let them "
                              "through",
                              ["kind", "outcome"], registry=REGISTRY)
+
+
+def packet_in(kind: str, allowed: bool) -> bool:
+    """Count one packet-in of ``kind``, handled or cut by a rate limit; returns ``allowed``."""
+    PACKET_INS_BY_KIND.labels(kind, "handled" if allowed else "rate_limited").inc()
+    return allowed
+
+
 ROUTER_ADVERTS = Counter("tenantflow_router_adverts_periodic", "Unsolicited router advertisements sent",
                          registry=REGISTRY)
 DHCP_MESSAGES = Counter("tenantflow_dhcp_messages", "DHCP client messages answered by the controller: the "

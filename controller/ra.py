@@ -30,7 +30,7 @@ from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
 from controller.dhcp import headers
 from flows.dhcp import ra_subnets
 from topology.graph import TopologyGraph
-from topology.ipv6 import ROUTER_INTERFACE_OWNERS
+from topology.graph_l3 import subnet_router_port
 from topology.model import Port
 
 ROUTER_LIFETIME = 1800  # s (RFC 4861's default: 3 x MaxRtrAdvInterval)
@@ -62,7 +62,7 @@ def adverts_for(graph: TopologyGraph, port: Port) -> list[Advert]:
         return []
     by_router: dict[str, list] = {}
     for subnet in subnets:
-        router = _router_port(graph, subnet.network_id, subnet.id, subnet.gateway_ip)
+        router = subnet_router_port(graph, subnet)
         if router is not None:
             by_router.setdefault(router.mac_address, []).append(subnet)
     out = []
@@ -74,20 +74,6 @@ def adverts_for(graph: TopologyGraph, port: Port) -> list[Advert]:
                                                                                                 strict=True)),
                           mtu=net.mtu))
     return out
-
-
-def _router_port(graph: TopologyGraph, net_id: str, subnet_id: str, gateway: str | None) -> Port | None:
-    """The router interface holding the subnet's gateway (any of its router interfaces without one)."""
-    found = None
-    for port in graph.ports_of(net_id):
-        if port.device_owner not in ROUTER_INTERFACE_OWNERS:
-            continue
-        for fixed in port.fixed_ips:
-            if fixed.subnet_id == subnet_id:
-                if gateway is None or fixed.ip_address == gateway:
-                    return port
-                found = found or port
-    return found
 
 
 def router_advert(advert: Advert, dst_mac: str = ALL_NODES_MAC, dst_ip: str = ALL_NODES_IP) -> bytes:

@@ -18,15 +18,24 @@ from __future__ import annotations
 
 from flows.flow import CONTROLLER, Flow, Output, make_flow
 from flows.pipeline import REG_INPORT
+from flows.portsec import (
+    DHCP6_CLIENT,
+    DHCP6_SERVER,
+    DHCP_CLIENT,
+    DHCP_SERVER,
+    ETH_IPV4,
+    ETH_IPV6,
+    ICMPV6,
+    ROUTER_SOLICIT,
+    UDP,
+)
 from flows.stages import DHCP, PRE_ACL
 from flows.view import HypervisorView
 from topology.graph import TopologyGraph
+from topology.graph_l3 import port_subnets
 from topology.model import Port, Subnet
 
-ETH_IPV4, ETH_IPV6, UDP, ICMPV6 = 0x0800, 0x86DD, 17, 58
-ROUTER_SOLICIT = 133
-DHCP_SERVER_PORT, DHCP_CLIENT_PORT = 67, 68
-DHCP6_CLIENT_PORT, DHCP6_SERVER_PORT = 546, 547
+DHCP6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
 
 
 def dhcp_default() -> list[Flow]:
@@ -45,15 +54,13 @@ def served_subnet(graph: TopologyGraph, port: Port) -> tuple[Subnet, str] | None
 
 def ra_subnets(graph: TopologyGraph, port: Port) -> list[Subnet]:
     """The IPv6 subnets of a port whose router advertisements the cloud sends (an ``ipv6_ra_mode``)."""
-    subnets = (graph.subnet(f.subnet_id) for f in port.fixed_ips)
-    return [s for s in subnets if s is not None and s.ip_version == 6 and s.attrs.get("ipv6_ra_mode")]
+    return [s for s in port_subnets(graph, port) if s.ip_version == 6 and s.attrs.get("ipv6_ra_mode")]
 
 
 def dhcp6_subnets(graph: TopologyGraph, port: Port) -> list[Subnet]:
     """The IPv6 subnets of a port whose DHCPv6 the cloud serves (``ipv6_address_mode`` dhcpv6-*)."""
-    subnets = (graph.subnet(f.subnet_id) for f in port.fixed_ips)
-    return [s for s in subnets if s is not None and s.ip_version == 6
-            and s.attrs.get("ipv6_address_mode") in ("dhcpv6-stateful", "dhcpv6-stateless")]
+    return [s for s in port_subnets(graph, port) if s.ip_version == 6
+            and s.attrs.get("ipv6_address_mode") in DHCP6_MODES]
 
 
 def dhcp_port(graph: TopologyGraph, port: Port) -> list[Flow]:
@@ -61,13 +68,13 @@ def dhcp_port(graph: TopologyGraph, port: Port) -> list[Flow]:
     flows = []
     served = served_subnet(graph, port)
     if served is not None:
-        match = {REG_INPORT: port.key, "eth_type": ETH_IPV4, "ip_proto": UDP, "udp_src": DHCP_CLIENT_PORT,
-                 "udp_dst": DHCP_SERVER_PORT}
+        match = {REG_INPORT: port.key, "eth_type": ETH_IPV4, "ip_proto": UDP, "udp_src": DHCP_CLIENT,
+                 "udp_dst": DHCP_SERVER}
         flows.append(make_flow(DHCP, "request", match, [Output(CONTROLLER)],
                                description=f"port {port.id}: DHCP request: the controller answers ({served[1]})"))
     if dhcp6_subnets(graph, port):
-        match = {REG_INPORT: port.key, "eth_type": ETH_IPV6, "ip_proto": UDP, "udp_src": DHCP6_CLIENT_PORT,
-                 "udp_dst": DHCP6_SERVER_PORT}
+        match = {REG_INPORT: port.key, "eth_type": ETH_IPV6, "ip_proto": UDP, "udp_src": DHCP6_CLIENT,
+                 "udp_dst": DHCP6_SERVER}
         flows.append(make_flow(DHCP, "request", match, [Output(CONTROLLER)],
                                description=f"port {port.id}: DHCPv6 request: the controller answers"))
     if ra_subnets(graph, port):

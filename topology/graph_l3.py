@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from topology.graph import TopologyGraph
+from topology.ipv6 import ROUTER_INTERFACE_OWNERS
 from topology.model import Network, Port, Subnet
 from topology.model_l3 import ROUTER_GATEWAY, FloatingIP, Router, SecurityGroup, SecurityGroupRule
 
@@ -87,6 +88,19 @@ def port_subnets(graph: TopologyGraph, port: Port) -> list[Subnet]:
         if sub is not None:
             seen.setdefault(sub.id, sub)
     return list(seen.values())
+
+
+def subnet_router_port(graph: TopologyGraph, subnet: Subnet) -> Port | None:
+    """The router interface on ``subnet`` that holds its gateway address, else any router interface on it."""
+    found = None
+    for port in graph.ports_of(subnet.network_id):
+        if port.device_owner in ROUTER_INTERFACE_OWNERS:
+            for fixed in port.fixed_ips:
+                if fixed.subnet_id == subnet.id:
+                    if fixed.ip_address == subnet.gateway_ip:
+                        return port
+                    found = found or port
+    return found
 
 
 def router_subnets(graph: TopologyGraph, router_id: str, *, gateway: bool = False) -> list[Subnet]:

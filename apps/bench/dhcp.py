@@ -34,9 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from apps.bench.routing import controller_and_lab
+from apps.bench.scale import Sync, cpu_s, idle_cpu_rate
 from apps.bench.stats import ms, percentile
 from apps.lab.controller import ControllerProcess
-from apps.lab.scale import ScaleLab, parallel
+from apps.lab.scale import ApiClient, ScaleLab, parallel
 from topology.model import tap_name
 
 PREFIX = "tfdh"
@@ -80,13 +81,6 @@ print(json.dumps(out))
 """
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(quick: bool = False) -> dict[str, Any]:
     """Both parts; figures in ms."""
     return {"lab": lab_storm(quick), "storm": scale_storm(quick)}
@@ -107,7 +101,7 @@ def lab_storm(quick: bool = False) -> dict[str, Any]:
         for vm in vms:
             _wait_active(ctl, vm.port_id)
         ctl.request("GET", "/sync?wait=30", timeout=40)
-        idle = _idle_rate(ctl.proc.pid)
+        idle = idle_cpu_rate(ctl.proc.pid)
         cpu0, t0 = cpu_s(ctl.proc.pid), time.monotonic()
         with ThreadPoolExecutor(max_workers=n_vms) as pool:
             results = list(pool.map(lambda vm: _exchanges(vm, rounds), vms))
@@ -139,13 +133,6 @@ def _wait_active(ctl: ControllerProcess, port_id: str, timeout: float = 15.0) ->
         if time.monotonic() > deadline:
             raise TimeoutError(f"port {port_id} never ACTIVE\n{ctl.log_tail()}")
         time.sleep(0.05)
-
-
-def _idle_rate(pid: int, seconds: float = 2.0) -> float:
-    """CPU seconds per second the controller spends with nothing to do (echoes, timers)."""
-    c0 = cpu_s(pid)
-    time.sleep(seconds)
-    return (cpu_s(pid) - c0) / seconds
 
 
 # -- the 1,000-VM storm on the scale lab --------------------------------------------------------
@@ -215,8 +202,9 @@ def scale_storm(quick: bool = False) -> dict[str, Any]:
             "--", "set", "interface", tap_name(port["id"]),
             f"options:tx_pcap={os.path.join(vs.rundir, tap_name(port['id']))}.pcap")][1:]), lab.vswitchds, lab.workers)
         lab.set_controller(f"tcp:127.0.0.1:{ctl.of_port}")
-        _wait_converged(ctl, n)
-        idle = _idle_rate(ctl.proc.pid)
+        if Sync(ApiClient(ctl.api_url, timeout=60), n).wait(600, interval=0.2) is None:
+            raise TimeoutError("the scale lab never converged")
+        idle = idle_cpu_rate(ctl.proc.pid)
         cpu0, t0 = cpu_s(ctl.proc.pid), time.time()
         with ThreadPoolExecutor(max_workers=16) as pool:
             leases = [r for r in pool.map(lease, jobs) if r is not None]
@@ -233,15 +221,3 @@ def scale_storm(quick: bool = False) -> dict[str, Any]:
         finally:
             ctl.stop()
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait_converged(ctl: ControllerProcess, n: int, timeout: float = 600.0) -> None:
-    """Until all ``n`` bridges are connected and hold every change (``GET /sync?wait=``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = ctl.request("GET", "/sync?wait=30", timeout=40)
-        if status.get("connected") == n and not status.get("pending") and not status.get("disconnected"):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the scale lab never converged: {len(status.get('pending') or [])} pending")
-        time.sleep(0.2)
