@@ -71,8 +71,8 @@ def integration_bridge_args(dpid: int, bridge: str = INTEGRATION_BRIDGE, datapat
 # OVS's own packet-in limiter (pinsched): past the rate, packets for the controller wait in one queue per
 # port, served in turn, so a VM flooding the slow path (DHCP, router solicitations) uses up its own
 # queue, not its neighbours' share; without it one flooder fills the connection's single queue.
-# Optional (``limits``): with it set, the cluster failover test lost one ping of 800 in 3 of 6 runs
-# (scenario c, not understood yet; none in 4 runs without it), so the default steps leave it out.
+# Optional (``limits``): while it was on every lab bridge, the cluster failover test lost one ping of
+# 800 in 3 of 6 runs (scenario c), and in 1 of 6 without it (README, Known issues): left out for now.
 PACKET_IN_LIMITS = ("controller_rate_limit=200", "controller_burst_limit=50")
 
 
