@@ -132,9 +132,14 @@ class CT:
     commit: bool = False
     zone: int | str = 0
     table: str | None = None
+    # NAT: None = none; "" = ct(nat): apply the connection's NAT (un-NAT a reply); "src=<ip>" = source NAT
+    # of a new connection to that address (ct(commit, nat(src=<ip>))).
+    nat: str | None = None
 
-    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
-        return f"CT({self.commit}, {self.zone!r}, {self.table!r})"
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash; unchanged for a CT without NAT
+        if self.nat is None:
+            return f"CT({self.commit}, {self.zone!r}, {self.table!r})"
+        return f"CT({self.commit}, {self.zone!r}, {self.table!r}, {self.nat!r})"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -153,7 +158,46 @@ class Conjunction:
         return f"Conjunction({self.id}, {self.clause}, {self.n_clauses})"
 
 
-Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl | Learn | CT | Conjunction
+@dataclass(frozen=True, slots=True, repr=False)
+class Bucket:
+    """One bucket of a fast-failover group: live while ``watch_port`` is (None: always live)."""
+
+    actions: tuple
+    watch_port: int | None = None
+
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"Bucket({self.actions!r}, {self.watch_port!r})"
+
+
+GROUP_ID_MAX = 0xFFFFFF00  # OFPG_MAX: ids above are reserved
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Group:
+    """Apply a fast-failover group (OFPGT_FF) defined here: the first live bucket's actions run.
+
+    A bucket is live while its watched port is (OVS counts a port with BFD as live only
+    while BFD says so), so the switch itself chooses, with no controller in the loop. The
+    group is defined inline, by the flow using it: its OpenFlow id (:attr:`group_id`) is a
+    hash of its buckets, so, as with a flow's cookie, the same group has the same id on
+    every switch and across restarts, and any change of its buckets gives a new id. The
+    controller adds the groups a switch lacks before the flows that use them and deletes
+    those no flow uses any more after (see :mod:`controller.groups`).
+    """
+
+    buckets: tuple[Bucket, ...]
+
+    @property
+    def group_id(self) -> int:
+        """The group's OpenFlow id: 1 + a 32-bit hash of its buckets, below OFPG_MAX."""
+        digest = int.from_bytes(_blake2b(repr(self.buckets).encode(), digest_size=4).digest(), "big")
+        return 1 + digest % (GROUP_ID_MAX - 1)
+
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"Group({self.buckets!r})"
+
+
+Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl | Learn | CT | Conjunction | Group
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +223,7 @@ class Flow:
 
 
 _blake2b = hashlib.blake2b
-_CHECKED = frozenset({CT, Conjunction, Resubmit, Learn})  # actions that name stages, or have rules of their own
+_CHECKED = frozenset({CT, Conjunction, Resubmit, Learn, Group})  # actions that name stages, or have rules of their own
 
 # Flow's generated __init__ sets each field through object.__setattr__ (it is frozen): a quarter of
 # make_flow's time. make_flow sets the slots straight through their descriptors instead (C calls).
@@ -283,6 +327,9 @@ def _check_actions(stage: Stage, actions: tuple[Action, ...], goto: Stage | None
             raise PipelineError(f"{stage.name}: resubmit to {act.table} not allowed")
         if kind is Learn:
             _check_learn(stage, act)
+        if kind is Group:
+            for bucket in act.buckets:  # a bucket's actions obey the stage's rules as the flow's own do
+                _check_actions(stage, tuple(bucket.actions), goto)
 
 
 def _check_learn(stage: Stage, act: Learn) -> None:
