@@ -95,6 +95,13 @@ class Hypervisor:
     tunnel_ip: str
     bridge_mappings: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The physical networks this hypervisor is a gateway for: routers whose external network is on
+    # one of them may be scheduled here for source NAT (see topology.gateways).
+    gateway_for: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gateway_for, tuple):  # a list, as the store's JSON gives it back
+            object.__setattr__(self, "gateway_for", tuple(self.gateway_for))
 
 
 def provider_patch_name(physical_network: str) -> str:
