@@ -10,7 +10,8 @@ module only assembles them:
 - :mod:`flows.portsec`, :mod:`flows.acl`: port security and security groups;
 - :mod:`flows.dhcp`: the DHCP requests the controller answers;
 - :mod:`flows.routing`: distributed routing;
-- :mod:`flows.nat`: floating IPs.
+- :mod:`flows.nat`: floating IPs;
+- :mod:`flows.gateway`: source NAT on the routers' gateway hypervisors.
 
 The stage handles they share are in :mod:`flows.stages`, the per-hypervisor
 view in :mod:`flows.view`; no feature module imports this one.
@@ -24,6 +25,7 @@ from __future__ import annotations
 from flows.acl import acl_flows
 from flows.dhcp import dhcp_flows
 from flows.flow import Flow
+from flows.gateway import gateway_externals, gateway_flows, snat_routers
 from flows.l2 import arp_responder, classify_from_fabric, classify_local_ports, default_flows, deliver, l2_lookup
 from flows.nat import local_fips, nat_flows
 from flows.nd import nd_flows
@@ -42,7 +44,8 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
     if view is None:
         return []
     fips = local_fips(graph, view)
-    fip_networks = {f.ext.id for f in fips}
+    snat = snat_routers(graph, view)
+    fip_networks = {f.ext.id for f in fips} | {ext.id for ext, _ in gateway_externals(snat)}
     flows: list[Flow] = []
     flows += default_flows()
     flows += classify_local_ports(view)
@@ -55,7 +58,8 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
     flows += security_flows(graph, view)
     flows += dhcp_flows(graph, view)
     flows += routing_flows(graph, view)
-    flows += nat_flows(view, fips)
+    flows += nat_flows(view, fips, gateway_externals(snat))
+    flows += gateway_flows(view, snat)
     return flows
 
 

@@ -349,6 +349,8 @@ class FlowEngine:
 
     def _on_router(self, plan: _Plan, router_id: str, old) -> None:
         plan.base |= self._router_hvs(router_id)
+        if old is not None:  # gateways it leaves (those it keeps or joins are in _router_hvs)
+            plan.base |= set(old.gateway_hosts)
         if old is not None and getattr(old, "gw_network_id", None):
             plan.base |= self._reach.get(old.gw_network_id, set())
 
@@ -402,7 +404,8 @@ class FlowEngine:
         for net_id in graph_l3.router_networks(self.graph, router_id):
             out |= self._reach.get(net_id, set()) | self._hosts.get(net_id, frozenset())
         out |= self._fip_hosts(graph_l3.fips_of_router(self.graph, router_id))
-        return out
+        router = self.graph.get("router", router_id)
+        return out | set(router.gateway_hosts if router is not None else ())
 
     def _fip_hosts(self, fips: Iterable) -> set[str]:
         out: set[str] = set()

@@ -33,7 +33,7 @@ never shows on the external network.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import netaddr
@@ -124,32 +124,41 @@ def announcements(graph: TopologyGraph, view: HypervisorView | None) -> list[Ann
     return [Announcement(f.ext.key, f.fip.floating_ip_address, f.mac, f.ext_gateway) for f in local_fips(graph, view)]
 
 
-def nat_flows(view: HypervisorView, fips: list[LocalFip]) -> list[Flow]:
-    """Every floating-IP flow of this hypervisor (none when it hosts no port with a floating IP)."""
+def nat_flows(view: HypervisorView, fips: list[LocalFip],
+              gateways: Iterable[tuple[Network, str | None]] = ()) -> list[Flow]:
+    """Every floating-IP flow of this hypervisor (none when it hosts no port with a floating IP), and the
+    flows of each external network it reaches: those of its floating IPs and ``gateways``, the
+    (external network, its subnet's gateway) pairs of the routers whose source NAT it runs."""
     flows: list[Flow] = []
     externals = {f.ext.id: f.ext for f in fips}
+    next_hops: dict[str, set[str]] = {}
+    for f in fips:
+        next_hops.setdefault(f.ext.id, set()).add(f.ext_gateway or "")
+    for ext, hop in gateways:
+        externals[ext.id] = ext
+        next_hops.setdefault(ext.id, set()).add(hop or "")
     for ext in sorted(externals.values(), key=lambda n: n.key):
         if ext.id not in view.networks:  # else the compiler classifies it already, towards ext_in_fip
             flows += classify_from_fabric(view, ext, EXT_IN_FIP)
-        flows += _external_network(view, ext, [f for f in fips if f.ext.id == ext.id])
+        flows += _external_network(view, ext, next_hops[ext.id] - {""})
     for fip in fips:
         flows += _fip(view, fip)
     return flows
 
 
-def _learn(ext: Network) -> Learn:
+def learn_neighbour(ext: Network) -> Learn:
     """Remember the ARP sender: (this external network, its address) -> its MAC, in lr_in_mac_binding."""
     return Learn(MAC_BINDING.name, MAC_BINDING.priority("learned"), LEARNED_IDLE_TIMEOUT, learned_cookie(ext),
                  matches=((REG_NETWORK, REG_NETWORK), (REG_NEXTHOP, "arp_spa")), loads=(("arp_sha", "eth_dst"),))
 
 
-def _external_network(view: HypervisorView, ext: Network, fips: list[LocalFip]) -> Iterator[Flow]:
-    """Per external network served here: learning the gateway, the MAC lookup, the way out."""
+def _external_network(view: HypervisorView, ext: Network, next_hops: set[str]) -> Iterator[Flow]:
+    """Per external network served here: learning its gateways, the MAC lookup, the way out."""
     base = {REG_NETWORK: ext.key}
-    for gateway in sorted({f.ext_gateway for f in fips if f.ext_gateway}):
+    for gateway in sorted(next_hops, key=netaddr.IPAddress):
         yield make_flow(
             EXT_IN_FIP, "arp_learn", {**base, "eth_type": ETH_ARP, "arp_spa": gateway, "arp_tpa": gateway},
-            [_learn(ext)], goto=L2_LOOKUP,
+            [learn_neighbour(ext)], goto=L2_LOOKUP,
             description=f"gratuitous ARP from the gateway {gateway} of network {ext.id}: learn its MAC",
         )
     yield make_flow(
@@ -178,12 +187,12 @@ def _fip(view: HypervisorView, f: LocalFip) -> Iterator[Flow]:
     )
     yield make_flow(
         EXT_IN_FIP, "arp_answer", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_tpa": ip},
-        [_learn(ext), *arp_reply(f.mac, ip, tag + [Output(IN_PORT)])],
+        [learn_neighbour(ext), *arp_reply(f.mac, ip, tag + [Output(IN_PORT)])],
         description=f"ARP who-has floating IP {ip}: {f.mac}, from this hypervisor only; learn the asker",
     )
     yield make_flow(
         EXT_IN_FIP, "arp_learn", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REPLY, "arp_tpa": ip},
-        [_learn(ext)],
+        [learn_neighbour(ext)],
         description=f"ARP reply to floating IP {ip}: learn the sender's MAC",
     )
     yield make_flow(

@@ -95,10 +95,13 @@ STAGES: tuple[Stage, ...] = (
         "port with its VNI, a provider patch port with its VLAN) to the logical "
         "network key and logical in-port. A routed frame from another hypervisor "
         "carries that hypervisor's DVR MAC as source: it is given back the router "
-        "interface MAC of its subnet (dvr_mac). Anything unknown is dropped.",
+        "interface MAC of its subnet (dvr_mac). On a gateway hypervisor, what arrives on a "
+        "gateway tunnel port (tg-*, UDP 4790) is source-NAT traffic of a router, to "
+        "lr_gw_in (gateway_tunnel). Anything unknown is dropped.",
         allowed_matches=frozenset({"in_port", "tunnel_id", "vlan_vid", "eth_src", "eth_type", "ipv4_dst", "ipv6_dst"}),
-        priorities={"dvr_mac": 110, "vm_port": 100, "tunnel": 100, "provider": 100, "drop": 0},
-        next_stages=("ls_in_port_sec", "ls_in_arp_rsp", "ls_in_l2_lookup", "ext_in_fip"),
+        priorities={"dvr_mac": 110, "vm_port": 100, "tunnel": 100, "provider": 100, "gateway_tunnel": 100,
+                    "drop": 0},
+        next_stages=("ls_in_port_sec", "ls_in_arp_rsp", "ls_in_l2_lookup", "ext_in_fip", "lr_gw_in"),
     ),
     Stage(
         name="ls_in_port_sec",
@@ -178,10 +181,39 @@ STAGES: tuple[Stage, ...] = (
         "or from a floating IP teaches lr_in_mac_binding the sender's MAC (arp_learn); "
         "an IPv4 packet to a floating IP's MAC and address is DNATed to the fixed address "
         "(stateless 1:1), routed into the port's network and handed to L2 lookup (dnat). "
+        "On a gateway hypervisor of a router: an ARP request for the router's gateway "
+        "address is answered only while this gateway is the active one, i.e. every gateway "
+        "before it in the router's list is unreachable (gw_arp: a fast-failover group whose "
+        "buckets watch the tunnels to those gateways); IPv4 to the gateway address goes "
+        "through the router's conntrack zone to be un-NATed (gw_unsnat), on to lr_gw_unsnat. "
         "Everything else goes on to L2 lookup of the external network (default).",
         allowed_matches=frozenset({REG_NETWORK, "eth_type", "eth_dst", "arp_op", "arp_spa", "arp_tpa", "ipv4_dst"}),
-        priorities={"garp": 110, "arp_answer": 100, "arp_learn": 100, "dnat": 100, "default": 0},
-        next_stages=("ls_in_l2_lookup",),
+        priorities={"garp": 110, "arp_answer": 100, "arp_learn": 100, "dnat": 100, "gw_arp": 100, "gw_unsnat": 100,
+                    "default": 0},
+        next_stages=("ls_in_l2_lookup", "lr_gw_unsnat"),
+    ),
+    Stage(
+        name="lr_gw_in",
+        table_id=12,
+        doc="Gateway hypervisor, from a gateway tunnel: the tunnel key names the router "
+        "whose source NAT the sending hypervisor chose this gateway for; the packet (routed "
+        "there already) is routed again by that router here (snat: reg3 := the router; one "
+        "more hop, as Neutron's SNAT namespace is) and so reaches lr_in_fip_snat. Unknown "
+        "key: drop.",
+        allowed_matches=frozenset({"tunnel_id"}),
+        priorities={"snat": 100, "drop": 0},
+        next_stages=("lr_in_ip_routing",),
+    ),
+    Stage(
+        name="lr_gw_unsnat",
+        table_id=13,
+        doc="Gateway hypervisor, after the router's conntrack zone un-NATed a packet to its "
+        "gateway address: a reply (or related ICMP) of a connection the router source-NATed "
+        "goes to routing, now addressed to the VM's fixed address (reply); anything else "
+        "to the gateway address is dropped: nothing outside opens a connection through SNAT.",
+        allowed_matches=frozenset({REG_ROUTER, "ct_state"}),
+        priorities={"reply": 100, "drop": 0},
+        next_stages=("lr_in_ip_routing",),
     ),
     Stage(
         name="ls_in_arp_rsp",
@@ -283,9 +315,17 @@ STAGES: tuple[Stage, ...] = (
         "address that has a floating IP (matched on the in-port and the fixed address) "
         "leaves with the floating IP as source address and the floating IP's MAC as "
         "source MAC (snat). Only the hypervisor hosting the port holds the flow. Any other "
-        "source is dropped: fixed addresses never show on the external network (default).",
-        allowed_matches=frozenset({REG_NETWORK, REG_INPORT, "eth_type", "ipv4_src"}),
-        priorities={"snat": 100, "drop": 0},
+        "source leaves through its router's source NAT, if the router has one: on a "
+        "gateway hypervisor, a packet that came from a gateway tunnel (reg7 = 0) is "
+        "committed in the router's conntrack zone with its source NATed to the router's "
+        "gateway address (gateway_snat); from a local port, it goes to the router's "
+        "active gateway: tunnel key := the router's key, then a fast-failover group whose "
+        "buckets output to the gateways' tunnel ports in the router's order, each live while "
+        "BFD says its gateway is (to_gateway; on a gateway itself, its own bucket NATs "
+        "here). No floating IP and no SNAT: dropped, fixed addresses never show on the "
+        "external network (default).",
+        allowed_matches=frozenset({REG_NETWORK, REG_INPORT, REG_ROUTER, "eth_type", "ipv4_src"}),
+        priorities={"snat": 100, "gateway_snat": 90, "to_gateway": 80, "drop": 0},
         next_stages=("lr_in_ext_resolve",),
     ),
     Stage(

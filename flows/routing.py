@@ -70,8 +70,13 @@ class Interface:
 
 
 def routers_of(graph: TopologyGraph, view: HypervisorView) -> list[Router]:
-    """Routers with an interface on a network this hypervisor hosts (admin up), by key."""
+    """Routers with an interface on a network this hypervisor hosts, or scheduled on it as a gateway
+    (admin up), by key."""
     found: dict[str, Router] = {}
+    if view.hv.gateway_for:  # a gateway routes for the routers it NATs (flows.gateway)
+        for router in graph.records("router"):
+            if view.hv.name in router.gateway_hosts and router.admin_state_up:
+                found[router.id] = router
     for net_id in view.networks:
         for port_id, router_id in graph.network_index(net_id).router_ports.items():
             port = graph.port(port_id)

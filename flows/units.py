@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from flows.acl import MemberSpec, acl_base, acl_port, ct_zones, member_clause
 from flows.dhcp import dhcp_default, dhcp_port
 from flows.flow import Flow, MatchValue
+from flows.gateway import gateway_externals, gateway_flows, snat_routers
 from flows.l2 import (
     answered_here,
     arp_port,
@@ -99,10 +100,14 @@ def base_unit(graph: TopologyGraph, hv_name: str,
     flows += acl
     routing, routed = routing_base(graph, view)
     flows += routing
-    flows += nat_flows(view, fips)
+    snat = snat_routers(graph, view)
+    externals = gateway_externals(snat)
+    flows += nat_flows(view, fips, externals)
+    flows += gateway_flows(view, snat)
     routed_ids = {n.id for n in routed}
     reach = {n: Reach(n in view.networks, n in routed_ids) for n in set(view.networks) | routed_ids}
-    info = BaseInfo(view, reach, frozenset(f.ext.id for f in fips), frozenset(p.id for p in view.local_ports), spec,
+    fip_networks = frozenset(f.ext.id for f in fips) | {ext.id for ext, _ in externals}
+    info = BaseInfo(view, reach, fip_networks, frozenset(p.id for p in view.local_ports), spec,
                     dvr_mac(view.hv), ct_zones(view.local_ports))
     return flows, info
 

@@ -93,3 +93,48 @@ def tunnel_ports(graph: TopologyGraph, hv_name: str, timers: BfdTimers = BfdTime
             "bfd:decay_min_rx": str(timers.decay_min_rx),
         }
     return ports
+
+
+# -- scheduling ------------------------------------------------------------------------------------
+DEFAULT_GATEWAYS_PER_ROUTER = 2
+
+
+def candidates(graph: TopologyGraph, physnet: str | None) -> list[Hypervisor]:
+    """The gateway hypervisors for ``physnet`` (that also map it to a provider bridge), by name."""
+    if not physnet:
+        return []
+    return sorted((hv for hv in graph.hypervisors() if physnet in hv.gateway_for and physnet in hv.bridge_mappings),
+                  key=lambda hv: hv.name)
+
+
+def loads(graph: TopologyGraph) -> dict[str, tuple[int, int]]:
+    """Each hypervisor's gateway load: (routers it is active for, routers it is listed for)."""
+    out: dict[str, tuple[int, int]] = {}
+    for router in graph.records("router"):
+        for i, name in enumerate(router.gateway_hosts):
+            active, listed = out.get(name, (0, 0))
+            out[name] = (active + (i == 0), listed + 1)
+    return out
+
+
+def schedule(graph: TopologyGraph, physnet: str | None, count: int, keep: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """An ordered gateway list for a router on ``physnet``: ``keep`` (those still candidates), then the
+    least-loaded candidates (fewest routers active on it, then fewest listed, then name) up to ``count``."""
+    names = [hv.name for hv in candidates(graph, physnet)]
+    chosen = [n for n in keep if n in names][:count]
+    load = loads(graph)
+    rest = sorted((n for n in names if n not in chosen), key=lambda n: (*load.get(n, (0, 0)), n))
+    return tuple(chosen + rest[:max(0, count - len(chosen))])
+
+
+def validate_hosts(graph: TopologyGraph, physnet: str | None, hosts: object) -> tuple[str, ...] | str:
+    """An operator's gateway list, checked: the tuple, or what is wrong with it."""
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        return "gateway_hypervisors must be a list of hypervisor names"
+    if len(set(hosts)) != len(hosts):
+        return "gateway_hypervisors lists a hypervisor twice"
+    allowed = {hv.name for hv in candidates(graph, physnet)}
+    wrong = [h for h in hosts if h not in allowed]
+    if wrong:
+        return f"{', '.join(wrong)} is not a gateway hypervisor for physical network {physnet}"
+    return tuple(hosts)

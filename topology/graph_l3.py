@@ -129,8 +129,10 @@ def routers_of_network(graph: TopologyGraph, net_id: str) -> list[Router]:
 
 
 def hypervisors_of_router(graph: TopologyGraph, router_id: str) -> set[str]:
-    """Hypervisors hosting a port of any network the router is attached to."""
-    return graph.affected_by_networks(router_networks(graph, router_id))
+    """Hypervisors hosting a port of any network the router is attached to, and its gateway hypervisors."""
+    router = graph.get("router", router_id)
+    gateways = set(router.gateway_hosts) if router is not None else set()
+    return graph.affected_by_networks(router_networks(graph, router_id)) | gateways
 
 
 def hypervisors_depending_on(graph: TopologyGraph, net_ids: Iterable[str]) -> set[str]:

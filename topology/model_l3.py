@@ -35,6 +35,8 @@ class Router:
     enable_snat: bool = True
     routes: tuple[tuple[str, str], ...] = ()  # extra routes: (destination CIDR, nexthop)
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The gateway hypervisors its gateway is scheduled on, in priority order (topology.gateways).
+    gateway_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ def _decode_port(d: dict[str, Any]) -> Port:
 
 def _decode_router(d: dict[str, Any]) -> Router:
     d["routes"] = tuple(tuple(r) for r in d["routes"])
+    d["gateway_hosts"] = tuple(d.get("gateway_hosts", ()))
     return Router(**d)
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import netaddr
 
-from topology import graph_l3, ipam
+from topology import gateways, graph_l3, ipam
 from topology.core import write
 from topology.l3common import Deleted, L3Base, new_id, now
-from topology.model import Port, Subnet
+from topology.model import Hypervisor, Network, Port, Subnet
 from topology.model_l3 import ROUTER_GATEWAY, ROUTER_INTERFACE, Router
 from topology.store import BadRequest, Conflict, NotFound, Unavailable
 
@@ -41,6 +41,8 @@ def interface_info(router: Router, port: Port) -> dict[str, Any]:
 
 class Routers(L3Base):
     """Mixin of :class:`topology.state.Topology`: routers and their ports."""
+
+    gateways_per_router = gateways.DEFAULT_GATEWAYS_PER_ROUTER  # the longest gateway list a router gets
 
     def _router(self, router_id: Any) -> Router:
         router = self.graph.get("router", router_id) if isinstance(router_id, str) else None
@@ -93,6 +95,8 @@ class Routers(L3Base):
                 router = replace(router, routes=self._routes(router, values["routes"] or [], gw_port))
             elif plan is not None:
                 self._check_routes_still_reachable(router, records)
+            if "gateway_hypervisors" in values:
+                router = replace(router, gateway_hosts=self._operator_gateways(router, values["gateway_hypervisors"]))
             self._commit([*records, router])
             self._notify(before | self._router_hvs(router_id))
             return router
@@ -154,7 +158,7 @@ class Routers(L3Base):
         if plan["network"] is None:
             if current is not None:
                 records.append(Deleted("port", current.id))
-            return records, replace(router, gw_network_id=None, gw_port_id=None, enable_snat=True)
+            return records, replace(router, gw_network_id=None, gw_port_id=None, enable_snat=True, gateway_hosts=())
         if plan["same"]:
             port = replace(current, fixed_ips=plan["fixed_ips"], attrs={**current.attrs, "updated_at": now()})
         else:
@@ -163,8 +167,46 @@ class Routers(L3Base):
             port = self._new_port(plan["network"], project_id="", owner=ROUTER_GATEWAY, device_id=router.id,
                                   fixed_ips=plan["fixed_ips"], mac=plan["mac"])
         records.append(port)
+        keep = router.gateway_hosts if plan["same"] else ()
+        hosts = gateways.schedule(self.graph, plan["network"].physical_network, self.gateways_per_router, keep)
         return records, replace(router, gw_network_id=port.network_id, gw_port_id=port.id,
-                                enable_snat=plan["enable_snat"])
+                                enable_snat=plan["enable_snat"], gateway_hosts=hosts)
+
+    # -- gateway hypervisors -----------------------------------------------------------------
+    def _gateway_physnet(self, router: Router) -> str | None:
+        net: Network | None = self.graph.network(router.gw_network_id) if router.gw_network_id else None
+        return net.physical_network if net is not None else None
+
+    def _operator_gateways(self, router: Router, hosts: object) -> tuple[str, ...]:
+        """The gateway list an operator asks for (PUT gateway_hypervisors), checked."""
+        if not router.gw_network_id:
+            raise bad_router("gateway_hypervisors needs an external gateway")
+        checked = gateways.validate_hosts(self.graph, self._gateway_physnet(router), hosts)
+        if isinstance(checked, str):
+            raise bad_router(checked)
+        return checked
+
+    def _gateway_lists(self, name: str, hv: Hypervisor | None) -> list[Router]:
+        """Routers whose gateway list changes as hypervisor ``name`` becomes ``hv`` (None: deleted).
+
+        A new gateway is appended to the lists that are short of gateways_per_router (it never
+        takes over an active gateway: the operator moves routers); one that stops being a
+        gateway for a router's physical network leaves its list.
+        """
+        out = []
+        for router in self.graph.records("router"):
+            if not router.gw_network_id:
+                continue
+            physnet = self._gateway_physnet(router)
+            serves = hv is not None and physnet in hv.gateway_for and physnet in hv.bridge_mappings
+            hosts = router.gateway_hosts
+            if not serves:
+                hosts = tuple(h for h in hosts if h != name)
+            elif name not in hosts and len(hosts) < self.gateways_per_router:
+                hosts = (*hosts, name)
+            if hosts != router.gateway_hosts:
+                out.append(replace(router, gateway_hosts=hosts))
+        return out
 
     # -- extra routes ------------------------------------------------------------------------
     def _routes(self, router: Router, routes: list[dict[str, str]], gw_port: Port | None = None

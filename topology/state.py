@@ -53,7 +53,7 @@ SUBNET_FIELDS = {"id", "network_id", "project_id", "tenant_id", "cidr", "ip_vers
                  "allocation_pools", "enable_dhcp"}
 PORT_FIELDS = {"id", "network_id", "project_id", "tenant_id", "mac_address", "fixed_ips", "binding:host_id",
                "admin_state_up", "device_owner", "device_id", "status"}
-HV_FIELDS = {"name", "id", "datapath_id", "tunnel_ip", "bridge_mappings"}
+HV_FIELDS = {"name", "id", "datapath_id", "tunnel_ip", "bridge_mappings", "gateway_for"}
 
 
 def now() -> str:
@@ -498,8 +498,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             raise Conflict("DatapathIdInUse", f"Datapath id {dpid:016x} is already used by hypervisor {other.name}.")
         stamp = now()
         attrs = {**(old.attrs if old else {"created_at": stamp}), **_extra(values, HV_FIELDS), "updated_at": stamp}
+        gateway_for = values.get("gateway_for", old.gateway_for if old else ())
+        if not isinstance(gateway_for, (list, tuple)) or not all(isinstance(p, str) and p for p in gateway_for):
+            raise ipam.invalid_input("gateway_for must list physical network names")
         return Hypervisor(name=name, datapath_id=dpid, tunnel_ip=tunnel_ip, bridge_mappings=dict(mappings),
-                          attrs=attrs)
+                          attrs=attrs, gateway_for=tuple(dict.fromkeys(gateway_for)))
 
     @write
     def register_hypervisor(self, values: dict[str, Any]) -> Hypervisor:
@@ -515,7 +518,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             if self.graph.hypervisor(name) is not None:
                 raise Conflict("HypervisorExists", f"Hypervisor {name} already exists.")
             hv = self._hv_record(name, values, None)
-            self._commit([hv])
+            self._commit([hv, *self._gateway_lists(name, hv)])
             self._notify(self._neighbourhood(name))
             return hv
 
@@ -527,7 +530,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             if values.get("name", name) != name:
                 raise ipam.invalid_input("name cannot be updated")
             hv = self._hv_record(name, values, old)
-            self._commit([hv])
+            self._commit([hv, *self._gateway_lists(name, hv)])
             self._notify(self._neighbourhood(name))
             return hv
 
@@ -537,5 +540,5 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         with self.lock:
             self._hypervisor(name)
             affected = self._neighbourhood(name)
-            self._commit([Deleted("hv", name)])
+            self._commit([Deleted("hv", name), *self._gateway_lists(name, None)])
             self._notify(affected)

@@ -81,6 +81,8 @@ ROUTER = {
     "admin_state_up": Attr(boolean),
     "external_gateway_info": Attr(gateway_info),
     "routes": Attr(or_none(list_of(ROUTE)), post=False),  # extraroute: PUT only, as Neutron
+    # Where the gateway's source NAT runs (ours; admin): the operator moves it by reordering.
+    "gateway_hypervisors": Attr(list_of(string), post=False),
 }
 
 FLOATINGIP = {

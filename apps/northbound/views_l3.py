@@ -33,6 +33,7 @@ def router(graph: TopologyGraph, r: Router) -> dict[str, Any]:
         "status": "ACTIVE",
         "external_gateway_info": gateway,
         "routes": [{"destination": d, "nexthop": h} for d, h in r.routes],
+        "gateway_hypervisors": list(r.gateway_hosts),
         **_stamps(r),
     }
 

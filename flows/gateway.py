@@ -1,0 +1,198 @@
+"""Source NAT on gateway hypervisors, chosen by the switches themselves (fast-failover groups).
+
+A router with an external gateway and ``enable_snat`` is scheduled onto an ordered list
+of gateway hypervisors (:mod:`topology.gateways`). Its VMs without a floating IP leave
+as follows:
+
+- on the VM's own hypervisor the packet is routed as any other (DVR), reaches
+  ``lr_in_fip_snat`` without a floating IP, and is sent, with the router's key as tunnel
+  key, through a fast-failover group whose buckets output to the router's gateways'
+  tunnel ports (``tg-*``, BFD on) in the router's order: the first gateway whose BFD
+  session is up gets it. A dead gateway is bypassed by each switch within BFD's detection
+  time, with no controller involved;
+- on the gateway, ``lr_gw_in`` maps the tunnel key back to the router, which routes the
+  packet once more (the SNAT hop), and ``lr_in_fip_snat`` commits it in the router's
+  conntrack zone with its source NATed to the router's gateway address, out to the
+  external network as floating-IP traffic goes (learned next-hop MAC, provider bridge);
+- a reply to the gateway address is un-NATed in the same zone (``ext_in_fip``,
+  ``lr_gw_unsnat``) and routed back into the VM's network, where L2 lookup tunnels it
+  to the VM's hypervisor like any routed packet.
+
+Only the active gateway answers ARP for the router's gateway address: each gateway's
+answer goes through a fast-failover group whose first buckets, empty, watch the tunnels
+to the gateways before it in the list, and whose last bucket answers. So a standby
+starts answering (and its first packet out moves the external switches' MAC entry)
+exactly when it stops seeing the gateways before it, whoever else is down.
+
+Floating-IP traffic never comes here: ``lr_in_fip_snat`` matches it first, on the VM's
+own hypervisor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from flows.flow import CT, CT_EST, CT_REL, CT_TRK, IN_PORT, Bucket, Flow, Group, Output, SetField, make_flow
+from flows.l2 import arp_reply, to_provider
+from flows.nat import ARP_REPLY, ARP_REQUEST, ETH_ARP, ETH_IPV4, learn_neighbour
+from flows.pipeline import REG_INPORT, REG_NETWORK, REG_ROUTER, stage
+from flows.routing import gateway_of, routers_of
+from flows.stages import CLASSIFY, EXT_IN_FIP, EXT_RESOLVE, FIP_SNAT
+from flows.view import HypervisorView
+from topology.gateways import GATEWAY_PORT_PREFIX, gateway_tunnel_name
+from topology.graph import TopologyGraph
+from topology.model import Network
+from topology.model_l3 import Router
+
+GW_IN = stage("lr_gw_in")
+GW_UNSNAT = stage("lr_gw_unsnat")
+ROUTING = stage("lr_in_ip_routing")
+
+SNAT_ZONE_BASE = 0x8000
+"""A router's SNAT conntrack zone is this + the low 15 bits of its key: ports' zones are allocated
+from 1 up (topology.ctzones), so the two never meet below 32,768 ports on one hypervisor."""
+
+
+def snat_zone(router: Router) -> int:
+    """The conntrack zone of a router's source NAT on its gateways."""
+    return SNAT_ZONE_BASE | (router.key & 0x7FFF)
+
+
+@dataclass(frozen=True)
+class SnatRouter:
+    """A router whose gateway this hypervisor reaches (or is), with what its flows need."""
+
+    router: Router
+    ext: Network  # the external network
+    address: str  # the router's IPv4 gateway address
+    mac: str  # its gateway port's MAC
+    next_hop: str | None  # the external subnet's gateway
+    tunnels: tuple[tuple[str, int | None], ...]  # (gateway, its tg- port here; None: this hypervisor)
+
+    @property
+    def here(self) -> bool:
+        """Whether this hypervisor is one of the router's gateways."""
+        return any(port is None for _, port in self.tunnels)
+
+
+def snat_routers(graph: TopologyGraph, view: HypervisorView) -> list[SnatRouter]:
+    """The routers with a scheduled gateway that this hypervisor routes for or is a gateway of."""
+    out = []
+    for router in routers_of(graph, view):
+        found = _snat_router(graph, view, router)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _snat_router(graph: TopologyGraph, view: HypervisorView, router: Router) -> SnatRouter | None:
+    gateway = gateway_of(graph, router)
+    if gateway is None or not router.gateway_hosts:
+        return None
+    tunnels: list[tuple[str, int | None]] = []
+    for name in router.gateway_hosts:
+        hv = graph.hypervisor(name)
+        if name == view.hv.name:
+            tunnels.append((name, None))
+        elif hv is not None and gateway_tunnel_name(hv.tunnel_ip) in view.ofports:
+            tunnels.append((name, view.ofports[gateway_tunnel_name(hv.tunnel_ip)]))
+    return SnatRouter(router, gateway.network, str(gateway.ip), gateway.port.mac_address, gateway.subnet_gateway,
+                      tuple(tunnels))
+
+
+def gateway_externals(routers: list[SnatRouter]) -> list[tuple[Network, str | None]]:
+    """The external networks this hypervisor reaches as a gateway (for flows.nat.nat_flows)."""
+    return [(r.ext, r.next_hop) for r in routers if r.here]
+
+
+def gateway_flows(view: HypervisorView, routers: list[SnatRouter]) -> list[Flow]:
+    """Every source-NAT flow of this hypervisor: towards the gateways, and as a gateway."""
+    flows: list[Flow] = []
+    if any(r.here for r in routers):
+        flows += _from_gateway_tunnels(view)
+    for r in routers:
+        if r.router.enable_snat:
+            flows += _to_gateway(r)
+        if r.here:
+            flows += _as_gateway(view, r)
+    return flows
+
+
+def _from_gateway_tunnels(view: HypervisorView) -> Iterator[Flow]:
+    yield make_flow(GW_IN, "drop", {}, description="no router of this gateway has that key: drop")
+    yield make_flow(GW_UNSNAT, "drop", {}, description="not a reply of a source-NATed connection: drop")
+    for name, ofport in sorted(view.ofports.items()):
+        if name.startswith(GATEWAY_PORT_PREFIX):
+            yield make_flow(CLASSIFY, "gateway_tunnel", {"in_port": ofport}, goto=GW_IN,
+                            description=f"from gateway tunnel {name}: source NAT traffic")
+
+
+def _snat(r: SnatRouter) -> CT:
+    return CT(commit=True, zone=snat_zone(r.router), table=EXT_RESOLVE.name, nat=f"src={r.address}")
+
+
+def _to_gateway(r: SnatRouter) -> Iterator[Flow]:
+    """From a local port: to the first live gateway of the router (or NAT here, when it is this one)."""
+    buckets = []
+    for _name, ofport in r.tunnels:
+        if ofport is None:
+            buckets.append(Bucket((_snat(r),)))
+            break  # this hypervisor's own bucket is always live: none after it is ever chosen
+        buckets.append(Bucket((Output(ofport),), ofport))
+    if not buckets:
+        return
+    yield make_flow(
+        FIP_SNAT, "to_gateway", {REG_ROUTER: r.router.key, "eth_type": ETH_IPV4},
+        [SetField("tunnel_id", r.router.key), Group(tuple(buckets))],
+        description=f"router {r.router.id}: no floating IP, out through source NAT on the first live of "
+        f"{', '.join(name for name, _ in r.tunnels)}",
+    )
+
+
+def _as_gateway(view: HypervisorView, r: SnatRouter) -> Iterator[Flow]:
+    """On one of the router's gateways: its source NAT, and its gateway address while active."""
+    router, base = r.router, {REG_NETWORK: r.ext.key}
+    if router.enable_snat:
+        yield make_flow(GW_IN, "snat", {"tunnel_id": router.key}, [SetField(REG_ROUTER, router.key)], goto=ROUTING,
+                        description=f"router {router.id}'s source NAT traffic: route it here")
+        yield make_flow(
+            FIP_SNAT, "gateway_snat", {REG_ROUTER: router.key, REG_INPORT: 0, "eth_type": ETH_IPV4}, [_snat(r)],
+            description=f"router {router.id}: source NAT to {r.address} (zone {snat_zone(router)})",
+        )
+        yield make_flow(
+            EXT_IN_FIP, "gw_unsnat", {**base, "eth_type": ETH_IPV4, "eth_dst": r.mac, "ipv4_dst": r.address},
+            [SetField(REG_ROUTER, router.key), CT(zone=snat_zone(router), table=GW_UNSNAT.name, nat="")],
+            description=f"to router {router.id}'s gateway address {r.address}: un-NAT in zone {snat_zone(router)}",
+        )
+        for state in (CT_TRK | CT_EST, CT_TRK | CT_REL):
+            yield make_flow(
+                GW_UNSNAT, "reply", {REG_ROUTER: router.key, "ct_state": (state, state)}, goto=ROUTING,
+                description=f"router {router.id}: reply of a source-NATed connection, to the VM",
+            )
+    tag = (to_provider(view, r.ext) or [])[:-1]  # the VLAN tag, if any: the reply goes back out of in_port
+    answer = [learn_neighbour(r.ext), *arp_reply(r.mac, r.address, [*tag, Output(IN_PORT)])]
+    yield make_flow(
+        EXT_IN_FIP, "garp", {**base, "eth_type": ETH_ARP, "arp_spa": r.address, "arp_tpa": r.address},
+        description=f"gratuitous ARP for gateway address {r.address}: never answer it",
+    )
+    yield make_flow(
+        EXT_IN_FIP, "gw_arp", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_tpa": r.address},
+        [Group(_while_active(r, tuple(answer)))],
+        description=f"ARP who-has {r.address} (router {router.id}'s gateway): {r.mac}, while this gateway is active",
+    )
+    yield make_flow(
+        EXT_IN_FIP, "arp_learn", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REPLY, "arp_tpa": r.address},
+        [learn_neighbour(r.ext)],
+        description=f"ARP reply to gateway address {r.address}: learn the sender's MAC",
+    )
+
+
+def _while_active(r: SnatRouter, actions: tuple) -> tuple[Bucket, ...]:
+    """Buckets running ``actions`` only while every gateway before this one is unreachable."""
+    buckets = []
+    for _name, ofport in r.tunnels:
+        if ofport is None:
+            break
+        buckets.append(Bucket((), ofport))  # that gateway is alive: it answers, not this one
+    return (*buckets, Bucket(actions))
