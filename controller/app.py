@@ -23,6 +23,7 @@ from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, resolve_request
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
+from flows.gateway import gateway_announcements, snat_routers
 from flows.nat import announcements
 from flows.pipeline import stage
 from flows.routing import router_interface
@@ -155,10 +156,24 @@ class TenantflowApp(app_manager.OSKenApp):
                 SYNCED.wait(min(left, 0.5))
 
     def announcements_for(self, hv_name: str):
-        """The floating IPs a hypervisor hosts, to announce on their external networks."""
+        """The floating IPs a hypervisor hosts, and the gateway addresses it is active for, to announce."""
         with self.topology.lock:
             graph = self.topology.graph
-            return announcements(graph, view_of(graph, hv_name))
+            view = view_of(graph, hv_name)
+            items = announcements(graph, view)
+            if view is not None and view.hv.gateway_for:
+                items += gateway_announcements(snat_routers(graph, view), lambda name: bool(graph.ofports(name)))
+            return items
+
+    def _gateway_went(self, hv_name: str | None) -> None:
+        """A bridge connected or left: if a gateway, the others may have become active (or stopped being)."""
+        hv = self.topology.graph.hypervisor(hv_name) if hv_name else None
+        if hv is None or not hv.gateway_for:
+            return
+        for sw in list(self.switches.values()):
+            other = self.topology.graph.hypervisor(sw.hv_name) if sw.hv_name else None
+            if other is not None and other.gateway_for and other.name != hv_name and sw.synced_generation >= 0:
+                sw.reannounce()
 
     # -- switch side -------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
@@ -183,6 +198,7 @@ class TenantflowApp(app_manager.OSKenApp):
                 self._disconnected(sw)
                 if sw.hv_name:
                     self.topology.set_live_ofports(sw.hv_name, {})
+                    self._gateway_went(sw.hv_name)
 
     def _disconnected(self, sw: Switch) -> None:
         """A bridge's connection ended: stop its worker (it ends on its own), count it."""
@@ -208,7 +224,10 @@ class TenantflowApp(app_manager.OSKenApp):
         for name, candidates in clashes.items():
             LOG.warning("switch %s: ports %s all count as %r; using %r", sw.hv_name, ", ".join(candidates),
                         name, candidates[0])
+        first = not self.topology.graph.ofports(sw.hv_name)
         self.topology.set_live_ofports(sw.hv_name, canonical)
+        if first:
+            self._gateway_went(sw.hv_name)
         # Export this hypervisor's event counters at 0 from the start: a labelled counter
         # has no series until its first increment, and an absent series reads as "no data",
         # not as "no packet-in / no error" (alerts on rate() and increase() never fire).

@@ -604,6 +604,13 @@ class Switch:
             timer.daemon = True
             timer.start()
 
+    def reannounce(self) -> None:
+        """Announce what is new to announce now (another gateway came or went): from any thread."""
+        try:
+            self._announce()
+        except ConnectionError:
+            pass  # gone: a reconnect announces everything again
+
     def _repeat_announcements(self, items: list[Announcement]) -> None:
         try:
             self._send_announcements([a for a in items if a in self._announced])

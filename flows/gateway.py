@@ -30,12 +30,12 @@ own hypervisor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from flows.flow import CT, CT_EST, CT_REL, CT_TRK, IN_PORT, Bucket, Flow, Group, Output, SetField, make_flow
 from flows.l2 import arp_reply, to_provider
-from flows.nat import ARP_REPLY, ARP_REQUEST, ETH_ARP, ETH_IPV4, learn_neighbour
+from flows.nat import ARP_REPLY, ARP_REQUEST, ETH_ARP, ETH_IPV4, Announcement, learn_neighbour
 from flows.pipeline import REG_INPORT, REG_NETWORK, REG_ROUTER, stage
 from flows.routing import gateway_of, routers_of
 from flows.stages import CLASSIFY, EXT_IN_FIP, EXT_RESOLVE, FIP_SNAT
@@ -196,3 +196,20 @@ def _while_active(r: SnatRouter, actions: tuple) -> tuple[Bucket, ...]:
             break
         buckets.append(Bucket((), ofport))  # that gateway is alive: it answers, not this one
     return (*buckets, Bucket(actions))
+
+
+def gateway_announcements(routers: list[SnatRouter], connected: Callable[[str], bool]) -> list[Announcement]:
+    """The gateway addresses this hypervisor announces: those of the routers it is the active gateway of.
+
+    Active, as the controller sees it: the first gateway of the router's list whose bridge is
+    connected. The switches decide by BFD on their own (gw_arp); this only says who sends the
+    gratuitous ARP that moves the external switches' entry at once after a failover or a move.
+    """
+    out = []
+    for r in routers:
+        names = [name for name, _ in r.tunnels]
+        here = next((name for name, port in r.tunnels if port is None), None)
+        active = next((name for name in names if name == here or connected(name)), None)
+        if here is not None and active == here:
+            out.append(Announcement(r.ext.key, r.address, r.mac, r.next_hop))
+    return out

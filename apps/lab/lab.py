@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +88,7 @@ class Hypervisor:
     bridge_mappings: dict[str, str] = field(default_factory=dict)
     controller: str | None = None
     peer_tunnel_ips: list[str] = field(default_factory=list)
+    gateway_for: list[str] = field(default_factory=list)  # physical networks it is a gateway for
 
     @property
     def rundir(self) -> str:
@@ -112,7 +113,8 @@ class Hypervisor:
 
     def register(self, api_url: str = DEFAULT_API_URL) -> dict[str, Any]:
         """POST this hypervisor to the controller's API (operator step 6)."""
-        return steps.register_hypervisor(api_url, self.name, self.dpid, self.tunnel_ip, self.bridge_mappings)
+        return steps.register_hypervisor(api_url, self.name, self.dpid, self.tunnel_ip, self.bridge_mappings,
+                                         gateway_for=self.gateway_for)
 
     def set_controller(self, target: str | None, max_backoff_ms: int | None = 1000, limits: bool = False) -> None:
         """Point br-int at ``target`` (operator step 2, with the packet-in limits if ``limits``), or remove it."""
@@ -193,6 +195,7 @@ class Lab:
         workdir: str | None = None,
         controller_max_backoff_ms: int | None = 1000,
         packet_in_limits: bool = False,
+        gateways: Sequence[str] = (),
     ) -> None:
         if controller_unix_socket and controller_target:
             raise ValueError("give controller_unix_socket or controller_target, not both")
@@ -209,6 +212,7 @@ class Lab:
         self.underlay_mtu = underlay_mtu
         self.controller_max_backoff_ms = controller_max_backoff_ms
         self.packet_in_limits = packet_in_limits  # steps.PACKET_IN_LIMITS on every bridge's controller
+        self.gateways = tuple(gateways)  # hypervisors registered as gateways for physnet (provider labs)
         if dpid_base is None:
             # "tf" + 16 bits of the prefix: two labs on one controller get distinct dpids
             dpid_base = (0x7466 << 48) | ((zlib.crc32(prefix.encode()) & 0xFFFF) << 16)
@@ -310,6 +314,8 @@ class Lab:
         if self.provider:
             steps.add_provider_bridge(hv.vsctl, hv.ofctl, netns, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
             hv.bridge_mappings[self.physnet] = PROVIDER_BRIDGE
+            if name in self.gateways:
+                hv.gateway_for.append(self.physnet)
         hv.ovs.wait_bridge(steps.INTEGRATION_BRIDGE)
 
     def _controller_target_for(self, hv: Hypervisor) -> str | None:

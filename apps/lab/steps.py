@@ -24,7 +24,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from apps.lab import sh
@@ -214,15 +214,20 @@ def wire_provider_bridge(ofctl: Ofctl, physnet: str, bridge: str, nic: str) -> N
 
 
 def hypervisor_record(
-    name: str, dpid: int, tunnel_ip: str, bridge_mappings: Mapping[str, str] | None = None
+    name: str, dpid: int, tunnel_ip: str, bridge_mappings: Mapping[str, str] | None = None,
+    gateway_for: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Step 6's body: ``{"name", "datapath_id" (16 hex), "tunnel_ip", "bridge_mappings"}``."""
-    return {
+    """Step 6's body: ``{"name", "datapath_id" (16 hex), "tunnel_ip", "bridge_mappings"}``, and
+    ``"gateway_for"`` (the physical networks it is a gateway for) when it is a gateway."""
+    record = {
         "name": name,
         "datapath_id": format_dpid(dpid),
         "tunnel_ip": tunnel_ip,
         "bridge_mappings": dict(bridge_mappings or {}),
     }
+    if gateway_for:
+        record["gateway_for"] = list(gateway_for)
+    return record
 
 
 def register_hypervisor(
@@ -232,6 +237,7 @@ def register_hypervisor(
     tunnel_ip: str,
     bridge_mappings: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    gateway_for: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Step 6: ``POST <api>/v2.0/hypervisors`` with the node's name, dpid and tunnel IP.
 
@@ -239,7 +245,7 @@ def register_hypervisor(
     Returns the decoded JSON response; raises ``RuntimeError`` with the API's message
     on an HTTP error.
     """
-    body = {"hypervisor": hypervisor_record(name, dpid, tunnel_ip, bridge_mappings)}
+    body = {"hypervisor": hypervisor_record(name, dpid, tunnel_ip, bridge_mappings, gateway_for)}
     req = urllib.request.Request(
         api_url.rstrip("/") + "/v2.0/hypervisors",
         data=json.dumps(body).encode(),
