@@ -14,6 +14,7 @@ import time
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import heap, metrics
@@ -165,6 +166,23 @@ class TenantflowApp(app_manager.OSKenApp):
                 items += gateway_announcements(snat_routers(graph, view), lambda name: bool(graph.ofports(name)))
             return items
 
+    def _demote_if_gateway(self, hv_name: str) -> None:
+        """A gateway's bridge left: the routers it was active for keep their new gateway (no preemption)."""
+        hv = self.topology.graph.hypervisor(hv_name)
+        if hv is None or not hv.gateway_for or not self._owns(hv_name):
+            return
+
+        def demote() -> None:
+            try:
+                moved = self.topology.demote_gateway(hv_name)
+            except Exception as exc:  # noqa: BLE001 - a store that fails: the switches have failed over anyway
+                LOG.warning("gateway %s left; could not make its routers' next gateway first: %s", hv_name, exc)
+                return
+            if moved:
+                LOG.info("gateway %s left: %d router(s) now lead with their next gateway", hv_name, len(moved))
+
+        hub.spawn(demote)
+
     def _gateway_went(self, hv_name: str | None) -> None:
         """A bridge connected or left: if a gateway, the others may have become active (or stopped being)."""
         hv = self.topology.graph.hypervisor(hv_name) if hv_name else None
@@ -199,6 +217,7 @@ class TenantflowApp(app_manager.OSKenApp):
                 if sw.hv_name:
                     self.topology.set_live_ofports(sw.hv_name, {})
                     self._gateway_went(sw.hv_name)
+                    self._demote_if_gateway(sw.hv_name)
 
     def _disconnected(self, sw: Switch) -> None:
         """A bridge's connection ended: stop its worker (it ends on its own), count it."""

@@ -186,6 +186,21 @@ class Routers(L3Base):
             raise bad_router(checked)
         return checked
 
+    @write
+    def demote_gateway(self, name: str) -> list[str]:
+        """Hypervisor ``name`` failed as a gateway: it goes last in each list it heads; the router ids.
+
+        The switches have failed over already (BFD, fast-failover groups); this makes the new
+        active gateway the first of the list, so that the failed one coming back does not take
+        the routers back (which would cut their connections a second time): no preemption.
+        """
+        with self.lock:
+            moved = [replace(r, gateway_hosts=(*r.gateway_hosts[1:], name)) for r in self.graph.records("router")
+                     if len(r.gateway_hosts) > 1 and r.gateway_hosts[0] == name]
+            if moved:
+                self._write(moved, set().union(*(self._router_hvs(r.id) for r in moved)))
+            return [r.id for r in moved]
+
     def _gateway_lists(self, name: str, hv: Hypervisor | None) -> list[Router]:
         """Routers whose gateway list changes as hypervisor ``name`` becomes ``hv`` (None: deleted).
 
