@@ -27,7 +27,7 @@ from flows.engine import FlowEngine
 from flows.gateway import gateway_announcements, snat_routers
 from flows.nat import announcements
 from flows.pipeline import stage
-from flows.routing import router_interface
+from flows.routing import interface_announcements, router_interface
 from flows.stages import DHCP, EXT_OUTPUT
 from flows.view import view_of
 from topology.model import canonical_port_map
@@ -161,7 +161,7 @@ class TenantflowApp(app_manager.OSKenApp):
         with self.topology.lock:
             graph = self.topology.graph
             view = view_of(graph, hv_name)
-            items = announcements(graph, view)
+            items = announcements(graph, view) + interface_announcements(graph, view)
             if view is not None and view.hv.gateway_for:
                 items += gateway_announcements(snat_routers(graph, view), lambda name: bool(graph.ofports(name)))
             return items

@@ -17,7 +17,8 @@ from os_ken.lib.packet import arp, ethernet, ipv4, packet
 
 from flows.flow import Resubmit, SetField
 from flows.nat import EXT_OUTPUT, Announcement
-from flows.pipeline import REG_NETWORK
+from flows.pipeline import FLAG_FROM_REMOTE, REG_FLAGS, REG_NETWORK
+from flows.stages import L2_LOOKUP
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
@@ -32,7 +33,7 @@ def arp_request(sender_mac: str, sender_ip: str, target_ip: str) -> bytes:
 
 
 def announcement_packets(item: Announcement) -> list[bytes]:
-    """Gratuitous ARP for the floating IP, then a request for its external gateway's MAC."""
+    """Gratuitous ARP for the address, then a request for its external gateway's MAC (if any)."""
     frames = [arp_request(item.mac, item.ip, item.ip)]
     if item.ext_gateway and item.ext_gateway != item.ip:
         frames.append(arp_request(item.mac, item.ip, item.ext_gateway))
@@ -42,6 +43,14 @@ def announcement_packets(item: Announcement) -> list[bytes]:
 def ext_output_actions(ext_key: int) -> list:
     """Packet-out actions: onto external network ``ext_key`` the way lr_in_ext_output sends."""
     return [SetField(REG_NETWORK, ext_key), Resubmit(EXT_OUTPUT.name)]
+
+
+def announcement_actions(item: Announcement) -> list:
+    """Where an announcement goes: out to its external network, or (inside) to the network's local
+    ports only, as a broadcast from another hypervisor is flooded (each hypervisor tells its own)."""
+    if not item.inside:
+        return ext_output_actions(item.ext_key)
+    return [SetField(REG_NETWORK, item.ext_key), SetField(REG_FLAGS, FLAG_FROM_REMOTE), Resubmit(L2_LOOKUP.name)]
 
 
 def resolve_request(frame: bytes, nexthop: int) -> bytes | None:

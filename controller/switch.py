@@ -46,7 +46,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from controller import metrics, wire
 from controller.cluster import Role
 from controller.icmp import FairLimiter, RateLimiter
-from controller.neighbour import announcement_packets, ext_output_actions
+from controller.neighbour import announcement_actions, announcement_packets
 from flows.flow import Flow, Learn
 from flows.nat import Announcement
 from flows.pipeline import STAGE_BY_TABLE
@@ -621,7 +621,7 @@ class Switch:
         for item in items:
             if self._alive:
                 for packet in announcement_packets(item):
-                    self.packet_out(ext_output_actions(item.ext_key), packet)
+                    self.packet_out(announcement_actions(item), packet)
 
     def packet_out(self, actions: list, data: bytes) -> None:
         """Send ``data`` into the pipeline from the controller, running ``actions``."""

@@ -69,12 +69,18 @@ class LocalFip:
 
 @dataclass(frozen=True)
 class Announcement:
-    """What the controller says on an external network for a floating IP hosted here."""
+    """An address the controller announces (gratuitous ARP) from a hypervisor.
 
-    ext_key: int  # the external network's logical key (reg6 for lr_in_ext_output)
+    On an external network: a floating IP hosted here, or a router gateway address this
+    hypervisor is the active gateway of. ``inside``: a router interface's address, to the
+    local ports of a tenant network (its MAC changes when the interface is re-added).
+    """
+
+    ext_key: int  # the network's logical key (reg6: lr_in_ext_output's, or L2 lookup's when inside)
     ip: str
     mac: str
     ext_gateway: str | None  # ARPed for at once, so outbound traffic finds its MAC learned
+    inside: bool = False
 
 
 def learned_cookie(ext: Network) -> int:
