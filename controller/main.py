@@ -20,6 +20,8 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 
+from topology.model import NETWORK_TYPES
+
 LOG = logging.getLogger("tenantflow")
 
 DEFAULTS = {
@@ -75,10 +77,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--unix-socket", default=values["unix_socket"], help="OpenFlow unix socket ('' to disable)")
     p.add_argument("--api-host", default=values["api_host"], help="REST API listen address")
     p.add_argument("--api-port", type=int, default=int(values["api_port"]), help="REST API port")
-    p.add_argument("--vni-range", default=values["vni_range"], help="VXLAN/Geneve VNIs to allocate, MIN:MAX")
+    p.add_argument("--vni-range", default=values["vni_range"], help="VXLAN/Geneve/GRE tunnel keys to allocate, MIN:MAX")
     p.add_argument("--vlan-range", default=values["vlan_range"], help="VLAN ids to allocate, MIN:MAX")
     p.add_argument("--default-network-type", default=values["default_network_type"],
-                   choices=["vxlan", "geneve", "vlan", "flat"])
+                   choices=list(NETWORK_TYPES))
     p.add_argument("--default-physical-network", default=values["default_physical_network"])
     p.add_argument("--default-project", default=values["default_project"],
                    help="project_id of resources created with none in the body and no X-Project-Id header")

@@ -120,19 +120,26 @@ def _wait_mesh(ctrl: ControllerProcess, tenant: Tenant, timeout: float = 15.0) -
 
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    """Controller + 3 hypervisors (with provider fabric) + tenants A and B, all meshes reachable."""
+@pytest.fixture(scope="module", params=["vxlan", "gre"])
+def cloud(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """Controller + 3 hypervisors (with provider fabric) + tenants A and B, all meshes reachable.
+
+    Every test runs twice: with the tenants' networks on VXLAN, and on GRE (tf-gre).
+    """
     require_lab()
+    overlay = {"provider:network_type": request.param}
     workdir = tmp_path_factory.mktemp("e2e-isolation")
     prefix = "tfi" + uuid.uuid4().hex[:5]
     with (
         running_controller(workdir / "controller") as ctrl,
         attached_lab(ctrl, prefix, n_hypervisors=3, provider=True) as lab,
     ):
-        a = _build_tenant(ctrl, lab, "a", PROJECT_A, [[SHARED_IPS[0]], [SHARED_IPS[1], A_ONLY_IP], [SHARED_IPS[2]]])
-        b = _build_tenant(ctrl, lab, "b", PROJECT_B, [[SHARED_IPS[0]], [SHARED_IPS[1]], [SHARED_IPS[2], B_ONLY_IP]])
+        a = _build_tenant(ctrl, lab, "a", PROJECT_A, [[SHARED_IPS[0]], [SHARED_IPS[1], A_ONLY_IP], [SHARED_IPS[2]]],
+                          **overlay)
+        b = _build_tenant(ctrl, lab, "b", PROJECT_B, [[SHARED_IPS[0]], [SHARED_IPS[1]], [SHARED_IPS[2], B_ONLY_IP]],
+                          **overlay)
         assert a.net["project_id"] == PROJECT_A and b.net["project_id"] == PROJECT_B
+        assert a.net["provider:network_type"] == b.net["provider:network_type"] == request.param
         assert a.net["provider:segmentation_id"] != b.net["provider:segmentation_id"]
         _wait_mesh(ctrl, a)
         _wait_mesh(ctrl, b)

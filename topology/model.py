@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-NETWORK_TYPES = ("vxlan", "geneve", "vlan", "flat")
-OVERLAY_TYPES = ("vxlan", "geneve")
+NETWORK_TYPES = ("vxlan", "geneve", "gre", "vlan", "flat")
+OVERLAY_TYPES = ("vxlan", "geneve", "gre")
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def dvr_mac(hv: Hypervisor) -> str:
     return "fe:16:" + ":".join(f"{o:02x}" for o in octets)
 
 
-TUNNEL_PORT_NAMES = {"vxlan": "tf-vxlan", "geneve": "tf-geneve"}
+TUNNEL_PORT_NAMES = {"vxlan": "tf-vxlan", "geneve": "tf-geneve", "gre": "tf-gre"}
 """The flow-based tunnel port of each overlay type on br-int (remote_ip=flow, key=flow)."""
 
 

@@ -150,7 +150,8 @@ def add_tunnel_ports(vsctl: Vsctl, tunnel_ip: str) -> None:
 
     ``ovs-vsctl add-port br-int tf-vxlan -- set interface tf-vxlan type=vxlan
     options:remote_ip=flow options:key=flow options:local_ip=<tunnel ip>`` and the same
-    for ``tf-geneve`` with ``type=geneve``. One port serves every peer: the controller's
+    for ``tf-geneve`` with ``type=geneve`` and ``tf-gre`` with ``type=gre``. One port serves
+    every peer: the controller's
     flows set ``tunnel_id`` (the VNI) and ``tun_dst`` before ``output:tf-vxlan``.
     """
     vsctl(*tunnel_port_args(tunnel_ip))
