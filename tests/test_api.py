@@ -211,7 +211,7 @@ def test_request_errors(api: Api, world: dict) -> None:
     err(400, "HTTPBadRequest", "POST", "/v2.0/networks", {"network": {"project_id": "a", "tenant_id": "b"}})
     err(400, "HTTPBadRequest", "POST", "/v2.0/networks", {"network": {"provider:segmentation_id": True}})
     err(400, "HTTPBadRequest", "POST", "/v2.0/networks", {"network": {"mtu": 20}})
-    err(400, "InvalidInput", "POST", "/v2.0/networks", {"network": {"provider:network_type": "gre"}})
+    err(400, "InvalidInput", "POST", "/v2.0/networks", {"network": {"provider:network_type": "local"}})
     err(400, "InvalidInput", "POST", "/v2.0/networks",
         {"network": {"provider:network_type": "flat", "provider:segmentation_id": 5}})
     err(400, "InvalidInput", "POST", "/v2.0/networks",
