@@ -206,7 +206,7 @@ class TenantflowApp(app_manager.OSKenApp):
             if hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
             roles = None if isinstance(self.cluster, Solo) else self.cluster
-            sw = Switch(dp, self.engine, self._set_ofports, self.announcements_for, roles)
+            sw = Switch(dp, self.engine, self._ports_read, self.announcements_for, roles)
             self.switches[dp.id] = sw
             sw.start(hv_name)
         elif ev.state == DEAD_DISPATCHER and dp.id is not None:
@@ -228,6 +228,13 @@ class TenantflowApp(app_manager.OSKenApp):
         reason = getattr(getattr(sw.dp, "socket", None), "end_reason", "") or "reason unknown"
         LOG.info("bridge %016x (%s) disconnected: %s", sw.dpid, sw.hv_name, reason)
 
+    def _ports_read(self, sw: Switch, ofports: dict[str, int]) -> None:
+        """A bridge's port map, read on connect: recorded; a gateway's arrival may change who is active."""
+        arrived = bool(sw.hv_name) and not self.topology.graph.ofports(sw.hv_name)
+        self._set_ofports(sw, ofports)
+        if arrived:
+            self._gateway_went(sw.hv_name)
+
     def _set_ofports(self, sw: Switch, ofports: dict[str, int]) -> None:
         """Record a bridge's OVS port map (name -> OpenFlow port) in the topology, by canonical name.
 
@@ -243,10 +250,7 @@ class TenantflowApp(app_manager.OSKenApp):
         for name, candidates in clashes.items():
             LOG.warning("switch %s: ports %s all count as %r; using %r", sw.hv_name, ", ".join(candidates),
                         name, candidates[0])
-        first = not self.topology.graph.ofports(sw.hv_name)
         self.topology.set_live_ofports(sw.hv_name, canonical)
-        if first:
-            self._gateway_went(sw.hv_name)
         # Export this hypervisor's event counters at 0 from the start: a labelled counter
         # has no series until its first increment, and an absent series reads as "no data",
         # not as "no packet-in / no error" (alerts on rate() and increase() never fire).

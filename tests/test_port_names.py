@@ -37,9 +37,9 @@ def test_plain_layout_is_unchanged() -> None:
 
 
 def test_aliases_map_to_canonical_names() -> None:
-    ofports = {"tf-vxlan@hv7": 1, "tf-geneve@hv7": 2, "tap0123456789a": 3, "br-int@hv7": 0xFFFFFFFE}
+    ofports = {"tf-vxlan@hv7": 1, "tf-geneve@hv7": 2, "tf-gre@hv7": 5, "tap0123456789a": 3, "br-int@hv7": 0xFFFFFFFE}
     result, clashes = canonical_port_map(ofports)
-    assert result == {"tf-vxlan": 1, "tf-geneve": 2, "tap0123456789a": 3, "br-int": 0xFFFFFFFE}
+    assert result == {"tf-vxlan": 1, "tf-geneve": 2, "tf-gre": 5, "tap0123456789a": 3, "br-int": 0xFFFFFFFE}
     assert clashes == {}
     assert set(TUNNEL_PORT_NAMES.values()) <= result.keys()
 

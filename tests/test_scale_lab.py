@@ -91,7 +91,8 @@ def test_bridges_hold_exactly_the_compiled_flows(tmp_path: Path) -> None:
             assert all(sum(c.values()) > 20 for c in expected.values())
             for hv in lab:  # the tunnel ports, under their aliases, carry traffic both ways
                 flows, ofports = hv.ofctl("dump-flows"), hv.port_map()
-                for name in TUNNEL_PORT_NAMES.values():
+                for kind in ("vxlan", "geneve"):  # the populated networks' types
+                    name = TUNNEL_PORT_NAMES[kind]
                     num = ofports[hv.port_name(name)]
                     assert re.search(rf"output:{num}\b", flows), (hv.name, name)
                     assert re.search(rf"in_port={num}\b", flows), (hv.name, name)

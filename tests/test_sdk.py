@@ -101,8 +101,8 @@ def test_network_errors(conn, net) -> None:
     _raises(sdk_exc.NotFoundException, 404, "could not be found", conn.network.delete_network, MISSING,
             ignore_missing=False)
     conn.network.delete_network(MISSING, ignore_missing=True)  # the SDK swallows exactly our 404
-    _raises(sdk_exc.BadRequestException, 400, "network_type value 'gre' not supported",
-            conn.network.create_network, provider_network_type="gre")
+    _raises(sdk_exc.BadRequestException, 400, "network_type value 'local' not supported",
+            conn.network.create_network, provider_network_type="local")
     _raises(sdk_exc.BadRequestException, 400, "mtu", conn.network.create_network, mtu=20)
     _raises(sdk_exc.BadRequestException, 400, "Unrecognized attribute(s) 'colour'", conn.network.create_network,
             colour="blue")
