@@ -45,6 +45,7 @@ DEFAULTS = {
     "dhcp_lease_time": "86400",
     "dhcp_domain": "openstacklocal",
     "ra_interval": "600",
+    "gateways_per_router": "2",
 }
 
 
@@ -91,8 +92,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dhcp-domain", default=values["dhcp_domain"], help="the domain name DHCP gives VMs")
     p.add_argument("--ra-interval", type=float, default=float(values["ra_interval"]),
                    help="most seconds between unsolicited router advertisements (the least: a third of it)")
+    p.add_argument("--gateways-per-router", type=int, default=int(values["gateways_per_router"]),
+                   help="the longest list of gateway hypervisors a router's source NAT is scheduled on")
     p.add_argument("--log-level", default=values["log_level"])
     args = p.parse_args(argv)
+    if args.gateways_per_router < 1:
+        p.error(f"--gateways-per-router must be at least 1, not {args.gateways_per_router}")
     if args.dhcp_lease_time < 10:
         p.error(f"--dhcp-lease-time must be at least 10 seconds, not {args.dhcp_lease_time}")
     if not 3 <= args.ra_interval <= 1800:  # RFC 4861's MaxRtrAdvInterval range (4-1800 s), and tests' 3 s
@@ -181,6 +186,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
             default_network_type=args.default_network_type,
             default_physical_network=args.default_physical_network, default_project=args.default_project,
         )
+    topology.gateways_per_router = args.gateways_per_router
     of_app.TOPOLOGY = topology
     of_app.CLUSTER = _join_cluster(args, topology)
     switch.SYNC_SLOTS.set_limit(args.sync_concurrency)
