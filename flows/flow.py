@@ -160,7 +160,13 @@ class Conjunction:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Bucket:
-    """One bucket of a fast-failover group: live while ``watch_port`` is (None: always live)."""
+    """One bucket of a fast-failover group: live while ``watch_port`` is (None: always live).
+
+    OVS runs a bucket's actions as an OpenFlow action *set*, not as a list: pop_vlan, push_vlan,
+    dec_ttl, then every set_field and move in order, then only ONE of group, output, resubmit,
+    ct (the last of the first kind present, in that order); anything else (learn...) is left out
+    (``flows.simulate.bucket_actions``; ``flows.simulate.lint`` reports a bucket it would change).
+    """
 
     actions: tuple
     watch_port: int | None = None
@@ -170,6 +176,11 @@ class Bucket:
 
 
 GROUP_ID_MAX = 0xFFFFFF00  # OFPG_MAX: ids above are reserved
+LIVE_GROUP_ID = 0
+"""What a bucket without a watch port watches on the switch: OVS refuses a fast-failover bucket that watches
+nothing (OFPGMFC_INVALID_GROUP), so such a bucket watches this group instead, an indirect group of one empty
+bucket, which OVS counts as always live. No Group's id is 0 (see Group.group_id); the controller keeps this
+group on a switch while a group there needs it (controller.groups)."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
