@@ -27,14 +27,14 @@ Every group on br-int is ours (ids 0 to OFPG_MAX); reserved ids above are never 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Protocol
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, wire
-from flows.flow import GROUP_ID_MAX, LIVE_GROUP_ID, Flow, Group
+from flows.flow import GROUP_ID_MAX, LIVE_GROUP_ID, Flow, Group, used_groups
 from flows.ofctl import LIVE_GROUP_TEXT, group_text
 
 LOG = logging.getLogger("tenantflow.groups")
@@ -52,15 +52,6 @@ class GroupLink(Protocol):
     def request(self, msg: Message) -> list: ...
 
     def send_checked(self, messages: Sequence[Message]) -> list[list]: ...
-
-
-def used_groups(actions: Iterable) -> Iterator[Group]:
-    """The groups ``actions`` use, the groups each one's buckets use before it (the order to add them in)."""
-    for act in actions:
-        if type(act) is Group:
-            for bucket in act.buckets:
-                yield from used_groups(bucket.actions)
-            yield act
 
 
 _GROUP = frozenset({Group})

@@ -10,6 +10,7 @@ compares cookies: no need to parse a switch's instructions back.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import compress
 
@@ -209,6 +210,15 @@ class Group:
 
 
 Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl | Learn | CT | Conjunction | Group
+
+
+def used_groups(actions: Iterable[Action]) -> Iterator[Group]:
+    """The groups ``actions`` use, each after the groups its buckets use (the order a switch must add them in)."""
+    for act in actions:
+        if type(act) is Group:
+            for bucket in act.buckets:
+                yield from used_groups(bucket.actions)
+            yield act
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import pytest
 
 from controller import switch
-from controller.groups import used_groups
 from controller.switch import Switch
 from flows.flow import (
     CT,
@@ -35,6 +34,7 @@ from flows.flow import (
     Resubmit,
     SetField,
     make_flow,
+    used_groups,
 )
 from flows.ofctl import LIVE_GROUP_TEXT, flow_text, group_text
 from flows.pipeline import stage
