@@ -747,7 +747,10 @@ class Fabric:
     def _through_gateway_tunnel(self, sw: Switch, port_name: str, out: dict, res: FabricResult,
                                 dead: Mapping[str, set[int]]) -> list[tuple[str, dict]]:
         """A fixed-remote VXLAN port: to the switch whose tunnel IP its name holds, on the port named after ours."""
-        peer_name = self.by_tunnel_ip.get(int(port_name[len(GATEWAY_PORT_PREFIX):], 16))
+        try:
+            peer_name = self.by_tunnel_ip.get(int(port_name[len(GATEWAY_PORT_PREFIX):], 16))
+        except ValueError:  # not tg-<hex>: no gateway tunnel of ours
+            peer_name = None
         peer = self.switches.get(peer_name) if peer_name is not None else None
         back = gateway_tunnel_name(sw.tunnel_ip) if sw.tunnel_ip else None
         if peer is None or back not in peer.ofports:

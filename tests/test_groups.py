@@ -38,6 +38,7 @@ from flows.flow import (
 )
 from flows.ofctl import LIVE_GROUP_TEXT, flow_text, group_text
 from flows.pipeline import stage
+from flows.simulate import Pipeline
 from tests.e2e_fixtures import wait_until
 from tests.ovs_datapath import OvsDatapath
 from tests.test_switch_retry import FakeSource
@@ -209,6 +210,11 @@ def test_a_changed_group_is_added_before_and_the_old_one_deleted_after_the_bundl
         assert set(dump_groups(bridge)) == {LIVE_GROUP_ID, ff(None, 2).group_id}
         conn.set([deliver(7, ff(1, 2))])
         assert set(dump_groups(bridge)) == {ff(1, 2).group_id}
+        # a group two flows use stays while one of them does
+        conn.set([deliver(7, ff(1, 2)), deliver(8, ff(1, 2))])
+        conn.set([deliver(8, ff(1, 2))])
+        assert set(dump_groups(bridge)) == {ff(1, 2).group_id}
+        assert flow_cookies(bridge) == {deliver(8, ff(1, 2)).cookie}
         assert "group_modify" not in conn.dp.sent
 
 
@@ -326,14 +332,18 @@ class Wired:
                   f"actions=set_field:{reg5}->reg5,resubmit(,{DELIVER.table_id})")
 
 
-@pytest.fixture
-def wired(bridge: str) -> Iterator[Wired]:
+@contextlib.contextmanager
+def plugged(bridge: str, namespaces: dict[int, str]) -> Iterator[dict[int, str]]:
+    """A veth from each OpenFlow port ``namespaces`` names (its ``ofport_request``) into that namespace, up;
+    yields port -> the veth end in the namespace. The namespaces are made here; all is deleted after."""
     tag = uuid.uuid4().hex[:6]
-    ns, outs = f"tfg{tag}", []
-    sh("ip", "netns", "add", ns)
+    made, outs = [], []
     try:
+        for ns in dict.fromkeys(namespaces.values()):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
         peers = {}
-        for port in (1, 2):
+        for port, ns in namespaces.items():
             out, peer = f"tfg{tag}o{port}", f"tfg{tag}p{port}"
             sh("ip", "link", "add", out, "type", "veth", "peer", "name", peer, "netns", ns)
             outs.append(out)
@@ -344,15 +354,23 @@ def wired(bridge: str) -> Iterator[Wired]:
             sh("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
             sh("ovs-vsctl", "add-port", bridge, out, "--", "set", "interface", out, f"ofport_request={port}")
             peers[port] = peer
-        wired = Wired(bridge, ns, peers)
-        for port in peers:
-            wired.set_link(port, True)
-        yield wired
+        yield peers
     finally:
         for out in outs:  # the veth before the namespace: netns deletion is asynchronous
             subprocess.run(["ovs-vsctl", "--if-exists", "del-port", bridge, out], capture_output=True, check=False)
             subprocess.run(["ip", "link", "del", out], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@pytest.fixture
+def wired(bridge: str) -> Iterator[Wired]:
+    ns = f"tfg{uuid.uuid4().hex[:8]}"
+    with plugged(bridge, {1: ns, 2: ns}) as peers:
+        wired = Wired(bridge, ns, peers)
+        for port in peers:
+            wired.set_link(port, True)
+        yield wired
 
 
 def test_a_fast_failover_group_takes_the_next_live_bucket_when_a_port_goes_down(wired: Wired) -> None:
@@ -374,3 +392,56 @@ def test_a_fast_failover_group_takes_the_next_live_bucket_when_a_port_goes_down(
         rx1 = wired.received(1)
         wired.inject(7)
         assert bucket_packets(wired.bridge, watched.group_id) == [6, 3] and wired.received(1) - rx1 == 3
+
+
+# -- source NAT in a bucket, with real packets; the simulator agrees -------------------------------------------
+VM_MAC, PEER_MAC = "02:00:00:00:00:05", "02:00:00:00:00:09"
+VM_IP, PEER_IP, SNAT_IP = "10.0.0.5", "198.51.100.9", "203.0.113.7"
+SNAT_ZONE = 4242  # the host's userspace datapath has one conntrack for every bridge: a zone no one else uses
+
+
+def snat_flows() -> list[Flow]:
+    """Port 1 (a VM) reaches port 2 (the outside) source-NATed to SNAT_IP, by a bucket watching port 2;
+    replies from port 2 are un-NATed (ct(nat)); then plain L2 delivery by destination MAC."""
+    classify, l2 = stage("phy_classify"), stage("ls_in_l2_lookup")
+    snat = CT(commit=True, zone=SNAT_ZONE, table="ls_in_l2_lookup", nat=f"src={SNAT_IP}")
+    return [
+        make_flow(classify, "vm_port", {"in_port": 1, "eth_type": 0x800}, [Group((Bucket((snat,), 2),))]),
+        make_flow(classify, "tunnel", {"in_port": 2, "eth_type": 0x800},
+                  [CT(zone=SNAT_ZONE, table="ls_in_l2_lookup", nat="")]),
+        make_flow(l2, "unicast", {"eth_dst": PEER_MAC}, [Output(2)]),
+        make_flow(l2, "unicast", {"eth_dst": VM_MAC}, [Output(1)]),
+    ]
+
+
+def in_ns(ns: str, *cmd: str) -> str:
+    return sh("ip", "netns", "exec", ns, *cmd)
+
+
+def test_source_nat_in_a_bucket_on_real_packets_as_the_simulator_has_it(bridge: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    vm, peer = f"tfg{tag}vm", f"tfg{tag}pe"
+    with plugged(bridge, {1: vm, 2: peer}) as ends, connected(bridge, FakeSource(HV, snat_flows())):
+        # Static neighbours: no ARP to forward. The outside has no route to the VM's own address, so an
+        # answered ping proves both translations: the request left as SNAT_IP, the reply came back un-NATed.
+        for ns, dev, mac, addr, far, far_mac in ((vm, ends[1], VM_MAC, f"{VM_IP}/24", PEER_IP, PEER_MAC),
+                                                  (peer, ends[2], PEER_MAC, f"{PEER_IP}/24", SNAT_IP, VM_MAC)):
+            in_ns(ns, "ip", "link", "set", dev, "address", mac)
+            in_ns(ns, "ip", "addr", "add", addr, "dev", dev)
+            in_ns(ns, "ip", "route", "add", f"{far}/32", "dev", dev)
+            in_ns(ns, "ip", "neigh", "replace", far, "lladdr", far_mac, "dev", dev, "nud", "permanent")
+        out = in_ns(vm, "ping", "-c3", "-i0.2", "-W2", PEER_IP)
+        assert " 3 received" in out, out
+        tracked = [line for line in sh("ovs-appctl", "dpctl/dump-conntrack", f"zone={SNAT_ZONE}").splitlines()
+                   if f"src={VM_IP},dst={PEER_IP}" in line]
+        assert tracked and f"reply=(src={PEER_IP},dst={SNAT_IP}" in tracked[0], tracked
+    subprocess.run(["ovs-appctl", "dpctl/flush-conntrack", f"zone={SNAT_ZONE}"], capture_output=True, check=False)
+    # the simulator, on the same flows
+    pipe = Pipeline(snat_flows())
+    echo = {"in_port": 1, "eth_dst": PEER_MAC, "eth_type": 0x800, "ip_proto": 1, "icmpv4_type": 8,
+            "ipv4_src": VM_IP, "ipv4_dst": PEER_IP}
+    (port, sent), = pipe.run(echo).outputs
+    assert port == 2 and sent["ipv4_src"] == SNAT_IP
+    reply = {**echo, "in_port": 2, "eth_dst": VM_MAC, "icmpv4_type": 0, "ipv4_src": PEER_IP, "ipv4_dst": SNAT_IP}
+    (port, back), = pipe.run(reply).outputs
+    assert port == 1 and (back["ipv4_src"], back["ipv4_dst"]) == (PEER_IP, VM_IP)
