@@ -561,7 +561,7 @@ class Switch:
             missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
         group_errors = self.groups.add_for(self, missing)  # before the bundle whose flows use them
         if group_errors:
-            result = PushResult(committed=False, errors=group_errors)
+            result = self.last_push = PushResult(committed=False, errors=group_errors)
         elif not stale and not missing:
             result = PushResult()
         else:
