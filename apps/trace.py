@@ -9,8 +9,11 @@ It compiles the hypervisor's flows from the stored topology (nothing is read
 from a switch) and simulates them with :mod:`flows.simulate`. Live OpenFlow port
 numbers are not stored: pass them with ``--ofports name=num,...``; the ones not
 given are numbered like the test topologies (tunnels 1-2, ``phy-*`` from 5,
-taps from 10 in port-key order) and flagged as assumed. ``--follow`` carries
-the frame across the tunnel and provider ports to the other hypervisors.
+taps from 10 in port-key order, gateway tunnels ``tg-*`` from 1000) and flagged as
+assumed. ``--follow`` carries the frame across the tunnel and provider ports to the
+other hypervisors. A fast-failover group shows the bucket it took (and why the ones
+before it were not live); ``--dead`` declares ports down (``hv:port`` or a port of
+``--hv``), to see what a dead gateway tunnel changes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 
 from flows.compiler import compile_hypervisor
 from flows.simulate import Fabric, SimResult, SimulationError, Step, Switch, display_packet, normalize_packet
+from topology.gateways import tunnel_ports
 from topology.graph import TopologyGraph
 from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, tap_name
 
@@ -35,6 +39,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--in-port", required=True, help="OpenFlow port number, OVS port name or logical port id")
     ap.add_argument("--ofports", default="", help="live port map: name=num,... (per --hv)")
     ap.add_argument("--follow", action="store_true", help="follow the frame to the other hypervisors")
+    ap.add_argument("--dead", default="", help="ports that are down: [hv:]name,... (no hv: a port of --hv)")
     ap.add_argument("fields", nargs="*", metavar="field=value", help="packet header fields")
     return ap.parse_args(list(argv))
 
@@ -47,7 +52,18 @@ def assumed_ofports(graph: TopologyGraph, hv_name: str) -> dict[str, int]:
         ofports[provider_patch_name(physnet)] = 5 + i
     for i, port in enumerate(sorted(graph.ports_on(hv_name), key=lambda p: p.key)):
         ofports[port.ofport_name] = 10 + i
+    for i, name in enumerate(sorted(tunnel_ports(graph, hv_name))):
+        ofports[name] = 1000 + i
     return ofports
+
+
+def dead_ports(text: str, hv: str) -> dict[str, set[str]]:
+    """``--dead``: hypervisor -> names of its ports that are down."""
+    dead: dict[str, set[str]] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        where, sep, name = item.rpartition(":")
+        dead.setdefault(where if sep else hv, set()).add(name)
+    return dead
 
 
 def _parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -136,11 +152,10 @@ def _render_steps(trace: list[Step], call: int = 0) -> list[str]:
         lines.append(f"{pad}   match: {st.match}")
         if st.actions:
             lines.append(f"{pad}   actions: {', '.join(st.actions)}")
-        calls = iter(st.resubmits)
-        for event in st.events:
+        for i, event in enumerate(st.events):
             lines.append(f"{pad}   -> {event}")
-            if event.startswith("resubmit "):
-                lines += _render_steps(trace, next(calls))
+            if i in st.call_at:  # a resubmit, a ct fork: its lookups, nested under it
+                lines += _render_steps(trace, st.call_at[i])
     return lines
 
 
@@ -162,13 +177,14 @@ def run(graph: TopologyGraph, args: argparse.Namespace) -> tuple[list[str], int]
         graph.set_ofports(hv.name, ofports)  # only in this process's copy of the graph
     packet = build_packet(graph, args.hv, graph.ofports(args.hv), args.in_port, args.fields)
     names = {hv.name: {n: k for k, n in graph.ofports(hv.name).items()} for hv in graph.hypervisors()}
+    dead = dead_ports(args.dead, args.hv)
     if not args.follow:
-        result = Switch(args.hv, compile_hypervisor(graph, args.hv), graph.ofports(args.hv)).pipeline.run(
-            packet, strict=False)
+        sw = Switch(args.hv, compile_hypervisor(graph, args.hv), graph.ofports(args.hv))
+        result = sw.pipeline.run(packet, strict=False, dead_ports=sw.port_numbers(dead.get(args.hv, ())))
         return lines + render(args.hv, result, packet, names[args.hv]), 1 if result.errors else 0
     fabric = Fabric(Switch(hv.name, compile_hypervisor(graph, hv.name), graph.ofports(hv.name), hv.tunnel_ip,
                            frozenset(TUNNEL_PORT_NAMES.values())) for hv in graph.hypervisors())
-    res = fabric.inject(args.hv, packet, strict=False)
+    res = fabric.inject(args.hv, packet, strict=False, dead_ports=dead)
     for (name, sim), pkt in zip(res.walks, res.entries, strict=True):
         lines += render(name, sim, pkt, names[name])
     lines.append("delivered: " + (", ".join(f"{d.hv}:{d.port}" for d in res.deliveries) or "nowhere"))

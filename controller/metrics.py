@@ -10,6 +10,10 @@ FLOW_MODS = Counter(
     "tenantflow_flow_mods_sent", "Flow-mods sent to switches (adds and deletes)", ["hypervisor", "command"],
     registry=REGISTRY,
 )
+GROUP_MODS = Counter(
+    "tenantflow_group_mods_sent", "Group-mods sent to switches (adds and deletes; refused ones too)",
+    ["hypervisor", "command"], registry=REGISTRY,
+)
 BUNDLES = Counter(
     "tenantflow_bundles", "Bundles sent, by outcome (committed, discarded, failed)", ["hypervisor", "outcome"],
     registry=REGISTRY,

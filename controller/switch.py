@@ -45,6 +45,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, wire
 from controller.cluster import Role
+from controller.groups import SwitchGroups
 from controller.icmp import FairLimiter, RateLimiter
 from controller.neighbour import announcement_actions, announcement_packets
 from flows.flow import Flow, Learn
@@ -185,8 +186,9 @@ class Switch:
         self._learner_flows: set[int] = set()  # cookies of desired flows carrying a learn action
         self._on_ofports = on_ofports
         self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
-        self._inflight_from: int | None = None  # first xid of the bundle being pushed
+        self._inflight_from: int | None = None  # first xid of the bundle (or group mods) being sent
         self.installed: Multiset[int] = Multiset()  # cookie -> how many flows carry it on the switch
+        self.groups = SwitchGroups()  # the groups it holds and its flows use (controller.groups)
         self._learners: set[int] = set()  # cookies of the flows the switch may learn (see learned_cookies)
         self._announced: frozenset = frozenset()  # what announce_fn returned after the last committed sync
         self.ready = False
@@ -264,8 +266,8 @@ class Switch:
     def _on_message(self, msg: bytes) -> None:
         """A reply or error to one of our requests, straight off the connection's reader thread.
 
-        Barrier and bundle replies are read from their fixed fields and a flow dump for its
-        cookies (:func:`controller.wire.flow_stats_cookies`); only errors and port lists go
+        Barrier and bundle replies are read from their fixed fields, a flow dump for its cookies
+        and a group dump for its ids (:data:`controller.wire.FAST_MULTIPART`); only errors and port lists go
         through os-ken's parser. None of them waits in the app's event queue.
         """
         msg_type, xid = msg[1], wire.xid_of(msg)
@@ -274,9 +276,9 @@ class Switch:
                 self.on_reply(xid, None)
             elif msg_type == ofp.OFPT_EXPERIMENTER:
                 self.on_reply(xid, wire.bundle_ctrl_type(msg))
-            elif msg_type == ofp.OFPT_MULTIPART_REPLY and wire.multipart_type(msg) == ofp.OFPMP_FLOW:
-                cookies, more = wire.flow_stats_cookies(msg)
-                self.on_reply(xid, cookies, more)
+            elif msg_type == ofp.OFPT_MULTIPART_REPLY and (read := wire.FAST_MULTIPART.get(wire.multipart_type(msg))):
+                values, more = read(msg)  # a flow dump's cookies, a group dump's ids
+                self.on_reply(xid, values, more)
             else:
                 parsed = wire.parse(self.dp, msg)
                 if msg_type == ofp.OFPT_ERROR:
@@ -409,7 +411,7 @@ class Switch:
         request = parser.OFPRoleRequest(self.dp, ofp.OFPCR_ROLE_MASTER if wanted.master else ofp.OFPCR_ROLE_SLAVE,
                                         wanted.generation or 0)
         try:
-            self._request(request)
+            self.request(request)
         except RequestRefused as exc:  # OFPRRFC_STALE: a master of a newer view got there first
             LOG.info("switch %016x (%s): role %s (generation %s) refused: %s", self.dpid, self.hv_name,
                      "master" if wanted.master else "slave", wanted.generation, exc)
@@ -475,28 +477,34 @@ class Switch:
             self._read_ports()
 
     def _read_ports(self) -> dict[str, int]:
-        ports = self._request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0))
+        ports = self.request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0))
         ofports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
                    for reply in ports for p in reply}
         self._on_ofports(self, ofports)
         return ofports
 
     def _read_installed(self) -> None:
-        """Read the cookies of every flow on the switch into ``installed`` (what it really holds)."""
+        """Read the cookies of every flow on the switch into ``installed``, and its groups (what it really holds)."""
         self._errors.clear()  # errors a failed attempt left behind answer nothing any more
         parser = self.dp.ofproto_parser
         req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
-        self.installed = Multiset(cookie for part in self._request(req) for cookie in part)
+        self.installed = Multiset(cookie for part in self.request(req) for cookie in part)
+        self.groups.read(self)
         self._full_diff = True  # the changes taken by a failed sync are gone: compare every cookie
         LOG.debug("switch %016x (%s): %d flows installed", self.dpid, self.hv_name, sum(self.installed.values()))
 
-    def _request(self, msg) -> list:
-        """Send a request and wait for its (possibly multipart) reply bodies."""
+    def request(self, msg) -> list:
+        """Send a request, an os-ken message or a function of the xid building its bytes (controller.wire), and
+        wait for its (possibly multipart) reply bodies."""
         xid = next(self._xids)
-        msg.xid = xid
         waiter = self._waiters[xid] = _Waiter()
         try:
-            if not self._alive or not self.dp.send_msg(msg):
+            if callable(msg):
+                sent = self._alive and self.dp.send(msg(xid))
+            else:
+                msg.xid = xid
+                sent = self._alive and self.dp.send_msg(msg)
+            if not sent:
                 raise SwitchGone("switch connection closed")
             self._wait(waiter, "no reply from switch")
             if xid in self._errors:
@@ -551,12 +559,16 @@ class Switch:
             stale = [c for c in changed if c not in desired and c in self.installed and c not in learners]
             stale += [c for c, f in desired.items() if self.installed.get(c, 0) > 1]
             missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
-        if not stale and not missing:
+        group_errors = self.groups.add_for(self, missing)  # before the bundle whose flows use them
+        if group_errors:
+            result = self.last_push = PushResult(committed=False, errors=group_errors)
+        elif not stale and not missing:
             result = PushResult()
         else:
             result = self.push(stale, missing)
         if result.committed:
             self._commit_installed(full, desired, changed, stale)
+            self.groups.committed(self, full, desired, changed)  # only now: deleting a group deletes its flows
             if full:
                 self._learner_flows = {c for c, f in desired.items() if _learns(f)}
             self._learners = learners
@@ -651,7 +663,7 @@ class Switch:
         if refused:
             result.committed = False
             for xid, err in refused:
-                text = f"switch {self.hv_name}: {_error_text(err)} for {_carried(by_xid.get(xid))}"
+                text = f"switch {self.hv_name}: {wire.error_text(err)} for {_carried(by_xid.get(xid))}"
                 LOG.error("%s", text)
                 result.errors.append(text)
             self._bundle_ctrl(bundle_id, ofp.ONF_BCT_DISCARD_REQUEST)
@@ -660,7 +672,7 @@ class Switch:
         commit_errors = self._bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST)
         if commit_errors:
             result.committed = False
-            result.errors += [f"switch {self.hv_name}: commit refused: {_error_text(e)}" for e in commit_errors]
+            result.errors += [f"switch {self.hv_name}: commit refused: {wire.error_text(e)}" for e in commit_errors]
             LOG.error("%s", "; ".join(result.errors))
             metrics.BUNDLES.labels(self.hv_name, "failed").inc()
             return result
@@ -704,6 +716,18 @@ class Switch:
             return waiter
         finally:
             self._waiters.pop(xid, None)
+
+    def send_checked(self, messages: list[Callable[[int], bytes]]) -> list[list]:
+        """Send messages outside any bundle (each built from its xid), then a barrier; the errors each one drew."""
+        xids = [next(self._xids) for _ in messages]
+        barrier_xid = next(self._xids)
+        self._inflight_from = xids[0] if xids else barrier_xid  # errors with these xids are ours from now on
+        try:
+            data = b"".join(build(xid) for build, xid in zip(messages, xids, strict=True))
+            self._send_and_wait(data + wire.barrier_request(barrier_xid), barrier_xid)
+        finally:
+            self._inflight_from = None
+        return [self._errors.pop(xid, []) for xid in xids]
 
     def _bundle_ctrl(self, bundle_id: int, ctrl_type: int) -> list:
         """Send a bundle control request, wait for its reply, return the errors it drew."""
@@ -756,18 +780,3 @@ def _carried(item: Flow | int | None) -> str:
     if isinstance(item, int):
         return f"delete cookie={item:#x}"
     return describe(item)
-
-
-def _error_text(err) -> str:
-    """Render an OFPErrorMsg (standard or experimenter), or a malformed reply's ValueError, readably."""
-    if isinstance(err, ValueError):
-        return f"malformed reply: {err}"
-    etype, code = getattr(err, "type", "?"), getattr(err, "code", "?")
-    name = ""
-    try:
-        from os_ken.ofproto.ofproto_v1_3 import ofp_error_code_to_str, ofp_error_type_to_str
-
-        name = f" {ofp_error_type_to_str(etype)}/{ofp_error_code_to_str(etype, code)}"
-    except Exception:  # experimenter errors have no names in os-ken
-        name = f" exp_type={getattr(err, 'exp_type', '?')}"
-    return f"OpenFlow error type={etype} code={code}{name}"

@@ -22,9 +22,12 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from flows.flow import (
     CT,
+    LIVE_GROUP_ID,
+    Bucket,
     Conjunction,
     DecTtl,
     Flow,
+    Group,
     Learn,
     Output,
     PopVlan,
@@ -161,11 +164,14 @@ def _action(act) -> bytes:
         return _ct(act)
     if isinstance(act, Conjunction):
         return _conjunction(act)
+    if isinstance(act, Group):
+        return struct.pack("!HHI", ofp.OFPAT_GROUP, 8, act.group_id)
     raise TypeError(f"cannot encode action {act!r}")
 
 
 NX_CT_RECIRC_NONE = 0xFF
 NX_CT_F_COMMIT = 0x1
+NX_NAT_F_SRC = 0x1  # OVS's nx_nat_flags (os-ken does not name them)
 
 
 def _ct(act: CT) -> bytes:
@@ -179,8 +185,24 @@ def _ct(act: CT) -> bytes:
         zone_src, zone = "", act.zone
     table = STAGE_BY_NAME[act.table].table_id if act.table is not None else NX_CT_RECIRC_NONE
     action = parser.NXActionCT(flags=NX_CT_F_COMMIT if act.commit else 0, zone_src=zone_src, zone_ofs_nbits=zone,
-                               recirc_table=table, alg=0, actions=[])
+                               recirc_table=table, alg=0, actions=_nat(act.nat))
     return _os_ken_action(action)
+
+
+def _nat(nat: str | None) -> list:
+    """The NXAST_NAT inside a ct (flows.flow.CT.nat): none; "" = ct(nat); "src=<ip>" = nat(src=<ip>)."""
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    if nat is None:
+        return []
+    if nat == "":  # no flags, no range: apply the connection's own NAT (un-NAT a reply)
+        return [parser.NXActionNAT(flags=0)]
+    kind, _, address = nat.partition("=")
+    if kind != "src" or not address:
+        raise ValueError(f"ct nat {nat!r}: only '' and 'src=<address>' are supported")
+    version = netaddr.IPAddress(address).version
+    ranges = {f"range_ipv{version}_min": address, f"range_ipv{version}_max": address}
+    return [parser.NXActionNAT(flags=NX_NAT_F_SRC, **ranges)]
 
 
 def _conjunction(act: Conjunction) -> bytes:
@@ -261,6 +283,53 @@ def flow_delete_cookie(cookie: int, xid: int = 0) -> bytes:
     ) + _EMPTY_MATCH
 
 
+_GROUP_MOD = struct.Struct("!BBHIHBxI")  # header + command, type, pad, group id: 16 bytes
+_BUCKET = struct.Struct("!HHII4x")  # ofp_bucket: length, weight, watch port, watch group, pad: 16 bytes
+
+
+def group_add(group: Group, xid: int = 0) -> bytes:
+    """An OFPT_GROUP_MOD ADD of ``group``: fast failover (OFPGT_FF), its id ``group.group_id``.
+
+    Its always-live buckets watch group ``LIVE_GROUP_ID`` (flows.flow), which must be on the switch first
+    (:func:`live_group_add`).
+    """
+    buckets = b"".join(_bucket(b) for b in group.buckets)
+    return _GROUP_MOD.pack(OFP_VERSION, ofp.OFPT_GROUP_MOD, _GROUP_MOD.size + len(buckets), xid, ofp.OFPGC_ADD,
+                           ofp.OFPGT_FF, group.group_id) + buckets
+
+
+def _bucket(bucket: Bucket) -> bytes:
+    """One ofp_bucket of a fast-failover group: it watches its port, or (no port: always live) the live group."""
+    actions = b"".join(_action(a) for a in bucket.actions)  # a flow's action encoder: buckets take any action
+    if bucket.watch_port is None:
+        watch_port, watch_group = ofp.OFPP_ANY, LIVE_GROUP_ID
+    else:
+        watch_port, watch_group = bucket.watch_port, ofp.OFPG_ANY
+    return _BUCKET.pack(_BUCKET.size + len(actions), 0, watch_port, watch_group) + actions
+
+
+def live_group_add(xid: int = 0) -> bytes:
+    """An OFPT_GROUP_MOD ADD of group ``LIVE_GROUP_ID``: an indirect group of one empty bucket, always live."""
+    bucket = _BUCKET.pack(_BUCKET.size, 0, ofp.OFPP_ANY, ofp.OFPG_ANY)
+    return _GROUP_MOD.pack(OFP_VERSION, ofp.OFPT_GROUP_MOD, _GROUP_MOD.size + len(bucket), xid, ofp.OFPGC_ADD,
+                           ofp.OFPGT_INDIRECT, LIVE_GROUP_ID) + bucket
+
+
+def group_delete(group_id: int, xid: int = 0) -> bytes:
+    """An OFPT_GROUP_MOD DELETE of group ``group_id`` (OVS deletes the flows that use it too)."""
+    return _GROUP_MOD.pack(OFP_VERSION, ofp.OFPT_GROUP_MOD, _GROUP_MOD.size, xid, ofp.OFPGC_DELETE, ofp.OFPGT_ALL,
+                           group_id)
+
+
+_MULTIPART_REQUEST = struct.Struct("!BBHIHH4x")  # header + multipart type, flags, pad
+
+
+def group_desc_request(xid: int) -> bytes:
+    """An OFPMP_GROUP_DESC multipart request: every group on the switch (read with :func:`group_desc_ids`)."""
+    return _MULTIPART_REQUEST.pack(OFP_VERSION, ofp.OFPT_MULTIPART_REQUEST, _MULTIPART_REQUEST.size, xid,
+                                   ofp.OFPMP_GROUP_DESC, 0)
+
+
 _XID = struct.Struct("!I")
 
 
@@ -317,8 +386,8 @@ def barrier_request(xid: int) -> bytes:
 
 # -- decoding: the one reply read without os-ken's parser ----------------------------------
 _MULTIPART_REPLY = struct.Struct("!BBHIHH4x")  # header + multipart type, flags
-_FLOW_STATS_LENGTH = struct.Struct("!H")  # ofp_flow_stats starts with its own length...
-_FLOW_STATS_COOKIE = struct.Struct("!Q")  # ...and has its cookie at byte 24
+_ENTRY_LENGTH = struct.Struct("!H")  # a multipart entry (ofp_flow_stats, ofp_group_desc) starts with its length...
+_FLOW_STATS_COOKIE = struct.Struct("!Q")  # ...and a flow's has its cookie at byte 24
 _FLOW_STATS_COOKIE_AT = 24
 
 
@@ -358,6 +427,19 @@ def parse(datapath, msg: bytes):
         raise ValueError(f"unparsable message type {msg_type}: {exc!r}") from exc
 
 
+def error_text(err) -> str:
+    """Render an OFPErrorMsg (standard or experimenter), or a malformed reply's ValueError, readably."""
+    if isinstance(err, ValueError):
+        return f"malformed reply: {err}"
+    etype, code = getattr(err, "type", "?"), getattr(err, "code", "?")
+    name = ""
+    try:
+        name = f" {ofp.ofp_error_type_to_str(etype)}/{ofp.ofp_error_code_to_str(etype, code)}"
+    except Exception:  # experimenter errors have no names in os-ken
+        name = f" exp_type={getattr(err, 'exp_type', '?')}"
+    return f"OpenFlow error type={etype} code={code}{name}"
+
+
 def flow_stats_cookies(msg: bytes) -> tuple[list[int], bool]:
     """The cookies of one ``OFPMP_FLOW`` multipart reply, and whether more parts follow.
 
@@ -365,18 +447,41 @@ def flow_stats_cookies(msg: bytes) -> tuple[list[int], bool]:
     content, see flows.flow): reading them at fixed offsets costs a fraction of parsing
     every match and instruction into objects. Raises ValueError on anything malformed.
     """
+    return _entry_fields(msg, ofp.OFPMP_FLOW, _FLOW_STATS_COOKIE, _FLOW_STATS_COOKIE_AT, "flow stats")
+
+
+_GROUP_DESC_ID = struct.Struct("!I")  # ofp_group_desc: length, type, pad, then the group id at byte 4
+_GROUP_DESC_ID_AT = 4
+
+
+def group_desc_ids(msg: bytes) -> tuple[list[int], bool]:
+    """The group ids of one ``OFPMP_GROUP_DESC`` multipart reply, and whether more parts follow.
+
+    A group's id names its content (flows.flow.Group), so, as with a flow dump's cookies,
+    the ids are all reconciliation needs of the buckets. Raises ValueError on anything malformed.
+    """
+    return _entry_fields(msg, ofp.OFPMP_GROUP_DESC, _GROUP_DESC_ID, _GROUP_DESC_ID_AT, "group desc")
+
+
+def _entry_fields(msg: bytes, mp_type: int, value: struct.Struct, value_at: int, what: str) -> tuple[list[int], bool]:
+    """One fixed-offset field of every entry of a multipart reply of ``mp_type`` (each entry starts with its
+    16-bit length), and whether more parts follow. Raises ValueError on anything malformed."""
     if len(msg) < _MULTIPART_REPLY.size:
         raise ValueError(f"multipart reply of {len(msg)} bytes")
-    _, msg_type, length, _, mp_type, flags = _MULTIPART_REPLY.unpack_from(msg)
-    if msg_type != ofp.OFPT_MULTIPART_REPLY or mp_type != ofp.OFPMP_FLOW or length != len(msg):
-        raise ValueError(f"not a whole flow stats reply (type {msg_type}, multipart {mp_type}, "
+    _, msg_type, length, _, got_type, flags = _MULTIPART_REPLY.unpack_from(msg)
+    if msg_type != ofp.OFPT_MULTIPART_REPLY or got_type != mp_type or length != len(msg):
+        raise ValueError(f"not a whole {what} reply (type {msg_type}, multipart {got_type}, "
                          f"length {length} of {len(msg)})")
-    cookies = []
+    values = []
     at = _MULTIPART_REPLY.size
     while at < length:
-        (entry,) = _FLOW_STATS_LENGTH.unpack_from(msg, at)
-        if entry < _FLOW_STATS_COOKIE_AT + 8 or at + entry > length:
-            raise ValueError(f"flow stats entry of {entry} bytes at {at} of {length}")
-        cookies.append(_FLOW_STATS_COOKIE.unpack_from(msg, at + _FLOW_STATS_COOKIE_AT)[0])
+        (entry,) = _ENTRY_LENGTH.unpack_from(msg, at)
+        if entry < value_at + value.size or at + entry > length:
+            raise ValueError(f"{what} entry of {entry} bytes at {at} of {length}")
+        values.append(value.unpack_from(msg, at + value_at)[0])
         at += entry
-    return cookies, bool(flags & ofp.OFPMPF_REPLY_MORE)
+    return values, bool(flags & ofp.OFPMPF_REPLY_MORE)
+
+
+FAST_MULTIPART = {ofp.OFPMP_FLOW: flow_stats_cookies, ofp.OFPMP_GROUP_DESC: group_desc_ids}
+"""Multipart replies read at fixed offsets (no os-ken parse): multipart type -> reader of (values, more)."""

@@ -18,12 +18,22 @@ What :meth:`Conntrack.track` answers (OVS's ``ct_state`` bits, always with ``trk
 ICMP echo request/reply are paired (identifier not modelled); other ICMP types are
 tracked as their own one-way ``new`` connections; related (ICMP errors, ALGs) is not
 modelled.
+
+NAT (:attr:`flows.flow.CT.nat`), source NAT to one address only, deterministically (the
+ports are kept): a connection committed with ``nat="src=X"`` is NATed to X, and its
+replies (addressed to X) are found by the connection tracker as replies. A ct with any
+``nat`` then translates each packet of a NATed connection as OVS does
+(:meth:`Conntrack.nat_rewrite`): the original direction's source becomes X, a reply's
+destination becomes the original source again (un-NAT). A ct without ``nat`` tracks
+them but changes no header.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import netaddr
 
 from flows.flow import CT_EST, CT_INV, CT_NEW, CT_RPL, CT_TRK
 
@@ -34,10 +44,27 @@ ECHO = {ICMP: (8, 0), ICMPV6: (128, 129)}  # protocol -> (request type, reply ty
 
 @dataclass
 class Connection:
-    """A committed connection: its original-direction key and whether a reply was seen."""
+    """A committed connection: its original-direction key, whether a reply was seen, what its source is NATed to."""
 
     key: tuple
     replied: bool = False
+    snat: int | None = None  # the address the original direction's source is translated to (None: no NAT)
+
+
+def _snat(nat: str | None, pkt: Mapping[str, int]) -> int | None:
+    """The address a ct's ``nat`` ("src=<ip>") translates this packet's source to; None for no source NAT."""
+    kind, _, address = (nat or "").partition("=")
+    if kind != "src" or not address:
+        return None
+    ip = netaddr.IPAddress(address)
+    if (ip.version == 4) != (pkt.get("eth_type") == ETH_TYPE_IPV4):
+        return None  # an address of the other family: OVS NATs nothing
+    return int(ip)
+
+
+def _with_source(key: tuple, source: int) -> tuple:
+    """An original-direction key with another source address (every key has the source at index 2)."""
+    return (*key[:2], source, *key[3:])
 
 
 def _keys(pkt: Mapping[str, int]) -> tuple[tuple | None, tuple | None] | None:
@@ -70,27 +97,55 @@ class Conntrack:
 
     def __init__(self) -> None:
         self.connections: dict[tuple, Connection] = {}  # (zone, original key) -> connection
+        # (zone, original key as NATed) -> connection: where a reply to a NATed connection finds it
+        self.nat_replies: dict[tuple, Connection] = {}
 
-    def track(self, pkt: Mapping[str, int], zone: int, *, commit: bool = False) -> int:
-        """The packet's ct_state in ``zone``; with ``commit``, store it if it is a new connection."""
+    def track(self, pkt: Mapping[str, int], zone: int, *, commit: bool = False, nat: str | None = None) -> int:
+        """The packet's ct_state in ``zone``; with ``commit``, store it if it is a new connection (NATed as
+        ``nat`` says: see flows.flow.CT)."""
         keys = _keys(pkt)
         if keys is None:
             return CT_TRK | CT_INV
         fwd, rev = keys
         if fwd is not None and (conn := self.connections.get((zone, fwd))) is not None:
             return CT_TRK | (CT_EST if conn.replied else CT_NEW)
-        if rev is not None and (conn := self.connections.get((zone, rev))) is not None:
+        if rev is not None and (conn := self._replied_to(zone, rev)) is not None:
             conn.replied = True
             return CT_TRK | CT_EST | CT_RPL
         if fwd is None:
             return CT_TRK | CT_INV  # a reply to nothing
         if commit:
-            self.connections[(zone, fwd)] = Connection(fwd)
+            conn = self.connections[(zone, fwd)] = Connection(fwd, snat=_snat(nat, pkt))
+            if conn.snat is not None:
+                self.nat_replies[(zone, _with_source(fwd, conn.snat))] = conn
         return CT_TRK | CT_NEW
+
+    def _replied_to(self, zone: int, rev: tuple) -> Connection | None:
+        """The connection a packet whose reverse key is ``rev`` replies to (NATed or not)."""
+        conn = self.connections.get((zone, rev))
+        return conn if conn is not None else self.nat_replies.get((zone, rev))
+
+    def nat_rewrite(self, pkt: Mapping[str, int], zone: int) -> dict[str, int]:
+        """The header fields a ct with ``nat`` changes in this packet (none unless its connection is NATed).
+
+        The original direction's source becomes the NAT address; a reply's destination (the NAT
+        address) becomes the original source again.
+        """
+        keys = _keys(pkt)
+        if keys is None:
+            return {}
+        fwd, rev = keys
+        src, dst = ("ipv4_src", "ipv4_dst") if pkt.get("eth_type") == ETH_TYPE_IPV4 else ("ipv6_src", "ipv6_dst")
+        if fwd is not None and (conn := self.connections.get((zone, fwd))) is not None:
+            return {src: conn.snat} if conn.snat is not None else {}
+        if rev is not None and (conn := self.nat_replies.get((zone, rev))) is not None:
+            return {dst: conn.key[2]}
+        return {}
 
     def flush(self, zone: int | None = None) -> None:
         """Forget every connection (of one zone)."""
         self.connections = {k: c for k, c in self.connections.items() if zone is not None and k[0] != zone}
+        self.nat_replies = {k: c for k, c in self.nat_replies.items() if zone is not None and k[0] != zone}
 
     def __len__(self) -> int:
         return len(self.connections)

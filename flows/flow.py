@@ -10,6 +10,7 @@ compares cookies: no need to parse a switch's instructions back.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import compress
 
@@ -160,7 +161,13 @@ class Conjunction:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Bucket:
-    """One bucket of a fast-failover group: live while ``watch_port`` is (None: always live)."""
+    """One bucket of a fast-failover group: live while ``watch_port`` is (None: always live).
+
+    OVS runs a bucket's actions as an OpenFlow action *set*, not as a list: pop_vlan, push_vlan,
+    dec_ttl, then every set_field and move in order, then only ONE of group, output, resubmit,
+    ct (the last of the first kind present, in that order); anything else (learn...) is left out
+    (``flows.simulate.bucket_actions``; ``flows.simulate.lint`` reports a bucket it would change).
+    """
 
     actions: tuple
     watch_port: int | None = None
@@ -170,6 +177,11 @@ class Bucket:
 
 
 GROUP_ID_MAX = 0xFFFFFF00  # OFPG_MAX: ids above are reserved
+LIVE_GROUP_ID = 0
+"""What a bucket without a watch port watches on the switch: OVS refuses a fast-failover bucket that watches
+nothing (OFPGMFC_INVALID_GROUP), so such a bucket watches this group instead, an indirect group of one empty
+bucket, which OVS counts as always live. No Group's id is 0 (see Group.group_id); the controller keeps this
+group on a switch while a group there needs it (controller.groups)."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -198,6 +210,15 @@ class Group:
 
 
 Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl | Learn | CT | Conjunction | Group
+
+
+def used_groups(actions: Iterable[Action]) -> Iterator[Group]:
+    """The groups ``actions`` use, each after the groups its buckets use (the order a switch must add them in)."""
+    for act in actions:
+        if type(act) is Group:
+            for bucket in act.buckets:
+                yield from used_groups(bucket.actions)
+            yield act
 
 
 @dataclass(frozen=True, slots=True)

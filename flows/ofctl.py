@@ -8,9 +8,12 @@ from flows.flow import (
     CONTROLLER,
     CT,
     IN_PORT,
+    LIVE_GROUP_ID,
+    Bucket,
     Conjunction,
     DecTtl,
     Flow,
+    Group,
     Learn,
     Output,
     PopVlan,
@@ -95,9 +98,13 @@ def action_text(act) -> str:
         args.append(f"zone={field_name(act.zone)}[0..15]" if isinstance(act.zone, str) else f"zone={act.zone}")
         if act.table is not None:
             args.append(f"table={STAGE_BY_NAME[act.table].table_id}")
+        if act.nat is not None:  # last, where OVS writes it: ct(commit,...,nat(src=1.2.3.4)), ct(...,nat)
+            args.append(f"nat({act.nat})" if act.nat else "nat")
         return f"ct({','.join(args)})"
     if isinstance(act, Conjunction):
         return f"conjunction({act.id},{act.clause}/{act.n_clauses})"
+    if isinstance(act, Group):
+        return f"group:{act.group_id}"
     raise TypeError(f"no ofctl text for {act!r}")
 
 
@@ -109,3 +116,26 @@ def flow_text(flow: Flow) -> str:
     if flow.goto is not None:
         actions.append(f"goto_table:{flow.goto}")
     return ",".join(parts) + " actions=" + (",".join(actions) if actions else "drop")
+
+
+def _actions_text(actions) -> str:
+    return ",".join(action_text(a) for a in actions) or "drop"
+
+
+def bucket_text(bucket: Bucket) -> str:
+    """One bucket of a fast-failover group, as ``ovs-ofctl add-group`` takes it.
+
+    A bucket without a watch port watches the always-live group (:data:`flows.flow.LIVE_GROUP_ID`,
+    :data:`LIVE_GROUP_TEXT`), as the controller encodes it: OVS refuses one that watches nothing.
+    """
+    watch = f"watch_group:{LIVE_GROUP_ID}" if bucket.watch_port is None else f"watch_port:{bucket.watch_port}"
+    return f"bucket={watch},actions={_actions_text(bucket.actions)}"
+
+
+def group_text(group: Group) -> str:
+    """The group as one ``ovs-ofctl -O OpenFlow13 add-group`` line: ``group_id=<id>,type=ff,bucket=...``."""
+    return ",".join([f"group_id={group.group_id}", "type=ff", *map(bucket_text, group.buckets)])
+
+
+LIVE_GROUP_TEXT = f"group_id={LIVE_GROUP_ID},type=indirect,bucket=actions=drop"
+"""The always-live group the buckets without a watch port watch, as ``ovs-ofctl add-group`` takes it."""

@@ -21,7 +21,13 @@ Semantics followed (as OVS does):
   unless the port is ``IN_PORT``; ``Resubmit`` runs a table and comes back with
   the packet and registers as that table left them; ``goto`` continues in the
   next table; no matching flow is a drop (table miss);
-- recursion is bounded like OVS (depth 64, 4096 table lookups per packet).
+- recursion is bounded like OVS (depth 64, 4096 table lookups per packet);
+- ``Group`` (fast failover): the first live bucket runs, as OVS runs a bucket: its
+  actions as an action set (:func:`bucket_actions`), on a copy of the packet (what the
+  bucket changes is gone after the group action); no live bucket drops. A bucket is
+  live when it watches no port or a port not declared dead (``dead_ports``: every
+  port is live unless a test says otherwise);
+- ``CT`` with ``nat``: source NAT and un-NAT of replies, as :mod:`flows.conntrack` models it.
 
 Registers and ``in_port`` are pipeline metadata and are left out of emitted
 packets; tunnel metadata (``tunnel_id``, ``tun_ipv4_dst``) stays in them.
@@ -45,6 +51,7 @@ from flows.flow import (
     Conjunction,
     DecTtl,
     Flow,
+    Group,
     Learn,
     MatchValue,
     Output,
@@ -53,9 +60,11 @@ from flows.flow import (
     RegMove,
     Resubmit,
     SetField,
+    used_groups,
 )
 from flows.ofctl import action_text, ct_state_text
 from flows.pipeline import STAGE_BY_NAME, STAGE_BY_TABLE
+from topology.gateways import GATEWAY_PORT_PREFIX, gateway_tunnel_name
 
 MAX_DEPTH = 64  # OVS's resubmit depth limit
 MAX_LOOKUPS = 4096  # OVS's per-packet resubmit budget
@@ -219,6 +228,30 @@ def flow_matches(flow: Flow, packet: Mapping[str, int]) -> bool:
     return all(_match_one(name, want, _packet_value(packet, name)) for name, want in flow.match)
 
 
+_BUCKET_ENDS = (Group, Output, Resubmit, CT)  # of these, a bucket runs one: the last of the first kind present
+
+
+def bucket_actions(actions: Iterable[Action]) -> tuple[Action, ...]:
+    """The actions OVS runs for a group bucket: its actions as an OpenFlow action *set*, not a list.
+
+    OVS (``ofpacts_execute_action_set``) runs, in this order: the last pop_vlan, the last
+    push_vlan, the last dec_ttl, every set_field and move in their order, then the last
+    group, or else the last output, or else the last resubmit, or else the last ct; with
+    none of those four, nothing at all. Anything else (learn, conjunction) is left out.
+    """
+    acts = tuple(actions)
+
+    def last(kind: type) -> tuple[Action, ...]:
+        found = [a for a in acts if type(a) is kind]
+        return tuple(found[-1:])
+
+    end = next((found for kind in _BUCKET_ENDS if (found := last(kind))), ())
+    if not end:
+        return ()
+    sets = tuple(a for a in acts if type(a) in (SetField, RegMove))
+    return (*last(PopVlan), *last(PushVlan), *last(DecTtl), *sets, *end)
+
+
 # -- rendering for traces ------------------------------------------------------------
 _HEX_FIELDS = frozenset({"eth_type", "vlan_vid", "tunnel_id", "metadata", *(f"reg{i}" for i in range(8))})
 
@@ -258,7 +291,14 @@ class Step:
     actions: list[str]
     events: list[str] = field(default_factory=list)  # what the actions did: outputs, skips
     call: int = 0  # which resubmit made this lookup (0: the packet's own walk from table 0)
-    resubmits: list[int] = field(default_factory=list)  # the calls this lookup's resubmits made
+    resubmits: list[int] = field(default_factory=list)  # the calls this lookup's resubmits (and ct forks) made
+    call_at: dict[int, int] = field(default_factory=dict)  # index in events -> the call that event made
+
+    def calling(self, event: str, call: int) -> None:
+        """Record an event that makes a call (a resubmit, a ct fork): its lookups nest under it."""
+        self.events.append(event)
+        self.resubmits.append(call)
+        self.call_at[len(self.events) - 1] = call
 
 
 @dataclass
@@ -297,6 +337,7 @@ class Pipeline:
         # Matches normalised once: (field, value, mask) with mask -1 for an exact match.
         self._compiled = {id(f): _compile_match(f) for fl in self.tables.values() for f in fl}
         self.conntrack = Conntrack()  # survives runs: a reply finds its request's connection
+        self.dead_ports: set[int] = set()  # ports a bucket watches in vain (every other port is live)
 
     def add(self, flow: Flow) -> None:
         """Install one flow as a flow-mod ADD would (replacing the flow with the same key)."""
@@ -349,13 +390,18 @@ class Pipeline:
                 return [f for f in again if not (f.actions and type(f.actions[0]) is Conjunction)]
         return found
 
-    def run(self, packet: Mapping[str, int | str], *, strict: bool = True) -> SimResult:
-        """Walk ``packet`` (must carry ``in_port``) from table 0; raise on errors when ``strict``."""
+    def run(self, packet: Mapping[str, int | str], *, strict: bool = True,
+            dead_ports: Iterable[int] = ()) -> SimResult:
+        """Walk ``packet`` (must carry ``in_port``) from table 0; raise on errors when ``strict``.
+
+        ``dead_ports``: ports that are down for this packet, besides :attr:`dead_ports` (a group's
+        bucket watching one is not live).
+        """
         pkt = normalize_packet(packet)
         if "in_port" not in pkt:
             raise SimulationError("packet has no in_port")
         res = SimResult()
-        walk = _Walk(self, pkt, res)
+        walk = _Walk(self, pkt, res, self.dead_ports.union(dead_ports))
         try:
             walk.table(0, 0)
         except _Abort as exc:
@@ -377,8 +423,9 @@ class _Dropped(Exception):
 
 
 class _Walk:
-    def __init__(self, pipe: Pipeline, pkt: dict[str, int], res: SimResult) -> None:
+    def __init__(self, pipe: Pipeline, pkt: dict[str, int], res: SimResult, dead_ports: set[int]) -> None:
         self.pipe, self.pkt, self.res = pipe, pkt, res
+        self.dead_ports = dead_ports
         self.lookups = 0
         self.calls = 0
 
@@ -442,8 +489,7 @@ class _Walk:
             if target is None:
                 raise _Abort(f"resubmit to unknown table {act.table!r}")
             self.calls += 1
-            step.events.append(f"resubmit {act.table}")
-            step.resubmits.append(self.calls)
+            step.calling(f"resubmit {act.table}", self.calls)
             self.table(target, depth + 1, self.calls)
         elif isinstance(act, PushVlan):
             # OF1.3: the new outer tag copies the VID of the tag it covers (0 when untagged).
@@ -463,6 +509,8 @@ class _Walk:
             pkt["nw_ttl"] = ttl - 1
         elif isinstance(act, CT):
             self.conntrack(act, step, depth)
+        elif isinstance(act, Group):
+            self.group(act, step, depth)
         elif isinstance(act, Conjunction):
             raise _Abort("conjunction action executed (a conjunctive flow with other actions?)")
         elif isinstance(act, Learn):
@@ -478,23 +526,51 @@ class _Walk:
             raise _Abort(f"unknown action {act!r}")
 
     def conntrack(self, act: CT, step: Step, depth: int) -> None:
-        """ct: track (and commit) in the zone; with a table, the tracked copy resumes there (OVS's fork)."""
+        """ct: track (and commit) in the zone, NAT if asked; with a table, the tracked copy resumes there (OVS's
+        fork), NATed; without, the packet itself is NATed (the datapath rewrites it) and goes on."""
         pkt = self.pkt
         zone = act.zone if isinstance(act.zone, int) else pkt.get(act.zone, 0) & 0xFFFF
-        state = self.pipe.conntrack.track(pkt, zone, commit=act.commit)
-        step.events.append(f"ct zone {zone}: {action_text(act)} -> {format_match([('ct_state', state)])}")
+        conntrack = self.pipe.conntrack
+        state = conntrack.track(pkt, zone, commit=act.commit, nat=act.nat)
+        nat = conntrack.nat_rewrite(pkt, zone) if act.nat is not None else {}
+        event = f"ct zone {zone}: {action_text(act)} -> {format_match([('ct_state', state)])}"
+        if nat:
+            event += ", nat: " + ",".join(f"{k}={to_display(k, v)}" for k, v in nat.items())
         if act.table is None:
-            return  # OVS: without recirculation the packet's ct fields are unchanged
+            step.events.append(event)
+            pkt.update(nat)  # the datapath NATs the packet; without recirculation its ct fields are unchanged
+            return
         target = self.pipe.stages.get(act.table)
         if target is None:
             raise _Abort(f"ct to unknown table {act.table!r}")
         self.calls += 1
-        step.resubmits.append(self.calls)
-        self.pkt = {**pkt, "ct_state": state, "ct_zone": zone}
+        step.calling(event, self.calls)
+        self.pkt = {**pkt, **nat, "ct_state": state, "ct_zone": zone}
         try:
             self.table(target, depth + 1, self.calls)
         finally:
             self.pkt = pkt  # the original goes on, untracked
+
+    def group(self, act: Group, step: Step, depth: int) -> None:
+        """A fast-failover group: its first live bucket runs as OVS runs one (bucket_actions), on a copy of the
+        packet (OVS rolls the packet back after the group); no live bucket: nothing happens (a drop)."""
+        for i, bucket in enumerate(act.buckets):
+            if bucket.watch_port is not None and bucket.watch_port in self.dead_ports:
+                step.events.append(f"group:{act.group_id}: bucket {i} not live (port {bucket.watch_port} is down)")
+                continue
+            run = bucket_actions(bucket.actions)
+            watch = "always live" if bucket.watch_port is None else f"port {bucket.watch_port} live"
+            step.events.append(f"group:{act.group_id}: bucket {i} ({watch}): "
+                               + (",".join(action_text(a) for a in run) or "drop"))
+            saved = dict(self.pkt)
+            try:
+                for a in run:
+                    self.action(a, step, depth)
+            finally:
+                self.pkt.clear()
+                self.pkt.update(saved)
+            return
+        step.events.append(f"group:{act.group_id}: no live bucket: drop")
 
     def _check_prereq(self, name: str, what: str) -> None:
         if name not in FIELDS:
@@ -539,11 +615,25 @@ def lint(flows: Iterable[Flow], stages: Mapping[str, int] | None = None) -> list
         for a in f.actions:
             if isinstance(a, Resubmit) and a.table not in stages:
                 problems.append(f"{where}: resubmit to unknown table {a.table}")
+        problems += _lint_buckets(where, f.actions)
         old = seen.get(f.key)
         if old is not None and (old.actions, old.goto) != (f.actions, f.goto):
             problems.append(f"{where}: replaces [{old.description}] (same table, priority and match)")
         seen[f.key] = f
     problems += lint_conntrack(flows_, stages, PREREQ_IP_PROTO)
+    return problems
+
+
+def _lint_buckets(where: str, actions: Iterable[Action]) -> list[str]:
+    """Group buckets whose actions OVS would not run as written (it runs an action set: bucket_actions)."""
+    problems = []
+    for group in used_groups(actions):
+        for i, bucket in enumerate(group.buckets):
+            run = bucket_actions(bucket.actions)
+            if run != tuple(bucket.actions):
+                problems.append(f"{where}: group {group.group_id} bucket {i}: OVS runs "
+                                f"[{','.join(map(action_text, run)) or 'drop'}], not "
+                                f"[{','.join(map(action_text, bucket.actions))}] (a bucket is an action set)")
     return problems
 
 
@@ -558,10 +648,15 @@ class Switch:
     tunnel_ip: str | None = None
     tunnel_ports: frozenset[str] = frozenset({"tf-vxlan", "tf-geneve"})
     provider_prefix: str = "phy-"
+    dead_ports: frozenset[str] = frozenset()  # names of its ports that are down (a gateway tunnel whose BFD failed)
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline(self.flows)
         self.port_names = {num: name for name, num in self.ofports.items()}
+
+    def port_numbers(self, names: Iterable[str]) -> set[int]:
+        """The OpenFlow numbers of the named ports it has."""
+        return {self.ofports[n] for n in names if n in self.ofports}
 
 
 @dataclass
@@ -587,7 +682,10 @@ class Fabric:
     """Switches joined by a tunnel underlay and provider networks.
 
     A tunnel output reaches the switch whose ``tunnel_ip`` is the frame's
-    ``tun_ipv4_dst``, on its tunnel port of the same name. A provider output on
+    ``tun_ipv4_dst``, on its tunnel port of the same name. An output on a gateway tunnel,
+    ``tg-<remote tunnel IP in hex>`` (a VXLAN port with a fixed remote: topology.gateways),
+    reaches that switch on its ``tg-`` port named after the sender's tunnel IP, its
+    ``tunnel_id`` kept; a gateway tunnel that is down at either end carries nothing. A provider output on
     ``phy-<physnet>`` reaches the other switches' ``phy-<physnet>`` port: only the
     one ``locate(physnet, eth_dst)`` names when it names one (a physical switch
     that learned the MAC), else all of them (flooding).
@@ -602,21 +700,30 @@ class Fabric:
         self.locate = locate
         self.max_hops = max_hops
 
-    def inject(self, hv: str, packet: Mapping[str, int | str], *, strict: bool = True) -> FabricResult:
-        """Send ``packet`` (its ``in_port`` on switch ``hv``) and follow it across the fabric."""
+    def inject(self, hv: str, packet: Mapping[str, int | str], *, strict: bool = True,
+               dead_ports: Mapping[str, Iterable[str]] | None = None) -> FabricResult:
+        """Send ``packet`` (its ``in_port`` on switch ``hv``) and follow it across the fabric.
+
+        ``dead_ports``: hypervisor -> names of its ports that are down for this packet, besides
+        each switch's own ``dead_ports`` (a test kills a gateway tunnel this way).
+        """
         res = FabricResult()
+        dead = {name: sw.port_numbers({*sw.dead_ports, *(dead_ports or {}).get(name, ())})
+                for name, sw in self.switches.items()}
         queue: list[tuple[str, dict]] = [(hv, dict(packet))]
         while queue:
             if len(res.walks) >= self.max_hops:
                 raise SimulationError(f"fabric: more than {self.max_hops} hops (a forwarding loop?)")
             name, pkt = queue.pop(0)
             sw = self.switches[name]
-            sim = sw.pipeline.run(pkt, strict=strict)
+            sim = sw.pipeline.run(pkt, strict=strict, dead_ports=dead[name])
             res.walks.append((name, sim))
             res.entries.append(pkt)
             for port, out in sim.outputs:
                 port_name = sw.port_names.get(port, str(port))
-                if port_name in sw.tunnel_ports:
+                if port_name.startswith(GATEWAY_PORT_PREFIX):
+                    queue += self._through_gateway_tunnel(sw, port_name, out, res, dead)
+                elif port_name in sw.tunnel_ports:
                     queue += self._through_tunnel(sw, port_name, out, res)
                 elif port_name.startswith(sw.provider_prefix):
                     queue += self._through_provider(sw, port_name, out)
@@ -636,6 +743,26 @@ class Fabric:
         pkt["tun_ipv4_src"] = sw.tunnel_ip
         pkt["in_port"] = self.switches[peer].ofports[port_name]
         return [(peer, pkt)]
+
+    def _through_gateway_tunnel(self, sw: Switch, port_name: str, out: dict, res: FabricResult,
+                                dead: Mapping[str, set[int]]) -> list[tuple[str, dict]]:
+        """A fixed-remote VXLAN port: to the switch whose tunnel IP its name holds, on the port named after ours."""
+        try:
+            peer_name = self.by_tunnel_ip.get(int(port_name[len(GATEWAY_PORT_PREFIX):], 16))
+        except ValueError:  # not tg-<hex>: no gateway tunnel of ours
+            peer_name = None
+        peer = self.switches.get(peer_name) if peer_name is not None else None
+        back = gateway_tunnel_name(sw.tunnel_ip) if sw.tunnel_ip else None
+        if peer is None or back not in peer.ofports:
+            res.lost.append(f"{sw.name}: {port_name}: no hypervisor at its remote end has a tunnel back")
+            return []
+        if sw.ofports[port_name] in dead[sw.name] or peer.ofports[back] in dead[peer.name]:
+            res.lost.append(f"{sw.name}: {port_name} to {peer.name}: the tunnel is down")
+            return []
+        pkt = {k: v for k, v in out.items() if k != "tun_ipv4_dst"}  # the port's remote, not the flow's, decides
+        pkt["tun_ipv4_src"] = sw.tunnel_ip
+        pkt["in_port"] = peer.ofports[back]
+        return [(peer.name, pkt)]
 
     def _through_provider(self, sw: Switch, port_name: str, out: dict) -> list[tuple[str, dict]]:
         # Tunnel metadata does not survive a physical network.

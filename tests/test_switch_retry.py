@@ -7,7 +7,7 @@ at once; at most ``SYNC_SLOTS`` syncs run at a time, admitted in order.
 
 :class:`FakeDatapath` takes the exact bytes the worker writes (``controller.wire``),
 keeps a table of cookies the way OVS keeps flows (an ONF bundle applies atomically at
-commit, or not at all) and answers in OpenFlow bytes, handed to the switch the way the
+commit, or not at all), and the ids of its groups, and answers in OpenFlow bytes, handed to the switch the way the
 connection's reader thread hands them (``FastEchoSocket.intercept``: only the xids the
 switch claims, straight to ``Switch._on_message``).
 """
@@ -44,6 +44,8 @@ PORT = struct.Struct("!I4x6s2x16sIIIIIIII")
 FLOW_STATS = struct.Struct("!HBxIIHHHH4xQQQ")
 EMPTY_MATCH = struct.pack("!HH4x", ofp.OFPMT_OXM, 4)
 INNER = struct.Struct("!QQBB")  # flow-mod cookie, cookie mask, table, command
+GROUP_DESC = struct.Struct("!HBxI")  # ofp_group_desc without buckets: length, type, pad, group id
+GROUP_MOD = struct.Struct("!HBxI")  # command, type, pad, group id
 
 wait_until = functools.partial(e2e_fixtures.wait_until, interval=0.005)  # short-lived fake-switch states
 
@@ -71,6 +73,7 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         self.id = dpid
         self.sw: Switch | None = None
         self.flows: Counter[int] = Counter()  # cookie -> flows carrying it, as dump-flows would show
+        self.groups: set[int] = set()  # group ids, as dump-groups would show
         self.flow_dumps = 0
         self.commits = 0
         self.flow_mods = 0
@@ -137,6 +140,15 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
 
     # -- the switch -----------------------------------------------------------------
     def _handle(self, msg_type: int, xid: int, msg: bytes) -> None:
+        if msg_type == ofp.OFPT_MULTIPART_REQUEST:  # the group dump (controller.wire.group_desc_request)
+            body = b"".join(GROUP_DESC.pack(GROUP_DESC.size, ofp.OFPGT_FF, gid) for gid in sorted(self.groups))
+            self.reply(MULTIPART.pack(4, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), xid, ofp.OFPMP_GROUP_DESC, 0)
+                       + body)
+            return
+        if msg_type == ofp.OFPT_GROUP_MOD:
+            command, _, gid = GROUP_MOD.unpack_from(msg, 8)
+            (self.groups.add if command == ofp.OFPGC_ADD else self.groups.discard)(gid)
+            return
         if msg_type == ofp.OFPT_BARRIER_REQUEST:
             if self.drop_barriers:
                 self.drop_barriers -= 1

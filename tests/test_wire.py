@@ -12,9 +12,13 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller import wire
 from flows.flow import (
     CT,
+    GROUP_ID_MAX,
     IN_PORT,
+    LIVE_GROUP_ID,
+    Bucket,
     Conjunction,
     DecTtl,
+    Group,
     Learn,
     Output,
     PopVlan,
@@ -93,6 +97,29 @@ CASES += [
     ("ls_out_acl", "conj", {"conj_id": 77}, [CT(commit=True, zone="reg8")],
      [parser.NXActionCT(flags=1, zone_src="reg8", zone_ofs_nbits=15, recirc_table=255, alg=0, actions=[])],
      "ls_out_deliver"),
+]
+
+
+# Groups and NAT (flows.flow.Group, CT.nat): os-ken's OFPActionGroup and NXActionCT carrying an NXActionNAT.
+def _nat(flags: int = 0, **ranges: str) -> list:
+    return [parser.NXActionNAT(flags=flags, **ranges)]
+
+
+FF = Group((Bucket((Output(1),), 1), Bucket((SetField("reg6", 7), Resubmit("ls_out_deliver")), 2)))
+CASES += [
+    ("ls_in_l2_lookup", "unicast", {"reg6": 3, "eth_dst": "fa:16:3e:00:00:01"}, [SetField("reg5", 4), FF],
+     [parser.OFPActionSetField(reg5=4), parser.OFPActionGroup(FF.group_id)], None),
+    ("ls_in_pre_acl", "track", {"reg7": 9, "eth_type": 0x800}, [CT(zone=3, table="ls_in_acl", nat="")],
+     [parser.NXActionCT(flags=0, zone_src="", zone_ofs_nbits=3, recirc_table=6, alg=0, actions=_nat())], None),
+    ("ls_in_pre_acl", "track", {"reg7": 9, "eth_type": 0x86DD}, [CT(zone="reg8", table="ls_in_acl", nat="")],
+     [parser.NXActionCT(flags=0, zone_src="reg8", zone_ofs_nbits=15, recirc_table=6, alg=0, actions=_nat())], None),
+    ("ls_in_acl", "rule", {"reg7": 9, "eth_type": 0x800}, [CT(commit=True, zone=5, nat="src=203.0.113.7")],
+     [parser.NXActionCT(flags=1, zone_src="", zone_ofs_nbits=5, recirc_table=255, alg=0,
+                        actions=_nat(1, range_ipv4_min="203.0.113.7", range_ipv4_max="203.0.113.7"))], None),
+    ("ls_in_pre_acl", "track", {"reg7": 9, "eth_type": 0x86DD},
+     [CT(commit=True, zone=5, table="ls_in_acl", nat="src=2001:db8::7")],
+     [parser.NXActionCT(flags=1, zone_src="", zone_ofs_nbits=5, recirc_table=6, alg=0,
+                        actions=_nat(1, range_ipv6_min="2001:db8::7", range_ipv6_max="2001:db8::7"))], None),
 ]
 
 
@@ -237,3 +264,80 @@ def test_flow_stats_cookies_refuse_malformed_replies():
                 raw[:1] + bytes([ofp.OFPT_ECHO_REPLY]) + raw[2:], raw[:9] + bytes([ofp.OFPMP_TABLE]) + raw[10:]):
         with pytest.raises(ValueError):
             wire.flow_stats_cookies(bad)
+
+
+# -- groups ------------------------------------------------------------------------------------------
+def _serialized(msg, xid: int) -> bytes:
+    msg.xid = xid
+    msg.serialize()
+    return bytes(msg.buf)
+
+
+def test_group_add_matches_os_ken() -> None:
+    """A fast-failover group, its buckets' actions encoded as a flow's are; no watch port: the live group."""
+    learn = Learn("lr_in_mac_binding", 100, 300, 0x3100000000000007, (("reg6", "reg6"),), (("arp_sha", "eth_dst"),))
+    group = Group((
+        Bucket((SetField("tunnel_id", 1001), SetField("tun_ipv4_dst", "192.0.2.9"), Output(5)), 5),
+        Bucket((SetField("reg6", 7), CT(commit=True, zone="reg8", table="ls_in_acl", nat="src=1.2.3.4")), 6),
+        Bucket((learn, FF, Resubmit("ls_out_deliver")), None),
+    ))
+    theirs = parser.OFPGroupMod(DP, ofp.OFPGC_ADD, ofp.OFPGT_FF, group.group_id, [
+        parser.OFPBucket(watch_port=5, actions=[parser.OFPActionSetField(tunnel_id=1001),
+                                                parser.OFPActionSetField(tun_ipv4_dst="192.0.2.9"),
+                                                parser.OFPActionOutput(5)]),
+        parser.OFPBucket(watch_port=6, actions=[
+            parser.OFPActionSetField(reg6=7),
+            parser.NXActionCT(flags=1, zone_src="reg8", zone_ofs_nbits=15, recirc_table=6, alg=0,
+                              actions=_nat(1, range_ipv4_min="1.2.3.4", range_ipv4_max="1.2.3.4"))]),
+        parser.OFPBucket(watch_port=ofp.OFPP_ANY, watch_group=LIVE_GROUP_ID, actions=[
+            parser.NXActionLearn(table_id=49, idle_timeout=300, priority=100, cookie=0x3100000000000007,
+                                 specs=[parser.NXFlowSpecMatch(src=("reg6", 0), dst=("reg6", 0), n_bits=32),
+                                        parser.NXFlowSpecLoad(src=("arp_sha", 0), dst=("eth_dst", 0), n_bits=48)]),
+            parser.OFPActionGroup(FF.group_id), parser.NXActionResubmitTable(in_port=0xFFF8, table_id=60)]),
+    ])
+    assert wire.group_add(group, 21) == _serialized(theirs, 21)
+    assert LIVE_GROUP_ID < group.group_id < GROUP_ID_MAX  # never the live group's id, never a reserved one
+
+
+def test_live_group_delete_and_group_desc_request_match_os_ken() -> None:
+    live = parser.OFPGroupMod(DP, ofp.OFPGC_ADD, ofp.OFPGT_INDIRECT, LIVE_GROUP_ID, [parser.OFPBucket(actions=[])])
+    assert wire.live_group_add(3) == _serialized(live, 3)
+    delete = parser.OFPGroupMod(DP, ofp.OFPGC_DELETE, ofp.OFPGT_ALL, FF.group_id, [])
+    assert wire.group_delete(FF.group_id, 4) == _serialized(delete, 4)
+    assert wire.group_desc_request(5) == _serialized(parser.OFPGroupDescStatsRequest(DP, 0), 5)
+
+
+def _group_desc_reply(groups: list[Group], xid: int, more: bool) -> bytes:
+    """An OFPMP_GROUP_DESC reply as OVS sends it, its entries cut from our own group mods."""
+    entries = b""
+    for group in groups:
+        buckets = wire.group_add(group)[16:]
+        entries += struct.pack("!HBxI", 8 + len(buckets), ofp.OFPGT_FF, group.group_id) + buckets
+    head = struct.pack("!BBHIHH4x", ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, 16 + len(entries), xid,
+                       ofp.OFPMP_GROUP_DESC, ofp.OFPMPF_REPLY_MORE if more else 0)
+    return head + entries
+
+
+def test_group_desc_ids_read_what_os_ken_parses() -> None:
+    from os_ken.ofproto.ofproto_parser import msg as parse
+
+    groups = [FF, Group((Bucket((Output(2),), 2),)), Group((Bucket((FF,), None), Bucket((Output(3),), 3)))]
+    for more in (False, True):
+        raw = _group_desc_reply(groups, 8, more)
+        parsed = parse(DP, ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, len(raw), 8, raw)
+        ids, has_more = wire.group_desc_ids(raw)
+        assert ids == [s.group_id for s in parsed.body] == [g.group_id for g in groups]
+        assert [len(s.buckets) for s in parsed.body] == [2, 1, 2]
+        assert has_more is more
+        assert wire.FAST_MULTIPART[wire.multipart_type(raw)] is wire.group_desc_ids
+    assert wire.group_desc_ids(_group_desc_reply([], 1, False)) == ([], False)
+    raw = _group_desc_reply([FF], 1, False)
+    for bad in (raw[:12], raw[:-1], raw[:16] + struct.pack("!H", 6) + raw[18:],  # truncated; entry too short
+                raw[:9] + bytes([ofp.OFPMP_FLOW]) + raw[10:]):  # another multipart type
+        with pytest.raises(ValueError):
+            wire.group_desc_ids(bad)
+
+
+def test_ct_nat_refuses_what_it_cannot_encode() -> None:
+    with pytest.raises(ValueError, match="nat"):
+        wire._action(CT(commit=True, zone=1, nat="dst=1.2.3.4"))
