@@ -382,6 +382,9 @@ class FlowEngine:
         else:
             plan.rebuild.add(name)
             self._state(name)
+        for router in self.graph.records("router"):  # its gateway tunnel's name is in their SNAT groups
+            if name in router.gateway_hosts:
+                plan.base |= self._router_hvs(router.id)
         for port in self.graph.ports_on(name):  # their unicast flows elsewhere name our tunnel endpoint
             self._refresh_fragments(plan, port.network_id, port.id)
             for other in self._reach.get(port.network_id, ()):

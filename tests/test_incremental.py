@@ -44,6 +44,7 @@ from hypothesis.stateful import (
 
 from flows.engine import FlowEngine
 from topology import graph_l3
+from topology.gateways import tunnel_ports
 from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, tap_name
 from topology.state import Topology
 from topology.store import TopologyError
@@ -174,12 +175,14 @@ class CloudMachine(RuleBasedStateMachine):
     # -- initial cloud ----------------------------------------------------------------------------
     @initialize(n_hvs=st.integers(1, 3), ext_type=st.sampled_from(["flat", "vlan", "vxlan"]),
                 vms=st.lists(st.sampled_from(HV_NAMES[:3]), min_size=1, max_size=4),
-                router=st.sampled_from([True, True, True, False]), fip=st.booleans())
-    def initial_cloud(self, n_hvs: int, ext_type: str, vms: list[str], router: bool, fip: bool) -> None:
-        """Hypervisors, an external network with a subnet, a tenant network with a subnet and VMs (their switches
-        reporting them); mostly a router between the two, sometimes a VM with a floating IP."""
+                router=st.sampled_from([True, True, True, False]), fip=st.booleans(), gateways=st.integers(0, 2))
+    def initial_cloud(self, n_hvs: int, ext_type: str, vms: list[str], router: bool, fip: bool,
+                      gateways: int) -> None:
+        """Hypervisors (the last ``gateways`` of them gateways), an external network with a subnet, a tenant
+        network with a subnet and VMs (their switches reporting them); mostly a router between the two,
+        sometimes a VM with a floating IP."""
         for n in range(n_hvs):
-            self.register_hypervisor(0, n + 1, True)
+            self.register_hypervisor(0, n + 1, True, n >= n_hvs - gateways)
         ext = self.call("create_network", self.topo.create_network, {
             "name": "public", "router:external": True, "provider:network_type": ext_type,
             **({} if ext_type == "vxlan" else {"provider:physical_network": PHYSNET})})
@@ -195,7 +198,7 @@ class CloudMachine(RuleBasedStateMachine):
             self.call("create_port", self.topo.create_port, {"network_id": net.id, "binding:host_id": host,
                                                              "device_owner": "compute:nova",
                                                              "device_id": f"vm-{next(self.vms)}"})
-        for host in sorted(set(vms)):
+        for host in sorted(set(vms) | {hv.name for hv in self.topo.graph.hypervisors() if hv.gateway_for}):
             self.switch_reports_ports(host, set(), False, True, True, set(), False)
         if router and fip:
             self.create_floatingip(0, 0, True, True)
@@ -218,22 +221,37 @@ class CloudMachine(RuleBasedStateMachine):
         RUNS["ownership changes"] += 1
 
     # -- hypervisors and their switches ------------------------------------------------------------
-    @rule(i=IDX, ip=st.integers(1, 250), physnet=st.sampled_from([True, True, True, False]))
-    def register_hypervisor(self, i: int, ip: int, physnet: bool) -> None:
-        """The i-th name not registered (all are: the i-th name, refused)."""
+    @rule(i=IDX, ip=st.integers(1, 250), physnet=st.sampled_from([True, True, True, False]),
+          gateway=st.sampled_from([False, False, True]))
+    def register_hypervisor(self, i: int, ip: int, physnet: bool, gateway: bool) -> None:
+        """The i-th name not registered (all are: the i-th name, refused); sometimes a gateway."""
         free = [n for n in HV_NAMES if self.topo.graph.hypervisor(n) is None] or list(HV_NAMES)
         name = free[i % len(free)]
         self.call("register_hypervisor", self.topo.register_hypervisor, {
             "name": name, "datapath_id": HV_NAMES.index(name) + 1, "tunnel_ip": f"192.0.2.{ip}",
-            "bridge_mappings": {PHYSNET: "br-phys"} if physnet else {}})
+            "bridge_mappings": {PHYSNET: "br-phys"} if physnet else {}, "gateway_for": [PHYSNET] if gateway else []})
 
     @precondition(lambda self: self.count("hv") > 0)
-    @rule(i=IDX, ip=st.integers(1, 250), physnet=st.sampled_from([None, True, False]))
-    def update_hypervisor(self, i: int, ip: int, physnet: bool | None) -> None:
+    @rule(i=IDX, ip=st.integers(1, 250), physnet=st.sampled_from([None, True, False]),
+          gateway=st.sampled_from([None, None, True, False]))
+    def update_hypervisor(self, i: int, ip: int, physnet: bool | None, gateway: bool | None) -> None:
         values: dict[str, Any] = {"tunnel_ip": f"192.0.2.{ip}"}
         if physnet is not None:
             values["bridge_mappings"] = {PHYSNET: "br-phys"} if physnet else {}
+        if gateway is not None:
+            values["gateway_for"] = [PHYSNET] if gateway else []
         self.call("update_hypervisor", self.topo.update_hypervisor, self.pick_id("hv", i), values)
+
+    @precondition(lambda self: any(len(r.gateway_hosts) > 1 for r in self.records("router")))
+    @rule(r=IDX, demote=st.booleans())
+    def move_gateways(self, r: int, demote: bool) -> None:
+        """The operator reverses a router's gateway list, or its first gateway fails (demoted)."""
+        router = self.pick("router", r, lambda x: len(x.gateway_hosts) > 1)
+        if demote:
+            self.call("demote_gateway", self.topo.demote_gateway, router.gateway_hosts[0])
+        else:
+            self.call("move_gateways", self.topo.update_router, router.id,
+                      {"gateway_hypervisors": list(reversed(router.gateway_hosts))})
 
     @precondition(lambda self: self.count("hv") > 0)
     @rule(i=IDX)
@@ -254,6 +272,7 @@ class CloudMachine(RuleBasedStateMachine):
         names += [tap_name(others[i % len(others)].id) for i in stale] if others else []
         if tunnels:
             names += list(TUNNEL_PORT_NAMES.values())
+            names += sorted(tunnel_ports(self.topo.graph, name))  # the gateway tunnels (controller.ovsdb's)
         if patch:
             names.append(provider_patch_name(PHYSNET))
         ofports = {}
