@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from flows.flow import CT, CT_EST, CT_REL, CT_TRK, IN_PORT, Bucket, Flow, Group, Output, SetField, make_flow
 from flows.l2 import arp_reply, to_provider
 from flows.nat import ARP_REPLY, ARP_REQUEST, ETH_ARP, ETH_IPV4, Announcement, learn_neighbour
-from flows.pipeline import REG_INPORT, REG_NETWORK, REG_ROUTER, stage
+from flows.pipeline import REG_FLAGS, REG_INPORT, REG_NETWORK, REG_ROUTER, stage
 from flows.routing import gateway_of, routers_of
 from flows.stages import CLASSIFY, EXT_IN_FIP, EXT_RESOLVE, FIP_SNAT
 from flows.view import HypervisorView
@@ -166,19 +166,22 @@ def _as_gateway(view: HypervisorView, r: SnatRouter) -> Iterator[Flow]:
             description=f"to router {router.id}'s gateway address {r.address}: un-NAT in zone {snat_zone(router)}",
         )
         for state in (CT_TRK | CT_EST, CT_TRK | CT_REL):
+            # Routed from here on as by a local router: the "came from the fabric" flag (set on the
+            # way in from the provider network) would keep L2 lookup from tunnelling it to the VM.
             yield make_flow(
-                GW_UNSNAT, "reply", {REG_ROUTER: router.key, "ct_state": (state, state)}, goto=ROUTING,
-                description=f"router {router.id}: reply of a source-NATed connection, to the VM",
+                GW_UNSNAT, "reply", {REG_ROUTER: router.key, "ct_state": (state, state)}, [SetField(REG_FLAGS, 0)],
+                goto=ROUTING, description=f"router {router.id}: reply of a source-NATed connection, to the VM",
             )
     tag = (to_provider(view, r.ext) or [])[:-1]  # the VLAN tag, if any: the reply goes back out of in_port
-    answer = [learn_neighbour(r.ext), *arp_reply(r.mac, r.address, [*tag, Output(IN_PORT)])]
+    # A bucket's actions run as an OpenFlow action set (OVS drops a learn there): learn the asker first.
+    answer = arp_reply(r.mac, r.address, [*tag, Output(IN_PORT)])
     yield make_flow(
         EXT_IN_FIP, "garp", {**base, "eth_type": ETH_ARP, "arp_spa": r.address, "arp_tpa": r.address},
         description=f"gratuitous ARP for gateway address {r.address}: never answer it",
     )
     yield make_flow(
         EXT_IN_FIP, "gw_arp", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_tpa": r.address},
-        [Group(_while_active(r, tuple(answer)))],
+        [learn_neighbour(r.ext), Group(_while_active(r, tuple(answer)))],
         description=f"ARP who-has {r.address} (router {router.id}'s gateway): {r.mac}, while this gateway is active",
     )
     yield make_flow(

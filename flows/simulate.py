@@ -65,6 +65,7 @@ from flows.flow import (
 from flows.ofctl import action_text, ct_state_text
 from flows.pipeline import STAGE_BY_NAME, STAGE_BY_TABLE
 from topology.gateways import GATEWAY_PORT_PREFIX, gateway_tunnel_name
+from topology.model import TUNNEL_PORT_NAMES
 
 MAX_DEPTH = 64  # OVS's resubmit depth limit
 MAX_LOOKUPS = 4096  # OVS's per-packet resubmit budget
@@ -646,7 +647,7 @@ class Switch:
     flows: list[Flow]
     ofports: dict[str, int]  # OVS port name -> OpenFlow port
     tunnel_ip: str | None = None
-    tunnel_ports: frozenset[str] = frozenset({"tf-vxlan", "tf-geneve"})
+    tunnel_ports: frozenset[str] = frozenset(TUNNEL_PORT_NAMES.values())
     provider_prefix: str = "phy-"
     dead_ports: frozenset[str] = frozenset()  # names of its ports that are down (a gateway tunnel whose BFD failed)
 
