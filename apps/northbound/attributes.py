@@ -197,6 +197,7 @@ HYPERVISOR = {
     "datapath_id": Attr(datapath_id, required=True),
     "tunnel_ip": Attr(string, required=True),
     "bridge_mappings": Attr(str_map),
+    "gateway_for": Attr(list_of(string)),  # physical networks it is a gateway for (topology.gateways)
 }
 
 

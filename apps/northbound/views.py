@@ -92,6 +92,7 @@ def hypervisor(graph: TopologyGraph, hv: Hypervisor) -> dict[str, Any]:
         "datapath_id": f"{hv.datapath_id:016x}",
         "tunnel_ip": hv.tunnel_ip,
         "bridge_mappings": dict(hv.bridge_mappings),
+        "gateway_for": list(hv.gateway_for),
         "connected": bool(graph.ofports(hv.name)),
         "created_at": hv.attrs.get("created_at"),
         "updated_at": hv.attrs.get("updated_at"),
