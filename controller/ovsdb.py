@@ -258,6 +258,7 @@ class OvsdbManager:
         # The loop thread's own (no lock):
         self._conns: set[ManagerConnection] = set()
         self._again: set[ManagerConnection] = set()  # to serve in the next round without waiting
+        self._retrying: set[ManagerConnection] = set()  # a transaction failed: tried again at its retry_at
         self._accepted = 0
         self._hvs: frozenset[Hypervisor] = frozenset()
         self._gateways: frozenset[Hypervisor] = frozenset()
@@ -382,15 +383,18 @@ class OvsdbManager:
         if flags["topology"] or now >= self._next_tick:
             recheck |= self._refresh_topology() or now >= self._next_tick
             self._next_tick = now + TICK
-        for conn in list(self._conns):
-            if recheck or (conn.stale and conn not in ready and conn.retry_at and now >= conn.retry_at):
-                self._update(conn, now)
+        if recheck:
+            targets = list(self._conns)
+        else:
+            targets = [c for c in self._retrying if c not in ready and c.txn is None and now >= c.retry_at]
+        for conn in targets:
+            self._update(conn, now)
 
     def _timeout(self) -> float:
         if self._again:
             return 0.0
         now = time.monotonic()
-        due = [c.retry_at for c in self._conns if c.stale and c.retry_at > now and c.txn is None]
+        due = [c.retry_at for c in self._retrying if c.txn is None]
         return max(0.0, min([self._next_tick, *due]) - now)
 
     def _accept(self, listener: ovs.stream.PassiveStream) -> set[ManagerConnection]:
@@ -432,6 +436,7 @@ class OvsdbManager:
     def _drop(self, conn: ManagerConnection) -> None:
         self._conns.discard(conn)
         self._again.discard(conn)
+        self._retrying.discard(conn)
         try:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -481,16 +486,19 @@ class OvsdbManager:
                 bound[uuid] = old
             else:
                 bound[uuid] = Bound(hv, key, None)
-                todo.append((row.name, bound[uuid]))
+                # news for the log: a bridge bound, or bound to another hypervisor, or its writer changed
+                news = old is None or old.hv.name != hv.name or old.key[2] != key[2]
+                todo.append((row.name, bound[uuid], news))
         if todo:
             with self.topology.lock:
                 graph = self.topology.graph
-                for _name, b in todo:
+                for _name, b, _news in todo:
                     b.desired = tunnel_ports(graph, b.hv.name, self.timers) if b.key[2] else None
-            for name, b in todo:
-                LOG.info("ovsdb %s: bridge %s is hypervisor %s (%s): %d gateway tunnel(s) wanted", conn.name, name,
-                         b.hv.name, "ours to write" if b.desired is not None else "another instance writes it",
-                         len(b.desired or {}))
+            for name, b, news in todo:
+                (LOG.info if news else LOG.debug)(
+                    "ovsdb %s: bridge %s is hypervisor %s (%s): %d gateway tunnel(s) wanted", conn.name, name,
+                    b.hv.name, "ours to write" if b.desired is not None else "another instance writes it",
+                    len(b.desired or {}))
         changed = bool(todo) or bound.keys() != conn.bridges.keys()
         conn.bridges = bound
         return changed
@@ -548,10 +556,12 @@ class OvsdbManager:
         summary = ", ".join(f"{name} {todo.summary()}" for name, todo in sorted(plans.items()))
         if ok:
             conn.backoff, conn.retry_at = 0.0, 0.0
+            self._retrying.discard(conn)
             LOG.info("ovsdb %s: gateway tunnel ports written: %s", conn.name, summary)
             return True
         conn.backoff = min(max(conn.backoff * 2, RETRY[0]), RETRY[1])
         conn.retry_at = now + conn.backoff
+        self._retrying.add(conn)
         log = LOG.info if status == Txn.TRY_AGAIN else LOG.warning
         log("ovsdb %s: transaction (%s) %s: %s; again in %.1f s", conn.name, summary, status, error, conn.backoff)
         return True
