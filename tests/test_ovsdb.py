@@ -22,9 +22,12 @@ never the controller's memory. What is proven:
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +35,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_api_client import Api
 
-from apps.lab import Hypervisor, Lab
+from apps.lab import Hypervisor, Lab, sh
 from apps.lab.controller import ControllerProcess
-from controller.ovsdb import parse_listen
+from apps.lab.ovs import SCHEMA, PrivateOVS
+from controller.metrics import REGISTRY
+from controller.ovsdb import OvsdbManager, parse_listen
 from tests.e2e_fixtures import wait_until
-from tests.lab_fixtures import lab_prefix, require_lab
+from tests.lab_fixtures import lab_prefix, require_lab, unless_able
 from topology.gateways import GATEWAY_UDP_PORT, gateway_tunnel_name
+from topology.state import Topology
 
 BFD_MS = 100  # the controller's defaults (--bfd-min-tx / --bfd-min-rx)
 
@@ -314,3 +320,74 @@ def test_listen_targets() -> None:
     for bad in ("tcp:1.2.3.4:6640", "ptcp:", "ptcp:http", "ptcp:70000", "punix:"):
         with pytest.raises(ValueError):
             parse_listen(bad)
+
+
+# -- many servers, one big transaction: bare ovsdb-servers (no vswitchd, no namespace), the manager in-process --
+def test_many_servers_and_a_large_transaction(tmp_path) -> None:
+    """40 ovsdb-servers connect at once; the gateway's 699 ports (a transaction bigger than the socket's buffer).
+
+    Their bridges' datapath ids are set by hand (ovs-vswitchd would fill them in). A second
+    manager, as after a restart, finds everything in place and commits nothing.
+    """
+    missing = [t for t in ("ovsdb-server", "ovsdb-tool", "ovs-vsctl") if shutil.which(t) is None]
+    unless_able(f"{missing[0]} not installed" if missing else None, "OVSDB test")
+    registered, servers = 700, 40
+    topo = Topology(str(tmp_path / "topology.sqlite"))
+    for i in range(1, registered + 1):
+        topo.register_hypervisor({"name": f"hv{i}", "datapath_id": i, "tunnel_ip": f"10.1.{i // 250}.{i % 250 + 1}",
+                                  **({"gateway_for": ["physnet1"]} if i == 1 else {})})
+    dbs = [PrivateOVS("", str(tmp_path / f"s{i}")) for i in range(1, servers + 1)]
+    sock = str(tmp_path / "ovsdb.sock")
+    manager = None
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: _bare_server(dbs[i - 1], i), range(1, servers + 1)))
+        manager = OvsdbManager(topo, [f"punix:{sock}"]).start()
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda db: db.vsctl("--no-wait", "set-manager", f"unix:{sock}"), dbs))
+
+        def ports(db: PrivateOVS) -> set[str]:
+            return {p for p in db.vsctl("list-ports", "br-int").split() if p.startswith("tg-")}
+
+        wait_until(lambda: len(ports(dbs[0])) == registered - 1 and all(len(ports(db)) == 1 for db in dbs[1:]),
+                   60, lambda: f"every server's tg- ports: {[len(ports(db)) for db in dbs]}")
+        print(f"{servers} servers, {registered - 1} ports on the gateway: written {time.monotonic() - t0:.2f} s "
+              "after the first set-manager")
+        assert len(manager.bfd_status("hv1")) == registered - 1
+        assert all(e["enabled"] for e in manager.bfd_status("hv1").values())
+        rows = interfaces_of(dbs[0])
+        written = _transactions()
+        manager.stop()
+        manager = OvsdbManager(topo, [f"punix:{sock}"]).start()  # as after a restart
+        wait_until(lambda: len(manager.status()["hypervisors"]) == servers, 30,
+                   lambda: f"every server back: {manager.status()['connections']}")
+        time.sleep(1)
+        assert _transactions() == written, "nothing written after the restart"
+        assert interfaces_of(dbs[0]) == rows
+    finally:
+        if manager is not None:
+            manager.stop()
+        for db in dbs:
+            db.stop()
+        topo.close()
+
+
+def _bare_server(db: PrivateOVS, index: int) -> None:
+    """An ovsdb-server (its ovs-vswitchd not started) whose br-int has datapath id ``index``."""
+    os.makedirs(db.rundir, exist_ok=True)
+    sh.run(["ovsdb-tool", "create", db.db, SCHEMA])
+    db.start_ovsdb()
+    db.vsctl("--no-wait", "add-br", "br-int", "--", "set", "bridge", "br-int", f"datapath_id={index:016x}")
+
+
+def interfaces_of(db: PrivateOVS) -> dict[str, str]:
+    """Interface name -> _uuid in a bare server's database."""
+    out = json.loads(db.vsctl("-f", "json", "--columns=_uuid,name", "list", "interface"))
+    return {row[1]: row[0][1] for row in out["data"]}
+
+
+def _transactions() -> float:
+    """This process's ``tenantflow_ovsdb_transactions_total``, over every label."""
+    return sum(s.value for m in REGISTRY.collect() if m.name == "tenantflow_ovsdb_transactions"
+               for s in m.samples if s.name.endswith("_total"))
