@@ -24,6 +24,7 @@ setup(
         "netaddr~=1.3.0",
         "prometheus_client>=0.20,<0.30",
         "etcd3gw>=2.4,<3",  # the controller's etcd store talks to etcd's v3 JSON gateway
+        "ovs~=4.0.0",  # the OVSDB IDL: the controller as the hypervisors' OVSDB manager (controller/ovsdb.py)
     ],
     extras_require={
         "test": [

@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="tenantflow-demo-")
     ctl = ControllerProcess(os.path.join(workdir, "controller"))
     lab = Lab(prefix=args.prefix, n_hypervisors=args.hypervisors, controller_unix_socket=ctl.unix_socket,
-              api_url=ctl.api_url, workdir=os.path.join(workdir, "lab"))
+              api_url=ctl.api_url, workdir=os.path.join(workdir, "lab"), manager_unix_socket=ctl.ovsdb_socket)
     ok = False
     try:
         with _signals_as_interrupt():

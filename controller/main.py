@@ -46,6 +46,9 @@ DEFAULTS = {
     "dhcp_domain": "openstacklocal",
     "ra_interval": "600",
     "gateways_per_router": "2",
+    "ovsdb_listen": "ptcp:6640 punix:/run/tenantflow/ovsdb.sock",
+    "bfd_min_tx": "",  # "": topology.gateways.BfdTimers's
+    "bfd_min_rx": "",
 }
 
 
@@ -94,6 +97,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="most seconds between unsolicited router advertisements (the least: a third of it)")
     p.add_argument("--gateways-per-router", type=int, default=int(values["gateways_per_router"]),
                    help="the longest list of gateway hypervisors a router's source NAT is scheduled on")
+    p.add_argument("--ovsdb-listen", default=values["ovsdb_listen"],
+                   help="where hypervisors' ovsdb-servers connect to us as their manager (ovs-vsctl set-manager): "
+                        "ptcp:PORT[:IP] and punix:PATH targets, separated by spaces ('' to disable)")
+    from topology.gateways import BfdTimers  # the defaults live with the ports they time
+
+    p.add_argument("--bfd-min-tx", type=int, default=int(values["bfd_min_tx"] or BfdTimers.min_tx),
+                   help="BFD transmit interval of the gateway tunnels, ms (a session is down after 3 missed)")
+    p.add_argument("--bfd-min-rx", type=int, default=int(values["bfd_min_rx"] or BfdTimers.min_rx),
+                   help="BFD receive interval of the gateway tunnels, ms")
     p.add_argument("--log-level", default=values["log_level"])
     args = p.parse_args(argv)
     if args.gateways_per_router < 1:
@@ -102,6 +114,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--dhcp-lease-time must be at least 10 seconds, not {args.dhcp_lease_time}")
     if not 3 <= args.ra_interval <= 1800:  # RFC 4861's MaxRtrAdvInterval range (4-1800 s), and tests' 3 s
         p.error(f"--ra-interval must be between 3 and 1800 seconds, not {args.ra_interval:g}")
+    for flag, ms in (("--bfd-min-tx", args.bfd_min_tx), ("--bfd-min-rx", args.bfd_min_rx)):
+        if not 1 <= ms <= 60000:
+            p.error(f"{flag} must be between 1 and 60000 ms, not {ms}")
+    from controller.ovsdb import parse_listen
+
+    try:
+        parse_listen(args.ovsdb_listen)
+    except ValueError as exc:
+        p.error(f"--ovsdb-listen: {exc}")
     return args
 
 
@@ -161,6 +182,7 @@ class Running:
     app: object
     api: object
     services: list
+    ovsdb: object = None  # the controller.ovsdb.OvsdbManager (None: --ovsdb-listen '')
 
 
 def start(args: argparse.Namespace, topology=None) -> Running:
@@ -202,6 +224,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     services = manager.instantiate_apps(**manager.create_contexts())
     if args.unix_socket:
         serve_unix(args.unix_socket)
+    ovsdb_manager = _start_ovsdb(args, topology, of_app.CLUSTER)
     api = None
     if args.api_port:
         from prometheus_client import make_wsgi_app
@@ -210,11 +233,27 @@ def start(args: argparse.Namespace, topology=None) -> Running:
 
         app = manager.applications.get("TenantflowApp")
         extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app)}
+        if ovsdb_manager is not None:
+            extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
         api = serve(make_app(topology, extra=extra), args.api_host, args.api_port)
     LOG.info("tenantflow controller: OpenFlow on %s:%d%s, API on %s:%d, state in %s", args.of_host, args.of_port,
              f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port,
              topology.store.url)
-    return Running(topology, manager.applications.get("TenantflowApp"), api, services)
+    return Running(topology, manager.applications.get("TenantflowApp"), api, services, ovsdb_manager)
+
+
+def _start_ovsdb(args: argparse.Namespace, topology, cluster):
+    """The OVSDB manager that keeps the gateway tunnel ports (None if ``--ovsdb-listen`` is empty)."""
+    from controller import metrics, ovsdb
+    from topology.gateways import BfdTimers
+
+    try:
+        manager = ovsdb.start(topology, args.ovsdb_listen, BfdTimers(args.bfd_min_tx, args.bfd_min_rx), cluster)
+    except OSError as exc:
+        raise SystemExit(f"tenantflow controller: cannot listen for OVSDB on {args.ovsdb_listen!r}: {exc}") from exc
+    if manager is not None:
+        metrics.register_ovsdb(manager)
+    return manager
 
 
 def _join_cluster(args: argparse.Namespace, topology):
@@ -292,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     LOG.info("tenantflow controller: stopping")
     if running.api is not None:
         running.api.shutdown()
+    if running.ovsdb is not None:
+        running.ovsdb.stop()
     from controller import app as of_app
 
     if of_app.CLUSTER is not None:  # leave now: the others take our bridges at once, not after the lease's TTL

@@ -130,3 +130,48 @@ def register_engine(stats) -> None:
         REGISTRY.register(EngineCollector(stats))
     except ValueError:  # already registered (tests that start several apps in one process)
         pass
+
+
+OVSDB_TRANSACTIONS = Counter("tenantflow_ovsdb_transactions", "Transactions written to a hypervisor's OVSDB (its "
+                             "gateway tunnel ports), by outcome (committed, retried, failed)",
+                             ["hypervisor", "outcome"], registry=REGISTRY)
+GATEWAY_PORT_CHANGES = Counter("tenantflow_gateway_port_changes", "Gateway tunnel ports (tg-) written to a "
+                               "hypervisor's OVSDB: created, updated (type, options or bfd corrected), deleted",
+                               ["hypervisor", "change"], registry=REGISTRY)
+
+
+class OvsdbCollector:
+    """The OVSDB manager's connections and each hypervisor's gateway tunnels (controller.ovsdb), read at each scrape."""
+
+    def __init__(self, manager) -> None:
+        self.manager = manager
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from controller.tunnels import tunnels_up
+
+        published = self.manager.published()
+        yield GaugeMetricFamily("tenantflow_ovsdb_connections", "OVSDB servers connected to this instance (as "
+                                "their manager), identified or not", value=self.manager.status()["connections"])
+        managed = GaugeMetricFamily("tenantflow_ovsdb_hypervisor", "1 for each hypervisor whose OVSDB is connected "
+                                    "and written by this instance, 0 if another instance writes it",
+                                    labels=["hypervisor"])
+        tunnels = GaugeMetricFamily("tenantflow_gateway_tunnels", "A hypervisor's gateway tunnel ports by BFD "
+                                    "state: up (BFD up and forwarding) or down (anything else)",
+                                    labels=["hypervisor", "state"])
+        for name, p in sorted(published.items()):
+            managed.add_metric([name], 1 if p.writer else 0)
+            up, down = tunnels_up(list(p.tunnels.values()))
+            tunnels.add_metric([name, "up"], up)
+            tunnels.add_metric([name, "down"], down)
+        yield managed
+        yield tunnels
+
+
+def register_ovsdb(manager) -> None:
+    """Export an OVSDB manager's state (once per process)."""
+    try:
+        REGISTRY.register(OvsdbCollector(manager))
+    except ValueError:
+        pass

@@ -128,6 +128,7 @@ def attached_lab(
     keyword arguments go to :class:`apps.lab.Lab` (``provider=True``...). The lab is torn
     down on exit, whatever happened.
     """
+    lab_kwargs.setdefault("manager_unix_socket", ctrl.ovsdb_socket)  # operator step 2's set-manager
     with Lab(
         prefix=prefix,
         n_hypervisors=n_hypervisors,

@@ -81,7 +81,7 @@ def _controller(workdir: str, stock: bool, unix_socket: str = ""):
     db = os.path.join(workdir, "echo.sqlite")
     of_port = _free_port()
     args = parse_args(["--db", db, "--of-host", "127.0.0.1", "--of-port", str(of_port), "--unix-socket", unix_socket,
-                       "--api-port", "0"])
+                       "--api-port", "0", "--ovsdb-listen", ""])
     return start(args, topology=Topology(db)), of_port
 
 

@@ -493,20 +493,21 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         if not isinstance(mappings, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
                                                      for k, v in mappings.items()):
             raise ipam.invalid_input("bridge_mappings must map physical network names to bridge names")
+        gateway_for = values.get("gateway_for", old.gateway_for if old else ())
+        if not isinstance(gateway_for, (list, tuple)) or not all(isinstance(p, str) and p for p in gateway_for) \
+                or len(set(gateway_for)) != len(gateway_for):
+            raise ipam.invalid_input("gateway_for must list distinct physical network names")
         other = self.graph.hypervisor_by_dpid(dpid)
         if other is not None and other.name != name:
             raise Conflict("DatapathIdInUse", f"Datapath id {dpid:016x} is already used by hypervisor {other.name}.")
         stamp = now()
         attrs = {**(old.attrs if old else {"created_at": stamp}), **_extra(values, HV_FIELDS), "updated_at": stamp}
-        gateway_for = values.get("gateway_for", old.gateway_for if old else ())
-        if not isinstance(gateway_for, (list, tuple)) or not all(isinstance(p, str) and p for p in gateway_for):
-            raise ipam.invalid_input("gateway_for must list physical network names")
         return Hypervisor(name=name, datapath_id=dpid, tunnel_ip=tunnel_ip, bridge_mappings=dict(mappings),
-                          attrs=attrs, gateway_for=tuple(dict.fromkeys(gateway_for)))
+                          attrs=attrs, gateway_for=tuple(gateway_for))
 
     @write
     def register_hypervisor(self, values: dict[str, Any]) -> Hypervisor:
-        """Register a hypervisor (name, datapath_id, tunnel_ip, bridge_mappings)."""
+        """Register a hypervisor (name, datapath_id, tunnel_ip, bridge_mappings, gateway_for)."""
         with self.lock:
             name = values.get("name")
             if not isinstance(name, str) or not name or "/" in name or len(name) > 255:
@@ -524,7 +525,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
 
     @write
     def update_hypervisor(self, name: str, values: dict[str, Any]) -> Hypervisor:
-        """Update a hypervisor's datapath id, tunnel IP or bridge mappings."""
+        """Update a hypervisor's datapath id, tunnel IP, bridge mappings or gateway_for (physical networks)."""
         with self.lock:
             old = self._hypervisor(name)
             if values.get("name", name) != name:

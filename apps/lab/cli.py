@@ -36,6 +36,7 @@ from apps.lab.scale import DEFAULT_BRIDGES_PER_VSWITCHD, ScaleLab
 from apps.lab.scale import describe as describe_scale
 
 DEFAULT_SOCKET = "/run/tenantflow/openflow.sock"
+DEFAULT_MANAGER_SOCKET = "/run/tenantflow/ovsdb.sock"  # the controller's default --ovsdb-listen unix socket
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--no-controller", action="store_true")
     ctl.add_argument("--controllers", type=int, default=0, metavar="N",
                      help="start N controller instances of the lab's own (N > 1: a cluster over etcd)")
+    run.add_argument("--manager-socket", default=DEFAULT_MANAGER_SOCKET,
+                     help=f"the controller's OVSDB unix socket, each hypervisor's manager ({DEFAULT_MANAGER_SOCKET}; "
+                          "not with --controller or --no-controller)")
     run.add_argument("--etcd", type=int, default=None, metavar="M",
                      help="etcd members for --controllers N > 1 (default 3; 1 is a single point of failure)")
     run.add_argument("--api", default=DEFAULT_API_URL, help=f"controller API base URL ({DEFAULT_API_URL})")
@@ -212,16 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as stack:
-            sockets: str | list[str] | None = None if args.no_controller or args.controller_target \
-                else args.controller_socket
+            own = not (args.no_controller or args.controller_target)
+            sockets: str | list[str] | None = args.controller_socket if own else None
+            managers: str | list[str] | None = args.manager_socket if own else None
             if args.controllers:
                 ctls = stack.enter_context(own_controllers(args.prefix, args.controllers, args.etcd))
                 sockets, args.api = [c.unix_socket for c in ctls], ctls[0].api_url
+                managers = [c.ovsdb_socket for c in ctls]
                 for c in ctls:
                     print(f"controller {c.api_url} (OpenFlow unix:{c.unix_socket}), log {c.log_path}", flush=True)
             lab = stack.enter_context(Lab(prefix=args.prefix, n_hypervisors=args.hypervisors,
                                           controller_unix_socket=sockets, controller_target=args.controller_target,
-                                          api_url=args.api, provider=args.provider))
+                                          api_url=args.api, provider=args.provider, manager_unix_socket=managers))
             if not args.no_register:
                 _register(lab, args.register_timeout)
             print(describe(lab))

@@ -48,6 +48,9 @@ class ControllerProcess:
         self.api_port = api_port or free_port()
         self.of_port = of_port or free_port()
         self.unix_socket = unix_socket or os.path.join(workdir, "openflow.sock")
+        # OVSDB (the controller as the hypervisors' manager): the lab's reach the unix socket
+        self.ovsdb_port = free_port()
+        self.ovsdb_socket = os.path.join(workdir, "ovsdb.sock")
         self.log_path = os.path.join(workdir, "controller.log")
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
@@ -61,7 +64,8 @@ class ControllerProcess:
         """The command line: the documented ``tenantflow controller`` flags."""
         return [sys.executable, "-m", "apps.cli", "controller", "--db", self.db, "--of-host", "127.0.0.1",
                 "--of-port", str(self.of_port), "--unix-socket", self.unix_socket, "--api-host", "127.0.0.1",
-                "--api-port", str(self.api_port), *self.extra_args]
+                "--api-port", str(self.api_port),
+                "--ovsdb-listen", f"ptcp:{self.ovsdb_port}:127.0.0.1 punix:{self.ovsdb_socket}", *self.extra_args]
 
     def start(self, timeout: float = 15.0) -> ControllerProcess:
         """Start the process and wait until its API answers."""

@@ -177,7 +177,10 @@ class Lab:
     ``unix:<rundir>/tenantflow.sock`` (a list: a cluster's instances, br-int connects to each).
     ``controller_target``: any other OVS controller
     target, used verbatim. Neither: no controller (br-int is fail_mode=secure, so only
-    flows added by hand forward anything).
+    flows added by hand forward anything). ``manager_unix_socket``: the controller's OVSDB
+    unix socket (``--ovsdb-listen punix:PATH``; a list: a cluster's), each hypervisor's
+    ovsdb-server connects to it (operator step 2's :func:`apps.lab.steps.set_manager`);
+    ovsdb-server has no run-directory rule, so the path is used as it is.
     """
 
     def __init__(
@@ -196,6 +199,7 @@ class Lab:
         controller_max_backoff_ms: int | None = 1000,
         packet_in_limits: bool = False,
         gateways: Sequence[str] = (),
+        manager_unix_socket: str | list[str] | None = None,
     ) -> None:
         if controller_unix_socket and controller_target:
             raise ValueError("give controller_unix_socket or controller_target, not both")
@@ -213,6 +217,8 @@ class Lab:
         self.controller_max_backoff_ms = controller_max_backoff_ms
         self.packet_in_limits = packet_in_limits  # steps.PACKET_IN_LIMITS on every bridge's controller
         self.gateways = tuple(gateways)  # hypervisors registered as gateways for physnet (provider labs)
+        sockets = [manager_unix_socket] if isinstance(manager_unix_socket, str) else manager_unix_socket or []
+        self.manager_target = " ".join(f"unix:{os.path.abspath(s)}" for s in sockets) or None
         if dpid_base is None:
             # "tf" + 16 bits of the prefix: two labs on one controller get distinct dpids
             dpid_base = (0x7466 << 48) | ((zlib.crc32(prefix.encode()) & 0xFFFF) << 16)
@@ -308,6 +314,8 @@ class Lab:
         target = self._controller_target_for(hv)
         if target is not None:
             hv.set_controller(target, self.controller_max_backoff_ms, self.packet_in_limits)
+        if self.manager_target is not None:
+            steps.set_manager(hv.vsctl, self.manager_target)
         tunnel_cidr = f"{tunnel_ip}/{self.underlay.prefixlen}"
         steps.attach_underlay(hv.vsctl, netns, UNDERLAY_NIC, tunnel_cidr, self.underlay_mtu)
         steps.add_tunnel_ports(hv.vsctl, tunnel_ip)

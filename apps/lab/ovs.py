@@ -48,10 +48,14 @@ class PrivateOVS:
         self.start_vswitchd()
 
     def start_ovsdb(self) -> None:
-        """Start ovsdb-server on ``unix:<rundir>/db.sock`` and initialise the database."""
+        """Start ovsdb-server on ``unix:<rundir>/db.sock`` and initialise the database.
+
+        Like ``ovs-ctl`` on a real host, it also connects to the managers the database names
+        (``ovs-vsctl set-manager``, operator step 2), the controller among them.
+        """
         self._daemon(
             "ovsdb-server",
-            [self.db, f"--remote=punix:{self.db_sock}"],
+            [self.db, f"--remote=punix:{self.db_sock}", "--remote=db:Open_vSwitch,Open_vSwitch,manager_options"],
         )
         # --no-wait: ovs-vswitchd is not running yet, nothing would ever ack the change.
         self.vsctl("--no-wait", "init")

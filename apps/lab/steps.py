@@ -10,6 +10,7 @@ Order on a compute node:
 
 1. :func:`add_integration_bridge`  -- br-int, userspace datapath, secure fail mode
 2. :func:`set_controller`          -- point br-int at the controller
+   :func:`set_manager`             -- and the host's OVSDB (the gateway tunnel ports are the controller's)
 3. :func:`attach_underlay`         -- the tunnel endpoint IP on an OVS bridge
 4. :func:`add_tunnel_ports`        -- flow-based VXLAN and Geneve ports
 5. :func:`add_provider_bridge`     -- optional, one per physical network
@@ -100,6 +101,20 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None,
         return
     for uuid in vsctl("get", "bridge", INTEGRATION_BRIDGE, "controller").strip("[] \n").split(", "):
         vsctl("set", "controller", uuid, "connection-mode=out-of-band", *extra)
+
+
+def set_manager(vsctl: Vsctl, target: str) -> None:
+    """Step 2, second half: make the controller the host's OVSDB manager.
+
+    ``ovs-vsctl set-manager <target>`` (several, space-separated: a cluster's instances, as
+    for :func:`set_controller`). ``target`` is ``tcp:CONTROLLER_IP:6640`` (the controller's
+    ``--ovsdb-listen``) or ``unix:<path>``. The host's ovsdb-server then connects to the
+    controller, which creates and removes the gateway tunnel ports (``tg-*``, VXLAN on UDP
+    4790 with BFD) on br-int itself and never touches any other port. ovsdb-server follows
+    the Manager table only when started with ``--remote=db:Open_vSwitch,Open_vSwitch,manager_options``,
+    as ``ovs-ctl`` (and so every packaged Open vSwitch) starts it.
+    """
+    vsctl("set-manager", *target.split())
 
 
 def attach_underlay(vsctl: Vsctl, netns: str, nic: str, tunnel_cidr: str, mtu: int = 1600) -> None:

@@ -1,0 +1,619 @@
+"""The controller as every hypervisor's OVSDB manager: it keeps the gateway tunnel ports, with BFD.
+
+Each hypervisor runs ``ovs-vsctl set-manager tcp:CONTROLLER:6640`` (a cluster: one target per
+instance, like ``set-controller``); its ovsdb-server connects to us and we monitor, through the
+``ovs`` library's IDL, just the tables and columns :mod:`controller.tunnels` reads. A
+connection is the hypervisor whose datapath id one of its bridges carries (``Bridge.datapath_id``,
+which ovs-vswitchd fills in); one that matches no registered hypervisor is kept and checked
+again whenever the hypervisors change (registered later, or its bridge created later).
+
+On its bridge, that hypervisor must have exactly :func:`topology.gateways.tunnel_ports`'s
+``tg-`` ports: they are reconciled, never flushed (one transaction per connection and pass:
+missing ports created, differing ones corrected, ``tg-`` ports not desired deleted, no other
+port touched, an unchanged port never rewritten), on connect, on every change of the
+hypervisors (a registration, a gateway marked or unmarked) and of what the switch holds (a
+``tg-`` port made or removed by hand). With several controller instances, only the one the
+cluster's view gives the bridge to (the instance that masters it over OpenFlow, while in good
+standing) writes; every instance accepts connections and reads the BFD state.
+
+Why one IDL per connection, on a socket of our own: ``ovs.jsonrpc.Session.open("ptcp:...")``
+keeps a single connection (a new one replaces the old), so the listeners are ours
+(:class:`ovs.stream.PassiveStream` over sockets we bind, with a deep backlog), and each
+accepted stream first has its schema fetched, then gets its own :class:`ovs.db.idl.Idl` whose
+session wraps that stream and never reconnects (the server reconnects, and the new connection
+gets a new IDL). One thread serves every connection; a selector tells it which sockets have
+something, so hundreds of idle connections cost nothing between their messages.
+
+Only this module and :mod:`controller.tunnels` use the ``ovs`` library; nothing here touches
+os-ken or OpenFlow.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import selectors
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from controller import metrics
+from controller.tunnels import DATABASE, MONITORED, Plan, apply, bfd_of, datapath_id, plan
+from topology.gateways import BfdTimers, is_gateway, tunnel_ports
+from topology.model import Hypervisor
+
+with warnings.catch_warnings():
+    # ovs.poller imports eventlet when it is installed (etcd3gw brings it), which warns it is deprecated
+    warnings.simplefilter("ignore")
+    import ovs.db.idl
+    import ovs.jsonrpc
+    import ovs.stream
+
+LOG = logging.getLogger("tenantflow.ovsdb")
+
+DEFAULT_LISTEN = "ptcp:6640 punix:/run/tenantflow/ovsdb.sock"
+BACKLOG = 1024  # hundreds of hypervisors connect at once when the controller starts
+TICK = 5.0  # s: the hypervisors and each bridge's writer are checked at least this often
+RETRY = (0.1, 30.0)  # s: the first and the longest wait before a failed transaction is tried again
+KEEPALIVE = (30, 10, 3)  # TCP keepalive (idle s, interval s, probes), as on the OpenFlow connections
+
+Txn = ovs.db.idl.Transaction
+
+
+# -- listening ------------------------------------------------------------------------------------
+def parse_listen(text: str) -> list[str]:
+    """``--ovsdb-listen``'s targets: ``ptcp:PORT[:IP]`` and ``punix:PATH``, separated by spaces or commas.
+
+    OVS's own syntax (``ovsdb-server --remote``): ``ptcp:6640`` listens on every address,
+    ``ptcp:6640:127.0.0.1`` on one (``ptcp:6640:[::1]`` for IPv6). ValueError if one is neither.
+    """
+    targets = [t for t in re.split(r"[\s,]+", text.strip()) if t]
+    for target in targets:
+        _address(target)
+    return targets
+
+
+def _address(target: str) -> tuple[int, Any]:
+    """A listen target's socket family and bind address."""
+    kind, _, rest = target.partition(":")
+    if kind == "punix" and rest:
+        return socket.AF_UNIX, rest
+    if kind == "ptcp":
+        port, _, host = rest.partition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        if port.isdigit() and int(port) < 65536:
+            return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
+    raise ValueError(f"{target!r} is not an OVSDB listen target (ptcp:PORT[:IP] or punix:PATH)")
+
+
+def open_listener(target: str) -> ovs.stream.PassiveStream:
+    """Listen on ``target``; OSError if it cannot be bound (the port is taken...).
+
+    Our own socket in a :class:`ovs.stream.PassiveStream`: its ``open`` takes ``ptcp:IP:PORT``
+    (not OVS's ``ptcp:PORT:IP``), listens with a backlog of 64 and blocks on accept.
+    """
+    family, address = _address(target)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_UNIX:
+            os.makedirs(os.path.dirname(os.path.abspath(address)), exist_ok=True)
+            if os.path.exists(address):
+                os.unlink(address)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        if family == socket.AF_UNIX:
+            os.chmod(address, 0o660)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return ovs.stream.PassiveStream(sock, target, None)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive on an accepted connection: we send no echo requests, a dead host is found by TCP."""
+    idle, interval, count = KEEPALIVE
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+# -- one connection -------------------------------------------------------------------------------
+def _schema_helper(schema_json: dict) -> ovs.db.idl.SchemaHelper:
+    """The server's schema cut down to :data:`MONITORED`."""
+    helper = ovs.db.idl.SchemaHelper(None, schema_json)
+    for table, columns in MONITORED.items():
+        helper.register_columns(table, columns)
+    return helper
+
+
+class _AcceptedIdl(ovs.db.idl.Idl):
+    """An IDL over a connection the database server opened to us (we are its manager)."""
+
+    def __init__(self, rpc: ovs.jsonrpc.Connection, helper: ovs.db.idl.SchemaHelper) -> None:
+        super().__init__(rpc.name, helper, probe_interval=0)  # its own session is never run: replaced here
+        session = ovs.jsonrpc.Session.open_unreliably(rpc)
+        session.rpc = rpc  # the Python open_unreliably() (ovs 4.0) drops the connection it wraps; C keeps it
+        # The server probes us (its Manager inactivity_probe) and Session.recv() answers; a dead host is
+        # TCP keepalive's to find. Our own probes would need a timer per connection in the loop.
+        session.reconnect.set_probe_interval(0)
+        self._session = session
+
+    def restart_fsm(self) -> None:
+        """Ask for the monitor at once, without watching the ``_Server`` database first.
+
+        The IDL watches ``_Server`` to follow a clustered database's leader; a manager
+        connection is one standalone server's own, and ``_Server``'s Database row carries the
+        whole schema again as text: with the ``ovs`` wheel's pure-Python JSON parser that was
+        a third of each connection's set-up CPU (measured: 200 connections, 17.6 -> 11 ms each).
+        """
+        self.sync_conditions()
+        self._Idl__send_monitor_request()  # ovs 4.0's (pinned) name-mangled step; tests/test_ovsdb.py covers it
+
+
+@dataclass
+class Bound:
+    """A bridge of a connection that is a registered hypervisor's, and what it must hold."""
+
+    hv: Hypervisor
+    key: tuple  # what ``desired`` was computed from (see OvsdbManager._key)
+    desired: dict[str, dict[str, str]] | None  # its tg- ports; None: another instance writes it
+
+
+class ManagerConnection:
+    """One ovsdb-server connected to us: the schema handshake, then an IDL replica of :data:`MONITORED`."""
+
+    def __init__(self, stream: ovs.stream.Stream, number: int) -> None:
+        self.name = f"{stream.name}#{number}"
+        self.sock: socket.socket = stream.socket
+        self.rpc = ovs.jsonrpc.Connection(stream)
+        self.idl: _AcceptedIdl | None = None
+        self.events = selectors.EVENT_READ  # what the selector watches its socket for
+        self.bridges: dict[Any, Bound] = {}  # Bridge row uuid -> its hypervisor
+        self.seen_seqno = 0  # the IDL's change_seqno the last plan saw
+        self.stale = True  # a plan must look again (the replica or what is desired changed)
+        self.txn: Txn | None = None  # in flight
+        self.txn_plans: dict[str, Plan] = {}  # hypervisor -> what the transaction in flight does
+        self.retry_at = 0.0
+        self.backoff = 0.0
+        request = ovs.jsonrpc.Message.create_request("get_schema", [DATABASE])
+        self._schema_id = request.id
+        self.rpc.send(request)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the connection is still open."""
+        return self.rpc.get_status() == 0
+
+    def run(self) -> None:
+        """Send what is queued, take in what arrived (never blocks)."""
+        if self.idl is None:
+            self._handshake()
+        else:
+            self.idl.run()
+
+    def wants_write(self) -> bool:
+        """Whether output waits for the socket to take it."""
+        return self.rpc.get_backlog() > 0
+
+    def buffered(self) -> bool:
+        """Whether input was read off the socket but not processed yet (the IDL takes 50 messages a run)."""
+        return bool(self.rpc.input)
+
+    def _handshake(self) -> None:
+        """Wait for the schema; with it, start the IDL (which asks the server for its monitor)."""
+        self.rpc.run()
+        while self.alive:
+            error, msg = self.rpc.recv()
+            if error:
+                return  # nothing more yet (EAGAIN), or the end (the status says so)
+            if msg.type == ovs.jsonrpc.Message.T_REQUEST and msg.method == "echo":
+                self.rpc.send(ovs.jsonrpc.Message.create_reply(msg.params, msg.id))
+            elif msg.id == self._schema_id:
+                if msg.type != ovs.jsonrpc.Message.T_REPLY:
+                    LOG.warning("ovsdb %s: no %s database: %s", self.name, DATABASE, msg.error)
+                    self.rpc.error(errno.EPROTO)
+                    return
+                self.idl = _AcceptedIdl(self.rpc, _schema_helper(msg.result))
+                self.idl.run()
+                return
+
+    def system_id(self) -> str:
+        """The host's ``external_ids:system-id`` (Open_vSwitch table), or its connection name."""
+        if self.idl is not None:
+            for row in self.idl.tables["Open_vSwitch"].rows.values():
+                return row.external_ids.get("system-id", self.name)
+        return self.name
+
+    def close(self) -> None:
+        """Close the connection (the server reconnects after its back-off)."""
+        if self.idl is not None:
+            self.idl.close()
+        elif self.rpc.stream is not None:
+            self.rpc.close()
+
+
+# -- the manager ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Published:
+    """What one hypervisor's OVSDB shows, for readers in other threads (replaced whole, never edited)."""
+
+    connection: str
+    writer: bool
+    tunnels: dict[str, dict[str, Any]]
+
+
+class OvsdbManager:
+    """Accepts the hypervisors' ovsdb-servers and keeps their gateway tunnel ports (one thread for all)."""
+
+    def __init__(self, topology: Any, listen: list[str], timers: BfdTimers | None = None,
+                 cluster: Any = None) -> None:
+        self.topology, self.listen, self.cluster = topology, listen, cluster
+        self.timers = timers or BfdTimers()
+        self._listeners: list[ovs.stream.PassiveStream] = []
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        self._lock = threading.Lock()  # the flags other threads set, and what readers read
+        self._flags = {"topology": True, "ownership": True}
+        self._published: dict[str, Published] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        # The loop thread's own (no lock):
+        self._conns: set[ManagerConnection] = set()
+        self._again: set[ManagerConnection] = set()  # to serve in the next round without waiting
+        self._retrying: set[ManagerConnection] = set()  # a transaction failed: tried again at its retry_at
+        self._accepted = 0
+        self._hvs: frozenset[Hypervisor] = frozenset()
+        self._gateways: frozenset[Hypervisor] = frozenset()
+        self._by_dpid: dict[int, Hypervisor] = {}
+        self._versions = [0, 0]  # [every hypervisor, the gateways]: bumped when that set changes
+        self._next_tick = 0.0
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> OvsdbManager:
+        """Listen (OSError if a target cannot be bound), subscribe to changes, start the thread."""
+        try:
+            self._listeners = [open_listener(t) for t in self.listen]
+        except OSError:
+            for listener in self._listeners:
+                listener.close()
+            raise
+        for listener in self._listeners:
+            self._selector.register(listener.socket, selectors.EVENT_READ, listener)
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.topology.subscribe(lambda _affected: self._flag("topology"))
+        if self.cluster is not None:
+            self.cluster.subscribe(lambda: self._flag("ownership"))
+        self._thread = threading.Thread(target=self._loop, name="ovsdb", daemon=True)
+        self._thread.start()
+        LOG.info("OVSDB manager listening on %s", ", ".join(self.addresses()))
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, close every connection and listener (a unix socket's file is removed)."""
+        self._stopping.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for conn in list(self._conns):
+            conn.close()
+        for listener in self._listeners:
+            listener.socket.close()
+            if listener.name.startswith("punix:"):
+                _unlink(listener.name[len("punix:"):])
+
+    def addresses(self) -> list[str]:
+        """The targets listened on, a TCP port 0 as the port it got (``ptcp:PORT:IP``, ``punix:PATH``)."""
+        out = []
+        for listener in self._listeners:
+            if listener.socket.family == socket.AF_UNIX:
+                out.append(listener.name)
+            else:
+                host, port = listener.socket.getsockname()[:2]
+                out.append(f"ptcp:{port}:{host}")
+        return out
+
+    # -- what other threads read ----------------------------------------------------------------------
+    def bfd_status(self, hv_name: str) -> dict[str, dict[str, Any]]:
+        """A hypervisor's gateway tunnels as its switch reports them: port name -> BFD state.
+
+        Each entry: ``state``, ``forwarding``, ``remote_state``, ``diagnostic``... as in
+        ``Interface.bfd_status``, plus ``enabled``, ``remote_ip``, ``ofport`` (and ``error`` if
+        ovs-vswitchd could not create the interface). Empty when its OVSDB is not connected.
+        """
+        with self._lock:
+            published = self._published.get(hv_name)
+        return {name: dict(entry) for name, entry in published.tunnels.items()} if published else {}
+
+    def status(self) -> dict[str, Any]:
+        """Listeners, connections, and per connected hypervisor: connection, whether we write it, tunnels."""
+        with self._lock:
+            published = dict(self._published)
+        return {"listening": self.addresses(), "connections": len(self._conns),
+                "hypervisors": {name: {"connection": p.connection, "writer": p.writer, "tunnels": p.tunnels}
+                                for name, p in sorted(published.items())}}
+
+    def published(self) -> dict[str, Published]:
+        """Every connected hypervisor's :class:`Published` state (for the metrics)."""
+        with self._lock:
+            return dict(self._published)
+
+    # -- waking the loop (any thread; topology subscribers run under the topology's lock) --------------
+    def _flag(self, name: str) -> None:
+        if self._stopping.is_set():  # (subscriptions outlive a stopped manager: nothing to unsubscribe)
+            return
+        with self._lock:
+            self._flags[name] = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:  # the pipe is full: the loop is awake already
+            pass
+
+    def _take_flags(self) -> dict[str, bool]:
+        with self._lock:
+            flags, self._flags = self._flags, {"topology": False, "ownership": False}
+        return flags
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._round()
+            except Exception:  # a bug must not end the thread: the next round starts over
+                LOG.exception("OVSDB manager: round failed")
+                time.sleep(0.1)
+        self._selector.close()
+
+    def _round(self) -> None:
+        """Wait for something to do (I/O, a flag, a timer), then do it."""
+        events = self._selector.select(self._timeout())
+        ready, self._again = set(self._again), set()
+        for key, _mask in events:
+            if key.data is None:
+                _drain(self._wake_r)
+            elif isinstance(key.data, ManagerConnection):
+                ready.add(key.data)
+            else:
+                ready |= self._accept(key.data)
+        now = time.monotonic()
+        for conn in ready:
+            self._serve(conn)
+        flags = self._take_flags()
+        recheck = flags["ownership"]
+        if flags["topology"] or now >= self._next_tick:
+            recheck |= self._refresh_topology() or now >= self._next_tick
+            self._next_tick = now + TICK
+        if recheck:
+            targets = list(self._conns)
+        else:
+            targets = [c for c in self._retrying if c not in ready and c.txn is None and now >= c.retry_at]
+        for conn in targets:
+            self._update(conn, now)
+
+    def _timeout(self) -> float:
+        if self._again:
+            return 0.0
+        now = time.monotonic()
+        due = [c.retry_at for c in self._retrying if c.txn is None]
+        return max(0.0, min([self._next_tick, *due]) - now)
+
+    def _accept(self, listener: ovs.stream.PassiveStream) -> set[ManagerConnection]:
+        """Every connection waiting on ``listener``, accepted."""
+        accepted = set()
+        while True:
+            error, stream = listener.accept()
+            if error:
+                if error != errno.EAGAIN:
+                    LOG.warning("OVSDB manager: accept on %s: %s", listener.name, os.strerror(error))
+                return accepted
+            if stream.socket.family != socket.AF_UNIX:
+                _keepalive(stream.socket)
+            self._accepted += 1
+            conn = ManagerConnection(stream, self._accepted)
+            self._conns.add(conn)
+            self._selector.register(conn.sock, conn.events, conn)
+            accepted.add(conn)
+            LOG.info("ovsdb %s: connected", conn.name)
+
+    def _serve(self, conn: ManagerConnection) -> None:
+        """I/O on one connection, then whatever its news calls for."""
+        try:
+            conn.run()
+            if not conn.alive:
+                self._drop(conn)
+                return
+            if conn.buffered():
+                self._again.add(conn)
+            self._update(conn, time.monotonic())
+        except Exception:
+            LOG.exception("ovsdb %s: dropped after an error", conn.name)
+            self._drop(conn)
+
+    def _watch(self, conn: ManagerConnection) -> None:
+        """Have the selector watch for what the connection waits on: input, and room for queued output.
+
+        After anything that may have sent (a transaction too big for the socket's buffer stays
+        queued, and nothing else would wake us to send the rest).
+        """
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.wants_write() else 0)
+        if events != conn.events:
+            conn.events = events
+            self._selector.modify(conn.sock, events, conn)
+
+    def _drop(self, conn: ManagerConnection) -> None:
+        self._conns.discard(conn)
+        self._again.discard(conn)
+        self._retrying.discard(conn)
+        try:
+            self._selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.close()
+        with self._lock:
+            for name in [n for n, p in self._published.items() if p.connection == conn.name]:
+                del self._published[name]
+        LOG.info("ovsdb %s (%s): disconnected", conn.name, ", ".join(b.hv.name for b in conn.bridges.values())
+                 or "no hypervisor")
+
+    # -- what each bridge must hold ------------------------------------------------------------------------
+    def _refresh_topology(self) -> bool:
+        """Take the registered hypervisors; True if they changed (a desired port set may have)."""
+        with self.topology.lock:
+            hvs = frozenset(self.topology.graph.hypervisors())  # equal records: name, dpid, tunnel IP, gateway_for
+        if hvs == self._hvs:
+            return False
+        gateways = frozenset(hv for hv in hvs if is_gateway(hv))
+        self._versions[0] += 1
+        if gateways != self._gateways:
+            self._versions[1] += 1
+        self._hvs, self._gateways = hvs, gateways
+        self._by_dpid = {hv.datapath_id: hv for hv in hvs}
+        return True
+
+    def _writes(self, hv: Hypervisor) -> bool:
+        """Whether this instance writes ``hv``'s OVSDB: the cluster's view gives its bridge to us, in good standing."""
+        if self.cluster is None:
+            return True
+        return bool(self.cluster.owns(hv.datapath_id) and getattr(self.cluster, "in_good_standing", True))
+
+    def _key(self, hv: Hypervisor) -> tuple:
+        """What ``tunnel_ports(hv)`` depends on: its record, every hypervisor (a gateway's) or the gateways."""
+        return hv, self._versions[0] if is_gateway(hv) else self._versions[1], self._writes(hv)
+
+    def _bind(self, conn: ManagerConnection) -> bool:
+        """Match the connection's bridges to hypervisors by datapath id; True if a bridge's desired ports changed."""
+        bound, todo = {}, []
+        for uuid, row in conn.idl.tables["Bridge"].rows.items():
+            dpid = datapath_id(row)
+            hv = self._by_dpid.get(dpid) if dpid is not None else None
+            if hv is None:
+                continue
+            key, old = self._key(hv), conn.bridges.get(uuid)
+            if old is not None and old.key == key:
+                bound[uuid] = old
+            else:
+                bound[uuid] = Bound(hv, key, None)
+                # news for the log: a bridge bound, or bound to another hypervisor, or its writer changed
+                news = old is None or old.hv.name != hv.name or old.key[2] != key[2]
+                todo.append((row.name, bound[uuid], news))
+        if todo:
+            with self.topology.lock:
+                graph = self.topology.graph
+                for _name, b, _news in todo:
+                    b.desired = tunnel_ports(graph, b.hv.name, self.timers) if b.key[2] else None
+            for name, b, news in todo:
+                (LOG.info if news else LOG.debug)(
+                    "ovsdb %s: bridge %s is hypervisor %s (%s): %d gateway tunnel(s) wanted", conn.name, name,
+                    b.hv.name, "ours to write" if b.desired is not None else "another instance writes it",
+                    len(b.desired or {}))
+        changed = bool(todo) or bound.keys() != conn.bridges.keys()
+        conn.bridges = bound
+        return changed
+
+    # -- reconciling ---------------------------------------------------------------------------------------
+    def _update(self, conn: ManagerConnection, now: float) -> None:
+        """After news on ``conn`` or the topology: bind, publish, finish or start a transaction."""
+        idl = conn.idl
+        if idl is not None and idl.has_ever_connected():  # its replica is in
+            replica_changed = idl.change_seqno != conn.seen_seqno
+            conn.seen_seqno = idl.change_seqno
+            if self._bind(conn) or replica_changed:
+                conn.stale = True
+                self._publish(conn)
+            if conn.txn is None or self._finish(conn, now):
+                if conn.stale and now >= conn.retry_at:
+                    self._reconcile(conn, now)
+        self._watch(conn)
+
+    def _reconcile(self, conn: ManagerConnection, now: float) -> None:
+        """One transaction making every bound bridge's ``tg-`` ports what they must be (none if they are)."""
+        conn.stale = False
+        rows = conn.idl.tables["Bridge"].rows
+        plans = {b.hv.name: (rows[uuid], plan(rows[uuid], b.desired))
+                 for uuid, b in conn.bridges.items() if b.desired is not None}
+        plans = {name: pair for name, pair in plans.items() if pair[1]}
+        if not plans:
+            return
+        txn = Txn(conn.idl)
+        txn.add_comment("tenantflow: gateway tunnel ports of " + ", ".join(sorted(plans)))
+        for bridge, todo in plans.values():
+            apply(txn, bridge, todo)
+        conn.txn, conn.txn_plans = txn, {name: todo for name, (_bridge, todo) in plans.items()}
+        txn.commit()
+        self._finish(conn, now)
+
+    def _finish(self, conn: ManagerConnection, now: float) -> bool:
+        """Settle the transaction in flight if its answer came; False while it has not."""
+        status = conn.txn.commit()  # after the first call: only reports the status
+        if status == Txn.INCOMPLETE:
+            return False
+        error, plans = conn.txn.get_error(), conn.txn_plans
+        conn.txn, conn.txn_plans = None, {}
+        conn.stale = True  # look again: a success leaves nothing to do (the update precedes the reply)
+        ok = status in (Txn.SUCCESS, Txn.UNCHANGED)
+        outcome = "committed" if ok else "retried" if status == Txn.TRY_AGAIN else "failed"
+        for name, todo in plans.items():
+            metrics.OVSDB_TRANSACTIONS.labels(name, outcome).inc()
+            if ok:
+                for change, count in (("created", len(todo.create)), ("updated", len(todo.update)),
+                                      ("deleted", len(todo.delete))):
+                    metrics.GATEWAY_PORT_CHANGES.labels(name, change).inc(count)
+        summary = ", ".join(f"{name} {todo.summary()}" for name, todo in sorted(plans.items()))
+        if ok:
+            conn.backoff, conn.retry_at = 0.0, 0.0
+            self._retrying.discard(conn)
+            LOG.info("ovsdb %s: gateway tunnel ports written: %s", conn.name, summary)
+            return True
+        conn.backoff = min(max(conn.backoff * 2, RETRY[0]), RETRY[1])
+        conn.retry_at = now + conn.backoff
+        self._retrying.add(conn)
+        log = LOG.info if status == Txn.TRY_AGAIN else LOG.warning
+        log("ovsdb %s: transaction (%s) %s: %s; again in %.1f s", conn.name, summary, status, error, conn.backoff)
+        return True
+
+    def _publish(self, conn: ManagerConnection) -> None:
+        """Share each bound bridge's BFD state with the readers (the API, the metrics)."""
+        rows = conn.idl.tables["Bridge"].rows
+        fresh = {b.hv.name: Published(conn.name, b.desired is not None, bfd_of(rows[uuid]))
+                 for uuid, b in conn.bridges.items() if uuid in rows}
+        with self._lock:
+            for name in [n for n, p in self._published.items() if p.connection == conn.name and n not in fresh]:
+                del self._published[name]
+            self._published.update(fresh)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def start(topology: Any, listen: str, timers: BfdTimers, cluster: Any = None) -> OvsdbManager | None:
+    """The controller's OVSDB manager on ``listen`` (``--ovsdb-listen``; None if it lists nothing)."""
+    targets = parse_listen(listen)
+    if not targets:
+        return None
+    return OvsdbManager(topology, targets, timers, cluster).start()
+

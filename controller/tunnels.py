@@ -1,0 +1,183 @@
+"""The gateway tunnel ports of one bridge, read from and written to its OVSDB replica (an ``ovs`` IDL).
+
+Pure reconciliation over the rows of an :class:`ovs.db.idl.Idl`, no I/O of its own:
+:func:`plan` compares what a bridge must have (:func:`topology.gateways.tunnel_ports`:
+port name -> ``type`` / ``options:<key>`` / ``bfd:<key>``) with the ports it has whose name
+starts with ``tg-`` (:data:`topology.gateways.GATEWAY_PORT_PREFIX`), and :func:`apply` writes
+the difference into the IDL's open transaction. Only ``tg-`` ports are ever touched, and a
+port already as desired is never written: rewriting a tunnel interface's options makes
+ovs-vswitchd reconfigure it, and its BFD session would start over (the gateway looks down
+for the detection time). :func:`bfd_of` reads the BFD state the switch reports.
+
+The controller's connection handling (:mod:`controller.ovsdb`) monitors only
+:data:`MONITORED`: the tables and columns these functions read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from topology.gateways import GATEWAY_PORT_PREFIX
+
+DATABASE = "Open_vSwitch"
+MONITORED: dict[str, list[str]] = {
+    # system-id: what the logs and the status call a connection before it is identified
+    "Open_vSwitch": ["external_ids"],
+    "Bridge": ["name", "datapath_id", "ports"],
+    "Port": ["name", "interfaces"],
+    # error: why ovs-vswitchd could not create an interface, shown in the status
+    "Interface": ["name", "type", "options", "bfd", "bfd_status", "ofport", "error"],
+}
+MAP_COLUMNS = ("options", "bfd")  # the Interface map columns a desired port sets (``options:<key>``...)
+BFD_KEYS = ("state", "forwarding", "remote_state", "diagnostic", "remote_diagnostic", "flap_count")
+
+Columns = dict[str, str]  # as topology.gateways.tunnel_ports gives them: "type", "options:key", "bfd:key"
+
+
+def interface_columns(iface: Any) -> Columns:
+    """An Interface row's type and map columns, flattened the way :func:`tunnel_ports` writes them."""
+    columns = {"type": iface.type}
+    for column in MAP_COLUMNS:
+        columns.update({f"{column}:{k}": str(v) for k, v in getattr(iface, column).items()})
+    return columns
+
+
+def split_columns(columns: Columns) -> tuple[str, dict[str, dict[str, str]]]:
+    """Flattened columns back into the interface type and each map column's value."""
+    maps: dict[str, dict[str, str]] = {column: {} for column in MAP_COLUMNS}
+    for key, value in columns.items():
+        column, _, item = key.partition(":")
+        if key != "type":
+            if column not in maps or not item:
+                raise ValueError(f"a gateway port sets no column {key!r}")
+            maps[column][item] = value
+    return columns.get("type", ""), maps
+
+
+def datapath_id(bridge: Any) -> int | None:
+    """A Bridge row's datapath id (ovs-vswitchd fills it in once it runs the bridge), or None."""
+    value = bridge.datapath_id
+    text = value[0] if isinstance(value, list) and value else value
+    try:
+        return int(text, 16) if text else None
+    except (TypeError, ValueError):
+        return None
+
+
+def is_gateway_port(name: str) -> bool:
+    """Whether a port is one of ours: its name starts with ``tg-``."""
+    return name.startswith(GATEWAY_PORT_PREFIX)
+
+
+@dataclass
+class Plan:
+    """What one bridge's transaction must do to its ``tg-`` ports."""
+
+    create: dict[str, Columns] = field(default_factory=dict)
+    update: dict[str, tuple[Any, Columns]] = field(default_factory=dict)  # name -> (Interface row, columns)
+    delete: list[Any] = field(default_factory=list)  # Port rows
+
+    def __bool__(self) -> bool:
+        return bool(self.create or self.update or self.delete)
+
+    def summary(self) -> str:
+        """``+2 ~0 -1``-style counts, for the logs."""
+        return f"+{len(self.create)} ~{len(self.update)} -{len(self.delete)}"
+
+
+def _sound(port: Any) -> Any | None:
+    """The port's one interface if it is shaped as we make them (one interface, same name), else None."""
+    interfaces = port.interfaces
+    if len(interfaces) == 1 and interfaces[0].name == port.name:
+        return interfaces[0]
+    return None
+
+
+def plan(bridge: Any, desired: dict[str, Columns]) -> Plan:
+    """The changes that make ``bridge``'s ``tg-`` ports exactly ``desired``; empty when they are.
+
+    A ``tg-`` port not desired, a second port of the same name, or one not shaped as we
+    make them (not exactly one interface of its own name) is deleted (and, if desired,
+    created again); a desired one whose interface's type, options or bfd differ is updated
+    in place; every other port of the bridge is left alone.
+    """
+    result = Plan()
+    kept: set[str] = set()
+    for port in sorted(bridge.ports, key=lambda p: str(p.uuid)):
+        name = port.name
+        if not is_gateway_port(name):
+            continue
+        iface = _sound(port)
+        if name not in desired or name in kept or iface is None:
+            result.delete.append(port)
+            continue
+        kept.add(name)
+        if interface_columns(iface) != desired[name]:
+            result.update[name] = (iface, desired[name])
+    result.create = {name: columns for name, columns in desired.items() if name not in kept}
+    return result
+
+
+def apply(txn: Any, bridge: Any, todo: Plan) -> None:
+    """Write ``todo`` into ``txn`` (an open :class:`ovs.db.idl.Transaction` on ``bridge``'s IDL).
+
+    Ports join and leave ``Bridge.ports`` by mutation (insert/delete of one element), and the
+    transaction verifies ``Bridge.ports`` unchanged since it was read when it adds or removes
+    any: two writers creating the same port at once (a cluster's master handing over) cannot
+    both commit, the second sees the port and has nothing left to do.
+    """
+    if todo.create or todo.delete:
+        bridge.verify("ports")
+    for port in todo.delete:
+        interfaces = list(port.interfaces)
+        bridge.delvalue("ports", port)
+        port.delete()
+        for iface in interfaces:
+            iface.delete()
+    tables = txn.idl.tables
+    for name, columns in sorted(todo.create.items()):
+        iface = txn.insert(tables["Interface"])
+        iface.name = name
+        _set_interface(iface, columns, existing=False)
+        port = txn.insert(tables["Port"])
+        port.name = name
+        port.interfaces = [iface]
+        bridge.addvalue("ports", port)
+    for iface, columns in todo.update.values():
+        _set_interface(iface, columns, existing=True)
+
+
+def _set_interface(iface: Any, columns: Columns, existing: bool) -> None:
+    """Set an interface's type and map columns; on an existing row only the columns that differ."""
+    kind, maps = split_columns(columns)
+    if not existing or iface.type != kind:
+        iface.type = kind
+    for column, value in maps.items():
+        if not existing or getattr(iface, column) != value:
+            setattr(iface, column, value)
+
+
+def bfd_of(bridge: Any) -> dict[str, dict[str, Any]]:
+    """The BFD state of ``bridge``'s ``tg-`` interfaces: port name -> bfd_status keys, remote_ip, ofport, error."""
+    result = {}
+    for port in bridge.ports:
+        if not is_gateway_port(port.name):
+            continue
+        for iface in port.interfaces:
+            status = iface.bfd_status
+            entry: dict[str, Any] = {key: status[key] for key in BFD_KEYS if key in status}
+            entry["enabled"] = iface.bfd.get("enable") == "true"
+            entry["remote_ip"] = iface.options.get("remote_ip")
+            entry["ofport"] = iface.ofport[0] if iface.ofport else None
+            if iface.error:
+                entry["error"] = iface.error[0]
+            result[iface.name] = entry
+    return result
+
+
+def tunnels_up(ports: Collection[dict[str, Any]]) -> tuple[int, int]:
+    """How many of these BFD entries are up (state up and forwarding) and how many are not."""
+    up = sum(1 for p in ports if p.get("state") == "up" and p.get("forwarding") == "true")
+    return up, len(ports) - up
