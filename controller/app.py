@@ -30,9 +30,10 @@ from flows.pipeline import stage
 from flows.routing import interface_announcements, router_interface
 from flows.stages import DHCP, EXT_OUTPUT
 from flows.view import view_of
-from topology.model import canonical_port_map
+from topology.model import canonical_port_map, dvr_mac
 
 LOG = logging.getLogger("tenantflow.app")
+PROBE_INTERVAL = 60.0  # seconds between a standby gateway's ARP probes (well within LEARNED_IDLE_TIMEOUT)
 IP_INPUT_TABLE = stage("lr_in_ip_input").table_id
 EXT_OUTPUT_TABLE = EXT_OUTPUT.table_id
 DHCP_TABLE = DHCP.table_id
@@ -64,6 +65,7 @@ class TenantflowApp(app_manager.OSKenApp):
         self.engine.subscribe(self._topology_changed)
         # DHCP and router solicitations answered, router advertisements sent (controller.addresses)
         self.addresses = AddressService(self.topology, lambda: list(self.switches.values())).start()
+        hub.spawn(self._probe_forever)  # standby gateways keep their next hops' MACs learned
         # One of a cluster's instances: compile and push only the bridges this one masters.
         self.cluster = CLUSTER or Solo()
         if CLUSTER is not None:
@@ -163,8 +165,17 @@ class TenantflowApp(app_manager.OSKenApp):
             view = view_of(graph, hv_name)
             items = announcements(graph, view) + interface_announcements(graph, view)
             if view is not None and view.hv.gateway_for:
-                items += gateway_announcements(snat_routers(graph, view), lambda name: bool(graph.ofports(name)))
+                items += gateway_announcements(snat_routers(graph, view), lambda name: bool(graph.ofports(name)),
+                                               dvr_mac(view.hv))
             return items
+
+    def _probe_forever(self) -> None:
+        """Every PROBE_INTERVAL, each standby gateway probes its routers' next hops again: its learned
+        MACs would otherwise age out (LEARNED_IDLE_TIMEOUT), unused until a failover needs them."""
+        while True:
+            hub.sleep(PROBE_INTERVAL)
+            for sw in list(self.switches.values()):
+                sw.repeat_probes()
 
     def _demote_if_gateway(self, hv_name: str) -> None:
         """A gateway's bridge left: the routers it was active for keep their new gateway (no preemption)."""

@@ -33,7 +33,10 @@ def arp_request(sender_mac: str, sender_ip: str, target_ip: str) -> bytes:
 
 
 def announcement_packets(item: Announcement) -> list[bytes]:
-    """Gratuitous ARP for the address, then a request for its external gateway's MAC (if any)."""
+    """Gratuitous ARP for the address, then a request for its external gateway's MAC (if any); for a
+    probe, only the request, from 0.0.0.0."""
+    if item.probe:
+        return [arp_request(item.mac, "0.0.0.0", item.ext_gateway)] if item.ext_gateway else []
     frames = [arp_request(item.mac, item.ip, item.ip)]
     if item.ext_gateway and item.ext_gateway != item.ip:
         frames.append(arp_request(item.mac, item.ip, item.ext_gateway))

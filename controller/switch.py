@@ -616,6 +616,13 @@ class Switch:
             timer.daemon = True
             timer.start()
 
+    def repeat_probes(self) -> None:
+        """Send this switch's ARP probes again (a standby gateway's, see flows.gateway); from any thread."""
+        try:
+            self._send_announcements([a for a in self._announced if a.probe])
+        except ConnectionError:
+            pass  # gone: a reconnect announces everything again
+
     def reannounce(self) -> None:
         """Announce what is new to announce now (another gateway came or went): from any thread."""
         try:

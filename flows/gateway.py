@@ -42,7 +42,7 @@ from flows.stages import CLASSIFY, EXT_IN_FIP, EXT_RESOLVE, FIP_SNAT
 from flows.view import HypervisorView
 from topology.gateways import GATEWAY_PORT_PREFIX, gateway_tunnel_name
 from topology.graph import TopologyGraph
-from topology.model import Network
+from topology.model import Network, dvr_mac
 from topology.model_l3 import Router
 
 GW_IN = stage("lr_gw_in")
@@ -111,6 +111,8 @@ def gateway_flows(view: HypervisorView, routers: list[SnatRouter]) -> list[Flow]
     flows: list[Flow] = []
     if any(r.here for r in routers):
         flows += _from_gateway_tunnels(view)
+        for ext in {r.ext.key: r.ext for r in routers if r.here}.values():
+            flows.append(_probe_answers(view, ext))
     for r in routers:
         if r.router.enable_snat:
             flows += _to_gateway(r)
@@ -126,6 +128,16 @@ def _from_gateway_tunnels(view: HypervisorView) -> Iterator[Flow]:
         if name.startswith(GATEWAY_PORT_PREFIX):
             yield make_flow(CLASSIFY, "gateway_tunnel", {"in_port": ofport}, goto=GW_IN,
                             description=f"from gateway tunnel {name}: source NAT traffic")
+
+
+def _probe_answers(view: HypervisorView, ext: Network) -> Flow:
+    """The answer to this gateway's ARP probe (gateway_announcements): learn the next hop's MAC."""
+    return make_flow(
+        EXT_IN_FIP, "arp_learn", {REG_NETWORK: ext.key, "eth_type": ETH_ARP, "arp_op": ARP_REPLY,
+                                  "eth_dst": dvr_mac(view.hv), "arp_tpa": "0.0.0.0"},
+        [learn_neighbour(ext)],
+        description=f"answer to this gateway's ARP probe on network {ext.id}: learn the next hop's MAC",
+    )
 
 
 def _snat(r: SnatRouter) -> CT:
@@ -201,12 +213,16 @@ def _while_active(r: SnatRouter, actions: tuple) -> tuple[Bucket, ...]:
     return (*buckets, Bucket(actions))
 
 
-def gateway_announcements(routers: list[SnatRouter], connected: Callable[[str], bool]) -> list[Announcement]:
-    """The gateway addresses this hypervisor announces: those of the routers it is the active gateway of.
+def gateway_announcements(routers: list[SnatRouter], connected: Callable[[str], bool],
+                          dvr_mac: str) -> list[Announcement]:
+    """What this hypervisor announces as a gateway: the gateway addresses of the routers it is the
+    active gateway of, and for the others an ARP probe for their next hop (from its DVR MAC).
 
     Active, as the controller sees it: the first gateway of the router's list whose bridge is
     connected. The switches decide by BFD on their own (gw_arp); this only says who sends the
     gratuitous ARP that moves the external switches' entry at once after a failover or a move.
+    A standby probes so that, when the switches make it active, the next hop's MAC is learned
+    already: with the controller down, nobody would ARP for it (lr_in_ext_output's unresolved).
     """
     out = []
     for r in routers:
@@ -215,4 +231,6 @@ def gateway_announcements(routers: list[SnatRouter], connected: Callable[[str], 
         active = next((name for name in names if name == here or connected(name)), None)
         if here is not None and active == here:
             out.append(Announcement(r.ext.key, r.address, r.mac, r.next_hop))
+        elif here is not None and r.next_hop:
+            out.append(Announcement(r.ext.key, "0.0.0.0", dvr_mac, r.next_hop, probe=True))
     return out

@@ -81,6 +81,10 @@ class Announcement:
     mac: str
     ext_gateway: str | None  # ARPed for at once, so outbound traffic finds its MAC learned
     inside: bool = False
+    # A standby gateway's ARP probe (RFC 5227: sender address 0.0.0.0, sender MAC ``mac``, its DVR
+    # MAC) for ``ext_gateway``: it learns the next hop's MAC ahead of a failover without claiming
+    # any address (the asked updates no ARP cache for a probe).
+    probe: bool = False
 
 
 def learned_cookie(ext: Network) -> int:
