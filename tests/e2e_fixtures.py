@@ -555,3 +555,19 @@ def wait_in_sync(ctl: ControllerProcess, hvs: list[Hypervisor], timeout: float =
         return "switches equal to the compiled flows:\n" + "\n".join(lines) + "\n" + ctl.log_tail()
 
     wait_until(lambda: in_sync(ctl, hvs), timeout, explain, interval=0.1)
+
+
+def pings(host: LabVM, dst: str, count: int = 3, interval: float = 0.2) -> int:
+    """How many of ``count`` pings from ``host`` to ``dst`` were answered."""
+    out = host.cmd(f"ping -c{count} -i{interval} -W1 {dst}")
+    m = re.search(r"(\d+) received", out)
+    return int(m.group(1)) if m else 0
+
+
+def start_echo(host: LabVM, name: str, port: int) -> None:
+    """Run the echo server (``ECHO_SERVER``, answering ``<name> <token>``) in ``host`` on TCP ``port``."""
+    from tests.lab_fixtures import wait_listening
+
+    host.popen([sys.executable, "-c", ECHO_SERVER, name, str(port)], stdout=subprocess.DEVNULL,
+               stderr=subprocess.DEVNULL)
+    wait_listening(host, port)

@@ -50,8 +50,10 @@ from tests.e2e_fixtures import (
     create_security_group,
     create_security_group_rule,
     flows_mentioning,
+    pings,
     require_lab,
     running_controller,
+    start_echo,
     wait_port_active,
     wait_until,
 )
@@ -121,14 +123,9 @@ def _boot(cloud: Cloud, name: str, net: dict, subnet: dict, sg: dict) -> LabVM:
     vm = cloud.lab.plug_vm(name, port, mtu=int(net.get("mtu") or 1450), gateway=subnet["gateway_ip"])
     vm.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
     wait_port_active(cloud.ctrl, port["id"])
-    _start_echo(vm, name)
+    start_echo(vm, name, ECHO_PORT)
     return vm
 
-
-def _start_echo(host: LabVM, name: str) -> None:
-    host.popen([sys.executable, "-c", ECHO_SERVER, name, str(ECHO_PORT)],
-               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(host, ECHO_PORT)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +139,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
                     allocation_pools=[{"start": "172.24.4.10", "end": "172.24.4.250"}])
         out = lab.add_outside_host("out", f"{EXT_GATEWAY}/24")
         out.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1")
-        _start_echo(out, "out")
+        start_echo(out, "out", ECHO_PORT)
         cloud = Cloud(ctrl, lab, workdir, ext, out)
         nets = {project: _tenant(ctrl, project, ext["id"]) for project in (T1, T2)}
         groups = {project: _open_to_the_outside(ctrl, project) for project in (T1, T2)}
@@ -158,12 +155,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def pings(host: LabVM, dst: str, count: int = 3, interval: float = 0.2) -> int:
-    """How many of ``count`` pings from ``host`` to ``dst`` were answered."""
-    out = host.cmd(f"ping -c{count} -i{interval} -W1 {dst}")
-    m = re.search(r"(\d+) received", out)
-    return int(m.group(1)) if m else 0
-
 
 def echo(host: LabVM, *addresses: str, port: int = ECHO_PORT) -> dict[str, str]:
     """TCP to each address's echo server: its answer (``<server name> <token>``) or the error."""

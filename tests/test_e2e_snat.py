@@ -36,18 +36,18 @@ from apps.lab import Lab, LabVM, sh
 from apps.lab.controller import ControllerProcess
 from tests.e2e_fixtures import (
     ECHO_CLIENT,
-    ECHO_SERVER,
     attached_lab,
     create_network,
     create_port,
     create_security_group,
     create_security_group_rule,
+    pings,
     require_lab,
     running_controller,
+    start_echo,
     wait_port_active,
     wait_until,
 )
-from tests.lab_fixtures import wait_listening
 from topology.gateways import gateway_tunnel_name
 
 pytestmark = [pytest.mark.ovs, pytest.mark.lab]
@@ -82,11 +82,6 @@ class Cloud:
         return list(self.ctrl.request("GET", f"/v2.0/routers/{self.router['id']}")["router"]["gateway_hypervisors"])
 
 
-def _start_echo(host: LabVM, name: str) -> None:
-    host.popen([sys.executable, "-c", ECHO_SERVER, name, str(ECHO_PORT)],
-               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(host, ECHO_PORT)
-
 
 def bfd_up(lab: Lab) -> bool:
     """Whether every compute's BFD session to every gateway is up (and the reverse)."""
@@ -114,7 +109,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
                     allocation_pools=[{"start": "172.24.4.10", "end": "172.24.4.250"}])
         out = lab.add_outside_host("out", f"{EXT_GATEWAY}/24")
         out.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1")
-        _start_echo(out, "out")
+        start_echo(out, "out", ECHO_PORT)
         net, subnet = create_network(ctrl, "net-snat", "10.0.0.0/24", project_id=PROJECT)
         router = ctrl.create("router", project_id=PROJECT, external_gateway_info={"network_id": ext["id"]})
         ctrl.request("PUT", f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": subnet["id"]})
@@ -142,12 +137,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def pings(host: LabVM, dst: str, count: int = 3, interval: float = 0.2) -> int:
-    """How many of ``count`` pings from ``host`` to ``dst`` were answered."""
-    out = host.cmd(f"ping -c{count} -i{interval} -W1 {dst}")
-    m = re.search(r"(\d+) received", out)
-    return int(m.group(1)) if m else 0
-
 
 def echo(host: LabVM, address: str) -> str:
     """TCP to the echo server at ``address``: its answer (``<server name> <token>``) or the error."""
