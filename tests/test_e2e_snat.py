@@ -202,6 +202,8 @@ def underlay(lab: Lab, name: str, state: str) -> None:
 # -- the acceptance ------------------------------------------------------------------------------
 def test_router_is_scheduled_on_both_gateways(cloud: Cloud) -> None:
     assert sorted(cloud.gateway_list()) == sorted(GATEWAYS)
+    router = cloud.ctrl.request("GET", f"/v2.0/routers/{cloud.router['id']}")["router"]
+    assert router["active_gateway_hypervisor"] == cloud.gateway_list()[0]
     hv = cloud.ctrl.request("GET", f"/v2.0/hypervisors/{GATEWAYS[0]}")["hypervisor"]
     assert hv["gateway_for"] == [cloud.lab.physnet]
 

@@ -57,6 +57,9 @@ def test_a_gateway_hypervisor_shows_what_it_is_a_gateway_for(api: Api, ext: dict
 def test_routers_are_spread_least_loaded_first(api: Api, ext: dict) -> None:
     first, second = router(api, ext), router(api, ext)
     assert first["gateway_hypervisors"] == ["gw11", "gw12"]
+    assert first["active_gateway_hypervisor"] is None  # no gateway's bridge is connected here
+    api.topology.set_live_ofports("gw12", {"br-int": 0xFFFFFFFE})
+    assert api.show("router", first["id"])["active_gateway_hypervisor"] == "gw12"
     assert second["gateway_hypervisors"] == ["gw12", "gw11"]  # gw11 is active for one router already
     assert api.create("router")["gateway_hypervisors"] == []  # no external gateway, no gateways
     cleared = api.update("router", first["id"], external_gateway_info={})
