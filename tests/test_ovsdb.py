@@ -38,6 +38,7 @@ from test_api_client import Api
 from apps.lab import Hypervisor, Lab, sh
 from apps.lab.controller import ControllerProcess
 from apps.lab.ovs import SCHEMA, PrivateOVS
+from apps.lab.scale import ScaleLab
 from controller.metrics import REGISTRY
 from controller.ovsdb import OvsdbManager, parse_listen
 from tests.e2e_fixtures import wait_until
@@ -391,3 +392,44 @@ def _transactions() -> float:
     """This process's ``tenantflow_ovsdb_transactions_total``, over every label."""
     return sum(s.value for m in REGISTRY.collect() if m.name == "tenantflow_ovsdb_transactions"
                for s in m.samples if s.name.endswith("_total"))
+
+
+# -- one OVSDB connection, several hypervisors: the scale lab (dummy bridges, 2 per vswitchd) --------------------
+@pytest.mark.ovs
+@pytest.mark.lab
+def test_one_connection_serves_each_bridge(tmp_path) -> None:
+    """The scale lab's hv1 (a gateway) and hv2 share a vswitchd, hv3 has one: 2 connections, each bridge its ports.
+
+    OVSDB keeps port names unique in a database: a tg- port the gateway wants, whose name
+    a port of another bridge has, is not created (the rest of the transaction goes through),
+    and is once that port is gone.
+    """
+    require_lab()
+    with ControllerProcess(str(tmp_path / "ctl")) as ctl, \
+            ScaleLab(3, f"tcp:127.0.0.1:{ctl.of_port}", bridges_per_vswitchd=2, api_url=ctl.api_url,
+                     workdir=str(tmp_path / "lab")) as lab:
+        lab.register()
+        lab.set_manager(f"unix:{ctl.ovsdb_socket}")
+        hv1, hv2, hv3 = (lab.hypervisor(n) for n in ("hv1", "hv2", "hv3"))
+        assert hv1.vswitchd is hv2.vswitchd and hv3.vswitchd is not hv1.vswitchd
+        late = gateway_tunnel_name("172.31.0.9")  # a hypervisor registered below, with no bridge of its own here
+        hv1.vswitchd.vsctl("add-br", "br-other", "--", "set", "bridge", "br-other", "datapath_type=dummy",
+                           "--", "add-port", "br-other", late)
+        ctl.request("PUT", "/v2.0/hypervisors/hv1", {"hypervisor": {"gateway_for": ["physnet1"]}})
+        ctl.request("POST", "/v2.0/hypervisors", {"hypervisor": {"name": "hv9", "datapath_id": "00000000000000f9",
+                                                                 "tunnel_ip": "172.31.0.9"}})
+
+        def tg_ports(hv) -> set[str]:
+            return {p for p in hv.vswitchd.vsctl("list-ports", hv.bridge).split() if p.startswith("tg-")}
+
+        to = {hv.name: gateway_tunnel_name(hv.tunnel_ip) for hv in lab}
+        want = {"hv1": {to["hv2"], to["hv3"]}, "hv2": {to["hv1"]}, "hv3": {to["hv1"]}}
+        wait_until(lambda: {hv.name: tg_ports(hv) for hv in lab} == want, 20,
+                   lambda: f"tg- ports per bridge: { {hv.name: tg_ports(hv) for hv in lab} }\n{ctl.log_tail()}")
+        status = ctl.request("GET", "/ovsdb")
+        assert status["connections"] == 2 and sorted(status["hypervisors"]) == ["hv1", "hv2", "hv3"]
+        assert status["hypervisors"]["hv1"]["connection"] == status["hypervisors"]["hv2"]["connection"]
+        assert "not creating " + late in ctl.log_tail(200)
+        assert hv1.vswitchd.vsctl("list-ports", "br-other").split() == [late], "another bridge's port left alone"
+        hv1.vswitchd.vsctl("del-br", "br-other")
+        wait_until(lambda: tg_ports(hv1) == want["hv1"] | {late}, 10, lambda: f"{late} made: {ctl.log_tail()}")
