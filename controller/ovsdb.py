@@ -390,19 +390,19 @@ class OvsdbManager:
             else:
                 ready |= self._accept(key.data)
         now = time.monotonic()
-        for conn in ready:
-            self._serve(conn)
         flags = self._take_flags()
         recheck = flags["ownership"]
-        if flags["topology"] or now >= self._next_tick:
+        if flags["topology"] or now >= self._next_tick:  # the tick: also what a missed notification hid
             recheck |= self._refresh_topology() or now >= self._next_tick
             self._next_tick = now + TICK
+        for conn in ready:
+            self._serve(conn, io=True)
         if recheck:
-            targets = list(self._conns)
+            targets = [c for c in self._conns if c not in ready]
         else:
             targets = [c for c in self._retrying if c not in ready and c.txn is None and now >= c.retry_at]
         for conn in targets:
-            self._update(conn, now)
+            self._serve(conn, io=False)
 
     def _timeout(self) -> float:
         if self._again:
@@ -429,17 +429,18 @@ class OvsdbManager:
             accepted.add(conn)
             LOG.info("ovsdb %s: connected", conn.name)
 
-    def _serve(self, conn: ManagerConnection) -> None:
-        """I/O on one connection, then whatever its news calls for."""
+    def _serve(self, conn: ManagerConnection, io: bool) -> None:
+        """I/O on one connection (if ``io``: it has some), then whatever its news or ours call for."""
         try:
-            conn.run()
-            if not conn.alive:
-                self._drop(conn)
-                return
-            if conn.buffered():
-                self._again.add(conn)
+            if io:
+                conn.run()
+                if not conn.alive:
+                    self._drop(conn)
+                    return
+                if conn.buffered():
+                    self._again.add(conn)
             self._update(conn, time.monotonic())
-        except Exception:
+        except Exception:  # one connection's trouble (a bug of ours included) must not stop the others
             LOG.exception("ovsdb %s: dropped after an error", conn.name)
             self._drop(conn)
 
@@ -496,12 +497,15 @@ class OvsdbManager:
 
     def _bind(self, conn: ManagerConnection) -> bool:
         """Match the connection's bridges to hypervisors by datapath id; True if a bridge's desired ports changed."""
-        bound, todo = {}, []
-        for uuid, row in conn.idl.tables["Bridge"].rows.items():
+        bound, todo, seen = {}, [], set()
+        # br-int first: if two bridges carried one datapath id, the integration bridge gets the ports
+        for uuid, row in sorted(conn.idl.tables["Bridge"].rows.items(), key=lambda i: (i[1].name != "br-int",
+                                                                                     i[1].name)):
             dpid = datapath_id(row)
             hv = self._by_dpid.get(dpid) if dpid is not None else None
-            if hv is None:
+            if hv is None or hv.name in seen:
                 continue
+            seen.add(hv.name)
             key, old = self._key(hv), conn.bridges.get(uuid)
             if old is not None and old.key == key:
                 bound[uuid] = old
