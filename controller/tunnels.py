@@ -78,6 +78,7 @@ class Plan:
     create: dict[str, Columns] = field(default_factory=dict)
     update: dict[str, tuple[Any, Columns]] = field(default_factory=dict)  # name -> (Interface row, columns)
     delete: list[Any] = field(default_factory=list)  # Port rows
+    blocked: list[str] = field(default_factory=list)  # wanted, but another bridge has a port of that name
 
     def __bool__(self) -> bool:
         return bool(self.create or self.update or self.delete)
@@ -95,13 +96,16 @@ def _sound(port: Any) -> Any | None:
     return None
 
 
-def plan(bridge: Any, desired: dict[str, Columns]) -> Plan:
+def plan(bridge: Any, desired: dict[str, Columns], taken: Collection[str] = ()) -> Plan:
     """The changes that make ``bridge``'s ``tg-`` ports exactly ``desired``; empty when they are.
 
     A ``tg-`` port not desired, a second port of the same name, or one not shaped as we
     make them (not exactly one interface of its own name) is deleted (and, if desired,
     created again); a desired one whose interface's type, options or bfd differ is updated
-    in place; every other port of the bridge is left alone.
+    in place; every other port of the bridge is left alone. A missing port whose name is
+    ``taken`` (by a port of another bridge: OVSDB keeps port and interface names unique) is
+    not created but listed in ``blocked``: that port is not ours to move, and creating ours
+    would fail the whole transaction.
     """
     result = Plan()
     kept: set[str] = set()
@@ -116,7 +120,9 @@ def plan(bridge: Any, desired: dict[str, Columns]) -> Plan:
         kept.add(name)
         if interface_columns(iface) != desired[name]:
             result.update[name] = (iface, desired[name])
-    result.create = {name: columns for name, columns in desired.items() if name not in kept}
+    missing = [name for name in desired if name not in kept]
+    result.blocked = sorted(name for name in missing if name in taken)
+    result.create = {name: desired[name] for name in missing if name not in taken}
     return result
 
 

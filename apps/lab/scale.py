@@ -246,7 +246,8 @@ class DummyVswitchd:
     def spawn(self, daemon: str) -> None:
         """Start ``ovsdb-server`` or ``ovs-vswitchd`` as a child (no ``--detach``: its PID is known at once)."""
         if daemon == "ovsdb-server":
-            args = [self.db, f"--remote=punix:{self.db_sock}"]
+            # as ovs-ctl starts it: it connects to the managers set-manager names (operator step 2)
+            args = [self.db, f"--remote=punix:{self.db_sock}", "--remote=db:Open_vSwitch,Open_vSwitch,manager_options"]
         else:
             args = [f"unix:{self.db_sock}", "--enable-dummy=override", "--disable-system", "--disable-system-route"]
         argv = [*_DEATHSIG, daemon, *args, f"--pidfile={self._file(daemon, 'pid')}",
@@ -491,6 +492,15 @@ class ScaleLab:
         self.timings["daemons_s"] = time.perf_counter() - t0
         parallel(self._add_bridges, self.vswitchds, self.workers)
         self.timings["build_s"] = time.perf_counter() - t0
+
+    def set_manager(self, target: str | None) -> None:
+        """Operator step 2's ``set-manager`` on every vswitchd's database (None: ``del-manager``).
+
+        One OVSDB connection per vswitchd serves all its bridges: the controller matches each
+        bridge to its hypervisor by datapath id.
+        """
+        parallel(lambda vs: vs.vsctl(*(["set-manager", *target.split()] if target else ["del-manager"])),
+                 self.vswitchds, self.workers)
 
     def _add_bridges(self, vs: DummyVswitchd, chunk: int = 100) -> None:
         """Operator steps 1, 2 and 4 for each bridge, ``chunk`` bridges per OVSDB transaction."""
