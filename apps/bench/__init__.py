@@ -26,6 +26,7 @@ SECTIONS = {
     "scale": "apps.bench.scale",
     "scale_out": "apps.bench.scale_out",
     "dhcp": "apps.bench.dhcp",
+    "gateway": "apps.bench.gateway",
 }
 
 
