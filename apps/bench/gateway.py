@@ -27,8 +27,21 @@ measurement is a connection a VM on hv1 opens.
     connection after another (connect, 32 bytes each way, close) to ``out`` for 5 s (quick
     2 s), 3 rounds each for ``s1`` (SNAT) and ``f1`` (floating IP), interleaved, client and
     server pinned as iperf3's; each new connection is a new conntrack entry on hv1 and, for
-    SNAT, a new NAT binding on the gateway. Medians, their ratio, and the per-connection time
-    (connect to EOF).
+    SNAT, a new NAT binding on the gateway. Each run connects to a server port of its own, so
+    no run reuses a 4-tuple an earlier one left in TIME_WAIT. Medians, their ratio, and each
+    run's per-connection time (connect to EOF).
+``conn_reuse``
+    the same to ONE server port, one 10 s run each (quick 4 s), with the VM's ephemeral port
+    range cut to 4,000 ports: source ports, and so 4-tuples, come back every few seconds
+    while the outside host still holds the tuple's previous connection in TIME_WAIT (60 s).
+    Through the floating IP (stateless NAT) the server sees the same tuple and TCP timestamps
+    that only grow: it accepts the new SYN. Through SNAT, the gateway's conntrack (OVS 3.1
+    userspace) maps a reused tuple to another port (the expired connection's reverse tuple
+    stays reserved until its sweeper runs), which the outside host may hold in TIME_WAIT for
+    another connection with other timestamps: it answers the SYN with that connection's ACK
+    and the connect stalls (seen: from ~1,800/s to a few per second, 2 s connect timeouts).
+    With the default range the same happens once a VM has opened ~15,000 connections to one
+    server port within a minute. Connections/s, failed connects, and those over 0.5 s.
 ``failover``
     10 failovers (quick 3): ``s1`` pings ``out`` every 10 ms (``ping -D``) for 5 s; 1.5 s
     in, the active gateway's ovs-vswitchd is SIGKILLed. The gap is the longest interval
@@ -69,7 +82,8 @@ TENANT_CIDR = "10.0.0.0/24"
 GATEWAYS = ("hv4", "hv5")
 COMPUTE = "hv1"
 IPERF_PORT = 5201
-CONN_PORT = 7100
+CONN_PORT = 7100  # the connection runs' servers: 7100, 7101... (one per run)
+REUSE_PORTS = 4000  # the VM's ephemeral port range in the port-reuse runs
 PING_INTERVAL_S = 0.01
 FAILOVER_RUN_S, FAULT_AT_S = 5.0, 1.5
 EDGE_PINGS = 10  # no reply among the first/last this many pings: an outage, not a gap
@@ -204,32 +218,34 @@ def taskset(cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu] if cpu else []
 
 
-def start_server(cloud: GatewayCloud, cpu: str | None) -> None:
-    """The answering server of :mod:`apps.bench.tcp_probe` on the outside host."""
-    proc = cloud.popen(cloud.out, *taskset(cpu), sys.executable, "-m", "apps.bench.tcp_probe", "serve",
-                       str(CONN_PORT))
+def start_server(cloud: GatewayCloud, cpu: str | None, port: int) -> None:
+    """An answering server of :mod:`apps.bench.tcp_probe` on the outside host, on ``port``."""
+    proc = cloud.popen(cloud.out, *taskset(cpu), sys.executable, "-m", "apps.bench.tcp_probe", "serve", str(port))
     if proc.stdout is None or proc.stdout.readline().strip() != "ready":
-        raise RuntimeError("the connection server on the outside host did not start")
+        raise RuntimeError(f"the connection server on port {port} of the outside host did not start")
 
 
-def connections(vm: LabVM, seconds: float, cpu: str | None) -> dict[str, Any]:
-    """Short connections from ``vm`` to the outside host for ``seconds``: tcp_probe's figures."""
-    proc = vm.popen([*taskset(cpu), sys.executable, "-m", "apps.bench.tcp_probe", "connect", EXT_GATEWAY,
-                     str(CONN_PORT), str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def connections(cloud: GatewayCloud, kind: str, seconds: float, pinning: tuple[str, str] | None) -> dict[str, Any]:
+    """Short connections from ``kind``'s VM to a new server port of the outside host for ``seconds``:
+    tcp_probe's figures. A port of its own per run: no run reuses another's 4-tuples."""
+    port = CONN_PORT + len(cloud.procs)
+    start_server(cloud, pinning[1] if pinning else None, port)
+    proc = cloud.vms[ENDS[kind][0]].popen(
+        [*taskset(pinning[0] if pinning else None), sys.executable, "-m", "apps.bench.tcp_probe", "connect",
+         EXT_GATEWAY, str(port), str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate(timeout=seconds + 30)
     if proc.returncode != 0:
-        raise RuntimeError(f"connection loop in {vm.name} failed: {stderr[-2000:]}")
+        raise RuntimeError(f"connection loop of {kind} failed: {stderr[-2000:]}")
     return dict(json.loads(stdout.strip().splitlines()[-1]))
 
 
 def conn_rate(cloud: GatewayCloud, pinning: tuple[str, str] | None, quick: bool) -> dict[str, Any]:
     """Connections per second through SNAT (s1) and through the floating IP (f1), interleaved."""
     seconds, rounds = (2.0, 2) if quick else (5.0, 3)
-    start_server(cloud, pinning[1] if pinning else None)
     details: dict[str, list[dict[str, Any]]] = {"snat": [], "fip": []}
 
     def run_one(kind: str) -> tuple[float, int]:
-        res = connections(cloud.vms[ENDS[kind][0]], seconds, pinning[0] if pinning else None)
+        res = connections(cloud, kind, seconds, pinning)
         details[kind].append(res)
         return res["connections"] / res["seconds"], int(res["errors"])
 
@@ -240,8 +256,25 @@ def conn_rate(cloud: GatewayCloud, pinning: tuple[str, str] | None, quick: bool)
         out[f"conn_rate_{kind}_per_s_median"] = round(statistics.median(rates[kind]), 1)
         out[f"conn_rate_{kind}_errors"] = errors[kind]
         for q in ("p50_ms", "p99_ms"):
-            out[f"conn_rate_{kind}_conn_{q}_median"] = statistics.median(d[q] for d in details[kind])
+            out[f"conn_rate_{kind}_conn_{q}"] = [d[q] for d in details[kind]]
     out["conn_rate_snat_over_fip"] = round(out["conn_rate_snat_per_s_median"] / out["conn_rate_fip_per_s_median"], 3)
+    return out | port_reuse(cloud, pinning, 4.0 if quick else 10.0)
+
+
+def port_reuse(cloud: GatewayCloud, pinning: tuple[str, str] | None, seconds: float) -> dict[str, Any]:
+    """One more run each with the VM's ephemeral ports cut to REUSE_PORTS: its 4-tuples come back
+    every second or two, while the outside host and the conntracks still hold them in TIME_WAIT."""
+    out: dict[str, Any] = {"conn_reuse_ephemeral_ports": REUSE_PORTS, "conn_reuse_seconds": seconds}
+    for kind in ("snat", "fip"):
+        vm = cloud.vms[ENDS[kind][0]]
+        vm.cmd(f"sysctl -qw net.ipv4.ip_local_port_range='40000 {40000 + REUSE_PORTS - 1}'")
+        try:
+            res = connections(cloud, kind, seconds, pinning)
+        finally:
+            vm.cmd("sysctl -qw net.ipv4.ip_local_port_range='32768 60999'")
+        out[f"conn_reuse_{kind}_per_s"] = round(res["connections"] / res["seconds"], 1)
+        out[f"conn_reuse_{kind}_errors"] = res["errors"]
+        out[f"conn_reuse_{kind}_over_500ms"] = res["slow"]
     return out
 
 

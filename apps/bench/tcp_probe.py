@@ -7,8 +7,9 @@ Run inside a host's namespace (``ip netns exec NS python -m apps.bench.tcp_probe
   so TIME_WAIT stays on its side and the client never runs out of source ports);
 - ``connect DST PORT SECONDS``: one connection after another for ``SECONDS``:
   connect, send 32 bytes, read the answer to its end, close. Prints one JSON line:
-  ``connections`` completed, ``errors``, ``seconds`` elapsed and each connection's
-  time (connect to EOF) as ``p50_ms``/``p99_ms``/``max_ms``.
+  ``connections`` completed, ``errors``, ``seconds`` elapsed, each connection's time
+  (connect to EOF) as ``p50_ms``/``p99_ms``/``max_ms``, and how many completed ones took
+  over SLOW_S (a lost SYN: its first retransmission comes 1 s later).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import time
 
 REQUEST = b"x" * 32
+SLOW_S = 0.5
 
 
 def serve(port: int) -> None:
@@ -68,7 +70,8 @@ def connect(dst: str, port: int, seconds: float) -> dict[str, float | int]:
         return round(times[min(len(times) - 1, int(q * len(times)))] * 1e3, 3) if times else 0.0
 
     return {"connections": len(times), "errors": errors, "seconds": round(elapsed, 3),
-            "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0)}
+            "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": pick(1.0),
+            "slow": sum(1 for t in times if t > SLOW_S)}
 
 
 if __name__ == "__main__":
