@@ -40,7 +40,7 @@ measurement is a connection a VM on hv1 opens.
     stays reserved until its sweeper runs), which the outside host may hold in TIME_WAIT for
     another connection with other timestamps: it answers the SYN with that connection's ACK
     and the connect stalls (seen: from ~1,800/s to a few per second, 2 s connect timeouts).
-    With the default range the same happens once a VM has opened ~15,000 connections to one
+    With the default range the same was seen after 11,000 to 28,000 connections to one
     server port within a minute. Connections/s, failed connects, and those over 0.5 s.
 ``failover``
     10 failovers (quick 3): ``s1`` pings ``out`` every 10 ms (``ping -D``) for 5 s; 1.5 s
