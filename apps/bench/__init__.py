@@ -27,6 +27,7 @@ SECTIONS = {
     "scale_out": "apps.bench.scale_out",
     "dhcp": "apps.bench.dhcp",
     "ovsdb": "apps.bench.ovsdb",
+    "gateway": "apps.bench.gateway",
 }
 
 

@@ -212,16 +212,18 @@ def _wait(cond, timeout: float, what: str, ctl=None) -> None:
         time.sleep(0.05)
 
 
-def _iperf_bps(client, server, ip: str, seconds: int, omit: int = 1, pin: tuple[str, str] | None = None
-               ) -> tuple[float, int]:
-    """One iperf3 TCP run client -> server at ``ip``: (received bit/s, retransmits); the server is killed by PID."""
+def _iperf_bps(client, server, ip: str, seconds: int, omit: int = 1, pin: tuple[str, str] | None = None,
+               reverse: bool = False) -> tuple[float, int]:
+    """One iperf3 TCP run client -> server at ``ip`` (server -> client with ``reverse``, iperf3 ``-R``):
+    (received bit/s, retransmits); the server is killed by PID."""
     cpin = ["taskset", "-c", pin[0]] if pin else []
     spin = ["taskset", "-c", pin[1]] if pin else []
     srv = server.popen([*spin, "iperf3", "-s", "-1", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
     try:
         _wait(lambda: f":{IPERF_PORT} " in server.cmd(f"ss -Hltn 'sport = :{IPERF_PORT}'"), 5, "iperf3 listening")
-        argv = [*cpin, "iperf3", "-c", ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-O", str(omit), "-J"]
+        argv = [*cpin, "iperf3", "-c", ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-O", str(omit), "-J",
+                *(["-R"] if reverse else [])]
         cli = client.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         out, _ = cli.communicate(timeout=seconds + 30)
         data = json.loads(out)
@@ -253,16 +255,22 @@ def pin_vswitchds(client_hv, server_hv) -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def controller_and_lab(prefix: str, n_hypervisors: int, tag: str) -> Iterator[tuple[Any, Any]]:
+def controller_and_lab(prefix: str, n_hypervisors: int, tag: str, manager: bool = False,
+                       **lab_kwargs: Any) -> Iterator[tuple[Any, Any]]:
     """A ``tenantflow controller`` process and a lab of ``n_hypervisors`` attached to it, registered and
-    connected; yields (controller, lab); both stopped and their work dir removed on exit."""
+    connected; yields (controller, lab); both stopped and their work dir removed on exit. With
+    ``manager`` the controller is also every hypervisor's OVSDB manager (operator step 2's
+    ``set-manager``: it creates the gateway tunnels); ``lab_kwargs`` go to :class:`apps.lab.Lab`
+    (``provider=True``, ``gateways=(...)``...)."""
     from apps.lab import Lab
     from apps.lab.controller import ControllerProcess
 
     workdir = tempfile.mkdtemp(prefix=f"tenantflow-bench-{tag}-")
     ctl = ControllerProcess(os.path.join(workdir, "controller"))
+    if manager:
+        lab_kwargs["manager_unix_socket"] = ctl.ovsdb_socket
     lab = Lab(prefix=prefix, n_hypervisors=n_hypervisors, controller_unix_socket=ctl.unix_socket,
-              api_url=ctl.api_url, workdir=os.path.join(workdir, "lab"))
+              api_url=ctl.api_url, workdir=os.path.join(workdir, "lab"), **lab_kwargs)
     try:
         ctl.start()
         lab.start()
