@@ -21,7 +21,7 @@ from controller import heap, metrics
 from controller.addresses import AddressService
 from controller.cluster import Solo
 from controller.icmp import time_exceeded
-from controller.neighbour import ext_output_actions, resolve_request
+from controller.neighbour import ext_output_actions, resolve_request, resolve_request6
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
 from flows.gateway import gateway_announcements, snat_routers
@@ -376,7 +376,11 @@ class TenantflowApp(app_manager.OSKenApp):
         if not metrics.packet_in("next_hop", sw.arp_limiter.allow()):
             return
         fields = dict(msg.match.items())
-        request = resolve_request(bytes(msg.data), fields.get("reg0", 0))
+        if fields.get("eth_type") == 0x86DD or bytes(msg.data)[12:14] == b"\x86\xdd":  # IPv6: next hop in xxreg0
+            nexthop6 = sum(fields.get(f"reg{i}", 0) << (96 - 32 * i) for i in range(4))
+            request = resolve_request6(bytes(msg.data), nexthop6)
+        else:
+            request = resolve_request(bytes(msg.data), fields.get("reg0", 0))
         if request is not None and fields.get("reg6"):
             try:
                 sw.packet_out(ext_output_actions(fields["reg6"]), request)

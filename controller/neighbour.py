@@ -13,7 +13,8 @@ port and VLAN of the external network.
 
 from __future__ import annotations
 
-from os_ken.lib.packet import arp, ethernet, ipv4, packet
+import netaddr
+from os_ken.lib.packet import arp, ethernet, icmpv6, ipv4, ipv6, packet
 
 from flows.flow import Resubmit, SetField
 from flows.nat import EXT_OUTPUT, Announcement
@@ -64,3 +65,22 @@ def resolve_request(frame: bytes, nexthop: int) -> bytes | None:
         return None
     target = ".".join(str(nexthop >> s & 0xFF) for s in (24, 16, 8, 0))
     return arp_request(eth.src, ip.src, target)
+
+
+def resolve_request6(frame: bytes, nexthop: int) -> bytes | None:
+    """The Neighbour Solicitation for an unresolved IPv6 next hop: from ``::`` (no address of ours is
+    claimed), to the target's solicited-node group, from the packet's source MAC (this hypervisor's
+    DVR MAC). The target answers to all nodes (RFC 4861 7.2.4), so every hypervisor on the
+    external network learns its MAC from that one advertisement."""
+    eth = packet.Packet(frame).get_protocol(ethernet.ethernet)
+    if eth is None or not nexthop:
+        return None
+    target = netaddr.IPAddress(nexthop, 6)
+    group = netaddr.IPAddress(int(netaddr.IPAddress("ff02::1:ff00:0")) | (nexthop & 0xFFFFFF), 6)
+    mac = "33:33:" + ":".join(f"{b:02x}" for b in group.packed[-4:])
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst=mac, src=eth.src, ethertype=0x86DD))
+    pkt.add_protocol(ipv6.ipv6(src="::", dst=str(group), nxt=58, hop_limit=255))
+    pkt.add_protocol(icmpv6.icmpv6(type_=icmpv6.ND_NEIGHBOR_SOLICIT, data=icmpv6.nd_neighbor(dst=str(target))))
+    pkt.serialize()
+    return bytes(pkt.data)

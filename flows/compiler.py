@@ -11,7 +11,8 @@ module only assembles them:
 - :mod:`flows.dhcp`: the DHCP requests the controller answers;
 - :mod:`flows.routing`: distributed routing;
 - :mod:`flows.nat`: floating IPs;
-- :mod:`flows.gateway`: source NAT on the routers' gateway hypervisors.
+- :mod:`flows.gateway`: source NAT on the routers' gateway hypervisors;
+- :mod:`flows.northsouth6`: IPv6 out of the routers' gateways, untranslated.
 
 The stage handles they share are in :mod:`flows.stages`, the per-hypervisor
 view in :mod:`flows.view`; no feature module imports this one.
@@ -29,6 +30,7 @@ from flows.gateway import gateway_externals, gateway_flows, snat_routers
 from flows.l2 import arp_responder, classify_from_fabric, classify_local_ports, default_flows, deliver, l2_lookup
 from flows.nat import local_fips, nat_flows
 from flows.nd import nd_flows
+from flows.northsouth6 import externals6, northsouth6_flows, routers6
 from flows.portsec import port_security_flows
 from flows.routing import routing_flows
 from flows.stages import EXT_IN_FIP, L2_LOOKUP
@@ -44,8 +46,9 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
     if view is None:
         return []
     fips = local_fips(graph, view)
-    snat = snat_routers(graph, view)
-    fip_networks = {f.ext.id for f in fips} | {ext.id for ext, _ in gateway_externals(snat)}
+    snat, r6 = snat_routers(graph, view), routers6(graph, view)
+    externals = gateway_externals(snat) + externals6(r6)
+    fip_networks = {f.ext.id for f in fips} | {ext.id for ext, _ in externals}
     flows: list[Flow] = []
     flows += default_flows()
     flows += classify_local_ports(view)
@@ -58,8 +61,9 @@ def compile_hypervisor(graph: TopologyGraph, hv_name: str) -> list[Flow]:
     flows += security_flows(graph, view)
     flows += dhcp_flows(graph, view)
     flows += routing_flows(graph, view)
-    flows += nat_flows(view, fips, gateway_externals(snat))
+    flows += nat_flows(view, fips, externals)
     flows += gateway_flows(view, snat)
+    flows += northsouth6_flows(view, r6)
     return flows
 
 

@@ -186,11 +186,18 @@ STAGES: tuple[Stage, ...] = (
         "before it in the router's list is unreachable (gw_arp: a fast-failover group whose "
         "buckets watch the tunnels to those gateways); IPv4 to the gateway address goes "
         "through the router's conntrack zone to be un-NATed (gw_unsnat), on to lr_gw_unsnat. "
+        "IPv6 (no NAT): a Neighbour Advertisement teaches lr_in_mac_binding its sender's MAC "
+        "(arp_learn); on the active gateway a Neighbour Solicitation for the router's IPv6 "
+        "gateway address is answered (gw_nd, gated as gw_arp, finished by ls_in_nd_rsp_tll), "
+        "IPv6 to the router's gateway MAC is routed by the router into its subnets (gw_in6), "
+        "except what is addressed to the gateway address itself (gw_own6, dropped). "
         "Everything else goes on to L2 lookup of the external network (default).",
-        allowed_matches=frozenset({REG_NETWORK, "eth_type", "eth_dst", "arp_op", "arp_spa", "arp_tpa", "ipv4_dst"}),
+        allowed_matches=frozenset({REG_NETWORK, "eth_type", "eth_dst", "arp_op", "arp_spa", "arp_tpa", "ipv4_dst",
+                                   "ipv6_dst", "ip_proto", "icmpv6_type", "ipv6_nd_target"}),
         priorities={"garp": 110, "arp_answer": 100, "arp_learn": 100, "dnat": 100, "gw_arp": 100, "gw_unsnat": 100,
-                    "default": 0},
-        next_stages=("ls_in_l2_lookup", "lr_gw_unsnat"),
+                    "gw_nd": 100, "gw_own6": 95, "gw_in6": 90, "default": 0},
+        next_stages=("lr_gw_unsnat", "ls_in_l2_lookup", "lr_in_ip_routing"),
+        resubmit_stages=("ls_in_nd_rsp_tll",),
     ),
     Stage(
         name="lr_gw_in",
@@ -322,10 +329,11 @@ STAGES: tuple[Stage, ...] = (
         "active gateway: tunnel key := the router's key, then a fast-failover group whose "
         "buckets output to the gateways' tunnel ports in the router's order, each live while "
         "BFD says its gateway is (to_gateway; on a gateway itself, its own bucket NATs "
-        "here). No floating IP and no SNAT: dropped, fixed addresses never show on the "
-        "external network (default).",
+        "here). IPv6 is not translated: it leaves from this hypervisor with its DVR MAC as "
+        "source MAC (v6_out). No floating IP and no SNAT: dropped, fixed addresses never show "
+        "on the external network (default).",
         allowed_matches=frozenset({REG_NETWORK, REG_INPORT, REG_ROUTER, "eth_type", "ipv4_src"}),
-        priorities={"snat": 100, "gateway_snat": 90, "to_gateway": 80, "drop": 0},
+        priorities={"snat": 100, "v6_out": 100, "gateway_snat": 90, "to_gateway": 80, "drop": 0},
         next_stages=("lr_in_ext_resolve",),
     ),
     Stage(
@@ -345,10 +353,11 @@ STAGES: tuple[Stage, ...] = (
         table_id=49,
         doc="External neighbours' MACs, learned by the switch itself (OVS learn action in "
         "ext_in_fip) from ARP addressed to a floating IP hosted here: (external network, "
-        "next hop) -> eth_dst. These flows belong to the switch: reconciliation leaves them "
+        "next hop) -> eth_dst; IPv6 neighbours from Neighbour Advertisements (next hop in "
+        "xxreg0). These flows belong to the switch: reconciliation leaves them "
         "alone and they age out after LEARNED_IDLE_TIMEOUT seconds unused. Miss: eth_dst "
         "stays 00:00:00:00:00:00 (default).",
-        allowed_matches=frozenset({REG_NETWORK, REG_NEXTHOP}),
+        allowed_matches=frozenset({REG_NETWORK, REG_NEXTHOP, REG_NEXTHOP6}),
         priorities={"learned": 100, "default": 0},
         switch_owned=True,
     ),

@@ -103,15 +103,15 @@ def interfaces_of(graph: TopologyGraph, router: Router) -> list[Interface]:
     return out
 
 
-def gateway_of(graph: TopologyGraph, router: Router) -> Interface | None:
-    """The router's IPv4 gateway on its external network, or None."""
+def gateway_of(graph: TopologyGraph, router: Router, version: int = 4) -> Interface | None:
+    """The router's IPv4 (or IPv6) gateway on its external network, or None."""
     port = graph.port(router.gw_port_id) if router.gw_port_id else None
     net = graph.network(port.network_id) if port is not None else None
     if port is None or net is None:
         return None
     for fixed in port.fixed_ips:
         subnet = graph.subnet(fixed.subnet_id)
-        if subnet is not None and subnet.ip_version == 4:
+        if subnet is not None and subnet.ip_version == version:
             return Interface(port, netaddr.IPAddress(fixed.ip_address), netaddr.IPNetwork(subnet.cidr), net,
                              subnet.gateway_ip)
     return None
@@ -159,7 +159,8 @@ def routing_base(graph: TopologyGraph, view: HypervisorView) -> tuple[list[Flow]
         flows += _to_router(view, router, ifaces)
         flows += _echo_replies(view, router, ifaces)
         flows += _ttl_expired(view, router, ifaces)
-        flows += _routes(router, ifaces, gateway_of(graph, router))
+        gateways = [g for g in (gateway_of(graph, router), gateway_of(graph, router, 6)) if g is not None]
+        flows += _routes(router, ifaces, gateways)
         for iface in ifaces:
             routed_networks[iface.network.id] = iface.network
     routed = sorted(routed_networks.values(), key=lambda n: n.key)
@@ -235,31 +236,33 @@ def _route_actions(iface: Interface, nexthop: netaddr.IPAddress | None) -> list:
     return actions
 
 
-def _routes(router: Router, ifaces: list[Interface], gateway: Interface | None) -> Iterator[Flow]:
+def _routes(router: Router, ifaces: list[Interface], gateways: list[Interface]) -> Iterator[Flow]:
     """Connected subnets, extra routes and the external gateway's, longest prefix first (100 + prefix length).
 
     One route per destination (the flows' match): connected first, then extra routes in
-    their order, then the default route via the external subnet's gateway unless an
-    extra route already covers 0.0.0.0/0. Out of the gateway a packet goes to
-    lr_in_fip_snat: only a fixed address with a floating IP on this hypervisor gets out
-    (SNAT of the others comes later).
+    their order, then the default route (IPv4, IPv6) via the external subnet's gateway
+    unless an extra route already covers it. Out of the gateway a packet goes to
+    lr_in_fip_snat: IPv4 leaves as its floating IP or through its router's source NAT,
+    IPv6 as it is (flows.gateway).
     """
     seen: set[netaddr.IPNetwork] = set()
-    connected = [*ifaces, gateway] if gateway is not None else ifaces
+    connected = [*ifaces, *gateways]
     for iface in connected:
         if iface.cidr.cidr not in seen:
             seen.add(iface.cidr.cidr)
-            yield _route(router, iface, iface.cidr, None, "connected", gateway=iface is gateway)
+            yield _route(router, iface, iface.cidr, None, "connected", gateway=iface in gateways)
     hops = [(destination, nexthop, "extra route") for destination, nexthop in router.routes]
-    if gateway is not None and gateway.subnet_gateway:
-        hops.append(("0.0.0.0/0", gateway.subnet_gateway, "default route out of the external gateway"))
+    for gateway in gateways:
+        if gateway.subnet_gateway:
+            default = "0.0.0.0/0" if gateway.ip.version == 4 else "::/0"
+            hops.append((default, gateway.subnet_gateway, "default route out of the external gateway"))
     for destination, nexthop, what in hops:
         dest, hop = netaddr.IPNetwork(destination), netaddr.IPAddress(nexthop)
         via = next((i for i in connected if hop in i.cidr and i.ip.version == hop.version), None)
         if via is None or dest.cidr in seen:
             continue  # the API refuses a next hop outside the router's subnets; be safe anyway
         seen.add(dest.cidr)
-        yield _route(router, via, dest, hop, f"{what} via {hop}", gateway=via is gateway)
+        yield _route(router, via, dest, hop, f"{what} via {hop}", gateway=via in gateways)
 
 
 def _route(router: Router, iface: Interface, dest: netaddr.IPNetwork, hop, what: str, gateway: bool = False) -> Flow:

@@ -42,6 +42,7 @@ from flows.l2 import (
 )
 from flows.nat import local_fips, nat_flows
 from flows.nd import nd_port
+from flows.northsouth6 import externals6, northsouth6_flows, routers6
 from flows.portsec import local_port_security, port_security_flows
 from flows.routing import routed_port, routing_base
 from flows.stages import EXT_IN_FIP, L2_LOOKUP
@@ -100,10 +101,11 @@ def base_unit(graph: TopologyGraph, hv_name: str,
     flows += acl
     routing, routed = routing_base(graph, view)
     flows += routing
-    snat = snat_routers(graph, view)
-    externals = gateway_externals(snat)
+    snat, r6 = snat_routers(graph, view), routers6(graph, view)
+    externals = gateway_externals(snat) + externals6(r6)
     flows += nat_flows(view, fips, externals)
     flows += gateway_flows(view, snat)
+    flows += northsouth6_flows(view, r6)
     routed_ids = {n.id for n in routed}
     reach = {n: Reach(n in view.networks, n in routed_ids) for n in set(view.networks) | routed_ids}
     fip_networks = frozenset(f.ext.id for f in fips) | {ext.id for ext, _ in externals}

@@ -42,6 +42,7 @@ from tests.e2e_fixtures import (
     create_security_group,
     create_security_group_rule,
     pings,
+    plug_new_vm,
     require_lab,
     running_controller,
     start_echo,
@@ -69,6 +70,8 @@ class Cloud:
     workdir: Path
     out: LabVM
     router: dict[str, Any]
+    ext: dict[str, Any]
+    net: dict[str, Any]
     vms: dict[str, LabVM] = field(default_factory=dict)
     fip: str = ""
     gaps: dict[str, float] = field(default_factory=dict)
@@ -113,7 +116,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         net, subnet = create_network(ctrl, "net-snat", "10.0.0.0/24", project_id=PROJECT)
         router = ctrl.create("router", project_id=PROJECT, external_gateway_info={"network_id": ext["id"]})
         ctrl.request("PUT", f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": subnet["id"]})
-        cloud = Cloud(ctrl, lab, workdir, out, router)
+        cloud = Cloud(ctrl, lab, workdir, out, router, ext, net)
         sg = create_security_group(ctrl, "public", PROJECT)
         create_security_group_rule(ctrl, sg["id"], "ingress", remote_ip_prefix="0.0.0.0/0", project_id=PROJECT,
                                    protocol="icmp")
@@ -275,3 +278,43 @@ def test_underlay_cut_fails_over(cloud: Cloud) -> None:
         underlay(cloud.lab, active, "up")
     wait_until(lambda: bfd_up(cloud.lab), 20, "BFD back up")
     assert pings(cloud.vms["s1"], EXT_GATEWAY, 5) >= 4
+
+
+def test_ipv6_leaves_untranslated_from_the_vm_s_own_hypervisor(cloud: Cloud) -> None:
+    """An IPv6 external subnet: the router's IPv6 subnets are routed out without NAT, each packet out
+    of its VM's own hypervisor; the upstream reaches them via the router's IPv6 gateway address (the
+    route the README shows), answered by the active gateway."""
+    ctrl, lab = cloud.ctrl, cloud.lab
+    ext6 = ctrl.create("subnet", network_id=cloud.ext["id"], cidr="2001:db8:ee::/64", ip_version=6,
+                       gateway_ip="2001:db8:ee::1", enable_dhcp=False)
+    router = ctrl.request("GET", f"/v2.0/routers/{cloud.router['id']}")["router"]
+    kept = router["external_gateway_info"]["external_fixed_ips"]
+    router = ctrl.request("PUT", f"/v2.0/routers/{cloud.router['id']}", {"router": {"external_gateway_info": {
+        "network_id": cloud.ext["id"], "external_fixed_ips": [*kept, {"subnet_id": ext6["id"]}]}}})["router"]
+    gw6 = next(f["ip_address"] for f in router["external_gateway_info"]["external_fixed_ips"] if ":" in f["ip_address"])
+    tenant6 = ctrl.create("subnet", network_id=cloud.net["id"], cidr="2001:db8:10::/64", ip_version=6,
+                          project_id=PROJECT)
+    ctrl.request("PUT", f"/v2.0/routers/{cloud.router['id']}/add_router_interface", {"subnet_id": tenant6["id"]})
+    vm = plug_new_vm(ctrl, lab, "s6", cloud.net, "hv1", project_id=PROJECT)
+    vm6 = next(f["ip_address"] for f in vm.port["fixed_ips"] if ":" in f["ip_address"])
+    vm.cmd(f"ip -6 route replace default via {tenant6['gateway_ip']}")
+    out = cloud.out
+    out.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.eth0.disable_ipv6=0")
+    out.cmd("ip -6 addr add 2001:db8:ee::1/64 dev eth0 nodad")
+    out.cmd(f"ip -6 route replace 2001:db8:10::/64 via {gw6}")  # the upstream's route (README)
+    wait_until(lambda: "bytes from" in vm.cmd("ping -6 -n -c1 -W1 2001:db8:ee::1"), 15,
+               lambda: f"{vm6} -> 2001:db8:ee::1\n{ctrl.log_tail(40)}")
+    paths = {name: cloud.workdir / f"v6-{name}.pcap" for name in ("out", "hv1", *GATEWAYS)}
+    caps = {"out": capture(out.netns, "eth0", paths["out"], "ip6")}
+    for name in ("hv1", *GATEWAYS):
+        caps[name] = capture(lab.fabric_netns, f"{name}-p", paths[name], "ip6")
+    answered = vm.cmd("ping -6 -n -c5 -i0.2 -W1 2001:db8:ee::1")
+    lines = {name: stop_capture(proc, paths[name]) for name, proc in caps.items()}
+    assert "5 received" in answered, answered
+    request = f"{vm6} > 2001:db8:ee::1: ICMP6, echo request"
+    assert sum(request in line for line in lines["out"]) == 5, lines["out"]  # untranslated
+    assert sum(request in line for line in lines["hv1"]) == 5, lines["hv1"]  # out of its own hypervisor
+    for name in GATEWAYS:
+        assert not [line for line in lines[name] if request in line], (name, lines[name])
+    active = cloud.gateway_list()[0]  # the way back: through the active gateway
+    assert sum(f"> {vm6}: ICMP6, echo reply" in line for line in lines[active]) == 5, lines[active]
