@@ -21,10 +21,11 @@ from flows.flow import CONTROLLER
 from flows.gateway import snat_zone
 from flows.simulate import Pipeline, lint
 from topology.gateways import gateway_tunnel_name, tunnel_ports
-from topology.model import tap_name
+from topology.model import dvr_mac, tap_name
 from topology.state import Topology
 
 EXT_GW, OUTSIDE_MAC, OUTSIDE = "203.0.113.1", "00:00:5e:00:53:01", "198.51.100.7"
+EXT6_GW, OUTSIDE6 = "2001:db8:ee::1", "2001:db8:99::7"
 PATCH, VXLAN = 3, 1
 TUNNEL_IPS = {"hv1": "192.0.2.1", "hv2": "192.0.2.2", "gw1": "192.0.2.11", "gw2": "192.0.2.12"}
 
@@ -75,7 +76,7 @@ def report_ports(topo: Topology) -> None:
         assert n == 0 or tunnels
 
 
-def build(tmp_path: Path, snat: bool = True, gateway: bool = True) -> Cloud:
+def build(tmp_path: Path, snat: bool = True, gateway: bool = True, v6: bool = False) -> Cloud:
     topo = Topology(str(tmp_path / "gw.sqlite"))
     for i, (name, ip) in enumerate(TUNNEL_IPS.items(), start=1):
         topo.register_hypervisor({"name": name, "datapath_id": i, "tunnel_ip": ip,
@@ -83,13 +84,22 @@ def build(tmp_path: Path, snat: bool = True, gateway: bool = True) -> Cloud:
                                   "gateway_for": ["physnet1"] if name.startswith("gw") else []})
     ext = topo.create_network({"name": "ext", "router:external": True, "provider:network_type": "flat",
                                "provider:physical_network": "physnet1"})
-    topo.create_subnet({"network_id": ext.id, "cidr": "203.0.113.0/24", "gateway_ip": EXT_GW, "ip_version": 4})
+    ext4 = topo.create_subnet({"network_id": ext.id, "cidr": "203.0.113.0/24", "gateway_ip": EXT_GW, "ip_version": 4})
+    ext6 = topo.create_subnet({"network_id": ext.id, "cidr": "2001:db8:ee::/64", "gateway_ip": EXT6_GW,
+                               "ip_version": 6}) if v6 else None
     net = topo.create_network({"name": "n1"})
     sub = topo.create_subnet({"network_id": net.id, "cidr": "10.0.0.0/24", "ip_version": 4})
+    sub6 = topo.create_subnet({"network_id": net.id, "cidr": "2001:db8:10::/64", "ip_version": 6}) if v6 else None
     info = {"network_id": ext.id, "enable_snat": snat}
+    if ext6 is not None:
+        info["external_fixed_ips"] = [{"subnet_id": ext4.id}, {"subnet_id": ext6.id}]
     router = topo.create_router({"name": "r1", **({"external_gateway_info": info} if gateway else {})})
     iface = topo.add_router_interface(router.id, {"subnet_id": sub.id})
-    ports = {vm: topo.create_port({"network_id": net.id, "binding:host_id": hv, "fixed_ips": [{"ip_address": ip}],
+    if sub6 is not None:
+        topo.add_router_interface(router.id, {"subnet_id": sub6.id})
+    six = [{"subnet_id": sub6.id}] if sub6 is not None else []
+    ports = {vm: topo.create_port({"network_id": net.id, "binding:host_id": hv,
+                                   "fixed_ips": [{"ip_address": ip}, *six],
                                    "port_security_enabled": False, "security_groups": []})
              for vm, hv, ip in (("v1", "hv1", "10.0.0.10"), ("v2", "hv2", "10.0.0.11"))}
     report_ports(topo)
@@ -205,3 +215,35 @@ def test_every_bucket_runs_as_written(cloud: Cloud) -> None:
     """OVS runs a bucket as an action set: the simulator's lint says where that would differ."""
     for hv in TUNNEL_IPS:
         assert lint(compile_hypervisor(cloud.graph, hv)) == [], hv
+
+
+def test_ipv6_leaves_from_its_own_hypervisor_and_returns_through_the_active_gateway(tmp_path: Path) -> None:
+    cloud = build(tmp_path, v6=True)
+    try:
+        graph, v1 = cloud.graph, cloud.ports["v1"]
+        vm6 = next(f.ip_address for f in v1.fixed_ips if ":" in f.ip_address)
+        gw6 = next(f.ip_address for f in cloud.gw_port().fixed_ips if ":" in f.ip_address)
+        six = {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 128, "icmpv6_code": 0, "nw_ttl": 64}
+        hv1 = cloud.pipeline("hv1")
+        out = {"in_port": cloud.tap("v1"), "eth_src": v1.mac_address, "eth_dst": cloud.router_mac,
+               "ipv6_src": vm6, "ipv6_dst": OUTSIDE6, **six}
+        assert hv1.run(out).ports == [CONTROLLER]  # next hop unknown: the controller solicits it
+        na = outside(eth_type=0x86DD, eth_dst="33:33:00:00:00:01", ipv6_src=EXT6_GW, ipv6_dst="ff02::1",
+                     ip_proto=58, icmpv6_type=136, icmpv6_code=0, ipv6_nd_target=EXT6_GW)
+        hv1.run(na)
+        (port, sent), = hv1.run(out).outputs
+        assert port == PATCH and sent["ipv6_src"] == vm6 and sent["eth_dst"] == OUTSIDE_MAC
+        assert sent["eth_src"] == dvr_mac(graph.hypervisor("hv1"))  # never the router's MAC from many hosts
+        ns = outside(eth_type=0x86DD, eth_dst="33:33:ff:00:00:0a", ipv6_src=EXT6_GW, ipv6_dst="ff02::1:ff00:a",
+                     ip_proto=58, icmpv6_type=135, icmpv6_code=0, ipv6_nd_target=gw6, nw_ttl=255)
+        (port, answer), = cloud.pipeline("gw1").run(ns).outputs
+        assert port == PATCH and answer["icmpv6_type"] == 136 and answer["ipv6_nd_tll"] == cloud.gw_port().mac_address
+        assert cloud.pipeline("gw2").run(ns).outputs == []  # gw1 alive: gw2 stays silent
+        assert len(cloud.pipeline("gw2").run(ns, dead_ports={cloud.tg("gw2", "gw1")}).outputs) == 1
+        back = outside(eth_dst=cloud.gw_port().mac_address, ipv6_src=OUTSIDE6, ipv6_dst=vm6,
+                       **{**six, "icmpv6_type": 129})
+        (port, routed), = cloud.pipeline("gw1").run(back).outputs
+        assert port == VXLAN and routed["tun_ipv4_dst"] == TUNNEL_IPS["hv1"] and routed["ipv6_dst"] == vm6
+        assert cloud.pipeline("gw1").run({**back, "ipv6_dst": gw6}).outputs == []  # not a way around
+    finally:
+        cloud.topo.close()
