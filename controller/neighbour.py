@@ -38,10 +38,24 @@ def announcement_packets(item: Announcement) -> list[bytes]:
     probe, only the request, from 0.0.0.0."""
     if item.probe:
         return [arp_request(item.mac, "0.0.0.0", item.ext_gateway)] if item.ext_gateway else []
+    if ":" in item.ip:
+        return [unsolicited_na(item.mac, item.ip)]
     frames = [arp_request(item.mac, item.ip, item.ip)]
     if item.ext_gateway and item.ext_gateway != item.ip:
         frames.append(arp_request(item.mac, item.ip, item.ext_gateway))
     return frames
+
+
+def unsolicited_na(mac: str, ip: str) -> bytes:
+    """An unsolicited Neighbour Advertisement of a router's address to all nodes: router and
+    override flags set, so a neighbour cache holding another MAC for it takes this one (RFC 4861 7.2.6)."""
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst="33:33:00:00:00:01", src=mac, ethertype=0x86DD))
+    pkt.add_protocol(ipv6.ipv6(src=ip, dst="ff02::1", nxt=58, hop_limit=255))
+    pkt.add_protocol(icmpv6.icmpv6(type_=icmpv6.ND_NEIGHBOR_ADVERT, data=icmpv6.nd_neighbor(
+        res=0b101, dst=ip, option=icmpv6.nd_option_tla(hw_src=mac))))  # R, not S, O
+    pkt.serialize()
+    return bytes(pkt.data)
 
 
 def ext_output_actions(ext_key: int) -> list:

@@ -330,18 +330,19 @@ def _restore_router_mac(view: HypervisorView, net: Network, ifaces: list[Interfa
 
 
 def interface_announcements(graph: TopologyGraph, view: HypervisorView | None) -> list[Announcement]:
-    """The IPv4 router interface addresses to announce to this hypervisor's local ports.
+    """The router interface addresses to announce to this hypervisor's local ports.
 
-    A router interface removed and added again gets a new MAC: the VMs' ARP caches still
-    hold the old one for the subnet's gateway. Announced (gratuitous ARP, as Neutron's L3
-    agent does) by each hypervisor to its own ports once its flows are in, so the VMs
-    route again at once instead of when their cache entry expires.
+    A router interface removed and added again gets a new MAC: the VMs' ARP and neighbour
+    caches still hold the old one for the subnet's gateway. Announced (gratuitous ARP, or an
+    unsolicited Neighbour Advertisement with the override flag, as Neutron's L3 agent does)
+    by each hypervisor to its own ports once its flows are in, so the VMs route again at once
+    instead of when their cache entry expires.
     """
     if view is None or not view.local_ports:
         return []
     out = []
     for router in routers_of(graph, view):
         for iface in interfaces_of(graph, router):
-            if iface.ip.version == 4 and iface.network.id in view.networks:
+            if iface.network.id in view.networks:
                 out.append(Announcement(iface.network.key, str(iface.ip), iface.port.mac_address, None, inside=True))
     return out

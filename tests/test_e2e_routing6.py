@@ -9,9 +9,11 @@ Three hypervisors; one router with an IPv4 and an IPv6 subnet on each of two net
 from __future__ import annotations
 
 import re
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -30,6 +32,8 @@ class Cloud6:
     v6: dict[str, str]  # vm -> its IPv6 address
     gw6: dict[int, str]  # net index -> IPv6 gateway
     router_macs: set[str]
+    router_id: str = ""
+    subnets6: dict[int, str] = field(default_factory=dict)  # net index -> its IPv6 subnet's id
 
 
 def _packet_ins(ctrl: ControllerProcess) -> float:
@@ -41,14 +45,14 @@ def cloud6() -> Iterator[Cloud6]:
     with tempfile.TemporaryDirectory(prefix="tf-r6-") as tmp, running_controller(tmp) as ctrl, \
             attached_lab(ctrl, "tfr6", n_hypervisors=3) as lab:
         router = ctrl.create("router", name="r6", project_id="t6")
-        nets, gw6 = {}, {}
+        nets, gw6, subnets6 = {}, {}, {}
         for i in (1, 2):
             net = ctrl.create("network", name=f"n{i}", project_id="t6")
             s4 = ctrl.create("subnet", network_id=net["id"], cidr=f"10.6.{i}.0/24", ip_version=4, project_id="t6")
             s6 = ctrl.create("subnet", network_id=net["id"], cidr=f"2001:db8:{i}::/64", ip_version=6,
                              project_id="t6")
             nets[i] = net
-            gw6[i] = s6["gateway_ip"]
+            gw6[i], subnets6[i] = s6["gateway_ip"], s6["id"]
             for subnet in (s4, s6):
                 ctrl.request("PUT", f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": subnet["id"]})
         vms, v6 = {}, {}
@@ -61,7 +65,8 @@ def cloud6() -> Iterator[Cloud6]:
             assert four.startswith(f"10.6.{i}.")
         router_ports = ctrl.request("GET", f"/v2.0/ports?device_id={router['id']}")["ports"]
 
-        yield Cloud6(ctrl, lab, vms, v6, gw6, {p["mac_address"].lower() for p in router_ports})
+        yield Cloud6(ctrl, lab, vms, v6, gw6, {p["mac_address"].lower() for p in router_ports}, router["id"],
+                     subnets6)
 
 
 def ping6(vm: LabVM, ip: str, count: int = 2) -> tuple[int, list[int]]:
@@ -110,3 +115,21 @@ def test_tcp_over_ipv6_across_the_router(cloud6: Cloud6) -> None:
         assert wait_until(answer, 10, message="a TCP answer from b over IPv6") == "hello from b a"
     finally:
         server.cmd(f"kill {int(pid)}")
+
+
+def test_a_re_added_ipv6_interface_is_used_again_at_once(cloud6: Cloud6) -> None:
+    """remove_router_interface then add_router_interface (a new port, a new MAC) for net1's IPv6
+    subnet: a's neighbour cache holds the old MAC for its gateway; the unsolicited Neighbour
+    Advertisement each hypervisor sends its VMs once its flows are in fixes it at once."""
+    ctrl, a = cloud6.ctrl, cloud6.vms["a"]
+    path = f"/v2.0/routers/{cloud6.router_id}"
+    assert ping6(a, cloud6.v6["b"], count=1)[0] == 1  # the cache holds the gateway's current MAC
+    ctrl.request("PUT", f"{path}/remove_router_interface", {"subnet_id": cloud6.subnets6[1]})
+    wait_until(lambda: ping6(a, cloud6.v6["b"], count=1)[0] == 0, 5, message="a cut off from b")
+    pinger = a.popen(["ping", "-6", "-D", "-n", "-i", "0.05", "-W", "1", "-c", "100", cloud6.v6["b"]],
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctrl.request("PUT", f"{path}/add_router_interface", {"subnet_id": cloud6.subnets6[1]})
+    added = time.time()
+    out, _ = pinger.communicate(timeout=30)
+    replies = [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+    assert replies and replies[0] - added < 1.0, (added, out[-1500:])
