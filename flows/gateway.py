@@ -40,7 +40,7 @@ from flows.pipeline import REG_FLAGS, REG_INPORT, REG_NETWORK, REG_ROUTER, stage
 from flows.routing import gateway_of, routers_of
 from flows.stages import CLASSIFY, EXT_IN_FIP, EXT_RESOLVE, FIP_SNAT
 from flows.view import HypervisorView
-from topology.gateways import GATEWAY_PORT_PREFIX, gateway_tunnel_name
+from topology.gateways import GATEWAY_PORT_PREFIX, SNAT_ZONES, gateway_tunnel_name
 from topology.graph import TopologyGraph
 from topology.model import Network, dvr_mac
 from topology.model_l3 import Router
@@ -49,14 +49,11 @@ GW_IN = stage("lr_gw_in")
 GW_UNSNAT = stage("lr_gw_unsnat")
 ROUTING = stage("lr_in_ip_routing")
 
-SNAT_ZONE_BASE = 0x8000
-"""A router's SNAT conntrack zone is this + the low 15 bits of its key: ports' zones are allocated
-from 1 up (topology.ctzones), so the two never meet below 32,768 ports on one hypervisor."""
-
-
 def snat_zone(router: Router) -> int:
-    """The conntrack zone of a router's source NAT on its gateways."""
-    return SNAT_ZONE_BASE | (router.key & 0x7FFF)
+    """The conntrack zone of a router's source NAT on its gateways: the one stored with it
+    (unique among routers, topology.gateways.SNAT_ZONES); a router stored before zones were
+    (none yet) gets 0x8000 + the low 15 bits of its key until its gateway is next set."""
+    return router.snat_zone or (SNAT_ZONES[0] | (router.key & 0x7FFF))
 
 
 @dataclass(frozen=True)

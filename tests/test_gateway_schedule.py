@@ -98,3 +98,20 @@ def test_gateway_tunnels_link_every_hypervisor_to_every_gateway(api: Api, ext: d
     port = tunnel_ports(graph, "hv1")["tg-c0a8640b"]
     assert port["options:remote_ip"] == "192.168.100.11" and port["options:local_ip"] == "192.168.100.1"
     assert port["options:dst_port"] == "4790" and port["bfd:enable"] == "true"
+
+
+def test_every_router_gets_a_source_nat_zone_of_its_own(api: Api, ext: dict) -> None:
+    """Two routers sharing a conntrack zone on a gateway would merge their tenants' connections."""
+    def zone(router_id: str) -> int:
+        return api.topology.graph.get("router", router_id).snat_zone
+
+    first, second = router(api, ext), router(api, ext)
+    assert zone(first["id"]) == 0x8000 and zone(second["id"]) == 0x8001
+    api.update("router", first["id"], external_gateway_info={"network_id": ext["id"], "enable_snat": False})
+    assert zone(first["id"]) == 0x8000  # kept while the gateway stays on its network
+    api.update("router", first["id"], external_gateway_info={})
+    assert zone(first["id"]) == 0  # released with the gateway
+    third = router(api, ext)
+    assert zone(third["id"]) == 0x8000  # the lowest free one
+    api.restart()
+    assert (zone(second["id"]), zone(third["id"])) == (0x8001, 0x8000)  # stored, not recomputed

@@ -97,6 +97,16 @@ def tunnel_ports(graph: TopologyGraph, hv_name: str, timers: BfdTimers = BfdTime
 
 # -- scheduling ------------------------------------------------------------------------------------
 DEFAULT_GATEWAYS_PER_ROUTER = 2
+SNAT_ZONES = (0x8000, 0xFFFF)
+"""Conntrack zones of routers' source NAT: ports' zones are allocated from 1 up (topology.ctzones),
+so a gateway hosting VMs keeps the two apart below 32,768 ports; each router's is unique (a zone
+shared by two routers would merge their tenants' connections, overlapping addresses and all)."""
+
+
+def free_snat_zone(graph: TopologyGraph) -> int | None:
+    """The lowest SNAT zone no router holds (None: all 32,768 taken)."""
+    used = {r.snat_zone for r in graph.records("router")}
+    return next((z for z in range(SNAT_ZONES[0], SNAT_ZONES[1] + 1) if z not in used), None)
 
 
 def candidates(graph: TopologyGraph, physnet: str | None) -> list[Hypervisor]:

@@ -37,6 +37,8 @@ class Router:
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # The gateway hypervisors its gateway is scheduled on, in priority order (topology.gateways).
     gateway_hosts: tuple[str, ...] = ()
+    # The conntrack zone of its source NAT on its gateways, unique among routers (0: none yet).
+    snat_zone: int = 0
 
 
 @dataclass(frozen=True)

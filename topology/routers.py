@@ -158,7 +158,8 @@ class Routers(L3Base):
         if plan["network"] is None:
             if current is not None:
                 records.append(Deleted("port", current.id))
-            return records, replace(router, gw_network_id=None, gw_port_id=None, enable_snat=True, gateway_hosts=())
+            return records, replace(router, gw_network_id=None, gw_port_id=None, enable_snat=True, gateway_hosts=(),
+                                    snat_zone=0)
         if plan["same"]:
             port = replace(current, fixed_ips=plan["fixed_ips"], attrs={**current.attrs, "updated_at": now()})
         else:
@@ -169,8 +170,11 @@ class Routers(L3Base):
         records.append(port)
         keep = router.gateway_hosts if plan["same"] else ()
         hosts = gateways.schedule(self.graph, plan["network"].physical_network, self.gateways_per_router, keep)
+        zone = router.snat_zone or gateways.free_snat_zone(self.graph)
+        if zone is None:
+            raise Unavailable("SnatZonesExhausted", "No conntrack zone is free for another router's source NAT.")
         return records, replace(router, gw_network_id=port.network_id, gw_port_id=port.id,
-                                enable_snat=plan["enable_snat"], gateway_hosts=hosts)
+                                enable_snat=plan["enable_snat"], gateway_hosts=hosts, snat_zone=zone)
 
     # -- gateway hypervisors -----------------------------------------------------------------
     def _gateway_physnet(self, router: Router) -> str | None:
