@@ -69,7 +69,7 @@ def required(flows: Iterable[Flow]) -> dict[int, Group | None]:
         if uses_groups(flow):
             for group in used_groups(flow.actions):
                 groups.setdefault(group.group_id, group)
-    if any(b.watch_port is None for g in groups.values() if g is not None for b in g.buckets):
+    if any(b.always_live for g in groups.values() if g is not None for b in g.buckets):
         groups = {LIVE_GROUP_ID: None, **groups}  # first: the buckets that watch no port watch it
     return groups
 

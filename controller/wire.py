@@ -301,7 +301,9 @@ def group_add(group: Group, xid: int = 0) -> bytes:
 def _bucket(bucket: Bucket) -> bytes:
     """One ofp_bucket of a fast-failover group: it watches its port, or (no port: always live) the live group."""
     actions = b"".join(_action(a) for a in bucket.actions)  # a flow's action encoder: buckets take any action
-    if bucket.watch_port is None:
+    if bucket.watch_group is not None:
+        watch_port, watch_group = ofp.OFPP_ANY, bucket.watch_group.group_id
+    elif bucket.watch_port is None:
         watch_port, watch_group = ofp.OFPP_ANY, LIVE_GROUP_ID
     else:
         watch_port, watch_group = bucket.watch_port, ofp.OFPG_ANY

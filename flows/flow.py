@@ -161,7 +161,8 @@ class Conjunction:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Bucket:
-    """One bucket of a fast-failover group: live while ``watch_port`` is (None: always live).
+    """One bucket of a fast-failover group: live while ``watch_port`` is, or while ``watch_group``
+    is (a fast-failover group is live while any of its buckets is); neither: always live.
 
     OVS runs a bucket's actions as an OpenFlow action *set*, not as a list: pop_vlan, push_vlan,
     dec_ttl, then every set_field and move in order, then only ONE of group, output, resubmit,
@@ -171,9 +172,17 @@ class Bucket:
 
     actions: tuple
     watch_port: int | None = None
+    watch_group: Group | None = None
 
-    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
-        return f"Bucket({self.actions!r}, {self.watch_port!r})"
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash; unchanged without a watch group
+        if self.watch_group is None:
+            return f"Bucket({self.actions!r}, {self.watch_port!r})"
+        return f"Bucket({self.actions!r}, {self.watch_port!r}, {self.watch_group!r})"
+
+    @property
+    def always_live(self) -> bool:
+        """Whether the bucket watches nothing (on the switch it watches LIVE_GROUP_ID)."""
+        return self.watch_port is None and self.watch_group is None
 
 
 GROUP_ID_MAX = 0xFFFFFF00  # OFPG_MAX: ids above are reserved
@@ -217,6 +226,8 @@ def used_groups(actions: Iterable[Action]) -> Iterator[Group]:
     for act in actions:
         if type(act) is Group:
             for bucket in act.buckets:
+                if bucket.watch_group is not None:  # watched: on the switch before the group watching it
+                    yield from used_groups((bucket.watch_group,))
                 yield from used_groups(bucket.actions)
             yield act
 

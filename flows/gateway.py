@@ -66,6 +66,7 @@ class SnatRouter:
     mac: str  # its gateway port's MAC
     next_hop: str | None  # the external subnet's gateway
     tunnels: tuple[tuple[str, int | None], ...]  # (gateway, its tg- port here; None: this hypervisor)
+    computes: tuple[int, ...] = ()  # on a gateway: its tg- ports to the hypervisors that are not gateways
 
     @property
     def here(self) -> bool:
@@ -94,8 +95,28 @@ def _snat_router(graph: TopologyGraph, view: HypervisorView, router: Router) -> 
             tunnels.append((name, None))
         elif hv is not None and gateway_tunnel_name(hv.tunnel_ip) in view.ofports:
             tunnels.append((name, view.ofports[gateway_tunnel_name(hv.tunnel_ip)]))
+    computes = compute_tunnels(graph, view) if view.hv.name in router.gateway_hosts else ()
     return SnatRouter(router, gateway.network, str(gateway.ip), gateway.port.mac_address, gateway.subnet_gateway,
-                      tuple(tunnels))
+                      tuple(tunnels), computes)
+
+
+def compute_tunnels(graph: TopologyGraph, view: HypervisorView) -> tuple[int, ...]:
+    """This gateway's tunnel ports to the hypervisors that are not gateways, by port number."""
+    ports = []
+    for hv in graph.hypervisors():
+        port = view.ofports.get(gateway_tunnel_name(hv.tunnel_ip)) if not hv.gateway_for else None
+        if port is not None and hv.name != view.hv.name:
+            ports.append(port)
+    return tuple(sorted(ports))
+
+
+def while_active(before: tuple[int, ...], computes: tuple[int, ...], actions: tuple) -> tuple[Bucket, ...]:
+    """Buckets running ``actions`` only while this gateway is the active one: every gateway before
+    it (the tunnels ``before``) is unreachable, and it still reaches a hypervisor that is not a
+    gateway (one of ``computes``, if it has any: a gateway cut off the underlay, whose traffic can
+    no longer come, must not keep answering for the address beside the gateway that took over)."""
+    reach = Group(tuple(Bucket((), port) for port in computes)) if computes else None
+    return (*(Bucket((), port) for port in before), Bucket(actions, watch_group=reach))
 
 
 def gateway_externals(routers: list[SnatRouter]) -> list[tuple[Network, str | None]]:
@@ -190,7 +211,7 @@ def _as_gateway(view: HypervisorView, r: SnatRouter) -> Iterator[Flow]:
     )
     yield make_flow(
         EXT_IN_FIP, "gw_arp", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_tpa": r.address},
-        [learn_neighbour(r.ext), Group(_while_active(r, tuple(answer)))],
+        [learn_neighbour(r.ext), Group(while_active(_before(r), r.computes, tuple(answer)))],
         description=f"ARP who-has {r.address} (router {router.id}'s gateway): {r.mac}, while this gateway is active",
     )
     yield make_flow(
@@ -200,14 +221,14 @@ def _as_gateway(view: HypervisorView, r: SnatRouter) -> Iterator[Flow]:
     )
 
 
-def _while_active(r: SnatRouter, actions: tuple) -> tuple[Bucket, ...]:
-    """Buckets running ``actions`` only while every gateway before this one is unreachable."""
-    buckets = []
+def _before(r: SnatRouter) -> tuple[int, ...]:
+    """The tunnel ports to the router's gateways before this one (each alive: it answers, not this one)."""
+    ports = []
     for _name, ofport in r.tunnels:
         if ofport is None:
             break
-        buckets.append(Bucket((), ofport))  # that gateway is alive: it answers, not this one
-    return (*buckets, Bucket(actions))
+        ports.append(ofport)
+    return tuple(ports)
 
 
 def gateway_announcements(routers: list[SnatRouter], connected: Callable[[str], bool],

@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flows.flow import IN_PORT, Bucket, Flow, Group, Learn, Output, RegMove, Resubmit, SetField, make_flow
+from flows.flow import IN_PORT, Flow, Group, Learn, Output, RegMove, Resubmit, SetField, make_flow
+from flows.gateway import compute_tunnels, while_active
 from flows.l2 import to_provider
 from flows.nat import LEARNED_IDLE_TIMEOUT, UNRESOLVED_MAC, learned_cookie
 from flows.nd import FLAG_OVERRIDE, FLAG_ROUTER, FLAG_SOLICITED, NA, NS, OPTION_TLL
@@ -43,6 +44,7 @@ class Router6:
     router: Router
     gateway: Interface  # its IPv6 address on the external network
     watch: tuple[int, ...] | None  # on one of its gateways: the tunnels to those before it; else None
+    computes: tuple[int, ...] = ()  # on one of its gateways: its tunnels to the other hypervisors
 
 
 def routers6(graph: TopologyGraph, view: HypervisorView) -> list[Router6]:
@@ -51,7 +53,9 @@ def routers6(graph: TopologyGraph, view: HypervisorView) -> list[Router6]:
     for router in routers_of(graph, view):
         gateway = gateway_of(graph, router, 6)
         if gateway is not None:
-            out.append(Router6(router, gateway, _before_me(graph, view, router)))
+            before = _before_me(graph, view, router)
+            computes = compute_tunnels(graph, view) if before is not None else ()
+            out.append(Router6(router, gateway, before, computes))
     return out
 
 
@@ -109,9 +113,8 @@ def _as_gateway(view: HypervisorView, r: Router6) -> Iterator[Flow]:
               RegMove("ipv6_src", "ipv6_dst", 128), SetField("ipv6_src", ip),
               SetField("nd_reserved", FLAG_ROUTER | FLAG_SOLICITED | FLAG_OVERRIDE),
               SetField("nd_options_type", OPTION_TLL), Resubmit(ND_TLL.name))
-    buckets = (*(Bucket((), port) for port in r.watch), Bucket(answer))
     yield make_flow(EXT_IN_FIP, "gw_nd", {**base, "ip_proto": ICMPV6, "icmpv6_type": NS, "ipv6_nd_target": ip},
-                    [Group(buckets)],
+                    [Group(while_active(r.watch, r.computes, answer))],
                     description=f"NS who-has {ip} (router {r.router.id}'s IPv6 gateway): {mac}, while active")
     tag = (to_provider(view, ext) or [])[:-1]  # the VLAN tag, if any: the answer goes back out of in_port
     yield make_flow(ND_TLL, "answer", {**base, "ip_proto": ICMPV6, "icmpv6_type": NA, "ipv6_nd_target": ip},

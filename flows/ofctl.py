@@ -128,7 +128,10 @@ def bucket_text(bucket: Bucket) -> str:
     A bucket without a watch port watches the always-live group (:data:`flows.flow.LIVE_GROUP_ID`,
     :data:`LIVE_GROUP_TEXT`), as the controller encodes it: OVS refuses one that watches nothing.
     """
-    watch = f"watch_group:{LIVE_GROUP_ID}" if bucket.watch_port is None else f"watch_port:{bucket.watch_port}"
+    if bucket.watch_group is not None:
+        watch = f"watch_group:{bucket.watch_group.group_id}"
+    else:
+        watch = f"watch_group:{LIVE_GROUP_ID}" if bucket.watch_port is None else f"watch_port:{bucket.watch_port}"
     return f"bucket={watch},actions={_actions_text(bucket.actions)}"
 
 

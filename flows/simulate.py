@@ -552,6 +552,11 @@ class _Walk:
         finally:
             self.pkt = pkt  # the original goes on, untracked
 
+    def _group_live(self, group: Group) -> bool:
+        """A fast-failover group is live while any of its buckets is (OVS's group_is_alive)."""
+        return any((b.watch_port is None or b.watch_port not in self.dead_ports)
+                   and (b.watch_group is None or self._group_live(b.watch_group)) for b in group.buckets)
+
     def group(self, act: Group, step: Step, depth: int) -> None:
         """A fast-failover group: its first live bucket runs as OVS runs one (bucket_actions), on a copy of the
         packet (OVS rolls the packet back after the group); no live bucket: nothing happens (a drop)."""
@@ -559,8 +564,13 @@ class _Walk:
             if bucket.watch_port is not None and bucket.watch_port in self.dead_ports:
                 step.events.append(f"group:{act.group_id}: bucket {i} not live (port {bucket.watch_port} is down)")
                 continue
+            if bucket.watch_group is not None and not self._group_live(bucket.watch_group):
+                step.events.append(f"group:{act.group_id}: bucket {i} not live "
+                                   f"(group {bucket.watch_group.group_id} has no live bucket)")
+                continue
             run = bucket_actions(bucket.actions)
-            watch = "always live" if bucket.watch_port is None else f"port {bucket.watch_port} live"
+            watch = ("always live" if bucket.always_live else f"port {bucket.watch_port} live"
+                     if bucket.watch_port is not None else f"group {bucket.watch_group.group_id} live")
             step.events.append(f"group:{act.group_id}: bucket {i} ({watch}): "
                                + (",".join(action_text(a) for a in run) or "drop"))
             saved = dict(self.pkt)

@@ -274,6 +274,10 @@ def test_underlay_cut_fails_over(cloud: Cloud) -> None:
         gap = reply_gap(cloud.vms["s1"], EXT_GATEWAY, 5, lambda: underlay(cloud.lab, active, "down"))
         cloud.gaps["underlay cut"] = gap
         assert gap < GAP_LIMIT
+        # the cut gateway, still on the external network, has gone silent for the gateway address:
+        # one answer per ARP request (from the new active gateway), not two
+        answers = cloud.out.cmd(f"arping -c 3 -I eth0 {cloud.gateway_address}")
+        assert len(re.findall(r"bytes from", answers)) == 3 and "(0 extra)" in answers, answers
     finally:
         underlay(cloud.lab, active, "up")
     wait_until(lambda: bfd_up(cloud.lab), 20, "BFD back up")

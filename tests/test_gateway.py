@@ -247,3 +247,13 @@ def test_ipv6_leaves_from_its_own_hypervisor_and_returns_through_the_active_gate
         assert cloud.pipeline("gw1").run({**back, "ipv6_dst": gw6}).outputs == []  # not a way around
     finally:
         cloud.topo.close()
+
+
+def test_a_gateway_cut_off_from_every_compute_stops_answering(cloud: Cloud) -> None:
+    """The underlay cut on gw1 (its external link still up): its BFD to every compute is down, so it
+    goes silent for the gateway address, while gw2, which lost gw1 too, takes over."""
+    request = outside(**arp(1, EXT_GW, cloud.gw_address))
+    cut = {cloud.tg("gw1", "hv1"), cloud.tg("gw1", "hv2"), cloud.tg("gw1", "gw2")}
+    assert cloud.pipeline("gw1").run(request, dead_ports=cut).outputs == []
+    assert len(cloud.pipeline("gw1").run(request, dead_ports={cloud.tg("gw1", "hv1")}).outputs) == 1  # hv2 left
+    assert len(cloud.pipeline("gw2").run(request, dead_ports={cloud.tg("gw2", "gw1")}).outputs) == 1
