@@ -385,6 +385,8 @@ class FlowEngine:
         for router in self.graph.records("router"):  # its gateway tunnel's name is in their SNAT groups
             if name in router.gateway_hosts:
                 plan.base |= self._router_hvs(router.id)
+        # The gateways watch their tunnels to the hypervisors that are not gateways (flows.gateway).
+        plan.base |= {hv.name for hv in self.graph.hypervisors() if hv.gateway_for and hv.name != name}
         for port in self.graph.ports_on(name):  # their unicast flows elsewhere name our tunnel endpoint
             self._refresh_fragments(plan, port.network_id, port.id)
             for other in self._reach.get(port.network_id, ()):
