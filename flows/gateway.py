@@ -76,18 +76,22 @@ class SnatRouter:
 
 def snat_routers(graph: TopologyGraph, view: HypervisorView) -> list[SnatRouter]:
     """The routers with a scheduled gateway that this hypervisor routes for or is a gateway of."""
+    computes = compute_tunnels(graph, view) if view.hv.gateway_for else ()  # once: the same for every router
     out = []
     for router in routers_of(graph, view):
-        found = _snat_router(graph, view, router)
-        if found is not None:
-            out.append(found)
+        gateway = gateway_of(graph, router)
+        if gateway is None or not router.gateway_hosts:
+            continue
+        tunnels = gateway_tunnels(graph, view, router)
+        here = computes if view.hv.name in router.gateway_hosts else ()
+        out.append(SnatRouter(router, gateway.network, str(gateway.ip), gateway.port.mac_address,
+                              gateway.subnet_gateway, tunnels, here))
     return out
 
 
-def _snat_router(graph: TopologyGraph, view: HypervisorView, router: Router) -> SnatRouter | None:
-    gateway = gateway_of(graph, router)
-    if gateway is None or not router.gateway_hosts:
-        return None
+def gateway_tunnels(graph: TopologyGraph, view: HypervisorView, router: Router) -> tuple[tuple[str, int | None], ...]:
+    """The router's gateways in its order, as this hypervisor reaches them: (name, its tg- port here, or
+    None for this hypervisor itself); a gateway whose tunnel is not here (yet) is left out."""
     tunnels: list[tuple[str, int | None]] = []
     for name in router.gateway_hosts:
         hv = graph.hypervisor(name)
@@ -95,9 +99,18 @@ def _snat_router(graph: TopologyGraph, view: HypervisorView, router: Router) -> 
             tunnels.append((name, None))
         elif hv is not None and gateway_tunnel_name(hv.tunnel_ip) in view.ofports:
             tunnels.append((name, view.ofports[gateway_tunnel_name(hv.tunnel_ip)]))
-    computes = compute_tunnels(graph, view) if view.hv.name in router.gateway_hosts else ()
-    return SnatRouter(router, gateway.network, str(gateway.ip), gateway.port.mac_address, gateway.subnet_gateway,
-                      tuple(tunnels), computes)
+    return tuple(tunnels)
+
+
+def before_here(tunnels: tuple[tuple[str, int | None], ...]) -> tuple[int, ...] | None:
+    """The tunnel ports to the gateways before this one (each alive: it answers, not this one); None when
+    this hypervisor is not one of the gateways."""
+    ports = []
+    for _name, ofport in tunnels:
+        if ofport is None:
+            return tuple(ports)
+        ports.append(ofport)
+    return None
 
 
 def compute_tunnels(graph: TopologyGraph, view: HypervisorView) -> tuple[int, ...]:
@@ -211,7 +224,7 @@ def _as_gateway(view: HypervisorView, r: SnatRouter) -> Iterator[Flow]:
     )
     yield make_flow(
         EXT_IN_FIP, "gw_arp", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_tpa": r.address},
-        [learn_neighbour(r.ext), Group(while_active(_before(r), r.computes, tuple(answer)))],
+        [learn_neighbour(r.ext), Group(while_active(before_here(r.tunnels) or (), r.computes, tuple(answer)))],
         description=f"ARP who-has {r.address} (router {router.id}'s gateway): {r.mac}, while this gateway is active",
     )
     yield make_flow(
@@ -219,16 +232,6 @@ def _as_gateway(view: HypervisorView, r: SnatRouter) -> Iterator[Flow]:
         [learn_neighbour(r.ext)],
         description=f"ARP reply to gateway address {r.address}: learn the sender's MAC",
     )
-
-
-def _before(r: SnatRouter) -> tuple[int, ...]:
-    """The tunnel ports to the router's gateways before this one (each alive: it answers, not this one)."""
-    ports = []
-    for _name, ofport in r.tunnels:
-        if ofport is None:
-            break
-        ports.append(ofport)
-    return tuple(ports)
 
 
 def gateway_announcements(routers: list[SnatRouter], connected: Callable[[str], bool],

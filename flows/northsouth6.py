@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from flows.flow import IN_PORT, Flow, Group, Learn, Output, RegMove, Resubmit, SetField, make_flow
-from flows.gateway import compute_tunnels, while_active
+from flows.gateway import before_here, compute_tunnels, gateway_tunnels, while_active
 from flows.l2 import to_provider
 from flows.nat import LEARNED_IDLE_TIMEOUT, UNRESOLVED_MAC, learned_cookie
 from flows.nd import FLAG_OVERRIDE, FLAG_ROUTER, FLAG_SOLICITED, NA, NS, OPTION_TLL
@@ -27,7 +27,6 @@ from flows.pipeline import REG_FLAGS, REG_NETWORK, REG_NEXTHOP6, REG_ROUTER, sta
 from flows.routing import Interface, gateway_of, routers_of
 from flows.stages import EXT_IN_FIP, EXT_OUTPUT, EXT_RESOLVE, FIP_SNAT, L2_LOOKUP, MAC_BINDING
 from flows.view import HypervisorView
-from topology.gateways import gateway_tunnel_name
 from topology.graph import TopologyGraph
 from topology.model import Network, dvr_mac
 from topology.model_l3 import Router
@@ -49,26 +48,14 @@ class Router6:
 
 def routers6(graph: TopologyGraph, view: HypervisorView) -> list[Router6]:
     """The routers with an IPv6 gateway that this hypervisor routes for (or is a gateway of)."""
+    computes = compute_tunnels(graph, view) if view.hv.gateway_for else ()  # once: the same for every router
     out = []
     for router in routers_of(graph, view):
         gateway = gateway_of(graph, router, 6)
         if gateway is not None:
-            before = _before_me(graph, view, router)
-            computes = compute_tunnels(graph, view) if before is not None else ()
-            out.append(Router6(router, gateway, before, computes))
+            before = before_here(gateway_tunnels(graph, view, router))
+            out.append(Router6(router, gateway, before, computes if before is not None else ()))
     return out
-
-
-def _before_me(graph: TopologyGraph, view: HypervisorView, router: Router) -> tuple[int, ...] | None:
-    if view.hv.name not in router.gateway_hosts:
-        return None
-    ports = []
-    for name in router.gateway_hosts[:router.gateway_hosts.index(view.hv.name)]:
-        hv = graph.hypervisor(name)
-        port = view.ofports.get(gateway_tunnel_name(hv.tunnel_ip)) if hv is not None else None
-        if port is not None:
-            ports.append(port)
-    return tuple(ports)
 
 
 def externals6(routers: list[Router6]) -> list[tuple[Network, str | None]]:
