@@ -18,9 +18,7 @@ coming back does not take the router back.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ import pytest
 
 from apps.lab import Lab, LabVM, sh
 from apps.lab.controller import ControllerProcess
+from apps.lab.ping import ping_gap
 from tests.e2e_fixtures import (
     ECHO_CLIENT,
     attached_lab,
@@ -49,7 +48,6 @@ from tests.e2e_fixtures import (
     wait_port_active,
     wait_until,
 )
-from topology.gateways import gateway_tunnel_name
 
 pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
@@ -86,19 +84,6 @@ class Cloud:
 
 
 
-def bfd_up(lab: Lab) -> bool:
-    """Whether every compute's BFD session to every gateway is up (and the reverse)."""
-    gateways = [lab.hypervisor(name) for name in GATEWAYS]
-    for hv in lab.hypervisors:
-        peers = [g for g in gateways if g is not hv] if hv.name not in GATEWAYS else \
-            [p for p in lab.hypervisors if p is not hv]
-        for peer in peers:
-            port = gateway_tunnel_name(peer.tunnel_ip)
-            state = hv.vsctl("--if-exists", "get", "interface", port, "bfd_status:state").strip().strip('"')
-            if state != "up":
-                return False
-    return True
-
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
@@ -130,7 +115,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         fip = ctrl.create("floatingip", floating_network_id=ext["id"], port_id=cloud.vms["f3"].port_id,
                           project_id=PROJECT)
         cloud.fip = str(fip["floating_ip_address"])
-        wait_until(lambda: bfd_up(lab), 20, lambda: f"BFD between computes and gateways\n{ctrl.log_tail(40)}")
+        wait_until(lab.gateway_tunnels_up, 20, lambda: f"BFD between computes and gateways\n{ctrl.log_tail(40)}")
         for name in LAYOUT:
             wait_until(lambda n=name: pings(cloud.vms[n], EXT_GATEWAY, 1), 10,
                        lambda n=name: f"{n} reaching the outside host\n{ctrl.log_tail(60)}")
@@ -165,36 +150,16 @@ def stop_capture(proc: subprocess.Popen, path: Path, *extra: str) -> list[str]:
     return read.stdout.splitlines()
 
 
-def reply_gap(vm: LabVM, dst: str, seconds: float, fault: Callable[[], None], at: float = 1.5) -> float:
-    """Ping ``dst`` every 10 ms for ``seconds``, run ``fault`` after ``at`` s: the longest gap between replies."""
-    count = int(seconds / 0.01)
-    proc = vm.popen(["ping", "-D", "-n", "-i", "0.01", "-W", "1", "-c", str(count), dst],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(at)
-    fault()
-    out, _ = proc.communicate(timeout=seconds + 30)
-    replies = sorted((int(m.group(2)), float(m.group(1)))
-                     for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)", out, re.M))
-    if not replies or replies[0][0] > 10 or replies[-1][0] < count - 10:
-        return float("inf")  # no reply for the first or the last 100 ms of the run: an outage, not a gap
-    stamps = [stamp for _, stamp in replies]
-    return max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+def reply_gap(vm: LabVM, dst: str, seconds: float, fault: Callable[[], None]) -> float:
+    """Ping ``dst`` every 10 ms for ``seconds``, ``fault`` after 1.5 s: the longest gap between replies."""
+    return ping_gap(vm, dst, seconds, fault)[0]
 
-
-def kill_vswitchd(lab: Lab, name: str) -> None:
-    pid = lab.hypervisor(name).ovs.pid("ovs-vswitchd")
-    assert pid
-    os.kill(pid, signal.SIGKILL)
 
 
 def restore(cloud: Cloud, name: str) -> None:
     """Bring gateway ``name``'s vswitchd back and wait for BFD and the controller's sync."""
-    hv = cloud.lab.hypervisor(name)
-    for path in (os.path.join(hv.rundir, "ovs-vswitchd.pid"),):
-        if os.path.exists(path):
-            os.unlink(path)  # SIGKILLed: its pid file stayed
-    hv.start_vswitchd()
-    wait_until(lambda: bfd_up(cloud.lab), 20, "BFD back up")
+    cloud.lab.hypervisor(name).start_vswitchd()
+    wait_until(cloud.lab.gateway_tunnels_up, 20, "BFD back up")
     cloud.ctrl.request("GET", "/sync?wait=20")
 
 
@@ -244,7 +209,7 @@ def test_floating_ip_traffic_never_touches_a_gateway(cloud: Cloud) -> None:
 
 def test_killed_gateway_fails_over_in_the_dataplane(cloud: Cloud) -> None:
     active, standby = cloud.gateway_list()
-    gap = reply_gap(cloud.vms["s1"], EXT_GATEWAY, 5, lambda: kill_vswitchd(cloud.lab, active))
+    gap = reply_gap(cloud.vms["s1"], EXT_GATEWAY, 5, cloud.lab.hypervisor(active).kill_vswitchd)
     cloud.gaps["vswitchd killed"] = gap
     assert gap < GAP_LIMIT
     wait_until(lambda: cloud.gateway_list()[0] == standby, 10, "the controller keeping the new active gateway")
@@ -258,7 +223,7 @@ def test_failover_with_the_controller_stopped(cloud: Cloud) -> None:
     active, _standby = cloud.gateway_list()
     cloud.ctrl.stop()
     try:
-        gap = reply_gap(cloud.vms["s2"], EXT_GATEWAY, 5, lambda: kill_vswitchd(cloud.lab, active))
+        gap = reply_gap(cloud.vms["s2"], EXT_GATEWAY, 5, cloud.lab.hypervisor(active).kill_vswitchd)
         cloud.gaps["vswitchd killed, controller stopped"] = gap
         assert gap < GAP_LIMIT
     finally:
@@ -280,7 +245,7 @@ def test_underlay_cut_fails_over(cloud: Cloud) -> None:
         assert len(re.findall(r"bytes from", answers)) == 3 and "(0 extra)" in answers, answers
     finally:
         underlay(cloud.lab, active, "up")
-    wait_until(lambda: bfd_up(cloud.lab), 20, "BFD back up")
+    wait_until(cloud.lab.gateway_tunnels_up, 20, "BFD back up")
     assert pings(cloud.vms["s1"], EXT_GATEWAY, 5) >= 4
 
 

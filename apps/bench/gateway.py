@@ -56,14 +56,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +69,7 @@ from apps.bench.secgroups import security_group
 from apps.bench.stats import gbps_summary, interleaved, ms, percentile
 from apps.lab import Lab, LabVM
 from apps.lab.controller import ControllerProcess
-from topology.gateways import gateway_tunnel_name
+from apps.lab.ping import ping_gap
 
 PREFIX = "tfgw"
 PROJECT = "bench-gateway"
@@ -151,22 +147,12 @@ def build(ctl: ControllerProcess, lab: Lab) -> GatewayCloud:
     ctl.create("floatingip", floating_network_id=ext["id"], port_id=cloud.vms["f1"].port_id, project_id=PROJECT)
     if sorted(cloud.gateway_list()) != sorted(GATEWAYS):
         raise RuntimeError(f"router scheduled on {cloud.gateway_list()}, not on {GATEWAYS}")
-    _wait(lambda: bfd_up(lab), TIMEOUT_S, "BFD between computes and gateways", ctl)
+    _wait(lab.gateway_tunnels_up, TIMEOUT_S, "BFD between computes and gateways", ctl)
     for vm in cloud.vms.values():
         _wait(lambda vm=vm: pings(vm), TIMEOUT_S, f"{vm.name} -> outside host ping", ctl)
     _wait(lambda: pings(cloud.vms["s1"], cloud.ip("e2")), TIMEOUT_S, "s1 -> e2 ping", ctl)
     return cloud
 
-
-def bfd_up(lab: Lab) -> bool:
-    """Whether every BFD session is up: each hypervisor to each gateway, each gateway to every other one."""
-    for hv in lab.hypervisors:
-        peers = [p for p in lab.hypervisors if p is not hv and (hv.name in GATEWAYS or p.name in GATEWAYS)]
-        for peer in peers:
-            port = gateway_tunnel_name(peer.tunnel_ip)
-            if hv.vsctl("--if-exists", "get", "interface", port, "bfd_status:state").strip().strip('"') != "up":
-                return False
-    return True
 
 
 def pings(vm: LabVM, dst: str = EXT_GATEWAY) -> bool:
@@ -279,41 +265,13 @@ def port_reuse(cloud: GatewayCloud, pinning: tuple[str, str] | None, seconds: fl
 
 
 # -- failover ------------------------------------------------------------------------------------
-def reply_gap(vm: LabVM, seconds: float, fault: Callable[[], None]) -> tuple[float, int]:
-    """Ping the outside host every 10 ms for ``seconds``, ``fault()`` after FAULT_AT_S:
-    (the longest gap between replies in seconds, inf for an outage that never ended; pings lost)."""
-    count = int(seconds / PING_INTERVAL_S)
-    proc = vm.popen(["ping", "-D", "-n", "-i", str(PING_INTERVAL_S), "-W", "1", "-c", str(count), EXT_GATEWAY],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(FAULT_AT_S)
-    fault()
-    text, _ = proc.communicate(timeout=seconds + 30)
-    replies = sorted({int(m.group(2)): float(m.group(1)) for m in
-                      re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)", text, re.M)}.items())
-    lost = count - len(replies)
-    if not replies or replies[0][0] > EDGE_PINGS or replies[-1][0] < count - EDGE_PINGS:
-        return math.inf, lost
-    stamps = [stamp for _, stamp in replies]
-    return max(b - a for a, b in zip(stamps, stamps[1:], strict=False)), lost
-
-
-def kill_vswitchd(cloud: GatewayCloud, name: str) -> None:
-    """SIGKILL gateway ``name``'s ovs-vswitchd (its PID from its own pid file)."""
-    pid = cloud.lab.hypervisor(name).ovs.pid("ovs-vswitchd")
-    if not pid:
-        raise RuntimeError(f"{name}'s ovs-vswitchd is not running")
-    os.kill(pid, signal.SIGKILL)
 
 
 def restore(cloud: GatewayCloud, name: str) -> float:
     """Start ``name``'s vswitchd again; wait for every BFD session, /sync and a ping: seconds to BFD up."""
-    hv = cloud.lab.hypervisor(name)
-    pidfile = os.path.join(hv.rundir, "ovs-vswitchd.pid")
-    if os.path.exists(pidfile):
-        os.unlink(pidfile)  # SIGKILLed: its pid file stayed
     t0 = time.monotonic()
-    hv.start_vswitchd()
-    _wait(lambda: bfd_up(cloud.lab), TIMEOUT_S, f"BFD up again after restoring {name}", cloud.ctl)
+    cloud.lab.hypervisor(name).start_vswitchd()
+    _wait(cloud.lab.gateway_tunnels_up, TIMEOUT_S, f"BFD up again after restoring {name}", cloud.ctl)
     bfd_s = time.monotonic() - t0
     cloud.ctl.request("GET", "/sync?wait=20", timeout=30)
     _wait(lambda: pings(cloud.vms["s1"]), TIMEOUT_S, "s1 -> outside host after the restore", cloud.ctl)
@@ -323,7 +281,8 @@ def restore(cloud: GatewayCloud, name: str) -> float:
 def failover_once(cloud: GatewayCloud) -> dict[str, Any]:
     """Kill the active gateway under the ping stream, then restore it (module docstring)."""
     active, standby = cloud.gateway_list()[:2]
-    gap, lost = reply_gap(cloud.vms["s1"], FAILOVER_RUN_S, lambda: kill_vswitchd(cloud, active))
+    gap, lost = ping_gap(cloud.vms["s1"], EXT_GATEWAY, FAILOVER_RUN_S, cloud.lab.hypervisor(active).kill_vswitchd,
+                         at=FAULT_AT_S, interval=PING_INTERVAL_S, edge=EDGE_PINGS)
     try:
         _wait(lambda: cloud.gateway_list()[0] == standby, 10, "the controller demoting the killed gateway")
         demoted = True

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import zlib
@@ -38,6 +39,7 @@ from mininet.node import Host
 
 from apps.lab import sh, steps
 from apps.lab.ovs import PrivateOVS
+from topology.gateways import gateway_tunnel_name
 
 LOG = logging.getLogger(__name__)
 
@@ -123,6 +125,15 @@ class Hypervisor:
             self.vsctl("del-controller", steps.INTEGRATION_BRIDGE)
         else:
             steps.set_controller(self.vsctl, target, max_backoff_ms, limits)
+
+    def kill_vswitchd(self) -> None:
+        """SIGKILL ovs-vswitchd, by the PID in its pid file (a crash), and remove the file it leaves."""
+        pid = self.ovs.pid("ovs-vswitchd")
+        if not pid:
+            raise LabError(f"{self.name}'s ovs-vswitchd is not running")
+        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.rundir, "ovs-vswitchd.pid"))
 
     def stop_vswitchd(self) -> None:
         """Stop only ovs-vswitchd (the datapath goes away; the database stays)."""
@@ -362,6 +373,18 @@ class Lab:
     def register_hypervisors(self, api_url: str | None = None) -> list[dict[str, Any]]:
         """POST every hypervisor to the controller's API; returns the responses."""
         return [hv.register(api_url or self.api_url) for hv in self.hypervisors]
+
+    def gateway_tunnels_up(self) -> bool:
+        """Whether every BFD session of the gateway tunnels is up: each hypervisor's to each gateway,
+        and each gateway's to every other hypervisor (as ``ovs-vsctl`` reads them in each one)."""
+        for hv in self.hypervisors:
+            for peer in self.hypervisors:
+                if peer is hv or (hv.name not in self.gateways and peer.name not in self.gateways):
+                    continue
+                port = gateway_tunnel_name(peer.tunnel_ip)
+                if hv.vsctl("--if-exists", "get", "interface", port, "bfd_status:state").strip().strip('"') != "up":
+                    return False
+        return True
 
     def namespaces(self) -> list[str]:
         """Names of the namespaces this lab has created and not yet deleted."""
