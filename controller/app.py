@@ -14,26 +14,22 @@ import time
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
-from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import heap, metrics
 from controller.addresses import AddressService
 from controller.cluster import Solo
+from controller.gateways import GatewayService
 from controller.icmp import time_exceeded
-from controller.neighbour import ext_output_actions, resolve_request, resolve_request6
+from controller.neighbour import ext_output_actions, next_hop_request
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
-from flows.gateway import gateway_announcements, snat_routers
-from flows.nat import announcements
 from flows.pipeline import stage
-from flows.routing import interface_announcements, router_interface
+from flows.routing import router_interface
 from flows.stages import DHCP, EXT_OUTPUT
-from flows.view import view_of
-from topology.model import canonical_port_map, dvr_mac
+from topology.model import canonical_port_map
 
 LOG = logging.getLogger("tenantflow.app")
-PROBE_INTERVAL = 60.0  # seconds between a standby gateway's ARP probes (well within LEARNED_IDLE_TIMEOUT)
 IP_INPUT_TABLE = stage("lr_in_ip_input").table_id
 EXT_OUTPUT_TABLE = EXT_OUTPUT.table_id
 DHCP_TABLE = DHCP.table_id
@@ -65,7 +61,8 @@ class TenantflowApp(app_manager.OSKenApp):
         self.engine.subscribe(self._topology_changed)
         # DHCP and router solicitations answered, router advertisements sent (controller.addresses)
         self.addresses = AddressService(self.topology, lambda: list(self.switches.values())).start()
-        hub.spawn(self._probe_forever)  # standby gateways keep their next hops' MACs learned
+        # What each bridge announces; gateways' arrivals and departures (controller.gateways)
+        self.gateways = GatewayService(self.topology, lambda: list(self.switches.values()), self._owns).start()
         # One of a cluster's instances: compile and push only the bridges this one masters.
         self.cluster = CLUSTER or Solo()
         if CLUSTER is not None:
@@ -158,52 +155,6 @@ class TenantflowApp(app_manager.OSKenApp):
                 # waking now and then bounds what a missed notification could cost.
                 SYNCED.wait(min(left, 0.5))
 
-    def announcements_for(self, hv_name: str):
-        """The floating IPs a hypervisor hosts, and the gateway addresses it is active for, to announce."""
-        with self.topology.lock:
-            graph = self.topology.graph
-            view = view_of(graph, hv_name)
-            items = announcements(graph, view) + interface_announcements(graph, view)
-            if view is not None and view.hv.gateway_for:
-                items += gateway_announcements(snat_routers(graph, view), lambda name: bool(graph.ofports(name)),
-                                               dvr_mac(view.hv))
-            return items
-
-    def _probe_forever(self) -> None:
-        """Every PROBE_INTERVAL, each standby gateway probes its routers' next hops again: its learned
-        MACs would otherwise age out (LEARNED_IDLE_TIMEOUT), unused until a failover needs them."""
-        while True:
-            hub.sleep(PROBE_INTERVAL)
-            for sw in list(self.switches.values()):
-                sw.repeat_probes()
-
-    def _demote_if_gateway(self, hv_name: str) -> None:
-        """A gateway's bridge left: the routers it was active for keep their new gateway (no preemption)."""
-        hv = self.topology.graph.hypervisor(hv_name)
-        if hv is None or not hv.gateway_for or not self._owns(hv_name):
-            return
-
-        def demote() -> None:
-            try:
-                moved = self.topology.demote_gateway(hv_name)
-            except Exception as exc:  # noqa: BLE001 - a store that fails: the switches have failed over anyway
-                LOG.warning("gateway %s left; could not make its routers' next gateway first: %s", hv_name, exc)
-                return
-            if moved:
-                LOG.info("gateway %s left: %d router(s) now lead with their next gateway", hv_name, len(moved))
-
-        hub.spawn(demote)
-
-    def _gateway_went(self, hv_name: str | None) -> None:
-        """A bridge connected or left: if a gateway, the others may have become active (or stopped being)."""
-        hv = self.topology.graph.hypervisor(hv_name) if hv_name else None
-        if hv is None or not hv.gateway_for:
-            return
-        for sw in list(self.switches.values()):
-            other = self.topology.graph.hypervisor(sw.hv_name) if sw.hv_name else None
-            if other is not None and other.gateway_for and other.name != hv_name and sw.synced_generation >= 0:
-                sw.reannounce()
-
     # -- switch side -------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
@@ -217,7 +168,7 @@ class TenantflowApp(app_manager.OSKenApp):
             if hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
             roles = None if isinstance(self.cluster, Solo) else self.cluster
-            sw = Switch(dp, self.engine, self._ports_read, self.announcements_for, roles)
+            sw = Switch(dp, self.engine, self._ports_read, self.gateways.announcements, roles)
             self.switches[dp.id] = sw
             sw.start(hv_name)
         elif ev.state == DEAD_DISPATCHER and dp.id is not None:
@@ -227,8 +178,7 @@ class TenantflowApp(app_manager.OSKenApp):
                 self._disconnected(sw)
                 if sw.hv_name:
                     self.topology.set_live_ofports(sw.hv_name, {})
-                    self._gateway_went(sw.hv_name)
-                    self._demote_if_gateway(sw.hv_name)
+                    self.gateways.bridge_left(sw.hv_name)
 
     def _disconnected(self, sw: Switch) -> None:
         """A bridge's connection ended: stop its worker (it ends on its own), count it."""
@@ -244,7 +194,7 @@ class TenantflowApp(app_manager.OSKenApp):
         arrived = bool(sw.hv_name) and not self.topology.graph.ofports(sw.hv_name)
         self._set_ofports(sw, ofports)
         if arrived:
-            self._gateway_went(sw.hv_name)
+            self.gateways.bridge_came(sw.hv_name)
 
     def _set_ofports(self, sw: Switch, ofports: dict[str, int]) -> None:
         """Record a bridge's OVS port map (name -> OpenFlow port) in the topology, by canonical name.
@@ -376,11 +326,7 @@ class TenantflowApp(app_manager.OSKenApp):
         if not metrics.packet_in("next_hop", sw.arp_limiter.allow()):
             return
         fields = dict(msg.match.items())
-        if fields.get("eth_type") == 0x86DD or bytes(msg.data)[12:14] == b"\x86\xdd":  # IPv6: next hop in xxreg0
-            nexthop6 = sum(fields.get(f"reg{i}", 0) << (96 - 32 * i) for i in range(4))
-            request = resolve_request6(bytes(msg.data), nexthop6)
-        else:
-            request = resolve_request(bytes(msg.data), fields.get("reg0", 0))
+        request = next_hop_request(bytes(msg.data), fields)
         if request is not None and fields.get("reg6"):
             try:
                 sw.packet_out(ext_output_actions(fields["reg6"]), request)

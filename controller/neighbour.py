@@ -98,3 +98,11 @@ def resolve_request6(frame: bytes, nexthop: int) -> bytes | None:
     pkt.add_protocol(icmpv6.icmpv6(type_=icmpv6.ND_NEIGHBOR_SOLICIT, data=icmpv6.nd_neighbor(dst=str(target))))
     pkt.serialize()
     return bytes(pkt.data)
+
+
+def next_hop_request(frame: bytes, registers: dict) -> bytes | None:
+    """What to send for the next hop a packet found unresolved (lr_in_ext_output's packet-in, with its
+    registers): an ARP request for reg0, or for IPv6 a Neighbour Solicitation for xxreg0 (reg0-reg3)."""
+    if frame[12:14] == b"\x86\xdd":
+        return resolve_request6(frame, sum(registers.get(f"reg{i}", 0) << (96 - 32 * i) for i in range(4)))
+    return resolve_request(frame, registers.get("reg0", 0))
