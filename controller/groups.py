@@ -1,41 +1,46 @@
-"""A switch's groups, reconciled the way its flows are: read on connect, never flushed.
+"""A switch's groups and meters, reconciled the way its flows are: read on connect, never flushed.
 
-Our groups are OpenFlow 1.3 fast-failover groups defined inline by the flows that use
-them (:class:`flows.flow.Group`). A group's id is a hash of its buckets, as a flow's
-cookie is a hash of the flow: the same group has the same id on every switch and across
-restarts, and a changed group is a new id, whose flows change too (their cookies hash
-their actions). So reconciling groups needs their ids only, and never modifies a group
-(no OFPGC_MODIFY): a change is a new group added and the old one deleted.
+Our groups (OpenFlow 1.3 fast-failover groups, :class:`flows.flow.Group`) and meters
+(:class:`flows.flow.Meter`) are defined inline by the flows that use them. Each one's id is
+a hash of its content, as a flow's cookie is a hash of the flow: the same group or meter
+has the same id on every switch and across restarts, and a changed one is a new id, whose
+flows change too (their cookies hash their actions). So reconciling them needs their ids
+only, and never modifies one (no OFPGC_MODIFY / OFPMC_MODIFY): a change is a new one added
+and the old one deleted. Both kinds follow the same rules (:class:`Kind` says how each is
+read, added and deleted):
 
-- The groups a switch must hold are the groups its desired flows use, with the groups
-  their buckets use, and the always-live group (:data:`flows.flow.LIVE_GROUP_ID`) while a
-  bucket watches no port.
-- On connect, and before each retry, the switch's group ids are read (group desc).
-- Before a sync's bundle, the groups that the flows it adds use and the switch lacks are
-  added, outside the bundle (an unused group is harmless), nested ones first, and
-  confirmed by a barrier: OVS refuses a flow whose group is missing. A refused group fails
-  the sync without sending the bundle (its flows would be refused in it) and is logged
-  with the group's text; the sync is retried like a refused bundle (after a re-read).
-  OFPGMFC_GROUP_EXISTS is no failure: a group with that id has that content.
-- After the bundle is committed, the groups no desired flow uses any more are deleted:
-  never before, since OVS deletes every flow using a group with the group. A refused
-  delete is logged and left for a later sync (an unused group is harmless).
+- The groups (meters) a switch must hold are the ones its desired flows use, with the
+  groups their buckets use, and the always-live group (:data:`flows.flow.LIVE_GROUP_ID`)
+  while a bucket watches no port.
+- On connect, and before each retry, the switch's ids are read (group desc, meter config).
+- Before a sync's bundle, the ones that the flows it adds use and the switch lacks are
+  added, outside the bundle (an unused group or meter is harmless), nested groups first, and
+  confirmed by a barrier: OVS refuses a flow whose group or meter is missing. A refused add
+  fails the sync without sending the bundle (its flows would be refused in it) and is
+  logged with its text; the sync is retried like a refused bundle (after a re-read).
+  OFPGMFC_GROUP_EXISTS / OFPMMFC_METER_EXISTS is no failure: that id has that content.
+- After the bundle is committed, the ones no desired flow uses any more are deleted:
+  never before, since OVS deletes every flow using a group or meter with it. A refused
+  delete is logged and left for a later sync (an unused one is harmless).
 
-Every group on br-int is ours (ids 0 to OFPG_MAX); reserved ids above are never touched.
+Every group and meter on br-int is ours (ids up to OFPG_MAX / OFPM_MAX); reserved ids above
+(OFPM_CONTROLLER...) are never touched.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
+from prometheus_client import Counter
 
 from controller import metrics, wire
-from flows.flow import GROUP_ID_MAX, LIVE_GROUP_ID, Flow, Group, used_groups
-from flows.ofctl import LIVE_GROUP_TEXT, group_text
+from flows.flow import GROUP_ID_MAX, LIVE_GROUP_ID, METER_ID_MAX, Flow, Group, Meter, flow_meter, used_groups
+from flows.ofctl import LIVE_GROUP_TEXT, group_text, meter_text
 
 LOG = logging.getLogger("tenantflow.groups")
 
@@ -44,7 +49,7 @@ Message = Callable[[int], bytes]
 
 
 class GroupLink(Protocol):
-    """What group reconciliation needs of its switch (:class:`controller.switch.Switch`)."""
+    """What group and meter reconciliation needs of its switch (:class:`controller.switch.Switch`)."""
 
     @property
     def label(self) -> str: ...
@@ -52,6 +57,26 @@ class GroupLink(Protocol):
     def request(self, msg: Message) -> list: ...
 
     def send_checked(self, messages: Sequence[Message]) -> list[list]: ...
+
+
+Content = Group | Meter | None
+"""What an id stands for (None: the always-live group, which no flow names)."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of switch object that flows refer to by id is found in flows, read, added and deleted."""
+
+    name: str  # "group" or "meter", in logs
+    uses: Callable[[Flow], bool]  # whether a flow refers to one (cheap: it runs on every flow of a full sync)
+    required: Callable[[Iterable[Flow]], dict[int, Content]]  # id -> content, in the order to add them
+    add: Callable[[Content], Message]
+    delete: Callable[[int], Message]
+    read: Message  # the multipart request listing the switch's ids
+    exists: tuple[int, int]  # the error (type, code) of an add whose id is there already
+    text: Callable[[int, Content], str]  # as ovs-ofctl takes it
+    max_id: int  # ids above are reserved: never deleted
+    mods: Counter  # adds and deletes sent, by hypervisor and command
 
 
 _GROUP = frozenset({Group})
@@ -74,89 +99,124 @@ def required(flows: Iterable[Flow]) -> dict[int, Group | None]:
     return groups
 
 
-def _add_message(group: Group | None) -> Message:
+def _group_add(group: Content) -> Message:
     return wire.live_group_add if group is None else partial(wire.group_add, group)
 
 
-def _text(group_id: int, group: Group | None) -> str:
+def _group_text(group_id: int, group: Content) -> str:
     if group_id == LIVE_GROUP_ID:
         return LIVE_GROUP_TEXT
-    return group_text(group) if group is not None else f"group_id={group_id}"
+    return group_text(group) if isinstance(group, Group) else f"group_id={group_id}"
 
 
-def _exists(err) -> bool:
-    """Whether an error says the group is there already (content-addressed ids: then it is the one we want)."""
-    return getattr(err, "type", None) == ofp.OFPET_GROUP_MOD_FAILED and err.code == ofp.OFPGMFC_GROUP_EXISTS
+def _uses_meter(flow: Flow) -> bool:
+    return flow_meter(flow.actions) is not None
 
 
-class SwitchGroups:
-    """The groups of one connected switch: which it holds, which its committed flows use.
+def required_meters(flows: Iterable[Flow]) -> dict[int, Meter]:
+    """Meter id -> meter of every meter ``flows`` use."""
+    meters: dict[int, Meter] = {}
+    for flow in flows:
+        meter = flow_meter(flow.actions)
+        if meter is not None:
+            meters.setdefault(meter.meter_id, meter)
+    return meters
+
+
+def _meter_text(meter_id: int, meter: Content) -> str:
+    return meter_text(meter) if isinstance(meter, Meter) else f"meter={meter_id}"
+
+
+GROUPS = Kind("group", uses_groups, required, _group_add, lambda gid: partial(wire.group_delete, gid),
+              wire.group_desc_request, (ofp.OFPET_GROUP_MOD_FAILED, ofp.OFPGMFC_GROUP_EXISTS), _group_text,
+              GROUP_ID_MAX, metrics.GROUP_MODS)
+METERS = Kind("meter", _uses_meter, required_meters, lambda meter: partial(wire.meter_add, meter),
+              lambda mid: partial(wire.meter_delete, mid), wire.meter_config_request,
+              (ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_METER_EXISTS), _meter_text, METER_ID_MAX, metrics.METER_MODS)
+
+
+class SwitchObjects:
+    """The groups (or meters) of one connected switch: which it holds, which its committed flows use.
 
     It keeps no reference to its switch (a long-lived switch must hold no reference cycle,
     see controller.heap): each call that talks to the switch is given it.
     """
 
-    def __init__(self) -> None:
-        self.present: set[int] = set()  # ids of the groups the switch holds
-        self._users: dict[int, frozenset[int]] = {}  # cookie of a committed flow using groups -> their ids
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.present: set[int] = set()  # ids of the ones the switch holds
+        self._users: dict[int, frozenset[int]] = {}  # cookie of a committed flow using some -> their ids
 
     @property
     def used(self) -> set[int]:
-        """Ids of the groups the flows of the last committed sync use."""
+        """Ids of the ones the flows of the last committed sync use."""
         return set().union(*self._users.values())
 
     def read(self, link: GroupLink) -> None:
-        """Read the ids of every group on the switch (what it really holds)."""
-        self.present = {gid for part in link.request(wire.group_desc_request) for gid in part}
-        LOG.debug("switch %s: %d groups installed", link.label, len(self.present))
+        """Read the ids of every one on the switch (what it really holds)."""
+        self.present = {oid for part in link.request(self.kind.read) for oid in part}
+        LOG.debug("switch %s: %d %ss installed", link.label, len(self.present), self.kind.name)
 
     def add_for(self, link: GroupLink, flows: Iterable[Flow]) -> list[str]:
-        """Add the groups that ``flows`` (about to be added) use and the switch lacks; the errors, as text."""
-        todo = {gid: g for gid, g in required(flows).items() if gid not in self.present}
+        """Add the ones that ``flows`` (about to be added) use and the switch lacks; the errors, as text."""
+        kind = self.kind
+        todo = {oid: c for oid, c in kind.required(flows).items() if oid not in self.present}
         if not todo:
             return []
         errors: list[str] = []
-        replies = link.send_checked([_add_message(g) for g in todo.values()])
-        for (gid, group), errs in zip(todo.items(), replies, strict=True):
-            refused = [e for e in errs if not _exists(e)]
+        replies = link.send_checked([kind.add(c) for c in todo.values()])
+        for (oid, content), errs in zip(todo.items(), replies, strict=True):
+            refused = [e for e in errs if (getattr(e, "type", None), getattr(e, "code", None)) != kind.exists]
             if refused:
-                errors += [f"switch {link.label}: {wire.error_text(e)} for add group {_text(gid, group)}"
+                errors += [f"switch {link.label}: {wire.error_text(e)} for add {kind.name} {kind.text(oid, content)}"
                            for e in refused]
             else:
-                self.present.add(gid)
-        metrics.GROUP_MODS.labels(link.label, "add").inc(len(todo))
+                self.present.add(oid)
+        kind.mods.labels(link.label, "add").inc(len(todo))
         for text in errors:
             LOG.error("%s", text)
-        LOG.info("switch %s: %d groups added, %d refused", link.label, len(todo) - len(errors), len(errors))
+        LOG.info("switch %s: %d %ss added, %d refused", link.label, len(todo) - len(errors), kind.name, len(errors))
         return errors
 
     def committed(self, link: GroupLink, full: bool, desired: Mapping[int, Flow], changed: Iterable[int]) -> None:
         """A sync committed ``desired`` (every flow if ``full``, else the ``changed`` cookies that are desired):
-        record which groups the flows use, and delete the groups none uses any more."""
+        record which ones the flows use, and delete the ones none uses any more."""
+        uses, required_of = self.kind.uses, self.kind.required
         if full:
-            self._users = {c: frozenset(required((f,))) for c, f in desired.items() if uses_groups(f)}
+            self._users = {c: frozenset(required_of((f,))) for c, f in desired.items() if uses(f)}
         else:
             for cookie in changed:
                 flow = desired.get(cookie)
-                if flow is not None and uses_groups(flow):
-                    self._users[cookie] = frozenset(required((flow,)))
+                if flow is not None and uses(flow):
+                    self._users[cookie] = frozenset(required_of((flow,)))
                 else:
                     self._users.pop(cookie, None)
         used = self.used
-        unused = [gid for gid in sorted(self.present - used, reverse=True) if gid <= GROUP_ID_MAX]
+        unused = [oid for oid in sorted(self.present - used, reverse=True) if oid <= self.kind.max_id]
         if unused:  # the always-live group (0) last: groups watching it go first
             self._delete(link, unused)
 
-    def _delete(self, link: GroupLink, group_ids: list[int]) -> None:
-        replies = link.send_checked([partial(wire.group_delete, gid) for gid in group_ids])
+    def _delete(self, link: GroupLink, ids: list[int]) -> None:
+        kind = self.kind
+        replies = link.send_checked([kind.delete(oid) for oid in ids])
         refused = 0
-        for gid, errs in zip(group_ids, replies, strict=True):
+        for oid, errs in zip(ids, replies, strict=True):
             if errs:  # left in present: the next committed sync tries again
                 refused += 1
                 for err in errs:
-                    LOG.error("switch %s: %s for delete group_id=%d (unused: left for a later sync)", link.label,
-                              wire.error_text(err), gid)
+                    LOG.error("switch %s: %s for delete %s %d (unused: left for a later sync)", link.label,
+                              wire.error_text(err), kind.name, oid)
             else:
-                self.present.discard(gid)
-        metrics.GROUP_MODS.labels(link.label, "delete").inc(len(group_ids))
-        LOG.info("switch %s: %d unused groups deleted, %d refused", link.label, len(group_ids) - refused, refused)
+                self.present.discard(oid)
+        kind.mods.labels(link.label, "delete").inc(len(ids))
+        LOG.info("switch %s: %d unused %ss deleted, %d refused", link.label, len(ids) - refused, kind.name, refused)
+
+
+def switch_groups() -> SwitchObjects:
+    """The groups of a switch."""
+    return SwitchObjects(GROUPS)
+
+
+def switch_meters() -> SwitchObjects:
+    """The meters of a switch."""
+    return SwitchObjects(METERS)

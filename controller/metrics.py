@@ -14,6 +14,10 @@ GROUP_MODS = Counter(
     "tenantflow_group_mods_sent", "Group-mods sent to switches (adds and deletes; refused ones too)",
     ["hypervisor", "command"], registry=REGISTRY,
 )
+METER_MODS = Counter(
+    "tenantflow_meter_mods_sent", "Meter-mods sent to switches (adds and deletes; refused ones too)",
+    ["hypervisor", "command"], registry=REGISTRY,
+)
 BUNDLES = Counter(
     "tenantflow_bundles", "Bundles sent, by outcome (committed, discarded, failed)", ["hypervisor", "outcome"],
     registry=REGISTRY,

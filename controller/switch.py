@@ -45,7 +45,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, wire
 from controller.cluster import Role
-from controller.groups import SwitchGroups
+from controller.groups import switch_groups, switch_meters
 from controller.icmp import FairLimiter, RateLimiter
 from controller.neighbour import announcement_actions, announcement_packets
 from flows.flow import Flow, Learn
@@ -188,7 +188,8 @@ class Switch:
         self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
         self._inflight_from: int | None = None  # first xid of the bundle (or group mods) being sent
         self.installed: Multiset[int] = Multiset()  # cookie -> how many flows carry it on the switch
-        self.groups = SwitchGroups()  # the groups it holds and its flows use (controller.groups)
+        self.groups = switch_groups()  # the groups it holds and its flows use (controller.groups)
+        self.meters = switch_meters()  # the same of its meters
         self._learners: set[int] = set()  # cookies of the flows the switch may learn (see learned_cookies)
         self._announced: frozenset = frozenset()  # what announce_fn returned after the last committed sync
         self.ready = False
@@ -484,12 +485,14 @@ class Switch:
         return ofports
 
     def _read_installed(self) -> None:
-        """Read the cookies of every flow on the switch into ``installed``, and its groups (what it really holds)."""
+        """Read the cookies of every flow on the switch into ``installed``, and its groups and meters (what it
+        really holds)."""
         self._errors.clear()  # errors a failed attempt left behind answer nothing any more
         parser = self.dp.ofproto_parser
         req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
         self.installed = Multiset(cookie for part in self.request(req) for cookie in part)
         self.groups.read(self)
+        self.meters.read(self)
         self._full_diff = True  # the changes taken by a failed sync are gone: compare every cookie
         LOG.debug("switch %016x (%s): %d flows installed", self.dpid, self.hv_name, sum(self.installed.values()))
 
@@ -559,9 +562,10 @@ class Switch:
             stale = [c for c in changed if c not in desired and c in self.installed and c not in learners]
             stale += [c for c, f in desired.items() if self.installed.get(c, 0) > 1]
             missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
-        group_errors = self.groups.add_for(self, missing)  # before the bundle whose flows use them
-        if group_errors:
-            result = self.last_push = PushResult(committed=False, errors=group_errors)
+        # Before the bundle whose flows use them (the groups only if the meters went in: a refused add fails the sync).
+        ref_errors = self.meters.add_for(self, missing) or self.groups.add_for(self, missing)
+        if ref_errors:
+            result = self.last_push = PushResult(committed=False, errors=ref_errors)
         elif not stale and not missing:
             result = PushResult()
         else:
@@ -569,6 +573,7 @@ class Switch:
         if result.committed:
             self._commit_installed(full, desired, changed, stale)
             self.groups.committed(self, full, desired, changed)  # only now: deleting a group deletes its flows
+            self.meters.committed(self, full, desired, changed)
             if full:
                 self._learner_flows = {c for c, f in desired.items() if _learns(f)}
             self._learners = learners

@@ -29,12 +29,14 @@ from flows.flow import (
     Flow,
     Group,
     Learn,
+    Meter,
     Output,
     PopVlan,
     PushVlan,
     RegMove,
     Resubmit,
     SetField,
+    flow_meter,
     memo_encoding,
 )
 from flows.pipeline import STAGE_BY_NAME
@@ -240,10 +242,16 @@ def _os_ken_action(action) -> bytes:
 
 
 def encode_instructions(flow: Flow) -> bytes:
-    """Apply-actions (when there are actions) then goto-table (when there is a goto)."""
+    """Meter (when the first action is one), apply-actions (when there are others), goto-table (when there is
+    a goto)."""
     out = b""
-    if flow.actions:
-        acts = b"".join(_action(a) for a in flow.actions)
+    actions = flow.actions
+    meter = flow_meter(actions)
+    if meter is not None:
+        out += struct.pack("!HHI", ofp.OFPIT_METER, 8, meter.meter_id)
+        actions = actions[1:]
+    if actions:
+        acts = b"".join(_action(a) for a in actions)
         out += struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts
     if flow.goto is not None:
         out += struct.pack("!HHB3x", ofp.OFPIT_GOTO_TABLE, 8, flow.goto)
@@ -323,7 +331,32 @@ def group_delete(group_id: int, xid: int = 0) -> bytes:
                            group_id)
 
 
+_METER_MOD = struct.Struct("!BBHIHHI")  # header + command, flags, meter id: 16 bytes
+_DROP_BAND = struct.Struct("!HHII4x")  # ofp_meter_band_drop: type, length, rate, burst size, pad: 16 bytes
+_METER_FLAGS = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS
+
+
+def meter_add(meter: Meter, xid: int = 0) -> bytes:
+    """An OFPT_METER_MOD ADD of ``meter``: one drop band of ``meter.rate`` packets a second, bursts of
+    ``meter.burst``, with statistics (``ovs-ofctl meter-stats`` shows what it dropped)."""
+    band = _DROP_BAND.pack(ofp.OFPMBT_DROP, _DROP_BAND.size, meter.rate, meter.burst)
+    return _METER_MOD.pack(OFP_VERSION, ofp.OFPT_METER_MOD, _METER_MOD.size + len(band), xid, ofp.OFPMC_ADD,
+                           _METER_FLAGS, meter.meter_id) + band
+
+
+def meter_delete(meter_id: int, xid: int = 0) -> bytes:
+    """An OFPT_METER_MOD DELETE of meter ``meter_id`` (OVS deletes the flows that use it too)."""
+    return _METER_MOD.pack(OFP_VERSION, ofp.OFPT_METER_MOD, _METER_MOD.size, xid, ofp.OFPMC_DELETE, 0, meter_id)
+
+
 _MULTIPART_REQUEST = struct.Struct("!BBHIHH4x")  # header + multipart type, flags, pad
+
+
+def meter_config_request(xid: int) -> bytes:
+    """An OFPMP_METER_CONFIG multipart request: every meter on the switch (read with :func:`meter_config_ids`)."""
+    body = struct.pack("!I4x", ofp.OFPM_ALL)
+    return _MULTIPART_REQUEST.pack(OFP_VERSION, ofp.OFPT_MULTIPART_REQUEST, _MULTIPART_REQUEST.size + len(body),
+                                   xid, ofp.OFPMP_METER_CONFIG, 0) + body
 
 
 def group_desc_request(xid: int) -> bytes:
@@ -465,6 +498,16 @@ def group_desc_ids(msg: bytes) -> tuple[list[int], bool]:
     return _entry_fields(msg, ofp.OFPMP_GROUP_DESC, _GROUP_DESC_ID, _GROUP_DESC_ID_AT, "group desc")
 
 
+_METER_CONFIG_ID = struct.Struct("!I")  # ofp_meter_config: length, flags, then the meter id at byte 4
+_METER_CONFIG_ID_AT = 4
+
+
+def meter_config_ids(msg: bytes) -> tuple[list[int], bool]:
+    """The meter ids of one ``OFPMP_METER_CONFIG`` multipart reply, and whether more parts follow (a meter's
+    id names its content, flows.flow.Meter). Raises ValueError on anything malformed."""
+    return _entry_fields(msg, ofp.OFPMP_METER_CONFIG, _METER_CONFIG_ID, _METER_CONFIG_ID_AT, "meter config")
+
+
 def _entry_fields(msg: bytes, mp_type: int, value: struct.Struct, value_at: int, what: str) -> tuple[list[int], bool]:
     """One fixed-offset field of every entry of a multipart reply of ``mp_type`` (each entry starts with its
     16-bit length), and whether more parts follow. Raises ValueError on anything malformed."""
@@ -485,5 +528,6 @@ def _entry_fields(msg: bytes, mp_type: int, value: struct.Struct, value_at: int,
     return values, bool(flags & ofp.OFPMPF_REPLY_MORE)
 
 
-FAST_MULTIPART = {ofp.OFPMP_FLOW: flow_stats_cookies, ofp.OFPMP_GROUP_DESC: group_desc_ids}
+FAST_MULTIPART = {ofp.OFPMP_FLOW: flow_stats_cookies, ofp.OFPMP_GROUP_DESC: group_desc_ids,
+                  ofp.OFPMP_METER_CONFIG: meter_config_ids}
 """Multipart replies read at fixed offsets (no os-ken parse): multipart type -> reader of (values, more)."""

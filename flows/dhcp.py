@@ -12,11 +12,17 @@ no mode is set an outside router may be the one advertising, so they go to the n
 A port on a subnet whose ``ipv6_address_mode`` is dhcpv6-stateful or -stateless sends its
 DHCPv6 requests (UDP 546 -> 547) there (:mod:`controller.dhcp6`). Everything else passes on
 to ``ls_in_pre_acl``.
+
+The way up is metered on the switch, twice: each port's requests pass the port's own meter
+(:func:`port_meter`, :data:`PORT_RATE` a second), then ``ls_in_punt``'s meter for the whole
+hypervisor (:data:`HYPERVISOR_METER`). A VM flooding requests fills its own meter, which drops
+the excess on its hypervisor; its neighbours keep theirs, and the controller receives at most the
+hypervisor's rate from a hypervisor, whatever its VMs send.
 """
 
 from __future__ import annotations
 
-from flows.flow import CONTROLLER, Flow, Output, make_flow
+from flows.flow import CONTROLLER, Flow, Meter, Output, make_flow
 from flows.pipeline import REG_INPORT
 from flows.portsec import (
     DHCP6_CLIENT,
@@ -29,7 +35,7 @@ from flows.portsec import (
     ROUTER_SOLICIT,
     UDP,
 )
-from flows.stages import DHCP, PRE_ACL
+from flows.stages import DHCP, PRE_ACL, PUNT
 from flows.view import HypervisorView
 from topology.graph import TopologyGraph
 from topology.graph_l3 import port_subnets
@@ -37,10 +43,23 @@ from topology.model import Port, Subnet
 
 DHCP6_MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
 
+PORT_RATE, PORT_BURST = 10, 10
+"""What one port may send the controller: requests a second, and a burst (a boot's few exchanges)."""
+HYPERVISOR_METER = Meter("hypervisor: address assignment", 100, 50)
+"""What one hypervisor's ports together may send the controller (ls_in_punt)."""
+
+
+def port_meter(port: Port) -> Meter:
+    """The meter of a port's DHCP, DHCPv6 and router solicitations (one per port: its scope names the port)."""
+    return Meter(f"port {port.key}", PORT_RATE, PORT_BURST)
+
 
 def dhcp_default() -> list[Flow]:
-    """The stage's fall-through (part of every hypervisor's base flows)."""
-    return [make_flow(DHCP, "default", {}, goto=PRE_ACL, description="not a DHCP request answered here: on")]
+    """The stage's fall-through, and the way up to the controller (part of every hypervisor's base flows)."""
+    return [make_flow(DHCP, "default", {}, goto=PRE_ACL, description="not a DHCP request answered here: on"),
+            make_flow(PUNT, "controller", {}, [HYPERVISOR_METER, Output(CONTROLLER)],
+                      description="a port's request that passed its own meter: through the hypervisor's, "
+                      "to the controller")]
 
 
 def served_subnet(graph: TopologyGraph, port: Port) -> tuple[Subnet, str] | None:
@@ -66,20 +85,21 @@ def dhcp6_subnets(graph: TopologyGraph, port: Port) -> list[Subnet]:
 def dhcp_port(graph: TopologyGraph, port: Port) -> list[Flow]:
     """A local port's flows: its DHCP requests (and router solicitations) to the controller, where served."""
     flows = []
+    meter = (port_meter(port),)
     served = served_subnet(graph, port)
     if served is not None:
         match = {REG_INPORT: port.key, "eth_type": ETH_IPV4, "ip_proto": UDP, "udp_src": DHCP_CLIENT,
                  "udp_dst": DHCP_SERVER}
-        flows.append(make_flow(DHCP, "request", match, [Output(CONTROLLER)],
+        flows.append(make_flow(DHCP, "request", match, meter, PUNT,
                                description=f"port {port.id}: DHCP request: the controller answers ({served[1]})"))
     if dhcp6_subnets(graph, port):
         match = {REG_INPORT: port.key, "eth_type": ETH_IPV6, "ip_proto": UDP, "udp_src": DHCP6_CLIENT,
                  "udp_dst": DHCP6_SERVER}
-        flows.append(make_flow(DHCP, "request", match, [Output(CONTROLLER)],
+        flows.append(make_flow(DHCP, "request", match, meter, PUNT,
                                description=f"port {port.id}: DHCPv6 request: the controller answers"))
     if ra_subnets(graph, port):
         match = {REG_INPORT: port.key, "eth_type": ETH_IPV6, "ip_proto": ICMPV6, "icmpv6_type": ROUTER_SOLICIT}
-        flows.append(make_flow(DHCP, "router_solicit", match, [Output(CONTROLLER)],
+        flows.append(make_flow(DHCP, "router_solicit", match, meter, PUNT,
                                description=f"port {port.id}: router solicitation: the controller advertises"))
     return flows
 

@@ -218,7 +218,44 @@ class Group:
         return f"Group({self.buckets!r})"
 
 
-Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl | Learn | CT | Conjunction | Group
+METER_ID_MAX = 0xFFFF0000  # OFPM_MAX: ids above are virtual or reserved
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Meter:
+    """Police the packet with a meter defined here: past ``rate`` packets a second (bursts of ``burst``),
+    the switch drops it; else the flow's actions run (OpenFlow 1.3's meter instruction, ``meter:N``).
+
+    A flow has at most one meter, as its first action (the switch applies it before any action;
+    one written later would read as if it came later). To pass a packet through two meters, one
+    flow meters it and goes to a table whose flow meters it again (``ls_in_dhcp`` -> ``ls_in_punt``).
+    ``scope`` says what the meter bounds (a port, a hypervisor's slow path): flows naming the same
+    scope, rate and burst share one meter. Like a group, it is defined inline by the flows using
+    it: its id (:attr:`meter_id`) is a hash of its content, the same on every switch and across
+    restarts, and the controller adds the meters a switch lacks before the flows that use them
+    and deletes the ones no flow uses after (:mod:`controller.groups`).
+    """
+
+    scope: str
+    rate: int  # packets a second
+    burst: int  # packets
+
+    @property
+    def meter_id(self) -> int:
+        """The meter's OpenFlow id: 1 + a 32-bit hash of its content, below OFPM_MAX."""
+        digest = int.from_bytes(_blake2b(repr(self).encode(), digest_size=4).digest(), "big")
+        return 1 + digest % (METER_ID_MAX - 1)
+
+    def __repr__(self) -> str:  # plain, fast: it feeds every cookie hash
+        return f"Meter({self.scope!r}, {self.rate}, {self.burst})"
+
+
+Action = Output | SetField | RegMove | Resubmit | PushVlan | PopVlan | DecTtl | Learn | CT | Conjunction | Group | Meter
+
+
+def flow_meter(actions: tuple[Action, ...]) -> Meter | None:
+    """The meter a flow's packets pass first, if any (it can only be the first action)."""
+    return actions[0] if actions and type(actions[0]) is Meter else None
 
 
 def used_groups(actions: Iterable[Action]) -> Iterator[Group]:
@@ -255,7 +292,8 @@ class Flow:
 
 
 _blake2b = hashlib.blake2b
-_CHECKED = frozenset({CT, Conjunction, Resubmit, Learn, Group})  # actions that name stages, or have rules of their own
+# Actions that name stages, or have rules of their own.
+_CHECKED = frozenset({CT, Conjunction, Resubmit, Learn, Group, Meter})
 
 # Flow's generated __init__ sets each field through object.__setattr__ (it is frozen): a quarter of
 # make_flow's time. make_flow sets the slots straight through their descriptors instead (C calls).
@@ -345,11 +383,15 @@ _ITEM_REPR: dict[tuple[str, MatchValue], str] = {}
 _ITEM_REPR_MAX = 1_000_000  # emptied when full (it refills with what is in use)
 
 
-def _check_actions(stage: Stage, actions: tuple[Action, ...], goto: Stage | None) -> None:
+def _check_actions(stage: Stage, actions: tuple[Action, ...], goto: Stage | None, in_bucket: bool = False) -> None:
     """The actions that name other stages or come with rules of their own (see make_flow)."""
     # Picked out in C: a flood's hundreds of copies are plain but for a resubmit per local port.
     for act in compress(actions, map(_CHECKED.__contains__, map(type, actions))):
         kind = type(act)
+        if kind is Meter and (in_bucket or flow_meter(actions) is None or act.rate < 1 or act.burst < 1
+                              or sum(type(a) is Meter for a in actions) > 1):
+            raise PipelineError(f"{stage.name}: a meter is a flow's first action (never in a group's bucket), "
+                                "with a rate and a burst")
         if kind is CT and act.table is not None and act.table not in stage.next_stages:
             raise PipelineError(f"{stage.name}: ct(table={act.table}) not allowed")
         if kind is Conjunction and (goto is not None or not all(isinstance(a, Conjunction) for a in actions)
@@ -361,7 +403,7 @@ def _check_actions(stage: Stage, actions: tuple[Action, ...], goto: Stage | None
             _check_learn(stage, act)
         if kind is Group:
             for bucket in act.buckets:  # a bucket's actions obey the stage's rules as the flow's own do
-                _check_actions(stage, tuple(bucket.actions), goto)
+                _check_actions(stage, tuple(bucket.actions), goto, in_bucket=True)
 
 
 def _check_learn(stage: Stage, act: Learn) -> None:

@@ -15,6 +15,7 @@ from flows.flow import (
     Flow,
     Group,
     Learn,
+    Meter,
     Output,
     PopVlan,
     PushVlan,
@@ -73,8 +74,8 @@ def _value(value, name: str = "") -> str:
 def action_text(act) -> str:
     """One action in ovs-ofctl syntax."""
     if isinstance(act, Output):
-        if act.port == CONTROLLER:
-            return "controller"
+        if act.port == CONTROLLER:  # with the max_len the controller sends (OFPCML_MAX), as OVS dumps it
+            return "CONTROLLER:65509"
         return "in_port" if act.port == IN_PORT else f"output:{act.port}"
     if isinstance(act, SetField):
         return f"set_field:{_value(act.value, act.field)}->{field_name(act.field)}"
@@ -105,6 +106,8 @@ def action_text(act) -> str:
         return f"conjunction({act.id},{act.clause}/{act.n_clauses})"
     if isinstance(act, Group):
         return f"group:{act.group_id}"
+    if isinstance(act, Meter):  # only ever first: OVS writes the meter instruction before the actions
+        return f"meter:{act.meter_id}"
     raise TypeError(f"no ofctl text for {act!r}")
 
 
@@ -138,6 +141,11 @@ def bucket_text(bucket: Bucket) -> str:
 def group_text(group: Group) -> str:
     """The group as one ``ovs-ofctl -O OpenFlow13 add-group`` line: ``group_id=<id>,type=ff,bucket=...``."""
     return ",".join([f"group_id={group.group_id}", "type=ff", *map(bucket_text, group.buckets)])
+
+
+def meter_text(meter: Meter) -> str:
+    """The meter as one ``ovs-ofctl -O OpenFlow13 add-meter`` line (what the controller sends)."""
+    return f"meter={meter.meter_id},pktps,burst,stats,bands=type=drop,rate={meter.rate},burst_size={meter.burst}"
 
 
 LIVE_GROUP_TEXT = f"group_id={LIVE_GROUP_ID},type=indirect,bucket=actions=drop"

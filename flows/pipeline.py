@@ -133,10 +133,22 @@ STAGES: tuple[Stage, ...] = (
         "from a port on a subnet whose ipv6_address_mode is dhcpv6-stateful or -stateless "
         "(request). Anything else, and DHCP from a port "
         "whose subnets have DHCP off (a tenant's own server may answer), goes on to the "
-        "security groups (default).",
+        "security groups (default). What goes to the controller first passes the sending port's "
+        "own meter (meter:N, per port), then ls_in_punt.",
         allowed_matches=frozenset({REG_INPORT, "eth_type", "ip_proto", "udp_src", "udp_dst", "icmpv6_type"}),
         priorities={"request": 100, "router_solicit": 100, "default": 0},
-        next_stages=("ls_in_pre_acl",),
+        next_stages=("ls_in_pre_acl", "ls_in_punt"),
+    ),
+    Stage(
+        name="ls_in_punt",
+        table_id=5,
+        doc="The address-assignment slow path's way to the controller, shared by every local port: "
+        "a packet that passed its port's meter in ls_in_dhcp passes the hypervisor's meter here, "
+        "then goes to the controller (controller). So a flooding VM fills only its own meter's "
+        "share and the hypervisor's meter bounds what the controller receives from it; both drop "
+        "on the switch. Only ls_in_dhcp leads here.",
+        allowed_matches=frozenset(),
+        priorities={"controller": 0},
     ),
     Stage(
         name="ls_in_pre_acl",

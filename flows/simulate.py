@@ -27,7 +27,9 @@ Semantics followed (as OVS does):
   bucket changes is gone after the group action); no live bucket drops. A bucket is
   live when it watches no port or a port not declared dead (``dead_ports``: every
   port is live unless a test says otherwise);
-- ``CT`` with ``nat``: source NAT and un-NAT of replies, as :mod:`flows.conntrack` models it.
+- ``CT`` with ``nat``: source NAT and un-NAT of replies, as :mod:`flows.conntrack` models it;
+- ``Meter``: the packet passes (recorded in :attr:`SimResult.meters`), unless the meter is
+  declared over its rate (``spent_meters``, ids), which drops it, as the switch does.
 
 Registers and ``in_port`` are pipeline metadata and are left out of emitted
 packets; tunnel metadata (``tunnel_id``, ``tun_ipv4_dst``) stays in them.
@@ -54,6 +56,7 @@ from flows.flow import (
     Group,
     Learn,
     MatchValue,
+    Meter,
     Output,
     PopVlan,
     PushVlan,
@@ -310,6 +313,7 @@ class SimResult:
     trace: list[Step] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     packet: dict[str, int] = field(default_factory=dict)  # final internal state, registers included
+    meters: list[Meter] = field(default_factory=list)  # the meters it passed, in order
 
     @property
     def ports(self) -> list[int]:
@@ -339,6 +343,7 @@ class Pipeline:
         self._compiled = {id(f): _compile_match(f) for fl in self.tables.values() for f in fl}
         self.conntrack = Conntrack()  # survives runs: a reply finds its request's connection
         self.dead_ports: set[int] = set()  # ports a bucket watches in vain (every other port is live)
+        self.spent_meters: set[int] = set()  # ids of meters over their rate: they drop (every other one passes)
 
     def add(self, flow: Flow) -> None:
         """Install one flow as a flow-mod ADD would (replacing the flow with the same key)."""
@@ -392,17 +397,19 @@ class Pipeline:
         return found
 
     def run(self, packet: Mapping[str, int | str], *, strict: bool = True,
-            dead_ports: Iterable[int] = ()) -> SimResult:
+            dead_ports: Iterable[int] = (), spent_meters: Iterable[int] = ()) -> SimResult:
         """Walk ``packet`` (must carry ``in_port``) from table 0; raise on errors when ``strict``.
 
         ``dead_ports``: ports that are down for this packet, besides :attr:`dead_ports` (a group's
-        bucket watching one is not live).
+        bucket watching one is not live). ``spent_meters``: ids of meters over their rate for this
+        packet, besides :attr:`spent_meters` (a packet through one is dropped).
         """
         pkt = normalize_packet(packet)
         if "in_port" not in pkt:
             raise SimulationError("packet has no in_port")
         res = SimResult()
         walk = _Walk(self, pkt, res, self.dead_ports.union(dead_ports))
+        walk.spent_meters = self.spent_meters.union(spent_meters)
         try:
             walk.table(0, 0)
         except _Abort as exc:
@@ -427,6 +434,7 @@ class _Walk:
     def __init__(self, pipe: Pipeline, pkt: dict[str, int], res: SimResult, dead_ports: set[int]) -> None:
         self.pipe, self.pkt, self.res = pipe, pkt, res
         self.dead_ports = dead_ports
+        self.spent_meters: set[int] = set()
         self.lookups = 0
         self.calls = 0
 
@@ -512,6 +520,12 @@ class _Walk:
             self.conntrack(act, step, depth)
         elif isinstance(act, Group):
             self.group(act, step, depth)
+        elif isinstance(act, Meter):
+            if act.meter_id in self.spent_meters:
+                step.events.append(f"meter:{act.meter_id} ({act.scope}) over its {act.rate}/s: drop")
+                raise _Dropped()
+            self.res.meters.append(act)
+            step.events.append(f"meter:{act.meter_id} ({act.scope}: {act.rate}/s, bursts of {act.burst})")
         elif isinstance(act, Conjunction):
             raise _Abort("conjunction action executed (a conjunctive flow with other actions?)")
         elif isinstance(act, Learn):

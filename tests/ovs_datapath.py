@@ -96,7 +96,8 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def _kinds(data: bytes) -> list[str]:
-    """The kind of each message in ``data``: group_add, group_delete, flow_add, flow_delete, bundle_open,
+    """The kind of each message in ``data``: group_add, group_delete, meter_add, meter_delete, flow_add, flow_delete,
+    bundle_open,
     bundle_commit, bundle_discard, barrier, multipart:<type>, or the OpenFlow type number."""
     out = []
     at = 0
@@ -108,6 +109,7 @@ def _kinds(data: bytes) -> list[str]:
 
 
 _GROUP_COMMANDS = {ofp.OFPGC_ADD: "group_add", ofp.OFPGC_DELETE: "group_delete", ofp.OFPGC_MODIFY: "group_modify"}
+_METER_COMMANDS = {ofp.OFPMC_ADD: "meter_add", ofp.OFPMC_DELETE: "meter_delete", ofp.OFPMC_MODIFY: "meter_modify"}
 _BUNDLE_CTRL = {ofp.ONF_BCT_OPEN_REQUEST: "bundle_open", ofp.ONF_BCT_COMMIT_REQUEST: "bundle_commit",
                 ofp.ONF_BCT_DISCARD_REQUEST: "bundle_discard"}
 
@@ -116,6 +118,8 @@ def _kind(msg: bytes) -> str:
     msg_type = msg[1]
     if msg_type == ofp.OFPT_GROUP_MOD:
         return _GROUP_COMMANDS.get(struct.unpack_from("!H", msg, 8)[0], "group_mod")
+    if msg_type == ofp.OFPT_METER_MOD:
+        return _METER_COMMANDS.get(struct.unpack_from("!H", msg, 8)[0], "meter_mod")
     if msg_type == ofp.OFPT_BARRIER_REQUEST:
         return "barrier"
     if msg_type == ofp.OFPT_MULTIPART_REQUEST:

@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 
 from controller import dhcp
 from controller.icmp import FairLimiter
+from flows.dhcp import HYPERVISOR_METER, port_meter
 from flows.flow import CONTROLLER
 from tests.topo_builders import BROADCAST, Builder, Built, delivered_labels, fabric_of, send
 from topology.model import FixedIP, Port
@@ -82,6 +83,30 @@ def test_a_request_goes_to_the_controller_and_nowhere_else() -> None:
     # anything else, DHCP servers' traffic included, is not for the controller
     other = send(fab, built, "a", **{**discover, "udp_dst": 69})
     assert delivered_labels(built, other) == ["b", "c"]
+
+
+def test_a_request_passes_its_ports_meter_then_the_hypervisors_and_a_spent_meter_drops_it() -> None:
+    built = cloud()
+    fab = fabric_of(built.graph)
+    discover = {"eth_dst": BROADCAST, "ipv4_src": "0.0.0.0", "ipv4_dst": "255.255.255.255", "ip_proto": 17,
+                "udp_src": 68, "udp_dst": 67}
+    a_meter, b_meter = port_meter(built.ports["a"]), port_meter(built.ports["b"])
+    assert a_meter.meter_id != b_meter.meter_id != HYPERVISOR_METER.meter_id
+    walk = send(fab, built, "a", **discover).walks[0][1]
+    assert walk.meters == [a_meter, HYPERVISOR_METER] and walk.ports == [CONTROLLER]
+    pipe = fab.switches["hv0"].pipeline
+
+    def reached(label: str) -> list[tuple[str, str]]:
+        result = send(fab, built, label, **discover)
+        assert result.lost == [] and len(result.walks) == 1  # dropped or up: never out to the fabric
+        return [(d.hv, d.port) for d in result.deliveries]
+
+    # a floods: its own meter is spent; its requests are dropped on hv0, b's still go up
+    pipe.spent_meters = {a_meter.meter_id}
+    assert reached("a") == [] and reached("b") == [("hv0", str(CONTROLLER))]
+    # the hypervisor's meter spent: nothing goes up, nothing goes anywhere else either
+    pipe.spent_meters = {HYPERVISOR_METER.meter_id}
+    assert reached("a") == [] and reached("b") == []
 
 
 def test_no_dhcp_on_the_subnet_the_request_goes_to_the_network() -> None:

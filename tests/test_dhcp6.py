@@ -30,6 +30,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from controller import dhcp6
+from flows.dhcp import HYPERVISOR_METER, port_meter
 from flows.flow import CONTROLLER
 from tests.topo_builders import Built, abc, delivered_labels, fabric_of, send
 from topology.model import FixedIP, Subnet
@@ -80,6 +81,7 @@ def test_requests_go_to_the_controller_where_dhcpv6_is_served() -> None:
     built = cloud()
     result = send(fabric_of(built.graph), built, "a", **solicit)
     assert [(d.hv, d.port) for d in result.deliveries] == [("hv0", str(CONTROLLER))]
+    assert result.walks[0][1].meters == [port_meter(built.ports["a"]), HYPERVISOR_METER]
     # b has no address on the subnet: its request goes to the network (a server of the tenant's may answer)
     assert delivered_labels(built, send(fabric_of(built.graph), built, "b", **solicit)) == ["a", "c"]
 

@@ -1,4 +1,4 @@
-"""Fast-failover groups on a real Open vSwitch: encoding, reconciliation, failover with real packets.
+"""Fast-failover groups and meters on a real Open vSwitch: encoding, reconciliation, failover with real packets.
 
 The sync engine (:class:`controller.switch.Switch`) runs here against a bridge of the host's
 Open vSwitch, over the bridge's management socket (``tests/ovs_datapath.py``), with the flows
@@ -28,6 +28,7 @@ from flows.flow import (
     Flow,
     Group,
     Learn,
+    Meter,
     Output,
     PushVlan,
     RegMove,
@@ -36,7 +37,7 @@ from flows.flow import (
     make_flow,
     used_groups,
 )
-from flows.ofctl import LIVE_GROUP_TEXT, flow_text, group_text
+from flows.ofctl import LIVE_GROUP_TEXT, flow_text, group_text, meter_text
 from flows.pipeline import stage
 from flows.simulate import Pipeline
 from tests.e2e_fixtures import wait_until
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.ovs
 HV = "hv-groups"
 DELIVER = stage("ls_out_deliver")
 FLOW_MODS = ("group_add", "group_delete", "group_modify", "flow_add", "flow_delete", "bundle_open")
+METER_MODS = ("meter_add", "meter_delete", "meter_modify", "flow_add", "flow_delete", "bundle_open", "bundle_commit")
 
 
 def sh(*cmd: str) -> str:
@@ -445,3 +447,72 @@ def test_source_nat_in_a_bucket_on_real_packets_as_the_simulator_has_it(bridge: 
     reply = {**echo, "in_port": 2, "eth_dst": VM_MAC, "icmpv4_type": 0, "ipv4_src": PEER_IP, "ipv4_dst": SNAT_IP}
     (port, back), = pipe.run(reply).outputs
     assert port == 1 and (back["ipv4_src"], back["ipv4_dst"]) == (PEER_IP, VM_IP)
+
+
+# -- meters -------------------------------------------------------------------------------------------
+def dump_meters(bridge: str) -> dict[int, str]:
+    """Meter id -> its dump-meters entry on one line, as OVS has it."""
+    text = " ".join(ofctl("dump-meters", bridge).split("\n", 1)[1].split())
+    return {int(m.group(1)): m.group(0).strip() for m in re.finditer(r"meter=(\d+) .*?(?= meter=|$)", text)}
+
+
+def metered(reg5: int, meter: Meter) -> Flow:
+    return deliver(reg5, meter, Output(reg5))
+
+
+def test_meters_go_in_before_the_flows_that_use_them_and_leave_after_the_last(bridge: str) -> None:
+    port7, port8 = Meter("port 7", 10, 10), Meter("port 8", 10, 10)
+    flows = [metered(7, port7), metered(8, port8), deliver(9, Output(9))]
+    with connected(bridge, FakeSource(HV, flows)) as conn:
+        meters = dump_meters(bridge)
+        assert set(meters) == {port7.meter_id, port8.meter_id} == conn.sw.meters.present
+        assert meters[port7.meter_id] == (f"meter={port7.meter_id} pktps burst stats bands= type=drop rate=10 "
+                                          "burst_size=10")
+        assert any(f"actions=meter:{port7.meter_id},output:7" in line for line in dump_flows(bridge))
+        assert conn.dp.kinds(*METER_MODS) == ["meter_add"] * 2 + ["bundle_open"] + ["flow_add"] * 3 + ["bundle_commit"]
+        assert before(conn.dp.sent, "meter_add", "barrier")
+        # a new rate is a new meter (and so new flows): added before the bundle, the old one deleted after it
+        conn.dp.sent.clear()
+        faster = Meter("port 7", 20, 10)
+        conn.set([metered(7, faster), metered(8, port8), deliver(9, Output(9))])
+        assert set(dump_meters(bridge)) == {faster.meter_id, port8.meter_id}
+        assert conn.dp.kinds(*METER_MODS) == ["meter_add", "bundle_open", "flow_delete", "flow_add", "bundle_commit",
+                                              "meter_delete"]
+        conn.set([deliver(9, Output(9))])
+        assert dump_meters(bridge) == {} and flow_cookies(bridge) == {deliver(9, Output(9)).cookie}
+        assert "meter_modify" not in conn.dp.sent
+
+
+def test_a_reconnect_sends_no_meter_when_all_is_in_place_and_removes_stale_ones(bridge: str) -> None:
+    kept = Meter("port 7", 10, 10)
+    flows = [metered(7, kept), metered(8, Meter("port 8", 10, 10))]
+    with connected(bridge, FakeSource(HV, flows)):
+        pass
+    with connected(bridge, FakeSource(HV, flows)) as again:
+        assert again.dp.kinds(*METER_MODS) == [], "a reconnect to a bridge that holds it all sends nothing"
+        assert f"multipart:{ofp_meter_config()}" in again.dp.sent, "it read the meters"
+    ofctl("add-meter", bridge, "meter=4242,pktps,bands=type=drop,rate=1")  # not ours: no flow of ours uses it
+    with connected(bridge, FakeSource(HV, [metered(7, kept)])) as third:
+        assert set(dump_meters(bridge)) == {kept.meter_id}
+        assert third.dp.kinds("meter_add", "meter_delete") == ["meter_delete", "meter_delete"]
+
+
+def ofp_meter_config() -> int:
+    from os_ken.ofproto import ofproto_v1_3 as ofp
+
+    return ofp.OFPMP_METER_CONFIG
+
+
+def test_our_meter_text_is_what_the_controller_sends(bridge: str) -> None:
+    """``flows.ofctl.meter_text`` (what a reader types to reproduce a bridge) and the controller's meter-mod
+    give OVS the same meter, and the same flows."""
+    flows = [metered(7, Meter("port 7", 10, 10)), deliver(8, Meter("hypervisor", 100, 50), Output(0xFFFFFFFD))]
+    with connected(bridge, FakeSource(HV, flows)):
+        pass
+    with new_bridge() as by_text:
+        for meter in {Meter("port 7", 10, 10), Meter("hypervisor", 100, 50)}:
+            ofctl("add-meter", by_text, meter_text(meter))
+        for flow in flows:
+            ofctl("add-flow", by_text, flow_text(flow))
+        assert dump_meters(bridge) == dump_meters(by_text) and len(dump_meters(bridge)) == 2
+        assert dump_flows(bridge) == dump_flows(by_text)

@@ -18,6 +18,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Ether
 
 from controller import ra
+from flows.dhcp import HYPERVISOR_METER, port_meter
 from flows.flow import CONTROLLER
 from tests.topo_builders import Built, abc, delivered_labels, fabric_of, send
 from topology.model import FixedIP, Port, Subnet
@@ -58,6 +59,8 @@ def test_a_solicitation_goes_to_the_controller_only(unspecified: bool) -> None:
     built = cloud()
     result = send(fabric_of(built.graph), built, "a", **solicitation(built, "a", unspecified))
     assert [(d.hv, d.port) for d in result.deliveries] == [("hv0", str(CONTROLLER))]
+    # through the port's meter (the one its DHCP requests pass too), then the hypervisor's
+    assert result.walks[0][1].meters == [port_meter(built.ports["a"]), HYPERVISOR_METER]
 
 
 def test_without_an_ra_mode_solicitations_go_to_the_network() -> None:

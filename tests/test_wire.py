@@ -20,6 +20,7 @@ from flows.flow import (
     DecTtl,
     Group,
     Learn,
+    Meter,
     Output,
     PopVlan,
     PushVlan,
@@ -28,7 +29,7 @@ from flows.flow import (
     SetField,
     make_flow,
 )
-from flows.pipeline import stage
+from flows.pipeline import PipelineError, stage
 
 DP = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 
@@ -341,3 +342,66 @@ def test_group_desc_ids_read_what_os_ken_parses() -> None:
 def test_ct_nat_refuses_what_it_cannot_encode() -> None:
     with pytest.raises(ValueError, match="nat"):
         wire._action(CT(commit=True, zone=1, nat="dst=1.2.3.4"))
+
+
+# -- meters --------------------------------------------------------------------------------------
+PORT_METER = Meter("port 7", 10, 10)
+
+
+def test_a_metered_flow_matches_os_ken() -> None:
+    """The meter instruction first, then the rest of the actions (if any), then the goto."""
+    match = {"reg7": 7, "eth_type": 0x0800, "ip_proto": 17, "udp_src": 68, "udp_dst": 67}
+    metered = make_flow(stage("ls_in_dhcp"), "request", match, [PORT_METER], goto=stage("ls_in_punt"))
+    theirs = parser.OFPFlowMod(DP, cookie=metered.cookie, table_id=3, priority=metered.priority,
+                               out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch(**match),
+                               instructions=[parser.OFPInstructionMeter(PORT_METER.meter_id),
+                                             parser.OFPInstructionGotoTable(5)])
+    assert wire.flow_add(metered, 9) == _serialized(theirs, 9)
+    hv_meter = Meter("hypervisor", 100, 50)
+    punt = make_flow(stage("ls_in_punt"), "controller", {}, [hv_meter, Output(0xFFFFFFFD)])
+    theirs = parser.OFPFlowMod(DP, cookie=punt.cookie, table_id=5, priority=0, out_port=ofp.OFPP_ANY,
+                               out_group=ofp.OFPG_ANY, match=parser.OFPMatch(), instructions=[
+                                   parser.OFPInstructionMeter(hv_meter.meter_id),
+                                   parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
+                                                                [parser.OFPActionOutput(0xFFFFFFFD)])])
+    assert wire.flow_add(punt, 10) == _serialized(theirs, 10)
+
+
+def test_a_meter_is_a_flows_first_action_and_only_one() -> None:
+    punt, dhcp = stage("ls_in_punt"), stage("ls_in_dhcp")
+    for actions in ([Output(1), PORT_METER], [PORT_METER, PORT_METER, Output(1)], [Meter("x", 0, 1), Output(1)],
+                    [Group((Bucket((PORT_METER, Output(1)), 1),))]):
+        with pytest.raises(PipelineError, match="meter"):
+            make_flow(punt, "controller", {}, actions)
+    assert make_flow(dhcp, "request", {"reg7": 1}, [PORT_METER], goto=punt).actions == (PORT_METER,)
+    # its content names it: another rate is another meter, and so another flow
+    assert Meter("port 7", 20, 10).meter_id != PORT_METER.meter_id == Meter("port 7", 10, 10).meter_id
+    assert 0 < PORT_METER.meter_id <= 0xFFFF0000
+
+
+def test_meter_mods_and_config_request_match_os_ken() -> None:
+    band = parser.OFPMeterBandDrop(rate=10, burst_size=10)
+    add = parser.OFPMeterMod(DP, ofp.OFPMC_ADD, ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS,
+                             PORT_METER.meter_id, [band])
+    assert wire.meter_add(PORT_METER, 3) == _serialized(add, 3)
+    delete = parser.OFPMeterMod(DP, ofp.OFPMC_DELETE, 0, PORT_METER.meter_id, [])
+    assert wire.meter_delete(PORT_METER.meter_id, 4) == _serialized(delete, 4)
+    request = parser.OFPMeterConfigStatsRequest(DP, 0, ofp.OFPM_ALL)
+    assert wire.meter_config_request(5) == _serialized(request, 5)
+
+
+def test_meter_config_ids_read_what_os_ken_parses() -> None:
+    from os_ken.ofproto.ofproto_parser import msg as parse
+
+    meters = [PORT_METER, Meter("hypervisor", 100, 50)]
+    entries = b"".join(struct.pack("!HHI", 8 + 16, 0, m.meter_id) + wire.meter_add(m)[16:] for m in meters)
+    for more in (False, True):
+        raw = struct.pack("!BBHIHH4x", ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, 16 + len(entries), 6,
+                          ofp.OFPMP_METER_CONFIG, ofp.OFPMPF_REPLY_MORE if more else 0) + entries
+        parsed = parse(DP, ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, len(raw), 6, raw)
+        ids, has_more = wire.meter_config_ids(raw)
+        assert ids == [c.meter_id for c in parsed.body] == [m.meter_id for m in meters] and has_more is more
+        assert [c.bands[0].rate for c in parsed.body] == [10, 100]
+        assert wire.FAST_MULTIPART[wire.multipart_type(raw)] is wire.meter_config_ids
+    with pytest.raises(ValueError):
+        wire.meter_config_ids(raw[:-1])
