@@ -26,13 +26,13 @@ from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
 from flows.pipeline import stage
 from flows.routing import router_interface
-from flows.stages import DHCP, EXT_OUTPUT
+from flows.stages import EXT_OUTPUT, PUNT
 from topology.model import canonical_port_map
 
 LOG = logging.getLogger("tenantflow.app")
 IP_INPUT_TABLE = stage("lr_in_ip_input").table_id
 EXT_OUTPUT_TABLE = EXT_OUTPUT.table_id
-DHCP_TABLE = DHCP.table_id
+PUNT_TABLE = PUNT.table_id  # address assignment's requests come up from ls_in_punt, through its meters
 
 # Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
 TOPOLOGY = None
@@ -297,7 +297,7 @@ class TenantflowApp(app_manager.OSKenApp):
         metrics.PACKET_INS.labels(sw.hv_name if sw and sw.hv_name else "?").inc()
         if sw is None:
             return
-        if msg.table_id == DHCP_TABLE:
+        if msg.table_id == PUNT_TABLE:
             self.addresses.packet_in(sw, msg)
             return
         if msg.table_id == EXT_OUTPUT_TABLE:

@@ -48,9 +48,11 @@ from controller.cluster import Role
 from controller.groups import switch_groups, switch_meters
 from controller.icmp import FairLimiter, RateLimiter
 from controller.neighbour import announcement_actions, announcement_packets
+from flows.dhcp import HYPERVISOR_METER, PORT_BURST, PORT_RATE
 from flows.flow import Flow, Learn
-from flows.nat import Announcement
+from flows.nat import NEXT_HOP_METER, Announcement
 from flows.pipeline import STAGE_BY_TABLE
+from flows.routing import TTL_METER
 
 LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
@@ -194,9 +196,11 @@ class Switch:
         self._announced: frozenset = frozenset()  # what announce_fn returned after the last committed sync
         self.ready = False
         self.last_push: PushResult | None = None
-        self.icmp_limiter = RateLimiter()  # ICMP errors this switch's packet-ins may draw
-        self.arp_limiter = RateLimiter()  # ARP requests for unresolved external next hops
-        self.dhcp_limiter = FairLimiter()  # DHCP requests: per port, then for the whole switch
+        # What the switch's meters let through, bounded again here (the same rates: flows.flow.Meter).
+        self.icmp_limiter = RateLimiter(TTL_METER.rate, TTL_METER.burst)  # ICMP errors its packet-ins may draw
+        self.arp_limiter = RateLimiter(NEXT_HOP_METER.rate, NEXT_HOP_METER.burst)  # ARPs for unresolved next hops
+        self.dhcp_limiter = FairLimiter(HYPERVISOR_METER.rate, HYPERVISOR_METER.burst, PORT_RATE,
+                                        PORT_BURST)  # DHCP requests: per port, then for the whole switch
         self._waiters: dict[int, _Waiter] = {}
         self._errors: dict[int, list] = {}
         self._dirty = threading.Condition()

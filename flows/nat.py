@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import netaddr
 
-from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Learn, Output, Resubmit, SetField, make_flow
+from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Learn, Meter, Output, Resubmit, SetField, make_flow
 from flows.l2 import arp_reply, classify_from_fabric, to_provider
 from flows.pipeline import REG_INPORT, REG_NETWORK, REG_NEXTHOP
 from flows.stages import EXT_IN_FIP, EXT_OUTPUT, EXT_RESOLVE, FIP_SNAT, L2_LOOKUP, MAC_BINDING
@@ -51,6 +51,8 @@ from topology.model_l3 import ROUTER_INTERFACE, FloatingIP
 ETH_ARP, ETH_IPV4 = 0x0806, 0x0800
 ARP_REQUEST, ARP_REPLY = 1, 2
 UNRESOLVED_MAC = "00:00:00:00:00:00"
+NEXT_HOP_METER = Meter("hypervisor: unresolved next hops", 50, 20)
+"""What one hypervisor's packets to unlearned next hops may send the controller (a second, a burst)."""
 LEARNED_IDLE_TIMEOUT = 300  # seconds an unused learned neighbour MAC is kept (an ARP cache entry's life)
 
 
@@ -177,7 +179,7 @@ def _external_network(view: HypervisorView, ext: Network, next_hops: set[str]) -
         description=f"next hop on network {ext.id}: its learned MAC",
     )
     yield make_flow(
-        EXT_OUTPUT, "unresolved", {**base, "eth_dst": UNRESOLVED_MAC}, [Output(CONTROLLER)],
+        EXT_OUTPUT, "unresolved", {**base, "eth_dst": UNRESOLVED_MAC}, [NEXT_HOP_METER, Output(CONTROLLER)],
         description=f"next hop on network {ext.id} not learned yet: the controller ARPs for it",
     )
     yield make_flow(

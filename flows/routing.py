@@ -21,7 +21,19 @@ from dataclasses import dataclass
 
 import netaddr
 
-from flows.flow import CONTROLLER, IN_PORT, DecTtl, Flow, Output, PopVlan, RegMove, Resubmit, SetField, make_flow
+from flows.flow import (
+    CONTROLLER,
+    IN_PORT,
+    DecTtl,
+    Flow,
+    Meter,
+    Output,
+    PopVlan,
+    RegMove,
+    Resubmit,
+    SetField,
+    make_flow,
+)
 from flows.l2 import unicast_port
 from flows.nat import Announcement
 from flows.pipeline import (
@@ -214,14 +226,19 @@ def _echo_replies(view: HypervisorView, router: Router, ifaces: list[Interface])
             )
 
 
+TTL_METER = Meter("hypervisor: ICMP time exceeded", 50, 20)
+"""What one hypervisor's expiring packets may send the controller (a second, a burst); the rest drop on it."""
+
+
 def _ttl_expired(view: HypervisorView, router: Router, ifaces: list[Interface]) -> Iterator[Flow]:
-    """IPv4 with TTL 0 or 1 would die here: the controller answers time exceeded (traceroute's hop)."""
+    """IPv4 with TTL 0 or 1 would die here: the controller answers time exceeded (traceroute's hop), at most
+    :data:`TTL_METER`'s rate from a hypervisor."""
     for net_key in sorted({i.network.key for i in ifaces if i.network.id in view.networks and i.ip.version == 4}):
         for ttl in (0, 1):  # OVS does not allow a mask on nw_ttl
             yield make_flow(
                 IP_INPUT, "ttl_expired",
                 {REG_ROUTER: router.key, REG_NETWORK: net_key, "eth_type": ETH_IPV4, "nw_ttl": ttl},
-                [Output(CONTROLLER)],
+                [TTL_METER, Output(CONTROLLER)],
                 description=f"TTL {ttl} expires at router {router.id}: ICMP time exceeded, from the controller",
             )
 

@@ -92,6 +92,23 @@ def test_dual_stack_port_gets_one_address_per_version(api: Api) -> None:
     assert explicit["fixed_ips"] == [{"subnet_id": v6, "ip_address": "fd00:0:0:1::99"}]
 
 
+def test_ipv6_defaults_are_neutrons(api: Api) -> None:
+    """Without a gateway_ip, an IPv6 subnet's gateway is its first host address (::1), as for IPv4 (Neutron's
+    behaviour, held by tempest's test_create_delete_subnet_with_default_gw, ebb4fd95), not the subnet-router
+    anycast address (the network address, ::): that one is in no pool either. The pool runs to the last
+    address (IPv6 has no broadcast). On a SLAAC subnet a port's address is the EUI-64 of its MAC: what the
+    VM's kernel builds from the router advertisement."""
+    net = api.create("network")["id"]
+    plain = api.create("subnet", network_id=net, cidr="2001:db8:1::/64", ip_version=6)
+    assert plain["gateway_ip"] == "2001:db8:1::1"
+    assert plain["allocation_pools"] == [{"start": "2001:db8:1::2", "end": "2001:db8:1:0:ffff:ffff:ffff:ffff"}]
+    slaac = api.create("subnet", network_id=net, cidr="2001:db8:2::/64", ip_version=6, ipv6_ra_mode="slaac",
+                       ipv6_address_mode="slaac")
+    assert slaac["gateway_ip"] == "2001:db8:2::1"
+    port = api.create("port", network_id=net, mac_address="fa:16:3e:12:34:56")
+    assert _ips(port) == ["2001:db8:1::2", "2001:db8:2:0:f816:3eff:fe12:3456"]
+
+
 def test_allocation_pool_rules(api: Api) -> None:
     net = api.create("network")["id"]
     no_gw = api.create("subnet", network_id=net, cidr="10.0.0.0/24", gateway_ip=None)

@@ -19,7 +19,7 @@ import pytest
 from controller.switch import learned_cookies
 from flows.compiler import compile_hypervisor, view_of
 from flows.flow import CONTROLLER, Learn, make_flow
-from flows.nat import LEARNED_IDLE_TIMEOUT, announcements, learned_cookie
+from flows.nat import LEARNED_IDLE_TIMEOUT, NEXT_HOP_METER, announcements, learned_cookie
 from flows.pipeline import STAGE_BY_NAME, PipelineError
 from flows.simulate import Pipeline
 from topology.model import tap_name
@@ -144,8 +144,11 @@ def test_outbound_leaves_from_the_floating_ip_once_the_next_hop_is_learned(cloud
     pipe = cloud.pipeline("hv1")
     vm_pkt = {"in_port": cloud.ofport("v1"), "eth_src": cloud.ports["v1"].mac_address, "eth_dst": cloud.router_mac,
               "eth_type": 0x0800, "ipv4_src": "10.0.0.10", "ipv4_dst": "8.8.8.8", "nw_ttl": 64}
-    # Not learned yet: to the controller (which ARPs for the gateway), nothing on the wire.
-    assert pipe.run(vm_pkt).ports == [CONTROLLER]
+    # Not learned yet: to the controller (which ARPs for the gateway), through the hypervisor's meter; nothing
+    # on the wire.
+    first = pipe.run(vm_pkt)
+    assert first.ports == [CONTROLLER] and first.meters == [NEXT_HOP_METER]
+    assert pipe.run(vm_pkt, spent_meters={NEXT_HOP_METER.meter_id}).outputs == []
     pipe.run(from_outside(cloud, **arp(2, EXT_GW, cloud.fip_ip("v1"), eth_dst=cloud.fip_mac("v1"))))
     (port, out), = pipe.run(vm_pkt).outputs
     assert port == PATCH

@@ -12,6 +12,7 @@ import pytest
 from flows.compiler import compile_hypervisor
 from flows.flow import CONTROLLER
 from flows.pipeline import STAGE_BY_NAME
+from flows.routing import TTL_METER
 from flows.simulate import simulate
 from tests.topo_builders import Builder, Built, delivered_labels, fabric_of, send
 from topology.model import FixedIP, Network, Port, dvr_mac
@@ -126,6 +127,7 @@ def test_ttl_expiry_goes_to_the_controller_not_the_destination(cloud: Built) -> 
     ICMP time exceeded (what traceroute shows as the router hop). TTL 2 arrives."""
     res = routed(cloud, "v1", "10.0.2.10", ttl=1)
     assert [d.port for d in res.deliveries] == [str(CONTROLLER)]
+    assert [m for _, walk in res.walks for m in walk.meters] == [TTL_METER]  # the hypervisor's bound on them
     assert delivered_labels(cloud, routed(cloud, "v1", "10.0.2.10", ttl=2)) == ["v2"]
 
 

@@ -118,13 +118,13 @@ class Hypervisor:
         return steps.register_hypervisor(api_url, self.name, self.dpid, self.tunnel_ip, self.bridge_mappings,
                                          gateway_for=self.gateway_for)
 
-    def set_controller(self, target: str | None, max_backoff_ms: int | None = 1000, limits: bool = False) -> None:
-        """Point br-int at ``target`` (operator step 2, with the packet-in limits if ``limits``), or remove it."""
+    def set_controller(self, target: str | None, max_backoff_ms: int | None = 1000) -> None:
+        """Point br-int at ``target`` (operator step 2), or remove it."""
         self.controller = target
         if target is None:
             self.vsctl("del-controller", steps.INTEGRATION_BRIDGE)
         else:
-            steps.set_controller(self.vsctl, target, max_backoff_ms, limits)
+            steps.set_controller(self.vsctl, target, max_backoff_ms)
 
     def kill_vswitchd(self) -> None:
         """SIGKILL ovs-vswitchd, by the PID in its pid file (a crash), and remove the file it leaves."""
@@ -208,7 +208,6 @@ class Lab:
         dpid_base: int | None = None,
         workdir: str | None = None,
         controller_max_backoff_ms: int | None = 1000,
-        packet_in_limits: bool = False,
         gateways: Sequence[str] = (),
         manager_unix_socket: str | list[str] | None = None,
     ) -> None:
@@ -226,7 +225,6 @@ class Lab:
         self.underlay = ipaddress.ip_network(underlay_cidr)
         self.underlay_mtu = underlay_mtu
         self.controller_max_backoff_ms = controller_max_backoff_ms
-        self.packet_in_limits = packet_in_limits  # steps.PACKET_IN_LIMITS on every bridge's controller
         self.gateways = tuple(gateways)  # hypervisors registered as gateways for physnet (provider labs)
         sockets = [manager_unix_socket] if isinstance(manager_unix_socket, str) else manager_unix_socket or []
         self.manager_target = " ".join(f"unix:{os.path.abspath(s)}" for s in sockets) or None
@@ -324,7 +322,7 @@ class Lab:
         steps.add_integration_bridge(hv.vsctl, hv.dpid)
         target = self._controller_target_for(hv)
         if target is not None:
-            hv.set_controller(target, self.controller_max_backoff_ms, self.packet_in_limits)
+            hv.set_controller(target, self.controller_max_backoff_ms)
         if self.manager_target is not None:
             steps.set_manager(hv.vsctl, self.manager_target)
         tunnel_cidr = f"{tunnel_ip}/{self.underlay.prefixlen}"

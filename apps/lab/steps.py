@@ -69,15 +69,7 @@ def integration_bridge_args(dpid: int, bridge: str = INTEGRATION_BRIDGE, datapat
     ]  # fmt: skip
 
 
-# OVS's own packet-in limiter (pinsched): past the rate, packets for the controller wait in one queue per
-# port, served in turn, so a VM flooding the slow path (DHCP, router solicitations) uses up its own
-# queue, not its neighbours' share; without it one flooder fills the connection's single queue.
-# Optional (``limits``): while it was on every lab bridge, the cluster failover test lost one ping of
-# 800 in 3 of 6 runs (scenario c), and in 1 of 6 without it (README, Known issues): left out for now.
-PACKET_IN_LIMITS = ("controller_rate_limit=200", "controller_burst_limit=50")
-
-
-def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None, limits: bool = False) -> None:
+def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None) -> None:
     """Step 2: point br-int at the controller.
 
     ``ovs-vsctl set-controller br-int <target>`` then
@@ -90,12 +82,11 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None,
     socket elsewhere, symlink that socket into the run directory first (the lab does).
     Out-of-band: the controller is reached through the host's own network stack, never
     through br-int's ports. ``max_backoff_ms`` (optional, lab tuning) caps OVS's
-    reconnect back-off, 8 s by default, so a restarted controller is found quickly. ``limits``:
-    also :data:`PACKET_IN_LIMITS`.
+    reconnect back-off, 8 s by default, so a restarted controller is found quickly.
     """
     targets = target.split()  # several: a cluster's instances (each masters its share, see README)
     vsctl("set-controller", INTEGRATION_BRIDGE, *targets)
-    extra = [*(PACKET_IN_LIMITS if limits else ()), *([f"max_backoff={max_backoff_ms}"] if max_backoff_ms else [])]
+    extra = [f"max_backoff={max_backoff_ms}"] if max_backoff_ms else []
     if len(targets) == 1:
         vsctl("set", "controller", INTEGRATION_BRIDGE, "connection-mode=out-of-band", *extra)
         return
