@@ -6,13 +6,16 @@ Everything goes through the documented interfaces, in the operator's order:
    SQLite file and unix socket in a work directory (:class:`ControllerProcess`);
 2. a lab of N hypervisors (private OVS in namespaces) attached through that unix socket,
    each registered through the REST API (:class:`apps.lab.Lab`: the operator steps);
-3. per tenant (project ``tenant-a``, ``tenant-b``): a network and a subnet 10.0.0.0/24
-   through the REST API, and one port per hypervisor bound with ``binding:host_id``,
-   plugged the way Nova does it;
+3. per tenant (project ``tenant-a``, ``tenant-b``): a network with an IPv4 subnet 10.0.0.0/24
+   and a SLAAC IPv6 subnet fd00:0:0:1::/64 (both tenants the same), a router on the IPv6
+   subnet (its advertisements), through the REST API, and one port per hypervisor bound with
+   ``binding:host_id``, plugged the way Nova does it;
 4. wait until every port is ACTIVE and the controller has pushed every bridge;
-5. every VM, booted with no address, takes its port's address by DHCP (busybox ``udhcpc``,
-   answered by the controller);
-6. the reachability matrix: each VM pings every other VM's address.
+5. every VM, booted with no address, takes its port's IPv4 address by DHCP (busybox ``udhcpc``,
+   answered by the controller) and builds its IPv6 address from the router's advertisement
+   (the kernel's SLAAC), each the address the API shows for its port;
+6. the reachability matrix: each VM pings every other VM's IPv4 address; then the same over
+   IPv6 (``ping -6`` to each other VM's SLAAC address).
 
 Both tenants use the same addresses on purpose: tenant B's VMs hold tenant A's
 addresses rotated by one hypervisor (``b1`` has ``a2``'s address, ...). So a ping
@@ -45,9 +48,10 @@ from apps.lab.lab import Lab, LabVM
 
 TENANTS = ("tenant-a", "tenant-b")
 CIDR = "10.0.0.0/24"
+CIDR6 = "fd00:0:0:1::/64"
 PREFIX = "tfd"  # lab namespaces: tfd-fabric, tfd-hv1, tfd-vm-a1, ...
 HOST_OFFSET = 10  # VM addresses start at 10.0.0.11
-PING = "ping -c2 -i0.2 -W1 -q"
+PING = "ping -c2 -i0.2 -W1 -w2 -q"  # at most 2 s: an address nobody holds fails fast (IPv6: no 3 s of NS)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class DemoVM:
     vm: LabVM
     ip: str
     mac: str
+    ip6: str  # its SLAAC address (the EUI-64 of its MAC), as the API shows it
 
     @property
     def hv(self) -> str:
@@ -98,6 +103,10 @@ def create_tenants(ctl: ControllerProcess, lab: Lab) -> list[DemoVM]:
         net = ctl.create("network", name=f"{tenant}-net", project_id=tenant)
         sub = ctl.create("subnet", network_id=net["id"], cidr=CIDR, ip_version=4, project_id=tenant,
                          name=f"{tenant}-subnet")
+        sub6 = ctl.create("subnet", network_id=net["id"], cidr=CIDR6, ip_version=6, project_id=tenant,
+                          name=f"{tenant}-subnet6", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+        router = ctl.create("router", name=f"{tenant}-router", project_id=tenant)
+        ctl.request("PUT", f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": sub6["id"]})
         for hv in lab.hypervisors:
             name = f"{tenant[-1]}{hv.index}"
             ip = _vm_address(t_index, hv.index, n)
@@ -105,18 +114,32 @@ def create_tenants(ctl: ControllerProcess, lab: Lab) -> list[DemoVM]:
                               device_owner="compute:nova", device_id=name, **{"binding:host_id": hv.name},
                               fixed_ips=[{"subnet_id": sub["id"], "ip_address": ip}])
             vm = lab.plug_vm(name, port, mtu=int(net.get("mtu") or 1450), dhcp=True)
-            vms.append(DemoVM(name, tenant, vm, ip, port["mac_address"]))
+            (ip6,) = [f["ip_address"] for f in port["fixed_ips"] if f["subnet_id"] == sub6["id"]]
+            vms.append(DemoVM(name, tenant, vm, ip, port["mac_address"], ip6))
     return vms
 
 
+SLAAC_TIMEOUT = 20.0  # the kernel solicits at link up, again 4 s later, then less and less often
+
+
 def take_addresses(lab: Lab, vms: list[DemoVM]) -> None:
-    """Each VM asks DHCP for its address (in parallel, as VMs boot); each must get its own port's."""
+    """Each VM asks DHCP for its IPv4 address (in parallel, as VMs boot) and builds its IPv6 one from the router's
+    advertisement; each must get its own port's."""
     with ThreadPoolExecutor(max_workers=len(vms) or 1) as pool:
         leases = list(pool.map(lambda v: lab.request_address(v.vm), vms))
     wrong = [f"{v.name} got {lease.get('ip')}, its port has {v.ip}" for v, lease in zip(vms, leases, strict=True)
              if lease.get("ip") != v.ip]
     if wrong:
         raise RuntimeError("DHCP gave the wrong address: " + "; ".join(wrong))
+    deadline = time.monotonic() + SLAAC_TIMEOUT
+    missing = list(vms)
+    while missing and time.monotonic() < deadline:
+        missing = [v for v in missing if f"inet6 {v.ip6}/64" not in
+                   sh.run(["ip", "-6", "addr", "show", "dev", "eth0", "scope", "global"], netns=v.vm.netns)]
+        time.sleep(0.2)
+    if missing:
+        raise RuntimeError("no SLAAC address from the router's advertisement within "
+                           f"{SLAAC_TIMEOUT:g} s: " + ", ".join(f"{v.name} (wants {v.ip6})" for v in missing))
 
 
 def _flow_gauges(ctl: ControllerProcess) -> dict[str, float]:
@@ -158,8 +181,12 @@ def wait_pushed(ctl: ControllerProcess, lab: Lab, vms: list[DemoVM], timeout: fl
         time.sleep(0.05)
 
 
-def _in_echos(netns: str) -> int:
-    """``Icmp: InEchos`` of a namespace (/proc/net/snmp is per network namespace)."""
+def _in_echos(netns: str, family: int) -> int:
+    """Echo requests a namespace received: ``Icmp: InEchos`` (/proc/net/snmp) or ``Icmp6InEchos``
+    (/proc/net/snmp6); both are per network namespace."""
+    if family == 6:
+        stats = dict(ln.split() for ln in sh.run(["cat", "/proc/net/snmp6"], netns=netns).splitlines() if ln.strip())
+        return int(stats["Icmp6InEchos"])
     lines = [ln.split() for ln in sh.run(["cat", "/proc/net/snmp"], netns=netns).splitlines()
              if ln.startswith("Icmp:")]
     header, values = lines[0], lines[1]
@@ -171,12 +198,17 @@ def _neigh_mac(vm: LabVM, ip: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _ping(src: DemoVM, dst: DemoVM) -> Cell:
-    before = _in_echos(dst.vm.netns)
-    out = sh.run([*PING.split(), dst.ip], netns=src.vm.netns, check=False)
-    seen = _in_echos(dst.vm.netns) - before
+def _address(vm: DemoVM, family: int) -> str:
+    return vm.ip6 if family == 6 else vm.ip
+
+
+def _ping(src: DemoVM, dst: DemoVM, family: int) -> Cell:
+    before = _in_echos(dst.vm.netns, family)
+    address = _address(dst, family)
+    out = sh.run([*PING.split(), f"-{family}", address], netns=src.vm.netns, check=False)
+    seen = _in_echos(dst.vm.netns, family) - before
     match = re.search(r"(\d+) received", out)
-    return Cell(int(match.group(1)) if match else 0, seen, _neigh_mac(src.vm, dst.ip))
+    return Cell(int(match.group(1)) if match else 0, seen, _neigh_mac(src.vm, address))
 
 
 def _rounds(vms: list[DemoVM]) -> list[list[tuple[DemoVM, DemoVM]]]:
@@ -200,26 +232,28 @@ def _rounds(vms: list[DemoVM]) -> list[list[tuple[DemoVM, DemoVM]]]:
     return rounds
 
 
-def ping_matrix(vms: list[DemoVM]) -> dict[tuple[str, str], Cell]:
-    """Ping from each VM to each other VM's address, in rounds of pings to distinct addresses."""
+def ping_matrix(vms: list[DemoVM], family: int = 4) -> dict[tuple[str, str], Cell]:
+    """Ping from each VM to each other VM's IPv4 (or IPv6) address, in rounds of pings to distinct addresses."""
     cells: dict[tuple[str, str], Cell] = {}
     with ThreadPoolExecutor(max_workers=len(vms)) as pool:
         for batch in _rounds(vms):
-            for (src, dst), cell in zip(batch, pool.map(lambda p: _ping(*p), batch), strict=True):
+            for (src, dst), cell in zip(batch, pool.map(lambda p: _ping(*p, family), batch), strict=True):
                 cells[src.name, dst.name] = cell
     return cells
 
 
-def render(vms: list[DemoVM], cells: dict[tuple[str, str], Cell]) -> list[str]:
-    """The matrix (rows: source, columns: destination) and the cross-tenant evidence."""
+def render(vms: list[DemoVM], cells: dict[tuple[str, str], Cell], family: int = 4) -> list[str]:
+    """The matrix (rows: source, columns: destination) and, for IPv4, the cross-tenant evidence."""
     by_mac = {v.mac: v.name for v in vms}
     width = max(4, *(len(v.name) for v in vms)) + 2
-    lines = ["reachability (row pings column's address; ✓ = the column VM itself answered):",
+    lines = [f"IPv{family} reachability (row pings column's address; ✓ = the column VM itself answered):",
              " " * 10 + "".join(f"{v.name:^{width}}" for v in vms)]
     for src in vms:
         row = "".join(f"{'—' if src is dst else '✓' if cells[src.name, dst.name].reached else '✗':^{width}}"
                       for dst in vms)
         lines.append(f"{src.name:<4}{src.tenant[-1].upper():<6}{row}")
+    if family == 6:  # each VM's SLAAC address is its own: another tenant's VM has none of them
+        return lines
     lines.append("cross-tenant pings (same address, other tenant):")
     for src in vms:
         for dst in vms:
@@ -236,17 +270,17 @@ def render(vms: list[DemoVM], cells: dict[tuple[str, str], Cell]) -> list[str]:
     return lines
 
 
-def verdict(vms: list[DemoVM], cells: dict[tuple[str, str], Cell]) -> tuple[bool, list[str]]:
+def verdict(vms: list[DemoVM], cells: dict[tuple[str, str], Cell], family: int = 4) -> tuple[bool, list[str]]:
     """Pass iff every same-tenant pair reaches and no cross-tenant pair does."""
     same = [(s, d) for s in vms for d in vms if s is not d and s.tenant == d.tenant]
     cross = [(s, d) for s in vms for d in vms if s.tenant != d.tenant]
     same_ok = [p for p in same if cells[p[0].name, p[1].name].reached]
     leaks = [p for p in cross if cells[p[0].name, p[1].name].reached]
-    lines = [f"same-tenant pairs reaching: {len(same_ok)}/{len(same)}",
-             f"cross-tenant pairs reaching: {len(leaks)}/{len(cross)}"
+    lines = [f"IPv{family}: same-tenant pairs reaching: {len(same_ok)}/{len(same)}",
+             f"IPv{family}: cross-tenant pairs reaching: {len(leaks)}/{len(cross)}"
              + (": " + ", ".join(f"{s.name}->{d.name}" for s, d in leaks) if leaks else "")]
     ok = len(same_ok) == len(same) and not leaks
-    lines.append(f"tenants isolated: {'yes' if not leaks else 'NO'}; "
+    lines.append(f"IPv{family}: tenants isolated: {'yes' if not leaks else 'NO'}; "
                  f"same-tenant reachability: {'complete' if len(same_ok) == len(same) else 'INCOMPLETE'}")
     return ok, lines
 
@@ -306,20 +340,27 @@ def run(args: argparse.Namespace) -> int:
             _log(f"{len(lab.hypervisors)} hypervisors built, attached and registered: "
                  + ", ".join(f"{hv.name} ({hv.tunnel_ip})" for hv in lab.hypervisors), t0)
             vms = create_tenants(ctl, lab)
-            _log(f"tenants {', '.join(TENANTS)}: a network + subnet {CIDR} each, {len(vms)} VMs plugged", t0)
+            _log(f"tenants {', '.join(TENANTS)}: a network with subnets {CIDR} and {CIDR6} (SLAAC) and a router "
+                 f"each, {len(vms)} VMs plugged", t0)
             for v in vms:
                 print(f"         {v.name}  {v.tenant}  {v.hv:<4} {v.ip:<11} {v.mac}  port {v.vm.port_id}")
             wait_pushed(ctl, lab, vms)
             _log("every port ACTIVE, every bridge holds what the controller compiled", t0)
             take_addresses(lab, vms)
-            _log(f"every VM took its port's address by DHCP ({len(vms)} leases)", t0)
+            _log(f"every VM took its port's addresses: IPv4 by DHCP ({len(vms)} leases), IPv6 by SLAAC", t0)
+            for v in vms:
+                print(f"         {v.name}  {v.ip:<11} {v.ip6}")
             cells = ping_matrix(vms)
-            _log("pings done", t0)
-            print("\n".join(render(vms, cells)))
-            ok, lines = verdict(vms, cells)
+            _log("IPv4 pings done", t0)
+            cells6 = ping_matrix(vms, 6)
+            _log("IPv6 pings done", t0)
+            print("\n".join(render(vms, cells) + render(vms, cells6, 6)))
+            ok4, lines = verdict(vms, cells)
+            ok6, lines6 = verdict(vms, cells6, 6)
+            ok = ok4 and ok6
             print("flows per hypervisor: " + ", ".join(f"{hv.name}={flow_count(lab, hv.name)}"
                                                       for hv in lab.hypervisors))
-            print("\n".join(lines))
+            print("\n".join(lines + lines6))
             print(f"demo {'PASSED' if ok else 'FAILED'} in {time.monotonic() - t0:.1f}s", flush=True)
             if args.keep:
                 print(_keep_hint(ctl, lab, vms), flush=True)

@@ -107,6 +107,13 @@ def test_ipv6_defaults_are_neutrons(api: Api) -> None:
     assert slaac["gateway_ip"] == "2001:db8:2::1"
     port = api.create("port", network_id=net, mac_address="fa:16:3e:12:34:56")
     assert _ips(port) == ["2001:db8:1::2", "2001:db8:2:0:f816:3eff:fe12:3456"]
+    # fixed IPs asked for elsewhere, or none kept on update: a port still has its SLAAC address (Neutron's
+    # _get_auto_address_ips; a VM's kernel builds it whatever the API says)
+    other = api.create("port", network_id=net, mac_address="fa:16:3e:12:34:57",
+                       fixed_ips=[{"subnet_id": plain["id"], "ip_address": "2001:db8:1::99"}])
+    assert _ips(other) == ["2001:db8:1::99", "2001:db8:2:0:f816:3eff:fe12:3457"]
+    updated = api.request("PUT", f"/v2.0/ports/{other['id']}", {"port": {"fixed_ips": []}}).json()["port"]
+    assert _ips(updated) == ["2001:db8:2:0:f816:3eff:fe12:3457"]
 
 
 def test_allocation_pool_rules(api: Api) -> None:

@@ -56,7 +56,9 @@ def assign(network_id: str, subnets: list[Subnet], requested: list[Mapping[str, 
 
     No request: the usual picks plus the EUI-64 address on every auto-address
     subnet. Requests naming an auto-address subnet (by id or by an address in it)
-    get the EUI-64 address; an explicit different address is a 400.
+    get the EUI-64 address; an explicit different address is a 400. Requests or not,
+    a port (not a router interface) has its EUI-64 address on every auto-address subnet
+    of its network, as in Neutron (``_get_auto_address_ips`` on create; kept on update).
     """
     auto = {} if device_owner in ROUTER_INTERFACE_OWNERS else {s.id: s for s in subnets if is_auto_address(s)}
     if not auto:
@@ -64,9 +66,8 @@ def assign(network_id: str, subnets: list[Subnet], requested: list[Mapping[str, 
     others = [s for s in subnets if s.id not in auto]
     if requested is None:
         base = ipam.assign_fixed_ips(network_id, others, None, used, device_owner) if others else ()
-        chosen = list(auto.values())
     else:
-        rest, chosen = [], []
+        rest = []
         for req in requested:
             sub = _auto_target(req, auto)
             if sub is None:
@@ -77,11 +78,9 @@ def assign(network_id: str, subnets: list[Subnet], requested: list[Mapping[str, 
                 raise ipam.invalid_input(f"IPv6 address {req['ip_address']} can not be directly assigned to a port "
                                          f"on subnet {sub.id} since the subnet is configured for automatic "
                                          f"addresses")
-            if sub not in chosen:
-                chosen.append(sub)
         base = ipam.assign_fixed_ips(network_id, others, rest, used, device_owner) if rest else ()
     out = list(base)
-    for sub in chosen:
+    for sub in auto.values():
         addr = eui64(sub, mac)
         if addr in used.get(sub.id, set()):
             raise Conflict("IpAddressAlreadyAllocated", f"IP address {addr} already allocated in subnet {sub.id}")
