@@ -113,8 +113,7 @@ def lease_for(graph: TopologyGraph, port: Port, settings: Settings | None = None
                  server_ip=gateway or NO_GATEWAY_SERVER, server_mac=server_mac, router=gateway,
                  dns=tuple(d for d in subnet.attrs.get("dns_nameservers") or () if ":" not in d),
                  routes=host_routes, mtu=net.mtu, lease_time=settings.lease_time, domain=settings.domain,
-                 extra=tuple(dhcp_opts.encode(o["opt_name"], o["opt_value"])
-                             for o in port.attrs.get("extra_dhcp_opts") or () if o.get("ip_version", 4) == 4))
+                 extra=dhcp_opts.served(port.attrs.get("extra_dhcp_opts") or (), 4))
 
 
 def headers(frame: bytes, *kinds: type) -> tuple | None:

@@ -8,6 +8,15 @@ For a port with an address on a subnet whose ``ipv6_address_mode`` is:
 - ``dhcpv6-stateless``: INFORMATION-REQUEST gets a REPLY with the DNS servers (the address
   comes from the router advertisement, :mod:`controller.ra`).
 
+Either ADVERTISE / REPLY also carries the port's IPv6 ``extra_dhcp_opts``
+(:mod:`topology.dhcp_opts`: ``dns-server``, ``domain-search``, ``ntp-server``, ``bootfile-url``...),
+each replacing the subnet's option of the same code. As dnsmasq serves them (Neutron's DHCP
+agent writes them to its options file, as ``dhcp-option`` lines, not forced), a port's option goes to a
+client that listed it in its Option Request option (ORO), or that sent no ORO; one the client did
+not list is left out and the subnet's option of that code, if any, goes as usual (as dnsmasq then
+sends its default DNS server). The information refresh time (option 32) only goes in the REPLY
+to an INFORMATION-REQUEST, the one message it is defined for (RFC 8415 21.23).
+
 CONFIRM is answered Success when the client's addresses are the port's, NotOnLink otherwise;
 RELEASE and DECLINE get a Success REPLY. A message naming another server's DUID is left alone.
 The server's DUID is stable (DUID-LL of :data:`controller.dhcp.SERVER_MAC`), as is its
@@ -27,27 +36,31 @@ from controller.dhcp import SERVER_MAC, Answer, headers
 from controller.ra import PREFERRED_LIFETIME, VALID_LIFETIME
 from flows.dhcp import dhcp6_subnets
 from flows.portsec import DHCP6_CLIENT, DHCP6_SERVER
+from topology import dhcp_opts
 from topology.graph import TopologyGraph
 from topology.model import Port
 
 SERVER_DUID = struct.pack("!HH", 3, 1) + netaddr.EUI(SERVER_MAC).packed  # DUID-LL, Ethernet
 SERVER_LLA = str(netaddr.EUI(SERVER_MAC).ipv6_link_local())
-OPTION_DNS_SERVERS, OPTION_DOMAIN_LIST = 23, 24
+OPTION_DNS_SERVERS, OPTION_DOMAIN_LIST, OPTION_INFORMATION_REFRESH_TIME = 23, 24, 32
 STATUS_SUCCESS, STATUS_NOT_ON_LINK = 0, 4
 NAMES = {dhcp6.DHCPV6_SOLICIT: "solicit", dhcp6.DHCPV6_ADVERTISE: "advertise", dhcp6.DHCPV6_REQUEST: "request",
          dhcp6.DHCPV6_CONFIRM: "confirm", dhcp6.DHCPV6_RENEW: "renew", dhcp6.DHCPV6_REBIND: "rebind",
          dhcp6.DHCPV6_REPLY: "reply", dhcp6.DHCPV6_RELEASE: "release", dhcp6.DHCPV6_DECLINE: "decline",
          dhcp6.DHCPV6_INFORMATION_REQUEST: "information-request"}
+CONFIGURED = frozenset({dhcp6.DHCPV6_SOLICIT, dhcp6.DHCPV6_REQUEST, dhcp6.DHCPV6_RENEW, dhcp6.DHCPV6_REBIND,
+                        dhcp6.DHCPV6_INFORMATION_REQUEST})  # the messages whose answer carries the options
 
 
 @dataclass(frozen=True)
 class Lease6:
-    """What one port is offered by DHCPv6: its address (stateful only) and the subnet's DNS servers."""
+    """What one port is offered by DHCPv6: its address (stateful only), the subnet's DNS servers, its options."""
 
     address: str | None
     prefix: str
     dns: tuple[str, ...]
     domain: str
+    extra: tuple[tuple[int, bytes], ...] = ()  # the port's IPv6 extra_dhcp_opts, encoded
 
 
 def lease6_for(graph: TopologyGraph, port: Port, domain: str = "") -> Lease6 | None:
@@ -59,7 +72,8 @@ def lease6_for(graph: TopologyGraph, port: Port, domain: str = "") -> Lease6 | N
     stateful = subnet.attrs.get("ipv6_address_mode") == "dhcpv6-stateful"
     address = next((f.ip_address for f in port.fixed_ips if f.subnet_id == subnet.id), None)
     return Lease6(address=address if stateful else None, prefix=subnet.cidr,
-                  dns=tuple(d for d in subnet.attrs.get("dns_nameservers") or () if ":" in d), domain=domain)
+                  dns=tuple(d for d in subnet.attrs.get("dns_nameservers") or () if ":" in d), domain=domain,
+                  extra=dhcp_opts.served(port.attrs.get("extra_dhcp_opts") or (), 6))
 
 
 def answer6(frame: bytes, lease: Lease6) -> Answer:
@@ -96,11 +110,9 @@ def answer6(frame: bytes, lease: Lease6) -> Answer:
         return Answer(name)
     head = [(dhcp6.DHCPV6_OPTION_CLIENTID, client)] if client is not None else []
     head.append((dhcp6.DHCPV6_OPTION_SERVERID, SERVER_DUID))
-    if lease.dns and out_type in (dhcp6.DHCPV6_ADVERTISE, dhcp6.DHCPV6_REPLY) and kind not in (
-            dhcp6.DHCPV6_RELEASE, dhcp6.DHCPV6_DECLINE, dhcp6.DHCPV6_CONFIRM):
-        reply.append((OPTION_DNS_SERVERS, b"".join(netaddr.IPAddress(d).packed for d in lease.dns)))
-        if lease.domain:
-            reply.append((OPTION_DOMAIN_LIST, _domain(lease.domain)))
+    if kind in CONFIGURED:
+        reply += _configuration(lease, _requested(opts.get(dhcp6.DHCPV6_OPTION_ORO)),
+                                kind == dhcp6.DHCPV6_INFORMATION_REQUEST)
     body = dhcp6.dhcp6(out_type, dhcp6.options([dhcp6.option(c, d) for c, d in head + reply]),
                        transaction_id=msg.transaction_id)
     frame_out = packet.Packet()
@@ -110,6 +122,24 @@ def answer6(frame: bytes, lease: Lease6) -> Answer:
     frame_out.add_protocol(body)
     frame_out.serialize()
     return Answer(name, NAMES[out_type], bytes(frame_out.data))
+
+
+def _configuration(lease: Lease6, requested: set[int] | None, information: bool) -> list[tuple[int, bytes]]:
+    """The subnet's options, and the port's that the client asked for (``requested``: None without an ORO),
+    which replace the subnet's of the same code; ``information``: in reply to an INFORMATION-REQUEST."""
+    subnet = []
+    if lease.dns:
+        subnet.append((OPTION_DNS_SERVERS, b"".join(netaddr.IPAddress(d).packed for d in lease.dns)))
+        if lease.domain:
+            subnet.append((OPTION_DOMAIN_LIST, dhcp_opts.dns_names([lease.domain])))
+    port = [(code, data) for code, data in lease.extra if (requested is None or code in requested)
+            and (information or code != OPTION_INFORMATION_REFRESH_TIME)]
+    return [o for o in subnet if o[0] not in {code for code, _ in port}] + port
+
+
+def _requested(oro: bytes | None) -> set[int] | None:
+    """The option codes of an Option Request option (RFC 8415 21.7), None without one."""
+    return None if oro is None else {int.from_bytes(oro[at:at + 2], "big") for at in range(0, len(oro) - 1, 2)}
 
 
 def _options(msg: dhcp6.dhcp6) -> dict[int, bytes]:
@@ -137,8 +167,3 @@ def _ia_addresses(ia: bytes) -> set[str]:
 
 def _status(code: int) -> bytes:
     return struct.pack("!H", code)
-
-
-def _domain(name: str) -> bytes:
-    """One domain name in DNS wire format (RFC 1035 3.1), as option 24 carries it."""
-    return b"".join(bytes([len(label)]) + label.encode() for label in name.strip(".").split(".")) + b"\0"
