@@ -16,7 +16,7 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
-from controller import heap, metrics
+from controller import heap, metrics, tls
 from controller.addresses import AddressService
 from controller.cluster import Solo
 from controller.gateways import GatewayService
@@ -110,7 +110,10 @@ class TenantflowApp(app_manager.OSKenApp):
         for sw in list(self.switches.values()):
             if sw.hv_name is None:
                 hv = self.topology.graph.hypervisor_by_dpid(sw.dpid)
-                if hv is not None:
+                if hv is not None and self._refused(sw.dp, hv):
+                    self.switches.pop(sw.dpid, None)
+                    sw.stop()
+                elif hv is not None:
                     sw.hv_name = hv.name
                     self._set_ofports(sw, sw.ofports)
                     sw.mark_dirty()
@@ -160,10 +163,12 @@ class TenantflowApp(app_manager.OSKenApp):
     def _state_change(self, ev):
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
+            hv = self.topology.graph.hypervisor_by_dpid(dp.id)
+            if self._refused(dp, hv):  # before anything else: an impostor must not even replace the bridge
+                return
             old = self.switches.pop(dp.id, None)
             if old is not None:  # a new connection of the same bridge replaces the old one
                 self._disconnected(old)
-            hv = self.topology.graph.hypervisor_by_dpid(dp.id)
             hv_name = hv.name if hv else None
             if hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
@@ -179,6 +184,36 @@ class TenantflowApp(app_manager.OSKenApp):
                 if sw.hv_name:
                     self.topology.set_live_ofports(sw.hv_name, {})
                     self.gateways.bridge_left(sw.hv_name)
+
+    def _refused(self, dp, hv) -> bool:
+        """Refuse (close, log, count) a TLS switch whose certificate names another hypervisor than ``hv``.
+
+        ``hv``: the hypervisor registered with the switch's datapath id (None: none yet). A switch
+        without TLS names nobody and is trusted (the unix socket; plain TCP only with --allow-tcp).
+        One with an unregistered datapath id is refused if its certificate names a registered
+        hypervisor (whose datapath id is another), and checked again when its id is registered.
+        """
+        name = getattr(dp, "certificate_name", None)
+        if name is None:
+            return False
+        if hv is not None and hv.name == name:
+            return False
+        if hv is None:
+            claimed = self.topology.graph.hypervisor(name)
+            if claimed is None:
+                return False
+            detail = f"hypervisor {name} has datapath id {claimed.datapath_id:016x}"
+        else:
+            detail = f"datapath id {dp.id:016x} is hypervisor {hv.name}'s"
+        tls.refuse("openflow", tls.NAME_MISMATCH, dp.address,
+                   f"its certificate names {name!r}, but it claims datapath id {dp.id:016x}: {detail}")
+        dp.close()
+        return True
+
+    def _switch_of(self, msg):
+        """The switch a message came from: None if its connection is not the switch's (one refused, or replaced)."""
+        sw = self._switch_of(msg)
+        return sw if sw is not None and sw.dp is msg.datapath else None
 
     def _disconnected(self, sw: Switch) -> None:
         """A bridge's connection ended: stop its worker (it ends on its own), count it."""
@@ -228,46 +263,46 @@ class TenantflowApp(app_manager.OSKenApp):
     # these handlers serve connections that cannot hand them over (os-ken's own socket).
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def _port_desc(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        sw = self._switch_of(ev.msg)
         if sw is not None:
             sw.on_reply(ev.msg.xid, ev.msg.body, bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE))
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        sw = self._switch_of(ev.msg)
         if sw is not None:
             more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
             sw.on_reply(ev.msg.xid, [s.cookie for s in ev.msg.body], more)
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        sw = self._switch_of(ev.msg)
         if sw is not None:
             more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
             sw.on_reply(ev.msg.xid, [s.group_id for s in ev.msg.body], more)
 
     @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
     def _role_reply(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        sw = self._switch_of(ev.msg)
         if sw is not None:
             sw.on_reply(ev.msg.xid, None)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        sw = self._switch_of(ev.msg)
         if sw is not None:
             sw.on_reply(ev.msg.xid, None)
 
     @set_ev_cls(ofp_event.ofp_msg_to_ev_cls(ofproto_v1_3_parser.ONFBundleCtrlMsg), MAIN_DISPATCHER)
     def _bundle_reply(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        sw = self._switch_of(ev.msg)
         if sw is not None:
             sw.on_reply(ev.msg.xid, ev.msg.type)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
         dp = ev.msg.datapath
-        sw = self.switches.get(dp.id)
+        sw = self._switch_of(ev.msg)
         name = sw.hv_name if sw else f"{dp.id:016x}" if dp.id else "?"
         metrics.OF_ERRORS.labels(name or "?").inc()
         if sw is None or not sw.on_error(ev.msg.xid, ev.msg):
@@ -275,7 +310,7 @@ class TenantflowApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        sw = self._switch_of(ev.msg)
         if sw is None:
             return
         if not sw.ports_known:  # its port map is being read: read again once connected (nothing lost)
@@ -293,7 +328,7 @@ class TenantflowApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
         msg = ev.msg
-        sw = self.switches.get(msg.datapath.id)
+        sw = self._switch_of(msg)
         metrics.PACKET_INS.labels(sw.hv_name if sw and sw.hv_name else "?").inc()
         if sw is None:
             return

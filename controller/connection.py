@@ -211,7 +211,7 @@ class FastEchoSocket:
     def shutdown(self, how: int) -> None:
         """Shut down one or both directions of the real socket (os-ken's way to end a connection)."""
         self._ended("closed by the controller (shutdown)")
-        self._sock.shutdown(how)
+        _shutdown(self._sock, how)
 
     def intercept(self, owns: Callable[[int], bool] | None, handler: Callable[[bytes], None] | None) -> None:
         """Hand each message whose xid ``owns`` claims to ``handler``, whole, on the reader thread (None: stop).
@@ -229,7 +229,7 @@ class FastEchoSocket:
             self._closed = True
             self._cond.notify_all()
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)  # a reader blocked in recv or sendall returns
+            _shutdown(self._sock, socket.SHUT_RDWR)  # a reader blocked in recv or sendall returns
         if threading.current_thread() is not self._reader:
             self._reader.join(CLOSE_LINGER)
         self._sock.close()
@@ -291,6 +291,15 @@ class FastEchoSocket:
         return True
 
 
+def _shutdown(sock: socket.socket, how: int) -> None:
+    """Shut the connection down under TLS too.
+
+    ``ssl.SSLSocket.shutdown`` first drops the TLS state, and the reader thread's next ``recv``
+    would then hand the raw encrypted bytes to os-ken as OpenFlow: the plain socket's is used.
+    """
+    socket.socket.shutdown(sock, how)
+
+
 def _keepalive(sock: socket.socket) -> None:
     """Turn TCP keepalive on with ``KEEPALIVE``'s timing (where the platform has the options)."""
     idle, interval, count = KEEPALIVE
@@ -302,9 +311,14 @@ def _keepalive(sock: socket.socket) -> None:
 
 
 class TenantflowDatapath(Datapath):
-    """os-ken's ``Datapath`` on a :class:`FastEchoSocket`, whose send thread ends with its receive loop."""
+    """os-ken's ``Datapath`` on a :class:`FastEchoSocket`, whose send thread ends with its receive loop.
 
-    def __init__(self, sock: socket.socket, address, *, unix: bool = False):
+    ``certificate_name``: the hypervisor the switch's TLS certificate names (None: no TLS, a
+    unix socket or plain TCP), held against its datapath id by the app (:mod:`controller.tls`).
+    """
+
+    def __init__(self, sock: socket.socket, address, *, unix: bool = False, certificate_name: str | None = None):
+        self.certificate_name = certificate_name
         super().__init__(FastEchoSocket(sock, unix=unix), address)
 
     def _recv_loop(self) -> None:
@@ -316,10 +330,11 @@ class TenantflowDatapath(Datapath):
             self.send(b"", close_socket=True)
 
 
-def serve_connection(sock: socket.socket, address, *, unix: bool = False) -> None:
+def serve_connection(sock: socket.socket, address, *, unix: bool = False, certificate_name: str | None = None) -> None:
     """Serve one switch connection until it ends (os-ken's ``datapath_connection_factory``)."""
     LOG.debug("switch connected from %s", address)
-    with contextlib.closing(TenantflowDatapath(sock, address, unix=unix)) as datapath:
+    with contextlib.closing(TenantflowDatapath(sock, address, unix=unix,
+                                               certificate_name=certificate_name)) as datapath:
         try:
             datapath.serve()
         except Exception:  # a malformed message makes os-ken's parser raise: drop this switch only
@@ -327,14 +342,25 @@ def serve_connection(sock: socket.socket, address, *, unix: bool = False) -> Non
                           f"{datapath.id:016x}" if datapath.id is not None else "?", address)
 
 
-def install() -> None:
-    """Make os-ken's OpenFlow listener serve its switches with :func:`serve_connection`.
+def install(tcp: bool = True) -> None:
+    """Make os-ken's OpenFlow listener serve its switches with :func:`serve_connection` (``tcp``), or not listen.
 
     os-ken's ``OpenFlowController.server_loop`` hands each accepted socket to the module
     function ``datapath_connection_factory`` and takes no other factory, so that name is
-    pointed here (os-ken's files are not changed). Call before the apps are instantiated:
-    the listener starts then.
+    pointed here (os-ken's files are not changed). os-ken always listens on plain TCP and has
+    no "off": without ``tcp`` (plain TCP not allowed, README "Switch identity: TLS") its
+    OpenFlow handler gets a controller whose server loop returns at once. Call before the apps
+    are instantiated: the listener starts then.
     """
     from os_ken.controller import controller as os_ken_controller
+    from os_ken.controller import ofp_handler
 
     os_ken_controller.datapath_connection_factory = serve_connection
+    ofp_handler.OpenFlowController = os_ken_controller.OpenFlowController if tcp else _NotListening
+
+
+class _NotListening:
+    """os-ken's OpenFlow controller without its plain TCP listener (our TLS and unix listeners serve)."""
+
+    def __call__(self) -> None:
+        return None

@@ -46,7 +46,12 @@ DEFAULTS = {
     "dhcp_domain": "openstacklocal",
     "ra_interval": "600",
     "gateways_per_router": "2",
-    "ovsdb_listen": "ptcp:6640 punix:/run/tenantflow/ovsdb.sock",
+    "ovsdb_listen": None,  # None: pssl:6640 with the --ssl-* files, and punix:/run/tenantflow/ovsdb.sock
+    "allow_tcp": "false",
+    "of_ssl_port": "6653",
+    "ssl_private_key": "",
+    "ssl_certificate": "",
+    "ssl_ca_cert": "",
     "bfd_min_tx": "",  # "": topology.gateways.BfdTimers's
     "bfd_min_rx": "",
 }
@@ -76,8 +81,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="address the other instances reach this one's peer port on (etcd store)")
     p.add_argument("--peer-port", type=int, default=int(values["peer_port"]),
                    help="TCP port the other instances hold a connection to, to see this one die at once (0: any)")
-    p.add_argument("--of-host", default=values["of_host"], help="OpenFlow TCP listen address")
-    p.add_argument("--of-port", type=int, default=int(values["of_port"]), help="OpenFlow TCP listen port")
+    p.add_argument("--of-host", default=values["of_host"], help="OpenFlow listen address (TLS and plain TCP)")
+    p.add_argument("--of-port", type=int, default=int(values["of_port"]),
+                   help="OpenFlow plain TCP listen port: only with --allow-tcp (0: none)")
+    p.add_argument("--allow-tcp", action="store_true", default=_true(values["allow_tcp"]),
+                   help="open the plain TCP listeners (--of-port, ptcp: OVSDB targets): anyone reaching them may "
+                        "claim any hypervisor; without it switches connect over TLS or the unix sockets only")
+    p.add_argument("--of-ssl-port", type=int, default=int(values["of_ssl_port"]),
+                   help="OpenFlow TLS listen port (set-controller br-int ssl:IP:PORT), with the --ssl-* files")
+    p.add_argument("--ssl-private-key", default=values["ssl_private_key"],
+                   help="the controller's private key (PEM; ovs-pki req+sign ctl controller: ctl-privkey.pem)")
+    p.add_argument("--ssl-certificate", default=values["ssl_certificate"],
+                   help="the controller's certificate (PEM; ctl-cert.pem)")
+    p.add_argument("--ssl-ca-cert", default=values["ssl_ca_cert"],
+                   help="the CA the switches' certificates are signed by (ovs-pki's switchca/cacert.pem); a switch is "
+                        "accepted as hypervisor H only if its certificate's common name is H")
     p.add_argument("--unix-socket", default=values["unix_socket"], help="OpenFlow unix socket ('' to disable)")
     p.add_argument("--api-host", default=values["api_host"], help="REST API listen address")
     p.add_argument("--api-port", type=int, default=int(values["api_port"]), help="REST API port")
@@ -99,7 +117,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="the longest list of gateway hypervisors a router's source NAT is scheduled on")
     p.add_argument("--ovsdb-listen", default=values["ovsdb_listen"],
                    help="where hypervisors' ovsdb-servers connect to us as their manager (ovs-vsctl set-manager): "
-                        "ptcp:PORT[:IP] and punix:PATH targets, separated by spaces ('' to disable)")
+                        "pssl:PORT[:IP] (TLS, with the --ssl-* files), punix:PATH and ptcp:PORT[:IP] (--allow-tcp) "
+                        "targets, separated by spaces ('' to disable); default: pssl:6640 (with TLS) and "
+                        "punix:/run/tenantflow/ovsdb.sock")
     from topology.gateways import BfdTimers  # the defaults live with the ports they time
 
     p.add_argument("--bfd-min-tx", type=int, default=int(values["bfd_min_tx"] or BfdTimers.min_tx),
@@ -117,13 +137,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for flag, ms in (("--bfd-min-tx", args.bfd_min_tx), ("--bfd-min-rx", args.bfd_min_rx)):
         if not 1 <= ms <= 60000:
             p.error(f"{flag} must be between 1 and 60000 ms, not {ms}")
-    from controller.ovsdb import parse_listen
+    _check_transports(p, args)
+    return args
 
+
+def _true(text: str | bool) -> bool:
+    """A boolean of the config file (``true``/``yes``/``1``/``on``)."""
+    return text if isinstance(text, bool) else text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_transports(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """TLS needs all three files; plain TCP only with --allow-tcp (README "Switch identity: TLS")."""
+    from controller.ovsdb import parse_listen
+    from controller.tls import TlsFiles
+
+    files = (args.ssl_private_key, args.ssl_certificate, args.ssl_ca_cert)
+    if any(files) and not all(files):
+        p.error("TLS needs --ssl-private-key, --ssl-certificate and --ssl-ca-cert together")
+    args.tls = TlsFiles(*files) if all(files) else None
+    if args.ovsdb_listen is None:
+        args.ovsdb_listen = ("pssl:6640 " if args.tls else "") + "punix:/run/tenantflow/ovsdb.sock"
     try:
-        parse_listen(args.ovsdb_listen)
+        targets = parse_listen(args.ovsdb_listen)
     except ValueError as exc:
         p.error(f"--ovsdb-listen: {exc}")
-    return args
+    for target in targets:
+        if target.startswith("ptcp:") and not args.allow_tcp:
+            p.error(f"--ovsdb-listen {target}: plain TCP lets anyone claim any hypervisor; use pssl: "
+                    "(with the --ssl-* files) or punix:, or allow it with --allow-tcp")
+        if target.startswith("pssl:") and args.tls is None:
+            p.error(f"--ovsdb-listen {target}: pssl: needs --ssl-private-key, --ssl-certificate and --ssl-ca-cert")
+    if args.allow_tcp and args.tls and args.of_port and args.of_port == args.of_ssl_port:
+        p.error(f"--of-port and --of-ssl-port are both {args.of_port}: give plain TCP another port (or --of-port 0)")
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -163,7 +208,9 @@ def _configure_os_ken(args: argparse.Namespace) -> None:
 
     cfg.CONF(args=[], project="os_ken")
     cfg.CONF.set_override("ofp_listen_host", args.of_host)
-    cfg.CONF.set_override("ofp_tcp_listen_port", args.of_port)
+    # Always a port: without one os-ken listens on 6653 and 6633 (connection.install keeps it off
+    # unless plain TCP is allowed; TLS is our own listener, controller.tls).
+    cfg.CONF.set_override("ofp_tcp_listen_port", args.of_port or 6653)
     cfg.CONF.set_override("ofp_ssl_listen_port", None)
     # Liveness, both ways (README "Switch connections"): OVS probes us (inactivity_probe,
     # 5 s by default) and controller.connection answers on arrival, however busy the app.
@@ -218,12 +265,16 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     # tables) out of the GC's young generations so compiles don't rescan it.
     gc.freeze()
     _configure_os_ken(args)
-    connection.install()
+    connection.install(tcp=bool(args.allow_tcp and args.of_port))
     manager = app_manager.AppManager.get_instance()
     manager.load_apps(["controller.app"])
     services = manager.instantiate_apps(**manager.create_contexts())
     if args.unix_socket:
         serve_unix(args.unix_socket)
+    if args.tls is not None:
+        from controller.tls import serve_openflow
+
+        serve_openflow(args.of_host, args.of_ssl_port, args.tls)
     ovsdb_manager = _start_ovsdb(args, topology, of_app.CLUSTER)
     api = None
     if args.api_port:
@@ -236,9 +287,11 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         if ovsdb_manager is not None:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
         api = serve(make_app(topology, extra=extra), args.api_host, args.api_port)
-    LOG.info("tenantflow controller: OpenFlow on %s:%d%s, API on %s:%d, state in %s", args.of_host, args.of_port,
-             f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port,
-             topology.store.url)
+    listening = [f"tcp:{args.of_host}:{args.of_port}"] if args.allow_tcp and args.of_port else []
+    listening += [f"ssl:{args.of_host}:{args.of_ssl_port}"] if args.tls else []
+    listening += [f"unix:{args.unix_socket}"] if args.unix_socket else []
+    LOG.info("tenantflow controller: OpenFlow on %s, API on %s:%d, state in %s", " ".join(listening) or "nothing",
+             args.api_host, args.api_port, topology.store.url)
     return Running(topology, manager.applications.get("TenantflowApp"), api, services, ovsdb_manager)
 
 
@@ -248,7 +301,8 @@ def _start_ovsdb(args: argparse.Namespace, topology, cluster):
     from topology.gateways import BfdTimers
 
     try:
-        manager = ovsdb.start(topology, args.ovsdb_listen, BfdTimers(args.bfd_min_tx, args.bfd_min_rx), cluster)
+        manager = ovsdb.start(topology, args.ovsdb_listen, BfdTimers(args.bfd_min_tx, args.bfd_min_rx), cluster,
+                              args.tls)
     except OSError as exc:
         raise SystemExit(f"tenantflow controller: cannot listen for OVSDB on {args.ovsdb_listen!r}: {exc}") from exc
     if manager is not None:

@@ -50,6 +50,11 @@ SYNC_RETRIES = Counter("tenantflow_sync_retries", "Syncs retried after a failed 
                        "no reply in time, an error)", ["hypervisor"], registry=REGISTRY)
 DISCONNECTS = Counter("tenantflow_switch_disconnects", "Times a bridge's OpenFlow connection ended",
                       ["hypervisor"], registry=REGISTRY)
+SWITCH_REFUSALS = Counter("tenantflow_switch_refusals", "Switch connections refused for their identity "
+                          "(controller.tls): "
+                          "channel openflow or ovsdb; reason no_certificate, untrusted_certificate, handshake_failed, "
+                          "no_name or name_mismatch (the certificate names another hypervisor than the datapath id's)",
+                          ["channel", "reason"], registry=REGISTRY)
 BRIDGES_DIVERGED = Gauge("tenantflow_bridges_diverged", "Connected bridges whose last sync did not leave them equal "
                          "to their compiled flows (a retry is pending)", registry=REGISTRY)
 GC_FROZEN = Gauge("tenantflow_gc_frozen_objects", "Objects in the garbage collector's permanent generation "

@@ -36,13 +36,14 @@ import os
 import re
 import selectors
 import socket
+import ssl
 import threading
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from controller import metrics
+from controller import metrics, tls
 from controller.tunnels import DATABASE, MONITORED, Plan, apply, bfd_of, datapath_id, plan
 from topology.gateways import BfdTimers, is_gateway, tunnel_ports
 from topology.model import Hypervisor
@@ -56,7 +57,7 @@ with warnings.catch_warnings():
 
 LOG = logging.getLogger("tenantflow.ovsdb")
 
-DEFAULT_LISTEN = "ptcp:6640 punix:/run/tenantflow/ovsdb.sock"
+DEFAULT_LISTEN = "pssl:6640 punix:/run/tenantflow/ovsdb.sock"
 BACKLOG = 1024  # hundreds of hypervisors connect at once when the controller starts
 TICK = 5.0  # s: the hypervisors and each bridge's writer are checked at least this often
 RETRY = (0.1, 30.0)  # s: the first and the longest wait before a failed transaction is tried again
@@ -67,10 +68,10 @@ Txn = ovs.db.idl.Transaction
 
 # -- listening ------------------------------------------------------------------------------------
 def parse_listen(text: str) -> list[str]:
-    """``--ovsdb-listen``'s targets: ``ptcp:PORT[:IP]`` and ``punix:PATH``, separated by spaces or commas.
+    """``--ovsdb-listen``'s targets: ``pssl:PORT[:IP]``, ``ptcp:PORT[:IP]`` and ``punix:PATH``, by spaces or commas.
 
-    OVS's own syntax (``ovsdb-server --remote``): ``ptcp:6640`` listens on every address,
-    ``ptcp:6640:127.0.0.1`` on one (``ptcp:6640:[::1]`` for IPv6). ValueError if one is neither.
+    OVS's own syntax (``ovsdb-server --remote``): ``pssl:6640`` listens with TLS on every address,
+    ``ptcp:6640:127.0.0.1`` in plain TCP on one (``ptcp:6640:[::1]`` for IPv6). ValueError if one is none of them.
     """
     targets = [t for t in re.split(r"[\s,]+", text.strip()) if t]
     for target in targets:
@@ -83,12 +84,12 @@ def _address(target: str) -> tuple[int, Any]:
     kind, _, rest = target.partition(":")
     if kind == "punix" and rest:
         return socket.AF_UNIX, rest
-    if kind == "ptcp":
+    if kind in ("ptcp", "pssl"):
         port, _, host = rest.partition(":")
         host = host.strip("[]") or "0.0.0.0"
         if port.isdigit() and int(port) < 65536:
             return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
-    raise ValueError(f"{target!r} is not an OVSDB listen target (ptcp:PORT[:IP] or punix:PATH)")
+    raise ValueError(f"{target!r} is not an OVSDB listen target (pssl:PORT[:IP], ptcp:PORT[:IP] or punix:PATH)")
 
 
 def open_listener(target: str) -> ovs.stream.PassiveStream:
@@ -171,8 +172,9 @@ class Bound:
 class ManagerConnection:
     """One ovsdb-server connected to us: the schema handshake, then an IDL replica of :data:`MONITORED`."""
 
-    def __init__(self, stream: ovs.stream.Stream, number: int) -> None:
+    def __init__(self, stream: ovs.stream.Stream, number: int, certificate_name: str | None = None) -> None:
         self.name = f"{stream.name}#{number}"
+        self.certificate_name = certificate_name  # the hypervisor its TLS certificate names (None: no TLS)
         self.sock: socket.socket = stream.socket
         self.rpc = ovs.jsonrpc.Connection(stream)
         self.idl: _AcceptedIdl | None = None
@@ -185,6 +187,7 @@ class ManagerConnection:
         self.blocked: dict[str, list[str]] = {}  # hypervisor -> ports it cannot have (logged once)
         self.retry_at = 0.0
         self.backoff = 0.0
+        self.refused = ""  # why its identity is refused (its certificate names another hypervisor)
         request = ovs.jsonrpc.Message.create_request("get_schema", [DATABASE])
         self._schema_id = request.id
         self.rpc.send(request)
@@ -206,8 +209,11 @@ class ManagerConnection:
         return self.rpc.get_backlog() > 0
 
     def buffered(self) -> bool:
-        """Whether input was read off the socket but not processed yet (the IDL takes 50 messages a run)."""
-        return bool(self.rpc.input)
+        """Whether input was read off the socket but not processed yet (the IDL takes 50 messages a run).
+
+        Under TLS also what the TLS layer decrypted and holds: the selector cannot see it.
+        """
+        return bool(self.rpc.input) or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0)
 
     def _handshake(self) -> None:
         """Wait for the schema; with it, start the IDL (which asks the server for its monitor)."""
@@ -242,6 +248,15 @@ class ManagerConnection:
             self.rpc.close()
 
 
+@dataclass
+class _Handshake:
+    """A TLS connection whose handshake is under way (pssl:)."""
+
+    sock: ssl.SSLSocket
+    peer: str
+    deadline: float
+
+
 # -- the manager ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Published:
@@ -256,8 +271,11 @@ class OvsdbManager:
     """Accepts the hypervisors' ovsdb-servers and keeps their gateway tunnel ports (one thread for all)."""
 
     def __init__(self, topology: Any, listen: list[str], timers: BfdTimers | None = None,
-                 cluster: Any = None) -> None:
+                 cluster: Any = None, tls_files: tls.TlsFiles | None = None) -> None:
         self.topology, self.listen, self.cluster = topology, listen, cluster
+        if any(t.startswith("pssl:") for t in listen) and tls_files is None:
+            raise ValueError("pssl: targets need the controller's key, certificate and CA (TlsFiles)")
+        self._ssl = tls_files.server_context() if tls_files is not None else None
         self.timers = timers or BfdTimers()
         self._listeners: list[ovs.stream.PassiveStream] = []
         self._selector = selectors.DefaultSelector()
@@ -269,6 +287,7 @@ class OvsdbManager:
         self._thread: threading.Thread | None = None
         # The loop thread's own (no lock):
         self._conns: set[ManagerConnection] = set()
+        self._handshakes: dict[ssl.SSLSocket, _Handshake] = {}  # TLS connections not yet established
         self._again: set[ManagerConnection] = set()  # to serve in the next round without waiting
         self._retrying: set[ManagerConnection] = set()  # a transaction failed: tried again at its retry_at
         self._accepted = 0
@@ -297,6 +316,8 @@ class OvsdbManager:
             self.cluster.subscribe(lambda: self._flag("ownership"))
         self._thread = threading.Thread(target=self._loop, name="ovsdb", daemon=True)
         self._thread.start()
+        if self._ssl is not None:
+            tls.export_refusals("ovsdb")
         LOG.info("OVSDB manager listening on %s", ", ".join(self.addresses()))
         return self
 
@@ -308,6 +329,8 @@ class OvsdbManager:
             self._thread.join(timeout)
         for conn in list(self._conns):
             conn.close()
+        for sock in list(self._handshakes):
+            sock.close()
         for listener in self._listeners:
             listener.socket.close()
             if listener.name.startswith("punix:"):
@@ -321,7 +344,7 @@ class OvsdbManager:
                 out.append(listener.name)
             else:
                 host, port = listener.socket.getsockname()[:2]
-                out.append(f"ptcp:{port}:{host}")
+                out.append(f"{listener.name.partition(':')[0]}:{port}:{host}")
         return out
 
     # -- what other threads read ----------------------------------------------------------------------
@@ -387,9 +410,13 @@ class OvsdbManager:
                 _drain(self._wake_r)
             elif isinstance(key.data, ManagerConnection):
                 ready.add(key.data)
+            elif isinstance(key.data, _Handshake):
+                ready |= self._shake(key.data)
             else:
                 ready |= self._accept(key.data)
         now = time.monotonic()
+        for hs in [h for h in self._handshakes.values() if now >= h.deadline]:
+            self._end_handshake(hs, tls.HANDSHAKE, f"no TLS handshake within {tls.HANDSHAKE_TIMEOUT:g} s")
         flags = self._take_flags()
         recheck = flags["ownership"]
         if flags["topology"] or now >= self._next_tick:  # the tick: also what a missed notification hid
@@ -409,6 +436,7 @@ class OvsdbManager:
             return 0.0
         now = time.monotonic()
         due = [c.retry_at for c in self._retrying if c.txn is None]
+        due += [h.deadline for h in self._handshakes.values()]
         return max(0.0, min([self._next_tick, *due]) - now)
 
     def _accept(self, listener: ovs.stream.PassiveStream) -> set[ManagerConnection]:
@@ -422,12 +450,59 @@ class OvsdbManager:
                 return accepted
             if stream.socket.family != socket.AF_UNIX:
                 _keepalive(stream.socket)
-            self._accepted += 1
-            conn = ManagerConnection(stream, self._accepted)
-            self._conns.add(conn)
-            self._selector.register(conn.sock, conn.events, conn)
-            accepted.add(conn)
-            LOG.info("ovsdb %s: connected", conn.name)
+            if listener.name.startswith("pssl:"):
+                self._start_handshake(stream)
+                continue
+            accepted.add(self._connected(stream))
+
+    def _connected(self, stream: ovs.stream.Stream, certificate_name: str | None = None) -> ManagerConnection:
+        """A server's connection is ready for OVSDB: start its handshake (schema, then the IDL)."""
+        self._accepted += 1
+        conn = ManagerConnection(stream, self._accepted, certificate_name)
+        self._conns.add(conn)
+        self._selector.register(conn.sock, conn.events, conn)
+        LOG.info("ovsdb %s: connected%s", conn.name, f" (certificate of {certificate_name})" if certificate_name
+                 else "")
+        return conn
+
+    # -- TLS (pssl:) ---------------------------------------------------------------------------------
+    def _start_handshake(self, stream: ovs.stream.Stream) -> None:
+        """Wrap an accepted TCP connection in TLS; its handshake goes on in the loop, never blocking it."""
+        peer = stream.name.partition(":")[2]
+        sock = self._ssl.wrap_socket(stream.socket, server_side=True, do_handshake_on_connect=False)
+        stream.socket = None  # detached into ``sock``: the stream must not close it
+        hs = _Handshake(sock, peer, time.monotonic() + tls.HANDSHAKE_TIMEOUT)
+        self._handshakes[sock] = hs
+        self._selector.register(sock, selectors.EVENT_READ, hs)
+        self._shake(hs)
+
+    def _shake(self, hs: _Handshake) -> set[ManagerConnection]:
+        """Take the handshake a step; once done (a trusted certificate naming someone), the connection."""
+        try:
+            hs.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(hs.sock, selectors.EVENT_READ, hs)
+            return set()
+        except ssl.SSLWantWriteError:
+            self._selector.modify(hs.sock, selectors.EVENT_WRITE, hs)
+            return set()
+        except (ssl.SSLError, OSError) as exc:
+            self._end_handshake(hs, tls.handshake_reason(exc), f"TLS handshake failed: {exc}")
+            return set()
+        name = tls.certificate_name(hs.sock)
+        if name is None:
+            self._end_handshake(hs, tls.NO_NAME, "its certificate has no common name")
+            return set()
+        self._end_handshake(hs)
+        return {self._connected(ovs.stream.SSLStream(hs.sock, f"pssl:{hs.peer}", 0), name)}
+
+    def _end_handshake(self, hs: _Handshake, reason: str | None = None, detail: str = "") -> None:
+        """Stop watching a handshake; with a ``reason``, it failed: refuse (log, count) and close."""
+        self._handshakes.pop(hs.sock, None)
+        self._selector.unregister(hs.sock)
+        if reason is not None:
+            tls.refuse("ovsdb", reason, hs.peer, detail)
+            hs.sock.close()
 
     def _serve(self, conn: ManagerConnection, io: bool) -> None:
         """I/O on one connection (if ``io``: it has some), then whatever its news or ours call for."""
@@ -505,6 +580,10 @@ class OvsdbManager:
             hv = self._by_dpid.get(dpid) if dpid is not None else None
             if hv is None or hv.name in seen:
                 continue
+            if conn.certificate_name not in (None, hv.name):
+                conn.refused = (f"its certificate names {conn.certificate_name!r}, but its bridge {row.name} carries "
+                                f"datapath id {dpid:016x}, hypervisor {hv.name}'s")
+                return False
             seen.add(hv.name)
             key, old = self._key(hv), conn.bridges.get(uuid)
             if old is not None and old.key == key:
@@ -535,7 +614,12 @@ class OvsdbManager:
         if idl is not None and idl.has_ever_connected():  # its replica is in
             replica_changed = idl.change_seqno != conn.seen_seqno
             conn.seen_seqno = idl.change_seqno
-            if self._bind(conn) or replica_changed:
+            bound = self._bind(conn)
+            if conn.refused:  # before anything is written or published
+                tls.refuse("ovsdb", tls.NAME_MISMATCH, conn.name, conn.refused)
+                self._drop(conn)
+                return
+            if bound or replica_changed:
                 conn.stale = True
                 self._publish(conn)
             if conn.txn is None or self._finish(conn, now):
@@ -630,10 +714,11 @@ def _unlink(path: str) -> None:
         pass
 
 
-def start(topology: Any, listen: str, timers: BfdTimers, cluster: Any = None) -> OvsdbManager | None:
+def start(topology: Any, listen: str, timers: BfdTimers, cluster: Any = None,
+          tls_files: tls.TlsFiles | None = None) -> OvsdbManager | None:
     """The controller's OVSDB manager on ``listen`` (``--ovsdb-listen``; None if it lists nothing)."""
     targets = parse_listen(listen)
     if not targets:
         return None
-    return OvsdbManager(topology, targets, timers, cluster).start()
+    return OvsdbManager(topology, targets, timers, cluster, tls_files).start()
 

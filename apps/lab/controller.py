@@ -20,6 +20,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.tls import TlsFiles
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on right now."""
@@ -38,10 +40,17 @@ class ApiError(RuntimeError):
 
 
 class ControllerProcess:
-    """One controller child process with its own state file, ports and socket."""
+    """One controller child process with its own state file, ports and socket.
+
+    ``tls``: the controller's key, certificate and the switches' CA (:class:`apps.lab.pki.Pki`):
+    OpenFlow over TLS on ``ssl_port`` and OVSDB on ``pssl:``, both on ``ssl_host`` (an address the
+    hypervisors' namespaces reach). ``allow_tcp``: the plain TCP listeners too (``--allow-tcp``),
+    which the tests and benchmarks that point bridges at ``tcp:127.0.0.1`` need.
+    """
 
     def __init__(self, workdir: str, *, db: str | None = None, api_port: int | None = None,
-                 of_port: int | None = None, unix_socket: str | None = None, extra_args: list[str] | None = None):
+                 of_port: int | None = None, unix_socket: str | None = None, extra_args: list[str] | None = None,
+                 tls: TlsFiles | None = None, ssl_host: str = "127.0.0.1", allow_tcp: bool = True):
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.db = db or os.path.join(workdir, "tenantflow.sqlite")
@@ -51,6 +60,9 @@ class ControllerProcess:
         # OVSDB (the controller as the hypervisors' manager): the lab's reach the unix socket
         self.ovsdb_port = free_port()
         self.ovsdb_socket = os.path.join(workdir, "ovsdb.sock")
+        self.tls, self.ssl_host, self.allow_tcp = tls, ssl_host, allow_tcp
+        self.ssl_port = free_port() if tls else 0  # OpenFlow over TLS
+        self.ovsdb_ssl_port = free_port() if tls else 0
         self.log_path = os.path.join(workdir, "controller.log")
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
@@ -60,12 +72,32 @@ class ControllerProcess:
         """Base URL of the REST API."""
         return f"http://127.0.0.1:{self.api_port}"
 
+    @property
+    def ssl_target(self) -> str:
+        """The OVS controller target of the TLS listener (``ssl:IP:PORT``)."""
+        return f"ssl:{self.ssl_host}:{self.ssl_port}"
+
+    @property
+    def ovsdb_ssl_target(self) -> str:
+        """The OVS manager target of the OVSDB TLS listener (``ssl:IP:PORT``)."""
+        return f"ssl:{self.ssl_host}:{self.ovsdb_ssl_port}"
+
     def argv(self) -> list[str]:
         """The command line: the documented ``tenantflow controller`` flags."""
-        return [sys.executable, "-m", "apps.cli", "controller", "--db", self.db, "--of-host", "127.0.0.1",
-                "--of-port", str(self.of_port), "--unix-socket", self.unix_socket, "--api-host", "127.0.0.1",
-                "--api-port", str(self.api_port),
-                "--ovsdb-listen", f"ptcp:{self.ovsdb_port}:127.0.0.1 punix:{self.ovsdb_socket}", *self.extra_args]
+        ovsdb = [f"punix:{self.ovsdb_socket}"]
+        transport = ["--of-port", str(self.of_port) if self.allow_tcp else "0"]
+        if self.allow_tcp:
+            transport.append("--allow-tcp")
+            ovsdb.insert(0, f"ptcp:{self.ovsdb_port}:127.0.0.1")
+        if self.tls is not None:
+            transport += ["--ssl-private-key", self.tls.private_key, "--ssl-certificate", self.tls.certificate,
+                          "--ssl-ca-cert", self.tls.ca_cert, "--of-ssl-port", str(self.ssl_port)]
+            ovsdb.append(f"pssl:{self.ovsdb_ssl_port}:{self.ssl_host}")
+        # one --of-host for TCP and TLS: the TLS listener's address when there is one
+        host = self.ssl_host if self.tls is not None else "127.0.0.1"
+        return [sys.executable, "-m", "apps.cli", "controller", "--db", self.db, "--of-host", host, *transport,
+                "--unix-socket", self.unix_socket, "--api-host", "127.0.0.1", "--api-port", str(self.api_port),
+                "--ovsdb-listen", " ".join(ovsdb), *self.extra_args]
 
     def start(self, timeout: float = 15.0) -> ControllerProcess:
         """Start the process and wait until its API answers."""

@@ -38,7 +38,9 @@ from mininet.link import Intf
 from mininet.node import Host
 
 from apps.lab import sh, steps
+from apps.lab.mgmt import ManagementNet
 from apps.lab.ovs import PrivateOVS
+from apps.lab.pki import Pki
 from topology.gateways import gateway_tunnel_name
 
 LOG = logging.getLogger(__name__)
@@ -191,7 +193,13 @@ class Lab:
     flows added by hand forward anything). ``manager_unix_socket``: the controller's OVSDB
     unix socket (``--ovsdb-listen punix:PATH``; a list: a cluster's), each hypervisor's
     ovsdb-server connects to it (operator step 2's :func:`apps.lab.steps.set_manager`);
-    ovsdb-server has no run-directory rule, so the path is used as it is.
+    ovsdb-server has no run-directory rule, so the path is used as it is. ``manager_target``:
+    any other OVS manager target, used verbatim.
+
+    TLS: with ``pki`` each hypervisor gets its own certificate (common name: its name) and
+    ``ovs-vsctl set-ssl`` (operator step 2) before its targets, which are then ``ssl:`` ones
+    (``controller_target``, ``manager_target``); ``management`` cables each hypervisor's
+    ``mgmt0`` to the root namespace, where the controller listens (:mod:`apps.lab.mgmt`).
     """
 
     def __init__(
@@ -210,6 +218,9 @@ class Lab:
         controller_max_backoff_ms: int | None = 1000,
         gateways: Sequence[str] = (),
         manager_unix_socket: str | list[str] | None = None,
+        manager_target: str | None = None,
+        pki: Pki | None = None,
+        management: ManagementNet | None = None,
     ) -> None:
         if controller_unix_socket and controller_target:
             raise ValueError("give controller_unix_socket or controller_target, not both")
@@ -227,7 +238,8 @@ class Lab:
         self.controller_max_backoff_ms = controller_max_backoff_ms
         self.gateways = tuple(gateways)  # hypervisors registered as gateways for physnet (provider labs)
         sockets = [manager_unix_socket] if isinstance(manager_unix_socket, str) else manager_unix_socket or []
-        self.manager_target = " ".join(f"unix:{os.path.abspath(s)}" for s in sockets) or None
+        self.manager_target = manager_target or " ".join(f"unix:{os.path.abspath(s)}" for s in sockets) or None
+        self.pki, self.management = pki, management
         if dpid_base is None:
             # "tf" + 16 bits of the prefix: two labs on one controller get distinct dpids
             dpid_base = (0x7466 << 48) | ((zlib.crc32(prefix.encode()) & 0xFFFF) << 16)
@@ -317,9 +329,14 @@ class Lab:
         if self.provider:
             sh.veth_add(PROVIDER_NIC, netns, f"{name}-p", self.fabric_netns)
             sh.run(["ip", "-n", self.fabric_netns, "link", "set", f"{name}-p", "master", "provider"])
+        if self.management is not None:
+            self.management.attach(netns, index)
         hv.ovs.start()
         # the operator steps, in order
         steps.add_integration_bridge(hv.vsctl, hv.dpid)
+        if self.pki is not None:
+            cert = self.pki.switch(name)
+            steps.set_ssl(hv.vsctl, cert.private_key, cert.certificate, cert.ca_cert)
         target = self._controller_target_for(hv)
         if target is not None:
             hv.set_controller(target, self.controller_max_backoff_ms)

@@ -51,11 +51,15 @@ class PrivateOVS:
         """Start ovsdb-server on ``unix:<rundir>/db.sock`` and initialise the database.
 
         Like ``ovs-ctl`` on a real host, it also connects to the managers the database names
-        (``ovs-vsctl set-manager``, operator step 2), the controller among them.
+        (``ovs-vsctl set-manager``, operator step 2), the controller among them, with the key and
+        certificates ``ovs-vsctl set-ssl`` puts in the database (for ``ssl:`` managers).
         """
+        ssl = [f"--{opt}=db:Open_vSwitch,SSL,{col}"
+               for opt, col in (("private-key", "private_key"), ("certificate", "certificate"), ("ca-cert", "ca_cert"))]
         self._daemon(
             "ovsdb-server",
-            [self.db, f"--remote=punix:{self.db_sock}", "--remote=db:Open_vSwitch,Open_vSwitch,manager_options"],
+            [self.db, f"--remote=punix:{self.db_sock}", "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+             *ssl],
         )
         # --no-wait: ovs-vswitchd is not running yet, nothing would ever ack the change.
         self.vsctl("--no-wait", "init")

@@ -32,8 +32,9 @@ def run(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     timeout: float = 30.0,
+    cwd: str | None = None,
 ) -> str:
-    """Run ``argv`` (inside ``netns`` if given) and return its stdout.
+    """Run ``argv`` (inside ``netns`` if given, in ``cwd`` if given) and return its stdout.
 
     Raises :class:`CommandError` when ``check`` and the command fails.
     """
@@ -42,7 +43,7 @@ def run(
     if env:
         merged = dict(os.environ)
         merged.update(env)
-    proc = subprocess.run(full, capture_output=True, text=True, env=merged, timeout=timeout)
+    proc = subprocess.run(full, capture_output=True, text=True, env=merged, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise CommandError(full, proc.returncode, proc.stdout, proc.stderr)
     return proc.stdout

@@ -9,7 +9,8 @@ database, so it works unchanged for a private lab OVS and for a real host.
 Order on a compute node:
 
 1. :func:`add_integration_bridge`  -- br-int, userspace datapath, secure fail mode
-2. :func:`set_controller`          -- point br-int at the controller
+2. :func:`set_ssl`                 -- (TLS) the host's certificate, the controller's CA
+   :func:`set_controller`          -- point br-int at the controller
    :func:`set_manager`             -- and the host's OVSDB (the gateway tunnel ports are the controller's)
 3. :func:`attach_underlay`         -- the tunnel endpoint IP on an OVS bridge
 4. :func:`add_tunnel_ports`        -- flow-based VXLAN and Geneve ports
@@ -77,8 +78,8 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None)
     instances, ``target`` lists each (``tcp:A:6653 tcp:B:6653 tcp:C:6653``), and every
     controller record gets the connection mode.
 
-    ``target`` is ``tcp:IP:6653`` or ``unix:<path>``; OVS only accepts a ``unix:`` path
-    inside its own run directory, so on a host whose controller listens on a unix
+    ``target`` is ``ssl:IP:6653`` (after :func:`set_ssl`), ``tcp:IP:6653`` or ``unix:<path>``;
+    OVS only accepts a ``unix:`` path inside its own run directory, so on a host whose controller listens on a unix
     socket elsewhere, symlink that socket into the run directory first (the lab does).
     Out-of-band: the controller is reached through the host's own network stack, never
     through br-int's ports. ``max_backoff_ms`` (optional, lab tuning) caps OVS's
@@ -94,16 +95,29 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None)
         vsctl("set", "controller", uuid, "connection-mode=out-of-band", *extra)
 
 
+def set_ssl(vsctl: Vsctl, private_key: str, certificate: str, ca_cert: str) -> None:
+    """Step 2, before the targets when they are ``ssl:``: the host's key, certificate and the controller's CA.
+
+    ``ovs-vsctl set-ssl <hv>-privkey.pem <hv>-cert.pem controllerca/cacert.pem``, the files of
+    ``ovs-pki -u req+sign <hv> switch`` (common name: the hypervisor's name, which the controller
+    holds against the datapath id) and of ``ovs-pki init`` (the CA that signed the controller's).
+    ovs-vswitchd (OpenFlow) and ovsdb-server (OVSDB, started with ``--private-key=db:Open_vSwitch,SSL,
+    private_key`` and the like, as ``ovs-ctl`` does) both read them from the database.
+    """
+    vsctl("set-ssl", private_key, certificate, ca_cert)
+
+
 def set_manager(vsctl: Vsctl, target: str) -> None:
     """Step 2, second half: make the controller the host's OVSDB manager.
 
     ``ovs-vsctl set-manager <target>`` (several, space-separated: a cluster's instances, as
-    for :func:`set_controller`). ``target`` is ``tcp:CONTROLLER_IP:6640`` (the controller's
-    ``--ovsdb-listen``) or ``unix:<path>``. The host's ovsdb-server then connects to the
-    controller, which creates and removes the gateway tunnel ports (``tg-*``, VXLAN on UDP
-    4790 with BFD) on br-int itself and never touches any other port. ovsdb-server follows
-    the Manager table only when started with ``--remote=db:Open_vSwitch,Open_vSwitch,manager_options``,
-    as ``ovs-ctl`` (and so every packaged Open vSwitch) starts it.
+    for :func:`set_controller`). ``target`` is ``ssl:CONTROLLER_IP:6640`` (after :func:`set_ssl`),
+    ``tcp:CONTROLLER_IP:6640`` (the controller's ``--ovsdb-listen``) or ``unix:<path>``. The
+    host's ovsdb-server then connects to the controller, which creates and removes the gateway
+    tunnel ports (``tg-*``, VXLAN on UDP 4790 with BFD) on br-int itself and never touches any
+    other port. ovsdb-server follows the Manager table only when started with
+    ``--remote=db:Open_vSwitch,Open_vSwitch,manager_options``, as ``ovs-ctl`` (and so every
+    packaged Open vSwitch) starts it.
     """
     vsctl("set-manager", *target.split())
 
