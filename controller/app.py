@@ -212,7 +212,7 @@ class TenantflowApp(app_manager.OSKenApp):
 
     def _switch_of(self, msg):
         """The switch a message came from: None if its connection is not the switch's (one refused, or replaced)."""
-        sw = self._switch_of(msg)
+        sw = self.switches.get(msg.datapath.id)
         return sw if sw is not None and sw.dp is msg.datapath else None
 
     def _disconnected(self, sw: Switch) -> None:

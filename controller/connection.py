@@ -211,7 +211,7 @@ class FastEchoSocket:
     def shutdown(self, how: int) -> None:
         """Shut down one or both directions of the real socket (os-ken's way to end a connection)."""
         self._ended("closed by the controller (shutdown)")
-        _shutdown(self._sock, how)
+        self._sock.shutdown(how)
 
     def intercept(self, owns: Callable[[int], bool] | None, handler: Callable[[bytes], None] | None) -> None:
         """Hand each message whose xid ``owns`` claims to ``handler``, whole, on the reader thread (None: stop).
@@ -229,7 +229,7 @@ class FastEchoSocket:
             self._closed = True
             self._cond.notify_all()
         with contextlib.suppress(OSError):
-            _shutdown(self._sock, socket.SHUT_RDWR)  # a reader blocked in recv or sendall returns
+            self._sock.shutdown(socket.SHUT_RDWR)  # a reader blocked in recv or sendall returns
         if threading.current_thread() is not self._reader:
             self._reader.join(CLOSE_LINGER)
         self._sock.close()
@@ -289,15 +289,6 @@ class FastEchoSocket:
             self._inbox += data
             self._cond.notify_all()
         return True
-
-
-def _shutdown(sock: socket.socket, how: int) -> None:
-    """Shut the connection down under TLS too.
-
-    ``ssl.SSLSocket.shutdown`` first drops the TLS state, and the reader thread's next ``recv``
-    would then hand the raw encrypted bytes to os-ken as OpenFlow: the plain socket's is used.
-    """
-    socket.socket.shutdown(sock, how)
 
 
 def _keepalive(sock: socket.socket) -> None:

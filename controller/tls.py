@@ -52,13 +52,95 @@ class TlsFiles:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_cert_chain(self.certificate, self.private_key)
         ctx.load_verify_locations(self.ca_cert)
-        # No session tickets: a TLS 1.3 server writes them after the handshake, and an OpenFlow
-        # connection is then read and written by two threads (switches never resume anyway).
-        ctx.num_tickets = 0
+        ctx.num_tickets = 0  # switches never resume a session
         return ctx
 
 
-def certificate_name(sock: ssl.SSLSocket | ssl.SSLObject) -> str | None:
+class TlsSocket:
+    """A switch's TLS connection that two threads may read and write at once (an OpenFlow connection's).
+
+    OpenSSL's connection object is not thread-safe, and ``ssl.SSLSocket`` does not lock it:
+    with the connection's reader thread blocked in a read and os-ken's send thread writing,
+    switches hung in their OpenFlow handshake (seen here: neither HELLO got through). So the
+    TLS state is an ``ssl.SSLObject`` on memory buffers, touched under one lock and never
+    while waiting for the network; the socket's own reads and writes happen outside it.
+    Whatever TLS produces goes out under the send lock in the order it was produced. The rest
+    of the socket interface (timeouts, options, ``shutdown``, ``close``) is the TCP socket's.
+    """
+
+    RECV_SIZE = 256 * 1024
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
+        self._sock = sock
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._lock = threading.Lock()  # the TLS state
+        self._send_lock = threading.Lock()  # the socket's writes, in TLS's order
+
+    def handshake(self) -> None:
+        """The server's side of the handshake (the socket's timeout applies); ssl.SSLError if refused."""
+        while True:
+            try:
+                with self._lock:
+                    self._tls.do_handshake()
+                self._flush()
+                return
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._feed():
+                    raise ConnectionError("closed during the TLS handshake") from None
+
+    def getpeercert(self) -> dict:
+        """The verified peer certificate, decoded."""
+        return self._tls.getpeercert()
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` bytes of plain text; b"" at the end; the socket's timeout applies."""
+        while True:
+            with self._lock:
+                try:
+                    data = self._tls.read(bufsize)
+                except ssl.SSLWantReadError:
+                    data = None
+                except ssl.SSLZeroReturnError:
+                    data = b""
+            self._flush()  # reading may have made TLS answer something (a key update)
+            if data is not None:
+                return data
+            if not self._feed():
+                return b""
+
+    def sendall(self, data: bytes) -> None:
+        """Encrypt and send ``data`` whole."""
+        with self._send_lock:
+            with self._lock:
+                self._tls.write(data)
+                out = self._outgoing.read()
+            self._sock.sendall(out)
+
+    def _feed(self) -> bool:
+        """Hand the next bytes off the socket to TLS; False at the end of the stream."""
+        data = self._sock.recv(self.RECV_SIZE)
+        if not data:
+            return False
+        with self._lock:
+            self._incoming.write(data)
+        return True
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            with self._lock:
+                out = self._outgoing.read()
+            if out:
+                self._sock.sendall(out)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._sock, name)
+
+
+def certificate_name(sock: ssl.SSLSocket | TlsSocket) -> str | None:
     """The hypervisor a verified peer certificate names: its common name without ``ovs-pki``'s `` id:...``."""
     cert = sock.getpeercert() or {}
     for rdn in cert.get("subject", ()):
@@ -113,8 +195,9 @@ def serve_openflow(host: str, port: int, files: TlsFiles) -> socket.socket:
 
     def handle(conn: socket.socket, address: tuple) -> None:
         conn.settimeout(HANDSHAKE_TIMEOUT)
+        tls = TlsSocket(conn, ctx)
         try:
-            tls = ctx.wrap_socket(conn, server_side=True)
+            tls.handshake()
         except (ssl.SSLError, OSError) as exc:
             refuse("openflow", handshake_reason(exc), address, f"TLS handshake failed: {exc}")
             conn.close()

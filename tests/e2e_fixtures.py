@@ -34,6 +34,8 @@ import pytest
 
 from apps.lab import Hypervisor, Lab, LabVM
 from apps.lab.controller import ControllerProcess, compile_stored
+from apps.lab.mgmt import ManagementNet
+from apps.lab.pki import Pki
 from controller.switch import learned_cookies
 from flows.flow import Flow
 from flows.pipeline import STAGES
@@ -42,6 +44,7 @@ from tests.lab_fixtures import lab_problem, require_lab
 __all__ = [
     "Capture",
     "SwitchFlow",
+    "TlsSetup",
     "attached_lab",
     "capturing",
     "compiled",
@@ -62,6 +65,7 @@ __all__ = [
     "require_lab",
     "send_frames",
     "running_controller",
+    "tls_setup",
     "switch_cookies",
     "sync_difference",
     "wait_in_sync",
@@ -95,10 +99,34 @@ def wait_until(
         time.sleep(interval)
 
 
+@dataclass
+class TlsSetup:
+    """What a TLS cloud needs besides the controller: the ``ovs-pki`` CA and the management network."""
+
+    pki: Pki
+    management: ManagementNet
+
+
 @contextlib.contextmanager
-def running_controller(workdir: str | os.PathLike[str], *extra_args: str) -> Iterator[ControllerProcess]:
-    """A started ``tenantflow controller`` with its state, log and socket in ``workdir``; stopped on exit."""
-    ctrl = ControllerProcess(str(workdir), extra_args=list(extra_args))
+def tls_setup(workdir: str | os.PathLike[str], prefix: str) -> Iterator[TlsSetup]:
+    """An ``ovs-pki`` CA in ``workdir`` and a management network named after ``prefix`` (removed on exit)."""
+    with ManagementNet(prefix) as management:
+        yield TlsSetup(Pki(str(Path(workdir) / "pki")), management)
+
+
+@contextlib.contextmanager
+def running_controller(workdir: str | os.PathLike[str], *extra_args: str,
+                       tls: TlsSetup | None = None) -> Iterator[ControllerProcess]:
+    """A started ``tenantflow controller`` with its state, log and socket in ``workdir``; stopped on exit.
+
+    With ``tls``: switches connect over TLS only (its certificate from ``tls.pki``, listening on
+    the management network), with no plain TCP listener at all (no ``--allow-tcp``).
+    """
+    if tls is None:
+        ctrl = ControllerProcess(str(workdir), extra_args=list(extra_args))
+    else:
+        ctrl = ControllerProcess(str(workdir), extra_args=list(extra_args), tls=tls.pki.controller(),
+                                 ssl_host=tls.management.address, allow_tcp=False)
     ctrl.start()
     try:
         yield ctrl
@@ -120,19 +148,26 @@ def attached_lab(
     prefix: str,
     n_hypervisors: int = 2,
     connect_timeout: float = 15.0,
+    tls: TlsSetup | None = None,
     **lab_kwargs: Any,
 ) -> Iterator[Lab]:
     """A lab whose hypervisors are attached to ``ctrl`` (unix socket), registered and connected.
 
+    With ``tls`` (``ctrl`` started with the same): over TLS instead, OpenFlow and OVSDB, each
+    hypervisor with its own certificate, across the management network.
     ``prefix`` must be unique per test module (namespaces are named after it). Extra
     keyword arguments go to :class:`apps.lab.Lab` (``provider=True``...). The lab is torn
     down on exit, whatever happened.
     """
-    lab_kwargs.setdefault("manager_unix_socket", ctrl.ovsdb_socket)  # operator step 2's set-manager
+    if tls is None:
+        lab_kwargs.setdefault("manager_unix_socket", ctrl.ovsdb_socket)  # operator step 2's set-manager
+        lab_kwargs.setdefault("controller_unix_socket", ctrl.unix_socket)
+    else:
+        lab_kwargs.update(controller_target=ctrl.ssl_target, manager_target=ctrl.ovsdb_ssl_target, pki=tls.pki,
+                          management=tls.management)
     with Lab(
         prefix=prefix,
         n_hypervisors=n_hypervisors,
-        controller_unix_socket=ctrl.unix_socket,
         api_url=ctrl.api_url,
         **lab_kwargs,
     ) as lab:
