@@ -19,6 +19,7 @@ target VM; the controller gets no packet-in while traffic flows.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -49,6 +50,7 @@ from tests.e2e_fixtures import (
     plug_new_vm,
     require_lab,
     running_controller,
+    tls_setup,
     wait_until,
 )
 from tests.lab_fixtures import ping_count, tcp_transfer, wait_listening
@@ -120,26 +122,31 @@ def _wait_mesh(ctrl: ControllerProcess, tenant: Tenant, timeout: float = 15.0) -
 
 
 
-@pytest.fixture(scope="module", params=["vxlan", "gre"])
+@pytest.fixture(scope="module", params=["vxlan", "gre-tls"])
 def cloud(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     """Controller + 3 hypervisors (with provider fabric) + tenants A and B, all meshes reachable.
 
-    Every test runs twice: with the tenants' networks on VXLAN, and on GRE (tf-gre).
+    Every test runs twice: with the tenants' networks on VXLAN, the hypervisors attached over
+    the controller's unix sockets; and on GRE (tf-gre), the hypervisors attached over TLS
+    (OpenFlow and OVSDB, each with its own ``ovs-pki`` certificate, no plain TCP listener).
     """
     require_lab()
-    overlay = {"provider:network_type": request.param}
+    network_type, _, transport = request.param.partition("-")
+    overlay = {"provider:network_type": network_type}
     workdir = tmp_path_factory.mktemp("e2e-isolation")
     prefix = "tfi" + uuid.uuid4().hex[:5]
-    with (
-        running_controller(workdir / "controller") as ctrl,
-        attached_lab(ctrl, prefix, n_hypervisors=3, provider=True) as lab,
-    ):
+    with contextlib.ExitStack() as stack:
+        tls = stack.enter_context(tls_setup(workdir, prefix)) if transport == "tls" else None
+        ctrl = stack.enter_context(running_controller(workdir / "controller", tls=tls))
+        lab = stack.enter_context(attached_lab(ctrl, prefix, n_hypervisors=3, provider=True, tls=tls))
+        if tls is not None:
+            assert all(hv.controller == ctrl.ssl_target for hv in lab.hypervisors)
         a = _build_tenant(ctrl, lab, "a", PROJECT_A, [[SHARED_IPS[0]], [SHARED_IPS[1], A_ONLY_IP], [SHARED_IPS[2]]],
                           **overlay)
         b = _build_tenant(ctrl, lab, "b", PROJECT_B, [[SHARED_IPS[0]], [SHARED_IPS[1]], [SHARED_IPS[2], B_ONLY_IP]],
                           **overlay)
         assert a.net["project_id"] == PROJECT_A and b.net["project_id"] == PROJECT_B
-        assert a.net["provider:network_type"] == b.net["provider:network_type"] == request.param
+        assert a.net["provider:network_type"] == b.net["provider:network_type"] == network_type
         assert a.net["provider:segmentation_id"] != b.net["provider:segmentation_id"]
         _wait_mesh(ctrl, a)
         _wait_mesh(ctrl, b)
