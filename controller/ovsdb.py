@@ -57,7 +57,6 @@ with warnings.catch_warnings():
 
 LOG = logging.getLogger("tenantflow.ovsdb")
 
-DEFAULT_LISTEN = "pssl:6640 punix:/run/tenantflow/ovsdb.sock"
 BACKLOG = 1024  # hundreds of hypervisors connect at once when the controller starts
 TICK = 5.0  # s: the hypervisors and each bridge's writer are checked at least this often
 RETRY = (0.1, 30.0)  # s: the first and the longest wait before a failed transaction is tried again

@@ -80,7 +80,8 @@ def _controller(workdir: str, stock: bool, unix_socket: str = ""):
         connection.install = lambda: None  # os-ken's own datapath_connection_factory
     db = os.path.join(workdir, "echo.sqlite")
     of_port = _free_port()
-    args = parse_args(["--db", db, "--of-host", "127.0.0.1", "--of-port", str(of_port), "--unix-socket", unix_socket,
+    args = parse_args(["--db", db, "--of-host", "127.0.0.1", "--of-port", str(of_port), "--allow-tcp",
+                       "--unix-socket", unix_socket,
                        "--api-port", "0", "--ovsdb-listen", ""])
     return start(args, topology=Topology(db)), of_port
 

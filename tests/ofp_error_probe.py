@@ -105,8 +105,9 @@ def run(bridge: str, workdir: str) -> dict:
     topology = Topology(db)
     topology.register_hypervisor({"name": HV, "datapath_id": f"{dpid:016x}", "tunnel_ip": "192.0.2.1"})
     of_port, api_port = _free_port(), _free_port()
-    args = parse_args(["--db", db, "--of-host", "127.0.0.1", "--of-port", str(of_port), "--unix-socket", "",
-                       "--api-host", "127.0.0.1", "--api-port", str(api_port), "--ovsdb-listen", ""])
+    args = parse_args(["--db", db, "--of-host", "127.0.0.1", "--of-port", str(of_port), "--allow-tcp",
+                       "--unix-socket", "", "--api-host", "127.0.0.1", "--api-port", str(api_port),
+                       "--ovsdb-listen", ""])
     _sh("ovs-vsctl", "--if-exists", "del-br", bridge)
     _sh("ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=secure",
         "protocols=OpenFlow13", f"other-config:datapath-id={dpid:016x}", "other-config:disable-in-band=true")

@@ -96,7 +96,8 @@ def run(quick: bool = False) -> dict:
         topology.graph.set_ofports("bench", {})
     of_port = _free_port()
     args = parse_args(["--db", os.path.join(tmp, "bench.sqlite"), "--of-host", "127.0.0.1",
-                       "--of-port", str(of_port), "--unix-socket", "", "--api-port", "0", "--ovsdb-listen", ""])
+                       "--of-port", str(of_port), "--allow-tcp", "--unix-socket", "", "--api-port", "0",
+                       "--ovsdb-listen", ""])
     _sh("ovs-vsctl", "--if-exists", "del-br", BRIDGE)
     _sh("ovs-vsctl", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev", "fail_mode=secure",
         "protocols=OpenFlow13", f"other-config:datapath-id={DPID:016x}", "--",
