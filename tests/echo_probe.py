@@ -77,7 +77,7 @@ def _sh(*cmd: str) -> str:
 
 def _controller(workdir: str, stock: bool, unix_socket: str = ""):
     if stock:
-        connection.install = lambda: None  # os-ken's own datapath_connection_factory
+        connection.install = lambda **_: None  # os-ken's own datapath_connection_factory (and TCP listener)
     db = os.path.join(workdir, "echo.sqlite")
     of_port = _free_port()
     args = parse_args(["--db", db, "--of-host", "127.0.0.1", "--of-port", str(of_port), "--allow-tcp",
