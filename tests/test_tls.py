@@ -146,6 +146,55 @@ def test_impostor_with_valid_certificate_is_refused(cloud: Cloud) -> None:
                message=lambda: f"hv2's OVSDB back; log:\n{ctrl.log_tail()}")
 
 
+def test_early_bridge_is_checked_when_its_datapath_id_is_registered(cloud: Cloud) -> None:
+    """A bridge with a certificate of "hvx" (no such hypervisor) and an unregistered datapath id waits, like
+    any early bridge; once its datapath id is registered as hv9 it is refused, holding no flow.
+
+    OVS reads a new ``set-ssl`` for new connections only: hv2's own stay as they are meanwhile.
+    """
+    ctrl, hv2 = cloud.ctrl, cloud.lab.hypervisor("hv2")
+    own, other = cloud.lab.pki.switch("hv2"), cloud.lab.pki.switch("hvx")
+    dpid = 0x7466_0000_0000_0E09
+    before = refusals(ctrl).get(("openflow", "name_mismatch"), 0)
+    log = Path(ctrl.log_path)
+    steps.set_ssl(hv2.vsctl, other.private_key, other.certificate, other.ca_cert)
+    hv2.vsctl("add-br", "br-early", "--", "set", "bridge", "br-early", "datapath_type=netdev", "fail_mode=secure",
+              "protocols=OpenFlow13", f"other-config:datapath-id={steps.format_dpid(dpid)}")
+    try:
+        hv2.vsctl("set-controller", "br-early", ctrl.ssl_target)
+        wait_until(lambda: f"bridge {dpid:016x} connected but no hypervisor" in log.read_text(), 10,
+                   message=lambda: ctrl.log_tail())
+        assert refusals(ctrl).get(("openflow", "name_mismatch"), 0) == before  # it claims nobody yet
+        steps.register_hypervisor(ctrl.api_url, "hv9", dpid, "192.168.100.9")
+        try:
+            wait_until(lambda: refused(ctrl, "openflow", "name_mismatch", before), 10,
+                       message=lambda: f"the refusal once hv9 is registered\n{ctrl.log_tail()}")
+            assert f"its certificate names 'hvx', but it claims datapath id {dpid:016x}: datapath id {dpid:016x} " \
+                   "is hypervisor hv9's" in log.read_text()
+            assert ctrl.show("hypervisor", "hv9").get("connected") is not True
+            assert hv2.ofctl("dump-flows", "br-early").count("cookie=") == 0
+        finally:
+            ctrl.request("DELETE", "/v2.0/hypervisors/hv9")
+    finally:
+        hv2.vsctl("del-br", "br-early")
+        steps.set_ssl(hv2.vsctl, own.private_key, own.certificate, own.ca_cert)
+    assert ctrl.show("hypervisor", "hv2").get("connected"), "hv2's own connection was disturbed"
+
+
+def test_plain_tcp_needs_allow_tcp_and_tls_all_three_files() -> None:
+    """The controller's flags: ptcp: and pssl: targets only when allowed and configured; TLS files together."""
+    from controller.main import parse_args
+
+    tls = ["--ssl-private-key", "k.pem", "--ssl-certificate", "c.pem", "--ssl-ca-cert", "ca.pem"]
+    for argv in (["--ovsdb-listen", "ptcp:6640"], ["--ovsdb-listen", "pssl:6640"], tls[:4],
+                 [*tls, "--allow-tcp"]):  # the last: --of-port and --of-ssl-port both 6653
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+    assert parse_args([]).ovsdb_listen == "punix:/run/tenantflow/ovsdb.sock"
+    assert parse_args(tls).ovsdb_listen == "pssl:6640 punix:/run/tenantflow/ovsdb.sock"
+    assert parse_args(["--allow-tcp", "--ovsdb-listen", "ptcp:6640"]).allow_tcp
+
+
 def test_bridge_without_certificate_cannot_connect(cloud: Cloud) -> None:
     """Plain OpenFlow to the TLS port, and TLS without a certificate or with another CA's: refused, counted."""
     ctrl, hv1 = cloud.ctrl, cloud.lab.hypervisor("hv1")
