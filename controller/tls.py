@@ -59,11 +59,12 @@ class TlsFiles:
 class TlsSocket:
     """A switch's TLS connection that two threads may read and write at once (an OpenFlow connection's).
 
-    OpenSSL's connection object is not thread-safe, and ``ssl.SSLSocket`` does not lock it:
-    with the connection's reader thread blocked in a read and os-ken's send thread writing,
-    switches hung in their OpenFlow handshake (seen here: neither HELLO got through). So the
-    TLS state is an ``ssl.SSLObject`` on memory buffers, touched under one lock and never
-    while waiting for the network; the socket's own reads and writes happen outside it.
+    An OpenSSL connection object must not be used by two threads at once, and ``ssl.SSLSocket``
+    does not lock it (it releases the GIL inside ``SSL_read``/``SSL_write``), while an OpenFlow
+    connection is read by its reader thread and written by os-ken's send thread and our echo
+    replies at the same time. So the TLS state is an ``ssl.SSLObject`` on memory buffers,
+    touched under one lock and never while waiting for the network; the socket's own reads
+    and writes happen outside it.
     Whatever TLS produces goes out under the send lock in the order it was produced. The rest
     of the socket interface (timeouts, options, ``shutdown``, ``close``) is the TCP socket's.
     """
