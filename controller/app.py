@@ -286,6 +286,13 @@ class TenantflowApp(app_manager.OSKenApp):
             more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
             sw.on_reply(ev.msg.xid, [s.group_id for s in ev.msg.body], more)
 
+    @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
+    def _meter_config(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is not None:
+            more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
+            sw.on_reply(ev.msg.xid, [s.meter_id for s in ev.msg.body], more)
+
     @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
     def _role_reply(self, ev):
         sw = self._switch_of(ev.msg)
