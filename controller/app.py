@@ -288,7 +288,7 @@ class TenantflowApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_config(self, ev):
-        sw = self.switches.get(ev.msg.datapath.id)
+        sw = self._switch_of(ev.msg)
         if sw is not None:
             more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
             sw.on_reply(ev.msg.xid, [s.meter_id for s in ev.msg.body], more)
