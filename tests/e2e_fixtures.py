@@ -34,8 +34,7 @@ import pytest
 
 from apps.lab import Hypervisor, Lab, LabVM
 from apps.lab.controller import ControllerProcess, compile_stored
-from apps.lab.mgmt import ManagementNet
-from apps.lab.pki import Pki
+from apps.lab.pki import TlsSetup, tls_setup
 from controller.switch import learned_cookies
 from flows.flow import Flow
 from flows.pipeline import STAGES
@@ -99,21 +98,6 @@ def wait_until(
         time.sleep(interval)
 
 
-@dataclass
-class TlsSetup:
-    """What a TLS cloud needs besides the controller: the ``ovs-pki`` CA and the management network."""
-
-    pki: Pki
-    management: ManagementNet
-
-
-@contextlib.contextmanager
-def tls_setup(workdir: str | os.PathLike[str], prefix: str) -> Iterator[TlsSetup]:
-    """An ``ovs-pki`` CA in ``workdir`` and a management network named after ``prefix`` (removed on exit)."""
-    with ManagementNet(prefix) as management:
-        yield TlsSetup(Pki(str(Path(workdir) / "pki")), management)
-
-
 @contextlib.contextmanager
 def running_controller(workdir: str | os.PathLike[str], *extra_args: str,
                        tls: TlsSetup | None = None) -> Iterator[ControllerProcess]:
@@ -122,11 +106,7 @@ def running_controller(workdir: str | os.PathLike[str], *extra_args: str,
     With ``tls``: switches connect over TLS only (its certificate from ``tls.pki``, listening on
     the management network), with no plain TCP listener at all (no ``--allow-tcp``).
     """
-    if tls is None:
-        ctrl = ControllerProcess(str(workdir), extra_args=list(extra_args))
-    else:
-        ctrl = ControllerProcess(str(workdir), extra_args=list(extra_args), tls=tls.pki.controller(),
-                                 ssl_host=tls.management.address, allow_tcp=False)
+    ctrl = ControllerProcess(str(workdir), extra_args=list(extra_args), **(tls.controller_kwargs() if tls else {}))
     ctrl.start()
     try:
         yield ctrl
@@ -163,8 +143,7 @@ def attached_lab(
         lab_kwargs.setdefault("manager_unix_socket", ctrl.ovsdb_socket)  # operator step 2's set-manager
         lab_kwargs.setdefault("controller_unix_socket", ctrl.unix_socket)
     else:
-        lab_kwargs.update(controller_target=ctrl.ssl_target, manager_target=ctrl.ovsdb_ssl_target, pki=tls.pki,
-                          management=tls.management)
+        lab_kwargs.update(tls.lab_kwargs([ctrl]))
     with Lab(
         prefix=prefix,
         n_hypervisors=n_hypervisors,

@@ -2,6 +2,7 @@
 
     tenantflow lab run --hypervisors 3 [--provider] [--controller-socket PATH | --controller TARGET]
     tenantflow lab run --hypervisors 3 --controllers 3 --etcd 3   # its own cluster: etcd + 3 instances
+    tenantflow lab run --hypervisors 3 --controllers 1 --tls      # attached over TLS (ovs-pki certificates)
     tenantflow lab down --prefix tf      # clean up after a lab whose process was killed
     tenantflow lab --scale 1000 [--ports-per-hv 20] [--networks 500] [--controller tcp:127.0.0.1:6653] [--api URL]
 
@@ -12,7 +13,9 @@ dummy-datapath bridges, at most 10 per private ovs-vswitchd, no namespaces.
 processes, state in the lab's work dir) instead of attaching to a running one; with N > 1
 they share an etcd cluster of ``--etcd M`` members (default 3) the lab starts too, on
 127.0.0.1 with ports and data directories of their own, and every br-int connects to
-each instance. Everything stops with the lab.
+each instance. With ``--tls`` the hypervisors attach to them over TLS only (OpenFlow and
+OVSDB, a certificate per hypervisor from an ``ovs-pki`` CA in their work dir, across a
+management network in the root namespace; no plain TCP). Everything stops with the lab.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from types import FrameType
 from apps.lab.controller import ControllerProcess
 from apps.lab.etcd import EtcdCluster
 from apps.lab.lab import DEFAULT_API_URL, Lab, destroy_stale
+from apps.lab.pki import TlsSetup, tls_setup
 from apps.lab.scale import DEFAULT_BRIDGES_PER_VSWITCHD, ScaleLab
 from apps.lab.scale import describe as describe_scale
 
@@ -77,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--manager-socket", default=DEFAULT_MANAGER_SOCKET,
                      help=f"the controller's OVSDB unix socket, each hypervisor's manager ({DEFAULT_MANAGER_SOCKET}; "
                           "not with --controller or --no-controller)")
+    run.add_argument("--tls", action="store_true",
+                     help="with --controllers N: the hypervisors attach over TLS only (an ovs-pki CA, a certificate "
+                          "per hypervisor, a management network to the controllers; no plain TCP)")
     run.add_argument("--etcd", type=int, default=None, metavar="M",
                      help="etcd members for --controllers N > 1 (default 3; 1 is a single point of failure)")
     run.add_argument("--api", default=DEFAULT_API_URL, help=f"controller API base URL ({DEFAULT_API_URL})")
@@ -88,12 +95,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def own_controllers(prefix: str, count: int, members: int | None) -> Iterator[list[ControllerProcess]]:
-    """``count`` controller instances of the lab's own (over an etcd cluster when more than one); stopped on exit."""
+def own_controllers(prefix: str, count: int, members: int | None,
+                    tls: bool = False) -> Iterator[tuple[list[ControllerProcess], TlsSetup | None]]:
+    """``count`` controller instances of the lab's own (over an etcd cluster when more than one); stopped on exit.
+
+    With ``tls``, also the CA (in their work dir) and the management network the lab needs.
+    """
     workdir = os.path.join(tempfile.gettempdir(), f"tenantflow-lab-{prefix}-controllers")
     shutil.rmtree(workdir, ignore_errors=True)
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
+        setup = stack.enter_context(tls_setup(workdir, prefix)) if tls else None
         store: list[str] = []
         if count > 1:
             etcd = stack.enter_context(EtcdCluster(members or 3))
@@ -102,10 +114,11 @@ def own_controllers(prefix: str, count: int, members: int | None) -> Iterator[li
         ctls = []
         for i in range(count):
             extra = [*store, "--instance", f"{prefix}-c{i}"] if store else []
-            ctl = ControllerProcess(os.path.join(workdir, f"c{i}"), extra_args=extra)
+            ctl = ControllerProcess(os.path.join(workdir, f"c{i}"), extra_args=extra,
+                                    **(setup.controller_kwargs() if setup else {}))
             stack.callback(ctl.stop)
             ctls.append(ctl.start(30))
-        yield ctls
+        yield ctls, setup
 
 
 def _register(lab: Lab, timeout: float) -> None:
@@ -219,15 +232,24 @@ def main(argv: list[str] | None = None) -> int:
             own = not (args.no_controller or args.controller_target)
             sockets: str | list[str] | None = args.controller_socket if own else None
             managers: str | list[str] | None = args.manager_socket if own else None
+            if args.tls and not args.controllers:
+                print("tenantflow lab: --tls needs --controllers N (the lab's own, with their certificates)")
+                return 2
+            tls: dict = {}
             if args.controllers:
-                ctls = stack.enter_context(own_controllers(args.prefix, args.controllers, args.etcd))
+                ctls, setup = stack.enter_context(own_controllers(args.prefix, args.controllers, args.etcd, args.tls))
                 sockets, args.api = [c.unix_socket for c in ctls], ctls[0].api_url
                 managers = [c.ovsdb_socket for c in ctls]
+                if setup is not None:
+                    sockets, managers, tls = None, None, setup.lab_kwargs(ctls)
                 for c in ctls:
-                    print(f"controller {c.api_url} (OpenFlow unix:{c.unix_socket}), log {c.log_path}", flush=True)
+                    print(f"controller {c.api_url} (OpenFlow {c.ssl_target if setup else 'unix:' + c.unix_socket}), "
+                          f"log {c.log_path}", flush=True)
             lab = stack.enter_context(Lab(prefix=args.prefix, n_hypervisors=args.hypervisors,
-                                          controller_unix_socket=sockets, controller_target=args.controller_target,
-                                          api_url=args.api, provider=args.provider, manager_unix_socket=managers))
+                                          controller_unix_socket=sockets,
+                                          controller_target=tls.pop("controller_target", args.controller_target),
+                                          api_url=args.api, provider=args.provider, manager_unix_socket=managers,
+                                          **tls))
             if not args.no_register:
                 _register(lab, args.register_timeout)
             print(describe(lab))

@@ -9,11 +9,15 @@ controller accepts that switch as.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from apps.lab import sh
+from apps.lab.mgmt import ManagementNet
 from controller.tls import TlsFiles
 
 
@@ -61,3 +65,29 @@ class Pki:
         """Hypervisor ``name``'s certificate (common name ``name``), and the CA its controller's is signed by."""
         key, cert = self._signed(name, "switch")
         return SwitchCertificate(key, cert, os.path.join(self.pkidir, "controllerca", "cacert.pem"))
+
+
+@dataclass
+class TlsSetup:
+    """What a TLS lab needs besides the controller: the ``ovs-pki`` CA and the management network."""
+
+    pki: Pki
+    management: ManagementNet
+
+    def controller_kwargs(self) -> dict[str, Any]:
+        """:class:`apps.lab.controller.ControllerProcess`'s arguments: its certificate, TLS on the
+        management network, and no plain TCP listener at all (no ``--allow-tcp``)."""
+        return {"tls": self.pki.controller(), "ssl_host": self.management.address, "allow_tcp": False}
+
+    def lab_kwargs(self, controllers: Sequence[Any]) -> dict[str, Any]:
+        """:class:`apps.lab.Lab`'s arguments: a certificate per hypervisor, ``ssl:`` targets of every controller."""
+        return {"controller_target": " ".join(c.ssl_target for c in controllers),
+                "manager_target": " ".join(c.ovsdb_ssl_target for c in controllers),
+                "pki": self.pki, "management": self.management}
+
+
+@contextlib.contextmanager
+def tls_setup(workdir: str | os.PathLike[str], prefix: str) -> Iterator[TlsSetup]:
+    """An ``ovs-pki`` CA in ``workdir/pki`` and a management network named after ``prefix`` (removed on exit)."""
+    with ManagementNet(prefix) as management:
+        yield TlsSetup(Pki(os.path.join(os.fspath(workdir), "pki")), management)
