@@ -30,10 +30,10 @@ DEFAULTS = {
     "instance": "",
     "peer_host": "127.0.0.1",
     "peer_port": "0",
-    "of_host": "0.0.0.0",
+    "of_host": "127.0.0.1",  # loopback unless named: anyone who reaches these owns the cloud (issue #14)
     "of_port": "6653",
     "unix_socket": "/run/tenantflow/openflow.sock",
-    "api_host": "0.0.0.0",
+    "api_host": "127.0.0.1",
     "api_port": "9696",
     "vni_range": "1000:1999",
     "vlan_range": "100:199",
@@ -46,7 +46,9 @@ DEFAULTS = {
     "dhcp_domain": "openstacklocal",
     "ra_interval": "600",
     "gateways_per_router": "2",
-    "ovsdb_listen": "ptcp:6640 punix:/run/tenantflow/ovsdb.sock",
+    "ovsdb_listen": "ptcp:6640:127.0.0.1 punix:/run/tenantflow/ovsdb.sock",
+    "auth": "",  # "": not chosen (noauth, loopback only); "noauth"; "keystone"
+    "policy_file": "",
     "bfd_min_tx": "",  # "": topology.gateways.BfdTimers's
     "bfd_min_rx": "",
 }
@@ -106,8 +108,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="BFD transmit interval of the gateway tunnels, ms (a session is down after 3 missed)")
     p.add_argument("--bfd-min-rx", type=int, default=int(values["bfd_min_rx"] or BfdTimers.min_rx),
                    help="BFD receive interval of the gateway tunnels, ms")
+    p.add_argument("--auth", default=values["auth"], choices=["", "noauth", "keystone"],
+                   help="API authentication: keystone (tokens validated by keystonemiddleware, configured in the "
+                        "--config file's [keystone_authtoken]) or noauth (X-Project-Id trusted, every caller admin); "
+                        "unset: noauth, and every listener must be on loopback")
+    p.add_argument("--policy-file", default=values["policy_file"],
+                   help="oslo.policy YAML/JSON file overriding the default policy (with --auth keystone)")
     p.add_argument("--log-level", default=values["log_level"])
     args = p.parse_args(argv)
+    from apps.northbound.auth import check_listeners
+
+    try:
+        check_listeners(args)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.gateways_per_router < 1:
         p.error(f"--gateways-per-router must be at least 1, not {args.gateways_per_router}")
     if args.dhcp_lease_time < 10:
@@ -235,7 +249,13 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app)}
         if ovsdb_manager is not None:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
-        api = serve(make_app(topology, extra=extra), args.api_host, args.api_port)
+        from apps.northbound.auth import wrap
+
+        northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
+        api = serve(wrap(northbound, args), args.api_host, args.api_port)
+    from apps.northbound.auth import describe
+
+    LOG.info("tenantflow controller: %s", describe(args))
     LOG.info("tenantflow controller: OpenFlow on %s:%d%s, API on %s:%d, state in %s", args.of_host, args.of_port,
              f" and unix:{args.unix_socket}" if args.unix_socket else "", args.api_host, args.api_port,
              topology.store.url)
