@@ -147,7 +147,7 @@ class NorthboundApp:
         mounted = self._mounted(path)
         if mounted is not None and not self.guard.allowed(caller_of(environ, self.auth), "get_controller_status", {}):
             mounted = error_response(403, "PolicyNotAuthorized", "rule:get_controller_status is disallowed by policy")
-        elif mounted is not None:
+        if mounted is not None:
             def start(status: str, headers: list, exc_info: Any = None) -> Callable:
                 return start_response(status, [*headers, ("X-Openstack-Request-Id", request_id)], exc_info)
             return mounted(environ, start)
