@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from tests.keystone_fixtures import KEYSTONE_VENV, PASSWORD, PERSONAS, Keystone
+from tests.keystone_fixtures import KEYSTONE_VENV, PASSWORD, PERSONAS, Keystone, session
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def as_(keystone: Keystone, keystone_ctl):
     """``as_(user)``: an API session acting as that persona (None: no token)."""
-    return lambda user: keystone.session(keystone_ctl, user)
+    return lambda user: session(keystone, keystone_ctl, user)
 
 
 @pytest.fixture(scope="module")

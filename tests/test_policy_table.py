@@ -22,6 +22,7 @@ from oslo_policy import policy as oslo_policy
 from apps.northbound.api import RESOURCES, ROUTER_ACTIONS
 from apps.northbound.policy import ADMIN_ATTRIBUTES, TABLE, action, defaults
 from tests.keystone_fixtures import PERSONAS, Keystone
+from tests.keystone_fixtures import session as open_session
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +90,7 @@ class Oracle:
 @pytest.fixture(scope="module")
 def setting(keystone: Keystone, keystone_ctl):
     """Sessions per persona, the oracle, and the admin's external network."""
-    sessions = {user: keystone.session(keystone_ctl, user) for user in PERSONAS}
+    sessions = {user: open_session(keystone, keystone_ctl, user) for user in PERSONAS}
     oracle = Oracle(keystone, sessions["admin"])
     ext = sessions["admin"].create("network", name="fuzz-ext", **{"router:external": True})
     sessions["admin"].create("subnet", network_id=ext["id"], cidr="198.51.100.0/24")
