@@ -253,6 +253,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
 
         northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
         api = serve(wrap(northbound, args), args.api_host, args.api_port)
+        gc.freeze()  # and the API's (keystonemiddleware's, oslo.policy's): built once, kept for good
     from apps.northbound.auth import describe
 
     LOG.info("tenantflow controller: %s", describe(args))

@@ -147,6 +147,11 @@ def test_admin_only_attributes_and_hypervisors(as_, world: dict) -> None:
     assert not any(k.startswith("binding:") for k in port)
     assert "binding:host_id" in admin.call("GET", f"/v2.0/ports/{world['ports']['id']}")[1]["port"]
     assert alice.call("PUT", f"/v2.0/ports/{port['id']}", {"port": {"binding:host_id": "hv1"}})[0] == 403
+    # nor do the answers to its own writes show them
+    created = alice.create("port", network_id=world["networks"]["id"])
+    status, updated = alice.call("PUT", f"/v2.0/ports/{created['id']}", {"port": {"name": "renamed"}})
+    assert status == 200 and not any(k.startswith("binding:") for k in [*created, *updated["port"]])
+    assert "provider:network_type" not in alice.create("network", name="own")
     net = alice.call("GET", f"/v2.0/networks/{world['networks']['id']}")[1]["network"]
     assert "provider:network_type" not in net and "provider:network_type" in admin.call(
         "GET", f"/v2.0/networks/{net['id']}")[1]["network"]

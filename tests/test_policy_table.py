@@ -153,15 +153,14 @@ def test_table_against_live_server(setting, url: str) -> None:
             assert (item["id"] in ids) == (expected == 200), (user, "list", url)
         # GET's admin-only attributes: present exactly when the table lets the persona read them
         if expected == 200:
-            target = oracle.target(member, item)
-            for attr in ADMIN_ATTRIBUTES.get(member, {}).get("get", ()):
-                assert (attr in body[member]) == oracle.allows(user, action("get", member, attr), target), \
-                    (user, url, attr)
+            _check_shown(oracle, user, member, item, body[member])
         # PUT, plainly and with each admin-only attribute set
         plain = {"description": f"by {user}"}
         expected = oracle.write(user, "update", member, item, plain)
         status, body = session.call("PUT", f"/v2.0/{url}/{item['id']}", {member: plain})
         assert status == (expected or 200), (user, "PUT", url, body)
+        if status == 200:
+            _check_shown(oracle, user, member, item, body[member])
         for attr in settable["update"] & set(ADMIN_ATTRIBUTES.get(member, {}).get("update", ())):
             expected = oracle.write(user, "update", member, item, {attr: "x"})
             status, body = session.call("PUT", f"/v2.0/{url}/{item['id']}", {member: {attr: _something(attr)}})
@@ -171,6 +170,8 @@ def test_table_against_live_server(setting, url: str) -> None:
         own = oracle.target(member, {**values, "project_id": oracle.creds(user)["project_id"]})
         status, body = session.call("POST", f"/v2.0/{url}", {member: values})
         assert status == (201 if oracle.allows(user, action("create", member), own) else 403), (user, url, body)
+        if status == 201:
+            _check_shown(oracle, user, member, body[member], body[member])
         for attr in settable["create"] & set(ADMIN_ATTRIBUTES.get(member, {}).get("create", ())):
             values = {**new_body(member, maker, ext), attr: _something(attr)}
             allowed = oracle.allows(user, action("create", member), own) and \
@@ -199,6 +200,13 @@ def test_router_actions_against_live_server(setting, name: str) -> None:
         expected = oracle.write(user, name, "router", router, {})
         status, body = session.call("PUT", f"/v2.0/routers/{router['id']}/{name}", {"subnet_id": subnet["id"]})
         assert status == (expected or 200), (user, name, body)
+
+
+def _check_shown(oracle: Oracle, user: str, member: str, item: dict[str, Any], shown: dict[str, Any]) -> None:
+    """An answer shows each admin-only attribute exactly when the table lets ``user`` read it."""
+    target = oracle.target(member, item)
+    for attr in ADMIN_ATTRIBUTES.get(member, {}).get("get", ()):
+        assert (attr in shown) == oracle.allows(user, action("get", member, attr), target), (user, member, attr)
 
 
 def _something(attr: str) -> Any:

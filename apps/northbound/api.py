@@ -334,15 +334,16 @@ class NorthboundApp:
         record = getattr(self.topology, resource.create)(values)
         with self.topology.lock:
             item = self._render(resource, record)
-        return json_response(201, {resource.member: item})
+        return json_response(201, {resource.member: self.guard.redacted(caller, resource.member, item)})
 
     def _update(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
         values = self._body(req, resource, create=False)
-        self._writable(self._caller(req), "update", resource, ident, values)
+        caller = self._caller(req)
+        self._writable(caller, "update", resource, ident, values)
         record = getattr(self.topology, resource.update)(ident, values)
         with self.topology.lock:
             item = self._render(resource, record)
-        return json_response(200, {resource.member: item})
+        return json_response(200, {resource.member: self.guard.redacted(caller, resource.member, item)})
 
     def _delete(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
         caller = self._caller(req)

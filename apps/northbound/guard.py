@@ -83,6 +83,12 @@ class Guard:
             return None
         return self.policy.shown(caller, member, item, target)
 
+    def redacted(self, caller: Caller, member: str, item: dict[str, Any]) -> dict[str, Any]:
+        """``item`` (one the caller just wrote) without the attributes it may not read."""
+        if self.policy is None:
+            return item
+        return self.policy.shown(caller, member, item, self.target(member, item))
+
     def require_visible(self, caller: Caller, member: str, item: dict[str, Any], label: str) -> None:
         """404 unless the caller may see ``item``; 403 instead for a resource no project owns (hypervisors)."""
         if self.allowed(caller, action("get", member), self.target(member, item)):
