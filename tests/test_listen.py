@@ -29,7 +29,8 @@ def test_defaults_are_loopback() -> None:
 
 
 @pytest.mark.parametrize("flags", [["--api-host", "0.0.0.0"], ["--of-host", "192.0.2.2"],
-                                   ["--ovsdb-listen", "ptcp:6640"], ["--ovsdb-listen", "ptcp:6640:[::]"]])
+                                   ["--ovsdb-listen", "ptcp:6640"], ["--ovsdb-listen", "ptcp:6640:[::]"],
+                                   ["--store", "etcd://127.0.0.1:2379", "--peer-host", "192.0.2.2"]])
 def test_other_addresses_need_an_auth_choice(flags: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         parse_args(flags)

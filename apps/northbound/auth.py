@@ -65,6 +65,8 @@ def listeners(args: argparse.Namespace) -> dict[str, str]:
 
     out = {"API": args.api_host} if args.api_port else {}
     out["OpenFlow"] = args.of_host
+    if args.store.startswith("etcd://"):  # the cluster's peer port (controller.cluster)
+        out["peer"] = args.peer_host
     for target in parse_listen(args.ovsdb_listen):
         kind, _, rest = target.partition(":")
         if kind == "ptcp":
