@@ -55,7 +55,9 @@ A_RESOURCES = ("networks", "subnets", "ports", "routers", "floatingips", "securi
 
 def test_missing_invalid_expired_tokens_get_401(as_, keystone: Keystone, keystone_ctl) -> None:
     assert as_(None).call("GET", "/v2.0/networks")[0] == 401
-    for token in ("garbage", str(uuid.uuid4()), expired_token(keystone)):
+    # the same forger's token with its expiry ahead is accepted: the expired one fails for its expiry alone
+    assert as_(None).call("GET", "/v2.0/networks", **{"X-Auth-Token": signed_token(keystone, hours=1)})[0] == 200
+    for token in ("garbage", str(uuid.uuid4()), signed_token(keystone, hours=-1)):
         resp = as_(None).http.get(keystone_ctl.api_url + "/v2.0/networks", headers={"X-Auth-Token": token},
                                   timeout=30)
         assert resp.status_code == 401, (token, resp.text)
@@ -71,28 +73,28 @@ def test_missing_invalid_expired_tokens_get_401(as_, keystone: Keystone, keyston
     assert as_("admin").call("GET", "/metrics")[0] == 200
 
 
-def expired_token(keystone: Keystone) -> str:
-    """A token Keystone itself signed (its own fernet keys) whose expiry has passed."""
+def signed_token(keystone: Keystone, hours: float) -> str:
+    """A token of alice's signed with Keystone's own fernet keys, expiring ``hours`` from now (< 0: past)."""
     script = """
 import datetime, sys
-conf, user, project = sys.argv[1:]
+conf, user, project, hours = sys.argv[1:]
 sys.argv[1:] = []  # oslo.config reads the command line: it must not see ours
 from keystone.common import utils
 from keystone.server import configure
 configure(config_files=[conf])
 from keystone.token.token_formatters import ProjectScopedPayload, TokenFormatter
-expired = utils.isotime(datetime.datetime.utcnow() - datetime.timedelta(hours=1), subsecond=True)
-print(TokenFormatter().create_token(user, expired, ["YWJjZGVmZ2hpamtsbW5vcA"], ProjectScopedPayload,
+expiry = utils.isotime(datetime.datetime.utcnow() + datetime.timedelta(hours=float(hours)), subsecond=True)
+print(TokenFormatter().create_token(user, expiry, ["YWJjZGVmZ2hpamtsbW5vcA"], ProjectScopedPayload,
       methods=["password"], project_id=project))
 """
-    users = as_admin_ids(keystone)
-    out = subprocess.run([str(KEYSTONE_VENV / "bin" / "python"), "-c", script,
-                          str(keystone.workdir / "keystone.conf"), users["alice"], keystone.projects["proj-a"]],
+    users = user_ids(keystone)
+    out = subprocess.run([str(KEYSTONE_VENV / "bin" / "python"), "-c", script, str(keystone.workdir / "keystone.conf"),
+                          users["alice"], keystone.projects["proj-a"], str(hours)],
                          check=True, capture_output=True, text=True, timeout=60)
     return out.stdout.strip().splitlines()[-1]
 
 
-def as_admin_ids(keystone: Keystone) -> dict[str, str]:
+def user_ids(keystone: Keystone) -> dict[str, str]:
     """User ids by name."""
     import requests
 
