@@ -29,12 +29,13 @@ def as_(keystone: Keystone, keystone_ctl):
 
 @pytest.fixture(scope="module")
 def world(as_, keystone: Keystone) -> dict:
-    """proj-a's resources of every kind (made by alice), and an admin's shared and external networks."""
+    """proj-a's resources of every kind (made by alice), its shared network, and an admin's external one."""
     admin, alice = as_("admin"), as_("alice")
     ext = admin.create("network", name="public", **{"router:external": True})
     ext_sub = admin.create("subnet", network_id=ext["id"], cidr="203.0.113.0/24")
-    shared = admin.create("network", name="shared", shared=True)
-    shared_sub = admin.create("subnet", network_id=shared["id"], cidr="10.9.0.0/24")
+    # A's shared network: sharing is the admin's to grant (create_network:shared), the network stays A's
+    shared = admin.create("network", name="shared", shared=True, project_id=keystone.projects["proj-a"])
+    shared_sub = alice.create("subnet", network_id=shared["id"], cidr="10.9.0.0/24")
     net = alice.create("network", name="a-net")
     sub = alice.create("subnet", network_id=net["id"], cidr="10.1.0.0/24")
     port = alice.create("port", network_id=net["id"])
@@ -128,7 +129,9 @@ def test_shared_and_external_networks(as_, world: dict, keystone: Keystone) -> N
     subnets = {s["id"] for s in bob.call("GET", "/v2.0/subnets")[1]["subnets"]}
     assert {world["shared_sub"]["id"], world["ext_sub"]["id"]} <= subnets
     port = bob.create("port", network_id=shared["id"])
-    assert port["project_id"] == keystone.projects["proj-b"]
+    assert port["project_id"] == keystone.projects["proj-b"] and shared["project_id"] == keystone.projects["proj-a"]
+    # A, the network's owner, sees B's port on it; B's port is B's to delete, not A's network to delete
+    assert as_("alice").call("GET", f"/v2.0/ports/{port['id']}")[0] == 200
     # seen, not his: 403
     assert bob.call("PUT", f"/v2.0/networks/{shared['id']}", {"network": {"name": "mine"}})[0] == 403
     assert bob.call("DELETE", f"/v2.0/networks/{shared['id']}")[0] == 403
