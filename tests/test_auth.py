@@ -249,3 +249,21 @@ def test_openstack_cli_with_passwords(keystone: Keystone, keystone_ctl, tmp_path
     bad = subprocess.run([cli, "--os-cloud", "tenantflow", "--os-password", "wrong", "network", "list"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "401" in bad.stderr + bad.stdout
+
+
+def test_refusals_answer_as_documented(as_, world: dict) -> None:
+    """401, 403 and 404 under Keystone are in the OpenAPI document, with the documented bodies."""
+    from tests.test_openapi import check
+
+    doc = as_("admin").call("GET", "/openapi.json")[1]
+    net = world["networks"]["id"]
+    for user, method, path, template, body, status in (
+            (None, "GET", "/v2.0/networks", "/v2.0/networks", None, 401),
+            (None, "GET", f"/v2.0/networks/{net}", "/v2.0/networks/{id}", None, 401),
+            ("rita", "PUT", f"/v2.0/networks/{net}", "/v2.0/networks/{id}", {"network": {"name": "r"}}, 403),
+            ("bob", "DELETE", f"/v2.0/networks/{net}", "/v2.0/networks/{id}", None, 404),
+            ("bob", "GET", "/v2.0/hypervisors", "/v2.0/hypervisors", None, 403),
+            ("alice", "POST", "/v2.0/networks", "/v2.0/networks", {"network": {"shared": True}}, 403)):
+        resp = as_(user).http.request(method, as_(user).url + path, json=body, timeout=30)
+        assert resp.status_code == status, (user, method, path, resp.text)
+        check(doc, template, method, resp)
