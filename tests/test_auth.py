@@ -140,6 +140,20 @@ def test_shared_and_external_networks(as_, world: dict, keystone: Keystone) -> N
     status, body = bob.call("POST", "/v2.0/ports", {"port": {"network_id": world["networks"]["id"]}})
     assert status == 404 and body["NeutronError"]["type"] == "NetworkNotFound"
     assert bob.call("DELETE", f"/v2.0/ports/{port['id']}")[0] == 204
+    # nor may B name A's resources in its own: a gateway, an interface, a floating IP's port, a rule's group
+    status, body = bob.call("POST", "/v2.0/routers", {"router": {
+        "external_gateway_info": {"network_id": world["networks"]["id"]}}})
+    assert status == 404 and body["NeutronError"]["type"] == "NetworkNotFound", body
+    router = bob.create("router", name="b-router")
+    status, body = bob.call("PUT", f"/v2.0/routers/{router['id']}/add_router_interface",
+                            {"subnet_id": world["subnets"]["id"]})
+    assert status == 404 and body["NeutronError"]["type"] == "SubnetNotFound", body
+    status, body = bob.call("POST", "/v2.0/floatingips", {"floatingip": {
+        "floating_network_id": ext["id"], "port_id": world["ports"]["id"]}})
+    assert status == 404 and body["NeutronError"]["type"] == "PortNotFound", body
+    status, body = bob.call("POST", "/v2.0/security-group-rules", {"security_group_rule": {
+        "security_group_id": world["security-groups"]["id"], "direction": "ingress"}})
+    assert status == 404 and body["NeutronError"]["type"] == "SecurityGroupNotFound", body
 
 
 def test_admin_only_attributes_and_hypervisors(as_, world: dict) -> None:
@@ -187,6 +201,9 @@ def test_reader_cannot_write(as_, world: dict) -> None:
 def test_default_security_group(as_, keystone: Keystone) -> None:
     """Listing makes the project's default group once; an admin may delete it, its project may not."""
     bob, admin = as_("bob"), as_("admin")
+    for port in bob.call("GET", "/v2.0/ports")[1]["ports"]:  # a group in use is never deleted: free it first
+        if port["project_id"] == keystone.projects["proj-b"]:
+            assert bob.call("DELETE", f"/v2.0/ports/{port['id']}")[0] == 204
     for _ in range(2):
         groups = bob.call("GET", "/v2.0/security-groups?name=default")[1]["security_groups"]
         assert [g["project_id"] for g in groups] == [keystone.projects["proj-b"]]

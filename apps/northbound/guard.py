@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from apps.northbound.auth import Caller
-from apps.northbound.policy import Policy, action, asks_for_something
+from apps.northbound.policy import Policy, action, asked
 from topology.graph import TopologyGraph
 from topology.store import NotFound, TopologyError
 
@@ -26,6 +26,7 @@ REFERENCES = {
     "port": (("network_id", "network"), ("security_groups", "security_group")),
     "floatingip": (("floating_network_id", "network"), ("port_id", "port")),
     "security_group_rule": (("security_group_id", "security_group"), ("remote_group_id", "security_group")),
+    "router": (("external_gateway_info:network_id", "network"),),
     "router_interface": (("subnet_id", "subnet"), ("port_id", "port")),
 }
 LABELS = {"network": "Network", "port": "Port", "subnet": "Subnet", "security_group": "SecurityGroup"}
@@ -106,7 +107,10 @@ class Guard:
         if self.policy is None:
             return
         for attr, ref in REFERENCES.get(member, ()):
-            idents = values.get(attr)
+            outer, _, key = attr.partition(":")  # name:key: a key of a dict attribute
+            idents = values.get(outer)
+            if key:
+                idents = idents.get(key) if isinstance(idents, dict) else None
             for ident in idents if isinstance(idents, list) else [idents]:
                 item = self.view(ref, ident) if isinstance(ident, str) else None
                 if item is not None:  # a missing one is the write's own 404 (or 400)
@@ -120,7 +124,6 @@ class Guard:
         name = action(verb, member)
         if not self.policy.allowed(caller, name, target):
             raise forbidden(name)
-        asked = [k for k, v in body.items() if asks_for_something(v)]
-        refused = self.policy.attributes(caller, verb, member, target, asked)
+        refused = self.policy.attributes(caller, verb, member, target, asked(body))
         if refused:
             raise forbidden(action(verb, member, refused[0]))

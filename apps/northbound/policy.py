@@ -88,7 +88,12 @@ ADMIN_ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "port": {verb: ("binding:host_id", "binding:profile", "binding:vnic_type", "binding:vif_type",
                     "binding:vif_details") for verb in ("create", "update", "get")},
-    "router": {verb: ("gateway_hypervisors", "active_gateway_hypervisor") for verb in ("create", "update", "get")},
+    "router": {
+        "get": ("gateway_hypervisors", "active_gateway_hypervisor"),
+        # <attribute>:<key> names a key of a dict attribute, as Neutron's external_gateway_info rules do
+        **{verb: ("gateway_hypervisors", "active_gateway_hypervisor", "external_gateway_info:enable_snat",
+                  "external_gateway_info:external_fixed_ips") for verb in ("create", "update")},
+    },
     "floatingip": {"create": ("floating_ip_address",)},
 }
 
@@ -124,6 +129,13 @@ def _hashable(value: Any) -> Any:
 def asks_for_something(value: Any) -> bool:
     """Whether setting an attribute to ``value`` asks for anything (False, None, "", {} and [] ask nothing)."""
     return value not in (None, False, "", {}, [])
+
+
+def asked(body: dict[str, Any]) -> list[str]:
+    """The attributes a body asks for something with: ``name``, and ``name:key`` for a dict's keys."""
+    names = [k for k, v in body.items() if asks_for_something(v)]
+    return names + [f"{k}:{key}" for k, v in body.items() if isinstance(v, dict)
+                    for key, value in v.items() if asks_for_something(value)]
 
 
 class Policy:
