@@ -59,3 +59,15 @@ def test_default_listeners_unreachable_from_outside(tmp_path) -> None:
         for port in (ctl.api_port, ctl.of_port):
             with pytest.raises(ConnectionRefusedError), socket.create_connection((outside, port), timeout=2):
                 pass
+
+
+def test_auth_from_the_ini_file(tmp_path) -> None:
+    """The README's INI file: [controller] names the addresses and auth, [keystone_authtoken] the middleware."""
+    from apps.northbound.auth import keystone_conf
+
+    ini = tmp_path / "tenantflow.ini"
+    ini.write_text("[controller]\nauth = keystone\napi_host = 192.0.2.2\n"
+                   "[keystone_authtoken]\nauth_url = http://192.0.2.9:5000/v3\nauth_type = password\n")
+    args = parse_args(["--config", str(ini)])
+    assert (args.auth, args.api_host) == ("keystone", "192.0.2.2")
+    assert keystone_conf(args.config)["auth_url"] == "http://192.0.2.9:5000/v3"
