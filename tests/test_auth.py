@@ -140,6 +140,13 @@ def test_shared_and_external_networks(as_, world: dict, keystone: Keystone) -> N
     status, body = bob.call("POST", "/v2.0/ports", {"port": {"network_id": world["networks"]["id"]}})
     assert status == 404 and body["NeutronError"]["type"] == "NetworkNotFound"
     assert bob.call("DELETE", f"/v2.0/ports/{port['id']}")[0] == 204
+    # on A's network B takes the MAC and addresses it is given: choosing them is the network owner's
+    for chosen in ({"mac_address": "fa:16:3e:0b:0b:0b"}, {"fixed_ips": [{"ip_address": "10.9.0.77"}]},
+                   {"allowed_address_pairs": [{"ip_address": "10.9.0.78"}]}):
+        status, body = bob.call("POST", "/v2.0/ports", {"port": {"network_id": shared["id"], **chosen}})
+        assert status == 403 and body["NeutronError"]["type"] == "PolicyNotAuthorized", (chosen, body)
+    by_subnet = bob.create("port", network_id=shared["id"], fixed_ips=[{"subnet_id": world["shared_sub"]["id"]}])
+    assert bob.call("DELETE", f"/v2.0/ports/{by_subnet['id']}")[0] == 204
     # nor may B name A's resources in its own: a gateway, an interface, a floating IP's port, a rule's group
     status, body = bob.call("POST", "/v2.0/routers", {"router": {
         "external_gateway_info": {"network_id": world["networks"]["id"]}}})

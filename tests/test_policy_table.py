@@ -5,8 +5,9 @@ expected status is derived from the table alone (:func:`apps.northbound.policy.d
 evaluated by oslo.policy with each persona's Keystone roles and a target built here from
 what an admin sees), by Neutron's rules: a resource the persona may not read is not found
 (404; 403 for the unowned hypervisors), a write the table refuses on a visible one is 403;
-and each admin-only attribute is refused (403) when set, and absent when read, by anyone
-the table refuses. Then the request is made, with a real token, and must agree.
+and each attribute with a rule of its own (admin-only, or the network owner's) is refused
+(403) when set, and absent when read, by anyone the table refuses. Then the request is
+made, with a real token, and must agree.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from oslo_config import cfg
 from oslo_policy import policy as oslo_policy
 
 from apps.northbound.api import RESOURCES, ROUTER_ACTIONS
-from apps.northbound.policy import ADMIN_ATTRIBUTES, TABLE, action, defaults
+from apps.northbound.policy import TABLE, action, attribute_rules, defaults
 from tests.keystone_fixtures import PERSONAS, Keystone
 from tests.keystone_fixtures import session as open_session
 
@@ -135,8 +136,8 @@ def test_table_against_live_server(setting, url: str) -> None:
     member = resource.member
     admin = sessions["admin"]
     checked = 0
-    # the admin-only attributes a body may carry (name:key: a key of a dict attribute)
-    settable = {verb: [a for a in ADMIN_ATTRIBUTES.get(member, {}).get(verb, ())
+    # the attributes with rules a body may carry (name:key: a key of a dict attribute, or of a list's dicts)
+    settable = {verb: [a for a in attribute_rules(member, verb)
                        if getattr(resource.attributes.get(a.partition(":")[0]), flag, False)]
                 for verb, flag in (("create", "post"), ("update", "put"))}
     for user, session in sessions.items():
@@ -153,10 +154,10 @@ def test_table_against_live_server(setting, url: str) -> None:
         else:
             ids = {i["id"] for i in listed[resource.collection]}
             assert (item["id"] in ids) == (expected == 200), (user, "list", url)
-        # GET's admin-only attributes: present exactly when the table lets the persona read them
+        # GET's attributes with rules: present exactly when the table lets the persona read them
         if expected == 200:
             _check_shown(oracle, user, member, item, body[member])
-        # PUT, plainly and with each admin-only attribute set
+        # PUT, plainly and with each attribute that has a rule set
         plain = {"description": f"by {user}"}
         expected = oracle.write(user, "update", member, item, plain)
         status, body = session.call("PUT", f"/v2.0/{url}/{item['id']}", {member: plain})
@@ -205,9 +206,9 @@ def test_router_actions_against_live_server(setting, name: str) -> None:
 
 
 def _check_shown(oracle: Oracle, user: str, member: str, item: dict[str, Any], shown: dict[str, Any]) -> None:
-    """An answer shows each admin-only attribute exactly when the table lets ``user`` read it."""
+    """An answer shows each attribute with a get rule exactly when the table lets ``user`` read it."""
     target = oracle.target(member, item)
-    for attr in ADMIN_ATTRIBUTES.get(member, {}).get("get", ()):
+    for attr in attribute_rules(member, "get"):
         assert (attr in shown) == oracle.allows(user, action("get", member, attr), target), (user, member, attr)
 
 
@@ -217,6 +218,12 @@ def _something(attr: str, ext: dict) -> dict[str, Any]:
     if outer == "external_gateway_info":  # a key of the gateway, on the admin's external network
         value = {"enable_snat": True, "external_fixed_ips": [{"subnet_id": ext["subnets"][0]}]}[key]
         return {outer: {"network_id": ext["id"], key: value}}
+    if attr == "fixed_ips:ip_address":
+        return {"fixed_ips": [{"ip_address": f"10.{next(_serial) % 250}.0.9"}]}
+    if attr == "mac_address":
+        return {attr: f"fa:16:3e:00:{next(_serial) // 256 % 256:02x}:{next(_serial) % 256:02x}"}
+    if attr == "allowed_address_pairs":
+        return {attr: [{"ip_address": "10.250.0.9"}]}
     return {attr: {"shared": True, "router:external": True, "provider:network_type": "vxlan",
                    "provider:segmentation_id": 1500 + next(_serial), "binding:profile": {"k": "v"},
                    "binding:vnic_type": "normal", "gateway_hypervisors": ["fz-none"],

@@ -96,6 +96,18 @@ ADMIN_ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "floatingip": {"create": ("floating_ip_address",)},
 }
+# Attributes of a port only the admin and the network's owner may choose (Neutron's
+# ADMIN_OR_NET_OWNER_MEMBER): on a shared network, another project's port takes what it is given.
+NET_OWNER = "rule:admin_only or rule:network_owner_member"
+NET_OWNER_ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
+    "port": {verb: ("mac_address", "allowed_address_pairs", "fixed_ips:ip_address") for verb in ("create", "update")},
+}
+
+
+def attribute_rules(member: str, verb: str) -> dict[str, str]:
+    """The attribute rules of one resource and verb: {attribute: check}."""
+    rules = dict.fromkeys(ADMIN_ATTRIBUTES.get(member, {}).get(verb, ()), ADMIN)
+    return rules | dict.fromkeys(NET_OWNER_ATTRIBUTES.get(member, {}).get(verb, ()), NET_OWNER)
 
 
 MEMBER_ACTIONS = ("add_router_interface", "remove_router_interface")  # named as Neutron names them
@@ -112,8 +124,10 @@ def defaults() -> list[oslo_policy.RuleDefault]:
     rules = [oslo_policy.RuleDefault(name, check) for name, check in BASE.items()]
     rules += [oslo_policy.RuleDefault(action(verb, member), check)
               for member, verbs in TABLE.items() for verb, check in verbs.items()]
-    rules += [oslo_policy.RuleDefault(action(verb, member, attr), ADMIN)
-              for member, verbs in ADMIN_ATTRIBUTES.items() for verb, attrs in verbs.items() for attr in attrs]
+    verbs = {(member, verb) for table in (ADMIN_ATTRIBUTES, NET_OWNER_ATTRIBUTES)
+             for member, by_verb in table.items() for verb in by_verb}
+    rules += [oslo_policy.RuleDefault(action(verb, member, attr), check)
+              for member, verb in sorted(verbs) for attr, check in attribute_rules(member, verb).items()]
     return rules
 
 
@@ -132,10 +146,14 @@ def asks_for_something(value: Any) -> bool:
 
 
 def asked(body: dict[str, Any]) -> list[str]:
-    """The attributes a body asks for something with: ``name``, and ``name:key`` for a dict's keys."""
+    """The attributes a body asks for something with: ``name``, and ``name:key`` for the keys of a dict
+    (or of the dicts of a list: ``fixed_ips:ip_address``)."""
     names = [k for k, v in body.items() if asks_for_something(v)]
-    return names + [f"{k}:{key}" for k, v in body.items() if isinstance(v, dict)
-                    for key, value in v.items() if asks_for_something(value)]
+    for name, value in body.items():
+        elements = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
+        keys = {key for e in elements if isinstance(e, dict) for key, v in e.items() if asks_for_something(v)}
+        names += [f"{name}:{key}" for key in sorted(keys)]
+    return names
 
 
 class Policy:
