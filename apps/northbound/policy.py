@@ -169,12 +169,33 @@ class Policy:
                                              "/nonexistent/tenantflow-policy.yaml")
         self.enforcer.register_defaults(defaults())
         self.enforcer.load_rules()
-        # Without a file, nothing can change: skip the per-call search for one (it costs ~0.2 ms a check).
-        # With one, oslo.policy re-reads it when its mtime changes, as Neutron does.
-        self.enforcer.use_conf = bool(policy_file)
+        # oslo.policy would look for the file on every check (~0.2 ms without one, ~0.07 ms with):
+        # we look at its mtime ourselves, at most once every RELOAD_EVERY seconds, and reload then.
+        self.enforcer.use_conf = False
+        self._file = os.path.abspath(policy_file) if policy_file else None
+        self._mtime = self._stat()
         self._checked = time.monotonic()
         self._decisions: dict[tuple, bool] = {}
-        self._rule_keys: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._rule_keys: dict[str, tuple[str, ...]] = {}
+
+    def _stat(self) -> float | None:
+        try:
+            return os.path.getmtime(self._file) if self._file else None
+        except OSError:  # being replaced: keep the rules we have
+            return self._mtime
+
+    def _reload_if_changed(self) -> None:
+        """Re-read the policy file if it changed (as Neutron does), forgetting every remembered decision."""
+        if self._file is None or time.monotonic() - self._checked < RELOAD_EVERY:
+            return
+        self._checked = time.monotonic()
+        mtime = self._stat()
+        if mtime != self._mtime:
+            self._mtime = mtime
+            self.enforcer.load_rules(force_reload=True)
+            self.enforcer.use_conf = False  # force_reload turned it on
+            self._decisions.clear()
+            self._rule_keys.clear()
 
     def allowed(self, caller: Caller, name: str, target: dict[str, Any]) -> bool:
         """Whether the caller may perform the action ``name`` on ``target``.
@@ -183,13 +204,11 @@ class Policy:
         rule names): oslo.policy spends ~0.1 ms a check (it inspects every check's signature
         on every call), and a listing asks the same few questions of every item.
         """
-        if self.enforcer.use_conf and time.monotonic() - self._checked > RELOAD_EVERY:
-            self._checked = time.monotonic()
-            self.enforcer.load_rules()  # re-reads the file if it changed
+        self._reload_if_changed()
         rule = self.enforcer.rules.get(name)
         if rule is None:
             return self.enforcer.enforce(name, target, caller.credentials())  # oslo.policy's default_rule
-        key = (name, id(rule), caller, tuple(_hashable(target.get(k)) for k in self._keys(name, rule)))
+        key = (name, caller, tuple(_hashable(target.get(k)) for k in self._keys(name, rule)))
         decision = self._decisions.get(key)
         if decision is None:
             if len(self._decisions) > MAX_DECISIONS:
@@ -199,7 +218,7 @@ class Policy:
 
     def _keys(self, name: str, rule: Any) -> tuple[str, ...]:
         """The target keys a rule (and the rules it names) reads: ``%(key)s`` in its checks."""
-        cached = self._rule_keys.get((name, id(rule)))
+        cached = self._rule_keys.get(name)
         if cached is None:
             keys: set[str] = set()
             pending, seen = [rule], set()
@@ -215,7 +234,7 @@ class Policy:
                     keys.update(TEMPLATE.findall(match))
                     if getattr(check, "kind", None) == "rule" and match in self.enforcer.rules:
                         pending.append(self.enforcer.rules[match])
-            cached = self._rule_keys[(name, id(rule))] = tuple(sorted(keys))
+            cached = self._rule_keys[name] = tuple(sorted(keys))
         return cached
 
     def attributes(self, caller: Caller, verb: str, member: str, target: dict[str, Any],
