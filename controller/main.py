@@ -30,10 +30,10 @@ DEFAULTS = {
     "instance": "",
     "peer_host": "127.0.0.1",
     "peer_port": "0",
-    "of_host": "0.0.0.0",
+    "of_host": "127.0.0.1",  # loopback unless named: anyone who reaches these owns the cloud (issue #14)
     "of_port": "6653",
     "unix_socket": "/run/tenantflow/openflow.sock",
-    "api_host": "0.0.0.0",
+    "api_host": "127.0.0.1",
     "api_port": "9696",
     "vni_range": "1000:1999",
     "vlan_range": "100:199",
@@ -46,12 +46,15 @@ DEFAULTS = {
     "dhcp_domain": "openstacklocal",
     "ra_interval": "600",
     "gateways_per_router": "2",
-    "ovsdb_listen": None,  # None: pssl:6640 with the --ssl-* files, and punix:/run/tenantflow/ovsdb.sock
+    # None: pssl:6640 on --of-host with the --ssl-* files, and punix:/run/tenantflow/ovsdb.sock
+    "ovsdb_listen": None,
     "allow_tcp": "false",
     "of_ssl_port": "6653",
     "ssl_private_key": "",
     "ssl_certificate": "",
     "ssl_ca_cert": "",
+    "auth": "",  # "": not chosen (noauth, loopback only); "noauth"; "keystone"
+    "policy_file": "",
     "bfd_min_tx": "",  # "": topology.gateways.BfdTimers's
     "bfd_min_rx": "",
 }
@@ -126,8 +129,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="BFD transmit interval of the gateway tunnels, ms (a session is down after 3 missed)")
     p.add_argument("--bfd-min-rx", type=int, default=int(values["bfd_min_rx"] or BfdTimers.min_rx),
                    help="BFD receive interval of the gateway tunnels, ms")
+    p.add_argument("--auth", default=values["auth"], choices=["", "noauth", "keystone"],
+                   help="API authentication: keystone (tokens validated by keystonemiddleware, configured in the "
+                        "--config file's [keystone_authtoken]) or noauth (X-Project-Id trusted, every caller admin); "
+                        "unset: noauth, and every listener must be on loopback")
+    p.add_argument("--policy-file", default=values["policy_file"],
+                   help="oslo.policy YAML/JSON file overriding the default policy (with --auth keystone)")
     p.add_argument("--log-level", default=values["log_level"])
     args = p.parse_args(argv)
+    _check_transports(p, args)
+    from apps.northbound.auth import check_listeners
+
+    try:
+        check_listeners(args)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.gateways_per_router < 1:
         p.error(f"--gateways-per-router must be at least 1, not {args.gateways_per_router}")
     if args.dhcp_lease_time < 10:
@@ -137,7 +153,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for flag, ms in (("--bfd-min-tx", args.bfd_min_tx), ("--bfd-min-rx", args.bfd_min_rx)):
         if not 1 <= ms <= 60000:
             p.error(f"{flag} must be between 1 and 60000 ms, not {ms}")
-    _check_transports(p, args)
     return args
 
 
@@ -155,8 +170,9 @@ def _check_transports(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if any(files) and not all(files):
         p.error("TLS needs --ssl-private-key, --ssl-certificate and --ssl-ca-cert together")
     args.tls = TlsFiles(*files) if all(files) else None
-    if args.ovsdb_listen is None:
-        args.ovsdb_listen = ("pssl:6640 " if args.tls else "") + "punix:/run/tenantflow/ovsdb.sock"
+    if args.ovsdb_listen is None:  # TLS on the OpenFlow address (loopback unless named), and the local socket
+        host = f"[{args.of_host}]" if ":" in args.of_host else args.of_host
+        args.ovsdb_listen = (f"pssl:6640:{host} " if args.tls else "") + "punix:/run/tenantflow/ovsdb.sock"
     try:
         targets = parse_listen(args.ovsdb_listen)
     except ValueError as exc:
@@ -286,7 +302,14 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app)}
         if ovsdb_manager is not None:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
-        api = serve(make_app(topology, extra=extra), args.api_host, args.api_port)
+        from apps.northbound.auth import wrap
+
+        northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
+        api = serve(wrap(northbound, args), args.api_host, args.api_port)
+        gc.freeze()  # and the API's (keystonemiddleware's, oslo.policy's): built once, kept for good
+    from apps.northbound.auth import describe
+
+    LOG.info("tenantflow controller: %s", describe(args))
     listening = [f"tcp:{args.of_host}:{args.of_port}"] if args.allow_tcp and args.of_port else []
     listening += [f"ssl:{args.of_host}:{args.of_ssl_port}"] if args.tls else []
     listening += [f"unix:{args.unix_socket}"] if args.unix_socket else []

@@ -29,6 +29,20 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   rm -f "$log"
   touch "$stamp"
 fi
+# Keystone for the authentication tests (tests/keystone_fixtures.py), in a venv of its own: its pins
+# are not ours. Served by waitress; state in SQLite per test session.
+KEYSTONE_VENV=${TENANTFLOW_KEYSTONE_VENV:-/var/cache/tenantflow/keystone-venv}
+if [ ! -x "$KEYSTONE_VENV/bin/keystone-manage" ] || [ ! -x "$KEYSTONE_VENV/bin/waitress-serve" ]; then
+  echo "bootstrap: Keystone venv in $KEYSTONE_VENV"
+  mkdir -p "$(dirname "$KEYSTONE_VENV")"
+  "$PY" -m venv "$KEYSTONE_VENV"
+  log=$(mktemp)
+  if ! "$KEYSTONE_VENV/bin/pip" install -q --disable-pip-version-check 'keystone==30.0.0' 'waitress==3.0.2' \
+      >"$log" 2>&1; then
+    grep -v 'WARNING: Location' "$log" >&2; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
+fi
 # Debian's Mininet (the PyPI one lacks mnexec) without the rest of dist-packages.
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 shim="$PWD/$VENV/debian-mininet"

@@ -27,3 +27,22 @@ def _require_ovs(request: pytest.FixtureRequest) -> None:
         unless_able(lab_problem(), "lab test")
     else:
         unless_able(host_ovs_problem(), "real-OVS test")
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory: pytest.TempPathFactory):
+    """One real Keystone for the whole session (tests/keystone_fixtures.py); FAILS under CI if it cannot run."""
+    from tests.keystone_fixtures import keystone_problem, running_keystone
+    from tests.lab_fixtures import unless_able
+
+    unless_able(keystone_problem(), "Keystone test")
+    yield from running_keystone(tmp_path_factory.mktemp("keystone"))
+
+
+@pytest.fixture(scope="session")
+def keystone_ctl(keystone, tmp_path_factory: pytest.TempPathFactory):
+    """A controller with ``--auth keystone`` on the port the Keystone catalog names, for the session."""
+    from tests.keystone_fixtures import keystone_controller
+
+    with keystone_controller(keystone, tmp_path_factory.mktemp("keystone-ctl")) as ctl:
+        yield ctl

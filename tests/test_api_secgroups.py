@@ -274,3 +274,17 @@ def test_secgroups_restart_reloads(api: Api) -> None:
     assert sorted(tuple(sorted(e)) for e in api.topology.graph.g.edges) == edges
     assert graph_l3.default_sg(api.topology.graph, "tenant-a").name == "default"
     assert len(get(api, f"{SG}?project_id=tenant-a", "tenant-a")["security_groups"]) == 2  # no second default
+
+
+def test_admin_deletes_a_default_group(api: Api) -> None:
+    """Neutron lets an admin (X-Roles, trusted without Keystone) delete a project's default group; the
+    project's next listing makes it again, once."""
+    (default,) = get(api, SG, "tenant-a")["security_groups"]
+    resp = api.request("DELETE", f"{SG}/{default['id']}", headers={"X-Project-Id": "ops", "X-Roles": "member"})
+    assert resp.status_code == 409, resp.text
+    resp = api.request("DELETE", f"{SG}/{default['id']}", headers={"X-Project-Id": "ops", "X-Roles": "admin,member"})
+    assert resp.status_code == 204, resp.text
+    assert api.topology.graph.get("sg", default["id"]) is None
+    for _ in range(2):
+        (again,) = [g for g in get(api, SG, "tenant-a")["security_groups"] if g["project_id"] == "tenant-a"]
+        assert again["name"] == "default" and again["id"] != default["id"]

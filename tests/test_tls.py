@@ -191,8 +191,9 @@ def test_plain_tcp_needs_allow_tcp_and_tls_all_three_files() -> None:
         with pytest.raises(SystemExit):
             parse_args(argv)
     assert parse_args([]).ovsdb_listen == "punix:/run/tenantflow/ovsdb.sock"
-    assert parse_args(tls).ovsdb_listen == "pssl:6640 punix:/run/tenantflow/ovsdb.sock"
-    assert parse_args(["--allow-tcp", "--ovsdb-listen", "ptcp:6640"]).allow_tcp
+    assert parse_args(tls).ovsdb_listen == "pssl:6640:127.0.0.1 punix:/run/tenantflow/ovsdb.sock"
+    assert parse_args(["--allow-tcp", "--ovsdb-listen", "ptcp:6640:127.0.0.1"]).allow_tcp
+    assert parse_args([*tls, "--of-host", "192.0.2.2"]).of_host == "192.0.2.2"  # TLS only: no --auth needed
 
 
 def test_bridge_without_certificate_cannot_connect(cloud: Cloud) -> None:

@@ -152,11 +152,12 @@ class SecurityGroups(L3Base):
             return sg
 
     @write
-    def delete_security_group(self, sg_id: str) -> None:
-        """Delete a group and its rules (409 if a port uses it or it is a project's default group)."""
+    def delete_security_group(self, sg_id: str, *, admin: bool = False) -> None:
+        """Delete a group and its rules (409 if a port uses it, or it is a project's default group and
+        the caller is no admin: Neutron lets an admin remove it, and the project's next look makes it again)."""
         with self.lock:
             sg = self._sg(sg_id)
-            if sg.is_default:
+            if sg.is_default and not admin:
                 raise Conflict("SecurityGroupCannotRemoveDefault",
                                "Insufficient rights for removing default security group.")
             if graph_l3.sg_members(self.graph, sg_id):

@@ -10,32 +10,36 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import statistics
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from apps.lab.controller import ControllerProcess
 
 CONCURRENT_CLIENTS = 4
 
 
-def _call(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+def _call(port: int, method: str, path: str, body: dict | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request(method, path, json.dumps(body).encode() if body is not None else None,
-                     {"Content-Type": "application/json"})
+                     {"Content-Type": "application/json", **(headers or {})})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
         conn.close()
 
 
-def _create_ports(port: int, net_id: str, n: int, latencies: list[float]) -> None:
+def _create_ports(port: int, net_id: str, n: int, latencies: list[float],
+                  headers: dict[str, str] | None = None) -> None:
     for i in range(n):
         t0 = time.perf_counter()
         status, raw = _call(port, "POST", "/v2.0/ports", {"port": {"network_id": net_id, "name": f"bench-{i}",
-                                                                    "device_owner": "compute:nova"}})
+                                                                    "device_owner": "compute:nova"}}, headers)
         latencies.append(time.perf_counter() - t0)
         if status != 201:
             raise RuntimeError(f"port create answered {status}: {raw[:200]!r}")
@@ -127,4 +131,54 @@ def run(quick: bool = False) -> dict:
             f"filter_network_{n}_of_{total}_s": filter_big_s,
             f"list_{total}_ports_s": list_all_s,
             "show_port_p50_ms": statistics.median(show_lat) * 1e3,
+            **_keystone_vs_noauth(quick),
         }
+
+
+AUTH_BLOCK = 100  # creates per turn: the two controllers take turns, so both see the same machine
+
+
+def _keystone_vs_noauth(quick: bool) -> dict:
+    """Port create latency with every request's Keystone token validated (keystonemiddleware, its token
+    cache on, the policy table enforced) vs noauth: two fresh controllers of this run, in turns.
+
+    Issue #14's goal: the Keystone p99 at most 1.5x the noauth one. Needs the Keystone venv
+    (``make deps``); without it the figures say why they are missing.
+    """
+    from apps.keystone_lab import keystone_controller, keystone_problem, start_keystone
+
+    problem = keystone_problem()
+    if problem:
+        return {"keystone_create_p99": f"not measured: {problem}"}
+    n = 400 if quick else 2_000
+    with tempfile.TemporaryDirectory(prefix="tf-bench-auth-") as tmp:
+        keystone = start_keystone(Path(tmp) / "keystone")
+        try:
+            with keystone_controller(keystone, Path(tmp) / "ks-ctl", "--log-level", "WARNING") as ks, \
+                    ControllerProcess(os.path.join(tmp, "noauth"), extra_args=["--auth", "noauth", "--log-level",
+                                                                              "WARNING"]) as plain:
+                token = {"X-Auth-Token": keystone.token("alice")}
+                nets = {}
+                for name, ctl, headers in (("keystone", ks, token), ("noauth", plain, {})):
+                    status, raw = _call(ctl.api_port, "POST", "/v2.0/networks", {"network": {"name": "b"}}, headers)
+                    net = json.loads(raw)["network"]
+                    _call(ctl.api_port, "POST", "/v2.0/subnets", {"subnet": {"network_id": net["id"],
+                                                                            "cidr": "10.0.0.0/16"}}, headers)
+                    _create_ports(ctl.api_port, net["id"], 20, [], headers)  # warm: the token is cached now
+                    nets[name] = (ctl.api_port, net["id"], headers)
+                latencies: dict[str, list[float]] = {"keystone": [], "noauth": []}
+                for _ in range(n // AUTH_BLOCK):
+                    for name, (port, net_id, headers) in nets.items():
+                        _create_ports(port, net_id, AUTH_BLOCK, latencies[name], headers)
+        finally:
+            keystone.stop()
+    p99 = {name: _pct(values, 0.99) * 1e3 for name, values in latencies.items()}
+    return {
+        "auth_ports_created_each": n,
+        "create_p50_ms_noauth": statistics.median(latencies["noauth"]) * 1e3,
+        "create_p50_ms_keystone": statistics.median(latencies["keystone"]) * 1e3,
+        "create_p99_ms_noauth": p99["noauth"],
+        "create_p99_ms_keystone": p99["keystone"],
+        "create_p99_keystone_over_noauth": p99["keystone"] / p99["noauth"],
+        "create_p99_keystone_goal_ratio": 1.5,
+    }

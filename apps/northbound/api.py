@@ -20,6 +20,9 @@ import routes
 import webob
 
 from apps.northbound import attributes, attributes_l3, collections, extensions, openapi, views, views_l3
+from apps.northbound.auth import KEYSTONE, Caller, caller_of
+from apps.northbound.guard import Forbidden, Guard, not_found
+from apps.northbound.policy import Policy
 from topology.model import Hypervisor, Network, Port, Subnet
 from topology.model_l3 import FloatingIP, Router, SecurityGroup, SecurityGroupRule
 from topology.state import Topology
@@ -82,7 +85,7 @@ ROUTER_ACTIONS = ("add_router_interface", "remove_router_interface")
 
 
 # The topology's errors as HTTP statuses (the domain knows no HTTP); anything else is a 500.
-STATUS_OF = ((BadRequest, 400), (NotFound, 404), (Conflict, 409), (Unavailable, 503))
+STATUS_OF = ((BadRequest, 400), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (Unavailable, 503))
 
 
 def http_status(exc: TopologyError) -> int:
@@ -117,8 +120,13 @@ def error_response(status: int, kind: str, message: str) -> webob.Response:
 class NorthboundApp:
     """The WSGI application; one instance per :class:`Topology`."""
 
-    def __init__(self, topology: Topology, extra: dict[str, WsgiApp] | None = None) -> None:
+    def __init__(self, topology: Topology, extra: dict[str, WsgiApp] | None = None, auth: str = "",
+                 policy_file: str = "") -> None:
+        """``auth``: "keystone" enforces the policy table (``policy_file`` overriding it) on the identity
+        keystonemiddleware vouched for; anything else trusts the X-Project-Id/X-Roles headers and allows all."""
         self.topology = topology
+        self.auth = auth
+        self.guard = Guard(topology.graph, Policy(policy_file) if auth == KEYSTONE else None, self._view)
         self.extra = dict(extra or {})
         self._openapi: dict | None = None
         self.mapper = routes.Mapper()
@@ -137,6 +145,8 @@ class NorthboundApp:
         request_id = f"req-{uuid.uuid4()}"
         path = environ.get("PATH_INFO", "") or "/"
         mounted = self._mounted(path)
+        if mounted is not None and not self.guard.allowed(caller_of(environ, self.auth), "get_controller_status", {}):
+            mounted = error_response(403, "PolicyNotAuthorized", "rule:get_controller_status is disallowed by policy")
         if mounted is not None:
             def start(status: str, headers: list, exc_info: Any = None) -> Callable:
                 return start_response(status, [*headers, ("X-Openstack-Request-Id", request_id)], exc_info)
@@ -184,6 +194,8 @@ class NorthboundApp:
             self._allow(req, "PUT")
             return self._router_action(req, match["id"], match["name"])
         resource = RESOURCES[match["collection"]]
+        if resource.kind == "hv":  # no project owns it: anyone the table refuses is forbidden, never "not found"
+            self.guard.require(self._caller(req), "get", resource.member, {}, {})
         if action == "collection":
             self._allow(req, "GET", "POST")
             return self._list(req, resource) if req.method == "GET" else self._create(req, resource)
@@ -196,6 +208,16 @@ class NorthboundApp:
         if req.method not in methods:
             raise HttpError(405, "HTTPMethodNotAllowed", f"The method {req.method} is not allowed for this "
                             "resource.", {"Allow": ", ".join(methods)})
+
+    def _caller(self, req: webob.Request) -> Caller:
+        return caller_of(req.environ, self.auth)
+
+    def _view(self, member: str, ident: str) -> dict[str, Any] | None:
+        """A resource as an admin sees it (None if there is none): what the policy's targets are made of."""
+        resource = next(r for r in RESOURCES.values() if r.member == member)
+        with self.topology.lock:
+            record = self.topology.graph.get(resource.kind, ident)
+            return None if record is None else self._render(resource, record)
 
     def _versions(self, req: webob.Request) -> dict:
         href = req.host_url + "/v2.0/"
@@ -255,42 +277,81 @@ class NorthboundApp:
     def _list(self, req: webob.Request, resource: Resource) -> webob.Response:
         query = collections.parse(req.GET, resource)  # first: a bad query is a 400 before any work
 
-        def find(marker: str) -> dict[str, Any]:
-            with self.topology.lock:
-                return self._render(resource, self._get(resource, marker))
+        caller = self._caller(req)
 
-        if resource.kind == "sg":  # Neutron makes the asking project's default group on its first look
-            self.topology.ensure_default_security_group(req.headers.get("X-Project-Id"))
+        def find(marker: str) -> dict[str, Any]:
+            return self._shown(caller, resource, marker)
+
+        if resource.kind == "sg":
+            self._ensure_default_sg(caller)
         with self.topology.lock:
             items = [self._render(resource, r) for r in self.topology.graph.records(resource.kind)]
+        items = [i for i in (self.guard.shown(caller, resource.member, item) for item in items) if i is not None]
         return json_response(200, collections.list_body(resource, query, req.path_url, req.GET, items, find))
 
-    def _show(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
+    def _ensure_default_sg(self, caller: Caller) -> None:
+        """Neutron makes the asking project's default group on its first look, once.
+
+        With Keystone, only for a token scoped to a project (an unauthenticated request never gets
+        here); with noauth, for the X-Project-Id claimed, else the default project, as before.
+        """
+        if self.auth == KEYSTONE and not (caller.authenticated and caller.project_id):
+            return
+        self.topology.ensure_default_security_group(caller.project_id)
+
+    def _shown(self, caller: Caller, resource: Resource, ident: str) -> dict[str, Any]:
+        """The resource as the caller may see it; 404 (as if missing) if it may not."""
         with self.topology.lock:
             item = self._render(resource, self._get(resource, ident))
+        shown = self.guard.shown(caller, resource.member, item)
+        if shown is None:
+            raise not_found(resource.label, ident)
+        return shown
+
+    def _writable(self, caller: Caller, verb: str, resource: Resource, ident: str,
+                  values: dict[str, Any]) -> None:
+        """404 unless the caller sees the resource, 403 unless the table lets it ``verb`` it with ``values``."""
+        with self.topology.lock:
+            item = self._render(resource, self._get(resource, ident))
+        self.guard.require_visible(caller, resource.member, item, resource.label)
+        self.guard.require_references(caller, resource.member, values)
+        self.guard.require(caller, verb, resource.member, self.guard.target(resource.member, item), values)
+
+    def _show(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
+        item = self._shown(self._caller(req), resource, ident)
         return json_response(200, {resource.member: collections.select(item, req.GET.getall("fields"))})
 
     def _create(self, req: webob.Request, resource: Resource) -> webob.Response:
         values = self._body(req, resource, create=True)
-        if "project_id" not in values and resource.kind != "hv" and req.headers.get("X-Project-Id"):
-            values["project_id"] = req.headers["X-Project-Id"]
+        caller = self._caller(req)
+        if "project_id" not in values and resource.kind != "hv" and caller.project_id:
+            values["project_id"] = caller.project_id
         if resource.kind == "hv":
             values.pop("project_id", None)
+        self.guard.require_references(caller, resource.member, values)
+        self.guard.require(caller, "create", resource.member, self.guard.target(resource.member, values), values)
         # The write takes the topology's locks itself (its write lock, then the graph's): never under the graph's.
         record = getattr(self.topology, resource.create)(values)
         with self.topology.lock:
             item = self._render(resource, record)
-        return json_response(201, {resource.member: item})
+        return json_response(201, {resource.member: self.guard.redacted(caller, resource.member, item)})
 
     def _update(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
         values = self._body(req, resource, create=False)
+        caller = self._caller(req)
+        self._writable(caller, "update", resource, ident, values)
         record = getattr(self.topology, resource.update)(ident, values)
         with self.topology.lock:
             item = self._render(resource, record)
-        return json_response(200, {resource.member: item})
+        return json_response(200, {resource.member: self.guard.redacted(caller, resource.member, item)})
 
     def _delete(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
-        getattr(self.topology, resource.delete)(ident)
+        caller = self._caller(req)
+        self._writable(caller, "delete", resource, ident, {})
+        if resource.kind == "sg":
+            self.topology.delete_security_group(ident, admin=caller.is_admin)
+        else:
+            getattr(self.topology, resource.delete)(ident)
         return json_response(204)
 
     def _router_action(self, req: webob.Request, router_id: str, name: str) -> webob.Response:
@@ -298,6 +359,9 @@ class NorthboundApp:
         body = _json_body(req)
         if not isinstance(body, dict):
             raise BadRequest("HTTPBadRequest", "Request body must be a JSON object.")
+        caller = self._caller(req)
+        self._writable(caller, name, RESOURCES["routers"], router_id, {})
+        self.guard.require_references(caller, "router_interface", body)
         return json_response(200, getattr(self.topology, name)(router_id, body))
 
 
@@ -327,6 +391,11 @@ def _drain(req: webob.Request, length: int) -> None:
         left -= len(chunk)
 
 
-def make_app(topology: Topology, *, extra: dict[str, WsgiApp] | None = None) -> WsgiApp:
-    """The northbound WSGI app; ``extra`` mounts other WSGI apps at paths (e.g. ``/metrics``)."""
-    return NorthboundApp(topology, extra)
+def make_app(topology: Topology, *, extra: dict[str, WsgiApp] | None = None, auth: str = "",
+             policy_file: str = "") -> WsgiApp:
+    """The northbound WSGI app; ``extra`` mounts other WSGI apps at paths (e.g. ``/metrics``).
+
+    ``auth="keystone"``: the app enforces the policy table on the identity keystonemiddleware (in
+    front of it: :func:`apps.northbound.auth.wrap`) vouched for; else it trusts the headers.
+    """
+    return NorthboundApp(topology, extra, auth, policy_file)

@@ -48,8 +48,16 @@ ACTION_SHAPES: dict[str, tuple[dict, dict]] = {
     "add_router_interface": (_BY_SUBNET_OR_PORT, _IFACE),
     "remove_router_interface": (_BY_SUBNET_OR_PORT, _IFACE),
 }
-ERROR_TEXT = {400: "Invalid request (bad input, unknown attribute or filter)", 404: "No such resource",
+ERROR_TEXT = {400: "Invalid request (bad input, unknown attribute or filter)",
+              403: "Refused by the policy (--auth keystone): a resource seen but not the caller's to change, or an "
+                   "attribute it may not set",
+              404: "No such resource, or not one the caller may see",
               409: "Conflict with the current state", 413: "Request body too large"}
+# keystonemiddleware's own answer to a missing, invalid or expired token (--auth keystone): never reaches the app.
+UNAUTHORIZED = {"description": "No valid X-Auth-Token (--auth keystone)", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "object", "properties": {
+        "code": {"type": "integer"}, "title": {"type": "string"}, "message": {"type": "string"}}}},
+    "required": ["error"]}}}}
 
 
 def _json(schema_: dict) -> dict:
@@ -69,7 +77,8 @@ def _responses(ok: int, body: dict | None, errors: tuple[int, ...], description:
     out: dict[str, Any] = {str(ok): {"description": description, "headers": request_id}}
     if body is not None:
         out[str(ok)]["content"] = _json(body)
-    for code in errors:
+    # What may be missing may also be refused by the policy (a write on a resource seen, an attribute)
+    for code in sorted((*errors, 403) if 404 in errors else errors):
         out[str(code)] = {"description": ERROR_TEXT[code], "headers": request_id, "content": _json(ERROR)}
     return out
 
@@ -237,9 +246,11 @@ def document(app: Any, resources: dict[str, Any]) -> dict[str, Any]:
         ops = _operations(resources, action, fixed, methods)
         params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in VARIABLE.findall(path)]
-        if params:
-            for op in ops.values():
+        for op in ops.values():
+            if params:
                 op["parameters"] = params + op.get("parameters", [])
+            if path != "/":  # the version document is open, as Neutron's
+                op["responses"]["401"] = UNAUTHORIZED
         paths[path] = ops
     components: dict[str, Any] = {
         "NeutronError": _wrap("NeutronError", {
@@ -255,8 +266,12 @@ def document(app: Any, resources: dict[str, Any]) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "tenantflow northbound API (OpenStack Networking v2.0)", "version": VERSION,
                  "description": "The Neutron v2.0 API subset tenantflow implements; GET /v2.0/extensions lists "
-                                "the extensions. No authentication: the project is the body's project_id, "
-                                "else the X-Project-Id header, else the controller's default project."},
+                                "the extensions. With --auth keystone every call but GET / needs a Keystone token "
+                                "(X-Auth-Token) and the policy table applies; with noauth the project is the "
+                                "body's project_id, else the X-Project-Id header, else the default project."},
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": {"keystone": {
+            "type": "apiKey", "in": "header", "name": "X-Auth-Token",
+            "description": "A Keystone token (--auth keystone; none with noauth)"}}},
+        "security": [{"keystone": []}, {}],  # {}: noauth
     }
