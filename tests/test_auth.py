@@ -147,6 +147,18 @@ def test_shared_and_external_networks(as_, world: dict, keystone: Keystone) -> N
         assert status == 403 and body["NeutronError"]["type"] == "PolicyNotAuthorized", (chosen, body)
     by_subnet = bob.create("port", network_id=shared["id"], fixed_ips=[{"subnet_id": world["shared_sub"]["id"]}])
     assert bob.call("DELETE", f"/v2.0/ports/{by_subnet['id']}")[0] == 204
+    # nor may B pass its port off as one of the cloud's own (network:*, trusted by port security), there or
+    # later; any other owner is B's to give; on its own network the owner may (Neutron's network_device rule)
+    status, body = bob.call("POST", "/v2.0/ports", {"port": {"network_id": shared["id"],
+                                                             "device_owner": "network:dhcp"}})
+    assert status == 403 and "device_owner" in body["NeutronError"]["message"], body
+    vm = bob.create("port", network_id=shared["id"], device_owner="compute:nova")
+    status, _ = bob.call("PUT", f"/v2.0/ports/{vm['id']}", {"port": {"device_owner": "network:router_interface"}})
+    assert status == 403 and bob.call("GET", f"/v2.0/ports/{vm['id']}")[1]["port"]["device_owner"] == "compute:nova"
+    assert bob.call("DELETE", f"/v2.0/ports/{vm['id']}")[0] == 204
+    alice = as_("alice")
+    own = alice.create("port", network_id=shared["id"], device_owner="network:dhcp")
+    assert alice.call("DELETE", f"/v2.0/ports/{own['id']}")[0] == 204
     # nor may B name A's resources in its own: a gateway, an interface, a floating IP's port, a rule's group
     status, body = bob.call("POST", "/v2.0/routers", {"router": {
         "external_gateway_info": {"network_id": world["networks"]["id"]}}})

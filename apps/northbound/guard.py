@@ -124,6 +124,7 @@ class Guard:
         name = action(verb, member)
         if not self.policy.allowed(caller, name, target):
             raise forbidden(name)
-        refused = self.policy.attributes(caller, verb, member, target, asked(body))
+        # the attributes' rules see the values asked for (a device_owner's rule depends on it)
+        refused = self.policy.attributes(caller, verb, member, {**target, **body}, asked(body))
         if refused:
             raise forbidden(action(verb, member, refused[0]))

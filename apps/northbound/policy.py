@@ -44,7 +44,28 @@ BASE: dict[str, str] = {
     "network_external": "True:%(network:router:external)s",
     "sg_owner_member": "role:member and project_id:%(security_group:project_id)s",
     "sg_owner_reader": "role:reader and project_id:%(security_group:project_id)s",
+    # Neutron's network_device ("field:port:device_owner=~^network:"): a port the cloud's own services
+    # use (router interface, DHCP...), which port security and the security groups trust
+    "network_device": "prefix:%(device_owner)s=network:",
 }
+
+
+@oslo_policy.register("prefix")
+class PrefixCheck(oslo_policy.Check):
+    """``prefix:%(key)s=<prefix>``: true when the target's ``key`` starts with ``<prefix>``.
+
+    What Neutron's ``field:...=~^...`` regex check is used for here, and no more. The key is written
+    as a ``%(key)s`` template, so :meth:`Policy._keys` sees that a decision depends on its value.
+    """
+
+    def __call__(self, target: dict[str, Any], creds: dict[str, Any], enforcer: Any,
+                 current_rule: str | None = None) -> bool:
+        try:
+            value, _, prefix = (self.match % target).rpartition("=")
+        except (KeyError, TypeError, ValueError):  # the target has no such key: nothing to match
+            return False
+        return bool(prefix) and value.startswith(prefix)
+
 
 ADMIN = "rule:admin_only"
 MEMBER = "rule:admin_only or rule:project_member"
@@ -102,12 +123,19 @@ NET_OWNER = "rule:admin_only or rule:network_owner_member"
 NET_OWNER_ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
     "port": {verb: ("mac_address", "allowed_address_pairs", "fixed_ips:ip_address") for verb in ("create", "update")},
 }
+# Attributes whose rule depends on the value asked for: a network:* device_owner (a port the cloud's
+# services own, trusted by port security) only for the admin and the network's owner (Neutron's
+# create_port:device_owner); any other device_owner for whoever may write the port.
+VALUE_RULES: dict[str, dict[str, dict[str, str]]] = {
+    "port": {verb: {"device_owner": f"not rule:network_device or {NET_OWNER}"} for verb in ("create", "update")},
+}
 
 
 def attribute_rules(member: str, verb: str) -> dict[str, str]:
     """The attribute rules of one resource and verb: {attribute: check}."""
     rules = dict.fromkeys(ADMIN_ATTRIBUTES.get(member, {}).get(verb, ()), ADMIN)
-    return rules | dict.fromkeys(NET_OWNER_ATTRIBUTES.get(member, {}).get(verb, ()), NET_OWNER)
+    rules |= dict.fromkeys(NET_OWNER_ATTRIBUTES.get(member, {}).get(verb, ()), NET_OWNER)
+    return rules | VALUE_RULES.get(member, {}).get(verb, {})
 
 
 MEMBER_ACTIONS = ("add_router_interface", "remove_router_interface")  # named as Neutron names them
@@ -124,7 +152,7 @@ def defaults() -> list[oslo_policy.RuleDefault]:
     rules = [oslo_policy.RuleDefault(name, check) for name, check in BASE.items()]
     rules += [oslo_policy.RuleDefault(action(verb, member), check)
               for member, verbs in TABLE.items() for verb, check in verbs.items()]
-    verbs = {(member, verb) for table in (ADMIN_ATTRIBUTES, NET_OWNER_ATTRIBUTES)
+    verbs = {(member, verb) for table in (ADMIN_ATTRIBUTES, NET_OWNER_ATTRIBUTES, VALUE_RULES)
              for member, by_verb in table.items() for verb in by_verb}
     rules += [oslo_policy.RuleDefault(action(verb, member, attr), check)
               for member, verb in sorted(verbs) for attr, check in attribute_rules(member, verb).items()]
