@@ -1,4 +1,4 @@
-"""The controller as every hypervisor's OVSDB manager: it keeps the gateway tunnel ports, with BFD.
+"""The controller as every hypervisor's OVSDB manager: it keeps the tunnel ports (overlay; gateways', with BFD).
 
 Each hypervisor runs ``ovs-vsctl set-manager tcp:CONTROLLER:6640`` (a cluster: one target per
 instance, like ``set-controller``); its ovsdb-server connects to us and we monitor, through the
@@ -7,7 +7,9 @@ connection is the hypervisor whose datapath id one of its bridges carries (``Bri
 which ovs-vswitchd fills in); one that matches no registered hypervisor is kept and checked
 again whenever the hypervisors change (registered later, or its bridge created later).
 
-On its bridge, that hypervisor must have exactly :func:`topology.gateways.tunnel_ports`'s
+On its bridge, that hypervisor must have the overlay's flow-based tunnel ports
+(:func:`topology.gateways.overlay_ports`: ``tf-vxlan``, ``tf-geneve``, ``tf-gre``, created and
+corrected, never deleted) and exactly :func:`topology.gateways.tunnel_ports`'s
 ``tg-`` ports: they are reconciled, never flushed (one transaction per connection and pass:
 missing ports created, differing ones corrected, ``tg-`` ports not desired deleted, no other
 port touched, an unchanged port never rewritten), on connect, on every change of the
@@ -45,7 +47,7 @@ from typing import Any
 
 from controller import metrics, tls
 from controller.tunnels import DATABASE, MONITORED, Plan, apply, bfd_of, datapath_id, plan
-from topology.gateways import BfdTimers, is_gateway, tunnel_ports
+from topology.gateways import BfdTimers, is_gateway, overlay_ports, tunnel_ports
 from topology.model import Hypervisor
 
 with warnings.catch_warnings():
@@ -596,7 +598,8 @@ class OvsdbManager:
             with self.topology.lock:
                 graph = self.topology.graph
                 for _name, b, _news in todo:
-                    b.desired = tunnel_ports(graph, b.hv.name, self.timers) if b.key[2] else None
+                    b.desired = ({**overlay_ports(b.hv), **tunnel_ports(graph, b.hv.name, self.timers)}
+                                 if b.key[2] else None)
             for name, b, news in todo:
                 (LOG.info if news else LOG.debug)(
                     "ovsdb %s: bridge %s is hypervisor %s (%s): %d gateway tunnel(s) wanted", conn.name, name,

@@ -1,10 +1,11 @@
-"""The gateway tunnel ports of one bridge, read from and written to its OVSDB replica (an ``ovs`` IDL).
+"""The tunnel ports of one bridge (the gateways' and the overlay's), read from and written to its OVSDB replica.
 
 Pure reconciliation over the rows of an :class:`ovs.db.idl.Idl`, no I/O of its own:
 :func:`plan` compares what a bridge must have (:func:`topology.gateways.tunnel_ports`:
 port name -> ``type`` / ``options:<key>`` / ``bfd:<key>``) with the ports it has whose name
 starts with ``tg-`` (:data:`topology.gateways.GATEWAY_PORT_PREFIX`), and :func:`apply` writes
-the difference into the IDL's open transaction. Only ``tg-`` ports are ever touched, and a
+the difference into the IDL's open transaction; the overlay's ports (``tf-vxlan``...) are made
+and corrected, never deleted. No other port is ever touched, and a
 port already as desired is never written: rewriting a tunnel interface's options makes
 ovs-vswitchd reconfigure it, and its BFD session would start over (the gateway looks down
 for the detection time). :func:`bfd_of` reads the BFD state the switch reports.
@@ -97,12 +98,16 @@ def _sound(port: Any) -> Any | None:
 
 
 def plan(bridge: Any, desired: dict[str, Columns], taken: Collection[str] = ()) -> Plan:
-    """The changes that make ``bridge``'s ``tg-`` ports exactly ``desired``; empty when they are.
+    """The changes that make ``bridge``'s ``tg-`` ports exactly ``desired``, and its overlay tunnel ports
+    (the other names of ``desired``) present and as desired; empty when they are.
 
     A ``tg-`` port not desired, a second port of the same name, or one not shaped as we
     make them (not exactly one interface of its own name) is deleted (and, if desired,
     created again); a desired one whose interface's type, options or bfd differ is updated
-    in place; every other port of the bridge is left alone. A missing port whose name is
+    in place; every other port of the bridge is left alone. An overlay tunnel port
+    (``tf-vxlan``...) is created when missing and corrected in place, never deleted (an
+    operator may have made it); one named ``<name>@<anything>`` stands for it (several
+    bridges of one vswitchd, README) and is left as it is. A missing port whose name is
     ``taken`` (by a port of another bridge: OVSDB keeps port and interface names unique) is
     not created but listed in ``blocked``: that port is not ours to move, and creating ours
     would fail the whole transaction.
@@ -111,9 +116,15 @@ def plan(bridge: Any, desired: dict[str, Columns], taken: Collection[str] = ()) 
     kept: set[str] = set()
     for port in sorted(bridge.ports, key=lambda p: str(p.uuid)):
         name = port.name
-        if not is_gateway_port(name):
-            continue
         iface = _sound(port)
+        if not is_gateway_port(name):
+            if name in desired and name not in kept and iface is not None:  # an overlay port: correct, keep
+                kept.add(name)
+                if interface_columns(iface) != desired[name]:
+                    result.update[name] = (iface, desired[name])
+            elif name.partition("@")[0] in desired:  # an alias of one (or an odd one): there, and not ours
+                kept.add(name.partition("@")[0])
+            continue
         if name not in desired or name in kept or iface is None:
             result.delete.append(port)
             continue

@@ -45,6 +45,7 @@ from controller.ovsdb import OvsdbManager, parse_listen
 from tests.e2e_fixtures import wait_until
 from tests.lab_fixtures import lab_prefix, require_lab, unless_able
 from topology.gateways import GATEWAY_UDP_PORT, gateway_tunnel_name
+from topology.model import TUNNEL_PORT_NAMES
 from topology.state import Topology
 
 BFD_MS = 100  # the controller's defaults (--bfd-min-tx / --bfd-min-rx)
@@ -155,6 +156,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         time.sleep(0.5)  # their replicas are in: an unregistered hypervisor would show now if it were identified
         c.before_registration = c.status()
         c.ports_before = {hv.name: set(tg_rows(hv)) for hv in lab.hypervisors}
+        c.overlay_before = {hv.name: {p for p in br_int_ports(hv) if p.startswith("tf-")} for hv in lab.hypervisors}
         c.registered_at = time.monotonic()
         for hv in lab.hypervisors:
             body = {"name": hv.name, "datapath_id": f"{hv.dpid:016x}", "tunnel_ip": hv.tunnel_ip}
@@ -243,6 +245,38 @@ def test_hand_made_ports_reconciled(cloud: Cloud) -> None:
         "the ports nobody touched were not rewritten"
     cloud.wait_bfd_up()
     hv2.vsctl("del-port", "br-int", "handmade0")
+
+
+def overlay_rows(hv: Hypervisor) -> dict[str, dict[str, Any]]:
+    """The hypervisor's br-int interfaces whose names start with ``tf-`` (the overlay's tunnel ports, aliases)."""
+    ports = br_int_ports(hv)
+    return {name: row for name, row in interfaces(hv).items() if name.startswith("tf-") and name in ports}
+
+
+@pytest.mark.ovs
+@pytest.mark.lab
+def test_overlay_tunnel_ports_are_the_controllers_to_make(cloud: Cloud) -> None:
+    """Operator step 4 is the controller's: tf-vxlan, tf-geneve and tf-gre appear once a hypervisor is
+    registered, with its tunnel endpoint; a wrong option is put back in place; a port named tf-gre@... (the
+    scale lab's aliases) stands for tf-gre; none is ever deleted."""
+    assert cloud.overlay_before == {"hv1": set(), "hv2": set(), "hv3": set()}, "nothing before registration"
+    wanted = {name: kind for kind, name in TUNNEL_PORT_NAMES.items()}
+    for hv in cloud.lab.hypervisors:
+        wait_until(lambda hv=hv: set(overlay_rows(hv)) == set(wanted), 10, f"{hv.name}'s overlay ports")
+        for name, row in overlay_rows(hv).items():
+            assert row["type"] == wanted[name]
+            assert row["options"] == {"remote_ip": "flow", "key": "flow", "local_ip": hv.tunnel_ip}, (hv.name, row)
+    hv2, hv3 = cloud.hv("hv2"), cloud.hv("hv3")
+    before = overlay_rows(hv2)["tf-vxlan"]["_uuid"]
+    hv2.vsctl("set", "interface", "tf-vxlan", "options:local_ip=10.255.0.1")
+    wait_until(lambda: overlay_rows(hv2)["tf-vxlan"]["options"]["local_ip"] == hv2.tunnel_ip, 10, "local_ip put back")
+    assert overlay_rows(hv2)["tf-vxlan"]["_uuid"] == before, "corrected in place"
+    hv3.vsctl("del-port", "br-int", "tf-gre", "--", "add-port", "br-int", "tf-gre@x", "--", "set", "interface",
+              "tf-gre@x", "type=gre", "options:remote_ip=flow", "options:key=flow", f"options:local_ip={hv3.tunnel_ip}")
+    time.sleep(1.0)  # the controller saw the change (it reacts within a poll)
+    assert set(overlay_rows(hv3)) == {"tf-vxlan", "tf-geneve", "tf-gre@x"}, "an alias stands for tf-gre"
+    hv3.vsctl("del-port", "br-int", "tf-gre@x")
+    wait_until(lambda: "tf-gre" in overlay_rows(hv3), 10, "tf-gre made again once its alias went")
 
 
 # -- 4: un-marking the gateway ------------------------------------------------------------------------------

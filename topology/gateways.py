@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import netaddr
 
 from topology.graph import TopologyGraph
-from topology.model import Hypervisor
+from topology.model import TUNNEL_PORT_NAMES, Hypervisor
 
 GATEWAY_UDP_PORT = 4790
 """UDP destination port of the gateway tunnels (the overlay's VXLAN uses 4789)."""
@@ -93,6 +93,17 @@ def tunnel_ports(graph: TopologyGraph, hv_name: str, timers: BfdTimers = BfdTime
             "bfd:decay_min_rx": str(timers.decay_min_rx),
         }
     return ports
+
+
+def overlay_ports(hv: Hypervisor) -> dict[str, dict[str, str]]:
+    """The overlay's flow-based tunnel ports ``hv``'s br-int must have (``tf-vxlan``, ``tf-geneve``,
+    ``tf-gre``), in :func:`tunnel_ports`'s form: one port per overlay type serves every peer, the
+    flows setting the VNI and the remote endpoint. None without a tunnel endpoint."""
+    if not hv.tunnel_ip:
+        return {}
+    return {name: {"type": kind, "options:remote_ip": "flow", "options:key": "flow",
+                   "options:local_ip": hv.tunnel_ip}
+            for kind, name in TUNNEL_PORT_NAMES.items()}
 
 
 # -- scheduling ------------------------------------------------------------------------------------

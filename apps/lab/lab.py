@@ -28,6 +28,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ from apps.lab.mgmt import ManagementNet
 from apps.lab.ovs import PrivateOVS
 from apps.lab.pki import Pki
 from topology.gateways import gateway_tunnel_name
+from topology.model import TUNNEL_PORT_NAMES
 
 LOG = logging.getLogger(__name__)
 
@@ -344,7 +346,8 @@ class Lab:
             steps.set_manager(hv.vsctl, self.manager_target)
         tunnel_cidr = f"{tunnel_ip}/{self.underlay.prefixlen}"
         steps.attach_underlay(hv.vsctl, netns, UNDERLAY_NIC, tunnel_cidr, self.underlay_mtu)
-        steps.add_tunnel_ports(hv.vsctl, tunnel_ip)
+        if self.manager_target is None:  # else the controller makes them once hv is registered (step 4)
+            steps.add_tunnel_ports(hv.vsctl, tunnel_ip)
         if self.provider:
             steps.add_provider_bridge(hv.vsctl, hv.ofctl, netns, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
             hv.bridge_mappings[self.physnet] = PROVIDER_BRIDGE
@@ -385,9 +388,25 @@ class Lab:
                 return hv
         raise KeyError(f"no hypervisor {name!r} in lab {self.prefix!r}")
 
-    def register_hypervisors(self, api_url: str | None = None) -> list[dict[str, Any]]:
-        """POST every hypervisor to the controller's API; returns the responses."""
-        return [hv.register(api_url or self.api_url) for hv in self.hypervisors]
+    def register_hypervisors(self, api_url: str | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """POST every hypervisor to the controller's API; returns the responses.
+
+        With the controller as OVSDB manager, it then creates each one's overlay tunnel ports
+        (operator step 4): wait for them, as an operator checks ``ovs-vsctl list-ports br-int``.
+        """
+        answers = [hv.register(api_url or self.api_url) for hv in self.hypervisors]
+        if self.manager_target is not None:
+            deadline = time.monotonic() + timeout
+            missing = list(self.hypervisors)
+            while missing:
+                missing = [hv for hv in missing if not set(TUNNEL_PORT_NAMES.values()) <= set(
+                    hv.vsctl("list-ports", steps.INTEGRATION_BRIDGE).split())]
+                if missing and time.monotonic() > deadline:
+                    raise LabError(f"the controller made no overlay tunnel ports on {[hv.name for hv in missing]} "
+                                   f"within {timeout:g} s of their registration")
+                if missing:
+                    time.sleep(0.05)
+        return answers
 
     def gateway_tunnels_up(self) -> bool:
         """Whether every BFD session of the gateway tunnels is up: each hypervisor's to each gateway,

@@ -13,7 +13,8 @@ Order on a compute node:
    :func:`set_controller`          -- point br-int at the controller
    :func:`set_manager`             -- and the host's OVSDB (the gateway tunnel ports are the controller's)
 3. :func:`attach_underlay`         -- the tunnel endpoint IP on an OVS bridge
-4. :func:`add_tunnel_ports`        -- flow-based VXLAN and Geneve ports
+4. :func:`add_tunnel_ports`        -- flow-based VXLAN, Geneve and GRE ports (the controller's to make
+                                      when it is the host's OVSDB manager: only without one)
 5. :func:`add_provider_bridge`     -- optional, one per physical network
 6. :func:`register_hypervisor`     -- tell the controller's API about the node
 7. :func:`plug_vif` / :func:`unplug_vif` -- what Nova does per VM port
