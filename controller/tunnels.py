@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from topology.gateways import GATEWAY_PORT_PREFIX
+from topology.model import PORT_ALIAS_SEPARATOR
 
 DATABASE = "Open_vSwitch"
 MONITORED: dict[str, list[str]] = {
@@ -122,8 +123,8 @@ def plan(bridge: Any, desired: dict[str, Columns], taken: Collection[str] = ()) 
                 kept.add(name)
                 if interface_columns(iface) != desired[name]:
                     result.update[name] = (iface, desired[name])
-            elif name.partition("@")[0] in desired:  # an alias of one (or an odd one): there, and not ours
-                kept.add(name.partition("@")[0])
+            elif (base := name.partition(PORT_ALIAS_SEPARATOR)[0]) in desired:  # an alias (or an odd one): not ours
+                kept.add(base)
             continue
         if name not in desired or name in kept or iface is None:
             result.delete.append(port)
