@@ -51,7 +51,7 @@ CIDR = "10.0.0.0/24"
 CIDR6 = "fd00:0:0:1::/64"
 PREFIX = "tfd"  # lab namespaces: tfd-fabric, tfd-hv1, tfd-vm-a1, ...
 HOST_OFFSET = 10  # VM addresses start at 10.0.0.11
-PING = "ping -c2 -i0.2 -W1 -w2 -q"  # at most 2 s: an address nobody holds fails fast (IPv6: no 3 s of NS)
+PING = "ping -c2 -i0.2 -W1 -q"
 
 
 @dataclass
@@ -211,8 +211,8 @@ def _ping(src: DemoVM, dst: DemoVM, family: int) -> Cell:
     return Cell(int(match.group(1)) if match else 0, seen, _neigh_mac(src.vm, address))
 
 
-def _rounds(vms: list[DemoVM]) -> list[list[tuple[DemoVM, DemoVM]]]:
-    """Every ordered pair, grouped so that no two pings of a round go to the same address.
+def _rounds(vms: list[DemoVM], family: int = 4) -> list[list[tuple[DemoVM, DemoVM]]]:
+    """Every ordered pair, grouped so that no two pings of a round go to the same address (of ``family``).
 
     Whichever VM actually answers an address (the destination, or the VM of the other
     tenant holding the same address), only one ping of the round can reach it: its
@@ -224,9 +224,10 @@ def _rounds(vms: list[DemoVM]) -> list[list[tuple[DemoVM, DemoVM]]]:
         taken: set[str] = set()
         batch = []
         for src, dst in pending:
-            if dst.ip not in taken and src.name not in taken:
+            address = _address(dst, family)
+            if address not in taken and src.name not in taken:
                 batch.append((src, dst))
-                taken |= {dst.ip, src.name}
+                taken |= {address, src.name}
         pending = [p for p in pending if p not in batch]
         rounds.append(batch)
     return rounds
@@ -236,7 +237,7 @@ def ping_matrix(vms: list[DemoVM], family: int = 4) -> dict[tuple[str, str], Cel
     """Ping from each VM to each other VM's IPv4 (or IPv6) address, in rounds of pings to distinct addresses."""
     cells: dict[tuple[str, str], Cell] = {}
     with ThreadPoolExecutor(max_workers=len(vms)) as pool:
-        for batch in _rounds(vms):
+        for batch in _rounds(vms, family):
             for (src, dst), cell in zip(batch, pool.map(lambda p: _ping(*p, family), batch), strict=True):
                 cells[src.name, dst.name] = cell
     return cells
