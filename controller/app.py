@@ -266,32 +266,27 @@ class TenantflowApp(app_manager.OSKenApp):
 
     # Replies to a switch's requests reach it straight from its connection (Switch._on_message);
     # these handlers serve connections that cannot hand them over (os-ken's own socket).
+    def _multipart_part(self, msg, values) -> None:
+        """One part of a multipart reply, as the values its switch's request waits for."""
+        sw = self._switch_of(msg)
+        if sw is not None:
+            sw.on_reply(msg.xid, values, bool(msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE))
+
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def _port_desc(self, ev):
-        sw = self._switch_of(ev.msg)
-        if sw is not None:
-            sw.on_reply(ev.msg.xid, ev.msg.body, bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE))
+        self._multipart_part(ev.msg, ev.msg.body)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev):
-        sw = self._switch_of(ev.msg)
-        if sw is not None:
-            more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
-            sw.on_reply(ev.msg.xid, [s.cookie for s in ev.msg.body], more)
+        self._multipart_part(ev.msg, [s.cookie for s in ev.msg.body])
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev):
-        sw = self._switch_of(ev.msg)
-        if sw is not None:
-            more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
-            sw.on_reply(ev.msg.xid, [s.group_id for s in ev.msg.body], more)
+        self._multipart_part(ev.msg, [s.group_id for s in ev.msg.body])
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
     def _meter_config(self, ev):
-        sw = self._switch_of(ev.msg)
-        if sw is not None:
-            more = bool(ev.msg.flags & ofproto_v1_3.OFPMPF_REPLY_MORE)
-            sw.on_reply(ev.msg.xid, [s.meter_id for s in ev.msg.body], more)
+        self._multipart_part(ev.msg, [s.meter_id for s in ev.msg.body])
 
     @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
     def _role_reply(self, ev):
