@@ -303,9 +303,10 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         if ovsdb_manager is not None:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
         from apps.northbound.auth import wrap
+        from controller.metrics import counted
 
         northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
-        api = serve(wrap(northbound, args), args.api_host, args.api_port)
+        api = serve(counted(wrap(northbound, args)), args.api_host, args.api_port)
         gc.freeze()  # and the API's (keystonemiddleware's, oslo.policy's): built once, kept for good
     from apps.northbound.auth import describe
 

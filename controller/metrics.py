@@ -1,6 +1,7 @@
 """Prometheus metrics of the controller (served at /metrics on the API port)."""
 
 import gc
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -18,6 +19,35 @@ METER_MODS = Counter(
     "tenantflow_meter_mods_sent", "Meter-mods sent to switches (adds and deletes; refused ones too)",
     ["hypervisor", "command"], registry=REGISTRY,
 )
+API_REQUESTS = Counter("tenantflow_api_requests", "API requests answered, by method and HTTP status (401s and "
+                       "403s included)", ["method", "status"], registry=REGISTRY)
+API_SECONDS = Histogram("tenantflow_api_request_seconds", "Time to answer an API request, by method",
+                        ["method"], registry=REGISTRY,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def counted(app):
+    """The API's WSGI ``app``, each answer counted by method and status and timed (the outermost wrapper,
+    so that what authentication refuses counts too). Other methods count as ``other``."""
+    def wsgi(environ, start_response):
+        method = environ.get("REQUEST_METHOD", "")
+        method = method if method in _METHODS else "other"
+        start = time.perf_counter()
+        status = ["500"]
+
+        def seen(code, headers, exc_info=None):
+            status[0] = code.split(" ", 1)[0]
+            return start_response(code, headers, exc_info) if exc_info else start_response(code, headers)
+
+        try:
+            return app(environ, seen)
+        finally:
+            API_REQUESTS.labels(method, status[0]).inc()
+            API_SECONDS.labels(method).observe(time.perf_counter() - start)
+    return wsgi
+
+
 BUNDLES = Counter(
     "tenantflow_bundles", "Bundles sent, by outcome (committed, discarded, failed)", ["hypervisor", "outcome"],
     registry=REGISTRY,

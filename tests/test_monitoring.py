@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from apps.lab.controller import ControllerProcess
+from apps.lab.controller import ApiError, ControllerProcess
 from tests.etcd_fixtures import etcd, instances  # noqa: F401  (fixtures)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "monitoring"
@@ -92,3 +92,32 @@ def test_every_metric_the_alerts_and_the_dashboard_name_exists(exposed: set[str]
     # the check itself: a name no controller exposes is caught
     assert unknown({"tenantflow_flows", "tenantflow_sync_seconds_bucket", "tenantflow_no_such_total"},
                    exposed) == ["tenantflow_no_such_total"]
+
+
+def test_api_answers_are_counted_by_method_and_status(tmp_path) -> None:
+    """What an operator pages on for the API (its 5xx) is counted: every answer, by method and status."""
+    ctl = ControllerProcess(str(tmp_path / "api")).start()
+    try:
+        def count(method: str, status: str) -> float:
+            with urllib.request.urlopen(ctl.api_url + "/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            wanted = {"method": method, "status": status}
+            return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                       if s.name == "tenantflow_api_requests_total" and s.labels == wanted)
+
+        before = {k: count(*k) for k in (("GET", "200"), ("GET", "404"), ("POST", "400"), ("POST", "201"))}
+        ctl.request("GET", "/v2.0/networks")
+        for status, bad in ((404, lambda: ctl.request("GET", "/v2.0/networks/nope")),
+                            (400, lambda: ctl.request("POST", "/v2.0/networks",
+                                                      {"network": {"admin_state_up": "maybe"}}))):
+            with pytest.raises(ApiError) as refused:
+                bad()
+            assert refused.value.status == status
+        ctl.create("network", name="counted")
+        after = {k: count(*k) for k in before}
+        # the scrapes themselves are GETs answered 200 too: at least the one listing
+        assert after[("GET", "200")] >= before[("GET", "200")] + 1
+        assert {k: after[k] - before[k] for k in (("GET", "404"), ("POST", "400"), ("POST", "201"))} == {
+            ("GET", "404"): 1, ("POST", "400"): 1, ("POST", "201"): 1}
+    finally:
+        ctl.stop()
