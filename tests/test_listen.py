@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import sys
 
@@ -45,6 +46,21 @@ def test_keystone_needs_its_config(capsys: pytest.CaptureFixture) -> None:
     assert "[keystone_authtoken]" in capsys.readouterr().err
 
 
+def listening(ports: set[int]) -> dict[int, set[str]]:
+    """The IPv4 and IPv6 addresses the given TCP ports listen on (/proc/net/tcp and tcp6, state LISTEN)."""
+    found: dict[int, set[str]] = {}
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with open(table) as fh:
+            for line in list(fh)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, port = local.split(":")
+                if state == "0A" and int(port, 16) in ports:
+                    raw = bytes.fromhex(address)  # the kernel writes each 32-bit word in host (little-endian) order
+                    ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4)))
+                    found.setdefault(int(port, 16), set()).add(str(ip))
+    return found
+
+
 def test_default_listeners_unreachable_from_outside(tmp_path) -> None:
     """The real process on its default hosts: reachable on 127.0.0.1, refused on the machine's own address."""
     ctl = ControllerProcess(str(tmp_path))
@@ -54,10 +70,12 @@ def test_default_listeners_unreachable_from_outside(tmp_path) -> None:
     with ctl:
         log = open(ctl.log_path).read()
         assert "no --auth chosen" in log and "API 127.0.0.1, OpenFlow 127.0.0.1" in log, log
-        outside = _outside_address()
-        if outside is None:
-            pytest.skip("this machine has no address but loopback")
-        for port in (ctl.api_port, ctl.of_port):
+        # what the kernel says each port is bound to: loopback only, on any machine
+        ports = {ctl.api_port, ctl.of_port, ctl.ovsdb_port}
+        assert {port: addresses for port, addresses in listening(ports).items()} == \
+            {port: {"127.0.0.1"} for port in ports}
+        outside = _outside_address()  # and, where the machine has another address, a connect there is refused
+        for port in (ctl.api_port, ctl.of_port) if outside is not None else ():
             with pytest.raises(ConnectionRefusedError), socket.create_connection((outside, port), timeout=2):
                 pass
 
