@@ -210,13 +210,3 @@ class SwitchObjects:
                 self.present.discard(oid)
         kind.mods.labels(link.label, "delete").inc(len(ids))
         LOG.info("switch %s: %d unused %ss deleted, %d refused", link.label, len(ids) - refused, kind.name, refused)
-
-
-def switch_groups() -> SwitchObjects:
-    """The groups of a switch."""
-    return SwitchObjects(GROUPS)
-
-
-def switch_meters() -> SwitchObjects:
-    """The meters of a switch."""
-    return SwitchObjects(METERS)

@@ -45,7 +45,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, wire
 from controller.cluster import Role
-from controller.groups import switch_groups, switch_meters
+from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
 from controller.neighbour import announcement_actions, announcement_packets
 from flows.dhcp import HYPERVISOR_METER, PORT_BURST, PORT_RATE
@@ -190,8 +190,8 @@ class Switch:
         self.ofports: dict[str, int] = {}  # OVS port name -> OpenFlow port number
         self._inflight_from: int | None = None  # first xid of the bundle (or group mods) being sent
         self.installed: Multiset[int] = Multiset()  # cookie -> how many flows carry it on the switch
-        self.groups = switch_groups()  # the groups it holds and its flows use (controller.groups)
-        self.meters = switch_meters()  # the same of its meters
+        self.groups = SwitchObjects(GROUPS)  # the groups it holds and its flows use (controller.groups)
+        self.meters = SwitchObjects(METERS)  # the same of its meters
         self._learners: set[int] = set()  # cookies of the flows the switch may learn (see learned_cookies)
         self._announced: frozenset = frozenset()  # what announce_fn returned after the last committed sync
         self.ready = False
