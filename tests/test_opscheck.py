@@ -182,3 +182,100 @@ def test_check_of_an_unknown_hypervisor_is_a_clear_error(cloud: Cloud) -> None:
     result = check(cloud, "--hv", "nosuch")
     assert result.returncode == 2
     assert "HTTP 404" in result.stderr and "nosuch" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- tenantflow trace --live --------------------------------------------------------------------------
+def router_mac(cloud: Cloud, subnet: str) -> str:
+    ports = cloud.ctrl.request("GET", "/v2.0/ports?device_owner=network:router_interface")["ports"]
+    return next(p["mac_address"] for p in ports if p["fixed_ips"][0]["subnet_id"] == cloud.subnets[subnet]["id"])
+
+
+def trace_live(cloud: Cloud, hv: str, in_port: str, *fields: str) -> subprocess.CompletedProcess[str]:
+    """``tenantflow trace --live`` on ``hv``, asking that hypervisor's own vswitchd (its unixctl socket)."""
+    ctl = cloud.lab.hypervisor(hv).ovs.vswitchd_ctl
+    return tenantflow("trace", "--db", cloud.ctrl.db, "--hv", hv, "--in-port", in_port, "--live", "--appctl", ctl,
+                      *fields)
+
+
+def verdicts(out: str) -> tuple[str, str]:
+    sim = re.search(r"^simulator: (.*)$", out, re.M)
+    ovs = re.search(r"^ovs:       (.*)$", out, re.M)
+    assert sim and ovs, out
+    return sim.group(1), ovs.group(1)
+
+
+def icmp(cloud: Cloud, src: str, dst_mac: str, dst_ip: str) -> tuple[str, ...]:
+    return (f"eth_dst={dst_mac}", f"ipv4_src={cloud.ip(src)}", f"ipv4_dst={dst_ip}", "ip_proto=1", "icmpv4_type=8")
+
+
+PATHS = {  # name -> (hypervisor, sender, what the bridge must do with it)
+    "same subnet, same host": ("hv1", "a1", "a2 tap"),
+    "same subnet, across hosts": ("hv1", "a1", "tunnel to hv2"),
+    "routed, across hosts": ("hv1", "a1", "tunnel to hv2"),
+    "ARP answered on the host": ("hv1", "a1", "back to a1"),
+    "another tenant's address: isolated": ("hv1", "b1", "dropped"),
+    "from outside to a floating IP": ("hv1", "phy-physnet1", "a1 tap"),
+}
+
+
+def _path_fields(cloud: Cloud, path: str) -> tuple[str, ...]:
+    if path == "same subnet, same host":
+        return icmp(cloud, "a1", cloud.mac("a2"), cloud.ip("a2"))
+    if path == "same subnet, across hosts":
+        return icmp(cloud, "a1", cloud.mac("a3"), cloud.ip("a3"))
+    if path == "routed, across hosts":
+        return icmp(cloud, "a1", router_mac(cloud, "net1"), cloud.ip("c1"))
+    if path == "ARP answered on the host":
+        return (f"arp_tpa={cloud.ip('a2')}",)
+    if path == "another tenant's address: isolated":  # b1 (tenant 2, alone in its network on hv1) to a1
+        return icmp(cloud, "b1", cloud.mac("a1"), cloud.ip("a1"))
+    assert cloud.out is not None
+    fip = cloud.fip["floating_ip_address"]
+    fip_mac = next(p["mac_address"] for p in cloud.ctrl.request("GET", "/v2.0/ports?device_owner=network:floatingip")
+                   ["ports"] if p["device_id"] == cloud.fip["id"])
+    out_mac = cloud.out.cmd("cat /sys/class/net/eth0/address").strip()
+    return (f"eth_src={out_mac}", f"eth_dst={fip_mac}", f"ipv4_src={EXT_GATEWAY}", f"ipv4_dst={fip}", "ip_proto=1",
+            "icmpv4_type=8")
+
+
+def _expected(cloud: Cloud, what: str) -> str:
+    """The verdict (a regular expression) both must give."""
+    if what.endswith(" tap"):
+        return cloud.vms[what.split()[0]].tap
+    if what == "back to a1":
+        return cloud.vms["a1"].tap
+    if what == "tunnel to hv2":
+        return rf"tf-vxlan \(tun_dst={cloud.lab.hypervisor('hv2').tunnel_ip}, key=\d+\)"
+    assert what == "dropped"
+    return "dropped"
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_trace_live_agrees_with_ofproto_trace(cloud: Cloud, path: str) -> None:
+    hv, sender, what = PATHS[path]
+    in_port = cloud.vms[sender].port_id if sender in cloud.vms else sender
+    result = trace_live(cloud, hv, in_port, *_path_fields(cloud, path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    sim, ovs = verdicts(result.stdout)
+    assert sim == ovs, result.stdout
+    assert re.fullmatch(_expected(cloud, what), ovs), result.stdout
+    assert result.stdout.rstrip().endswith("agree"), result.stdout
+
+
+def test_trace_live_reports_a_switch_that_disagrees(cloud: Cloud) -> None:
+    """a2's delivery flow on hv1 changed by hand to drop: the simulator still delivers, OVS drops; exit 1."""
+    hv1 = cloud.lab.hypervisor("hv1")
+    a2_port = hv1.ofport(cloud.vms["a2"].tap)
+    (spec,) = [m.group(1) for line in hv1.ofctl("dump-flows", "br-int", "table=60").splitlines()
+               if (m := re.search(rf"(priority=\S+) actions=output:{a2_port}$", line))]
+    hv1.ofctl("mod-flows", "--strict", "br-int", f"table=60,{spec},actions=drop")
+    try:
+        result = trace_live(cloud, "hv1", cloud.vms["a1"].port_id, *_path_fields(cloud, "same subnet, same host"))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert verdicts(result.stdout) == (cloud.vms["a2"].tap, "dropped"), result.stdout
+        assert "DISAGREE" in result.stdout
+    finally:
+        for line in check(cloud).stdout.splitlines():  # the compiled flow back, as check prints it
+            if line.strip().startswith("- "):
+                hv1.ofctl("add-flow", "br-int", line.strip()[2:])
+    assert check(cloud).returncode == 0
