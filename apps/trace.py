@@ -235,9 +235,9 @@ def prepare(graph: TopologyGraph, args: argparse.Namespace) -> tuple[list[str], 
         extra = given if hv.name == args.hv else {}
         if live and not extra:
             continue
-        ofports = {**(live or assumed_ofports(graph, hv.name)), **extra}
-        if not live and hv.name == args.hv:
-            assumed = sorted(set(ofports) - set(given))
+        measured = args.live and hv.name == args.hv  # the switch's own map, nothing assumed beside it
+        ofports = {**({} if measured else live or assumed_ofports(graph, hv.name)), **extra}
+        if not live and hv.name == args.hv and (assumed := sorted(set(ofports) - set(given))):
             lines.append(f"(assumed ofports on {hv.name}: " + ", ".join(f"{n}={ofports[n]}" for n in assumed) + ")")
         graph.set_ofports(hv.name, ofports)  # only in this process's copy of the graph
     return lines, build_packet(graph, args.hv, graph.ofports(args.hv), args.in_port, args.fields)
