@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from apps.lab import Lab, LabVM
-from apps.lab.controller import ControllerProcess
+from apps.lab.controller import ApiError, ControllerProcess
 from tests.e2e_fixtures import (
     attached_lab,
     create_network,
@@ -182,6 +182,21 @@ def test_check_of_an_unknown_hypervisor_is_a_clear_error(cloud: Cloud) -> None:
     result = check(cloud, "--hv", "nosuch")
     assert result.returncode == 2
     assert "HTTP 404" in result.stderr and "nosuch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_api_answers_json_for_every_hypervisor_or_one(cloud: Cloud) -> None:
+    every = cloud.ctrl.request("GET", "/check")["hypervisors"]
+    assert [h["hypervisor"] for h in every] == ["hv1", "hv2"]
+    for h in every:
+        assert h["connected"] and h["mastered"] and h["equal"] and h["synced"], h
+        assert h["installed"] == h["compiled"] + h["learned"] and h["missing"] == h["extra"] == [], h
+    assert cloud.ctrl.request("GET", "/check/hv2")["hypervisor"]["datapath_id"] == f"{cloud.lab.hypervisor('hv2').dpid:016x}"
+    with pytest.raises(ApiError) as missing:
+        cloud.ctrl.request("GET", "/check/nosuch")
+    assert missing.value.status == 404 and "nosuch" in str(missing.value.body)
+    with pytest.raises(ApiError) as refused:
+        cloud.ctrl.request("POST", "/check/hv1", {})
+    assert refused.value.status == 405
 
 
 # -- tenantflow trace --live --------------------------------------------------------------------------
