@@ -18,9 +18,9 @@ writes it (``ovs-ofctl add-flow`` takes it back), an extra one decoded from the 
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -70,12 +70,6 @@ class Installed:
     hard_timeout: int
     match: bytes  # the ofp_match, padded
     instructions: bytes
-
-    @property
-    def content(self) -> tuple:
-        """What must equal a compiled flow's (:func:`compiled_content`)."""
-        return (self.table_id, self.priority, self.cookie, self.idle_timeout, self.hard_timeout,
-                oxm_fields(self.match), instructions_text(self.instructions))
 
 
 def installed_flows(replies: Iterable[bytes]) -> list[Installed]:
@@ -131,12 +125,6 @@ def oxm_fields(match: bytes) -> frozenset[bytes]:
     return frozenset(fields)
 
 
-def compiled_content(flow: Flow) -> tuple:
-    """A compiled flow's content as a switch holding it exactly reports it (see :attr:`Installed.content`)."""
-    return (flow.table_id, flow.priority, flow.cookie, 0, 0, oxm_fields(wire.encode_match(flow.match)),
-            instructions_text(wire.encode_instructions(flow)))
-
-
 @dataclass
 class Audit:
     """One bridge's installed flows against its compiled ones."""
@@ -169,25 +157,73 @@ def compare(compiled: dict[int, Flow], installed: list[Installed], learned_cooki
     """Each compiled flow must be on the switch once, with its content; anything else there is extra.
 
     ``learned_cookies``: cookies of the compiled learn actions; a flow carrying one in a switch-owned
-    stage was added by the switch itself (counted as learned).
+    stage was added by the switch itself (counted as learned). Instructions are compared as bytes
+    first, and decoded only where the bytes differ (the few flows OVS writes back otherwise).
     """
     audit = Audit(compiled=len(compiled), installed=len(installed))
-    wanted = Counter(compiled_content(f) for f in compiled.values())
-    found: Counter = Counter()
+    matched: set[int] = set()
     for flow in installed:
         stage = STAGE_BY_TABLE.get(flow.table_id)
         if flow.cookie in learned_cookies and stage is not None and stage.switch_owned:
             audit.learned += 1
-            continue
-        content = flow.content
-        if found[content] < wanted.get(content, 0):
-            found[content] += 1
-        else:
+        elif flow.cookie in matched or not _same(compiled.get(flow.cookie), flow):
             audit.extra.append(flow)
-    audit.missing = sorted((f for f in compiled.values() if not found[compiled_content(f)]),
+        else:
+            matched.add(flow.cookie)
+    audit.missing = sorted((f for c, f in compiled.items() if c not in matched),
                            key=lambda f: (f.table_id, -f.priority, f.cookie))
     audit.extra.sort(key=lambda f: (f.table_id, -f.priority, f.cookie))
     return audit
+
+
+def _same(flow: Flow | None, found: Installed) -> bool:
+    """Whether the switch's flow is the compiled ``flow`` (see the module's docstring)."""
+    if flow is None or (flow.table_id, flow.priority, 0, 0) != (found.table_id, found.priority, found.idle_timeout,
+                                                                 found.hard_timeout):
+        return False
+    if oxm_fields(wire.encode_match(flow.match)) != oxm_fields(found.match):
+        return False
+    instructions = wire.encode_instructions(flow)
+    if instructions == found.instructions or instructions == _oxm_moves(found.instructions):
+        return True
+    return instructions_text(instructions) == instructions_text(found.instructions)
+
+
+_NX_MOVE = struct.Struct("!HHIH")  # an action's type and length, the experimenter (NX), its subtype
+_MOVE_FIELDS = struct.Struct("!II")  # NXAST_REG_MOVE's source and destination field headers, at byte 16
+
+
+def _oxm_moves(instructions: bytes) -> bytes:
+    """The instructions with each move's fields named by OXM headers, as we send them (OVS writes NXM
+    ones back for the fields NXM has): a byte compare then holds for the many ARP responder flows."""
+    out = bytearray(instructions)
+    at = 0
+    while at + 8 <= len(out):
+        inst_type, inst_len = _MATCH_HEAD.unpack_from(out, at)
+        if inst_len < 8:
+            break
+        if inst_type == ofp.OFPIT_APPLY_ACTIONS:
+            act = at + 8
+            while act + 16 <= at + inst_len:
+                act_type, act_len, vendor, subtype = _NX_MOVE.unpack_from(out, act)
+                if act_len < 8:
+                    break
+                if act_type == ofp.OFPAT_EXPERIMENTER and vendor == wire.NX_VENDOR and subtype == wire.NXAST_REG_MOVE:
+                    src, dst = _MOVE_FIELDS.unpack_from(out, act + 16)
+                    _MOVE_FIELDS.pack_into(out, act + 16, _oxm_header(src), _oxm_header(dst))
+                act += act_len
+        at += inst_len
+    return bytes(out)
+
+
+@lru_cache(maxsize=1024)
+def _oxm_header(header: int) -> int:
+    """The OXM header of the field an NXM ``header`` names (itself when it has none, or is one)."""
+    try:
+        num, _ = ofp.oxm_parse_header(struct.pack("!I", header), 0)
+        return wire.oxm_header(_oxm_name(ofp.oxm_to_user_header(num)))
+    except Exception:  # a field os-ken does not know: compared as is
+        return header
 
 
 # -- an installed flow in ovs-ofctl syntax ------------------------------------------------------
