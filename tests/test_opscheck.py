@@ -190,7 +190,8 @@ def test_check_api_answers_json_for_every_hypervisor_or_one(cloud: Cloud) -> Non
     for h in every:
         assert h["connected"] and h["mastered"] and h["equal"] and h["synced"], h
         assert h["installed"] == h["compiled"] + h["learned"] and h["missing"] == h["extra"] == [], h
-    assert cloud.ctrl.request("GET", "/check/hv2")["hypervisor"]["datapath_id"] == f"{cloud.lab.hypervisor('hv2').dpid:016x}"
+    hv2 = cloud.ctrl.request("GET", "/check/hv2")["hypervisor"]
+    assert hv2["datapath_id"] == f"{cloud.lab.hypervisor('hv2').dpid:016x}"
     with pytest.raises(ApiError) as missing:
         cloud.ctrl.request("GET", "/check/nosuch")
     assert missing.value.status == 404 and "nosuch" in str(missing.value.body)
