@@ -231,6 +231,7 @@ PATHS = {  # name -> (hypervisor, sender, what the bridge must do with it)
     "ARP answered on the host": ("hv1", "a1", "back to a1"),
     "another tenant's address: isolated": ("hv1", "b1", "dropped"),
     "from outside to a floating IP": ("hv1", "phy-physnet1", "a1 tap"),
+    "a DHCP request: up to the controller": ("hv2", "c1", "CONTROLLER"),
 }
 
 
@@ -243,6 +244,9 @@ def _path_fields(cloud: Cloud, path: str) -> tuple[str, ...]:
         return icmp(cloud, "a1", router_mac(cloud, "net1"), cloud.ip("c1"))
     if path == "ARP answered on the host":
         return (f"arp_tpa={cloud.ip('a2')}",)
+    if path == "a DHCP request: up to the controller":
+        return ("eth_dst=ff:ff:ff:ff:ff:ff", "ipv4_src=0.0.0.0", "ipv4_dst=255.255.255.255", "ip_proto=17",
+                "udp_src=68", "udp_dst=67")
     if path == "another tenant's address: isolated":  # b1 (tenant 2, alone in its network on hv1) to a1
         return icmp(cloud, "b1", cloud.mac("a1"), cloud.ip("a1"))
     assert cloud.out is not None
@@ -262,8 +266,8 @@ def _expected(cloud: Cloud, what: str) -> str:
         return cloud.vms["a1"].tap
     if what == "tunnel to hv2":
         return rf"tf-vxlan \(tun_dst={cloud.lab.hypervisor('hv2').tunnel_ip}, key=\d+\)"
-    assert what == "dropped"
-    return "dropped"
+    assert what in ("dropped", "CONTROLLER")
+    return what
 
 
 @pytest.mark.parametrize("path", list(PATHS))
