@@ -74,6 +74,9 @@ LAYOUT = [
     ("b3", "tenant-b", "hv3", "b-net", "10.0.0.11"),
 ]
 FIP_VM, SNAT_VM = "a1", "a2"  # a1 gets the floating IP and the SSH group; a2 goes out by SNAT
+# the story's order, whatever order the checks ran in
+CLAIMS = ("isolation", "reachability", "routing (DVR)", "DHCP", "SLAAC", "floating IP", "SNAT", "security group",
+          "controller restart")
 SLAAC_TIMEOUT = 20.0  # the kernel solicits at link up, again 4 s later, then less and less often
 
 
@@ -216,9 +219,9 @@ def take_addresses(cloud: Cloud) -> list[Claim]:
     right = [v for v in vms if cloud.leases[v.name].get("ip") == v.ip]
     wrong = [f"{v.name} got {cloud.leases[v.name].get('ip')}, its port has {v.ip}" for v in vms if v not in right]
     servers = sorted({lease.get("serverid", "?") for lease in leases})
-    dhcp = Claim("DHCP", not wrong, f"{len(right)}/{len(vms)} VMs booted with no address took their port's address "
-                 f"by DHCP (udhcpc in the VM; answered by the controller from the flows' punt, as "
-                 f"{', '.join(servers)})" + (": " + "; ".join(wrong) if wrong else ""))
+    dhcp = Claim("DHCP", not wrong, f"{len(right)}/{len(vms)} VMs booted without an address got their port's by "
+                 f"DHCP (udhcpc in the VM; the controller answered as {'/'.join(servers)})"
+                 + (": " + "; ".join(wrong) if wrong else ""))
     v6 = [v for v in vms if v.ip6]
     deadline = time.monotonic() + SLAAC_TIMEOUT
     missing = list(v6)
@@ -226,7 +229,7 @@ def take_addresses(cloud: Cloud) -> list[Claim]:
         missing = [v for v in missing if not _slaac_done(v)]
         time.sleep(0.1)
     slaac = Claim("SLAAC", not missing, f"{len(v6) - len(missing)}/{len(v6)} VMs on {CIDR6} built their port's "
-                  "address (EUI-64 of its MAC) from their router's advertisement"
+                  "address from their router's advertisement (kernel SLAAC, EUI-64)"
                   + (": missing " + ", ".join(f"{v.name} ({v.ip6})" for v in missing) if missing else ""))
     return [dhcp, slaac]
 
@@ -242,15 +245,15 @@ def matrix_claims(vms: list[DemoVM], m4: Any, m6: Any) -> list[Claim]:
         counts[matrix.family] = (sum(matrix.reached[p] for p in same), len(same),
                                  [p for p in cross if matrix.reached[p]], len(cross))
     leaks = counts[4][2] + counts[6][2]
-    example = next((n for n in m4.notes if "replies" in n), "")
+    example = next((n for n in m4.notes if "answered by" in n), "")
     isolation = Claim("isolation", not leaks,
-                      f"tenant-a and tenant-b share {CIDR} and {CIDR6}: {len(counts[4][2])}/{counts[4][3]} IPv4 and "
+                      f"both on {CIDR} and {CIDR6}: {len(counts[4][2])}/{counts[4][3]} IPv4 and "
                       f"{len(counts[6][2])}/{counts[6][3]} IPv6 cross-tenant pings reached the other tenant"
                       + (f" ({', '.join(f'{s}->{d}' for s, d in leaks)})" if leaks else f"; e.g. {example}"))
     full = all(counts[f][0] == counts[f][1] for f in (4, 6))
     reach = Claim("reachability", full,
-                  f"same-tenant pairs reached: IPv4 {counts[4][0]}/{counts[4][1]} (a4, on {CIDR2}, through "
-                  f"a-router), IPv6 {counts[6][0]}/{counts[6][1]}")
+                  f"same-tenant pairs reached: IPv4 {counts[4][0]}/{counts[4][1]} (a4 on {CIDR2} via a-router), "
+                  f"IPv6 {counts[6][0]}/{counts[6][1]}")
     return [isolation, reach]
 
 
@@ -397,6 +400,7 @@ def run_checks(cloud: Cloud, report: Report, log: Timeline, workdir: str) -> Non
         report.claims.append(demo_checks.check_restart(cloud.ctl, cloud.lab, pairs))
         log("controller restart checked")
     finally:
+        report.claims.sort(key=lambda c: CLAIMS.index(c.name) if c.name in CLAIMS else len(CLAIMS))
         sh.kill_pids([p.pid for p in servers])
 
 

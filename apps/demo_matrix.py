@@ -111,22 +111,22 @@ def ping_matrix(vms: Sequence[MatrixVM], family: int) -> dict[tuple[str, str], C
 
 
 def evidence(vms: Sequence[MatrixVM], cells: dict[tuple[str, str], Cell], family: int) -> list[str]:
-    """One line per cross-tenant pair: who answered the address, what the destination saw."""
+    """One line per cross-tenant pair: who answered the address (by the MAC the sender resolved), what the
+    destination itself saw."""
     by_mac = {v.mac: v.name for v in vms}
     lines = []
     for src in vms:
         for dst in vms:
-            if src.tenant == dst.tenant or (src, dst) == (dst, src):
+            if src.tenant == dst.tenant:
                 continue
-            cell = cells[src.name, dst.name]
-            address = dst.address(family)
+            cell, address = cells[src.name, dst.name], dst.address(family)
             if address == src.address(family):
-                lines.append(f"{src.name} -> {address} ({dst.name}'s address, also {src.name}'s own): "
-                             f"{dst.name} saw {cell.echoes_seen} echo requests")
-                continue
-            owner = by_mac.get(cell.neigh_mac or "", "nobody")
-            lines.append(f"{src.name} -> {address} ({dst.name}'s address): {cell.replies} replies, "
-                         f"neighbour entry {cell.neigh_mac or '-'} = {owner}; {dst.name} saw {cell.echoes_seen} "
+                answer = f"{src.name}'s own address too"
+            elif cell.replies:
+                answer = f"answered by {by_mac.get(cell.neigh_mac or '', cell.neigh_mac or '?')}"
+            else:
+                answer = "no answer"
+            lines.append(f"{src.name} -> {dst.name}'s {address}: {answer}, {dst.name} saw {cell.echoes_seen} "
                          "echo requests")
     return lines
 

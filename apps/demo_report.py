@@ -8,9 +8,10 @@ browser from wherever it was written. No I/O here but :func:`write_html`.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 CHECK, CROSS, SELF = "✓", "✗", "—"
@@ -153,6 +154,7 @@ WIDTH = 980
 TENANT_COLOURS = {"A": ("#1f6fb2", "#2a9d8f", "#6a4c93"), "B": ("#d1495b", "#e76f51", "#b5838d")}
 EXTERNAL_COLOUR = "#555555"
 HV_TOP, VM_ROW, VM_HEIGHT = 300, 34, 26
+ROUTER_Y, SNAT_Y = 140, 104
 
 
 def _colours(topo: TopologyView) -> dict[str, str]:
@@ -169,9 +171,11 @@ def _colours(topo: TopologyView) -> dict[str, str]:
 
 
 def _text(x: float, y: float, s: str, size: int = 12, anchor: str = "start", weight: str = "normal",
-          fill: str = "#222") -> str:
+          fill: str = "#222", halo: bool = False) -> str:
+    # halo: a white outline under the glyphs, so lines crossing a label do not cross its letters
+    extra = ' stroke="#fff" stroke-width="4" paint-order="stroke"' if halo else ""
     return (f'<text x="{x:.0f}" y="{y:.0f}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" '
-            f'fill="{fill}">{html.escape(s)}</text>')
+            f'fill="{fill}"{extra}>{html.escape(s)}</text>')
 
 
 def _line(x1: float, y1: float, x2: float, y2: float, colour: str, width: float = 2, dash: str = "") -> str:
@@ -201,64 +205,88 @@ class _Drawing:
         self.hv_height = 50 + most * VM_ROW
         self.height = self.hv_top + self.hv_height + 60
 
+    @contextlib.contextmanager
+    def group(self, kind: str, name: str) -> Iterator[None]:
+        """Everything drawn inside goes in ``<g class="KIND" data-name="NAME">``: what a reader (or a test) finds."""
+        self.parts.append(f'<g class="{kind}" data-name="{html.escape(name)}">')
+        yield
+        self.parts.append("</g>")
+
     def networks(self) -> None:
         for net in self.topo.networks:
             y, colour = self.net_y[net.name], self.colours[net.name]
-            self.parts.append(_line(150, y, WIDTH - 20, y, colour, 5 if net.external else 3))
+            with self.group("network", net.name):
+                self.parts.append(_line(20, y, WIDTH - 20, y, colour, 5 if net.external else 3))
+
+    def labels(self) -> None:
+        """The networks' names, drawn last: over every line."""
+        for net in self.topo.networks:
             label = f"{net.name}  {', '.join(net.cidrs)}" + (f"  (tenant {net.tenant})" if net.tenant else "")
-            self.parts.append(_text(WIDTH - 22, y - 5, label, 11, "end", fill=colour))
+            self.parts.append(_text(WIDTH - 22, self.net_y[net.name] - 5, label, 11, "end", fill=self.colours[net.name],
+                                    halo=True))
 
     def outside(self) -> None:
         if not self.topo.outside:
             return
         name, address = self.topo.outside
         ext_y = next((self.net_y[n.name] for n in self.topo.networks if n.external), 70)
-        self.parts.append('<rect x="20" y="18" width="120" height="36" rx="6" fill="#eeeeee" stroke="#555"/>')
-        self.parts.append(_text(80, 33, f"outside host {name}", 11, "middle", "bold"))
-        self.parts.append(_text(80, 48, address, 11, "middle"))
-        self.parts.append(_line(80, 54, 80, ext_y, EXTERNAL_COLOUR, 2))
-        self.parts.append(_line(80, ext_y, 150, ext_y, EXTERNAL_COLOUR, 5))
+        with self.group("outside", name):
+            self.parts.append('<rect x="20" y="18" width="120" height="36" rx="6" fill="#eeeeee" stroke="#555"/>')
+            self.parts.append(_text(80, 33, f"outside host {name}", 11, "middle", "bold"))
+            self.parts.append(_text(80, 48, address, 11, "middle"))
+            self.parts.append(_line(80, 54, 80, ext_y, EXTERNAL_COLOUR, 2))
 
     def routers(self) -> None:
         ext = next((n for n in self.topo.networks if n.external), None)
         count = max(1, len(self.topo.routers))
         for i, router in enumerate(self.topo.routers):
-            x, y = 260 + i * (WIDTH - 420) / count, 130
-            for net in router.networks:
-                if net in self.net_y:
-                    self.parts.append(_line(x, y, x, self.net_y[net], self.colours[net], 2))
-                    self.parts.append(f'<circle cx="{x:.0f}" cy="{self.net_y[net]}" r="4" fill="{self.colours[net]}"/>')
-            if router.gateway_ip and ext is not None:
-                self.parts.append(_line(x, y, x, self.net_y[ext.name], EXTERNAL_COLOUR, 2))
-                self.parts.append(_text(x + 24, 92, f"gateway {router.gateway_ip}", 11))
-            for gw in router.gateway_hypervisors:
-                if gw in self.hv_x:  # where its source NAT runs
-                    gx = self.hv_x[gw] + self.hv_width / 2
-                    self.parts.append(f'<path d="M{x + 22:.0f},{y} C{gx:.0f},{y} {gx:.0f},{y} {gx:.0f},{self.hv_top}" '
-                                      'fill="none" stroke="#999" stroke-width="1.5" stroke-dasharray="5,4"/>')
-                    self.parts.append(_text(gx - 4, y - 6, f"SNAT for {router.name}", 10, "end", fill="#777"))
-            self.parts.append(f'<circle cx="{x:.0f}" cy="{y}" r="20" fill="#fff" stroke="#333" stroke-width="2"/>')
-            self.parts.append(_text(x, y + 4, "R", 14, "middle", "bold"))
-            self.parts.append(_text(x - 26, y + 4, router.name, 11, "end", "bold"))
+            with self.group("router", router.name):
+                self.router(router, 260 + i * (WIDTH - 420) / count, ext)
+
+    def router(self, router: RouterView, x: float, ext: NetworkView | None) -> None:
+        y = ROUTER_Y
+        for net in router.networks:
+            if net in self.net_y:
+                self.parts.append(_line(x, y, x, self.net_y[net], self.colours[net], 2))
+                self.parts.append(f'<circle cx="{x:.0f}" cy="{self.net_y[net]}" r="4" fill="{self.colours[net]}"/>')
+        if router.gateway_ip and ext is not None:
+            self.parts.append(_line(x, y, x, self.net_y[ext.name], EXTERNAL_COLOUR, 2))
+            self.parts.append(_text(x + 6, 86, f"gateway {router.gateway_ip}", 11))
+        for gw in router.gateway_hypervisors:
+            if gw in self.hv_x:  # where its source NAT runs
+                gx = self.hv_x[gw] + self.hv_width / 2
+                self.parts.append(f'<path d="M{x:.0f},{y - 20} V{SNAT_Y} H{gx:.0f} V{self.hv_top}" '
+                                  'fill="none" stroke="#999" stroke-width="1.5" stroke-dasharray="5,4"/>')
+                self.parts.append(_text(gx - 6, SNAT_Y - 4, f"source NAT for {router.name} runs on {gw}", 10,
+                                        "end", fill="#777"))
+        self.parts.append(f'<circle cx="{x:.0f}" cy="{y}" r="20" fill="#fff" stroke="#333" stroke-width="2"/>')
+        self.parts.append(_text(x, y + 4, "R", 14, "middle", "bold"))
+        self.parts.append(_text(x - 26, y + 4, router.name, 11, "end", "bold"))
 
     def hypervisors(self) -> None:
         for hv in self.topo.hypervisors:
-            x = self.hv_x[hv.name]
-            fill = "#fff7e6" if hv.gateway else "#f4f6f8"
-            self.parts.append(f'<rect x="{x:.0f}" y="{self.hv_top}" width="{self.hv_width:.0f}" '
-                              f'height="{self.hv_height}" rx="8" fill="{fill}" stroke="#445"/>')
-            role = "gateway" if hv.gateway else "compute"
-            self.parts.append(_text(x + 10, self.hv_top + 18, f"{hv.name} ({role})", 13, weight="bold"))
-            self.parts.append(_text(x + 10, self.hv_top + 33, f"br-int · tunnel {hv.tunnel_ip}", 10, fill="#555"))
-            vms = [v for v in self.topo.vms if v.hypervisor == hv.name]
-            for row, vm in enumerate(vms):
+            with self.group("hypervisor", hv.name):
+                self.hypervisor(hv)
+
+    def hypervisor(self, hv: HypervisorView) -> None:
+        x = self.hv_x[hv.name]
+        fill = "#fff7e6" if hv.gateway else "#f4f6f8"
+        self.parts.append(f'<rect x="{x:.0f}" y="{self.hv_top}" width="{self.hv_width:.0f}" '
+                          f'height="{self.hv_height}" rx="8" fill="{fill}" stroke="#445"/>')
+        role = "gateway" if hv.gateway else "compute"
+        vms = [v for v in self.topo.vms if v.hypervisor == hv.name]
+        left = x + 14 + len(vms) * 8  # right of the VMs' drop lines
+        self.parts.append(_text(left, self.hv_top + 18, f"{hv.name} ({role})", 13, weight="bold"))
+        self.parts.append(_text(left, self.hv_top + 33, f"br-int · tunnel {hv.tunnel_ip}", 10, fill="#555"))
+        for row, vm in enumerate(vms):
+            with self.group("vm", vm.name):
                 self.vm(vm, x, row, len(vms))
-            if hv.gateway and not vms:
-                self.parts.append(_text(x + 10, self.hv_top + 60, "no VMs: BFD tunnels from every", 10, fill="#555"))
-                self.parts.append(_text(x + 10, self.hv_top + 74, "compute, source NAT, provider NIC", 10,
-                                        fill="#555"))
-            y = self.hv_top + self.hv_height
-            self.parts.append(_line(x + self.hv_width / 2, y, x + self.hv_width / 2, y + 24, "#445", 2))
+        if hv.gateway and not vms:
+            self.parts.append(_text(x + 10, self.hv_top + 60, "no VMs: BFD tunnels from every", 10, fill="#555"))
+            self.parts.append(_text(x + 10, self.hv_top + 74, "compute, source NAT, provider NIC", 10,
+                                    fill="#555"))
+        y = self.hv_top + self.hv_height
+        self.parts.append(_line(x + self.hv_width / 2, y, x + self.hv_width / 2, y + 24, "#445", 2))
 
     def vm(self, vm: VMView, hv_x: float, row: int, rows: int) -> None:
         colour = self.colours.get(vm.network, "#888")
@@ -284,6 +312,7 @@ class _Drawing:
         self.routers()
         self.hypervisors()
         self.underlay()
+        self.labels()
         body = "\n".join(self.parts)
         return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{self.height}" '
                 f'viewBox="0 0 {WIDTH} {self.height}" font-family="sans-serif" role="img" '
