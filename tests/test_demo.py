@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from apps.demo_checks import stream_losses
 from apps.demo_report import (
     Claim,
     HypervisorView,
@@ -156,6 +157,22 @@ def test_text_report_has_the_matrix_and_one_line_per_claim() -> None:
     assert [line.split()[:2] for line in claims] == [["✓", "isolation"], ["✓", "routing"]]
     assert claims[1].endswith("TTL 63 <one hop> & straight")
     assert lines[-1] == "demo PASSED in 12.5s (2/2 claims held)"
+
+
+def _ping_output(answered: list[int], transmitted: int) -> str:
+    lines = [f"64 bytes from 10.0.1.14: icmp_seq={seq} ttl=63 time=0.3 ms" for seq in answered]
+    lines.append("From 10.0.0.1 icmp_seq=99 Destination Host Unreachable")  # an error is not an answer
+    lines.append(f"{transmitted} packets transmitted, {len(answered)} received, 0% packet loss, time 99ms")
+    return "\n".join(lines)
+
+
+def test_a_stream_stopped_mid_request_loses_nothing_but_a_gap_counts() -> None:
+    assert stream_losses(_ping_output(list(range(1, 201)), 200)) == (200, 0)
+    # the 201st request was on its way when SIGINT stopped ping: not a loss
+    assert stream_losses(_ping_output(list(range(1, 201)), 201)) == (200, 0)
+    assert stream_losses(_ping_output([s for s in range(1, 201) if s not in (7, 8)], 201)) == (200, 2)
+    assert stream_losses(_ping_output([s for s in range(1, 202) if s != 99], 201)) == (201, 1)
+    assert stream_losses("ping: connect: Network is unreachable") == (0, 0)  # no stream: nothing proven
 
 
 @pytest.mark.ovs
