@@ -414,18 +414,20 @@ def run(args: argparse.Namespace) -> int:
               workdir=os.path.join(workdir, "lab"), manager_unix_socket=ctl.ovsdb_socket, provider=True,
               gateways=(GATEWAY,))
     report = Report(TopologyView([], [], [], []))
-    cloud = None
+    checked = False
     try:
         with _signals_as_interrupt():
             cloud = build(ctl, lab, log)
             report.topology = topology_view(cloud, lab)
             run_checks(cloud, report, log, workdir)
+            checked = True
             if args.keep:
                 print("\n".join(render_claims(report.claims)) + "\n" + _keep_hint(cloud), flush=True)
                 while True:
                     time.sleep(3600)
     except KeyboardInterrupt:
-        report.error = "interrupted"
+        if not checked:  # with --keep, Ctrl-C after the checks is the way out, not a failure
+            report.error = "interrupted"
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
         print(f"demo error: {exc}\ncontroller log tail:\n{ctl.log_tail()}", file=sys.stderr)
