@@ -219,8 +219,8 @@ def take_addresses(cloud: Cloud) -> list[Claim]:
     right = [v for v in vms if cloud.leases[v.name].get("ip") == v.ip]
     wrong = [f"{v.name} got {cloud.leases[v.name].get('ip')}, its port has {v.ip}" for v in vms if v not in right]
     servers = sorted({lease.get("serverid", "?") for lease in leases})
-    dhcp = Claim("DHCP", not wrong, f"{len(right)}/{len(vms)} VMs booted without an address got their port's by "
-                 f"DHCP (udhcpc in the VM; the controller answered as {'/'.join(servers)})"
+    dhcp = Claim("DHCP", not wrong, f"{len(right)}/{len(vms)} VMs booted with no address got their port's address "
+                 f"by DHCP (udhcpc in the VM; the controller answered as {'/'.join(servers)})"
                  + (": " + "; ".join(wrong) if wrong else ""))
     v6 = [v for v in vms if v.ip6]
     deadline = time.monotonic() + SLAAC_TIMEOUT

@@ -151,7 +151,7 @@ def check_floating_ip(lab: Lab, out: LabVM, out_ip: str, vm: LabVM, fip: str, po
     hv = vm.hypervisor.name
     ok = answer == f"{vm.name} {out_ip}" and carriers == {hv}
     proof = (f"outside host {out_ip} -> {vm.name}'s {fip}, TCP {port}: {answer!r} (the VM, seeing the client's own "
-             f"address); only {', '.join(sorted(carriers)) or 'no'} provider NIC carried it: NAT on {hv}")
+             f"address); carried by {', '.join(sorted(carriers)) or 'no hypervisor'}'s provider NIC only: NAT there")
     return Claim("floating IP", ok, proof)
 
 

@@ -123,7 +123,8 @@ def render_matrix(matrix: Matrix) -> list[str]:
              " " * 7 + "".join(f"{n:^{width}}" for n in matrix.names)]
     for src in matrix.names:
         row = "".join(f"{matrix.cell(src, dst):^{width}}" for dst in matrix.names)
-        lines.append(f"{src:<4}{matrix.tenants[src]:<3}{row}")
+        lines.append(f"{src:<4}{matrix.tenants[src]:<3}{row}".rstrip())
+    lines[1] = lines[1].rstrip()
     return lines
 
 
