@@ -43,6 +43,7 @@ from apps import demo_checks, demo_matrix
 from apps.demo_report import (
     Claim,
     HypervisorView,
+    Matrix,
     NetworkView,
     Report,
     RouterView,
@@ -213,12 +214,20 @@ def take_addresses(cloud: Cloud) -> list[Claim]:
     """Every VM asks DHCP for its IPv4 address (in parallel, as VMs boot) and builds its IPv6 one from
     its router's advertisement: the DHCP and SLAAC claims."""
     vms = list(cloud.vms.values())
+
+    def lease(vm: DemoVM) -> dict[str, str]:
+        try:
+            return cloud.lab.request_address(vm.vm)
+        except (sh.CommandError, OSError) as exc:  # no lease: a failed claim, the demo goes on
+            return {"error": str(exc).splitlines()[0][-120:]}
+
     with ThreadPoolExecutor(max_workers=len(vms)) as pool:
-        leases = list(pool.map(lambda v: cloud.lab.request_address(v.vm), vms))
-    cloud.leases = {v.name: lease for v, lease in zip(vms, leases, strict=True)}
+        leases = list(pool.map(lease, vms))
+    cloud.leases = {v.name: got for v, got in zip(vms, leases, strict=True)}
     right = [v for v in vms if cloud.leases[v.name].get("ip") == v.ip]
-    wrong = [f"{v.name} got {cloud.leases[v.name].get('ip')}, its port has {v.ip}" for v in vms if v not in right]
-    servers = sorted({lease.get("serverid", "?") for lease in leases})
+    wrong = [f"{v.name} got {cloud.leases[v.name].get('ip') or cloud.leases[v.name].get('error')}, its port has {v.ip}"
+             for v in vms if v not in right]
+    servers = sorted({got["serverid"] for got in leases if "serverid" in got})
     dhcp = Claim("DHCP", not wrong, f"{len(right)}/{len(vms)} VMs booted with no address got their port's address "
                  f"by DHCP (udhcpc in the VM; the controller answered as {'/'.join(servers)})"
                  + (": " + "; ".join(wrong) if wrong else ""))
@@ -235,7 +244,7 @@ def take_addresses(cloud: Cloud) -> list[Claim]:
 
 
 # -- the checks -------------------------------------------------------------------------------------
-def matrix_claims(vms: list[DemoVM], m4: Any, m6: Any) -> list[Claim]:
+def matrix_claims(m4: Matrix, m6: Matrix) -> list[Claim]:
     """Isolation and same-tenant reachability, from both matrices."""
     counts = {}
     for matrix in (m4, m6):
@@ -257,7 +266,7 @@ def matrix_claims(vms: list[DemoVM], m4: Any, m6: Any) -> list[Claim]:
     return [isolation, reach]
 
 
-def concurrent_checks(cloud: Cloud, workdir: str) -> tuple[list[Any], list[Claim]]:
+def concurrent_checks(cloud: Cloud, workdir: str) -> tuple[list[Matrix], list[Claim]]:
     """The matrices, the floating IP, security group and SNAT checks, all at once: (matrices, claims)."""
     vms = list(cloud.vms.values())
     a1, a2 = cloud.vms[FIP_VM], cloud.vms[SNAT_VM]
@@ -274,7 +283,7 @@ def concurrent_checks(cloud: Cloud, workdir: str) -> tuple[list[Any], list[Claim
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = {key: pool.submit(job) for key, job in jobs.items()}
         results = {key: f.result() for key, f in futures.items()}
-    return [results["m4"], results["m6"]], [*matrix_claims(vms, results["m4"], results["m6"]),
+    return [results["m4"], results["m6"]], [*matrix_claims(results["m4"], results["m6"]),
                                               *results["fip"], *results["snat"]]
 
 
