@@ -145,7 +145,8 @@ def check_routing(lab: Lab, src: LabVM, src_ip: str, dst: LabVM, dst_ip: str, wo
 # -- floating IP, security group, SNAT --------------------------------------------------------------
 def check_floating_ip(lab: Lab, out: LabVM, out_ip: str, vm: LabVM, fip: str, port: int, workdir: str) -> Claim:
     """The outside host connects to ``vm`` by its floating IP; only ``vm``'s hypervisor carries it."""
-    with FabricCapture(lab, os.path.join(workdir, "fip.txt"), f"host {fip}") as cap:
+    # IP only: an ARP request for the address is broadcast to every hypervisor, whoever answers it
+    with FabricCapture(lab, os.path.join(workdir, "fip.txt"), f"ip and host {fip}") as cap:
         answer = connect(out, 3.0, f"{fip}:{port}")[f"{fip}:{port}"]
     carriers = {p.hypervisor for p in cap.packets() if p.cable.endswith("-p")}
     hv = vm.hypervisor.name
@@ -171,7 +172,7 @@ def check_security_group(out: LabVM, fip: str, neighbour: LabVM, fixed_ip: str, 
 def check_snat(lab: Lab, vm: LabVM, fixed: str, out_ip: str, port: int, gateway_ip: str, gateway_hv: str,
                workdir: str) -> Claim:
     """``vm`` (``fixed``, no floating IP) connects out; the outside host sees the router's gateway address."""
-    bpf = f"udp port 4790 or host {gateway_ip} or host {fixed}"
+    bpf = f"udp port 4790 or (ip and (host {gateway_ip} or host {fixed}))"  # IP only, as for the floating IP
     with FabricCapture(lab, os.path.join(workdir, "snat.txt"), bpf, "-T", "vxlan") as cap:
         answer = connect(vm, 3.0, f"{out_ip}:{port}")[f"{out_ip}:{port}"]
     flow = f"{fixed}."
