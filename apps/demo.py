@@ -198,7 +198,7 @@ def wait_pushed(cloud: Cloud, timeout: float = 20.0) -> None:
         pending.difference_update({p for p in pending if cloud.ctl.show("port", p)["status"] == "ACTIVE"})
         return not pending
 
-    demo_checks.wait_for(all_active, timeout, f"ports ACTIVE\n{cloud.ctl.log_tail()}")
+    demo_checks.wait_for(all_active, timeout, "every port ACTIVE")
     answer = cloud.ctl.request("GET", f"/sync?wait={timeout:g}", timeout=timeout + 5)
     if not answer.get("converged"):
         raise TimeoutError(f"the bridges did not converge: {answer}\n{cloud.ctl.log_tail()}")
