@@ -41,6 +41,7 @@ from tests.e2e_fixtures import (
     wait_port_active,
     wait_until,
 )
+from tests.lab_fixtures import lab_prefix
 
 pytestmark = [pytest.mark.ovs, pytest.mark.lab]
 
@@ -83,7 +84,7 @@ def _boot(cloud: Cloud, name: str, net: dict, subnet: dict, host: str, ip: str, 
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     require_lab()
     workdir = tmp_path_factory.mktemp("opscheck")
-    with running_controller(workdir) as ctrl, attached_lab(ctrl, "tfo", 2, provider=True) as lab:
+    with running_controller(workdir) as ctrl, attached_lab(ctrl, lab_prefix("op"), 2, provider=True) as lab:
         cloud = Cloud(ctrl, lab)
         ext = ctrl.create("network", name="ext", **{"router:external": True, "provider:network_type": "flat",
                                                     "provider:physical_network": lab.physnet})
