@@ -58,12 +58,12 @@ def _last_durations(path: str) -> dict[str, float]:
 def _eta(progress: Progress, done: int, total: int, from_last_run: bool) -> str:
     """`` (section 3/13, 4 min 10 s so far, ETA 9 min 02 s)`` on a terminal (nothing otherwise).
 
-    The ETA weighs each section by its duration in the last run (results file), scaled by how this
-    run compares so far; without a last run, sections count alike and the first has none.
+    The ETA is what the sections left took in the last run (the results file keeps each one's
+    duration); without a last run, the time so far per section done, times the sections left.
     """
     if not on_terminal():
         return ""
-    eta = progress.eta() if done else (progress.total if from_last_run else None)
+    eta = progress.total - progress.done if from_last_run else progress.eta()
     tail = f", ETA {human(eta)}" if eta is not None else ""
     return f" (section {done + 1}/{total}, {human(progress.elapsed)} so far{tail})"
 
