@@ -17,6 +17,7 @@ writes it (``ovs-ofctl add-flow`` takes it back), an extra one decoded from the 
 
 from __future__ import annotations
 
+import base64
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -235,7 +236,8 @@ def installed_text(flow: Installed) -> str:
     match = parser.OFPMatch.parser(flow.match, 0)
     parts = [f"table={flow.table_id}", f"priority={flow.priority}", f"cookie={flow.cookie:#x}"]
     parts += [f"{k}={v}" for k, v in (("idle_timeout", flow.idle_timeout), ("hard_timeout", flow.hard_timeout)) if v]
-    parts += [_match_text(name, value) for name, value in sorted(match.items())]
+    fields = sorted(_known(name, value) for name, value in match.items())
+    parts += [_match_text(name, value) for name, value in fields]
     return ",".join(parts) + " actions=" + instructions_text(flow.instructions)
 
 
@@ -253,7 +255,7 @@ def instructions_text(instructions: bytes) -> str:
         elif isinstance(inst, parser.OFPInstructionGotoTable):
             actions.append(f"goto_table:{inst.table_id}")
         elif isinstance(inst, parser.OFPInstructionActions) and inst.type == ofp.OFPIT_APPLY_ACTIONS:
-            actions += [_action_text(a) for a in inst.actions]
+            actions += [_safe_action_text(a) for a in inst.actions]
         else:
             actions.append(repr(inst))
     return ",".join(actions) if actions else "drop"
@@ -261,10 +263,34 @@ def instructions_text(instructions: bytes) -> str:
 
 def _match_text(name: str, value) -> str:
     from flows.ofctl import _value  # the same value rendering as a compiled flow's
+    from flows.simulate import SimulationError
 
     if name == "in_port" and value in _RESERVED_PORTS:
         return f"in_port={_RESERVED_PORTS[value]}"
-    return f"{field_name(name)}={_value(_ints(name, value), name)}"
+    try:
+        return f"{field_name(name)}={_value(_ints(name, value), name)}"
+    except (SimulationError, ValueError, TypeError):  # a field none of our flows uses: as os-ken reads it
+        return f"{name}={value}"
+
+
+def _known(name: str, value) -> tuple[str, object]:
+    """A match field as os-ken reads it, with our name and an int for the fields it lacks (base64 bytes)."""
+    ours = _extra_names().get(name)
+    if ours is None:
+        return name, value
+    raw = [base64.b64decode(v) for v in (value if isinstance(value, tuple) else (value,))]
+    ints = [int.from_bytes(b, "big") for b in raw]
+    return ours, tuple(ints) if isinstance(value, tuple) else ints[0]
+
+
+@lru_cache(maxsize=1)
+def _extra_names() -> dict[str, str]:
+    """os-ken's name (``field_N``) of each field it lacks and controller.wire encodes (nd_reserved...) -> ours."""
+    names = {}
+    for ours in ("nd_reserved", "nd_options_type"):
+        num, _ = ofp.oxm_parse_header(struct.pack("!I", wire.oxm_header(ours)), 0)
+        names[ofp.oxm_to_user_header(num)] = ours
+    return names
 
 
 def _ints(name: str, value):
@@ -272,8 +298,18 @@ def _ints(name: str, value):
     from flows.simulate import to_int
 
     if isinstance(value, tuple):
-        return tuple(to_int(name, v) if isinstance(v, str) else v for v in value)
+        return tuple(_ints(name, v) for v in value)
     return to_int(name, value) if isinstance(value, str) else value
+
+
+def _safe_action_text(act) -> str:
+    """:func:`_action_text`, or os-ken's rendering of an action it cannot write as ovs-ofctl does."""
+    from flows.simulate import SimulationError
+
+    try:
+        return _action_text(act)
+    except (SimulationError, ValueError, TypeError, KeyError):
+        return repr(act)
 
 
 def _action_text(act) -> str:
@@ -287,7 +323,8 @@ def _action_text(act) -> str:
             return f"CONTROLLER:{act.max_len}"
         return action_text(Output(act.port))
     if isinstance(act, parser.OFPActionSetField):
-        return action_text(SetField(act.key, _ints(act.key, act.value)))
+        name, value = _known(act.key, act.value)
+        return action_text(SetField(name, _ints(name, value)))
     if isinstance(act, parser.OFPActionGroup):
         return f"group:{act.group_id}"
     if isinstance(act, parser.OFPActionPushVlan):
@@ -309,8 +346,8 @@ def _nx_action_text(act) -> str:
         return action_text(Conjunction(act.id, act.clause + 1, act.n_clauses))
     if isinstance(act, parser.NXActionRegMove):
         return action_text(RegMove(_oxm_name(act.src_field), _oxm_name(act.dst_field), act.n_bits))
-    if isinstance(act, parser.NXActionRegLoad) and act.dst == "in_port":
-        return f"load:{act.value:#x}->NXM_OF_IN_PORT[]"
+    if isinstance(act, parser.NXActionRegLoad) and _oxm_name(act.dst) == "in_port":  # how we write in_port
+        return action_text(SetField("in_port", act.value))
     if isinstance(act, parser.NXActionCT):
         return _ct_text(act)
     if isinstance(act, parser.NXActionLearn):
