@@ -17,6 +17,7 @@ hypervisor's own vswitchd for each path.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -140,6 +141,10 @@ def test_check_equal_on_a_healthy_cloud(cloud: Cloud) -> None:
     assert re.fullmatch(r"hv1: \d+ flows( \(\+\d+ learned\))?, equal", lines[0]), lines
     assert re.fullmatch(r"hv2: \d+ flows( \(\+\d+ learned\))?, equal", lines[1]), lines
     assert lines[2] == "2 hypervisors: 2 equal, 0 not"
+    as_json = check(cloud, "--json", "--hv", "hv2")
+    assert as_json.returncode == 0
+    (hv2,) = json.loads(as_json.stdout)["hypervisors"]
+    assert hv2["hypervisor"] == "hv2" and hv2["equal"] and hv2["compiled"] > 50
 
 
 def test_check_reports_flows_deleted_added_and_modified_by_hand(cloud: Cloud) -> None:
