@@ -75,20 +75,34 @@ def render(result: dict) -> tuple[list[str], bool]:
     if not result.get("mastered", True):
         return [f"{name}: mastered by another controller instance (ask that one)"], True
     learned = f" (+{result['learned']} learned)" if result.get("learned") else ""
+    flows = result["installed"] - result.get("learned", 0)
     if result["equal"]:
-        return [f"{name}: {result['installed'] - result.get('learned', 0)} flows{learned}, equal"], True
-    head = (f"{name}: {result['compiled']} compiled, {result['installed'] - result.get('learned', 0)} installed"
-            f"{learned}: {len(result['missing'])} missing, {len(result['extra'])} extra"
-            + ("" if result.get("synced", True) else " (a sync is still in progress)"))
+        return [f"{name}: {flows} flows{learned}, equal"], True
+    head = (f"{name}: {result['compiled']} compiled, {flows} installed{learned}: {len(result['missing'])} missing, "
+            f"{len(result['extra'])} extra" + ("" if result.get("synced", True) else " (a sync is still in progress)"))
+    if not result["missing"] and not result["extra"]:
+        head = f"{name}: {flows} flows{learned}, equal; groups or meters differ"
     lines = [head]
     by_stage: dict[tuple[int, str], list[str]] = {}
     for sign, key in (("-", "missing"), ("+", "extra")):
         for diff in result[key]:
             by_stage.setdefault((diff["table"], diff["stage"]), []).append(f"      {sign} {diff['flow']}")
-    for (table, stage), flows in sorted(by_stage.items()):
+    for (table, stage), texts in sorted(by_stage.items()):
         lines.append(f"    {stage} (table {table}):")
-        lines += flows
-    return lines, False
+        lines += texts
+    return lines + _object_lines(result), False
+
+
+def _object_lines(result: dict) -> list[str]:
+    """The groups' and meters' differences (``-`` as ``ovs-ofctl add-group``/``add-meter`` takes them)."""
+    lines = []
+    for kind, key in (("group", "groups"), ("meter", "meters")):
+        found = result.get(key) or {}
+        diffs = [f"      - {text}" for text in found.get("missing", [])]
+        diffs += [f"      + {kind}{'_id' if kind == 'group' else ''}={oid}" for oid in found.get("extra", [])]
+        if diffs:
+            lines += [f"    {key}:", *diffs]
+    return lines
 
 
 def hypervisor_names(args: argparse.Namespace) -> list[str]:

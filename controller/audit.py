@@ -9,7 +9,8 @@ match as a set of OXM fields (OVS writes them in its own order, and leaves out a
 is all zeros), and the instructions decoded the same way on both sides (OVS writes a move's or a
 learn's fields back as NXM headers where we sent OXM ones: the same fields). A flow the switch
 learned itself (a learn action's cookie, in a switch-owned stage) is counted apart, neither
-missing nor extra.
+missing nor extra. The groups and meters the flows use are compared by id (an id is a hash of
+the content, as a cookie is: controller.groups).
 
 Each difference is shown in ovs-ofctl syntax: a missing flow as :func:`flows.ofctl.flow_text`
 writes it (``ovs-ofctl add-flow`` takes it back), an extra one decoded from the switch's bytes.
@@ -26,6 +27,7 @@ from functools import lru_cache
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import wire
+from controller.groups import GROUPS, METERS
 from flows.flow import (
     CT,
     Conjunction,
@@ -412,7 +414,20 @@ def audit_switch(sw, engine, settle: float = SETTLE) -> dict:
             if engine.generation_of(hv) == generation:
                 break
     result = compare(desired, installed_flows(replies), learned_cookies(desired.values()))
-    return {**result.view(), "synced": sw.holds(generation)}
+    objects = {kind.name + "s": audit_objects(sw, kind, desired.values()) for kind in (GROUPS, METERS)}
+    equal = result.equal and not any(o["missing"] or o["extra"] for o in objects.values())
+    return {**result.view(), **objects, "equal": equal, "synced": sw.holds(generation)}
+
+
+def audit_objects(sw, kind, flows: Iterable[Flow]) -> dict:
+    """The switch's groups (or meters) against the ones the compiled ``flows`` use, by id (an id is a hash
+    of the content, as a cookie is: controller.groups): the missing ones as ``ovs-ofctl add-group`` (or
+    ``add-meter``) takes them, the extra ids (ours only: reserved ids above ``max_id`` are not)."""
+    wanted = kind.required(flows)
+    held = {oid for part in sw.request(kind.read) for oid in part}
+    return {"compiled": len(wanted), "installed": len(held),
+            "missing": [kind.text(oid, content) for oid, content in wanted.items() if oid not in held],
+            "extra": sorted(oid for oid in held - set(wanted) if oid <= kind.max_id)}
 
 
 def check_hypervisor(app, name: str) -> dict:

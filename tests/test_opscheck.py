@@ -184,6 +184,28 @@ def test_check_reports_flows_deleted_added_and_modified_by_hand(cloud: Cloud) ->
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_check_reports_meters_and_groups_removed_or_added_by_hand(cloud: Cloud) -> None:
+    hv1 = cloud.lab.hypervisor("hv1")
+    meter = re.search(r"meter=(\d+)", hv1.ofctl("dump-meters", "br-int")).group(1)
+    hv1.ofctl("del-meter", "br-int", f"meter={meter}")  # OVS deletes the flows using it with it
+    hv1.ofctl("add-group", "br-int", "group_id=4242,type=all,bucket=actions=drop")
+    result = check(cloud)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    meters = re.search(r"^    meters:\n      - (meter=\d+,pktps.*)$", out, re.M)
+    assert meters and meters.group(1).startswith(f"meter={meter},"), out
+    assert re.search(r"^    groups:\n      \+ group_id=4242$", out, re.M), out
+    gone = [line.strip()[2:] for line in out.splitlines() if line.strip().startswith("- table=")]
+    assert gone and all(f"meter:{meter}" in line for line in gone), out
+
+    hv1.ofctl("del-groups", "br-int", "group_id=4242")
+    hv1.ofctl("add-meter", "br-int", meters.group(1))  # as printed
+    for line in gone:
+        hv1.ofctl("add-flow", "br-int", line)
+    result = check(cloud)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_check_of_an_unknown_hypervisor_is_a_clear_error(cloud: Cloud) -> None:
     result = check(cloud, "--hv", "nosuch")
     assert result.returncode == 2
