@@ -25,7 +25,7 @@ import netaddr
 
 from apps.trace import build_packet, render
 from flows.flow import Flow
-from flows.simulate import FIELDS, Fabric, SimulationError, Switch
+from flows.simulate import FIELDS, Fabric, SimulationError, Switch, to_int
 from topology import graph_l3
 from topology.graph import TopologyGraph
 from topology.model import TUNNEL_PORT_NAMES, Port
@@ -89,6 +89,10 @@ def parse_request(body: bytes) -> TraceRequest:
             raise TraceError(400, f"expected field=value, got {item!r}")
         if name not in FIELDS:
             raise TraceError(400, f"unknown packet field {name!r} (known: {', '.join(sorted(FIELDS))})")
+        try:
+            to_int(name, value)
+        except (SimulationError, netaddr.AddrFormatError, ValueError) as exc:
+            raise TraceError(400, f"{name}: not a valid value: {value!r} ({exc})") from None
     follow = doc.get("follow", True)
     if not isinstance(follow, bool):
         raise TraceError(400, "follow must be true or false")
