@@ -78,7 +78,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
                         c.ports[name] = create_port(ctrl, net, f"hv{n}", name=name)
         c.fips.append(ctrl.create("floatingip", floating_network_id=ext["id"], port_id=c.ports["a1"]["id"],
                                   project_id="tenant-a"))
-        for name in ("a1", "a3"):  # plugged: their taps on br-int, what a trace starts from and reaches
+        for name in ("a1", "a3", "a2-2"):  # plugged: their taps on br-int, what a trace starts from and reaches
             lab.plug_vm(name, c.ports[name])
         ctrl.request("GET", "/sync?wait=30")
         yield c
@@ -164,3 +164,14 @@ def test_trace_from_a_port(cloud: Cloud, page: Any) -> None:
     assert summary.get_attribute("data-delivered").split() == [a3["id"]]
     output = page.find_element(By.ID, "trace-output").text
     assert "== hv1:" in output and "== hv3:" in output and "ls_in_port_sec" in output
+
+
+def test_trace_routed_through_the_api(cloud: Cloud) -> None:
+    """POST /trace on its own: a1 (hv1, 10.0.0.0/24) to a2-2 (hv2, 10.0.1.0/24), routed in one hop on hv1."""
+    a1, target = cloud.ports["a1"], cloud.ports["a2-2"]
+    answer = cloud.ctrl.request("POST", "/trace", {"port_id": a1["id"],
+                                                   "packet": f"ipv4_dst={target['fixed_ips'][0]['ip_address']}"})
+    assert [d["port_id"] for d in answer["delivered"]] == [target["id"]]
+    assert answer["delivered"][0]["hypervisor"] == "hv2" and not answer["errors"]
+    text = "\n".join(answer["lines"])
+    assert "lr_in_ip_routing" in text and text.index("== hv1:") < text.index("lr_in_ip_routing") < text.index("== hv2:")

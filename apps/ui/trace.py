@@ -24,7 +24,7 @@ from typing import Any
 import netaddr
 
 from apps.trace import build_packet, render
-from flows.flow import Flow
+from flows.flow import CONTROLLER, Flow
 from flows.simulate import FIELDS, Fabric, SimulationError, Switch, to_int
 from topology import graph_l3
 from topology.graph import TopologyGraph
@@ -120,8 +120,8 @@ def prepare(graph: TopologyGraph, req: TraceRequest, flows_of: Callable[[str], I
     except ValueError as exc:
         raise TraceError(400, str(exc)) from None
     names = [hv] if not req.follow else [h.name for h in graph.hypervisors() if graph.ofports(h.name)]
-    switches = [Switch(name, list(flows_of(name)), dict(graph.ofports(name)), graph.hypervisor(name).tunnel_ip,
-                       frozenset(TUNNEL_PORT_NAMES.values())) for name in names]
+    switches = [Switch(name, list(flows_of(name)), {**graph.ofports(name), "controller": CONTROLLER},
+                       graph.hypervisor(name).tunnel_ip, frozenset(TUNNEL_PORT_NAMES.values())) for name in names]
     ports = {(p.binding_host, p.ofport_name): p.id for name in names for p in graph.ports_on(name)}
     return Prepared(hv, packet, switches, ports, req.follow)
 
@@ -141,6 +141,7 @@ def with_defaults(graph: TopologyGraph, port: Port, fields: list[str]) -> list[s
         if dst not in given:
             continue
         default("eth_type", "0x0800" if version == 4 else "0x86dd")
+        default("nw_ttl", 64)  # a match on the TTL sees a packet without one as TTL 0: expiring
         default(src, next((f.ip_address for f in port.fixed_ips if _version(f.ip_address) == version), None))
         if "ip_proto" not in given:
             default("ip_proto", proto)
