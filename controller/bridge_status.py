@@ -3,7 +3,7 @@
 What the topology page (``/ui``, :mod:`apps.ui`) shows on each hypervisor, read from the
 controller's own state, never from a switch: the flows compiled for it (the engine's),
 the flows the controller knows it holds (the cookies read on connect and every committed
-bundle since; a cookie's top byte is its table), and when its last bundle committed.
+bundle since; a cookie's top byte is its table), and when its last sync completed.
 
 Counting a hypervisor's flows by stage walks its cookies: at 1,000 bridges of 2,200 flows,
 2.2 M of them. The page polls every second, so each count is kept until what it counted
@@ -50,8 +50,8 @@ def bridge_status(app: Any) -> dict[str, dict[str, Any]]:
     (connected, changes not confirmed yet, or its last sync failed and is being retried),
     ``standby`` (connected, mastered by another instance of a cluster) or ``down`` (no bridge
     connected). ``flows``: compiled flows per stage; ``installed``: the flows the controller
-    knows the bridge holds, per stage; ``last_sync``: Unix time of its last committed bundle
-    on this connection (None: none yet).
+    knows the bridge holds, per stage; ``last_sync``: Unix time of its last completed sync on this
+    connection, a bundle committed or nothing left to send (None: none yet).
     """
     engine = app.engine
     with app.topology.lock:
