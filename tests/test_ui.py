@@ -33,7 +33,7 @@ const inside = (a, b) => { const r = a.getBoundingClientRect(), o = b.getBoundin
   return r.left >= o.left && r.right <= o.right && r.top >= o.top && r.bottom <= o.bottom; };
 return [...document.querySelectorAll('svg [data-kind]')].map((e) => {
   const hv = e.parentElement.closest('[data-kind="hypervisor"]');
-  return {kind: e.dataset.kind, id: e.dataset.id, state: e.dataset.state || null,
+  return {kind: e.dataset.kind, id: e.dataset.id, state: e.dataset.state || null, plugged: e.dataset.plugged || null,
           hv: hv ? hv.dataset.name : null, inside: hv ? inside(e, hv) : null};
 });
 """
@@ -136,14 +136,18 @@ def test_a_port_created_through_the_api_appears_within_2s(cloud: Cloud, page: An
 
 def test_a_disconnected_bridge_shows_down_then_up(cloud: Cloud, page: Any) -> None:
     hv = cloud.lab.hypervisor("hv2")
-    target = hv.controller
+    target, plugged = hv.controller, cloud.ports["a2-2"]["id"]
+    assert _find(page, "port", plugged)["plugged"] == "true"
     hv.set_controller(None)  # OVS closes its connection to the controller
     try:
         wait_until(lambda: (_find(page, "hypervisor", "hv2") or {}).get("state") == "down", 10, "hv2 shown down")
         assert _find(page, "hypervisor", "hv1")["state"] == "up"
+        # its port map went with its connection: the VM plugged there is shown unplugged (no OpenFlow port)
+        wait_until(lambda: _find(page, "port", plugged)["plugged"] == "false", 5, "a2-2 shown unplugged")
     finally:
         hv.set_controller(target)
     wait_until(lambda: (_find(page, "hypervisor", "hv2") or {}).get("state") == "up", 15, "hv2 shown up again")
+    wait_until(lambda: _find(page, "port", plugged)["plugged"] == "true", 5, "a2-2 shown plugged again")
 
 
 def test_trace_from_a_port(cloud: Cloud, page: Any) -> None:

@@ -11,13 +11,15 @@ Nodes are ``"<kind>:<id>"`` strings (``id`` in the JSON; a hypervisor's id is it
 ``port``, ``router``, ``fip`` and ``hypervisor``. Edges are the graph's own: subnet-network,
 port-network, port-hypervisor (its binding), router-port (interfaces and gateway port),
 fip-port, fip-network and fip-router. Security groups and their rules stay out (a group
-links every member port: a picture of them is a hairball). Pure: no I/O, and the caller
-holds the topology's lock.
+links every member port: a picture of them is a hairball). No I/O.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -67,7 +69,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def node_attrs(graph: TopologyGraph, kind: str, record: Any) -> dict[str, Any]:
+DOWN = {"state": "down", "connected": False}
+
+
+@dataclass
+class Snapshot:
+    """What the page's graph is made of, copied under the topology's lock and read outside it.
+
+    Records are immutable and a bridge's port map is replaced, never changed in place
+    (:meth:`TopologyGraph.set_ofports`): references to them stay true after the lock is let go.
+    """
+
+    records: dict[str, list[Any]]
+    edges: list[tuple[tuple[str, str], tuple[str, str]]]
+    ofports: dict[str, dict[str, int]]  # hypervisor -> its bridge's port map
+
+    @classmethod
+    def take(cls, graph: TopologyGraph) -> Snapshot:
+        """Copy what :func:`build` needs (under the topology's lock)."""
+        records = {kind: list(graph.records(kind)) for kind in KINDS}
+        edges = [(a, b) for a, b in graph.g.edges() if a[0] in KINDS and b[0] in KINDS]
+        return cls(records, edges, {hv.name: graph.ofports(hv.name) for hv in records["hv"]})
+
+
+def node_attrs(snap: Snapshot, kind: str, record: Any) -> dict[str, Any]:
     """The allowed attributes of one record, plus what the page needs computed."""
     fields, attr_keys = FIELDS[kind]
     out: dict[str, Any] = {"kind": KINDS[kind]}
@@ -76,35 +101,69 @@ def node_attrs(graph: TopologyGraph, kind: str, record: Any) -> dict[str, Any]:
     out.update({key: attrs[key] for key in attr_keys if key in attrs})
     if kind == "port":
         out["fixed_ips"] = [{"subnet_id": f.subnet_id, "ip_address": f.ip_address} for f in record.fixed_ips]
-        out["ofport"] = graph.ofports(record.binding_host).get(record.ofport_name) if record.binding_host else None
+        out["ofport"] = snap.ofports.get(record.binding_host or "", {}).get(record.ofport_name)
     elif kind == "router":
-        out["active_gateway_hypervisor"] = next((h for h in record.gateway_hosts if graph.ofports(h)), None)
+        out["active_gateway_hypervisor"] = next((h for h in record.gateway_hosts if snap.ofports.get(h)), None)
     elif kind == "hv":
         out["datapath_id"] = f"{record.datapath_id:016x}"
         out["bridge_mappings"] = dict(record.bridge_mappings)
     return out
 
 
-def node_link(graph: TopologyGraph, bridges: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """The page's JSON: ``networkx.node_link_data`` of the sanitised graph (``links`` for its edges).
-
-    ``bridges``: hypervisor name -> its bridge's state (:func:`controller.bridge_status.bridge_status`),
-    merged into the hypervisor's node; ``meta``: the graph's own attributes (time, revision...).
-    """
-    g = nx.Graph(**meta)
-    for kind in KINDS:
-        for record in graph.records(kind):
-            ident = record.name if kind == "hv" else record.id
-            attrs = node_attrs(graph, kind, record)
-            if kind == "hv":
-                attrs.update(bridges.get(record.name, {"state": "down", "connected": False}))
-            g.add_node(node_id(kind, ident), **attrs)
-    for a, b in graph.g.edges():
-        if a[0] in KINDS and b[0] in KINDS:
-            ida, idb = node_id(*a), node_id(*b)
-            if ida in g and idb in g:  # both ends are records (not placeholders)
-                g.add_edge(ida, idb)
+def build(snap: Snapshot) -> dict[str, Any]:
+    """``networkx.node_link_data`` of the sanitised graph (``links`` for its edges), without bridge states."""
+    g = nx.Graph()
+    for kind, records in snap.records.items():
+        for record in records:
+            g.add_node(node_id(kind, record.name if kind == "hv" else record.id), **node_attrs(snap, kind, record))
+    for a, b in snap.edges:
+        ida, idb = node_id(*a), node_id(*b)
+        if ida in g and idb in g:  # both ends are records (not placeholders)
+            g.add_edge(ida, idb)
     return nx.node_link_data(g, edges="links")
+
+
+def with_bridges(data: dict[str, Any], bridges: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (from :func:`build`, left as it is) with each hypervisor's bridge state and ``meta`` as its graph's."""
+    nodes = [n if n["kind"] != "hypervisor" else {**n, **bridges.get(n["name"], DOWN)} for n in data["nodes"]]
+    return {**data, "graph": meta, "nodes": nodes}
+
+
+class TopologyView:
+    """The page's node-link data, built again only when the topology or a bridge's port map changed.
+
+    At 1,000 hypervisors and 20,000 ports a build takes about a second: under the topology's
+    lock, every second, it would hold up every write. Under the lock only the cache's key is
+    read (the graph, its revision, each port map's identity) and, when it changed, the
+    snapshot taken; the build runs outside it. Each answer adds the bridges' states (cheap).
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._data: dict[str, Any] | None = None
+        self._guard = threading.Lock()
+
+    def data(self, topology: Any, bridges: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The JSON of ``GET /topology`` for ``topology`` (a :class:`topology.state.Topology`)."""
+        snap = None
+        with topology.lock:
+            graph, revision = topology.graph, topology.revision
+            maps = [(hv.name, graph.ofports(hv.name)) for hv in graph.hypervisors()]
+            with self._guard:
+                fresh = self._data is not None and self._same(graph, revision, maps)
+                data = self._data
+            if not fresh:
+                snap = Snapshot.take(graph)
+        if snap is not None:
+            data = build(snap)
+            with self._guard:
+                self._key, self._data = (graph, revision, maps), data
+        return with_bridges(data, bridges, {"generated_at": time.time(), "revision": revision})
+
+    def _same(self, graph: TopologyGraph, revision: int, maps: list[tuple[str, dict]]) -> bool:
+        old_graph, old_revision, old_maps = self._key
+        return (old_graph is graph and old_revision == revision and len(old_maps) == len(maps)
+                and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(old_maps, maps, strict=True)))
 
 
 def port_flows(graph: TopologyGraph, port: Port, flows: Iterable[Flow]) -> list[dict[str, Any]]:

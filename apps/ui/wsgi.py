@@ -5,7 +5,7 @@
   and are served to anyone, as the version document at ``/`` is, so that a browser (which
   cannot send a header when it opens a URL) can load the page; with ``--auth keystone`` the
   page then asks for a token and sends it, as ``X-Auth-Token``, with every request for data.
-- ``GET /topology``: the topology as networkx node-link JSON (:func:`apps.ui.topology.node_link`),
+- ``GET /topology``: the topology as networkx node-link JSON (:class:`apps.ui.topology.TopologyView`),
   what the page polls every second;
 - ``GET /topology/ports/<id>/flows``: the flows of a port's hypervisor that name it;
 - ``POST /trace``: a packet from a port through the flows (:mod:`apps.ui.trace`).
@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from apps.ui import trace
-from apps.ui.topology import node_link, port_flows
+from apps.ui.topology import TopologyView, port_flows
 from flows.flow import Flow
 
 LOG = logging.getLogger(__name__)
@@ -77,8 +76,10 @@ def endpoints(topology: Any, bridges: BridgeStatus, flows_of: FlowsOf) -> dict[s
     ``bridges()``: hypervisor -> its bridge's state; ``flows_of(hv)``: the flows the controller
     keeps for ``hv`` (called under the topology's lock).
     """
+    view = TopologyView()
+
     def topology_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        return _guarded(start_response, lambda: _topology(environ, topology, bridges, flows_of))
+        return _guarded(start_response, lambda: _topology(environ, topology, view, bridges, flows_of))
 
     def trace_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         return _guarded(start_response, lambda: _trace(environ, topology, flows_of))
@@ -102,16 +103,13 @@ _KINDS = {400: "HTTPBadRequest", 404: "PortNotFound", 405: "HTTPMethodNotAllowed
           413: "HTTPRequestEntityTooLarge"}
 
 
-def _topology(environ: dict, topology: Any, bridges: BridgeStatus,
+def _topology(environ: dict, topology: Any, view: TopologyView, bridges: BridgeStatus,
               flows_of: FlowsOf) -> tuple[int, Any, list]:
     if environ.get("REQUEST_METHOD") != "GET":
         return 405, _error("HTTPMethodNotAllowed", "Only GET."), [("Allow", "GET")]
     parts = [urllib.parse.unquote(p) for p in environ.get("PATH_INFO", "").strip("/").split("/")]
     if parts == ["topology"]:
-        status = bridges()  # first: it takes the lock itself
-        with topology.lock:
-            meta = {"generated_at": time.time(), "revision": topology.revision}
-            return 200, node_link(topology.graph, status, meta), []
+        return 200, view.data(topology, bridges()), []
     if len(parts) == 4 and parts[1] == "ports" and parts[3] == "flows":
         with topology.lock:
             port = topology.graph.port(parts[2])
