@@ -54,18 +54,21 @@ def bridge_status(app: Any) -> dict[str, dict[str, Any]]:
     connection, a bundle committed or nothing left to send (None: none yet).
     """
     engine = app.engine
-    with app.topology.lock:
-        names = [hv.name for hv in app.topology.graph.hypervisors()]
+    out: dict[str, dict[str, Any]] = {}
+    generations: dict[str, int] = {}
+    with app.topology.lock:  # the engine's flows change under it
         switches = {sw.hv_name: sw for sw in list(app.switches.values()) if sw.hv_name}
-        out: dict[str, dict[str, Any]] = {}
-        for name in names:
-            generation = engine.generation_of(name)
-            flows = _cached(("compiled", name), (id(engine), generation), engine.desired(name))
-            out[name] = {"state": "down", "connected": False, "mastered": False, "flows": flows,
-                         "flow_count": sum(flows.values()), "installed": {}, "last_sync": None}
-            sw = switches.get(name)
-            if sw is not None:
-                out[name].update(_connected(app, sw, generation))
+        for hv in app.topology.graph.hypervisors():
+            generations[hv.name] = generation = engine.generation_of(hv.name)
+            flows = _cached(("compiled", hv.name), (id(engine), generation), engine.desired(hv.name))
+            out[hv.name] = {"state": "down", "connected": False, "mastered": False, "flows": flows,
+                            "flow_count": sum(flows.values()), "installed": {}, "last_sync": None}
+    for name, generation in generations.items():  # a switch's own state needs no lock: outside it
+        sw = switches.get(name)
+        if sw is not None:
+            out[name].update(_connected(app, sw, generation))
+    for key in [k for k in _COUNTS if k[1] not in generations]:  # hypervisors deleted since
+        _COUNTS.pop(key, None)
     return out
 
 
