@@ -13,6 +13,7 @@ shows where the packet was delivered.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,18 @@ import pytest
 
 from apps.lab import Lab
 from apps.lab.controller import ControllerProcess
+from flows.pipeline import STAGE_BY_TABLE
 from tests.browser_fixtures import browser_errors, chromium
-from tests.e2e_fixtures import attached_lab, create_network, create_port, require_lab, running_controller, wait_until
+from tests.e2e_fixtures import (
+    attached_lab,
+    compiled,
+    create_network,
+    create_port,
+    dump_flows,
+    require_lab,
+    running_controller,
+    wait_until,
+)
 
 pytestmark = pytest.mark.ovs
 
@@ -97,6 +108,27 @@ def _dom(driver: Any) -> list[dict]:
     return driver.execute_script(DOM_STATE)
 
 
+def _click(driver: Any, css: str, top: bool = False) -> None:
+    """Click the element ``css`` selects (``top``: 8 px below its top edge, not in its middle).
+
+    The drawing is redone every second: the click is tried again if the element went stale.
+    """
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    def attempt() -> bool:
+        try:
+            el = driver.find_element(By.CSS_SELECTOR, css)
+            dy = 8 - el.size["height"] // 2 if top else 0
+            ActionChains(driver).move_to_element_with_offset(el, 0, dy).click().perform()
+            return True
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    wait_until(attempt, 5, f"a click on {css}")
+
+
 def _find(driver: Any, kind: str, ident: str) -> dict | None:
     return next((e for e in _dom(driver) if e["kind"] == kind and e["id"] == ident), None)
 
@@ -150,11 +182,31 @@ def test_a_disconnected_bridge_shows_down_then_up(cloud: Cloud, page: Any) -> No
     wait_until(lambda: _find(page, "port", plugged)["plugged"] == "true", 5, "a2-2 shown plugged again")
 
 
+def test_flows_per_stage_of_a_hypervisor(cloud: Cloud, page: Any) -> None:
+    """A hypervisor's panel: its flows per stage, compiled and on the bridge, as the switch itself counts them."""
+    hv = cloud.lab.hypervisor("hv1")
+    cloud.ctrl.request("GET", "/sync?wait=30")
+    want = Counter(STAGE_BY_TABLE[f.table_id].name for f in compiled(cloud.ctrl, hv))
+    on_bridge = Counter(STAGE_BY_TABLE[f.table].name for f in dump_flows(hv))
+    assert want == on_bridge  # synced (nothing learned by the switch here: no external traffic)
+    _click(page, 'svg [data-kind="hypervisor"][data-id="hv1"]', top=True)  # its middle may be a port
+
+    def shown() -> tuple[Counter, Counter]:
+        rows = page.execute_script(
+            "return [...document.querySelectorAll('#stage-flows tr[data-stage]')]"
+            ".map((r) => [r.dataset.stage, ...[...r.cells].slice(1).map((c) => c.textContent)]);")
+        return Counter({s: int(a) for s, a, _ in rows}), Counter({s: int(b) for s, _, b in rows})
+
+    assert wait_until(lambda: shown()[0] == want and shown(), 5, "hv1's flows per stage")[1] == on_bridge
+    assert f"{sum(want.values())} flows" in page.execute_script(
+        "return document.querySelector('svg [data-kind=\"hypervisor\"][data-id=\"hv1\"]').textContent")
+
+
 def test_trace_from_a_port(cloud: Cloud, page: Any) -> None:
     from selenium.webdriver.common.by import By
 
     a1, a3 = cloud.ports["a1"], cloud.ports["a3"]
-    page.find_element(By.CSS_SELECTOR, f'svg [data-kind="port"][data-id="{a1["id"]}"]').click()
+    _click(page, f'svg [data-kind="port"][data-id="{a1["id"]}"]')
     flows = wait_until(lambda: page.find_element(By.ID, "port-flows").get_attribute("data-count"), 5, "its flows")
     assert int(flows) > 0
     packet = page.find_element(By.ID, "trace-packet")
