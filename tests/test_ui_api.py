@@ -102,8 +102,10 @@ def test_port_flows(ctrl: ControllerProcess) -> None:
     answer = json.loads(body)
     assert status == 200 and answer["hypervisor"] == "hv1" and answer["flows"]
     mac = port["mac_address"]
-    # every flow listed names the port (its MAC, address or logical key); the ARP answer for it among them
+    # the ARP answer for it among them, and nothing of another port (the router interface's MAC)
     assert any(f["stage"] == "ls_in_arp_rsp" and mac in f["text"] for f in answer["flows"])
+    router_mac = ctrl.request("GET", "/v2.0/ports?device_owner=network:router_interface")["ports"][0]["mac_address"]
+    assert not [f for f in answer["flows"] if router_mac in f["text"] and mac not in f["text"]]
     status, _, body = http(ctrl, "GET", "/topology/ports/no-such-port/flows")
     assert status == 404 and json.loads(body)["NeutronError"]["type"] == "PortNotFound"
     assert http(ctrl, "POST", "/topology", b"{}")[0] == 405

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -107,7 +106,7 @@ def _topology(environ: dict, topology: Any, view: TopologyView, bridges: BridgeS
               flows_of: FlowsOf) -> tuple[int, Any, list]:
     if environ.get("REQUEST_METHOD") != "GET":
         return 405, _error("HTTPMethodNotAllowed", "Only GET."), [("Allow", "GET")]
-    parts = [urllib.parse.unquote(p) for p in environ.get("PATH_INFO", "").strip("/").split("/")]
+    parts = environ.get("PATH_INFO", "").strip("/").split("/")  # already unquoted by the server
     if parts == ["topology"]:
         return 200, view.data(topology, bridges()), []
     if len(parts) == 4 and parts[1] == "ports" and parts[3] == "flows":
