@@ -141,7 +141,6 @@ def with_defaults(graph: TopologyGraph, port: Port, fields: list[str]) -> list[s
         if dst not in given:
             continue
         default("eth_type", "0x0800" if version == 4 else "0x86dd")
-        default("nw_ttl", 64)  # a match on the TTL sees a packet without one as TTL 0: expiring
         default(src, next((f.ip_address for f in port.fixed_ips if _version(f.ip_address) == version), None))
         if "ip_proto" not in given:
             default("ip_proto", proto)
