@@ -141,6 +141,7 @@ def with_defaults(graph: TopologyGraph, port: Port, fields: list[str]) -> list[s
         if dst not in given:
             continue
         default("eth_type", "0x0800" if version == 4 else "0x86dd")
+        default("nw_ttl", 64)  # shown in the packet sent: the simulator's own default, said out loud
         default(src, next((f.ip_address for f in port.fixed_ips if _version(f.ip_address) == version), None))
         if "ip_proto" not in given:
             default("ip_proto", proto)
