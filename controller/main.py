@@ -304,11 +304,15 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app), "/check": audit.wsgi_app(app)}
         if ovsdb_manager is not None:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
+        extra.update(_topology_page(topology, app))
         from apps.northbound.auth import wrap
         from controller.metrics import counted
 
         northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
-        api = serve(counted(wrap(northbound, args)), args.api_host, args.api_port)
+        from apps.ui.wsgi import static_in_front
+
+        # The page's static files in front of authentication (they hold no data); its data behind it.
+        api = serve(counted(static_in_front(wrap(northbound, args))), args.api_host, args.api_port)
         gc.freeze()  # and the API's (keystonemiddleware's, oslo.policy's): built once, kept for good
     from apps.northbound.auth import describe
 
@@ -334,6 +338,15 @@ def _start_ovsdb(args: argparse.Namespace, topology, cluster):
     if manager is not None:
         metrics.register_ovsdb(manager)
     return manager
+
+
+def _topology_page(topology, app) -> dict:
+    """``/topology`` and ``/trace``, the topology page's data (apps.ui.wsgi), on the controller's state."""
+    from apps.ui.wsgi import endpoints
+    from controller import bridge_status
+
+    return endpoints(topology, lambda: bridge_status.bridge_status(app),
+                     lambda hv: bridge_status.flows_of(app, hv))
 
 
 def _join_cluster(args: argparse.Namespace, topology):

@@ -184,6 +184,7 @@ class Switch:
         self._source = source
         self._full_diff = True  # next sync compares every cookie (connect, or after a failed push)
         self.synced_generation = -1  # the engine generation of the flows the switch last confirmed
+        self.synced_at = 0.0  # wall clock of the last completed sync, pushed or with nothing to push (0: none yet)
         self.ports_changed = False  # a port-status event came while connecting (see _connect)
         self._learner_flows: set[int] = set()  # cookies of desired flows carrying a learn action
         self._on_ofports = on_ofports
@@ -601,6 +602,7 @@ class Switch:
             self._learners = learners
             self._full_diff = False
             self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
+            self.synced_at = time.time()
             with SYNCED:
                 SYNCED.notify_all()
             self._announce()
