@@ -11,7 +11,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("controller.main", "run the OpenFlow controller and the Neutron-compatible API"),
     "lab": ("apps.lab.cli", "build a lab of hypervisors (private OVS in namespaces) and VMs"),
     "demo": ("apps.demo", "the whole story on a lab, checked on real packets; report in text and HTML"),
-    "trace": ("apps.trace", "walk a packet through a hypervisor's compiled pipeline"),
+    "trace": ("apps.trace", "walk a packet through a hypervisor's compiled pipeline (--live: against OVS's own)"),
+    "check": ("apps.check", "compare every connected switch's flows with its compiled flows"),
     "bench": ("apps.bench", "run the benchmarks and write results JSON"),
 }
 

@@ -299,7 +299,9 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         from apps.northbound.server import make_app, serve
 
         app = manager.applications.get("TenantflowApp")
-        extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app)}
+        from controller import audit
+
+        extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app), "/check": audit.wsgi_app(app)}
         if ovsdb_manager is not None:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
         extra.update(_topology_page(topology, app))

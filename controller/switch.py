@@ -203,6 +203,7 @@ class Switch:
         self.dhcp_limiter = FairLimiter(HYPERVISOR_METER.rate, HYPERVISOR_METER.burst, PORT_RATE,
                                         PORT_BURST)  # DHCP requests: per port, then for the whole switch
         self._waiters: dict[int, _Waiter] = {}
+        self._whole: set[int] = set()  # xids whose multipart replies are wanted whole (dump_flows)
         self._errors: dict[int, list] = {}
         self._dirty = threading.Condition()
         self._pending = False
@@ -282,6 +283,8 @@ class Switch:
                 self.on_reply(xid, None)
             elif msg_type == ofp.OFPT_EXPERIMENTER:
                 self.on_reply(xid, wire.bundle_ctrl_type(msg))
+            elif msg_type == ofp.OFPT_MULTIPART_REPLY and xid in self._whole:
+                self.on_reply(xid, msg, bool(msg[11] & ofp.OFPMPF_REPLY_MORE))  # flags: bytes 10-11
             elif msg_type == ofp.OFPT_MULTIPART_REPLY and (read := wire.FAST_MULTIPART.get(wire.multipart_type(msg))):
                 values, more = read(msg)  # a flow dump's cookies, a group dump's ids
                 self.on_reply(xid, values, more)
@@ -500,6 +503,21 @@ class Switch:
         self.meters.read(self)
         self._full_diff = True  # the changes taken by a failed sync are gone: compare every cookie
         LOG.debug("switch %016x (%s): %d flows installed", self.dpid, self.hv_name, sum(self.installed.values()))
+
+    def dump_flows(self, build: Callable[[int], bytes]) -> list[bytes]:
+        """Ask the switch now (not our memory) for its flows: the reply messages of the multipart request
+        ``build(xid)`` makes, whole (controller.audit reads them). From any thread; beside a running sync."""
+        xids: list[int] = []
+
+        def claimed(xid: int) -> bytes:
+            xids.append(xid)
+            self._whole.add(xid)
+            return build(xid)
+
+        try:
+            return self.request(claimed)
+        finally:
+            self._whole.difference_update(xids)
 
     def request(self, msg) -> list:
         """Send a request, an os-ken message or a function of the xid building its bytes (controller.wire), and
