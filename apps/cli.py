@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("apps.demo", "controller + lab + two tenants with the same CIDR + who reaches whom"),
     "trace": ("apps.trace", "walk a packet through a hypervisor's compiled pipeline"),
     "bench": ("apps.bench", "run the benchmarks and write results JSON"),
+    "db": ("apps.db", "check, back up (online) and restore the controller's SQLite store"),
 }
 
 

@@ -67,8 +67,9 @@ KINDS = {
 class StoreFault(Exception):
     """The store file cannot be used as it is: ``kind`` (a :data:`KINDS` key), the file, what is wrong."""
 
-    def __init__(self, kind: str, path: str, what: str) -> None:
+    def __init__(self, kind: str, path: str, what: str, remedy: str = "") -> None:
         self.kind, self.path, self.what = kind, path, what
+        self.remedy = remedy or KINDS[kind].remedy.format(path=path)
         super().__init__(self.line())
 
     @property
@@ -78,8 +79,7 @@ class StoreFault(Exception):
 
     def line(self) -> str:
         """The one line an operator reads: what, which file, what to do."""
-        remedy = KINDS[self.kind].remedy.format(path=self.path)
-        return " ".join(f"store {self.path} is {self.kind}: {self.what}; {remedy}".split())
+        return " ".join(f"store {self.path} is {self.kind}: {self.what}; {self.remedy}".split())
 
 
 # SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xff) and the kind each means here.

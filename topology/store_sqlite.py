@@ -126,6 +126,7 @@ class SqliteStore(Store):
         self.instance = uuid.uuid4().hex
         self._listener: Listener | None = None
         self._lock: FileLock | None = None
+        self._failing = False  # the last write failed on the disk (logged once until one succeeds)
         if store_check.check_file(db_path):
             self._lock = FileLock(db_path)  # before SQLite's check: no restore may swap the file under it
         try:
@@ -216,7 +217,8 @@ class SqliteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
-            raise self._unavailable(exc) or exc
+            self._refused(exc)
+            raise
         revision = -1
         try:
             applied = [self._write_op(op) for op in ops]
@@ -231,10 +233,14 @@ class SqliteStore(Store):
         except sqlite3.DatabaseError as exc:
             self._rollback()
             if self._stored_revision() != revision:  # else COMMIT reported an error after making it durable
-                raise self._unavailable(exc) or exc
+                self._refused(exc)
+                raise
         except BaseException:
             self._rollback()
             raise
+        if self._failing:
+            LOG.warning("the store %s takes writes again", self.url)
+            self._failing = False
         if self._listener is not None:
             self._listener(Commit(revision, applied, dict(counters or {}), self.instance))
         return revision
@@ -255,16 +261,19 @@ class SqliteStore(Store):
             return None
         return row[0] if row else 0
 
-    def _unavailable(self, exc: sqlite3.DatabaseError) -> StoreUnavailable | None:
-        """A write the disk refused, as the API's 503 (None: another error, raised as it is: a 500)."""
+    def _refused(self, exc: sqlite3.DatabaseError) -> None:
+        """Raise a write the disk refused as the API's 503 (return: another error, raised as it is: a 500)."""
         fault = store_check.fault_of(exc, self.url)
         if fault is None or fault.kind == "foreign":
-            return None
-        LOG.error("a write to the store %s failed, nothing was written: %s", self.url, exc)
+            return
+        if not self._failing:  # once per outage, not once per refused write
+            LOG.error("a write to the store %s failed, nothing was written: %s; writes answer 503 until "
+                      "the store takes them again", self.url, exc)
+        self._failing = True
         what = {"unwritable": "cannot be written (disk full or read-only)", "in-use": "is locked by another process",
                 "unreadable": "had an I/O error", "malformed": "is damaged", "truncated": "is damaged"}[fault.kind]
-        return StoreUnavailable("StoreUnavailable", f"The topology store {what}: {exc}. Nothing was written; "
-                                "reads go on, and writes resume once the store can take them.")
+        raise StoreUnavailable("StoreUnavailable", f"The topology store {what}: {exc}. Nothing was written; "
+                               "reads go on, and writes resume once the store can take them.") from exc
 
     def _write_op(self, op: Op) -> tuple[str, str, Record | None]:
         kind, ident = op_key(op)
