@@ -155,8 +155,11 @@ def check_file(path: str, *, writable: bool = True) -> bool:
     if not stat.S_ISREG(info.st_mode):
         raise StoreFault("unreadable", path, "it is not a regular file")
     try:
-        with open(path, "r+b" if writable else "rb") as f:  # opening for writing writes nothing
-            header = f.read(HEADER_SIZE)
+        header = _read_header(path, writable)
+    except PermissionError as exc:
+        if writable and _readable(path):
+            raise StoreFault("unwritable", path, "no permission to write it") from None
+        raise os_fault(exc, path) from None
     except OSError as exc:
         raise os_fault(exc, path) from None
     if not header:
@@ -165,6 +168,19 @@ def check_file(path: str, *, writable: bool = True) -> bool:
         raise StoreFault("foreign", path, "not an SQLite database")
     if len(header) < HEADER_SIZE:
         raise StoreFault("truncated", path, f"{len(header)} bytes, shorter than SQLite's {HEADER_SIZE}-byte header")
+    return True
+
+
+def _read_header(path: str, writable: bool) -> bytes:
+    with open(path, "r+b" if writable else "rb") as f:  # opening for writing writes nothing
+        return f.read(HEADER_SIZE)
+
+
+def _readable(path: str) -> bool:
+    try:
+        _read_header(path, writable=False)
+    except OSError:
+        return False
     return True
 
 
@@ -197,8 +213,7 @@ def _problems(conn: sqlite3.Connection, full: bool) -> list[str]:
 
 def _header(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read(HEADER_SIZE)
+        return _read_header(path, writable=False)
     except OSError:
         return b""
 
