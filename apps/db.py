@@ -64,8 +64,12 @@ def _connect(path: str, writable: bool) -> sqlite3.Connection:
     return conn
 
 
+NAMES = {"hv": "hypervisor", "fip": "floating IP", "sg": "security group", "sg_rule": "security group rule"}
+
+
 def _describe(counts: dict[str, int]) -> str:
-    kinds = ", ".join(f"{n} {kind}" for kind, n in counts.items() if kind != "revision" and n)
+    kinds = ", ".join(f"{n} {NAMES.get(kind, kind)}{'s' if n > 1 else ''}" for kind, n in counts.items()
+                      if kind != "revision" and n)
     return f"revision {counts['revision']}" + (f" ({kinds})" if kinds else " (empty)")
 
 
