@@ -232,7 +232,7 @@ class SqliteStore(Store):
             raise Conflict("Conflict", f"Conflict with stored state: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             self._rollback()
-            if self._stored_revision() != revision:  # else COMMIT reported an error after making it durable
+            if not self._committed_after_all(revision):
                 self._refused(exc)
                 raise
         except BaseException:
@@ -253,13 +253,15 @@ class SqliteStore(Store):
             except sqlite3.Error as exc:  # the next BEGIN reports what is still wrong
                 LOG.warning("rolling back a failed write to %s: %s", self.url, exc)
 
-    def _stored_revision(self) -> int | None:
-        """The revision the file holds now (None: it cannot be read)."""
+    def _committed_after_all(self, revision: int) -> bool:
+        """Whether the file holds ``revision`` though its COMMIT reported an error (made durable, then failed)."""
+        if revision < 0 or self._conn.in_transaction:  # not that far, or still our own uncommitted view
+            return False
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
         except sqlite3.Error:
-            return None
-        return row[0] if row else 0
+            return False
+        return row is not None and row[0] == revision
 
     def _refused(self, exc: sqlite3.DatabaseError) -> None:
         """Raise a write the disk refused as the API's 503 (return: another error, raised as it is: a 500)."""
