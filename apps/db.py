@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from topology import store_check
-from topology.store_check import FileLock, StoreFault
+from topology.store_check import FileLock, StoreFault, connect
 from topology.store_sqlite import read_records
 
 DEFAULT_DB = "/var/lib/tenantflow/tenantflow.sqlite"
@@ -43,9 +43,9 @@ def _db_path(args: argparse.Namespace) -> str:
     return DEFAULT_DB
 
 
-def summary(path: str) -> dict[str, int]:
+def summary(path: str, writable: bool = False) -> dict[str, int]:
     """The store's revision and how many records of each kind it holds (every record decoded)."""
-    conn = _connect(path, writable=False)
+    conn = connect(path, writable)
     try:
         conn.execute("BEGIN")  # one read transaction: the counts and the revision of one snapshot
         records = read_records(conn, path)
@@ -56,12 +56,6 @@ def summary(path: str) -> dict[str, int]:
     finally:
         conn.close()
     return {"revision": row[0] if row else 0, **{kind: len(items) for kind, items in records.items()}}
-
-
-def _connect(path: str, writable: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path}?mode={'rw' if writable else 'ro'}", uri=True, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
 
 
 NAMES = {"hv": "hypervisor", "fip": "floating IP", "sg": "security group", "sg_rule": "security group rule"}
@@ -76,18 +70,21 @@ def _describe(counts: dict[str, int]) -> str:
 def check(path: str, full: bool) -> str:
     """The start-up check (``full``: every index too) and every record read; the store's summary."""
     started = time.monotonic()
-    if not store_check.check(path, writable=False, full=full):
+    # Read-write where we may (nothing is written, but the last connection to close removes SQLite's -wal
+    # and -shm files, which a read-only one would leave behind); read-only on a read-only file or disk.
+    writable = os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+    if not store_check.check(path, writable=writable, full=full):
         raise StoreFault("unreadable", path, "there is no such file")
-    counts = summary(path)
+    counts = summary(path, writable)
     return f"store {path} is sound: {_describe(counts)}; checked in {time.monotonic() - started:.2f} s"
 
 
 def _copy(src_path: str, dest: str) -> None:
     """SQLite's backup API, all pages in one step (one read transaction: a consistent snapshot), into ``dest``."""
     try:
-        src = _connect(src_path, writable=True)  # a WAL reader maps the -shm; nothing is written
+        src = connect(src_path, writable=True)  # a WAL reader maps the -shm; nothing is written
     except sqlite3.OperationalError:
-        src = _connect(src_path, writable=False)  # a read-only disk: the store can still be saved
+        src = connect(src_path, writable=False)  # a read-only disk: the store can still be saved
     try:
         dst = sqlite3.connect(dest, isolation_level=None)
         try:
@@ -126,6 +123,10 @@ def backup(path: str, dest: str) -> str:
     """An online, checked copy of the store at ``dest``; a summary line."""
     if not store_check.check_file(path, writable=False):
         raise StoreFault("unreadable", path, "there is no such file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dest))):
+        raise StoreFault("unwritable", dest, "its directory does not exist", remedy="create it, or back up elsewhere")
+    if os.path.exists(dest) and os.path.samefile(dest, path):
+        raise StoreFault("in-use", dest, "it is the store itself", remedy="back up to another file")
     tmp = f"{dest}.tmp-{os.getpid()}"
     _discard(tmp)
     try:

@@ -62,7 +62,7 @@ def _controller(db: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedP
                        "--ovsdb-listen", "", prefix=prefix)
 
 
-def _good_store(db: Path, ports: int = 30) -> None:
+def _good_store(db: Path, ports: int = 12) -> None:
     topo = Topology(str(db))
     net = topo.create_network({"name": "net"})
     topo.create_subnet({"network_id": net.id, "cidr": "10.0.0.0/24", "ip_version": 4})

@@ -34,6 +34,7 @@ import sqlite3
 import stat
 import struct
 import threading
+import urllib.parse
 from dataclasses import dataclass
 
 APPLICATION_ID = 0x74666C77  # "tflw": PRAGMA application_id of every tenantflow store
@@ -122,13 +123,11 @@ def check(path: str, *, writable: bool = True, full: bool = False) -> bool:
     """
     if not check_file(path, writable=writable):
         return False
-    uri = f"file:{path}?mode={'rw' if writable else 'ro'}"
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        conn = connect(path, writable)
     except sqlite3.Error as exc:
         raise fault_of(exc, path) or StoreFault("unreadable", path, f"SQLite: {exc}") from None
     try:
-        conn.execute("PRAGMA busy_timeout = 5000")
         recognise(conn, path)
         problems = _problems(conn, full)
         if problems:
@@ -140,6 +139,14 @@ def check(path: str, *, writable: bool = True, full: bool = False) -> bool:
     finally:
         conn.close()
     return True
+
+
+def connect(path: str, writable: bool) -> sqlite3.Connection:
+    """An SQLite connection to an existing file (never creating one), read-only unless ``writable``."""
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={'rw' if writable else 'ro'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
 
 
 def check_file(path: str, *, writable: bool = True) -> bool:
