@@ -378,3 +378,16 @@ def test_backup_while_writing_then_restore_is_consistent(tmp_path: Path) -> None
         used = {ip["ip_address"] for p in ctrl.request("GET", "/v2.0/ports")["ports"] for ip in p["fixed_ips"]
                 if p["id"] != new["id"]}
         assert new["fixed_ips"][0]["ip_address"] not in used
+
+
+def test_a_damaged_backup_is_not_restored(tmp_path: Path) -> None:
+    db, backup = tmp_path / "tenantflow.sqlite", tmp_path / "backup.sqlite"
+    _good_store(db, ports=2)
+    assert _tenantflow("db", "--db", str(db), "backup", str(backup)).returncode == 0
+    _truncate(backup)
+    before = _sha(db)
+    done = _tenantflow("db", "--db", str(db), "restore", str(backup))
+    assert (done.returncode, done.stderr) == (21, f"tenantflow db restore: store {backup} is truncated: SQLite: "
+                                                  "database disk image is malformed; the store was not changed; "
+                                                  "restore another backup\n")
+    assert _sha(db) == before and sorted(p.name for p in tmp_path.iterdir()) == [backup.name, db.name]
