@@ -262,12 +262,13 @@ def start(args: argparse.Namespace, topology=None) -> Running:
 
     if topology is None:
         from topology.state import Topology
+        from topology.store import open_store
 
         where = args.store or args.db
         if not where.startswith("etcd://"):
             _make_parent(where)
         topology = Topology(
-            where, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
+            open_store(where, exclusive=True), vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
             default_network_type=args.default_network_type,
             default_physical_network=args.default_physical_network, default_project=args.default_project,
         )

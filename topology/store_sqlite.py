@@ -13,7 +13,7 @@ One process writes, so a write is never validated on a stale view here: ``before
 and is delivered to the listener synchronously, in the committing thread.
 
 Faults (README "The store: backups and faults"): the file is checked before it is opened
-(:func:`topology.store_check.check`) and held with an exclusive lock while open; a damaged,
+(:func:`topology.store_check.check`) and, by the controller, held with an exclusive lock while open; a damaged,
 foreign or unusable file raises :class:`topology.store_check.StoreFault`. A write the disk
 refuses (full, read-only, I/O error) is rolled back whole and raises
 :class:`topology.store.StoreUnavailable` (503): the graph, which changes only on a
@@ -120,14 +120,19 @@ assert set(_TABLES) == set(KINDS)
 class SqliteStore(Store):
     """SQLite persistence of every record kind (one process; thread-safe by its own lock)."""
 
-    def __init__(self, db_path: str) -> None:
-        """Check the file, lock it, open it (creating it if missing); :class:`StoreFault` if it cannot serve."""
+    def __init__(self, db_path: str, *, exclusive: bool = False) -> None:
+        """Check the file and open it (creating it if missing); :class:`StoreFault` if it cannot serve.
+
+        ``exclusive`` (the controller): hold the file's lock while open, so that no other controller
+        and no restore touches it (a reader such as ``tenantflow trace`` opens it without).
+        """
         self.url = db_path
         self.instance = uuid.uuid4().hex
         self._listener: Listener | None = None
         self._lock: FileLock | None = None
+        self._exclusive = exclusive
         self._failing = False  # the last write failed on the disk (logged once until one succeeds)
-        if store_check.check_file(db_path):
+        if store_check.check_file(db_path) and exclusive:
             self._lock = FileLock(db_path)  # before SQLite's check: no restore may swap the file under it
         try:
             store_check.check(db_path)
@@ -143,7 +148,7 @@ class SqliteStore(Store):
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly a commit().
             self._conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-            if self._lock is None:
+            if self._exclusive and self._lock is None:  # a new file
                 self._lock = FileLock(db_path)
             self._conn.execute("PRAGMA busy_timeout = 5000")  # `tenantflow db backup` reads may hold it briefly
             self._conn.execute("PRAGMA journal_mode=WAL")
