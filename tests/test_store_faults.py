@@ -86,6 +86,15 @@ def _corrupt_page(db: Path) -> str:
     return "malformed: SQLite: database disk image is malformed"
 
 
+def _garbled_record(db: Path) -> str:
+    """A port's stored body cut short: pages sound, so only decoding every record finds it."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rowid = conn.execute("SELECT max(rowid) FROM ports").fetchone()[0]
+        conn.execute("UPDATE ports SET body = '{\"id\": ' WHERE rowid = ?", (rowid,))
+        conn.commit()
+    return f"malformed: row {rowid} of ports cannot be read (Expecting value: line 1 column 8 (char 7))"
+
+
 def _truncate(db: Path) -> str:
     os.truncate(db, db.stat().st_size // 2)
     return "truncated: SQLite: database disk image is malformed"
@@ -143,6 +152,7 @@ CODE = {"malformed": 20, "truncated": 21, "foreign": 22, "unreadable": 23, "unwr
 # (how the file is damaged, run without CAP_DAC_OVERRIDE, does `db check` (read-only) find it too)
 DAMAGE: dict[str, tuple[Callable[[Path], str], bool, bool]] = {
     "corrupted-page": (_corrupt_page, False, True),
+    "garbled-record": (_garbled_record, False, True),
     "truncated": (_truncate, False, True),
     "empty": (_empty, False, True),
     "not-sqlite": (_not_sqlite, False, True),

@@ -13,8 +13,8 @@ One process writes, so a write is never validated on a stale view here: ``before
 and is delivered to the listener synchronously, in the committing thread.
 
 Faults (README "The store: backups and faults"): the file is checked before it is opened
-(:func:`topology.store_check.check`) and, by the controller, held with an exclusive lock while open; a damaged,
-foreign or unusable file raises :class:`topology.store_check.StoreFault`. A write the disk
+(:func:`topology.store_check.check`), and the controller holds an exclusive lock on it while
+open; a damaged, foreign or unusable file raises :class:`topology.store_check.StoreFault`. A write the disk
 refuses (full, read-only, I/O error) is rolled back whole and raises
 :class:`topology.store.StoreUnavailable` (503): the graph, which changes only on a
 delivered commit, stays equal to the file, and the next write tries the disk again.
@@ -339,6 +339,6 @@ def read_records(conn: sqlite3.Connection, path: str) -> dict[str, list[Record]]
         for rowid, body in conn.execute(f"SELECT rowid, body FROM {table} ORDER BY rowid"):
             try:
                 out[name].append(decode(name, body))
-            except (ValueError, TypeError, KeyError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged body makes decode raise
                 raise StoreFault("malformed", path, f"row {rowid} of {table} cannot be read ({exc})") from None
     return out
