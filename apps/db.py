@@ -72,7 +72,8 @@ def check(path: str, full: bool) -> str:
     started = time.monotonic()
     # Read-write where we may (nothing is written, but the last connection to close removes SQLite's -wal
     # and -shm files, which a read-only one would leave behind); read-only on a read-only file or disk.
-    writable = os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+    writable = (os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+                and store_check.disk_state(path) is None)
     if not store_check.check(path, writable=writable, full=full):
         raise StoreFault("unreadable", path, "there is no such file")
     counts = summary(path, writable)

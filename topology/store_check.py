@@ -102,7 +102,31 @@ def fault_of(exc: sqlite3.Error, path: str) -> StoreFault | None:
         return StoreFault("malformed", path, f"its SQLite header is damaged (SQLite: {exc})")
     if kind == "foreign":
         return StoreFault(kind, path, "not an SQLite database")
+    state = disk_state(path) if kind in ("unreadable", "unwritable") else None
+    if state is not None:  # SQLite says "disk I/O error": say why, where we can tell
+        return StoreFault("unwritable", path, f"{state} (SQLite: {exc})")
     return StoreFault(kind, path, f"SQLite: {exc}")
+
+
+FULL_BELOW = 1 << 20  # bytes free under which a file system counts as full (SQLite's WAL and -shm grow by pages)
+
+
+def disk_state(path: str) -> str | None:
+    """"its file system is read-only" / "... is full", if so, for the file system ``path`` lives on."""
+    try:
+        info = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    if info.f_flag & os.ST_RDONLY:
+        return "its file system is read-only"
+    free = (info.f_bfree if os.geteuid() == 0 else info.f_bavail) * info.f_frsize  # root may use the reserve
+    if free < FULL_BELOW:
+        return f"its file system is full, {free // 1024} KiB free"
+    try:  # a file system turned read-only by an error (ext4's errors=remount-ro) may not say so in statvfs
+        os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))  # opening for writing writes nothing
+    except OSError as exc:
+        return "its file system is read-only" if exc.errno == errno.EROFS else None
+    return None
 
 
 def os_fault(exc: OSError, path: str) -> StoreFault:

@@ -277,8 +277,9 @@ class SqliteStore(Store):
             LOG.error("a write to the store %s failed, nothing was written: %s; writes answer 503 until "
                       "the store takes them again", self.url, exc)
         self._failing = True
-        what = {"unwritable": "cannot be written (its disk is full or read-only)",
-                "unreadable": "cannot be written (an I/O error: its disk may be read-only or failing)",
+        state = store_check.disk_state(self.url)
+        what = {"unwritable": f"cannot be written ({state or 'its disk is full or read-only'})",
+                "unreadable": "cannot be written (an I/O error: its disk may be failing)",
                 "in-use": "is locked by another process"}.get(fault.kind, "is damaged (see `tenantflow db check`)")
         raise StoreUnavailable("StoreUnavailable", f"The topology store {what}: {exc}. Nothing was written; "
                                "reads go on, and writes resume once the store can take them.") from exc
