@@ -159,8 +159,11 @@ def restore(backup_path: str, path: str) -> str:
         new = FileLock(tmp)  # the inode renamed into place: a controller starting meanwhile finds it held
         store_check.check(tmp, full=True)
         counts = summary(tmp)
-        kept = _keep_old(path) if old is not None else ""
-        _into_place(tmp, path)
+        _fsync(tmp)
+        kept = _replace_keeping_old(tmp, path) if old is not None else ""
+        if old is None:
+            os.replace(tmp, path)
+        _fsync(os.path.dirname(os.path.abspath(path)))
     finally:
         for lock in (new, old):
             if lock is not None:
@@ -170,14 +173,21 @@ def restore(backup_path: str, path: str) -> str:
                                                                                 else "")
 
 
-def _keep_old(path: str) -> str:
-    """Keep the store being replaced (and its WAL: it belongs to it) beside it; the WAL must not meet the new file."""
+def _replace_keeping_old(tmp: str, path: str) -> str:
+    """Rename ``tmp`` over the store, keeping the old one beside it with its WAL (which must not meet the new file)."""
     aside = f"{path}.before-restore-{time.strftime('%Y%m%dT%H%M%S')}"
     os.link(path, aside)  # the store's name keeps pointing at the old file until the new one replaces it
-    if os.path.exists(f"{path}-wal"):
+    wal = os.path.exists(f"{path}-wal")
+    if wal:
         os.replace(f"{path}-wal", f"{aside}-wal")
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        if wal:  # the old store stays whole under its name
+            os.replace(f"{aside}-wal", f"{path}-wal")
+        raise
     if os.path.exists(f"{path}-shm"):
-        os.unlink(f"{path}-shm")
+        os.unlink(f"{path}-shm")  # the old file's WAL index: SQLite rebuilds it for the new one
     return aside
 
 
