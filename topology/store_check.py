@@ -112,7 +112,7 @@ FULL_BELOW = 1 << 20  # bytes free under which a file system counts as full (SQL
 
 
 def disk_state(path: str) -> str | None:
-    """"its file system is read-only" / "... is full", if so, for the file system ``path`` lives on."""
+    """Why the file system ``path`` lives on refuses writes, if it is read-only or full (None: neither)."""
     try:
         info = os.statvfs(os.path.dirname(os.path.abspath(path)))
     except OSError:
