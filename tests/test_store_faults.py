@@ -186,6 +186,8 @@ def test_a_damaged_store_stops_the_controller_with_one_line(tmp_path: Path, case
     if check_too:
         checked = _tenantflow("db", "--db", str(db), "check")
         assert (checked.returncode, checked.stderr) == (CODE[kind], f"tenantflow db check: {line}\n")
+        traced = _tenantflow("trace", "--db", str(db), "--hv", "hv1", "--in-port", "tap1")
+        assert (traced.returncode, traced.stderr) == (CODE[kind], f"tenantflow trace: {line}\n")
 
 
 def test_a_store_held_by_another_process_is_refused(tmp_path: Path) -> None:
