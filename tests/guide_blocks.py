@@ -10,6 +10,7 @@ documentation test (``tests/test_operator_guide.py``) treats it::
     <!-- doc-test: hypervisors vm -->                ... each after its VM booted (its tap exists)
     <!-- doc-test: controller NET_ID=network.id -->  NET_ID: that field of the JSON the block printed
     <!-- doc-test: controller id=status -->          the test checks what this block printed
+    <!-- doc-test: controller file=~/PATH -->        a file (``clouds.yaml``), written before any block runs
     <!-- doc-test: synopsis (...) -->                a usage line, checked against ``--help``
     <!-- doc-test: not run: REASON -->              not run, and why (the reason is required)
 
@@ -52,6 +53,7 @@ class Block:
     flags: frozenset[str] = frozenset()
     captures: dict[str, str] = field(default_factory=dict)  # placeholder -> JSON path
     id: str = ""
+    file: str = ""  # file=PATH: the block is that file's content
 
     @property
     def where(self) -> str:
@@ -100,6 +102,8 @@ def parse_marker(block: Block, body: str) -> Block:
             flags.add(word)
         elif word.startswith("id="):
             block.id = word.removeprefix("id=")
+        elif word.startswith("file="):
+            block.file = word.removeprefix("file=")
         elif m := CAPTURE.match(word):
             block.captures[m["name"]] = m["path"]
         else:
@@ -107,8 +111,11 @@ def parse_marker(block: Block, body: str) -> Block:
                              "NAME=json.path, synopsis, `not run: REASON`")
     if not hosts:
         raise GuideError(f"{block.where}: the marker names no host (controller or hypervisors)")
-    if block.lang not in ("sh", "bash"):
-        raise GuideError(f"{block.where}: only sh/bash blocks run; mark a ```{block.lang} block `not run: REASON`")
+    if block.file and (hosts != ["controller"] or flags or block.captures):
+        raise GuideError(f"{block.where}: a file=PATH block is a file on the controller's host, nothing else")
+    if not block.file and block.lang not in ("sh", "bash", "python"):
+        raise GuideError(f"{block.where}: only sh, bash and python blocks run; a ```{block.lang} block is a "
+                         "file=PATH or `not run: REASON`")
     block.hosts, block.flags = tuple(hosts), frozenset(flags)
     return block
 

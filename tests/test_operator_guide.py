@@ -51,7 +51,8 @@ HYPERVISORS = {
     "hv1": {"hv1": "hv1", "0000000000000001": "0000000000000001", "192.168.100.1": "192.168.100.1"},
     "hv2": {"hv1": "hv2", "0000000000000001": "0000000000000002", "192.168.100.1": "192.168.100.2"},
 }
-PLACEHOLDERS = ("tapPORTIDPORTI", "PORT_ID", "NET_ID", "MAC", "VM_UUID", "ROUTER_ID")
+PLACEHOLDERS = ("tapPORTIDPORTI", "PORT_ID", "NET_ID", "SUBNET_ID", "MAC", "VM_UUID")
+OUTSIDE = "203.0.113.10"  # a host on the provider network (physnet1), outside the cloud
 
 
 def _run_blocks() -> list[Block]:
@@ -183,7 +184,7 @@ class GuideLab:
         return name
 
     def build(self) -> None:
-        for d in ("bin", "ctl/run", "ctl/lib"):
+        for d in ("bin", "ctl/run", "ctl/lib", "ctl/home"):
             (self.workdir / d).mkdir(parents=True)
         shim = self.workdir / "bin" / "tenantflow"  # this checkout's tenantflow, whatever is installed
         shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m apps.cli "$@"\n')
@@ -217,6 +218,20 @@ class GuideLab:
         path = f"{self.workdir / 'bin'}:{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"
         return {"PATH": path, "PYTHONPATH": str(REPO), **(extra or {})}
 
+    def controller_env(self, text: str) -> dict[str, str]:
+        """The controller host's: its own home; ``OS_CLOUD=tenantflow`` for ``openstack`` without options."""
+        home = {"HOME": str(self.workdir / "ctl/home")}
+        return self.env(home if "--os-" in text or "OS_AUTH_TYPE" in text else {**home, "OS_CLOUD": "tenantflow"})
+
+    def write_files(self, blocks: list[Block]) -> None:
+        """The guide's files (``file=PATH``), on the controller's host, before any command runs."""
+        for block in blocks:
+            if block.file:
+                path = Path(block.file.replace("~", str(self.workdir / "ctl/home"), 1))
+                assert path.is_relative_to(self.workdir), f"{block.where}: {block.file} is outside the lab"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(block.text)
+
     def controller_script(self, text: str) -> str:
         """``text`` on the controller's host: its /run and /var/lib its own (``ip netns exec``: a mount namespace)."""
         ctl = self.workdir / "ctl"
@@ -225,7 +240,7 @@ class GuideLab:
     def text_for(self, block: Block, hv: str | None) -> str:
         """The block's text with hv's values, the placeholders' values, and (on a hypervisor) its paths."""
         text = block.text
-        values = self.values.get(hv or "", {})
+        values = self.values.setdefault(hv, {}) if hv else {**self.values["hv1"], **self.values.setdefault("", {})}
         if hv:
             for guide_value, own in HYPERVISORS[hv].items():
                 text = re.sub(rf"(?<![\w.]){re.escape(guide_value)}(?![\w.])", own, text)
@@ -247,6 +262,8 @@ class GuideLab:
 
     def run(self, block: Block) -> None:
         """Run one block where its marker says, as many times as it says; record what it printed."""
+        if block.file:
+            return  # written before the first block (write_files)
         if "background" in block.flags:
             self.start_controller(block)
             return
@@ -275,7 +292,12 @@ class GuideLab:
         text = self.text_for(block, hv)
         try:
             if "controller" in block.hosts:
-                return sh.run(["sh", "-ec", self.controller_script(text)], netns=self.ctl_netns, env=self.env())
+                if block.lang == "python":
+                    script = self.workdir / "ctl/block.py"
+                    script.write_text(text)
+                    text = f"python {script}"
+                return sh.run(["sh", "-ec", self.controller_script(text)], netns=self.ctl_netns,
+                              env=self.controller_env(text), timeout=60)
             rundir = str(self.workdir / hv)
             env = self.env({"OVS_RUNDIR": rundir, "OVS_DBDIR": rundir, "OVS_LOGDIR": rundir})
             # and whatever the text maps not (a path the guide got wrong) lands there too, never in the host's OVS
@@ -330,11 +352,25 @@ class GuideLab:
             lease = steps.request_address(f"{self.prefix}-vm-{hv}", str(self.workdir))
             assert lease["ip"] == port["fixed_ips"][0]["ip_address"], (lease, port)
             addresses[hv] = lease["ip"]
-        vm1 = f"{self.prefix}-vm-hv1"
-        deadline = time.monotonic() + 10  # the first packets to a new tunnel peer wait on OVS's ARP for it
-        while sh.run(["ping", "-c1", "-W1", addresses["hv2"]], netns=vm1, check=False).find(" 0% packet loss") < 0:
-            assert time.monotonic() < deadline, "the VM on hv1 never reached the VM on hv2"
-        out = sh.run(["ping", "-c3", "-i0.2", "-W1", addresses["hv2"]], netns=vm1, check=False)
+        self.reaches(f"{self.prefix}-vm-hv1", addresses["hv2"])  # the first packets wait on OVS's ARP for the peer
+
+
+    def outside_host(self) -> str:
+        """A host on the provider network, outside the cloud: only its own /24, no default route."""
+        netns = f"{self.prefix}-out"
+        if netns not in self.namespaces:
+            self._netns(netns)
+            sh.veth_add("eth0", netns, "out", self.fabric)
+            sh.run(["ip", "-n", self.fabric, "link", "set", "out", "master", "provider"])
+            sh.run(["ip", "-n", netns, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0"])
+        return netns
+
+    def reaches(self, netns: str, address: str, timeout: float = 15.0) -> None:
+        """``netns`` pings ``address``: once answered within ``timeout`` (ARP, BFD), then 3 of 3."""
+        deadline = time.monotonic() + timeout
+        while " 0% packet loss" not in sh.run(["ping", "-c1", "-W1", address], netns=netns, check=False):
+            assert time.monotonic() < deadline, f"{netns} never reached {address}\n{self.controller_log()}"
+        out = sh.run(["ping", "-c3", "-i0.2", "-W1", address], netns=netns, check=False)
         assert "3 received" in out, out
 
 
@@ -364,19 +400,39 @@ def check_status(lab: GuideLab, hv: str | None, out: str) -> None:
 
 def check_gateway(lab: GuideLab, hv: str | None, out: str) -> None:
     (answer,) = guide_blocks.json_documents(out)
-    assert answer["hypervisor"]["gateway_for"] == ["physnet1"], answer
-    assert lab.api("GET", "/v2.0/hypervisors/hv2")["hypervisor"]["gateway_for"] == ["physnet1"]
+    assert answer["hypervisor"]["name"] == hv and answer["hypervisor"]["gateway_for"] == ["physnet1"], answer
+    assert lab.api("GET", f"/v2.0/hypervisors/{hv}")["hypervisor"]["gateway_for"] == ["physnet1"]
+
+
+def check_fip(lab: GuideLab, hv: str | None, out: str) -> None:
+    """The VM on hv1 answers on its floating IP to a host outside the cloud."""
+    port_id = lab.values["hv1"]["PORT_ID"]
+    (fip,) = [f for f in lab.api("GET", "/v2.0/floatingips")["floatingips"] if f["port_id"] == port_id]
+    lab.reaches(lab.outside_host(), fip["floating_ip_address"])
+
+
+def check_reorder(lab: GuideLab, hv: str | None, out: str) -> None:
+    """r1's gateways in the new order, hv2 active; the VM on hv2 (no floating IP) reaches outside by source NAT."""
+    (answer,) = guide_blocks.json_documents(out)
+    router = answer["router"]
+    assert router["gateway_hypervisors"] == ["hv2", "hv1"] and router["active_gateway_hypervisor"] == "hv2", router
+    # the outside host has no route back to 10.0.0.0/24: only a reply to the router's address comes back
+    lab.reaches(f"{lab.prefix}-vm-hv2", OUTSIDE)
 
 
 def check_query(lab: GuideLab, hv: str | None, out: str) -> None:
-    """The network's ports, each with only the fields asked for."""
+    """The network's ports (no other network's), each with only the fields asked for."""
     (answer,) = guide_blocks.json_documents(out)
-    assert {p["id"] for p in answer["ports"]} == {lab.values[h]["PORT_ID"] for h in HYPERVISORS}, answer
+    vm_ports = {lab.values[h]["PORT_ID"] for h in HYPERVISORS}
+    assert vm_ports <= {p["id"] for p in answer["ports"]}, answer  # and r1's interface, by then
+    assert {p["id"] for p in answer["ports"]} == {p["id"] for p in lab.api("GET", "/v2.0/ports")["ports"]
+                                                  if p["network_id"] == lab.values[""]["NET_ID"]}, answer
     assert all(set(p) == {"id", "fixed_ips"} for p in answer["ports"]), answer
 
 
 CHECKS: dict[str, Callable[[GuideLab, str | None, str], None]] = {
     "attach": check_attach, "status": check_status, "gateway": check_gateway, "query": check_query,
+    "fip": check_fip, "reorder": check_reorder,
 }
 ASKED_AGAIN = {"status"}  # a question whose answer comes true in a moment: asked again until it does (20 s)
 
@@ -389,6 +445,7 @@ def test_the_guide_runs_as_written() -> None:
 
         unless_able("needs busybox's udhcpc and curl", "the operator guide's test")
     with GuideLab() as lab:
+        lab.write_files(_run_blocks())
         for block in _run_blocks():
             lab.run(block)
         assert lab.controller is not None and lab.controller.poll() is None, lab.controller_log()
