@@ -8,6 +8,8 @@ documentation test (``tests/test_operator_guide.py``) treats it::
     <!-- doc-test: hypervisors -->                   run on hv1, then with hv2's values on hv2
     <!-- doc-test: controller hypervisors -->        run on the controller, once per hypervisor
     <!-- doc-test: hypervisors vm -->                ... each after its VM booted (its tap exists)
+    <!-- doc-test: hypervisors certs -->             ... each after its key and certificates were copied to it
+    <!-- doc-test: hypervisors variant=tls -->       only in the guide's run with that variant (unix or tls)
     <!-- doc-test: controller NET_ID=network.id -->  NET_ID: that field of the JSON the block printed
     <!-- doc-test: controller id=status -->          the test checks what this block printed
     <!-- doc-test: controller file=~/PATH -->        a file (``clouds.yaml``), written before any block runs
@@ -32,7 +34,8 @@ SECTION = "## Operator guide"
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<text>.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*doc-test:\s*(?P<body>.*?)\s*-->\s*\Z", re.S)
 HOSTS = ("controller", "hypervisors")
-FLAGS = ("background", "vm")
+FLAGS = ("background", "vm", "certs")
+VARIANTS = ("unix", "tls")  # how the hypervisors reach the controller: each a run of the guide
 CAPTURE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)=(?P<path>[\w.:-]+)$")
 
 
@@ -54,6 +57,7 @@ class Block:
     captures: dict[str, str] = field(default_factory=dict)  # placeholder -> JSON path
     id: str = ""
     file: str = ""  # file=PATH: the block is that file's content
+    variant: str = ""  # "": in every run of the guide
 
     @property
     def where(self) -> str:
@@ -102,13 +106,15 @@ def parse_marker(block: Block, body: str) -> Block:
             flags.add(word)
         elif word.startswith("id="):
             block.id = word.removeprefix("id=")
+        elif word.startswith("variant=") and word.removeprefix("variant=") in VARIANTS:
+            block.variant = word.removeprefix("variant=")
         elif word.startswith("file="):
             block.file = word.removeprefix("file=")
         elif m := CAPTURE.match(word):
             block.captures[m["name"]] = m["path"]
         else:
             raise GuideError(f"{block.where}: doc-test marker word {word!r} is none of {HOSTS + FLAGS}, id=NAME, "
-                             "NAME=json.path, synopsis, `not run: REASON`")
+                             f"NAME=json.path, file=PATH, variant={'|'.join(VARIANTS)}, synopsis, `not run: REASON`")
     if not hosts:
         raise GuideError(f"{block.where}: the marker names no host (controller or hypervisors)")
     if block.file and (hosts != ["controller"] or flags or block.captures):

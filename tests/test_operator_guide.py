@@ -40,6 +40,7 @@ import pytest
 
 from apps.lab import sh, steps
 from apps.lab.ovs import PrivateOVS
+from apps.lab.pki import Pki
 from controller.main import DEFAULTS
 from tests import guide_blocks
 from tests.guide_blocks import Block, GuideError
@@ -52,11 +53,16 @@ HYPERVISORS = {
     "hv2": {"hv1": "hv2", "0000000000000001": "0000000000000002", "192.168.100.1": "192.168.100.2"},
 }
 PLACEHOLDERS = ("tapPORTIDPORTI", "PORT_ID", "NET_ID", "SUBNET_ID", "MAC", "VM_UUID")
+REAL_RUN = sh.run  # before any test records it
+CONTROLLER_IP = "10.0.0.10"  # the controller's management address (TLS)
+MOUNTS = (("run", "/run"), ("lib", "/var/lib"), ("log", "/var/log"))  # the controller host's own
 OUTSIDE = "203.0.113.10"  # a host on the provider network (physnet1), outside the cloud
 
 
-def _run_blocks() -> list[Block]:
-    return [b for b in guide_blocks.blocks() if not b.skip and not b.synopsis]
+def _run_blocks(variant: str | None = None) -> list[Block]:
+    """The blocks a run of the guide runs (``variant``: that run's, else every variant's), in the guide's order."""
+    return [b for b in guide_blocks.blocks() if not b.skip and not b.synopsis
+            and (variant is None or b.variant in ("", variant))]
 
 
 # -- the guide's form: every block placed -----------------------------------------------------------
@@ -67,7 +73,8 @@ def test_every_block_runs_or_says_why_not() -> None:
     ran = _run_blocks()
     assert len(ran) >= 9, [b.where for b in ran]
     assert {"controller", "hypervisors"} <= {h for b in ran for h in b.hosts}
-    assert [b for b in ran if "background" in b.flags], "the guide no longer starts the controller"
+    for variant in guide_blocks.VARIANTS:
+        assert len([b for b in _run_blocks(variant) if "background" in b.flags]) == 1, f"{variant}: one controller"
     for block in found:
         assert block.skip or block.synopsis or block.hosts, block.where
     # what this test checks after a block names blocks that exist, and the reverse
@@ -100,20 +107,26 @@ def test_the_synopsis_lists_every_flag() -> None:
 # -- the guide and apps/lab/steps.py: the same commands ---------------------------------------------
 
 
-def _steps_commands(monkeypatch: pytest.MonkeyPatch, attach: Callable[..., Any]) -> list[list[str]]:
-    """The commands one of steps' functions runs, recorded (``ip -n NS`` and ``sh.run(netns=)`` are the host's own)."""
+def _steps_commands(monkeypatch: pytest.MonkeyPatch, attach: Callable[..., Any],
+                    execute: bool = False) -> list[list[str]]:
+    """The commands one of steps' functions runs, recorded (``ip -n NS`` and ``sh.run(netns=)`` are the host's own);
+    ``execute``: and run them too (they touch only files of the caller's)."""
     ran: list[list[str]] = []
 
-    def run(argv: list[str], netns: str | None = None, **_: Any) -> str:
+    def run(argv: list[str], netns: str | None = None, **kwargs: Any) -> str:
         argv = list(argv)
-        if argv[:2] == ["ip", "-n"]:
-            argv = ["ip", *argv[3:]]
-        ran.append(argv)
-        return ""
+        ran.append(["ip", *argv[3:]] if argv[:2] == ["ip", "-n"] else argv)
+        return REAL_RUN(argv, netns, **kwargs) if execute else ""
 
     monkeypatch.setattr(steps.sh, "run", run)
     attach(lambda *args: ran.append(["ovs-vsctl", *args]) or "", lambda *args: ran.append(["ovs-ofctl", *args]) or "")
     return ran
+
+
+def _hypervisor_commands(variant: str) -> list[list[str]]:
+    """The commands of the guide's attach steps 1 to 5 for ``variant``."""
+    blocks = [b for b in _run_blocks(variant) if b.hosts == ("hypervisors",) and "vm" not in b.flags]
+    return [argv for block in blocks for argv in guide_blocks.commands(block.text)]
 
 
 def test_the_lab_runs_the_guides_attach_steps(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,11 +142,40 @@ def test_the_lab_runs_the_guides_attach_steps(monkeypatch: pytest.MonkeyPatch) -
         steps.attach_underlay(vsctl, "hv1", "eth1", "192.168.100.1/24")
         steps.add_provider_bridge(vsctl, ofctl, "hv1", "physnet1", "br-phys", "eth2")
 
-    assert guide_blocks.commands(attach.text) == _steps_commands(monkeypatch, lab_steps)
+    assert _hypervisor_commands("unix") == _steps_commands(monkeypatch, lab_steps)
     # the step 4 the guide shows for a controller that is no OVSDB manager, in its comment
     step4 = ["ovs-vsctl", *steps.tunnel_port_args("192.168.100.1", names={"vxlan": "tf-vxlan"})]
     shown = re.search(r"#\s+(ovs-vsctl add-port br-int tf-vxlan .*?local_ip=\S+)", attach.text, re.S)
     assert shown and guide_blocks.commands(shown[1].replace("#", "")) == [step4]
+
+
+def test_the_lab_attaches_over_tls_as_the_guide_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The TLS lab's certificates (``apps/lab/pki.py``) and step 2 (``steps.set_ssl``...) are the guide's commands."""
+    from tests.lab_fixtures import unless_able
+
+    unless_able(None if shutil.which("ovs-pki") else "ovs-pki not installed", "the TLS steps' test")
+    etc = "/etc/openvswitch"
+
+    def lab_steps(vsctl: Any, ofctl: Any) -> None:
+        steps.add_integration_bridge(vsctl, 1)
+        steps.set_ssl(vsctl, f"{etc}/hv1-privkey.pem", f"{etc}/hv1-cert.pem", f"{etc}/controllerca-cacert.pem")
+        steps.set_controller(vsctl, "ssl:10.0.0.10:6653")
+        steps.set_manager(vsctl, "ssl:10.0.0.10:6640")
+        steps.attach_underlay(vsctl, "hv1", "eth1", "192.168.100.1/24")
+        steps.add_provider_bridge(vsctl, ofctl, "hv1", "physnet1", "br-phys", "eth2")
+
+    assert _hypervisor_commands("tls") == _steps_commands(monkeypatch, lab_steps)
+
+    def certificates(_vsctl: Any, _ofctl: Any) -> None:
+        pki = Pki(str(tmp_path))
+        pki.controller()
+        pki.switch("hv1")
+        pki.switch("hv2")
+
+    made = [[w for w in argv if not w.startswith(("--dir=", "--log="))]
+            for argv in _steps_commands(monkeypatch, certificates, execute=True)]
+    (ca,) = [b for b in _run_blocks("tls") if "ovs-pki init" in b.text]
+    assert guide_blocks.commands(ca.text) == made
 
 
 def test_the_lab_registers_and_plugs_as_the_guide_does() -> None:
@@ -184,24 +226,32 @@ class GuideLab:
         return name
 
     def build(self) -> None:
-        for d in ("bin", "ctl/run", "ctl/lib", "ctl/home"):
+        for d in ("bin", "ctl/run", "ctl/lib", "ctl/log", "ctl/home"):
             (self.workdir / d).mkdir(parents=True)
         shim = self.workdir / "bin" / "tenantflow"  # this checkout's tenantflow, whatever is installed
         shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m apps.cli "$@"\n')
         shim.chmod(0o755)
         self._netns(self.ctl_netns)
         self._netns(self.fabric)
-        for bridge in ("underlay", "provider"):
+        for bridge in ("underlay", "provider", "mgmt"):
             sh.run(["ip", "-n", self.fabric, "link", "add", bridge, "type", "bridge"])
             sh.run(["ip", "-n", self.fabric, "link", "set", bridge, "mtu", "1600", "up"])
-        for hv in HYPERVISORS:
+        self.cable(self.ctl_netns, "eth0", "ctl-m", "mgmt", f"{CONTROLLER_IP}/24")  # the management network
+        for i, hv in enumerate(HYPERVISORS, 1):
             netns = self._netns(f"{self.prefix}-{hv}")
-            for nic, cable, bridge in (("eth1", f"{hv}-u", "underlay"), ("eth2", f"{hv}-p", "provider")):
-                sh.veth_add(nic, netns, cable, self.fabric, mtu=1600)
-                sh.run(["ip", "-n", self.fabric, "link", "set", cable, "master", bridge])
+            self.cable(netns, "eth0", f"{hv}-m", "mgmt", f"10.0.0.{10 + i}/24")
+            self.cable(netns, "eth1", f"{hv}-u", "underlay")
+            self.cable(netns, "eth2", f"{hv}-p", "provider")
             self.ovs[hv] = PrivateOVS(netns, str(self.workdir / hv))
             self.ovs[hv].start()
             (self.workdir / hv / "etc").mkdir()
+
+    def cable(self, netns: str, nic: str, cable: str, bridge: str, cidr: str | None = None) -> None:
+        """``netns``'s ``nic`` on one of the fabric's bridges (with an address)."""
+        sh.veth_add(nic, netns, cable, self.fabric, mtu=1600)
+        sh.run(["ip", "-n", self.fabric, "link", "set", cable, "master", bridge])
+        if cidr:
+            sh.run(["ip", "-n", netns, "addr", "add", cidr, "dev", nic])
 
     def close(self) -> None:
         if self.controller is not None and self.controller.poll() is None:
@@ -233,9 +283,10 @@ class GuideLab:
                 path.write_text(block.text)
 
     def controller_script(self, text: str) -> str:
-        """``text`` on the controller's host: its /run and /var/lib its own (``ip netns exec``: a mount namespace)."""
+        """``text`` on the controller's host: its /run, /var/lib, /var/log its own (``ip netns exec``: own mounts)."""
         ctl = self.workdir / "ctl"
-        return f"mount --bind {ctl / 'run'} /run && mount --bind {ctl / 'lib'} /var/lib\n{text}"
+        mounts = " && ".join(f"mount --bind {ctl / own} {path}" for own, path in MOUNTS)
+        return f"{mounts}\ncd {ctl}\n{text}"
 
     def text_for(self, block: Block, hv: str | None) -> str:
         """The block's text with hv's values, the placeholders' values, and (on a hypervisor) its paths."""
@@ -271,6 +322,8 @@ class GuideLab:
         for hv in targets:
             if "vm" in block.flags:
                 self.boot_vm(hv)
+            if "certs" in block.flags:
+                self.copy_certificates(hv)
             check = CHECKS.get(block.id, lambda *_: None)
             deadline = time.monotonic() + (20 if block.id in ASKED_AGAIN else 0)
             while True:
@@ -334,6 +387,13 @@ class GuideLab:
         data = ["-H", "Content-Type: application/json", "-d", json.dumps(body)] if body is not None else []
         out = sh.run(["curl", "-sf", "-X", method, *data, API + path], netns=self.ctl_netns)
         return json.loads(out) if out else None
+
+    def copy_certificates(self, hv: str) -> None:
+        """What the guide asks of the operator: copy hv's key and certificate and the controllers' CA to it."""
+        ctl, etc = self.workdir / "ctl", self.workdir / hv / "etc"
+        for name in (f"{hv}-privkey.pem", f"{hv}-cert.pem"):
+            shutil.copy(ctl / name, etc / name)
+        shutil.copy(ctl / "lib/openvswitch/pki/controllerca/cacert.pem", etc / "controllerca-cacert.pem")
 
     # -- the VMs
     def boot_vm(self, hv: str) -> None:
@@ -437,17 +497,37 @@ CHECKS: dict[str, Callable[[GuideLab, str | None, str], None]] = {
 ASKED_AGAIN = {"status"}  # a question whose answer comes true in a moment: asked again until it does (20 s)
 
 
+def _lab_tools() -> None:
+    from tests.lab_fixtures import unless_able
+
+    missing = [tool for tool in ("udhcpc", "curl", "ovs-pki") if shutil.which(tool) is None]
+    unless_able(f"{', '.join(missing)} not installed" if missing else None, "the operator guide's test")
+
+
 @pytest.mark.ovs
 @pytest.mark.lab
 def test_the_guide_runs_as_written() -> None:
-    if shutil.which("udhcpc") is None or shutil.which("curl") is None:
-        from tests.lab_fixtures import unless_able
-
-        unless_able("needs busybox's udhcpc and curl", "the operator guide's test")
+    """The whole guide, the controller on the hypervisors' host (unix sockets)."""
+    _lab_tools()
     with GuideLab() as lab:
-        lab.write_files(_run_blocks())
-        for block in _run_blocks():
+        lab.write_files(_run_blocks("unix"))
+        for block in _run_blocks("unix"):
             lab.run(block)
         assert lab.controller is not None and lab.controller.poll() is None, lab.controller_log()
         os.kill(lab.controller.pid, signal.SIGTERM)  # "SIGTERM stops it"
         assert lab.controller.wait(15) == 0, lab.controller_log()
+
+
+@pytest.mark.ovs
+@pytest.mark.lab
+def test_the_guide_attaches_over_tls() -> None:
+    """The guide's TLS way, up to "Is a hypervisor connected and synced?": certificates, the controller on its
+    management address, the hypervisors over ``ssl:`` (the rest of the guide does not depend on how they attach)."""
+    _lab_tools()
+    blocks = _run_blocks("tls")
+    status = next(i for i, b in enumerate(blocks) if b.id == "status")
+    with GuideLab() as lab:
+        for block in blocks[: status + 1]:
+            lab.run(block)
+        for hv in HYPERVISORS:  # over TLS, and nothing else
+            assert lab.ovs[hv].vsctl("get", "controller", "br-int", "target").strip() == f'"ssl:{CONTROLLER_IP}:6653"'
