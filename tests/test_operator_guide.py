@@ -22,6 +22,7 @@ to attach a hypervisor), command by command, and its synopsis to ``tenantflow co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,20 +207,8 @@ class GuideLab:
         self.ovs: dict[str, PrivateOVS] = {}
         self.controller: subprocess.Popen | None = None
         self.values: dict[str, dict[str, str]] = {hv: {"VM_UUID": f"vm-{hv}"} for hv in HYPERVISORS}
-        self.outputs: dict[str, list[str]] = {}
 
     # -- building and tearing down
-    def __enter__(self) -> GuideLab:
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _netns(self, name: str) -> str:
         sh.netns_add(name)
         self.namespaces.append(name)
@@ -312,7 +301,7 @@ class GuideLab:
         return text
 
     def run(self, block: Block) -> None:
-        """Run one block where its marker says, as many times as it says; record what it printed."""
+        """Run one block where its marker says, as many times as it says; keep the values it printed."""
         if block.file:
             return  # written before the first block (write_files)
         if "background" in block.flags:
@@ -335,7 +324,6 @@ class GuideLab:
                     if time.monotonic() > deadline:  # as an operator asks again, for a while
                         raise
                     time.sleep(0.5)
-            self.outputs.setdefault(block.id or block.where, []).append(out)
             for name, path in block.captures.items():
                 self.values.setdefault(hv or "", {})[name] = guide_blocks.capture(out, path)
         if "vm" in block.flags:
@@ -497,6 +485,17 @@ CHECKS: dict[str, Callable[[GuideLab, str | None, str], None]] = {
 ASKED_AGAIN = {"status"}  # a question whose answer comes true in a moment: asked again until it does (20 s)
 
 
+@contextlib.contextmanager
+def guide_lab() -> Iterator[GuideLab]:
+    """A built :class:`GuideLab`, torn down after (also when building it failed)."""
+    lab = GuideLab()
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.close()
+
+
 def _lab_tools() -> None:
     from tests.lab_fixtures import unless_able
 
@@ -509,7 +508,7 @@ def _lab_tools() -> None:
 def test_the_guide_runs_as_written() -> None:
     """The whole guide, the controller on the hypervisors' host (unix sockets)."""
     _lab_tools()
-    with GuideLab() as lab:
+    with guide_lab() as lab:
         lab.write_files(_run_blocks("unix"))
         for block in _run_blocks("unix"):
             lab.run(block)
@@ -526,7 +525,7 @@ def test_the_guide_attaches_over_tls() -> None:
     _lab_tools()
     blocks = _run_blocks("tls")
     status = next(i for i, b in enumerate(blocks) if b.id == "status")
-    with GuideLab() as lab:
+    with guide_lab() as lab:
         for block in blocks[: status + 1]:
             lab.run(block)
         for hv in HYPERVISORS:  # over TLS, and nothing else
