@@ -14,6 +14,7 @@ documentation test (``tests/test_operator_guide.py``) treats it::
     <!-- doc-test: controller id=status -->          the test checks what this block printed
     <!-- doc-test: controller file=~/PATH -->        a file (``clouds.yaml``), written before any block runs
     <!-- doc-test: synopsis (...) -->                a usage line, checked against ``--help``
+    <!-- doc-test: config (...) -->                  a ``--config`` file, checked by the controller's option parser
     <!-- doc-test: not run: REASON -->              not run, and why (the reason is required)
 
 A block with no such comment, or one the parser does not understand, fails the test: a command
@@ -52,6 +53,7 @@ class Block:
     text: str
     skip: str | None = None  # "not run: REASON": the reason
     synopsis: bool = False
+    config: bool = False
     hosts: tuple[str, ...] = ()
     flags: frozenset[str] = frozenset()
     captures: dict[str, str] = field(default_factory=dict)  # placeholder -> JSON path
@@ -97,6 +99,9 @@ def parse_marker(block: Block, body: str) -> Block:
         return block
     if body.startswith("synopsis"):
         block.synopsis = True
+        return block
+    if body.startswith("config"):
+        block.config = True
         return block
     hosts, flags = [], set()
     for word in body.split():

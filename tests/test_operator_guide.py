@@ -42,7 +42,7 @@ import pytest
 from apps.lab import sh, steps
 from apps.lab.ovs import PrivateOVS
 from apps.lab.pki import Pki
-from controller.main import DEFAULTS
+from controller.main import DEFAULTS, parse_args
 from tests import guide_blocks
 from tests.guide_blocks import Block, GuideError
 
@@ -62,7 +62,7 @@ OUTSIDE = "203.0.113.10"  # a host on the provider network (physnet1), outside t
 
 def _run_blocks(variant: str | None = None) -> list[Block]:
     """The blocks a run of the guide runs (``variant``: that run's, else every variant's), in the guide's order."""
-    return [b for b in guide_blocks.blocks() if not b.skip and not b.synopsis
+    return [b for b in guide_blocks.blocks() if not b.skip and not b.synopsis and not b.config
             and (variant is None or b.variant in ("", variant))]
 
 
@@ -77,7 +77,7 @@ def test_every_block_runs_or_says_why_not() -> None:
     for variant in guide_blocks.VARIANTS:
         assert len([b for b in _run_blocks(variant) if "background" in b.flags]) == 1, f"{variant}: one controller"
     for block in found:
-        assert block.skip or block.synopsis or block.hosts, block.where
+        assert block.skip or block.synopsis or block.config or block.hosts, block.where
     # what this test checks after a block names blocks that exist, and the reverse
     assert {b.id for b in ran if b.id} == set(CHECKS), "a block's id= and CHECKS disagree"
 
@@ -103,6 +103,28 @@ def test_the_synopsis_lists_every_flag() -> None:
     flags = set(re.findall(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", options, re.M)) - {"--help"}
     assert documented - flags == set(), "the guide's synopsis names flags the controller does not have"
     assert flags - documented == set(), "flags missing from the guide's synopsis"
+
+
+def test_the_controller_takes_every_configuration_the_guide_shows(tmp_path: Path) -> None:
+    """Every ``tenantflow controller`` command of the guide (run or not) and every ``--config`` file it shows
+    pass the controller's own checks (a listener the flags refuse, a TLS file missing...)."""
+    configs = [b for b in guide_blocks.blocks() if b.config]
+    assert configs, "the guide shows no --config file any more"
+    for i, block in enumerate(configs):
+        path = tmp_path / f"{i}.ini"
+        path.write_text(block.text)
+        try:
+            parse_args(["--config", str(path)])
+        except SystemExit:
+            pytest.fail(f"{block.where}: tenantflow controller refuses this --config file")
+    commands = [argv for b in guide_blocks.blocks() if not b.synopsis and not b.config
+                for argv in guide_blocks.commands(b.text) if argv[:2] == ["tenantflow", "controller"]]
+    assert len(commands) >= 5, commands
+    for argv in commands:
+        try:
+            parse_args([word for word in argv[2:] if word != "&"])
+        except SystemExit:
+            pytest.fail(f"tenantflow controller refuses the guide's {' '.join(argv)}")
 
 
 # -- the guide and apps/lab/steps.py: the same commands ---------------------------------------------
