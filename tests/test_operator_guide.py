@@ -38,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from apps.lab import sh, steps
 from apps.lab.ovs import PrivateOVS
 from apps.lab.pki import Pki
+from apps.northbound.policy import defaults as policy_defaults
 from controller.main import DEFAULTS, parse_args
 from tests import guide_blocks
 from tests.guide_blocks import Block, GuideError
@@ -110,7 +112,13 @@ def test_the_controller_takes_every_configuration_the_guide_shows(tmp_path: Path
     pass the controller's own checks (a listener the flags refuse, a TLS file missing...)."""
     configs = [b for b in guide_blocks.blocks() if b.config]
     assert configs, "the guide shows no --config file any more"
+    names = {rule.name for rule in policy_defaults()}
     for i, block in enumerate(configs):
+        if block.lang == "yaml":  # a --policy-file: the rules it overrides and those it refers to exist
+            rules = yaml.safe_load(block.text)
+            referred = {m for check in rules.values() for m in re.findall(r"rule:([\w:]+)", check)}
+            assert set(rules) | referred <= names, f"{block.where}: no such rules {(set(rules) | referred) - names}"
+            continue
         path = tmp_path / f"{i}.ini"
         path.write_text(block.text)
         try:
