@@ -7,6 +7,7 @@ documentation test (``tests/test_operator_guide.py``) treats it::
     <!-- doc-test: controller background -->         ... and leave it running (the controller itself)
     <!-- doc-test: hypervisors -->                   run on hv1, then with hv2's values on hv2
     <!-- doc-test: controller hypervisors -->        run on the controller, once per hypervisor
+    <!-- doc-test: upstream -->                      run on the router outside the cloud (the provider network's)
     <!-- doc-test: hypervisors vm -->                ... each after its VM booted (its tap exists)
     <!-- doc-test: hypervisors certs -->             ... each after its key and certificates were copied to it
     <!-- doc-test: hypervisors variant=tls -->       only in the guide's run with that variant (unix or tls)
@@ -34,7 +35,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = "## Operator guide"
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<text>.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*doc-test:\s*(?P<body>.*?)\s*-->\s*\Z", re.S)
-HOSTS = ("controller", "hypervisors")
+HOSTS = ("controller", "hypervisors", "upstream")  # upstream: a router outside the cloud, on physnet1
 FLAGS = ("background", "vm", "certs")
 VARIANTS = ("unix", "tls")  # how the hypervisors reach the controller: each a run of the guide
 CAPTURE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)=(?P<path>[\w.:-]+)$")

@@ -60,6 +60,7 @@ REAL_RUN = sh.run  # before any test records it
 CONTROLLER_IP = "10.0.0.10"  # the controller's management address (TLS)
 MOUNTS = (("run", "/run"), ("lib", "/var/lib"), ("log", "/var/log"))  # the controller host's own
 OUTSIDE = "203.0.113.10"  # a host on the provider network (physnet1), outside the cloud
+UPSTREAM6 = "2001:db8:ee::1"  # ... and the gateway of the guide's ext-v6: the upstream router
 
 
 def _run_blocks(variant: str | None = None) -> list[Block]:
@@ -369,6 +370,8 @@ class GuideLab:
                     text = f"python {script}"
                 return sh.run(["sh", "-ec", self.controller_script(text)], netns=self.ctl_netns,
                               env=self.controller_env(text), timeout=60)
+            if "upstream" in block.hosts:
+                return sh.run(["sh", "-ec", text], netns=self.outside_host(), env=self.env())
             rundir = str(self.workdir / hv)
             env = self.env({"OVS_RUNDIR": rundir, "OVS_DBDIR": rundir, "OVS_LOGDIR": rundir})
             # and whatever the text maps not (a path the guide got wrong) lands there too, never in the host's OVS
@@ -434,13 +437,15 @@ class GuideLab:
 
 
     def outside_host(self) -> str:
-        """A host on the provider network, outside the cloud: only its own /24, no default route."""
+        """A host on the provider network, outside the cloud (the upstream router of ext-v6): only its own
+        203.0.113.0/24 and 2001:db8:ee::/64, no default route."""
         netns = f"{self.prefix}-out"
         if netns not in self.namespaces:
             self._netns(netns)
             sh.veth_add("eth0", netns, "out", self.fabric)
             sh.run(["ip", "-n", self.fabric, "link", "set", "out", "master", "provider"])
             sh.run(["ip", "-n", netns, "addr", "add", f"{OUTSIDE}/24", "dev", "eth0"])
+            sh.run(["ip", "-n", netns, "addr", "add", f"{UPSTREAM6}/64", "dev", "eth0", "nodad"])
         return netns
 
     def reaches(self, netns: str, address: str, timeout: float = 15.0) -> None:
@@ -508,9 +513,24 @@ def check_query(lab: GuideLab, hv: str | None, out: str) -> None:
     assert all(set(p) == {"id", "fixed_ips"} for p in answer["ports"]), answer
 
 
+def check_ipv6(lab: GuideLab, hv: str | None, out: str) -> None:
+    """The upstream router reaches the VM on hv1 at its SLAAC address, routed without NAT."""
+    port = lab.api("GET", f"/v2.0/ports/{lab.values['hv1']['PORT_ID']}")["port"]
+    (address,) = [f["ip_address"] for f in port["fixed_ips"] if ":" in f["ip_address"]]
+    vm = f"{lab.prefix}-vm-hv1"
+    # the VM's kernel solicits a router advertisement when IPv6 comes up on its NIC (as at boot)
+    for value in ("1", "0"):
+        sh.run(["sysctl", "-qw", f"net.ipv6.conf.eth0.disable_ipv6={value}"], netns=vm)
+    deadline = time.monotonic() + 15
+    while address not in sh.run(["ip", "-6", "addr", "show", "dev", "eth0"], netns=vm):
+        assert time.monotonic() < deadline, f"the VM never built {address} from the router's advertisement"
+        time.sleep(0.2)
+    lab.reaches(lab.outside_host(), address, timeout=20)
+
+
 CHECKS: dict[str, Callable[[GuideLab, str | None, str], None]] = {
     "attach": check_attach, "status": check_status, "gateway": check_gateway, "query": check_query,
-    "fip": check_fip, "reorder": check_reorder,
+    "fip": check_fip, "reorder": check_reorder, "ipv6": check_ipv6,
 }
 ASKED_AGAIN = {"status"}  # a question whose answer comes true in a moment: asked again until it does (20 s)
 
