@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -78,11 +79,14 @@ def test_every_block_runs_or_says_why_not() -> None:
     assert len(ran) >= 9, [b.where for b in ran]
     assert {"controller", "hypervisors"} <= {h for b in ran for h in b.hosts}
     for variant in guide_blocks.VARIANTS:
-        assert len([b for b in _run_blocks(variant) if "background" in b.flags]) == 1, f"{variant}: one controller"
+        starts = [b for b in _run_blocks(variant) if "background" in b.flags and "tenantflow controller" in b.text]
+        assert len(starts) == 1, f"{variant}: one block starts the controller(s)"
     for block in found:
         assert block.skip or block.synopsis or block.config or block.hosts, block.where
     # what this test checks after a block names blocks that exist, and the reverse
-    assert {b.id for b in ran if b.id} == set(CHECKS), "a block's id= and CHECKS disagree"
+    ids = {b.id for b in ran if b.id}
+    assert set(CHECKS) <= ids, f"checks of blocks the guide no longer has: {set(CHECKS) - ids}"
+    assert {b.after for b in ran if b.after} <= ids, "an after=ID names no block"
 
 
 def test_a_block_without_a_marker_fails() -> None:
@@ -335,9 +339,6 @@ class GuideLab:
         """Run one block where its marker says, as many times as it says; keep the values it printed."""
         if block.file:
             return  # written before the first block (write_files)
-        if "background" in block.flags:
-            self.start_controller(block)
-            return
         targets = list(HYPERVISORS) if "hypervisors" in block.hosts else [None]
         for hv in targets:
             if "vm" in block.flags:
@@ -346,8 +347,9 @@ class GuideLab:
                 self.copy_certificates(hv)
             check = CHECKS.get(block.id, lambda *_: None)
             deadline = time.monotonic() + (20 if block.id in ASKED_AGAIN else 0)
+            background = "background" in block.flags
+            out = self.start_background(block) if background else self.run_once(block, hv)
             while True:
-                out = self.run_once(block, hv)
                 try:
                     check(self, hv, out)
                     break
@@ -355,6 +357,7 @@ class GuideLab:
                     if time.monotonic() > deadline:  # as an operator asks again, for a while
                         raise
                     time.sleep(0.5)
+                    out = out if background else self.run_once(block, hv)
             for name, path in block.captures.items():
                 self.values.setdefault(hv or "", {})[name] = guide_blocks.capture(out, path)
         if "vm" in block.flags:
@@ -381,21 +384,32 @@ class GuideLab:
             raise AssertionError(f"{block.where} on {hv or 'the controller'} failed:\n{text}\n{exc}\n"
                                  f"{self.controller_log()}") from None
 
-    def start_controller(self, block: Block) -> None:
-        (command,) = guide_blocks.commands(block.text)
-        log = open(self.workdir / "controller.log", "ab")  # noqa: SIM115 - the child keeps it
-        script = self.controller_script("exec " + " ".join(command))
-        env = {**os.environ, **self.env()}
-        self.controller = subprocess.Popen(["ip", "netns", "exec", self.ctl_netns, "sh", "-ec", script], stdout=log,
-                                           stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
+    def start_background(self, block: Block) -> str:
+        """Start the daemons a block starts (``tenantflow controller``; or several, each ending in ``&``),
+        their output in the lab's controller.log; wait for the API when it starts controllers."""
+        jobs = any(line.rstrip().endswith("&") for line in guide_blocks.logical_lines(block.text))
+        if jobs:  # the shell returns once it started them; they stay in the controller's namespace
+            script = self.controller_script(block.text)
+        else:
+            (command,) = guide_blocks.commands(block.text)
+            script = self.controller_script("exec " + shlex.join(command))
+        with open(self.workdir / "controller.log", "ab") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.ctl_netns, "sh", "-ec", script], stdout=log,
+                                    stderr=subprocess.STDOUT, env={**os.environ, **self.env()},
+                                    start_new_session=True)
+        if jobs:
+            assert proc.wait(30) == 0, f"{block.where} failed\n{self.controller_log()}"
+        else:
+            self.controller = proc
+        if "tenantflow controller" not in block.text:
+            return ""
         deadline = time.monotonic() + 30
         while True:
             try:
                 self.api("GET", "/v2.0/networks")
-                return
+                return ""
             except (sh.CommandError, json.JSONDecodeError):
-                assert self.controller.poll() is None, f"the controller exited:\n{self.controller_log()}"
+                assert jobs or proc.poll() is None, f"the controller exited:\n{self.controller_log()}"
                 assert time.monotonic() < deadline, f"no API on {API} within 30 s\n{self.controller_log()}"
                 time.sleep(0.2)
 
@@ -405,8 +419,12 @@ class GuideLab:
 
     def api(self, method: str, path: str, body: dict | None = None) -> Any:
         """The test's own request to the API, from the controller's host (curl, as the guide)."""
+        return self.api_on(9696, method, path, body)
+
+    def api_on(self, port: int, method: str, path: str, body: dict | None = None) -> Any:
+        """The test's own request to the API on ``port`` (an instance of a cluster)."""
         data = ["-H", "Content-Type: application/json", "-d", json.dumps(body)] if body is not None else []
-        out = sh.run(["curl", "-sf", "-X", method, *data, API + path], netns=self.ctl_netns)
+        out = sh.run(["curl", "-sf", "-X", method, *data, f"http://127.0.0.1:{port}{path}"], netns=self.ctl_netns)
         return json.loads(out) if out else None
 
     def copy_certificates(self, hv: str) -> None:
@@ -474,8 +492,9 @@ def check_attach(lab: GuideLab, hv: str | None, _out: str) -> None:
 def check_status(lab: GuideLab, hv: str | None, out: str) -> None:
     """The hypervisor's bridge is connected (OVS says so too), and in sync: neither pending nor disconnected."""
     assert hv is not None
-    # OVS took step 2's target (a unix: path outside its run directory it refuses, and logs why)
-    assert lab.ovs[hv].vsctl("get", "controller", "br-int", "is_connected").strip() == "true"
+    # OVS took step 2's targets (a unix: path outside its run directory it refuses, and logs why)
+    connected = lab.ovs[hv].vsctl("--bare", "--columns=is_connected", "list", "controller").split()
+    assert connected and set(connected) == {"true"}, connected
     hypervisor, sync = guide_blocks.json_documents(out)
     assert hypervisor["hypervisor"]["name"] == hv and hypervisor["hypervisor"]["connected"] is True, hypervisor
     assert sync["converged"] is True and hv not in sync["pending"] + sync["disconnected"], sync
@@ -513,6 +532,15 @@ def check_query(lab: GuideLab, hv: str | None, out: str) -> None:
     assert all(set(p) == {"id", "fixed_ips"} for p in answer["ports"]), answer
 
 
+def check_etcd(lab: GuideLab, hv: str | None, out: str) -> None:
+    """The three members answer (the instances need their quorum)."""
+    endpoints = ",".join(f"127.0.0.1:2{i}379" for i in range(3))
+    health = subprocess.run(["ip", "netns", "exec", lab.ctl_netns, "etcdctl", f"--endpoints={endpoints}", "endpoint",
+                             "health"], capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+    health = health.stdout + health.stderr  # etcdctl says it on stderr
+    assert health.count("is healthy") == 3, health
+
+
 def check_ipv6(lab: GuideLab, hv: str | None, out: str) -> None:
     """The upstream router reaches the VM on hv1 at its SLAAC address, routed without NAT."""
     port = lab.api("GET", f"/v2.0/ports/{lab.values['hv1']['PORT_ID']}")["port"]
@@ -530,9 +558,9 @@ def check_ipv6(lab: GuideLab, hv: str | None, out: str) -> None:
 
 CHECKS: dict[str, Callable[[GuideLab, str | None, str], None]] = {
     "attach": check_attach, "status": check_status, "gateway": check_gateway, "query": check_query,
-    "fip": check_fip, "reorder": check_reorder, "ipv6": check_ipv6,
+    "fip": check_fip, "reorder": check_reorder, "ipv6": check_ipv6, "etcd": check_etcd,
 }
-ASKED_AGAIN = {"status"}  # a question whose answer comes true in a moment: asked again until it does (20 s)
+ASKED_AGAIN = {"status", "etcd"}  # a question whose answer comes true in a moment: asked again until it does (20 s)
 
 
 @contextlib.contextmanager
@@ -544,6 +572,17 @@ def guide_lab() -> Iterator[GuideLab]:
         yield lab
     finally:
         lab.close()
+
+
+def run_guide(lab: GuideLab, blocks: list[Block]) -> None:
+    """Run ``blocks`` in the guide's order, each ``after=ID`` one right after the block with that id."""
+    later = [b for b in blocks if b.after]
+    for block in blocks:
+        if block.after:
+            continue
+        lab.run(block)
+        for deferred in [b for b in later if b.after == block.id]:
+            lab.run(deferred)
 
 
 def _lab_tools() -> None:
@@ -560,8 +599,7 @@ def test_the_guide_runs_as_written() -> None:
     _lab_tools()
     with guide_lab() as lab:
         lab.write_files(_run_blocks("unix"))
-        for block in _run_blocks("unix"):
-            lab.run(block)
+        run_guide(lab, _run_blocks("unix"))
         assert lab.controller is not None and lab.controller.poll() is None, lab.controller_log()
         os.kill(lab.controller.pid, signal.SIGTERM)  # "SIGTERM stops it"
         assert lab.controller.wait(15) == 0, lab.controller_log()
@@ -576,7 +614,23 @@ def test_the_guide_attaches_over_tls() -> None:
     blocks = _run_blocks("tls")
     status = next(i for i, b in enumerate(blocks) if b.id == "status")
     with guide_lab() as lab:
-        for block in blocks[: status + 1]:
-            lab.run(block)
+        run_guide(lab, blocks[: status + 1])
         for hv in HYPERVISORS:  # over TLS, and nothing else
             assert lab.ovs[hv].vsctl("get", "controller", "br-int", "target").strip() == f'"ssl:{CONTROLLER_IP}:6653"'
+
+
+@pytest.mark.ovs
+@pytest.mark.lab
+def test_the_guide_runs_a_cluster() -> None:
+    """The guide's three instances over a 3-member etcd, up to "Is a hypervisor connected and synced?": every
+    bridge connected to all three, mastered by one, in sync."""
+    _lab_tools()
+    blocks = _run_blocks("cluster")
+    status = next(i for i, b in enumerate(blocks) if b.id == "status")
+    with guide_lab() as lab:
+        run_guide(lab, blocks[: status + 1])
+        for hv in HYPERVISORS:
+            targets = lab.ovs[hv].vsctl("--bare", "--columns=target", "list", "controller").split()
+            assert sorted(targets) == [f"tcp:{CONTROLLER_IP}:{port}" for port in (6653, 6654, 6655)], targets
+        mastered = [lab.api_on(port, "GET", "/sync")["mastered"] for port in (9696, 9697, 9698)]
+        assert sorted(sum(mastered, [])) == sorted(HYPERVISORS), mastered  # each bridge by exactly one
