@@ -11,12 +11,12 @@ documentation test (``tests/test_operator_guide.py``) treats it::
     <!-- doc-test: hypervisors vm -->                ... each after its VM booted (its tap exists)
     <!-- doc-test: hypervisors certs -->             ... each after its key and certificates were copied to it
     <!-- doc-test: hypervisors variant=tls -->       only in the guide's run with that variant (unix, tls, cluster)
-    <!-- doc-test: hypervisors after=bridge -->       run later, right after the block with id=bridge
+    <!-- doc-test: hypervisors after=bridge -->      run later, right after the block with id=bridge
     <!-- doc-test: controller NET_ID=network.id -->  NET_ID: that field of the JSON the block printed
     <!-- doc-test: controller id=status -->          the test checks what this block printed
     <!-- doc-test: controller file=~/PATH -->        a file (``clouds.yaml``), written before any block runs
     <!-- doc-test: synopsis (...) -->                a usage line, checked against ``--help``
-    <!-- doc-test: config (...) -->                  a ``--config`` file, checked by the controller's option parser
+    <!-- doc-test: config (...) -->                  a ``--config`` or policy file, checked by the code reading it
     <!-- doc-test: not run: REASON -->              not run, and why (the reason is required)
 
 A block with no such comment, or one the parser does not understand, fails the test: a command
