@@ -4,20 +4,27 @@ Every fenced block of README's "Operator guide" says, in the HTML comment before
 runs or why it is not run (``tests/guide_blocks.py``); a block that says neither fails here.
 
 ``test_the_guide_runs_as_written`` builds a bare lab: a "controller host" (a network namespace
-of its own, so its API is on its own ``127.0.0.1:9696`` as the defaults put it, and its ``/run``
-and ``/var/lib`` bind-mounted from a work directory), two "hypervisors" (namespaces with a
-private ovsdb-server and ovs-vswitchd, NICs ``eth1`` on the underlay and ``eth2`` on the provider
-network, nothing configured) and the fabric between them. Then it runs the guide's blocks, in
-the guide's order, with ``sh``: ``tenantflow controller`` as written, the attach steps on hv1
-and, with hv2's values, on hv2, the registration, a network, a port per hypervisor and its tap,
-the API queries; and checks what they did by API answers and packets: both hypervisors connected
-and synced, the NICs' ARP and IPv6 off, each VM's address taken by DHCP, a ping from the VM on
-hv1 to the one on hv2 over the overlay. On a hypervisor, OVS's ``/var/run/openvswitch`` and
-``/etc/openvswitch`` are that hypervisor's own directory (its ``OVS_RUNDIR``: ``ovs-vsctl`` and
-``ovs-ofctl`` find its daemons there), and the controller's ``/run/tenantflow`` its sockets.
+of its own, so its API is on its own ``127.0.0.1:9696`` as the defaults put it, and its ``/run``,
+``/var/lib`` and ``/var/log`` bind-mounted from a work directory), two "hypervisors" (namespaces
+with a private ovsdb-server and ovs-vswitchd, NICs ``eth0`` on a management network, ``eth1`` on
+the underlay and ``eth2`` on the provider network, nothing configured), the fabric between them,
+and later a host outside the cloud on the provider network (the upstream router). Then it runs
+the guide's blocks, in the guide's order, with ``sh``: ``tenantflow controller`` as written, the
+attach steps on hv1 and, with hv2's values, on hv2, the registration, a network, a port per
+hypervisor and its tap, a router, floating IP, gateways, IPv6, the API and both clients; and
+checks what they did by API answers and packets: both hypervisors connected and synced, the
+NICs' ARP and IPv6 off, each VM's address taken by DHCP, a ping from the VM on hv1 to the one on
+hv2 over the overlay, the floating IP from outside, source NAT, the upstream router reaching a
+VM's SLAAC address. On a hypervisor, OVS's ``/var/run/openvswitch`` and ``/etc/openvswitch`` are
+that hypervisor's own directories (``OVS_RUNDIR``: ``ovs-vsctl`` and ``ovs-ofctl`` find its
+daemons there; the same directories are also bind-mounted there, so a path the guide gets wrong
+never touches the host's OVS), and the controller's ``/run/tenantflow`` its sockets.
+``test_the_guide_attaches_over_tls`` and ``test_the_guide_runs_a_cluster`` run the guide's other
+two ways (``variant=tls``, ``variant=cluster``) up to "Is a hypervisor connected and synced?".
 
 The other tests hold the guide to ``apps/lab/steps.py`` (the lab's and the e2e tests' only way
-to attach a hypervisor), command by command, and its synopsis to ``tenantflow controller --help``.
+to attach a hypervisor) and ``apps/lab/pki.py``, command by command, its synopsis to ``tenantflow
+controller --help``, its ``--config`` and policy files to the code that reads them.
 """
 
 from __future__ import annotations
