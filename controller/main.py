@@ -99,7 +99,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ssl-ca-cert", default=values["ssl_ca_cert"],
                    help="the CA the switches' certificates are signed by (ovs-pki's switchca/cacert.pem); a switch is "
                         "accepted as hypervisor H only if its certificate's common name is H")
-    p.add_argument("--unix-socket", default=values["unix_socket"], help="OpenFlow unix socket ('' to disable)")
+    p.add_argument("--unix-socket", default=values["unix_socket"],
+                   help="OpenFlow unix socket for the switches of this host ('' to disable); OVS takes a unix: "
+                        "controller only inside its run directory, so link the socket there (README, attach step 2)")
     p.add_argument("--api-host", default=values["api_host"], help="REST API listen address")
     p.add_argument("--api-port", type=int, default=int(values["api_port"]), help="REST API port")
     p.add_argument("--vni-range", default=values["vni_range"], help="VXLAN/Geneve/GRE tunnel keys to allocate, MIN:MAX")
@@ -193,7 +195,11 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def serve_unix(path: str) -> threading.Thread:
-    """Accept OpenFlow switches on a unix socket (OVS: ``set-controller br-int unix:PATH``).
+    """Accept OpenFlow switches on a unix socket.
+
+    OVS refuses a ``unix:`` controller outside its run directory (``/var/run/openvswitch``), so a
+    host links ``path`` there and points br-int at the link (:func:`apps.lab.steps.link_controller_socket`,
+    README "Attach a hypervisor", step 2).
 
     Each connection is served like a TCP one (:func:`controller.connection.serve_connection`:
     echo requests answered on arrival), with TCP-level socket options ignored.
