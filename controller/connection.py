@@ -48,6 +48,9 @@ LOG = logging.getLogger("tenantflow.connection")
 
 OFPT_ECHO_REQUEST = 2
 OFPT_ECHO_REPLY = 3
+# Unsolicited (xid 0) messages the sync engine reads itself: flow monitor updates (multipart replies)
+# and its pause notices (experimenter messages). No app handles either type unsolicited.
+UNSOLICITED_INTERCEPTED = frozenset({4, 19})  # OFPT_EXPERIMENTER, OFPT_MULTIPART_REPLY
 HEADER = struct.Struct("!BBHI")
 RECV_SIZE = 256 * 1024
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before the reader waits
@@ -68,7 +71,8 @@ class EchoSplitter:
     Interception (:meth:`intercept`): each message whose xid ``owns(xid)`` claims is held
     back whole and given to ``handler`` (on the caller's thread) instead of being passed
     on. The sync engine claims the replies and errors it waits for this way (see
-    :meth:`FastEchoSocket.intercept`).
+    :meth:`FastEchoSocket.intercept`), and the unsolicited messages of
+    ``UNSOLICITED_INTERCEPTED``'s types (the flow monitor's, controller.monitor).
     """
 
     def __init__(self) -> None:
@@ -114,7 +118,8 @@ class EchoSplitter:
         _, msg_type, length, xid = HEADER.unpack(self._head)
         length = max(length, HEADER.size)
         owns = self.owns  # once: intercept(None, None) may come from another thread
-        if msg_type == OFPT_ECHO_REQUEST or (xid and owns is not None and owns(xid)):
+        if msg_type == OFPT_ECHO_REQUEST or (owns is not None and (
+                owns(xid) if xid else msg_type in UNSOLICITED_INTERCEPTED)):
             self._held, self._held_len = bytearray(self._head), length
             if length == HEADER.size:
                 self._release(bytes(self._held), replies)

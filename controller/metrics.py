@@ -214,3 +214,12 @@ def register_ovsdb(manager) -> None:
         REGISTRY.register(OvsdbCollector(manager))
     except ValueError:
         pass
+
+
+FOREIGN_CHANGES = Counter("tenantflow_foreign_flow_changes", "Flow changes made on a switch by someone else (by "
+                          "hand, another controller), as its flow monitor reported them: added, deleted, modified; "
+                          "paused/resumed/malformed (updates lost: the flows were read again); each is repaired",
+                          ["hypervisor", "event"], registry=REGISTRY)
+OF_MALFORMED = Counter("tenantflow_of_malformed", "Malformed or unexpected OpenFlow messages from switches, by what "
+                       "was wrong (bad_version, bad_length, unknown_type, unparsable, flow_update)",
+                       ["hypervisor", "kind"], registry=REGISTRY)

@@ -36,18 +36,18 @@ import random
 import threading
 import time
 from collections import Counter as Multiset
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from controller import metrics, wire
+from controller import metrics, monitor, wire
 from controller.cluster import Role
 from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
 from controller.neighbour import announcement_actions, announcement_packets
+from controller.slots import SyncSlots
 from flows.dhcp import HYPERVISOR_METER, PORT_BURST, PORT_RATE
 from flows.flow import Flow, Learn
 from flows.nat import NEXT_HOP_METER, Announcement
@@ -74,56 +74,6 @@ class ReplyTimeout(ConnectionError):
 
 class RequestRefused(ConnectionError):
     """The switch answered a request with an OpenFlow error."""
-
-
-class SyncSlots:
-    """At most ``limit`` holders at a time, admitted in arrival order (a FIFO semaphore)."""
-
-    def __init__(self, limit: int):
-        self._lock = threading.Lock()
-        self._limit = limit
-        self._busy = 0
-        self._queue: deque[threading.Event] = deque()
-
-    @property
-    def limit(self) -> int:
-        """How many may hold a slot at once."""
-        return self._limit
-
-    def set_limit(self, limit: int) -> None:
-        """Change the bound (at least 1); waiters the new bound lets in are admitted now."""
-        if limit < 1:
-            raise ValueError(f"sync concurrency must be at least 1, not {limit}")
-        with self._lock:
-            self._limit = limit
-            while self._queue and self._busy < self._limit:
-                self._busy += 1
-                self._queue.popleft().set()
-
-    def acquire(self) -> None:
-        """Wait for a slot (after everyone who asked before)."""
-        with self._lock:
-            if self._busy < self._limit and not self._queue:
-                self._busy += 1
-                return
-            turn = threading.Event()
-            self._queue.append(turn)
-        turn.wait()  # release() handed its slot over to us
-
-    def release(self) -> None:
-        """Give the slot to the longest waiter, or free it."""
-        with self._lock:
-            if self._queue and self._busy <= self._limit:
-                self._queue.popleft().set()
-            else:
-                self._busy -= 1
-
-    def __enter__(self) -> SyncSlots:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)
@@ -203,6 +153,10 @@ class Switch:
                                         PORT_BURST)  # DHCP requests: per port, then for the whole switch
         self._waiters: dict[int, _Waiter] = {}
         self._errors: dict[int, list] = {}
+        # Flows changed on the switch by someone else (controller.monitor), and the cookies to send again.
+        self.tampering = monitor.Tampering()
+        self._monitoring = False
+        self._replace: set[int] = set()
         self._dirty = threading.Condition()
         self._pending = False
         self._alive = True
@@ -277,7 +231,10 @@ class Switch:
         """
         msg_type, xid = msg[1], wire.xid_of(msg)
         try:
-            if msg_type in (ofp.OFPT_BARRIER_REPLY, ofp.OFPT_ROLE_REPLY):
+            if not xid or (msg_type == ofp.OFPT_MULTIPART_REPLY
+                           and wire.multipart_type(msg) == ofp.OFPMP_EXPERIMENTER):
+                self._on_monitor(xid, msg)
+            elif msg_type in (ofp.OFPT_BARRIER_REPLY, ofp.OFPT_ROLE_REPLY):
                 self.on_reply(xid, None)
             elif msg_type == ofp.OFPT_EXPERIMENTER:
                 self.on_reply(xid, wire.bundle_ctrl_type(msg))
@@ -294,7 +251,34 @@ class Switch:
                 else:
                     LOG.warning("switch %s: unexpected message type %d for xid %#x", self.label, msg_type, xid)
         except ValueError as exc:  # malformed: the request fails (and is retried), the connection stays
-            self.on_error(xid, exc)
+            if xid:
+                self.on_error(xid, exc)
+            else:
+                metrics.OF_MALFORMED.labels(self.label, "flow_update").inc()
+                LOG.warning("switch %s: malformed flow monitor message: %s; reading its flows again", self.label, exc)
+                self._tampered("malformed")
+
+    def _on_monitor(self, xid: int, msg: bytes) -> None:
+        """The flow monitor's reply, updates (xid 0) and pause notices (controller.monitor), on the reader thread."""
+        if msg[1] == ofp.OFPT_EXPERIMENTER:
+            if (notice := monitor.notice(msg)) is not None:
+                self._tampered(notice)
+            return
+        if msg[1] != ofp.OFPT_MULTIPART_REPLY:
+            return  # nothing else comes unsolicited that we read (os-ken had no handler either)
+        full, _, more = monitor.updates(msg)
+        if xid:
+            self.on_reply(xid, None, more)
+        learners = self._learners  # flows the switch learns itself come and go with traffic
+        for event, table, cookie in full:
+            if cookie not in learners:
+                self._tampered(event, table, cookie)
+
+    def _tampered(self, event: str, table: int | None = None, cookie: int | None = None) -> None:
+        """Someone else changed the switch's flows: the worker reads them again and repairs (if we master it)."""
+        if self.mastering and self._monitoring:
+            self.tampering.note(event, table, cookie)
+            self.mark_dirty()
 
     def mark_dirty(self) -> None:
         """Ask the worker to recompile and sync (coalesces bursts of changes)."""
@@ -344,6 +328,7 @@ class Switch:
                     self._backoff(failures)
                 elif self.ports_known:
                     self._wait_for_change()
+                    self._sleep(self.tampering.repair_delay() if self.tampering.pending else 0)
                 if not self._alive:
                     break
                 if failures:
@@ -351,7 +336,7 @@ class Switch:
                 with self._dirty:
                     self._pending = False  # this attempt compiles every change made so far
                 try:
-                    ok = self._attempt(reread=failures > 0)
+                    ok = self._attempt(reread=failures > 0 or self.tampering.pending)
                     timeouts = 0
                 except SwitchGone:
                     raise
@@ -396,6 +381,7 @@ class Switch:
             if not self.ready:
                 self._connect()
             elif reread:
+                self._take_tampering()
                 self._read_installed()
             if self.hv_name is None:
                 return True  # nothing to compile yet: the hypervisor's registration marks us dirty
@@ -444,9 +430,36 @@ class Switch:
         else:
             _DIVERGED.discard(self)
 
+    def _take_tampering(self) -> None:
+        """Before a re-read: log and count what someone else changed; its cookies are sent again by the sync."""
+        if not self.tampering.pending:
+            return
+        events, cookies, examples = self.tampering.take()
+        self.tampering.repaired()
+        self._replace |= cookies
+        for event, n in events.items():
+            metrics.FOREIGN_CHANGES.labels(self.label, event).inc(n)
+        LOG.warning("switch %s: flows changed on the switch by someone else (%s; e.g. %s): repairing", self.label,
+                    ", ".join(f"{n} {e}" for e, n in sorted(events.items())), "; ".join(examples) or "-")
+
+    def _start_monitor(self) -> None:
+        """Ask the switch to report flow changes (controller.monitor), once per connection; a refusal is logged."""
+        if self._monitoring:
+            return
+        try:
+            self.request(lambda xid: monitor.request(1, xid))
+            self._monitoring = True
+        except RequestRefused as exc:
+            LOG.warning("switch %s: no flow monitor (%s): flows changed by hand are repaired at its next "
+                        "reconnect only", self.label, exc)
+
     def _backoff(self, failures: int) -> None:
         """Wait before retry number ``failures``; only stop() cuts it short (changes wait for the retry)."""
-        deadline = time.monotonic() + retry_delay(failures)
+        self._sleep(retry_delay(failures))
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; only stop() cuts it short."""
+        deadline = time.monotonic() + seconds
         with self._dirty:
             while self._alive and (left := deadline - time.monotonic()) > 0:
                 self._dirty.wait(left)
@@ -472,6 +485,7 @@ class Switch:
         self.ports_changed = False
         ofports = self._read_ports()
         self._ports_read = True
+        self._start_monitor()  # before the read: a change made during it is reported, not lost
         self._read_installed()
         LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
                  sum(self.installed.values()))
@@ -561,6 +575,10 @@ class Switch:
             stale = [c for c, n in self.installed.items() if c not in learners and (c not in desired or n > 1)]
             stale += [c for c in self._learners - learners if c not in self.installed]
             missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
+            # Named by someone else's change: maybe modified in place (same cookie), so deleted and added again.
+            replace = [c for c in self._replace if c in desired and self.installed.get(c) == 1]
+            stale += replace
+            missing += [desired[c] for c in replace]
         else:
             learners = self._learners
             stale = [c for c in changed if c not in desired and c in self.installed and c not in learners]
@@ -582,6 +600,8 @@ class Switch:
                 self._learner_flows = {c for c, f in desired.items() if _learns(f)}
             self._learners = learners
             self._full_diff = False
+            if full:
+                self._replace.clear()
             self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
             with SYNCED:
                 SYNCED.notify_all()
