@@ -21,11 +21,13 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 from controller import heap, metrics, tls
 from controller.addresses import AddressService
 from controller.cluster import Solo
+from controller.connection import STALLED
 from controller.gateways import GatewayService
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, next_hop_request
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
+from flows.flow import Output
 from flows.pipeline import stage
 from flows.routing import router_interface
 from flows.stages import EXT_OUTPUT, PUNT
@@ -227,7 +229,9 @@ class TenantflowApp(app_manager.OSKenApp):
         if sw.hv_name:
             metrics.SWITCH_UP.labels(sw.hv_name).set(0)
         reason = getattr(getattr(sw.dp, "socket", None), "end_reason", "") or "reason unknown"
-        LOG.info("bridge %016x (%s) disconnected: %s", sw.dpid, sw.hv_name, reason)
+        # A stall is the controller's decision: a warning (its one log line); any other end is ordinary.
+        LOG.log(logging.WARNING if reason.startswith(STALLED) else logging.INFO,
+                "bridge %016x (%s) disconnected: %s", sw.dpid, sw.hv_name, reason)
 
     def _ports_read(self, sw: Switch, ofports: dict[str, int]) -> None:
         """A bridge's port map, read on connect: recorded; a gateway's arrival may change who is active."""
@@ -358,9 +362,10 @@ class TenantflowApp(app_manager.OSKenApp):
         reply = time_exceeded(bytes(msg.data), *iface)
         if reply is None:
             return
-        dp, parser, ofp = msg.datapath, msg.datapath.ofproto_parser, msg.datapath.ofproto
-        dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
-                                        [parser.OFPActionOutput(fields["in_port"])], reply))
+        try:  # never waits for a switch that stopped reading (controller.connection.SendQueue)
+            sw.packet_out([Output(fields["in_port"])], reply)
+        except ConnectionError:
+            LOG.info("switch %s: gone (or not reading) before the ICMP time exceeded could be sent", sw.hv_name)
 
 
     def _resolve_next_hop(self, sw: Switch, msg) -> None:

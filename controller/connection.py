@@ -39,6 +39,7 @@ import logging
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from os_ken.base import app_manager  # noqa: F401  (first: os-ken's controller module imports it back)
@@ -57,6 +58,8 @@ MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before 
 IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the connection
 KEEPALIVE = (30, 10, 3)  # TCP keepalive: idle seconds, seconds between probes, probes before giving up
 CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
+SEND_QUEUE_BYTES = 8 * 1024 * 1024  # bytes queued for one switch beyond which senders wait (its worker) or drop
+STALLED = "stalled"  # how an end_reason starts when the switch stopped reading (the app logs it as a warning)
 
 
 class EchoSplitter:
@@ -218,6 +221,12 @@ class FastEchoSocket:
         self._ended("closed by the controller (shutdown)")
         self._sock.shutdown(how)
 
+    def end(self, reason: str) -> None:
+        """End the connection in both directions for ``reason`` (the first reason given is the one kept)."""
+        self._ended(reason)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # the reader's recv returns: os-ken sees the end
+
     def intercept(self, owns: Callable[[int], bool] | None, handler: Callable[[bytes], None] | None) -> None:
         """Hand each message whose xid ``owns`` claims to ``handler``, whole, on the reader thread (None: stop).
 
@@ -306,24 +315,131 @@ def _keepalive(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
 
+class SendQueue:
+    """What waits to be written to one switch, bounded in bytes (``limit``; one message alone may exceed it).
+
+    os-ken's queue holds 16 messages of any size and every sender waits for room, the app's
+    one event thread included: a switch that stopped reading blocked every bridge's packet-ins
+    behind one DHCP answer. Here only a sender that asks to (the switch's own worker) waits for
+    room; any other gets False at once and the message is dropped (a packet-out: the guest asks
+    again). :meth:`close` drops what is queued and wakes everyone.
+    """
+
+    def __init__(self, limit: int = SEND_QUEUE_BYTES):
+        self.limit = limit
+        self.queued = 0  # bytes put and not yet written
+        self._items: deque[tuple[bytes, bool]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, data: bytes, close_socket: bool = False, block: bool = True) -> bool:
+        """Queue ``data``; False if closed, or full and ``block`` is False."""
+        with self._cond:
+            while not self._closed and self.queued and self.queued + len(data) > self.limit:
+                if not block:
+                    return False
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._items.append((data, close_socket))
+            self.queued += len(data)
+            self._cond.notify_all()
+            return True
+
+    def get(self) -> tuple[bytes, bool] | None:
+        """The next message to write (waits for one); None once closed."""
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            return None if self._closed else self._items.popleft()
+
+    def written(self, n: int) -> None:
+        """``n`` bytes of what :meth:`get` gave were written (or given up): room for the waiting senders."""
+        with self._cond:
+            self.queued -= n
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Drop everything queued; every put fails and every get returns None from now on."""
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self.queued = 0
+            self._cond.notify_all()
+
+
 class TenantflowDatapath(Datapath):
-    """os-ken's ``Datapath`` on a :class:`FastEchoSocket`, whose send thread ends with its receive loop.
+    """os-ken's ``Datapath`` on a :class:`FastEchoSocket`, a bounded :class:`SendQueue`, and a send thread that
+    ends with its receive loop.
+
+    A switch that takes nothing we write for ``IO_TIMEOUT`` (it stopped reading: hung, SIGSTOPped)
+    is *stalled*: the connection is closed both ways, once, counted
+    (``tenantflow_switch_stalls_total``), and the app logs it as one warning line; the switch's
+    reconnection is reconciled like any other. Until then at most ``SEND_QUEUE_BYTES`` wait for it.
 
     ``certificate_name``: the hypervisor the switch's TLS certificate names (None: no TLS, a
     unix socket or plain TCP), held against its datapath id by the app (:mod:`controller.tls`).
+    ``label``: the name metrics give the switch (its hypervisor's, set by controller.switch).
     """
+
+    bounded_send = True  # send() takes block= (controller.switch asks whether it may)
 
     def __init__(self, sock: socket.socket, address, *, unix: bool = False, certificate_name: str | None = None):
         self.certificate_name = certificate_name
+        self.label: str | None = None
+        self.out = SendQueue()
         super().__init__(FastEchoSocket(sock, unix=unix), address)
+
+    def send(self, buf: bytes, close_socket: bool = False, *, block: bool = True) -> bool:
+        """Queue ``buf`` for the switch (see :class:`SendQueue`); False if it was not queued."""
+        if self.out.put(buf, close_socket, block):
+            return True
+        if not block and not self.out.closed:
+            from controller import metrics
+            metrics.SEND_DROPPED.labels(self._label()).inc()
+        return False
+
+    def _label(self) -> str:
+        return self.label or (f"{self.id:016x}" if self.id is not None else "?")
+
+    def _send_loop(self) -> None:
+        """Write what is queued until the connection ends; a switch that takes nothing for IO_TIMEOUT is closed."""
+        try:
+            while (item := self.out.get()) is not None:
+                buf, close_socket = item
+                try:
+                    self.socket.sendall(buf)
+                finally:
+                    self.out.written(len(buf))
+                if close_socket:
+                    break
+        except TimeoutError:
+            self._stalled()
+        except OSError as exc:
+            LOG.debug("switch %s: write failed: %s", self._label(), exc)
+        finally:
+            self.out.close()
+            self._close_write()
+
+    def _stalled(self) -> None:
+        from controller import metrics
+
+        metrics.SWITCH_STALLS.labels(self._label()).inc()
+        self.socket.end(f"{STALLED}: took none of our data for {IO_TIMEOUT:g} s (it stopped reading); "
+                        f"closed by the controller")
 
     def _recv_loop(self) -> None:
         try:
             super()._recv_loop()  # returns with the socket closed
         finally:
-            # Wake the send thread (it sleeps in send_q.get()): writing to the closed socket
-            # ends it, Datapath.serve returns, and os-ken reports DEAD_DISPATCHER.
-            self.send(b"", close_socket=True)
+            # Wake the send thread (it sleeps in get()): it ends, Datapath.serve returns, and
+            # os-ken reports DEAD_DISPATCHER.
+            self.out.close()
 
 
 def serve_connection(sock: socket.socket, address, *, unix: bool = False, certificate_name: str | None = None) -> None:

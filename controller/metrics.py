@@ -223,3 +223,7 @@ FOREIGN_CHANGES = Counter("tenantflow_foreign_flow_changes", "Flow changes made 
 OF_MALFORMED = Counter("tenantflow_of_malformed", "Malformed or unexpected OpenFlow messages from switches, by what "
                        "was wrong (bad_version, bad_length, unknown_type, unparsable, flow_update)",
                        ["hypervisor", "kind"], registry=REGISTRY)
+SWITCH_STALLS = Counter("tenantflow_switch_stalls", "Switch connections closed because the switch took none of our "
+                        "data for the write timeout (it stopped reading)", ["hypervisor"], registry=REGISTRY)
+SEND_DROPPED = Counter("tenantflow_switch_send_dropped", "Messages (packet-outs) dropped because the switch's send "
+                       "queue was full (it reads slower than we write)", ["hypervisor"], registry=REGISTRY)

@@ -130,7 +130,7 @@ class Switch:
         self._ports_read = False
         self._announce_fn = announce_fn
         self.dpid: int = datapath.id
-        self.hv_name: str | None = None
+        self._hv_name: str | None = None
         self._source = source
         self._full_diff = True  # next sync compares every cookie (connect, or after a failed push)
         self.synced_generation = -1  # the engine generation of the flows the switch last confirmed
@@ -156,6 +156,7 @@ class Switch:
         # Flows changed on the switch by someone else (controller.monitor), and the cookies to send again.
         self.tampering = monitor.Tampering()
         self._monitoring = False
+        self._monitor_xid = -1
         self._replace: set[int] = set()
         self._dirty = threading.Condition()
         self._pending = False
@@ -164,6 +165,17 @@ class Switch:
         sock = getattr(datapath, "socket", None)
         if hasattr(sock, "intercept"):  # our connection (controller.connection): replies come straight here
             sock.intercept(self._owns, self._on_message)
+
+    @property
+    def hv_name(self) -> str | None:
+        """The hypervisor whose bridge this is (None until one is registered with its datapath id)."""
+        return self._hv_name
+
+    @hv_name.setter
+    def hv_name(self, name: str | None) -> None:
+        self._hv_name = name
+        if hasattr(self.dp, "label"):  # our datapath (controller.connection): its metrics say which hypervisor
+            self.dp.label = name
 
     @property
     def ports_known(self) -> bool:
@@ -208,6 +220,11 @@ class Switch:
 
     def on_error(self, xid: int, msg) -> bool:
         """An OpenFlow error for ``xid``: keep it if it answers one of ours (returns True)."""
+        if xid == self._monitor_xid:
+            self._monitoring = False
+            LOG.warning("switch %s: no flow monitor (%s): flows changed by hand are repaired at its next reconnect "
+                        "only", self.label, wire.error_text(msg))
+            return True
         waiter = self._waiters.get(xid)
         pushing = self._inflight_from is not None and xid >= self._inflight_from
         if waiter is None and not pushing:
@@ -220,7 +237,7 @@ class Switch:
     def _owns(self, xid: int) -> bool:
         """True if a message with ``xid`` answers a request of ours (asked on the reader thread)."""
         inflight = self._inflight_from
-        return xid in self._waiters or (inflight is not None and xid >= inflight)
+        return xid in self._waiters or (inflight is not None and xid >= inflight) or xid == self._monitor_xid
 
     def _on_message(self, msg: bytes) -> None:
         """A reply or error to one of our requests, straight off the connection's reader thread.
@@ -266,9 +283,7 @@ class Switch:
             return
         if msg[1] != ofp.OFPT_MULTIPART_REPLY:
             return  # nothing else comes unsolicited that we read (os-ken had no handler either)
-        full, _, more = monitor.updates(msg)
-        if xid:
-            self.on_reply(xid, None, more)
+        full, _, _ = monitor.updates(msg)
         learners = self._learners  # flows the switch learns itself come and go with traffic
         for event, table, cookie in full:
             if cookie not in learners:
@@ -443,15 +458,17 @@ class Switch:
                     ", ".join(f"{n} {e}" for e, n in sorted(events.items())), "; ".join(examples) or "-")
 
     def _start_monitor(self) -> None:
-        """Ask the switch to report flow changes (controller.monitor), once per connection; a refusal is logged."""
+        """Ask the switch to report flow changes (controller.monitor), once per connection.
+
+        Not waited for: the switch answers in order, so the flow dump sent next is read after the
+        monitor started (a change made during the dump is reported, not lost). A refusal (an error
+        with its xid, see :meth:`on_error`) is logged; a switch that ignores it costs nothing.
+        """
         if self._monitoring:
             return
-        try:
-            self.request(lambda xid: monitor.request(1, xid))
-            self._monitoring = True
-        except RequestRefused as exc:
-            LOG.warning("switch %s: no flow monitor (%s): flows changed by hand are repaired at its next "
-                        "reconnect only", self.label, exc)
+        self._monitor_xid = next(self._xids)
+        self._send(monitor.request(1, self._monitor_xid))
+        self._monitoring = True
 
     def _backoff(self, failures: int) -> None:
         """Wait before retry number ``failures``; only stop() cuts it short (changes wait for the retry)."""
@@ -741,8 +758,14 @@ class Switch:
         self._send_and_wait(b"".join(chunk), barrier_xid)
 
     def _send(self, data: bytes) -> None:
-        if not self._alive or not self.dp.send(data):
-            raise SwitchGone("switch connection closed")
+        """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the
+        address service's...) never blocks on one switch: the message is dropped if its queue is full."""
+        if getattr(self.dp, "bounded_send", False):  # ours (controller.connection); os-ken's always waits
+            sent = self.dp.send(data, block=threading.current_thread() is self._thread)
+        else:
+            sent = self.dp.send(data)
+        if not self._alive or not sent:
+            raise SwitchGone("switch connection closed or its send queue full")
 
     def _send_and_wait(self, data: bytes, xid: int) -> _Waiter:
         waiter = self._waiters[xid] = _Waiter()
