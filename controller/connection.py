@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 from os_ken.base import app_manager  # noqa: F401  (first: os-ken's controller module imports it back)
 from os_ken.controller.controller import Datapath
+from os_ken.ofproto.ofproto_parser import msg as _OS_KEN_PARSE
 
 LOG = logging.getLogger("tenantflow.connection")
 
@@ -53,6 +54,7 @@ OFPT_ECHO_REPLY = 3
 # and its pause notices (experimenter messages). No app handles either type unsolicited.
 UNSOLICITED_INTERCEPTED = frozenset({4, 19})  # OFPT_EXPERIMENTER, OFPT_MULTIPART_REPLY
 HEADER = struct.Struct("!BBHI")
+OFP_VERSION = 0x04  # the one version the app speaks (OpenFlow 1.3)
 RECV_SIZE = 256 * 1024
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before the reader waits
 IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the connection
@@ -60,6 +62,20 @@ KEEPALIVE = (30, 10, 3)  # TCP keepalive: idle seconds, seconds between probes, 
 CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
 SEND_QUEUE_BYTES = 8 * 1024 * 1024  # bytes queued for one switch beyond which senders wait (its worker) or drop
 STALLED = "stalled"  # how an end_reason starts when the switch stopped reading (the app logs it as a warning)
+MALFORMED = "malformed"  # ... when the switch's byte stream broke the protocol
+DUPLICATE = "duplicate datapath id"  # ... when another connection claimed the same datapath id (controller.app)
+# What a switch may send a controller in OpenFlow 1.3 (hello, error, echo, experimenter, features reply,
+# get-config reply, packet-in, flow removed, port status, multipart reply, barrier reply, queue config
+# reply, role reply, get-async reply). Any other type is skipped whole, counted and logged once.
+SWITCH_TYPES = frozenset({0, 1, 2, 3, 4, 6, 8, 10, 11, 12, 19, 21, 23, 25, 27})
+
+
+class MalformedStream(ValueError):
+    """The switch's byte stream cannot be framed any more (a wrong version or a length below the header's)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
 
 
 class EchoSplitter:
@@ -81,8 +97,15 @@ class EchoSplitter:
     def __init__(self) -> None:
         self.owns: Callable[[int], bool] | None = None
         self.handler: Callable[[bytes], None] | None = None
+        # Checks (once set, by FastEchoSocket): every message after the first (the hello) must carry this
+        # version and a length of at least a header, else MalformedStream; a type a switch does not send
+        # is dropped and told to ``report(kind, detail)``.
+        self.version: int | None = None
+        self.report: Callable[[str, str], None] | None = None
+        self._messages = 0
         self._head = bytearray()  # a header being read
         self._passing = 0  # bytes of the current (passed on) message still to pass on
+        self._dropping = 0  # bytes of the current (skipped) message still to drop
         self._held: bytearray | None = None  # the message being held back (echo request or intercepted)
         self._held_len = 0
 
@@ -97,7 +120,11 @@ class EchoSplitter:
         view = memoryview(data)
         i, n = 0, len(data)
         while i < n:
-            if self._passing:
+            if self._dropping:
+                take = min(self._dropping, n - i)
+                self._dropping -= take
+                i += take
+            elif self._passing:
                 take = min(self._passing, n - i)
                 out.append(view[i:i + take])
                 self._passing -= take
@@ -118,7 +145,11 @@ class EchoSplitter:
 
     def _start(self, out: list, replies: list[bytes]) -> None:
         """A header is complete: hold its message back, or pass it on."""
-        _, msg_type, length, xid = HEADER.unpack(self._head)
+        version, msg_type, length, xid = HEADER.unpack(self._head)
+        if self.version is not None and not self._checked(version, msg_type, length):
+            self._dropping = length - HEADER.size
+            self._head.clear()
+            return
         length = max(length, HEADER.size)
         owns = self.owns  # once: intercept(None, None) may come from another thread
         if msg_type == OFPT_ECHO_REQUEST or (owns is not None and (
@@ -130,6 +161,22 @@ class EchoSplitter:
             out.append(bytes(self._head))
             self._passing = length - HEADER.size
         self._head.clear()
+
+    def _checked(self, version: int, msg_type: int, length: int) -> bool:
+        """Whether to keep a message; MalformedStream if the stream can no longer be framed."""
+        self._messages += 1
+        if self._messages > 1 and version != self.version:
+            raise MalformedStream("bad_version", f"message of version {version:#x} (type {msg_type}, length "
+                                  f"{length}) on an OpenFlow {self.version:#x} connection")
+        if length < HEADER.size:
+            raise MalformedStream("bad_length", f"message of length {length} (type {msg_type}), below the "
+                                  f"{HEADER.size}-byte header")
+        if self._messages > 1 and msg_type not in SWITCH_TYPES:
+            if self.report is not None:
+                self.report("unknown_type", f"message of type {msg_type} (length {length}), which a switch does "
+                            "not send: skipped")
+            return False
+        return True
 
     def _release(self, msg: bytes, replies: list[bytes]) -> None:
         """A held-back message is complete: answer it (echo) or hand it to the handler."""
@@ -180,6 +227,7 @@ class FastEchoSocket:
         self.echo_replies = 0
         self.end_reason = ""  # why the connection ended, once it has (for the disconnect's log line)
         self._splitter = EchoSplitter()
+        self._splitter.version = OFP_VERSION
         sock.settimeout(IO_TIMEOUT)
         if not unix:
             _keepalive(sock)
@@ -268,7 +316,13 @@ class FastEchoSocket:
                 if not data:
                     self._ended("closed by the switch")
                     break
-                passed, replies = splitter.feed(data)
+                try:
+                    passed, replies = splitter.feed(data)
+                except MalformedStream as exc:  # nothing after this can be framed: end the connection
+                    if splitter.report is not None:
+                        splitter.report(exc.kind, str(exc))
+                    self.end(f"{MALFORMED}: {exc}")
+                    break
                 for reply in replies:
                     if not self._answer(reply):
                         return
@@ -393,7 +447,19 @@ class TenantflowDatapath(Datapath):
         self.certificate_name = certificate_name
         self.label: str | None = None
         self.out = SendQueue()
+        self._reported: set[str] = set()  # kinds of malformed messages already logged on this connection
         super().__init__(FastEchoSocket(sock, unix=unix), address)
+        self.socket._splitter.report = self.report_malformed
+
+    def report_malformed(self, kind: str, detail: str) -> None:
+        """A malformed or unexpected message from the switch: counted each time, logged once per kind."""
+        from controller import metrics
+
+        metrics.OF_MALFORMED.labels(self._label(), kind).inc()
+        if kind not in self._reported:
+            self._reported.add(kind)
+            LOG.warning("switch %s from %s: %s (counted in tenantflow_of_malformed_total{kind=%r}; not logged again "
+                        "on this connection)", self._label(), self.address, detail, kind)
 
     def send(self, buf: bytes, close_socket: bool = False, *, block: bool = True) -> bool:
         """Queue ``buf`` for the switch (see :class:`SendQueue`); False if it was not queued."""
@@ -468,7 +534,30 @@ def install(tcp: bool = True) -> None:
     from os_ken.controller import ofp_handler
 
     os_ken_controller.datapath_connection_factory = serve_connection
+    os_ken_controller.ofproto_parser.msg = _parse_reported
     ofp_handler.OpenFlowController = os_ken_controller.OpenFlowController if tcp else _NotListening
+
+
+def _parse_reported(datapath, version, msg_type, msg_len, xid, buf):
+    """os-ken's ``ofproto_parser.msg``, without its traceback per message a switch sends malformed.
+
+    os-ken logs each unparsable message with ``LOG.exception`` (a traceback and a hex dump) and
+    skips it: a switch sending a stream of them filled the log. Here the message is skipped too,
+    and counted and logged once per connection and kind (:meth:`TenantflowDatapath.report_malformed`).
+    """
+    from os_ken.ofproto import ofproto_parser
+
+    parser = ofproto_parser._MSG_PARSERS.get(version)
+    if parser is None:
+        return _OS_KEN_PARSE(datapath, version, msg_type, msg_len, xid, buf)  # raises: unknown version
+    try:
+        return parser(datapath, version, msg_type, msg_len, xid, buf)
+    except Exception as exc:
+        report = getattr(datapath, "report_malformed", None)
+        if report is None:
+            return _OS_KEN_PARSE(datapath, version, msg_type, msg_len, xid, buf)
+        report("unparsable", f"unparsable message of type {msg_type} (length {msg_len}): {exc!r}: skipped")
+        return None
 
 
 class _NotListening:

@@ -227,3 +227,6 @@ SWITCH_STALLS = Counter("tenantflow_switch_stalls", "Switch connections closed b
                         "data for the write timeout (it stopped reading)", ["hypervisor"], registry=REGISTRY)
 SEND_DROPPED = Counter("tenantflow_switch_send_dropped", "Messages (packet-outs) dropped because the switch's send "
                        "queue was full (it reads slower than we write)", ["hypervisor"], registry=REGISTRY)
+DUPLICATE_DPIDS = Counter("tenantflow_switch_duplicate_dpid", "Connections that claimed the datapath id of a "
+                          "connected bridge (the older one is closed; past a burst, newcomers are refused for a while)",
+                          ["hypervisor"], registry=REGISTRY)

@@ -37,8 +37,6 @@ import threading
 import time
 from collections import Counter as Multiset
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -48,10 +46,18 @@ from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
 from controller.neighbour import announcement_actions, announcement_packets
 from controller.slots import SyncSlots
+from controller.syncing import (
+    FlowSource,
+    PushResult,
+    RoleSource,
+    _carried,
+    _learns,
+    _Waiter,
+    learned_cookies,
+)
 from flows.dhcp import HYPERVISOR_METER, PORT_BURST, PORT_RATE
-from flows.flow import Flow, Learn
+from flows.flow import Flow
 from flows.nat import NEXT_HOP_METER, Announcement
-from flows.pipeline import STAGE_BY_TABLE
 from flows.routing import TTL_METER
 
 LOG = logging.getLogger("tenantflow.switch")
@@ -81,34 +87,6 @@ SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)
 SYNCED = threading.Condition()
 _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a retry is pending)
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
-
-
-@dataclass
-class _Waiter:
-    """A reply (or the end of a multipart reply) some worker is waiting for."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-    parts: list = field(default_factory=list)
-
-
-@dataclass
-class PushResult:
-    """Outcome of one sync."""
-
-    added: int = 0
-    deleted: int = 0
-    committed: bool = True
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0  # encode + send + switch install + commit
-
-
-def describe(flow: Flow) -> str:
-    """A one-line, ovs-ofctl-like rendering of a flow with its description."""
-    stage = STAGE_BY_TABLE.get(flow.table_id)
-    match = ",".join(f"{k}={v[0]:#x}/{v[1]:#x}" if isinstance(v, tuple) else f"{k}={v}" for k, v in flow.match)
-    name = stage.name if stage else str(flow.table_id)
-    return (f"table={name} priority={flow.priority} cookie={flow.cookie:#x} {match} "
-            f"-> {flow.actions} ({flow.description})")
 
 
 class Switch:
@@ -795,30 +773,6 @@ class Switch:
         return self._errors.pop(xid, [])
 
 
-class FlowSource(Protocol):
-    """Where a switch's compiled flows come from (:class:`flows.engine.FlowEngine`)."""
-
-    lock: threading.RLock
-
-    def desired(self, hv_name: str) -> dict[int, Flow]: ...
-
-    def take_changes(self, hv_name: str) -> set[int]: ...
-
-    def compiles(self, hv_name: str) -> bool: ...
-
-    def generation_of(self, hv_name: str) -> int: ...
-
-
-class RoleSource(Protocol):
-    """Which role this instance is to hold on a bridge (:class:`controller.cluster.Cluster`)."""
-
-    def role_for(self, dpid: int) -> Role | None: ...
-
-
-def _learns(flow: Flow | None) -> bool:
-    return flow is not None and any(isinstance(a, Learn) for a in flow.actions)
-
-
 def retry_delay(failures: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after ``failures`` failed syncs in a row: RETRY_BASE doubling up to RETRY_CAP, jittered.
 
@@ -828,14 +782,3 @@ def retry_delay(failures: int, rng: random.Random | None = None) -> float:
     return (rng or random).uniform(delay / 2, delay)
 
 
-def learned_cookies(flows: Iterable[Flow]) -> set[int]:
-    """Cookies of the flows the switch adds itself through the learn actions of ``flows``."""
-    return {a.cookie for f in flows for a in f.actions if isinstance(a, Learn)}
-
-
-def _carried(item: Flow | int | None) -> str:
-    if item is None:
-        return "bundle open"
-    if isinstance(item, int):
-        return f"delete cookie={item:#x}"
-    return describe(item)
