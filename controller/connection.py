@@ -506,6 +506,9 @@ class TenantflowDatapath(Datapath):
             # Wake the send thread (it sleeps in get()): it ends, Datapath.serve returns, and
             # os-ken reports DEAD_DISPATCHER.
             self.out.close()
+            # The reader's splitter held our bound method (datapath -> socket -> splitter -> datapath): a
+            # cycle, which a frozen heap never collects (controller.heap). Break it.
+            self.socket._splitter.report = None
 
 
 def serve_connection(sock: socket.socket, address, *, unix: bool = False, certificate_name: str | None = None) -> None:
