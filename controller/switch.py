@@ -738,11 +738,13 @@ class Switch:
     def _send(self, data: bytes) -> None:
         """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the
         address service's...) never blocks on one switch: the message is dropped if its queue is full."""
-        if getattr(self.dp, "bounded_send", False):  # ours (controller.connection); os-ken's always waits
+        if not self._alive:
+            sent = False
+        elif getattr(self.dp, "bounded_send", False):  # ours (controller.connection); os-ken's always waits
             sent = self.dp.send(data, block=threading.current_thread() is self._thread)
         else:
             sent = self.dp.send(data)
-        if not self._alive or not sent:
+        if not sent:
             raise SwitchGone("switch connection closed or its send queue full")
 
     def _send_and_wait(self, data: bytes, xid: int) -> _Waiter:

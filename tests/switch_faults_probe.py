@@ -153,6 +153,7 @@ def run_flap(workdir: str) -> dict:
         if i % 10 == 7:
             cloud.bridges["flaphv"][stray + i] = 1  # a stray flow, added while disconnected
         fake = cloud.connect("flaphv")
+        fake.features_sent.wait(5)  # handshaken: every connection is a bridge the app saw (and counts gone)
         # Up for a moment (sometimes synced, sometimes cut mid-sync); now and then long enough for
         # controller.heap to freeze the connection's objects (a cycle among them would never be freed).
         time.sleep(1.1 if i % 10 == 5 else rng.uniform(0.0, 0.25))
