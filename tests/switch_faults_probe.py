@@ -15,12 +15,10 @@ import json
 import logging
 import os
 import random
-import socket
 import struct
 import sys
 import threading
 import time
-import traceback
 import urllib.request
 from collections import Counter
 
@@ -32,6 +30,7 @@ from controller.main import parse_args, start  # noqa: E402
 from flows.flow import Output  # noqa: E402
 from tests.e2e_fixtures import wait_until  # noqa: E402
 from tests.fake_switch import FakeSwitch, message  # noqa: E402
+from tests.probe_support import free_port, print_and_exit  # noqa: E402
 from topology.state import Topology  # noqa: E402
 
 
@@ -64,7 +63,7 @@ class Cloud:
         topology = Topology(self.db)
         for i, (name, dpid) in enumerate(hypervisors.items()):
             topology.register_hypervisor({"name": name, "datapath_id": f"{dpid:016x}", "tunnel_ip": f"192.0.2.{i + 1}"})
-        self.of_port, api_port = _free_port(), _free_port()
+        self.of_port, api_port = free_port(), free_port()
         args = parse_args(["--db", self.db, "--of-host", "127.0.0.1", "--of-port", str(self.of_port), "--allow-tcp",
                            "--unix-socket", "", "--api-host", "127.0.0.1", "--api-port", str(api_port),
                            "--ovsdb-listen", ""])
@@ -103,12 +102,6 @@ class Cloud:
 
     def wait_equal(self, hv: str, timeout: float = 15) -> None:
         wait_until(lambda: self.equal(hv), timeout, f"{hv} equal to its compiled flows")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sample(name: str, **labels: str) -> float:
@@ -282,17 +275,12 @@ def run_duplicate(workdir: str) -> dict:
             "tracebacks": cloud.log.tracebacks, "log": cloud.log.lines[-8:]}
 
 
+def main() -> dict:
+    """Run the mode named on the command line."""
+    mode, workdir = sys.argv[1], sys.argv[2]
+    switch.REPLY_TIMEOUT = 10.0
+    return {"flap": run_flap, "stall": run_stall, "garbage": run_garbage, "duplicate": run_duplicate}[mode](workdir)
+
+
 if __name__ == "__main__":
-    # os-ken's threads do not shut down cleanly (HubThread.kill): leave with os._exit, on failure too.
-    try:
-        mode, workdir = sys.argv[1], sys.argv[2]
-        switch.REPLY_TIMEOUT = 10.0
-        result = {"flap": run_flap, "stall": run_stall, "garbage": run_garbage, "duplicate": run_duplicate}[mode](
-            workdir)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
-    os._exit(0)
+    print_and_exit(main)
