@@ -23,7 +23,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 from controller import heap, metrics, tls
 from controller.addresses import AddressService
 from controller.cluster import Solo
-from controller.connection import DUPLICATE, MALFORMED, STALLED
+from controller.connection import DUPLICATE, STALLED
 from controller.gateways import GatewayService
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, next_hop_request
@@ -265,8 +265,9 @@ class TenantflowApp(app_manager.OSKenApp):
         if sw.hv_name:
             metrics.SWITCH_UP.labels(sw.hv_name).set(0)
         reason = getattr(getattr(sw.dp, "socket", None), "end_reason", "") or "reason unknown"
-        # A stall is the controller's decision: a warning (its one log line); any other end is ordinary.
-        LOG.log(logging.WARNING if reason.startswith((STALLED, MALFORMED, DUPLICATE)) else logging.INFO,
+        # A stall or a duplicate is the controller's decision: a warning (its one log line). A malformed
+        # stream's cause was logged already (controller.connection, rate-limited); any other end is ordinary.
+        LOG.log(logging.WARNING if reason.startswith((STALLED, DUPLICATE)) else logging.INFO,
                 "bridge %016x (%s) disconnected: %s", sw.dpid, sw.hv_name, reason)
 
     def _ports_read(self, sw: Switch, ofports: dict[str, int]) -> None:

@@ -39,6 +39,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -63,6 +64,9 @@ CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
 SEND_QUEUE_BYTES = 8 * 1024 * 1024  # bytes queued for one switch beyond which senders wait (its worker) or drop
 STALLED = "stalled"  # how an end_reason starts when the switch stopped reading (the app logs it as a warning)
 MALFORMED = "malformed"  # ... when the switch's byte stream broke the protocol
+REPORT_AGAIN_AFTER = 600.0  # seconds before the same malformed kind from the same switch is logged again
+_REPORTED: dict[tuple[str, str], float] = {}  # (switch, kind) -> when last logged
+_REPORTED_LOCK = threading.Lock()
 DUPLICATE = "duplicate datapath id"  # ... when another connection claimed the same datapath id (controller.app)
 # What a switch may send a controller in OpenFlow 1.3 (hello, error, echo, experimenter, features reply,
 # get-config reply, packet-in, flow removed, port status, multipart reply, barrier reply, queue config
@@ -447,19 +451,24 @@ class TenantflowDatapath(Datapath):
         self.certificate_name = certificate_name
         self.label: str | None = None
         self.out = SendQueue()
-        self._reported: set[str] = set()  # kinds of malformed messages already logged on this connection
         super().__init__(FastEchoSocket(sock, unix=unix), address)
         self.socket._splitter.report = self.report_malformed
 
     def report_malformed(self, kind: str, detail: str) -> None:
-        """A malformed or unexpected message from the switch: counted each time, logged once per kind."""
+        """A malformed or unexpected message from the switch: counted each time, logged once per switch and kind
+        every REPORT_AGAIN_AFTER seconds (a switch that reconnects and sends the same garbage again does not fill
+        the log: OVS reconnects every second or so)."""
         from controller import metrics
 
         metrics.OF_MALFORMED.labels(self._label(), kind).inc()
-        if kind not in self._reported:
-            self._reported.add(kind)
-            LOG.warning("switch %s from %s: %s (counted in tenantflow_of_malformed_total{kind=%r}; not logged again "
-                        "on this connection)", self._label(), self.address, detail, kind)
+        key = (self._label() if self.id is not None else str(self.address[0]), kind)
+        now = time.monotonic()
+        with _REPORTED_LOCK:
+            if now - _REPORTED.get(key, -REPORT_AGAIN_AFTER) < REPORT_AGAIN_AFTER:
+                return
+            _REPORTED[key] = now
+        LOG.warning("switch %s from %s: %s (counted in tenantflow_of_malformed_total{kind=%r}; not logged again for "
+                    "%g s)", self._label(), self.address, detail, kind, REPORT_AGAIN_AFTER)
 
     def send(self, buf: bytes, close_socket: bool = False, *, block: bool = True) -> bool:
         """Queue ``buf`` for the switch (see :class:`SendQueue`); False if it was not queued."""

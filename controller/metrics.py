@@ -221,7 +221,7 @@ FOREIGN_CHANGES = Counter("tenantflow_foreign_flow_changes", "Flow changes made 
                           "paused/resumed/malformed (updates lost: the flows were read again); each is repaired",
                           ["hypervisor", "event"], registry=REGISTRY)
 OF_MALFORMED = Counter("tenantflow_of_malformed", "Malformed or unexpected OpenFlow messages from switches, by what "
-                       "was wrong (bad_version, bad_length, unknown_type, unparsable, flow_update)",
+                       "was wrong (bad_version, bad_length, unknown_type, unparsable, reply, flow_update)",
                        ["hypervisor", "kind"], registry=REGISTRY)
 SWITCH_STALLS = Counter("tenantflow_switch_stalls", "Switch connections closed because the switch took none of our "
                         "data for the write timeout (it stopped reading)", ["hypervisor"], registry=REGISTRY)

@@ -247,6 +247,7 @@ class Switch:
                     LOG.warning("switch %s: unexpected message type %d for xid %#x", self.label, msg_type, xid)
         except ValueError as exc:  # malformed: the request fails (and is retried), the connection stays
             if xid:
+                metrics.OF_MALFORMED.labels(self.label, "reply").inc()
                 self.on_error(xid, exc)
             else:
                 metrics.OF_MALFORMED.labels(self.label, "flow_update").inc()
