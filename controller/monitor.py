@@ -26,14 +26,20 @@ Nicira event numbers (0 added, 1 deleted, 2 modified, 3 abbreviated) and arrive 
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from controller import metrics
+
+LOG = logging.getLogger("tenantflow.switch")
 
 ONF = ofproto_common.ONF_EXPERIMENTER_ID
 FLOW_MONITOR = ofp.ONFMP_FLOW_MONITOR  # 1870: the multipart type of requests and updates
@@ -146,3 +152,61 @@ class Tampering:
     def repaired(self, now: float | None = None) -> None:
         """A repair ran (worker thread)."""
         self._repairs.append(time.monotonic() if now is None else now)
+
+
+class FlowMonitoring:
+    """What :class:`controller.switch.Switch` does with its flow monitor (a mixin: these methods use its state)."""
+
+    label: str  # (the switch's; annotations only: Switch defines them)
+    mastering: bool
+    _xids: Iterator[int]
+    tampering: Tampering
+    _monitoring: bool
+    _monitor_xid: int
+    _replace: set[int]
+    _learners: set[int]
+
+    def _on_monitor(self, xid: int, msg: bytes) -> None:
+        """The flow monitor's reply, updates (xid 0) and pause notices (controller.monitor), on the reader thread."""
+        if msg[1] == ofp.OFPT_EXPERIMENTER:
+            if (said := notice(msg)) is not None:
+                self._tampered(said)
+            return
+        if msg[1] != ofp.OFPT_MULTIPART_REPLY:
+            return  # nothing else comes unsolicited that we read (os-ken had no handler either)
+        full, _, _ = updates(msg)
+        learners = self._learners  # flows the switch learns itself come and go with traffic
+        for event, table, cookie in full:
+            if cookie not in learners:
+                self._tampered(event, table, cookie)
+
+    def _tampered(self, event: str, table: int | None = None, cookie: int | None = None) -> None:
+        """Someone else changed the switch's flows: the worker reads them again and repairs (if we master it)."""
+        if self.mastering and self._monitoring:
+            self.tampering.note(event, table, cookie)
+            self.mark_dirty()
+
+    def _take_tampering(self) -> None:
+        """Before a re-read: log and count what someone else changed; its cookies are sent again by the sync."""
+        if not self.tampering.pending:
+            return
+        events, cookies, examples = self.tampering.take()
+        self.tampering.repaired()
+        self._replace |= cookies
+        for event, n in events.items():
+            metrics.FOREIGN_CHANGES.labels(self.label, event).inc(n)
+        LOG.warning("switch %s: flows changed on the switch by someone else (%s; e.g. %s): repairing", self.label,
+                    ", ".join(f"{n} {e}" for e, n in sorted(events.items())), "; ".join(examples) or "-")
+
+    def _start_monitor(self) -> None:
+        """Ask the switch to report flow changes (controller.monitor), once per connection.
+
+        Not waited for: the switch answers in order, so the flow dump sent next is read after the
+        monitor started (a change made during the dump is reported, not lost). A refusal (an error
+        with its xid, see :meth:`on_error`) is logged; a switch that ignores it costs nothing.
+        """
+        if self._monitoring:
+            return
+        self._monitor_xid = next(self._xids)
+        self._send(request(1, self._monitor_xid))
+        self._monitoring = True

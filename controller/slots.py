@@ -30,14 +30,14 @@ class SyncSlots:
                 self._busy += 1
                 self._queue.popleft().set()
 
-    def acquire(self) -> None:
-        """Wait for a slot (after everyone who asked before)."""
+    def acquire(self, first: bool = False) -> None:
+        """Wait for a slot (after everyone who asked before; ``first``: before them, to take back a slot lent)."""
         with self._lock:
-            if self._busy < self._limit and not self._queue:
+            if self._busy < self._limit and (first or not self._queue):
                 self._busy += 1
                 return
             turn = threading.Event()
-            self._queue.append(turn)
+            (self._queue.appendleft if first else self._queue.append)(turn)
         turn.wait()  # release() handed its slot over to us
 
     def release(self) -> None:

@@ -30,13 +30,14 @@ time, in order, instead of all encoding at once on two cores.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
 import threading
 import time
 from collections import Counter as Multiset
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -62,6 +63,7 @@ from flows.routing import TTL_METER
 
 LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
+SLOT_PATIENCE = 10.0  # seconds a worker waits for its switch in a sync slot before lending the slot out
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
 ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
 RETRY_BASE = 0.5  # seconds before the first retry of a failed sync; doubles with each failure...
@@ -89,7 +91,7 @@ _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a r
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
 
-class Switch:
+class Switch(monitor.FlowMonitoring):
     """State and sync worker of one connected hypervisor bridge."""
 
     _xids = itertools.count(0x70000000)
@@ -135,6 +137,7 @@ class Switch:
         self.tampering = monitor.Tampering()
         self._monitoring = False
         self._monitor_xid = -1
+        self._slot: SyncSlots | None = None  # the sync slots this worker holds one of, while it does
         self._replace: set[int] = set()
         self._dirty = threading.Condition()
         self._pending = False
@@ -254,26 +257,6 @@ class Switch:
                 LOG.warning("switch %s: malformed flow monitor message: %s; reading its flows again", self.label, exc)
                 self._tampered("malformed")
 
-    def _on_monitor(self, xid: int, msg: bytes) -> None:
-        """The flow monitor's reply, updates (xid 0) and pause notices (controller.monitor), on the reader thread."""
-        if msg[1] == ofp.OFPT_EXPERIMENTER:
-            if (notice := monitor.notice(msg)) is not None:
-                self._tampered(notice)
-            return
-        if msg[1] != ofp.OFPT_MULTIPART_REPLY:
-            return  # nothing else comes unsolicited that we read (os-ken had no handler either)
-        full, _, _ = monitor.updates(msg)
-        learners = self._learners  # flows the switch learns itself come and go with traffic
-        for event, table, cookie in full:
-            if cookie not in learners:
-                self._tampered(event, table, cookie)
-
-    def _tampered(self, event: str, table: int | None = None, cookie: int | None = None) -> None:
-        """Someone else changed the switch's flows: the worker reads them again and repairs (if we master it)."""
-        if self.mastering and self._monitoring:
-            self.tampering.note(event, table, cookie)
-            self.mark_dirty()
-
     def mark_dirty(self) -> None:
         """Ask the worker to recompile and sync (coalesces bursts of changes)."""
         with self._dirty:
@@ -369,17 +352,22 @@ class Switch:
                 self._read_ports()
                 self._ports_read = True
             return True
-        with SYNC_SLOTS:
-            if not self._alive:
-                raise SwitchGone("stopped")
-            if not self.ready:
-                self._connect()
-            elif reread:
-                self._take_tampering()
-                self._read_installed()
-            if self.hv_name is None:
-                return True  # nothing to compile yet: the hypervisor's registration marks us dirty
-            result = self.sync()
+        slots = SYNC_SLOTS
+        with slots:
+            self._slot = slots  # lent to others while the switch keeps us waiting (see _wait)
+            try:
+                if not self._alive:
+                    raise SwitchGone("stopped")
+                if not self.ready:
+                    self._connect()
+                elif reread:
+                    self._take_tampering()
+                    self._read_installed()
+                if self.hv_name is None:
+                    return True  # nothing to compile yet: the hypervisor's registration marks us dirty
+                result = self.sync()
+            finally:
+                self._slot = None
         if not result.committed and self._alive:
             LOG.warning("switch %016x (%s): sync not committed (%d errors); will re-read it and retry",
                         self.dpid, self.hv_name, len(result.errors))
@@ -423,31 +411,6 @@ class Switch:
                 metrics.SWITCH_UP.labels(self.hv_name).set(0)
         else:
             _DIVERGED.discard(self)
-
-    def _take_tampering(self) -> None:
-        """Before a re-read: log and count what someone else changed; its cookies are sent again by the sync."""
-        if not self.tampering.pending:
-            return
-        events, cookies, examples = self.tampering.take()
-        self.tampering.repaired()
-        self._replace |= cookies
-        for event, n in events.items():
-            metrics.FOREIGN_CHANGES.labels(self.label, event).inc(n)
-        LOG.warning("switch %s: flows changed on the switch by someone else (%s; e.g. %s): repairing", self.label,
-                    ", ".join(f"{n} {e}" for e, n in sorted(events.items())), "; ".join(examples) or "-")
-
-    def _start_monitor(self) -> None:
-        """Ask the switch to report flow changes (controller.monitor), once per connection.
-
-        Not waited for: the switch answers in order, so the flow dump sent next is read after the
-        monitor started (a change made during the dump is reported, not lost). A refusal (an error
-        with its xid, see :meth:`on_error`) is logged; a switch that ignores it costs nothing.
-        """
-        if self._monitoring:
-            return
-        self._monitor_xid = next(self._xids)
-        self._send(monitor.request(1, self._monitor_xid))
-        self._monitoring = True
 
     def _backoff(self, failures: int) -> None:
         """Wait before retry number ``failures``; only stop() cuts it short (changes wait for the retry)."""
@@ -531,12 +494,34 @@ class Switch:
             self._waiters.pop(xid, None)
 
     def _wait(self, waiter: _Waiter, what: str) -> None:
-        """Wait for a reply; SwitchGone if the switch went away meanwhile, ReplyTimeout if none came."""
-        answered = waiter.event.wait(REPLY_TIMEOUT)
+        """Wait for a reply; SwitchGone if the switch went away meanwhile, ReplyTimeout if none came.
+
+        A switch that keeps us waiting longer than SLOT_PATIENCE (hung, SIGSTOPped: TCP keepalive
+        does not see a stopped process) gives its sync slot to the next bridge meanwhile, and takes
+        one back first when it answers: a few hung switches must not hold every slot for the
+        minute of REPLY_TIMEOUT and stop every other bridge's syncs.
+        """
+        answered = waiter.event.wait(min(REPLY_TIMEOUT, SLOT_PATIENCE) if self._slot else REPLY_TIMEOUT)
+        if not answered and self._slot is not None and self._alive:
+            with self._slot_lent():
+                answered = waiter.event.wait(max(0.0, REPLY_TIMEOUT - SLOT_PATIENCE))
         if not self._alive:
             raise SwitchGone("switch disconnected")
         if not answered:
             raise ReplyTimeout(f"{what} within {REPLY_TIMEOUT:g} s")
+
+    @contextlib.contextmanager
+    def _slot_lent(self) -> Iterator[None]:
+        """Give this worker's sync slot to the next bridge for a while; take one back first after."""
+        slots = self._slot
+        if slots is None:
+            yield
+            return
+        slots.release()
+        try:
+            yield
+        finally:
+            slots.acquire(first=True)
 
     def sync(self) -> PushResult:
         """Send the switch what changed in its compiled flows since the last sync (all of it after a connect).
@@ -741,10 +726,15 @@ class Switch:
         address service's...) never blocks on one switch: the message is dropped if its queue is full."""
         if not self._alive:
             sent = False
-        elif getattr(self.dp, "bounded_send", False):  # ours (controller.connection); os-ken's always waits
-            sent = self.dp.send(data, block=threading.current_thread() is self._thread)
-        else:
+        elif not getattr(self.dp, "bounded_send", False):  # os-ken's own datapath: always waits
             sent = self.dp.send(data)
+        elif threading.current_thread() is not self._thread:
+            sent = self.dp.send(data, block=False)
+        else:  # the worker waits for room (flow control), lending its sync slot if the switch is not reading
+            sent = self.dp.out.put(data, block=False)
+            if not sent and not self.dp.out.closed:
+                with self._slot_lent():
+                    sent = self.dp.send(data)
         if not sent:
             raise SwitchGone("switch connection closed or its send queue full")
 
