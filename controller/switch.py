@@ -63,6 +63,7 @@ from flows.routing import TTL_METER
 
 LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
+FLOW_MONITOR = True  # ask each mastered bridge for its flow monitor (--flow-monitor; controller.monitor)
 SLOT_PATIENCE = 10.0  # seconds a worker waits for its switch in a sync slot before lending the slot out
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
 ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
@@ -444,7 +445,8 @@ class Switch(monitor.FlowMonitoring):
         self.ports_changed = False
         ofports = self._read_ports()
         self._ports_read = True
-        self._start_monitor()  # before the read: a change made during it is reported, not lost
+        if FLOW_MONITOR:
+            self._start_monitor()  # before the read: a change made during it is reported, not lost
         self._read_installed()
         LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
                  sum(self.installed.values()))
