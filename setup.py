@@ -11,11 +11,13 @@ setup(
         "controller",
         "apps",
         "apps.northbound",
+        "apps.ui",
         "apps.lab",
         "apps.bench",
         "topology",
         "flows",
     ],
+    package_data={"apps.ui": ["static/*.html", "static/*.js", "static/*.css"]},  # the /ui page, no build step
     install_requires=[
         "os-ken~=4.2.2",
         "networkx>=3.2,<3.7",  # 3.7 needs Python 3.12
@@ -37,6 +39,7 @@ setup(
             "openstacksdk>=4.0,<5",
             "python-openstackclient>=7.0,<11",
             "jsonschema>=4.18,<5",  # tests/test_openapi.py validates live answers against /openapi.json
+            "selenium>=4.20,<5",  # tests/test_ui.py drives Debian's chromium (chromium-driver) headless
         ],
     },
     entry_points={"console_scripts": ["tenantflow=apps.cli:main"]},

@@ -10,9 +10,11 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("controller.main", "run the OpenFlow controller and the Neutron-compatible API"),
     "lab": ("apps.lab.cli", "build a lab of hypervisors (private OVS in namespaces) and VMs"),
-    "demo": ("apps.demo", "controller + lab + two tenants with the same CIDR + who reaches whom"),
-    "trace": ("apps.trace", "walk a packet through a hypervisor's compiled pipeline"),
+    "demo": ("apps.demo", "the whole story on a lab, checked on real packets; report in text and HTML"),
+    "trace": ("apps.trace", "walk a packet through a hypervisor's compiled pipeline (--live: against OVS's own)"),
+    "check": ("apps.check", "compare every connected switch's flows with its compiled flows"),
     "bench": ("apps.bench", "run the benchmarks and write results JSON"),
+    "db": ("apps.db", "check, back up (online) and restore the controller's SQLite store"),
 }
 
 

@@ -11,7 +11,9 @@ numbers are not stored: pass them with ``--ofports name=num,...``; the ones not
 given are numbered like the test topologies (tunnels 1-2, ``phy-*`` from 5,
 taps from 10 in port-key order, gateway tunnels ``tg-*`` from 1000) and flagged as
 assumed. ``--follow`` carries the frame across the tunnel and provider ports to the
-other hypervisors. A fast-failover group shows the bucket it took (and why the ones
+other hypervisors. ``--live`` also asks the hypervisor's own Open vSwitch (``ovs-appctl
+ofproto/trace``, here or on ``--appctl TARGET``) and compares the verdicts (apps.trace_live):
+exit 1 when they differ. A fast-failover group shows the bucket it took (and why the ones
 before it were not live); ``--dead`` declares ports down (``hv:port`` or a port of
 ``--hv``), to see what a dead gateway tunnel changes.
 """
@@ -23,10 +25,19 @@ import sys
 from collections.abc import Sequence
 
 from flows.compiler import compile_hypervisor
-from flows.simulate import Fabric, SimResult, SimulationError, Step, Switch, display_packet, normalize_packet
-from topology.gateways import tunnel_ports
+from flows.simulate import (
+    DEFAULT_TTL,
+    Fabric,
+    SimResult,
+    SimulationError,
+    Step,
+    Switch,
+    display_packet,
+    normalize_packet,
+)
+from topology.gateways import GATEWAY_PORT_PREFIX, tunnel_ports
 from topology.graph import TopologyGraph
-from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, tap_name
+from topology.model import TUNNEL_PORT_NAMES, canonical_port_map, canonical_port_name, provider_patch_name, tap_name
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
@@ -40,8 +51,57 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--ofports", default="", help="live port map: name=num,... (per --hv)")
     ap.add_argument("--follow", action="store_true", help="follow the frame to the other hypervisors")
     ap.add_argument("--dead", default="", help="ports that are down: [hv:]name,... (no hv: a port of --hv)")
+    ap.add_argument("--live", action="store_true",
+                    help="also trace the packet with the hypervisor's own OVS (ovs-appctl ofproto/trace, run here, or "
+                         "on --appctl's target) and compare the verdicts: exit 1 if they differ")
+    ap.add_argument("--appctl", default="", metavar="TARGET",
+                    help="with --live: the vswitchd to ask (ovs-appctl -t TARGET; default: this host's)")
+    ap.add_argument("--bridge", default="br-int", help="with --live: the integration bridge (br-int)")
     ap.add_argument("fields", nargs="*", metavar="field=value", help="packet header fields")
-    return ap.parse_args(list(argv))
+    args = ap.parse_args(list(argv))
+    if args.live and args.follow:
+        ap.error("--live compares one hypervisor's verdict with its OVS: not with --follow")
+    return args
+
+
+def live_ofports(args: argparse.Namespace) -> None:
+    """``--live``: the bridge's real port numbers, read from its vswitchd, go first in ``--ofports``."""
+    from apps.trace_live import LiveError, appctl, datapath_ports, ofports_of
+
+    live = ofports_of(datapath_ports(appctl(args.appctl, "dpif/show")), args.bridge)
+    if not live:
+        raise LiveError(f"no bridge {args.bridge!r} on that vswitchd ({args.appctl or 'this host'}'s)")
+    args.dp_ports_map = live
+    canonical = canonical_port_map(live)[0]
+    args.ofports = ",".join([*(f"{n}={k}" for n, k in canonical.items()), *filter(None, [args.ofports])])
+
+
+def live_verdict(args: argparse.Namespace, result: SimResult, packet: dict) -> tuple[list[str], bool]:
+    """OVS's ``ofproto/trace`` of ``packet`` on the bridge, against the simulator's ``result``: lines, agree?"""
+    from apps.trace_live import (
+        appctl,
+        datapath_actions,
+        datapath_ports,
+        flow_text,
+        odp_names,
+        ovs_exits,
+        simulated_exits,
+        verdict_text,
+    )
+
+    ports = datapath_ports(appctl(args.appctl, "dpif/show"))
+    flow = flow_text(packet)
+    trace = appctl(args.appctl, "ofproto/trace", args.bridge, flow)
+    names = {num: name for name, num in args.dp_ports_map.items()}
+    tunnels = {n for n in args.dp_ports_map if canonical_port_name(n) in TUNNEL_PORT_NAMES.values()
+               or n.startswith(GATEWAY_PORT_PREFIX)}
+    sim, ovs = simulated_exits(result, names, tunnels), ovs_exits(trace, odp_names(ports, args.bridge))
+    agree = sim == ovs
+    lines = [f"== ovs-appctl{' -t ' + args.appctl if args.appctl else ''} ofproto/trace {args.bridge} {flow}"]
+    lines += [f"   datapath actions: {a}" for a in datapath_actions(trace)]
+    lines += [f"simulator: {verdict_text(sim)}", f"ovs:       {verdict_text(ovs)}",
+              "agree" if agree else "DISAGREE: the simulator and the switch differ (tenantflow check shows its flows)"]
+    return lines, agree
 
 
 def assumed_ofports(graph: TopologyGraph, hv_name: str) -> dict[str, int]:
@@ -82,7 +142,7 @@ def build_packet(graph: TopologyGraph, hv: str, ofports: dict[str, int], in_port
 
     Defaults: ``eth_src`` (and ``arp_sha``/``arp_spa`` for ARP) from the logical
     port behind ``in_port``, ``eth_dst`` broadcast, ``eth_type`` ARP when an
-    ``arp_*`` field is given, else IPv4.
+    ``arp_*`` field is given, else IPv4; an IP packet's ``nw_ttl`` 64.
     """
     pkt: dict[str, int | str] = {}
     for item in fields:
@@ -101,6 +161,10 @@ def build_packet(graph: TopologyGraph, hv: str, ofports: dict[str, int], in_port
     port = next((p for p in graph.ports_on(hv) if p.ofport_name == names.get(int(pkt["in_port"]))), None)
     is_arp = any(k.startswith("arp_") for k in pkt)
     pkt.setdefault("eth_type", "0x0806" if is_arp else "0x0800")
+    if int(str(pkt["eth_type"]), 0) in (0x0800, 0x86DD):
+        # A sent packet's TTL, stated: a flow matching nw_ttl (a router's "expired" flow, on 0 or 1)
+        # must see it, as OVS does (and ofproto/trace, which takes 0 for an unnamed field).
+        pkt.setdefault("nw_ttl", DEFAULT_TTL)
     pkt.setdefault("eth_dst", BROADCAST)
     if port is not None:
         pkt.setdefault("eth_src", port.mac_address)
@@ -159,10 +223,11 @@ def _render_steps(trace: list[Step], call: int = 0) -> list[str]:
     return lines
 
 
-def run(graph: TopologyGraph, args: argparse.Namespace) -> tuple[list[str], int]:
-    """Trace per ``args`` on ``graph``; return the lines to print and the exit code."""
-    if graph.hypervisor(args.hv) is None:
-        return [f"unknown hypervisor {args.hv!r}"], 2
+def prepare(graph: TopologyGraph, args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Give every hypervisor of ``graph`` a port map (live, ``--ofports``, else assumed) and build the packet.
+
+    Returns the lines to print first (the assumed port numbers) and the packet.
+    """
     lines: list[str] = []
     given = {k: int(v) for k, v in _parse_pairs(args.ofports, "--ofports").items()}
     for hv in graph.hypervisors():
@@ -170,18 +235,29 @@ def run(graph: TopologyGraph, args: argparse.Namespace) -> tuple[list[str], int]
         extra = given if hv.name == args.hv else {}
         if live and not extra:
             continue
-        ofports = {**(live or assumed_ofports(graph, hv.name)), **extra}
-        if not live and hv.name == args.hv:
-            assumed = sorted(set(ofports) - set(given))
+        measured = args.live and hv.name == args.hv  # the switch's own map, nothing assumed beside it
+        ofports = {**({} if measured else live or assumed_ofports(graph, hv.name)), **extra}
+        if not live and hv.name == args.hv and (assumed := sorted(set(ofports) - set(given))):
             lines.append(f"(assumed ofports on {hv.name}: " + ", ".join(f"{n}={ofports[n]}" for n in assumed) + ")")
         graph.set_ofports(hv.name, ofports)  # only in this process's copy of the graph
-    packet = build_packet(graph, args.hv, graph.ofports(args.hv), args.in_port, args.fields)
+    return lines, build_packet(graph, args.hv, graph.ofports(args.hv), args.in_port, args.fields)
+
+
+def run(graph: TopologyGraph, args: argparse.Namespace) -> tuple[list[str], int]:
+    """Trace per ``args`` on ``graph``; return the lines to print and the exit code."""
+    if graph.hypervisor(args.hv) is None:
+        return [f"unknown hypervisor {args.hv!r}"], 2
+    lines, packet = prepare(graph, args)
     names = {hv.name: {n: k for k, n in graph.ofports(hv.name).items()} for hv in graph.hypervisors()}
     dead = dead_ports(args.dead, args.hv)
     if not args.follow:
         sw = Switch(args.hv, compile_hypervisor(graph, args.hv), graph.ofports(args.hv))
         result = sw.pipeline.run(packet, strict=False, dead_ports=sw.port_numbers(dead.get(args.hv, ())))
-        return lines + render(args.hv, result, packet, names[args.hv]), 1 if result.errors else 0
+        lines += render(args.hv, result, packet, names[args.hv])
+        if args.live:  # and what the hypervisor's own Open vSwitch says of the same packet
+            live_lines, agree = live_verdict(args, result, packet)
+            return lines + live_lines, 1 if result.errors or not agree else 0
+        return lines, 1 if result.errors else 0
     fabric = Fabric(Switch(hv.name, compile_hypervisor(graph, hv.name), graph.ofports(hv.name), hv.tunnel_ip,
                            frozenset(TUNNEL_PORT_NAMES.values())) for hv in graph.hypervisors())
     res = fabric.inject(args.hv, packet, strict=False, dead_ports=dead)
@@ -195,12 +271,15 @@ def run(graph: TopologyGraph, args: argparse.Namespace) -> tuple[list[str], int]
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``tenantflow trace``."""
     args = parse_args(argv)
+    from apps.trace_live import LiveError
     from topology.state import Topology  # lazily: it opens SQLite, and only this path needs it
 
     topo = Topology(args.db)
     try:
+        if args.live:
+            live_ofports(args)
         lines, code = run(topo.graph, args)
-    except (ValueError, SimulationError) as exc:
+    except (ValueError, SimulationError, LiveError) as exc:
         print(f"tenantflow trace: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -266,12 +266,13 @@ def start(args: argparse.Namespace, topology=None) -> Running:
 
     if topology is None:
         from topology.state import Topology
+        from topology.store import open_store
 
         where = args.store or args.db
         if not where.startswith("etcd://"):
-            os.makedirs(os.path.dirname(os.path.abspath(where)), exist_ok=True)
+            _make_parent(where)
         topology = Topology(
-            where, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
+            open_store(where, exclusive=True), vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
             default_network_type=args.default_network_type,
             default_physical_network=args.default_physical_network, default_project=args.default_project,
         )
@@ -304,14 +305,20 @@ def start(args: argparse.Namespace, topology=None) -> Running:
         from apps.northbound.server import make_app, serve
 
         app = manager.applications.get("TenantflowApp")
-        extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app)}
+        from controller import audit
+
+        extra = {"/metrics": make_wsgi_app(REGISTRY), "/sync": _sync_status_app(app), "/check": audit.wsgi_app(app)}
         if ovsdb_manager is not None:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
+        extra.update(_topology_page(topology, app))
         from apps.northbound.auth import wrap
         from controller.metrics import counted
 
         northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
-        api = serve(counted(wrap(northbound, args)), args.api_host, args.api_port)
+        from apps.ui.wsgi import static_in_front
+
+        # The page's static files in front of authentication (they hold no data); its data behind it.
+        api = serve(counted(static_in_front(wrap(northbound, args))), args.api_host, args.api_port)
         gc.freeze()  # and the API's (keystonemiddleware's, oslo.policy's): built once, kept for good
     from apps.northbound.auth import describe
 
@@ -322,6 +329,36 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     LOG.info("tenantflow controller: OpenFlow on %s, API on %s:%d, state in %s", " ".join(listening) or "nothing",
              args.api_host, args.api_port, topology.store.url)
     return Running(topology, manager.applications.get("TenantflowApp"), api, services, ovsdb_manager)
+
+
+def _make_parent(path: str) -> None:
+    """The store file's directory (a StoreFault if it cannot be made)."""
+    from topology.store_check import os_fault
+
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as exc:
+        raise os_fault(exc, path) from None
+
+
+def start_or_exit(args: argparse.Namespace) -> Running:
+    """:func:`start`, or one line on stderr and the store fault's exit code (README "The store: backups and faults").
+
+    Only the store's faults end here: anything else is a bug, and its traceback is wanted.
+    """
+    from topology.store import StoreUnavailable
+    from topology.store_check import KINDS, StoreFault
+
+    try:
+        return start(args)
+    except StoreFault as fault:
+        line, code = fault.line(), fault.exit_code
+    except StoreUnavailable as exc:  # etcd: no endpoint answered the first load
+        kind = KINDS["unreachable"]
+        line, code = f"store {args.store} is unreachable: {exc.message}; {kind.remedy}", kind.code
+    print(f"tenantflow controller: {line}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(code)  # threads os-ken or the etcd client may have started must not keep the process up
 
 
 def _start_ovsdb(args: argparse.Namespace, topology, cluster):
@@ -337,6 +374,15 @@ def _start_ovsdb(args: argparse.Namespace, topology, cluster):
     if manager is not None:
         metrics.register_ovsdb(manager)
     return manager
+
+
+def _topology_page(topology, app) -> dict:
+    """``/topology`` and ``/trace``, the topology page's data (apps.ui.wsgi), on the controller's state."""
+    from apps.ui.wsgi import endpoints
+    from controller import bridge_status
+
+    return endpoints(topology, lambda: bridge_status.bridge_status(app),
+                     lambda hv: bridge_status.flows_of(app, hv))
 
 
 def _join_cluster(args: argparse.Namespace, topology):
@@ -406,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the controller until SIGTERM/SIGINT."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    running = start(args)
+    running = start_or_exit(args)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -115,6 +115,7 @@ class Switch(monitor.FlowMonitoring):
         self._source = source
         self._full_diff = True  # next sync compares every cookie (connect, or after a failed push)
         self.synced_generation = -1  # the engine generation of the flows the switch last confirmed
+        self.synced_at = 0.0  # wall clock of the last completed sync, pushed or with nothing to push (0: none yet)
         self.ports_changed = False  # a port-status event came while connecting (see _connect)
         self._learner_flows: set[int] = set()  # cookies of desired flows carrying a learn action
         self._on_ofports = on_ofports
@@ -133,6 +134,7 @@ class Switch(monitor.FlowMonitoring):
         self.dhcp_limiter = FairLimiter(HYPERVISOR_METER.rate, HYPERVISOR_METER.burst, PORT_RATE,
                                         PORT_BURST)  # DHCP requests: per port, then for the whole switch
         self._waiters: dict[int, _Waiter] = {}
+        self._whole: set[int] = set()  # xids whose multipart replies are wanted whole (dump_flows)
         self._errors: dict[int, list] = {}
         # Flows changed on the switch by someone else (controller.monitor), and the cookies to send again.
         self.tampering = monitor.Tampering()
@@ -237,6 +239,8 @@ class Switch(monitor.FlowMonitoring):
                 self.on_reply(xid, None)
             elif msg_type == ofp.OFPT_EXPERIMENTER:
                 self.on_reply(xid, wire.bundle_ctrl_type(msg))
+            elif msg_type == ofp.OFPT_MULTIPART_REPLY and xid in self._whole:
+                self.on_reply(xid, msg, bool(msg[11] & ofp.OFPMPF_REPLY_MORE))  # flags: bytes 10-11
             elif msg_type == ofp.OFPT_MULTIPART_REPLY and (read := wire.FAST_MULTIPART.get(wire.multipart_type(msg))):
                 values, more = read(msg)  # a flow dump's cookies, a group dump's ids
                 self.on_reply(xid, values, more)
@@ -475,6 +479,21 @@ class Switch(monitor.FlowMonitoring):
         self._full_diff = True  # the changes taken by a failed sync are gone: compare every cookie
         LOG.debug("switch %016x (%s): %d flows installed", self.dpid, self.hv_name, sum(self.installed.values()))
 
+    def dump_flows(self, build: Callable[[int], bytes]) -> list[bytes]:
+        """Ask the switch now (not our memory) for its flows: the reply messages of the multipart request
+        ``build(xid)`` makes, whole (controller.audit reads them). From any thread; beside a running sync."""
+        xids: list[int] = []
+
+        def claimed(xid: int) -> bytes:
+            xids.append(xid)
+            self._whole.add(xid)
+            return build(xid)
+
+        try:
+            return self.request(claimed)
+        finally:
+            self._whole.difference_update(xids)
+
     def request(self, msg) -> list:
         """Send a request, an os-ken message or a function of the xid building its bytes (controller.wire), and
         wait for its (possibly multipart) reply bodies."""
@@ -586,6 +605,7 @@ class Switch(monitor.FlowMonitoring):
             if full:
                 self._replace.clear()
             self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
+            self.synced_at = time.time()
             with SYNCED:
                 SYNCED.notify_all()
             self._announce()

@@ -76,6 +76,11 @@ def _field(name: str) -> tuple[int, int, type]:
     return struct.unpack("!I", buf)[0], desc.size, desc
 
 
+def oxm_header(name: str) -> int:
+    """The OXM header (as an int) field ``name`` is encoded with (in a match, a set_field, a move)."""
+    return _field(name)[0]
+
+
 @lru_cache(maxsize=65536)
 def _value_bytes(name: str, value) -> bytes:
     """Encode one field value (int, MAC/IPv4/IPv6 string) to its wire width."""

@@ -204,6 +204,8 @@ def _packet_value(packet: Mapping[str, int], name: str) -> int | None:
     if name == "vlan_vid":
         vid = packet.get("vlan_vid")
         return 0 if vid is None else OFPVID_PRESENT | vid
+    if name == "nw_ttl":
+        return packet.get(name, DEFAULT_TTL)  # as dec_ttl reads it: a packet that does not say has 64
     return packet.get(name, 0)
 
 

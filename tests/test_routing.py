@@ -131,6 +131,16 @@ def test_ttl_expiry_goes_to_the_controller_not_the_destination(cloud: Built) -> 
     assert delivered_labels(cloud, routed(cloud, "v1", "10.0.2.10", ttl=2)) == ["v2"]
 
 
+def test_a_packet_that_does_not_say_its_ttl_has_64(cloud: Built) -> None:
+    """The simulator's default TTL (64, as a packet trace without nw_ttl= means) is what the TTL
+    matches see too: routed, not expired at the router."""
+    gw = cloud.ports["r1-n1"]
+    res = send(fabric_of(cloud.graph), cloud, "v1", eth_dst=gw.mac_address,
+               ipv4_src=cloud.ports["v1"].fixed_ips[0].ip_address, ipv4_dst="10.0.2.10")
+    assert delivered_labels(cloud, res) == ["v2"]
+    assert res.deliveries[0].packet["nw_ttl"] == 63
+
+
 def test_router_answers_ping_to_its_addresses(cloud: Built) -> None:
     v1 = cloud.ports["v1"]
     flows = compile_hypervisor(cloud.graph, "hv0")

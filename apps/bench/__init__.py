@@ -14,6 +14,8 @@ import platform
 import sys
 import time
 
+from apps.progress import Progress, human, on_terminal
+
 SECTIONS = {
     "compile": "apps.bench.compile_scale",
     "push": "apps.bench.push_rate",
@@ -28,6 +30,7 @@ SECTIONS = {
     "dhcp": "apps.bench.dhcp",
     "ovsdb": "apps.bench.ovsdb",
     "gateway": "apps.bench.gateway",
+    "store": "apps.bench.store",
 }
 
 
@@ -43,6 +46,29 @@ def _table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _last_durations(path: str) -> dict[str, float]:
+    """How long each section took in the results file's last run (for the ETA): {} if unknown."""
+    try:
+        with open(path) as fh:
+            durations = json.load(fh).get("durations", {})
+        return {k: float(v) for k, v in durations.items() if k in SECTIONS and float(v) > 0}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _eta(progress: Progress, done: int, total: int, from_last_run: bool) -> str:
+    """`` (section 3/13, 4 min 10 s so far, ETA 9 min 02 s)`` on a terminal (nothing otherwise).
+
+    The ETA is what the sections left took in the last run (the results file keeps each one's
+    duration); without a last run, the time so far per section done, times the sections left.
+    """
+    if not on_terminal():
+        return ""
+    eta = progress.total - progress.done if from_last_run else progress.eta()
+    tail = f", ETA {human(eta)}" if eta is not None else ""
+    return f" (section {done + 1}/{total}, {human(progress.elapsed)} so far{tail})"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmark sections and write the results file."""
     p = argparse.ArgumentParser(prog="tenantflow bench")
@@ -53,10 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {
         "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "sections": {}}
-    for name in args.only or list(SECTIONS):
+    names = args.only or list(SECTIONS)
+    last = _last_durations(args.out)
+    weight = {n: last.get(n, sum(last.values()) / len(last) if last else 1.0) for n in names}
+    progress = Progress("bench", sum(weight.values()), enabled=False)  # its ETA, printed between sections
+    results["durations"] = {}
+    for i, name in enumerate(names):
         module = importlib.import_module(SECTIONS[name])
-        print(f"bench: running {name} ...", flush=True)
+        print(f"bench: running {name} ...{_eta(progress, i, len(names), bool(last))}", flush=True)
+        t0 = time.monotonic()
         results["sections"][name] = module.run(quick=args.quick)
+        results["durations"][name] = round(time.monotonic() - t0, 1)
+        progress.advance(weight[name])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=2)

@@ -63,6 +63,7 @@ from typing import Any, TypeVar
 from apps.lab import sh, steps
 from apps.lab.controller import ApiError
 from apps.lab.ovs import SCHEMA
+from apps.progress import Progress
 from topology.model import PORT_ALIAS_SEPARATOR, TUNNEL_PORT_NAMES, tap_name
 
 LOG = logging.getLogger(__name__)
@@ -88,15 +89,24 @@ def alias(name: str, suffix: object) -> str:
     return f"{name}{PORT_ALIAS_SEPARATOR}{suffix}"
 
 
-def parallel(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
+def parallel(fn: Callable[[T], R], items: Iterable[T], workers: int, progress: Progress | None = None,
+             weight: Callable[[T], float] = lambda _: 1) -> list[R]:
     """``[fn(x) for x in items]`` on ``workers`` threads; the first error is raised.
 
     On an error or Ctrl-C the calls not started yet are cancelled and the running ones
-    are not waited for (the caller is tearing down anyway).
+    are not waited for (the caller is tearing down anyway). ``progress`` advances by
+    ``weight(x)`` as each call ends.
     """
     items = list(items)
     if not items:
         return []
+    if progress is not None:
+        call = fn
+
+        def fn(item: T) -> R:  # type: ignore[no-redef]
+            result = call(item)
+            progress.advance(weight(item))
+            return result
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))), thread_name_prefix="scale")
     try:
         futures = [pool.submit(fn, item) for item in items]
@@ -408,6 +418,7 @@ class ScaleLab:
         workers: int = 8,
         api_workers: int = 4,
         vsctl_timeout: float = 300.0,
+        progress: bool | None = None,
     ) -> None:
         if not 1 <= n_hypervisors <= 0xFFFF:
             raise ValueError("n_hypervisors must be in 1..65535")
@@ -427,6 +438,7 @@ class ScaleLab:
         self.workers = workers
         self.api_workers = api_workers
         self.vsctl_timeout = vsctl_timeout
+        self.progress = progress  # progress lines while building (None: only on a terminal, apps.progress)
         self._workdir_arg = workdir
         self.workdir = ""
         self.vswitchds: list[DummyVswitchd] = []
@@ -459,6 +471,10 @@ class ScaleLab:
         return self._api
 
     # -- building -------------------------------------------------------------------------
+    def _phase(self, label: str, total: float, unit: str) -> Progress:
+        """A progress line for one phase of building (shown on a terminal only, unless told)."""
+        return Progress(label, total, unit=unit, enabled=self.progress)
+
     def start(self) -> None:
         """Start the vswitchds (daemons from this thread, the rest in parallel) and create every bridge."""
         if self.workdir:
@@ -490,7 +506,8 @@ class ScaleLab:
             vs.spawn("ovs-vswitchd")
         parallel(lambda vs: vs.wait_ready("ovs-vswitchd"), self.vswitchds, self.workers)
         self.timings["daemons_s"] = time.perf_counter() - t0
-        parallel(self._add_bridges, self.vswitchds, self.workers)
+        with self._phase("scale lab: bridges", n, "bridges") as progress:
+            parallel(self._add_bridges, self.vswitchds, self.workers, progress, lambda vs: len(vs.hypervisors))
         self.timings["build_s"] = time.perf_counter() - t0
 
     def set_manager(self, target: str | None) -> None:
@@ -550,8 +567,10 @@ class ScaleLab:
         """Operator step 6 for every hypervisor, in parallel; returns (and records) the seconds it took."""
         self.api.wait_up(timeout)
         t0 = time.perf_counter()
-        parallel(lambda hv: self.api.create("hypervisor", **steps.hypervisor_record(hv.name, hv.dpid, hv.tunnel_ip)),
-                 self.hypervisors, self.api_workers)
+        with self._phase("scale lab: registered", len(self.hypervisors), "hypervisors") as progress:
+            parallel(lambda hv: self.api.create("hypervisor", **steps.hypervisor_record(hv.name, hv.dpid,
+                                                                                        hv.tunnel_ip)),
+                     self.hypervisors, self.api_workers, progress)
         self.timings["register_s"] = took = time.perf_counter() - t0
         return took
 
@@ -583,7 +602,8 @@ class ScaleLab:
                             cidr=f"10.0.0.0/{prefix}", name=f"scale-subnet{j}")
             return net
 
-        nets = parallel(make_network, range(start, start + networks), self.api_workers)
+        with self._phase("scale lab: networks", networks, "networks") as progress:
+            nets = parallel(make_network, range(start, start + networks), self.api_workers, progress)
         self.networks += nets
         self.timings["networks_s"] = time.perf_counter() - t0
 
@@ -598,10 +618,12 @@ class ScaleLab:
 
         t1 = time.perf_counter()
         jobs = [(pos, j) for pos in range(len(self.hypervisors)) for j in range(k)]
-        made = parallel(make_port, jobs, self.api_workers)
+        with self._phase("scale lab: ports", len(jobs), "ports") as progress:
+            made = parallel(make_port, jobs, self.api_workers, progress)
         self.timings["ports_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.plug_many(made)
+        with self._phase("scale lab: plugged", len(made), "ports") as progress:
+            self.plug_many(made, progress=progress)
         self.timings["plug_s"] = time.perf_counter() - t2
 
     # -- ports --------------------------------------------------------------------------------
@@ -620,7 +642,8 @@ class ScaleLab:
         self.plug_many([(self._hv(hv), port)])
         return tap_name(port["id"])
 
-    def plug_many(self, items: Iterable[tuple[ScaleHypervisor | str, Mapping[str, Any]]], chunk: int = 500) -> None:
+    def plug_many(self, items: Iterable[tuple[ScaleHypervisor | str, Mapping[str, Any]]], chunk: int = 500,
+                  progress: Progress | None = None) -> None:
         """Plug many ports: one OVSDB transaction per ``chunk`` ports of a vswitchd, vswitchds in parallel."""
         by_vs: dict[int, list[tuple[ScaleHypervisor, Mapping[str, Any]]]] = {}
         for hv, port in items:
@@ -637,6 +660,8 @@ class ScaleLab:
                 vs.vsctl(*args[1:])
                 for hv, port in batch[at:at + chunk]:
                     hv.ports[port["id"]] = dict(port)
+                if progress is not None:
+                    progress.advance(len(batch[at:at + chunk]))
 
         parallel(plug_on, by_vs.values(), self.workers)
 
@@ -714,12 +739,14 @@ class ScaleLab:
         """
         t0 = time.perf_counter()
         deadline = time.monotonic() + timeout
-        while True:
-            up = sum(self.controller_status().values())
-            if up == len(self.hypervisors) or time.monotonic() > deadline:
-                self.timings["connect_wait_s"] = time.perf_counter() - t0
-                return up
-            time.sleep(interval)
+        with self._phase("scale lab: connected", len(self.hypervisors), "bridges") as progress:
+            while True:
+                up = sum(self.controller_status().values())
+                progress.update(up)
+                if up == len(self.hypervisors) or time.monotonic() > deadline:
+                    self.timings["connect_wait_s"] = time.perf_counter() - t0
+                    return up
+                time.sleep(interval)
 
     def pids(self) -> set[int]:
         """PIDs of every daemon of this lab still running."""

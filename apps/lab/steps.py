@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -356,9 +357,13 @@ def udhcpc_argv(script: str, vm_dev: str = "eth0", *extra: str) -> list[str]:
 def write_udhcpc_script(directory: str) -> str:
     """:data:`UDHCPC_SCRIPT` as an executable file in ``directory``; its path."""
     path = os.path.join(directory, "udhcpc.script")
-    with open(path, "w") as fh:
+    # Written aside and renamed into place: VMs booting in parallel each write it while others
+    # already run it, and rewriting a file being executed fails ("Text file busy").
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+    with open(tmp, "w") as fh:
         fh.write(UDHCPC_SCRIPT)
-    os.chmod(path, 0o755)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
     return path
 
 

@@ -26,12 +26,13 @@ from apps.northbound.policy import Policy
 from topology.model import Hypervisor, Network, Port, Subnet
 from topology.model_l3 import FloatingIP, Router, SecurityGroup, SecurityGroupRule
 from topology.state import Topology
-from topology.store import BadRequest, Conflict, NotFound, TopologyError, Unavailable
+from topology.store import BadRequest, Conflict, NotFound, StoreUnavailable, TopologyError, Unavailable
 
 LOG = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 DRAIN_LIMIT = 16 * MAX_BODY  # read (and drop) this much of an oversized body so the client sees our 413
+STORE_RETRY_AFTER = "5"  # s: a write the store could not take (full/read-only disk, etcd without quorum)
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -159,6 +160,8 @@ class NorthboundApp:
             resp.headers.update(exc.headers)
         except TopologyError as exc:
             resp = error_response(http_status(exc), exc.kind, exc.message)
+            if isinstance(exc, StoreUnavailable):  # nothing was written: the same request may succeed later
+                resp.headers["Retry-After"] = STORE_RETRY_AFTER
         except UnicodeError:  # a query string or path that is not UTF-8
             resp = error_response(400, "HTTPBadRequest", "The request is not valid UTF-8.")
         except Exception:

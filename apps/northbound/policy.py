@@ -97,7 +97,7 @@ TABLE: dict[str, dict[str, str]] = {
         "update": f"{MEMBER} or rule:sg_owner_member",
     },
     "hypervisor": {verb: ADMIN for verb in ("create", "get", "update", "delete")},
-    "controller_status": {"get": ADMIN},  # /metrics, /sync, /ovsdb
+    "controller_status": {"get": ADMIN},  # /metrics, /sync, /ovsdb, /topology, /trace
 }
 ADMIN_ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
     "network": {
