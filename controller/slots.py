@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
+from collections.abc import Iterator
 
 
 class SyncSlots:
@@ -54,3 +56,13 @@ class SyncSlots:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    @contextlib.contextmanager
+    def lent(self) -> Iterator[None]:
+        """Give the caller's slot to the next waiter for a while (it waits on something slow); take one back
+        first after."""
+        self.release()
+        try:
+            yield
+        finally:
+            self.acquire(first=True)

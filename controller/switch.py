@@ -37,7 +37,7 @@ import random
 import threading
 import time
 from collections import Counter as Multiset
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -522,27 +522,15 @@ class Switch(monitor.FlowMonitoring):
         one back first when it answers: a few hung switches must not hold every slot for the
         minute of REPLY_TIMEOUT and stop every other bridge's syncs.
         """
-        answered = waiter.event.wait(min(REPLY_TIMEOUT, SLOT_PATIENCE) if self._slot else REPLY_TIMEOUT)
-        if not answered and self._slot is not None and self._alive:
-            with self._slot_lent():
+        lends = self._slot is not None and threading.current_thread() is self._thread  # (a check's dump: no slot)
+        answered = waiter.event.wait(min(REPLY_TIMEOUT, SLOT_PATIENCE) if lends else REPLY_TIMEOUT)
+        if not answered and lends and self._alive:
+            with self._slot.lent():
                 answered = waiter.event.wait(max(0.0, REPLY_TIMEOUT - SLOT_PATIENCE))
         if not self._alive:
             raise SwitchGone("switch disconnected")
         if not answered:
             raise ReplyTimeout(f"{what} within {REPLY_TIMEOUT:g} s")
-
-    @contextlib.contextmanager
-    def _slot_lent(self) -> Iterator[None]:
-        """Give this worker's sync slot to the next bridge for a while; take one back first after."""
-        slots = self._slot
-        if slots is None:
-            yield
-            return
-        slots.release()
-        try:
-            yield
-        finally:
-            slots.acquire(first=True)
 
     def sync(self) -> PushResult:
         """Send the switch what changed in its compiled flows since the last sync (all of it after a connect).
@@ -755,7 +743,7 @@ class Switch(monitor.FlowMonitoring):
         else:  # the worker waits for room (flow control), lending its sync slot if the switch is not reading
             sent = self.dp.out.put(data, block=False)
             if not sent and not self.dp.out.closed:
-                with self._slot_lent():
+                with self._slot.lent() if self._slot is not None else contextlib.nullcontext():
                     sent = self.dp.send(data)
         if not sent:
             raise SwitchGone("switch connection closed or its send queue full")
