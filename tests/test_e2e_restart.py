@@ -15,7 +15,11 @@ in namespaces and the VMs Mininet hosts (:mod:`apps.lab`). What is proven:
    bundle is discarded (none of its flows lands), the controller keeps running and
    the next bundle commits (in a subprocess: ``tests/ofp_error_probe.py``).
 4. A hypervisor whose vswitchd dies and comes back (with no flows) is re-synced:
-   its flows equal the compiled ones again and the ping works again.
+   its flows equal the compiled ones again and the ping works again; SIGKILLed under a
+   ping, within 1 s of reconnecting (issue #15).
+5. A flow deleted, a stray added and a flow modified in place by hand on a connected
+   switch are each repaired within 1 s by the running controller (its flow monitor,
+   controller/monitor.py), with exactly the flow-mods needed (issue #15).
 
 "Compiled" is computed independently of the controller's memory (tests/e2e_fixtures.py): the topology
 is read from a snapshot of the controller's SQLite file, the port map from the
