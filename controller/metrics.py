@@ -214,3 +214,19 @@ def register_ovsdb(manager) -> None:
         REGISTRY.register(OvsdbCollector(manager))
     except ValueError:
         pass
+
+
+FOREIGN_CHANGES = Counter("tenantflow_foreign_flow_changes", "Flow changes made on a switch by someone else (by "
+                          "hand, another controller), as its flow monitor reported them: added, deleted, modified; "
+                          "paused/resumed/malformed (updates lost: the flows were read again); each is repaired",
+                          ["hypervisor", "event"], registry=REGISTRY)
+OF_MALFORMED = Counter("tenantflow_of_malformed", "Malformed or unexpected OpenFlow messages from switches, by what "
+                       "was wrong (bad_version, bad_length, unknown_type, unparsable, reply, flow_update)",
+                       ["hypervisor", "kind"], registry=REGISTRY)
+SWITCH_STALLS = Counter("tenantflow_switch_stalls", "Switch connections closed because the switch took none of our "
+                        "data for the write timeout (it stopped reading)", ["hypervisor"], registry=REGISTRY)
+SEND_DROPPED = Counter("tenantflow_switch_send_dropped", "Messages (packet-outs) dropped because the switch's send "
+                       "queue was full (it reads slower than we write)", ["hypervisor"], registry=REGISTRY)
+DUPLICATE_DPIDS = Counter("tenantflow_switch_duplicate_dpid", "Connections that claimed the datapath id of a "
+                          "connected bridge (the older one is closed; past a burst, newcomers are refused for a while)",
+                          ["hypervisor"], registry=REGISTRY)
