@@ -30,8 +30,7 @@ from topology.store import BadRequest, Conflict, NotFound, StoreUnavailable, Top
 
 LOG = logging.getLogger(__name__)
 
-MAX_BODY = 1024 * 1024
-DRAIN_LIMIT = 16 * MAX_BODY  # read (and drop) this much of an oversized body so the client sees our 413
+MAX_BODY = 1024 * 1024  # the server (apps/northbound/server.py) has read the whole body before the app runs
 STORE_RETRY_AFTER = "5"  # s: a write the store could not take (full/read-only disk, etcd without quorum)
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -372,7 +371,6 @@ def _json_body(req: webob.Request) -> Any:
     """The request body parsed as JSON: 413 over MAX_BODY, 400 when it is not JSON."""
     length = req.content_length
     if length is not None and length > MAX_BODY:
-        _drain(req, length)
         raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
     raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
     if len(raw) > MAX_BODY:
@@ -381,17 +379,6 @@ def _json_body(req: webob.Request) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise BadRequest("HTTPBadRequest", "Malformed request body") from None
-
-
-def _drain(req: webob.Request, length: int) -> None:
-    """Read and drop an oversized body (bounded) so closing the socket does not reset the client."""
-    stream = req.environ["wsgi.input"]
-    left = min(length, DRAIN_LIMIT)
-    while left > 0:
-        chunk = stream.read(min(left, 65536))
-        if not chunk:
-            break
-        left -= len(chunk)
 
 
 def make_app(topology: Topology, *, extra: dict[str, WsgiApp] | None = None, auth: str = "",
