@@ -115,7 +115,7 @@ class _JsonErrorTask(ErrorTask):
         self.set_close_on_finish()
         self.content_length = len(body)
         LOG.debug("%s %s %s: %s", self.channel.addr[0] if self.channel.addr else "-", error.code,
-                  self.request.path or "-", error.body)
+                  getattr(self.request, "path", None) or "-", error.body)  # no path if the request line was bad
         self.write(body)
 
 
