@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 
@@ -18,9 +19,8 @@ from tests.test_api_client import Api
 
 @pytest.fixture
 def api(tmp_path) -> Iterator[Api]:
-    a = Api(tmp_path / "topology.sqlite")
-    yield a
-    a.close()
+    with closing(Api(tmp_path / "topology.sqlite")) as served:
+        yield served
 
 
 @pytest.fixture

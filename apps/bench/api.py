@@ -54,6 +54,17 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _in_threads(n: int, target) -> float:
+    """Seconds ``target(i)`` took in ``n`` threads, i = 0 .. n-1, started together."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def _timed_get(port: int, path: str, expect: int, collection: str = "ports", rounds: int = 5) -> float:
     """Median seconds of ``rounds`` GETs (answer read and decoded) that must list ``expect`` items."""
     times = []
@@ -97,13 +108,7 @@ def run(quick: bool = False) -> dict:
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(CONCURRENT_CLIENTS)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        concurrent_s = time.perf_counter() - t0
+        concurrent_s = _in_threads(CONCURRENT_CLIENTS, client)
         if errors:
             raise RuntimeError(f"concurrent creates failed: {errors[0]}")
         concurrent = [x for lat in lat_lists for x in lat]
@@ -174,13 +179,7 @@ def _burst(api: int, rounds: int) -> dict:
                 timed(conn, "DELETE", f"/v2.0/ports/{json.loads(raw)['port']['id']}", None)
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(BURST_CLIENTS)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.perf_counter() - t0
+    took = _in_threads(BURST_CLIENTS, client)
     return {
         "burst_clients": BURST_CLIENTS,
         "burst_requests": len(latencies),
