@@ -349,14 +349,14 @@ def start(args: argparse.Namespace, topology=None) -> Running:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
         extra.update(_topology_page(topology, app))
         from apps.northbound.auth import wrap
-        from controller.metrics import counted
+        from controller.metrics import API_REFUSED, counted
 
         northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
         from apps.ui.wsgi import static_in_front
 
         # The page's static files in front of authentication (they hold no data); its data behind it.
         api = serve(counted(static_in_front(wrap(northbound, args))), args.api_host, args.api_port,
-                    server_options(args))
+                    server_options(args), on_refused=lambda status: API_REFUSED.labels(str(status)).inc())
         gc.freeze()  # and the API's (keystonemiddleware's, oslo.policy's): built once, kept for good
     from apps.northbound.auth import describe
 

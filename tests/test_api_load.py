@@ -262,6 +262,7 @@ def test_overload_is_503_with_retry_after_never_a_reset(tmp_path) -> None:
             if status == 503:
                 assert headers["retry-after"] == "1" and headers["content-type"] == "application/json"
                 assert doc["NeutronError"]["type"] == "HTTPServiceUnavailable", doc
+        assert ctrl.metrics()["tenantflow_api_refused_total"] == statuses.count(503)  # each counted
         shown = {n["name"] for n in ctrl.request("GET", "/v2.0/networks")["networks"]}
         assert shown == {doc["network"]["name"] for s, _, doc in results if s == 201}  # nothing refused stored
 

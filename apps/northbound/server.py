@@ -114,6 +114,8 @@ class _JsonErrorTask(ErrorTask):
             self.response_headers.append(("Retry-After", str(error.retry_after)))
         self.set_close_on_finish()
         self.content_length = len(body)
+        if self.channel.server.on_refused is not None:
+            self.channel.server.on_refused(error.code)
         LOG.debug("%s %s %s: %s", self.channel.addr[0] if self.channel.addr else "-", error.code,
                   getattr(self.request, "path", None) or "-", error.body)  # no path if the request line was bad
         self.write(body)
@@ -190,6 +192,7 @@ class ApiServer(TcpWSGIServer):
     channel_class = _Channel
     options: ServerOptions
     thread: threading.Thread | None = None
+    on_refused: Callable[[int], None] | None = None  # told the status of each answer the server gives itself
     _stopping = False
 
     @property
@@ -250,10 +253,12 @@ def _access_log(app: Callable) -> Callable:
     return logged
 
 
-def serve(app: Callable, host: str, port: int, options: ServerOptions | None = None) -> ApiServer:
+def serve(app: Callable, host: str, port: int, options: ServerOptions | None = None,
+          on_refused: Callable[[int], None] | None = None) -> ApiServer:
     """Start serving ``app`` on ``host:port`` (0: any free port) from a daemon thread and return at once.
 
-    The returned server's ``server_port`` is the bound port and ``shutdown()`` stops it.
+    The returned server's ``server_port`` is the bound port and ``shutdown()`` stops it. ``on_refused(status)``
+    is called for each answer the server gives without running ``app`` (503, 408, a malformed request).
     """
     options = options or ServerOptions()
     adj = Adjustments(
@@ -265,7 +270,7 @@ def serve(app: Callable, host: str, port: int, options: ServerOptions | None = N
     dispatcher = _Dispatcher()
     dispatcher.set_thread_count(options.workers)
     server = ApiServer(_access_log(app), map={}, adj=adj, dispatcher=dispatcher, sockinfo=adj.listen[0])
-    server.options = options
+    server.options, server.on_refused = options, on_refused
     server.thread = threading.Thread(target=server.loop, name=f"northbound-{server.server_port}", daemon=True)
     server.thread.start()
     LOG.info("northbound API listening on %s (%d workers, backlog %d, up to %d connections)", server.url,
