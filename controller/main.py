@@ -147,6 +147,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log-level", default=values["log_level"])
     args = p.parse_args(argv)
     _check_transports(p, args)
+    server_options(args)  # nonsense --api-* values stop here, before anything listens
     from apps.northbound.auth import check_listeners
 
     try:

@@ -279,3 +279,15 @@ def test_idle_keep_alive_connection_is_closed(tmp_path) -> None:
             assert 0.5 < time.monotonic() - start < 5
         finally:
             conn.close()
+
+
+def test_server_options_from_flags_and_refused_when_nonsense() -> None:
+    from controller.main import parse_args, server_options
+
+    options = server_options(parse_args(["--api-workers", "4", "--api-max-queue", "9", "--api-read-timeout", "2.5"]))
+    assert (options.workers, options.max_queue, options.read_timeout) == (4, 9, 2.5)
+    assert (options.backlog, options.connection_limit, options.idle_timeout) == (0, 1000, 60.0)  # the defaults
+    for flag, value in (("--api-workers", "0"), ("--api-max-queue", "-1"), ("--api-read-timeout", "0"),
+                        ("--api-backlog", "-5")):
+        with pytest.raises(SystemExit, match="must be positive"):
+            parse_args([flag, value])
