@@ -35,6 +35,12 @@ DEFAULTS = {
     "unix_socket": "/run/tenantflow/openflow.sock",
     "api_host": "127.0.0.1",
     "api_port": "9696",
+    "api_workers": "16",  # apps.northbound.server.ServerOptions's defaults
+    "api_backlog": "0",
+    "api_connection_limit": "1000",
+    "api_max_queue": "512",
+    "api_read_timeout": "30",
+    "api_idle_timeout": "60",
     "vni_range": "1000:1999",
     "vlan_range": "100:199",
     "default_network_type": "vxlan",
@@ -105,6 +111,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "controller only inside its run directory, so link the socket there (README, attach step 2)")
     p.add_argument("--api-host", default=values["api_host"], help="REST API listen address")
     p.add_argument("--api-port", type=int, default=int(values["api_port"]), help="REST API port")
+    _api_server_options(p, values)
     p.add_argument("--vni-range", default=values["vni_range"], help="VXLAN/Geneve/GRE tunnel keys to allocate, MIN:MAX")
     p.add_argument("--vlan-range", default=values["vlan_range"], help="VLAN ids to allocate, MIN:MAX")
     p.add_argument("--default-network-type", default=values["default_network_type"],
@@ -144,6 +151,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log-level", default=values["log_level"])
     args = p.parse_args(argv)
     _check_transports(p, args)
+    server_options(args)  # nonsense --api-* values stop here, before anything listens
     from apps.northbound.auth import check_listeners
 
     try:
@@ -165,6 +173,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _true(text: str | bool) -> bool:
     """A boolean of the config file (``true``/``yes``/``1``/``on``)."""
     return text if isinstance(text, bool) else text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _api_server_options(p: argparse.ArgumentParser, values: dict) -> None:
+    """The API server's knobs (apps.northbound.server.ServerOptions)."""
+    p.add_argument("--api-workers", type=int, default=int(values["api_workers"]),
+                   help="API worker threads: the most requests served at once")
+    p.add_argument("--api-backlog", type=int, default=int(values["api_backlog"]),
+                   help="API listen backlog (0: the kernel's maximum, net.core.somaxconn)")
+    p.add_argument("--api-connection-limit", type=int, default=int(values["api_connection_limit"]),
+                   help="open API connections; past it new ones wait in the listen backlog")
+    p.add_argument("--api-max-queue", type=int, default=int(values["api_max_queue"]),
+                   help="API requests waiting for a worker; past it 503 with Retry-After")
+    p.add_argument("--api-read-timeout", type=float, default=float(values["api_read_timeout"]),
+                   help="seconds from a request's first byte to its last (else 408 and the connection closed)")
+    p.add_argument("--api-idle-timeout", type=float, default=float(values["api_idle_timeout"]),
+                   help="seconds an idle keep-alive API connection stays open")
+
+
+def server_options(args: argparse.Namespace):
+    """The API server's options from the parsed flags."""
+    from apps.northbound.server import ServerOptions
+
+    if min(args.api_workers, args.api_connection_limit, args.api_max_queue) < 1 or args.api_backlog < 0 \
+            or min(args.api_read_timeout, args.api_idle_timeout) <= 0:
+        raise SystemExit("tenantflow controller: --api-workers, --api-connection-limit, --api-max-queue and the "
+                         "--api-*-timeout options must be positive, --api-backlog 0 or more")
+    return ServerOptions(workers=args.api_workers, backlog=args.api_backlog,
+                         connection_limit=args.api_connection_limit, max_queue=args.api_max_queue,
+                         read_timeout=args.api_read_timeout, idle_timeout=args.api_idle_timeout)
 
 
 def _check_transports(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -318,13 +355,14 @@ def start(args: argparse.Namespace, topology=None) -> Running:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
         extra.update(_topology_page(topology, app))
         from apps.northbound.auth import wrap
-        from controller.metrics import counted
+        from controller.metrics import API_REFUSED, counted
 
         northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
         from apps.ui.wsgi import static_in_front
 
         # The page's static files in front of authentication (they hold no data); its data behind it.
-        api = serve(counted(static_in_front(wrap(northbound, args))), args.api_host, args.api_port)
+        api = serve(counted(static_in_front(wrap(northbound, args))), args.api_host, args.api_port,
+                    server_options(args), on_refused=lambda status: API_REFUSED.labels(str(status)).inc())
         gc.freeze()  # and the API's (keystonemiddleware's, oslo.policy's): built once, kept for good
     from apps.northbound.auth import describe
 

@@ -24,6 +24,9 @@ API_REQUESTS = Counter("tenantflow_api_requests", "API requests answered, by met
 API_SECONDS = Histogram("tenantflow_api_request_seconds", "Time to answer an API request, by method",
                         ["method"], registry=REGISTRY,
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+API_REFUSED = Counter("tenantflow_api_refused", "API requests the HTTP server answered itself, without running "
+                      "the API, by status (503 overloaded, 408 not read in time, 400/413/414/431 malformed)",
+                      ["status"], registry=REGISTRY)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
