@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("apps.demo", "controller + lab + two tenants with the same CIDR + who reaches whom"),
     "trace": ("apps.trace", "walk a packet through a hypervisor's compiled pipeline"),
     "bench": ("apps.bench", "run the benchmarks and write results JSON"),
+    "soak": ("apps.soak", "churn, restarts and pings on a lab for an hour; results/soak.json"),
 }
 
 
