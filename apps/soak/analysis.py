@@ -108,7 +108,8 @@ def memory_summary(samples: Sequence[Sample], cycle_s: float, restarts: Sequence
                    end_s: float) -> dict[str, Any]:
     """RSS growth and fd flatness after warm-up (module docstring), with the series summarised per cycle.
 
-    ``restarts``: when each restart happened (s since the start); ``end_s``: the run's end.
+    ``restarts``: when each restarted process was ready, every switch synced (s since the start);
+    ``end_s``: the run's end.
     """
     bounds = [0.0, *restarts, end_s]
     per_cycle = cycles(samples)

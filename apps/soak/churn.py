@@ -23,8 +23,8 @@ MAX_EXTRA_RULES = 3  # rules the churn added to the group, alive at once
 class Churn:
     """The operations, their counts, timings and errors."""
 
-    def __init__(self, cloud: Cloud, seed: int = 15) -> None:
-        self.cloud = cloud
+    def __init__(self, cloud: Cloud, hosts: list[str], seed: int = 15) -> None:
+        self.cloud, self.hosts = cloud, hosts  # where new VMs boot
         self.rng = random.Random(seed)
         self.alive: list[LabVM] = []  # churn VMs, oldest first
         self.rules: list[dict[str, Any]] = []  # rules the churn added, oldest first
@@ -68,10 +68,15 @@ class Churn:
         """A new port on a random hypervisor, its VM plugged, then a ping to a random untouched VM."""
         self._serial += 1
         name = f"c{self._serial}"
-        host = self.rng.choice(self.cloud.lab.hypervisors).name
+        host = self.rng.choice(self.hosts)
         vm = self._timed("port_boot", lambda: self.cloud.boot(name, host, mesh=False), f"{name}@{host}")
         self.alive.append(vm)
-        self.journal[-1]["detail"] += f" {vm.port['fixed_ips'][0]['ip_address']} {vm.port['mac_address']}"
+        own = vm.port["fixed_ips"][0]["ip_address"]
+        self.journal[-1]["detail"] += f" {own} {vm.port['mac_address']}"
+        # What a booting guest's network scripts do: announce the address (gratuitous ARP). The
+        # API hands out the lowest free address, often one a deleted VM held a moment ago, and
+        # without this a peer keeps the old MAC for it in its ARP cache for many seconds.
+        vm.cmd(f"timeout 2 arping -q -U -c 1 -i eth0 -S {own} {own}")
         peer = self.rng.choice(sorted(self.cloud.untouched))
         ip = self.cloud.ips[peer]
         try:  # the first packet to a peer may be spent on ARP: a few tries

@@ -55,7 +55,7 @@ class PingStream:
     """``ping -D -O`` from a VM to an address every ``interval`` s until stopped, its output in a file."""
 
     def __init__(self, src: str, netns: str, dst_name: str, dst: str, interval: float, directory: str) -> None:
-        self.src, self.dst_name, self.dst = src, dst_name, dst
+        self.src, self.dst_name, self.dst, self.interval = src, dst_name, dst, interval
         self.path = os.path.join(directory, f"ping-{src}-{dst_name}.txt")
         self._read = 0  # how far :meth:`unanswered_since` has read
         with open(self.path, "w") as out:
@@ -108,8 +108,12 @@ class Cloud:
     fip_holders: list[str] = field(default_factory=list)
 
     # -- building ----------------------------------------------------------------------
-    def build(self, vms_per_hv: int) -> None:
-        """External network, tenant network + router, an open-ICMP group, the VMs, one floating IP."""
+    def build(self, vms_per_hv: int, vm_hosts: int) -> None:
+        """External network, tenant network + router, an open-ICMP group, the VMs, one floating IP.
+
+        The untouched VMs and the floating IP's holders go on the first ``vm_hosts`` hypervisors;
+        the others are left to the churn (see :class:`apps.soak.churn.Churn`).
+        """
         ctl, lab = self.ctl, self.lab
         self.ext = ctl.create("network", name="soak-ext", **{
             "router:external": True, "provider:network_type": "flat", "provider:physical_network": lab.physnet})
@@ -124,15 +128,15 @@ class Cloud:
         self.sg = ctl.request("POST", "/v2.0/security-groups",
                               {"security_group": {"name": "soak", "project_id": PROJECT}})["security_group"]
         self.add_rule(protocol="icmp", remote_ip_prefix="0.0.0.0/0")
-        for hv in lab.hypervisors:
+        hosts = lab.hypervisors[:vm_hosts]
+        for hv in hosts:
             for k in range(vms_per_hv):
                 name = f"s{hv.index}{chr(ord('a') + k)}"
                 self.boot(name, hv.name)
                 self.untouched.add(name)
-        hosts = [lab.hypervisors[0].name, lab.hypervisors[-1].name]
-        self.fip_holders = [f"f{i}" for i in range(1, len(hosts) + 1)]
-        for name, host in zip(self.fip_holders, hosts, strict=True):
-            self.boot(name, host)
+        self.fip_holders = ["f1", "f2"]
+        for name, hv in zip(self.fip_holders, (hosts[0], hosts[-1]), strict=True):
+            self.boot(name, hv.name)
         self.fip = ctl.create("floatingip", floating_network_id=self.ext["id"], project_id=PROJECT,
                               port_id=self.vms[self.fip_holders[0]].port_id)
 

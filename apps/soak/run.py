@@ -1,8 +1,9 @@
 """``tenantflow soak``: an hour of churn on a real lab, under ping between every pair of VMs.
 
-A controller process and a lab of private-OVS hypervisors (3 by default, with 2 VMs each and
-2 more holding a floating IP), every pair of VMs pinging each other every 100 ms, the outside
-host pinging the floating IP. Meanwhile one operation after another: a new VM's port created,
+A controller process and a lab of private-OVS hypervisors (by default 3 with 2 untouched VMs
+each, 2 more VMs taking turns holding a floating IP, and a 4th hypervisor where the churn boots
+its VMs), every pair of VMs pinging each other every 100 ms, the outside host pinging the
+floating IP. Meanwhile one operation after another: a new VM's port created,
 bound, plugged, checked and later unplugged and deleted; the floating IP moved between its two
 holders; TCP rules added to and removed from the group every VM is in; and every
 ``--restart-every`` minutes the controller restarted (SIGTERM and SIGKILL in turn). The
@@ -43,8 +44,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=60.0, help="how long the churn runs (default 60)")
     p.add_argument("--restart-every", type=float, default=None, metavar="MIN",
                    help="minutes between controller restarts (default 10, or a third of --minutes if shorter)")
-    p.add_argument("--hypervisors", type=int, default=3)
+    p.add_argument("--hypervisors", type=int, default=3, help="hypervisors with untouched VMs (default 3)")
     p.add_argument("--vms-per-hypervisor", type=int, default=2, help="untouched VMs per hypervisor (default 2)")
+    p.add_argument("--churn-everywhere", action="store_true",
+                   help="boot the churn's VMs on every hypervisor, not on one of their own (see the README: "
+                        "the userspace datapath drops a packet in flight when a port is added to its vswitchd)")
     p.add_argument("--ping-interval", type=float, default=0.1, help="seconds between pings of a pair (default 0.1)")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between two operations (default 1)")
     p.add_argument("--sample-every", type=float, default=None, help="seconds between RSS/fd samples")
@@ -99,7 +103,8 @@ class Progress:
     def __init__(self, total: float, every: float, streams: list[PingStream], untouched: set[str]) -> None:
         self.total, self.every = total, every
         self.streams = [s for s in streams if s.src in untouched and s.dst_name in untouched]
-        self.unanswered = 0
+        self.unanswered = 0  # counted live from ping's "no answer yet": late ones included
+        self.interval = streams[0].interval if streams else 0.0
         self.next = every
 
     def maybe(self, now: float, churn: Churn, restarts: int, sampler: Sampler) -> None:
@@ -112,7 +117,7 @@ class Progress:
         mem = f"RSS {last.rss_kb / 1024:.1f} MB, {last.fds} fds" if last else "RSS -"
         print(f"soak {_clock(now)}/{_clock(self.total)} ETA {_clock(max(0.0, self.total - now))} | "
               f"ops {sum(churn.done.values())} ({len(churn.errors)} failed) | restarts {restarts} | {mem} | "
-              f"untouched pairs: {self.unanswered} pings unanswered so far", flush=True)
+              f"untouched pairs: {self.unanswered} pings late (over {self.interval:g} s) or lost so far", flush=True)
 
 
 @contextlib.contextmanager
@@ -121,7 +126,7 @@ def cloud_running(args: argparse.Namespace, workdir: str) -> Iterator[Cloud]:
     ctl = ControllerProcess(os.path.join(workdir, "controller"))
     ctl.start()
     try:
-        lab = Lab(prefix=f"tfs{uuid.uuid4().hex[:4]}", n_hypervisors=args.hypervisors, provider=True,
+        lab = Lab(prefix=f"tfs{uuid.uuid4().hex[:4]}", n_hypervisors=args.hypervisors + 1, provider=True,
                   controller_unix_socket=ctl.unix_socket, manager_unix_socket=ctl.ovsdb_socket,
                   api_url=ctl.api_url, workdir=os.path.join(workdir, "lab"))
         with lab:
@@ -129,7 +134,7 @@ def cloud_running(args: argparse.Namespace, workdir: str) -> Iterator[Cloud]:
             for hv in lab.hypervisors:
                 ctl.wait_hypervisor_connected(hv.name, timeout=20)
             cloud = Cloud(ctl, lab, workdir)
-            cloud.build(args.vms_per_hypervisor)
+            cloud.build(args.vms_per_hypervisor, args.hypervisors)
             cloud.wait_reachable()
             yield cloud
     finally:
@@ -144,7 +149,8 @@ def soak(cloud: Cloud, args: argparse.Namespace, workdir: str) -> dict[str, Any]
     started = time.monotonic()
     sampler = Sampler(cloud.ctl, started, args.sample_every)
     sampler.start()
-    churn = Churn(cloud)
+    hvs = [hv.name for hv in cloud.lab.hypervisors]
+    churn = Churn(cloud, hvs if args.churn_everywhere else hvs[args.hypervisors:])
     churn.started, epoch0 = started, time.time() - (time.monotonic() - started)
     progress = Progress(total, 60.0 if total >= 600 else 15.0, streams, cloud.untouched)
     restarts: list[dict[str, Any]] = []
@@ -208,7 +214,8 @@ def _summary(cloud: Cloud, args: argparse.Namespace, churn: Churn, restarts: lis
     rtts = sorted(p["median_rtt_ms"] for p in pairs.values() if p["median_rtt_ms"] is not None)
     summary: dict[str, Any] = {
         "minutes": args.minutes, "ran_s": round(end_s, 1), "restart_every_min": args.restart_every,
-        "hypervisors": args.hypervisors, "vms": sorted(cloud.vms), "untouched_vms": sorted(cloud.untouched),
+        "hypervisors": len(cloud.lab.hypervisors), "churn_hosts": churn.hosts,
+        "vms": sorted(cloud.vms), "untouched_vms": sorted(cloud.untouched),
         "ping_interval_s": args.ping_interval,
         "pings": {"untouched_pairs": untouched_pairs, "untouched_lost": untouched_lost,
                   "touched_lost": sum(p["lost"] for p in pairs.values() if not p["untouched"]),
@@ -217,7 +224,8 @@ def _summary(cloud: Cloud, args: argparse.Namespace, churn: Churn, restarts: lis
         "restarts": {"count": len(restarts), "planned": planned,
                      "median_resync_s": resyncs[len(resyncs) // 2] if resyncs else None, "each": restarts},
         "operations": {**churn.summary(), "timings": analysis.durations_summary(churn.durations)},
-        "memory": analysis.memory_summary(samples, args.restart_every * 60, [r["at_s"] for r in restarts], end_s),
+        "memory": analysis.memory_summary(samples, args.restart_every * 60,
+                                          [r["at_s"] + (r["resync_s"] or 0) for r in restarts], end_s),
         "samples": [[s.t, s.pid, s.rss_kb, s.fds] for s in samples],
         "switches": switches, "switches_checked_within_s": round(converge_s, 2),
         "controller_log": cloud.ctl.log_path,
