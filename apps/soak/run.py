@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("tenantflow soak: needs root (network namespaces and Open vSwitch)", file=sys.stderr)
         return 2
-    workdir = args.workdir or tempfile.mkdtemp(prefix="tenantflow-soak-")
+    workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tenantflow-soak-"))
     os.makedirs(workdir, exist_ok=True)
     with cloud_running(args, workdir) as cloud:
         summary = soak(cloud, args, workdir)
