@@ -178,8 +178,9 @@ class Cloud:
         return streams
 
     # -- the controller ----------------------------------------------------------------
-    def restart(self, sig: int, timeout: float = 30.0) -> float:
-        """Stop the controller with ``sig``, start it on the same state; seconds until every switch is synced."""
+    def restart(self, sig: int, timeout: float = 30.0) -> tuple[float, float]:
+        """Stop the controller with ``sig``, start it on the same state; seconds until every switch is
+        synced, and until every hypervisor's OVSDB is connected to it again (its own back-off, up to 8 s)."""
         began = time.monotonic()
         self.ctl.restart(sig)
         n = len(self.lab.hypervisors)
@@ -188,7 +189,11 @@ class Cloud:
         # the gauge is 1 only once a switch's connect-time reconcile has finished
         wait_for(lambda: self.ctl.metrics().get("tenantflow_switch_connected", 0) == n, timeout,
                  "every switch synced after the restart")
-        return time.monotonic() - began
+        synced = time.monotonic() - began
+        for hv in self.lab.hypervisors:
+            wait_for(lambda hv=hv: "false" not in hv.vsctl("--bare", "--columns=is_connected", "list", "Manager"),
+                     timeout, f"{hv.name}'s OVSDB connected to the controller again", interval=0.2)
+        return synced, time.monotonic() - began
 
     # -- switches against their compiled flows -----------------------------------------
     def switch_differences(self) -> dict[str, dict[str, Any]]:

@@ -185,14 +185,16 @@ def soak(cloud: Cloud, args: argparse.Namespace, workdir: str) -> dict[str, Any]
 
 def _restart(cloud: Cloud, churn: Churn, n: int, now: float) -> dict[str, Any]:
     sig = signal.SIGTERM if n % 2 == 0 else signal.SIGKILL
+    resync = ovsdb = None
     try:
-        resync = cloud.restart(sig)
+        resync, ovsdb = cloud.restart(sig)
     except Exception as exc:  # judged at the end; the next operation will show whether it came back
         churn.errors.append({"at_s": round(now, 1), "op": "restart", "error": f"{type(exc).__name__}: {exc}"})
-        resync = None
     print(f"soak {_clock(now)}: controller restarted ({signal.Signals(sig).name}), every switch synced "
-          f"{resync if resync is None else round(resync, 2)} s after the signal", flush=True)
-    return {"at_s": round(now, 1), "signal": signal.Signals(sig).name, "resync_s": resync and round(resync, 3)}
+          f"{resync and round(resync, 2)} s after the signal, every OVSDB back {ovsdb and round(ovsdb, 2)} s",
+          flush=True)
+    return {"at_s": round(now, 1), "signal": signal.Signals(sig).name, "resync_s": resync and round(resync, 3),
+            "ovsdb_back_s": ovsdb and round(ovsdb, 3)}
 
 
 def _summary(cloud: Cloud, args: argparse.Namespace, churn: Churn, restarts: list[dict[str, Any]],
@@ -225,7 +227,7 @@ def _summary(cloud: Cloud, args: argparse.Namespace, churn: Churn, restarts: lis
                      "median_resync_s": resyncs[len(resyncs) // 2] if resyncs else None, "each": restarts},
         "operations": {**churn.summary(), "timings": analysis.durations_summary(churn.durations)},
         "memory": analysis.memory_summary(samples, args.restart_every * 60,
-                                          [r["at_s"] + (r["resync_s"] or 0) for r in restarts], end_s),
+                                          [r["at_s"] + (r["ovsdb_back_s"] or 0) for r in restarts], end_s),
         "samples": [[s.t, s.pid, s.rss_kb, s.fds] for s in samples],
         "switches": switches, "switches_checked_within_s": round(converge_s, 2),
         "controller_log": cloud.ctl.log_path,
