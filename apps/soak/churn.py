@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from apps.lab.lab import LabVM
-from apps.soak.cloud import Cloud, answers, wait_for
+from apps.lab.sh import wait_until
+from apps.soak.cloud import Cloud, answers
 
 MAX_CHURN_VMS = 4  # ports alive at once that the churn created
 MAX_EXTRA_RULES = 3  # rules the churn added to the group, alive at once
@@ -80,7 +81,7 @@ class Churn:
         peer = self.rng.choice(sorted(self.cloud.untouched))
         ip = self.cloud.ips[peer]
         try:  # the first packet to a peer may be spent on ARP: a few tries
-            self._timed("port_first_reply", lambda: wait_for(lambda: answers(vm, ip), 15, f"{name} -> {peer}"),
+            self._timed("port_first_reply", lambda: wait_until(lambda: answers(vm, ip), 15, f"{name} -> {peer}"),
                         f"{name} -> {peer}")
         except TimeoutError as exc:
             neigh = {n: v.cmd("ip neigh").strip() for n, v in ((name, vm), (peer, self.cloud.vms[peer]))}

@@ -15,13 +15,13 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
 from apps.lab.controller import ControllerProcess, compile_stored
 from apps.lab.lab import Hypervisor, Lab, LabVM
+from apps.lab.sh import wait_until
 from controller.switch import learned_cookies
 from flows.pipeline import STAGES
 
@@ -31,18 +31,6 @@ OFPP_LOCAL = 0xFFFFFFFE
 _SWITCH_OWNED = {s.table_id for s in STAGES if s.switch_owned}
 _FLOW = re.compile(r"cookie=(0x[0-9a-f]+),.* table=(\d+),")
 _PORT = re.compile(r"^\s*(\d+|LOCAL)\(([^)]+)\):", re.M)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``cond`` until truthy (returned); TimeoutError naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def answers(vm: LabVM, dst: str, count: int = 1) -> int:
@@ -146,7 +134,7 @@ class Cloud:
                                security_groups=[self.sg["id"]], **{"binding:host_id": host})
         vm = self.lab.plug_vm(name, port, mtu=int(self.net.get("mtu") or 1450), gateway=self.subnet["gateway_ip"])
         vm.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
-        wait_for(lambda: self.ctl.show("port", port["id"])["status"] == "ACTIVE", 15, f"port of {name} ACTIVE")
+        wait_until(lambda: self.ctl.show("port", port["id"])["status"] == "ACTIVE", 15, f"port of {name} ACTIVE")
         if mesh:
             self.vms[name], self.ips[name] = vm, port["fixed_ips"][0]["ip_address"]
         return vm
@@ -165,9 +153,9 @@ class Cloud:
     def wait_reachable(self, timeout: float = 30.0) -> None:
         """Every mesh pair answers (the first packet to a new peer may be spent on ARP), and the floating IP."""
         for a, b in combinations(sorted(self.vms), 2):
-            wait_for(lambda a=a, b=b: answers(self.vms[a], self.ips[b]), timeout, f"{a} -> {b} answering")
+            wait_until(lambda a=a, b=b: answers(self.vms[a], self.ips[b]), timeout, f"{a} -> {b} answering")
         assert self.out is not None
-        wait_for(lambda: answers(self.out, self.fip_address), timeout, "the floating IP answering the outside host")
+        wait_until(lambda: answers(self.out, self.fip_address), timeout, "the floating IP answering the outside host")
 
     def pings(self, interval: float, directory: str) -> list[PingStream]:
         """A ping stream for every unordered pair of mesh VMs (a round trip checks both ways), and outside -> FIP."""
@@ -187,11 +175,11 @@ class Cloud:
         for hv in self.lab.hypervisors:
             self.ctl.wait_hypervisor_connected(hv.name, timeout=timeout)
         # the gauge is 1 only once a switch's connect-time reconcile has finished
-        wait_for(lambda: self.ctl.metrics().get("tenantflow_switch_connected", 0) == n, timeout,
+        wait_until(lambda: self.ctl.metrics().get("tenantflow_switch_connected", 0) == n, timeout,
                  "every switch synced after the restart")
         synced = time.monotonic() - began
         for hv in self.lab.hypervisors:
-            wait_for(lambda hv=hv: "false" not in hv.vsctl("--bare", "--columns=is_connected", "list", "Manager"),
+            wait_until(lambda hv=hv: "false" not in hv.vsctl("--bare", "--columns=is_connected", "list", "Manager"),
                      timeout, f"{hv.name}'s OVSDB connected to the controller again", interval=0.2)
         return synced, time.monotonic() - began
 
