@@ -247,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="tenantflow-soak-"))
     os.makedirs(workdir, exist_ok=True)
-    with cloud_running(args, workdir) as cloud:
-        summary = soak(cloud, args, workdir)
+    try:
+        with cloud_running(args, workdir) as cloud:
+            summary = soak(cloud, args, workdir)
+    except KeyboardInterrupt:  # the lab and the controller are gone by now (cloud_running)
+        print(f"tenantflow soak: interrupted; lab and controller removed, logs and pings in {workdir}",
+              file=sys.stderr)
+        return 130
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".tmp", "w") as fh:
         json.dump(summary, fh, indent=1)
