@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps ovs demo test unit bench lint clean
+.PHONY: deps ovs demo test unit bench soak lint clean
 
 deps:
 	@bash scripts/bootstrap.sh
@@ -26,6 +26,11 @@ unit: deps
 
 bench: ovs
 	$(PY) -m apps.bench --out results/bench.json
+
+# An hour of churn and controller restarts on a lab under ping; `make soak MINUTES=5` for a short one.
+MINUTES ?= 60
+soak: ovs
+	$(PY) -m apps.cli soak --minutes $(MINUTES) --out results/soak.json
 
 lint: deps
 	$(VENV)/bin/ruff check .

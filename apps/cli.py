@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("apps.check", "compare every connected switch's flows with its compiled flows"),
     "bench": ("apps.bench", "run the benchmarks and write results JSON"),
     "db": ("apps.db", "check, back up (online) and restore the controller's SQLite store"),
+    "soak": ("apps.soak", "churn, restarts and pings on a lab for an hour; results/soak.json"),
 }
 
 

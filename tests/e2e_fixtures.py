@@ -22,19 +22,19 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from apps.lab import Hypervisor, Lab, LabVM
 from apps.lab.controller import ControllerProcess, compile_stored
 from apps.lab.pki import TlsSetup, tls_setup
+from apps.lab.sh import wait_until
 from controller.switch import learned_cookies
 from flows.flow import Flow
 from flows.pipeline import STAGES
@@ -73,29 +73,6 @@ __all__ = [
     "was_received",
 ]
 
-T = TypeVar("T")
-
-
-def wait_until(
-    cond: Callable[[], T],
-    timeout: float = 10.0,
-    message: str | Callable[[], str] = "condition",
-    interval: float = 0.05,
-) -> T:
-    """Call ``cond`` until it returns something truthy and return that; TimeoutError after ``timeout`` s.
-
-    ``message`` (a string, or a callable evaluated only on failure, e.g. to attach a
-    controller log tail) describes what was awaited.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {text}")
-        time.sleep(interval)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 
 class CommandError(RuntimeError):
@@ -152,3 +153,28 @@ def read_pidfile(path: str) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text.isdigit() else None
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    cond: Callable[[], T],
+    timeout: float = 10.0,
+    message: str | Callable[[], str] = "condition",
+    interval: float = 0.05,
+) -> T:
+    """Call ``cond`` until it returns something truthy and return that; TimeoutError after ``timeout`` s.
+
+    ``message`` (a string, or a callable evaluated only on failure, e.g. to attach a
+    controller log tail) describes what was awaited.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {text}")
+        time.sleep(interval)
