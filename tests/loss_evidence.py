@@ -9,9 +9,10 @@ before a scenario, and :meth:`Witness.report` says what changed, the events of t
 (cut, takeover, ...) relative to the lost echo, the vswitchd log lines around it, and keeps
 the vswitchd logs beside the ping log (the lab deletes its run directories on teardown).
 
-A reply that comes back late is not lost: ping counts it whenever it arrives, except after
-its last echo, when it waits only twice the longest round trip seen so far and exits;
-:meth:`Ping.unanswered` tells the two apart (``tail``).
+A reply that comes back late is not lost: ping (iputils) counts it whenever it arrives, except
+after its last echo, when it waits only twice the longest round trip seen so far and exits.
+:class:`Ping` therefore sends a few echoes more than it counts, and :meth:`Ping.unanswered`
+marks an echo after which nothing was answered (``tail``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from apps.lab import Hypervisor
+from apps.lab import Hypervisor, LabVM
 from tests.test_e2e_restart import Ping as _Ping
 
 _REPLY = re.compile(r"\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+) .*time=([\d.]+) ms")
@@ -33,9 +34,26 @@ _DROPPY = re.compile(r"drop|fail|error|lost|duplicate|flow_limit|overflow", re.I
 
 
 class Ping(_Ping):
-    """:class:`tests.test_e2e_restart.Ping` with ``-D -O``: every line stamped, unanswered echoes reported."""
+    """:class:`tests.test_e2e_restart.Ping` with ``-D -O`` (every line stamped, unanswered echoes reported).
+
+    ``count`` echoes are counted; ``GRACE`` more follow them and are not, so that the last
+    counted reply has their time to come back before ping exits (ping waits only twice the
+    longest round trip after its last echo: on a loaded machine a slow last reply would be
+    counted lost). A counted echo that is dropped is still missing at the end.
+    """
 
     FLAGS = ("-D", "-O")
+    GRACE = 50
+
+    def __init__(self, vm: LabVM, dst: str, count: int, interval: float, workdir: Path) -> None:
+        super().__init__(vm, dst, count + self.GRACE, interval, workdir)
+        self.count = count
+
+    def finish(self, timeout: float) -> tuple[int, int]:
+        """Wait for the end; (counted echoes, how many of them were answered)."""
+        super().finish(timeout)
+        got = self.replies_by_seq()
+        return self.count, sum(1 for seq in range(1, self.count + 1) if seq in got)
 
     def replies_by_seq(self) -> dict[int, tuple[float, float]]:
         """icmp_seq -> (wall-clock time the reply came, round trip in s)."""
