@@ -15,7 +15,7 @@ demo: ovs
 
 # The API suites again with the topology in etcd: everything the API promises holds on both stores.
 API_SUITES = tests/test_api.py tests/test_api_l3.py tests/test_api_secgroups.py tests/test_api_ipam.py \
-	tests/test_api_collections.py tests/test_api_events.py tests/test_openapi.py
+	tests/test_api_collections.py tests/test_api_events.py tests/test_openapi.py tests/test_api_limits.py
 
 test: ovs
 	$(PY) -m pytest -q tests

@@ -29,6 +29,7 @@ setup(
         "ovs~=4.0.0",  # the OVSDB IDL: the controller as the hypervisors' OVSDB manager (controller/ovsdb.py)
         "oslo.policy~=6.0.1",  # the API's policy table (apps/northbound/policy.py), as Neutron's
         "keystonemiddleware~=13.0.1",  # --auth keystone: token validation (auth_token), as Neutron's
+        "waitress~=3.0.2",  # the API's HTTP server (apps/northbound/server.py): slow clients cost no thread
     ],
     extras_require={
         "test": [

@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("apps.trace", "walk a packet through a hypervisor's compiled pipeline (--live: against OVS's own)"),
     "check": ("apps.check", "compare every connected switch's flows with its compiled flows"),
     "bench": ("apps.bench", "run the benchmarks and write results JSON"),
+    "db": ("apps.db", "check, back up (online) and restore the controller's SQLite store"),
 }
 
 

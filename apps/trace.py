@@ -273,8 +273,13 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     from apps.trace_live import LiveError
     from topology.state import Topology  # lazily: it opens SQLite, and only this path needs it
+    from topology.store_check import StoreFault
 
-    topo = Topology(args.db)
+    try:
+        topo = Topology(args.db)
+    except StoreFault as fault:  # the controller's own check and line (README "The store")
+        print(f"tenantflow trace: {fault.line()}", file=sys.stderr)
+        return fault.exit_code
     try:
         if args.live:
             live_ofports(args)

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import socket
 import time
+from collections import deque
+from dataclasses import dataclass
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -21,11 +23,13 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 from controller import heap, metrics, tls
 from controller.addresses import AddressService
 from controller.cluster import Solo
+from controller.connection import DUPLICATE, STALLED
 from controller.gateways import GatewayService
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, next_hop_request
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
+from flows.flow import Output
 from flows.pipeline import stage
 from flows.routing import router_interface
 from flows.stages import EXT_OUTPUT, PUNT
@@ -40,6 +44,10 @@ PUNT_TABLE = PUNT.table_id  # address assignment's requests come up from ls_in_p
 TOPOLOGY = None
 CLUSTER = None  # a controller.cluster.Cluster when this instance is one of several (None: the only one)
 CLAIM_WAIT = 2.0  # s an ownership change waits for the switches' role claims before building flows
+DUPLICATE_BURST = 3  # connections replacing a live one with the same datapath id within DUPLICATE_WINDOW s...
+DUPLICATE_WINDOW = 60.0
+DUPLICATE_HOLD = 5.0  # ...then newcomers are refused this long, doubling at each new burst up to the cap
+DUPLICATE_HOLD_CAP = 300.0
 
 
 class TenantflowApp(app_manager.OSKenApp):
@@ -53,6 +61,7 @@ class TenantflowApp(app_manager.OSKenApp):
             raise RuntimeError("controller.app.TOPOLOGY must be set before the app starts")
         self.topology = TOPOLOGY
         self.switches: dict[int, Switch] = {}  # dpid -> switch
+        self._duplicates = DuplicateGuard()  # connections claiming a connected bridge's datapath id
         # Every hypervisor's flows, kept up to date by each committed write (under the
         # topology's lock); switches take the changes and push them outside it.
         self.engine = FlowEngine.attach(self.topology)
@@ -168,7 +177,10 @@ class TenantflowApp(app_manager.OSKenApp):
             hv = self.topology.graph.hypervisor_by_dpid(dp.id)
             if self._refused(dp, hv):  # before anything else: an impostor must not even replace the bridge
                 return
-            old = self.switches.pop(dp.id, None)
+            old = self.switches.get(dp.id)
+            if old is not None and old.alive and not self._replaces(old, dp):
+                return
+            self.switches.pop(dp.id, None)
             if old is not None:  # a new connection of the same bridge replaces the old one
                 self._disconnected(old)
             hv_name = hv.name if hv else None
@@ -186,6 +198,32 @@ class TenantflowApp(app_manager.OSKenApp):
                 if sw.hv_name:
                     self.topology.set_live_ofports(sw.hv_name, {})
                     self.gateways.bridge_left(sw.hv_name)
+
+    def _replaces(self, old: Switch, dp) -> bool:
+        """A second connection claims a connected bridge's datapath id: whether it replaces the first.
+
+        Usually the bridge itself reconnected before its old connection was seen gone: the newer
+        one wins, and the older is closed (its reason, ``duplicate datapath id``, is the warning the
+        disconnect logs). But two live switches claiming one id would take it from each other at
+        every reconnect, each time a full read and push: after DUPLICATE_BURST replacements within
+        DUPLICATE_WINDOW seconds the connected one keeps it and newcomers are closed for a hold-down
+        that doubles (5 s up to 5 min), logged once per hold-down. Counted either way.
+        """
+        label = old.label
+        metrics.DUPLICATE_DPIDS.labels(label).inc()
+        hold = self._duplicates.refuse(dp.id)
+        if hold:
+            if hold.logged:
+                LOG.debug("bridge %016x: another connection from %s refused (duplicate datapath id)", dp.id,
+                          dp.address)
+            else:
+                LOG.warning("bridge %016x (%s): %d connections claimed its datapath id within %g s (two switches "
+                            "with one id?): keeping the one from %s, refusing others for %g s", dp.id, label,
+                            hold.count, DUPLICATE_WINDOW, old.dp.address, hold.seconds)
+            _end(dp, f"{DUPLICATE}: refused, the one from {old.dp.address} keeps it")
+            return False
+        _end(old.dp, f"{DUPLICATE}: a newer connection from {dp.address} claims it")
+        return True
 
     def _refused(self, dp, hv) -> bool:
         """Refuse (close, log, count) a TLS switch whose certificate names another hypervisor than ``hv``.
@@ -227,7 +265,10 @@ class TenantflowApp(app_manager.OSKenApp):
         if sw.hv_name:
             metrics.SWITCH_UP.labels(sw.hv_name).set(0)
         reason = getattr(getattr(sw.dp, "socket", None), "end_reason", "") or "reason unknown"
-        LOG.info("bridge %016x (%s) disconnected: %s", sw.dpid, sw.hv_name, reason)
+        # A stall or a duplicate is the controller's decision: a warning (its one log line). A malformed
+        # stream's cause was logged already (controller.connection, rate-limited); any other end is ordinary.
+        LOG.log(logging.WARNING if reason.startswith((STALLED, DUPLICATE)) else logging.INFO,
+                "bridge %016x (%s) disconnected: %s", sw.dpid, sw.hv_name, reason)
 
     def _ports_read(self, sw: Switch, ofports: dict[str, int]) -> None:
         """A bridge's port map, read on connect: recorded; a gateway's arrival may change who is active."""
@@ -358,9 +399,10 @@ class TenantflowApp(app_manager.OSKenApp):
         reply = time_exceeded(bytes(msg.data), *iface)
         if reply is None:
             return
-        dp, parser, ofp = msg.datapath, msg.datapath.ofproto_parser, msg.datapath.ofproto
-        dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
-                                        [parser.OFPActionOutput(fields["in_port"])], reply))
+        try:  # never waits for a switch that stopped reading (controller.connection.SendQueue)
+            sw.packet_out([Output(fields["in_port"])], reply)
+        except ConnectionError:
+            LOG.info("switch %s: gone (or not reading) before the ICMP time exceeded could be sent", sw.hv_name)
 
 
     def _resolve_next_hop(self, sw: Switch, msg) -> None:
@@ -374,6 +416,52 @@ class TenantflowApp(app_manager.OSKenApp):
                 sw.packet_out(ext_output_actions(fields["reg6"]), request)
             except ConnectionError:  # the switch went away meanwhile: its reconnect starts over
                 LOG.info("switch %s: gone before the ARP for %#x could be sent", sw.hv_name, fields.get("reg0", 0))
+
+
+@dataclass
+class _Hold:
+    """A datapath id's hold-down: newcomers refused until ``until``."""
+
+    until: float = 0.0
+    seconds: float = 0.0
+    count: int = 0
+    logged: bool = False
+
+
+class DuplicateGuard:
+    """Counts, per datapath id, connections that replaced a live one; past a burst, holds the id down."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, deque] = {}
+        self._holds: dict[int, _Hold] = {}
+
+    def refuse(self, dpid: int, now: float | None = None) -> _Hold | None:
+        """A newcomer claims ``dpid`` (held by a live connection): its hold-down if it is to be refused, else None."""
+        now = time.monotonic() if now is None else now
+        hold = self._holds.get(dpid)
+        if hold is not None and now < hold.until:
+            hold.count += 1
+            refused = _Hold(hold.until, hold.seconds, hold.count, hold.logged)
+            hold.logged = True
+            return refused
+        seen = self._seen.setdefault(dpid, deque(maxlen=DUPLICATE_BURST))
+        seen.append(now)
+        if len(seen) < DUPLICATE_BURST or now - seen[0] > DUPLICATE_WINDOW:
+            return None
+        seconds = min(DUPLICATE_HOLD_CAP, hold.seconds * 2 if hold is not None else DUPLICATE_HOLD)
+        self._holds[dpid] = _Hold(now + seconds, seconds, len(seen), True)
+        seen.clear()
+        return _Hold(now + seconds, seconds, DUPLICATE_BURST)
+
+
+def _end(dp, reason: str) -> None:
+    """Close a switch connection both ways, recording ``reason`` (os-ken's close() would wait on the app's queue)."""
+    sock = getattr(dp, "socket", None)
+    if hasattr(sock, "end"):
+        sock.end(reason)
+    else:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _name(port) -> str:

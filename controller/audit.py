@@ -117,15 +117,43 @@ def oxm_fields(match: bytes) -> frozenset[bytes]:
         size = _OXM_HEAD.size + (header & 0xFF)
         tlv = bytes(match[at:at + size])
         at += size
-        if header & 0x100:  # hasmask: value, then mask, each half the payload
-            width = (header & 0xFF) // 2
-            value, mask = tlv[4:4 + width], tlv[4 + width:]
-            if not any(mask):
-                continue
-            if mask == b"\xff" * width:
-                tlv = _OXM_HEAD.pack((header & ~0x1FF) | width) + value
-        fields.append(tlv)
-    return frozenset(fields)
+        if header >> 16 == 0xFFFF:  # an experimenter's field: its id first, kept as sent
+            fields.append(tlv)
+            continue
+        fields += [_normal(h, v, m) for h, v, m in _as_regs(header, tlv)]
+    return frozenset(f for f in fields if f)
+
+
+_NXM_REG = 0x0001 << 16  # class NXM_1: reg0..reg15 are its fields 0..15, xxreg0..3 its fields 111..114
+_OXM_PKT_REG = 0x8001 << 16  # class OFPXMC_PACKET_REGS: xreg0..7 (64 bits each)
+
+
+def _as_regs(header: int, tlv: bytes) -> list[tuple[int, bytes, bytes | None]]:
+    """A field as (header without mask bit and length, value, mask or None), a 64-bit ``xreg`` or 128-bit
+    ``xxreg`` split into the 32-bit registers it spans: OVS writes a match on those back as ``reg*``."""
+    width = (header & 0xFF) // (2 if header & 0x100 else 1)
+    value = tlv[4:4 + width]
+    mask = tlv[4 + width:] if header & 0x100 else None
+    klass, number = header & 0xFFFF0000, (header >> 9) & 0x7F
+    if klass == _NXM_REG and 111 <= number <= 114 and width == 16:
+        first = (number - 111) * 4
+    elif klass == _OXM_PKT_REG and number <= 7 and width == 8:
+        first = number * 2
+    else:
+        return [(header & ~0x1FF, value, mask)]
+    return [(_NXM_REG | (first + i) << 9, value[4 * i:4 * i + 4], mask[4 * i:4 * i + 4] if mask else None)
+            for i in range(width // 4)]
+
+
+def _normal(header: int, value: bytes, mask: bytes | None) -> bytes:
+    """One field's bytes as OVS stores it: none when its mask is all zeros (it matches anything), exact
+    (no mask) when its mask is all ones."""
+    width = len(value)
+    if mask is not None and not any(mask):
+        return b""
+    if mask is None or mask == b"\xff" * width:
+        return _OXM_HEAD.pack(header | width) + value
+    return _OXM_HEAD.pack(header | 0x100 | 2 * width) + value + mask
 
 
 @dataclass

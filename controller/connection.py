@@ -39,21 +39,47 @@ import logging
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 
 from os_ken.base import app_manager  # noqa: F401  (first: os-ken's controller module imports it back)
 from os_ken.controller.controller import Datapath
+from os_ken.ofproto.ofproto_parser import msg as _OS_KEN_PARSE
 
 LOG = logging.getLogger("tenantflow.connection")
 
 OFPT_ECHO_REQUEST = 2
 OFPT_ECHO_REPLY = 3
+# Unsolicited (xid 0) messages the sync engine reads itself: flow monitor updates (multipart replies)
+# and its pause notices (experimenter messages). No app handles either type unsolicited.
+UNSOLICITED_INTERCEPTED = frozenset({4, 19})  # OFPT_EXPERIMENTER, OFPT_MULTIPART_REPLY
 HEADER = struct.Struct("!BBHI")
+OFP_VERSION = 0x04  # the one version the app speaks (OpenFlow 1.3)
 RECV_SIZE = 256 * 1024
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before the reader waits
 IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the connection
 KEEPALIVE = (30, 10, 3)  # TCP keepalive: idle seconds, seconds between probes, probes before giving up
 CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
+SEND_QUEUE_BYTES = 8 * 1024 * 1024  # bytes queued for one switch beyond which senders wait (its worker) or drop
+STALLED = "stalled"  # how an end_reason starts when the switch stopped reading (the app logs it as a warning)
+MALFORMED = "malformed"  # ... when the switch's byte stream broke the protocol
+REPORT_AGAIN_AFTER = 600.0  # seconds before the same malformed kind from the same switch is logged again
+_REPORTED: dict[tuple[str, str], float] = {}  # (switch, kind) -> when last logged
+_REPORTED_LOCK = threading.Lock()
+DUPLICATE = "duplicate datapath id"  # ... when another connection claimed the same datapath id (controller.app)
+# What a switch may send a controller in OpenFlow 1.3 (hello, error, echo, experimenter, features reply,
+# get-config reply, packet-in, flow removed, port status, multipart reply, barrier reply, queue config
+# reply, role reply, get-async reply). Any other type is skipped whole, counted and logged once.
+SWITCH_TYPES = frozenset({0, 1, 2, 3, 4, 6, 8, 10, 11, 12, 19, 21, 23, 25, 27})
+
+
+class MalformedStream(ValueError):
+    """The switch's byte stream cannot be framed any more (a wrong version or a length below the header's)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
 
 
 class EchoSplitter:
@@ -68,14 +94,22 @@ class EchoSplitter:
     Interception (:meth:`intercept`): each message whose xid ``owns(xid)`` claims is held
     back whole and given to ``handler`` (on the caller's thread) instead of being passed
     on. The sync engine claims the replies and errors it waits for this way (see
-    :meth:`FastEchoSocket.intercept`).
+    :meth:`FastEchoSocket.intercept`), and the unsolicited messages of
+    ``UNSOLICITED_INTERCEPTED``'s types (the flow monitor's, controller.monitor).
     """
 
     def __init__(self) -> None:
         self.owns: Callable[[int], bool] | None = None
         self.handler: Callable[[bytes], None] | None = None
+        # Checks (once set, by FastEchoSocket): every message after the first (the hello) must carry this
+        # version and a length of at least a header, else MalformedStream; a type a switch does not send
+        # is dropped and told to ``report(kind, detail)``.
+        self.version: int | None = None
+        self.report: Callable[[str, str], None] | None = None
+        self._messages = 0
         self._head = bytearray()  # a header being read
         self._passing = 0  # bytes of the current (passed on) message still to pass on
+        self._dropping = 0  # bytes of the current (skipped) message still to drop
         self._held: bytearray | None = None  # the message being held back (echo request or intercepted)
         self._held_len = 0
 
@@ -90,7 +124,11 @@ class EchoSplitter:
         view = memoryview(data)
         i, n = 0, len(data)
         while i < n:
-            if self._passing:
+            if self._dropping:
+                take = min(self._dropping, n - i)
+                self._dropping -= take
+                i += take
+            elif self._passing:
                 take = min(self._passing, n - i)
                 out.append(view[i:i + take])
                 self._passing -= take
@@ -111,10 +149,15 @@ class EchoSplitter:
 
     def _start(self, out: list, replies: list[bytes]) -> None:
         """A header is complete: hold its message back, or pass it on."""
-        _, msg_type, length, xid = HEADER.unpack(self._head)
+        version, msg_type, length, xid = HEADER.unpack(self._head)
+        if self.version is not None and not self._checked(version, msg_type, length):
+            self._dropping = length - HEADER.size
+            self._head.clear()
+            return
         length = max(length, HEADER.size)
         owns = self.owns  # once: intercept(None, None) may come from another thread
-        if msg_type == OFPT_ECHO_REQUEST or (xid and owns is not None and owns(xid)):
+        if msg_type == OFPT_ECHO_REQUEST or (owns is not None and (
+                owns(xid) if xid else msg_type in UNSOLICITED_INTERCEPTED)):
             self._held, self._held_len = bytearray(self._head), length
             if length == HEADER.size:
                 self._release(bytes(self._held), replies)
@@ -122,6 +165,22 @@ class EchoSplitter:
             out.append(bytes(self._head))
             self._passing = length - HEADER.size
         self._head.clear()
+
+    def _checked(self, version: int, msg_type: int, length: int) -> bool:
+        """Whether to keep a message; MalformedStream if the stream can no longer be framed."""
+        self._messages += 1
+        if self._messages > 1 and version != self.version:
+            raise MalformedStream("bad_version", f"message of version {version:#x} (type {msg_type}, length "
+                                  f"{length}) on an OpenFlow {self.version:#x} connection")
+        if length < HEADER.size:
+            raise MalformedStream("bad_length", f"message of length {length} (type {msg_type}), below the "
+                                  f"{HEADER.size}-byte header")
+        if self._messages > 1 and msg_type not in SWITCH_TYPES:
+            if self.report is not None:
+                self.report("unknown_type", f"message of type {msg_type} (length {length}), which a switch does "
+                            "not send: skipped")
+            return False
+        return True
 
     def _release(self, msg: bytes, replies: list[bytes]) -> None:
         """A held-back message is complete: answer it (echo) or hand it to the handler."""
@@ -172,6 +231,7 @@ class FastEchoSocket:
         self.echo_replies = 0
         self.end_reason = ""  # why the connection ended, once it has (for the disconnect's log line)
         self._splitter = EchoSplitter()
+        self._splitter.version = OFP_VERSION
         sock.settimeout(IO_TIMEOUT)
         if not unix:
             _keepalive(sock)
@@ -212,6 +272,12 @@ class FastEchoSocket:
         """Shut down one or both directions of the real socket (os-ken's way to end a connection)."""
         self._ended("closed by the controller (shutdown)")
         self._sock.shutdown(how)
+
+    def end(self, reason: str) -> None:
+        """End the connection in both directions for ``reason`` (the first reason given is the one kept)."""
+        self._ended(reason)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # the reader's recv returns: os-ken sees the end
 
     def intercept(self, owns: Callable[[int], bool] | None, handler: Callable[[bytes], None] | None) -> None:
         """Hand each message whose xid ``owns`` claims to ``handler``, whole, on the reader thread (None: stop).
@@ -254,7 +320,13 @@ class FastEchoSocket:
                 if not data:
                     self._ended("closed by the switch")
                     break
-                passed, replies = splitter.feed(data)
+                try:
+                    passed, replies = splitter.feed(data)
+                except MalformedStream as exc:  # nothing after this can be framed: end the connection
+                    if splitter.report is not None:
+                        splitter.report(exc.kind, str(exc))
+                    self.end(f"{MALFORMED}: {exc}")
+                    break
                 for reply in replies:
                     if not self._answer(reply):
                         return
@@ -301,24 +373,151 @@ def _keepalive(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
 
+class SendQueue:
+    """What waits to be written to one switch, bounded in bytes (``limit``; one message alone may exceed it).
+
+    os-ken's queue holds 16 messages of any size and every sender waits for room, the app's
+    one event thread included: a switch that stopped reading blocked every bridge's packet-ins
+    behind one DHCP answer. Here only a sender that asks to (the switch's own worker) waits for
+    room; any other gets False at once and the message is dropped (a packet-out: the guest asks
+    again). :meth:`close` drops what is queued and wakes everyone.
+    """
+
+    def __init__(self, limit: int = SEND_QUEUE_BYTES):
+        self.limit = limit
+        self.queued = 0  # bytes put and not yet written
+        self._items: deque[tuple[bytes, bool]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, data: bytes, close_socket: bool = False, block: bool = True) -> bool:
+        """Queue ``data``; False if closed, or full and ``block`` is False."""
+        with self._cond:
+            while not self._closed and self.queued and self.queued + len(data) > self.limit:
+                if not block:
+                    return False
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._items.append((data, close_socket))
+            self.queued += len(data)
+            self._cond.notify_all()
+            return True
+
+    def get(self) -> tuple[bytes, bool] | None:
+        """The next message to write (waits for one); None once closed."""
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            return None if self._closed else self._items.popleft()
+
+    def written(self, n: int) -> None:
+        """``n`` bytes of what :meth:`get` gave were written (or given up): room for the waiting senders."""
+        with self._cond:
+            self.queued -= n
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Drop everything queued; every put fails and every get returns None from now on."""
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self.queued = 0
+            self._cond.notify_all()
+
+
 class TenantflowDatapath(Datapath):
-    """os-ken's ``Datapath`` on a :class:`FastEchoSocket`, whose send thread ends with its receive loop.
+    """os-ken's ``Datapath`` on a :class:`FastEchoSocket`, a bounded :class:`SendQueue`, and a send thread that
+    ends with its receive loop.
+
+    A switch that takes nothing we write for ``IO_TIMEOUT`` (it stopped reading: hung, SIGSTOPped)
+    is *stalled*: the connection is closed both ways, once, counted
+    (``tenantflow_switch_stalls_total``), and the app logs it as one warning line; the switch's
+    reconnection is reconciled like any other. Until then at most ``SEND_QUEUE_BYTES`` wait for it.
 
     ``certificate_name``: the hypervisor the switch's TLS certificate names (None: no TLS, a
     unix socket or plain TCP), held against its datapath id by the app (:mod:`controller.tls`).
+    ``label``: the name metrics give the switch (its hypervisor's, set by controller.switch).
     """
+
+    bounded_send = True  # send() takes block= (controller.switch asks whether it may)
 
     def __init__(self, sock: socket.socket, address, *, unix: bool = False, certificate_name: str | None = None):
         self.certificate_name = certificate_name
+        self.label: str | None = None
+        self.out = SendQueue()
         super().__init__(FastEchoSocket(sock, unix=unix), address)
+        self.socket._splitter.report = self.report_malformed
+
+    def report_malformed(self, kind: str, detail: str) -> None:
+        """A malformed or unexpected message from the switch: counted each time, logged once per switch and kind
+        every REPORT_AGAIN_AFTER seconds (a switch that reconnects and sends the same garbage again does not fill
+        the log: OVS reconnects every second or so)."""
+        from controller import metrics
+
+        metrics.OF_MALFORMED.labels(self._label(), kind).inc()
+        key = (self._label() if self.id is not None else str(self.address[0]), kind)
+        now = time.monotonic()
+        with _REPORTED_LOCK:
+            if now - _REPORTED.get(key, -REPORT_AGAIN_AFTER) < REPORT_AGAIN_AFTER:
+                return
+            _REPORTED[key] = now
+        LOG.warning("switch %s from %s: %s (counted in tenantflow_of_malformed_total{kind=%r}; not logged again for "
+                    "%g s)", self._label(), self.address, detail, kind, REPORT_AGAIN_AFTER)
+
+    def send(self, buf: bytes, close_socket: bool = False, *, block: bool = True) -> bool:
+        """Queue ``buf`` for the switch (see :class:`SendQueue`); False if it was not queued."""
+        if self.out.put(buf, close_socket, block):
+            return True
+        if not block and not self.out.closed:
+            from controller import metrics
+            metrics.SEND_DROPPED.labels(self._label()).inc()
+        return False
+
+    def _label(self) -> str:
+        return self.label or (f"{self.id:016x}" if self.id is not None else "?")
+
+    def _send_loop(self) -> None:
+        """Write what is queued until the connection ends; a switch that takes nothing for IO_TIMEOUT is closed."""
+        try:
+            while (item := self.out.get()) is not None:
+                buf, close_socket = item
+                try:
+                    self.socket.sendall(buf)
+                finally:
+                    self.out.written(len(buf))
+                if close_socket:
+                    break
+        except TimeoutError:
+            self._stalled()
+        except OSError as exc:
+            LOG.debug("switch %s: write failed: %s", self._label(), exc)
+        finally:
+            self.out.close()
+            self._close_write()
+
+    def _stalled(self) -> None:
+        from controller import metrics
+
+        metrics.SWITCH_STALLS.labels(self._label()).inc()
+        self.socket.end(f"{STALLED}: took none of our data for {IO_TIMEOUT:g} s (it stopped reading); "
+                        f"closed by the controller")
 
     def _recv_loop(self) -> None:
         try:
             super()._recv_loop()  # returns with the socket closed
         finally:
-            # Wake the send thread (it sleeps in send_q.get()): writing to the closed socket
-            # ends it, Datapath.serve returns, and os-ken reports DEAD_DISPATCHER.
-            self.send(b"", close_socket=True)
+            # Wake the send thread (it sleeps in get()): it ends, Datapath.serve returns, and
+            # os-ken reports DEAD_DISPATCHER.
+            self.out.close()
+            # The reader's splitter held our bound method (datapath -> socket -> splitter -> datapath): a
+            # cycle, which a frozen heap never collects (controller.heap). Break it.
+            self.socket._splitter.report = None
 
 
 def serve_connection(sock: socket.socket, address, *, unix: bool = False, certificate_name: str | None = None) -> None:
@@ -347,7 +546,30 @@ def install(tcp: bool = True) -> None:
     from os_ken.controller import ofp_handler
 
     os_ken_controller.datapath_connection_factory = serve_connection
+    os_ken_controller.ofproto_parser.msg = _parse_reported
     ofp_handler.OpenFlowController = os_ken_controller.OpenFlowController if tcp else _NotListening
+
+
+def _parse_reported(datapath, version, msg_type, msg_len, xid, buf):
+    """os-ken's ``ofproto_parser.msg``, without its traceback per message a switch sends malformed.
+
+    os-ken logs each unparsable message with ``LOG.exception`` (a traceback and a hex dump) and
+    skips it: a switch sending a stream of them filled the log. Here the message is skipped too,
+    and counted and logged once per connection and kind (:meth:`TenantflowDatapath.report_malformed`).
+    """
+    from os_ken.ofproto import ofproto_parser
+
+    parser = ofproto_parser._MSG_PARSERS.get(version)
+    if parser is None:
+        return _OS_KEN_PARSE(datapath, version, msg_type, msg_len, xid, buf)  # raises: unknown version
+    try:
+        return parser(datapath, version, msg_type, msg_len, xid, buf)
+    except Exception as exc:
+        report = getattr(datapath, "report_malformed", None)
+        if report is None:
+            return _OS_KEN_PARSE(datapath, version, msg_type, msg_len, xid, buf)
+        report("unparsable", f"unparsable message of type {msg_type} (length {msg_len}): {exc!r}: skipped")
+        return None
 
 
 class _NotListening:

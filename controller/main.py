@@ -35,6 +35,12 @@ DEFAULTS = {
     "unix_socket": "/run/tenantflow/openflow.sock",
     "api_host": "127.0.0.1",
     "api_port": "9696",
+    "api_workers": "16",  # apps.northbound.server.ServerOptions's defaults
+    "api_backlog": "0",
+    "api_connection_limit": "1000",
+    "api_max_queue": "512",
+    "api_read_timeout": "30",
+    "api_idle_timeout": "60",
     "vni_range": "1000:1999",
     "vlan_range": "100:199",
     "default_network_type": "vxlan",
@@ -42,6 +48,7 @@ DEFAULTS = {
     "default_project": "default",
     "log_level": "INFO",
     "sync_concurrency": "4",
+    "flow_monitor": "on",
     "dhcp_lease_time": "86400",
     "dhcp_domain": "openstacklocal",
     "ra_interval": "600",
@@ -99,9 +106,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ssl-ca-cert", default=values["ssl_ca_cert"],
                    help="the CA the switches' certificates are signed by (ovs-pki's switchca/cacert.pem); a switch is "
                         "accepted as hypervisor H only if its certificate's common name is H")
-    p.add_argument("--unix-socket", default=values["unix_socket"], help="OpenFlow unix socket ('' to disable)")
+    p.add_argument("--unix-socket", default=values["unix_socket"],
+                   help="OpenFlow unix socket for the switches of this host ('' to disable); OVS takes a unix: "
+                        "controller only inside its run directory, so link the socket there (README, attach step 2)")
     p.add_argument("--api-host", default=values["api_host"], help="REST API listen address")
     p.add_argument("--api-port", type=int, default=int(values["api_port"]), help="REST API port")
+    _api_server_options(p, values)
     p.add_argument("--vni-range", default=values["vni_range"], help="VXLAN/Geneve/GRE tunnel keys to allocate, MIN:MAX")
     p.add_argument("--vlan-range", default=values["vlan_range"], help="VLAN ids to allocate, MIN:MAX")
     p.add_argument("--default-network-type", default=values["default_network_type"],
@@ -111,6 +121,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="project_id of resources created with none in the body and no X-Project-Id header")
     p.add_argument("--sync-concurrency", type=int, default=int(values["sync_concurrency"]),
                    help="bridges read and pushed at the same time (the others wait their turn, in order)")
+    p.add_argument("--flow-monitor", choices=["on", "off"], default=values["flow_monitor"],
+                   help="on: flows changed on a switch by someone else are repaired at once (OVS's flow monitor); "
+                        "off: only when the bridge next connects (e.g. to look at a change made by hand)")
     p.add_argument("--dhcp-lease-time", type=int, default=int(values["dhcp_lease_time"]),
                    help="seconds of every DHCP lease (renewals at half of it)")
     p.add_argument("--dhcp-domain", default=values["dhcp_domain"], help="the domain name DHCP gives VMs")
@@ -138,6 +151,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log-level", default=values["log_level"])
     args = p.parse_args(argv)
     _check_transports(p, args)
+    server_options(args)  # nonsense --api-* values stop here, before anything listens
     from apps.northbound.auth import check_listeners
 
     try:
@@ -159,6 +173,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _true(text: str | bool) -> bool:
     """A boolean of the config file (``true``/``yes``/``1``/``on``)."""
     return text if isinstance(text, bool) else text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _api_server_options(p: argparse.ArgumentParser, values: dict) -> None:
+    """The API server's knobs (apps.northbound.server.ServerOptions)."""
+    p.add_argument("--api-workers", type=int, default=int(values["api_workers"]),
+                   help="API worker threads: the most requests served at once")
+    p.add_argument("--api-backlog", type=int, default=int(values["api_backlog"]),
+                   help="API listen backlog (0: the kernel's maximum, net.core.somaxconn)")
+    p.add_argument("--api-connection-limit", type=int, default=int(values["api_connection_limit"]),
+                   help="open API connections; past it new ones wait in the listen backlog")
+    p.add_argument("--api-max-queue", type=int, default=int(values["api_max_queue"]),
+                   help="API requests waiting for a worker; past it 503 with Retry-After")
+    p.add_argument("--api-read-timeout", type=float, default=float(values["api_read_timeout"]),
+                   help="seconds from a request's first byte to its last (else 408 and the connection closed)")
+    p.add_argument("--api-idle-timeout", type=float, default=float(values["api_idle_timeout"]),
+                   help="seconds an idle keep-alive API connection stays open")
+
+
+def server_options(args: argparse.Namespace):
+    """The API server's options from the parsed flags."""
+    from apps.northbound.server import ServerOptions
+
+    if min(args.api_workers, args.api_connection_limit, args.api_max_queue) < 1 or args.api_backlog < 0 \
+            or min(args.api_read_timeout, args.api_idle_timeout) <= 0:
+        raise SystemExit("tenantflow controller: --api-workers, --api-connection-limit, --api-max-queue and the "
+                         "--api-*-timeout options must be positive, --api-backlog 0 or more")
+    return ServerOptions(workers=args.api_workers, backlog=args.api_backlog,
+                         connection_limit=args.api_connection_limit, max_queue=args.api_max_queue,
+                         read_timeout=args.api_read_timeout, idle_timeout=args.api_idle_timeout)
 
 
 def _check_transports(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -193,7 +236,11 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def serve_unix(path: str) -> threading.Thread:
-    """Accept OpenFlow switches on a unix socket (OVS: ``set-controller br-int unix:PATH``).
+    """Accept OpenFlow switches on a unix socket.
+
+    OVS refuses a ``unix:`` controller outside its run directory (``/var/run/openvswitch``), so a
+    host links ``path`` there and points br-int at the link (:func:`apps.lab.steps.link_controller_socket`,
+    README "Attach a hypervisor", step 2).
 
     Each connection is served like a TCP one (:func:`controller.connection.serve_connection`:
     echo requests answered on arrival), with TCP-level socket options ignored.
@@ -262,12 +309,13 @@ def start(args: argparse.Namespace, topology=None) -> Running:
 
     if topology is None:
         from topology.state import Topology
+        from topology.store import open_store
 
         where = args.store or args.db
         if not where.startswith("etcd://"):
-            os.makedirs(os.path.dirname(os.path.abspath(where)), exist_ok=True)
+            _make_parent(where)
         topology = Topology(
-            where, vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
+            open_store(where, exclusive=True), vni_range=_range(args.vni_range), vlan_range=_range(args.vlan_range),
             default_network_type=args.default_network_type,
             default_physical_network=args.default_physical_network, default_project=args.default_project,
         )
@@ -275,6 +323,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     of_app.TOPOLOGY = topology
     of_app.CLUSTER = _join_cluster(args, topology)
     switch.SYNC_SLOTS.set_limit(args.sync_concurrency)
+    switch.FLOW_MONITOR = args.flow_monitor == "on"
     dhcp.SETTINGS = dhcp.Settings(lease_time=args.dhcp_lease_time, domain=args.dhcp_domain)
     ra.INTERVAL = (args.ra_interval / 3, args.ra_interval)
     # The topology graph lives as long as the process: move it (and os-ken's
@@ -306,13 +355,14 @@ def start(args: argparse.Namespace, topology=None) -> Running:
             extra["/ovsdb"] = lambda environ, start_response: _json(start_response, "200 OK", ovsdb_manager.status())
         extra.update(_topology_page(topology, app))
         from apps.northbound.auth import wrap
-        from controller.metrics import counted
+        from controller.metrics import API_REFUSED, counted
 
         northbound = make_app(topology, extra=extra, auth=args.auth, policy_file=args.policy_file)
         from apps.ui.wsgi import static_in_front
 
         # The page's static files in front of authentication (they hold no data); its data behind it.
-        api = serve(counted(static_in_front(wrap(northbound, args))), args.api_host, args.api_port)
+        api = serve(counted(static_in_front(wrap(northbound, args))), args.api_host, args.api_port,
+                    server_options(args), on_refused=lambda status: API_REFUSED.labels(str(status)).inc())
         gc.freeze()  # and the API's (keystonemiddleware's, oslo.policy's): built once, kept for good
     from apps.northbound.auth import describe
 
@@ -323,6 +373,36 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     LOG.info("tenantflow controller: OpenFlow on %s, API on %s:%d, state in %s", " ".join(listening) or "nothing",
              args.api_host, args.api_port, topology.store.url)
     return Running(topology, manager.applications.get("TenantflowApp"), api, services, ovsdb_manager)
+
+
+def _make_parent(path: str) -> None:
+    """The store file's directory (a StoreFault if it cannot be made)."""
+    from topology.store_check import os_fault
+
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as exc:
+        raise os_fault(exc, path) from None
+
+
+def start_or_exit(args: argparse.Namespace) -> Running:
+    """:func:`start`, or one line on stderr and the store fault's exit code (README "The store: backups and faults").
+
+    Only the store's faults end here: anything else is a bug, and its traceback is wanted.
+    """
+    from topology.store import StoreUnavailable
+    from topology.store_check import KINDS, StoreFault
+
+    try:
+        return start(args)
+    except StoreFault as fault:
+        line, code = fault.line(), fault.exit_code
+    except StoreUnavailable as exc:  # etcd: no endpoint answered the first load
+        kind = KINDS["unreachable"]
+        line, code = f"store {args.store} is unreachable: {exc.message}; {kind.remedy}", kind.code
+    print(f"tenantflow controller: {line}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(code)  # threads os-ken or the etcd client may have started must not keep the process up
 
 
 def _start_ovsdb(args: argparse.Namespace, topology, cluster):
@@ -416,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the controller until SIGTERM/SIGINT."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    running = start(args)
+    running = start_or_exit(args)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

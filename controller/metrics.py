@@ -24,6 +24,9 @@ API_REQUESTS = Counter("tenantflow_api_requests", "API requests answered, by met
 API_SECONDS = Histogram("tenantflow_api_request_seconds", "Time to answer an API request, by method",
                         ["method"], registry=REGISTRY,
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+API_REFUSED = Counter("tenantflow_api_refused", "API requests the HTTP server answered itself, without running "
+                      "the API, by status (503 overloaded, 408 not read in time, 400/413/414/431 malformed)",
+                      ["status"], registry=REGISTRY)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -214,3 +217,19 @@ def register_ovsdb(manager) -> None:
         REGISTRY.register(OvsdbCollector(manager))
     except ValueError:
         pass
+
+
+FOREIGN_CHANGES = Counter("tenantflow_foreign_flow_changes", "Flow changes made on a switch by someone else (by "
+                          "hand, another controller), as its flow monitor reported them: added, deleted, modified; "
+                          "paused/resumed/malformed (updates lost: the flows were read again); each is repaired",
+                          ["hypervisor", "event"], registry=REGISTRY)
+OF_MALFORMED = Counter("tenantflow_of_malformed", "Malformed or unexpected OpenFlow messages from switches, by what "
+                       "was wrong (bad_version, bad_length, unknown_type, unparsable, reply, flow_update)",
+                       ["hypervisor", "kind"], registry=REGISTRY)
+SWITCH_STALLS = Counter("tenantflow_switch_stalls", "Switch connections closed because the switch took none of our "
+                        "data for the write timeout (it stopped reading)", ["hypervisor"], registry=REGISTRY)
+SEND_DROPPED = Counter("tenantflow_switch_send_dropped", "Messages (packet-outs) dropped because the switch's send "
+                       "queue was full (it reads slower than we write)", ["hypervisor"], registry=REGISTRY)
+DUPLICATE_DPIDS = Counter("tenantflow_switch_duplicate_dpid", "Connections that claimed the datapath id of a "
+                          "connected bridge (the older one is closed; past a burst, newcomers are refused for a while)",
+                          ["hypervisor"], registry=REGISTRY)

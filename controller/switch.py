@@ -30,32 +30,41 @@ time, in order, instead of all encoding at once on two cores.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
 import threading
 import time
 from collections import Counter as Multiset
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from controller import metrics, wire
+from controller import metrics, monitor, wire
 from controller.cluster import Role
 from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
 from controller.neighbour import announcement_actions, announcement_packets
+from controller.slots import SyncSlots
+from controller.syncing import (
+    FlowSource,
+    PushResult,
+    RoleSource,
+    _carried,
+    _learns,
+    _Waiter,
+    learned_cookies,
+)
 from flows.dhcp import HYPERVISOR_METER, PORT_BURST, PORT_RATE
-from flows.flow import Flow, Learn
+from flows.flow import Flow
 from flows.nat import NEXT_HOP_METER, Announcement
-from flows.pipeline import STAGE_BY_TABLE
 from flows.routing import TTL_METER
 
 LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
+FLOW_MONITOR = True  # ask each mastered bridge for its flow monitor (--flow-monitor; controller.monitor)
+SLOT_PATIENCE = 10.0  # seconds a worker waits for its switch in a sync slot before lending the slot out
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
 ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
 RETRY_BASE = 0.5  # seconds before the first retry of a failed sync; doubles with each failure...
@@ -76,56 +85,6 @@ class RequestRefused(ConnectionError):
     """The switch answered a request with an OpenFlow error."""
 
 
-class SyncSlots:
-    """At most ``limit`` holders at a time, admitted in arrival order (a FIFO semaphore)."""
-
-    def __init__(self, limit: int):
-        self._lock = threading.Lock()
-        self._limit = limit
-        self._busy = 0
-        self._queue: deque[threading.Event] = deque()
-
-    @property
-    def limit(self) -> int:
-        """How many may hold a slot at once."""
-        return self._limit
-
-    def set_limit(self, limit: int) -> None:
-        """Change the bound (at least 1); waiters the new bound lets in are admitted now."""
-        if limit < 1:
-            raise ValueError(f"sync concurrency must be at least 1, not {limit}")
-        with self._lock:
-            self._limit = limit
-            while self._queue and self._busy < self._limit:
-                self._busy += 1
-                self._queue.popleft().set()
-
-    def acquire(self) -> None:
-        """Wait for a slot (after everyone who asked before)."""
-        with self._lock:
-            if self._busy < self._limit and not self._queue:
-                self._busy += 1
-                return
-            turn = threading.Event()
-            self._queue.append(turn)
-        turn.wait()  # release() handed its slot over to us
-
-    def release(self) -> None:
-        """Give the slot to the longest waiter, or free it."""
-        with self._lock:
-            if self._queue and self._busy <= self._limit:
-                self._queue.popleft().set()
-            else:
-                self._busy -= 1
-
-    def __enter__(self) -> SyncSlots:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
 SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)
 # Notified whenever a switch confirms a sync or goes away: what GET /sync?wait= sleeps on.
 SYNCED = threading.Condition()
@@ -133,35 +92,7 @@ _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a r
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
 
-@dataclass
-class _Waiter:
-    """A reply (or the end of a multipart reply) some worker is waiting for."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-    parts: list = field(default_factory=list)
-
-
-@dataclass
-class PushResult:
-    """Outcome of one sync."""
-
-    added: int = 0
-    deleted: int = 0
-    committed: bool = True
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0  # encode + send + switch install + commit
-
-
-def describe(flow: Flow) -> str:
-    """A one-line, ovs-ofctl-like rendering of a flow with its description."""
-    stage = STAGE_BY_TABLE.get(flow.table_id)
-    match = ",".join(f"{k}={v[0]:#x}/{v[1]:#x}" if isinstance(v, tuple) else f"{k}={v}" for k, v in flow.match)
-    name = stage.name if stage else str(flow.table_id)
-    return (f"table={name} priority={flow.priority} cookie={flow.cookie:#x} {match} "
-            f"-> {flow.actions} ({flow.description})")
-
-
-class Switch:
+class Switch(monitor.FlowMonitoring):
     """State and sync worker of one connected hypervisor bridge."""
 
     _xids = itertools.count(0x70000000)
@@ -180,7 +111,7 @@ class Switch:
         self._ports_read = False
         self._announce_fn = announce_fn
         self.dpid: int = datapath.id
-        self.hv_name: str | None = None
+        self._hv_name: str | None = None
         self._source = source
         self._full_diff = True  # next sync compares every cookie (connect, or after a failed push)
         self.synced_generation = -1  # the engine generation of the flows the switch last confirmed
@@ -205,6 +136,12 @@ class Switch:
         self._waiters: dict[int, _Waiter] = {}
         self._whole: set[int] = set()  # xids whose multipart replies are wanted whole (dump_flows)
         self._errors: dict[int, list] = {}
+        # Flows changed on the switch by someone else (controller.monitor), and the cookies to send again.
+        self.tampering = monitor.Tampering()
+        self._monitoring = False
+        self._monitor_xid = -1
+        self._slot: SyncSlots | None = None  # the sync slots this worker holds one of, while it does
+        self._replace: set[int] = set()
         self._dirty = threading.Condition()
         self._pending = False
         self._alive = True
@@ -212,6 +149,17 @@ class Switch:
         sock = getattr(datapath, "socket", None)
         if hasattr(sock, "intercept"):  # our connection (controller.connection): replies come straight here
             sock.intercept(self._owns, self._on_message)
+
+    @property
+    def hv_name(self) -> str | None:
+        """The hypervisor whose bridge this is (None until one is registered with its datapath id)."""
+        return self._hv_name
+
+    @hv_name.setter
+    def hv_name(self, name: str | None) -> None:
+        self._hv_name = name
+        if hasattr(self.dp, "label"):  # our datapath (controller.connection): its metrics say which hypervisor
+            self.dp.label = name
 
     @property
     def ports_known(self) -> bool:
@@ -256,6 +204,11 @@ class Switch:
 
     def on_error(self, xid: int, msg) -> bool:
         """An OpenFlow error for ``xid``: keep it if it answers one of ours (returns True)."""
+        if xid == self._monitor_xid:
+            self._monitoring = False
+            LOG.warning("switch %s: no flow monitor (%s): flows changed by hand are repaired at its next reconnect "
+                        "only", self.label, wire.error_text(msg))
+            return True
         waiter = self._waiters.get(xid)
         pushing = self._inflight_from is not None and xid >= self._inflight_from
         if waiter is None and not pushing:
@@ -268,7 +221,7 @@ class Switch:
     def _owns(self, xid: int) -> bool:
         """True if a message with ``xid`` answers a request of ours (asked on the reader thread)."""
         inflight = self._inflight_from
-        return xid in self._waiters or (inflight is not None and xid >= inflight)
+        return xid in self._waiters or (inflight is not None and xid >= inflight) or xid == self._monitor_xid
 
     def _on_message(self, msg: bytes) -> None:
         """A reply or error to one of our requests, straight off the connection's reader thread.
@@ -279,7 +232,10 @@ class Switch:
         """
         msg_type, xid = msg[1], wire.xid_of(msg)
         try:
-            if msg_type in (ofp.OFPT_BARRIER_REPLY, ofp.OFPT_ROLE_REPLY):
+            if not xid or (msg_type == ofp.OFPT_MULTIPART_REPLY
+                           and wire.multipart_type(msg) == ofp.OFPMP_EXPERIMENTER):
+                self._on_monitor(xid, msg)
+            elif msg_type in (ofp.OFPT_BARRIER_REPLY, ofp.OFPT_ROLE_REPLY):
                 self.on_reply(xid, None)
             elif msg_type == ofp.OFPT_EXPERIMENTER:
                 self.on_reply(xid, wire.bundle_ctrl_type(msg))
@@ -298,7 +254,13 @@ class Switch:
                 else:
                     LOG.warning("switch %s: unexpected message type %d for xid %#x", self.label, msg_type, xid)
         except ValueError as exc:  # malformed: the request fails (and is retried), the connection stays
-            self.on_error(xid, exc)
+            if xid:
+                metrics.OF_MALFORMED.labels(self.label, "reply").inc()
+                self.on_error(xid, exc)
+            else:
+                metrics.OF_MALFORMED.labels(self.label, "flow_update").inc()
+                LOG.warning("switch %s: malformed flow monitor message: %s; reading its flows again", self.label, exc)
+                self._tampered("malformed")
 
     def mark_dirty(self) -> None:
         """Ask the worker to recompile and sync (coalesces bursts of changes)."""
@@ -348,6 +310,7 @@ class Switch:
                     self._backoff(failures)
                 elif self.ports_known:
                     self._wait_for_change()
+                    self._sleep(self.tampering.repair_delay() if self.tampering.pending else 0)
                 if not self._alive:
                     break
                 if failures:
@@ -355,7 +318,7 @@ class Switch:
                 with self._dirty:
                     self._pending = False  # this attempt compiles every change made so far
                 try:
-                    ok = self._attempt(reread=failures > 0)
+                    ok = self._attempt(reread=failures > 0 or self.tampering.pending)
                     timeouts = 0
                 except SwitchGone:
                     raise
@@ -394,16 +357,22 @@ class Switch:
                 self._read_ports()
                 self._ports_read = True
             return True
-        with SYNC_SLOTS:
-            if not self._alive:
-                raise SwitchGone("stopped")
-            if not self.ready:
-                self._connect()
-            elif reread:
-                self._read_installed()
-            if self.hv_name is None:
-                return True  # nothing to compile yet: the hypervisor's registration marks us dirty
-            result = self.sync()
+        slots = SYNC_SLOTS
+        with slots:
+            self._slot = slots  # lent to others while the switch keeps us waiting (see _wait)
+            try:
+                if not self._alive:
+                    raise SwitchGone("stopped")
+                if not self.ready:
+                    self._connect()
+                elif reread:
+                    self._take_tampering()
+                    self._read_installed()
+                if self.hv_name is None:
+                    return True  # nothing to compile yet: the hypervisor's registration marks us dirty
+                result = self.sync()
+            finally:
+                self._slot = None
         if not result.committed and self._alive:
             LOG.warning("switch %016x (%s): sync not committed (%d errors); will re-read it and retry",
                         self.dpid, self.hv_name, len(result.errors))
@@ -450,7 +419,11 @@ class Switch:
 
     def _backoff(self, failures: int) -> None:
         """Wait before retry number ``failures``; only stop() cuts it short (changes wait for the retry)."""
-        deadline = time.monotonic() + retry_delay(failures)
+        self._sleep(retry_delay(failures))
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; only stop() cuts it short."""
+        deadline = time.monotonic() + seconds
         with self._dirty:
             while self._alive and (left := deadline - time.monotonic()) > 0:
                 self._dirty.wait(left)
@@ -476,6 +449,8 @@ class Switch:
         self.ports_changed = False
         ofports = self._read_ports()
         self._ports_read = True
+        if FLOW_MONITOR:
+            self._start_monitor()  # before the read: a change made during it is reported, not lost
         self._read_installed()
         LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
                  sum(self.installed.values()))
@@ -540,8 +515,18 @@ class Switch:
             self._waiters.pop(xid, None)
 
     def _wait(self, waiter: _Waiter, what: str) -> None:
-        """Wait for a reply; SwitchGone if the switch went away meanwhile, ReplyTimeout if none came."""
-        answered = waiter.event.wait(REPLY_TIMEOUT)
+        """Wait for a reply; SwitchGone if the switch went away meanwhile, ReplyTimeout if none came.
+
+        A switch that keeps us waiting longer than SLOT_PATIENCE (hung, SIGSTOPped: TCP keepalive
+        does not see a stopped process) gives its sync slot to the next bridge meanwhile, and takes
+        one back first when it answers: a few hung switches must not hold every slot for the
+        minute of REPLY_TIMEOUT and stop every other bridge's syncs.
+        """
+        lends = self._slot is not None and threading.current_thread() is self._thread  # (a check's dump: no slot)
+        answered = waiter.event.wait(min(REPLY_TIMEOUT, SLOT_PATIENCE) if lends else REPLY_TIMEOUT)
+        if not answered and lends and self._alive:
+            with self._slot.lent():
+                answered = waiter.event.wait(max(0.0, REPLY_TIMEOUT - SLOT_PATIENCE))
         if not self._alive:
             raise SwitchGone("switch disconnected")
         if not answered:
@@ -580,6 +565,10 @@ class Switch:
             stale = [c for c, n in self.installed.items() if c not in learners and (c not in desired or n > 1)]
             stale += [c for c in self._learners - learners if c not in self.installed]
             missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
+            # Named by someone else's change: maybe modified in place (same cookie), so deleted and added again.
+            replace = [c for c in self._replace if c in desired and self.installed.get(c) == 1]
+            stale += replace
+            missing += [desired[c] for c in replace]
         else:
             learners = self._learners
             stale = [c for c in changed if c not in desired and c in self.installed and c not in learners]
@@ -601,6 +590,8 @@ class Switch:
                 self._learner_flows = {c for c, f in desired.items() if _learns(f)}
             self._learners = learners
             self._full_diff = False
+            if full:
+                self._replace.clear()
             self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
             self.synced_at = time.time()
             with SYNCED:
@@ -741,8 +732,21 @@ class Switch:
         self._send_and_wait(b"".join(chunk), barrier_xid)
 
     def _send(self, data: bytes) -> None:
-        if not self._alive or not self.dp.send(data):
-            raise SwitchGone("switch connection closed")
+        """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the
+        address service's...) never blocks on one switch: the message is dropped if its queue is full."""
+        if not self._alive:
+            sent = False
+        elif not getattr(self.dp, "bounded_send", False):  # os-ken's own datapath: always waits
+            sent = self.dp.send(data)
+        elif threading.current_thread() is not self._thread:
+            sent = self.dp.send(data, block=False)
+        else:  # the worker waits for room (flow control), lending its sync slot if the switch is not reading
+            sent = self.dp.out.put(data, block=False)
+            if not sent and not self.dp.out.closed:
+                with self._slot.lent() if self._slot is not None else contextlib.nullcontext():
+                    sent = self.dp.send(data)
+        if not sent:
+            raise SwitchGone("switch connection closed or its send queue full")
 
     def _send_and_wait(self, data: bytes, xid: int) -> _Waiter:
         waiter = self._waiters[xid] = _Waiter()
@@ -772,30 +776,6 @@ class Switch:
         return self._errors.pop(xid, [])
 
 
-class FlowSource(Protocol):
-    """Where a switch's compiled flows come from (:class:`flows.engine.FlowEngine`)."""
-
-    lock: threading.RLock
-
-    def desired(self, hv_name: str) -> dict[int, Flow]: ...
-
-    def take_changes(self, hv_name: str) -> set[int]: ...
-
-    def compiles(self, hv_name: str) -> bool: ...
-
-    def generation_of(self, hv_name: str) -> int: ...
-
-
-class RoleSource(Protocol):
-    """Which role this instance is to hold on a bridge (:class:`controller.cluster.Cluster`)."""
-
-    def role_for(self, dpid: int) -> Role | None: ...
-
-
-def _learns(flow: Flow | None) -> bool:
-    return flow is not None and any(isinstance(a, Learn) for a in flow.actions)
-
-
 def retry_delay(failures: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after ``failures`` failed syncs in a row: RETRY_BASE doubling up to RETRY_CAP, jittered.
 
@@ -805,14 +785,3 @@ def retry_delay(failures: int, rng: random.Random | None = None) -> float:
     return (rng or random).uniform(delay / 2, delay)
 
 
-def learned_cookies(flows: Iterable[Flow]) -> set[int]:
-    """Cookies of the flows the switch adds itself through the learn actions of ``flows``."""
-    return {a.cookie for f in flows for a in f.actions if isinstance(a, Learn)}
-
-
-def _carried(item: Flow | int | None) -> str:
-    if item is None:
-        return "bundle open"
-    if isinstance(item, int):
-        return f"delete cookie={item:#x}"
-    return describe(item)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="openvswitch-switch mininet iputils-ping iperf3 tcpdump ethtool arping iproute2 procps traceroute etcd-server etcd-client nftables udhcpc isc-dhcp-client chromium chromium-driver"
+APT_PKGS="openvswitch-switch mininet iputils-ping iperf3 tcpdump ethtool arping iproute2 procps traceroute etcd-server etcd-client nftables udhcpc isc-dhcp-client chromium chromium-driver util-linux e2fsprogs"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -2,9 +2,12 @@
 
 It speaks just enough of the protocol for os-ken to take it through the handshake
 (HELLO, FEATURES_REPLY, an empty port description) and for :mod:`controller.switch`
-to read it (an empty flow dump, barrier and bundle replies), and lets a test send
-what a switch sends unprompted: echo requests (their replies are timed) and
-packet-ins. Nothing here is the controller's code: every byte is packed by hand.
+to read it (a flow dump, barrier and bundle replies, the flow monitor's empty reply), and
+lets a test send what a switch sends unprompted: echo requests (their replies are timed)
+and packet-ins. Given a ``bridge`` (a Counter of cookies), it keeps flows as OVS does across
+its connections: a committed bundle's adds and deletes by cookie apply to it, and a flow
+dump lists it. ``stop_reading()`` makes it stop reading its socket (a stalled switch).
+Nothing here is the controller's code: every byte is packed by hand.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 
 OFP13 = 0x04
 HELLO, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER, FEATURES_REQUEST, FEATURES_REPLY = 0, 2, 3, 4, 5, 6
@@ -20,6 +24,12 @@ PACKET_IN, MULTIPART_REQUEST, MULTIPART_REPLY, BARRIER_REQUEST, BARRIER_REPLY = 
 ONF_EXPERIMENTER_ID = 0x4F4E4600
 ONF_ET_BUNDLE_CONTROL = 2300
 HEADER = struct.Struct("!BBHI")
+ONF_ET_BUNDLE_ADD = 2301
+ONF_FLOW_MONITOR = 1870
+BUNDLE_COMMIT, BUNDLE_DISCARD = 4, 6
+FLOW_DELETE = 3
+FLOW_STATS = struct.Struct("!HBxIIHHHH4xQQQ")  # an ofp_flow_stats entry without its match (the cookie at byte 24)
+EMPTY_MATCH = struct.pack("!HH4x", 1, 4)
 
 
 def message(msg_type: int, xid: int, body: bytes = b"") -> bytes:
@@ -36,9 +46,14 @@ def packet_in(xid: int, data: bytes = b"\xff" * 60) -> bytes:
 class FakeSwitch:
     """One connection to a controller, answered by a reader thread."""
 
-    def __init__(self, address, dpid: int, *, connect_timeout: float = 5.0):
-        self.sock = self._connect(address, connect_timeout)
+    def __init__(self, address, dpid: int, *, connect_timeout: float = 5.0, bridge: Counter | None = None,
+                 rcvbuf: int | None = None):
+        self.sock = self._connect(address, connect_timeout, rcvbuf)
         self.dpid = dpid
+        self.bridge = bridge if bridge is not None else Counter()  # cookie -> flows, kept across connections
+        self._bundles: dict[int, list[tuple[int, int]]] = {}
+        self._reading = threading.Event()
+        self._reading.set()
         self.closed = threading.Event()
         self.features_sent = threading.Event()
         self.flow_dumps = 0
@@ -50,12 +65,14 @@ class FakeSwitch:
         self._reader.start()
 
     @staticmethod
-    def _connect(address, timeout: float) -> socket.socket:
+    def _connect(address, timeout: float, rcvbuf: int | None = None) -> socket.socket:
         """Connect, retrying while the controller's listener is not up yet."""
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
         deadline = time.monotonic() + timeout
         while True:
             sock = socket.socket(family, socket.SOCK_STREAM)
+            if rcvbuf:  # before connecting: the window the controller may fill while we do not read
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             try:
                 sock.settimeout(timeout)
                 sock.connect(address)
@@ -90,6 +107,10 @@ class FakeSwitch:
                 self._echo_cond.wait(left)
             return self.echo_replies[xid]
 
+    def stop_reading(self) -> None:
+        """Stop reading the socket (a hung switch): what the controller writes piles up in the kernel buffers."""
+        self._reading.clear()
+
     def close(self) -> None:
         """Disconnect."""
         try:
@@ -104,6 +125,7 @@ class FakeSwitch:
         buf = bytearray()
         try:
             while True:
+                self._reading.wait()
                 data = self.sock.recv(65536)
                 if not data:
                     break
@@ -130,7 +152,12 @@ class FakeSwitch:
             (mp_type,) = struct.unpack_from("!H", body)
             if mp_type == 1:
                 self.flow_dumps += 1
-            self.send(message(MULTIPART_REPLY, xid, struct.pack("!HH4x", mp_type, 0)))
+                self._flow_dump(xid)
+            elif mp_type == 0xFFFF:  # an experimenter multipart: the flow monitor's request, answered empty
+                self.send(message(MULTIPART_REPLY, xid, struct.pack("!HH4xII", mp_type, 0, ONF_EXPERIMENTER_ID,
+                                                                    ONF_FLOW_MONITOR)))
+            else:
+                self.send(message(MULTIPART_REPLY, xid, struct.pack("!HH4x", mp_type, 0)))
         elif msg_type == BARRIER_REQUEST:
             self.send(message(BARRIER_REPLY, xid))
         elif msg_type == ECHO_REQUEST:
@@ -141,6 +168,24 @@ class FakeSwitch:
                 self._echo_cond.notify_all()
         elif msg_type == EXPERIMENTER and len(body) >= 16:
             exp_id, exp_type, bundle_id, ctrl_type, flags = struct.unpack_from("!IIIHH", body)
-            if exp_id == ONF_EXPERIMENTER_ID and exp_type == ONF_ET_BUNDLE_CONTROL:
+            if exp_id == ONF_EXPERIMENTER_ID and exp_type == ONF_ET_BUNDLE_ADD and len(body) >= 42:
+                cookie, _, _, command = struct.unpack_from("!QQBB", body, 24)  # the inner flow-mod's
+                self._bundles.setdefault(bundle_id, []).append((command, cookie))
+            elif exp_id == ONF_EXPERIMENTER_ID and exp_type == ONF_ET_BUNDLE_CONTROL:
+                ops = self._bundles.pop(bundle_id, [])
+                if ctrl_type == BUNDLE_COMMIT:
+                    for command, cookie in ops:
+                        if command == FLOW_DELETE:
+                            self.bridge.pop(cookie, None)
+                        else:
+                            self.bridge[cookie] = 1
                 self.send(message(EXPERIMENTER, xid, struct.pack("!IIIHH", exp_id, exp_type, bundle_id,
                                                                  ctrl_type + 1, flags)))
+
+    def _flow_dump(self, xid: int) -> None:
+        """The bridge's flows, as a flow dump lists them (cookies only matter here), 100 a part."""
+        entries = [FLOW_STATS.pack(FLOW_STATS.size + 8, 0, 0, 0, 0, 0, 0, 0, c, 0, 0) + EMPTY_MATCH
+                   for c, n in list(self.bridge.items()) for _ in range(n)]
+        for at in range(0, max(len(entries), 1), 100):
+            more = 1 if at + 100 < len(entries) else 0
+            self.send(message(MULTIPART_REPLY, xid, struct.pack("!HH4x", 1, more) + b"".join(entries[at:at + 100])))

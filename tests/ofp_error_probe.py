@@ -14,14 +14,11 @@ traffic) and always deleted again.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
-import traceback
 import urllib.request
 import zlib
 
@@ -31,6 +28,7 @@ from controller import metrics  # noqa: E402
 from controller.main import parse_args, start  # noqa: E402
 from flows.flow import Flow, SetField, make_flow  # noqa: E402
 from flows.pipeline import stage  # noqa: E402
+from tests.probe_support import free_port, print_and_exit  # noqa: E402
 from topology.state import Topology  # noqa: E402
 
 HV = "errhv"
@@ -43,12 +41,6 @@ def dpid_for(bridge: str) -> int:
 
 def _sh(*cmd: str) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cookies(bridge: str) -> list[int]:
@@ -104,7 +96,7 @@ def run(bridge: str, workdir: str) -> dict:
     db = os.path.join(workdir, "probe.sqlite")
     topology = Topology(db)
     topology.register_hypervisor({"name": HV, "datapath_id": f"{dpid:016x}", "tunnel_ip": "192.0.2.1"})
-    of_port, api_port = _free_port(), _free_port()
+    of_port, api_port = free_port(), free_port()
     args = parse_args(["--db", db, "--of-host", "127.0.0.1", "--of-port", str(of_port), "--allow-tcp",
                        "--unix-socket", "", "--api-host", "127.0.0.1", "--api-port", str(api_port),
                        "--ovsdb-listen", ""])
@@ -158,14 +150,4 @@ def _bundle_counts() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    # os-ken's threads do not shut down cleanly (HubThread.kill): leave with os._exit,
-    # on failure too, or the interpreter would wait for them forever.
-    try:
-        result = run(sys.argv[1], sys.argv[2])
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
-    os._exit(0)
+    print_and_exit(lambda: run(sys.argv[1], sys.argv[2]))

@@ -11,6 +11,7 @@ switches in ``tests/test_opscheck.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -19,6 +20,7 @@ from controller.switch import learned_cookies
 from flows.compiler import compile_hypervisor
 from flows.flow import Flow
 from flows.ofctl import flow_text
+from flows.simulate import to_int
 from tests.test_gateway import Cloud, build, report_ports
 
 HYPERVISORS = ("hv1", "hv2", "gw1", "gw2")
@@ -90,3 +92,23 @@ def test_one_difference_is_one_missing_and_one_extra(cloud: Cloud, change: str) 
     assert result.missing == ([] if change in ("duplicate", "foreign") else [victim])
     view = result.view()
     assert not view["equal"] and {d["stage"] for d in view["extra"]} == {audit.STAGE_BY_TABLE[victim.table_id].name}
+
+
+def test_a_wide_register_match_reads_back_as_the_registers_it_spans(cloud: Cloud) -> None:
+    """OVS writes a match on ``xxreg0`` (an IPv6 next hop in lr_in_arp_resolve) back as ``reg0``..``reg3``
+    (reg0 the most significant), and one on ``xreg0`` as ``reg0``, ``reg1``: the same flow; a register of
+    another value is not."""
+    flows = [f for flows in compiled(cloud).values() for f in flows]
+    wide = next(f for f in flows if any(name == "xxreg0" and not isinstance(v, tuple) for name, v in f.match))
+    value = to_int("xxreg0", dict(wide.match)["xxreg0"])
+    regs = tuple((f"reg{i}", (value >> (96 - 32 * i)) & 0xFFFFFFFF) for i in range(4))
+    rest = tuple((n, v) for n, v in wide.match if n != "xxreg0")
+    as_written = replace(wide, match=rest + regs, encoded=None)
+    assert audit.compare({wide.cookie: wide}, [installed(as_written)], set()).equal
+    other = replace(wide, match=rest + regs[:3] + (("reg3", regs[3][1] ^ 1),), encoded=None)
+    assert not audit.compare({wide.cookie: wide}, [installed(other)], set()).equal
+    xreg = replace(wide, match=rest + (("xreg0", (0x1234 << 32) | 0x5678),), encoded=None)
+    split = replace(wide, match=rest + (("reg0", 0x1234), ("reg1", 0x5678)), encoded=None)
+    assert audit.compare({wide.cookie: xreg}, [installed(split)], set()).equal
+    swapped = replace(wide, match=rest + (("reg0", 0x5678), ("reg1", 0x1234)), encoded=None)
+    assert not audit.compare({wide.cookie: xreg}, [installed(swapped)], set()).equal

@@ -85,7 +85,10 @@ def _boot(cloud: Cloud, name: str, net: dict, subnet: dict, host: str, ip: str, 
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     require_lab()
     workdir = tmp_path_factory.mktemp("opscheck")
-    with running_controller(workdir) as ctrl, attached_lab(ctrl, lab_prefix("op"), 2, provider=True) as lab:
+    # --flow-monitor off: these tests change flows by hand for check and trace --live to find; a controller
+    # watching its switches would take each change back within milliseconds (README, Switch connections).
+    with (running_controller(workdir, "--flow-monitor", "off") as ctrl,
+          attached_lab(ctrl, lab_prefix("op"), 2, provider=True) as lab):
         cloud = Cloud(ctrl, lab)
         ext = ctrl.create("network", name="ext", **{"router:external": True, "provider:network_type": "flat",
                                                     "provider:physical_network": lab.physnet})

@@ -505,6 +505,27 @@ def test_cold_syncs_of_many_bridges_run_a_few_at_a_time(monkeypatch: pytest.Monk
             assert sw.join(2)
 
 
+def test_a_switch_that_keeps_its_worker_waiting_lends_its_sync_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung switch (no reply) must not hold a sync slot for the minute of REPLY_TIMEOUT: with one slot, another
+    bridge connects and is synced while the hung one's worker still waits."""
+    monkeypatch.setattr(switch, "SYNC_SLOTS", SyncSlots(1))
+    monkeypatch.setattr(switch, "REPLY_TIMEOUT", 5.0)
+    monkeypatch.setattr(switch, "SLOT_PATIENCE", 0.1)
+    hung, hung_dp, _ = connect(0xC1, "hung", flows(2), lambda dp: setattr(dp, "silent", True))
+    try:
+        time.sleep(0.05)  # the hung one asked first and holds the slot
+        sw, dp, _ = connect(0xC2, "healthy", flows(3))
+        started = time.monotonic()
+        wait_until(lambda: equal(sw, dp, flows(3)), 3, message="the healthy bridge synced")
+        assert time.monotonic() - started < 2, "it waited for the slot no longer than the patience, not 5 s"
+        assert hung.alive and not hung.ready, "the hung one's worker still waits for its reply"
+        sw.stop()
+        assert sw.join(2)
+    finally:
+        hung.stop()
+        assert hung.join(2)
+
+
 def test_a_port_added_while_connecting_is_not_lost() -> None:
     # The port-status event of a port added between reading the port map and being ready cannot
     # be applied (there is no map yet): the app flags it and the switch reads the map again.

@@ -113,6 +113,8 @@ def test_port_flows(ctrl: ControllerProcess) -> None:
 
 @pytest.mark.parametrize(("body", "status", "says"), [
     (b"not json", 400, "not JSON"),
+    (b"[" * 5000 + b"]" * 5000, 400, "Malformed request body"),  # apps.northbound.limits' rules, not a 500
+    (b'{"port_id": "PORT", "packet": {"ip_ttl": NaN}}', 400, "NaN is not a JSON number"),
     (b'{"packet": "ipv4_dst=10.0.0.3"}', 400, "port_id"),
     (b'{"port_id": "PORT", "packet": "bogus=1"}', 400, "unknown packet field 'bogus'"),
     (b'{"port_id": "PORT", "packet": "ipv4_dst"}', 400, "expected field=value"),

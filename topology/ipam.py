@@ -44,6 +44,15 @@ def parse_cidr(cidr: str, ip_version: int | None = None) -> netaddr.IPNetwork:
     return net.cidr
 
 
+def parse_subnet_cidr(cidr: str, ip_version: int | None = None) -> netaddr.IPNetwork:
+    """A subnet's own CIDR: :func:`parse_cidr`, and never prefix length 0 (Neutron refuses 0.0.0.0/0 and ::/0
+    for a subnet: every address on one L2 network; a route's destination may be /0)."""
+    net = parse_cidr(cidr, ip_version)
+    if net.prefixlen == 0:
+        raise invalid_input("0 is not allowed as CIDR prefix length")
+    return net
+
+
 def _host_bounds(net: netaddr.IPNetwork) -> tuple[int, int]:
     """First and last assignable address (as ints) of a network: v4 loses network and broadcast."""
     if net.size <= 2 and net.version == 4:  # /31 and /32 (RFC 3021): every address is a host

@@ -290,7 +290,7 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
         """Create a subnet: CIDR, gateway and pools validated; no overlap within its network."""
         with self.lock:
             network = self._network(values.get("network_id"))
-            cidr = ipam.parse_cidr(values.get("cidr"), values.get("ip_version"))
+            cidr = ipam.parse_subnet_cidr(values.get("cidr"), values.get("ip_version"))
             ipv6.check_modes(values, cidr)
             gateway = ipam.default_gateway(cidr) if "gateway_ip" not in values else \
                 ipam.check_gateway(cidr, values["gateway_ip"])

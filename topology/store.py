@@ -138,10 +138,13 @@ class Store(ABC):
         return {"url": self.url}
 
 
-def open_store(url: str) -> Store:
-    """The store a ``--store`` value names: ``etcd://HOST:PORT[,HOST:PORT...][/prefix]`` or an SQLite path."""
+def open_store(url: str, *, exclusive: bool = False) -> Store:
+    """The store a ``--store`` value names: ``etcd://HOST:PORT[,HOST:PORT...][/prefix]`` or an SQLite path.
+
+    ``exclusive``: an SQLite file is held by this process alone while open (the controller's).
+    """
     if url.startswith("etcd://"):
         from topology.store_etcd import EtcdStore
         return EtcdStore(url)
     from topology.store_sqlite import SqliteStore
-    return SqliteStore(url.removeprefix("sqlite://"))
+    return SqliteStore(url.removeprefix("sqlite://"), exclusive=exclusive)

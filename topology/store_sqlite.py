@@ -11,16 +11,28 @@ the whole write back and surfaces as :class:`topology.store.Conflict`.
 One process writes, so a write is never validated on a stale view here: ``before`` and
 ``based_on`` are not needed (etcd uses them). Each commit bumps the ``revision`` counter
 and is delivered to the listener synchronously, in the committing thread.
+
+Faults (README "The store: backups and faults"): the file is checked before it is opened
+(:func:`topology.store_check.check`), and the controller holds an exclusive lock on it while
+open; a damaged, foreign or unusable file raises :class:`topology.store_check.StoreFault`. A write the disk
+refuses (full, read-only, I/O error) is rolled back whole and raises
+:class:`topology.store.StoreUnavailable` (503): the graph, which changes only on a
+delivered commit, stays equal to the file, and the next write tries the disk again.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
 
+from topology import store_check
 from topology.records import KINDS, Deleted, Op, Record, decode, encode, kind_of, op_key, segment_name
-from topology.store import Commit, Conflict, Listener, Snapshot, Store
+from topology.store import Commit, Conflict, Listener, Snapshot, Store, StoreUnavailable
+from topology.store_check import APPLICATION_ID, SCHEMA_VERSION, FileLock, StoreFault
+
+LOG = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -108,18 +120,53 @@ assert set(_TABLES) == set(KINDS)
 class SqliteStore(Store):
     """SQLite persistence of every record kind (one process; thread-safe by its own lock)."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, *, exclusive: bool = False) -> None:
+        """Check the file and open it (creating it if missing); :class:`StoreFault` if it cannot serve.
+
+        ``exclusive`` (the controller): hold the file's lock while open, so that no other controller
+        and no restore touches it (a reader such as ``tenantflow trace`` opens it without).
+        """
         self.url = db_path
         self.instance = uuid.uuid4().hex
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly a commit().
-        self._conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed write survives power loss, not just a process crash.
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(SCHEMA)
         self._listener: Listener | None = None
-        self._fill_unique_keys()
+        self._lock: FileLock | None = None
+        self._exclusive = exclusive
+        self._failing = False  # the last write failed on the disk (logged once until one succeeds)
+        if store_check.check_file(db_path) and exclusive:
+            self._lock = FileLock(db_path)  # before SQLite's check: no restore may swap the file under it
+        try:
+            store_check.check(db_path)
+            self._open(db_path)
+        except BaseException:
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _open(self, db_path: str) -> None:
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly a commit().
+            self._conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+            if self._exclusive and self._lock is None:  # a new file
+                self._lock = FileLock(db_path)
+            self._conn.execute("PRAGMA busy_timeout = 5000")  # `tenantflow db backup` reads may hold it briefly
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed write survives power loss, not just a process crash.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(SCHEMA)
+            self._stamp()
+            self._fill_unique_keys()
+        except sqlite3.Error as exc:
+            raise store_check.fault_of(exc, db_path) or StoreFault("malformed", db_path, f"SQLite: {exc}") from None
+
+    def _stamp(self) -> None:
+        """Mark the file as a tenantflow store (SQLite's application_id) of this schema version."""
+        if self._conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _fill_unique_keys(self) -> None:
         """A file written before the unique_keys table existed gets it filled from its records (once)."""
@@ -135,23 +182,29 @@ class SqliteStore(Store):
     def close(self) -> None:
         """Close the database connection."""
         self._listener = None
-        self._conn.close()
+        try:
+            self._conn.close()  # the last connection checkpoints the WAL into the file
+        except sqlite3.Error as exc:  # a full or read-only disk: the WAL keeps every commit, read at the next start
+            LOG.warning("closing the store %s: %s (its WAL keeps the commits)", self.url, exc)
+        if self._lock is not None:
+            self._lock.release()
 
     # -- reads ---------------------------------------------------------------------------
     def _records(self) -> dict[str, list[Record]]:
-        out: dict[str, list[Record]] = {}
-        for name, (table, _, _) in _TABLES.items():
-            out[name] = [decode(name, r[0]) for r in self._conn.execute(f"SELECT body FROM {table} ORDER BY rowid")]
-        return out
+        return read_records(self._conn, self.url)
 
     def _meta(self) -> dict[str, int]:
         return dict(self._conn.execute("SELECT name, value FROM meta"))
 
     def load(self) -> Snapshot:
         """Every stored record, each kind in creation order (rowid: upserts keep it)."""
-        counters = self._meta()
+        try:
+            counters = self._meta()
+            records = self._records()
+        except sqlite3.Error as exc:
+            raise store_check.fault_of(exc, self.url) or StoreFault("malformed", self.url, f"SQLite: {exc}") from None
         revision = counters.pop("revision", 0)
-        return Snapshot(revision, self._records(), counters)
+        return Snapshot(revision, records, counters)
 
     def _old(self, kind: str, ident: str) -> Record | None:
         table, column, _ = _TABLES[kind]
@@ -161,25 +214,75 @@ class SqliteStore(Store):
     # -- writes -----------------------------------------------------------------------------
     def commit(self, ops: Sequence[Op], *, before: Mapping[tuple[str, str], Record | None] | None = None,
                counters: Mapping[str, int] | None = None, based_on: int = 0) -> int:
-        """One transaction: every op, the unique keys they take and free, counters, the revision."""
+        """One transaction: every op, the unique keys they take and free, counters, the revision.
+
+        :class:`StoreUnavailable` if the disk refuses it (full, read-only, I/O error): nothing was written.
+        """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            self._refused(exc)
+            raise
+        revision = -1
         try:
             applied = [self._write_op(op) for op in ops]
             for name, value in (counters or {}).items():
                 self._set_meta(name, value)
             revision = (self._meta().get("revision") or 0) + 1
             self._set_meta("revision", revision)
+            conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
+            self._rollback()
             raise Conflict("Conflict", f"Conflict with stored state: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            self._rollback()
+            if not self._committed_after_all(revision):
+                self._refused(exc)
+                raise
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        conn.execute("COMMIT")
+        if self._failing:
+            LOG.warning("the store %s takes writes again", self.url)
+            self._failing = False
         if self._listener is not None:
             self._listener(Commit(revision, applied, dict(counters or {}), self.instance))
         return revision
+
+    def _rollback(self) -> None:
+        """End a failed transaction, if SQLite has not already rolled it back itself (it may, on a full disk)."""
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # the next BEGIN reports what is still wrong
+                LOG.warning("rolling back a failed write to %s: %s", self.url, exc)
+
+    def _committed_after_all(self, revision: int) -> bool:
+        """Whether the file holds ``revision`` though its COMMIT reported an error (made durable, then failed)."""
+        if revision < 0 or self._conn.in_transaction:  # not that far, or still our own uncommitted view
+            return False
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] == revision
+
+    def _refused(self, exc: sqlite3.DatabaseError) -> None:
+        """Raise a write the disk refused as the API's 503 (return: another error, raised as it is: a 500)."""
+        fault = store_check.fault_of(exc, self.url)
+        if fault is None or fault.kind == "foreign":
+            return
+        if not self._failing:  # once per outage, not once per refused write
+            LOG.error("a write to the store %s failed, nothing was written: %s; writes answer 503 until "
+                      "the store takes them again", self.url, exc)
+        self._failing = True
+        state = store_check.disk_state(self.url)
+        what = {"unwritable": f"cannot be written ({state or 'its disk is full or read-only'})",
+                "unreadable": "cannot be written (an I/O error: its disk may be failing)",
+                "in-use": "is locked by another process"}.get(fault.kind, "is damaged (see `tenantflow db check`)")
+        raise StoreUnavailable("StoreUnavailable", f"The topology store {what}: {exc}. Nothing was written; "
+                               "reads go on, and writes resume once the store can take them.") from exc
 
     def _write_op(self, op: Op) -> tuple[str, str, Record | None]:
         kind, ident = op_key(op)
@@ -227,3 +330,16 @@ class SqliteStore(Store):
     def listen(self, listener: Listener, after: int) -> None:
         """Deliver this process's later commits (it is the only writer) to ``listener``."""
         self._listener = listener
+
+
+def read_records(conn: sqlite3.Connection, path: str) -> dict[str, list[Record]]:
+    """Every stored record, each kind in creation order; :class:`StoreFault` if one cannot be decoded."""
+    out: dict[str, list[Record]] = {}
+    for name, (table, _, _) in _TABLES.items():
+        out[name] = []
+        for rowid, body in conn.execute(f"SELECT rowid, body FROM {table} ORDER BY rowid"):
+            try:
+                out[name].append(decode(name, body))
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged body makes decode raise
+                raise StoreFault("malformed", path, f"row {rowid} of {table} cannot be read ({exc})") from None
+    return out

@@ -30,6 +30,7 @@ SECTIONS = {
     "dhcp": "apps.bench.dhcp",
     "ovsdb": "apps.bench.ovsdb",
     "gateway": "apps.bench.gateway",
+    "store": "apps.bench.store",
 }
 
 

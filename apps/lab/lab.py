@@ -42,13 +42,13 @@ from apps.lab import sh, steps
 from apps.lab.mgmt import ManagementNet
 from apps.lab.ovs import PrivateOVS
 from apps.lab.pki import Pki
+from apps.lab.steps import SOCKET_LINK
 from topology.gateways import gateway_tunnel_name
 from topology.model import TUNNEL_PORT_NAMES
 
 LOG = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "http://127.0.0.1:9696"
-SOCKET_LINK = "tenantflow.sock"  # the controller's socket, symlinked into each run dir
 UNDERLAY_NIC = "underlay0"  # the hypervisor's "physical" NIC to the underlay
 PROVIDER_NIC = "physnet0"  # the hypervisor's NIC to the provider network
 PROVIDER_BRIDGE = "br-phys"
@@ -366,12 +366,10 @@ class Lab:
         sockets = self.controller_unix_socket
         if isinstance(sockets, str):
             sockets = [sockets]
-        targets = []
-        for i, sock in enumerate(sockets):
-            link = os.path.join(hv.rundir, SOCKET_LINK if i == 0 else SOCKET_LINK.replace(".sock", f"-{i}.sock"))
-            os.symlink(os.path.abspath(sock), link)
-            targets.append(f"unix:{link}")
-        return " ".join(targets)
+        return " ".join(
+            steps.link_controller_socket(os.path.abspath(sock), hv.rundir,
+                                         SOCKET_LINK if i == 0 else SOCKET_LINK.replace(".sock", f"-{i}.sock"))
+            for i, sock in enumerate(sockets))
 
     def _prime_tunnel_neighbours(self) -> None:
         # Without this, the first packet of every VM pair's first exchange is lost.

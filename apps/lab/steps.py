@@ -1,15 +1,17 @@
 """The operator steps that attach a hypervisor to tenantflow, one function per step.
 
-These functions ARE the operator guide: the lab runs exactly these commands, in
-this order, on each of its hypervisors, and an operator runs the same commands by
-hand on a real compute node (with the host's own ``ovs-vsctl``). Each step takes
-``vsctl``, a callable running ``ovs-vsctl ARGS`` against the hypervisor's
-database, so it works unchanged for a private lab OVS and for a real host.
+These functions run the commands of README's operator guide ("Attach a hypervisor", "Plug a
+VM port"): the lab runs exactly these commands, in this order, on each of its hypervisors, and
+an operator runs the same commands by hand on a real compute node (with the host's own
+``ovs-vsctl``); ``tests/test_operator_guide.py`` checks that the two say the same, and runs the
+guide's own blocks on a lab. Each step takes ``vsctl``, a callable running ``ovs-vsctl ARGS``
+against the hypervisor's database, so it works unchanged for a private lab OVS and for a real host.
 
 Order on a compute node:
 
 1. :func:`add_integration_bridge`  -- br-int, userspace datapath, secure fail mode
 2. :func:`set_ssl`                 -- (TLS) the host's certificate, the controller's CA
+   :func:`link_controller_socket`  -- (a controller on this host) its socket into OVS's run directory
    :func:`set_controller`          -- point br-int at the controller
    :func:`set_manager`             -- and the host's OVSDB (the gateway tunnel ports are the controller's)
 3. :func:`attach_underlay`         -- the tunnel endpoint IP on an OVS bridge
@@ -39,6 +41,10 @@ Ofctl = Callable[..., str]  # runs ``ovs-ofctl ARGS`` against the hypervisor's v
 
 INTEGRATION_BRIDGE = "br-int"
 UNDERLAY_BRIDGE = "br-underlay"
+# Where a packaged ovs-vswitchd was built to keep its sockets (``ovs_rundir()``; $OVS_RUNDIR overrides it),
+# spelled as OVS spells it: it takes a ``unix:`` controller only when the target starts with exactly this.
+OVS_RUNDIR = "/var/run/openvswitch"
+SOCKET_LINK = "tenantflow.sock"  # the controller's OpenFlow socket, linked into OVS's run directory
 
 
 def format_dpid(dpid: int) -> str:
@@ -82,7 +88,7 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None)
 
     ``target`` is ``ssl:IP:6653`` (after :func:`set_ssl`), ``tcp:IP:6653`` or ``unix:<path>``;
     OVS only accepts a ``unix:`` path inside its own run directory, so on a host whose controller listens on a unix
-    socket elsewhere, symlink that socket into the run directory first (the lab does).
+    socket elsewhere, link that socket into the run directory first (:func:`link_controller_socket`).
     Out-of-band: the controller is reached through the host's own network stack, never
     through br-int's ports. ``max_backoff_ms`` (optional, lab tuning) caps OVS's
     reconnect back-off, 8 s by default, so a restarted controller is found quickly.
@@ -95,6 +101,21 @@ def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None)
         return
     for uuid in vsctl("get", "bridge", INTEGRATION_BRIDGE, "controller").strip("[] \n").split(", "):
         vsctl("set", "controller", uuid, "connection-mode=out-of-band", *extra)
+
+
+def link_controller_socket(socket_path: str, rundir: str = OVS_RUNDIR, name: str = SOCKET_LINK) -> str:
+    """Step 2, for a controller on this host: link its OpenFlow socket into OVS's run directory.
+
+    ``ln -sf <socket> <rundir>/tenantflow.sock``; returns the ``unix:`` target for :func:`set_controller`.
+    ovs-vswitchd refuses a ``unix:`` controller whose path does not start with its run directory
+    ("Not adding Unix domain socket controller ... due to possibility of overwriting local files"),
+    and the controller's default socket, ``/run/tenantflow/openflow.sock``, is outside it. A link there
+    is accepted and still reaches the socket (in the lab, from any network namespace: a unix socket is
+    a file). ``rundir``: the lab's hypervisors each have their own (``OVS_RUNDIR``).
+    """
+    link = os.path.join(rundir, name)
+    sh.run(["ln", "-sf", socket_path, link])
+    return f"unix:{link}"
 
 
 def set_ssl(vsctl: Vsctl, private_key: str, certificate: str, ca_cert: str) -> None:
@@ -196,13 +217,15 @@ def tunnel_port_args(
 def add_provider_bridge(vsctl: Vsctl, ofctl: Ofctl, netns: str, physnet: str, bridge: str, nic: str) -> None:
     """Step 5 (optional): a provider bridge for ``physnet`` with its NIC, patched to br-int.
 
-    ``ovs-vsctl add-br <bridge> -- set bridge <bridge> datapath_type=netdev
-    fail_mode=secure -- add-port <bridge> <nic>``, then the patch pair
+    :func:`release_nic_from_kernel` on the NIC (``ip link set <nic> arp off``, IPv6 off: the
+    kernel must not answer on a NIC the userspace datapath owns), then in one transaction
+    ``ovs-vsctl add-br <bridge> -- set bridge <bridge> datapath_type=netdev fail_mode=secure
+    other-config:disable-in-band=true -- add-port <bridge> <nic>`` and the patch pair
     ``phy-<physnet>`` (on br-int, ``options:peer=int-<physnet>``) and
     ``int-<physnet>`` (on the provider bridge, ``options:peer=phy-<physnet>``),
-    then :func:`wire_provider_bridge`. The hypervisor is then registered with
-    ``bridge_mappings={physnet: bridge}``. ``netns`` (the lab's hypervisor
-    namespace): :func:`release_nic_from_kernel` on the NIC.
+    then :func:`wire_provider_bridge`. In-band off: OVS would otherwise add hidden flows
+    for in-band control on a bridge with an address. The hypervisor is then registered with
+    ``bridge_mappings={physnet: bridge}``. ``netns``: the hypervisor's network namespace (the lab's).
     """
     release_nic_from_kernel(netns, nic)
     phy = provider_patch_name(physnet)
@@ -300,8 +323,10 @@ def plug_vif(
     for overlays) and tx checksum offload off; then
     ``ovs-vsctl add-port br-int <tap> -- set interface <tap> external_ids:iface-id=<port id>
     external_ids:attached-mac=<mac> external_ids:iface-status=active
-    external_ids:vm-uuid=<vm>``. The controller learns the tap's ofport from the port
-    status it sees, keyed by ``iface-id``. The VM's addressing is :func:`configure_vm_nic`.
+    external_ids:vm-uuid=<vm>``. The controller finds the logical port by the tap's NAME
+    (OpenFlow reports port names and numbers, not OVSDB's ``external_ids``): a port named
+    otherwise is not found, whatever its ``iface-id``, which is set for OVSDB's readers, as
+    Nova does. The VM's addressing is :func:`configure_vm_nic`.
     """
     tap = tap_name(port["id"])
     sh.veth_add(tap, hv_netns, vm_dev, vm_netns, mtu=mtu)

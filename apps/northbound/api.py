@@ -19,19 +19,18 @@ from typing import Any
 import routes
 import webob
 
-from apps.northbound import attributes, attributes_l3, collections, extensions, openapi, views, views_l3
+from apps.northbound import attributes, attributes_l3, collections, extensions, limits, openapi, views, views_l3
 from apps.northbound.auth import KEYSTONE, Caller, caller_of
 from apps.northbound.guard import Forbidden, Guard, not_found
 from apps.northbound.policy import Policy
 from topology.model import Hypervisor, Network, Port, Subnet
 from topology.model_l3 import FloatingIP, Router, SecurityGroup, SecurityGroupRule
 from topology.state import Topology
-from topology.store import BadRequest, Conflict, NotFound, TopologyError, Unavailable
+from topology.store import BadRequest, Conflict, NotFound, StoreUnavailable, TopologyError, Unavailable
 
 LOG = logging.getLogger(__name__)
 
-MAX_BODY = 1024 * 1024
-DRAIN_LIMIT = 16 * MAX_BODY  # read (and drop) this much of an oversized body so the client sees our 413
+STORE_RETRY_AFTER = "5"  # s: a write the store could not take (full/read-only disk, etcd without quorum)
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -159,6 +158,8 @@ class NorthboundApp:
             resp.headers.update(exc.headers)
         except TopologyError as exc:
             resp = error_response(http_status(exc), exc.kind, exc.message)
+            if isinstance(exc, StoreUnavailable):  # nothing was written: the same request may succeed later
+                resp.headers["Retry-After"] = STORE_RETRY_AFTER
         except UnicodeError:  # a query string or path that is not UTF-8
             resp = error_response(400, "HTTPBadRequest", "The request is not valid UTF-8.")
         except Exception:
@@ -318,8 +319,10 @@ class NorthboundApp:
         self.guard.require(caller, verb, resource.member, self.guard.target(resource.member, item), values)
 
     def _show(self, req: webob.Request, resource: Resource, ident: str) -> webob.Response:
+        fields = req.GET.getall("fields")
+        limits.check_query({"fields": fields}, collections.PAGING_PARAMS)
         item = self._shown(self._caller(req), resource, ident)
-        return json_response(200, {resource.member: collections.select(item, req.GET.getall("fields"))})
+        return json_response(200, {resource.member: collections.select(item, fields)})
 
     def _create(self, req: webob.Request, resource: Resource) -> webob.Response:
         values = self._body(req, resource, create=True)
@@ -366,29 +369,15 @@ class NorthboundApp:
 
 
 def _json_body(req: webob.Request) -> Any:
-    """The request body parsed as JSON: 413 over MAX_BODY, 400 when it is not JSON."""
+    """The request body parsed as JSON by :mod:`apps.northbound.limits`' rules: 413 over its MAX_BODY, else 400."""
     length = req.content_length
-    if length is not None and length > MAX_BODY:
-        _drain(req, length)
-        raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
-    raw = req.body_file.read(MAX_BODY + 1) if req.is_body_readable else b""
-    if len(raw) > MAX_BODY:
-        raise HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {MAX_BODY} bytes.")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        raise BadRequest("HTTPBadRequest", "Malformed request body") from None
-
-
-def _drain(req: webob.Request, length: int) -> None:
-    """Read and drop an oversized body (bounded) so closing the socket does not reset the client."""
-    stream = req.environ["wsgi.input"]
-    left = min(length, DRAIN_LIMIT)
-    while left > 0:
-        chunk = stream.read(min(left, 65536))
-        if not chunk:
-            break
-        left -= len(chunk)
+    too_large = HttpError(413, "HTTPRequestEntityTooLarge", f"Request body larger than {limits.MAX_BODY} bytes.")
+    if length is not None and length > limits.MAX_BODY:
+        raise too_large  # the server read the whole body already: answering without reading it resets nothing
+    raw = req.body_file.read(limits.MAX_BODY + 1) if req.is_body_readable else b""
+    if len(raw) > limits.MAX_BODY:
+        raise too_large
+    return limits.parse_json(raw)
 
 
 def make_app(topology: Topology, *, extra: dict[str, WsgiApp] | None = None, auth: str = "",

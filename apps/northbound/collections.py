@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from apps.northbound import schema
+from apps.northbound import limits, schema
 from topology.store import BadRequest
 
 PAGING_PARAMS = frozenset({"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse"})
@@ -92,6 +92,7 @@ def parse(params: Any, resource: Any) -> Query:
     values: dict[str, list[str]] = {}
     for key, value in params.items():
         values.setdefault(key, []).append(value)
+    limits.check_query(values, PAGING_PARAMS)  # before anything costs a pass over the collection
     bad = sorted(k for k in values if k not in PAGING_PARAMS and kinds.get(k) in (None, "object"))
     if bad:
         raise _bad(f"{bad} is invalid attribute for filtering")

@@ -16,19 +16,20 @@ The graph is read under the topology's lock (:func:`prepare`); the walk runs out
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import netaddr
 
+from apps.northbound import limits
 from apps.trace import build_packet, render
 from flows.flow import CONTROLLER, Flow
 from flows.simulate import FIELDS, Fabric, SimulationError, Switch, to_int
 from topology import graph_l3
 from topology.graph import TopologyGraph
 from topology.model import TUNNEL_PORT_NAMES, Port
+from topology.store import BadRequest
 
 MAX_FIELDS = 32
 
@@ -67,9 +68,9 @@ def parse_request(body: bytes) -> TraceRequest:
     ``packet`` may also be a list of ``field=value`` strings or an object of fields.
     """
     try:
-        doc = json.loads(body or b"{}")
-    except (ValueError, UnicodeError):
-        raise TraceError(400, "the body is not JSON") from None
+        doc = limits.parse_json(body or b"{}")  # the API's rules for a body: depth, UTF-8, finite numbers
+    except BadRequest as exc:
+        raise TraceError(400, f"the body is not JSON as the API takes it: {exc.message}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("port_id"), str) or not doc["port_id"]:
         raise TraceError(400, 'expected {"port_id": "<port id>", "packet": "field=value ...", "follow": true}')
     packet = doc.get("packet", "")
