@@ -92,9 +92,9 @@ class Witness:
         self.events: list[tuple[float, str]] = []
         self.before = {hv.name: self._counters(hv) for hv in hypervisors}
 
-    def event(self, what: str) -> None:
-        """Note ``what`` happened now (wall clock)."""
-        self.events.append((time.time(), what))
+    def event(self, what: str, at: float | None = None) -> None:
+        """Note ``what`` happened now, or at wall-clock time ``at`` (e.g. a role grant the controller timed)."""
+        self.events.append((time.time() if at is None else at, what))
 
     @staticmethod
     def _counters(hv: Hypervisor) -> dict[str, int]:
@@ -115,7 +115,7 @@ class Witness:
             rel = f", {when - t0:+.3f} s from {self.events[0][1]}" if when is not None and t0 is not None else ""
             at = _stamp(when) if when is not None else "?"
             lines.append(f"echo {seq} sent ~{at}{rel}{' (after the last reply: late, or lost?)' if tail else ''}")
-        lines.append("events: " + "; ".join(f"{_stamp(t)} {what}" for t, what in self.events))
+        lines.append("events: " + "; ".join(f"{_stamp(t)} {what}" for t, what in sorted(self.events)))
         times = [w for _, w, _ in lost if w is not None]
         for hv in self.hypervisors:
             after = self._counters(hv)

@@ -117,7 +117,7 @@ def test_bridges_are_split_and_failures_lose_no_ping(cloud: Cloud, tmp_path: Pat
     cloud.dead.add(victim)
     wait_until(lambda: "hv1" in cloud.masters(), 10, lambda: f"hv1 mastered again\n{cloud.logs()}", interval=0.01)
     took_over = time.monotonic() - t0
-    seen.event("hv1 mastered again")
+    _granted(seen, cloud, "hv1")
     wait_until(cloud.settled, 15, lambda: f"settled after the kill\n{cloud.logs()}")
     survivor = cloud.any()
     vm4 = plug_new_vm(survivor, lab, "vm4", net, "hv1")  # through a survivor, onto the orphaned bridge
@@ -162,7 +162,8 @@ def test_bridges_are_split_and_failures_lose_no_ping(cloud: Cloud, tmp_path: Pat
         wait_until(lambda: set(cloud.masters().values()) == {other} and len(cloud.masters()) == 3
                    and not ctls[other].request("GET", "/sync")["pending"], 20,
                    lambda: f"{other} mastering every bridge\n{cloud.logs()}", interval=0.05)
-        seen.event(f"{other} masters every bridge")
+        for hv in ("hv1", "hv2"):  # the pinging VMs' bridges: when the new master's role was granted
+            _granted(seen, cloud, hv)
     finally:
         _nft(f"delete table inet {NFT_TABLE}")
         seen.event("cut healed")
@@ -201,6 +202,14 @@ def _no_loss(scenario: str, ping: Ping, seen: Witness, keep: Path) -> int:
     assert sent == received, (f"({scenario}) lost {sent - received} of {sent} pings\n"
                               f"{seen.report(ping, sent, 0.01, keep)}\n{ping.output()[-400:]}")
     return sent
+
+
+def _granted(seen: Witness, cloud: Cloud, hv: str) -> None:
+    """Note when ``hv``'s bridge granted its present master the role (the instance's own clock)."""
+    master = cloud.masters().get(hv)
+    if master is not None:
+        since = cloud.ctls[master].request("GET", "/sync", timeout=2)["master_since"].get(hv)
+        seen.event(f"{hv} granted master to {master}", at=since)
 
 
 def _try_plug(ctl: ControllerProcess, lab: Lab, name: str, net: dict, host: str):
