@@ -32,7 +32,7 @@ from apps.lab.etcd import EtcdCluster
 from tests.e2e_fixtures import create_network, plug_new_vm, port_ip, require_lab, wait_until
 from tests.etcd_fixtures import ETCD_BINARY, instances, require_etcd
 from tests.lab_fixtures import ping_count
-from tests.test_e2e_restart import Ping
+from tests.loss_evidence import Ping, Witness
 
 pytestmark = pytest.mark.ovs
 
@@ -107,19 +107,23 @@ def test_bridges_are_split_and_failures_lose_no_ping(cloud: Cloud, tmp_path: Pat
 
     # (a) the master of vm1's bridge dies
     victim = cloud.masters()["hv1"]
+    seen = Witness(lab.hypervisors)
     ping = Ping(vm1, port_ip(vm2.port), count=600, interval=0.01, workdir=tmp_path)
+    seen.event("ping started")
     time.sleep(0.5)
     t0 = time.monotonic()
     ctls[victim].kill()
+    seen.event(f"{victim} killed")
     cloud.dead.add(victim)
     wait_until(lambda: "hv1" in cloud.masters(), 10, lambda: f"hv1 mastered again\n{cloud.logs()}", interval=0.01)
     took_over = time.monotonic() - t0
+    _granted(seen, cloud, "hv1")
     wait_until(cloud.settled, 15, lambda: f"settled after the kill\n{cloud.logs()}")
     survivor = cloud.any()
     vm4 = plug_new_vm(survivor, lab, "vm4", net, "hv1")  # through a survivor, onto the orphaned bridge
+    seen.event("vm4 plugged")
     wait_until(lambda: _reach(vm2, port_ip(vm4.port)), 10, lambda: f"vm2 reaching vm4\n{cloud.logs()}")
-    sent, received = ping.finish(timeout=30)
-    assert sent == received, f"(a) lost {sent - received} of {sent} pings\n{ping.output()[-400:]}"
+    sent = _no_loss("a", ping, seen, tmp_path)
     assert took_over < 5, f"(a) hv1 had no master for {took_over:.2f} s"
     print(f"(a) {victim} killed: hv1 mastered again after {took_over:.3f} s; {sent} pings, all answered")
 
@@ -131,19 +135,25 @@ def test_bridges_are_split_and_failures_lose_no_ping(cloud: Cloud, tmp_path: Pat
         subprocess.run(["etcdctl", f"--endpoints={cloud.etcd.endpoints[leader]}", "move-leader", f"{target:x}"],
                        check=True, capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
         wait_until(lambda: cloud.etcd.leader() == dead_member, 10, "the leader moved")
+    seen = Witness(lab.hypervisors)
     ping = Ping(vm1, port_ip(vm2.port), count=400, interval=0.01, workdir=tmp_path)
+    seen.event("ping started")
     time.sleep(0.5)
     cloud.etcd.kill(dead_member)
+    seen.event("etcd leader killed")
     vm5 = wait_until(lambda: _try_plug(survivor, lab, "vm5", net, "hv3"), 20, lambda: f"a write\n{cloud.logs()}")
+    seen.event("vm5 plugged")
     wait_until(lambda: _reach(vm1, port_ip(vm5.port)), 10, lambda: f"vm1 reaching vm5\n{cloud.logs()}")
-    sent, received = ping.finish(timeout=30)
-    assert sent == received, f"(b) lost {sent - received} of {sent} pings\n{ping.output()[-400:]}"
+    _no_loss("b", ping, seen, tmp_path)
 
     # (c) one survivor is cut off from etcd; the other takes its bridges; it comes back
     cut, other = sorted(cloud.live())
     port = cloud.etcd.members[cloud.member_of[cut]].client_port
+    seen = Witness(lab.hypervisors)
     ping = Ping(vm1, port_ip(vm2.port), count=800, interval=0.01, workdir=tmp_path)
+    seen.event("ping started")
     time.sleep(0.5)
+    seen.event(f"{cut} cut off etcd")
     _nft(f"add table inet {NFT_TABLE}",
          f"add chain inet {NFT_TABLE} out {{ type filter hook output priority 0 ; }}",
          f"add rule inet {NFT_TABLE} out tcp dport {port} drop",
@@ -152,31 +162,54 @@ def test_bridges_are_split_and_failures_lose_no_ping(cloud: Cloud, tmp_path: Pat
         wait_until(lambda: set(cloud.masters().values()) == {other} and len(cloud.masters()) == 3
                    and not ctls[other].request("GET", "/sync")["pending"], 20,
                    lambda: f"{other} mastering every bridge\n{cloud.logs()}", interval=0.05)
+        for hv in ("hv1", "hv2"):  # the pinging VMs' bridges: when the new master's role was granted
+            _granted(seen, cloud, hv)
     finally:
         _nft(f"delete table inet {NFT_TABLE}")
+        seen.event("cut healed")
     wait_until(lambda: cut in cloud.masters().values() and cloud.settled(), 30,
                lambda: f"{cut} back with its share\n{cloud.logs()}")
+    seen.event(f"{cut} back with its share")
     vm6 = plug_new_vm(ctls[cut], lab, "vm6", net, "hv2")
+    seen.event("vm6 plugged")
     wait_until(lambda: _reach(vm1, port_ip(vm6.port)), 10, lambda: f"vm1 reaching vm6\n{cloud.logs()}")
-    sent, received = ping.finish(timeout=30)
-    assert sent == received, f"(c) lost {sent - received} of {sent} pings\n{ping.output()[-400:]}"
+    _no_loss("c", ping, seen, tmp_path)
 
     # (d) etcd loses its quorum (one member is dead since (b); one more stops): writes answer 503,
     # the bridges keep every flow, and writes come back with the quorum, nothing restarted.
     second = next(i for i in range(3) if i != dead_member and cloud.member_of[other] != i)
-    ping = Ping(vm1, port_ip(vm2.port), count=500, interval=0.01,
-                workdir=tmp_path)
+    seen = Witness(lab.hypervisors)
+    ping = Ping(vm1, port_ip(vm2.port), count=500, interval=0.01, workdir=tmp_path)
+    seen.event("ping started")
     cloud.etcd.stop_member(second)
+    seen.event("quorum lost")
     try:
         with pytest.raises(ApiError) as refused:
             ctls[other].create("network", name="no-quorum")
         assert refused.value.status == 503, refused.value.body
     finally:
         cloud.etcd.restart(second)
+        seen.event("member restarted")
     vm7 = wait_until(lambda: _try_plug(ctls[other], lab, "vm7", net, "hv3"), 30, lambda: f"a write\n{cloud.logs()}")
+    seen.event("vm7 plugged")
     wait_until(lambda: _reach(vm1, port_ip(vm7.port)), 10, lambda: f"vm1 reaching vm7\n{cloud.logs()}")
+    _no_loss("d", ping, seen, tmp_path)
+
+
+def _no_loss(scenario: str, ping: Ping, seen: Witness, keep: Path) -> int:
+    """Every echo of ``ping`` answered (how many were sent); if not, what the switches saw when one was lost."""
     sent, received = ping.finish(timeout=30)
-    assert sent == received, f"(d) lost {sent - received} of {sent} pings\n{ping.output()[-400:]}"
+    assert sent == received, (f"({scenario}) lost {sent - received} of {sent} pings\n"
+                              f"{seen.report(ping, sent, 0.01, keep)}\n{ping.output()[-400:]}")
+    return sent
+
+
+def _granted(seen: Witness, cloud: Cloud, hv: str) -> None:
+    """Note when ``hv``'s bridge granted its present master the role (the instance's own clock)."""
+    master = cloud.masters().get(hv)
+    if master is not None:
+        since = cloud.ctls[master].request("GET", "/sync", timeout=2)["master_since"].get(hv)
+        seen.event(f"{hv} granted master to {master}", at=since)
 
 
 def _try_plug(ctl: ControllerProcess, lab: Lab, name: str, net: dict, host: str):

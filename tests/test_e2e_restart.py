@@ -109,12 +109,15 @@ def delta(after: Counter, before: Counter) -> dict:
 class Ping:
     """``ping`` running in the background inside a VM's namespace, output in a file, PID kept."""
 
+    FLAGS: tuple[str, ...] = ()  # more of ping's options (tests.loss_evidence: stamped lines)
+
     def __init__(self, vm: LabVM, dst: str, count: int, interval: float, workdir: Path):
         self.vm, self.dst, self.count = vm, dst, count
         self.path = workdir / f"ping-{vm.name}-{dst}.txt"
         with open(self.path, "w") as out:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", vm.netns, "ping", "-n", "-i", str(interval), "-c", str(count), "-W", "1", dst],
+                ["ip", "netns", "exec", vm.netns, "ping", *self.FLAGS, "-n", "-i", str(interval), "-c", str(count),
+                 "-W", "1", dst],
                 stdout=out, stderr=subprocess.STDOUT,
             )
 
