@@ -18,7 +18,7 @@ API_SUITES = tests/test_api.py tests/test_api_l3.py tests/test_api_secgroups.py 
 	tests/test_api_collections.py tests/test_api_events.py tests/test_openapi.py tests/test_api_limits.py
 
 test: ovs
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 	TENANTFLOW_TEST_STORE=etcd $(PY) -m pytest -q $(API_SUITES)
 
 unit: deps
