@@ -278,9 +278,12 @@ def _flow_add_body(flow: Flow) -> bytes:
     return body
 
 
-def flow_add(flow: Flow, xid: int = 0) -> bytes:
-    """An OFPT_FLOW_MOD ADD installing ``flow`` (replaces one with the same key)."""
+def flow_add(flow: Flow, xid: int = 0, idle_timeout: int = 0) -> bytes:
+    """An OFPT_FLOW_MOD ADD installing ``flow`` (replaces one with the same key); ``idle_timeout``
+    in seconds (0: none; only the flows the controller writes as a learn action would)."""
     body = _flow_add_body(flow)
+    if idle_timeout:
+        body = body[:18] + struct.pack("!H", idle_timeout) + body[20:]
     return _HEADER.pack(OFP_VERSION, ofp.OFPT_FLOW_MOD, 8 + len(body), xid) + body
 
 
