@@ -665,7 +665,7 @@ class Switch(monitor.FlowMonitoring):
 
     def add_learned(self, flow: Flow) -> None:
         """Write a flow the switch's own learn action would (a learned neighbour), with its idle timeout."""
-        self._send(wire.flow_add(flow, idle_timeout=LEARNED_IDLE_TIMEOUT))
+        self._send(wire.learned_flow_add(flow, LEARNED_IDLE_TIMEOUT))
 
     def packet_out(self, actions: list, data: bytes) -> None:
         """Send ``data`` into the pipeline from the controller, running ``actions``."""

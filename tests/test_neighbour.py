@@ -53,9 +53,11 @@ def test_an_arp_reply_to_a_floating_ip_becomes_the_flow_the_switch_would_learn()
     assert (flow.table_id, flow.priority, flow.cookie) == (MAC_BINDING.table_id, learn.priority, learn.cookie)
     assert dict(flow.match) == {"reg6": 7, "reg0": 0xCB007101}
     assert flow.actions == (SetField("eth_dst", gw_mac),)
-    msg = wire.flow_add(flow, idle_timeout=LEARNED_IDLE_TIMEOUT)
+    msg = wire.learned_flow_add(flow, LEARNED_IDLE_TIMEOUT)
     assert struct.unpack_from("!H", msg, 8 + 18)[0] == LEARNED_IDLE_TIMEOUT == learn.idle_timeout
-    assert struct.unpack_from("!H", wire.flow_add(flow), 8 + 18)[0] == 0  # the compiled flows keep none
+    # The MAC as NXAST_REG_LOAD (Nicira, subtype 7) into all 48 bits of eth_dst, as OVS writes a learn's load.
+    assert msg[-24:] == struct.pack("!HHIHHIQ", 0xFFFF, 24, 0x2320, 7, 47, wire.oxm_header("eth_dst"),
+                                    0x525400123456)
     request = bytes(Ether(src=gw_mac, dst=FIP_MAC) / ARP(op=1, hwsrc=gw_mac, psrc=GATEWAY, pdst=FIP))
     assert learned_neighbour(7, request) is None  # only replies
     assert learned_neighbour(7, bytes(Ether(src=gw_mac) / (b"\x00" * 46))) is None  # not ARP
