@@ -663,9 +663,15 @@ class Switch(monitor.FlowMonitoring):
                 for packet in announcement_packets(item):
                     self.packet_out(announcement_actions(item), packet)
 
-    def add_learned(self, flow: Flow) -> None:
-        """Write a flow the switch's own learn action would (a learned neighbour), with its idle timeout."""
+    def add_learned(self, flow: Flow) -> bool:
+        """Write a flow the switch's own learn action would (a learned neighbour), with its idle timeout.
+
+        Only while a synced flow of this switch learns that cookie: a packet-in that arrives after
+        the floating IP left would otherwise leave a flow nothing compiled accounts for."""
+        if flow.cookie not in self._learners:
+            return False
         self._send(wire.learned_flow_add(flow, LEARNED_IDLE_TIMEOUT))
+        return True
 
     def packet_out(self, actions: list, data: bytes) -> None:
         """Send ``data`` into the pipeline from the controller, running ``actions``."""
