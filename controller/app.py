@@ -26,18 +26,19 @@ from controller.cluster import Solo
 from controller.connection import DUPLICATE, STALLED
 from controller.gateways import GatewayService
 from controller.icmp import time_exceeded
-from controller.neighbour import ext_output_actions, next_hop_request
+from controller.neighbour import ext_output_actions, learned_neighbour, next_hop_request
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
 from flows.flow import Output
 from flows.pipeline import stage
 from flows.routing import router_interface
-from flows.stages import EXT_OUTPUT, PUNT
+from flows.stages import EXT_IN_FIP, EXT_OUTPUT, PUNT
 from topology.model import canonical_port_map
 
 LOG = logging.getLogger("tenantflow.app")
 IP_INPUT_TABLE = stage("lr_in_ip_input").table_id
 EXT_OUTPUT_TABLE = EXT_OUTPUT.table_id
+EXT_IN_FIP_TABLE = EXT_IN_FIP.table_id  # ARP replies to floating IPs: learned at once
 PUNT_TABLE = PUNT.table_id  # address assignment's requests come up from ls_in_punt, through its meters
 
 # Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
@@ -386,6 +387,9 @@ class TenantflowApp(app_manager.OSKenApp):
         if msg.table_id == EXT_OUTPUT_TABLE:
             self._resolve_next_hop(sw, msg)
             return
+        if msg.table_id == EXT_IN_FIP_TABLE:
+            self._relearn(sw, msg)
+            return
         if msg.table_id != IP_INPUT_TABLE:
             return
         if not metrics.packet_in("ttl_expired", sw.icmp_limiter.allow()):
@@ -404,6 +408,19 @@ class TenantflowApp(app_manager.OSKenApp):
         except ConnectionError:
             LOG.info("switch %s: gone (or not reading) before the ICMP time exceeded could be sent", sw.hv_name)
 
+
+    def _relearn(self, sw: Switch, msg) -> None:
+        """ext_in_fip's ARP reply to a floating IP: write what the switch's learn action learns, at once."""
+        if not metrics.packet_in("fip_arp_reply", sw.fip_arp_limiter.allow()):
+            return
+        ext_key = dict(msg.match.items()).get("reg6")
+        flow = learned_neighbour(ext_key, bytes(msg.data)) if ext_key else None
+        if flow is None:
+            return
+        try:
+            sw.add_learned(flow)
+        except ConnectionError:  # gone: the switch's own learn action still runs, later
+            LOG.info("switch %s: gone before an ARP reply could be learned", sw.hv_name)
 
     def _resolve_next_hop(self, sw: Switch, msg) -> None:
         """lr_in_ext_output's unresolved: ARP for the next hop; the switch learns the answer."""

@@ -58,8 +58,8 @@ BUNDLES = Counter(
 OF_ERRORS = Counter("tenantflow_of_errors", "OpenFlow errors received", ["hypervisor"], registry=REGISTRY)
 PACKET_INS = Counter("tenantflow_packet_ins", "Packet-ins received", ["hypervisor"], registry=REGISTRY)
 PACKET_INS_BY_KIND = Counter("tenantflow_packet_ins_by_kind", "Packet-ins received, by what they are for (dhcp: "
-                             "v4 and v6, router_solicit, ttl_expired, next_hop) and whether the rate limits let them "
-                             "through",
+                             "v4 and v6, router_solicit, ttl_expired, next_hop, fip_arp_reply) and whether the "
+                             "rate limits let them through",
                              ["kind", "outcome"], registry=REGISTRY)
 
 

@@ -3,9 +3,11 @@
 The slow path of :mod:`flows.nat`: a gratuitous ARP when a hypervisor starts
 hosting a floating IP (after a move, so the external network's switches learn
 where its MAC now lives), an ARP request for the external gateway at the same
-time (so outbound traffic finds the gateway's MAC already learned), and an ARP
+time (so outbound traffic finds the gateway's MAC already learned), an ARP
 request for a next hop a packet found unresolved (packet-in from
-``lr_in_ext_output``, rate-limited per switch). Every answer is learned by the
+``lr_in_ext_output``, rate-limited per switch), and and the neighbour an ARP reply to a
+floating IP teaches (packet-in from ``ext_in_fip``), written as a flow at once, as
+the switch's own learn action writes it (see :func:`learned_neighbour`). Every answer is learned by the
 switch itself (``ext_in_fip``'s learn actions); the controller keeps no state.
 Frames are injected through ``lr_in_ext_output``, which knows the provider
 port and VLAN of the external network.
@@ -13,13 +15,15 @@ port and VLAN of the external network.
 
 from __future__ import annotations
 
+import dataclasses
+
 import netaddr
 from os_ken.lib.packet import arp, ethernet, icmpv6, ipv4, ipv6, packet
 
-from flows.flow import Resubmit, SetField
-from flows.nat import EXT_OUTPUT, Announcement
-from flows.pipeline import FLAG_FROM_REMOTE, REG_FLAGS, REG_NETWORK
-from flows.stages import L2_LOOKUP
+from flows.flow import Flow, Resubmit, SetField, make_flow
+from flows.nat import EXT_OUTPUT, Announcement, learn_neighbour_on
+from flows.pipeline import FLAG_FROM_REMOTE, REG_FLAGS, REG_NETWORK, REG_NEXTHOP
+from flows.stages import L2_LOOKUP, MAC_BINDING
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
@@ -69,6 +73,22 @@ def announcement_actions(item: Announcement) -> list:
     if not item.inside:
         return ext_output_actions(item.ext_key)
     return [SetField(REG_NETWORK, item.ext_key), SetField(REG_FLAGS, FLAG_FROM_REMOTE), Resubmit(L2_LOOKUP.name)]
+
+
+def learned_neighbour(ext_key: int, frame: bytes) -> Flow | None:
+    """The flow ``ext_in_fip``'s learn action makes of an ARP reply on external network ``ext_key``
+    (its sender's address -> its MAC, in lr_in_mac_binding), for the controller to write at once.
+
+    A flow the controller adds makes OVS revalidate its cached datapath flows right away; one
+    added by a learn action did not, here: a next hop cached as unresolved stayed so for ~0.5 s
+    after its MAC was learned (see :func:`flows.nat._fip`). None if ``frame`` is no ARP reply."""
+    reply = packet.Packet(frame).get_protocol(arp.arp)
+    if reply is None or reply.opcode != arp.ARP_REPLY:
+        return None
+    learn = learn_neighbour_on(ext_key)
+    flow = make_flow(MAC_BINDING, "learned", {REG_NETWORK: ext_key, REG_NEXTHOP: int(netaddr.IPAddress(reply.src_ip))},
+                     [SetField("eth_dst", reply.src_mac)], description="neighbour learned from an ARP reply")
+    return dataclasses.replace(flow, cookie=learn.cookie)
 
 
 def resolve_request(frame: bytes, nexthop: int) -> bytes | None:

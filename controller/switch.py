@@ -58,7 +58,7 @@ from controller.syncing import (
 )
 from flows.dhcp import HYPERVISOR_METER, PORT_BURST, PORT_RATE
 from flows.flow import Flow
-from flows.nat import NEXT_HOP_METER, Announcement
+from flows.nat import FIP_ARP_REPLY_METER, LEARNED_IDLE_TIMEOUT, NEXT_HOP_METER, Announcement
 from flows.routing import TTL_METER
 
 LOG = logging.getLogger("tenantflow.switch")
@@ -131,6 +131,7 @@ class Switch(monitor.FlowMonitoring):
         # What the switch's meters let through, bounded again here (the same rates: flows.flow.Meter).
         self.icmp_limiter = RateLimiter(TTL_METER.rate, TTL_METER.burst)  # ICMP errors its packet-ins may draw
         self.arp_limiter = RateLimiter(NEXT_HOP_METER.rate, NEXT_HOP_METER.burst)  # ARPs for unresolved next hops
+        self.fip_arp_limiter = RateLimiter(FIP_ARP_REPLY_METER.rate, FIP_ARP_REPLY_METER.burst)  # replies relearned
         self.dhcp_limiter = FairLimiter(HYPERVISOR_METER.rate, HYPERVISOR_METER.burst, PORT_RATE,
                                         PORT_BURST)  # DHCP requests: per port, then for the whole switch
         self._waiters: dict[int, _Waiter] = {}
@@ -661,6 +662,16 @@ class Switch(monitor.FlowMonitoring):
             if self._alive:
                 for packet in announcement_packets(item):
                     self.packet_out(announcement_actions(item), packet)
+
+    def add_learned(self, flow: Flow) -> bool:
+        """Write a flow the switch's own learn action would (a learned neighbour), with its idle timeout.
+
+        Only while a synced flow of this switch learns that cookie: a packet-in that arrives after
+        the floating IP left would otherwise leave a flow nothing compiled accounts for."""
+        if flow.cookie not in self._learners:
+            return False
+        self._send(wire.learned_flow_add(flow, LEARNED_IDLE_TIMEOUT))
+        return True
 
     def packet_out(self, actions: list, data: bytes) -> None:
         """Send ``data`` into the pipeline from the controller, running ``actions``."""

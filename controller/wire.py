@@ -48,6 +48,7 @@ _EXPERIMENTER = struct.Struct("!BBHIII")  # header + experimenter id + exp_type
 _BUNDLE_CTRL = struct.Struct("!IHH")
 NX_VENDOR = ofproto_common.NX_EXPERIMENTER_ID
 NXAST_REG_MOVE = 6
+NXAST_REG_LOAD = 7
 NXAST_RESUBMIT_TABLE = 14
 NXAST_CONJUNCTION = 34
 ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
@@ -281,6 +282,25 @@ def _flow_add_body(flow: Flow) -> bytes:
 def flow_add(flow: Flow, xid: int = 0) -> bytes:
     """An OFPT_FLOW_MOD ADD installing ``flow`` (replaces one with the same key)."""
     body = _flow_add_body(flow)
+    return _HEADER.pack(OFP_VERSION, ofp.OFPT_FLOW_MOD, 8 + len(body), xid) + body
+
+
+def learned_flow_add(flow: Flow, idle_timeout: int, xid: int = 0) -> bytes:
+    """:func:`flow_add` for a flow a learn action would write, aging out after ``idle_timeout`` seconds
+    unused; its SetField actions go as NXAST_REG_LOAD, as OVS writes a learn's loads, so the switch
+    holds (and a dump shows) the same flow whoever wrote it."""
+    loads = b""
+    for act in flow.actions:
+        if not isinstance(act, SetField):
+            raise TypeError(f"a learned flow only loads fields, not {act!r}")
+        header, width, _ = _field(act.field)
+        value = int.from_bytes(_value_bytes(act.field, act.value), "big")
+        loads += struct.pack("!HHIHHIQ", ofp.OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_REG_LOAD,
+                             width * 8 - 1, header, value)  # ofs 0, n_bits: the whole field
+    body = _FLOW_MOD_BODY.pack(
+        flow.cookie, 0, flow.table_id, ofp.OFPFC_ADD, idle_timeout, 0, flow.priority,
+        ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
+    ) + encode_match(flow.match) + struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(loads)) + loads
     return _HEADER.pack(OFP_VERSION, ofp.OFPT_FLOW_MOD, 8 + len(body), xid) + body
 
 

@@ -53,6 +53,8 @@ ARP_REQUEST, ARP_REPLY = 1, 2
 UNRESOLVED_MAC = "00:00:00:00:00:00"
 NEXT_HOP_METER = Meter("hypervisor: unresolved next hops", 50, 20)
 """What one hypervisor's packets to unlearned next hops may send the controller (a second, a burst)."""
+FIP_ARP_REPLY_METER = Meter("hypervisor: ARP replies to floating IPs", 50, 20)
+"""What one hypervisor's ARP replies to its floating IPs may send the controller (see :func:`_fip`)."""
 LEARNED_IDLE_TIMEOUT = 300  # seconds an unused learned neighbour MAC is kept (an ARP cache entry's life)
 
 
@@ -91,7 +93,7 @@ class Announcement:
 
 def learned_cookie(ext: Network) -> int:
     """The cookie of every neighbour MAC learned on ``ext`` (one per external network)."""
-    return MAC_BINDING.table_id << 56 | ext.key
+    return learn_neighbour_on(ext.key).cookie
 
 
 def local_fips(graph: TopologyGraph, view: HypervisorView) -> list[LocalFip]:
@@ -160,7 +162,13 @@ def nat_flows(view: HypervisorView, fips: list[LocalFip],
 
 def learn_neighbour(ext: Network) -> Learn:
     """Remember the ARP sender: (this external network, its address) -> its MAC, in lr_in_mac_binding."""
-    return Learn(MAC_BINDING.name, MAC_BINDING.priority("learned"), LEARNED_IDLE_TIMEOUT, learned_cookie(ext),
+    return learn_neighbour_on(ext.key)
+
+
+def learn_neighbour_on(ext_key: int) -> Learn:
+    """:func:`learn_neighbour` for the external network of logical key ``ext_key`` (reg6)."""
+    return Learn(MAC_BINDING.name, MAC_BINDING.priority("learned"), LEARNED_IDLE_TIMEOUT,
+                 MAC_BINDING.table_id << 56 | ext_key,
                  matches=((REG_NETWORK, REG_NETWORK), (REG_NEXTHOP, "arp_spa")), loads=(("arp_sha", "eth_dst"),))
 
 
@@ -202,10 +210,15 @@ def _fip(view: HypervisorView, f: LocalFip) -> Iterator[Flow]:
         [learn_neighbour(ext), *arp_reply(f.mac, ip, tag + [Output(IN_PORT)])],
         description=f"ARP who-has floating IP {ip}: {f.mac}, from this hypervisor only; learn the asker",
     )
+    # Also up to the controller, which has the switch learn it again at once (a packet-out carrying
+    # the same learn action): OVS runs a learn action for a packet that hits a cached datapath flow
+    # only in its next revalidator pass, up to ~0.5 s later, and after a move the new host's cached
+    # flow for this very reply (from the last time it held the address) outlives the learned MAC
+    # we deleted when the address left it; meanwhile every packet out to that next hop was dropped.
     yield make_flow(
         EXT_IN_FIP, "arp_learn", {**base, "eth_type": ETH_ARP, "arp_op": ARP_REPLY, "arp_tpa": ip},
-        [learn_neighbour(ext)],
-        description=f"ARP reply to floating IP {ip}: learn the sender's MAC",
+        [FIP_ARP_REPLY_METER, learn_neighbour(ext), Output(CONTROLLER)],
+        description=f"ARP reply to floating IP {ip}: learn the sender's MAC (and the controller, at once)",
     )
     yield make_flow(
         EXT_IN_FIP, "dnat", {**base, "eth_type": ETH_IPV4, "eth_dst": f.mac, "ipv4_dst": ip},

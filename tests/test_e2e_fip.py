@@ -18,9 +18,9 @@ IP (and reaches the right one of two VMs with the same fixed IP); a VM reaches t
 outside host with its floating IP as source (capture on the outside host); only the
 hosting hypervisor answers ARP for a floating IP; no floating-IP packet crosses the
 underlay; a VM without a floating IP never shows on the external network; hairpin
-(a VM to another VM's and to its own floating IP); a move while the outside host
-pings; disassociation cuts the traffic and leaves no flow of the address anywhere;
-bad requests change nothing, on the API or on any switch.
+(a VM to another VM's and to its own floating IP); moves while the outside host
+pings cost at most 100 ms of its stream each; disassociation cuts the traffic and
+leaves no flow of the address anywhere; bad requests change nothing, on the API or on any switch.
 """
 
 from __future__ import annotations
@@ -314,20 +314,41 @@ def test_learned_neighbours_survive_a_controller_restart(cloud: Cloud) -> None:
     assert pings(cloud.vms["a1"], EXT_GATEWAY, 3) == 3
 
 
-def test_move_while_the_outside_host_pings(cloud: Cloud) -> None:
+MOVES = ("a3", "a1", "a3", "a1")  # hv1 -> hv3 and back, twice: a return finds hv1's cached datapath flows
+MOVE_EVERY_S, PING_EVERY_S = 1.2, 0.05
+
+
+def test_moves_while_the_outside_host_pings_lose_at_most_a_ping_each(cloud: Cloud) -> None:
+    """The outside host pings the floating IP every 50 ms while it moves hv1 -> hv3 -> hv1 -> ...
+
+    Each move may cost at most 100 ms of the stream (2 pings here; the soak's 100 ms stream: one).
+    Before the controller wrote the next hop's MAC itself on an ARP reply to a floating IP
+    (controller.neighbour.learned_neighbour), every move back to hv1 lost ~0.5 s of replies: hv1's
+    cached datapath flow still sent them up as "next hop unresolved" until OVS's revalidator ran.
+    """
     fip = cloud.fips["a1"]
     ip = cloud.fip("a1")
+    count = int((1.0 + len(MOVES) * MOVE_EVERY_S) / PING_EVERY_S)
     try:
-        proc = cloud.out.popen(["ping", "-i", "0.01", "-c", "300", "-W", "1", ip], stdout=subprocess.PIPE, text=True)
+        proc = cloud.out.popen(["ping", "-D", "-O", "-i", str(PING_EVERY_S), "-c", str(count), "-W", "1", ip],
+                               stdout=subprocess.PIPE, text=True)
         time.sleep(1.0)
-        cloud.associate(fip, "a3")  # hv1 -> hv3
+        puts = []
+        for vm in MOVES:
+            puts.append(time.time())
+            cloud.associate(fip, vm)
+            time.sleep(MOVE_EVERY_S)
         out, _ = proc.communicate(timeout=30)
-        received = int(re.search(r"(\d+) received", out).group(1))
-        lost_ms = (300 - received) * 10
-        assert received >= 200 and lost_ms < 1000, out.splitlines()[-3:]
-        assert echo(cloud.out, ip) == {ip: "a3 tok"}
-        assert not flows_mentioning(cloud.lab.hypervisor("hv1"), ip)
-        assert flows_mentioning(cloud.lab.hypervisor("hv3"), f"arp_tpa={ip}")
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        assert m, out
+        lost = int(m.group(1)) - int(m.group(2))
+        unanswered = [line for line in out.splitlines() if "no answer yet" in line]
+        print(f"{len(MOVES)} moves, a ping every {PING_EVERY_S * 1e3:.0f} ms: {lost} lost; PUTs at {puts}; "
+              f"{unanswered}")
+        assert lost <= 2 * len(MOVES), (lost, unanswered, puts)
+        assert echo(cloud.out, ip) == {ip: "a1 tok"}
+        assert not flows_mentioning(cloud.lab.hypervisor("hv3"), f"arp_tpa={ip}")
+        assert flows_mentioning(cloud.lab.hypervisor("hv1"), f"arp_tpa={ip}")
     finally:
         cloud.associate(fip, "a1")
     wait_until(lambda: echo(cloud.out, ip) == {ip: "a1 tok"}, 10, "the floating IP back at a1")

@@ -34,3 +34,30 @@ def test_an_unresolved_packet_makes_a_request_from_its_floating_ip() -> None:
 def test_frames_enter_through_the_external_output_stage() -> None:
     assert ext_output_actions(7) == [SetField("reg6", 7), Resubmit("lr_in_ext_output")]
     assert Ether(arp_request(FIP_MAC, FIP, GATEWAY))[ARP].hwdst == "00:00:00:00:00:00"
+
+
+def test_an_arp_reply_to_a_floating_ip_becomes_the_flow_the_switch_would_learn() -> None:
+    import struct
+
+    from controller import wire
+    from controller.neighbour import learned_neighbour
+    from flows.nat import LEARNED_IDLE_TIMEOUT, learn_neighbour_on
+    from flows.stages import MAC_BINDING
+
+    gw_mac = "52:54:00:12:34:56"
+    reply = bytes(Ether(src=gw_mac, dst=FIP_MAC) / ARP(op=2, hwsrc=gw_mac, psrc=GATEWAY, hwdst=FIP_MAC, pdst=FIP))
+    flow = learned_neighbour(7, reply)
+    learn = learn_neighbour_on(7)
+    assert flow is not None
+    # What ext_in_fip's learn action writes: its table, priority and cookie; (network, sender) -> sender's MAC.
+    assert (flow.table_id, flow.priority, flow.cookie) == (MAC_BINDING.table_id, learn.priority, learn.cookie)
+    assert dict(flow.match) == {"reg6": 7, "reg0": 0xCB007101}
+    assert flow.actions == (SetField("eth_dst", gw_mac),)
+    msg = wire.learned_flow_add(flow, LEARNED_IDLE_TIMEOUT)
+    assert struct.unpack_from("!H", msg, 8 + 18)[0] == LEARNED_IDLE_TIMEOUT == learn.idle_timeout
+    # The MAC as NXAST_REG_LOAD (Nicira, subtype 7) into all 48 bits of eth_dst, as OVS writes a learn's load.
+    assert msg[-24:] == struct.pack("!HHIHHIQ", 0xFFFF, 24, 0x2320, 7, 47, wire.oxm_header("eth_dst"),
+                                    0x525400123456)
+    request = bytes(Ether(src=gw_mac, dst=FIP_MAC) / ARP(op=1, hwsrc=gw_mac, psrc=GATEWAY, pdst=FIP))
+    assert learned_neighbour(7, request) is None  # only replies
+    assert learned_neighbour(7, bytes(Ether(src=gw_mac) / (b"\x00" * 46))) is None  # not ARP

@@ -39,7 +39,9 @@ the figures are the network's readiness, not the outside host's ARP retry timer.
     before the old host stopped answering the new host's gratuitous ARP (``garp`` in
     ``ext_in_fip``) and the new host repeated it (0.25 s and 1 s after the first), when a
     frame from the old host during the overlap of the two syncs could pin the address's
-    MAC on the old host's port of the external switch.
+    MAC on the old host's port of the external switch. The stream is one way: the way back (the
+    new host's next hop on the external network, which it must know before any reply leaves) is
+    not measured here; the outside host's pings in ``tests/test_e2e_fip.py`` and the soak are.
 ``nat_throughput``
     iperf3 TCP to ``v1`` (hv1), from the outside host through the floating IP (provider
     network, NAT on hv1) and from ``w`` on hv3 routed east-west by its fixed address
