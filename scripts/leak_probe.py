@@ -96,6 +96,7 @@ def dump(path: str) -> None:
     report["frames"] = Counter(_describe(o) for o in garbage if type(o).__name__ == "frame").most_common(30)
     report["functions"] = Counter(_describe(o) for o in garbage if type(o).__name__ == "function").most_common(20)
     del garbage
+    gc.collect()  # free them for good (else the next dump would find the same cycles again)
     objects = gc.get_objects()
     report["types"] = dict(Counter(_type_name(o) for o in objects))
     wanted = set(filter(None, os.environ.get("LEAK_PROBE_TRACE", "").split(",")))
@@ -219,6 +220,8 @@ def main() -> None:
     p.add_argument("--tracemalloc", type=int, default=0, help="frames per traceback (0: off)")
     p.add_argument("--switches", type=int, default=0, help="fake switches (tests/fake_switch.py), hv1..hvN")
     p.add_argument("--rate", type=float, default=0, help="operations a second (0: as fast as they go)")
+    p.add_argument("--packet-ins", action="store_true",
+                   help="with each operation, each fake switch sends an echo request and a packet-in")
     args = p.parse_args()
     sys.path.insert(0, ROOT)
     os.makedirs(args.workdir, exist_ok=True)
@@ -239,7 +242,7 @@ def main() -> None:
     with ctl:
         switches = []
         if args.switches:
-            from tests.fake_switch import FakeSwitch
+            from tests.fake_switch import FakeSwitch, packet_in
 
             switches = [FakeSwitch(("127.0.0.1", ctl.of_port), 0xD0 + i) for i in range(args.switches)]
         cloud = Cloud(ctl, [f"hv{i + 1}" for i in range(max(1, args.switches))])
@@ -249,8 +252,11 @@ def main() -> None:
             time.sleep(pace)
         before = _snap(ctl, out, 0)
         t0 = time.monotonic()
-        for _ in range(args.ops):
+        for i in range(args.ops):
             cloud.step()
+            for sw in switches if args.packet_ins else ():
+                sw.echo(i)
+                sw.send(packet_in(i))
             time.sleep(pace)
         took = time.monotonic() - t0
         after = _snap(ctl, out, 1)
