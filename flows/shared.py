@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 MAX_ENTRIES = 1_000_000  # a last resort: sweep() keeps the table to about twice what is held elsewhere
-SWEEP_MIN = 1024  # entries before the first sweep (and the least a sweep waits for)
+SWEEP_MIN = 256  # entries before the first sweep (and the least a sweep waits for)
 _flows: dict[Hashable, Any] = {}
 _sweep_at = SWEEP_MIN  # the table's size that triggers the next sweep
 # What sys.getrefcount sees in _held for a value only the table holds (the table, _held's ``value``, the

@@ -178,7 +178,7 @@ def _via(graph: TopologyGraph, info: BaseInfo, net: Network, port: Port) -> tupl
 
 
 MEMO_ENTRIES = 1_000_000  # a last resort: sweep_memo keeps the memo to about twice the current records' entries
-MEMO_SWEEP_MIN = 1024  # entries before the first sweep (and the least a sweep waits for)
+MEMO_SWEEP_MIN = 256  # entries before the first sweep (and the least a sweep waits for)
 _memo: dict[tuple, tuple[Port, Network, tuple[Flow, ...]]] = {}
 _sweep_at = MEMO_SWEEP_MIN  # the memo's size that triggers the next sweep
 

@@ -27,7 +27,7 @@ from topology.state import Topology
 
 HOSTS = ("hv1", "hv2", "hv3")
 CYCLES = 300
-THRESHOLD = 64  # sweep thresholds for the test (the controller's: 1,024 entries), so a few hundred ports cross them
+THRESHOLD = 64  # sweep thresholds for the test (the controller's: 256 entries), so a few hundred ports cross them
 
 
 @pytest.fixture
