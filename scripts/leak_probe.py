@@ -99,6 +99,9 @@ def dump(path: str) -> None:
     gc.collect()  # free them for good (else the next dump would find the same cycles again)
     objects = gc.get_objects()
     report["types"] = dict(Counter(_type_name(o) for o in objects))
+    report["allocated_blocks"] = sys.getallocatedblocks()  # every live object, tracked by the GC or not
+    with open("/proc/self/smaps_rollup") as fh:  # anonymous (heap) against file-backed (SQLite's mapped -shm)
+        report["smaps_kb"] = {line.split(":")[0]: int(line.split()[1]) for line in fh if line.split()[-1] == "kB"}
     wanted = set(filter(None, os.environ.get("LEAK_PROBE_TRACE", "").split(",")))
     report["referrers"] = {}
     for name in wanted:
@@ -268,6 +271,8 @@ def main() -> None:
     print(f"frozen {before['frozen_after']} -> {after['frozen_before']} "
           f"({(after['frozen_before'] - before['frozen_after']) / ops:.1f}/op); "
           f"of them garbage cycles: {after['collected']} ({after['collected'] / ops:.1f}/op)")
+    print(f"allocated blocks {before['allocated_blocks']} -> {after['allocated_blocks']} "
+          f"({(after['allocated_blocks'] - before['allocated_blocks']) / ops:+.1f}/op)")
     print("cache entries:", {k: f"{before['caches'][k]} -> {v} ({(v - before['caches'][k]) / ops:+.2f}/op)"
                              for k, v in after["caches"].items()})
     print("garbage cycles by type:", after["cycles"][:25])
