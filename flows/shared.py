@@ -58,7 +58,11 @@ def sweep() -> int:
     million entries (README, "Soak"). Dropping an entry that is asked for again costs only its
     rebuilding.
     """
-    stale = [key for key in list(_flows) if not _held(_flows.get(key))]  # list(): one C-level copy, under the GIL
+    try:
+        keys = list(_flows)  # a copy in C: engines in other threads add meanwhile
+    except RuntimeError:  # changed during the copy after all (another thread ran in a finalizer): next time
+        return 0
+    stale = [key for key in keys if not _held(_flows.get(key))]
     for key in stale:
         _flows.pop(key, None)
     return len(stale)

@@ -287,7 +287,11 @@ def sweep_memo(graph: TopologyGraph) -> int:
     Without this the memo grew by every such record until ``MEMO_ENTRIES`` (a million entries,
     gigabytes): a few kB per port operation under churn, for good (README, "Soak").
     """
-    stale = [key for key, (port, net, _) in list(_memo.items())  # list(): a C-level copy, whole under the GIL
+    try:
+        entries = list(_memo.items())  # a copy in C: engines of other graphs (other threads) add meanwhile
+    except RuntimeError:  # changed during the copy after all (another thread ran in a finalizer): next time
+        return 0
+    stale = [key for key, (port, net, _) in entries
              if graph.port(port.id) is not port or graph.network(net.id) is not net]
     for key in stale:
         _memo.pop(key, None)
