@@ -77,7 +77,6 @@ def _held(value: Any) -> bool:
     return type(value) is tuple and any(sys.getrefcount(item) > _ALONE_ITEM for item in value)
 
 
-
 def clear() -> None:
     """Forget every shared flow (tests; memory)."""
     _flows.clear()
