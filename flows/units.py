@@ -167,8 +167,7 @@ def port_unit(graph: TopologyGraph, info: BaseInfo, net_id: str, port_id: str) -
         flows += unicast_port(graph, info.view, net, port, local)
     if reach.routed:
         flows += routed_port(graph, info.view, net, port)
-    _remember(key, port, net, flows)
-    return _memo[key][2]
+    return _remember(graph, key, port, net, flows)
 
 
 def _via(graph: TopologyGraph, info: BaseInfo, net: Network, port: Port) -> tuple:
@@ -178,8 +177,10 @@ def _via(graph: TopologyGraph, info: BaseInfo, net: Network, port: Port) -> tupl
     return info.view.ofports.get(provider_patch_name(net.physical_network or "")), None
 
 
-MEMO_ENTRIES = 1_000_000
+MEMO_ENTRIES = 1_000_000  # a last resort: sweep_memo keeps the memo to about twice the current records' entries
+MEMO_SWEEP_MIN = 256  # entries before the first sweep (and the least a sweep waits for)
 _memo: dict[tuple, tuple[Port, Network, tuple[Flow, ...]]] = {}
+_sweep_at = MEMO_SWEEP_MIN  # the memo's size that triggers the next sweep
 
 
 class Fragment:
@@ -241,23 +242,21 @@ def remote_view(graph: TopologyGraph, net: Network, port: Port, tunnel_ofport: i
     hit = _memo.get(key)
     if hit is not None and hit[0] is port and hit[1] is net:
         return hit[2]
-    flows: list[Flow] = [*_remote_answers(net, port)]
+    flows: list[Flow] = [*_remote_answers(graph, net, port)]
     if port.binding_host:
         flow = remote_unicast(graph, _TunnelView({TUNNEL_PORT_NAMES[net.network_type]: tunnel_ofport}), net, port)
         if flow is not None:
             flows.append(flow)
-    _remember(key, port, net, flows)
-    return _memo[key][2]
+    return _remember(graph, key, port, net, flows)
 
 
-def _remote_answers(net: Network, port: Port) -> tuple[Flow, ...]:
+def _remote_answers(graph: TopologyGraph, net: Network, port: Port) -> tuple[Flow, ...]:
     """A port's ARP and ND answers as a remote port: the same through whichever tunnel port (one per bridge)."""
     key = ("answers", id(port), id(net))
     hit = _memo.get(key)
     if hit is not None and hit[0] is port and hit[1] is net:
         return hit[2]
-    _remember(key, port, net, [*arp_port(net, port, False), *nd_port(net, port, False)])
-    return _memo[key][2]
+    return _remember(graph, key, port, net, [*arp_port(net, port, False), *nd_port(net, port, False)])
 
 
 def _remote_ip(graph: TopologyGraph, port: Port) -> str | None:
@@ -265,10 +264,38 @@ def _remote_ip(graph: TopologyGraph, port: Port) -> str | None:
     return remote.tunnel_ip if remote else None
 
 
-def _remember(key: tuple, port: Port, net: Network, flows: list[Flow]) -> None:
+def _remember(graph: TopologyGraph, key: tuple, port: Port, net: Network, flows: list[Flow]) -> tuple[Flow, ...]:
+    """Memoise ``flows`` (returned as kept) for ``port`` and ``net`` under ``key``."""
+    global _sweep_at
+    if len(_memo) >= _sweep_at:
+        sweep_memo(graph)
+        # twice what is left: sweeps cost O(1) per entry remembered, however many entries are current
+        _sweep_at = max(MEMO_SWEEP_MIN, 2 * len(_memo))
     if len(_memo) >= MEMO_ENTRIES:
         _memo.clear()
-    _memo[key] = (port, net, tuple(flows))
+    kept = _memo[key] = (port, net, tuple(flows))
+    return kept[2]  # not _memo[key]: a sweep in another thread (another graph's engine) may have dropped it
+
+
+def sweep_memo(graph: TopologyGraph) -> int:
+    """Forget what was memoised for records ``graph`` no longer holds; how many entries went.
+
+    A hit needs the very port and network records the graph holds now (records are immutable:
+    a changed port is a new record), so an entry for a deleted port, a superseded version of
+    one (each bind, status or address change) or a network's old record is never read again;
+    nor is one for another graph's records (a compilation of a stored snapshot, the audit's).
+    Without this the memo grew by every such record until ``MEMO_ENTRIES`` (a million entries,
+    gigabytes): a few kB per port operation under churn, for good (README, "Soak").
+    """
+    try:
+        entries = list(_memo.items())  # a copy in C: engines of other graphs (other threads) add meanwhile
+    except RuntimeError:  # changed during the copy after all (another thread ran in a finalizer): next time
+        return 0
+    stale = [key for key, (port, net, _) in entries
+             if graph.port(port.id) is not port or graph.network(net.id) is not net]
+    for key in stale:
+        _memo.pop(key, None)
+    return len(stale)
 
 
 def member_unit(info: BaseInfo, direction: str, eth: int, address: MatchValue,
