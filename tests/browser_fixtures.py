@@ -9,7 +9,9 @@ own driver manager never runs. Under ``CI`` a missing browser FAILS the test
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,11 +46,16 @@ def chromium(width: int = 1500, height: int = 1000) -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-extensions", "--no-first-run", f"--window-size={width},{height}"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    # Its own TMPDIR and profile, removed after: Chromium leaves its singleton socket's directory
+    # (org.chromium.Chromium.*) in TMPDIR, one per run, if given the machine's /tmp.
+    with tempfile.TemporaryDirectory(prefix="tf-chromium-") as scratch:
+        options.add_argument(f"--user-data-dir={scratch}/profile")
+        service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": scratch})
+        driver = webdriver.Chrome(options=options, service=service)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 def browser_errors(driver: Any) -> list[str]:
