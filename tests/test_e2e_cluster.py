@@ -119,11 +119,14 @@ def test_bridges_are_split_and_failures_lose_no_ping(cloud: Cloud, tmp_path: Pat
     took_over = time.monotonic() - t0
     _granted(seen, cloud, "hv1")
     wait_until(cloud.settled, 15, lambda: f"settled after the kill\n{cloud.logs()}")
+    sent = _no_loss("a", ping, seen, tmp_path)
+    # Plugged once the stream is counted: adding a port to a userspace-datapath vswitchd can drop a
+    # packet in flight there (README "Soak"; a CI run lost echo 35 ~30 ms before vm4's tap was added
+    # on hv1, the failover long done), which is OVS reconfiguring its ports, not the failover.
     survivor = cloud.any()
     vm4 = plug_new_vm(survivor, lab, "vm4", net, "hv1")  # through a survivor, onto the orphaned bridge
     seen.event("vm4 plugged")
     wait_until(lambda: _reach(vm2, port_ip(vm4.port)), 10, lambda: f"vm2 reaching vm4\n{cloud.logs()}")
-    sent = _no_loss("a", ping, seen, tmp_path)
     assert took_over < 5, f"(a) hv1 had no master for {took_over:.2f} s"
     print(f"(a) {victim} killed: hv1 mastered again after {took_over:.3f} s; {sent} pings, all answered")
 
@@ -170,10 +173,10 @@ def test_bridges_are_split_and_failures_lose_no_ping(cloud: Cloud, tmp_path: Pat
     wait_until(lambda: cut in cloud.masters().values() and cloud.settled(), 30,
                lambda: f"{cut} back with its share\n{cloud.logs()}")
     seen.event(f"{cut} back with its share")
-    vm6 = plug_new_vm(ctls[cut], lab, "vm6", net, "hv2")
+    _no_loss("c", ping, seen, tmp_path)
+    vm6 = plug_new_vm(ctls[cut], lab, "vm6", net, "hv2")  # after the count, as vm4 (a)
     seen.event("vm6 plugged")
     wait_until(lambda: _reach(vm1, port_ip(vm6.port)), 10, lambda: f"vm1 reaching vm6\n{cloud.logs()}")
-    _no_loss("c", ping, seen, tmp_path)
 
     # (d) etcd loses its quorum (one member is dead since (b); one more stops): writes answer 503,
     # the bridges keep every flow, and writes come back with the quorum, nothing restarted.
