@@ -271,12 +271,17 @@ def _flow_add_body(flow: Flow) -> bytes:
     """What follows the header in :func:`flow_add`'s message; encoded once per flow, then kept on it."""
     body = flow.encoded
     if body is None:
-        body = _FLOW_MOD_BODY.pack(
-            flow.cookie, 0, flow.table_id, ofp.OFPFC_ADD, 0, 0, flow.priority,
-            ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
-        ) + encode_match(flow.match) + encode_instructions(flow)
+        body = _add_body(flow, encode_instructions(flow))
         memo_encoding(flow, body)  # two threads may race here: they store equal bytes
     return body
+
+
+def _add_body(flow: Flow, instructions: bytes, idle_timeout: int = 0) -> bytes:
+    """A flow-mod ADD's body (after the header): its fixed part, ``flow``'s match, ``instructions``."""
+    return _FLOW_MOD_BODY.pack(
+        flow.cookie, 0, flow.table_id, ofp.OFPFC_ADD, idle_timeout, 0, flow.priority,
+        ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
+    ) + encode_match(flow.match) + instructions
 
 
 def flow_add(flow: Flow, xid: int = 0) -> bytes:
@@ -297,10 +302,7 @@ def learned_flow_add(flow: Flow, idle_timeout: int, xid: int = 0) -> bytes:
         value = int.from_bytes(_value_bytes(act.field, act.value), "big")
         loads += struct.pack("!HHIHHIQ", ofp.OFPAT_EXPERIMENTER, 24, NX_VENDOR, NXAST_REG_LOAD,
                              width * 8 - 1, header, value)  # ofs 0, n_bits: the whole field
-    body = _FLOW_MOD_BODY.pack(
-        flow.cookie, 0, flow.table_id, ofp.OFPFC_ADD, idle_timeout, 0, flow.priority,
-        ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
-    ) + encode_match(flow.match) + struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(loads)) + loads
+    body = _add_body(flow, struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(loads)) + loads, idle_timeout)
     return _HEADER.pack(OFP_VERSION, ofp.OFPT_FLOW_MOD, 8 + len(body), xid) + body
 
 
