@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -314,17 +315,33 @@ def test_learned_neighbours_survive_a_controller_restart(cloud: Cloud) -> None:
     assert pings(cloud.vms["a1"], EXT_GATEWAY, 3) == 3
 
 
-MOVES = ("a3", "a1", "a3", "a1")  # hv1 -> hv3 and back, twice: a return finds hv1's cached datapath flows
+MOVES = ("a3", "a1") * 3  # hv1 -> hv3 and back, three times: a return finds hv1's cached datapath flows
 MOVE_EVERY_S, PING_EVERY_S = 1.2, 0.05
+
+
+def unanswered_per_move(out: str, puts: list[float]) -> list[int]:
+    """How many echoes went unanswered in each move's window (from its PUT to the next one's), from
+    ``ping -D -O``'s timestamped "no answer yet" lines."""
+    stamps = [float(m.group(1)) for m in re.finditer(r"\[(\d+\.\d+)\] no answer yet", out)]
+    ends = puts[1:] + [float("inf")]
+    return [sum(start <= t < end for t in stamps) for start, end in zip(puts, ends, strict=True)]
+
+
+def test_unanswered_echoes_are_counted_in_the_window_of_their_move() -> None:
+    out = "[10.5] no answer yet for icmp_seq=1\n[11.1] no answer yet for icmp_seq=13\n" \
+          "[11.15] no answer yet for icmp_seq=14\n[9.0] no answer yet for icmp_seq=0\n"
+    assert unanswered_per_move(out, [10.0, 11.0, 12.0]) == [1, 2, 0]
 
 
 def test_moves_while_the_outside_host_pings_lose_at_most_a_ping_each(cloud: Cloud) -> None:
     """The outside host pings the floating IP every 50 ms while it moves hv1 -> hv3 -> hv1 -> ...
 
-    Each move may cost at most 100 ms of the stream (2 pings here; the soak's 100 ms stream: one).
+    A move costs at most a ping here (the median over the moves), and none more than a second.
     Before the controller wrote the next hop's MAC itself on an ARP reply to a floating IP
-    (controller.neighbour.learned_neighbour), every move back to hv1 lost ~0.5 s of replies: hv1's
-    cached datapath flow still sent them up as "next hop unresolved" until OVS's revalidator ran.
+    (controller.neighbour.learned_neighbour), every move back to hv1 lost ~0.5 s of replies (about
+    10 pings: a median of 5 here): hv1's cached datapath flow still sent them up as "next hop
+    unresolved" until OVS's revalidator ran. The median, not the sum, because a loaded CI machine
+    once stalled one move of four for ~0.35 s (7 pings) while the others lost none.
     """
     fip = cloud.fips["a1"]
     ip = cloud.fip("a1")
@@ -342,10 +359,11 @@ def test_moves_while_the_outside_host_pings_lose_at_most_a_ping_each(cloud: Clou
         m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         assert m, out
         lost = int(m.group(1)) - int(m.group(2))
-        unanswered = [line for line in out.splitlines() if "no answer yet" in line]
-        print(f"{len(MOVES)} moves, a ping every {PING_EVERY_S * 1e3:.0f} ms: {lost} lost; PUTs at {puts}; "
-              f"{unanswered}")
-        assert lost <= 2 * len(MOVES), (lost, unanswered, puts)
+        per_move = unanswered_per_move(out, puts)
+        print(f"{len(MOVES)} moves, a ping every {PING_EVERY_S * 1e3:.0f} ms: {lost} lost; "
+              f"unanswered per move {per_move}")
+        assert statistics.median(per_move) <= 1, (lost, per_move, out)
+        assert max(per_move) <= 1.0 / PING_EVERY_S, (lost, per_move, out)
         assert echo(cloud.out, ip) == {ip: "a1 tok"}
         assert not flows_mentioning(cloud.lab.hypervisor("hv3"), f"arp_tpa={ip}")
         assert flows_mentioning(cloud.lab.hypervisor("hv1"), f"arp_tpa={ip}")
