@@ -1,8 +1,8 @@
 """The soak (issue #15): its short CI version on a real lab, and the arithmetic of its end conditions.
 
-``test_short_soak_meets_every_end_condition`` runs ``tenantflow soak --minutes 2`` exactly as an
+``test_short_soak_meets_every_end_condition`` runs ``tenantflow soak --minutes 1.2`` exactly as an
 operator would (a child process: controller, 4 private-OVS hypervisors, 8 VMs pinging each other
-every 100 ms, port churn, floating IP moves, group edits, a controller restart every 40 s) and
+every 100 ms, port churn, floating IP moves, group edits, a controller restart every 24 s) and
 fails on any end condition the soak reports as failed, naming it. The other tests check how the
 figures are computed from what the soak records, without a lab.
 """
@@ -92,10 +92,10 @@ def test_without_a_restart_there_is_no_post_warm_up_figure_and_the_verdict_fails
 @pytest.mark.ovs
 @pytest.mark.lab
 def test_short_soak_meets_every_end_condition(tmp_path: Path) -> None:
-    """``tenantflow soak --minutes 2``: every end condition holds, and the run did what it says."""
+    """``tenantflow soak --minutes 1.2``: every end condition holds, and the run did what it says."""
     require_lab()
     out = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, "-m", "apps.cli", "soak", "--minutes", "2", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "soak", "--minutes", "1.2", "--out", str(out),
                            "--workdir", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert out.exists(), f"no results (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
