@@ -12,7 +12,8 @@
 
 N = 1,000 (``TENANTFLOW_SCALE_HVS`` overrides; ``--quick``: 30 and smaller counts;
 ``TENANTFLOW_SCALE_TIMEOUT`` the longest wait in s, default 600; ``TENANTFLOW_SCALE_TOPOLOGIES``
-e.g. ``provider``). The topology goes through the API with the controller running and the
+e.g. ``provider``; ``TENANTFLOW_SCALE_PHASES`` e.g. ``cold_start,health``: only those phases
+after the build). The topology goes through the API with the controller running and the
 bridges not yet pointed at it; then every bridge gets the controller at once
 (``first_connect_converged_s``), and later creates come in batches of ``RSS_BATCH``. The
 lab runs 10 bridges per vswitchd (each walks all its bridges per change: 12.3 ms of CPU per
@@ -647,6 +648,9 @@ class ScaleRun:
             phases.append(("sg_rule", self.sg_rules))
         phases += [("rss", self.rss_growth), ("cold_start", self.cold_start), ("restart", self.restart),
                    ("compile", self.compile_figures), ("health", self.health)]
+        only = os.environ.get("TENANTFLOW_SCALE_PHASES")  # e.g. "cold_start,health": the build always runs
+        if only:
+            phases = [(name, phase) for name, phase in phases if name == "build" or name in only.split(",")]
         t_all = time.perf_counter()
         try:
             for name, phase in phases:
