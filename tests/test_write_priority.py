@@ -1,7 +1,8 @@
 """API writes go before a switch's port map (issue #10: API p99 while every bridge cold-syncs).
 
-Recording a port map rebuilds its hypervisor's flows under the topology's lock; a write in
-flight goes first (``TopologyCore.after_writes``), for at most ``WRITES_FIRST_S``.
+Recording a port map rebuilds its hypervisor's flows under the topology's lock; when a switch's
+worker records it on connect, a write in flight goes first (``TopologyCore.after_writes``), for
+at most ``WRITES_FIRST_S``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _slow_write_then_port_map(topo: Topology, hold: float) -> list[tuple[str, fl
     thread.start()
     assert in_write.wait(5)
     start = time.monotonic()
-    topo.set_live_ofports("hv1", {"tf-vxlan": 1})
+    topo.set_live_ofports("hv1", {"tf-vxlan": 1}, after_writes=True)
     order.append(("port map", time.monotonic() - start))
     thread.join(5)
     return order
@@ -77,7 +78,7 @@ def test_no_write_in_flight_costs_a_port_map_no_wait(tmp_path: Path) -> None:
     topo = _topology(tmp_path)
     try:
         start = time.monotonic()
-        topo.set_live_ofports("hv1", {"tf-vxlan": 1})
+        topo.set_live_ofports("hv1", {"tf-vxlan": 1}, after_writes=True)
         assert time.monotonic() - start < core.WRITES_FIRST_S / 2
     finally:
         topo.close()
