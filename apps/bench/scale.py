@@ -609,8 +609,9 @@ class ScaleRun:
     def health(self) -> None:
         """Phase 7 (and 8's end RSS): counters over the run, final dump, OVS logs."""
         assert self.lab is not None
-        self.figures["rss"]["end_mib"] = round(rss_kib(self.pid) / 1024, 1)
-        self.figures["rss"]["ports_total"] = len(self.ports)
+        rss = self.figures.setdefault("rss", {})  # (absent when TENANTFLOW_SCALE_PHASES left the rss phase out)
+        rss["end_mib"] = round(rss_kib(self.pid) / 1024, 1)
+        rss["ports_total"] = len(self.ports)
         final = self.check("final")
         self.harvest()
         logs: Counter[str] = Counter()
