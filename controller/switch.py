@@ -677,7 +677,7 @@ class Switch(monitor.FlowMonitoring):
         """Send ``data`` into the pipeline from the controller, running ``actions``."""
         self._send(wire.packet_out(actions, data))
 
-    def push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
+    def push(self, delete_cookies: Iterable, add_flows: Iterable[Flow]) -> PushResult:
         """Send deletes (by cookie) then adds in one atomic bundle; commit only if none was refused."""
         start = time.perf_counter()
         result = self._push(delete_cookies, add_flows)
@@ -685,7 +685,7 @@ class Switch(monitor.FlowMonitoring):
         self.last_push = result
         return result
 
-    def _push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
+    def _push(self, delete_cookies: Iterable, add_flows: Iterable[Flow]) -> PushResult:
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
         open_xid = next(self._xids)
         by_xid: dict[int, Flow | int] = {}  # what each bundle message carried: a flow, or a cookie to delete
@@ -720,14 +720,14 @@ class Switch(monitor.FlowMonitoring):
         LOG.info("switch %s: committed bundle: %d added, %d deleted", self.hv_name, result.added, result.deleted)
         return result
 
-    def _stream(self, bundle_id: int, open_xid: int, delete_cookies: Iterable[int], add_flows: Iterable[Flow],
-                by_xid: dict[int, Flow | int], result: PushResult) -> None:
+    def _stream(self, bundle_id: int, open_xid: int, delete_cookies: Iterable, add_flows: Iterable[Flow],
+                by_xid: dict[int, object], result: PushResult) -> None:
         """Encode and send the bundle in chunks, so the switch installs while we encode; then a barrier."""
         chunk = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
         xids = self._xids
         for cookie in delete_cookies:
             xid = next(xids)
-            chunk.append(wire.bundle_add(bundle_id, wire.flow_delete_cookie(cookie), xid))
+            chunk.append(wire.bundle_add(bundle_id, self._delete_message(cookie), xid))
             by_xid[xid] = cookie
             result.deleted += 1
         for flow in add_flows:
@@ -741,6 +741,11 @@ class Switch(monitor.FlowMonitoring):
         barrier_xid = next(xids)
         chunk.append(wire.barrier_request(barrier_xid))
         self._send_and_wait(b"".join(chunk), barrier_xid)
+
+    def _delete_message(self, cookie) -> bytes:
+        """The flow-mod deleting what a push's ``delete_cookies`` names: here a cookie (a subclass may name flows
+        otherwise)."""
+        return wire.flow_delete_cookie(cookie)
 
     def _send(self, data: bytes) -> None:
         """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the
