@@ -95,6 +95,7 @@ class ProviderSwitch(Switch):
         super().__init__(datapath, None, _keep_ports, None, roles)
         self.bridge = bridge
         self.flow_mods = 0  # flow-mods this process sent the bridge (GET /sync: provider_bridges)
+        self.syncs = 0  # syncs that read the bridge (and sent what differed, if anything)
         self.in_sync = False  # the last sync left it holding its flows
 
     @property
@@ -113,6 +114,7 @@ class ProviderSwitch(Switch):
         found = installed_flows(self.dump_flows(flow_stats_request))
         stale, missing = plan(wire_through(self.bridge.physnet, self.ofports), found)
         result = self.push(stale, missing) if stale or missing else PushResult()
+        self.syncs += 1
         self.in_sync = result.committed
         if result.committed:
             self.flow_mods += result.added + result.deleted
@@ -129,7 +131,8 @@ class ProviderSwitch(Switch):
         """What GET /sync shows of it."""
         return {"hypervisor": self.bridge.hypervisor, "physical_network": self.bridge.physnet,
                 "bridge": self.bridge.bridge, "datapath_id": f"{self.dpid:016x}", "connected": self.alive,
-                "mastering": self.mastering, "synced": self.in_sync, "flow_mods_sent": self.flow_mods}
+                "mastering": self.mastering, "synced": self.in_sync, "flow_mods_sent": self.flow_mods,
+                "syncs": self.syncs}
 
 
 class ProviderSource(Protocol):
