@@ -90,6 +90,7 @@ class ProviderSwitch(Switch):
     """One connected provider bridge, kept equal to :func:`flows.provider.wire_through` of its ports."""
 
     MONITOR_ID = 2  # the app may have started monitor 1 on this connection while it held it
+    COUNTS_AS_HYPERVISOR = False
 
     def __init__(self, datapath: Any, bridge: ProviderBridge, roles: RoleSource | None) -> None:
         super().__init__(datapath, None, _keep_ports, None, roles)

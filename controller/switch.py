@@ -97,6 +97,8 @@ class Switch(monitor.FlowMonitoring):
 
     _xids = itertools.count(0x70000000)
     _bundle_ids = itertools.count(1)
+    COUNTS_AS_HYPERVISOR = True  # in tenantflow_switch_connected (a provider bridge does not: controller.provider)
+    _delete_message = staticmethod(wire.flow_delete_cookie)  # a push's deletes name cookies (a provider's: flows)
 
     def __init__(self, datapath, source: FlowSource,
                  on_ofports: Callable[[Switch, dict[str, int]], None],
@@ -413,7 +415,7 @@ class Switch(monitor.FlowMonitoring):
     def _set_diverged(self, diverged: bool) -> None:
         if diverged and self._alive:
             _DIVERGED.add(self)
-            if self.hv_name:
+            if self.hv_name and self.COUNTS_AS_HYPERVISOR:
                 metrics.SWITCH_UP.labels(self.hv_name).set(0)
         else:
             _DIVERGED.discard(self)
@@ -741,11 +743,6 @@ class Switch(monitor.FlowMonitoring):
         barrier_xid = next(xids)
         chunk.append(wire.barrier_request(barrier_xid))
         self._send_and_wait(b"".join(chunk), barrier_xid)
-
-    def _delete_message(self, cookie) -> bytes:
-        """The flow-mod deleting what a push's ``delete_cookies`` names: here a cookie (a subclass may name flows
-        otherwise)."""
-        return wire.flow_delete_cookie(cookie)
 
     def _send(self, data: bytes) -> None:
         """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the
