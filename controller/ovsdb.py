@@ -303,6 +303,7 @@ class OvsdbManager:
         self._flags = {"topology": True, "ownership": True}
         self._published: dict[str, Published] = {}
         self._providers: dict[int, ProviderBridge] = {}  # every connected host's provider bridges, by datapath id
+        self._read: frozenset[str] = frozenset()  # the hypervisors whose databases they come from
         self._provider_subscribers: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -749,9 +750,10 @@ class OvsdbManager:
         """Recollect the provider bridges from what is published; tell the subscribers if they changed."""
         with self._lock:
             providers = {b.datapath_id: b for p in self._published.values() for b in p.providers}
-            if providers == self._providers:
+            read = frozenset(self._published)  # (whose databases are read: a held bridge may be ruled out)
+            if (providers, read) == (self._providers, self._read):
                 return
-            self._providers = providers
+            self._providers, self._read = providers, read
         for callback in self._provider_subscribers:
             try:
                 callback()

@@ -12,7 +12,8 @@ Pure: :func:`wire_through` takes the bridge's ports as its OpenFlow connection r
 their own (:data:`PROVIDER_WIRE`, not part of br-int's pipeline) and with cookies whose top byte
 is :data:`PROVIDER_COOKIE_STAGE` (``ovs-ofctl dump-flows br-phys`` reads them apart from any
 br-int cookie). They are exactly what README's manual way writes (``priority=1,in_port=eth2,
-actions=output:int-physnet1`` and back), so a bridge wired by hand is adopted as it is.
+actions=output:int-physnet1`` and back), so such flows made by hand are kept as they are (the
+controller compares content, not cookies: :func:`controller.provider.plan`).
 """
 
 from __future__ import annotations

@@ -140,8 +140,9 @@ def set_manager(vsctl: Vsctl, target: str) -> None:
     for :func:`set_controller`). ``target`` is ``ssl:CONTROLLER_IP:6640`` (after :func:`set_ssl`),
     ``tcp:CONTROLLER_IP:6640`` (the controller's ``--ovsdb-listen``) or ``unix:<path>``. The
     host's ovsdb-server then connects to the controller, which creates and removes the gateway
-    tunnel ports (``tg-*``, VXLAN on UDP 4790 with BFD) on br-int itself and never touches any
-    other port. ovsdb-server follows the Manager table only when started with
+    tunnel ports (``tg-*``, VXLAN on UDP 4790 with BFD) on br-int itself, makes the overlay's, and
+    patches, secures and points at itself each provider bridge of step 5; it touches no other port.
+    ovsdb-server follows the Manager table only when started with
     ``--remote=db:Open_vSwitch,Open_vSwitch,manager_options``, as ``ovs-ctl`` (and so every
     packaged Open vSwitch) starts it.
     """
