@@ -9,7 +9,10 @@ the OpenFlow half: it recognises the bridge's connection and keeps its flows
 Why the bridge gets a controller connection of its own, rather than the flows being written some
 other way: flows are OpenFlow state, and OpenFlow is the only channel that reads them back, is told
 of changes made by hand (the flow monitor) and writes them atomically (a bundle); OVSDB holds no
-flows, and writing them over a hypervisor's shell would be a third channel to secure. The
+flows, and writing them over a hypervisor's shell would be a third channel to secure; a learning
+(``NORMAL``) provider bridge needs no flows but decides forwarding a second time behind br-int
+(README, Known issues), and putting the NIC on br-int itself would drop Neutron's bridge_mappings
+model, where the operator owns the physical bridge (bonds, the host's own address on it). The
 connection reaches the controller by the very targets br-int uses (the same TLS certificate, the
 same unix socket, a cluster's same instances), so the bridge needs nothing an operator must
 configure, and a cluster's instance masters it exactly when it masters its hypervisor's br-int
@@ -30,7 +33,8 @@ with README's manual commands are adopted: no write), deletes any other one exac
 adopted ones) and adds what is missing, in one atomic bundle; nothing is sent when they are equal,
 so a controller restart sends no flow-mod to it. The bridge's port list (every port but the patch
 port and LOCAL counts as its NIC) and any flow changed on the switch by someone else (the flow
-monitor) start a sync.
+monitor) start a sync. (Open vSwitch itself empties a bridge's flow table when it is given its first
+controller: a bridge wired by hand loses its flows once, at the manager's write, until this sync.)
 """
 
 from __future__ import annotations
