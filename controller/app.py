@@ -221,7 +221,8 @@ class TenantflowApp(app_manager.OSKenApp):
                 self._disconnected(old)
             hv_name = hv.name if hv else None
             if hv is None and self.providers.following:  # maybe a provider bridge its host's OVSDB names soon
-                LOG.info("bridge %016x connected: not a hypervisor's br-int; held", dp.id)
+                LOG.info("bridge %016x connected but no hypervisor has that datapath id yet: held (a provider bridge "
+                         "whose host's OVSDB is not read yet?)", dp.id)
             elif hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
             roles = None if isinstance(self.cluster, Solo) else self.cluster
