@@ -143,6 +143,8 @@ def controller_specs(bridge: Any) -> frozenset[ControllerSpec]:
 
 def _mapped(bridges: dict[Any, Any], integration: Any, hv: Hypervisor) -> list[tuple[str, Any]]:
     """(physnet, Bridge row) for each of ``hv``'s bridge mappings whose bridge this database has, by physnet."""
+    if not hv.bridge_mappings:  # (most of the scale lab's hundreds of bridges per database)
+        return []
     by_name = {row.name: row for row in bridges.values() if row.uuid != integration.uuid}
     return [(physnet, by_name[name]) for physnet, name in sorted(hv.bridge_mappings.items()) if name in by_name]
 
