@@ -158,6 +158,31 @@ def test_a_controller_restart_sends_the_provider_bridges_nothing(cloud: Cloud) -
     assert re.search(r"120 packets transmitted, 120 received", out), out
 
 
+def test_a_bridge_connecting_before_its_database_is_read_is_held_then_taken_over(cloud: Cloud) -> None:
+    """After a restart the provider bridges reconnect over OpenFlow while no host's OVSDB is connected (their
+    managers removed meanwhile): each is held as an unknown bridge, then taken over once its database is read,
+    with no flow-mod and no warning."""
+    lab, ctrl = cloud.lab, cloud.ctrl
+    dpids = {hv.name: int(hv.vsctl("get", "bridge", PROVIDER_BRIDGE, "datapath_id").strip().strip('"'), 16)
+             for hv in lab.hypervisors}
+    for hv in lab.hypervisors:
+        hv.vsctl("del-manager")
+    log = Path(ctrl.log_path)
+    start = len(log.read_text())
+    ctrl.restart(signal.SIGKILL)
+    for dpid in dpids.values():
+        wait_until(lambda d=dpid: f"bridge {d:016x} connected but no hypervisor" in log.read_text()[start:], 15,
+                   lambda: f"the provider bridges held; log:\n{ctrl.log_tail()}")
+    assert provider_status(ctrl) == {}
+    for hv in lab.hypervisors:
+        steps.set_manager(hv.vsctl, lab.manager_target)
+    wait_until(lambda: all_synced(ctrl, list(dpids)), 15, lambda: f"taken over; log:\n{ctrl.log_tail()}")
+    assert [s["flow_mods_sent"] for s in provider_status(ctrl).values()] == [0, 0]
+    warnings = [line for line in log.read_text()[start:].splitlines() if "WARNING" in line]
+    assert not warnings, warnings
+    assert pings(cloud.outside, cloud.vms["v1"].IP(), count=3) == 3
+
+
 def test_a_bridge_wired_by_hand_is_adopted(tmp_path: Path) -> None:
     """The manual way (no OVSDB manager: README step 5's fallback), then the controller made the manager: the
     hand-made patch ports and fail mode are kept as they are (only the bridge's controllers are written). OVS
