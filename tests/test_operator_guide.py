@@ -650,3 +650,10 @@ def test_the_guide_runs_a_cluster() -> None:
             assert lab.ovs[hv].vsctl("get-controller", "br-phys").split() == targets  # the provider bridge's too
         mastered = [lab.api_on(port, "GET", "/sync")["mastered"] for port in (9696, 9697, 9698)]
         assert sorted(sum(mastered, [])) == sorted(HYPERVISORS), mastered  # each bridge by exactly one
+
+        def provider_masters() -> list[str]:  # each provider bridge mastered and synced by its br-int's master
+            views = [lab.api_on(port, "GET", "/sync")["provider_bridges"] for port in (9696, 9697, 9698)]
+            return sorted(name for view in views for name, p in view.items() if p.get("mastering") and p["synced"])
+
+        sh.wait_until(lambda: provider_masters() == [f"{hv}/br-phys" for hv in sorted(HYPERVISORS)], 10,
+                      lambda: f"one master per provider bridge: {provider_masters()}")
