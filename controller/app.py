@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from controller.connection import DUPLICATE, STALLED
 from controller.gateways import GatewayService
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, learned_neighbour, next_hop_request
+from controller.provider import ProviderBridges
 from controller.switch import SYNCED, Switch
 from flows.engine import FlowEngine
 from flows.flow import Output
@@ -49,6 +51,7 @@ DUPLICATE_BURST = 3  # connections replacing a live one with the same datapath i
 DUPLICATE_WINDOW = 60.0
 DUPLICATE_HOLD = 5.0  # ...then newcomers are refused this long, doubling at each new burst up to the cap
 DUPLICATE_HOLD_CAP = 300.0
+UNKNOWN_GRACE = 10.0  # s an unknown bridge may wait for its host's OVSDB to name it a provider bridge before a warning
 
 
 class TenantflowApp(app_manager.OSKenApp):
@@ -77,6 +80,8 @@ class TenantflowApp(app_manager.OSKenApp):
         self.gateways = GatewayService(self.topology, lambda: list(self.switches.values()), self._owns).start()
         # One of a cluster's instances: compile and push only the bridges this one masters.
         self.cluster = CLUSTER or Solo()
+        # Provider bridges (controller.provider): named by the OVSDB manager (follow_providers), wired here.
+        self.providers = ProviderBridges(None if isinstance(self.cluster, Solo) else self.cluster)
         if CLUSTER is not None:
             self.topology.subscribe(self._name_switches)
             self.engine.set_ownership(self._owns)
@@ -100,6 +105,7 @@ class TenantflowApp(app_manager.OSKenApp):
         switches = list(self.switches.values())
         for sw in switches:
             sw.mark_dirty()
+        self.providers.mark_dirty()
         deadline = time.monotonic() + CLAIM_WAIT
         while time.monotonic() < deadline and not all(sw.role_settled for sw in switches):
             time.sleep(0.005)
@@ -130,6 +136,30 @@ class TenantflowApp(app_manager.OSKenApp):
                     self._set_ofports(sw, sw.ofports)
                     sw.mark_dirty()
 
+    def follow_providers(self, source) -> None:
+        """Take the provider bridges the OVSDB manager ``source`` names (controller.main, when it runs one)."""
+        self.providers.follow(source, self._providers_changed)
+
+    def _providers_changed(self) -> None:
+        """The OVSDB manager named provider bridges anew: a held bridge that is one is handed over; one held only
+        because its certificate names a hypervisor whose database does not name it (TLS) is refused now."""
+        for sw in list(self.switches.values()):
+            if sw.hv_name is not None:
+                continue
+            bridge = self.providers.identify(sw.dpid)
+            if bridge is None and not self._refused(sw.dp, None):
+                continue
+            self.switches.pop(sw.dpid, None)
+            sw.stop()
+            if bridge is not None and not self._refused(sw.dp, self.topology.graph.hypervisor(bridge.hypervisor)):
+                self.providers.connect(sw.dp, bridge)
+
+    def _still_unknown(self, sw: Switch) -> None:
+        """A bridge no hypervisor (nor any host's OVSDB) claimed within UNKNOWN_GRACE seconds: a warning."""
+        if sw.alive and sw.hv_name is None and self.switches.get(sw.dpid) is sw:
+            LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet (nor is it a provider "
+                        "bridge any connected host's OVSDB names)", sw.dpid)
+
     def sync_status(self) -> dict:
         """Which bridges hold every change so far (confirmed by the switch's bundle commit), which not yet.
 
@@ -147,7 +177,7 @@ class TenantflowApp(app_manager.OSKenApp):
                     "disconnected": sorted(names - set(switches)), "mastered": sorted(mastered),
                     "revision": self.topology.revision,
                     "master_since": {n: sw.role_granted_at for n, sw in mastered.items()},
-                    "cluster": self.cluster.status()}
+                    "cluster": self.cluster.status(), "provider_bridges": self.providers.status()}
 
     def wait_synced(self, timeout: float) -> bool:
         """Wait until every connected bridge this instance masters holds every change made before the call.
@@ -176,6 +206,11 @@ class TenantflowApp(app_manager.OSKenApp):
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
             hv = self.topology.graph.hypervisor_by_dpid(dp.id)
+            provider = self.providers.identify(dp.id) if hv is None else None
+            if provider is not None:  # a hypervisor's provider bridge (controller.provider), if its certificate agrees
+                if not self._refused(dp, self.topology.graph.hypervisor(provider.hypervisor)):
+                    self.providers.connect(dp, provider)
+                return
             if self._refused(dp, hv):  # before anything else: an impostor must not even replace the bridge
                 return
             old = self.switches.get(dp.id)
@@ -185,13 +220,20 @@ class TenantflowApp(app_manager.OSKenApp):
             if old is not None:  # a new connection of the same bridge replaces the old one
                 self._disconnected(old)
             hv_name = hv.name if hv else None
-            if hv is None:
+            if hv is None and self.providers.following:  # maybe a provider bridge its host's OVSDB names soon
+                LOG.info("bridge %016x connected but no hypervisor has that datapath id yet: held (a provider bridge "
+                         "whose host's OVSDB is not read yet?)", dp.id)
+            elif hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
             roles = None if isinstance(self.cluster, Solo) else self.cluster
             sw = Switch(dp, self.engine, self._ports_read, self.gateways.announcements, roles)
             self.switches[dp.id] = sw
             sw.start(hv_name)
-        elif ev.state == DEAD_DISPATCHER and dp.id is not None:
+            if hv is None and self.providers.following:
+                timer = threading.Timer(UNKNOWN_GRACE, self._still_unknown, (sw,))
+                timer.daemon = True
+                timer.start()
+        elif ev.state == DEAD_DISPATCHER and dp.id is not None and not self.providers.disconnected(dp):
             sw = self.switches.get(dp.id)
             if sw is not None and sw.dp is dp:
                 del self.switches[dp.id]
@@ -241,8 +283,8 @@ class TenantflowApp(app_manager.OSKenApp):
             return False
         if hv is None:
             claimed = self.topology.graph.hypervisor(name)
-            if claimed is None:
-                return False
+            if claimed is None or (self.providers.following and not self.providers.ruled_out(dp.id, name)):
+                return False  # (held: maybe that hypervisor's provider bridge, its OVSDB not read yet)
             detail = f"hypervisor {name} has datapath id {claimed.datapath_id:016x}"
         else:
             detail = f"datapath id {dp.id:016x} is hypervisor {hv.name}'s"
@@ -361,7 +403,8 @@ class TenantflowApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev):
-        sw = self._switch_of(ev.msg)
+        provider = self.providers.switch_of(ev.msg.datapath)
+        sw = provider or self._switch_of(ev.msg)
         if sw is None:
             return
         if not sw.ports_known:  # its port map is being read: read again once connected (nothing lost)
@@ -373,7 +416,10 @@ class TenantflowApp(app_manager.OSKenApp):
             ofports.pop(_name(desc), None)
         else:
             ofports[_name(desc)] = desc.port_no
-        self._set_ofports(sw, ofports)
+        if provider is not None:
+            provider.ofports = ofports  # its own ports: nothing in the topology names them
+        else:
+            self._set_ofports(sw, ofports)
         sw.mark_dirty()
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)

@@ -197,7 +197,7 @@ def compare(compiled: dict[int, Flow], installed: list[Installed], learned_cooki
         stage = STAGE_BY_TABLE.get(flow.table_id)
         if flow.cookie in learned_cookies and stage is not None and stage.switch_owned:
             audit.learned += 1
-        elif flow.cookie in matched or not _same(compiled.get(flow.cookie), flow):
+        elif flow.cookie in matched or not same_flow(compiled.get(flow.cookie), flow):
             audit.extra.append(flow)
         else:
             matched.add(flow.cookie)
@@ -207,8 +207,8 @@ def compare(compiled: dict[int, Flow], installed: list[Installed], learned_cooki
     return audit
 
 
-def _same(flow: Flow | None, found: Installed) -> bool:
-    """Whether the switch's flow is the compiled ``flow`` (see the module's docstring)."""
+def same_flow(flow: Flow | None, found: Installed) -> bool:
+    """Whether the switch's flow is ``flow``, its cookie aside (see the module's docstring)."""
     if flow is None or (flow.table_id, flow.priority, 0, 0) != (found.table_id, found.priority, found.idle_timeout,
                                                                  found.hard_timeout):
         return False

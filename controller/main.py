@@ -341,6 +341,8 @@ def start(args: argparse.Namespace, topology=None) -> Running:
 
         serve_openflow(args.of_host, args.of_ssl_port, args.tls)
     ovsdb_manager = _start_ovsdb(args, topology, of_app.CLUSTER)
+    if ovsdb_manager is not None:  # it names the provider bridges whose flows the OpenFlow side keeps
+        manager.applications.get("TenantflowApp").follow_providers(ovsdb_manager)
     api = None
     if args.api_port:
         from prometheus_client import make_wsgi_app

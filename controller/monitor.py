@@ -157,6 +157,7 @@ class Tampering:
 class FlowMonitoring:
     """What :class:`controller.switch.Switch` does with its flow monitor (a mixin: these methods use its state)."""
 
+    MONITOR_ID = 1  # the id of its flow monitor on the connection (one per connection and id)
     label: str  # (the switch's; annotations only: Switch defines them)
     mastering: bool
     _xids: Iterator[int]
@@ -208,5 +209,5 @@ class FlowMonitoring:
         if self._monitoring:
             return
         self._monitor_xid = next(self._xids)
-        self._send(request(1, self._monitor_xid))
+        self._send(request(self.MONITOR_ID, self._monitor_xid))
         self._monitoring = True

@@ -1,4 +1,5 @@
-"""The controller as every hypervisor's OVSDB manager: it keeps the tunnel ports (overlay; gateways', with BFD).
+"""The controller as every hypervisor's OVSDB manager: it keeps the tunnel ports (overlay; gateways', with BFD)
+and the provider bridges' patch ports and controllers.
 
 Each hypervisor runs ``ovs-vsctl set-manager tcp:CONTROLLER:6640`` (a cluster: one target per
 instance, like ``set-controller``); its ovsdb-server connects to us and we monitor, through the
@@ -14,7 +15,11 @@ corrected, never deleted) and exactly :func:`topology.gateways.tunnel_ports`'s
 missing ports created, differing ones corrected, ``tg-`` ports not desired deleted, no other
 port touched, an unchanged port never rewritten), on connect, on every change of the
 hypervisors (a registration, a gateway marked or unmarked) and of what the switch holds (a
-``tg-`` port made or removed by hand). With several controller instances, only the one the
+``tg-`` port made or removed by hand). Each provider bridge its ``bridge_mappings`` names that the host
+has gets the patch pair to br-int, ``fail_mode=secure`` and br-int's controllers
+(:func:`controller.tunnels.wanted`), in the same transaction, by the same rules; the provider bridges
+found are published by datapath id (:meth:`OvsdbManager.provider_bridges`) for the OpenFlow side
+(:mod:`controller.provider`), which keeps their flows. With several controller instances, only the one the
 cluster's view gives the bridge to (the instance that masters it over OpenFlow, while in good
 standing) writes; every instance accepts connections and reads the BFD state.
 
@@ -42,11 +47,23 @@ import ssl
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from controller import metrics, tls
-from controller.tunnels import DATABASE, MONITORED, Plan, apply, bfd_of, datapath_id, plan
+from controller.tunnels import (
+    DATABASE,
+    MONITORED,
+    Plan,
+    ProviderBridge,
+    apply,
+    bfd_of,
+    datapath_id,
+    plan,
+    provider_bridges,
+    wanted,
+)
 from topology.gateways import BfdTimers, is_gateway, overlay_ports, tunnel_ports
 from topology.model import Hypervisor
 
@@ -184,7 +201,7 @@ class ManagerConnection:
         self.seen_seqno = 0  # the IDL's change_seqno the last plan saw
         self.stale = True  # a plan must look again (the replica or what is desired changed)
         self.txn: Txn | None = None  # in flight
-        self.txn_plans: dict[str, Plan] = {}  # hypervisor -> what the transaction in flight does
+        self.txn_plans: list[tuple[str, str, Plan]] = []  # (hypervisor, bridge, what the transaction in flight does)
         self.blocked: dict[str, list[str]] = {}  # hypervisor -> ports it cannot have (logged once)
         self.retry_at = 0.0
         self.backoff = 0.0
@@ -266,6 +283,7 @@ class Published:
     connection: str
     writer: bool
     tunnels: dict[str, dict[str, Any]]
+    providers: tuple[ProviderBridge, ...] = ()  # its provider bridges that exist and run
 
 
 class OvsdbManager:
@@ -284,6 +302,9 @@ class OvsdbManager:
         self._lock = threading.Lock()  # the flags other threads set, and what readers read
         self._flags = {"topology": True, "ownership": True}
         self._published: dict[str, Published] = {}
+        self._providers: dict[int, ProviderBridge] = {}  # every connected host's provider bridges, by datapath id
+        self._read: frozenset[str] = frozenset()  # the hypervisors whose databases they come from
+        self._provider_subscribers: list[Callable[[], None]] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         # The loop thread's own (no lock):
@@ -292,7 +313,7 @@ class OvsdbManager:
         self._again: set[ManagerConnection] = set()  # to serve in the next round without waiting
         self._retrying: set[ManagerConnection] = set()  # a transaction failed: tried again at its retry_at
         self._accepted = 0
-        self._hvs: frozenset[Hypervisor] = frozenset()
+        self._hvs: frozenset[tuple[Hypervisor, tuple]] = frozenset()  # with their bridge mappings (not compared)
         self._gateways: frozenset[Hypervisor] = frozenset()
         self._by_dpid: dict[int, Hypervisor] = {}
         self._versions = [0, 0]  # [every hypervisor, the gateways]: bumped when that set changes
@@ -365,13 +386,25 @@ class OvsdbManager:
         with self._lock:
             published = dict(self._published)
         return {"listening": self.addresses(), "connections": len(self._conns),
-                "hypervisors": {name: {"connection": p.connection, "writer": p.writer, "tunnels": p.tunnels}
+                "hypervisors": {name: {"connection": p.connection, "writer": p.writer, "tunnels": p.tunnels,
+                                       "provider_bridges": {b.physnet: {"bridge": b.bridge,
+                                                                        "datapath_id": f"{b.datapath_id:016x}"}
+                                                            for b in p.providers}}
                                 for name, p in sorted(published.items())}}
 
     def published(self) -> dict[str, Published]:
         """Every connected hypervisor's :class:`Published` state (for the metrics)."""
         with self._lock:
             return dict(self._published)
+
+    def provider_bridges(self) -> dict[int, ProviderBridge]:
+        """The provider bridges of the hypervisors whose OVSDB is connected, by their datapath id."""
+        with self._lock:
+            return dict(self._providers)
+
+    def subscribe_providers(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (on this manager's thread) whenever :meth:`provider_bridges` changes."""
+        self._provider_subscribers.append(callback)
 
     # -- waking the loop (any thread; topology subscribers run under the topology's lock) --------------
     def _flag(self, name: str) -> None:
@@ -543,6 +576,7 @@ class OvsdbManager:
         with self._lock:
             for name in [n for n, p in self._published.items() if p.connection == conn.name]:
                 del self._published[name]
+        self._providers_changed()
         LOG.info("ovsdb %s (%s): disconnected", conn.name, ", ".join(b.hv.name for b in conn.bridges.values())
                  or "no hypervisor")
 
@@ -550,15 +584,16 @@ class OvsdbManager:
     def _refresh_topology(self) -> bool:
         """Take the registered hypervisors; True if they changed (a desired port set may have)."""
         with self.topology.lock:
-            hvs = frozenset(self.topology.graph.hypervisors())  # equal records: name, dpid, tunnel IP, gateway_for
+            # equal records: name, dpid, tunnel IP, gateway_for; their bridge mappings compared apart
+            hvs = frozenset((hv, _mappings(hv)) for hv in self.topology.graph.hypervisors())
         if hvs == self._hvs:
             return False
-        gateways = frozenset(hv for hv in hvs if is_gateway(hv))
+        gateways = frozenset(hv for hv, _ in hvs if is_gateway(hv))
         self._versions[0] += 1
         if gateways != self._gateways:
             self._versions[1] += 1
         self._hvs, self._gateways = hvs, gateways
-        self._by_dpid = {hv.datapath_id: hv for hv in hvs}
+        self._by_dpid = {hv.datapath_id: hv for hv, _ in hvs}
         return True
 
     def _writes(self, hv: Hypervisor) -> bool:
@@ -568,8 +603,9 @@ class OvsdbManager:
         return bool(self.cluster.owns(hv.datapath_id) and getattr(self.cluster, "in_good_standing", True))
 
     def _key(self, hv: Hypervisor) -> tuple:
-        """What ``tunnel_ports(hv)`` depends on: its record, every hypervisor (a gateway's) or the gateways."""
-        return hv, self._versions[0] if is_gateway(hv) else self._versions[1], self._writes(hv)
+        """What ``tunnel_ports(hv)`` depends on: its record, every hypervisor (a gateway's) or the gateways; whether
+        we write it; its bridge mappings (the provider bridges its ports and theirs depend on)."""
+        return hv, self._versions[0] if is_gateway(hv) else self._versions[1], self._writes(hv), _mappings(hv)
 
     def _bind(self, conn: ManagerConnection) -> bool:
         """Match the connection's bridges to hypervisors by datapath id; True if a bridge's desired ports changed."""
@@ -630,25 +666,31 @@ class OvsdbManager:
         self._watch(conn)
 
     def _reconcile(self, conn: ManagerConnection, now: float) -> None:
-        """One transaction making every bound bridge's ``tg-`` ports what they must be (none if they are)."""
+        """One transaction making every bound hypervisor's ``tg-`` ports, and its provider bridges' patch ports and
+        columns, what they must be (none if they are)."""
         conn.stale = False
         rows = conn.idl.tables["Bridge"].rows
         names = {uuid: {port.name for port in row.ports} for uuid, row in rows.items()}
-        plans, claimed = {}, set()  # claimed: names this transaction creates on a bridge before
+        plans, claimed = [], set()  # claimed: names this transaction creates on a bridge before
+        blocked: dict[str, list[str]] = {}
         for uuid, b in sorted(conn.bridges.items(), key=lambda item: item[1].hv.name):
-            if b.desired is not None:
-                taken = claimed.union(*(n for other, n in names.items() if other != uuid))
-                plans[b.hv.name] = (rows[uuid], plan(rows[uuid], b.desired, taken))
-                claimed |= set(plans[b.hv.name][1].create)
-        self._report_blocked(conn, {name: todo.blocked for name, (_bridge, todo) in plans.items()})
-        plans = {name: pair for name, pair in plans.items() if pair[1]}
+            if b.desired is None:
+                continue
+            for row, desired, controllers in wanted(rows, rows[uuid], b.hv, b.desired):
+                taken = claimed.union(*(n for other, n in names.items() if other != row.uuid))
+                todo = plan(row, desired, taken, controllers)
+                plans.append((b.hv.name, row, todo))
+                claimed |= set(todo.create)
+                blocked.setdefault(b.hv.name, []).extend(todo.blocked)
+        self._report_blocked(conn, blocked)
+        plans = [entry for entry in plans if entry[2]]
         if not plans:
             return
         txn = Txn(conn.idl)
-        txn.add_comment("tenantflow: gateway tunnel ports of " + ", ".join(sorted(plans)))
-        for bridge, todo in plans.values():
+        txn.add_comment("tenantflow: tunnel and provider ports of " + ", ".join(sorted({n for n, _, _ in plans})))
+        for _name, bridge, todo in plans:
             apply(txn, bridge, todo)
-        conn.txn, conn.txn_plans = txn, {name: todo for name, (_bridge, todo) in plans.items()}
+        conn.txn, conn.txn_plans = txn, [(name, bridge.name, todo) for name, bridge, todo in plans]
         txn.commit()
         self._finish(conn, now)
 
@@ -667,21 +709,22 @@ class OvsdbManager:
         if status == Txn.INCOMPLETE:
             return False
         error, plans = conn.txn.get_error(), conn.txn_plans
-        conn.txn, conn.txn_plans = None, {}
+        conn.txn, conn.txn_plans = None, []
         conn.stale = True  # look again: a success leaves nothing to do (the update precedes the reply)
         ok = status in (Txn.SUCCESS, Txn.UNCHANGED)
         outcome = "committed" if ok else "retried" if status == Txn.TRY_AGAIN else "failed"
-        for name, todo in plans.items():
+        for name in sorted({name for name, _bridge, _todo in plans}):
             metrics.OVSDB_TRANSACTIONS.labels(name, outcome).inc()
+        for name, _bridge, todo in plans:
             if ok:
                 for change, count in (("created", len(todo.create)), ("updated", len(todo.update)),
                                       ("deleted", len(todo.delete))):
                     metrics.GATEWAY_PORT_CHANGES.labels(name, change).inc(count)
-        summary = ", ".join(f"{name} {todo.summary()}" for name, todo in sorted(plans.items()))
+        summary = ", ".join(f"{name} {bridge} {todo.summary()}" for name, bridge, todo in plans)
         if ok:
             conn.backoff, conn.retry_at = 0.0, 0.0
             self._retrying.discard(conn)
-            LOG.info("ovsdb %s: gateway tunnel ports written: %s", conn.name, summary)
+            LOG.info("ovsdb %s: ports written: %s", conn.name, summary)
             return True
         conn.backoff = min(max(conn.backoff * 2, RETRY[0]), RETRY[1])
         conn.retry_at = now + conn.backoff
@@ -691,14 +734,36 @@ class OvsdbManager:
         return True
 
     def _publish(self, conn: ManagerConnection) -> None:
-        """Share each bound bridge's BFD state with the readers (the API, the metrics)."""
+        """Share each bound bridge's BFD state and provider bridges with the readers (the API, the metrics, the
+        OpenFlow side)."""
         rows = conn.idl.tables["Bridge"].rows
-        fresh = {b.hv.name: Published(conn.name, b.desired is not None, bfd_of(rows[uuid]))
+        fresh = {b.hv.name: Published(conn.name, b.desired is not None, bfd_of(rows[uuid]),
+                                      tuple(provider_bridges(rows, rows[uuid], b.hv)))
                  for uuid, b in conn.bridges.items() if uuid in rows}
         with self._lock:
             for name in [n for n, p in self._published.items() if p.connection == conn.name and n not in fresh]:
                 del self._published[name]
             self._published.update(fresh)
+        self._providers_changed()
+
+    def _providers_changed(self) -> None:
+        """Recollect the provider bridges from what is published; tell the subscribers if they changed."""
+        with self._lock:
+            providers = {b.datapath_id: b for p in self._published.values() for b in p.providers}
+            read = frozenset(self._published)  # (whose databases are read: a held bridge may be ruled out)
+            if (providers, read) == (self._providers, self._read):
+                return
+            self._providers, self._read = providers, read
+        for callback in self._provider_subscribers:
+            try:
+                callback()
+            except Exception:  # a subscriber's bug must not stop this thread's round
+                LOG.exception("OVSDB manager: provider bridge subscriber failed")
+
+
+def _mappings(hv: Hypervisor) -> tuple:
+    """A hypervisor's bridge mappings, hashable (its record's equality leaves them out)."""
+    return tuple(sorted(hv.bridge_mappings.items()))
 
 
 def _drain(fd: int) -> None:

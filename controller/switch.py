@@ -97,6 +97,8 @@ class Switch(monitor.FlowMonitoring):
 
     _xids = itertools.count(0x70000000)
     _bundle_ids = itertools.count(1)
+    COUNTS_AS_HYPERVISOR = True  # in tenantflow_switch_connected (a provider bridge does not: controller.provider)
+    _delete_message = staticmethod(wire.flow_delete_cookie)  # a push's deletes name cookies (a provider's: flows)
 
     def __init__(self, datapath, source: FlowSource,
                  on_ofports: Callable[[Switch, dict[str, int]], None],
@@ -413,7 +415,7 @@ class Switch(monitor.FlowMonitoring):
     def _set_diverged(self, diverged: bool) -> None:
         if diverged and self._alive:
             _DIVERGED.add(self)
-            if self.hv_name:
+            if self.hv_name and self.COUNTS_AS_HYPERVISOR:
                 metrics.SWITCH_UP.labels(self.hv_name).set(0)
         else:
             _DIVERGED.discard(self)
@@ -677,7 +679,7 @@ class Switch(monitor.FlowMonitoring):
         """Send ``data`` into the pipeline from the controller, running ``actions``."""
         self._send(wire.packet_out(actions, data))
 
-    def push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
+    def push(self, delete_cookies: Iterable, add_flows: Iterable[Flow]) -> PushResult:
         """Send deletes (by cookie) then adds in one atomic bundle; commit only if none was refused."""
         start = time.perf_counter()
         result = self._push(delete_cookies, add_flows)
@@ -685,7 +687,7 @@ class Switch(monitor.FlowMonitoring):
         self.last_push = result
         return result
 
-    def _push(self, delete_cookies: Iterable[int], add_flows: Iterable[Flow]) -> PushResult:
+    def _push(self, delete_cookies: Iterable, add_flows: Iterable[Flow]) -> PushResult:
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
         open_xid = next(self._xids)
         by_xid: dict[int, Flow | int] = {}  # what each bundle message carried: a flow, or a cookie to delete
@@ -720,14 +722,14 @@ class Switch(monitor.FlowMonitoring):
         LOG.info("switch %s: committed bundle: %d added, %d deleted", self.hv_name, result.added, result.deleted)
         return result
 
-    def _stream(self, bundle_id: int, open_xid: int, delete_cookies: Iterable[int], add_flows: Iterable[Flow],
-                by_xid: dict[int, Flow | int], result: PushResult) -> None:
+    def _stream(self, bundle_id: int, open_xid: int, delete_cookies: Iterable, add_flows: Iterable[Flow],
+                by_xid: dict[int, object], result: PushResult) -> None:
         """Encode and send the bundle in chunks, so the switch installs while we encode; then a barrier."""
         chunk = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
         xids = self._xids
         for cookie in delete_cookies:
             xid = next(xids)
-            chunk.append(wire.bundle_add(bundle_id, wire.flow_delete_cookie(cookie), xid))
+            chunk.append(wire.bundle_add(bundle_id, self._delete_message(cookie), xid))
             by_xid[xid] = cookie
             result.deleted += 1
         for flow in add_flows:

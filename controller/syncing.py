@@ -70,9 +70,11 @@ def learned_cookies(flows: Iterable[Flow]) -> set[int]:
     return {a.cookie for f in flows for a in f.actions if isinstance(a, Learn)}
 
 
-def _carried(item: Flow | int | None) -> str:
+def _carried(item: object) -> str:
     if item is None:
         return "bundle open"
     if isinstance(item, int):
         return f"delete cookie={item:#x}"
-    return describe(item)
+    if isinstance(item, Flow):
+        return describe(item)
+    return f"delete {item}"  # a flow a subclass names otherwise (controller.provider: as the switch reported it)

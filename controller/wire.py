@@ -318,6 +318,16 @@ def flow_delete_cookie(cookie: int, xid: int = 0) -> bytes:
     ) + _EMPTY_MATCH
 
 
+def flow_delete_strict(table_id: int, priority: int, match: bytes, xid: int = 0) -> bytes:
+    """An OFPT_FLOW_MOD DELETE_STRICT of the one flow with this table, priority and ``match`` (an ofp_match as a
+    flow dump gives it, padded), whatever its cookie: a flow made by hand carries none of ours."""
+    return _FLOW_MOD.pack(
+        OFP_VERSION, ofp.OFPT_FLOW_MOD, 48 + len(match), xid,
+        0, 0, table_id, ofp.OFPFC_DELETE_STRICT, 0, 0, priority,
+        ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0,
+    ) + match
+
+
 _GROUP_MOD = struct.Struct("!BBHIHBxI")  # header + command, type, pad, group id: 16 bytes
 _BUCKET = struct.Struct("!HHII4x")  # ofp_bucket: length, weight, watch port, watch group, pad: 16 bytes
 

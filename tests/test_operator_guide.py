@@ -183,13 +183,21 @@ def test_the_lab_runs_the_guides_attach_steps(monkeypatch: pytest.MonkeyPatch) -
         steps.set_controller(vsctl, steps.link_controller_socket(socket))
         steps.set_manager(vsctl, ovsdb)
         steps.attach_underlay(vsctl, "hv1", "eth1", "192.168.100.1/24")
-        steps.add_provider_bridge(vsctl, ofctl, "hv1", "physnet1", "br-phys", "eth2")
+        steps.add_provider_bridge(vsctl, "hv1", "br-phys", "eth2")
 
     assert _hypervisor_commands("unix") == _steps_commands(monkeypatch, lab_steps)
     # the step 4 the guide shows for a controller that is no OVSDB manager, in its comment
     step4 = ["ovs-vsctl", *steps.tunnel_port_args("192.168.100.1", names={"vxlan": "tf-vxlan"})]
     shown = re.search(r"#\s+(ovs-vsctl add-port br-int tf-vxlan .*?local_ip=\S+)", attach.text, re.S)
     assert shown and guide_blocks.commands(shown[1].replace("#", "")) == [step4]
+    # and the step 5 it shows for the same case: the patch ports and the two flows, by hand
+    manual = re.search(r"#\s+(ovs-vsctl set bridge br-phys fail_mode=secure .*?actions=output:eth2)", attach.text, re.S)
+
+    def by_hand(vsctl: Any, ofctl: Any) -> None:
+        steps.patch_provider_bridge(vsctl, "physnet1", "br-phys")
+        steps.wire_provider_bridge(ofctl, "physnet1", "br-phys", "eth2")
+
+    assert manual and guide_blocks.commands(manual[1].replace("#", "")) == _steps_commands(monkeypatch, by_hand)
 
 
 def test_the_lab_attaches_over_tls_as_the_guide_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -205,7 +213,7 @@ def test_the_lab_attaches_over_tls_as_the_guide_does(monkeypatch: pytest.MonkeyP
         steps.set_controller(vsctl, "ssl:10.0.0.10:6653")
         steps.set_manager(vsctl, "ssl:10.0.0.10:6640")
         steps.attach_underlay(vsctl, "hv1", "eth1", "192.168.100.1/24")
-        steps.add_provider_bridge(vsctl, ofctl, "hv1", "physnet1", "br-phys", "eth2")
+        steps.add_provider_bridge(vsctl, "hv1", "br-phys", "eth2")
 
     assert _hypervisor_commands("tls") == _steps_commands(monkeypatch, lab_steps)
 
@@ -637,7 +645,15 @@ def test_the_guide_runs_a_cluster() -> None:
     with guide_lab() as lab:
         run_guide(lab, blocks[: status + 1])
         for hv in HYPERVISORS:
-            targets = lab.ovs[hv].vsctl("--bare", "--columns=target", "list", "controller").split()
+            targets = lab.ovs[hv].vsctl("get-controller", "br-int").split()
             assert sorted(targets) == [f"tcp:{CONTROLLER_IP}:{port}" for port in (6653, 6654, 6655)], targets
+            assert lab.ovs[hv].vsctl("get-controller", "br-phys").split() == targets  # the provider bridge's too
         mastered = [lab.api_on(port, "GET", "/sync")["mastered"] for port in (9696, 9697, 9698)]
         assert sorted(sum(mastered, [])) == sorted(HYPERVISORS), mastered  # each bridge by exactly one
+
+        def provider_masters() -> list[str]:  # each provider bridge mastered and synced by its br-int's master
+            views = [lab.api_on(port, "GET", "/sync")["provider_bridges"] for port in (9696, 9697, 9698)]
+            return sorted(name for view in views for name, p in view.items() if p.get("mastering") and p["synced"])
+
+        sh.wait_until(lambda: provider_masters() == [f"{hv}/br-phys" for hv in sorted(HYPERVISORS)], 10,
+                      lambda: f"one master per provider bridge: {provider_masters()}")

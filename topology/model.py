@@ -109,6 +109,18 @@ def provider_patch_name(physical_network: str) -> str:
     return "phy-" + physical_network
 
 
+def provider_peer_name(physical_network: str) -> str:
+    """The provider bridge's side of that patch port (Neutron's OVS agent names the pair the same way)."""
+    return "int-" + physical_network
+
+
+def provider_patch_ports(physical_network: str) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """The patch pair joining br-int to a physical network's bridge, as (br-int's side, the provider bridge's):
+    port name -> Interface columns (``type``, ``options:peer``), in :func:`topology.gateways.tunnel_ports`'s form."""
+    phy, peer = provider_patch_name(physical_network), provider_peer_name(physical_network)
+    return ({phy: {"type": "patch", "options:peer": peer}}, {peer: {"type": "patch", "options:peer": phy}})
+
+
 DVR_MAC_PREFIX = "fe:16:00:00:00:00"
 DVR_MAC_MASK = "ff:ff:00:00:00:00"
 

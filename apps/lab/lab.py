@@ -44,7 +44,7 @@ from apps.lab.ovs import PrivateOVS
 from apps.lab.pki import Pki
 from apps.lab.steps import SOCKET_LINK
 from topology.gateways import gateway_tunnel_name
-from topology.model import TUNNEL_PORT_NAMES
+from topology.model import TUNNEL_PORT_NAMES, provider_patch_name
 
 LOG = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class Hypervisor:
     controller: str | None = None
     peer_tunnel_ips: list[str] = field(default_factory=list)
     gateway_for: list[str] = field(default_factory=list)  # physical networks it is a gateway for
+    managed: bool = False  # the controller is its OVSDB manager (it patches and wires the provider bridges)
 
     @property
     def rundir(self) -> str:
@@ -146,7 +147,8 @@ class Hypervisor:
     def start_vswitchd(self) -> None:
         """Start ovs-vswitchd again; it rebuilds bridges and ports from the database, not flows.
 
-        The provider bridges' flows are put back (operator step 5's
+        The provider bridges' flows are put back (by the controller, as it keeps them, when it is
+        the OVSDB manager: waited for; else by operator step 5's
         :func:`apps.lab.steps.wire_provider_bridge`), and the new vswitchd's tunnel
         neighbour cache, empty, is primed again (see :meth:`prime_tunnel_neighbours`).
         """
@@ -154,8 +156,28 @@ class Hypervisor:
         self.ovs.wait_bridge(steps.INTEGRATION_BRIDGE)
         for physnet, bridge in self.bridge_mappings.items():
             self.ovs.wait_bridge(bridge)
-            steps.wire_provider_bridge(self.ofctl, physnet, bridge, PROVIDER_NIC)
+            if not self.managed:
+                steps.wire_provider_bridge(self.ofctl, physnet, bridge, PROVIDER_NIC)
+        if self.managed:
+            self.wait_provider_wired()
         self.prime_tunnel_neighbours()
+
+    def provider_wired(self) -> bool:
+        """Whether br-int has each provider bridge's patch port and each provider bridge its two flows."""
+        ports = set(self.vsctl("list-ports", steps.INTEGRATION_BRIDGE).split())
+        for physnet, bridge in self.bridge_mappings.items():
+            flows = [line for line in self.ofctl("dump-flows", bridge).splitlines() if "actions=" in line]
+            if provider_patch_name(physnet) not in ports or len(flows) < 2:
+                return False
+        return True
+
+    def wait_provider_wired(self, timeout: float = 15.0) -> None:
+        """Wait until :meth:`provider_wired` (the controller wires a managed hypervisor's provider bridges)."""
+        deadline = time.monotonic() + timeout
+        while not self.provider_wired():
+            if time.monotonic() > deadline:
+                raise LabError(f"the controller did not wire {self.name}'s provider bridges within {timeout:g} s")
+            time.sleep(0.05)
 
     def prime_tunnel_neighbours(self) -> None:
         """Ping every peer's tunnel IP once from this hypervisor's namespace.
@@ -322,6 +344,7 @@ class Lab:
             tunnel_prefixlen=self.underlay.prefixlen,
             netns=netns,
             ovs=PrivateOVS(netns, os.path.join(self.workdir, name)),
+            managed=self.manager_target is not None,
         )
         with self._lock:
             self.hypervisors.append(hv)
@@ -349,7 +372,10 @@ class Lab:
         if self.manager_target is None:  # else the controller makes them once hv is registered (step 4)
             steps.add_tunnel_ports(hv.vsctl, tunnel_ip)
         if self.provider:
-            steps.add_provider_bridge(hv.vsctl, hv.ofctl, netns, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
+            steps.add_provider_bridge(hv.vsctl, netns, PROVIDER_BRIDGE, PROVIDER_NIC)
+            if self.manager_target is None:  # else the controller patches and wires it once hv is registered
+                steps.patch_provider_bridge(hv.vsctl, self.physnet, PROVIDER_BRIDGE)
+                steps.wire_provider_bridge(hv.ofctl, self.physnet, PROVIDER_BRIDGE, PROVIDER_NIC)
             hv.bridge_mappings[self.physnet] = PROVIDER_BRIDGE
             if name in self.gateways:
                 hv.gateway_for.append(self.physnet)
@@ -390,7 +416,8 @@ class Lab:
         """POST every hypervisor to the controller's API; returns the responses.
 
         With the controller as OVSDB manager, it then creates each one's overlay tunnel ports
-        (operator step 4): wait for them, as an operator checks ``ovs-vsctl list-ports br-int``.
+        (operator step 4) and patches and wires its provider bridges (step 5): wait for them, as an
+        operator checks ``ovs-vsctl list-ports br-int`` and ``ovs-ofctl dump-flows br-phys``.
         """
         answers = [hv.register(api_url or self.api_url) for hv in self.hypervisors]
         if self.manager_target is not None:
@@ -404,6 +431,8 @@ class Lab:
                                    f"within {timeout:g} s of their registration")
                 if missing:
                     time.sleep(0.05)
+            for hv in self.hypervisors:
+                hv.wait_provider_wired(max(0.1, deadline - time.monotonic()) + 5)
         return answers
 
     def gateway_tunnels_up(self) -> bool:

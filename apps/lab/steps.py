@@ -17,7 +17,10 @@ Order on a compute node:
 3. :func:`attach_underlay`         -- the tunnel endpoint IP on an OVS bridge
 4. :func:`add_tunnel_ports`        -- flow-based VXLAN, Geneve and GRE ports (the controller's to make
                                       when it is the host's OVSDB manager: only without one)
-5. :func:`add_provider_bridge`     -- optional, one per physical network
+5. :func:`add_provider_bridge`     -- optional, one per physical network: the bridge and its NIC (the patch
+                                      ports and flows are the controller's when it is the host's OVSDB
+                                      manager; without one, :func:`patch_provider_bridge` and
+                                      :func:`wire_provider_bridge`)
 6. :func:`register_hypervisor`     -- tell the controller's API about the node
 7. :func:`plug_vif` / :func:`unplug_vif` -- what Nova does per VM port
 """
@@ -34,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from apps.lab import sh
-from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, tap_name
+from topology.model import TUNNEL_PORT_NAMES, provider_patch_name, provider_peer_name, tap_name
 
 Vsctl = Callable[..., str]
 Ofctl = Callable[..., str]  # runs ``ovs-ofctl ARGS`` against the hypervisor's vswitchd
@@ -137,8 +140,9 @@ def set_manager(vsctl: Vsctl, target: str) -> None:
     for :func:`set_controller`). ``target`` is ``ssl:CONTROLLER_IP:6640`` (after :func:`set_ssl`),
     ``tcp:CONTROLLER_IP:6640`` (the controller's ``--ovsdb-listen``) or ``unix:<path>``. The
     host's ovsdb-server then connects to the controller, which creates and removes the gateway
-    tunnel ports (``tg-*``, VXLAN on UDP 4790 with BFD) on br-int itself and never touches any
-    other port. ovsdb-server follows the Manager table only when started with
+    tunnel ports (``tg-*``, VXLAN on UDP 4790 with BFD) on br-int itself, makes the overlay's, and
+    patches, secures and points at itself each provider bridge of step 5; it touches no other port.
+    ovsdb-server follows the Manager table only when started with
     ``--remote=db:Open_vSwitch,Open_vSwitch,manager_options``, as ``ovs-ctl`` (and so every
     packaged Open vSwitch) starts it.
     """
@@ -214,47 +218,58 @@ def tunnel_port_args(
     return args[1:]
 
 
-def add_provider_bridge(vsctl: Vsctl, ofctl: Ofctl, netns: str, physnet: str, bridge: str, nic: str) -> None:
-    """Step 5 (optional): a provider bridge for ``physnet`` with its NIC, patched to br-int.
+def add_provider_bridge(vsctl: Vsctl, netns: str, bridge: str, nic: str) -> None:
+    """Step 5 (optional): a provider bridge with its NIC, as Neutron operators make br-ex.
 
     :func:`release_nic_from_kernel` on the NIC (``ip link set <nic> arp off``, IPv6 off: the
-    kernel must not answer on a NIC the userspace datapath owns), then in one transaction
-    ``ovs-vsctl add-br <bridge> -- set bridge <bridge> datapath_type=netdev fail_mode=secure
-    other-config:disable-in-band=true -- add-port <bridge> <nic>`` and the patch pair
-    ``phy-<physnet>`` (on br-int, ``options:peer=int-<physnet>``) and
-    ``int-<physnet>`` (on the provider bridge, ``options:peer=phy-<physnet>``),
-    then :func:`wire_provider_bridge`. In-band off: OVS would otherwise add hidden flows
-    for in-band control on a bridge with an address. The hypervisor is then registered with
-    ``bridge_mappings={physnet: bridge}``. ``netns``: the hypervisor's network namespace (the lab's).
+    kernel must not answer on a NIC the userspace datapath owns), then ``ovs-vsctl add-br <bridge>
+    -- set bridge <bridge> datapath_type=netdev other-config:disable-in-band=true -- add-port
+    <bridge> <nic>``. In-band off: OVS would otherwise add hidden flows for in-band control on a
+    bridge with an address. The hypervisor is then registered with ``bridge_mappings={physnet:
+    bridge}``, and the controller, as the host's OVSDB manager, makes the rest (README, attach step 5):
+    the patch pair to br-int, ``fail_mode=secure``, br-int's controllers on the bridge, and over
+    that connection its two flows. ``netns``: the hypervisor's network namespace (the lab's).
     """
     release_nic_from_kernel(netns, nic)
-    phy = provider_patch_name(physnet)
-    peer = "int-" + physnet
     vsctl(
         "add-br", bridge,
-        "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=secure",
-        "other-config:disable-in-band=true",
+        "--", "set", "bridge", bridge, "datapath_type=netdev", "other-config:disable-in-band=true",
         "--", "add-port", bridge, nic,
+    )  # fmt: skip
+
+
+def patch_provider_bridge(vsctl: Vsctl, physnet: str, bridge: str) -> None:
+    """Step 5 without the controller as OVSDB manager (``--ovsdb-listen ''``): what it would make, by hand.
+
+    ``ovs-vsctl set bridge <bridge> fail_mode=secure -- add-port br-int phy-<physnet> -- set
+    interface phy-<physnet> type=patch options:peer=int-<physnet> -- add-port <bridge>
+    int-<physnet> -- set interface int-<physnet> type=patch options:peer=phy-<physnet>``, then
+    :func:`wire_provider_bridge`. A controller that becomes the manager later adopts all of it as it
+    is (equal ports and flows are not written again).
+    """
+    phy, peer = provider_patch_name(physnet), provider_peer_name(physnet)
+    vsctl(
+        "set", "bridge", bridge, "fail_mode=secure",
         "--", "add-port", INTEGRATION_BRIDGE, phy,
         "--", "set", "interface", phy, "type=patch", f"options:peer={peer}",
         "--", "add-port", bridge, peer,
         "--", "set", "interface", peer, "type=patch", f"options:peer={phy}",
     )  # fmt: skip
-    wire_provider_bridge(ofctl, physnet, bridge, nic)
 
 
 def wire_provider_bridge(ofctl: Ofctl, physnet: str, bridge: str, nic: str) -> None:
-    """Step 5, its flows: the provider bridge is a wire between its NIC and br-int, nothing more.
+    """Step 5's flows, by hand (without the controller as OVSDB manager): the provider bridge is a wire between
+    its NIC and br-int, nothing more (the flows :func:`flows.provider.wire_through` gives the controller).
 
-    ``ovs-ofctl add-flow <bridge> in_port=<nic>,actions=output:int-<physnet>`` and
+    ``ovs-ofctl add-flow <bridge> priority=1,in_port=<nic>,actions=output:int-<physnet>`` and
     the reverse. br-int makes every forwarding decision (it knows where each port
     and floating IP lives); a MAC-learning (NORMAL) bridge in front of it would
     decide a second time, and with one OVS 3.1 kept a stale datapath drop for a
     floating IP re-associated to the same hypervisor until its MAC table changed.
     OVS keeps no flows over a vswitchd restart: run this again after one
-    (``ovs-ctl restart`` saves and restores them itself).
+    (``ovs-ctl restart`` saves and restores them itself; the controller puts them back itself).
     """
-    peer = "int-" + physnet
+    peer = provider_peer_name(physnet)
     ofctl("add-flow", bridge, f"priority=1,in_port={nic},actions=output:{peer}")
     ofctl("add-flow", bridge, f"priority=1,in_port={peer},actions=output:{nic}")
 
