@@ -82,6 +82,7 @@ from topology.model import canonical_port_map, provider_patch_name
 
 PHYSNET = "physnet1"
 RSS_BATCH = 100  # extra ports created (4 clients) between waits for every bridge to converge
+COLD_CREATE_EVERY_S = 0.25  # the pace of the API creates measured while every bridge cold-syncs
 _VOLATILE = re.compile(r"\s*(duration|n_packets|n_bytes|idle_age|hard_age)=[^,\s]*,?")
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -493,19 +494,24 @@ class ScaleRun:
         t0 = time.perf_counter()
         self.ctl.start(timeout=self.long)
         api_up = time.perf_counter() - t0
-        # phase 5 on its own thread (one client, sequential), while this one polls /sync
+        # phase 5 on its own thread (one client), while this one polls /sync: a create every
+        # COLD_CREATE_EVERY_S from the API's start until every bridge is synced, so that they span the
+        # whole cold sync (back to back, 100 creates were all done in its first seconds, before most
+        # bridges had even reconnected)
         creates: list[tuple[float, float]] = []  # (end, latency)
         errors: list[str] = []
         made: list[tuple[ScaleHypervisor, dict[str, Any]]] = []
-        count = 20 if self.quick else 100
+        converged = threading.Event()
         client = ApiClient(self.ctl.api_url, timeout=60)
-        worker = threading.Thread(target=self._create_with(client, count, creates, made, errors),
+        worker = threading.Thread(target=self._create_with(client, 100_000, creates, made, errors,
+                                                           every=COLD_CREATE_EVERY_S, stop=converged),
                                   name="cold-creates", daemon=True)
         worker.start()
         pend_sync = Sync(ApiClient(self.ctl.api_url, timeout=60), self.n)
         took = pend_sync.wait(self.long, interval=0.05)
         cold_s = time.perf_counter() - t0 if took is not None else None
         t_conv = time.perf_counter()
+        converged.set()
         cpu = cpu_s(self.pid)
         worker.join(timeout=self.long)
         state_after = pend_sync.state()
@@ -523,18 +529,24 @@ class ScaleRun:
         if cold_s is None:
             self.figures["cold_start"]["sync"] = state_after
         self.figures["api_during_cold_start"] = {
-            "creates": len(creates), "created_before_converged": sum(1 for end, _ in creates if end <= t_conv),
+            "creates": len(creates), "every_s": COLD_CREATE_EVERY_S,
+            "created_before_converged": sum(1 for end, _ in creates if end <= t_conv),
             **summary("api", [lat for _, lat in creates]), "errors": errors[:3], "error_count": len(errors)}
 
     def _create_with(self, client: ApiClient, count: int, out: list[tuple[float, float]],
-                     made: list[tuple[ScaleHypervisor, dict[str, Any]]], errors: list[str]) -> Callable[[], None]:
+                     made: list[tuple[ScaleHypervisor, dict[str, Any]]], errors: list[str],
+                     every: float = 0.0, stop: threading.Event | None = None) -> Callable[[], None]:
+        """Up to ``count`` port creates, one every ``every`` s (0: back to back), until ``stop`` is set."""
         run = ScaleRun.__new__(ScaleRun)  # a view of this run with its own API client
         run.__dict__.update(self.__dict__)
         run.api = client
         run.rng = random.Random(2)
+        stop = stop or threading.Event()
 
         def go() -> None:
             for i in range(count):
+                if stop.wait(every) if every else stop.is_set():
+                    return
                 hv, net = run.random_port(f"cold{i}")
                 t1 = time.perf_counter()
                 try:
