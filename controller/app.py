@@ -316,13 +316,11 @@ class TenantflowApp(app_manager.OSKenApp):
     def _ports_read(self, sw: Switch, ofports: dict[str, int]) -> None:
         """A bridge's port map, read on connect: recorded; a gateway's arrival may change who is active."""
         arrived = bool(sw.hv_name) and not self.topology.graph.ofports(sw.hv_name)
-        # The switch's own worker, in its sync slot: it lets the API's writes in flight go first
-        # (a thousand bridges connecting must not hold every write back); the app's event thread never waits.
-        self._set_ofports(sw, ofports, after_writes=True)
+        self._set_ofports(sw, ofports)
         if arrived:
             self.gateways.bridge_came(sw.hv_name)
 
-    def _set_ofports(self, sw: Switch, ofports: dict[str, int], after_writes: bool = False) -> None:
+    def _set_ofports(self, sw: Switch, ofports: dict[str, int]) -> None:
         """Record a bridge's OVS port map (name -> OpenFlow port) in the topology, by canonical name.
 
         ``sw.ofports`` keeps the names the switch reported (port-status events edit it);
@@ -337,7 +335,7 @@ class TenantflowApp(app_manager.OSKenApp):
         for name, candidates in clashes.items():
             LOG.warning("switch %s: ports %s all count as %r; using %r", sw.hv_name, ", ".join(candidates),
                         name, candidates[0])
-        self.topology.set_live_ofports(sw.hv_name, canonical, after_writes=after_writes)
+        self.topology.set_live_ofports(sw.hv_name, canonical)
         # Export this hypervisor's event counters at 0 from the start: a labelled counter
         # has no series until its first increment, and an absent series reads as "no data",
         # not as "no packet-in / no error" (alerts on rate() and increase() never fire).

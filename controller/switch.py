@@ -60,14 +60,12 @@ from flows.dhcp import HYPERVISOR_METER, PORT_BURST, PORT_RATE
 from flows.flow import Flow
 from flows.nat import FIP_ARP_REPLY_METER, LEARNED_IDLE_TIMEOUT, NEXT_HOP_METER, Announcement
 from flows.routing import TTL_METER
-from topology import priority
 
 LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
 FLOW_MONITOR = True  # ask each mastered bridge for its flow monitor (--flow-monitor; controller.monitor)
 SLOT_PATIENCE = 10.0  # seconds a worker waits for its switch in a sync slot before lending the slot out
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
-YIELD_EVERY, YIELD_LIMIT_S = 256, 0.05  # a push steps aside for an API write every 256 flows, 50 ms at most
 ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
 RETRY_BASE = 0.5  # seconds before the first retry of a failed sync; doubles with each failure...
 RETRY_CAP = 30.0  # ...up to this; each wait is drawn from [delay/2, delay] (jitter)
@@ -739,8 +737,6 @@ class Switch(monitor.FlowMonitoring):
             chunk.append(wire.bundle_flow_add(bundle_id, flow, xid))
             by_xid[xid] = flow
             result.added += 1
-            if not result.added % YIELD_EVERY and priority.busy():  # an API write in flight goes first
-                priority.after_foreground(YIELD_LIMIT_S)
             if len(chunk) >= STREAM_CHUNK:
                 self._send(b"".join(chunk))
                 chunk = []

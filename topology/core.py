@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from topology import graph_l3, priority
+from topology import graph_l3
 from topology.graph import TopologyGraph
 from topology.model import Hypervisor, Network, Port, Subnet
 from topology.model_l3 import FloatingIP, Router, SecurityGroup, SecurityGroupRule
@@ -42,9 +42,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 STALE_RETRIES = 8  # a write validated on a stale view runs again at most this often
 APPLY_TIMEOUT = 10.0  # s a writer waits for its own commit to reach the graph
-# s background graph work (a switch's port map, see TopologyCore.after_writes) waits at most for
-# the writes in flight: the API's writes go first, and a stream of them cannot starve a switch.
-WRITES_FIRST_S = 0.1
 KEY_COUNTERS = {"network": "network_key", "port": "port_key", "router": "router_key"}
 # How each kind of record goes into the graph (a port with its live status added first).
 _GRAPH_PUT: dict[type, Callable[[TopologyGraph, Any], None]] = {
@@ -60,8 +57,7 @@ def write(method: F) -> F:
     def retrying(self: TopologyCore, *args: Any, **kwargs: Any) -> Any:
         # One write at a time per instance, from validation until its commit is in the graph:
         # the instance's own writes never find each other's views stale (only other instances' can).
-        # Counted in flight from before it queues, so background work steps aside (after_writes).
-        with priority.foreground(), self._writing:
+        with self._writing:
             # Validate on everything committed before this write began, whoever wrote it: a client
             # creating a network through one instance and its port through another right after
             # must not be told the network does not exist (one round trip to etcd; SQLite: none).
@@ -100,18 +96,6 @@ class TopologyCore:
         with self.lock:
             self._load()
             store.listen(self._on_commit, self.revision)
-
-    # -- write priority --------------------------------------------------------------------
-    def after_writes(self, limit: float | None = None) -> None:
-        """Wait (up to ``limit`` s, default WRITES_FIRST_S) until no write method is in flight: background
-        work goes after the API's (:mod:`topology.priority`).
-
-        A switch's port map (:meth:`topology.state.Topology.set_live_ofports`) rebuilds its
-        hypervisor's flows under :attr:`lock` (~4 ms of CPU at 1,000 hypervisors, and more under
-        GIL contention); while a thousand bridges connect, an API write would otherwise wait for
-        several of those at each of its lock acquisitions (validation, commit, notification).
-        """
-        priority.after_foreground(WRITES_FIRST_S if limit is None else limit)
 
     # -- loading -----------------------------------------------------------------------
     def _load(self, snapshot: Snapshot | None = None) -> None:

@@ -125,14 +125,8 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             return port
         return replace(port, attrs={**port.attrs, "status": status})
 
-    def set_live_ofports(self, hv_name: str, ofports: dict[str, int], after_writes: bool = False) -> set[str]:
-        """Record a hypervisor's live OVS port map and refresh its bound ports' status.
-
-        ``after_writes``: first let the API's writes in flight go (:meth:`after_writes`, at most
-        WRITES_FIRST_S): recording the map rebuilds the hypervisor's flows under the lock.
-        """
-        if after_writes:
-            self.after_writes()
+    def set_live_ofports(self, hv_name: str, ofports: dict[str, int]) -> set[str]:
+        """Record a hypervisor's live OVS port map and refresh its bound ports' status."""
         with self.lock:
             self.graph.set_ofports(hv_name, ofports)
             for port in self.graph.ports_on(hv_name):
