@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -31,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from apps.lab import Hypervisor, Lab, LabVM
+from apps.lab import Hypervisor, Lab, LabVM, sh
 from apps.lab.controller import ControllerProcess, compile_stored
 from apps.lab.pki import TlsSetup, tls_setup
 from apps.lab.sh import wait_until
@@ -302,12 +301,7 @@ class Capture:
             return
         if sync:
             self.sync()
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        sh.interrupt(self.proc)
 
     def lines(self, check: bool = True, ethertype: int | None = None) -> list[str]:
         """The capture decoded by ``tcpdump -r -n -e`` (link-level headers: source and destination MAC).

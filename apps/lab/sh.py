@@ -129,6 +129,18 @@ def kill_pids(pids: Iterable[int], timeout: float = 3.0) -> None:
     _reap(pending)
 
 
+def interrupt(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGINT ``proc`` (ping and tcpdump print their summary on it), wait ``timeout`` s, then SIGKILL; reaped."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
+from apps.lab import sh
 from apps.lab.controller import ControllerProcess, compile_stored
 from apps.lab.lab import Hypervisor, Lab, LabVM
 from apps.lab.sh import wait_until
@@ -66,13 +66,7 @@ class PingStream:
 
     def stop(self) -> str:
         """SIGINT (ping prints its summary), reap; the whole output."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        sh.interrupt(self.proc, timeout=10)
         with open(self.path) as fh:
             return fh.read()
 
