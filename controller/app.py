@@ -239,7 +239,7 @@ class TenantflowApp(app_manager.OSKenApp):
                 del self.switches[dp.id]
                 self._disconnected(sw)
                 if sw.hv_name:
-                    self.topology.set_live_ofports(sw.hv_name, {})
+                    self.topology.set_disconnected(sw.hv_name)
                     self.gateways.bridge_left(sw.hv_name)
 
     def _replaces(self, old: Switch, dp) -> bool:
@@ -315,7 +315,7 @@ class TenantflowApp(app_manager.OSKenApp):
 
     def _ports_read(self, sw: Switch, ofports: dict[str, int]) -> None:
         """A bridge's port map, read on connect: recorded; a gateway's arrival may change who is active."""
-        arrived = bool(sw.hv_name) and not self.topology.graph.ofports(sw.hv_name)
+        arrived = bool(sw.hv_name) and not self.topology.graph.connected(sw.hv_name)
         self._set_ofports(sw, ofports)
         if arrived:
             self.gateways.bridge_came(sw.hv_name)

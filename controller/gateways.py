@@ -50,7 +50,7 @@ class GatewayService:
             view = view_of(graph, hv_name)
             items = announcements(graph, view) + interface_announcements(graph, view)
             if view is not None and view.hv.gateway_for:
-                items += gateway_announcements(snat_routers(graph, view), lambda name: bool(graph.ofports(name)),
+                items += gateway_announcements(snat_routers(graph, view), graph.connected,
                                                dvr_mac(view.hv))
             return items
 

@@ -293,6 +293,7 @@ class Running:
     api: object
     services: list
     ovsdb: object = None  # the controller.ovsdb.OvsdbManager (None: --ovsdb-listen '')
+    portmaps: object = None  # the controller.portmaps.PortMapFile (None: the etcd store, or a topology given)
 
 
 def start(args: argparse.Namespace, topology=None) -> Running:
@@ -307,6 +308,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     from controller import connection, dhcp, ra, switch
     from controller.metrics import REGISTRY
 
+    portmaps = None
     if topology is None:
         from topology.state import Topology
         from topology.store import open_store
@@ -319,6 +321,10 @@ def start(args: argparse.Namespace, topology=None) -> Running:
             default_network_type=args.default_network_type,
             default_physical_network=args.default_physical_network, default_project=args.default_project,
         )
+        if not where.startswith("etcd://"):  # before the engine's first build, which compiles against them
+            from controller.portmaps import PortMapFile, path_for
+
+            portmaps = PortMapFile(path_for(where.removeprefix("sqlite://"))).attach(topology)
     topology.gateways_per_router = args.gateways_per_router
     of_app.TOPOLOGY = topology
     of_app.CLUSTER = _join_cluster(args, topology)
@@ -374,7 +380,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     listening += [f"unix:{args.unix_socket}"] if args.unix_socket else []
     LOG.info("tenantflow controller: OpenFlow on %s, API on %s:%d, state in %s", " ".join(listening) or "nothing",
              args.api_host, args.api_port, topology.store.url)
-    return Running(topology, manager.applications.get("TenantflowApp"), api, services, ovsdb_manager)
+    return Running(topology, manager.applications.get("TenantflowApp"), api, services, ovsdb_manager, portmaps)
 
 
 def _make_parent(path: str) -> None:
@@ -512,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if of_app.CLUSTER is not None:  # leave now: the others take our bridges at once, not after the lease's TTL
         of_app.CLUSTER.close()
+    if running.portmaps is not None:
+        running.portmaps.close()
     running.topology.close()
     # Switch flows stay on the bridges (fail_mode=secure): a restart reconciles
     # them without a packet lost. os-ken's own shutdown path raises on

@@ -260,11 +260,15 @@ class CloudMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(HV_NAMES), unplugged=st.sets(IDX, max_size=2), renumber=st.booleans(),
           tunnels=st.sampled_from([True, True, True, False]), patch=st.sampled_from([True, True, True, False]),
-          stale=st.sets(IDX, max_size=1), disconnected=st.sampled_from([False] * 9 + [True]))
+          stale=st.sets(IDX, max_size=1), disconnected=st.sampled_from([""] * 8 + ["empty", "gone"]))
     def switch_reports_ports(self, name: str, unplugged: set[int], renumber: bool, tunnels: bool, patch: bool,
-                             stale: set[int], disconnected: bool) -> None:
+                             stale: set[int], disconnected: str) -> None:
         """``set_live_ofports``: the taps of the ports bound there (some not plugged yet, some left over from a
-        port that moved away), the tunnel ports, the provider patch; or nothing (the switch went away)."""
+        port that moved away), the tunnel ports, the provider patch; or no port at all; or ``set_disconnected``
+        (the switch went away: its flows stay as they are, its ports go DOWN)."""
+        if disconnected == "gone":
+            self.call("set_disconnected", self.topo.set_disconnected, name)
+            return
         bound = sorted(self.topo.graph.ports_on(name), key=lambda p: p.key)
         skip = {bound[i % len(bound)].id for i in unplugged} if bound else set()
         names = [tap_name(p.id) for p in bound if p.id not in skip]
@@ -276,7 +280,7 @@ class CloudMachine(RuleBasedStateMachine):
         if patch:
             names.append(provider_patch_name(PHYSNET))
         ofports = {}
-        for port_name in [] if disconnected else names:
+        for port_name in [] if disconnected == "empty" else names:
             if renumber or (name, port_name) not in self.ofport_numbers:
                 self.ofport_numbers[name, port_name] = next(self.next_ofport)
             ofports[port_name] = self.ofport_numbers[name, port_name]

@@ -100,7 +100,8 @@ class TopologyCore:
     # -- loading -----------------------------------------------------------------------
     def _load(self, snapshot: Snapshot | None = None) -> None:
         """(Re)build the graph from the store (or a snapshot of it), keeping the live port maps."""
-        live = {hv: self.graph.ofports(hv) for kind, hv in self.graph.g.nodes if kind == "hv"}
+        graph = self.graph
+        live = {hv: (graph.ofports(hv), graph.connected(hv)) for kind, hv in graph.g.nodes if kind == "hv"}
         snapshot = snapshot or self.store.load()
         self.graph = TopologyGraph()
         self._keys_used = {name: set() for name in KEY_COUNTERS.values()}
@@ -108,8 +109,9 @@ class TopologyCore:
         # go in before the ports, whose status they decide.
         for name in KINDS:
             if name == "port":
-                for hv_name, ofports in live.items():
+                for hv_name, (ofports, connected) in live.items():
                     self.graph.set_ofports(hv_name, ofports)
+                    self.graph.set_connected(hv_name, connected)
             for record in snapshot.records.get(name, ()):
                 self._graph_put(record)
         self.counters = dict(snapshot.counters)
@@ -245,7 +247,7 @@ class TopologyCore:
             self._subscribers.append(callback)
 
     def subscribe_live(self, callback: Callback) -> None:
-        """Call ``callback({hypervisor})`` after a switch's live port map changed (not a committed write)."""
+        """Call ``callback({hypervisors})`` after switches' port maps or connections changed (not a committed write)."""
         with self.lock:
             self._live_subscribers.append(callback)
 

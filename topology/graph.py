@@ -7,9 +7,12 @@ IPs and security groups (``("router", id)``, ``("fip", id)``, ``("sg", id)``,
 ``("sg_rule", id)``) are added by :mod:`topology.graph_l3`, which also answers
 the queries about them.
 
-Besides the logical records, each hypervisor node carries the live state the
-controller learns from its switch: ``ofports`` (OVS port name -> OpenFlow port
-number). That state is not persisted: a switch reports it on every connect.
+Besides the logical records, each hypervisor node carries what the controller
+learns from its switch: ``ofports`` (OVS port name -> OpenFlow port number, the
+last map reported, which its flows use) and ``connected`` (whether the switch is
+connected now, which its ports' status shows). Neither is in the store: a switch
+reports its map on every connect (controller.portmaps remembers the last ones
+across restarts, so a restarted controller compiles them before the switches are back).
 
 Per network, the graph also keeps indexes of its ports (:class:`NetworkIndex`:
 MACs, addresses per subnet, ports per binding host, router interfaces),
@@ -244,12 +247,31 @@ class TopologyGraph:
         self._by_kind[kind].pop(ident, None)
 
     def set_ofports(self, hv_name: str, ofports: dict[str, int]) -> None:
-        """Record the live OVS port map (name -> OpenFlow port) of a hypervisor's bridge."""
+        """Record the OVS port map (name -> OpenFlow port) of a hypervisor's bridge, which its flows use.
+
+        The last one its switch reported: kept while the switch is away (:meth:`set_connected`),
+        remembered across restarts (controller.portmaps). Journalled only when it changes.
+        """
         node = _n("hv", hv_name)
         if node not in self.g:
             self._add_node(node, obj=None, ofports={})
-        self._record("ofports", hv_name, self.g.nodes[node].get("ofports"))
+        old = self.g.nodes[node].get("ofports")
+        if old == ofports:
+            return
+        self._record("ofports", hv_name, old)
         self.g.nodes[node]["ofports"] = dict(ofports)
+
+    def set_connected(self, hv_name: str, connected: bool) -> None:
+        """Record whether a hypervisor's bridge is connected now (its ports' status; no flow depends on it)."""
+        node = _n("hv", hv_name)
+        if node not in self.g:
+            self._add_node(node, obj=None, ofports={})
+        self.g.nodes[node]["connected"] = connected
+
+    def connected(self, hv_name: str) -> bool:
+        """Whether a hypervisor's bridge is connected and reported its ports."""
+        data = self.g.nodes.get(_n("hv", hv_name))
+        return bool(data and data.get("connected"))
 
     # -- lookup --------------------------------------------------------------
     def get(self, kind: str, ident: str):
@@ -281,7 +303,7 @@ class TopologyGraph:
         return self.hypervisor(name) if name else None
 
     def ofports(self, hv_name: str) -> dict[str, int]:
-        """The live OVS port map of a hypervisor (empty if not connected)."""
+        """The OVS port map of a hypervisor's bridge (its last report; empty if none ever came)."""
         data = self.g.nodes.get(_n("hv", hv_name))
         return data.get("ofports", {}) if data else {}
 

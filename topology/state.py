@@ -118,24 +118,52 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
     # -- live state -------------------------------------------------------------------
     def _with_status(self, port: Port) -> Port:
         """The port with its live ``status`` in attrs: ACTIVE when its tap is on its host's bridge."""
-        up = bool(port.admin_state_up and port.binding_host
-                  and tap_name(port.id) in self.graph.ofports(port.binding_host))
+        host = port.binding_host
+        up = bool(port.admin_state_up and host and self.graph.connected(host)
+                  and tap_name(port.id) in self.graph.ofports(host))
         status = "ACTIVE" if up else "DOWN"
         if port.attrs.get("status") == status:
             return port
         return replace(port, attrs={**port.attrs, "status": status})
 
     def set_live_ofports(self, hv_name: str, ofports: dict[str, int]) -> set[str]:
-        """Record a hypervisor's live OVS port map and refresh its bound ports' status."""
+        """Record a connected hypervisor's OVS port map and refresh its bound ports' status."""
         with self.lock:
             self.graph.set_ofports(hv_name, ofports)
+            self.graph.set_connected(hv_name, True)
+            self._refresh_status(hv_name)
+            return {hv_name}
+
+    def set_disconnected(self, hv_name: str) -> None:
+        """A hypervisor's switch went away: its ports go DOWN; its flows (and port map) stay as they are.
+
+        Its compiled flows are what it must hold when it comes back, most likely with the same
+        ports: recompiling it without them now, and again with them on its return, would hold
+        the topology's lock twice for nothing (every bridge at once when the controller restarts).
+        """
+        with self.lock:
+            self.graph.set_connected(hv_name, False)
+            self._refresh_status(hv_name)
+
+    def remember_ofports(self, maps: dict[str, dict[str, int]]) -> None:
+        """Port maps the switches reported before a restart (controller.portmaps), for registered hypervisors
+        not connected yet: their flows compile against them, and a switch that comes back with the same
+        ports finds its flows ready (no recompile under the lock when it connects)."""
+        with self.lock:
+            for name, ofports in maps.items():
+                if self.graph.hypervisor(name) is not None and not self.graph.connected(name):
+                    self.graph.set_ofports(name, ofports)
+            self._refresh_status(*maps)
+
+    def _refresh_status(self, *hv_names: str) -> None:
+        """Its bound ports' status, and the live subscribers hear of the hypervisors (under the lock)."""
+        for hv_name in hv_names:
             for port in self.graph.ports_on(hv_name):
                 updated = self._with_status(port)
                 if updated is not port:
                     self.graph.put_port(updated)
-            for callback in list(self._live_subscribers):
-                callback({hv_name})
-            return {hv_name}
+        for callback in list(self._live_subscribers):
+            callback(set(hv_names))
 
     # -- lookups (404s) ---------------------------------------------------------------
     def _network(self, net_id: str) -> Network:

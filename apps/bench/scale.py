@@ -38,12 +38,14 @@ reported as a figure (``..._timed_out: true``), never a hang. Figures per topolo
    bridge's live port map: ``FlowEngine(graph)`` construction (the engine's cold build) and
    the reference ``flows.compiler.compile_hypervisor`` over every hypervisor.
 3. ``port_create``: ~50 ports, each on a random hypervisor (and random network in
-   ``overlay``): POST, plug its tap, converged. API latency and convergence (from the
-   POST) p50/p99; controller CPU and the engine's own CPU
+   ``overlay``): POST, converged (``converged_before_plug``: every bridge holds what the port
+   changed: the remote hypervisors' flows for it, its own host's for a tap not plugged yet),
+   plug its tap, converged again (``converged_after_plug``). API latency and convergence (from the
+   POST to the end) p50/p99; controller CPU and the engine's own CPU
    (``tenantflow_engine_seconds_total``) per create; the hypervisors hosting the network.
 4. ``sg_rule`` (``provider``): POST a rule to the group every port is in -> converged, 5 times.
-5. ``api_during_cold_start``: ~100 sequential port creates from one client, started as soon
-   as the restarted controller's API answers, while the bridges are still cold-syncing.
+5. ``api_during_cold_start``: port creates from one client, one every ``COLD_CREATE_EVERY_S``
+   from the moment the restarted controller's API answers until every bridge is synced.
 6. ``restart``: controller restarted on an unchanged topology with the flows in place:
    flow-mods sent after the restart (goal 0), time to converged.
 7. ``health``: over the whole topology's run (summed over the controller's lifetimes):
@@ -52,6 +54,8 @@ reported as a figure (``..._timed_out: true``), never a hang. Figures per topolo
    ``inactivity probe`` and ``OFPBFC_TIMEOUT``.
 8. ``rss``: the controller's RSS at the end, and its growth per 1,000 ports over an extra
    batch of 10 % more ports.
+9. ``profile``, only with ``TENANTFLOW_SCALE_PROFILE=FILE``: phase 3 again while ``py-spy record``
+   samples the controller (raw stacks to FILE, figures under ``port_create_profiled``).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ import re
 import shutil
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -389,6 +395,7 @@ class ScaleRun:
         assert self.lab is not None
         count = 10 if self.quick else 50
         api_s, conv_s, plug_s, after_plug_s, hosts, timeouts = [], [], [], [], [], 0
+        before_plug_s: list[float] = []  # POST -> every bridge holds what the port changed, its tap not there yet
         hosts_of = self.hosts_by_network()
         idle = idle_cpu_rate(self.pid)
         t_start, vs0 = time.perf_counter(), switches_cpu_s(self.lab)
@@ -398,6 +405,8 @@ class ScaleRun:
             t0 = time.perf_counter()
             port = self.new_port(hv, f"lat{i}", net)
             api_s.append(time.perf_counter() - t0)
+            if self.sync.wait(30) is not None:  # as Nova does: the port first, its VM's tap later
+                before_plug_s.append(time.perf_counter() - t0)
             t1 = time.perf_counter()
             self.lab.plug(hv, port)
             plug_s.append(time.perf_counter() - t1)
@@ -418,6 +427,7 @@ class ScaleRun:
         wall, vs1 = time.perf_counter() - t_start, switches_cpu_s(self.lab)
         self.figures["port_create"] = {
             "count": len(api_s), **summary("api", api_s), **summary("converged", conv_s), "timeouts": timeouts,
+            **summary("converged_before_plug", before_plug_s),
             **summary("plug", plug_s), **summary("converged_after_plug", after_plug_s),
             "controller_cpu_ms_per_create": ms((cpu1 - cpu0) / len(api_s)),
             # minus what it spends anyway meanwhile (answering every bridge's echo requests)
@@ -429,6 +439,24 @@ class ScaleRun:
             "model_ms_median": round(20 + 0.1 * statistics.median(hosts), 1),  # "20 ms + 0.1 ms per affected hv"
         }
         self.check("port_create")
+
+    def profile(self) -> None:
+        """Only with TENANTFLOW_SCALE_PROFILE=FILE: phase 3 again under ``py-spy record`` (raw stacks to FILE).
+
+        Its figures go under ``port_create_profiled`` (py-spy's sampling costs the controller CPU too).
+        """
+        spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid",
+                                str(self.pid), "--rate", "50", "--format", "raw", "--nonblocking",
+                                "--output", os.environ["TENANTFLOW_SCALE_PROFILE"]],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        saved = self.figures.pop("port_create", None)
+        try:
+            self.port_creates()
+        finally:
+            sh.interrupt(spy, 60)
+            self.figures["port_create_profiled"] = self.figures.pop("port_create", None)
+            if saved is not None:
+                self.figures["port_create"] = saved
 
     def hosts_by_network(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -659,6 +687,8 @@ class ScaleRun:
             ("build", self.build), ("port_create", self.port_creates)]
         if self.kind == "provider":
             phases.append(("sg_rule", self.sg_rules))
+        if os.environ.get("TENANTFLOW_SCALE_PROFILE"):
+            phases.append(("profile", self.profile))
         phases += [("rss", self.rss_growth), ("cold_start", self.cold_start), ("restart", self.restart),
                    ("compile", self.compile_figures), ("health", self.health)]
         only = os.environ.get("TENANTFLOW_SCALE_PHASES")  # e.g. "cold_start,health": the build always runs

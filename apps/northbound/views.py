@@ -93,7 +93,7 @@ def hypervisor(graph: TopologyGraph, hv: Hypervisor) -> dict[str, Any]:
         "tunnel_ip": hv.tunnel_ip,
         "bridge_mappings": dict(hv.bridge_mappings),
         "gateway_for": list(hv.gateway_for),
-        "connected": bool(graph.ofports(hv.name)),
+        "connected": graph.connected(hv.name),
         "created_at": hv.attrs.get("created_at"),
         "updated_at": hv.attrs.get("updated_at"),
     }

@@ -36,7 +36,7 @@ def router(graph: TopologyGraph, r: Router) -> dict[str, Any]:
         "gateway_hypervisors": list(r.gateway_hosts),
         # The first of them whose bridge is connected: the switches decide by BFD, this is what they pick
         # while the controller and the gateway agree on who is reachable.
-        "active_gateway_hypervisor": next((h for h in r.gateway_hosts if graph.ofports(h)), None),
+        "active_gateway_hypervisor": next((h for h in r.gateway_hosts if graph.connected(h)), None),
         **_stamps(r),
     }
 

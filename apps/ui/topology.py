@@ -83,13 +83,15 @@ class Snapshot:
     records: dict[str, list[Any]]
     edges: list[tuple[tuple[str, str], tuple[str, str]]]
     ofports: dict[str, dict[str, int]]  # hypervisor -> its bridge's port map
+    connected: frozenset[str]  # the hypervisors whose bridges are connected
 
     @classmethod
     def take(cls, graph: TopologyGraph) -> Snapshot:
         """Copy what :func:`build` needs (under the topology's lock)."""
         records = {kind: list(graph.records(kind)) for kind in KINDS}
         edges = [(a, b) for a, b in graph.g.edges() if a[0] in KINDS and b[0] in KINDS]
-        return cls(records, edges, {hv.name: graph.ofports(hv.name) for hv in records["hv"]})
+        return cls(records, edges, {hv.name: graph.ofports(hv.name) for hv in records["hv"]},
+                   frozenset(hv.name for hv in records["hv"] if graph.connected(hv.name)))
 
 
 def node_attrs(snap: Snapshot, kind: str, record: Any) -> dict[str, Any]:
@@ -103,7 +105,7 @@ def node_attrs(snap: Snapshot, kind: str, record: Any) -> dict[str, Any]:
         out["fixed_ips"] = [{"subnet_id": f.subnet_id, "ip_address": f.ip_address} for f in record.fixed_ips]
         out["ofport"] = snap.ofports.get(record.binding_host or "", {}).get(record.ofport_name)
     elif kind == "router":
-        out["active_gateway_hypervisor"] = next((h for h in record.gateway_hosts if snap.ofports.get(h)), None)
+        out["active_gateway_hypervisor"] = next((h for h in record.gateway_hosts if h in snap.connected), None)
     elif kind == "hv":
         out["datapath_id"] = f"{record.datapath_id:016x}"
         out["bridge_mappings"] = dict(record.bridge_mappings)
@@ -148,7 +150,7 @@ class TopologyView:
         snap = None
         with topology.lock:
             graph, revision = topology.graph, topology.revision
-            maps = [(hv.name, graph.ofports(hv.name)) for hv in graph.hypervisors()]
+            maps = [(hv.name, graph.ofports(hv.name), graph.connected(hv.name)) for hv in graph.hypervisors()]
             with self._guard:
                 fresh = self._data is not None and self._same(graph, revision, maps)
                 data = self._data
@@ -160,10 +162,10 @@ class TopologyView:
                 self._key, self._data = (graph, revision, maps), data
         return with_bridges(data, bridges, {"generated_at": time.time(), "revision": revision})
 
-    def _same(self, graph: TopologyGraph, revision: int, maps: list[tuple[str, dict]]) -> bool:
+    def _same(self, graph: TopologyGraph, revision: int, maps: list[tuple[str, dict, bool]]) -> bool:
         old_graph, old_revision, old_maps = self._key
         return (old_graph is graph and old_revision == revision and len(old_maps) == len(maps)
-                and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(old_maps, maps, strict=True)))
+                and all(a[0] == b[0] and a[1] is b[1] and a[2] == b[2] for a, b in zip(old_maps, maps, strict=True)))
 
 
 def port_flows(graph: TopologyGraph, port: Port, flows: Iterable[Flow]) -> list[dict[str, Any]]:
