@@ -12,8 +12,11 @@ change does. The file is a hint, never the truth: flows are pushed to a switch o
 it reported its own map, and a missing or damaged file only costs those rebuilds.
 
 Written by a thread at most every FLUSH_INTERVAL seconds while maps change (a VM's tap
-plugged or unplugged, a bridge connecting), atomically (a temporary file renamed over
-it). Not used with the etcd store: there each instance starts without them.
+plugged or unplugged, a bridge connecting), and at a clean stop, atomically (a temporary
+file renamed over it). Each map is encoded when it changes, so a write joins 1,000 bridges'
+strings (it was 8.6 ms of CPU per write at 1,000 bridges encoding them all each time). A
+SIGKILL loses at most the last FLUSH_INTERVAL's changes: those bridges are recompiled when
+they connect. Not used with the etcd store: there each instance starts without them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 LOG = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 1.0  # seconds: changes within it go in one write
+FLUSH_INTERVAL = 5.0  # seconds: changes within it go in one write
 SUFFIX = ".portmaps.json"
 
 
@@ -66,6 +69,7 @@ class PortMapFile:
         self.path = path
         self._topology = None
         self._maps: dict[str, dict[str, int]] = {}  # hypervisor -> its map (the graph's object: replaced, not edited)
+        self._encoded: dict[str, str] = {}  # hypervisor -> its map in JSON
         self._dirty = threading.Event()
         self._writing = threading.Lock()  # the thread's writes and close()'s
         self._closed = False
@@ -78,10 +82,11 @@ class PortMapFile:
         topology.remember_ofports(remembered)
         with topology.lock:
             graph = topology.graph
-            self._maps = {h.name: graph.ofports(h.name) for h in graph.hypervisors() if graph.ofports(h.name)}
+            self._changed({h.name for h in graph.hypervisors()})
+            self._dirty.clear()  # (what it just read is what the file holds, or less)
             topology.subscribe_live(self._changed)
         threading.Thread(target=self._flush_forever, name="portmaps", daemon=True).start()
-        LOG.info("port maps of %d bridges remembered from %s", len(self._maps), self.path)
+        LOG.info("port maps of %d bridges remembered from %s", len(remembered), self.path)
         return self
 
     def _changed(self, hv_names: set[str]) -> None:
@@ -91,6 +96,7 @@ class PortMapFile:
             ofports = graph.ofports(name)
             if self._maps.get(name) is not ofports:
                 self._maps[name] = ofports
+                self._encoded[name] = json.dumps(ofports, separators=(",", ":"), sort_keys=True)
                 self._dirty.set()
 
     def _flush_forever(self) -> None:
@@ -106,14 +112,15 @@ class PortMapFile:
         with self._writing:
             self._dirty.clear()
             graph = self._topology.graph
-            maps = {name: dict(m) for name, m in list(self._maps.items()) if m and graph.hypervisor(name) is not None}
-            self._write(maps)
+            entries = [f"{json.dumps(name)}:{text}" for name, text in sorted(self._encoded.items())
+                       if text != "{}" and graph.hypervisor(name) is not None]
+            self._write("{" + ",".join(entries) + "}")
 
-    def _write(self, maps: dict[str, dict[str, int]]) -> None:
+    def _write(self, text: str) -> None:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(maps, f, separators=(",", ":"), sort_keys=True)
+                f.write(text)
             os.replace(tmp, self.path)
             self.writes += 1
         except OSError as exc:  # a hint only: the next restart rebuilds what it cannot remember

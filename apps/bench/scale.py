@@ -54,8 +54,8 @@ reported as a figure (``..._timed_out: true``), never a hang. Figures per topolo
    ``inactivity probe`` and ``OFPBFC_TIMEOUT``.
 8. ``rss``: the controller's RSS at the end, and its growth per 1,000 ports over an extra
    batch of 10 % more ports.
-9. ``profile``, only with ``TENANTFLOW_SCALE_PROFILE=FILE``: phase 3 again while ``py-spy record``
-   samples the controller (raw stacks to FILE, figures under ``port_create_profiled``).
+9. ``profile``, only with ``TENANTFLOW_SCALE_PROFILE=FILE``: phase 3 again, the controller's CPU
+   per create by kind of thread (``/proc`` per thread, named by one ``py-spy dump``).
 """
 
 from __future__ import annotations
@@ -107,6 +107,18 @@ def cpu_s(pid: int) -> float:
 def switches_cpu_s(lab: ScaleLab) -> float:
     """CPU seconds of every ovs-vswitchd of the lab so far (the switches' own share of a change)."""
     return sum(cpu_s(vs.pids()["ovs-vswitchd"]) for vs in lab.vswitchds if "ovs-vswitchd" in vs.pids())
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """Each thread's CPU seconds (user + system) so far: thread id -> seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def idle_cpu_rate(pid: int, seconds: float = 3.0) -> float:
@@ -441,22 +453,34 @@ class ScaleRun:
         self.check("port_create")
 
     def profile(self) -> None:
-        """Only with TENANTFLOW_SCALE_PROFILE=FILE: phase 3 again under ``py-spy record`` (raw stacks to FILE).
+        """Only with TENANTFLOW_SCALE_PROFILE=FILE: where phase 3's controller CPU goes, by thread.
 
-        Its figures go under ``port_create_profiled`` (py-spy's sampling costs the controller CPU too).
+        py-spy cannot sample a process of 4,000 threads at any useful rate; so phase 3 runs again
+        with each thread's CPU time read from ``/proc/<pid>/task`` before and after, and one
+        ``py-spy dump`` names the threads (kind: the thread's name without its per-bridge suffix).
+        Figures under ``port_create_profiled``; the threads' CPU by kind, and the dump, in FILE.
         """
-        spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid",
-                                str(self.pid), "--rate", "50", "--format", "raw", "--nonblocking",
-                                "--output", os.environ["TENANTFLOW_SCALE_PROFILE"]],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before = thread_cpu_s(self.pid)
         saved = self.figures.pop("port_create", None)
         try:
             self.port_creates()
         finally:
-            sh.interrupt(spy, 60)
+            after = thread_cpu_s(self.pid)
             self.figures["port_create_profiled"] = self.figures.pop("port_create", None)
             if saved is not None:
                 self.figures["port_create"] = saved
+        dump = subprocess.run([os.path.join(os.path.dirname(sys.executable), "py-spy"), "dump", "--pid",
+                               str(self.pid)], capture_output=True, text=True, timeout=600).stdout
+        names = {int(tid): name for tid, name in re.findall(r'^Thread (\d+) \(\w+\): "([^"]*)"', dump, re.M)}
+        by_kind: Counter[str] = Counter()
+        for tid, cpu in after.items():
+            by_kind[re.sub(r"[-_]?[0-9a-f]{6,}$|-\d+$", "", names.get(tid, "?"))] += cpu - before.get(tid, 0.0)
+        count = (self.figures["port_create_profiled"] or {}).get("count") or 1
+        table = {kind: round(1000 * cpu / count, 2) for kind, cpu in by_kind.most_common()}
+        self.figures["port_create_profiled"]["thread_cpu_ms_per_create"] = dict(list(table.items())[:12])
+        with open(os.environ["TENANTFLOW_SCALE_PROFILE"], "w") as fh:
+            json.dump({"thread_cpu_ms_per_create": table}, fh, indent=1)
+            fh.write("\n" + dump)
 
     def hosts_by_network(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
