@@ -115,8 +115,16 @@ class TenantflowApp(app_manager.OSKenApp):
     def _topology_changed(self, hv_names: set[str]) -> None:
         """Wake the switches of the hypervisors whose flows changed (may be called from any thread)."""
         self._name_switches()
-        for sw in list(self.switches.values()):
-            if sw.hv_name in hv_names:
+        graph = self.topology.graph
+        by_name: dict[str, Switch] | None = None
+        for name in hv_names:  # by datapath id: one create touches a few bridges of 1,000
+            hv = graph.hypervisor(name)
+            sw = self.switches.get(hv.datapath_id) if hv is not None else None
+            if sw is None or sw.hv_name != name:  # not connected, or its datapath id just changed (walk once)
+                if by_name is None:
+                    by_name = {s.hv_name: s for s in list(self.switches.values()) if s.hv_name}
+                sw = by_name.get(name)
+            if sw is not None:
                 sw.mark_dirty()
 
     def _name_switches(self, _affected: object = None) -> None:
@@ -164,20 +172,49 @@ class TenantflowApp(app_manager.OSKenApp):
         """Which bridges hold every change so far (confirmed by the switch's bundle commit), which not yet.
 
         ``pending``: connected bridges whose last confirmed sync is older than their flows' last
-        change; ``disconnected``: registered hypervisors without a connected bridge.
+        change; ``disconnected``: registered hypervisors without a connected bridge. One pass over
+        the switches under the lock (at 1,000 bridges every ``GET /sync`` walks them all).
         """
+        solo = isinstance(self.cluster, Solo)
         with self.topology.lock:
-            switches = {sw.hv_name: sw for sw in list(self.switches.values()) if sw.hv_name}
+            generation_of = self.engine.generation_of
             names = {hv.name for hv in self.topology.graph.hypervisors()}
-            mastered = {n: sw for n, sw in switches.items() if sw.mastering and self._owns(n)}
-            pending = sorted(n for n, sw in mastered.items() if not sw.holds(self.engine.generation_of(n)))
-            if not isinstance(self.cluster, Solo):  # ours, by the view, but not granted yet
-                pending += sorted(n for n in switches if self._owns(n) and n not in mastered)
-            return {"generation": self.engine.generation, "connected": len(switches), "pending": pending,
-                    "disconnected": sorted(names - set(switches)), "mastered": sorted(mastered),
+            connected: set[str] = set()
+            pending: list[str] = []
+            unmastered: list[str] = []
+            since: dict[str, float | None] = {}
+            for sw in list(self.switches.values()):
+                name = sw.hv_name
+                if not name or name in connected:
+                    continue
+                connected.add(name)
+                owned = solo or self._owns(name)
+                if owned and sw.mastering:
+                    since[name] = sw.role_granted_at
+                    if not sw.holds(generation_of(name)):
+                        pending.append(name)
+                elif owned:  # ours, by the view, but not granted yet
+                    unmastered.append(name)
+            return {"generation": self.engine.generation, "connected": len(connected),
+                    "pending": sorted(pending) + sorted(unmastered),
+                    "disconnected": sorted(names - connected), "mastered": sorted(since),
                     "revision": self.topology.revision,
-                    "master_since": {n: sw.role_granted_at for n, sw in mastered.items()},
+                    "master_since": since,
                     "cluster": self.cluster.status(), "provider_bridges": self.providers.status()}
+
+    def _behind(self) -> dict[Switch, int]:
+        """The connected bridges this instance keeps that do not hold their flows' last change yet: switch ->
+        the engine generation they must reach (under the topology's lock; one pass over the switches)."""
+        generation_of = self.engine.generation_of
+        owns = None if isinstance(self.cluster, Solo) else self._owns
+        behind = {}
+        for sw in list(self.switches.values()):
+            name = sw.hv_name
+            if name and (owns is None or owns(name)):
+                generation = generation_of(name)
+                if not sw.holds(generation):
+                    behind[sw] = generation
+        return behind
 
     def wait_synced(self, timeout: float) -> bool:
         """Wait until every connected bridge this instance masters holds every change made before the call.
@@ -188,8 +225,7 @@ class TenantflowApp(app_manager.OSKenApp):
         """
         deadline = time.monotonic() + timeout
         with self.topology.lock:
-            behind = {sw: self.engine.generation_of(sw.hv_name) for sw in list(self.switches.values())
-                      if sw.hv_name and self._owns(sw.hv_name)}
+            behind = self._behind()
         with SYNCED:
             while True:
                 behind = {sw: gen for sw, gen in behind.items() if sw.alive and not sw.holds(gen)}

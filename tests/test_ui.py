@@ -174,7 +174,7 @@ def test_a_disconnected_bridge_shows_down_then_up(cloud: Cloud, page: Any) -> No
     try:
         wait_until(lambda: (_find(page, "hypervisor", "hv2") or {}).get("state") == "down", 10, "hv2 shown down")
         assert _find(page, "hypervisor", "hv1")["state"] == "up"
-        # its port map went with its connection: the VM plugged there is shown unplugged (no OpenFlow port)
+        # its bridge is away: the VM plugged there is shown unplugged (its last port map is only kept for its flows)
         wait_until(lambda: _find(page, "port", plugged)["plugged"] == "false", 5, "a2-2 shown unplugged")
     finally:
         hv.set_controller(target)

@@ -103,7 +103,8 @@ def node_attrs(snap: Snapshot, kind: str, record: Any) -> dict[str, Any]:
     out.update({key: attrs[key] for key in attr_keys if key in attrs})
     if kind == "port":
         out["fixed_ips"] = [{"subnet_id": f.subnet_id, "ip_address": f.ip_address} for f in record.fixed_ips]
-        out["ofport"] = snap.ofports.get(record.binding_host or "", {}).get(record.ofport_name)
+        host = record.binding_host or ""  # (a bridge away keeps its last map: the tap may be gone meanwhile)
+        out["ofport"] = snap.ofports.get(host, {}).get(record.ofport_name) if host in snap.connected else None
     elif kind == "router":
         out["active_gateway_hypervisor"] = next((h for h in record.gateway_hosts if h in snap.connected), None)
     elif kind == "hv":
