@@ -40,7 +40,7 @@ def hypervisor(n: int, physnets: Iterable[str] = ("physnet1",)) -> Hypervisor:
 
 
 def wire_ofports(graph: TopologyGraph, hv_names: Iterable[str] | None = None) -> None:
-    """Give each hypervisor the port map its switch would report, sorted for determinism."""
+    """Give each hypervisor the port map its switch would report, sorted for determinism (and connected)."""
     names = list(hv_names) if hv_names is not None else [hv.name for hv in graph.hypervisors()]
     for name in names:
         ofports = dict(TUNNEL_OFPORTS)
@@ -50,6 +50,7 @@ def wire_ofports(graph: TopologyGraph, hv_names: Iterable[str] | None = None) ->
         for i, port in enumerate(sorted(graph.ports_on(name), key=lambda p: p.key)):
             ofports[port.ofport_name] = FIRST_TAP_OFPORT + i
         graph.set_ofports(name, ofports)
+        graph.set_connected(name, True)
 
 
 def synthetic_cloud(n_hvs: int = 1000, ports_per_hv: int = 20, n_networks: int = 500, seed: int = 0,

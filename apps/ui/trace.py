@@ -111,7 +111,7 @@ def prepare(graph: TopologyGraph, req: TraceRequest, flows_of: Callable[[str], I
     hv = port.binding_host
     if not hv or graph.hypervisor(hv) is None:
         raise TraceError(409, f"port {port.id} is bound to no registered hypervisor: nowhere to trace from")
-    ofports = dict(graph.ofports(hv))
+    ofports = dict(graph.ofports(hv)) if graph.connected(hv) else {}  # (a bridge away keeps its last map)
     if port.ofport_name not in ofports:
         raise TraceError(409, f"port {port.id} is not plugged: {hv}'s bridge has no {port.ofport_name} "
                               "(or is not connected)")
@@ -120,7 +120,7 @@ def prepare(graph: TopologyGraph, req: TraceRequest, flows_of: Callable[[str], I
         packet = build_packet(graph, hv, ofports, port.ofport_name, fields)
     except ValueError as exc:
         raise TraceError(400, str(exc)) from None
-    names = [hv] if not req.follow else [h.name for h in graph.hypervisors() if graph.ofports(h.name)]
+    names = [hv] if not req.follow else [h.name for h in graph.hypervisors() if graph.connected(h.name)]
     switches = [Switch(name, list(flows_of(name)), {**graph.ofports(name), "controller": CONTROLLER},
                        graph.hypervisor(name).tunnel_ip, frozenset(TUNNEL_PORT_NAMES.values())) for name in names]
     ports = {(p.binding_host, p.ofport_name): p.id for name in names for p in graph.ports_on(name)}
