@@ -103,12 +103,17 @@ def test_members_die_with_the_thread_that_started_them(tmp_path) -> None:
     require_etcd()
     unless_able(None if shutil.which("setpriv") else "setpriv (util-linux) missing: no --pdeathsig", "etcd test")
     cluster = EtcdCluster(1, workdir=str(tmp_path), binary=ETCD_BINARY)
-    starter = threading.Thread(target=cluster.start)
+    started: list[int | None] = []
+
+    def start() -> None:
+        cluster.start()
+        started.append(cluster.member_pids[0])  # read while this thread lives: its end kills the member at once
+
+    starter = threading.Thread(target=start)
     starter.start()
     starter.join(timeout=60)
     try:
-        pid = cluster.member_pids[0]
-        assert pid is not None
+        assert started and started[0] is not None, "the member was running while its starter lived"
         deadline = time.monotonic() + 10  # the thread is gone: the kernel sends the member SIGKILL
         while cluster.member_pids[0] is not None and time.monotonic() < deadline:
             time.sleep(0.05)
