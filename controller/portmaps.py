@@ -73,7 +73,6 @@ class PortMapFile:
         self._dirty = threading.Event()
         self._writing = threading.Lock()  # the thread's writes and close()'s
         self._closed = False
-        self.writes = 0
 
     def attach(self, topology) -> PortMapFile:
         """Give ``topology`` the remembered maps, then follow its changes and keep writing them."""
@@ -122,7 +121,6 @@ class PortMapFile:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
             os.replace(tmp, self.path)
-            self.writes += 1
         except OSError as exc:  # a hint only: the next restart rebuilds what it cannot remember
             LOG.warning("port maps not written to %s: %s", self.path, exc)
             with contextlib.suppress(OSError):

@@ -96,8 +96,13 @@ _CLK = os.sysconf("SC_CLK_TCK")
 # -- small helpers -------------------------------------------------------------------------
 def cpu_s(pid: int) -> float:
     """utime + stime of ``pid`` in seconds (0 if it is gone)."""
+    return _stat_cpu_s(f"/proc/{pid}/stat")
+
+
+def _stat_cpu_s(path: str) -> float:
+    """utime + stime in seconds of a ``/proc/.../stat`` file (0 if it is gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
+        with open(path) as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _CLK
     except (OSError, IndexError, ValueError):
@@ -111,14 +116,7 @@ def switches_cpu_s(lab: ScaleLab) -> float:
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
     """Each thread's CPU seconds (user + system) so far: thread id -> seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                fields = fh.read().rpartition(")")[2].split()
-            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    return {int(tid): _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat") for tid in os.listdir(f"/proc/{pid}/task")}
 
 
 def idle_cpu_rate(pid: int, seconds: float = 3.0) -> float:
