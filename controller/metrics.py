@@ -157,6 +157,8 @@ class EngineCollector:
         for name, value, doc in (
             ("tenantflow_engine_changes", s.changes, "Journal entries (changed records) the engine applied"),
             ("tenantflow_engine_units", s.units, "Unit recomputations (a port, network, address... on one hypervisor)"),
+            ("tenantflow_engine_contributions", s.contributions,
+             "Flows counted out of and into hypervisors by the units that changed (what changes cost, in flows)"),
             ("tenantflow_engine_hypervisor_rebuilds", s.hypervisor_rebuilds,
              "Hypervisors whose every unit was recomputed (a hypervisor record or tunnel/patch port changed)"),
             ("tenantflow_engine_full_rebuilds", s.full_rebuilds,

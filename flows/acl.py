@@ -243,20 +243,42 @@ def acl_base(graph: TopologyGraph, local_ports: list[Port],
 def acl_port(graph: TopologyGraph, port: Port, zone: int) -> list[Flow]:
     """One local port's own ACL flows: into conntrack in its zone, and its rules without a remote group.
 
-    Its own unit in the incremental engine: a rule added to a group touches these flows of the
-    group's members, nothing else of their hypervisors.
+    The incremental engine holds them as several units: the tracking (:func:`acl_track`), and one
+    unit per port and rule (:func:`acl_rule`), so that a rule added to a group costs one flow
+    per member, whatever else the members' groups hold.
     """
     if not is_secured(port):
         return []
     stateless = _stateless(graph, port)
-    rules = _port_rules(graph, port)
-    flows: list[Flow] = []
-    for d in (EGRESS, INGRESS):
-        flows += _track(d, port, zone, stateless)
-        for rule in rules:
-            if rule.direction == d.name and not rule.remote_group_id:
-                flows += _hard_rule(d, port, rule, not stateless)
+    flows = list(acl_track(graph, port, zone, stateless))
+    for rule in port_plain_rules(graph, port):
+        flows += _hard_rule(_DIRECTIONS[rule.direction], port, rule, not stateless)
     return flows
+
+
+def acl_track(graph: TopologyGraph, port: Port, zone: int, stateless: bool | None = None) -> list[Flow]:
+    """A local port's way into its ACL stages (conntrack in its zone, or none for stateless groups)."""
+    if not is_secured(port):
+        return []
+    if stateless is None:
+        stateless = _stateless(graph, port)
+    return [*_track(EGRESS, port, zone, stateless), *_track(INGRESS, port, zone, stateless)]
+
+
+def port_plain_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule]:
+    """The rules without a remote group that filter a port (none when it has no port security)."""
+    if not is_secured(port):
+        return []
+    return [r for r in _port_rules(graph, port) if not r.remote_group_id and r.direction in _DIRECTIONS]
+
+
+def acl_rule(graph: TopologyGraph, port: Port, rule: SecurityGroupRule) -> tuple[Flow, ...]:
+    """One rule's flows for one port (none unless it is one of :func:`port_plain_rules`)."""
+    if (not is_secured(port) or rule.remote_group_id or rule.direction not in _DIRECTIONS
+            or rule.security_group_id not in (port.attrs.get("security_groups") or ())
+            or graph.get("sg", rule.security_group_id) is None):
+        return ()
+    return _hard_rule(_DIRECTIONS[rule.direction], port, rule, not _stateless(graph, port))
 
 
 def member_clause(spec: MemberSpec, direction: str, eth: int, address: MatchValue,
@@ -275,6 +297,9 @@ def member_clause(spec: MemberSpec, direction: str, eth: int, address: MatchValu
     ordered = sorted(acts, key=lambda a: (a.id, a.clause))
     return [make_flow(d.acl, "conj", {"eth_type": eth, d.remote[eth]: address}, ordered,
                       description=f"{d.name}: clause of remote-group rules {[a.id for a in ordered]}")]
+
+
+_DIRECTIONS = {d.name: d for d in (EGRESS, INGRESS)}
 
 
 def _port_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule]:

@@ -54,6 +54,8 @@ from flows.units import (
     port_in_unit,
     port_unit,
     remote_view,
+    rule_ids,
+    rule_unit,
 )
 from topology import graph_l3
 from topology.ctzones import CT_ZONE_ATTR
@@ -76,6 +78,7 @@ class HypervisorFlows:
     flows: dict[int, Flow] = field(default_factory=dict)  # cookie -> flow
     changed: set[int] = field(default_factory=set)  # cookies added or removed since take_changes
     frags: dict[str, Fragment] = field(default_factory=dict)  # network id -> the shared fragment held
+    rules: dict[str, set[str]] = field(default_factory=dict)  # local port id -> rules with a ("rule", ...) unit
     generation: int = 0  # the engine's generation when these flows last changed
 
 
@@ -85,6 +88,7 @@ class Stats:
 
     changes: int = 0  # journal entries processed
     units: int = 0  # unit recomputations
+    contributions: int = 0  # flows counted out of and into hypervisors by the units that changed
     hypervisor_rebuilds: int = 0  # every unit of one hypervisor recomputed (its record or port map changed)
     full_rebuilds: int = 0  # every hypervisor rebuilt (start, or the topology reloaded its graph)
     seconds: float = 0.0  # thread CPU time spent in on_change
@@ -280,6 +284,8 @@ class FlowEngine:
                 continue
             for key in keys:
                 self._set_unit(state, key, self._compute(state.info, key))
+                if key[0] == "acl":  # the port's rules may have changed with it (groups, port security)
+                    self._set_rules(state, key[1])
 
     # -- journal handlers: what each kind of change can touch -------------------------------------
     def _on_port(self, plan: _Plan, port_id: str, old: Port | None) -> None:
@@ -362,10 +368,14 @@ class FlowEngine:
 
     def _on_sg_rule(self, plan: _Plan, rule_id: str, old) -> None:
         for rule in (old, self.graph.get("sg_rule", rule_id)):
-            if rule is not None:
-                hosts = self._member_acls(plan, rule.security_group_id)
-                if rule.remote_group_id:  # its conjunctions are in the base unit
-                    plan.base |= hosts
+            if rule is None:
+                continue
+            members = [p for p in graph_l3.sg_members(self.graph, rule.security_group_id) if p.binding_host]
+            if rule.remote_group_id:  # its conjunctions are in the base unit
+                plan.base |= {p.binding_host for p in members}
+            else:  # one flow (or a few: port ranges) per member, the members' other rules untouched
+                for port in members:
+                    plan.unit(port.binding_host, ("rule", port.id, rule_id))
 
     def _member_acls(self, plan: _Plan, sg_id: str) -> set[str]:
         """Recompute the ACL unit of each member of a group; the members' hosts."""
@@ -465,6 +475,8 @@ class FlowEngine:
             return port_in_unit(self.graph, info, key[1])
         if kind == "acl":
             return acl_unit(self.graph, info, key[1])
+        if kind == "rule":
+            return list(rule_unit(self.graph, info, key[1], key[2]))
         raise ValueError(f"unknown unit {key!r}")
 
     def _routes_into(self, name: str, net_id: str) -> bool:
@@ -485,6 +497,7 @@ class FlowEngine:
     def _unit_keys(self, info: BaseInfo) -> list[UnitKey]:
         keys: list[UnitKey] = [("net", n) for n, r in info.reach.items() if r.hosted]
         keys += [(kind, p) for p in info.local_ids for kind in ("in", "acl")]
+        keys += [("rule", p, r) for p in info.local_ids for r in rule_ids(self.graph, info, p)]
         bound = self.graph.ports_on(info.view.hv.name)
         for net_id, reach in info.reach.items():
             if self._fragment_key(info, net_id) is not None:
@@ -527,6 +540,10 @@ class FlowEngine:
                 if unit_flows:
                     units[key] = unit_flows
         state.units = units
+        state.rules = {}
+        for key in units:
+            if key[0] == "rule":
+                state.rules.setdefault(key[1], set()).add(key[2])
         self._recount(state)
         self._index(name, old_info, state.info)
 
@@ -674,6 +691,14 @@ class FlowEngine:
         for sg_id in new_groups:
             self._named.setdefault(sg_id, set()).add(name)
 
+    def _set_rules(self, state: HypervisorFlows, port_id: str) -> None:
+        """Bring a local port's rule units in line with the rules that filter it now."""
+        wanted = rule_ids(self.graph, state.info, port_id)
+        for rule_id in state.rules.get(port_id, set()) - set(wanted):
+            self._set_unit(state, ("rule", port_id, rule_id), ())
+        for rule_id in wanted:
+            self._set_unit(state, ("rule", port_id, rule_id), rule_unit(self.graph, state.info, port_id, rule_id))
+
     def _set_unit(self, state: HypervisorFlows, key: UnitKey, flows: Iterable[Flow]) -> None:
         new = tuple(flows)
         old = state.units.get(key, ())
@@ -681,8 +706,17 @@ class FlowEngine:
             state.units[key] = new
         else:
             state.units.pop(key, None)
+        if key[0] == "rule":  # which rule units a port has (see _set_rules)
+            held = state.rules.setdefault(key[1], set())
+            if new:
+                held.add(key[2])
+            else:
+                held.discard(key[2])
+                if not held:
+                    del state.rules[key[1]]
         if old == new:
             return
+        self.stats.contributions += len(old) + len(new)
         if key[0] == "anti":  # subtracted: what it held comes back, what it holds goes
             self._adjust(state, new, old)
         else:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flows.acl import MemberSpec, acl_base, acl_port, ct_zones, member_clause
+from flows.acl import MemberSpec, acl_base, acl_rule, acl_track, ct_zones, member_clause, port_plain_rules
 from flows.dhcp import dhcp_default, dhcp_port
 from flows.flow import Flow, MatchValue
 from flows.gateway import gateway_externals, gateway_flows, snat_routers
@@ -125,9 +125,22 @@ def port_in_unit(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[Flo
 
 
 def acl_unit(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[Flow]:
-    """A local port's conntrack and security-group rules without a remote group."""
+    """A local port's way into conntrack (its rules are units of their own: :func:`rule_unit`)."""
     port = info.local_port(port_id)
-    return acl_port(graph, port, info.zones[port_id]) if port is not None else []
+    return acl_track(graph, port, info.zones[port_id]) if port is not None else []
+
+
+def rule_ids(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[str]:
+    """The rules without a remote group filtering a local port: one :func:`rule_unit` each."""
+    port = info.local_port(port_id)
+    return [r.id for r in port_plain_rules(graph, port)] if port is not None else []
+
+
+def rule_unit(graph: TopologyGraph, info: BaseInfo, port_id: str, rule_id: str) -> tuple[Flow, ...]:
+    """One security-group rule (without a remote group) of one local port."""
+    port = info.local_port(port_id)
+    rule = graph.get("sg_rule", rule_id)
+    return acl_rule(graph, port, rule) if port is not None and rule is not None else ()
 
 
 def network_unit(graph: TopologyGraph, info: BaseInfo, net_id: str) -> list[Flow]:
