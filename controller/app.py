@@ -68,7 +68,9 @@ class TenantflowApp(app_manager.OSKenApp):
         self._duplicates = DuplicateGuard()  # connections claiming a connected bridge's datapath id
         # Every hypervisor's flows, kept up to date by each committed write (under the
         # topology's lock); switches take the changes and push them outside it.
-        self.engine = FlowEngine.attach(self.topology)
+        # A single controller builds them in the background (FlowEngine.warm_up, started below), so its API and
+        # OpenFlow side open at once and bridges connect meanwhile; a cluster's instance builds its share now.
+        self.engine = FlowEngine.attach(self.topology, build=CLUSTER is not None)
         # From now on what lives a second is frozen out of the collector's full passes, which
         # stopped the whole process for seconds at 1,000 bridges (controller.heap).
         heap.install()
@@ -82,11 +84,19 @@ class TenantflowApp(app_manager.OSKenApp):
         self.cluster = CLUSTER or Solo()
         # Provider bridges (controller.provider): named by the OVSDB manager (follow_providers), wired here.
         self.providers = ProviderBridges(None if isinstance(self.cluster, Solo) else self.cluster)
+        if CLUSTER is None:
+            threading.Thread(target=self._warm_up, name="engine-warm-up", daemon=True).start()
         if CLUSTER is not None:
             self.topology.subscribe(self._name_switches)
             self.engine.set_ownership(self._owns)
             self.cluster.subscribe(self._ownership_changed)
             metrics.register_cluster(self.cluster, self.topology.store, lambda: list(self.switches.values()))
+
+    def _warm_up(self) -> None:
+        """Build every hypervisor's flows, the connected bridges' first (see FlowEngine.warm_up)."""
+        start = time.monotonic()
+        built = self.engine.warm_up(lambda: [sw.hv_name for sw in list(self.switches.values()) if sw.hv_name])
+        LOG.info("flows of %d hypervisors built in %.1f s", built, time.monotonic() - start)
 
     def _owns(self, hv_name: str) -> bool:
         """Whether the cluster's view gives this instance the bridge of ``hv_name`` (under the topology's lock)."""
@@ -177,7 +187,7 @@ class TenantflowApp(app_manager.OSKenApp):
         """
         solo = isinstance(self.cluster, Solo)
         with self.topology.lock:
-            generation_of = self.engine.generation_of
+            generation_of, compiles = self.engine.generation_of, self.engine.compiles
             names = {hv.name for hv in self.topology.graph.hypervisors()}
             connected: set[str] = set()
             pending: list[str] = []
@@ -191,7 +201,7 @@ class TenantflowApp(app_manager.OSKenApp):
                 owned = solo or self._owns(name)
                 if owned and sw.mastering:
                     since[name] = sw.role_granted_at
-                    if not sw.holds(generation_of(name)):
+                    if not compiles(name) or not sw.holds(generation_of(name)):
                         pending.append(name)
                 elif owned:  # ours, by the view, but not granted yet
                     unmastered.append(name)
@@ -202,19 +212,29 @@ class TenantflowApp(app_manager.OSKenApp):
                     "master_since": since,
                     "cluster": self.cluster.status(), "provider_bridges": self.providers.status()}
 
-    def _behind(self) -> dict[Switch, int]:
+    def _behind(self) -> dict[Switch, int | None]:
         """The connected bridges this instance keeps that do not hold their flows' last change yet: switch ->
-        the engine generation they must reach (under the topology's lock; one pass over the switches)."""
-        generation_of = self.engine.generation_of
+        the engine generation they must reach, None while their flows are not built yet (under the topology's
+        lock; one pass over the switches)."""
+        generation_of, compiles = self.engine.generation_of, self.engine.compiles
         owns = None if isinstance(self.cluster, Solo) else self._owns
-        behind = {}
+        behind: dict[Switch, int | None] = {}
         for sw in list(self.switches.values()):
             name = sw.hv_name
             if name and (owns is None or owns(name)):
-                generation = generation_of(name)
-                if not sw.holds(generation):
+                generation = generation_of(name) if compiles(name) else None
+                if generation is None or not sw.holds(generation):
                     behind[sw] = generation
         return behind
+
+    def _still_behind(self, sw: Switch, generation: int | None) -> int | None | bool:
+        """The generation ``sw`` must still reach (a bridge built meanwhile: its first one), or False if it holds it."""
+        if generation is None:
+            name = sw.hv_name
+            if name is None or not self.engine.compiles(name):
+                return None
+            generation = self.engine.generation_of(name)
+        return False if sw.holds(generation) else generation
 
     def wait_synced(self, timeout: float) -> bool:
         """Wait until every connected bridge this instance masters holds every change made before the call.
@@ -228,7 +248,8 @@ class TenantflowApp(app_manager.OSKenApp):
             behind = self._behind()
         with SYNCED:
             while True:
-                behind = {sw: gen for sw, gen in behind.items() if sw.alive and not sw.holds(gen)}
+                still = {sw: self._still_behind(sw, gen) for sw, gen in behind.items() if sw.alive}
+                behind = {sw: gen for sw, gen in still.items() if gen is not False}
                 left = deadline - time.monotonic()
                 if not behind or left <= 0:
                     return not behind

@@ -48,7 +48,7 @@ def freeze_survivors() -> int:
 def _run(interval: float) -> None:
     while True:
         time.sleep(interval)
-        if gc.isenabled():  # a full build pauses the collector (flows.engine._gc_paused): leave it be
+        if gc.isenabled():  # a full build pauses the collector (flows.engine_state.gc_paused): leave it be
             freeze_survivors()
 
 

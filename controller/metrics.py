@@ -145,7 +145,7 @@ def register_cluster(cluster, store, switches) -> None:
 
 
 class EngineCollector:
-    """The incremental engine's counters (flows.engine.Stats), read at each scrape."""
+    """The incremental engine's counters (flows.engine_state.Stats), read at each scrape."""
 
     def __init__(self, stats) -> None:
         self.stats = stats

@@ -1,10 +1,12 @@
 """Incremental compilation: every hypervisor's flows kept up to date, a change costing what it changes.
 
 Each hypervisor's flows are the union of the contributions of its units (:mod:`flows.units`):
-one base unit, one per hosted network, one per port of each network it reaches, one per
-security-group member address its rules need. The engine keeps, per hypervisor, each unit's
-flows and a count of the units contributing each cookie; the switch side takes the cookies
-that changed since it last looked (:meth:`FlowEngine.take_changes`) and sends only those.
+one base unit, one per hosted network, one per port of each network it reaches, per local
+port its classification, its conntrack and one unit per security-group rule (without a remote
+group) that filters it, one per security-group member address its rules need. The engine
+keeps, per hypervisor, each unit's flows and a count of the units contributing each cookie;
+the switch side takes the cookies that changed since it last looked
+(:meth:`FlowEngine.take_changes`) and sends only those.
 
 After each committed write the topology's graph hands over its journal (which records
 changed, with the record before); the engine maps each entry to the units it can change:
@@ -14,11 +16,16 @@ changed, with the record before); the engine maps each entry to the units it can
   binding hosts (old and new); the network units of every host of its network when the set
   of hosts changed (flooding); its security groups' member-address units where a rule
   names them; routers' hypervisors when it is a router port;
-- a network, subnet, router, floating IP, security group or rule: the base units of the
+- a rule without a remote group: its unit on each member's host (one flow per member, the
+  members' other rules untouched);
+- a network, subnet, router, floating IP, security group or remote-group rule: the base units of the
   hypervisors it reaches, whose recomputation says which other units moved (networks now
   reached or not, local ports, member-address clauses);
 - a hypervisor record or a switch's port map: that hypervisor is rebuilt (its units all
   recomputed), and the units elsewhere that name its tunnel endpoint.
+
+A controller's engine starts empty and builds its hypervisors a few at a time
+(:meth:`FlowEngine.warm_up`), so the API and the switches do not wait for the whole cold build.
 
 :func:`flows.compiler.compile_hypervisor` stays the reference: :meth:`FlowEngine.mismatches`
 compares every hypervisor with it (the property-based test does so after every step).
@@ -26,21 +33,27 @@ compares every hypervisor with it (the property-based test does so after every s
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from itertools import chain
 from operator import attrgetter
 
-from flows.acl import EGRESS, ETH_IPV4, ETH_IPV6, INGRESS
+from flows.acl import EGRESS, INGRESS
 from flows.compiler import compile_hypervisor
+from flows.engine_state import (
+    HypervisorFlows,
+    Plan,
+    Stats,
+    everything,
+    fabric_ports,
+    gc_paused,
+    member_values,
+    same_for_flows,
+)
 from flows.flow import Flow, MatchValue
-from flows.portsec import port_addresses, prefix_match
 from flows.units import (
     BASE,
     BaseInfo,
@@ -58,47 +71,24 @@ from flows.units import (
     rule_unit,
 )
 from topology import graph_l3
-from topology.ctzones import CT_ZONE_ATTR
 from topology.graph import TopologyGraph
-from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Port, provider_patch_name
+from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Port
 
 LOG = logging.getLogger("tenantflow.engine")
+_COOKIE = attrgetter("cookie")
+# Hypervisors built per hold of the topology's lock by FlowEngine.warm_up: about 13 ms of CPU each at
+# 1,000 hypervisors of 20 ports, so a write waits for at most about 0.1 s behind a chunk.
+WARM_CHUNK = 8
 Listener = Callable[[set[str]], None]
 MemberKey = tuple[str, int]  # (security group id, eth_type)
-
-
-@dataclass
-class HypervisorFlows:
-    """One hypervisor's units, and the flows they add up to."""
-
-    name: str
-    info: BaseInfo | None = None
-    units: dict[UnitKey, tuple[Flow, ...]] = field(default_factory=dict)
-    refs: Counter[int] = field(default_factory=Counter)  # cookie -> number of units contributing it
-    flows: dict[int, Flow] = field(default_factory=dict)  # cookie -> flow
-    changed: set[int] = field(default_factory=set)  # cookies added or removed since take_changes
-    frags: dict[str, Fragment] = field(default_factory=dict)  # network id -> the shared fragment held
-    rules: dict[str, set[str]] = field(default_factory=dict)  # local port id -> rules with a ("rule", ...) unit
-    generation: int = 0  # the engine's generation when these flows last changed
-
-
-@dataclass
-class Stats:
-    """What the engine did (exported as metrics by the controller)."""
-
-    changes: int = 0  # journal entries processed
-    units: int = 0  # unit recomputations
-    contributions: int = 0  # flows counted out of and into hypervisors by the units that changed
-    hypervisor_rebuilds: int = 0  # every unit of one hypervisor recomputed (its record or port map changed)
-    full_rebuilds: int = 0  # every hypervisor rebuilt (start, or the topology reloaded its graph)
-    seconds: float = 0.0  # thread CPU time spent in on_change
 
 
 class FlowEngine:
     """Every hypervisor's compiled flows, maintained incrementally from the topology's journal."""
 
-    def __init__(self, graph: TopologyGraph, lock: threading.RLock | None = None, long_lived: bool = False) -> None:
-        """Build every hypervisor's flows from ``graph``.
+    def __init__(self, graph: TopologyGraph, lock: threading.RLock | None = None, long_lived: bool = False,
+                 build: bool = True) -> None:
+        """Build every hypervisor's flows from ``graph`` (``build``; else :meth:`warm_up` builds them later).
 
         ``long_lived``: the engine lives as long as the process (the controller's), so what its first
         build makes is moved out of the garbage collector's generations (``gc.freeze``, as the
@@ -119,14 +109,59 @@ class FlowEngine:
         self._topology = None
         # Which hypervisors this engine compiles: all of them, unless this controller instance is one of a
         # cluster's and masters only a share of the bridges (controller.cluster); see set_ownership.
-        self._owns: Callable[[str], bool] = _everything
+        self._owns: Callable[[str], bool] = everything if build else self._built
+        self._long_lived = long_lived
         with self.lock:
             self._rebuild_all(freeze=long_lived)
 
+    def _built(self, name: str) -> bool:
+        return name in self.hvs
+
+    def warm_up(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK) -> int:
+        """Build every hypervisor an engine made with ``build=False`` does not hold yet, ``chunk`` at a time.
+
+        The topology's lock is held for one chunk at a time, so the API's writes and the switches'
+        syncs go on meanwhile (a controller's start: its API and OpenFlow side open at once and
+        bridges connect while the flows are built; :meth:`compiles` says which are). Writes made
+        meanwhile reach the built hypervisors as increments and the others with their build, which
+        reads the graph as it is then. ``first()``: names to build before the others (the connected
+        bridges'), asked again before each chunk. Then every hypervisor is compiled, as after a
+        full build. Returns how many were built.
+        """
+        count = 0
+        while built := self.warm_step(first, chunk):
+            count += len(built)
+        return count
+
+    def warm_step(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK) -> list[str]:
+        """Build up to ``chunk`` hypervisors not built yet (see :meth:`warm_up`); which. None left: every
+        hypervisor is this engine's to compile from now on, and the answer is empty."""
+        with self.lock:
+            names = self._next_to_build(first, chunk)
+            if not names:
+                if self._owns == self._built:  # (a cluster's engine keeps the ownership it was given)
+                    self._owns = everything
+                return []
+            with gc_paused(self._long_lived):
+                for name in names:
+                    self._rebuild(name)
+                    self.hvs[name].changed = set(self.hvs[name].flows)
+            self._stamp(set(names))
+        self._tell(set(names))
+        return names
+
+    def _next_to_build(self, first: Callable[[], Iterable[str]], chunk: int) -> list[str]:
+        """Up to ``chunk`` hypervisors not built yet, the ones ``first()`` names before the others (under the lock)."""
+        known = {h.name for h in self.graph.hypervisors()}
+        todo = [n for n in first() if n in known and n not in self.hvs]
+        if len(todo) < chunk:
+            todo += sorted(known - self.hvs.keys() - set(todo))
+        return list(dict.fromkeys(todo))[:chunk]
+
     @classmethod
-    def attach(cls, topology) -> FlowEngine:
-        """An engine following ``topology`` (:class:`topology.state.Topology`) from now on."""
-        engine = cls(topology.graph, topology.lock, long_lived=True)
+    def attach(cls, topology, build: bool = True) -> FlowEngine:
+        """An engine following ``topology`` (:class:`topology.state.Topology`) from now on (``build``: see __init__)."""
+        engine = cls(topology.graph, topology.lock, long_lived=True, build=build)
         engine._topology = topology
         topology.subscribe(engine.on_change)
         topology.subscribe_live(engine.on_change)
@@ -239,7 +274,7 @@ class FlowEngine:
                 listener(touched)
 
     def _rebuild_all(self, freeze: bool = False) -> None:
-        with _gc_paused(freeze):
+        with gc_paused(freeze):
             self._rebuild_every_hypervisor()
 
     def _rebuild_every_hypervisor(self) -> None:
@@ -266,7 +301,7 @@ class FlowEngine:
     def _apply(self, journal: list[tuple[str, str, object]]) -> None:
         # The topology's own notion of who is affected (the subscriber's argument) is coarse:
         # every host of a network. The journal says what changed, the handlers where it matters.
-        plan = _Plan()
+        plan = Plan()
         for kind, ident, old in journal:
             self.stats.changes += 1
             handler = getattr(self, f"_on_{kind}", None)
@@ -288,9 +323,9 @@ class FlowEngine:
                     self._set_rules(state, key[1])
 
     # -- journal handlers: what each kind of change can touch -------------------------------------
-    def _on_port(self, plan: _Plan, port_id: str, old: Port | None) -> None:
+    def _on_port(self, plan: Plan, port_id: str, old: Port | None) -> None:
         new = self.graph.port(port_id)
-        if _same_for_flows(old, new):
+        if same_for_flows(old, new):
             return  # its status, name, timestamps... (its tap coming and going is the port map's change)
         versions = [p for p in (old, new) if p is not None]
         nets = {p.network_id for p in versions}
@@ -329,7 +364,7 @@ class FlowEngine:
             plan.base |= self._fip_hosts([fip] if fip else [])
         self._member_change(plan, old, new)
 
-    def _on_network(self, plan: _Plan, net_id: str, old) -> None:
+    def _on_network(self, plan: Plan, net_id: str, old) -> None:
         new = self.graph.network(net_id)
         if old is None or new is None or old != new:  # its flows' fields (name and such are attrs)
             for name in self._reach.get(net_id, ()):
@@ -338,7 +373,7 @@ class FlowEngine:
                 for name in list(frag.holders):
                     self._detach(self.hvs[name], net_id)
 
-    def _on_subnet(self, plan: _Plan, subnet_id: str, old) -> None:
+    def _on_subnet(self, plan: Plan, subnet_id: str, old) -> None:
         new = self.graph.subnet(subnet_id)
         for net_id in {s.network_id for s in (old, new) if s is not None}:
             for port_id in self.graph.network_index(net_id).ports:  # whether DHCP serves them (ls_in_dhcp)
@@ -353,20 +388,20 @@ class FlowEngine:
                 if router.gw_network_id == net_id:
                     plan.base |= self._router_hvs(router.id)
 
-    def _on_router(self, plan: _Plan, router_id: str, old) -> None:
+    def _on_router(self, plan: Plan, router_id: str, old) -> None:
         plan.base |= self._router_hvs(router_id)
         if old is not None:  # gateways it leaves (those it keeps or joins are in _router_hvs)
             plan.base |= set(old.gateway_hosts)
         if old is not None and getattr(old, "gw_network_id", None):
             plan.base |= self._reach.get(old.gw_network_id, set())
 
-    def _on_fip(self, plan: _Plan, fip_id: str, old) -> None:
+    def _on_fip(self, plan: Plan, fip_id: str, old) -> None:
         plan.base |= self._fip_hosts([f for f in (old, self.graph.get("fip", fip_id)) if f is not None])
 
-    def _on_sg(self, plan: _Plan, sg_id: str, old) -> None:
+    def _on_sg(self, plan: Plan, sg_id: str, old) -> None:
         plan.base |= self._member_acls(plan, sg_id) | self._named.get(sg_id, set())
 
-    def _on_sg_rule(self, plan: _Plan, rule_id: str, old) -> None:
+    def _on_sg_rule(self, plan: Plan, rule_id: str, old) -> None:
         for rule in (old, self.graph.get("sg_rule", rule_id)):
             if rule is None:
                 continue
@@ -377,7 +412,7 @@ class FlowEngine:
                 for port in members:
                     plan.unit(port.binding_host, ("rule", port.id, rule_id))
 
-    def _member_acls(self, plan: _Plan, sg_id: str) -> set[str]:
+    def _member_acls(self, plan: Plan, sg_id: str) -> set[str]:
         """Recompute the ACL unit of each member of a group; the members' hosts."""
         hosts = set()
         for port in graph_l3.sg_members(self.graph, sg_id):
@@ -386,7 +421,7 @@ class FlowEngine:
                 hosts.add(port.binding_host)
         return hosts
 
-    def _on_hv(self, plan: _Plan, name: str, old) -> None:
+    def _on_hv(self, plan: Plan, name: str, old) -> None:
         if not self._owns(name):  # (its datapath id may have moved it to another instance)
             self._drop(name)
         else:
@@ -404,11 +439,11 @@ class FlowEngine:
             for other in self._hosts.get(port.network_id, ()):
                 plan.unit(other, ("net", port.network_id))
 
-    def _on_ofports(self, plan: _Plan, name: str, old) -> None:
+    def _on_ofports(self, plan: Plan, name: str, old) -> None:
         if not self._owns(name):
             return
         self._state(name)
-        if _fabric_ports(old or {}) != _fabric_ports(self.graph.ofports(name)):
+        if fabric_ports(old or {}) != fabric_ports(self.graph.ofports(name)):
             plan.rebuild.add(name)  # tunnel or provider ports: every unit reaching the fabric
         else:
             plan.base.add(name)  # taps plugged or unplugged: the base unit says which ports are local
@@ -431,8 +466,8 @@ class FlowEngine:
         return out
 
     # -- security-group members ---------------------------------------------------------------------
-    def _member_change(self, plan: _Plan, old: Port | None, new: Port | None) -> None:
-        before, after = _member_values(old), _member_values(new)
+    def _member_change(self, plan: Plan, old: Port | None, new: Port | None) -> None:
+        before, after = member_values(old), member_values(new)
         if before == after:
             return
         self._count_members(old, -1)
@@ -444,7 +479,7 @@ class FlowEngine:
                     plan.unit(name, ("member", d, eth, value))
 
     def _count_members(self, port: Port | None, delta: int) -> None:
-        for sg_id, eth, value in _member_values(port):
+        for sg_id, eth, value in member_values(port):
             counts = self._members.setdefault((sg_id, eth), Counter())
             counts[value] += delta
             if counts[value] <= 0:
@@ -576,13 +611,13 @@ class FlowEngine:
         if len(state.changed) != before:
             self._dirty.add(state.name)
 
-    def _update_base(self, name: str, plan: _Plan) -> None:
+    def _update_base(self, name: str, plan: Plan) -> None:
         """Recompute a hypervisor's base unit, and the units whose reason to be changed with it."""
         state = self._state(name)
         old = state.info
         result = base_unit(self.graph, name, self._has_members)
         if result is None or old is None or result[1].view.hv != old.view.hv \
-                or _fabric_ports(result[1].view.ofports) != _fabric_ports(old.view.ofports):
+                or fabric_ports(result[1].view.ofports) != fabric_ports(old.view.ofports):
             self._rebuild(name)
             return
         flows, new = result
@@ -664,7 +699,7 @@ class FlowEngine:
                 frag.set_port(port.id, flows)
         return frag
 
-    def _refresh_fragments(self, plan: _Plan, net_id: str, port_id: str) -> None:
+    def _refresh_fragments(self, plan: Plan, net_id: str, port_id: str) -> None:
         """A port of ``net_id`` changed: update it in each of the network's fragments, and their holders."""
         port, net = self.graph.port(port_id), self.graph.network(net_id)
         for tunnel, frag in list(self._frags.get(net_id, {}).items()):
@@ -744,74 +779,3 @@ class FlowEngine:
                     changed.add(c)
         if len(changed) != before:
             self._dirty.add(state.name)
-
-
-@contextmanager
-def _gc_paused(freeze: bool = False) -> Iterator[None]:
-    """No cyclic garbage collection meanwhile (restored as it was after; ``freeze``: gc.freeze() first).
-
-    A full build allocates millions of objects (flows, tuples, per-hypervisor dicts) that all live
-    on, and makes no reference cycles: the collector, whose full pass over every tracked object
-    runs each time their number grows by a quarter, would only rescan them (about 40% of the
-    build's time at 1,000 hypervisors). Their memory is freed by reference counting either way.
-    Once collection resumes, its next pass still scans them once (about 0.5 s at 1,000
-    hypervisors), unless they were frozen.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if freeze:
-            gc.freeze()
-        if was_enabled:
-            gc.enable()
-
-
-@dataclass
-class _Plan:
-    """What one batch of changes recomputes."""
-
-    base: set[str] = field(default_factory=set)  # hypervisors whose base unit is recomputed
-    rebuild: set[str] = field(default_factory=set)  # hypervisors whose every unit is
-    units: dict[str, set[UnitKey]] = field(default_factory=dict)  # hypervisor -> other units
-
-    def unit(self, hv_name: str, key: UnitKey) -> None:
-        self.units.setdefault(hv_name, set()).add(key)
-
-
-def _fabric_ports(ofports: dict[str, int]) -> dict[str, int]:
-    """The tunnel and provider patch ports of a port map (what units other than the base one use)."""
-    return {name: n for name, n in ofports.items() if name in _FABRIC_NAMES or name.startswith(PATCH_PREFIX)}
-
-
-_COOKIE = attrgetter("cookie")
-_FABRIC_NAMES = frozenset(TUNNEL_PORT_NAMES.values())
-PATCH_PREFIX = provider_patch_name("")
-_FLOW_ATTRS = ("security_groups", "port_security_enabled", "allowed_address_pairs", CT_ZONE_ATTR)
-
-
-def _same_for_flows(old: Port | None, new: Port | None) -> bool:
-    """Whether two versions of a port differ in nothing a flow is made of."""
-    return old is not None and new is not None and old == new and all(
-        old.attrs.get(a) == new.attrs.get(a) for a in _FLOW_ATTRS)
-
-
-def _member_values(port: Port | None) -> set[tuple[str, int, MatchValue]]:
-    """(group, eth_type, address match) for each group of the port and each address it may use."""
-    if port is None:
-        return set()
-    groups = port.attrs.get("security_groups") or ()
-    if not groups:
-        return set()
-    out = set()
-    for _, net in port_addresses(port):
-        value = prefix_match(net)
-        if value is not None:
-            eth = ETH_IPV6 if net.version == 6 else ETH_IPV4
-            out.update((sg_id, eth, value) for sg_id in groups)
-    return out
-
-
-def _everything(_name: str) -> bool:
-    return True
