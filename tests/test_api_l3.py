@@ -383,6 +383,39 @@ def test_ipv6_slaac(api: Api) -> None:
                                                                    "ip_version": 6}})  # overlaps
 
 
+def test_an_auto_address_subnet_addresses_the_ports_already_there(api: Api) -> None:
+    """Neutron's add_auto_addrs_on_network_ports: a SLAAC (or DHCPv6-stateless) subnet added to a network gives
+    every port already on it, router ports aside, its EUI-64 address (else port security would drop the address
+    the VM builds from the router advertisements); deleting the subnet takes them back."""
+    net = api.create("network")["id"]
+    v4 = api.create("subnet", network_id=net, cidr="10.8.0.0/24")
+    vm = api.create("port", network_id=net, mac_address="fa:16:3e:00:08:01", device_owner="compute:nova")
+    router = api.create("router")
+    _add(api, router["id"], subnet_id=v4["id"])
+    interface = next(p for p in api.list("ports", f"network_id={net}")
+                     if p["device_owner"] == "network:router_interface")
+    before = api.show("port", vm["id"])["updated_at"]
+    slaac = api.create("subnet", network_id=net, cidr="fd00:8::/64", ip_version=6, ipv6_ra_mode="slaac",
+                       ipv6_address_mode="slaac")
+    stateless = api.create("subnet", network_id=net, cidr="fd00:9::/64", ip_version=6,
+                           ipv6_address_mode="dhcpv6-stateless")
+    stateful = api.create("subnet", network_id=net, cidr="fd00:a::/64", ip_version=6,
+                          ipv6_address_mode="dhcpv6-stateful")
+    got = api.show("port", vm["id"])
+    assert got["fixed_ips"] == [{"subnet_id": v4["id"], "ip_address": vm["fixed_ips"][0]["ip_address"]},
+                                {"subnet_id": slaac["id"], "ip_address": "fd00:8::f816:3eff:fe00:801"},
+                                {"subnet_id": stateless["id"], "ip_address": "fd00:9::f816:3eff:fe00:801"}]
+    assert got["updated_at"] >= before
+    assert stateful["id"] not in {f["subnet_id"] for f in got["fixed_ips"]}  # allocated only when asked for
+    assert api.show("port", interface["id"])["fixed_ips"] == interface["fixed_ips"]  # router ports untouched
+    # the subnet goes, and so do the addresses it gave (only a router interface on it would keep it: 409)
+    assert api.request("DELETE", f"/v2.0/subnets/{slaac['id']}").status_code == 204
+    assert {f["subnet_id"] for f in api.show("port", vm["id"])["fixed_ips"]} == {v4["id"], stateless["id"]}
+    _add(api, router["id"], subnet_id=stateless["id"])
+    api.expect_error(409, "SubnetInUse", "DELETE", f"/v2.0/subnets/{stateless['id']}")
+    assert {f["subnet_id"] for f in api.show("port", vm["id"])["fixed_ips"]} == {v4["id"], stateless["id"]}
+
+
 def test_l3_notifications(api: Api, cloud: dict) -> None:
     def last(request) -> set[str]:
         before = len(api.events)

@@ -10,17 +10,22 @@ take the subnet's gateway address (or an explicit one) as on any subnet.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import netaddr
 
 from topology import ipam
-from topology.model import FixedIP, Subnet
+from topology.model import FixedIP, Port, Subnet
+from topology.model_l3 import ROUTER_OWNERS
 from topology.store import Conflict
 
 AUTO_ADDRESS_MODES = ("slaac", "dhcpv6-stateless")
 ROUTER_INTERFACE_OWNERS = frozenset({"network:router_interface", "network:router_interface_distributed",
                                      "network:ha_router_replicated_interface"})
+# Ports that get no address of an auto-address subnet created after them (Neutron's
+# add_auto_addrs_on_network_ports skips ROUTER_INTERFACE_OWNERS_SNAT + ROUTER_PORT_OWNERS).
+NO_LATE_AUTO_ADDRESS = ROUTER_OWNERS | {"network:router_centralized_snat"}
 
 
 def is_auto_address(subnet: Subnet) -> bool:
@@ -102,3 +107,28 @@ def readdress(port_fixed_ips: tuple[FixedIP, ...], subnets: dict[str, Subnet], m
     return tuple(FixedIP(f.subnet_id, eui64(subnets[f.subnet_id], mac))
                  if f.subnet_id in subnets and is_auto_address(subnets[f.subnet_id]) else f
                  for f in port_fixed_ips)
+
+
+def late_addresses(subnet: Subnet, ports: list[Port]) -> list[Port]:
+    """The ports of an auto-address subnet's network, created before it, with their EUI-64 address in it added.
+
+    As Neutron does (``add_auto_addrs_on_network_ports``): without it a VM that configures its
+    address from the new prefix's router advertisements would be dropped by its port security.
+    Router ports are left alone (an interface on the subnet is added explicitly).
+    """
+    if not is_auto_address(subnet):
+        return []
+    return [replace(p, fixed_ips=(*p.fixed_ips, FixedIP(subnet.id, eui64(subnet, p.mac_address))))
+            for p in ports if p.device_owner not in NO_LATE_AUTO_ADDRESS
+            and not any(f.subnet_id == subnet.id for f in p.fixed_ips)]
+
+
+def blocks_deletion(subnet: Subnet, port: Port, auto_deletable: frozenset[str]) -> bool:
+    """Whether ``port``'s address on ``subnet`` keeps the subnet from being deleted (a 409).
+
+    On an auto-address subnet only a router interface does (Neutron deletes the EUI-64
+    addresses of every other port with the subnet); elsewhere any port but the network's own.
+    """
+    if is_auto_address(subnet):
+        return port.device_owner in ROUTER_OWNERS
+    return port.device_owner not in auto_deletable

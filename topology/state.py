@@ -337,8 +337,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
                             project_id=values.get("project_id") or self.default_project, cidr=str(cidr),
                             ip_version=cidr.version, gateway_ip=gateway, allocation_pools=pools,
                             enable_dhcp=values.get("enable_dhcp", True), attrs=attrs)
-            self._commit([subnet])
-            self._notify(())  # no port's addresses changed
+            # An auto-address subnet gives every port already on the network its EUI-64 address (Neutron).
+            late = [replace(p, attrs={**p.attrs, "updated_at": stamp})
+                    for p in ipv6.late_addresses(subnet, self.graph.ports_of(network.id))]
+            self._commit([subnet, *late])
+            self._notify(self._dependents(network.id) if late else ())
             return subnet
 
     @write
@@ -372,10 +375,11 @@ class Topology(Routers, FloatingIPs, SecurityGroups):
             subnet = self._subnet(subnet_id)
             holders = [p for p in self.graph.ports_of(subnet.network_id)
                        if any(f.subnet_id == subnet_id for f in p.fixed_ips)]
-            if any(p.device_owner not in AUTO_DELETE_OWNERS for p in holders):
+            if any(ipv6.blocks_deletion(subnet, p, AUTO_DELETE_OWNERS) for p in holders):
                 raise Conflict("SubnetInUse", f"Unable to complete operation on subnet {subnet_id}: One or more "
                                "ports have an IP allocation from this subnet.")
-            # Neutron takes the subnet's address away from its DHCP ports rather than refusing.
+            # Neutron takes the subnet's address away from its DHCP ports (and, on an auto-address
+            # subnet, from every port but the routers') rather than refusing.
             stamp = now()
             changed = [replace(p, fixed_ips=tuple(f for f in p.fixed_ips if f.subnet_id != subnet_id),
                                attrs={**p.attrs, "updated_at": stamp}) for p in holders]
