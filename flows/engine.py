@@ -76,9 +76,10 @@ from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Port
 
 LOG = logging.getLogger("tenantflow.engine")
 _COOKIE = attrgetter("cookie")
-# Hypervisors built per hold of the topology's lock by FlowEngine.warm_up: about 13 ms of CPU each at
-# 1,000 hypervisors of 20 ports, so a write waits for at most about 0.1 s behind a chunk.
-WARM_CHUNK = 8
+# FlowEngine.warm_up holds the topology's lock for at most one hypervisor's build past WARM_BUDGET_S
+# (about 13 ms each at 1,000 hypervisors of 20 ports), and builds at most WARM_CHUNK per hold.
+WARM_BUDGET_S = 0.02
+WARM_CHUNK = 64
 Listener = Callable[[set[str]], None]
 MemberKey = tuple[str, int]  # (security group id, eth_type)
 
@@ -117,10 +118,12 @@ class FlowEngine:
     def _built(self, name: str) -> bool:
         return name in self.hvs
 
-    def warm_up(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK) -> int:
-        """Build every hypervisor an engine made with ``build=False`` does not hold yet, ``chunk`` at a time.
+    def warm_up(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK,
+                budget: float = WARM_BUDGET_S) -> int:
+        """Build every hypervisor an engine made with ``build=False`` does not hold yet, a few at a time.
 
-        The topology's lock is held for one chunk at a time, so the API's writes and the switches'
+        The topology's lock is held for one chunk at a time (at most ``chunk`` hypervisors, and no
+        more once ``budget`` seconds are spent), so the API's writes and the switches'
         syncs go on meanwhile (a controller's start: its API and OpenFlow side open at once and
         bridges connect while the flows are built; :meth:`compiles` says which are). Writes made
         meanwhile reach the built hypervisors as increments and the others with their build, which
@@ -129,26 +132,32 @@ class FlowEngine:
         full build. Returns how many were built.
         """
         count = 0
-        while built := self.warm_step(first, chunk):
+        while built := self.warm_step(first, chunk, budget):
             count += len(built)
         return count
 
-    def warm_step(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK) -> list[str]:
-        """Build up to ``chunk`` hypervisors not built yet (see :meth:`warm_up`); which. None left: every
+    def warm_step(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK,
+                  budget: float = WARM_BUDGET_S) -> list[str]:
+        """Build one chunk of the hypervisors not built yet (see :meth:`warm_up`); which. None left: every
         hypervisor is this engine's to compile from now on, and the answer is empty."""
+        built: list[str] = []
         with self.lock:
             names = self._next_to_build(first, chunk)
             if not names:
                 if self._owns == self._built:  # (a cluster's engine keeps the ownership it was given)
                     self._owns = everything
                 return []
+            deadline = time.perf_counter() + budget
             with gc_paused(self._long_lived):
                 for name in names:
                     self._rebuild(name)
                     self.hvs[name].changed = set(self.hvs[name].flows)
-            self._stamp(set(names))
-        self._tell(set(names))
-        return names
+                    built.append(name)
+                    if time.perf_counter() >= deadline:
+                        break
+            self._stamp(set(built))
+        self._tell(set(built))
+        return built
 
     def _next_to_build(self, first: Callable[[], Iterable[str]], chunk: int) -> list[str]:
         """Up to ``chunk`` hypervisors not built yet, the ones ``first()`` names before the others (under the lock)."""

@@ -65,7 +65,7 @@ def test_writes_during_the_warm_up_reach_every_hypervisor() -> None:
     while True:
         change(graph, rnd, step)
         engine.on_change(set())
-        names = engine.warm_step(first=lambda: ["hv7"], chunk=2)
+        names = engine.warm_step(first=lambda: ["hv7"], chunk=2, budget=float("inf"))
         step += 1
         if not names:
             break
@@ -86,10 +86,17 @@ def test_writes_during_the_warm_up_reach_every_hypervisor() -> None:
 def test_a_hypervisor_registered_during_the_warm_up_is_built_too() -> None:
     graph = cloud()
     engine = FlowEngine(graph, build=False)
-    assert engine.warm_step(chunk=3)
+    assert len(engine.warm_step(chunk=3, budget=float("inf"))) == 3
     graph.put_hypervisor(synthetic.hypervisor(HVS))
     synthetic.wire_ofports(graph)
     engine.on_change(set())
     assert engine.warm_up(chunk=3) == HVS - 3 + 1
     assert engine.compiles(f"hv{HVS}")
+    assert engine.mismatches() == []
+
+
+def test_a_chunk_ends_when_its_time_is_spent() -> None:
+    engine = FlowEngine(cloud(), build=False)
+    assert len(engine.warm_step(chunk=5, budget=0.0)) == 1  # at least one per hold, then the budget decides
+    assert engine.warm_up(chunk=5, budget=0.0) == HVS - 1
     assert engine.mismatches() == []
