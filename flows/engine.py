@@ -78,8 +78,9 @@ LOG = logging.getLogger("tenantflow.engine")
 _COOKIE = attrgetter("cookie")
 # FlowEngine.warm_up holds the topology's lock for at most one hypervisor's build past WARM_BUDGET_S
 # (about 13 ms each at 1,000 hypervisors of 20 ports), and builds at most WARM_CHUNK per hold.
-WARM_BUDGET_S = 0.02
+WARM_BUDGET_S = 0.01
 WARM_CHUNK = 64
+WARM_PAUSE_S = 0.001  # between two holds
 Listener = Callable[[set[str]], None]
 MemberKey = tuple[str, int]  # (security group id, eth_type)
 
@@ -134,6 +135,9 @@ class FlowEngine:
         count = 0
         while built := self.warm_step(first, chunk, budget):
             count += len(built)
+            # Let a writer waiting for the lock have it: released and taken again at once, the lock would
+            # go back to this thread nearly every time (Python's locks are not fair), starving the API.
+            time.sleep(WARM_PAUSE_S)
         return count
 
     def warm_step(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK,

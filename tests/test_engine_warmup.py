@@ -100,3 +100,28 @@ def test_a_chunk_ends_when_its_time_is_spent() -> None:
     assert len(engine.warm_step(chunk=5, budget=0.0)) == 1  # at least one per hold, then the budget decides
     assert engine.warm_up(chunk=5, budget=0.0) == HVS - 1
     assert engine.mismatches() == []
+
+
+def test_a_writer_gets_the_lock_while_the_warm_up_runs() -> None:
+    """The warm-up lets go of the lock between holds and waits a moment: a write waiting for it gets it (Python's
+    locks are not fair: taken again at once, the lock went back to the warm-up nearly every time)."""
+    import threading
+    import time
+
+    graph = synthetic.synthetic_cloud(n_hvs=300, ports_per_hv=20, n_networks=50, seed=2)
+    engine = FlowEngine(graph, build=False)
+    warm = threading.Thread(target=engine.warm_up, kwargs={"budget": 0.002})
+    warm.start()
+    try:
+        while len(engine.hvs) < 10:  # under way
+            time.sleep(0.001)
+        got = []
+        for _ in range(5):
+            time.sleep(0.01)  # an API client's pace
+            with engine.lock:
+                got.append(len(engine.hvs))
+    finally:
+        warm.join()
+    assert len(engine.hvs) == 300
+    assert max(got) < 300, f"a write got the lock only after the warm-up: {got}"
+    assert len(set(got)) > 1, f"the warm-up made no progress between five writes: {got}"
