@@ -47,6 +47,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller import metrics, tls
+from controller.integration import (
+    DATAPATH_TYPE,
+    SYSTEM_ID,
+    BridgeTargets,
+    IntegrationPlan,
+    apply_integration,
+    host_row,
+    identify,
+    plan_integration,
+)
 from controller.ovsdb_connection import (  # noqa: F401 (parse_listen, open_listener: this module's API too)
     Bound,
     Handshake,
@@ -96,8 +106,10 @@ class OvsdbManager:
     """Accepts the hypervisors' ovsdb-servers and keeps their gateway tunnel ports (one thread for all)."""
 
     def __init__(self, topology: Any, listen: list[str], timers: BfdTimers | None = None,
-                 cluster: Any = None, tls_files: tls.TlsFiles | None = None) -> None:
+                 cluster: Any = None, tls_files: tls.TlsFiles | None = None,
+                 targets: BridgeTargets | None = None) -> None:
         self.topology, self.listen, self.cluster = topology, listen, cluster
+        self.targets = targets or BridgeTargets()  # a br-int we make: its controllers
         if any(t.startswith("pssl:") for t in listen) and tls_files is None:
             raise ValueError("pssl: targets need the controller's key, certificate and CA (TlsFiles)")
         self._ssl = tls_files.server_context() if tls_files is not None else None
@@ -122,6 +134,8 @@ class OvsdbManager:
         self._hvs: frozenset[tuple[Hypervisor, tuple]] = frozenset()  # with their bridge mappings (not compared)
         self._gateways: frozenset[Hypervisor] = frozenset()
         self._by_dpid: dict[int, Hypervisor] = {}
+        self._by_name: dict[str, Hypervisor] = {}
+        self._claims: dict[str, ManagerConnection] = {}  # hypervisor -> the one connection that may make its br-int
         self._versions = [0, 0]  # [every hypervisor, the gateways]: bumped when that set changes
         self._next_tick = 0.0
 
@@ -379,6 +393,7 @@ class OvsdbManager:
         except (KeyError, ValueError):
             pass
         conn.close()
+        self._release(conn)
         with self._lock:
             for name in [n for n, p in self._published.items() if p.connection == conn.name]:
                 del self._published[name]
@@ -400,6 +415,7 @@ class OvsdbManager:
             self._versions[1] += 1
         self._hvs, self._gateways = hvs, gateways
         self._by_dpid = {hv.datapath_id: hv for hv, _ in hvs}
+        self._by_name = {hv.name: hv for hv, _ in hvs}
         return True
 
     def _writes(self, hv: Hypervisor) -> bool:
@@ -451,6 +467,64 @@ class OvsdbManager:
         conn.bridges = bound
         return changed
 
+    def _identify(self, conn: ManagerConnection) -> bool:
+        """Name the host by its certificate or system-id (:func:`controller.integration.identify`); True if what it
+        names, or whether we write that hypervisor, changed. Sets ``conn.refused`` for a system-id naming a hypervisor
+        its certificate does not."""
+        host = host_row(conn.idl.tables)
+        system_id = host.external_ids.get(SYSTEM_ID) if host is not None else None
+        hv, why = identify(system_id, conn.certificate_name, self._by_name)
+        conn.refused = why
+        key = (hv, self._writes(hv)) if hv is not None else None
+        if why or key == conn.identity:
+            return False
+        if hv is not None and (conn.identity is None or conn.identity[0].name != hv.name):
+            LOG.info("ovsdb %s: the host is hypervisor %s (its %s)", conn.name, hv.name,
+                     "certificate" if conn.certificate_name else SYSTEM_ID)
+        conn.identity = key
+        return True
+
+    def _claimed(self, conn: ManagerConnection, name: str) -> bool:
+        """Whether ``conn`` is the connection that may make and correct hypervisor ``name``'s br-int: the first live
+        one claiming it (by name or a bridge's datapath id). Two hosts naming one hypervisor would each make a bridge
+        with its datapath id; the second writes nothing, and says so once."""
+        owner = self._claims.get(name)
+        if owner is None or owner not in self._conns or name not in owner.names():
+            owner = self._claims[name] = conn
+        if owner is conn:
+            conn.duplicate = "" if conn.duplicate == name else conn.duplicate
+            return True
+        if conn.duplicate != name:
+            conn.duplicate = name
+            LOG.warning("ovsdb %s: hypervisor %s is claimed by connection %s too (a system-id, certificate or "
+                        "bridge datapath id naming it): its br-int is not made or corrected from this one while "
+                        "that one is connected", conn.name, name, owner.name)
+        return False
+
+    def _release(self, conn: ManagerConnection) -> None:
+        """A connection gone: its claims are free, and those waiting on them look again."""
+        for name in [n for n, owner in self._claims.items() if owner is conn]:
+            del self._claims[name]
+        for other in self._conns:
+            if other.duplicate:
+                other.stale = True
+                self._again.add(other)
+
+    def _plan_integration(self, conn: ManagerConnection) -> tuple[str, Any, IntegrationPlan] | None:
+        """(hypervisor, its br-int row or None, what it lacks) for a host that names a hypervisor we write, or None."""
+        for b in conn.bridges.values():  # (claim what it carries first: a host naming that one must wait)
+            self._claimed(conn, b.hv.name)
+        if conn.identity is None or not conn.identity[1] or not self._claimed(conn, conn.identity[0].name):
+            return None
+        hv, host = conn.identity[0], host_row(conn.idl.tables)
+        targets = self.targets.for_connection(conn.kind, conn.sock.getsockname())
+        row, todo = plan_integration(conn.idl.tables["Bridge"].rows, hv.datapath_id,
+                                     host.external_ids.get(DATAPATH_TYPE), targets)
+        if todo.create and not targets:  # (once: it is made once) it waits for an operator's set-controller
+            LOG.warning("ovsdb %s: making hypervisor %s's br-int without controllers: no --bridge-controllers, and "
+                        "no OpenFlow listener of this connection's kind (%s)", conn.name, hv.name, conn.kind)
+        return (hv.name, row, todo) if todo else None
+
     # -- reconciling ---------------------------------------------------------------------------------------
     def _update(self, conn: ManagerConnection, now: float) -> None:
         """After news on ``conn`` or the topology: bind, publish, finish or start a transaction."""
@@ -459,13 +533,15 @@ class OvsdbManager:
             replica_changed = idl.change_seqno != conn.seen_seqno
             conn.seen_seqno = idl.change_seqno
             bound = self._bind(conn)
+            named = not conn.refused and self._identify(conn)
             if conn.refused:  # before anything is written or published
                 tls.refuse("ovsdb", tls.NAME_MISMATCH, conn.name, conn.refused)
                 self._drop(conn)
                 return
             if bound or replica_changed:
-                conn.stale = True
                 self._publish(conn)
+            # a connection waiting on another's claim looks again at every tick (that one may be gone)
+            conn.stale |= bound or replica_changed or named or bool(conn.duplicate)
             if conn.txn is None or self._finish(conn, now):
                 if conn.stale and now >= conn.retry_at:
                     self._reconcile(conn, now)
@@ -490,10 +566,16 @@ class OvsdbManager:
                 blocked.setdefault(b.hv.name, []).extend(todo.blocked)
         self._report_blocked(conn, blocked)
         plans = [entry for entry in plans if entry[2]]
-        if not plans:
+        integration = self._plan_integration(conn)
+        if not plans and integration is None:
             return
         txn = Txn(conn.idl)
-        txn.add_comment("tenantflow: tunnel and provider ports of " + ", ".join(sorted({n for n, _, _ in plans})))
+        names = {n for n, _, _ in plans} | ({integration[0]} if integration else set())
+        txn.add_comment("tenantflow: br-int, tunnel and provider ports of " + ", ".join(sorted(names)))
+        if integration is not None:
+            name, row, todo = integration
+            apply_integration(txn, host_row(conn.idl.tables), row, todo)
+            conn.txn_integration = (name, todo)
         for _name, bridge, todo in plans:
             apply(txn, bridge, todo)
         conn.txn, conn.txn_plans = txn, [(name, bridge.name, todo) for name, bridge, todo in plans]
@@ -514,19 +596,21 @@ class OvsdbManager:
         status = conn.txn.commit()  # after the first call: only reports the status
         if status == Txn.INCOMPLETE:
             return False
-        error, plans = conn.txn.get_error(), conn.txn_plans
-        conn.txn, conn.txn_plans = None, []
+        error, plans, integration = conn.txn.get_error(), conn.txn_plans, conn.txn_integration
+        conn.txn, conn.txn_plans, conn.txn_integration = None, [], None
         conn.stale = True  # look again: a success leaves nothing to do (the update precedes the reply)
         ok = status in (Txn.SUCCESS, Txn.UNCHANGED)
         outcome = "committed" if ok else "retried" if status == Txn.TRY_AGAIN else "failed"
-        for name in sorted({name for name, _bridge, _todo in plans}):
+        names = {name for name, _bridge, _todo in plans} | ({integration[0]} if integration else set())
+        for name in sorted(names):
             metrics.OVSDB_TRANSACTIONS.labels(name, outcome).inc()
         for name, _bridge, todo in plans:
             if ok:
                 for change, count in (("created", len(todo.create)), ("updated", len(todo.update)),
                                       ("deleted", len(todo.delete))):
                     metrics.GATEWAY_PORT_CHANGES.labels(name, change).inc(count)
-        summary = ", ".join(f"{name} {bridge} {todo.summary()}" for name, bridge, todo in plans)
+        summary = ", ".join([f"{name} br-int {todo.summary()}" for name, todo in ([integration] if integration else [])]
+                            + [f"{name} {bridge} {todo.summary()}" for name, bridge, todo in plans])
         if ok:
             conn.backoff, conn.retry_at = 0.0, 0.0
             self._retrying.discard(conn)
@@ -588,10 +672,10 @@ def _unlink(path: str) -> None:
 
 
 def start(topology: Any, listen: str, timers: BfdTimers, cluster: Any = None,
-          tls_files: tls.TlsFiles | None = None) -> OvsdbManager | None:
+          tls_files: tls.TlsFiles | None = None, bridge_targets: BridgeTargets | None = None) -> OvsdbManager | None:
     """The controller's OVSDB manager on ``listen`` (``--ovsdb-listen``; None if it lists nothing)."""
     targets = parse_listen(listen)
     if not targets:
         return None
-    return OvsdbManager(topology, targets, timers, cluster, tls_files).start()
+    return OvsdbManager(topology, targets, timers, cluster, tls_files, bridge_targets).start()
 

@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from controller.integration import IntegrationPlan
 from controller.tunnels import DATABASE, MONITORED, Plan
 from topology.model import Hypervisor
 
@@ -161,9 +162,23 @@ class ManagerConnection:
         self.retry_at = 0.0
         self.backoff = 0.0
         self.refused = ""  # why its identity is refused (its certificate names another hypervisor)
+        self.identity: tuple[Hypervisor, bool] | None = None  # the hypervisor it names itself, whether we write it
+        self.duplicate = ""  # a hypervisor another connection claims first (logged once)
+        self.txn_integration: tuple[str, IntegrationPlan] | None = None  # (hypervisor, br-int's plan) in flight
         request = ovs.jsonrpc.Message.create_request("get_schema", [DATABASE])
         self._schema_id = request.id
         self.rpc.send(request)
+
+    @property
+    def kind(self) -> str:
+        """How the host reached us: ``pssl``, ``ptcp`` or ``punix`` (the listener's kind)."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            return "pssl"
+        return "punix" if self.sock.family == socket.AF_UNIX else "ptcp"
+
+    def names(self) -> set[str]:
+        """The hypervisors it claims: the one it names itself, and those whose datapath id a bridge of it carries."""
+        return {b.hv.name for b in self.bridges.values()} | ({self.identity[0].name} if self.identity else set())
 
     @property
     def alive(self) -> bool:
