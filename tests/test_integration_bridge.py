@@ -13,11 +13,19 @@ the host's networking), every check read from the switch with ``ovs-vsctl``:
   br-int, same row) and its controller left as it was;
 - VMs on two such hypervisors ping each other over the overlay;
 - a controller restart makes no OVSDB transaction and sends no flow-mod.
+
+And with bare ovsdb-servers and the manager in-process: two hosts naming one hypervisor (the second gets nothing,
+logged once, until the first is gone), and over TLS the certificate naming the host (a system-id naming another
+hypervisor refused).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -27,8 +35,10 @@ from typing import Any
 
 import pytest
 
-from apps.lab import Lab, LabVM, steps
+from apps.lab import Lab, LabVM, sh, steps
 from apps.lab.controller import ControllerProcess
+from apps.lab.ovs import SCHEMA, PrivateOVS
+from apps.lab.pki import Pki
 from controller.integration import (
     UNIX_TARGET,
     BridgeTargets,
@@ -38,9 +48,12 @@ from controller.integration import (
     parse_targets,
     plan_integration,
 )
+from controller.metrics import REGISTRY
+from controller.ovsdb import TICK, OvsdbManager
 from tests.e2e_fixtures import create_network, plug_new_vm, running_controller, wait_in_sync, wait_until
-from tests.lab_fixtures import lab_prefix, ping_count, require_lab
+from tests.lab_fixtures import lab_prefix, ping_count, require_lab, unless_able
 from topology.model import TUNNEL_PORT_NAMES, Hypervisor
+from topology.state import Topology
 
 HV1 = Hypervisor(name="hv1", datapath_id=1, tunnel_ip="192.168.100.1")
 HV2 = Hypervisor(name="hv2", datapath_id=2, tunnel_ip="192.168.100.2")
@@ -322,3 +335,101 @@ def test_the_lab_names_its_hosts_as_the_step_says() -> None:
     ran: list[tuple[str, ...]] = []
     steps.name_host(lambda *args: ran.append(args) or "", "hv1")
     assert ran == [("set", "open", ".", "external-ids:system-id=hv1", "external-ids:tenantflow-datapath-type=netdev")]
+
+
+# -- bare ovsdb-servers and the manager in-process: two hosts naming one hypervisor, identity over TLS -------------
+def _bare_tools() -> None:
+    missing = [t for t in ("ovsdb-server", "ovsdb-tool", "ovs-vsctl") if shutil.which(t) is None]
+    unless_able(f"{missing[0]} not installed" if missing else None, "OVSDB test")
+
+
+def _bare(tmp_path: Any, name: str, *settings: str) -> PrivateOVS:
+    """An ovsdb-server without its ovs-vswitchd (nothing fills in datapath_id), ``ovs-vsctl --no-wait`` ``settings``."""
+    db = PrivateOVS("", str(tmp_path / name))
+    os.makedirs(db.rundir)
+    sh.run(["ovsdb-tool", "create", db.db, SCHEMA])
+    db.start_ovsdb()
+    if settings:
+        db.vsctl("--no-wait", *settings)
+    return db
+
+
+def _bridges(db: PrivateOVS) -> list[str]:
+    return db.vsctl("list-br").split()
+
+
+@contextlib.contextmanager
+def _managed(tmp_path: Any, n: int, listen: str, **kwargs: Any) -> Iterator[tuple[OvsdbManager, Topology]]:
+    """A topology of hypervisors hv1..hv<n> (datapath ids 1..n) and an OVSDB manager for it on ``listen``."""
+    _bare_tools()
+    topo = Topology(str(tmp_path / "topology.sqlite"))
+    for i in range(1, n + 1):
+        topo.register_hypervisor({"name": f"hv{i}", "datapath_id": i, "tunnel_ip": f"10.1.0.{i}"})
+    manager = OvsdbManager(topo, [listen], **kwargs).start()
+    try:
+        yield manager, topo
+    finally:
+        manager.stop()
+        topo.close()
+
+
+def test_two_hosts_naming_one_hypervisor(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The first connection naming hv1 gets its br-int; the second gets nothing and is logged once; once the first
+    is gone, the second gets it."""
+    sock = str(tmp_path / "ovsdb.sock")
+    dbs: list[PrivateOVS] = []
+    with _managed(tmp_path, 1, f"punix:{sock}") as (manager, _topo), caplog.at_level(logging.INFO, "tenantflow"):
+        try:
+            for name in ("a", "b"):
+                dbs.append(_bare(tmp_path, name, "set", "open", ".", "external-ids:system-id=hv1"))
+            first, second = dbs
+            first.vsctl("--no-wait", "set-manager", f"unix:{sock}")
+            wait_until(lambda: _bridges(first) == ["br-int"], 10, "the first host's br-int")
+            second.vsctl("--no-wait", "set-manager", f"unix:{sock}")
+            wait_until(lambda: manager.status()["connections"] == 2, 10, "both connected")
+            wait_until(lambda: "claimed by connection" in caplog.text, 10, "the second claim logged")
+            time.sleep(TICK + 0.5)  # a tick: it is looked at again, and logged no second time
+            assert _bridges(second) == [], "nothing made from the second"
+            assert caplog.text.count("hypervisor hv1 is claimed by connection") == 1, caplog.text
+            other = json.loads(first.vsctl("-f", "json", "--columns=other_config,fail_mode,protocols", "list",
+                                           "bridge", "br-int"))["data"][0]
+            assert other[0] == ["map", [["datapath-id", "0000000000000001"], ["disable-in-band", "true"]]], other
+            assert first.vsctl("get-controller", "br-int").split() == [UNIX_TARGET]
+            assert first.vsctl("get", "interface", "br-int", "type").strip() == "internal"
+            first.vsctl("--no-wait", "del-manager")  # the first host goes: the second's claim stands
+            wait_until(lambda: _bridges(second) == ["br-int"], 10, "the second host's br-int once the first left")
+            assert _bridges(first) == ["br-int"], "never deleted"
+        finally:
+            for db in dbs:
+                db.stop()
+
+
+def test_over_tls_the_certificate_names_the_host(tmp_path: Any) -> None:
+    """A host with hv1's certificate and no system-id gets hv1's br-int, pointed at ``ssl:<the address it reached>:
+    <the TLS port>``; one with hv2's certificate whose system-id names hv1 is refused (name_mismatch), nothing made."""
+    unless_able(None if shutil.which("ovs-pki") else "ovs-pki not installed", "the TLS identity test")
+    pki = Pki(str(tmp_path / "pki"))
+    dbs: list[PrivateOVS] = []
+    with _managed(tmp_path, 2, "pssl:0:127.0.0.1", tls_files=pki.controller(),
+                  targets=BridgeTargets(ssl_port=6653)) as (manager, _topo):
+        try:
+            port = manager.addresses()[0].split(":")[1]
+            refused = _refusals()
+            for name, settings in (("hv1", ()), ("hv2", ("--", "set", "open", ".", "external-ids:system-id=hv1"))):
+                cert = pki.switch(name)
+                db = _bare(tmp_path, name, "set-ssl", cert.private_key, cert.certificate, cert.ca_cert, *settings)
+                db.vsctl("--no-wait", "set-manager", f"ssl:127.0.0.1:{port}")
+                dbs.append(db)
+            wait_until(lambda: _bridges(dbs[0]) == ["br-int"], 15, "hv1's br-int, named by its certificate")
+            assert dbs[0].vsctl("get-controller", "br-int").split() == ["ssl:127.0.0.1:6653"]
+            wait_until(lambda: _refusals() > refused, 15, "hv2's connection refused: its system-id names hv1")
+            assert _bridges(dbs[1]) == []
+        finally:
+            for db in dbs:
+                db.stop()
+
+
+def _refusals() -> float:
+    """This process's ``tenantflow_switch_refusals_total{channel="ovsdb",reason="name_mismatch"}``."""
+    return sum(s.value for m in REGISTRY.collect() if m.name == "tenantflow_switch_refusals" for s in m.samples
+               if s.name.endswith("_total") and s.labels == {"channel": "ovsdb", "reason": "name_mismatch"})
