@@ -1,5 +1,5 @@
-"""The controller as every hypervisor's OVSDB manager: it keeps the tunnel ports (overlay; gateways', with BFD)
-and the provider bridges' patch ports and controllers.
+"""The controller as every hypervisor's OVSDB manager: it keeps the tunnel ports (overlay; gateways', with BFD),
+the provider bridges' patch ports and controllers, and the br-int of a host that names itself.
 
 Each hypervisor runs ``ovs-vsctl set-manager tcp:CONTROLLER:6640`` (a cluster: one target per
 instance, like ``set-controller``); its ovsdb-server connects to us and we monitor, through the
@@ -7,6 +7,14 @@ instance, like ``set-controller``); its ovsdb-server connects to us and we monit
 connection is the hypervisor whose datapath id one of its bridges carries (``Bridge.datapath_id``,
 which ovs-vswitchd fills in); one that matches no registered hypervisor is kept and checked
 again whenever the hypervisors change (registered later, or its bridge created later).
+
+A host may also name itself, as OVN's hosts do: its ``external_ids:system-id`` (over TLS, its
+certificate) a registered hypervisor's name. Then it needs no br-int of its own making: the
+controller makes it, or corrects it, in the same transaction as the ports
+(:mod:`controller.integration`); once ovs-vswitchd runs it and fills in its datapath id, the binding
+above takes over (the row is found by name meanwhile, so a transaction in flight never makes it
+twice). Only the first live connection claiming a hypervisor (by name or a bridge's datapath id)
+has its br-int written: a second host of the same name would make a second bridge of the same id.
 
 On its bridge, that hypervisor must have the overlay's flow-based tunnel ports
 (:func:`topology.gateways.overlay_ports`: ``tf-vxlan``, ``tf-geneve``, ``tf-gre``, created and
@@ -517,6 +525,8 @@ class OvsdbManager:
         if conn.identity is None or not conn.identity[1] or not self._claimed(conn, conn.identity[0].name):
             return None
         hv, host = conn.identity[0], host_row(conn.idl.tables)
+        if host is None:  # (a database never initialised: no row to add a bridge to)
+            return None
         targets = self.targets.for_connection(conn.kind, conn.sock.getsockname())
         row, todo = plan_integration(conn.idl.tables["Bridge"].rows, hv.datapath_id,
                                      host.external_ids.get(DATAPATH_TYPE), targets)
