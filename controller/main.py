@@ -55,6 +55,8 @@ DEFAULTS = {
     "gateways_per_router": "2",
     # None: pssl:6640 on --of-host with the --ssl-* files, and punix:/run/tenantflow/ovsdb.sock
     "ovsdb_listen": None,
+    # "": a br-int the controller makes points at this controller as the host reached it (controller.integration)
+    "bridge_controllers": "",
     "allow_tcp": "false",
     "of_ssl_port": "6653",
     "ssl_private_key": "",
@@ -136,6 +138,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "pssl:PORT[:IP] (TLS, with the --ssl-* files), punix:PATH and ptcp:PORT[:IP] (--allow-tcp) "
                         "targets, separated by spaces ('' to disable); default: pssl:6640 (with TLS) and "
                         "punix:/run/tenantflow/ovsdb.sock")
+    p.add_argument("--bridge-controllers", default=values["bridge_controllers"],
+                   help="OpenFlow targets (ssl:IP:PORT, tcp:IP:PORT, unix:PATH; commas or spaces) of a br-int the "
+                        "controller makes on a host that names itself (external_ids:system-id); default: this "
+                        "controller as the host reached it over OVSDB: ssl:<that address>:<--of-ssl-port> over TLS, "
+                        "unix:tenantflow.sock (in OVS's run directory) over the unix socket")
     from topology.gateways import BfdTimers  # the defaults live with the ports they time
 
     p.add_argument("--bfd-min-tx", type=int, default=int(values["bfd_min_tx"] or BfdTimers.min_tx),
@@ -206,6 +213,7 @@ def server_options(args: argparse.Namespace):
 
 def _check_transports(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """TLS needs all three files; plain TCP only with --allow-tcp (README "Switch identity: TLS")."""
+    from controller.integration import parse_targets
     from controller.ovsdb import parse_listen
     from controller.tls import TlsFiles
 
@@ -226,6 +234,10 @@ def _check_transports(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
                     "(with the --ssl-* files) or punix:, or allow it with --allow-tcp")
         if target.startswith("pssl:") and args.tls is None:
             p.error(f"--ovsdb-listen {target}: pssl: needs --ssl-private-key, --ssl-certificate and --ssl-ca-cert")
+    try:
+        parse_targets(args.bridge_controllers)
+    except ValueError as exc:
+        p.error(f"--bridge-controllers: {exc}")
     if args.allow_tcp and args.tls and args.of_port and args.of_port == args.of_ssl_port:
         p.error(f"--of-port and --of-ssl-port are both {args.of_port}: give plain TCP another port (or --of-port 0)")
 
@@ -413,6 +425,16 @@ def start_or_exit(args: argparse.Namespace) -> Running:
     os._exit(code)  # threads os-ken or the etcd client may have started must not keep the process up
 
 
+def bridge_targets(args: argparse.Namespace):
+    """Where a br-int the controller makes points: ``--bridge-controllers``, else each host's way to us (its
+    manager connection's kind and address) with our listener of that kind (controller.integration.BridgeTargets)."""
+    from controller.integration import UNIX_TARGET, BridgeTargets, parse_targets
+
+    return BridgeTargets(parse_targets(args.bridge_controllers), args.of_ssl_port if args.tls else None,
+                         args.of_port if args.allow_tcp and args.of_port else None,
+                         UNIX_TARGET if args.unix_socket else None)
+
+
 def _start_ovsdb(args: argparse.Namespace, topology, cluster):
     """The OVSDB manager that keeps the gateway tunnel ports (None if ``--ovsdb-listen`` is empty)."""
     from controller import metrics, ovsdb
@@ -420,7 +442,7 @@ def _start_ovsdb(args: argparse.Namespace, topology, cluster):
 
     try:
         manager = ovsdb.start(topology, args.ovsdb_listen, BfdTimers(args.bfd_min_tx, args.bfd_min_rx), cluster,
-                              args.tls)
+                              args.tls, bridge_targets(args))
     except OSError as exc:
         raise SystemExit(f"tenantflow controller: cannot listen for OVSDB on {args.ovsdb_listen!r}: {exc}") from exc
     if manager is not None:

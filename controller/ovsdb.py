@@ -1,5 +1,5 @@
-"""The controller as every hypervisor's OVSDB manager: it keeps the tunnel ports (overlay; gateways', with BFD)
-and the provider bridges' patch ports and controllers.
+"""The controller as every hypervisor's OVSDB manager: it keeps the tunnel ports (overlay; gateways', with BFD),
+the provider bridges' patch ports and controllers, and the br-int of a host that names itself.
 
 Each hypervisor runs ``ovs-vsctl set-manager tcp:CONTROLLER:6640`` (a cluster: one target per
 instance, like ``set-controller``); its ovsdb-server connects to us and we monitor, through the
@@ -7,6 +7,14 @@ instance, like ``set-controller``); its ovsdb-server connects to us and we monit
 connection is the hypervisor whose datapath id one of its bridges carries (``Bridge.datapath_id``,
 which ovs-vswitchd fills in); one that matches no registered hypervisor is kept and checked
 again whenever the hypervisors change (registered later, or its bridge created later).
+
+A host may also name itself, as OVN's hosts do: its ``external_ids:system-id`` (over TLS, its
+certificate) a registered hypervisor's name. Then it needs no br-int of its own making: the
+controller makes it, or corrects it, in the same transaction as the ports
+(:mod:`controller.integration`); once ovs-vswitchd runs it and fills in its datapath id, the binding
+above takes over (the row is found by name meanwhile, so a transaction in flight never makes it
+twice). Only the first live connection claiming a hypervisor (by name or a bridge's datapath id)
+has its br-int written: a second host of the same name would make a second bridge of the same id.
 
 On its bridge, that hypervisor must have the overlay's flow-based tunnel ports
 (:func:`topology.gateways.overlay_ports`: ``tf-vxlan``, ``tf-geneve``, ``tf-gre``, created and
@@ -23,16 +31,12 @@ found are published by datapath id (:meth:`OvsdbManager.provider_bridges`) for t
 cluster's view gives the bridge to (the instance that masters it over OpenFlow, while in good
 standing) writes; every instance accepts connections and reads the BFD state.
 
-Why one IDL per connection, on a socket of our own: ``ovs.jsonrpc.Session.open("ptcp:...")``
-keeps a single connection (a new one replaces the old), so the listeners are ours
-(:class:`ovs.stream.PassiveStream` over sockets we bind, with a deep backlog), and each
-accepted stream first has its schema fetched, then gets its own :class:`ovs.db.idl.Idl` whose
-session wraps that stream and never reconnects (the server reconnects, and the new connection
-gets a new IDL). One thread serves every connection; a selector tells it which sockets have
-something, so hundreds of idle connections cost nothing between their messages.
+One IDL per connection, on listeners of our own (:mod:`controller.ovsdb_connection`). One thread
+serves every connection; a selector tells it which sockets have something, so hundreds of idle
+connections cost nothing between their messages.
 
-Only this module and :mod:`controller.tunnels` use the ``ovs`` library; nothing here touches
-os-ken or OpenFlow.
+Only this module, :mod:`controller.ovsdb_connection`, :mod:`controller.integration` and
+:mod:`controller.tunnels` use the ``ovs`` library; nothing here touches os-ken or OpenFlow.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import selectors
 import socket
 import ssl
@@ -52,10 +55,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller import metrics, tls
+from controller.integration import (
+    DATAPATH_TYPE,
+    SYSTEM_ID,
+    BridgeTargets,
+    IntegrationPlan,
+    apply_integration,
+    host_row,
+    identify,
+    plan_integration,
+)
+from controller.ovsdb_connection import (  # noqa: F401 (parse_listen, open_listener: this module's API too)
+    Bound,
+    Handshake,
+    ManagerConnection,
+    keepalive,
+    open_listener,
+    parse_listen,
+)
 from controller.tunnels import (
-    DATABASE,
-    MONITORED,
-    Plan,
     ProviderBridge,
     apply,
     bfd_of,
@@ -76,203 +94,9 @@ with warnings.catch_warnings():
 
 LOG = logging.getLogger("tenantflow.ovsdb")
 
-BACKLOG = 1024  # hundreds of hypervisors connect at once when the controller starts
 TICK = 5.0  # s: the hypervisors and each bridge's writer are checked at least this often
 RETRY = (0.1, 30.0)  # s: the first and the longest wait before a failed transaction is tried again
-KEEPALIVE = (30, 10, 3)  # TCP keepalive (idle s, interval s, probes), as on the OpenFlow connections
-
 Txn = ovs.db.idl.Transaction
-
-
-# -- listening ------------------------------------------------------------------------------------
-def parse_listen(text: str) -> list[str]:
-    """``--ovsdb-listen``'s targets: ``pssl:PORT[:IP]``, ``ptcp:PORT[:IP]`` and ``punix:PATH``, by spaces or commas.
-
-    OVS's own syntax (``ovsdb-server --remote``): ``pssl:6640`` listens with TLS on every address,
-    ``ptcp:6640:127.0.0.1`` in plain TCP on one (``ptcp:6640:[::1]`` for IPv6). ValueError if one is none of them.
-    """
-    targets = [t for t in re.split(r"[\s,]+", text.strip()) if t]
-    for target in targets:
-        _address(target)
-    return targets
-
-
-def _address(target: str) -> tuple[int, Any]:
-    """A listen target's socket family and bind address."""
-    kind, _, rest = target.partition(":")
-    if kind == "punix" and rest:
-        return socket.AF_UNIX, rest
-    if kind in ("ptcp", "pssl"):
-        port, _, host = rest.partition(":")
-        host = host.strip("[]") or "0.0.0.0"
-        if port.isdigit() and int(port) < 65536:
-            return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
-    raise ValueError(f"{target!r} is not an OVSDB listen target (pssl:PORT[:IP], ptcp:PORT[:IP] or punix:PATH)")
-
-
-def open_listener(target: str) -> ovs.stream.PassiveStream:
-    """Listen on ``target``; OSError if it cannot be bound (the port is taken...).
-
-    Our own socket in a :class:`ovs.stream.PassiveStream`: its ``open`` takes ``ptcp:IP:PORT``
-    (not OVS's ``ptcp:PORT:IP``), listens with a backlog of 64 and blocks on accept.
-    """
-    family, address = _address(target)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        if family == socket.AF_UNIX:
-            os.makedirs(os.path.dirname(os.path.abspath(address)), exist_ok=True)
-            if os.path.exists(address):
-                os.unlink(address)
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        if family == socket.AF_UNIX:
-            os.chmod(address, 0o660)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return ovs.stream.PassiveStream(sock, target, None)
-
-
-def _keepalive(sock: socket.socket) -> None:
-    """TCP keepalive on an accepted connection: we send no echo requests, a dead host is found by TCP."""
-    idle, interval, count = KEEPALIVE
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
-        if hasattr(socket, option):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
-# -- one connection -------------------------------------------------------------------------------
-def _schema_helper(schema_json: dict) -> ovs.db.idl.SchemaHelper:
-    """The server's schema cut down to :data:`MONITORED`."""
-    helper = ovs.db.idl.SchemaHelper(None, schema_json)
-    for table, columns in MONITORED.items():
-        helper.register_columns(table, columns)
-    return helper
-
-
-class _AcceptedIdl(ovs.db.idl.Idl):
-    """An IDL over a connection the database server opened to us (we are its manager)."""
-
-    def __init__(self, rpc: ovs.jsonrpc.Connection, helper: ovs.db.idl.SchemaHelper) -> None:
-        super().__init__(rpc.name, helper, probe_interval=0)  # its own session is never run: replaced here
-        session = ovs.jsonrpc.Session.open_unreliably(rpc)
-        session.rpc = rpc  # the Python open_unreliably() (ovs 4.0) drops the connection it wraps; C keeps it
-        # The server probes us (its Manager inactivity_probe) and Session.recv() answers; a dead host is
-        # TCP keepalive's to find. Our own probes would need a timer per connection in the loop.
-        session.reconnect.set_probe_interval(0)
-        self._session = session
-
-    def restart_fsm(self) -> None:
-        """Ask for the monitor at once, without watching the ``_Server`` database first.
-
-        The IDL watches ``_Server`` to follow a clustered database's leader; a manager
-        connection is one standalone server's own, and ``_Server``'s Database row carries the
-        whole schema again as text: with the ``ovs`` wheel's pure-Python JSON parser that was
-        a third of each connection's set-up CPU (measured: 200 connections, 17.6 -> 10 ms each).
-        """
-        self.sync_conditions()
-        self._Idl__send_monitor_request()  # ovs 4.0's (pinned) name-mangled step; tests/test_ovsdb.py covers it
-
-
-@dataclass
-class Bound:
-    """A bridge of a connection that is a registered hypervisor's, and what it must hold."""
-
-    hv: Hypervisor
-    key: tuple  # what ``desired`` was computed from (see OvsdbManager._key)
-    desired: dict[str, dict[str, str]] | None  # its tg- ports; None: another instance writes it
-
-
-class ManagerConnection:
-    """One ovsdb-server connected to us: the schema handshake, then an IDL replica of :data:`MONITORED`."""
-
-    def __init__(self, stream: ovs.stream.Stream, number: int, certificate_name: str | None = None) -> None:
-        self.name = f"{stream.name}#{number}"
-        self.certificate_name = certificate_name  # the hypervisor its TLS certificate names (None: no TLS)
-        self.sock: socket.socket = stream.socket
-        self.rpc = ovs.jsonrpc.Connection(stream)
-        self.idl: _AcceptedIdl | None = None
-        self.events = selectors.EVENT_READ  # what the selector watches its socket for
-        self.bridges: dict[Any, Bound] = {}  # Bridge row uuid -> its hypervisor
-        self.seen_seqno = 0  # the IDL's change_seqno the last plan saw
-        self.stale = True  # a plan must look again (the replica or what is desired changed)
-        self.txn: Txn | None = None  # in flight
-        self.txn_plans: list[tuple[str, str, Plan]] = []  # (hypervisor, bridge, what the transaction in flight does)
-        self.blocked: dict[str, list[str]] = {}  # hypervisor -> ports it cannot have (logged once)
-        self.retry_at = 0.0
-        self.backoff = 0.0
-        self.refused = ""  # why its identity is refused (its certificate names another hypervisor)
-        request = ovs.jsonrpc.Message.create_request("get_schema", [DATABASE])
-        self._schema_id = request.id
-        self.rpc.send(request)
-
-    @property
-    def alive(self) -> bool:
-        """Whether the connection is still open."""
-        return self.rpc.get_status() == 0
-
-    def run(self) -> None:
-        """Send what is queued, take in what arrived (never blocks)."""
-        if self.idl is None:
-            self._handshake()
-        else:
-            self.idl.run()
-
-    def wants_write(self) -> bool:
-        """Whether output waits for the socket to take it."""
-        return self.rpc.get_backlog() > 0
-
-    def buffered(self) -> bool:
-        """Whether input was read off the socket but not processed yet (the IDL takes 50 messages a run).
-
-        Under TLS also what the TLS layer decrypted and holds: the selector cannot see it.
-        """
-        return bool(self.rpc.input) or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0)
-
-    def _handshake(self) -> None:
-        """Wait for the schema; with it, start the IDL (which asks the server for its monitor)."""
-        self.rpc.run()
-        while self.alive:
-            error, msg = self.rpc.recv()
-            if error:
-                return  # nothing more yet (EAGAIN), or the end (the status says so)
-            if msg.type == ovs.jsonrpc.Message.T_REQUEST and msg.method == "echo":
-                self.rpc.send(ovs.jsonrpc.Message.create_reply(msg.params, msg.id))
-            elif msg.id == self._schema_id:
-                if msg.type != ovs.jsonrpc.Message.T_REPLY:
-                    LOG.warning("ovsdb %s: no %s database: %s", self.name, DATABASE, msg.error)
-                    self.rpc.error(errno.EPROTO)
-                    return
-                self.idl = _AcceptedIdl(self.rpc, _schema_helper(msg.result))
-                self.idl.run()
-                return
-
-    def system_id(self) -> str:
-        """The host's ``external_ids:system-id`` (Open_vSwitch table), or its connection name."""
-        if self.idl is not None:
-            for row in self.idl.tables["Open_vSwitch"].rows.values():
-                return row.external_ids.get("system-id", self.name)
-        return self.name
-
-    def close(self) -> None:
-        """Close the connection (the server reconnects after its back-off)."""
-        if self.idl is not None:
-            self.idl.close()
-        elif self.rpc.stream is not None:
-            self.rpc.close()
-
-
-@dataclass
-class _Handshake:
-    """A TLS connection whose handshake is under way (pssl:)."""
-
-    sock: ssl.SSLSocket
-    peer: str
-    deadline: float
 
 
 # -- the manager ------------------------------------------------------------------------------------
@@ -290,8 +114,10 @@ class OvsdbManager:
     """Accepts the hypervisors' ovsdb-servers and keeps their gateway tunnel ports (one thread for all)."""
 
     def __init__(self, topology: Any, listen: list[str], timers: BfdTimers | None = None,
-                 cluster: Any = None, tls_files: tls.TlsFiles | None = None) -> None:
+                 cluster: Any = None, tls_files: tls.TlsFiles | None = None,
+                 targets: BridgeTargets | None = None) -> None:
         self.topology, self.listen, self.cluster = topology, listen, cluster
+        self.targets = targets or BridgeTargets()  # a br-int we make: its controllers
         if any(t.startswith("pssl:") for t in listen) and tls_files is None:
             raise ValueError("pssl: targets need the controller's key, certificate and CA (TlsFiles)")
         self._ssl = tls_files.server_context() if tls_files is not None else None
@@ -309,13 +135,15 @@ class OvsdbManager:
         self._thread: threading.Thread | None = None
         # The loop thread's own (no lock):
         self._conns: set[ManagerConnection] = set()
-        self._handshakes: dict[ssl.SSLSocket, _Handshake] = {}  # TLS connections not yet established
+        self._handshakes: dict[ssl.SSLSocket, Handshake] = {}  # TLS connections not yet established
         self._again: set[ManagerConnection] = set()  # to serve in the next round without waiting
         self._retrying: set[ManagerConnection] = set()  # a transaction failed: tried again at its retry_at
         self._accepted = 0
         self._hvs: frozenset[tuple[Hypervisor, tuple]] = frozenset()  # with their bridge mappings (not compared)
         self._gateways: frozenset[Hypervisor] = frozenset()
         self._by_dpid: dict[int, Hypervisor] = {}
+        self._by_name: dict[str, Hypervisor] = {}
+        self._claims: dict[str, ManagerConnection] = {}  # hypervisor -> the one connection that may make its br-int
         self._versions = [0, 0]  # [every hypervisor, the gateways]: bumped when that set changes
         self._next_tick = 0.0
 
@@ -444,7 +272,7 @@ class OvsdbManager:
                 _drain(self._wake_r)
             elif isinstance(key.data, ManagerConnection):
                 ready.add(key.data)
-            elif isinstance(key.data, _Handshake):
+            elif isinstance(key.data, Handshake):
                 ready |= self._shake(key.data)
             else:
                 ready |= self._accept(key.data)
@@ -483,7 +311,7 @@ class OvsdbManager:
                     LOG.warning("OVSDB manager: accept on %s: %s", listener.name, os.strerror(error))
                 return accepted
             if stream.socket.family != socket.AF_UNIX:
-                _keepalive(stream.socket)
+                keepalive(stream.socket)
             if listener.name.startswith("pssl:"):
                 self._start_handshake(stream)
                 continue
@@ -505,12 +333,12 @@ class OvsdbManager:
         peer = stream.name.partition(":")[2]
         sock = self._ssl.wrap_socket(stream.socket, server_side=True, do_handshake_on_connect=False)
         stream.socket = None  # detached into ``sock``: the stream must not close it
-        hs = _Handshake(sock, peer, time.monotonic() + tls.HANDSHAKE_TIMEOUT)
+        hs = Handshake(sock, peer, time.monotonic() + tls.HANDSHAKE_TIMEOUT)
         self._handshakes[sock] = hs
         self._selector.register(sock, selectors.EVENT_READ, hs)
         self._shake(hs)
 
-    def _shake(self, hs: _Handshake) -> set[ManagerConnection]:
+    def _shake(self, hs: Handshake) -> set[ManagerConnection]:
         """Take the handshake a step; once done (a trusted certificate naming someone), the connection."""
         try:
             hs.sock.do_handshake()
@@ -530,7 +358,7 @@ class OvsdbManager:
         self._end_handshake(hs)
         return {self._connected(ovs.stream.SSLStream(hs.sock, f"pssl:{hs.peer}", 0), name)}
 
-    def _end_handshake(self, hs: _Handshake, reason: str | None = None, detail: str = "") -> None:
+    def _end_handshake(self, hs: Handshake, reason: str | None = None, detail: str = "") -> None:
         """Stop watching a handshake; with a ``reason``, it failed: refuse (log, count) and close."""
         self._handshakes.pop(hs.sock, None)
         self._selector.unregister(hs.sock)
@@ -573,6 +401,7 @@ class OvsdbManager:
         except (KeyError, ValueError):
             pass
         conn.close()
+        self._release(conn)
         with self._lock:
             for name in [n for n, p in self._published.items() if p.connection == conn.name]:
                 del self._published[name]
@@ -594,6 +423,7 @@ class OvsdbManager:
             self._versions[1] += 1
         self._hvs, self._gateways = hvs, gateways
         self._by_dpid = {hv.datapath_id: hv for hv, _ in hvs}
+        self._by_name = {hv.name: hv for hv, _ in hvs}
         return True
 
     def _writes(self, hv: Hypervisor) -> bool:
@@ -645,6 +475,66 @@ class OvsdbManager:
         conn.bridges = bound
         return changed
 
+    def _identify(self, conn: ManagerConnection) -> bool:
+        """Name the host by its certificate or system-id (:func:`controller.integration.identify`); True if what it
+        names, or whether we write that hypervisor, changed. Sets ``conn.refused`` for a system-id naming a hypervisor
+        its certificate does not."""
+        host = host_row(conn.idl.tables)
+        system_id = host.external_ids.get(SYSTEM_ID) if host is not None else None
+        hv, why = identify(system_id, conn.certificate_name, self._by_name)
+        conn.refused = why
+        key = (hv, self._writes(hv)) if hv is not None else None
+        if why or key == conn.identity:
+            return False
+        if hv is not None and (conn.identity is None or conn.identity[0].name != hv.name):
+            LOG.info("ovsdb %s: the host is hypervisor %s (its %s)", conn.name, hv.name,
+                     "certificate" if conn.certificate_name else SYSTEM_ID)
+        conn.identity = key
+        return True
+
+    def _claimed(self, conn: ManagerConnection, name: str) -> bool:
+        """Whether ``conn`` is the connection that may make and correct hypervisor ``name``'s br-int: the first live
+        one claiming it (by name or a bridge's datapath id). Two hosts naming one hypervisor would each make a bridge
+        with its datapath id; the second writes nothing, and says so once."""
+        owner = self._claims.get(name)
+        if owner is None or owner not in self._conns or name not in owner.names():
+            owner = self._claims[name] = conn
+        if owner is conn:
+            conn.duplicate = "" if conn.duplicate == name else conn.duplicate
+            return True
+        if conn.duplicate != name:
+            conn.duplicate = name
+            LOG.warning("ovsdb %s: hypervisor %s is claimed by connection %s too (a system-id, certificate or "
+                        "bridge datapath id naming it): its br-int is not made or corrected from this one while "
+                        "that one is connected", conn.name, name, owner.name)
+        return False
+
+    def _release(self, conn: ManagerConnection) -> None:
+        """A connection gone: its claims are free, and those waiting on them look again."""
+        for name in [n for n, owner in self._claims.items() if owner is conn]:
+            del self._claims[name]
+        for other in self._conns:
+            if other.duplicate:
+                other.stale = True
+                self._again.add(other)
+
+    def _plan_integration(self, conn: ManagerConnection) -> tuple[str, Any, IntegrationPlan] | None:
+        """(hypervisor, its br-int row or None, what it lacks) for a host that names a hypervisor we write, or None."""
+        for b in conn.bridges.values():  # (claim what it carries first: a host naming that one must wait)
+            self._claimed(conn, b.hv.name)
+        if conn.identity is None or not conn.identity[1] or not self._claimed(conn, conn.identity[0].name):
+            return None
+        hv, host = conn.identity[0], host_row(conn.idl.tables)
+        if host is None:  # (a database never initialised: no row to add a bridge to)
+            return None
+        targets = self.targets.for_connection(conn.kind, conn.sock.getsockname())
+        row, todo = plan_integration(conn.idl.tables["Bridge"].rows, hv.datapath_id,
+                                     host.external_ids.get(DATAPATH_TYPE), targets)
+        if todo.create and not targets:  # (once: it is made once) it waits for an operator's set-controller
+            LOG.warning("ovsdb %s: making hypervisor %s's br-int without controllers: no --bridge-controllers, and "
+                        "no OpenFlow listener of this connection's kind (%s)", conn.name, hv.name, conn.kind)
+        return (hv.name, row, todo) if todo else None
+
     # -- reconciling ---------------------------------------------------------------------------------------
     def _update(self, conn: ManagerConnection, now: float) -> None:
         """After news on ``conn`` or the topology: bind, publish, finish or start a transaction."""
@@ -653,13 +543,15 @@ class OvsdbManager:
             replica_changed = idl.change_seqno != conn.seen_seqno
             conn.seen_seqno = idl.change_seqno
             bound = self._bind(conn)
+            named = not conn.refused and self._identify(conn)
             if conn.refused:  # before anything is written or published
                 tls.refuse("ovsdb", tls.NAME_MISMATCH, conn.name, conn.refused)
                 self._drop(conn)
                 return
             if bound or replica_changed:
-                conn.stale = True
                 self._publish(conn)
+            # a connection waiting on another's claim looks again at every tick (that one may be gone)
+            conn.stale |= bound or replica_changed or named or bool(conn.duplicate)
             if conn.txn is None or self._finish(conn, now):
                 if conn.stale and now >= conn.retry_at:
                     self._reconcile(conn, now)
@@ -684,10 +576,16 @@ class OvsdbManager:
                 blocked.setdefault(b.hv.name, []).extend(todo.blocked)
         self._report_blocked(conn, blocked)
         plans = [entry for entry in plans if entry[2]]
-        if not plans:
+        integration = self._plan_integration(conn)
+        if not plans and integration is None:
             return
         txn = Txn(conn.idl)
-        txn.add_comment("tenantflow: tunnel and provider ports of " + ", ".join(sorted({n for n, _, _ in plans})))
+        names = {n for n, _, _ in plans} | ({integration[0]} if integration else set())
+        txn.add_comment("tenantflow: br-int, tunnel and provider ports of " + ", ".join(sorted(names)))
+        if integration is not None:
+            name, row, todo = integration
+            apply_integration(txn, host_row(conn.idl.tables), row, todo)
+            conn.txn_integration = (name, todo)
         for _name, bridge, todo in plans:
             apply(txn, bridge, todo)
         conn.txn, conn.txn_plans = txn, [(name, bridge.name, todo) for name, bridge, todo in plans]
@@ -708,19 +606,21 @@ class OvsdbManager:
         status = conn.txn.commit()  # after the first call: only reports the status
         if status == Txn.INCOMPLETE:
             return False
-        error, plans = conn.txn.get_error(), conn.txn_plans
-        conn.txn, conn.txn_plans = None, []
+        error, plans, integration = conn.txn.get_error(), conn.txn_plans, conn.txn_integration
+        conn.txn, conn.txn_plans, conn.txn_integration = None, [], None
         conn.stale = True  # look again: a success leaves nothing to do (the update precedes the reply)
         ok = status in (Txn.SUCCESS, Txn.UNCHANGED)
         outcome = "committed" if ok else "retried" if status == Txn.TRY_AGAIN else "failed"
-        for name in sorted({name for name, _bridge, _todo in plans}):
+        names = {name for name, _bridge, _todo in plans} | ({integration[0]} if integration else set())
+        for name in sorted(names):
             metrics.OVSDB_TRANSACTIONS.labels(name, outcome).inc()
         for name, _bridge, todo in plans:
             if ok:
                 for change, count in (("created", len(todo.create)), ("updated", len(todo.update)),
                                       ("deleted", len(todo.delete))):
                     metrics.GATEWAY_PORT_CHANGES.labels(name, change).inc(count)
-        summary = ", ".join(f"{name} {bridge} {todo.summary()}" for name, bridge, todo in plans)
+        summary = ", ".join([f"{name} br-int {todo.summary()}" for name, todo in ([integration] if integration else [])]
+                            + [f"{name} {bridge} {todo.summary()}" for name, bridge, todo in plans])
         if ok:
             conn.backoff, conn.retry_at = 0.0, 0.0
             self._retrying.discard(conn)
@@ -782,10 +682,10 @@ def _unlink(path: str) -> None:
 
 
 def start(topology: Any, listen: str, timers: BfdTimers, cluster: Any = None,
-          tls_files: tls.TlsFiles | None = None) -> OvsdbManager | None:
+          tls_files: tls.TlsFiles | None = None, bridge_targets: BridgeTargets | None = None) -> OvsdbManager | None:
     """The controller's OVSDB manager on ``listen`` (``--ovsdb-listen``; None if it lists nothing)."""
     targets = parse_listen(listen)
     if not targets:
         return None
-    return OvsdbManager(topology, targets, timers, cluster, tls_files).start()
+    return OvsdbManager(topology, targets, timers, cluster, tls_files, bridge_targets).start()
 

@@ -35,10 +35,12 @@ from topology.model import PORT_ALIAS_SEPARATOR, Hypervisor, provider_patch_port
 
 DATABASE = "Open_vSwitch"
 MONITORED: dict[str, list[str]] = {
-    # system-id: what the logs and the status call a connection before it is identified
-    "Open_vSwitch": ["external_ids"],
-    # fail_mode, controller: a provider bridge's, made secure and given br-int's controllers
-    "Bridge": ["name", "datapath_id", "ports", "fail_mode", "controller"],
+    # external_ids: system-id, the host's name (controller.integration); bridges: br-int joins them
+    "Open_vSwitch": ["external_ids", "bridges"],
+    # fail_mode, controller: a provider bridge's, made secure and given br-int's controllers; those and
+    # other_config, protocols, datapath_type: a br-int the controller makes and keeps (controller.integration)
+    "Bridge": ["name", "datapath_id", "ports", "fail_mode", "controller", "other_config", "protocols",
+               "datapath_type"],
     "Port": ["name", "interfaces"],
     # error: why ovs-vswitchd could not create an interface, shown in the status
     "Interface": ["name", "type", "options", "bfd", "bfd_status", "ofport", "error"],
@@ -274,10 +276,10 @@ def apply(txn: Any, bridge: Any, todo: Plan) -> None:
         bridge.fail_mode = [todo.fail_mode]
     if todo.controllers is not None:
         bridge.verify("controller")
-        bridge.controller = [_insert_controller(txn, spec) for spec in sorted(todo.controllers, key=lambda c: c.target)]
+        bridge.controller = [insert_controller(txn, spec) for spec in sorted(todo.controllers, key=lambda c: c.target)]
 
 
-def _insert_controller(txn: Any, spec: ControllerSpec) -> Any:
+def insert_controller(txn: Any, spec: ControllerSpec) -> Any:
     """A new Controller row (the bridge's old ones are not roots: the database drops them with the reference)."""
     row = txn.insert(txn.idl.tables["Controller"])
     row.target = spec.target

@@ -10,7 +10,8 @@ documentation test (``tests/test_operator_guide.py``) treats it::
     <!-- doc-test: upstream -->                      run on the router outside the cloud (the provider network's)
     <!-- doc-test: hypervisors vm -->                ... each after its VM booted (its tap exists)
     <!-- doc-test: hypervisors certs -->             ... each after its key and certificates were copied to it
-    <!-- doc-test: hypervisors variant=tls -->       only in the guide's run with that variant (unix, tls, cluster)
+    <!-- doc-test: hypervisors variant=tls -->       only in the guide's run with that variant (unix, tls, cluster,
+                                                     system-id); ``variant=unix,tls``: in each run it names
     <!-- doc-test: hypervisors after=bridge -->      run later, right after the block with id=bridge
     <!-- doc-test: controller NET_ID=network.id -->  NET_ID: that field of the JSON the block printed
     <!-- doc-test: controller id=status -->          the test checks what this block printed
@@ -38,7 +39,8 @@ FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<text>.*?)^```[ \t]*$", re.M | re.
 MARKER = re.compile(r"<!--\s*doc-test:\s*(?P<body>.*?)\s*-->\s*\Z", re.S)
 HOSTS = ("controller", "hypervisors", "upstream")  # upstream: a router outside the cloud, on physnet1
 FLAGS = ("background", "vm", "certs")
-VARIANTS = ("unix", "tls", "cluster")  # how the hypervisors reach the controller: each a run of the guide
+# how the hypervisors reach the controller (system-id: a unix one that makes their br-int): each a run of the guide
+VARIANTS = ("unix", "tls", "cluster", "system-id")
 CAPTURE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)=(?P<path>[\w.:-]+)$")
 
 
@@ -61,7 +63,7 @@ class Block:
     captures: dict[str, str] = field(default_factory=dict)  # placeholder -> JSON path
     id: str = ""
     file: str = ""  # file=PATH: the block is that file's content
-    variant: str = ""  # "": in every run of the guide
+    variants: tuple[str, ...] = ()  # (): in every run of the guide
     after: str = ""  # after=ID: run right after that block, not in the guide's order
 
     @property
@@ -114,8 +116,8 @@ def parse_marker(block: Block, body: str) -> Block:
             flags.add(word)
         elif word.startswith("id="):
             block.id = word.removeprefix("id=")
-        elif word.startswith("variant=") and word.removeprefix("variant=") in VARIANTS:
-            block.variant = word.removeprefix("variant=")
+        elif word.startswith("variant=") and set(variants := word.removeprefix("variant=").split(",")) <= set(VARIANTS):
+            block.variants = tuple(variants)
         elif word.startswith("after="):
             block.after = word.removeprefix("after=")
         elif word.startswith("file="):
@@ -124,7 +126,8 @@ def parse_marker(block: Block, body: str) -> Block:
             block.captures[m["name"]] = m["path"]
         else:
             raise GuideError(f"{block.where}: doc-test marker word {word!r} is none of {HOSTS + FLAGS}, id=NAME, "
-                             f"NAME=json.path, file=PATH, variant={'|'.join(VARIANTS)}, synopsis, `not run: REASON`")
+                             f"NAME=json.path, file=PATH, variant={'|'.join(VARIANTS)}[,...], synopsis, "
+                             "`not run: REASON`")
     if not hosts:
         raise GuideError(f"{block.where}: the marker names no host (controller or hypervisors)")
     if block.file and (hosts != ["controller"] or flags or block.captures):

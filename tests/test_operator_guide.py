@@ -74,7 +74,7 @@ UPSTREAM6 = "2001:db8:ee::1"  # ... and the gateway of the guide's ext-v6: the u
 def _run_blocks(variant: str | None = None) -> list[Block]:
     """The blocks a run of the guide runs (``variant``: that run's, else every variant's), in the guide's order."""
     return [b for b in guide_blocks.blocks() if not b.skip and not b.synopsis and not b.config
-            and (variant is None or b.variant in ("", variant))]
+            and (variant is None or not b.variants or variant in b.variants)]
 
 
 # -- the guide's form: every block placed -----------------------------------------------------------
@@ -200,6 +200,20 @@ def test_the_lab_runs_the_guides_attach_steps(monkeypatch: pytest.MonkeyPatch) -
     assert manual and guide_blocks.commands(manual[1].replace("#", "")) == _steps_commands(monkeypatch, by_hand)
 
 
+def test_the_lab_names_its_hosts_as_the_guide_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps 1+2 the other way (the controller makes br-int): ``Lab(names_itself=True)``'s steps are the guide's."""
+    socket = DEFAULTS["unix_socket"]
+
+    def lab_steps(vsctl: Any, ofctl: Any) -> None:
+        steps.name_host(vsctl, "hv1")
+        steps.link_controller_socket(socket)
+        steps.set_manager(vsctl, "unix:/run/tenantflow/ovsdb.sock")
+        steps.attach_underlay(vsctl, "hv1", "eth1", "192.168.100.1/24")
+        steps.add_provider_bridge(vsctl, "hv1", "br-phys", "eth2")
+
+    assert _hypervisor_commands("system-id") == _steps_commands(monkeypatch, lab_steps)
+
+
 def test_the_lab_attaches_over_tls_as_the_guide_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The TLS lab's certificates (``apps/lab/pki.py``) and step 2 (``steps.set_ssl``...) are the guide's commands."""
     from tests.lab_fixtures import unless_able
@@ -249,7 +263,8 @@ def test_the_lab_registers_and_plugs_as_the_guide_does() -> None:
 class GuideLab:
     """A bare cloud for the guide: a controller host, two hypervisors with nothing on their OVS yet."""
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "unix") -> None:
+        self.variant = variant  # the guide's run: system-id leaves br-int to the controller (made at registration)
         self.prefix = f"tg{uuid.uuid4().hex[:6]}"
         self.workdir = Path(tempfile.mkdtemp(prefix="tfguide-"))  # short: unix socket paths are < 108 bytes
         self.ctl_netns, self.fabric = f"{self.prefix}-ctl", f"{self.prefix}-fab"
@@ -500,7 +515,9 @@ def check_attach(lab: GuideLab, hv: str | None, _out: str) -> None:
     for nic in ("eth1", "eth2"):
         assert "NOARP" in sh.run(["ip", "-n", ovs.netns, "link", "show", nic]), nic
         assert sh.run(["sysctl", "-n", f"net.ipv6.conf.{nic}.disable_ipv6"], netns=ovs.netns).strip() == "1", nic
-    for bridge in ("br-int", "br-underlay", "br-phys"):
+    made = ("br-underlay", "br-phys") if lab.variant == "system-id" else ("br-int", "br-underlay", "br-phys")
+    assert "br-int" not in ovs.vsctl("list-br").split() or lab.variant != "system-id", "br-int before registration"
+    for bridge in made:
         assert ovs.vsctl("get", "bridge", bridge, "other_config:disable-in-band").strip() == '"true"', bridge
 
 
@@ -512,6 +529,10 @@ def check_status(lab: GuideLab, hv: str | None, out: str) -> None:
     assert connected and set(connected) == {"true"}, connected
     hypervisor, sync = guide_blocks.json_documents(out)
     assert hypervisor["hypervisor"]["name"] == hv and hypervisor["hypervisor"]["connected"] is True, hypervisor
+    if lab.variant == "system-id":  # the br-int the controller made: the registered datapath id, in-band off
+        config = lab.ovs[hv].vsctl("get", "bridge", "br-int", "other_config")
+        assert f'datapath-id="{hypervisor["hypervisor"]["datapath_id"]}"' in config, config
+        assert 'disable-in-band="true"' in config, config
     assert sync["converged"] is True and hv not in sync["pending"] + sync["disconnected"], sync
 
 
@@ -579,9 +600,9 @@ ASKED_AGAIN = {"status", "etcd"}  # a question whose answer comes true in a mome
 
 
 @contextlib.contextmanager
-def guide_lab() -> Iterator[GuideLab]:
-    """A built :class:`GuideLab`, torn down after (also when building it failed)."""
-    lab = GuideLab()
+def guide_lab(variant: str = "unix") -> Iterator[GuideLab]:
+    """A built :class:`GuideLab` for that run of the guide, torn down after (also when building it failed)."""
+    lab = GuideLab(variant)
     try:
         lab.build()
         yield lab
@@ -628,7 +649,7 @@ def test_the_guide_attaches_over_tls() -> None:
     _lab_tools()
     blocks = _run_blocks("tls")
     status = next(i for i, b in enumerate(blocks) if b.id == "status")
-    with guide_lab() as lab:
+    with guide_lab("tls") as lab:
         run_guide(lab, blocks[: status + 1])
         for hv in HYPERVISORS:  # over TLS, and nothing else
             assert lab.ovs[hv].vsctl("get", "controller", "br-int", "target").strip() == f'"ssl:{CONTROLLER_IP}:6653"'
@@ -642,7 +663,7 @@ def test_the_guide_runs_a_cluster() -> None:
     _lab_tools()
     blocks = _run_blocks("cluster")
     status = next(i for i, b in enumerate(blocks) if b.id == "status")
-    with guide_lab() as lab:
+    with guide_lab("cluster") as lab:
         run_guide(lab, blocks[: status + 1])
         for hv in HYPERVISORS:
             targets = lab.ovs[hv].vsctl("get-controller", "br-int").split()
@@ -657,3 +678,19 @@ def test_the_guide_runs_a_cluster() -> None:
 
         sh.wait_until(lambda: provider_masters() == [f"{hv}/br-phys" for hv in sorted(HYPERVISORS)], 10,
                       lambda: f"one master per provider bridge: {provider_masters()}")
+
+
+@pytest.mark.ovs
+@pytest.mark.lab
+def test_the_guide_lets_the_controller_make_br_int() -> None:
+    """The guide's other way of attach steps 1+2, up to "Is a hypervisor connected and synced?": each host names
+    itself and its manager, nothing more; the controller makes its br-int once registered, pointed at itself."""
+    _lab_tools()
+    blocks = _run_blocks("system-id")
+    assert not any(b.id == "bridge" for b in blocks), "step 1 is the controller's in this run"
+    status = next(i for i, b in enumerate(blocks) if b.id == "status")
+    with guide_lab("system-id") as lab:
+        run_guide(lab, blocks[: status + 1])
+        for hv in HYPERVISORS:
+            assert lab.ovs[hv].vsctl("get-controller", "br-int").split() == ["unix:tenantflow.sock"]
+            assert lab.ovs[hv].vsctl("get", "bridge", "br-int", "datapath_type").strip() == "netdev"

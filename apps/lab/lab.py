@@ -96,6 +96,7 @@ class Hypervisor:
     peer_tunnel_ips: list[str] = field(default_factory=list)
     gateway_for: list[str] = field(default_factory=list)  # physical networks it is a gateway for
     managed: bool = False  # the controller is its OVSDB manager (it patches and wires the provider bridges)
+    names_itself: bool = False  # attached by its system-id: the controller makes its br-int once it is registered
 
     @property
     def rundir(self) -> str:
@@ -113,6 +114,12 @@ class Hypervisor:
     def appctl(self, *args: str) -> str:
         """``ovs-appctl ARGS`` against this hypervisor's vswitchd."""
         return self.ovs.appctl(*args)
+
+    def br_int_ports(self) -> set[str]:
+        """br-int's port names; none while it has no br-int (the controller makes it for a host that names itself)."""
+        if steps.INTEGRATION_BRIDGE not in self.vsctl("list-br").split():
+            return set()
+        return set(self.vsctl("list-ports", steps.INTEGRATION_BRIDGE).split())
 
     def ofport(self, interface: str) -> int:
         """The OpenFlow port number of ``interface`` on its bridge."""
@@ -245,6 +252,7 @@ class Lab:
         manager_target: str | None = None,
         pki: Pki | None = None,
         management: ManagementNet | None = None,
+        names_itself: bool = False,
     ) -> None:
         if controller_unix_socket and controller_target:
             raise ValueError("give controller_unix_socket or controller_target, not both")
@@ -264,6 +272,9 @@ class Lab:
         sockets = [manager_unix_socket] if isinstance(manager_unix_socket, str) else manager_unix_socket or []
         self.manager_target = manager_target or " ".join(f"unix:{os.path.abspath(s)}" for s in sockets) or None
         self.pki, self.management = pki, management
+        if names_itself and self.manager_target is None:
+            raise ValueError("names_itself: the controller makes br-int as the hypervisors' OVSDB manager")
+        self.names_itself = names_itself  # attach steps 1+2 the other way (steps.name_host): no br-int of ours
         if dpid_base is None:
             # "tf" + 16 bits of the prefix: two labs on one controller get distinct dpids
             dpid_base = (0x7466 << 48) | ((zlib.crc32(prefix.encode()) & 0xFFFF) << 16)
@@ -345,6 +356,7 @@ class Lab:
             netns=netns,
             ovs=PrivateOVS(netns, os.path.join(self.workdir, name)),
             managed=self.manager_target is not None,
+            names_itself=self.names_itself,
         )
         with self._lock:
             self.hypervisors.append(hv)
@@ -358,12 +370,17 @@ class Lab:
             self.management.attach(netns, index)
         hv.ovs.start()
         # the operator steps, in order
-        steps.add_integration_bridge(hv.vsctl, hv.dpid)
+        if self.names_itself:
+            steps.name_host(hv.vsctl, name)
+        else:
+            steps.add_integration_bridge(hv.vsctl, hv.dpid)
         if self.pki is not None:
             cert = self.pki.switch(name)
             steps.set_ssl(hv.vsctl, cert.private_key, cert.certificate, cert.ca_cert)
-        target = self._controller_target_for(hv)
-        if target is not None:
+        target = self._controller_target_for(hv)  # (links the controller's socket into the run directory)
+        if target is not None and self.names_itself:
+            hv.controller = target  # the controller points br-int at it: unix:tenantflow.sock is that link
+        elif target is not None:
             hv.set_controller(target, self.controller_max_backoff_ms)
         if self.manager_target is not None:
             steps.set_manager(hv.vsctl, self.manager_target)
@@ -379,7 +396,8 @@ class Lab:
             hv.bridge_mappings[self.physnet] = PROVIDER_BRIDGE
             if name in self.gateways:
                 hv.gateway_for.append(self.physnet)
-        hv.ovs.wait_bridge(steps.INTEGRATION_BRIDGE)
+        if not self.names_itself:  # else br-int comes once hv is registered (register_hypervisors waits for it)
+            hv.ovs.wait_bridge(steps.INTEGRATION_BRIDGE)
 
     def _controller_target_for(self, hv: Hypervisor) -> str | None:
         if self.controller_target:
@@ -424,8 +442,7 @@ class Lab:
             deadline = time.monotonic() + timeout
             missing = list(self.hypervisors)
             while missing:
-                missing = [hv for hv in missing if not set(TUNNEL_PORT_NAMES.values()) <= set(
-                    hv.vsctl("list-ports", steps.INTEGRATION_BRIDGE).split())]
+                missing = [hv for hv in missing if not set(TUNNEL_PORT_NAMES.values()) <= hv.br_int_ports()]
                 if missing and time.monotonic() > deadline:
                     raise LabError(f"the controller made no overlay tunnel ports on {[hv.name for hv in missing]} "
                                    f"within {timeout:g} s of their registration")

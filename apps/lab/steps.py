@@ -14,6 +14,8 @@ Order on a compute node:
    :func:`link_controller_socket`  -- (a controller on this host) its socket into OVS's run directory
    :func:`set_controller`          -- point br-int at the controller
    :func:`set_manager`             -- and the host's OVSDB (the gateway tunnel ports are the controller's)
+1+2, the other way (the controller makes br-int): :func:`name_host`, then (TLS) :func:`set_ssl` or (a
+   controller on this host) :func:`link_controller_socket`, and :func:`set_manager`
 3. :func:`attach_underlay`         -- the tunnel endpoint IP on an OVS bridge
 4. :func:`add_tunnel_ports`        -- flow-based VXLAN, Geneve and GRE ports (the controller's to make
                                       when it is the host's OVSDB manager: only without one)
@@ -79,6 +81,22 @@ def integration_bridge_args(dpid: int, bridge: str = INTEGRATION_BRIDGE, datapat
         f"datapath_type={datapath_type}", "fail_mode=secure", "protocols=OpenFlow13",
         f"other-config:datapath-id={format_dpid(dpid)}", "other-config:disable-in-band=true",
     ]  # fmt: skip
+
+
+def name_host(vsctl: Vsctl, name: str, datapath_type: str = "netdev") -> None:
+    """Steps 1 and 2, the other way, first: the host names itself, and the controller makes br-int.
+
+    ``ovs-vsctl set open . external-ids:system-id=<name> external-ids:tenantflow-datapath-type=<type>``.
+    ``name``: the hypervisor's registered name (as OVN's ``system-id``); once the controller is the
+    host's OVSDB manager (:func:`set_manager`) and the hypervisor is registered, it makes br-int as
+    step 1 does (its registered datapath id, ``fail_mode=secure``, OpenFlow 1.3, in-band off, this
+    datapath type: OVN's ``ovn-bridge-datapath-type``) and points it at itself (``--bridge-controllers``,
+    else the address the host reached it at; for a controller on this host ``unix:tenantflow.sock``, in
+    OVS's run directory: the link of :func:`link_controller_socket`). Over TLS the host's certificate
+    must name the same hypervisor.
+    """
+    vsctl("set", "open", ".", f"external-ids:system-id={name}",
+          f"external-ids:tenantflow-datapath-type={datapath_type}")
 
 
 def set_controller(vsctl: Vsctl, target: str, max_backoff_ms: int | None = None) -> None:
