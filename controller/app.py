@@ -86,7 +86,7 @@ class TenantflowApp(app_manager.OSKenApp):
         self.providers = ProviderBridges(None if isinstance(self.cluster, Solo) else self.cluster)
         if CLUSTER is None:
             threading.Thread(target=self._warm_up, name="engine-warm-up", daemon=True).start()
-        if CLUSTER is not None:
+        else:
             self.topology.subscribe(self._name_switches)
             self.engine.set_ownership(self._owns)
             self.cluster.subscribe(self._ownership_changed)
@@ -227,14 +227,13 @@ class TenantflowApp(app_manager.OSKenApp):
                     behind[sw] = generation
         return behind
 
-    def _still_behind(self, sw: Switch, generation: int | None) -> int | None | bool:
-        """The generation ``sw`` must still reach (a bridge built meanwhile: its first one), or False if it holds it."""
-        if generation is None:
-            name = sw.hv_name
-            if name is None or not self.engine.compiles(name):
-                return None
-            generation = self.engine.generation_of(name)
-        return False if sw.holds(generation) else generation
+    def _target(self, sw: Switch, generation: int | None) -> int | None:
+        """The generation ``sw`` must reach: ``generation``, or for a bridge whose flows were not built yet (None)
+        the one they were built at, if they are by now (else still None)."""
+        name = sw.hv_name
+        if generation is None and name is not None and self.engine.compiles(name):
+            return self.engine.generation_of(name)
+        return generation
 
     def wait_synced(self, timeout: float) -> bool:
         """Wait until every connected bridge this instance masters holds every change made before the call.
@@ -248,8 +247,8 @@ class TenantflowApp(app_manager.OSKenApp):
             behind = self._behind()
         with SYNCED:
             while True:
-                still = {sw: self._still_behind(sw, gen) for sw, gen in behind.items() if sw.alive}
-                behind = {sw: gen for sw, gen in still.items() if gen is not False}
+                targets = {sw: self._target(sw, gen) for sw, gen in behind.items() if sw.alive}
+                behind = {sw: gen for sw, gen in targets.items() if gen is None or not sw.holds(gen)}
                 left = deadline - time.monotonic()
                 if not behind or left <= 0:
                     return not behind

@@ -45,6 +45,7 @@ from collections.abc import Callable
 
 from os_ken.base import app_manager  # noqa: F401  (first: os-ken's controller module imports it back)
 from os_ken.controller.controller import Datapath
+from os_ken.lib import hub
 from os_ken.ofproto.ofproto_parser import msg as _OS_KEN_PARSE
 
 LOG = logging.getLogger("tenantflow.connection")
@@ -72,6 +73,13 @@ DUPLICATE = "duplicate datapath id"  # ... when another connection claimed the s
 # get-config reply, packet-in, flow removed, port status, multipart reply, barrier reply, queue config
 # reply, role reply, get-async reply). Any other type is skipped whole, counted and logged once.
 SWITCH_TYPES = frozenset({0, 1, 2, 3, 4, 6, 8, 10, 11, 12, 19, 21, 23, 25, 27})
+# Connections the kernel holds for each OpenFlow listener (TCP, TLS, unix) before we accept them. os-ken
+# listens with 50: when 1,000 bridges reconnect at once (a controller restart), the queue overflows and
+# the kernel drops the handshakes' last ACKs; OVS believes itself connected, gets no answer to its hello
+# and echo, and gives up after its inactivity probe ("no response to inactivity probe", 10 bridges of a
+# vswitchd at once in the scale bench).
+LISTEN_BACKLOG = 1024
+_OS_KEN_LISTEN = hub.listen
 
 
 class MalformedStream(ValueError):
@@ -546,8 +554,14 @@ def install(tcp: bool = True) -> None:
     from os_ken.controller import ofp_handler
 
     os_ken_controller.datapath_connection_factory = serve_connection
+    hub.listen = _listen  # os-ken's StreamServer looks it up at each call
     os_ken_controller.ofproto_parser.msg = _parse_reported
     ofp_handler.OpenFlowController = os_ken_controller.OpenFlowController if tcp else _NotListening
+
+
+def _listen(addr, family: int = socket.AF_INET, backlog: int = LISTEN_BACKLOG, **options) -> socket.socket:
+    """os-ken's ``hub.listen`` with a queue deep enough for every bridge reconnecting at once (LISTEN_BACKLOG)."""
+    return _OS_KEN_LISTEN(addr, family, max(backlog, LISTEN_BACKLOG), **options)
 
 
 def _parse_reported(datapath, version, msg_type, msg_len, xid, buf):

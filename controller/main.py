@@ -257,7 +257,7 @@ def serve_unix(path: str) -> threading.Thread:
     Each connection is served like a TCP one (:func:`controller.connection.serve_connection`:
     echo requests answered on arrival), with TCP-level socket options ignored.
     """
-    from controller.connection import serve_connection
+    from controller.connection import LISTEN_BACKLOG, serve_connection
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.exists(path):
@@ -265,7 +265,7 @@ def serve_unix(path: str) -> threading.Thread:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     os.chmod(path, 0o660)
-    server.listen(128)
+    server.listen(LISTEN_BACKLOG)
 
     def accept_loop() -> None:
         while True:

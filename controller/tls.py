@@ -184,14 +184,14 @@ def serve_openflow(host: str, port: int, files: TlsFiles) -> socket.socket:
     (:func:`controller.connection.serve_connection`) with the name attached, for the app to
     hold against the datapath id. Returns the listening socket (its port: the one bound).
     """
-    from controller.connection import serve_connection
+    from controller.connection import LISTEN_BACKLOG, serve_connection
 
     ctx = files.server_context()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = socket.socket(family, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((host, port))
-    server.listen(1024)
+    server.listen(LISTEN_BACKLOG)
     export_refusals("openflow")
 
     def handle(conn: socket.socket, address: tuple) -> None:
