@@ -269,12 +269,12 @@ def port_plain_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule
     """The rules without a remote group that filter a port (none when it has no port security)."""
     if not is_secured(port):
         return []
-    return [r for r in _port_rules(graph, port) if not r.remote_group_id and r.direction in _DIRECTIONS]
+    return [r for r in _port_rules(graph, port) if _plain(r)]
 
 
 def acl_rule(graph: TopologyGraph, port: Port, rule: SecurityGroupRule) -> tuple[Flow, ...]:
     """One rule's flows for one port (none unless it is one of :func:`port_plain_rules`)."""
-    if (not is_secured(port) or rule.remote_group_id or rule.direction not in _DIRECTIONS
+    if (not is_secured(port) or not _plain(rule)
             or rule.security_group_id not in (port.attrs.get("security_groups") or ())
             or graph.get("sg", rule.security_group_id) is None):
         return ()
@@ -300,6 +300,11 @@ def member_clause(spec: MemberSpec, direction: str, eth: int, address: MatchValu
 
 
 _DIRECTIONS = {d.name: d for d in (EGRESS, INGRESS)}
+
+
+def _plain(rule: SecurityGroupRule) -> bool:
+    """A rule matched on its own per port (no remote group: those are conjunctions in the base unit)."""
+    return not rule.remote_group_id and rule.direction in _DIRECTIONS
 
 
 def _port_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule]:

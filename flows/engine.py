@@ -113,6 +113,7 @@ class FlowEngine:
         # cluster's and masters only a share of the bridges (controller.cluster); see set_ownership.
         self._owns: Callable[[str], bool] = everything if build else self._built
         self._long_lived = long_lived
+        self._warm_order: tuple[int, list[str]] = (-1, [])  # (hypervisors' version, names to build, reversed)
         with self.lock:
             self._rebuild_all(freeze=long_lived)
 
@@ -154,8 +155,7 @@ class FlowEngine:
             deadline = time.perf_counter() + budget
             with gc_paused(self._long_lived):
                 for name in names:
-                    self._rebuild(name)
-                    self.hvs[name].changed = set(self.hvs[name].flows)
+                    self._build_new(name)
                     built.append(name)
                     if time.perf_counter() >= deadline:
                         break
@@ -163,13 +163,31 @@ class FlowEngine:
         self._tell(set(built))
         return built
 
+    def _build_new(self, name: str) -> None:
+        """Build a hypervisor this engine did not compile: every flow is news to its switch."""
+        self._rebuild(name)
+        state = self.hvs[name]
+        state.changed = set(state.flows)
+
     def _next_to_build(self, first: Callable[[], Iterable[str]], chunk: int) -> list[str]:
-        """Up to ``chunk`` hypervisors not built yet, the ones ``first()`` names before the others (under the lock)."""
-        known = {h.name for h in self.graph.hypervisors()}
-        todo = [n for n in first() if n in known and n not in self.hvs]
-        if len(todo) < chunk:
-            todo += sorted(known - self.hvs.keys() - set(todo))
-        return list(dict.fromkeys(todo))[:chunk]
+        """Up to ``chunk`` hypervisors not built yet, the ones ``first()`` names before the others (under the lock).
+
+        The others come in name order from a list made once per version of the hypervisors (a
+        registration meanwhile makes it again), not from a sort of every name at each step.
+        """
+        if self._warm_order[0] != self.graph.hv_generation:
+            names = sorted((h.name for h in self.graph.hypervisors()), reverse=True)
+            self._warm_order = (self.graph.hv_generation, names)
+        order = self._warm_order[1]
+        while order and order[-1] in self.hvs:  # (sorted backwards: the built ones come off the end)
+            order.pop()
+        todo = [n for n in dict.fromkeys(first()) if n not in self.hvs and self.graph.hypervisor(n) is not None][:chunk]
+        for name in reversed(order):
+            if len(todo) >= chunk:
+                break
+            if name not in self.hvs and name not in todo:
+                todo.append(name)
+        return todo
 
     @classmethod
     def attach(cls, topology, build: bool = True) -> FlowEngine:
@@ -198,9 +216,7 @@ class FlowEngine:
             for name in [n for n in self.hvs if not owns(n)]:
                 self._drop(name)
             for name in gained:
-                self._rebuild(name)
-                state = self.hvs[name]
-                state.changed = set(state.flows)
+                self._build_new(name)
             self._stamp(gained)
         self._tell(gained)
 
