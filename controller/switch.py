@@ -64,7 +64,6 @@ from flows.routing import TTL_METER
 LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
 FLOW_MONITOR = True  # ask each mastered bridge for its flow monitor (--flow-monitor; controller.monitor)
-SLOT_PATIENCE = 10.0  # seconds a worker waits for its switch in a sync slot before lending the slot out
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
 ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
 RETRY_BASE = 0.5  # seconds before the first retry of a failed sync; doubles with each failure...
@@ -520,16 +519,16 @@ class Switch(monitor.FlowMonitoring):
     def _wait(self, waiter: _Waiter, what: str) -> None:
         """Wait for a reply; SwitchGone if the switch went away meanwhile, ReplyTimeout if none came.
 
-        A switch that keeps us waiting longer than SLOT_PATIENCE (hung, SIGSTOPped: TCP keepalive
-        does not see a stopped process) gives its sync slot to the next bridge meanwhile, and takes
-        one back first when it answers: a few hung switches must not hold every slot for the
-        minute of REPLY_TIMEOUT and stop every other bridge's syncs.
+        The worker lends its sync slot to the next bridge while it waits, and takes one back first
+        when the reply comes: the slots bound the bridges being compared and encoded at once (the
+        controller's CPU), not those a switch or the network is busy with. Holding the slot through
+        the round trips made a change to 41 bridges wait for ten rounds of them, four bridges at a
+        time; and a hung switch (SIGSTOPped: TCP keepalive does not see a stopped process) would
+        hold a slot for the minute of REPLY_TIMEOUT.
         """
         lends = self._slot is not None and threading.current_thread() is self._thread  # (a check's dump: no slot)
-        answered = waiter.event.wait(min(REPLY_TIMEOUT, SLOT_PATIENCE) if lends else REPLY_TIMEOUT)
-        if not answered and lends and self._alive:
-            with self._slot.lent():
-                answered = waiter.event.wait(max(0.0, REPLY_TIMEOUT - SLOT_PATIENCE))
+        with self._slot.lent() if lends else contextlib.nullcontext():
+            answered = waiter.event.wait(REPLY_TIMEOUT)
         if not self._alive:
             raise SwitchGone("switch disconnected")
         if not answered:
