@@ -25,7 +25,8 @@ defeat the backoff).
 Cold syncs are bounded: every sync attempt (connect-time read, re-read, compile, push)
 holds one of ``SYNC_SLOTS`` (4 by default, ``--sync-concurrency``), handed out in
 arrival order, so 1,000 bridges connecting at once are read and pushed a few at a
-time, in order, instead of all encoding at once on two cores.
+time, in order, instead of all encoding at once on two cores. It lends the slot while it
+waits for its switch (see :meth:`Switch._wait`): the slots bound CPU work, not round trips.
 """
 
 from __future__ import annotations
