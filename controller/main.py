@@ -48,6 +48,7 @@ DEFAULTS = {
     "default_project": "default",
     "log_level": "INFO",
     "sync_concurrency": "4",
+    "change_concurrency": "64",
     "flow_monitor": "on",
     "dhcp_lease_time": "86400",
     "dhcp_domain": "openstacklocal",
@@ -122,7 +123,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--default-project", default=values["default_project"],
                    help="project_id of resources created with none in the body and no X-Project-Id header")
     p.add_argument("--sync-concurrency", type=int, default=int(values["sync_concurrency"]),
-                   help="bridges read and pushed at the same time (the others wait their turn, in order)")
+                   help="bridges read and pushed whole at the same time (on connect; the others wait their turn, in "
+                        "order)")
+    p.add_argument("--change-concurrency", type=int, default=int(values["change_concurrency"]),
+                   help="ready bridges taking a change at the same time")
     p.add_argument("--flow-monitor", choices=["on", "off"], default=values["flow_monitor"],
                    help="on: flows changed on a switch by someone else are repaired at once (OVS's flow monitor); "
                         "off: only when the bridge next connects (e.g. to look at a change made by hand)")
@@ -341,6 +345,7 @@ def start(args: argparse.Namespace, topology=None) -> Running:
     of_app.TOPOLOGY = topology
     of_app.CLUSTER = _join_cluster(args, topology)
     switch.SYNC_SLOTS.set_limit(args.sync_concurrency)
+    switch.CHANGE_SLOTS.set_limit(args.change_concurrency)
     switch.FLOW_MONITOR = args.flow_monitor == "on"
     dhcp.SETTINGS = dhcp.Settings(lease_time=args.dhcp_lease_time, domain=args.dhcp_domain)
     ra.INTERVAL = (args.ra_interval / 3, args.ra_interval)

@@ -22,11 +22,14 @@ changes costs at most one more sync, which takes everything that changed up to i
 start. A retry is never brought forward by a change (a stream of changes must not
 defeat the backoff).
 
-Cold syncs are bounded: every sync attempt (connect-time read, re-read, compile, push)
-holds one of ``SYNC_SLOTS`` (4 by default, ``--sync-concurrency``), handed out in
-arrival order, so 1,000 bridges connecting at once are read and pushed a few at a
-time, in order, instead of all encoding at once on two cores. It lends the slot while it
-waits for its switch (see :meth:`Switch._wait`): the slots bound CPU work, not round trips.
+Syncs are bounded: a whole sync (a bridge read on connect or re-read, every cookie
+compared, its flows pushed) holds one of ``SYNC_SLOTS`` (4 by default,
+``--sync-concurrency``), handed out in arrival order, so 1,000 bridges connecting at once
+are read and pushed a few at a time, in order, instead of all encoding at once on two
+cores. A change to ready bridges holds one of ``CHANGE_SLOTS`` instead (64 by default,
+``--change-concurrency``): such a sync is a little encoding and two round trips, so four
+at a time served a change to 41 bridges in ten rounds of round trips, and a change
+waited behind the whole syncs of a cold start.
 """
 
 from __future__ import annotations
@@ -65,12 +68,14 @@ from flows.routing import TTL_METER
 LOG = logging.getLogger("tenantflow.switch")
 REPLY_TIMEOUT = 60.0
 FLOW_MONITOR = True  # ask each mastered bridge for its flow monitor (--flow-monitor; controller.monitor)
+SLOT_PATIENCE = 10.0  # seconds a worker waits for its switch in a sync slot before lending the slot out
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
 ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
 RETRY_BASE = 0.5  # seconds before the first retry of a failed sync; doubles with each failure...
 RETRY_CAP = 30.0  # ...up to this; each wait is drawn from [delay/2, delay] (jitter)
 TIMEOUTS_BEFORE_DROP = 3  # consecutive unanswered requests after which the connection is closed
 DEFAULT_SYNC_CONCURRENCY = 4
+DEFAULT_CHANGE_CONCURRENCY = 64
 
 
 class SwitchGone(ConnectionError):
@@ -85,7 +90,8 @@ class RequestRefused(ConnectionError):
     """The switch answered a request with an OpenFlow error."""
 
 
-SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)
+SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)  # whole syncs: a (re)connected bridge read and compared whole
+CHANGE_SLOTS = SyncSlots(DEFAULT_CHANGE_CONCURRENCY)  # a ready bridge taking the flows changed since its last sync
 # Notified whenever a switch confirms a sync or goes away: what GET /sync?wait= sleeps on.
 SYNCED = threading.Condition()
 _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a retry is pending)
@@ -360,7 +366,7 @@ class Switch(monitor.FlowMonitoring):
                 self._read_ports()
                 self._ports_read = True
             return True
-        slots = SYNC_SLOTS
+        slots = SYNC_SLOTS if reread or not self.ready else CHANGE_SLOTS
         with slots:
             self._slot = slots  # lent to others while the switch keeps us waiting (see _wait)
             try:
@@ -520,16 +526,16 @@ class Switch(monitor.FlowMonitoring):
     def _wait(self, waiter: _Waiter, what: str) -> None:
         """Wait for a reply; SwitchGone if the switch went away meanwhile, ReplyTimeout if none came.
 
-        The worker lends its sync slot to the next bridge while it waits, and takes one back first
-        when the reply comes: the slots bound the bridges being compared and encoded at once (the
-        controller's CPU), not those a switch or the network is busy with. Holding the slot through
-        the round trips made a change to 41 bridges wait for ten rounds of them, four bridges at a
-        time; and a hung switch (SIGSTOPped: TCP keepalive does not see a stopped process) would
-        hold a slot for the minute of REPLY_TIMEOUT.
+        A switch that keeps us waiting longer than SLOT_PATIENCE (hung, SIGSTOPped: TCP keepalive
+        does not see a stopped process) gives its sync slot to the next bridge meanwhile, and takes
+        one back first when it answers: a few hung switches must not hold every slot for the
+        minute of REPLY_TIMEOUT and stop every other bridge's syncs.
         """
         lends = self._slot is not None and threading.current_thread() is self._thread  # (a check's dump: no slot)
-        with self._slot.lent() if lends else contextlib.nullcontext():
-            answered = waiter.event.wait(REPLY_TIMEOUT)
+        answered = waiter.event.wait(min(REPLY_TIMEOUT, SLOT_PATIENCE) if lends else REPLY_TIMEOUT)
+        if not answered and lends and self._alive:
+            with self._slot.lent():
+                answered = waiter.event.wait(max(0.0, REPLY_TIMEOUT - SLOT_PATIENCE))
         if not self._alive:
             raise SwitchGone("switch disconnected")
         if not answered:
