@@ -366,7 +366,10 @@ class Switch(monitor.FlowMonitoring):
                 self._read_ports()
                 self._ports_read = True
             return True
-        slots = SYNC_SLOTS if reread or not self.ready else CHANGE_SLOTS
+        # A first push after a connect is whole even when the read came earlier (a bridge that connected before
+        # the engine had built its hypervisor): it waits for a sync slot like the read did.
+        whole = reread or not self.ready or self._full_diff
+        slots = SYNC_SLOTS if whole else CHANGE_SLOTS
         with slots:
             self._slot = slots  # lent to others while the switch keeps us waiting (see _wait)
             try:

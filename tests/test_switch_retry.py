@@ -212,6 +212,7 @@ class FakeSource:
         self._changed = set(self._desired)
         self.takes = 0
         self.generation = 1
+        self.built = True  # False: the engine has not built the hypervisor yet (the switch must not diff)
 
     def set(self, compiled: list[Flow]) -> None:
         """New flows for the hypervisor."""
@@ -231,8 +232,8 @@ class FakeSource:
         return self._desired
 
     def compiles(self, hv_name: str) -> bool:
-        """It holds the one hypervisor's flows."""
-        return hv_name == self.hv
+        """It holds the one hypervisor's flows, once built."""
+        return self.built and hv_name == self.hv
 
     def take_changes(self, hv_name: str) -> set[int]:
         """The cookies changed since the last call."""
@@ -551,6 +552,37 @@ def test_a_change_to_many_bridges_is_not_served_a_round_trip_after_another(monke
         gate.set()
         for sw, dp, _ in started:
             wait_until(lambda sw=sw, dp=dp: equal(sw, dp, changed), message="every bridge took the change")
+    finally:
+        gate.set()
+        for sw, _, _ in started:
+            sw.stop()
+            assert sw.join(2)
+
+
+def test_a_first_push_after_the_build_is_whole_and_bounded_by_the_sync_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bridges that connected before the engine built their hypervisors (a cold start with the warm-up) push all
+    their flows later: those pushes are whole syncs, bounded by SYNC_SLOTS, not by the wide CHANGE_SLOTS."""
+    monkeypatch.setattr(switch, "SYNC_SLOTS", SyncSlots(1))
+    monkeypatch.setattr(switch, "CHANGE_SLOTS", SyncSlots(8))
+    monkeypatch.setattr(switch, "REPLY_TIMEOUT", 10.0)
+    gate, compiled = threading.Event(), flows(3)
+
+    def unbuilt(dp: FakeDatapath) -> None:
+        dp.barrier_gate = gate
+        dp.sw._source.built = False  # before its worker starts
+
+    started = [connect(0xE00 + i, f"late-{i}", compiled, unbuilt) for i in range(3)]
+    try:
+        wait_until(lambda: all(sw.ready for sw, _, _ in started), message="every bridge read")
+        for sw, _, source in started:
+            source.built = True
+            sw.mark_dirty()
+        wait_until(lambda: sum(dp.barriers_held for _, dp, _ in started) >= 1, message="a first push out")
+        time.sleep(0.3)  # room for the others to send theirs, if they could
+        assert sum(dp.barriers_held for _, dp, _ in started) == 1, "one whole push at a time"
+        gate.set()
+        for sw, dp, _ in started:
+            wait_until(lambda sw=sw, dp=dp: equal(sw, dp, compiled), message="every bridge synced")
     finally:
         gate.set()
         for sw, _, _ in started:
