@@ -79,6 +79,12 @@ FLOWS = Gauge("tenantflow_flows", "Flows installed on a hypervisor as the contro
               registry=REGISTRY)
 SYNC_SECONDS = Histogram("tenantflow_sync_seconds", "Time of one compile+diff+push of a hypervisor",
                          registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5, 30))
+SYNC_ATTEMPTS = Counter("tenantflow_sync_attempts", "Sync attempts by the slots they took: whole (a bridge read "
+                        "and compared whole, --sync-concurrency) or change (a ready bridge's changes, "
+                        "--change-concurrency)",
+                        ["kind"], registry=REGISTRY)
+SYNC_FLOW_MODS = Counter("tenantflow_sync_flow_mods", "Flow-mods committed by syncs, by the slots they took (as "
+                         "tenantflow_sync_attempts)", ["kind"], registry=REGISTRY)
 SYNC_RETRIES = Counter("tenantflow_sync_retries", "Syncs retried after a failed one (discarded or refused bundle, "
                        "no reply in time, an error)", ["hypervisor"], registry=REGISTRY)
 DISCONNECTS = Counter("tenantflow_switch_disconnects", "Times a bridge's OpenFlow connection ended",

@@ -369,7 +369,8 @@ class Switch(monitor.FlowMonitoring):
         # A first push after a connect is whole even when the read came earlier (a bridge that connected before
         # the engine had built its hypervisor): it waits for a sync slot like the read did.
         whole = reread or not self.ready or self._full_diff
-        slots = SYNC_SLOTS if whole else CHANGE_SLOTS
+        slots, kind = (SYNC_SLOTS, "whole") if whole else (CHANGE_SLOTS, "change")
+        metrics.SYNC_ATTEMPTS.labels(kind).inc()
         with slots:
             self._slot = slots  # lent to others while the switch keeps us waiting (see _wait)
             try:
@@ -385,6 +386,8 @@ class Switch(monitor.FlowMonitoring):
                 result = self.sync()
             finally:
                 self._slot = None
+        if result.committed:
+            metrics.SYNC_FLOW_MODS.labels(kind).inc(result.added + result.deleted)
         if not result.committed and self._alive:
             LOG.warning("switch %016x (%s): sync not committed (%d errors); will re-read it and retry",
                         self.dpid, self.hv_name, len(result.errors))
