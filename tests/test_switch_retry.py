@@ -529,6 +529,14 @@ def test_a_switch_that_keeps_its_worker_waiting_lends_its_sync_slot(monkeypatch:
         assert hung.join(2)
 
 
+def stop_all(started: list[tuple[Switch, FakeDatapath, FakeSource]], gate: threading.Event) -> None:
+    """Let every held barrier go, then stop each switch's worker."""
+    gate.set()
+    for sw, _, _ in started:
+        sw.stop()
+        assert sw.join(2)
+
+
 def test_a_change_to_many_bridges_is_not_served_a_round_trip_after_another(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whole syncs are bounded by SYNC_SLOTS; a change to ready bridges takes CHANGE_SLOTS. With ONE sync slot, a
     change to four synced bridges has all four bundles out while no switch has answered yet (a change to 41
@@ -553,10 +561,7 @@ def test_a_change_to_many_bridges_is_not_served_a_round_trip_after_another(monke
         for sw, dp, _ in started:
             wait_until(lambda sw=sw, dp=dp: equal(sw, dp, changed), message="every bridge took the change")
     finally:
-        gate.set()
-        for sw, _, _ in started:
-            sw.stop()
-            assert sw.join(2)
+        stop_all(started, gate)
 
 
 def test_a_first_push_after_the_build_is_whole_and_bounded_by_the_sync_slots(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -584,10 +589,7 @@ def test_a_first_push_after_the_build_is_whole_and_bounded_by_the_sync_slots(mon
         for sw, dp, _ in started:
             wait_until(lambda sw=sw, dp=dp: equal(sw, dp, compiled), message="every bridge synced")
     finally:
-        gate.set()
-        for sw, _, _ in started:
-            sw.stop()
-            assert sw.join(2)
+        stop_all(started, gate)
 
 
 def test_a_port_added_while_connecting_is_not_lost() -> None:
