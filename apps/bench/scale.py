@@ -13,7 +13,8 @@
 N = 1,000 (``TENANTFLOW_SCALE_HVS`` overrides; ``--quick``: 30 and smaller counts;
 ``TENANTFLOW_SCALE_TIMEOUT`` the longest wait in s, default 600; ``TENANTFLOW_SCALE_TOPOLOGIES``
 e.g. ``provider``; ``TENANTFLOW_SCALE_PHASES`` e.g. ``cold_start,health``: only those phases
-after the build). The topology goes through the API with the controller running and the
+after the build; ``TENANTFLOW_SCALE_CONTROLLER_ARGS`` more flags for the controller, e.g.
+``--sync-concurrency 2``). The topology goes through the API with the controller running and the
 bridges not yet pointed at it; then every bridge gets the controller at once
 (``first_connect_converged_s``), and later creates come in batches of ``RSS_BATCH``. The
 lab runs 10 bridges per vswitchd (each walks all its bridges per change: 12.3 ms of CPU per
@@ -66,6 +67,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import sqlite3
 import statistics
@@ -202,7 +204,8 @@ class ScaleRun:
     def __init__(self, kind: str, n: int, quick: bool, workdir: str) -> None:
         self.kind, self.n, self.quick = kind, n, quick
         self.workdir = workdir
-        self.ctl = ControllerProcess(os.path.join(workdir, "ctl"), extra_args=["--log-level", "warning"])
+        flags = shlex.split(os.environ.get("TENANTFLOW_SCALE_CONTROLLER_ARGS", ""))
+        self.ctl = ControllerProcess(os.path.join(workdir, "ctl"), extra_args=["--log-level", "warning", *flags])
         self.api = ApiClient(self.ctl.api_url, timeout=120)
         self.sync = Sync(self.api, n)
         self.lab: ScaleLab | None = None
