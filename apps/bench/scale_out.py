@@ -56,8 +56,12 @@ class Instances:
         return {n: c.request("GET", "/sync", timeout=30) for n, c in self.ctls.items()}
 
     def settled(self, n: int, revision: int = 0) -> bool:
-        """Every bridge mastered by a live instance, none pending, every graph at ``revision`` or later."""
-        states = self.sync()
+        """Every bridge mastered by a live instance, none pending, every graph at ``revision`` or later (not yet if an
+        instance too busy building its share did not answer in time: asked again)."""
+        try:
+            states = self.sync()
+        except (TimeoutError, ConnectionError):
+            return False
         mastered = {hv for s in states.values() for hv in s["mastered"]}
         return len(mastered) == n and all(not s["pending"] and s.get("revision", 0) >= revision
                                           for s in states.values())
