@@ -60,7 +60,7 @@ class Instances:
         instance too busy building its share did not answer in time: asked again)."""
         try:
             states = self.sync()
-        except (TimeoutError, ConnectionError):
+        except OSError:  # (a timeout, a refused connection, urllib's URLError)
             return False
         mastered = {hv for s in states.values() for hv in s["mastered"]}
         return len(mastered) == n and all(not s["pending"] and s.get("revision", 0) >= revision
