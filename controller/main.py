@@ -48,7 +48,7 @@ DEFAULTS = {
     "default_project": "default",
     "log_level": "INFO",
     "sync_concurrency": "4",
-    "change_concurrency": "64",
+    "change_concurrency": "16",
     "flow_monitor": "on",
     "dhcp_lease_time": "86400",
     "dhcp_domain": "openstacklocal",

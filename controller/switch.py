@@ -26,7 +26,7 @@ Syncs are bounded: a whole sync (a bridge read on connect or re-read, every cook
 compared, its flows pushed) holds one of ``SYNC_SLOTS`` (4 by default,
 ``--sync-concurrency``), handed out in arrival order, so 1,000 bridges connecting at once
 are read and pushed a few at a time, in order, instead of all encoding at once on two
-cores. A change to ready bridges holds one of ``CHANGE_SLOTS`` instead (64 by default,
+cores. A change to ready bridges holds one of ``CHANGE_SLOTS`` instead (16 by default,
 ``--change-concurrency``): such a sync is a little encoding and two round trips, so four
 at a time served a change to 41 bridges in ten rounds of round trips, and a change
 waited behind the whole syncs of a cold start.
@@ -75,7 +75,7 @@ RETRY_BASE = 0.5  # seconds before the first retry of a failed sync; doubles wit
 RETRY_CAP = 30.0  # ...up to this; each wait is drawn from [delay/2, delay] (jitter)
 TIMEOUTS_BEFORE_DROP = 3  # consecutive unanswered requests after which the connection is closed
 DEFAULT_SYNC_CONCURRENCY = 4
-DEFAULT_CHANGE_CONCURRENCY = 64
+DEFAULT_CHANGE_CONCURRENCY = 16
 
 
 class SwitchGone(ConnectionError):
