@@ -46,10 +46,10 @@ from collections.abc import Callable, Iterable
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, monitor, wire
+from controller.announcing import Announcing
 from controller.cluster import Role
 from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
-from controller.neighbour import announcement_actions, announcement_packets
 from controller.slots import SyncSlots
 from controller.syncing import (
     FlowSource,
@@ -70,7 +70,6 @@ REPLY_TIMEOUT = 60.0
 FLOW_MONITOR = True  # ask each mastered bridge for its flow monitor (--flow-monitor; controller.monitor)
 SLOT_PATIENCE = 10.0  # seconds a worker waits for its switch in a sync slot before lending the slot out
 STREAM_CHUNK = 2048  # bundle messages per socket write while streaming a push
-ANNOUNCE_REPEATS = (0.25, 1.0)  # seconds after a floating IP arrives: its gratuitous ARP again
 RETRY_BASE = 0.5  # seconds before the first retry of a failed sync; doubles with each failure...
 RETRY_CAP = 30.0  # ...up to this; each wait is drawn from [delay/2, delay] (jitter)
 TIMEOUTS_BEFORE_DROP = 3  # consecutive unanswered requests after which the connection is closed
@@ -98,7 +97,7 @@ _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a r
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
 
-class Switch(monitor.FlowMonitoring):
+class Switch(monitor.FlowMonitoring, Announcing):
     """State and sync worker of one connected hypervisor bridge."""
 
     _xids = itertools.count(0x70000000)
@@ -632,50 +631,6 @@ class Switch(monitor.FlowMonitoring):
             self.installed.pop(cookie, None)
         for cookie in desired:
             self.installed[cookie] = 1
-
-    def _announce(self) -> None:
-        """Gratuitous ARP for each floating IP this switch newly hosts (after its flows are in).
-
-        Sent again after ANNOUNCE_REPEATS seconds: during a move the old host may still send
-        from the floating IP's MAC for a moment (its flows go in another bundle, on another
-        switch), and any such frame pulls the external switches' entry back there.
-        """
-        if self._announce_fn is None or not self._alive:
-            return
-        current = frozenset(self._announce_fn(self.hv_name))
-        new = sorted(current - self._announced, key=lambda a: a.ip)
-        self._announced = current
-        self._send_announcements(new)
-        for delay in ANNOUNCE_REPEATS if new else ():
-            timer = threading.Timer(delay, self._repeat_announcements, (new,))
-            timer.daemon = True
-            timer.start()
-
-    def repeat_probes(self) -> None:
-        """Send this switch's ARP probes again (a standby gateway's, see flows.gateway); from any thread."""
-        try:
-            self._send_announcements([a for a in self._announced if a.probe])
-        except ConnectionError:
-            pass  # gone: a reconnect announces everything again
-
-    def reannounce(self) -> None:
-        """Announce what is new to announce now (another gateway came or went): from any thread."""
-        try:
-            self._announce()
-        except ConnectionError:
-            pass  # gone: a reconnect announces everything again
-
-    def _repeat_announcements(self, items: list[Announcement]) -> None:
-        try:
-            self._send_announcements([a for a in items if a in self._announced])
-        except ConnectionError:
-            pass  # gone: a reconnect announces everything again
-
-    def _send_announcements(self, items: list[Announcement]) -> None:
-        for item in items:
-            if self._alive:
-                for packet in announcement_packets(item):
-                    self.packet_out(announcement_actions(item), packet)
 
     def add_learned(self, flow: Flow) -> bool:
         """Write a flow the switch's own learn action would (a learned neighbour), with its idle timeout.
