@@ -21,9 +21,7 @@ class Announcing:
     _announced: frozenset
     _alive: bool
     hv_name: str | None
-
-    def packet_out(self, actions: list, data: bytes) -> None:  # (Switch's)
-        raise NotImplementedError
+    packet_out: Callable[[list, bytes], None]
 
     def _announce(self) -> None:
         """Gratuitous ARP for each floating IP this switch newly hosts (after its flows are in).
