@@ -63,6 +63,9 @@ IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the
 KEEPALIVE = (30, 10, 3)  # TCP keepalive: idle seconds, seconds between probes, probes before giving up
 CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
 SEND_QUEUE_BYTES = 8 * 1024 * 1024  # bytes queued for one switch beyond which senders wait (its worker) or drop
+# The most a sync worker writes itself when nothing is queued (TenantflowDatapath.write_through): a change's
+# bundle, its commit. More (a whole push's chunks) goes through the send thread, which writes while it encodes.
+WRITE_THROUGH_MAX = 64 * 1024
 STALLED = "stalled"  # how an end_reason starts when the switch stopped reading (the app logs it as a warning)
 MALFORMED = "malformed"  # ... when the switch's byte stream broke the protocol
 REPORT_AGAIN_AFTER = 600.0  # seconds before the same malformed kind from the same switch is logged again
@@ -412,6 +415,18 @@ class SendQueue:
             self._cond.notify_all()
             return True
 
+    def claim_idle(self, n: int) -> bool:
+        """Reserve the connection for ``n`` bytes the caller writes itself; call :meth:`written` after.
+
+        Only when nothing is queued or being written (what it writes then overtakes nothing that
+        was put before it) and the queue is open; False otherwise (queue it instead).
+        """
+        with self._cond:
+            if self._closed or self.queued:
+                return False
+            self.queued += n
+            return True
+
     def get(self) -> tuple[bytes, bool] | None:
         """The next message to write (waits for one); None once closed."""
         with self._cond:
@@ -422,7 +437,7 @@ class SendQueue:
     def written(self, n: int) -> None:
         """``n`` bytes of what :meth:`get` gave were written (or given up): room for the waiting senders."""
         with self._cond:
-            self.queued -= n
+            self.queued = max(0, self.queued - n)  # (0 after close(), which dropped the count)
             self._cond.notify_all()
 
     @property
@@ -485,6 +500,32 @@ class TenantflowDatapath(Datapath):
         if not block and not self.out.closed:
             from controller import metrics
             metrics.SEND_DROPPED.labels(self._label()).inc()
+        return False
+
+    def write_through(self, buf: bytes) -> bool | None:
+        """Write ``buf`` from the calling thread now, if nothing is queued for the switch: True once written,
+        False if the connection failed (it is closed), None if the queue is busy or ``buf`` is big (send it).
+
+        What a sync worker's change costs in thread hand-offs: through the send thread, each bundle
+        and each commit woke one more thread, and on a busy controller every wake waits for the
+        interpreter among thousands. A write the switch does not take within ``IO_TIMEOUT`` is a
+        stall, as in the send thread.
+        """
+        if self.out.closed:
+            return False
+        if len(buf) > WRITE_THROUGH_MAX or not self.out.claim_idle(len(buf)):
+            return None
+        try:
+            self.socket.sendall(buf)
+            return True
+        except TimeoutError:
+            self._stalled()
+        except OSError as exc:
+            LOG.debug("switch %s: write failed: %s", self._label(), exc)
+            self.out.close()
+            self._close_write()
+        finally:
+            self.out.written(len(buf))
         return False
 
     def _label(self) -> str:

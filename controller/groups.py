@@ -39,7 +39,17 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from prometheus_client import Counter
 
 from controller import metrics, wire
-from flows.flow import GROUP_ID_MAX, LIVE_GROUP_ID, METER_ID_MAX, Flow, Group, Meter, flow_meter, used_groups
+from flows.flow import (
+    GROUP_ID_MAX,
+    LIVE_GROUP_ID,
+    METER_ID_MAX,
+    USES_GROUPS,
+    USES_METER,
+    Flow,
+    Group,
+    Meter,
+    used_groups,
+)
 from flows.ofctl import LIVE_GROUP_TEXT, group_text, meter_text
 
 LOG = logging.getLogger("tenantflow.groups")
@@ -68,7 +78,7 @@ class Kind:
     """How one kind of switch object that flows refer to by id is found in flows, read, added and deleted."""
 
     name: str  # "group" or "meter", in logs
-    uses: Callable[[Flow], bool]  # whether a flow refers to one (cheap: it runs on every flow of a full sync)
+    trait: int  # the Flow.traits bit of a flow that refers to one (asked of every flow of a full sync)
     required: Callable[[Iterable[Flow]], dict[int, Content]]  # id -> content, in the order to add them
     add: Callable[[Content], Message]
     delete: Callable[[int], Message]
@@ -79,19 +89,11 @@ class Kind:
     mods: Counter  # adds and deletes sent, by hypervisor and command
 
 
-_GROUP = frozenset({Group})
-
-
-def uses_groups(flow: Flow) -> bool:
-    """Whether the flow has a group action (a set test in C: it runs on every flow of a full sync)."""
-    return not _GROUP.isdisjoint(map(type, flow.actions))
-
-
 def required(flows: Iterable[Flow]) -> dict[int, Group | None]:
     """Group id -> group (None: the always-live group) of every group ``flows`` use, in the order to add them."""
     groups: dict[int, Group | None] = {}
     for flow in flows:
-        if uses_groups(flow):
+        if flow.traits & USES_GROUPS:
             for group in used_groups(flow.actions):
                 groups.setdefault(group.group_id, group)
     if any(b.always_live for g in groups.values() if g is not None for b in g.buckets):
@@ -109,16 +111,12 @@ def _group_text(group_id: int, group: Content) -> str:
     return group_text(group) if isinstance(group, Group) else f"group_id={group_id}"
 
 
-def _uses_meter(flow: Flow) -> bool:
-    return flow_meter(flow.actions) is not None
-
-
 def required_meters(flows: Iterable[Flow]) -> dict[int, Meter]:
     """Meter id -> meter of every meter ``flows`` use."""
     meters: dict[int, Meter] = {}
     for flow in flows:
-        meter = flow_meter(flow.actions)
-        if meter is not None:
+        if flow.traits & USES_METER:
+            meter = flow.actions[0]  # (a meter is always a flow's first action: flows.flow.flow_meter)
             meters.setdefault(meter.meter_id, meter)
     return meters
 
@@ -127,10 +125,10 @@ def _meter_text(meter_id: int, meter: Content) -> str:
     return meter_text(meter) if isinstance(meter, Meter) else f"meter={meter_id}"
 
 
-GROUPS = Kind("group", uses_groups, required, _group_add, lambda gid: partial(wire.group_delete, gid),
+GROUPS = Kind("group", USES_GROUPS, required, _group_add, lambda gid: partial(wire.group_delete, gid),
               wire.group_desc_request, (ofp.OFPET_GROUP_MOD_FAILED, ofp.OFPGMFC_GROUP_EXISTS), _group_text,
               GROUP_ID_MAX, metrics.GROUP_MODS)
-METERS = Kind("meter", _uses_meter, required_meters, lambda meter: partial(wire.meter_add, meter),
+METERS = Kind("meter", USES_METER, required_meters, lambda meter: partial(wire.meter_add, meter),
               lambda mid: partial(wire.meter_delete, mid), wire.meter_config_request,
               (ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_METER_EXISTS), _meter_text, METER_ID_MAX, metrics.METER_MODS)
 
@@ -181,13 +179,13 @@ class SwitchObjects:
     def committed(self, link: GroupLink, full: bool, desired: Mapping[int, Flow], changed: Iterable[int]) -> None:
         """A sync committed ``desired`` (every flow if ``full``, else the ``changed`` cookies that are desired):
         record which ones the flows use, and delete the ones none uses any more."""
-        uses, required_of = self.kind.uses, self.kind.required
+        trait, required_of = self.kind.trait, self.kind.required
         if full:
-            self._users = {c: frozenset(required_of((f,))) for c, f in desired.items() if uses(f)}
+            self._users = {c: frozenset(required_of((f,))) for c, f in desired.items() if f.traits & trait}
         else:
             for cookie in changed:
                 flow = desired.get(cookie)
-                if flow is not None and uses(flow):
+                if flow is not None and flow.traits & trait:
                     self._users[cookie] = frozenset(required_of((flow,)))
                 else:
                     self._users.pop(cookie, None)

@@ -61,7 +61,7 @@ from controller.syncing import (
     learned_cookies,
 )
 from flows.dhcp import HYPERVISOR_METER, PORT_BURST, PORT_RATE
-from flows.flow import Flow
+from flows.flow import LEARNS, Flow
 from flows.nat import FIP_ARP_REPLY_METER, LEARNED_IDLE_TIMEOUT, NEXT_HOP_METER, Announcement
 from flows.routing import TTL_METER
 
@@ -133,6 +133,7 @@ class Switch(monitor.FlowMonitoring, Announcing):
         self.meters = SwitchObjects(METERS)  # the same of its meters
         self._learners: set[int] = set()  # cookies of the flows the switch may learn (see learned_cookies)
         self._announced: frozenset = frozenset()  # what announce_fn returned after the last committed sync
+        self._announce_due = False  # a sync committed: announce what is new once its slot is given back
         self.ready = False
         self.last_push: PushResult | None = None
         # What the switch's meters let through, bounded again here (the same rates: flows.flow.Meter).
@@ -205,6 +206,8 @@ class Switch(monitor.FlowMonitoring, Announcing):
         waiter = self._waiters.get(xid)
         if waiter is None:
             return
+        if waiter.commit is not None and xid != waiter.commit[0] and self._commit_on_barrier(waiter):
+            return  # the commit's reply wakes the worker
         if body is not None:
             waiter.parts.append(body)
         if not more:
@@ -225,6 +228,26 @@ class Switch(monitor.FlowMonitoring, Announcing):
         if waiter is not None:
             waiter.event.set()
         return True
+
+    def _commit_on_barrier(self, waiter: _Waiter) -> bool:
+        """A bundle's barrier came back: send its commit from here if no message of the bundle was refused.
+
+        Here is the connection's reader thread, which read the bundle's errors before its barrier
+        (a switch answers in order): the worker then wakes once per change, for the commit's reply,
+        not also in between to send it. False (the worker decides) if a message was refused, or the
+        connection cannot write from here (os-ken's own datapath), or the commit could not be sent.
+        """
+        write = getattr(self.dp, "write_through", None)
+        first = self._inflight_from
+        if write is None or first is None or any(xid >= first for xid in self._errors):
+            return False
+        assert waiter.commit is not None
+        waiter.committing = True  # before the write: its reply may be read before write() returns
+        sent = write(waiter.commit[1])
+        if sent is None:  # something is queued before it: after that
+            sent = self.dp.send(waiter.commit[1], block=False)
+        waiter.committing = bool(sent)
+        return waiter.committing
 
     def _owns(self, xid: int) -> bool:
         """True if a message with ``xid`` answers a request of ours (asked on the reader thread)."""
@@ -385,6 +408,9 @@ class Switch(monitor.FlowMonitoring, Announcing):
                 result = self.sync()
             finally:
                 self._slot = None
+        if self._announce_due:
+            self._announce_due = False
+            self._announce()
         if result.committed:
             metrics.SYNC_FLOW_MODS.labels(kind).inc(result.added + result.deleted)
         if not result.committed and self._alive:
@@ -601,7 +627,7 @@ class Switch(monitor.FlowMonitoring, Announcing):
             self.groups.committed(self, full, desired, changed)  # only now: deleting a group deletes its flows
             self.meters.committed(self, full, desired, changed)
             if full:
-                self._learner_flows = {c for c, f in desired.items() if _learns(f)}
+                self._learner_flows = {c for c, f in desired.items() if f.traits & LEARNS}
             self._learners = learners
             self._full_diff = False
             if full:
@@ -610,7 +636,7 @@ class Switch(monitor.FlowMonitoring, Announcing):
             self.synced_at = time.time()
             with SYNCED:
                 SYNCED.notify_all()
-            self._announce()
+            self._announce_due = True  # by _attempt, out of the sync slot (it waits for the topology's lock)
             metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
         else:
             self._full_diff = True  # what the switch holds now is unknown: compare everything next time
@@ -663,9 +689,12 @@ class Switch(monitor.FlowMonitoring, Announcing):
         # from here on, every error with one of this push's xids is ours.
         self._inflight_from = open_xid
         try:
-            self._stream(bundle_id, open_xid, delete_cookies, add_flows, by_xid, result)
+            barrier = self._stream(bundle_id, open_xid, delete_cookies, add_flows, by_xid, result)
         finally:
             self._inflight_from = None
+        assert barrier.commit is not None
+        if barrier.committing:  # the barrier came back clean and the reader sent the commit (_commit_on_barrier)
+            return self._committed(result, self._errors.pop(barrier.commit[0], []))
         refused = [(xid, err) for xid in [open_xid, *by_xid] for err in self._errors.pop(xid, [])]
         if refused:
             result.committed = False
@@ -676,7 +705,10 @@ class Switch(monitor.FlowMonitoring, Announcing):
             self._bundle_ctrl(bundle_id, ofp.ONF_BCT_DISCARD_REQUEST)
             metrics.BUNDLES.labels(self.hv_name, "discarded").inc()
             return result
-        commit_errors = self._bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST)
+        return self._committed(result, self._bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
+
+    def _committed(self, result: PushResult, commit_errors: list) -> PushResult:
+        """The commit's answer: the bundle applied, or (errors) refused whole."""
         if commit_errors:
             result.committed = False
             result.errors += [f"switch {self.hv_name}: commit refused: {wire.error_text(e)}" for e in commit_errors]
@@ -690,8 +722,9 @@ class Switch(monitor.FlowMonitoring, Announcing):
         return result
 
     def _stream(self, bundle_id: int, open_xid: int, delete_cookies: Iterable, add_flows: Iterable[Flow],
-                by_xid: dict[int, object], result: PushResult) -> None:
-        """Encode and send the bundle in chunks, so the switch installs while we encode; then a barrier."""
+                by_xid: dict[int, object], result: PushResult) -> _Waiter:
+        """Encode and send the bundle in chunks, so the switch installs while we encode; then a barrier, whose
+        answer is waited for (and the commit's too when the barrier came back clean: see _commit_on_barrier)."""
         chunk = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
         xids = self._xids
         for cookie in delete_cookies:
@@ -707,9 +740,14 @@ class Switch(monitor.FlowMonitoring, Announcing):
             if len(chunk) >= STREAM_CHUNK:
                 self._send(b"".join(chunk))
                 chunk = []
-        barrier_xid = next(xids)
+        barrier_xid, commit_xid = next(xids), next(xids)
         chunk.append(wire.barrier_request(barrier_xid))
-        self._send_and_wait(b"".join(chunk), barrier_xid)
+        waiter = _Waiter(commit=(commit_xid, wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, commit_xid)))
+        self._waiters[commit_xid] = waiter  # (first: the commit's reply may come before _send_and_wait returns)
+        try:
+            return self._send_and_wait(b"".join(chunk), barrier_xid, waiter)
+        finally:
+            self._waiters.pop(commit_xid, None)
 
     def _send(self, data: bytes) -> None:
         """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the
@@ -720,6 +758,8 @@ class Switch(monitor.FlowMonitoring, Announcing):
             sent = self.dp.send(data)
         elif threading.current_thread() is not self._thread:
             sent = self.dp.send(data, block=False)
+        elif (written := self.dp.write_through(data)) is not None:  # the worker: itself, if nothing is queued
+            sent = written
         else:  # the worker waits for room (flow control), lending its sync slot if the switch is not reading
             sent = self.dp.out.put(data, block=False)
             if not sent and not self.dp.out.closed:
@@ -728,8 +768,8 @@ class Switch(monitor.FlowMonitoring, Announcing):
         if not sent:
             raise SwitchGone("switch connection closed or its send queue full")
 
-    def _send_and_wait(self, data: bytes, xid: int) -> _Waiter:
-        waiter = self._waiters[xid] = _Waiter()
+    def _send_and_wait(self, data: bytes, xid: int, waiter: _Waiter | None = None) -> _Waiter:
+        waiter = self._waiters[xid] = waiter or _Waiter()
         try:
             self._send(data)
             self._wait(waiter, "no reply from switch")

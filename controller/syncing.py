@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from controller.cluster import Role
-from flows.flow import Flow, Learn
+from flows.flow import LEARNS, Flow, Learn
 from flows.pipeline import STAGE_BY_TABLE
 
 
@@ -19,6 +19,10 @@ class _Waiter:
 
     event: threading.Event = field(default_factory=threading.Event)
     parts: list = field(default_factory=list)
+    # A bundle's barrier: (the commit's xid, the commit) to send as soon as it is answered with no message of the
+    # bundle refused; ``committing`` once that was sent (the event then waits for the commit's reply).
+    commit: tuple[int, bytes] | None = None
+    committing: bool = False
 
 
 @dataclass
@@ -62,12 +66,12 @@ class RoleSource(Protocol):
 
 
 def _learns(flow: Flow | None) -> bool:
-    return flow is not None and any(isinstance(a, Learn) for a in flow.actions)
+    return flow is not None and bool(flow.traits & LEARNS)
 
 
 def learned_cookies(flows: Iterable[Flow]) -> set[int]:
     """Cookies of the flows the switch adds itself through the learn actions of ``flows``."""
-    return {a.cookie for f in flows for a in f.actions if isinstance(a, Learn)}
+    return {a.cookie for f in flows if f.traits & LEARNS for a in f.actions if isinstance(a, Learn)}
 
 
 def _carried(item: object) -> str:

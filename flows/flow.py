@@ -284,6 +284,12 @@ class Flow:
     # shared by every hypervisor of a network is encoded once, not once per bridge. Not part of
     # the flow's value (no compare, no hash, no repr).
     encoded: bytes | None = field(default=None, compare=False, repr=False)
+    # What its actions need besides the flow itself (LEARNS, USES_GROUPS, USES_METER bits), worked out once
+    # when it is built: a full sync asks it of every flow of a bridge, several times (controller.switch, .groups).
+    traits: int = field(default=0, compare=False, repr=False)
+
+    def __post_init__(self) -> None:  # (Flow(...) only: make_flow builds it without __init__, see _new_flow)
+        _set_traits(self, action_traits(self.actions))
 
     @property
     def key(self) -> tuple[int, int, tuple[tuple[str, MatchValue], ...]]:
@@ -291,6 +297,17 @@ class Flow:
         return (self.table_id, self.priority, self.match)
 
 
+LEARNS, USES_GROUPS, USES_METER = 1, 2, 4  # Flow.traits
+
+
+def action_traits(actions: tuple[Action, ...]) -> int:
+    """The Flow.traits of a flow with ``actions``: whether it learns, uses groups, passes a meter first."""
+    kinds = set(map(type, actions))
+    return ((LEARNS if Learn in kinds else 0) | (USES_GROUPS if Group in kinds else 0)
+            | (USES_METER if flow_meter(actions) is not None else 0))
+
+
+_set_traits = Flow.traits.__set__  # type: ignore[attr-defined]
 _blake2b = hashlib.blake2b
 # Actions that name stages, or have rules of their own.
 _CHECKED = frozenset({CT, Conjunction, Resubmit, Learn, Group, Meter})
@@ -300,16 +317,16 @@ _CHECKED = frozenset({CT, Conjunction, Resubmit, Learn, Group, Meter})
 _new = object.__new__
 _FLOW_SLOTS = tuple(getattr(Flow, name).__set__
                     for name in ("table_id", "priority", "match", "actions", "goto", "cookie", "description",
-                                 "encoded"))
+                                 "encoded", "traits"))
 memo_encoding = Flow.encoded.__set__  # type: ignore[attr-defined]
 """``memo_encoding(flow, data)``: keep ``data`` as the flow's ``encoded`` (the dataclass is frozen)."""
 
 
 def _new_flow(table_id: int, priority: int, match: tuple, actions: tuple, goto: int | None, cookie: int,
-              description: str) -> Flow:
+              description: str, traits: int) -> Flow:
     """``Flow(...)``, built faster (the same object: make_flow has checked what __init__ would not)."""
     flow = _new(Flow)
-    s_table, s_priority, s_match, s_actions, s_goto, s_cookie, s_description, s_encoded = _FLOW_SLOTS
+    s_table, s_priority, s_match, s_actions, s_goto, s_cookie, s_description, s_encoded, s_traits = _FLOW_SLOTS
     s_table(flow, table_id)
     s_priority(flow, priority)
     s_match(flow, match)
@@ -318,6 +335,7 @@ def _new_flow(table_id: int, priority: int, match: tuple, actions: tuple, goto: 
     s_cookie(flow, cookie)
     s_description(flow, description)
     s_encoded(flow, None)
+    s_traits(flow, traits)
     return flow
 
 
@@ -345,8 +363,10 @@ def make_flow(
     if goto is not None and goto.name not in stage.next_stages:
         raise PipelineError(f"{stage.name}: goto {goto.name} not allowed")
     actions_t = tuple(actions)
+    traits = 0
     if not _CHECKED.isdisjoint(map(type, actions_t)):  # most flows' actions (a flood's hundreds) need no check
         _check_actions(stage, actions_t, goto)
+        traits = action_traits(actions_t)
     prio = stage.priorities.get(priority) if not priority_offset else None
     if prio is None:  # an offset, or no such priority (raises)
         prio = stage.priority(priority, priority_offset)
@@ -359,7 +379,7 @@ def make_flow(
         actions_repr = repr(actions_t)
     text = f"({table_id!r}, {prio!r}, {_match_repr(match_t)}, {actions_repr}, {goto_id!r})"
     cookie = (table_id << COOKIE_STAGE_SHIFT) | int.from_bytes(_blake2b(text.encode(), digest_size=7).digest(), "big")
-    return _new_flow(table_id, prio, match_t, actions_t, goto_id, cookie, description)
+    return _new_flow(table_id, prio, match_t, actions_t, goto_id, cookie, description, traits)
 
 
 def _match_repr(match: tuple[tuple[str, MatchValue], ...]) -> str:

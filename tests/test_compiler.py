@@ -26,7 +26,19 @@ from topo_builders import (
 )
 
 from flows.compiler import compile_hypervisor
-from flows.flow import make_flow
+from flows.flow import (
+    LEARNS,
+    USES_GROUPS,
+    USES_METER,
+    Bucket,
+    Flow,
+    Group,
+    Learn,
+    Meter,
+    Output,
+    action_traits,
+    make_flow,
+)
 from flows.pipeline import PipelineError, stage
 from flows.simulate import lint, simulate
 from topology.graph import TopologyGraph
@@ -246,6 +258,24 @@ def test_pipeline_violations_raise_at_make_flow() -> None:
         make_flow(stage("phy_classify"), "vm_port", {"in_port": 1}, goto=stage("ls_out_deliver"))
     with pytest.raises(PipelineError, match="priority"):
         make_flow(stage("phy_classify"), "nonsense", {})
+
+
+def test_a_flow_s_traits_say_what_its_actions_need_however_it_was_built() -> None:
+    """Flow.traits (what a full sync asks of every flow instead of walking its actions): from make_flow, Flow(...)
+    and dataclasses.replace alike, and on every flow of a compiled cloud the same as its actions say."""
+    meter, out = Meter("port 7", 10, 10), Output(1)
+    group = Group((Bucket((out,), 2),))
+    learn = Learn("lr_in_mac_binding", 100, 300, 0x3100000000000007, (("reg6", "reg6"),), ())
+    metered = make_flow(stage("ls_out_deliver"), "deliver", {"reg5": 1}, [meter, out])
+    assert metered.traits == USES_METER
+    assert make_flow(stage("phy_classify"), "vm_port", {"in_port": 1}, [group]).traits == USES_GROUPS
+    built = Flow(0, 1, (), (learn, group), None, 1, "by hand")
+    assert built.traits == LEARNS | USES_GROUPS
+    assert dataclasses.replace(built, actions=(out, meter)).traits == 0, "a meter counts only as the first action"
+    graph = synthetic_cloud(n_hvs=3, ports_per_hv=4, n_networks=2, seed=5)
+    for hv in graph.hypervisors():
+        for flow in compile_hypervisor(graph, hv.name):
+            assert flow.traits == action_traits(flow.actions), flow
 
 
 # -- determinism and locality ----------------------------------------------------------------------

@@ -223,3 +223,26 @@ def test_a_failing_handler_loses_nothing_else() -> None:
     splitter.intercept(lambda xid: xid == 3, broken)
     out, replies = splitter.feed(msg(19, 3, struct.pack("!HH4x", 1, 0)) + msg(10, 4) + msg(2, 5))
     assert out == msg(10, 4) and replies == [echo_reply(msg(2, 5))]
+
+
+def test_a_worker_writes_itself_only_when_nothing_waits_before_it() -> None:
+    """write_through: written at once by the caller when the send queue is idle (no send thread runs here);
+    refused (None: queue it) while anything queued waits, and for a big write; False once the switch is gone."""
+    from controller.connection import WRITE_THROUGH_MAX, TenantflowDatapath
+
+    ours, switch = socket.socketpair()
+    dp = TenantflowDatapath(ours, ("unix", 0), unix=True)  # never served: nothing drains its queue
+    try:
+        switch.settimeout(3)
+        assert dp.write_through(msg(20, 1)) is True
+        assert switch.recv(100) == msg(20, 1)
+        assert dp.write_through(b"x" * (WRITE_THROUGH_MAX + 1)) is None
+        assert dp.send(msg(20, 2))  # queued: a later write must not overtake it
+        assert dp.write_through(msg(20, 3)) is None and dp.out.queued == len(msg(20, 2))
+        item = dp.out.get()
+        assert item is not None
+        dp.out.written(len(item[0]))
+        switch.close()
+        assert [dp.write_through(msg(20, 4)) for _ in range(2)] == [False, False] and dp.out.closed
+    finally:
+        dp.socket.close()

@@ -85,6 +85,7 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         self.silent = False
         self.barrier_gate: threading.Event | None = None
         self.barriers_held = 0  # barriers the gate holds back (answered once it opens)
+        self.commit_threads: list[str] = []  # the thread that sent each commit
         self.on_dump: Callable[[FakeDatapath], None] | None = None
         self.socket = SimpleNamespace(intercept=self._intercept)
         self._owns: Callable[[int], bool] = lambda xid: False
@@ -135,6 +136,10 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
             offset += length
         return True
 
+    def write_through(self, data: bytes) -> bool:
+        """What the worker and the reply handler write themselves (controller.connection): the same as send."""
+        return self.send(data)
+
     def close(self) -> None:
         """What the worker calls to drop the connection."""
         self.closed += 1
@@ -178,6 +183,7 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         bundle_id, ctrl_type, _ = CTRL.unpack_from(msg, 16)
         if ctrl_type == ofp.ONF_BCT_COMMIT_REQUEST:
             self.commits += 1
+            self.commit_threads.append(threading.current_thread().name)
             ops = self._bundles.pop(bundle_id, [])
             if self.refuse_commits:  # as OVS after OFPBFC_TIMEOUT: the bundle is gone, nothing applied
                 self.refuse_commits -= 1
@@ -416,6 +422,24 @@ def test_changes_during_a_sync_are_coalesced_into_one_more() -> None:
         time.sleep(0.2)
         assert source.takes == 2, "50 changes during one sync cost exactly one more"
         assert dp.commits == 2 and dp.flow_mods == 2 + 50
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
+def test_a_bundle_whose_barrier_comes_back_clean_is_committed_by_the_reply_s_thread() -> None:
+    """The worker sends the bundle and its barrier, then sleeps until the commit's reply: the thread that reads
+    the barrier's reply (the connection's reader) sends the commit, so the worker wakes once per sync."""
+    hv, gate = "retry-commit-on-barrier", threading.Event()
+    sw, dp, source = connect(0xAE, hv, flows(3), lambda dp: setattr(dp, "barrier_gate", gate))
+    try:
+        wait_until(lambda: dp.barriers_held == 1, message="the first bundle's barrier")
+        gate.set()  # its reply comes from another thread, as from the reader
+        wait_until(lambda: equal(sw, dp, flows(3)), message="the flows")
+        source.set(flows(4))
+        sw.mark_dirty()
+        wait_until(lambda: equal(sw, dp, flows(4)), message="the change")
+        assert dp.commits == 2 and sw._thread.name not in dp.commit_threads, dp.commit_threads
     finally:
         sw.stop()
         assert sw.join(2)
