@@ -152,7 +152,11 @@ class SwitchObjects:
 
     def read(self, link: GroupLink) -> None:
         """Read the ids of every one on the switch (what it really holds)."""
-        self.present = {oid for part in link.request(self.kind.read) for oid in part}
+        self.took(link, link.request(self.kind.read))
+
+    def took(self, link: GroupLink, parts: list) -> None:
+        """What the switch answered to ``kind.read`` (sent by the caller, with other requests): the ids it holds."""
+        self.present = {oid for part in parts for oid in part}
         LOG.debug("switch %s: %d %ss installed", link.label, len(self.present), self.kind.name)
 
     def add_for(self, link: GroupLink, flows: Iterable[Flow]) -> list[str]:

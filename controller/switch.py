@@ -47,6 +47,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, monitor, wire
 from controller.announcing import Announcing
+from controller.claiming import Claiming
 from controller.cluster import Role
 from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
@@ -54,7 +55,10 @@ from controller.slots import SyncSlots
 from controller.syncing import (
     FlowSource,
     PushResult,
+    ReplyTimeout,
+    RequestRefused,
     RoleSource,
+    SwitchGone,
     _carried,
     _learns,
     _Waiter,
@@ -77,18 +81,6 @@ DEFAULT_SYNC_CONCURRENCY = 4
 DEFAULT_CHANGE_CONCURRENCY = 16
 
 
-class SwitchGone(ConnectionError):
-    """The connection closed or the switch was stopped: this worker has nothing more to do."""
-
-
-class ReplyTimeout(ConnectionError):
-    """The switch did not answer within REPLY_TIMEOUT (alive but overloaded, or gone silently)."""
-
-
-class RequestRefused(ConnectionError):
-    """The switch answered a request with an OpenFlow error."""
-
-
 SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)  # whole syncs: a (re)connected bridge read and compared whole
 CHANGE_SLOTS = SyncSlots(DEFAULT_CHANGE_CONCURRENCY)  # a ready bridge taking the flows changed since its last sync
 # Notified whenever a switch confirms a sync or goes away: what GET /sync?wait= sleeps on.
@@ -97,7 +89,7 @@ _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a r
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
 
-class Switch(monitor.FlowMonitoring, Announcing):
+class Switch(monitor.FlowMonitoring, Announcing, Claiming):
     """State and sync worker of one connected hypervisor bridge."""
 
     _xids = itertools.count(0x70000000)
@@ -175,12 +167,6 @@ class Switch(monitor.FlowMonitoring, Announcing):
         """Whether the port map was read on this connection (port-status events now edit it)."""
         return self.ready or (self._ports_read and not self.mastering)
 
-    @property
-    def role_settled(self) -> bool:
-        """Whether the switch holds the role the cluster gives this instance now (or was refused it, or is gone)."""
-        wanted = self._roles.role_for(self.dpid) if self._roles is not None else None
-        return wanted is None or wanted in (self.role, self._refused) or not self._alive
-
     def holds(self, generation: int) -> bool:
         """Whether the switch confirmed (by a bundle commit) every change up to engine ``generation``."""
         return self.ready and self.mastering and self.synced_generation >= generation
@@ -189,11 +175,6 @@ class Switch(monitor.FlowMonitoring, Announcing):
     def alive(self) -> bool:
         """False once the connection ended (the switch is stopped)."""
         return self._alive
-
-    @property
-    def mastering(self) -> bool:
-        """Whether this instance keeps the bridge's flows (always, unless it is one of a cluster's)."""
-        return self._roles is None or (self.role is not None and self.role.master)
 
     # -- called from os-ken's event thread ---------------------------------
     def start(self, hv_name: str | None) -> None:
@@ -386,7 +367,6 @@ class Switch(monitor.FlowMonitoring, Announcing):
             while not self._ports_read or self.ports_changed:  # (a port came or went while reading)
                 self.ports_changed = False
                 self._read_ports()
-                self._ports_read = True
             return True
         # A first push after a connect is whole even when the read came earlier (a bridge that connected before
         # the engine had built its hypervisor): it waits for a sync slot like the read did.
@@ -417,37 +397,6 @@ class Switch(monitor.FlowMonitoring, Announcing):
             LOG.warning("switch %016x (%s): sync not committed (%d errors); will re-read it and retry",
                         self.dpid, self.hv_name, len(result.errors))
         return result.committed
-
-    def _claim_role(self) -> bool:
-        """Hold the role the cluster gives this instance on the bridge; True if it is the master."""
-        wanted = self._roles.role_for(self.dpid) if self._roles is not None else None
-        if wanted is None:
-            return True
-        if wanted == self.role or wanted == self._refused:
-            return self.mastering
-        parser = self.dp.ofproto_parser
-        request = parser.OFPRoleRequest(self.dp, ofp.OFPCR_ROLE_MASTER if wanted.master else ofp.OFPCR_ROLE_SLAVE,
-                                        wanted.generation or 0)
-        try:
-            self.request(request)
-        except RequestRefused as exc:  # OFPRRFC_STALE: a master of a newer view got there first
-            LOG.info("switch %016x (%s): role %s (generation %s) refused: %s", self.dpid, self.hv_name,
-                     "master" if wanted.master else "slave", wanted.generation, exc)
-            self._refused = wanted
-            if self.role is not None and self.role.master:
-                self.role = Role(False, wanted.generation)  # it demoted us when the newer master came
-            return False
-        was_master = self.mastering
-        self.role, self._refused = wanted, None
-        self.role_granted_at = time.time()  # wall clock: what a failover's measure compares with the kill
-        metrics.ROLE_CHANGES.labels("master" if wanted.master else "slave").inc()
-        LOG.info("switch %016x (%s): %s (generation %s)", self.dpid, self.hv_name,
-                 "master" if wanted.master else "slave", wanted.generation)
-        if not (wanted.master and was_master):
-            self.ready = False  # a new master reads what the bridge holds before it changes anything
-        if not wanted.master:
-            _DIVERGED.discard(self)
-        return wanted.master
 
     def _set_diverged(self, diverged: bool) -> None:
         if diverged and self._alive:
@@ -487,11 +436,9 @@ class Switch(monitor.FlowMonitoring, Announcing):
         ``ports_changed``: the map is read again once ready, so that no port is lost.
         """
         self.ports_changed = False
-        ofports = self._read_ports()
-        self._ports_read = True
         if FLOW_MONITOR:
             self._start_monitor()  # before the read: a change made during it is reported, not lost
-        self._read_installed()
+        ofports = self._read_installed(with_ports=True)
         LOG.info("switch %016x (%s): %d ports, %d flows installed", self.dpid, self.hv_name, len(ofports),
                  sum(self.installed.values()))
         self.ready = True
@@ -501,23 +448,37 @@ class Switch(monitor.FlowMonitoring, Announcing):
             self._read_ports()
 
     def _read_ports(self) -> dict[str, int]:
-        ports = self.request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0))
+        return self._took_ports(self.request(self.dp.ofproto_parser.OFPPortDescStatsRequest(self.dp, 0)))
+
+    def _took_ports(self, parts: list) -> dict[str, int]:
+        """The port map the switch answered with (port name -> OpenFlow port number), now the topology's."""
         ofports = {p.name.decode() if isinstance(p.name, bytes) else p.name: p.port_no
-                   for reply in ports for p in reply}
+                   for reply in parts for p in reply}
+        self._ports_read = True
         self._on_ofports(self, ofports)
         return ofports
 
-    def _read_installed(self) -> None:
+    def _read_installed(self, with_ports: bool = False) -> dict[str, int]:
         """Read the cookies of every flow on the switch into ``installed``, and its groups and meters (what it
-        really holds)."""
+        really holds); ``with_ports``: its port map too (returned).
+
+        The requests go out together and the switch answers them in order: one round trip, not
+        one each (a connect used to wait for four in turn, a thousand bridges four slots at a time).
+        """
         self._errors.clear()  # errors a failed attempt left behind answer nothing any more
         parser = self.dp.ofproto_parser
-        req = parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
-        self.installed = Multiset(cookie for part in self.request(req) for cookie in part)
-        self.groups.read(self)
-        self.meters.read(self)
+        requests = [parser.OFPFlowStatsRequest(self.dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0,
+                                               parser.OFPMatch()), self.groups.kind.read, self.meters.kind.read]
+        if with_ports:
+            requests.insert(0, parser.OFPPortDescStatsRequest(self.dp, 0))
+        *ports, flows, groups, meters = self.request_all(requests)
+        ofports = self._took_ports(ports[0]) if with_ports else {}
+        self.installed = Multiset(cookie for part in flows for cookie in part)
+        self.groups.took(self, groups)
+        self.meters.took(self, meters)
         self._full_diff = True  # the changes taken by a failed sync are gone: compare every cookie
         LOG.debug("switch %016x (%s): %d flows installed", self.dpid, self.hv_name, sum(self.installed.values()))
+        return ofports
 
     def dump_flows(self, build: Callable[[int], bytes]) -> list[bytes]:
         """Ask the switch now (not our memory) for its flows: the reply messages of the multipart request
@@ -537,22 +498,31 @@ class Switch(monitor.FlowMonitoring, Announcing):
     def request(self, msg) -> list:
         """Send a request, an os-ken message or a function of the xid building its bytes (controller.wire), and
         wait for its (possibly multipart) reply bodies."""
-        xid = next(self._xids)
-        waiter = self._waiters[xid] = _Waiter()
+        return self.request_all([msg])[0]
+
+    def request_all(self, messages: list) -> list[list]:
+        """:meth:`request` for several requests at once: all sent before any reply is waited for (the switch
+        answers in order), the reply bodies of each in the same order."""
+        xids = [next(self._xids) for _ in messages]
+        waiters = [_Waiter() for _ in messages]
+        self._waiters.update(zip(xids, waiters, strict=True))  # before anything is sent: a reply may come at once
         try:
-            if callable(msg):
-                sent = self._alive and self.dp.send(msg(xid))
-            else:
-                msg.xid = xid
-                sent = self._alive and self.dp.send_msg(msg)
-            if not sent:
-                raise SwitchGone("switch connection closed")
-            self._wait(waiter, "no reply from switch")
-            if xid in self._errors:
-                raise RequestRefused(f"switch refused request: {self._errors.pop(xid)}")
-            return waiter.parts
+            for msg, xid in zip(messages, xids, strict=True):
+                if callable(msg):
+                    sent = self._alive and self.dp.send(msg(xid))
+                else:
+                    msg.xid = xid
+                    sent = self._alive and self.dp.send_msg(msg)
+                if not sent:
+                    raise SwitchGone("switch connection closed")
+            for xid, waiter in zip(xids, waiters, strict=True):
+                self._wait(waiter, "no reply from switch")
+                if xid in self._errors:
+                    raise RequestRefused(f"switch refused request: {self._errors.pop(xid)}")
+            return [waiter.parts for waiter in waiters]
         finally:
-            self._waiters.pop(xid, None)
+            for xid in xids:
+                self._waiters.pop(xid, None)
 
     def _wait(self, waiter: _Waiter, what: str) -> None:
         """Wait for a reply; SwitchGone if the switch went away meanwhile, ReplyTimeout if none came.

@@ -13,6 +13,18 @@ from flows.flow import LEARNS, Flow, Learn
 from flows.pipeline import STAGE_BY_TABLE
 
 
+class SwitchGone(ConnectionError):
+    """The connection closed or the switch was stopped: this worker has nothing more to do."""
+
+
+class ReplyTimeout(ConnectionError):
+    """The switch did not answer within REPLY_TIMEOUT (alive but overloaded, or gone silently)."""
+
+
+class RequestRefused(ConnectionError):
+    """The switch answered a request with an OpenFlow error."""
+
+
 @dataclass
 class _Waiter:
     """A reply (or the end of a multipart reply) some worker is waiting for."""

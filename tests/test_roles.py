@@ -185,8 +185,8 @@ def test_a_master_claims_first_and_a_demoted_one_stops_writing() -> None:
     sw, dp, source, roles = _start(Role(True, 5))
     try:
         wait_until(lambda: dp.flows and sw.last_push is not None, 5, "the first sync")
-        # (the write between the reads: the flow monitor's request, sent once per connection, controller.monitor)
-        assert dp.sent[:4] == ["master", "OFPPortDescStatsRequest", "write", "OFPFlowStatsRequest"], dp.sent
+        # (the write before the reads: the flow monitor's request, sent once per connection, controller.monitor)
+        assert dp.sent[:4] == ["master", "write", "OFPPortDescStatsRequest", "OFPFlowStatsRequest"], dp.sent
         roles.role = Role(False, 9)  # a newer view gives the bridge to another instance
         sw.mark_dirty()
         wait_until(lambda: "slave" in dp.sent, 5, "the slave declaration")

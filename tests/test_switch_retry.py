@@ -445,6 +445,53 @@ def test_a_bundle_whose_barrier_comes_back_clean_is_committed_by_the_reply_s_thr
         assert sw.join(2)
 
 
+class HeldReplies(FakeDatapath):
+    """A switch slow to answer: it keeps every reply until ``release()``, and counts the requests sent meanwhile."""
+
+    def __init__(self, dpid: int) -> None:
+        super().__init__(dpid)
+        self.held: list[bytes] | None = []
+        self.requests = 0
+
+    def send_msg(self, msg) -> bool:
+        self.requests += 1
+        return super().send_msg(msg)
+
+    def send(self, data: bytes) -> bool:
+        self.requests += data[1] == ofp.OFPT_MULTIPART_REQUEST
+        return super().send(data)
+
+    def reply(self, msg: bytes) -> None:
+        if self.held is None:
+            super().reply(msg)
+        else:
+            self.held.append(msg)
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for msg in held:
+            super().reply(msg)
+
+
+def test_a_connect_reads_ports_flows_groups_and_meters_in_one_round_trip() -> None:
+    """The four reads of a connecting bridge go out together: nothing waits for one reply before the next
+    request (at a thousand bridges, four round trips each under the sync slots were most of a cold start)."""
+    dp, source = HeldReplies(0xAF), FakeSource("retry-one-round-trip", flows(3))
+    sw = Switch(dp, source, lambda s, ports: setattr(s, "ofports", ports))
+    dp.sw = sw
+    sw.start("retry-one-round-trip")
+    try:
+        # (and the flow monitor's request before them: answered by no reply the sync waits for)
+        wait_until(lambda: dp.requests == 5, message="the port, flow, group and meter reads, unanswered")
+        assert dp.commits == 0 and not sw.ready
+        dp.release()
+        wait_until(lambda: equal(sw, dp, flows(3)), message="the first sync")
+        assert sw.ofports == {"tf-vxlan": 1} and dp.flow_dumps == 1
+    finally:
+        sw.stop()
+        assert sw.join(2)
+
+
 def test_changes_during_a_backoff_wait_for_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(switch, "RETRY_BASE", 0.4)
     monkeypatch.setattr(switch, "RETRY_CAP", 0.4)
