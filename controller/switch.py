@@ -8,8 +8,10 @@ each error is logged with the flow that caused it. A controller restart against
 an unchanged topology therefore sends nothing at all.
 
 A :class:`Switch` owns one worker thread: every sync of that bridge runs there,
-one at a time, so syncs never interleave; replies from the switch arrive on
-os-ken's event thread and are handed over through :class:`_Waiter` objects.
+one at a time, so syncs never interleave; replies from the switch arrive on the
+connection's reader thread and are handed over through :class:`_Waiter` objects.
+The reader also sends a bundle's commit as soon as its barrier comes back clean
+(``_commit_on_barrier``): the worker sleeps once per sync, until the commit's reply.
 
 The worker keeps at it until the bridge equals its compiled flows: a sync that fails
 for any reason (a bundle discarded or its commit refused, no reply in time, an error
