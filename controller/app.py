@@ -29,7 +29,7 @@ from controller.gateways import GatewayService
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, learned_neighbour, next_hop_request
 from controller.provider import ProviderBridges
-from controller.switch import SYNCED, Switch
+from controller.switch import CONFIRMED, Switch
 from flows.engine import FlowEngine
 from flows.flow import Output
 from flows.pipeline import stage
@@ -95,13 +95,17 @@ class TenantflowApp(app_manager.OSKenApp):
     def _warm_up(self) -> None:
         """Build every hypervisor's flows, the connected bridges' first (see FlowEngine.warm_up)."""
         start = time.monotonic()
-        built = self.engine.warm_up(lambda: [sw.hv_name for sw in list(self.switches.values()) if sw.hv_name])
+        built = self.engine.warm_up(self._connected_names)
         LOG.info("flows of %d hypervisors built in %.1f s", built, time.monotonic() - start)
 
     def _owns(self, hv_name: str) -> bool:
         """Whether the cluster's view gives this instance the bridge of ``hv_name`` (under the topology's lock)."""
         hv = self.topology.graph.hypervisor(hv_name)
         return hv is not None and self.cluster.owns(hv.datapath_id)
+
+    def _connected_names(self) -> list[str]:
+        """The hypervisors of the connected bridges: what a warm-up builds first."""
+        return [sw.hv_name for sw in list(self.switches.values()) if sw.hv_name]
 
     def _ownership_changed(self) -> None:
         """The cluster's members changed (or our standing): every switch claims its role, then our share compiles.
@@ -119,7 +123,9 @@ class TenantflowApp(app_manager.OSKenApp):
         deadline = time.monotonic() + CLAIM_WAIT
         while time.monotonic() < deadline and not all(sw.role_settled for sw in switches):
             time.sleep(0.005)
-        self.engine.set_ownership(self._owns)
+        # A chunk per hold of the lock (flows.warmup): building 500 gained bridges in one hold kept the API
+        # (and GET /sync) waiting for the whole build.
+        self.engine.set_ownership(self._owns, self._connected_names)
 
     # -- topology side -------------------------------------------------------
     def _topology_changed(self, hv_names: set[str]) -> None:
@@ -242,19 +248,9 @@ class TenantflowApp(app_manager.OSKenApp):
         counting (``sync_status`` lists them as disconnected). What ``GET /sync?wait=`` answers
         after, instead of a client polling: a poll of 1,000 bridges' status costs milliseconds.
         """
-        deadline = time.monotonic() + timeout
         with self.topology.lock:
             behind = self._behind()
-        with SYNCED:
-            while True:
-                targets = {sw: self._target(sw, gen) for sw, gen in behind.items() if sw.alive}
-                behind = {sw: gen for sw, gen in targets.items() if gen is None or not sw.holds(gen)}
-                left = deadline - time.monotonic()
-                if not behind or left <= 0:
-                    return not behind
-                # Role grants do not notify (a bridge gained becomes ready through a sync, which does);
-                # waking now and then bounds what a missed notification could cost.
-                SYNCED.wait(min(left, 0.5))
+        return CONFIRMED.wait(behind, self._target, timeout)
 
     # -- switch side -------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])

@@ -108,9 +108,11 @@ class ProviderSwitch(Switch):
         """``<hypervisor>/<bridge>``: its name in the logs and metrics."""
         return f"{self.bridge.hypervisor}/{self.bridge.bridge}"
 
-    def _read_installed(self) -> None:
-        """Nothing before a sync: each sync reads the bridge's flows itself, whole (there are two)."""
+    def _read_installed(self, with_ports: bool = False) -> dict[str, int]:
+        """Nothing before a sync but the port map if asked (each sync reads the bridge's flows itself, whole: there
+        are two)."""
         self._errors.clear()
+        return self._read_ports() if with_ports else {}
 
     def sync(self) -> PushResult:
         """Read the bridge's flows; send, in one bundle, only what makes them :func:`wire_through`'s."""

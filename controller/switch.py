@@ -51,6 +51,7 @@ from controller import metrics, monitor, wire
 from controller.announcing import Announcing
 from controller.claiming import Claiming
 from controller.cluster import Role
+from controller.confirmations import Confirmations
 from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
 from controller.slots import SyncSlots
@@ -87,6 +88,7 @@ SYNC_SLOTS = SyncSlots(DEFAULT_SYNC_CONCURRENCY)  # whole syncs: a (re)connected
 CHANGE_SLOTS = SyncSlots(DEFAULT_CHANGE_CONCURRENCY)  # a ready bridge taking the flows changed since its last sync
 # Notified whenever a switch confirms a sync or goes away: what GET /sync?wait= sleeps on.
 SYNCED = threading.Condition()
+CONFIRMED = Confirmations()  # ... and the GET /sync?wait= waiters, woken only once all their bridges have
 _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a retry is pending)
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
@@ -292,6 +294,7 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
         self.mark_dirty()
         with SYNCED:
             SYNCED.notify_all()
+        CONFIRMED.confirmed(self)
         # The connection's reader held our bound methods (switch -> datapath -> socket -> switch):
         # a reference cycle, which a frozen heap never collects (controller.heap). Break it.
         sock = getattr(self.dp, "socket", None)
@@ -608,6 +611,7 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
             self.synced_at = time.time()
             with SYNCED:
                 SYNCED.notify_all()
+            CONFIRMED.confirmed(self)
             self._announce_due = True  # by _attempt, out of the sync slot (it waits for the topology's lock)
             metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
         else:

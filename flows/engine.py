@@ -70,22 +70,18 @@ from flows.units import (
     rule_ids,
     rule_unit,
 )
+from flows.warmup import WarmUp
 from topology import graph_l3
 from topology.graph import TopologyGraph
 from topology.model import OVERLAY_TYPES, TUNNEL_PORT_NAMES, Port
 
 LOG = logging.getLogger("tenantflow.engine")
 _COOKIE = attrgetter("cookie")
-# FlowEngine.warm_up holds the topology's lock for at most one hypervisor's build past WARM_BUDGET_S
-# (about 13 ms each at 1,000 hypervisors of 20 ports), and builds at most WARM_CHUNK per hold.
-WARM_BUDGET_S = 0.01
-WARM_CHUNK = 64
-WARM_PAUSE_S = 0.001  # between two holds
 Listener = Callable[[set[str]], None]
 MemberKey = tuple[str, int]  # (security group id, eth_type)
 
 
-class FlowEngine:
+class FlowEngine(WarmUp):
     """Every hypervisor's compiled flows, maintained incrementally from the topology's journal."""
 
     def __init__(self, graph: TopologyGraph, lock: threading.RLock | None = None, long_lived: bool = False,
@@ -112,82 +108,11 @@ class FlowEngine:
         # Which hypervisors this engine compiles: all of them, unless this controller instance is one of a
         # cluster's and masters only a share of the bridges (controller.cluster); see set_ownership.
         self._owns: Callable[[str], bool] = everything if build else self._built
+        self._wanted: Callable[[str], bool] = everything  # what it compiles once built (flows.warmup)
         self._long_lived = long_lived
         self._warm_order: tuple[int, list[str]] = (-1, [])  # (hypervisors' version, names to build, reversed)
         with self.lock:
             self._rebuild_all(freeze=long_lived)
-
-    def _built(self, name: str) -> bool:
-        return name in self.hvs
-
-    def warm_up(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK,
-                budget: float = WARM_BUDGET_S) -> int:
-        """Build every hypervisor an engine made with ``build=False`` does not hold yet, a few at a time.
-
-        The topology's lock is held for one chunk at a time (at most ``chunk`` hypervisors, and no
-        more once ``budget`` seconds are spent), so the API's writes and the switches'
-        syncs go on meanwhile (a controller's start: its API and OpenFlow side open at once and
-        bridges connect while the flows are built; :meth:`compiles` says which are). Writes made
-        meanwhile reach the built hypervisors as increments and the others with their build, which
-        reads the graph as it is then. ``first()``: names to build before the others (the connected
-        bridges'), asked again before each chunk. Then every hypervisor is compiled, as after a
-        full build. Returns how many were built.
-        """
-        count = 0
-        while built := self.warm_step(first, chunk, budget):
-            count += len(built)
-            # Let a writer waiting for the lock have it: released and taken again at once, the lock would
-            # go back to this thread nearly every time (Python's locks are not fair), starving the API.
-            time.sleep(WARM_PAUSE_S)
-        return count
-
-    def warm_step(self, first: Callable[[], Iterable[str]] = tuple, chunk: int = WARM_CHUNK,
-                  budget: float = WARM_BUDGET_S) -> list[str]:
-        """Build one chunk of the hypervisors not built yet (see :meth:`warm_up`); which. None left: every
-        hypervisor is this engine's to compile from now on, and the answer is empty."""
-        built: list[str] = []
-        with self.lock:
-            names = self._next_to_build(first, chunk)
-            if not names:
-                if self._owns == self._built:  # (a cluster's engine keeps the ownership it was given)
-                    self._owns = everything
-                return []
-            deadline = time.perf_counter() + budget
-            with gc_paused(self._long_lived):
-                for name in names:
-                    self._build_new(name)
-                    built.append(name)
-                    if time.perf_counter() >= deadline:
-                        break
-            self._stamp(set(built))
-        self._tell(set(built))
-        return built
-
-    def _build_new(self, name: str) -> None:
-        """Build a hypervisor this engine did not compile: every flow is news to its switch."""
-        self._rebuild(name)
-        state = self.hvs[name]
-        state.changed = set(state.flows)
-
-    def _next_to_build(self, first: Callable[[], Iterable[str]], chunk: int) -> list[str]:
-        """Up to ``chunk`` hypervisors not built yet, the ones ``first()`` names before the others (under the lock).
-
-        The others come in name order from a list made once per version of the hypervisors (a
-        registration meanwhile makes it again), not from a sort of every name at each step.
-        """
-        if self._warm_order[0] != self.graph.hv_generation:
-            names = sorted((h.name for h in self.graph.hypervisors()), reverse=True)
-            self._warm_order = (self.graph.hv_generation, names)
-        order = self._warm_order[1]
-        while order and order[-1] in self.hvs:  # (sorted backwards: the built ones come off the end)
-            order.pop()
-        todo = [n for n in dict.fromkeys(first()) if n not in self.hvs and self.graph.hypervisor(n) is not None][:chunk]
-        for name in reversed(order):
-            if len(todo) >= chunk:
-                break
-            if name not in self.hvs and name not in todo:
-                todo.append(name)
-        return todo
 
     @classmethod
     def attach(cls, topology, build: bool = True) -> FlowEngine:
@@ -201,24 +126,6 @@ class FlowEngine:
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(hypervisor names)`` after each change that changed their flows."""
         self._listeners.append(listener)
-
-    def set_ownership(self, owns: Callable[[str], bool]) -> None:
-        """Compile only the hypervisors ``owns`` accepts from now on: build those gained, forget those lost.
-
-        A cluster's instance masters a share of the bridges and compiles only theirs (the others'
-        masters compile the rest); when the share changes, the hypervisors it gains are built
-        here and now, and their listeners hear of them like of any change.
-        """
-        with self.lock:
-            self._owns = owns
-            names = {h.name for h in self.graph.hypervisors()} | set(self.hvs)
-            gained = {n for n in names if owns(n) and n not in self.hvs}
-            for name in [n for n in self.hvs if not owns(n)]:
-                self._drop(name)
-            for name in gained:
-                self._build_new(name)
-            self._stamp(gained)
-        self._tell(gained)
 
     def _drop(self, name: str) -> None:
         """Forget a hypervisor this engine no longer compiles (its shared fragments and indexes let go)."""
@@ -316,8 +223,9 @@ class FlowEngine:
             self._count_members(port, +1)
         for net_id in {p.network_id for p in self.graph.records("port")}:
             self._hosts[net_id] = frozenset(self.graph.network_index(net_id).hosts)
+        building = self._owns == self._built  # (a warm-up under way: the ones built so far, not the new empty dict)
         for name in {h.name for h in self.graph.hypervisors()} | set(old):
-            if not self._owns(name):
+            if not (name in old if building else self._owns(name)):
                 continue
             state = self.hvs[name] = HypervisorFlows(name)
             previous = old.get(name)

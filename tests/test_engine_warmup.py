@@ -125,3 +125,36 @@ def test_a_writer_gets_the_lock_while_the_warm_up_runs() -> None:
     assert len(engine.hvs) == 300
     assert max(got) < 300, f"a write got the lock only after the warm-up: {got}"
     assert len(set(got)) > 1, f"the warm-up made no progress between five writes: {got}"
+
+
+def test_a_share_gained_is_built_a_chunk_at_a_time_with_writes_in_between_and_lost_ones_are_forgotten() -> None:
+    """A cluster's instance gaining bridges (flows.warmup.set_ownership): the gained hypervisors are built a chunk
+    per hold of the lock, writes made meanwhile reach them all, the ones lost are dropped at once, and the
+    engine ends compiling exactly its share, each hypervisor equal to the full compile."""
+    import threading
+
+    graph = cloud()
+    engine = FlowEngine(graph)
+    engine.set_ownership(lambda name: name in {"hv0", "hv1"})
+    assert set(engine.hvs) == {"hv0", "hv1"} and engine.mismatches() == []
+    share = {f"hv{i}" for i in range(1, HVS)}
+    rnd, steps = random.Random(3), []
+    real_step = engine.warm_step
+
+    def step_then_write(first, chunk, budget):  # a write between every two holds of the lock
+        built = real_step(first, 2, budget)
+        steps.append(built)
+        with engine.lock:
+            change(graph, rnd, len(steps))
+            engine.on_change(set())
+        assert "hv0" not in engine.hvs and not engine.compiles("hv0"), "the lost one is gone from the first step"
+        return built
+
+    engine.warm_step = step_then_write
+    done = threading.Thread(target=engine.set_ownership, args=(lambda name: name in share, lambda: ["hv7"]))
+    done.start()
+    done.join(30)
+    assert not done.is_alive()
+    assert steps[0] == ["hv7", "hv2"], "the connected bridge's first, two per hold"
+    assert set(engine.hvs) == share and engine.mismatches() == []
+    assert engine.compiles("hv5") and not engine.compiles("hv0")
