@@ -20,6 +20,10 @@ is started after the first phase.
    own record of each grant, ``GET /sync``'s ``master_since``), until ``/sync`` showed them
    all (it answers after the survivor has built its new share), and until none is pending
    (each read and reconciled); flow-mods the survivor sent meanwhile (0: nothing changed).
+
+``TENANTFLOW_SCALE_OUT_LOG_LEVEL`` (default ``warning``) is the instances' ``--log-level``, and
+``TENANTFLOW_SCALE_OUT_LOGS=DIR`` keeps their logs there (``c0.log``, ``c1.log``): a failover
+that took tens of seconds in some runs is explained by them, or not at all.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from apps.lab.etcd import EtcdCluster
 from apps.lab.scale import ApiClient, ScaleLab, parallel
 
 CLIENTS = 4
+LOG_LEVEL = os.environ.get("TENANTFLOW_SCALE_OUT_LOG_LEVEL", "warning")
 
 
 class Instances:
@@ -48,7 +53,7 @@ class Instances:
 
     def start(self, name: str) -> ControllerProcess:
         ctl = ControllerProcess(os.path.join(self.workdir, name), extra_args=[
-            "--store", self.url, "--instance", name, "--log-level", "warning"])
+            "--store", self.url, "--instance", name, "--log-level", LOG_LEVEL])
         self.ctls[name] = ctl.start(60)
         return ctl
 
@@ -128,6 +133,13 @@ def run(quick: bool = False) -> dict[str, Any]:
             finally:
                 inst.stop()
     finally:
+        keep = os.environ.get("TENANTFLOW_SCALE_OUT_LOGS")  # a directory: the instances' logs are copied there
+        if keep:
+            for name in ("c0", "c1"):
+                log = os.path.join(workdir, name, "controller.log")
+                if os.path.exists(log):
+                    os.makedirs(keep, exist_ok=True)
+                    shutil.copy(log, os.path.join(keep, f"{name}.log"))
         shutil.rmtree(workdir, ignore_errors=True)
     return out
 
@@ -147,7 +159,7 @@ def _phases(inst: Instances, n: int, creates: int, timeout: float, quick: bool, 
         out["first_sync_s"] = round(took, 1) if took is not None else None
         out["one"] = _creates(lab, inst, creates, "one", timeout)
         ctl = ControllerProcess(os.path.join(workdir, "c1"), of_port=of1, extra_args=[
-            "--store", inst.url, "--instance", "c1", "--log-level", "warning"])
+            "--store", inst.url, "--instance", "c1", "--log-level", LOG_LEVEL])
         inst.ctls["c1"] = ctl.start(60)
         took = inst.wait(lambda: inst.settled(n) and all(len(s["mastered"]) for s in inst.sync().values()),
                          timeout, 0.1)
