@@ -150,10 +150,6 @@ class SwitchObjects:
         """Ids of the ones the flows of the last committed sync use."""
         return set().union(*self._users.values())
 
-    def read(self, link: GroupLink) -> None:
-        """Read the ids of every one on the switch (what it really holds)."""
-        self.took(link, link.request(self.kind.read))
-
     def took(self, link: GroupLink, parts: list) -> None:
         """What the switch answered to ``kind.read`` (sent by the caller, with other requests): the ids it holds."""
         self.present = {oid for part in parts for oid in part}

@@ -292,14 +292,18 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
         for waiter in list(self._waiters.values()):
             waiter.event.set()
         self.mark_dirty()
-        with SYNCED:
-            SYNCED.notify_all()
-        CONFIRMED.confirmed(self)
+        self._wake_waiters()
         # The connection's reader held our bound methods (switch -> datapath -> socket -> switch):
         # a reference cycle, which a frozen heap never collects (controller.heap). Break it.
         sock = getattr(self.dp, "socket", None)
         if hasattr(sock, "intercept"):
             sock.intercept(None, None)
+
+    def _wake_waiters(self) -> None:
+        """This switch confirmed a sync or went away: whoever waits for that (an audit, GET /sync?wait=) hears it."""
+        with SYNCED:
+            SYNCED.notify_all()
+        CONFIRMED.confirmed(self)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker to end; True if it has."""
@@ -609,9 +613,7 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
                 self._replace.clear()
             self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
             self.synced_at = time.time()
-            with SYNCED:
-                SYNCED.notify_all()
-            CONFIRMED.confirmed(self)
+            self._wake_waiters()
             self._announce_due = True  # by _attempt, out of the sync slot (it waits for the topology's lock)
             metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
         else:
