@@ -5,10 +5,12 @@ one instance is its master (OpenFlow 1.3 ``OFPT_ROLE_REQUEST``), the others are 
 read (port maps) and never write. Who masters what follows from the set of live instances:
 
 - **Membership.** Each instance holds an etcd lease (``ttl`` s, kept alive three times per
-  TTL) and, under it, the key ``<prefix>-cluster/members/<instance>``. An instance that dies
-  loses its key when its lease expires, or at once when a peer revokes it: every instance
-  holds a TCP connection to every other's peer port, and a peer that closes it (a process
-  that died closes all its sockets) or refuses it is revoked without waiting for the TTL.
+  TTL by a process of its own, ``controller.lease_keeper``, so that a busy interpreter does
+  not lose it) and, under it, the key ``<prefix>-cluster/members/<instance>``. An instance
+  that dies loses its key at once: its keeper revokes the lease when the controller's pipe
+  closes, and every instance holds a TCP connection to every other's peer port, and a peer
+  that closes it (a process that died closes all its sockets) or refuses it is revoked too.
+  A stopped, wedged or cut-off instance loses it when the lease expires (the TTL).
 - **Ownership.** The view is the sorted set of members and the etcd revision of its latest
   change. Bridge ``dpid`` belongs to the member with the highest ``blake2b(member, dpid)``
   (rendezvous hashing): every instance computes the same owner from the same view, bridges
@@ -38,11 +40,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.lease_keeper import KeeperProcess
 from topology.etcd_watch import PrefixWatch, b64, range_end, unb64
 
 LOG = logging.getLogger("tenantflow.cluster")
 
 DEFAULT_TTL = 2  # s: etcd's shortest lease with its default 1 s election timeout is 1.5 s
+STANDING_POLL = 0.1  # s: how soon a change of our standing reaches the switches
 
 
 @dataclass(frozen=True)
@@ -103,27 +107,37 @@ class Cluster:
         self.store, self.instance, self.ttl = store, instance, ttl
         self.prefix = store.prefix.rstrip("/") + "-cluster/members/"
         self.view = View(0)
-        self.lease = 0
-        self._alive_until = 0.0  # monotonic time until which our lease surely lives
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._peers: dict[str, socket.socket] = {}
-        self.stats = {"revoked_peers": 0, "rejoins": 0, "view_changes": 0}
+        self.stats = {"revoked_peers": 0, "rejoins": 0, "view_changes": 0, "keeper_restarts": 0}
         self._listener = socket.create_server((peer_host, peer_port))
         self.peer = f"{peer_host}:{self._listener.getsockname()[1]}"
         self.api_url = api_url
+        self.keeper = KeeperProcess(getattr(store, "url", ""), ttl=ttl, key=self.prefix + instance,
+                                    member={"peer": self.peer, "api": api_url})
         self._watch: PrefixWatch | None = None
+
+    @property
+    def lease(self) -> int:
+        """Our lease's id (the keeper's; 0 before the first grant)."""
+        return int(self.keeper.state.lease)
+
+    @property
+    def _alive_until(self) -> float:
+        return float(self.keeper.state.alive_until)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> Cluster:
-        """Join: a lease, our member key, the membership watch, our peer port; wait until the view lists us."""
+        """Join: the lease keeper (lease, member key), the members watch, our peer port; wait to see us listed."""
         threading.Thread(target=self._accept_peers, name="cluster-peers", daemon=True).start()
-        self._join()
+        self.keeper.start(timeout)
+        LOG.info("cluster: %s joined with lease %x (peer port %s)", self.instance, self.lease, self.peer)
         revision = self._load_view()
         self._watch = PrefixWatch(self.store.clients, self.prefix, self._on_events, revision, self._load_view,
                                   self.store.timeout, name="cluster-watch")
-        threading.Thread(target=self._keepalive_loop, name="cluster-keepalive", daemon=True).start()
+        threading.Thread(target=self._follow_standing, name="cluster-standing", daemon=True).start()
         deadline = time.monotonic() + timeout
         while self.instance not in self.view.members:
             if time.monotonic() > deadline:
@@ -132,30 +146,14 @@ class Cluster:
         return self
 
     def close(self) -> None:
-        """Leave at once (our lease revoked: the others take our bridges now, not after the TTL)."""
+        """Leave at once (our lease revoked by the keeper: the others take our bridges now, not after the TTL)."""
         self._stop.set()
         if self._watch is not None:
             self._watch.stop()
-        try:
-            self.store.request("/kv/lease/revoke", {"ID": self.lease})
-        except Exception:  # noqa: BLE001 - etcd gone: the lease expires on its own
-            LOG.info("cluster: could not revoke our lease; it expires in %d s", self.ttl)
+        self.keeper.stop()
         self._listener.close()
         for sock in list(self._peers.values()):
             sock.close()
-
-    def _join(self) -> None:
-        """A new lease and our member key under it."""
-        granted = time.monotonic()
-        answer = self.store.request("/lease/grant", {"TTL": self.ttl})
-        self.lease = int(answer["ID"])
-        # In good standing from the grant on: our member key's put comes back through the watch,
-        # maybe before the put's own answer, and the view it makes must find us standing.
-        self._alive_until = granted + self.ttl * 0.9
-        value = json.dumps({"peer": self.peer, "lease": self.lease, "api": self.api_url})
-        self.store.request("/kv/put", {"key": b64(self.prefix + self.instance), "value": b64(value),
-                                     "lease": self.lease})
-        LOG.info("cluster: %s joined with lease %x (peer port %s)", self.instance, self.lease, self.peer)
 
     # -- the view --------------------------------------------------------------------------------
     def _load_view(self) -> int:
@@ -213,38 +211,41 @@ class Cluster:
 
     def status(self) -> dict[str, Any]:
         """The members, our standing, the view's revision (the generation id) and counters."""
+        state = self.keeper.state
         return {"mode": "cluster", "instance": self.instance, "members": list(self.view.members),
                 "view_revision": self.view.revision, "in_good_standing": self.in_good_standing,
-                "lease": f"{self.lease:x}", **self.stats}
+                "lease": f"{self.lease:x}", **self.stats,
+                "keepalive_max_ms": round(state.keepalive_max_ms, 1),
+                "interpreter_stall_max_ms": round(state.beat_age_max_ms, 1),
+                "keepalives_held_back": int(state.held_back)}
 
-    # -- keeping our lease ----------------------------------------------------------------------
-    def _keepalive_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                answer = self.store.request("/lease/keepalive", {"ID": self.lease})
-            except Exception as exc:  # noqa: BLE001 - etcd unreachable: our standing runs out with the TTL
-                LOG.warning("cluster: keepalive failed: %s", exc)
-                if not self.in_good_standing:
-                    self._notify()
-                continue
-            if int(answer.get("result", {}).get("TTL", -1)) <= 0:
-                # Our lease is gone (expired while we were stopped or cut off): we are out.
-                LOG.warning("cluster: our lease %x expired: slave everywhere, joining again", self.lease)
-                self._alive_until = 0.0
+    # -- following our lease (kept by controller.lease_keeper) ----------------------------------
+    def _follow_standing(self) -> None:
+        """Tell the switches when our standing changes: lost (slave everywhere) or regained (claim our bridges).
+
+        The keeper extends or ends our standing in shared memory; this thread only notices the
+        change (within STANDING_POLL) and brings back a keeper that died.
+        """
+        standing, joins = self.in_good_standing, self.keeper.state.joins
+        while not self._stop.wait(STANDING_POLL):
+            if not self.keeper.running and not self._stop.is_set():
+                self._restart_keeper()
+            now_standing, now_joins = self.in_good_standing, self.keeper.state.joins
+            self.stats["rejoins"] = max(0, int(now_joins) - 1)
+            if now_standing != standing or now_joins != joins:
+                LOG.info("cluster: lease %x %s", self.lease,
+                         "in good standing: claiming our bridges" if now_standing else "lapsed: slave everywhere")
+                standing, joins = now_standing, now_joins
                 self._notify()
-                self.stats["rejoins"] += 1
-                try:
-                    self._join()
-                except Exception as exc:  # noqa: BLE001 - try again next round
-                    LOG.warning("cluster: rejoin failed: %s", exc)
-                    continue
-                self._notify()  # in standing again: the bridges the view gives us are claimed
-                continue
-            lapsed = not self.in_good_standing  # e.g. keepalives unanswered through an etcd election
-            self._alive_until = time.monotonic() + self.ttl * 0.9
-            if lapsed:
-                LOG.info("cluster: our lease %x answered again: claiming our bridges", self.lease)
-                self._notify()
+
+    def _restart_keeper(self) -> None:
+        LOG.error("cluster: the lease keeper exited (%s): starting another, with a new lease",
+                  self.keeper.process.returncode if self.keeper.process else "never started")
+        self.stats["keeper_restarts"] += 1
+        try:
+            self.keeper.start()
+        except RuntimeError as exc:
+            LOG.error("cluster: %s", exc)
 
     def _notify(self) -> None:
         for callback in list(self._callbacks):

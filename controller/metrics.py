@@ -130,9 +130,14 @@ class ClusterCollector:
         for sw in list(self.switches()):
             mastered.add_metric([sw.label], 1 if sw.mastering else 0)
         yield mastered
-        for key in ("revoked_peers", "rejoins", "view_changes"):
+        for key in ("revoked_peers", "rejoins", "view_changes", "keeper_restarts", "keepalives_held_back"):
             yield CounterMetricFamily(f"tenantflow_cluster_{key}", f"Cluster events: {key.replace('_', ' ')}",
                                       value=status.get(key, 0))
+        yield GaugeMetricFamily("tenantflow_cluster_keepalive_max_seconds", "The slowest lease keepalive's round "
+                                "trip to etcd so far", value=status.get("keepalive_max_ms", 0) / 1000)
+        yield GaugeMetricFamily("tenantflow_cluster_interpreter_stall_max_seconds", "The longest this instance's "
+                                "interpreter went without running its beat thread (its lease keeper lets the "
+                                "lease go past 10 s)", value=status.get("interpreter_stall_max_ms", 0) / 1000)
         watch = self.store.status()
         yield GaugeMetricFamily("tenantflow_store_watch_connected", "1 while the store's watch is connected",
                                 value=1 if watch.get("connected") else 0)
