@@ -17,10 +17,12 @@ The lease must still die with the instance, and only then:
   after the TTL) and exits;
 - **the controller is stopped** (SIGSTOP, a debugger): its state in ``/proc`` says so; the
   keeper stops keeping the lease alive, which expires after the TTL as it would have before;
-- **the controller's interpreter is wedged** (no thread has run for ``HANG`` s): the
-  controller's beat thread writes the time into the shared memory four times a second; a
-  beat older than ``HANG`` stops the keepalives too. ``HANG`` is far above any wait for the
-  GIL seen under load, and bounds how long a wedged instance keeps its bridges;
+- **the controller is wedged**: its beat thread has not run for ``HANG`` s *and* the process
+  did no work meanwhile (under 5 % of a core: blocked while holding the GIL, say). The beat thread writes the time
+  into the shared memory four times a second; a stale beat alone is not enough, because a
+  busy controller's threads can wait for the GIL for tens of seconds (57 s measured in the
+  ``scale_out`` bench, 2,000 threads on two loaded cores) while it works. (A controller
+  spinning in a C call that holds the GIL would keep its lease: it looks busy; none was seen.)
 - **etcd answers that the lease is gone** (it expired while the controller was stopped or cut
   off): standing ends at once, and the keeper joins again with a new lease and member key.
 
@@ -31,6 +33,7 @@ shared :class:`LeaseState` and watches the members as before (``controller.clust
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import json
 import logging
@@ -51,6 +54,8 @@ LOG = logging.getLogger("tenantflow.cluster")
 HANG = 10.0  # s without a beat from the controller's interpreter: it is wedged, let the lease go
 BEAT_INTERVAL = 0.25  # s between the controller's beats
 POLL = 0.05  # s: how soon the keeper sees its controller stopped or gone
+BUSY = 0.05  # of a core: a controller using less over HANG s without a beat is wedged, not starved
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 class LeaseState(ctypes.Structure):
@@ -80,14 +85,39 @@ def _attach(fd: int) -> tuple[mmap.mmap, LeaseState]:
     return mapped, LeaseState.from_buffer(mapped)
 
 
-def process_stopped(pid: int) -> bool:
-    """Whether process ``pid`` is stopped (SIGSTOP, traced); a vanished one counts as stopped."""
+def process_state(pid: int) -> tuple[bool, int]:
+    """Whether process ``pid`` is stopped (SIGSTOP, traced; a vanished one counts as stopped), and its CPU ticks."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return True
-    return stat[stat.rindex(b")") + 2:][:1] in (b"T", b"t")
+        return True, 0
+    fields = stat[stat.rindex(b")") + 2:].split()  # fields[0] is the state; utime, stime are the 12th, 13th after it
+    return fields[0] in (b"T", b"t"), int(fields[11]) + int(fields[12])
+
+
+class ParentWatch:
+    """Whether the controller may keep its lease: not stopped, and beating or at least working (see above).
+
+    Working: it used at least ``BUSY`` of a core over the last ``hang`` seconds. Not "any CPU at
+    all": threads waiting for a GIL that nobody releases still wake every 5 ms to ask for it.
+    """
+
+    def __init__(self, pid: int, state: LeaseState, hang: float) -> None:
+        self.pid, self.state, self.hang = pid, state, hang
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        stopped, ticks = process_state(self.pid)
+        self._samples.append((now, ticks))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.hang:
+            self._samples.popleft()  # keep one sample at least ``hang`` old
+        since, ticks_then = self._samples[0]
+        working = now - since < self.hang or (ticks - ticks_then) / TICKS_PER_S >= BUSY * (now - since)
+        beat_age = now - self.state.beat
+        self.state.beat_age_max_ms = max(self.state.beat_age_max_ms, beat_age * 1000)
+        return not stopped and (beat_age < self.hang or working)
 
 
 class Keeper:
@@ -164,8 +194,8 @@ class Keeper:
 class KeeperProcess:
     """The controller's side: the keeper process, the shared state and the beat thread."""
 
-    def __init__(self, store_url: str, *, ttl: int, key: str, member: dict[str, Any]) -> None:
-        self.store_url, self.ttl, self.key, self.member = store_url, ttl, key, member
+    def __init__(self, store_url: str, *, ttl: int, key: str, member: dict[str, Any], hang: float = HANG) -> None:
+        self.store_url, self.ttl, self.key, self.member, self.hang = store_url, ttl, key, member, hang
         self._fd, self._map, self.state = shared_state()
         self.process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -178,7 +208,7 @@ class KeeperProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "controller.lease_keeper", "--store", self.store_url, "--ttl", str(self.ttl),
              "--key", self.key, "--member", json.dumps(self.member), "--parent", str(os.getpid()),
-             "--shared-fd", str(self._fd)],
+             "--shared-fd", str(self._fd), "--hang", str(self.hang)],
             stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(self._fd,))
         if not self._beating:  # one beat thread, however many keepers this instance started
             self._beating = True
@@ -251,13 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     _mapped, state = _attach(args.shared_fd)
     store = EtcdStore(args.store, timeout=max(0.5, args.ttl / 3))
 
-    def parent_ok() -> bool:
-        beat_age = time.monotonic() - state.beat
-        state.beat_age_max_ms = max(state.beat_age_max_ms, beat_age * 1000)
-        return beat_age < args.hang and not process_stopped(args.parent)
-
     keeper = Keeper(store, state, ttl=args.ttl, key=args.key, member=json.loads(args.member),
-                    parent_ok=parent_ok, wait=_wait_on(sys.stdin))
+                    parent_ok=ParentWatch(args.parent, state, args.hang), wait=_wait_on(sys.stdin))
     try:
         keeper.join()
     except Exception as exc:  # noqa: BLE001 - the controller shows this and stops

@@ -6,10 +6,14 @@ etcd (one member) and real processes:
 - an interpreter that holds the GIL for 1.5 × the TTL (a C call made without releasing it)
   keeps its lease and its member key: before the keeper, the keepalive thread waited for the
   GIL past the TTL, the lease expired and the instance's bridges moved away and back;
+- so does one whose threads wait for the GIL longer than the keeper's patience (``hang``)
+  while it works (uses CPU): starved, not wedged;
 - a controller process SIGKILLed loses its member key at once (its keeper revokes the lease
   when the controller's pipe closes), not after the TTL, and its keeper exits;
 - a controller process SIGSTOPped loses it after the TTL (the keeper sees it stopped and stops
-  keeping the lease alive); SIGCONT brings it back with a new lease.
+  keeping the lease alive); SIGCONT brings it back with a new lease;
+- a wedged one (blocked holding the GIL past ``hang``, using no CPU) loses it too, and rejoins
+  when it runs again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -34,12 +39,15 @@ from topology.store_etcd import EtcdStore
 TTL = 2
 
 INSTANCE = """
-import sys, time
+import ctypes, sys
 from controller.cluster import Cluster
 from topology.store_etcd import EtcdStore
-cluster = Cluster(EtcdStore(sys.argv[1]), instance="stand-in", ttl=int(sys.argv[2])).start()
+cluster = Cluster(EtcdStore(sys.argv[1]), instance="stand-in", ttl=int(sys.argv[2]))
+cluster.keeper.hang = float(sys.argv[3])
+cluster.start()
 print(cluster.keeper.process.pid, flush=True)
-time.sleep(120)
+for line in sys.stdin:  # "wedge S": block S seconds holding the GIL, using no CPU
+    ctypes.PyDLL(None).usleep(int(float(line.split()[1]) * 1e6))
 """
 
 
@@ -76,8 +84,8 @@ def store(etcd) -> EtcdStore:  # noqa: F811
 @pytest.fixture
 def instance(store: EtcdStore) -> Iterator[tuple[subprocess.Popen, int]]:
     """A stand-in controller process in the cluster (its pid, its keeper's pid); killed at the end."""
-    process = subprocess.Popen([sys.executable, "-c", INSTANCE, store.url, str(TTL)], stdout=subprocess.PIPE,
-                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    process = subprocess.Popen([sys.executable, "-c", INSTANCE, store.url, str(TTL), "1"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         keeper_pid = int(process.stdout.readline())
         yield process, keeper_pid
@@ -101,6 +109,28 @@ def test_a_busy_interpreter_keeps_its_lease(store: EtcdStore) -> None:
     assert _member(store, "busy") is None  # left: the lease revoked
 
 
+def test_a_starved_but_working_interpreter_keeps_its_lease(store: EtcdStore) -> None:
+    cluster = Cluster(store, instance="starved", ttl=TTL)
+    cluster.keeper.hang = 1.0
+    cluster.start()
+    try:
+        lease = cluster.lease
+        numbers = [random.random() for _ in range(1_000_000)]
+        began = time.monotonic()
+        sorted(numbers)  # one C call holding the GIL while it works: how long does a million take here?
+        size = int(len(numbers) * (TTL * 1.5) / max(time.monotonic() - began, 1e-3))
+        numbers = [random.random() for _ in range(size)]
+        began = time.monotonic()
+        sorted(numbers)  # no other thread runs for about 1.5 × the TTL, the beat thread included
+        stalled = time.monotonic() - began
+        assert stalled > cluster.keeper.hang + 1, f"the sort took only {stalled:.1f} s"
+        assert (_member(store, "starved") or {}).get("lease") == lease, cluster.status()
+        assert cluster.stats["rejoins"] == 0, cluster.status()
+        assert cluster.in_good_standing, cluster.status()
+    finally:
+        cluster.close()
+
+
 def test_a_killed_instance_loses_its_lease_at_once(store: EtcdStore, instance) -> None:
     process, keeper_pid = instance
     assert _member(store, "stand-in") is not None
@@ -119,3 +149,14 @@ def test_a_stopped_instance_loses_its_lease_after_the_ttl_and_rejoins(store: Etc
     process.send_signal(signal.SIGCONT)
     _wait(lambda: (_member(store, "stand-in") or {}).get("lease") not in (None, lease),
           "no new lease after SIGCONT", TTL * 2)
+
+
+def test_a_wedged_instance_loses_its_lease_and_rejoins_when_it_runs_again(store: EtcdStore, instance) -> None:
+    process, _ = instance
+    lease = _member(store, "stand-in")["lease"]
+    process.stdin.write(b"wedge 6\n")  # hang is 1 s: held back from then on, expired a TTL later
+    process.stdin.flush()
+    took = _wait(lambda: _member(store, "stand-in") is None, "a wedged instance kept its lease", 5.5)
+    assert took > TTL / 2, f"gone after {took:.2f} s: sooner than a lapsed lease would"
+    _wait(lambda: (_member(store, "stand-in") or {}).get("lease") not in (None, lease),
+          "no new lease once it ran again", 6 + TTL * 2)
