@@ -21,6 +21,10 @@ is started after the first phase.
    all (it answers after the survivor has built its new share), and until none is pending
    (each read and reconciled); flow-mods the survivor sent meanwhile (0: nothing changed).
 
+``leases``: each instance's lease figures before the failover (and ``leases_after_failover``):
+rejoins (its lease expired and it joined again: each a move of its bridges away and back), the
+longest wait of a thread of its for the GIL (``interpreter_stall_max_ms``), keepalives held back.
+
 ``TENANTFLOW_SCALE_OUT_LOG_LEVEL`` (default ``warning``) is the instances' ``--log-level``, and
 ``TENANTFLOW_SCALE_OUT_LOGS=DIR`` keeps their logs there (``c0.log``, ``c1.log``): a failover
 that took tens of seconds in some runs is explained by them, or not at all.
@@ -168,7 +172,21 @@ def _phases(inst: Instances, n: int, creates: int, timeout: float, quick: bool, 
         out["two"] = _creates(lab, inst, creates, "two", timeout)
         one, two = out["one"].get("creates_per_s"), out["two"].get("creates_per_s")
         out["ratio"] = round(two / one, 2) if one and two else None
+        out["leases"] = _leases(inst)
         out["failover"] = _failover(inst, n, timeout)
+        out["leases_after_failover"] = _leases(inst)
+
+
+LEASE_FIGURES = ("rejoins", "view_changes", "revoked_peers", "keepalives_held_back", "keepalive_max_ms",
+                 "interpreter_stall_max_ms")
+
+
+def _leases(inst: Instances) -> dict[str, dict[str, Any]]:
+    """Each live instance's lease figures (controller.cluster's status): a lease that flapped shows in rejoins."""
+    try:
+        return {name: {k: s.get("cluster", {}).get(k) for k in LEASE_FIGURES} for name, s in inst.sync().items()}
+    except OSError:
+        return {}
 
 
 def _failover(inst: Instances, n: int, timeout: float) -> dict[str, Any]:
