@@ -107,6 +107,7 @@ class Cluster:
         self.store, self.instance, self.ttl = store, instance, ttl
         self.prefix = store.prefix.rstrip("/") + "-cluster/members/"
         self.view = View(0)
+        self.view_changed_at = 0.0
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
         self._stop = threading.Event()
@@ -183,6 +184,7 @@ class Cluster:
             self.view = view
         if changed:
             self.stats["view_changes"] += 1
+            self.view_changed_at = time.time()  # wall clock: what a failover's measure compares with the kill
             LOG.info("cluster: view %d: %s", view.revision, ", ".join(view.members) or "(none)")
             self._dial_peers(view)
             for callback in list(self._callbacks):
@@ -213,7 +215,8 @@ class Cluster:
         """The members, our standing, the view's revision (the generation id) and counters."""
         state = self.keeper.state
         return {"mode": "cluster", "instance": self.instance, "members": list(self.view.members),
-                "view_revision": self.view.revision, "in_good_standing": self.in_good_standing,
+                "view_revision": self.view.revision, "view_changed_at": self.view_changed_at,
+                "in_good_standing": self.in_good_standing,
                 "lease": f"{self.lease:x}", **self.stats,
                 "keepalive_max_ms": round(state.keepalive_max_ms, 1),
                 "interpreter_stall_max_ms": round(state.beat_age_max_ms, 1),

@@ -17,7 +17,8 @@ is started after the first phase.
    ``ratio`` = two's creates_per_s / one's (goal on 2 cores: 1.6).
 3. ``failover``: the instance mastering more bridges is SIGKILLed: seconds from the kill
    until the last orphaned bridge granted the survivor's ``ROLE_REQUEST`` (the survivor's
-   own record of each grant, ``GET /sync``'s ``master_since``), until ``/sync`` showed them
+   own record of each grant, ``GET /sync``'s ``master_since``; ``view_changed_s``: when the survivor
+   saw the victim leave the cluster's view), until ``/sync`` showed them
    all (it answers after the survivor has built its new share), and until none is pending
    (each read and reconciled); flow-mods the survivor sent meanwhile (0: nothing changed).
 
@@ -207,9 +208,11 @@ def _failover(inst: Instances, n: int, timeout: float) -> dict[str, Any]:
     mastered = inst.wait(all_mastered, timeout, 0.005)
     converged = inst.wait(lambda: inst.settled(n), timeout, 0.01)
     # When each orphan granted the survivor's ROLE_REQUEST, by the survivor's clock (the same machine's).
-    since = inst.sync()[survivor].get("master_since", {})
+    state = inst.sync()[survivor]
+    since = state.get("master_since", {})
     granted = [since[hv] - killed_at for hv in orphans if hv in since]
-    return {"victim_mastered": len(orphans),
+    seen = state.get("cluster", {}).get("view_changed_at", 0) - killed_at  # when the survivor saw the victim go
+    return {"victim_mastered": len(orphans), "view_changed_s": round(seen, 3),
             "last_role_granted_s": round(max(granted), 3) if len(granted) == len(orphans) else None,
             "median_role_granted_s": round(sorted(granted)[len(granted) // 2], 3) if granted else None,
             "all_mastered_seen_s": round(mastered, 3) if mastered is not None else None,
