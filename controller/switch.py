@@ -416,14 +416,25 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
             _DIVERGED.discard(self)
 
     def _backoff(self, failures: int) -> None:
-        """Wait before retry number ``failures``; only stop() cuts it short (changes wait for the retry)."""
-        self._sleep(retry_delay(failures))
+        """Wait before retry number ``failures``; changes wait for the retry, but not a change of role.
 
-    def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds``; only stop() cuts it short."""
+        A cluster's new master claims at once even if its last attempt failed (a port read that
+        timed out while it was a slave, say): a failover must not wait out a backoff of up to
+        RETRY_CAP. Only stop() and a role to claim cut the wait short.
+        """
+        self._sleep(retry_delay(failures), until_role_changes=True)
+
+    def _sleep(self, seconds: float, until_role_changes: bool = False) -> None:
+        """Wait ``seconds``; stop() cuts it short, and so does a new role from the cluster if ``until_role_changes``.
+
+        (A new one: a role that stays unclaimable, its claim failing, must not turn the backoff into a busy loop.)
+        """
         deadline = time.monotonic() + seconds
+        role = self._roles.role_for(self.dpid) if until_role_changes and self._roles is not None else None
         with self._dirty:
             while self._alive and (left := deadline - time.monotonic()) > 0:
+                if role is not None and self._roles.role_for(self.dpid) != role:
+                    return
                 self._dirty.wait(left)
 
     def _wait_for_change(self) -> None:

@@ -202,3 +202,36 @@ def test_a_master_claims_first_and_a_demoted_one_stops_writing() -> None:
                                                              "OFPFlowStatsRequest"], dp.sent
     finally:
         sw.stop()
+
+
+class FailingSource(FakeSource):
+    """A flow source whose compile fails while ``failing``: the switch's sync fails and it backs off."""
+
+    failing = True
+
+    def desired(self, hv_name: str):
+        if self.failing:
+            raise RuntimeError("compile failed (the test says so)")
+        return super().desired(hv_name)
+
+
+def test_a_new_role_is_claimed_at_once_even_during_a_backoff(monkeypatch) -> None:
+    # Found by the scale_out bench: orphaned bridges granted the survivor master tens of seconds
+    # after the kill; a worker waiting out a backoff (up to RETRY_CAP) heard no change of role.
+    monkeypatch.setattr("controller.switch.RETRY_BASE", 20.0)  # the first retry in 10-20 s
+    dp, source, roles = RoleDatapath(0x5B), FailingSource("roles-hv", flows(3)), Roles(Role(True, 5))
+    sw = Switch(dp, source, lambda s, ports: setattr(s, "ofports", ports), roles=roles)
+    dp.sw = sw
+    sw.start("roles-hv")
+    try:
+        wait_until(lambda: sw.diverged, 5, "the failed sync")  # now in its backoff
+        roles.role = Role(False, 9)  # a newer view gives the bridge to another instance
+        sw.mark_dirty()
+        wait_until(lambda: "slave" in dp.sent, 2, f"the slave declaration during the backoff: {dp.sent}")
+        source.failing = False
+        roles.role = Role(True, 12)  # and back to us: claimed at once, then synced
+        sw.mark_dirty()
+        wait_until(lambda: dp.sent.count("master") == 2, 2, f"the claim: {dp.sent}")
+        wait_until(lambda: len(dp.flows) == 3, 5, "the sync after the claim")
+    finally:
+        sw.stop()
