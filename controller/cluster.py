@@ -45,7 +45,9 @@ from topology.etcd_watch import PrefixWatch, b64, range_end, unb64
 
 LOG = logging.getLogger("tenantflow.cluster")
 
-DEFAULT_TTL = 2  # s: etcd's shortest lease with its default 1 s election timeout is 1.5 s
+DEFAULT_TTL = 5  # s (--lease-ttl): how long a stopped, wedged or cut-off instance keeps its bridges. A dead one
+# gives them up at once (its keeper revokes the lease), so the TTL buys no speed there; 2 s left leases expiring
+# when etcd, on two cores shared with 100 vswitchds and two busy controllers, answered keepalives late.
 STANDING_POLL = 0.1  # s: how soon a change of our standing reaches the switches
 
 

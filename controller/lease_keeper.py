@@ -54,6 +54,8 @@ LOG = logging.getLogger("tenantflow.cluster")
 HANG = 10.0  # s without a beat from the controller's interpreter: it is wedged, let the lease go
 BEAT_INTERVAL = 0.25  # s between the controller's beats
 POLL = 0.05  # s: how soon the keeper sees its controller stopped or gone
+KEEPER_NICE = -10  # the keeper's scheduling priority (when allowed): the scheduler shares cores per thread, and
+# a controller's 2,000 threads would otherwise keep its one-thread keeper waiting
 BUSY = 0.05  # of a core: a controller using less over HANG s without a beat is wedged, not starved
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -278,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s lease-keeper %(levelname)s %(message)s")
     from topology.store_etcd import EtcdStore  # only here: the module needs no etcd client to be imported
 
+    try:  # first in line for a core: a keepalive is a few hundred bytes every TTL/3, and must not wait
+        os.setpriority(os.PRIO_PROCESS, 0, KEEPER_NICE)
+    except OSError:  # not allowed (not root, no CAP_SYS_NICE): it keeps the controller's priority
+        pass
     _mapped, state = _attach(args.shared_fd)
     store = EtcdStore(args.store, timeout=max(0.5, args.ttl / 3))
 

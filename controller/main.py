@@ -30,6 +30,7 @@ DEFAULTS = {
     "instance": "",
     "peer_host": "127.0.0.1",
     "peer_port": "0",
+    "lease_ttl": "5",
     "of_host": "127.0.0.1",  # loopback unless named: anyone who reaches these owns the cloud (issue #14)
     "of_port": "6653",
     "unix_socket": "/run/tenantflow/openflow.sock",
@@ -94,6 +95,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="address the other instances reach this one's peer port on (etcd store)")
     p.add_argument("--peer-port", type=int, default=int(values["peer_port"]),
                    help="TCP port the other instances hold a connection to, to see this one die at once (0: any)")
+    p.add_argument("--lease-ttl", type=int, default=int(values["lease_ttl"]),
+                   help="seconds a stopped, wedged or cut-off instance keeps its bridges (its etcd lease's TTL; "
+                        "one that dies or exits gives them up at once)")
     p.add_argument("--of-host", default=values["of_host"], help="OpenFlow listen address (TLS and plain TCP)")
     p.add_argument("--of-port", type=int, default=int(values["of_port"]),
                    help="OpenFlow plain TCP listen port: only with --allow-tcp (0: none)")
@@ -171,6 +175,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(str(exc))
     if args.gateways_per_router < 1:
         p.error(f"--gateways-per-router must be at least 1, not {args.gateways_per_router}")
+    if not 2 <= args.lease_ttl <= 300:  # etcd's shortest lease is 1.5 election timeouts (1 s by default)
+        p.error(f"--lease-ttl must be between 2 and 300 seconds, not {args.lease_ttl}")
     if args.dhcp_lease_time < 10:
         p.error(f"--dhcp-lease-time must be at least 10 seconds, not {args.dhcp_lease_time}")
     if not 3 <= args.ra_interval <= 1800:  # RFC 4861's MaxRtrAdvInterval range (4-1800 s), and tests' 3 s
@@ -474,7 +480,7 @@ def _join_cluster(args: argparse.Namespace, topology):
 
     name = args.instance or f"{socket.gethostname()}-{args.api_port}"
     cluster = Cluster(topology.store, instance=name, peer_host=args.peer_host, peer_port=args.peer_port,
-                      api_url=f"http://{args.api_host}:{args.api_port}")
+                      ttl=args.lease_ttl, api_url=f"http://{args.api_host}:{args.api_port}")
     return cluster.start()
 
 

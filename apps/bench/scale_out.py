@@ -165,7 +165,7 @@ def _phases(inst: Instances, n: int, creates: int, timeout: float, quick: bool, 
         out["one"] = _creates(lab, inst, creates, "one", timeout)
         ctl = ControllerProcess(os.path.join(workdir, "c1"), of_port=of1, extra_args=[
             "--store", inst.url, "--instance", "c1", "--log-level", LOG_LEVEL])
-        inst.ctls["c1"] = ctl.start(60)
+        inst.ctls["c1"] = ctl.start(180)  # it loads 20,000 ports from etcd beside a busy c0
         took = inst.wait(lambda: inst.settled(n) and all(len(s["mastered"]) for s in inst.sync().values()),
                          timeout, 0.1)
         out["rebalance_s"] = round(took, 2) if took is not None else None
