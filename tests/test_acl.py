@@ -269,7 +269,8 @@ def test_remote_group_flows_grow_linearly() -> None:
     n = 40
     assert _acl_flows(2 * n) - _acl_flows(n) == n
     assert _acl_flows(4 * n) - _acl_flows(2 * n) == 2 * n
-    assert _acl_flows(n, n_local=6) - _acl_flows(n, n_local=3) == 3  # one port clause per local port
+    # per local port: its remote-group rule's port clause, and its membership clause (its groups' other rules)
+    assert _acl_flows(n, n_local=6) - _acl_flows(n, n_local=3) == 2 * 3
 
 
 # -- the topology side: zones stored with bound ports, and who recompiles ----------------------------------
