@@ -16,12 +16,14 @@ changed, with the record before); the engine maps each entry to the units it can
   hypervisor for its ARP/ND answers and unicast); the base and network units of its
   binding hosts (old and new); the network units of every host of its network when the set
   of hosts changed (flooding); its security groups' member-address units where a rule
-  names them; routers' hypervisors when it is a router port;
+  names them; on its hosts, the units of the groups it makes local there or no longer
+  (their conj_id flows, their rules' clauses); routers' hypervisors when it is a router port;
 - a rule without a remote group: the clause units of its match pieces on each hypervisor where
   its group is local (one flow per piece per hypervisor, whatever the member count);
 - a network, subnet, router, floating IP, security group or remote-group rule: the base units of the
   hypervisors it reaches, whose recomputation says which other units moved (networks now
-  reached or not, local ports, member-address clauses);
+  reached or not, local ports, member-address clauses); a security group, also its members'
+  conntrack units and its units where it is local (unless only its name or description changed);
 - a hypervisor record or a switch's port map: that hypervisor is rebuilt (its units all
   recomputed), and the units elsewhere that name its tunnel endpoint.
 
@@ -42,7 +44,7 @@ from collections.abc import Callable, Iterable
 from itertools import chain
 from operator import attrgetter
 
-from flows.acl import EGRESS, INGRESS
+from flows.acl import EGRESS, INGRESS, Piece
 from flows.compiler import compile_hypervisor
 from flows.engine_groups import GroupUnits
 from flows.engine_state import (
@@ -103,8 +105,8 @@ class FlowEngine(WarmUp, GroupUnits):
         self._members: dict[MemberKey, Counter] = {}  # (group, eth_type) -> member address -> count
         self._frags: dict[str, dict[int, Fragment]] = {}  # overlay network -> tunnel port number -> fragment
         self._local_hvs: dict[str, set[str]] = {}  # (flows.engine_groups) group -> hypervisors it is local on
-        self._pieces: dict[str, dict] = {}  # group -> match piece of its rules without a remote group -> rule ids
-        self._rule_pieces: dict[str, tuple] = {}  # such a rule -> (its group, its pieces) as indexed
+        self._pieces: dict[str, dict[Piece, set[str]]] = {}  # group -> match piece of its plain rules -> rule ids
+        self._rule_pieces: dict[str, tuple[str, tuple[Piece, ...]]] = {}  # such a rule -> (group, pieces) indexed
         self._dirty: set[str] = set()  # hypervisors whose changed cookies grew in this on_change
         self.generation = 0  # counts the changes that changed some hypervisor's flows
         self._topology = None
@@ -344,6 +346,9 @@ class FlowEngine(WarmUp, GroupUnits):
         plan.base |= self._fip_hosts([f for f in (old, self.graph.get("fip", fip_id)) if f is not None])
 
     def _on_sg(self, plan: Plan, sg_id: str, old) -> None:
+        new = self.graph.get("sg", sg_id)
+        if old is not None and new is not None and old.stateful == new.stateful:
+            return  # renamed, described: flows say only whether it exists and is stateful (not its 20,000 members')
         plan.base |= self._member_acls(plan, sg_id) | self._named.get(sg_id, set())
         self._group_changed(plan, sg_id)  # its conj_id flows (stateful or not), its rules' clauses (it exists or not)
 

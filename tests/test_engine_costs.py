@@ -158,6 +158,13 @@ def test_a_group_turned_stateless_rewrites_its_conj_id_flows(cloud) -> None:
     assert len(stateless) == 4 * GROUP_HVS  # 2 directions x 2 IP versions, once per hypervisor, not per member
 
 
+def test_a_group_renamed_costs_nothing(cloud) -> None:
+    graph, engine = cloud
+    assert units_for(engine, lambda: graph_l3.put_sg(
+        graph, SecurityGroup(id=GROUP, project_id="project-0", name="renamed"))) == 0
+    assert engine.mismatches() == []
+
+
 def test_a_remote_group_rule_recomputes_the_member_clauses_not_the_members_rules(cloud) -> None:
     graph, engine = cloud
     remote = rule("r-remote", remote_ip_prefix=None, remote_group_id=GROUP, port=443)
