@@ -5,8 +5,8 @@ incremental engine (:mod:`flows.engine`) builds the same flows as a union of uni
 that a change recomputes only the units it touches:
 
 - ``("base",)``: what depends only on the hypervisor and its local ports: the default
-  flows, classification and delivery of local ports, port security, the security groups'
-  rules (:func:`flows.acl.acl_base`), the routers' own flows (:func:`flows.routing.routing_base`)
+  flows, the ACL stages' defaults and the remote-group rules' conjunctions
+  (:func:`flows.acl.acl_base`), the routers' own flows (:func:`flows.routing.routing_base`)
   and the floating IPs hosted here. It also says (:class:`BaseInfo`) which networks the
   hypervisor reaches and how, which are the other units;
 - ``("net", network)``: one network hosted here: from the fabric into it, and its flooding;
