@@ -21,20 +21,41 @@ addresses never share conntrack state.
 
 A port whose groups are all stateless (Neutron's ``stateful: false``) skips conntrack:
 its rules are matched packet by packet and nothing is committed, so a reply passes
-only if a rule of the other direction allows it, as Neutron specifies.
+only if a rule of the other direction allows it, as Neutron specifies. Whether a plain
+rule's match commits is its group's choice (the API refuses a port mixing stateful and
+stateless groups, as Neutron does).
 
-Rules with a remote group are OVS conjunctive matches, so "from members of G" costs
-flows in proportion to (local ports applying it) + (G's member addresses) + (port
-range pieces), never their product. Ports with port security and no group get no
-rule: everything but the always-allowed basics (Neighbour Discovery, MLD, DHCP) is
-dropped, as Neutron's OVS firewall and OVN's ``neutron_pg_drop`` do. Ports with port
-security off and trusted ports (``network:*``) are not filtered.
+Every rule is an OVS conjunctive match, so no rule costs a flow per member port:
+
+- a rule without a remote group ("plain") is part of its group's conjunction (as in
+  Neutron's OVS firewall), at the ``rule`` priority: per direction, one flow per local
+  member port lists the conjunctions of the port's groups (dimension 1, the port's
+  ``acl`` unit), one flow per distinct rule match of the local groups lists the
+  conjunctions of the groups having such a rule (dimension 2: identical rules of
+  several groups share one flow), and one ``conj_id`` flow per group commits the
+  connection (or not: a stateless group) and goes on. A rule added to a group costs one
+  flow per match piece on each hypervisor hosting a member, whatever the member count;
+- a rule with a remote group is a conjunction of its own, at the ``conj`` priority, so
+  "from members of G" costs flows in proportion to (local ports applying it) + (G's
+  member addresses) + (port range pieces), never their product.
+
+The two kinds sit at two priorities because their clause flows can have the same match
+(a plain rule's port range piece is a remote-group rule's third clause, a plain rule's
+/32 prefix a member address clause) and OVS keeps one flow per (table, priority, match);
+a packet whose conjunctions at ``conj`` do not complete falls through to those at
+``rule`` (OVS's classifier drops back through the priorities of the soft matches).
+
+Ports with port security and no group get no rule: everything but the always-allowed
+basics (Neighbour Discovery, MLD, DHCP) is dropped, as Neutron's OVS firewall and OVN's
+``neutron_pg_drop`` do. Ports with port security off and trusted ports (``network:*``)
+are not filtered.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import netaddr
@@ -47,7 +68,7 @@ from topology import graph_l3
 from topology.ctzones import ZONE_MAX, ZONE_MIN, stored_zone
 from topology.graph import TopologyGraph
 from topology.model import Port
-from topology.model_l3 import SecurityGroupRule
+from topology.model_l3 import SecurityGroup, SecurityGroupRule
 from topology.secgroups import protocol_number
 
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
@@ -203,8 +224,10 @@ def acl_flows(graph: TopologyGraph, local_ports: list[Port]) -> list[Flow]:
     cache: dict[tuple[str, int], list[MatchValue]] = {}
     flows, spec = acl_base(graph, local_ports, lambda sg_id, eth: bool(members_of(sg_id, eth)))
     zones = ct_zones(local_ports)
+    gcids = allocate_gcids(g for port in local_ports for g in port_group_ids(port))
     for port in local_ports:
-        flows += acl_port(graph, port, zones[port.id])
+        flows += acl_port(graph, port, zones[port.id], gcids)
+    flows += group_flows(graph, gcids)
     addresses = {(d, eth, a) for d, eth, sg_id in spec for a in members_of(sg_id, eth)}
     for d, eth, address in sorted(addresses, key=repr):
         flows += member_clause(spec, d, eth, address, lambda sg_id, e, a: a in members_of(sg_id, e))
@@ -230,7 +253,7 @@ def acl_base(graph: TopologyGraph, local_ports: list[Port],
         flows += shared_flow(("acl_defaults", d.name), lambda d: tuple(_defaults(d)), d)  # the same everywhere
         conj: dict[tuple, list[Conjunction]] = {}  # clause flow (match items) -> its conjunction actions
         conj_rules: dict[str, SecurityGroupRule] = {}
-        for port in secured:  # the ports' own flows (tracking, rules without a remote group): acl_port
+        for port in secured:  # (the ports' own flows, and the rules without a remote group: acl_port, group_flows)
             for rule in rules_of[port.id]:
                 if rule.direction == d.name and rule.remote_group_id:
                     conj_rules[rule.id] = rule
@@ -240,20 +263,16 @@ def acl_base(graph: TopologyGraph, local_ports: list[Port],
     return _dedupe(flows), {k: tuple(sorted(v, key=lambda a: (a.id, a.clause))) for k, v in spec.items()}
 
 
-def acl_port(graph: TopologyGraph, port: Port, zone: int) -> list[Flow]:
-    """One local port's own ACL flows: into conntrack in its zone, and its rules without a remote group.
+def acl_port(graph: TopologyGraph, port: Port, zone: int, gcids: dict[str, int]) -> list[Flow]:
+    """One local port's own ACL flows: into conntrack in its zone, and its membership clauses.
 
-    The incremental engine holds them as several units: the tracking (:func:`acl_track`), and one
-    unit per port and rule (:func:`acl_rule`), so that a rule added to a group costs one flow
-    per member, whatever else the members' groups hold.
+    ``gcids``: the local groups' conjunction ids (:func:`allocate_gcids`). What the port's groups'
+    rules match is shared by every member here (:func:`group_flows`), so these flows depend
+    only on the port, its zone and its groups: a rule added to a group changes none of them.
     """
     if not is_secured(port):
         return []
-    stateless = _stateless(graph, port)
-    flows = list(acl_track(graph, port, zone, stateless))
-    for rule in port_plain_rules(graph, port):
-        flows += _hard_rule(_DIRECTIONS[rule.direction], port, rule, not stateless)
-    return flows
+    return [*acl_track(graph, port, zone), *_membership(graph, port, gcids)]
 
 
 def acl_track(graph: TopologyGraph, port: Port, zone: int, stateless: bool | None = None) -> list[Flow]:
@@ -265,20 +284,116 @@ def acl_track(graph: TopologyGraph, port: Port, zone: int, stateless: bool | Non
     return [*_track(EGRESS, port, zone, stateless), *_track(INGRESS, port, zone, stateless)]
 
 
-def port_plain_rules(graph: TopologyGraph, port: Port) -> list[SecurityGroupRule]:
-    """The rules without a remote group that filter a port (none when it has no port security)."""
-    if not is_secured(port):
-        return []
-    return [r for r in _port_rules(graph, port) if _plain(r)]
+# -- rules without a remote group: one conjunctive match per group --------------------------------------
+Piece = tuple[str, tuple[tuple[str, MatchValue], ...]]
+"""(direction, match items): one flow's worth of a plain rule (a rule has one per port range piece)."""
+GCID_BIT = 0x80000000  # set in every group's conjunction id, never in a remote-group rule's (conj_ids)
 
 
-def acl_rule(graph: TopologyGraph, port: Port, rule: SecurityGroupRule) -> tuple[Flow, ...]:
-    """One rule's flows for one port (none unless it is one of :func:`port_plain_rules`)."""
-    if (not is_secured(port) or not _plain(rule)
-            or rule.security_group_id not in (port.attrs.get("security_groups") or ())
-            or graph.get("sg", rule.security_group_id) is None):
+def port_group_ids(port: Port | None) -> tuple[str, ...]:
+    """The ids of the groups whose rules filter a port (none without port security), as its record lists them."""
+    if port is None or not is_secured(port):
         return ()
-    return _hard_rule(_DIRECTIONS[rule.direction], port, rule, not _stateless(graph, port))
+    return tuple(dict.fromkeys(port.attrs.get("security_groups") or ()))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def gcid_base(sg_id: str) -> int:
+    """A group's preferred conjunction id: a hash of its id, with GCID_BIT set (see :func:`allocate_gcids`)."""
+    return GCID_BIT | int.from_bytes(hashlib.blake2b(sg_id.encode(), digest_size=4).digest(), "big") & 0x7FFFFFFF
+
+
+def allocate_gcids(group_ids: Iterable[str]) -> dict[str, int]:
+    """Group id -> its conjunction id on a hypervisor whose local ports are in ``group_ids``.
+
+    Content-derived (:func:`gcid_base`), so every increment agrees, and unique among the
+    hypervisor's groups: two groups sharing an id would let a member of one pass the other's
+    rules. A collision (1 in 2^31 per pair of local groups) moves the later group, in id order,
+    to the next free value, as :func:`conj_ids` does; the incremental engine rebuilds the
+    hypervisor when a change meets one (flows.engine_groups). The same id serves both directions:
+    conjunction ids are per table. GCID_BIT keeps them apart from the remote-group rules' ids.
+    """
+    out: dict[str, int] = {}
+    used: set[int] = set()
+    for sg_id in sorted(set(group_ids)):
+        cid = gcid_base(sg_id)
+        while cid in used:
+            cid = GCID_BIT | ((cid + 1) & 0x7FFFFFFF)
+        used.add(cid)
+        out[sg_id] = cid
+    return out
+
+
+def rule_pieces(rule: SecurityGroupRule) -> tuple[Piece, ...]:
+    """A plain rule's matches (one per port range piece), without the port; none for a remote-group rule."""
+    if not _plain(rule):
+        return ()
+    return shared_flow(("acl_pieces", rule), _build_pieces, rule)
+
+
+def _build_pieces(rule: SecurityGroupRule) -> tuple[Piece, ...]:
+    d = _DIRECTIONS[rule.direction]
+    base, alternatives = _rule_base(d, rule)
+    return tuple(dict.fromkeys((d.name, tuple(sorted({**base, **alt}.items()))) for alt in alternatives))
+
+
+def group_flows(graph: TopologyGraph, gcids: dict[str, int]) -> list[Flow]:
+    """The local groups' conjunctions (``gcids``: their ids here): each group's conj_id flows, and one flow
+    per distinct match of their plain rules, shared by every group having it."""
+    flows: list[Flow] = []
+    clauses: dict[Piece, dict[str, list[str]]] = {}
+    for sg_id in sorted(gcids):
+        sg = graph.get("sg", sg_id)
+        if sg is None:
+            continue
+        flows += gconj_flows(sg, gcids[sg_id])
+        for rule in graph_l3.sg_rules(graph, sg_id):
+            for piece in rule_pieces(rule):
+                clauses.setdefault(piece, {}).setdefault(sg_id, []).append(rule.id)
+    for (direction, match), groups in clauses.items():
+        flows += gclause_flow(direction, match, groups, gcids)
+    return flows
+
+
+def gconj_flows(sg: SecurityGroup, cid: int) -> tuple[Flow, ...]:
+    """A group's conj_id flows: a packet one of its rules allows, from or to one of its members, goes on
+    (committed, unless the group is stateless)."""
+    return shared_flow(("acl_gconj", sg.id, sg.stateful, cid), lambda: tuple(_build_gconj(sg, cid)))
+
+
+def _build_gconj(sg: SecurityGroup, cid: int) -> Iterator[Flow]:
+    for d in (EGRESS, INGRESS):
+        for eth in (ETH_IPV4, ETH_IPV6):  # eth_type: OVS refuses ct() on a flow whose match does not say IP
+            yield make_flow(d.acl, "rule", {"conj_id": cid, "eth_type": eth}, [COMMIT] if sg.stateful else [],
+                            goto=d.after, description=f"{d.name}: a rule of group {sg.id} allows it"
+                            + ("" if sg.stateful else " (stateless)"))
+
+
+def gclause_flow(direction: str, match: tuple[tuple[str, MatchValue], ...], groups: Mapping[str, Iterable[str]],
+                 gcids: dict[str, int]) -> tuple[Flow, ...]:
+    """The rule clause of the groups ``groups`` (group -> ids of its rules having this match): one flow
+    (none without a group), whatever the number of groups, rules and members."""
+    if not groups:
+        return ()
+    acts = tuple(sorted((Conjunction(gcids[g], 2, 2) for g in groups), key=lambda a: a.id))
+    rules = tuple(sorted({r for ids in groups.values() for r in ids}))
+    key = ("acl_gclause", direction, match, acts, rules, tuple(sorted(groups)))
+    return shared_flow(key, lambda: (make_flow(
+        _DIRECTIONS[direction].acl, "rule", dict(match), acts,
+        description=f"{direction}: rules {list(rules)} of groups {sorted(groups)}"),))
+
+
+def _membership(graph: TopologyGraph, port: Port, gcids: dict[str, int]) -> list[Flow]:
+    """A local port's membership clauses: its packets are candidates for its groups' conjunctions."""
+    groups = [sg.id for sg in graph_l3.port_security_groups(graph, port)]
+    if not groups:
+        return []  # no group: no rule allows anything (the drop)
+    acts = tuple(sorted({Conjunction(gcids[g], 1, 2) for g in groups}, key=lambda a: a.id))
+    key = ("acl_membership", port.key, port.id, acts, tuple(sorted(set(groups))))
+    return list(shared_flow(key, lambda: tuple(
+        make_flow(d.acl, "rule", {d.reg: port.key}, acts,
+                  description=f"{d.name} of port {port.id}: member of groups {sorted(set(groups))}")
+        for d in (EGRESS, INGRESS))))
 
 
 def member_clause(spec: MemberSpec, direction: str, eth: int, address: MatchValue,
@@ -303,7 +418,7 @@ _DIRECTIONS = {d.name: d for d in (EGRESS, INGRESS)}
 
 
 def _plain(rule: SecurityGroupRule) -> bool:
-    """A rule matched on its own per port (no remote group: those are conjunctions in the base unit)."""
+    """A rule of its group's conjunction (no remote group: those are conjunctions of their own, in the base unit)."""
     return not rule.remote_group_id and rule.direction in _DIRECTIONS
 
 
@@ -316,8 +431,9 @@ def _stateless(graph: TopologyGraph, port: Port) -> bool:
     """A port whose groups are all stateless (Neutron's ``stateful: false``): no conntrack at all.
 
     Its rules are matched packet by packet, replies included: what they do not allow in
-    either direction is dropped. A port with any stateful group is tracked (Neutron
-    refuses the mix; should a graph hold one, the stricter-to-bypass stateful way wins).
+    either direction is dropped. A port with any stateful group is tracked (the API refuses
+    the mix, as Neutron does; should a graph hold one, the port is tracked and each group's
+    conjunction commits, or not, as its group says: see :func:`gconj_flows`).
     """
     groups = graph_l3.port_security_groups(graph, port)
     return bool(groups) and not any(sg.stateful for sg in groups)
@@ -359,12 +475,6 @@ def _build_track(d: Direction, port: Port, zone: int, stateless: bool) -> Iterat
                         description=f"{d.name} of port {port.id}: conntrack in zone {zone}")
 
 
-def _hard_rule(d: Direction, port: Port, rule: SecurityGroupRule, stateful: bool = True) -> tuple[Flow, ...]:
-    """A rule without a remote group, for one port (built once per port and rule: memoised on both)."""
-    return shared_flow(("acl_rule", d.name, port.key, port.id, rule, stateful),
-                       lambda: tuple(_build_hard_rule(d, port, rule, stateful)))
-
-
 def _rule_base(d: Direction, rule: SecurityGroupRule) -> tuple[dict[str, MatchValue], list[dict[str, MatchValue]]]:
     """A rule's match without the port: (the common part, the port range alternatives)."""
     base, alternatives = rule_matches(rule)
@@ -373,15 +483,6 @@ def _rule_base(d: Direction, rule: SecurityGroupRule) -> tuple[dict[str, MatchVa
         if value is not None:
             base = {**base, d.remote[base["eth_type"]]: value}
     return base, alternatives
-
-
-def _build_hard_rule(d: Direction, port: Port, rule: SecurityGroupRule, stateful: bool) -> Iterator[Flow]:
-    base, alternatives = shared_flow(("acl_rule_base", d.name, rule), _rule_base, d, rule)
-    base = {**base, d.reg: port.key}
-    for alt in alternatives:
-        yield make_flow(d.acl, "rule", {**base, **alt}, [COMMIT] if stateful else [], goto=d.after,
-                        description=f"{d.name} of port {port.id}: rule {rule.id}"
-                        + ("" if stateful else " (stateless)"))
 
 
 def _n_clauses(rule: SecurityGroupRule) -> int:

@@ -159,8 +159,12 @@ def lint_conntrack(flows: list, stages: Mapping[str, int], prereq_ip_proto: Mapp
     say IPv4 or IPv6 (OFPBAC_MATCH_INCONSISTENT); a ``ct(table=...)`` that is not the flow's last
     instruction (the untracked original would run the rest too); a conjunctive match
     whose flows do not share one priority and clause count, misses a clause, or has
-    no ``conj_id`` flow at its priority.
+    no ``conj_id`` flow at its priority. A security group's conjunction (flows.acl.GCID_BIT)
+    may have its members' clause alone: the group has no rule in that direction, so the
+    conjunction never completes (OVS accepts it), and its members' flows need not change
+    when it gets one.
     """
+    from flows.acl import GCID_BIT
     from flows.flow import CT, Conjunction
 
     problems: list[str] = []
@@ -196,7 +200,7 @@ def lint_conntrack(flows: list, stages: Mapping[str, int], prereq_ip_proto: Mapp
             problems.append(f"{where}: flows at priorities {sorted(entry['prios'])} with n {sorted(entry['n'])}")
             continue
         (prio,), (n,) = entry["prios"], entry["n"]
-        if entry["clauses"] != set(range(1, n + 1)):
+        if entry["clauses"] != set(range(1, n + 1)) and not (cid & GCID_BIT and entry["clauses"] == {1}):
             problems.append(f"{where}: clauses {sorted(entry['clauses'])} of {n}")
         if (table, prio, cid) not in conj_flows:
             problems.append(f"{where}: no conj_id={cid} flow at priority {prio}")

@@ -2,8 +2,9 @@
 
 Each hypervisor's flows are the union of the contributions of its units (:mod:`flows.units`):
 one base unit, one per hosted network, one per port of each network it reaches, per local
-port its classification, its conntrack and one unit per security-group rule (without a remote
-group) that filters it, one per security-group member address its rules need. The engine
+port its classification and its conntrack with its security-group memberships, per local group
+its conj_id flows and per distinct match of the local groups' rules without a remote group one
+clause flow (:mod:`flows.engine_groups`), one per security-group member address its rules need. The engine
 keeps, per hypervisor, each unit's flows and a count of the units contributing each cookie;
 the switch side takes the cookies that changed since it last looked
 (:meth:`FlowEngine.take_changes`) and sends only those.
@@ -15,12 +16,14 @@ changed, with the record before); the engine maps each entry to the units it can
   hypervisor for its ARP/ND answers and unicast); the base and network units of its
   binding hosts (old and new); the network units of every host of its network when the set
   of hosts changed (flooding); its security groups' member-address units where a rule
-  names them; routers' hypervisors when it is a router port;
-- a rule without a remote group: its unit on each member's host (one flow per member, the
-  members' other rules untouched);
+  names them; on its hosts, the units of the groups it makes local there or no longer
+  (their conj_id flows, their rules' clauses); routers' hypervisors when it is a router port;
+- a rule without a remote group: the clause units of its match pieces on each hypervisor where
+  its group is local (one flow per piece per hypervisor, whatever the member count);
 - a network, subnet, router, floating IP, security group or remote-group rule: the base units of the
   hypervisors it reaches, whose recomputation says which other units moved (networks now
-  reached or not, local ports, member-address clauses);
+  reached or not, local ports, member-address clauses); a security group, also its members'
+  conntrack units and its units where it is local (unless only its name or description changed);
 - a hypervisor record or a switch's port map: that hypervisor is rebuilt (its units all
   recomputed), and the units elsewhere that name its tunnel endpoint.
 
@@ -41,8 +44,9 @@ from collections.abc import Callable, Iterable
 from itertools import chain
 from operator import attrgetter
 
-from flows.acl import EGRESS, INGRESS
+from flows.acl import EGRESS, INGRESS, Piece
 from flows.compiler import compile_hypervisor
+from flows.engine_groups import GroupUnits
 from flows.engine_state import (
     HypervisorFlows,
     Plan,
@@ -67,8 +71,6 @@ from flows.units import (
     port_in_unit,
     port_unit,
     remote_view,
-    rule_ids,
-    rule_unit,
 )
 from flows.warmup import WarmUp
 from topology import graph_l3
@@ -81,7 +83,7 @@ Listener = Callable[[set[str]], None]
 MemberKey = tuple[str, int]  # (security group id, eth_type)
 
 
-class FlowEngine(WarmUp):
+class FlowEngine(WarmUp, GroupUnits):
     """Every hypervisor's compiled flows, maintained incrementally from the topology's journal."""
 
     def __init__(self, graph: TopologyGraph, lock: threading.RLock | None = None, long_lived: bool = False,
@@ -102,6 +104,9 @@ class FlowEngine(WarmUp):
         self._named: dict[str, set[str]] = {}  # security group -> hypervisors whose rules name it as remote
         self._members: dict[MemberKey, Counter] = {}  # (group, eth_type) -> member address -> count
         self._frags: dict[str, dict[int, Fragment]] = {}  # overlay network -> tunnel port number -> fragment
+        self._local_hvs: dict[str, set[str]] = {}  # (flows.engine_groups) group -> hypervisors it is local on
+        self._pieces: dict[str, dict[Piece, set[str]]] = {}  # group -> match piece of its plain rules -> rule ids
+        self._rule_pieces: dict[str, tuple[str, tuple[Piece, ...]]] = {}  # such a rule -> (group, pieces) indexed
         self._dirty: set[str] = set()  # hypervisors whose changed cookies grew in this on_change
         self.generation = 0  # counts the changes that changed some hypervisor's flows
         self._topology = None
@@ -135,6 +140,7 @@ class FlowEngine(WarmUp):
         for net_id in list(state.frags):
             self._detach(state, net_id, count=False)
         self._index(name, state.info, None)
+        self._index_groups(state, None)
 
     # -- what the switches read (under self.lock) -----------------------------------------
     def desired(self, hv_name: str) -> dict[int, Flow]:
@@ -219,6 +225,7 @@ class FlowEngine(WarmUp):
         old = self.hvs
         self.hvs, self._reach, self._hosts, self._named = {}, {}, {}, {}
         self._members, self._frags = {}, {}
+        self._reset_groups()
         for port in self.graph.records("port"):
             self._count_members(port, +1)
         for net_id in {p.network_id for p in self.graph.records("port")}:
@@ -254,10 +261,13 @@ class FlowEngine(WarmUp):
             state = self.hvs.get(name)
             if name in plan.rebuild or state is None or state.info is None:
                 continue
-            for key in keys:
+            # A port's groups may have changed with it (groups, port security, plugged): its groups' units here too.
+            extra = self._regroup(state, [key[1] for key in keys if key[0] == "acl"])
+            if extra is None:  # the local groups' conjunction ids are allocated afresh (a collision: rare)
+                self._rebuild(name)
+                continue
+            for key in keys | extra:
                 self._set_unit(state, key, self._compute(state.info, key))
-                if key[0] == "acl":  # the port's rules may have changed with it (groups, port security)
-                    self._set_rules(state, key[1])
 
     # -- journal handlers: what each kind of change can touch -------------------------------------
     def _on_port(self, plan: Plan, port_id: str, old: Port | None) -> None:
@@ -336,18 +346,19 @@ class FlowEngine(WarmUp):
         plan.base |= self._fip_hosts([f for f in (old, self.graph.get("fip", fip_id)) if f is not None])
 
     def _on_sg(self, plan: Plan, sg_id: str, old) -> None:
+        new = self.graph.get("sg", sg_id)
+        if old is not None and new is not None and old.stateful == new.stateful:
+            return  # renamed, described: flows say only whether it exists and is stateful (not its 20,000 members')
         plan.base |= self._member_acls(plan, sg_id) | self._named.get(sg_id, set())
+        self._group_changed(plan, sg_id)  # its conj_id flows (stateful or not), its rules' clauses (it exists or not)
 
     def _on_sg_rule(self, plan: Plan, rule_id: str, old) -> None:
+        # Without a remote group: a clause unit per match piece where the group is local, nothing per member.
+        self._plain_rule_changed(plan, rule_id)
         for rule in (old, self.graph.get("sg_rule", rule_id)):
-            if rule is None:
-                continue
-            members = [p for p in graph_l3.sg_members(self.graph, rule.security_group_id) if p.binding_host]
-            if rule.remote_group_id:  # its conjunctions are in the base unit
-                plan.base |= {p.binding_host for p in members}
-            else:  # one flow (or a few: port ranges) per member, the members' other rules untouched
-                for port in members:
-                    plan.unit(port.binding_host, ("rule", port.id, rule_id))
+            if rule is not None and rule.remote_group_id:  # its conjunctions are in the base unit
+                members = graph_l3.sg_members(self.graph, rule.security_group_id)
+                plan.base |= {p.binding_host for p in members if p.binding_host}
 
     def _member_acls(self, plan: Plan, sg_id: str) -> set[str]:
         """Recompute the ACL unit of each member of a group; the members' hosts."""
@@ -446,9 +457,9 @@ class FlowEngine(WarmUp):
         if kind == "in":
             return port_in_unit(self.graph, info, key[1])
         if kind == "acl":
-            return acl_unit(self.graph, info, key[1])
-        if kind == "rule":
-            return list(rule_unit(self.graph, info, key[1], key[2]))
+            return acl_unit(self.graph, info, key[1], self.hvs[info.view.hv.name].gcids)
+        if kind in ("gconj", "gclause"):
+            return list(self._group_unit(self.hvs[info.view.hv.name], key))
         raise ValueError(f"unknown unit {key!r}")
 
     def _routes_into(self, name: str, net_id: str) -> bool:
@@ -469,7 +480,7 @@ class FlowEngine(WarmUp):
     def _unit_keys(self, info: BaseInfo) -> list[UnitKey]:
         keys: list[UnitKey] = [("net", n) for n, r in info.reach.items() if r.hosted]
         keys += [(kind, p) for p in info.local_ids for kind in ("in", "acl")]
-        keys += [("rule", p, r) for p in info.local_ids for r in rule_ids(self.graph, info, p)]
+        keys += self._group_unit_keys(self.hvs[info.view.hv.name])
         bound = self.graph.ports_on(info.view.hv.name)
         for net_id, reach in info.reach.items():
             if self._fragment_key(info, net_id) is not None:
@@ -500,11 +511,13 @@ class FlowEngine(WarmUp):
         units: dict[UnitKey, tuple[Flow, ...]] = {}
         if result is None:
             state.info = None
+            self._index_groups(state, None)
             for net_id in list(state.frags):
                 self._detach(state, net_id, count=False)
         else:
             flows, info = result
             state.info = info
+            self._index_groups(state, info)
             self._place_fragments(state, name, info, count=False)
             units[BASE] = tuple(flows)
             for key in self._unit_keys(info):
@@ -512,10 +525,6 @@ class FlowEngine(WarmUp):
                 if unit_flows:
                     units[key] = unit_flows
         state.units = units
-        state.rules = {}
-        for key in units:
-            if key[0] == "rule":
-                state.rules.setdefault(key[1], set()).add(key[2])
         self._recount(state)
         self._index(name, old_info, state.info)
 
@@ -663,14 +672,6 @@ class FlowEngine(WarmUp):
         for sg_id in new_groups:
             self._named.setdefault(sg_id, set()).add(name)
 
-    def _set_rules(self, state: HypervisorFlows, port_id: str) -> None:
-        """Bring a local port's rule units in line with the rules that filter it now."""
-        wanted = rule_ids(self.graph, state.info, port_id)
-        for rule_id in state.rules.get(port_id, set()) - set(wanted):
-            self._set_unit(state, ("rule", port_id, rule_id), ())
-        for rule_id in wanted:
-            self._set_unit(state, ("rule", port_id, rule_id), rule_unit(self.graph, state.info, port_id, rule_id))
-
     def _set_unit(self, state: HypervisorFlows, key: UnitKey, flows: Iterable[Flow]) -> None:
         new = tuple(flows)
         old = state.units.get(key, ())
@@ -678,14 +679,6 @@ class FlowEngine(WarmUp):
             state.units[key] = new
         else:
             state.units.pop(key, None)
-        if key[0] == "rule":  # which rule units a port has (see _set_rules)
-            held = state.rules.setdefault(key[1], set())
-            if new:
-                held.add(key[2])
-            else:
-                held.discard(key[2])
-                if not held:
-                    del state.rules[key[1]]
         if old == new:
             return
         self.stats.contributions += len(old) + len(new)

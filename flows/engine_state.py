@@ -28,7 +28,11 @@ class HypervisorFlows:
     flows: dict[int, Flow] = field(default_factory=dict)  # cookie -> flow
     changed: set[int] = field(default_factory=set)  # cookies added or removed since take_changes
     frags: dict[str, Fragment] = field(default_factory=dict)  # network id -> the shared fragment held
-    rules: dict[str, set[str]] = field(default_factory=dict)  # local port id -> rules with a ("rule", ...) unit
+    # Its local groups (flows.engine_groups): group -> its local members with port security (flows.acl.port_group_ids),
+    # local port -> the groups it is counted in, and the local groups' conjunction ids (flows.acl.allocate_gcids).
+    groups: dict[str, set[str]] = field(default_factory=dict)
+    port_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    gcids: dict[str, int] = field(default_factory=dict)
     generation: int = 0  # the engine's generation when these flows last changed
 
 

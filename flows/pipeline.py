@@ -172,10 +172,16 @@ STAGES: tuple[Stage, ...] = (
         "conntrack-invalid is dropped (invalid); replies and related packets of "
         "committed connections pass (established); every other packet (a new "
         "connection's or an established one's original direction: so a removed rule cuts "
-        "connections it allowed) passes only if one of the port's egress rules allows it "
-        "(rule: matched on reg7 and the rule's fields; conj: remote-group rules as OVS "
-        "conjunctive matches, linear in members + ports), then is committed "
-        "(ct(commit, zone=reg8)). Anything else is dropped (drop).",
+        "connections it allowed) passes only if one of the port's egress rules allows it, "
+        "then is committed (ct(commit, zone=reg8); not for a stateless group). Every rule "
+        "is an OVS conjunctive match. rule: the rules without a remote group, one "
+        "conjunction per group: a flow per local port with port security (reg7) names "
+        "its groups' conjunctions (clause 1), a flow per distinct rule match of the "
+        "hypervisor's groups (the rule's fields) names those of the groups having it "
+        "(clause 2), a conj_id flow per group and IP version goes on; so a rule costs a "
+        "flow per hypervisor, not per member. conj: each remote-group rule a conjunction "
+        "of its own, linear in members + ports; a priority above rule because its clause "
+        "flows can have the same match as a rule's. Anything else is dropped (drop).",
         allowed_matches=frozenset({REG_INPORT, "ct_state", "conj_id", "eth_type", "ip_proto", "ipv4_dst", "ipv6_dst",
                                    "tcp_dst", "udp_dst", "icmpv4_type", "icmpv4_code", "icmpv6_type",
                                    "icmpv6_code"}),
@@ -405,8 +411,9 @@ STAGES: tuple[Stage, ...] = (
         doc="The destination port's ingress security-group rules, on tracked packets, "
         "with the same structure as ls_in_acl: invalid dropped (invalid), replies and "
         "related pass (established), anything else passes only if an ingress rule of the "
-        "port allows it (rule, conj: remote prefix or remote group matched on the source "
-        "address), committed in the port's zone; else dropped (drop).",
+        "port allows it (rule: per-group conjunctions, the port on reg5; conj: "
+        "remote-group rules; remote prefixes and groups matched on the source address), "
+        "committed in the port's zone; else dropped (drop).",
         allowed_matches=frozenset({REG_OUTPORT, "ct_state", "conj_id", "eth_type", "ip_proto", "ipv4_src",
                                    "ipv6_src", "tcp_dst", "udp_dst", "icmpv4_type", "icmpv4_code", "icmpv6_type",
                                    "icmpv6_code"}),

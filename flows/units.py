@@ -5,8 +5,8 @@ incremental engine (:mod:`flows.engine`) builds the same flows as a union of uni
 that a change recomputes only the units it touches:
 
 - ``("base",)``: what depends only on the hypervisor and its local ports: the default
-  flows, classification and delivery of local ports, port security, the security groups'
-  rules (:func:`flows.acl.acl_base`), the routers' own flows (:func:`flows.routing.routing_base`)
+  flows, the ACL stages' defaults and the remote-group rules' conjunctions
+  (:func:`flows.acl.acl_base`), the routers' own flows (:func:`flows.routing.routing_base`)
   and the floating IPs hosted here. It also says (:class:`BaseInfo`) which networks the
   hypervisor reaches and how, which are the other units;
 - ``("net", network)``: one network hosted here: from the fabric into it, and its flooding;
@@ -14,7 +14,12 @@ that a change recomputes only the units it touches:
   ND answers, its unicast flow (local or to its host), its next-hop entry where routed. Most
   of these flows are the same on every hypervisor and shared (:mod:`flows.shared`);
 - ``("member", direction, eth_type, address)``: a security-group member address's
-  conjunction clause (:func:`flows.acl.member_clause`).
+  conjunction clause (:func:`flows.acl.member_clause`);
+- ``("in", port)``, ``("acl", port)``: a local port's classification, port security and DHCP;
+  its conntrack and security-group membership clauses;
+- ``("gconj", group)``: a group local here (a local port with port security is a member):
+  its conj_id flows; ``("gclause", direction, match)``: one match of the local groups' rules
+  without a remote group, with the conjunctions of the groups having it (:func:`flows.acl.group_flows`).
 
 A flow may be contributed by several units (the DAD pass of a network by each of its
 IPv6 ports): the hypervisor holds it while any unit contributes it.
@@ -22,10 +27,10 @@ IPv6 ports): the hypervisor holds it while any unit contributes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from flows.acl import MemberSpec, acl_base, acl_rule, acl_track, ct_zones, member_clause, port_plain_rules
+from flows.acl import MemberSpec, Piece, acl_base, acl_port, ct_zones, gclause_flow, gconj_flows, member_clause
 from flows.dhcp import dhcp_default, dhcp_port
 from flows.flow import Flow, MatchValue
 from flows.gateway import gateway_externals, gateway_flows, snat_routers
@@ -124,23 +129,31 @@ def port_in_unit(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[Flo
     return [*classify_local_ports(alone), *deliver(alone), *local_port_security(port), *dhcp_port(graph, port)]
 
 
-def acl_unit(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[Flow]:
-    """A local port's way into conntrack (its rules are units of their own: :func:`rule_unit`)."""
+def acl_unit(graph: TopologyGraph, info: BaseInfo, port_id: str, gcids: dict[str, int]) -> list[Flow]:
+    """A local port's way into conntrack, and its membership clauses (``gcids``: the local groups' conjunction
+    ids); what its groups' rules match is in the ``gclause`` units."""
     port = info.local_port(port_id)
-    return acl_track(graph, port, info.zones[port_id]) if port is not None else []
+    return acl_port(graph, port, info.zones[port_id], gcids) if port is not None else []
 
 
-def rule_ids(graph: TopologyGraph, info: BaseInfo, port_id: str) -> list[str]:
-    """The rules without a remote group filtering a local port: one :func:`rule_unit` each."""
-    port = info.local_port(port_id)
-    return [r.id for r in port_plain_rules(graph, port)] if port is not None else []
+def gconj_unit(graph: TopologyGraph, sg_id: str, gcids: dict[str, int]) -> tuple[Flow, ...]:
+    """A local group's conj_id flows (none unless it is local here, in ``gcids``, and exists)."""
+    sg = graph.get("sg", sg_id) if sg_id in gcids else None
+    return gconj_flows(sg, gcids[sg_id]) if sg is not None else ()
 
 
-def rule_unit(graph: TopologyGraph, info: BaseInfo, port_id: str, rule_id: str) -> tuple[Flow, ...]:
-    """One security-group rule (without a remote group) of one local port."""
-    port = info.local_port(port_id)
-    rule = graph.get("sg_rule", rule_id)
-    return acl_rule(graph, port, rule) if port is not None and rule is not None else ()
+def gclause_unit(graph: TopologyGraph, piece: Piece, local: Iterable[str], pieces: dict[str, dict[Piece, set[str]]],
+                 gcids: dict[str, int]) -> tuple[Flow, ...]:
+    """The rule clause flow of one match here: the ``local`` groups (existing) having a rule with that piece.
+
+    ``pieces``: group -> piece -> ids of its rules with that piece (the engine's index of every plain rule).
+    """
+    groups = {}
+    for sg_id in local:
+        ids = pieces.get(sg_id, {}).get(piece)
+        if ids and graph.get("sg", sg_id) is not None:
+            groups[sg_id] = ids
+    return gclause_flow(piece[0], piece[1], groups, gcids)
 
 
 def network_unit(graph: TopologyGraph, info: BaseInfo, net_id: str) -> list[Flow]:

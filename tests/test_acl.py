@@ -269,7 +269,8 @@ def test_remote_group_flows_grow_linearly() -> None:
     n = 40
     assert _acl_flows(2 * n) - _acl_flows(n) == n
     assert _acl_flows(4 * n) - _acl_flows(2 * n) == 2 * n
-    assert _acl_flows(n, n_local=6) - _acl_flows(n, n_local=3) == 3  # one port clause per local port
+    # per local port: its remote-group rule's port clause, and its membership clause (its groups' other rules)
+    assert _acl_flows(n, n_local=6) - _acl_flows(n, n_local=3) == 2 * 3
 
 
 # -- the topology side: zones stored with bound ports, and who recompiles ----------------------------------
@@ -343,3 +344,82 @@ def test_stateless_group_matches_every_packet_and_lets_no_reply_through_by_itsel
     # still packet by packet: another port is not let in by the connection it belongs to
     assert send(fab, built, "client", **tcp(built, "client", "srv", dport=81)).deliveries == []
     assert lint(compile_hypervisor(built.graph, "hv1")) == []
+
+
+# -- rules without a remote group: one conjunctive match per group ------------------------------------------
+def _groups_cloud() -> Built:
+    """On hv0: a in group A (ingress TCP 80), b in B (ingress TCP 443 and 22), c in C (ingress TCP 22, the same
+    rule as B's); client x (no port security) on hv1. No egress rule anywhere."""
+    b = Builder()
+    b.hv(0)
+    b.hv(1)
+    tcp_in = {"direction": "ingress", "protocol": "tcp"}
+    group(b, "A", {**tcp_in, "port_range_min": 80, "port_range_max": 80})
+    group(b, "B", {**tcp_in, "port_range_min": 443, "port_range_max": 443},
+          {**tcp_in, "port_range_min": 22, "port_range_max": 22})
+    group(b, "C", {**tcp_in, "port_range_min": 22, "port_range_max": 22})
+    net = b.network("n", cidr="10.0.0.0/24")
+    for i, g in enumerate("abc"):
+        b.port(g, net, "hv0", ip=f"10.0.0.{10 + i}", **SEC, security_groups=[g.upper()])
+    b.port("x", net, "hv1", ip="10.0.0.30")
+    return b.done()
+
+
+def test_a_member_passes_its_group_s_rule_and_is_committed() -> None:
+    built = _groups_cloud()
+    assert lint(compile_hypervisor(built.graph, "hv0")) == []
+    fab = fabric_of(built.graph)
+    assert delivered_labels(built, send(fab, built, "x", **tcp(built, "x", "a", dport=80))) == ["a"]
+    zone = ct_zones(built.graph.ports_on("hv0"))[built.ports["a"].id]
+    assert [z for z, _ in fab.switches["hv0"].pipeline.conntrack.connections] == [zone]  # committed in a's zone
+    # a has no egress rule: its answer passes only as the reply of that committed connection
+    assert delivered_labels(built, send(fab, built, "a", **tcp(built, "a", "x", sport=80, dport=40000))) == ["x"]
+    assert send(fab, built, "a", **tcp(built, "a", "x", sport=81, dport=40000)).deliveries == []
+
+
+def test_another_group_s_rule_on_the_same_hypervisor_lets_nothing_in() -> None:
+    built = _groups_cloud()
+    fab = fabric_of(built.graph)
+    assert delivered_labels(built, send(fab, built, "x", **tcp(built, "x", "b", dport=443))) == ["b"]
+    # B's and C's rules are in hv0's table, a is in neither group
+    for dport in (443, 22):
+        assert send(fab, built, "x", **tcp(built, "x", "a", dport=dport)).deliveries == []
+    assert send(fab, built, "x", **tcp(built, "x", "c", dport=443)).deliveries == []
+    assert send(fab, built, "x", **tcp(built, "x", "b", dport=80)).deliveries == []
+
+
+def test_two_groups_with_the_same_rule_share_one_clause_flow() -> None:
+    built = _groups_cloud()
+    acl = STAGE_BY_NAME["ls_out_acl"]
+    clause = [f for f in compile_hypervisor(built.graph, "hv0")
+              if f.table_id == acl.table_id and ("tcp_dst", 22) in f.match]
+    assert len(clause) == 1 and clause[0].priority == acl.priorities["rule"]
+    assert len(clause[0].actions) == 2 and "'B-r1'" in clause[0].description and "'C-r0'" in clause[0].description
+    fab = fabric_of(built.graph)
+    assert delivered_labels(built, send(fab, built, "x", **tcp(built, "x", "b", dport=22))) == ["b"]
+    assert delivered_labels(built, send(fab, built, "x", **tcp(built, "x", "c", dport=22))) == ["c"]
+
+
+def test_a_rule_and_a_remote_group_rule_with_the_same_match_do_not_replace_each_other() -> None:
+    """A plain rule's port range piece is a remote-group rule's third clause, match for match: the two kinds of
+    conjunction sit at two priorities, so neither flow replaces the other, and each still does its job."""
+    built = _remote_group_cloud(2, n_local=2)  # S: ingress TCP 1000-1999 from members of G
+    graph_l3.put_sg(built.graph, SecurityGroup(id="P", project_id="p", name="P"))
+    graph_l3.put_sg_rule(built.graph, SecurityGroupRule(id="P-r0", project_id="p", security_group_id="P",
+                                                        direction="ingress", protocol="tcp", port_range_min=1000,
+                                                        port_range_max=1999))
+    from dataclasses import replace
+
+    s1 = built.ports["s1"]
+    built.graph.put_port(replace(s1, attrs={**s1.attrs, "security_groups": ["P"]}))  # s1: from anywhere
+    flows = compile_hypervisor(built.graph, "hv0")
+    assert lint(flows) == []
+    acl = STAGE_BY_NAME["ls_out_acl"].table_id
+    piece = [f for f in flows if f.table_id == acl and ("tcp_dst", port_masks(1000, 1999)[0]) in f.match
+             and "reg5" not in dict(f.match)]
+    assert len({f.priority for f in piece}) == 2  # the remote-group rule's clause and P's rule's, one each
+    fab = fabric_of(built.graph)
+    assert delivered_labels(built, send(fab, built, "g0", **tcp(built, "g0", "s0", dport=1500))) == ["s0"]
+    assert send(fab, built, "other", **tcp(built, "other", "s0", dport=1500)).deliveries == []  # not in G
+    assert delivered_labels(built, send(fab, built, "other", **tcp(built, "other", "s1", dport=1500))) == ["s1"]
+    assert send(fab, built, "other", **tcp(built, "other", "s1", dport=2000)).deliveries == []

@@ -239,6 +239,25 @@ def test_port_security(api: Api) -> None:
         {"ip_address": f"10.0.0.{i}"} for i in range(11)]}})
 
 
+def test_a_port_cannot_mix_stateful_and_stateless_groups(api: Api) -> None:
+    """Neutron refuses it (409 SecurityGroupConflict), on create and update: the flows decide per group
+    whether a connection is committed (flows.acl), which needs a port's groups to agree."""
+    net = api.create("network")
+    api.create("subnet", network_id=net["id"], cidr="10.0.0.0/24")
+    full = create(api, SG, "security_group", name="full")
+    bare = create(api, SG, "security_group", name="bare", stateful=False)
+    bare2 = create(api, SG, "security_group", name="bare2", stateful=False)
+    err = api.expect_error
+    err(409, "SecurityGroupConflict", "POST", "/v2.0/ports",
+        {"port": {"network_id": net["id"], "security_groups": [full["id"], bare["id"]]}})
+    port = api.create("port", network_id=net["id"], security_groups=[bare["id"], bare2["id"]])
+    err(409, "SecurityGroupConflict", "PUT", f"/v2.0/ports/{port['id']}",
+        {"port": {"security_groups": [bare["id"], full["id"]]}})
+    assert api.update("port", port["id"], security_groups=[full["id"]])["security_groups"] == [full["id"]]
+    # and a group in use keeps its statefulness (so a port's groups cannot come to disagree later)
+    err(409, "SecurityGroupInUse", "PUT", f"{SG}/{full['id']}", {"security_group": {"stateful": False}})
+
+
 def test_secgroup_notifications(api: Api) -> None:
     for i in (1, 2):
         api.create("hypervisor", name=f"hv{i}", datapath_id=i, tunnel_ip=f"192.168.100.{i}")

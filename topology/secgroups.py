@@ -278,8 +278,11 @@ class SecurityGroups(L3Base):
         records: list = []
         if values.get("security_groups") is not None:
             groups = list(dict.fromkeys(values["security_groups"]))
-            for sg_id in groups:
-                self._sg(sg_id, project_id)
+            if len({self._sg(sg_id, project_id).stateful for sg_id in groups}) > 1:
+                # Neutron's rule, and what lets the flows decide per group whether a connection is
+                # committed (flows.acl): a port's groups are all stateful or all stateless.
+                raise Conflict("SecurityGroupConflict", "Error Cannot apply both stateful and stateless security "
+                               "groups on the same port at the same time. while attempting the operation.")
         elif old is not None:
             groups = list(old.attrs.get("security_groups") or [])
         else:
