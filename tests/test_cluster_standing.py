@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+
+import pytest
 
 from controller.cluster import Cluster, View
 from controller.lease_keeper import Keeper, KeeperProcess
@@ -40,7 +43,12 @@ class FakeStore:
         return {}
 
 
-def _cluster_and_keeper(store: FakeStore, parent: list[bool]) -> tuple[Cluster, Keeper, threading.Event]:
+@pytest.fixture
+def standing(monkeypatch) -> Iterator[tuple[Cluster, FakeStore, list[bool], list[bool]]]:
+    """A cluster following a keeper run in a thread (not a process): (cluster, its store, [parent ok], the
+    standings its subscribers were told of)."""
+    monkeypatch.setattr(KeeperProcess, "running", True)
+    store, parent, calls = FakeStore(), [True], []
     cluster = Cluster(store, instance="me", ttl=1)
     cluster.view = View(5, ("me",))
     stop = threading.Event()
@@ -49,7 +57,13 @@ def _cluster_and_keeper(store: FakeStore, parent: list[bool]) -> tuple[Cluster, 
     keeper.join()
     threading.Thread(target=keeper.run, daemon=True).start()
     threading.Thread(target=cluster._follow_standing, daemon=True).start()
-    return cluster, keeper, stop
+    cluster.subscribe(lambda: calls.append(cluster.in_good_standing))
+    try:
+        yield cluster, store, parent, calls
+    finally:
+        stop.set()
+        cluster._stop.set()
+        cluster._listener.close()
 
 
 def _wait_for(condition, what: str, seconds: float = 2.0) -> None:
@@ -59,46 +73,28 @@ def _wait_for(condition, what: str, seconds: float = 2.0) -> None:
         time.sleep(0.02)
 
 
-def test_standing_lapses_with_unanswered_keepalives_and_comes_back_with_a_claim(monkeypatch) -> None:
-    monkeypatch.setattr(KeeperProcess, "running", True)  # the keeper runs in a thread here, not as a process
-    store, parent = FakeStore(), [True]
-    cluster, _keeper, stop = _cluster_and_keeper(store, parent)
-    calls: list[bool] = []
-    cluster.subscribe(lambda: calls.append(cluster.in_good_standing))
-    try:
-        assert cluster.role_for(7).master
-        store.failing = True
-        time.sleep(1.5)
-        assert not cluster.in_good_standing and not cluster.role_for(7).master
-        _wait_for(lambda: calls and calls[-1] is False, f"not told to step down: {calls}")
-        store.failing = False
-        _wait_for(lambda: calls and calls[-1] is True, f"no claim after the lease answered again: {calls}")
-        assert cluster.role_for(7).master and cluster.role_for(7).generation == 5
-        assert store.granted == 1 and cluster.stats["rejoins"] == 0  # the same lease, answered again
-    finally:
-        stop.set()
-        cluster._stop.set()
-        cluster._listener.close()
+def test_standing_lapses_with_unanswered_keepalives_and_comes_back_with_a_claim(standing) -> None:
+    cluster, store, _parent, calls = standing
+    assert cluster.role_for(7).master
+    store.failing = True
+    time.sleep(1.5)
+    assert not cluster.in_good_standing and not cluster.role_for(7).master
+    _wait_for(lambda: calls and calls[-1] is False, f"not told to step down: {calls}")
+    store.failing = False
+    _wait_for(lambda: calls and calls[-1] is True, f"no claim after the lease answered again: {calls}")
+    assert cluster.role_for(7).master and cluster.role_for(7).generation == 5
+    assert store.granted == 1 and cluster.stats["rejoins"] == 0  # the same lease, answered again
 
 
-def test_a_stopped_controller_lets_its_lease_go_and_an_expired_lease_is_replaced(monkeypatch) -> None:
-    monkeypatch.setattr(KeeperProcess, "running", True)  # the keeper runs in a thread here, not as a process
-    store, parent = FakeStore(), [True]
-    cluster, _keeper, stop = _cluster_and_keeper(store, parent)
-    calls: list[bool] = []
-    cluster.subscribe(lambda: calls.append(cluster.in_good_standing))
-    try:
-        first = cluster.lease
-        parent[0] = False  # the controller stopped (or wedged): no keepalive goes out for it
-        time.sleep(1.2)
-        assert not cluster.in_good_standing and cluster.keeper.state.held_back >= 2
-        _wait_for(lambda: calls and calls[-1] is False, f"not told to step down: {calls}")
-        store.expired = True  # meanwhile etcd let the lease expire
-        parent[0] = True
-        _wait_for(lambda: cluster.lease != first and cluster.in_good_standing, "no new lease")
-        _wait_for(lambda: calls and calls[-1] is True, f"no claim with the new lease: {calls}")
-        assert store.granted == 2 and cluster.stats["rejoins"] == 1
-    finally:
-        stop.set()
-        cluster._stop.set()
-        cluster._listener.close()
+def test_a_stopped_controller_lets_its_lease_go_and_an_expired_lease_is_replaced(standing) -> None:
+    cluster, store, parent, calls = standing
+    first = cluster.lease
+    parent[0] = False  # the controller stopped (or wedged): no keepalive goes out for it
+    time.sleep(1.2)
+    assert not cluster.in_good_standing and cluster.keeper.state.held_back >= 2
+    _wait_for(lambda: calls and calls[-1] is False, f"not told to step down: {calls}")
+    store.expired = True  # meanwhile etcd let the lease expire
+    parent[0] = True
+    _wait_for(lambda: cluster.lease != first and cluster.in_good_standing, "no new lease")
+    _wait_for(lambda: calls and calls[-1] is True, f"no claim with the new lease: {calls}")
+    assert store.granted == 2 and cluster.stats["rejoins"] == 1
