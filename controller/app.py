@@ -46,8 +46,7 @@ PUNT_TABLE = PUNT.table_id  # address assignment's requests come up from ls_in_p
 # Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
 TOPOLOGY = None
 CLUSTER = None  # a controller.cluster.Cluster when this instance is one of several (None: the only one)
-CLAIM_WAIT = 10.0  # s an ownership change waits for the switches' role claims before building flows (under load
-# the claims of 500 orphans took longer than 2 s, and the build then starved them: grants 12-46 s after a kill)
+CLAIM_WAIT = 2.0  # s an ownership change waits for the switches' role claims before building flows
 DUPLICATE_BURST = 3  # connections replacing a live one with the same datapath id within DUPLICATE_WINDOW s...
 DUPLICATE_WINDOW = 60.0
 DUPLICATE_HOLD = 5.0  # ...then newcomers are refused this long, doubling at each new burst up to the cap
