@@ -71,10 +71,16 @@ class View:
     revision: int
     members: tuple[str, ...] = ()
     peers: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, hash=False)
+    # dpid -> owner, filled as asked: every switch asks its role, GET /sync and the engine ask ownership of every
+    # bridge, many times per view (a hash per member each time cost ~8 µs a bridge, 8 ms a pass over 1,000)
+    _owners: dict[int, str | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def owner(self, dpid: int) -> str | None:
         """The member that masters bridge ``dpid`` (None: no member)."""
-        return max(self.members, key=lambda m: rank(m, dpid)) if self.members else None
+        owner = self._owners.get(dpid, "")
+        if owner == "":
+            owner = self._owners[dpid] = max(self.members, key=lambda m: rank(m, dpid)) if self.members else None
+        return owner
 
 
 class Solo:
