@@ -120,7 +120,7 @@ class Cluster:
         self._callbacks: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._peers: dict[str, socket.socket] = {}
-        self.stats = {"revoked_peers": 0, "rejoins": 0, "view_changes": 0, "keeper_restarts": 0}
+        self.stats = {"revoked_peers": 0, "view_changes": 0, "keeper_restarts": 0}
         self._listener = socket.create_server((peer_host, peer_port))
         self.peer = f"{peer_host}:{self._listener.getsockname()[1]}"
         self.api_url = api_url
@@ -132,10 +132,6 @@ class Cluster:
     def lease(self) -> int:
         """Our lease's id (the keeper's; 0 before the first grant)."""
         return int(self.keeper.state.lease)
-
-    @property
-    def _alive_until(self) -> float:
-        return float(self.keeper.state.alive_until)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> Cluster:
@@ -206,7 +202,7 @@ class Cluster:
     @property
     def in_good_standing(self) -> bool:
         """Our lease surely lives and the view lists us: only then may we claim a bridge."""
-        return time.monotonic() < self._alive_until and self.instance in self.view.members
+        return time.monotonic() < self.keeper.state.alive_until and self.instance in self.view.members
 
     def owns(self, dpid: int) -> bool:
         """Whether the view gives bridge ``dpid`` to this instance (what it compiles; it claims it in good standing)."""
@@ -225,7 +221,7 @@ class Cluster:
         return {"mode": "cluster", "instance": self.instance, "members": list(self.view.members),
                 "view_revision": self.view.revision, "view_changed_at": self.view_changed_at,
                 "in_good_standing": self.in_good_standing,
-                "lease": f"{self.lease:x}", **self.stats,
+                "lease": f"{self.lease:x}", **self.stats, "rejoins": max(0, int(state.joins) - 1),
                 "keepalive_max_ms": round(state.keepalive_max_ms, 1),
                 "interpreter_stall_max_ms": round(state.beat_age_max_ms, 1),
                 "keepalives_held_back": int(state.held_back)}
@@ -242,7 +238,6 @@ class Cluster:
             if not self.keeper.running and not self._stop.is_set():
                 self._restart_keeper()
             now_standing, now_joins = self.in_good_standing, self.keeper.state.joins
-            self.stats["rejoins"] = max(0, int(now_joins) - 1)
             if now_standing != standing or now_joins != joins:
                 LOG.info("cluster: lease %x %s", self.lease,
                          "in good standing: claiming our bridges" if now_standing else "lapsed: slave everywhere")

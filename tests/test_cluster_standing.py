@@ -83,7 +83,7 @@ def test_standing_lapses_with_unanswered_keepalives_and_comes_back_with_a_claim(
     store.failing = False
     _wait_for(lambda: calls and calls[-1] is True, f"no claim after the lease answered again: {calls}")
     assert cluster.role_for(7).master and cluster.role_for(7).generation == 5
-    assert store.granted == 1 and cluster.stats["rejoins"] == 0  # the same lease, answered again
+    assert store.granted == 1 and cluster.status()["rejoins"] == 0  # the same lease, answered again
 
 
 def test_a_stopped_controller_lets_its_lease_go_and_an_expired_lease_is_replaced(standing) -> None:
@@ -97,4 +97,4 @@ def test_a_stopped_controller_lets_its_lease_go_and_an_expired_lease_is_replaced
     parent[0] = True
     _wait_for(lambda: cluster.lease != first and cluster.in_good_standing, "no new lease")
     _wait_for(lambda: calls and calls[-1] is True, f"no claim with the new lease: {calls}")
-    assert store.granted == 2 and cluster.stats["rejoins"] == 1
+    assert store.granted == 2 and cluster.status()["rejoins"] == 1
