@@ -23,6 +23,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import heap, metrics, tls
 from controller.addresses import AddressService
+from controller.claiming import CLAIM_WAIT, ClaimRound
 from controller.cluster import Solo
 from controller.connection import DUPLICATE, STALLED
 from controller.gateways import GatewayService
@@ -46,7 +47,6 @@ PUNT_TABLE = PUNT.table_id  # address assignment's requests come up from ls_in_p
 # Set by controller.main before os-ken instantiates the app (os-ken builds apps itself).
 TOPOLOGY = None
 CLUSTER = None  # a controller.cluster.Cluster when this instance is one of several (None: the only one)
-CLAIM_WAIT = 2.0  # s an ownership change waits for the switches' role claims before building flows
 DUPLICATE_BURST = 3  # connections replacing a live one with the same datapath id within DUPLICATE_WINDOW s...
 DUPLICATE_WINDOW = 60.0
 DUPLICATE_HOLD = 5.0  # ...then newcomers are refused this long, doubling at each new burst up to the cap
@@ -82,6 +82,7 @@ class TenantflowApp(app_manager.OSKenApp):
         self.gateways = GatewayService(self.topology, lambda: list(self.switches.values()), self._owns).start()
         # One of a cluster's instances: compile and push only the bridges this one masters.
         self.cluster = CLUSTER or Solo()
+        self.claims = ClaimRound()  # a change of ownership's claims before the new masters' reads
         # Provider bridges (controller.provider): named by the OVSDB manager (follow_providers), wired here.
         self.providers = ProviderBridges(None if isinstance(self.cluster, Solo) else self.cluster)
         if CLUSTER is None:
@@ -108,24 +109,39 @@ class TenantflowApp(app_manager.OSKenApp):
         return [sw.hv_name for sw in list(self.switches.values()) if sw.hv_name]
 
     def _ownership_changed(self) -> None:
-        """The cluster's members changed (or our standing): every switch claims its role, then our share compiles.
+        """The cluster's members changed (or our standing): the switches claim their roles, then our share compiles.
 
-        Roles first: a bridge whose master died gets its new one within a role request's round
-        trip, not after the engine has built every bridge we gained (its sync waits for that).
-        The build waits (up to CLAIM_WAIT) until the claims are answered: building 500 bridges
-        holds the GIL for seconds, and 500 workers sending their role requests meanwhile got it
-        a few milliseconds at a time (measured: the last grant 1.16 s after the kill).
+        Roles first, and the bridges changing hands before the others (whose claims only carry
+        the view's new generation): a bridge whose master died gets its new one within a round
+        trip, not after the engine has built every bridge we gained or the new masters have read
+        them (controller.claiming.ClaimRound: with such work running, each of the 500 claims' hand-offs
+        waited for the GIL; the last grant came 1-50 s after the kill).
         """
         switches = list(self.switches.values())
-        for sw in switches:
-            sw.mark_dirty()
-        self.providers.mark_dirty()
+        flipping = [sw for sw in switches if sw.role_flips]
         deadline = time.monotonic() + CLAIM_WAIT
-        while time.monotonic() < deadline and not all(sw.role_settled for sw in switches):
-            time.sleep(0.005)
+        self.claims.begin()
+        try:
+            for sw in flipping:
+                sw.mark_dirty()
+            self._await_claims(flipping, deadline)
+        finally:
+            self.claims.end()
+        flipped = set(flipping)
+        for sw in switches:
+            if sw not in flipped:
+                sw.mark_dirty()
+        self.providers.mark_dirty()
+        self._await_claims(switches, deadline)
         # A chunk per hold of the lock (flows.warmup): building 500 gained bridges in one hold kept the API
         # (and GET /sync) waiting for the whole build.
         self.engine.set_ownership(self._owns, self._connected_names)
+
+    @staticmethod
+    def _await_claims(switches: list[Switch], deadline: float) -> None:
+        """Wait until each of ``switches`` holds the role the cluster gives us (or ``deadline``)."""
+        while time.monotonic() < deadline and not all(sw.role_settled for sw in switches):
+            time.sleep(0.005)
 
     # -- topology side -------------------------------------------------------
     def _topology_changed(self, hv_names: set[str]) -> None:
@@ -278,7 +294,7 @@ class TenantflowApp(app_manager.OSKenApp):
             elif hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
             roles = None if isinstance(self.cluster, Solo) else self.cluster
-            sw = Switch(dp, self.engine, self._ports_read, self.gateways.announcements, roles)
+            sw = Switch(dp, self.engine, self._ports_read, self.gateways.announcements, roles, self.claims)
             self.switches[dp.id] = sw
             sw.start(hv_name)
             if hv is None and self.providers.following:

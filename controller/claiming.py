@@ -9,6 +9,7 @@ So a deposed master can never write, whichever way it comes back (see ``controll
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,34 @@ from controller.cluster import Role
 from controller.syncing import RequestRefused, RoleSource
 
 LOG = logging.getLogger("tenantflow.switch")
+CLAIM_WAIT = 2.0  # s at most a new master's read waits for the other bridges' claims (ClaimRound)
+
+
+class ClaimRound:
+    """While bridges change hands, the new masters' reads wait until the role claims are answered.
+
+    A failover's claims are round trips: each wakes a worker and a connection's reader for a
+    moment. Reading a gained bridge's ~2,000 flows holds the GIL for milliseconds at a time, and
+    with such a thread running every other thread waits CPython's switch interval (5 ms) for the
+    GIL: 500 claims queued behind the first reads took seconds. So the reads (and the build of
+    the gained bridges' flows) start once every claim is answered, or after CLAIM_WAIT.
+    """
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._open.set()
+
+    def begin(self) -> None:
+        """Claims are out: new masters wait before reading."""
+        self._open.clear()
+
+    def end(self) -> None:
+        """Every claim answered (or CLAIM_WAIT passed): reads go on."""
+        self._open.set()
+
+    def wait(self) -> None:
+        """Wait (at most CLAIM_WAIT) until the round ends."""
+        self._open.wait(CLAIM_WAIT)
 
 
 class Claiming:
@@ -42,6 +71,13 @@ class Claiming:
     def mastering(self) -> bool:
         """Whether this instance keeps the bridge's flows (always, unless it is one of a cluster's)."""
         return self._roles is None or (self.role is not None and self.role.master)
+
+    @property
+    def role_flips(self) -> bool:
+        """Whether the cluster now gives this instance the other role than the switch granted (or none was granted):
+        a failover's orphan, a bridge handed away; not a mere new generation of the same role."""
+        wanted = self._roles.role_for(self.dpid) if self._roles is not None else None
+        return wanted is not None and self._alive and (self.role is None or self.role.master != wanted.master)
 
     @property
     def role_settled(self) -> bool:

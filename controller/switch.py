@@ -49,7 +49,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller import metrics, monitor, wire
 from controller.announcing import Announcing
-from controller.claiming import Claiming
+from controller.claiming import Claiming, ClaimRound
 from controller.cluster import Role
 from controller.confirmations import Confirmations
 from controller.groups import GROUPS, METERS, SwitchObjects
@@ -103,8 +103,10 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
 
     def __init__(self, datapath, source: FlowSource,
                  on_ofports: Callable[[Switch, dict[str, int]], None],
-                 announce_fn: Callable[[str], list[Announcement]] | None = None, roles: RoleSource | None = None):
+                 announce_fn: Callable[[str], list[Announcement]] | None = None, roles: RoleSource | None = None,
+                 claims: ClaimRound | None = None):
         self.dp = datapath
+        self._claims = claims  # a round of claims the new master's first read waits for (controller.claiming)
         # A cluster's instance (controller.cluster): the role to hold on this bridge, asked for before
         # anything is sent on each connection. None: the only controller, no role request (EQUAL).
         self._roles = roles
@@ -377,6 +379,8 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
                 self.ports_changed = False
                 self._read_ports()
             return True
+        if not self.ready and self._claims is not None:
+            self._claims.wait()  # the other bridges changing hands claim first (a failover)
         # A first push after a connect is whole even when the read came earlier (a bridge that connected before
         # the engine had built its hypervisor): it waits for a sync slot like the read did.
         whole = reread or not self.ready or self._full_diff

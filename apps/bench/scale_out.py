@@ -14,7 +14,9 @@ is started after the first phase.
    ``creates_per_s`` = creates / that time.
 2. ``two``: c1 started; it takes its share (rendezvous hashing: about half; ``rebalance_s``);
    the same creates, the clients spread over both instances.
-   ``ratio`` = two's creates_per_s / one's (goal on 2 cores: 1.6).
+   ``ratio`` = two's creates_per_s / one's (goal on 2 cores: 1.6). ``cores_used``: CPU seconds per
+   second of each part over the phase (each instance, the lab's vswitchds, etcd, this bench, and
+   the whole ``machine``, whose 2 cores are the ceiling).
 3. ``failover``: the instance mastering more bridges is SIGKILLed: seconds from the kill
    until the last orphaned bridge granted the survivor's ``ROLE_REQUEST`` (the survivor's
    own record of each grant, ``GET /sync``'s ``master_since``; ``view_changed_s``: when the survivor
@@ -41,6 +43,7 @@ import threading
 import time
 from typing import Any
 
+from apps.bench.scale import cpu_s, switches_cpu_s
 from apps.lab.controller import ControllerProcess, free_port
 from apps.lab.etcd import EtcdCluster
 from apps.lab.scale import ApiClient, ScaleLab, parallel
@@ -52,8 +55,9 @@ LOG_LEVEL = os.environ.get("TENANTFLOW_SCALE_OUT_LOG_LEVEL", "warning")
 class Instances:
     """The controller instances of the run, polled through their ``/sync``."""
 
-    def __init__(self, workdir: str, url: str) -> None:
+    def __init__(self, workdir: str, url: str, etcd_pids: list[int | None] | None = None) -> None:
         self.workdir, self.url = workdir, url
+        self.etcd_pids = [pid for pid in etcd_pids or [] if pid]
         self.ctls: dict[str, ControllerProcess] = {}
 
     def start(self, name: str) -> ControllerProcess:
@@ -92,6 +96,28 @@ class Instances:
             ctl.stop()
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds every core of the machine spent busy so far (``/proc/stat``: all but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_budget(lab: ScaleLab, inst: Instances) -> dict[str, float]:
+    """CPU seconds so far of each part of the run: the instances, the lab's vswitchds, etcd, this bench, the machine."""
+    spent = {name: cpu_s(ctl.proc.pid) for name, ctl in inst.ctls.items() if ctl.proc is not None}
+    spent["vswitchds"] = switches_cpu_s(lab)
+    spent["etcd"] = sum(cpu_s(pid) for pid in inst.etcd_pids)
+    spent["bench"] = sum(os.times()[:2])
+    spent["machine"] = _machine_busy_s()
+    return spent
+
+
+def _cpu_share(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Cores each part used on average over ``wall`` seconds (the machine's: how much of the 2 cores was left)."""
+    return {name: round((after[name] - before.get(name, 0.0)) / wall, 2) for name in after}
+
+
 def _creates(lab: ScaleLab, inst: Instances, count: int, tag: str, timeout: float) -> dict[str, Any]:
     """``count`` port creates from CLIENTS threads over the live instances; until converged everywhere."""
     rng = random.Random(tag)
@@ -109,18 +135,20 @@ def _creates(lab: ScaleLab, inst: Instances, count: int, tag: str, timeout: floa
         with lock:
             latencies.append(time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
+    cpu0, t0 = _cpu_budget(lab, inst), time.perf_counter()
     parallel(create, jobs, CLIENTS)
     acked = time.perf_counter() - t0
     revision = max(s.get("revision", 0) for s in inst.sync().values())
     waited = inst.wait(lambda: inst.settled(len(lab.hypervisors), revision), timeout)
     total = time.perf_counter() - t0
+    cores = _cpu_share(cpu0, _cpu_budget(lab, inst), total)
     latencies.sort()
     return {"creates": count, "instances": len(names), "acked_s": round(acked, 2),
             "converged_s": round(total, 2) if waited is not None else None, "timed_out": waited is None,
             "creates_per_s": round(count / total, 2) if waited is not None else None,
             "api_ms_p50": round(latencies[len(latencies) // 2] * 1000, 1),
-            "api_ms_p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1)}
+            "api_ms_p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
+            "cores_used": cores}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -132,7 +160,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"hypervisors": n, "date": time.strftime("%Y-%m-%d")}
     try:
         with EtcdCluster(1) as etcd:
-            inst = Instances(workdir, f"{etcd.url}/scale-out")
+            inst = Instances(workdir, f"{etcd.url}/scale-out", etcd.member_pids())
             try:
                 _phases(inst, n, creates, timeout, quick, workdir, out)
             finally:
@@ -205,7 +233,10 @@ def _failover(inst: Instances, n: int, timeout: float) -> dict[str, Any]:
         except OSError:  # the survivor too busy taking over to answer within 30 s: not yet (counted in the figure)
             return False
 
-    mastered = inst.wait(all_mastered, timeout, 0.005)
+    # Polled every 50 ms: the grants are the survivor's own record (master_since), and a GET /sync walks every
+    # bridge, so polling it every 5 ms (as this did until 2026-12-07) kept a thread of the survivor busy
+    # throughout the failover it measures.
+    mastered = inst.wait(all_mastered, timeout, 0.05)
     converged = inst.wait(lambda: inst.settled(n), timeout, 0.01)
     # When each orphan granted the survivor's ROLE_REQUEST, by the survivor's clock (the same machine's).
     state = inst.sync()[survivor]
