@@ -56,7 +56,9 @@ reported as a figure (``..._timed_out: true``), never a hang. Figures per topolo
 8. ``rss``: the controller's RSS at the end, and its growth per 1,000 ports over an extra
    batch of 10 % more ports.
 9. ``profile``, only with ``TENANTFLOW_SCALE_PROFILE=FILE``: phase 3 again, the controller's CPU
-   per create by kind of thread (``/proc`` per thread, named by one ``py-spy dump``).
+   per create by kind of thread (``/proc`` per thread, named by one ``py-spy dump``). With it,
+   phase 4's rules also run under ``py-spy record --gil`` (the stacks of whichever thread holds
+   the GIL, in py-spy's raw format): ``FILE.sg_rule.txt``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -483,6 +486,31 @@ class ScaleRun:
             json.dump({"thread_cpu_ms_per_create": table}, fh, indent=1)
             fh.write("\n" + dump)
 
+    @contextlib.contextmanager
+    def gil_profile(self, phase: str):
+        """With TENANTFLOW_SCALE_PROFILE=FILE: the block under ``py-spy record --gil`` (raw stacks in FILE.PHASE.txt).
+
+        Only the GIL holder is sampled: with thousands of mostly blocked threads, that is where the CPU goes.
+        """
+        target = os.environ.get("TENANTFLOW_SCALE_PROFILE")
+        if not target:
+            yield
+            return
+        spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--gil",
+                                "--nonblocking", "--rate", "200", "--format", "raw", "--output",
+                                f"{target}.{phase}.txt", "--pid", str(self.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # it attaches
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # it writes what it sampled and exits
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+
     def hosts_by_network(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         for hv, port in self.ports:
@@ -494,13 +522,14 @@ class ScaleRun:
         assert self.sg is not None
         samples, timeouts = [], 0
         cpu0 = cpu_s(self.pid)
-        for i in range(5):
-            t0 = time.perf_counter()
-            self.add_rule(8000 + i, f"198.51.100.{i * 16}/28")
-            if self.sync.wait(self.long, interval=0.005) is None:
-                timeouts += 1
-            else:
-                samples.append(time.perf_counter() - t0)
+        with self.gil_profile("sg_rule"):
+            for i in range(5):
+                t0 = time.perf_counter()
+                self.add_rule(8000 + i, f"198.51.100.{i * 16}/28")
+                if self.sync.wait(self.long, interval=0.005) is None:
+                    timeouts += 1
+                else:
+                    samples.append(time.perf_counter() - t0)
         self.figures["sg_rule"] = {"repetitions": 5, "converged_ms_p50": ms(statistics.median(samples)) if samples
                                    else None, "converged_ms_max": ms(max(samples)) if samples else None,
                                    "timeouts": timeouts, "controller_cpu_s_per_rule": round((cpu_s(self.pid) - cpu0)

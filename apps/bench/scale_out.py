@@ -160,7 +160,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"hypervisors": n, "date": time.strftime("%Y-%m-%d")}
     try:
         with EtcdCluster(1) as etcd:
-            inst = Instances(workdir, f"{etcd.url}/scale-out", etcd.member_pids())
+            inst = Instances(workdir, f"{etcd.url}/scale-out", etcd.member_pids)
             try:
                 _phases(inst, n, creates, timeout, quick, workdir, out)
             finally:
