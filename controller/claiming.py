@@ -104,9 +104,10 @@ class Claiming:
             if self.role is not None and self.role.master:
                 self.role = Role(False, wanted.generation)  # it demoted us when the newer master came
             return False
-        was_master = self.mastering
+        was_master = self.role is not None and self.role.master
         self.role, self._refused = wanted, None
-        self.role_granted_at = time.time()  # wall clock: what a failover's measure compares with the kill
+        if not (wanted.master and was_master):  # master since: a new generation of the same role is not a new grant
+            self.role_granted_at = time.time()  # wall clock: what a failover's measure compares with the kill
         metrics.ROLE_CHANGES.labels("master" if wanted.master else "slave").inc()
         LOG.info("switch %016x (%s): %s (generation %s)", self.dpid, self.hv_name,
                  "master" if wanted.master else "slave", wanted.generation)

@@ -120,7 +120,8 @@ class Cluster:
         self._callbacks: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._peers: dict[str, socket.socket] = {}
-        self.stats = {"revoked_peers": 0, "view_changes": 0, "keeper_restarts": 0}
+        self.stats = {"revoked_peers": 0, "view_changes": 0, "view_revisions": 0, "standing_lapses": 0,
+                      "keeper_restarts": 0}
         self._listener = socket.create_server((peer_host, peer_port))
         self.peer = f"{peer_host}:{self._listener.getsockname()[1]}"
         self.api_url = api_url
@@ -186,6 +187,7 @@ class Cluster:
                 return
             changed = view.members != self.view.members
             self.view = view
+        self.stats["view_revisions"] += 1  # (each a new generation id: every bridge is claimed again)
         if changed:
             self.stats["view_changes"] += 1
             self.view_changed_at = time.time()  # wall clock: what a failover's measure compares with the kill
@@ -241,6 +243,8 @@ class Cluster:
             if now_standing != standing or now_joins != joins:
                 LOG.info("cluster: lease %x %s", self.lease,
                          "in good standing: claiming our bridges" if now_standing else "lapsed: slave everywhere")
+                if standing and not now_standing:
+                    self.stats["standing_lapses"] += 1
                 standing, joins = now_standing, now_joins
                 self._notify()
 

@@ -88,9 +88,6 @@ class Instances:
             time.sleep(interval)
         return time.perf_counter() - t0
 
-    def flow_mods(self, name: str) -> float:
-        return self.ctls[name].metrics().get("tenantflow_flow_mods_sent_total", 0.0)
-
     def stop(self) -> None:
         for ctl in self.ctls.values():
             ctl.stop()
@@ -206,8 +203,8 @@ def _phases(inst: Instances, n: int, creates: int, timeout: float, quick: bool, 
         out["leases_after_failover"] = _leases(inst)
 
 
-LEASE_FIGURES = ("rejoins", "view_changes", "revoked_peers", "keepalives_held_back", "keepalive_max_ms",
-                 "interpreter_stall_max_ms")
+LEASE_FIGURES = ("rejoins", "view_changes", "view_revisions", "standing_lapses", "revoked_peers",
+                 "keepalives_held_back", "keepalive_max_ms", "interpreter_stall_max_ms")
 
 
 def _leases(inst: Instances) -> dict[str, dict[str, Any]]:
@@ -223,7 +220,7 @@ def _failover(inst: Instances, n: int, timeout: float) -> dict[str, Any]:
     victim = max(states, key=lambda name: len(states[name]["mastered"]))
     survivor = next(name for name in states if name != victim)
     orphans = set(states[victim]["mastered"])
-    mods0 = inst.flow_mods(survivor)
+    before = inst.ctls[survivor].metrics()
     t0, killed_at = time.perf_counter(), time.time()
     inst.ctls[victim].kill()
     del inst.ctls[victim]
@@ -248,4 +245,14 @@ def _failover(inst: Instances, n: int, timeout: float) -> dict[str, Any]:
             "median_role_granted_s": round(sorted(granted)[len(granted) // 2], 3) if granted else None,
             "all_mastered_seen_s": round(mastered, 3) if mastered is not None else None,
             "converged_s": round(time.perf_counter() - t0, 3) if converged is not None else None,
-            "flow_mods_sent": inst.flow_mods(survivor) - mods0}
+            **_failover_counts(before, inst.ctls[survivor].metrics())}
+
+
+def _failover_counts(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the survivor did meanwhile: flow-mods sent (0: nothing changed), roles granted (each orphan once as
+    master, each other bridge once with the new generation), bridges that disconnected (0)."""
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+    return {"flow_mods_sent": delta("tenantflow_flow_mods_sent_total"),
+            "roles_granted": delta("tenantflow_role_changes_total"),
+            "disconnects": delta("tenantflow_switch_disconnects_total")}
