@@ -66,6 +66,7 @@ class Claiming:
     _alive: bool
     request: Callable[[object], list]
     _set_diverged: Callable[[bool], None]
+    _stop_monitor: Callable[[], None]
 
     @property
     def mastering(self) -> bool:
@@ -115,4 +116,5 @@ class Claiming:
             self.ready = False  # a new master reads what the bridge holds before it changes anything
         if not wanted.master:
             self._set_diverged(False)
+            self._stop_monitor()
         return wanted.master

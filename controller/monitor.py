@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_common
@@ -57,6 +57,7 @@ _REPLY = struct.Struct("!BBHIHH4xII")  # multipart reply header + experimenter i
 _UPDATE = struct.Struct("!HH")  # length, event
 _FULL = struct.Struct("!HHHHHBxQ")  # reason, priority, idle, hard timeout, match length, table, pad, cookie
 _NOTICE = struct.Struct("!BBHIII")  # experimenter message: header, experimenter id, exp_type
+_CANCEL = struct.Struct("!BBHIIII")  # experimenter message: header, experimenter id, exp_type, monitor id
 
 
 def request(monitor_id: int, xid: int) -> bytes:
@@ -64,6 +65,12 @@ def request(monitor_id: int, xid: int) -> bytes:
     body = _MONITOR.pack(monitor_id, FLAGS, 4, ofp.OFPP_ANY, ofp.OFPTT_ALL) + _EMPTY_MATCH
     return _REQUEST.pack(ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REQUEST, _REQUEST.size + len(body), xid,
                          ofp.OFPMP_EXPERIMENTER, 0, ONF, FLOW_MONITOR) + body
+
+
+def cancel(monitor_id: int, xid: int) -> bytes:
+    """The experimenter message that stops flow monitor ``monitor_id`` (``ONFT_FLOW_MONITOR_CANCEL``)."""
+    return _CANCEL.pack(ofp.OFP_VERSION, ofp.OFPT_EXPERIMENTER, _CANCEL.size, xid, ONF, ofp.ONFT_FLOW_MONITOR_CANCEL,
+                        monitor_id)
 
 
 def updates(msg: bytes) -> tuple[list[tuple[str, int, int]], int, bool]:
@@ -164,6 +171,7 @@ class FlowMonitoring:
     tampering: Tampering
     _monitoring: bool
     _monitor_xid: int
+    _send: Callable[[bytes], None]
     _replace: set[int]
     _learners: set[int]
 
@@ -211,3 +219,12 @@ class FlowMonitoring:
         self._monitor_xid = next(self._xids)
         self._send(request(self.MONITOR_ID, self._monitor_xid))
         self._monitoring = True
+
+    def _stop_monitor(self) -> None:
+        """Made a slave: stop the switch's reports (each flow another instance writes would be encoded for us, and
+        read here, for nothing: a slave repairs nothing). A master again reads the bridge and asks anew."""
+        if not self._monitoring:
+            return
+        self._monitoring = False
+        self._monitor_xid = next(self._xids)  # an error it draws (no such monitor) is ours, and quiet
+        self._send(cancel(self.MONITOR_ID, self._monitor_xid))

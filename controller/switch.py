@@ -202,6 +202,8 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
 
     def on_error(self, xid: int, msg) -> bool:
         """An OpenFlow error for ``xid``: keep it if it answers one of ours (returns True)."""
+        if xid == self._monitor_xid and not self._monitoring:
+            return True  # its cancel's: no such monitor (the switch had refused it)
         if xid == self._monitor_xid:
             self._monitoring = False
             LOG.warning("switch %s: no flow monitor (%s): flows changed by hand are repaired at its next reconnect "

@@ -23,6 +23,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from apps.lab.scale import ScaleLab
+from controller import monitor
 from controller.cluster import Role
 from controller.switch import Switch
 from tests.lab_fixtures import require_lab
@@ -120,6 +121,45 @@ def test_open_vswitch_refuses_a_deposed_masters_writes_and_stale_claims() -> Non
     new.close()
 
 
+@pytest.mark.ovs
+def test_open_vswitch_stops_a_cancelled_flow_monitor() -> None:
+    """A demoted instance cancels its flow monitor (controller.monitor.cancel): Open vSwitch takes that encoding."""
+    require_lab()
+    old, new = _listener(), _listener()
+    targets = f"tcp:127.0.0.1:{old.getsockname()[1]} tcp:127.0.0.1:{new.getsockname()[1]}"
+    with ScaleLab(1, targets, bridges_per_vswitchd=1) as lab:
+        a, b = RawController(old), RawController(new)
+        assert a.role(ofp.OFPCR_ROLE_MASTER, 10) == (ofp.OFPT_ROLE_REPLY, ofp.OFPCR_ROLE_MASTER)
+        a.xid += 1
+        assert not [m for t, _, m in a.call(monitor.request(1, a.xid)) if t == ofp.OFPT_ERROR]
+        assert b.role(ofp.OFPCR_ROLE_MASTER, 11) == (ofp.OFPT_ROLE_REPLY, ofp.OFPCR_ROLE_MASTER)
+        assert b.add_flow(0xE) == []
+        assert 0xE in _reported(a, 5.0), "the monitor reports the new master's flow"
+        a.xid += 1
+        assert not [m for t, _, m in a.call(monitor.cancel(1, a.xid)) if t == ofp.OFPT_ERROR]
+        assert b.add_flow(0xF) == []
+        assert 0xF in set(lab.hypervisors[0].dump_cookies())
+        assert _reported(a, 1.0) == set(), "a cancelled monitor reports nothing"
+        a.sock.close()
+        b.sock.close()
+    old.close()
+    new.close()
+
+
+def _reported(ctl: RawController, seconds: float) -> set[int]:
+    """Cookies of the flow monitor's full updates ``ctl`` reads within ``seconds`` (until the first, if any)."""
+    ctl.sock.settimeout(seconds)
+    try:
+        for t, _, msg in ctl.read_until(lambda t, x: t == ofp.OFPT_MULTIPART_REPLY and x == 0):
+            if t == ofp.OFPT_MULTIPART_REPLY:
+                return {cookie for _, _, cookie in monitor.updates(msg)[0]}
+    except TimeoutError:
+        return set()
+    finally:
+        ctl.sock.settimeout(10)
+    return set()
+
+
 # -- part two: what our switches send ------------------------------------------------------------------
 class RoleDatapath(FakeDatapath):
     """A fake datapath that answers role requests (or finds them stale) and logs what the switch sent, in order."""
@@ -143,8 +183,18 @@ class RoleDatapath(FakeDatapath):
         return super().send_msg(msg)
 
     def send(self, data: bytes) -> bool:
-        self.sent.append("write")
+        self.sent.append(_kind(data))
         return super().send(data)
+
+
+def _kind(data: bytes) -> str:
+    """What raw bytes the switch wrote were: its flow monitor's request or cancel (controller.monitor), or a write."""
+    msg_type = data[1]
+    if msg_type == ofp.OFPT_MULTIPART_REQUEST and struct.unpack_from("!H", data, 8)[0] == ofp.OFPMP_EXPERIMENTER:
+        return "monitor"
+    if msg_type == ofp.OFPT_EXPERIMENTER and struct.unpack_from("!I", data, 12)[0] == ofp.ONFT_FLOW_MONITOR_CANCEL:
+        return "monitor-cancel"
+    return "write"
 
 
 class Roles:
@@ -185,21 +235,23 @@ def test_a_master_claims_first_and_a_demoted_one_stops_writing() -> None:
     sw, dp, source, roles = _start(Role(True, 5))
     try:
         wait_until(lambda: dp.flows and sw.last_push is not None, 5, "the first sync")
-        # (the write before the reads: the flow monitor's request, sent once per connection, controller.monitor)
-        assert dp.sent[:4] == ["master", "write", "OFPPortDescStatsRequest", "OFPFlowStatsRequest"], dp.sent
+        # (the flow monitor's request before the reads: controller.monitor)
+        assert dp.sent[:4] == ["master", "monitor", "OFPPortDescStatsRequest", "OFPFlowStatsRequest"], dp.sent
         roles.role = Role(False, 9)  # a newer view gives the bridge to another instance
         sw.mark_dirty()
-        wait_until(lambda: "slave" in dp.sent, 5, "the slave declaration")
+        wait_until(lambda: "monitor-cancel" in dp.sent, 5, "the slave declaration, then the monitor's cancel")
+        # A slave repairs nothing: the switch stops reporting what the new master writes (each report costs both).
+        assert dp.sent[dp.sent.index("slave") + 1] == "monitor-cancel", dp.sent
         writes = dp.sent.count("write")
         source.set(flows(6))
         sw.mark_dirty()
         time.sleep(0.3)
         assert dp.sent.count("write") == writes and not sw.mastering
-        roles.role = Role(True, 12)  # ours again: claimed, re-read, reconciled
+        roles.role = Role(True, 12)  # ours again: claimed, monitored, re-read, reconciled
         sw.mark_dirty()
         wait_until(lambda: len(dp.flows) == 6, 5, "the reconcile after the claim")
-        assert dp.sent[dp.sent.index("slave") + 1:][:3] == ["master", "OFPPortDescStatsRequest",
-                                                             "OFPFlowStatsRequest"], dp.sent
+        assert dp.sent[dp.sent.index("monitor-cancel") + 1:][:4] == [
+            "master", "monitor", "OFPPortDescStatsRequest", "OFPFlowStatsRequest"], dp.sent
     finally:
         sw.stop()
 
