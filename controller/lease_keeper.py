@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import faulthandler
 import json
 import logging
 import mmap
@@ -249,8 +250,13 @@ class KeeperProcess:
             process.wait()
 
     def _beat(self) -> None:
+        # TENANTFLOW_STALL_DUMP_S=S (a diagnostic): when no beat comes for S seconds, faulthandler's own C thread
+        # writes every thread's stack to stderr (the log): who held the interpreter while nothing else ran.
+        dump_after = float(os.environ.get("TENANTFLOW_STALL_DUMP_S", "0") or 0)
         while not self._stop.wait(BEAT_INTERVAL):
             self.state.beat = time.monotonic()
+            if dump_after > 0:
+                faulthandler.dump_traceback_later(dump_after, file=sys.stderr)
 
     @staticmethod
     def _relay_stderr(process: subprocess.Popen[bytes]) -> None:

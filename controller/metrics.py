@@ -130,7 +130,8 @@ class ClusterCollector:
         for sw in list(self.switches()):
             mastered.add_metric([sw.label], 1 if sw.mastering else 0)
         yield mastered
-        for key in ("revoked_peers", "rejoins", "view_changes", "keeper_restarts", "keepalives_held_back"):
+        for key in ("revoked_peers", "rejoins", "view_changes", "view_revisions", "standing_lapses", "keeper_restarts",
+                    "keepalives_held_back"):
             yield CounterMetricFamily(f"tenantflow_cluster_{key}", f"Cluster events: {key.replace('_', ' ')}",
                                       value=status.get(key, 0))
         yield GaugeMetricFamily("tenantflow_cluster_keepalive_max_seconds", "The slowest lease keepalive's round "
