@@ -16,7 +16,8 @@ is started after the first phase.
    the same creates, the clients spread over both instances.
    ``ratio`` = two's creates_per_s / one's (goal on 2 cores: 1.6). ``cores_used``: CPU seconds per
    second of each part over the phase (each instance, the lab's vswitchds, etcd, this bench, and
-   the whole ``machine``, whose 2 cores are the ceiling).
+   the whole ``machine``, whose 2 cores are the ceiling); ``cores_idle``: the same over 5 s of
+   nothing just before.
 3. ``failover``: the instance mastering more bridges is SIGKILLed: seconds from the kill
    until the last orphaned bridge granted the survivor's ``ROLE_REQUEST`` (the survivor's
    own record of each grant, ``GET /sync``'s ``master_since``; ``view_changed_s``: when the survivor
@@ -49,6 +50,7 @@ from apps.lab.etcd import EtcdCluster
 from apps.lab.scale import ApiClient, ScaleLab, parallel
 
 CLIENTS = 4
+IDLE_S = 5.0  # seconds of nothing before each phase's creates: the parts' idle CPU
 LOG_LEVEL = os.environ.get("TENANTFLOW_SCALE_OUT_LOG_LEVEL", "warning")
 
 
@@ -132,6 +134,9 @@ def _creates(lab: ScaleLab, inst: Instances, count: int, tag: str, timeout: floa
         with lock:
             latencies.append(time.perf_counter() - t0)
 
+    idle0 = _cpu_budget(lab, inst)
+    time.sleep(IDLE_S)  # what each part spends with nothing changing (echo requests, timers, two controllers' each)
+    idle = _cpu_share(idle0, _cpu_budget(lab, inst), IDLE_S)
     cpu0, t0 = _cpu_budget(lab, inst), time.perf_counter()
     parallel(create, jobs, CLIENTS)
     acked = time.perf_counter() - t0
@@ -145,7 +150,7 @@ def _creates(lab: ScaleLab, inst: Instances, count: int, tag: str, timeout: floa
             "creates_per_s": round(count / total, 2) if waited is not None else None,
             "api_ms_p50": round(latencies[len(latencies) // 2] * 1000, 1),
             "api_ms_p99": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1),
-            "cores_used": cores}
+            "cores_used": cores, "cores_idle": idle}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
