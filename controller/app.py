@@ -23,7 +23,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import heap, metrics, tls
 from controller.addresses import AddressService
-from controller.claiming import CLAIM_WAIT, ClaimRound
+from controller.claiming import ClaimRound, await_claims
 from controller.cluster import Solo
 from controller.connection import DUPLICATE, STALLED
 from controller.gateways import GatewayService
@@ -118,30 +118,12 @@ class TenantflowApp(app_manager.OSKenApp):
         waited for the GIL; the last grant came 1-50 s after the kill).
         """
         switches = list(self.switches.values())
-        flipping = [sw for sw in switches if sw.role_flips]
-        deadline = time.monotonic() + CLAIM_WAIT
-        self.claims.begin()
-        try:
-            for sw in flipping:
-                sw.mark_dirty()
-            self._await_claims(flipping, deadline)
-        finally:
-            self.claims.end()
-        flipped = set(flipping)
-        for sw in switches:
-            if sw not in flipped:
-                sw.mark_dirty()
+        deadline = self.claims.run(switches)
         self.providers.mark_dirty()
-        self._await_claims(switches, deadline)
+        await_claims(switches, deadline)
         # A chunk per hold of the lock (flows.warmup): building 500 gained bridges in one hold kept the API
         # (and GET /sync) waiting for the whole build.
         self.engine.set_ownership(self._owns, self._connected_names)
-
-    @staticmethod
-    def _await_claims(switches: list[Switch], deadline: float) -> None:
-        """Wait until each of ``switches`` holds the role the cluster gives us (or ``deadline``)."""
-        while time.monotonic() < deadline and not all(sw.role_settled for sw in switches):
-            time.sleep(0.005)
 
     # -- topology side -------------------------------------------------------
     def _topology_changed(self, hv_names: set[str]) -> None:

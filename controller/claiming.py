@@ -49,6 +49,31 @@ class ClaimRound:
         """Wait (at most CLAIM_WAIT) until the round ends."""
         self._open.wait(CLAIM_WAIT)
 
+    def run(self, switches: list[Claiming]) -> float:
+        """Wake ``switches`` to claim what a new view gives: those changing hands (role_flips) first, the others
+        (a new generation of the same role) once those are answered. Returns the deadline (CLAIM_WAIT from now)
+        the caller may wait for every claim until (:func:`await_claims`)."""
+        flipping = [sw for sw in switches if sw.role_flips]
+        deadline = time.monotonic() + CLAIM_WAIT
+        self.begin()
+        try:
+            for sw in flipping:
+                sw.mark_dirty()
+            await_claims(flipping, deadline)
+        finally:
+            self.end()
+        flipped = set(flipping)
+        for sw in switches:
+            if sw not in flipped:
+                sw.mark_dirty()
+        return deadline
+
+
+def await_claims(switches: list[Claiming], deadline: float) -> None:
+    """Wait until each of ``switches`` holds the role the cluster gives this instance (or ``deadline``)."""
+    while time.monotonic() < deadline and not all(sw.role_settled for sw in switches):
+        time.sleep(0.005)
+
 
 class Claiming:
     """The role this instance holds on one bridge. The switch sets ``_roles`` (None: the only controller, no role
@@ -65,6 +90,7 @@ class Claiming:
     ready: bool
     _alive: bool
     request: Callable[[object], list]
+    mark_dirty: Callable[[], None]
     _set_diverged: Callable[[bool], None]
     _stop_monitor: Callable[[], None]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -24,6 +25,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from apps.lab.scale import ScaleLab
 from controller import monitor
+from controller.claiming import ClaimRound
 from controller.cluster import Role
 from controller.switch import Switch
 from tests.lab_fixtures import require_lab
@@ -254,6 +256,73 @@ def test_a_master_claims_first_and_a_demoted_one_stops_writing() -> None:
             "master", "monitor", "OFPPortDescStatsRequest", "OFPFlowStatsRequest"], dp.sent
     finally:
         sw.stop()
+
+
+class LoggedRoleDatapath(RoleDatapath):
+    """A RoleDatapath writing what it is sent to a log shared by several bridges; role replies ``delay`` s late."""
+
+    def __init__(self, dpid: int, log: list[tuple[int, str, int]], delay: float = 0.0) -> None:
+        super().__init__(dpid)
+        self.log, self.delay = log, delay
+
+    def send_msg(self, msg) -> bool:
+        if isinstance(msg, parser.OFPRoleRequest):
+            self.log.append((self.id, "master" if msg.role == ofp.OFPCR_ROLE_MASTER else "slave", msg.generation_id))
+            if self.delay:
+                msg.serialize()
+                reply = ROLE.pack(4, ofp.OFPT_ROLE_REPLY, ROLE.size, msg.xid, msg.role, msg.generation_id)
+                threading.Timer(self.delay, self._late, (reply, msg.generation_id)).start()
+                return True
+        else:
+            self.log.append((self.id, type(msg).__name__, 0))
+        return super().send_msg(msg)
+
+    def _late(self, reply: bytes, generation: int) -> None:
+        self.log.append((self.id, "granted", generation))
+        self.reply(reply)
+
+
+class ViewRoles:
+    """A cluster's answer per bridge: the generation, and the bridges it gives this instance."""
+
+    def __init__(self, generation: int, ours: set[int]) -> None:
+        self.generation, self.ours = generation, ours
+
+    def role_for(self, dpid: int) -> Role:
+        return Role(dpid in self.ours, self.generation)
+
+
+def test_a_failover_claims_the_orphans_first_and_reads_them_once_every_orphan_is_claimed() -> None:
+    # Found by the scale_out bench: all 1,000 bridges claimed at once and the first new masters started reading
+    # their ~2,000 flows each while other orphans still waited to claim; the last grant came seconds late.
+    log: list[tuple[int, str, int]] = []
+    kept, orphan, slow_orphan = 0x61, 0x62, 0x63
+    roles = ViewRoles(5, {kept})
+    dps = {kept: LoggedRoleDatapath(kept, log), orphan: LoggedRoleDatapath(orphan, log),
+           slow_orphan: LoggedRoleDatapath(slow_orphan, log, delay=0.5)}
+    claims = ClaimRound()
+    switches = []
+    for dpid, dp in dps.items():
+        sw = Switch(dp, FakeSource(f"hv{dpid:x}", flows(3)), lambda s, ports: setattr(s, "ofports", ports),
+                    roles=roles, claims=claims)
+        dp.sw = sw
+        switches.append(sw)
+        sw.start(f"hv{dpid:x}")
+    try:
+        wait_until(lambda: all(sw.role_settled for sw in switches) and switches[0].last_push is not None, 5,
+                   "the first claims")
+        log.clear()
+        roles.generation, roles.ours = 9, {kept, orphan, slow_orphan}  # the other instance died
+        claims.run(switches)
+        wait_until(lambda: all(sw.role_settled and sw.ready for sw in switches), 5, "the new claims and reads")
+        claimed = [(dpid, gen) for dpid, kind, gen in log if kind == "master"]
+        assert claimed[:2] in ([(orphan, 9), (slow_orphan, 9)], [(slow_orphan, 9), (orphan, 9)]), log
+        assert claimed[2:] == [(kept, 9)], log  # the bridge we kept: its new generation after the orphans'
+        first_read = next(i for i, (dpid, kind, _) in enumerate(log) if dpid == orphan and kind != "master")
+        assert first_read > log.index((slow_orphan, "granted", 9)), f"read before every orphan was claimed: {log}"
+    finally:
+        for sw in switches:
+            sw.stop()
 
 
 class FailingSource(FakeSource):
