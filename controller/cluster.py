@@ -187,7 +187,7 @@ class Cluster:
                 return
             changed = view.members != self.view.members
             self.view = view
-        self.stats["view_revisions"] += 1  # (each a new generation id: every bridge is claimed again)
+        self.stats["view_revisions"] += 1  # (each a new generation id: the next claim on each bridge carries it)
         if changed:
             self.stats["view_changes"] += 1
             self.view_changed_at = time.time()  # wall clock: what a failover's measure compares with the kill
