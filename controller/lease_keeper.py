@@ -257,6 +257,8 @@ class KeeperProcess:
             self.state.beat = time.monotonic()
             if dump_after > 0:
                 faulthandler.dump_traceback_later(dump_after, file=sys.stderr)
+        if dump_after > 0:
+            faulthandler.cancel_dump_traceback_later()  # stopping: the threads ending are no stall
 
     @staticmethod
     def _relay_stderr(process: subprocess.Popen[bytes]) -> None:
