@@ -37,14 +37,6 @@ class ClaimRound:
         self._open = threading.Event()
         self._open.set()
 
-    def begin(self) -> None:
-        """Claims are out: new masters wait before reading."""
-        self._open.clear()
-
-    def end(self) -> None:
-        """Every claim answered (or CLAIM_WAIT passed): reads go on."""
-        self._open.set()
-
     def wait(self) -> None:
         """Wait (at most CLAIM_WAIT) until the round ends."""
         self._open.wait(CLAIM_WAIT)
@@ -55,13 +47,13 @@ class ClaimRound:
         the caller may wait for every claim until (:func:`await_claims`)."""
         flipping = [sw for sw in switches if sw.role_flips]
         deadline = time.monotonic() + CLAIM_WAIT
-        self.begin()
+        self._open.clear()  # new masters wait before reading...
         try:
             for sw in flipping:
                 sw.mark_dirty()
             await_claims(flipping, deadline)
         finally:
-            self.end()
+            self._open.set()  # ...until every orphan's claim is answered (or CLAIM_WAIT passed)
         flipped = set(flipping)
         for sw in switches:
             if sw not in flipped:

@@ -202,12 +202,11 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
 
     def on_error(self, xid: int, msg) -> bool:
         """An OpenFlow error for ``xid``: keep it if it answers one of ours (returns True)."""
-        if xid == self._monitor_xid and not self._monitoring:
-            return True  # its cancel's: no such monitor (the switch had refused it)
         if xid == self._monitor_xid:
-            self._monitoring = False
-            LOG.warning("switch %s: no flow monitor (%s): flows changed by hand are repaired at its next reconnect "
-                        "only", self.label, wire.error_text(msg))
+            if self._monitoring:  # (else its cancel's: no such monitor, the switch had refused it)
+                self._monitoring = False
+                LOG.warning("switch %s: no flow monitor (%s): flows changed by hand are repaired at its next "
+                            "reconnect only", self.label, wire.error_text(msg))
             return True
         waiter = self._waiters.get(xid)
         pushing = self._inflight_from is not None and xid >= self._inflight_from

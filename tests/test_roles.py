@@ -13,10 +13,12 @@ claim the switch found stale, reads the port map and sends nothing else, ever.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from os_ken.ofproto import ofproto_protocol
@@ -47,6 +49,11 @@ class RawController:
         self.xid = 100
         self.sock.sendall(HEADER.pack(4, ofp.OFPT_HELLO, 8, 1))
         self.read_until(lambda t, x: t == ofp.OFPT_HELLO)
+
+    def reconnect(self, listener: socket.socket) -> None:
+        """Close this connection and take the bridge's next one on ``listener``."""
+        self.sock.close()
+        self.__init__(listener)  # type: ignore[misc]
 
     def read_until(self, done) -> list[tuple[int, int, bytes]]:
         """Messages up to and including the first for which ``done(type, xid)``; echo requests answered."""
@@ -94,14 +101,29 @@ def _listener() -> socket.socket:
     return socket.create_server(("127.0.0.1", 0))
 
 
-@pytest.mark.ovs
-def test_open_vswitch_refuses_a_deposed_masters_writes_and_stale_claims() -> None:
+@contextlib.contextmanager
+def _two_controllers() -> Iterator[tuple[ScaleLab, socket.socket, RawController, RawController]]:
+    """One real bridge whose two controllers are raw connections: (lab, a's listener, a, b), all closed after."""
     require_lab()
     old, new = _listener(), _listener()
     targets = f"tcp:127.0.0.1:{old.getsockname()[1]} tcp:127.0.0.1:{new.getsockname()[1]}"
-    with ScaleLab(1, targets, bridges_per_vswitchd=1) as lab:
+    try:
+        with ScaleLab(1, targets, bridges_per_vswitchd=1) as lab:
+            a, b = RawController(old), RawController(new)
+            try:
+                yield lab, old, a, b
+            finally:
+                a.sock.close()
+                b.sock.close()
+    finally:
+        old.close()
+        new.close()
+
+
+@pytest.mark.ovs
+def test_open_vswitch_refuses_a_deposed_masters_writes_and_stale_claims() -> None:
+    with _two_controllers() as (lab, old, a, b):
         hv = lab.hypervisors[0]
-        a, b = RawController(old), RawController(new)
         assert a.role(ofp.OFPCR_ROLE_MASTER, 10) == (ofp.OFPT_ROLE_REPLY, ofp.OFPCR_ROLE_MASTER)
         assert a.add_flow(0xA) == []  # the master writes
         assert b.role(ofp.OFPCR_ROLE_MASTER, 11) == (ofp.OFPT_ROLE_REPLY, ofp.OFPCR_ROLE_MASTER)
@@ -109,28 +131,19 @@ def test_open_vswitch_refuses_a_deposed_masters_writes_and_stale_claims() -> Non
         assert a.add_flow(0xB) == [(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE)]
         assert a.role(ofp.OFPCR_ROLE_MASTER, 10) == (ofp.OFPT_ERROR, ofp.OFPRRFC_STALE)
         # a reconnects: OpenFlow starts it EQUAL; it declares itself slave first, then can write nothing.
-        a.sock.close()
-        a = RawController(old)
+        a.reconnect(old)
         assert a.role(ofp.OFPCR_ROLE_SLAVE, 11) == (ofp.OFPT_ROLE_REPLY, ofp.OFPCR_ROLE_SLAVE)
         assert a.add_flow(0xC) == [(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE)]
         assert a.role(ofp.OFPCR_ROLE_MASTER, 10) == (ofp.OFPT_ERROR, ofp.OFPRRFC_STALE)
         assert b.add_flow(0xD) == []  # the current master still writes
         cookies = set(hv.dump_cookies())
         assert {0xA, 0xD} <= cookies and not {0xB, 0xC} & cookies, cookies
-        a.sock.close()
-        b.sock.close()
-    old.close()
-    new.close()
 
 
 @pytest.mark.ovs
 def test_open_vswitch_stops_a_cancelled_flow_monitor() -> None:
     """A demoted instance cancels its flow monitor (controller.monitor.cancel): Open vSwitch takes that encoding."""
-    require_lab()
-    old, new = _listener(), _listener()
-    targets = f"tcp:127.0.0.1:{old.getsockname()[1]} tcp:127.0.0.1:{new.getsockname()[1]}"
-    with ScaleLab(1, targets, bridges_per_vswitchd=1) as lab:
-        a, b = RawController(old), RawController(new)
+    with _two_controllers() as (lab, _, a, b):
         assert a.role(ofp.OFPCR_ROLE_MASTER, 10) == (ofp.OFPT_ROLE_REPLY, ofp.OFPCR_ROLE_MASTER)
         a.xid += 1
         assert not [m for t, _, m in a.call(monitor.request(1, a.xid)) if t == ofp.OFPT_ERROR]
@@ -142,10 +155,6 @@ def test_open_vswitch_stops_a_cancelled_flow_monitor() -> None:
         assert b.add_flow(0xF) == []
         assert 0xF in set(lab.hypervisors[0].dump_cookies())
         assert _reported(a, 1.0) == set(), "a cancelled monitor reports nothing"
-        a.sock.close()
-        b.sock.close()
-    old.close()
-    new.close()
 
 
 def _reported(ctl: RawController, seconds: float) -> set[int]:
