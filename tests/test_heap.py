@@ -44,3 +44,31 @@ def test_switches_that_come_and_go_after_a_freeze_leave_nothing_frozen(tmp_path:
         # each further connection that came and went leaves nothing behind in the permanent generation.
         growth = (counts[-1] - counts[3]) / (CYCLES - 4)
         assert growth < 20, f"frozen objects per connection that came and went: {growth:.0f} ({counts})"
+
+
+def _clock(*readings: float):
+    """A monotonic clock that gives ``readings`` one after the other."""
+    it = iter(readings)
+    return lambda: next(it)
+
+
+def test_the_frozen_count_is_exact_while_cheap_and_reused_while_costly(monkeypatch) -> None:
+    import gc
+
+    from controller import heap
+
+    monkeypatch.setattr(heap, "_counted", (0, 0.0))
+    kept = [[i] for i in range(1000)]
+    try:
+        # A cheap count (1 ms) is counted anew at every call: the objects frozen meanwhile show at once.
+        before = heap.frozen_objects(_clock(0.0, 0.001))
+        gc.freeze()
+        assert heap.frozen_objects(_clock(0.002, 0.003)) >= before + len(kept)
+        # A costly one (50 ms) is reused for 1,000 times its cost: the objects unfrozen meanwhile do not show
+        # until then (the walk holds the interpreter: a scrape must not repeat it at will).
+        costly = heap.frozen_objects(_clock(10.0, 10.05))
+        gc.unfreeze()
+        assert heap.frozen_objects(_clock(59.0)) == costly
+        assert heap.frozen_objects(_clock(60.1, 60.1)) == gc.get_freeze_count() < costly
+    finally:
+        gc.unfreeze()
