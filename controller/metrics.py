@@ -100,7 +100,7 @@ BRIDGES_DIVERGED = Gauge("tenantflow_bridges_diverged", "Connected bridges whose
 GC_FROZEN = Gauge("tenantflow_gc_frozen_objects", "Objects in the garbage collector's permanent generation "
                   "(controller.heap): the live heap, plus any reference cycle that died after it was frozen "
                   "(a leak: this must not grow with reconnects or writes undone); counted anew at each scrape "
-                  "while that takes under 10 ms, else every 1,000 times what it took", registry=REGISTRY)
+                  "while that takes under 50 ms, else every 1,000 times what it took", registry=REGISTRY)
 GC_FROZEN.set_function(heap.frozen_objects)
 ROLE_CHANGES = Counter("tenantflow_role_changes", "Roles a bridge granted this instance (a cluster's: master or "
                        "slave)", ["role"], registry=REGISTRY)

@@ -61,14 +61,14 @@ def test_the_frozen_count_is_exact_while_cheap_and_reused_while_costly(monkeypat
     kept = [[i] for i in range(1000)]
     try:
         # A cheap count (1 ms) is counted anew at every call: the objects frozen meanwhile show at once.
-        before = heap.frozen_objects(_clock(0.0, 0.001))
+        before = heap.frozen_objects(_clock(0.0), _clock(0.0, 0.001))
         gc.freeze()
-        assert heap.frozen_objects(_clock(0.002, 0.003)) >= before + len(kept)
-        # A costly one (50 ms) is reused for 1,000 times its cost: the objects unfrozen meanwhile do not show
+        assert heap.frozen_objects(_clock(0.002), _clock(0.0, 0.001)) >= before + len(kept)
+        # A costly one (60 ms) is reused for 1,000 times its cost: the objects unfrozen meanwhile do not show
         # until then (the walk holds the interpreter: a scrape must not repeat it at will).
-        costly = heap.frozen_objects(_clock(10.0, 10.05))
+        costly = heap.frozen_objects(_clock(10.0), _clock(0.0, 0.06))
         gc.unfreeze()
-        assert heap.frozen_objects(_clock(59.0)) == costly
-        assert heap.frozen_objects(_clock(60.1, 60.1)) == gc.get_freeze_count() < costly
+        assert heap.frozen_objects(_clock(69.0)) == costly
+        assert heap.frozen_objects(_clock(70.1), _clock(0.0, 0.06)) == gc.get_freeze_count() < costly
     finally:
         gc.unfreeze()
