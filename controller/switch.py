@@ -43,7 +43,7 @@ import random
 import threading
 import time
 from collections import Counter as Multiset
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -52,6 +52,7 @@ from controller.announcing import Announcing
 from controller.claiming import Claiming, ClaimRound
 from controller.cluster import Role
 from controller.confirmations import Confirmations
+from controller.fastsync import IDLE, QUEUED, FastSyncing, FastSyncs
 from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
 from controller.slots import SyncSlots
@@ -62,6 +63,7 @@ from controller.syncing import (
     RequestRefused,
     RoleSource,
     SwitchGone,
+    SyncDiff,
     _carried,
     _learns,
     _Waiter,
@@ -93,7 +95,7 @@ _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a r
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
 
-class Switch(monitor.FlowMonitoring, Announcing, Claiming):
+class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing):
     """State and sync worker of one connected hypervisor bridge."""
 
     _xids = itertools.count(0x70000000)
@@ -104,8 +106,16 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
     def __init__(self, datapath, source: FlowSource,
                  on_ofports: Callable[[Switch, dict[str, int]], None],
                  announce_fn: Callable[[str], list[Announcement]] | None = None, roles: RoleSource | None = None,
-                 claims: ClaimRound | None = None):
+                 claims: ClaimRound | None = None, fast: FastSyncs | None = None):
         self.dp = datapath
+        # The thread that writes a ready bridge's changes while its worker sleeps (controller.fastsync), its state.
+        self._fast = fast
+        self._fast_state = IDLE
+        self._fast_more = False  # changes came while its bundle was in flight: one more after it
+        self._fast_failed = False  # its bundle failed: the worker retries as after a failed sync
+        self._fast_ctx = None  # the bundle in flight
+        self._worker_idle = False  # the worker waits for a change (the fast path may write one)
+        self._handed = None  # a diff the fast path took from the engine and left to the worker
         self._claims = claims  # a round of claims the new master's first read waits for (controller.claiming)
         # A cluster's instance (controller.cluster): the role to hold on this bridge, asked for before
         # anything is sent on each connection. None: the only controller, no role request (EQUAL).
@@ -199,6 +209,8 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
             waiter.parts.append(body)
         if not more:
             waiter.event.set()
+            if waiter.on_done is not None:
+                waiter.on_done(xid)
 
     def on_error(self, xid: int, msg) -> bool:
         """An OpenFlow error for ``xid``: keep it if it answers one of ours (returns True)."""
@@ -215,6 +227,8 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
         self._errors.setdefault(xid, []).append(msg)
         if waiter is not None:
             waiter.event.set()
+            if waiter.on_done is not None:
+                waiter.on_done(xid)
         return True
 
     def _commit_on_barrier(self, waiter: _Waiter) -> bool:
@@ -282,16 +296,28 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
                 self._tampered("malformed")
 
     def mark_dirty(self) -> None:
-        """Ask the worker to recompile and sync (coalesces bursts of changes)."""
+        """Ask for a sync (coalesces bursts of changes): by the fast path if the worker is idle, else the worker."""
+        offer = False
         with self._dirty:
-            self._pending = True
-            self._dirty.notify()
+            if not self._fast_ready_locked():
+                self._wake_worker_locked()
+            elif self._fast_state == IDLE:
+                self._fast_state, offer = QUEUED, True
+            else:
+                self._fast_more = True
+        if offer:
+            self._fast.offer(self)
+
+    def _wake_worker_locked(self) -> None:
+        self._pending = True
+        self._dirty.notify_all()
 
     def stop(self) -> None:
         """The switch disconnected: end the worker (wherever it waits), wake every waiter."""
         self._alive = False
         self.ready = False
         _DIVERGED.discard(self)
+        self._fast_stop()
         for waiter in list(self._waiters.values()):
             waiter.event.set()
         self.mark_dirty()
@@ -334,6 +360,10 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
                     self._backoff(failures)
                 elif self.ports_known:
                     self._wait_for_change()
+                    if self._take_fast_failure():  # a change the fast path wrote failed: as a failed sync
+                        failures = 1
+                        self._set_diverged(True)
+                        self._backoff(failures)
                     self._sleep(self.tampering.repair_delay() if self.tampering.pending else 0)
                 if not self._alive:
                     break
@@ -443,9 +473,17 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
                 self._dirty.wait(left)
 
     def _wait_for_change(self) -> None:
+        """Until a change is the worker's (and no fast sync of this bridge is under way)."""
         with self._dirty:
-            while not self._pending and self._alive:
+            self._worker_idle = True
+            while (not self._pending or self._fast_state != IDLE) and self._alive:
                 self._dirty.wait()
+            self._worker_idle = False
+
+    def _take_fast_failure(self) -> bool:
+        with self._dirty:
+            failed, self._fast_failed = self._fast_failed, False
+            return failed
 
     def _drop_connection(self) -> None:
         """Close a connection we can no longer keep in sync: the switch reconnects and is reconciled."""
@@ -578,12 +616,35 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
         if not self.ready or self.hv_name is None:
             return PushResult(committed=False)
         start = time.perf_counter()
-        full = self._full_diff
+        diff, self._handed = self._handed or self._diff(self._full_diff), None
+        if diff is None:
+            # A bridge just taken over whose flows the engine is still building: never diff it
+            # against nothing (that would delete every flow). The build's end wakes us again.
+            return PushResult()
+        # Before the bundle whose flows use them (the groups only if the meters went in: a refused add fails the sync).
+        ref_errors = self.meters.add_for(self, diff.missing) or self.groups.add_for(self, diff.missing)
+        if ref_errors:
+            result = self.last_push = PushResult(committed=False, errors=ref_errors)
+        elif not diff.stale and not diff.missing:
+            result = PushResult()
+        else:
+            result = self.push(diff.stale, diff.missing)
+        if result.committed:
+            # Only now: deleting a group or meter deletes the flows using it.
+            self.groups.committed(self, diff.full, diff.desired, diff.changed)
+            self.meters.committed(self, diff.full, diff.desired, diff.changed)
+            self._record(diff, start)
+        else:
+            self._full_diff = True  # what the switch holds now is unknown: compare everything next time
+        self._report(result.committed, diff.n_desired)
+        return result
+
+    def _diff(self, full: bool) -> SyncDiff | None:
+        """What to send: the changes taken from the engine against what the switch holds (every cookie if ``full``,
+        or if what the switch may learn changed); None while the engine has not built the hypervisor."""
         with self._source.lock:
             if not self._source.compiles(self.hv_name):
-                # A bridge just taken over whose flows the engine is still building: never diff it
-                # against nothing (that would delete every flow). The build's end wakes us again.
-                return PushResult()
+                return None
             changed = self._source.take_changes(self.hv_name)
             desired_all = self._source.desired(self.hv_name)
             if not full and (changed & self._learner_flows
@@ -609,38 +670,30 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
             stale = [c for c in changed if c not in desired and c in self.installed and c not in learners]
             stale += [c for c, f in desired.items() if self.installed.get(c, 0) > 1]
             missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
-        # Before the bundle whose flows use them (the groups only if the meters went in: a refused add fails the sync).
-        ref_errors = self.meters.add_for(self, missing) or self.groups.add_for(self, missing)
-        if ref_errors:
-            result = self.last_push = PushResult(committed=False, errors=ref_errors)
-        elif not stale and not missing:
-            result = PushResult()
-        else:
-            result = self.push(stale, missing)
-        if result.committed:
-            self._commit_installed(full, desired, changed, stale)
-            self.groups.committed(self, full, desired, changed)  # only now: deleting a group deletes its flows
-            self.meters.committed(self, full, desired, changed)
-            if full:
-                self._learner_flows = {c for c, f in desired.items() if f.traits & LEARNS}
-            self._learners = learners
-            self._full_diff = False
-            if full:
-                self._replace.clear()
-            self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
-            self.synced_at = time.time()
-            self._wake_waiters()
-            self._announce_due = True  # by _attempt, out of the sync slot (it waits for the topology's lock)
-            metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
-        else:
-            self._full_diff = True  # what the switch holds now is unknown: compare everything next time
-        if result.committed and self._alive:
+        return SyncDiff(full, desired, changed, stale, missing, learners, generation, n_desired)
+
+    def _record(self, diff: SyncDiff, start: float) -> None:
+        """A sync committed ``diff`` (the switch confirmed it): what the switch holds now, up to which generation."""
+        self._commit_installed(diff.full, diff.desired, diff.changed, diff.stale)
+        if diff.full:
+            self._learner_flows = {c for c, f in diff.desired.items() if f.traits & LEARNS}
+            self._replace.clear()
+        self._learners = diff.learners
+        self._full_diff = False
+        self.synced_generation = diff.generation  # the switch confirmed (commit reply) every change up to it
+        self.synced_at = time.time()
+        self._wake_waiters()
+        self._announce_due = True  # by _attempt, out of the sync slot (it waits for the topology's lock)
+        metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
+
+    def _report(self, committed: bool, n_desired: int) -> None:
+        """The metrics of a sync's outcome."""
+        if committed and self._alive:
             metrics.FLOWS.labels(self.hv_name).set(n_desired)
         # "connected and synced": only a sync that left the switch equal to the
         # compiled flows says so, and only after it (never on connect alone).
         if self._alive:
-            metrics.SWITCH_UP.labels(self.hv_name).set(1 if result.committed else 0)
-        return result
+            metrics.SWITCH_UP.labels(self.hv_name).set(1 if committed else 0)
 
     def _commit_installed(self, full: bool, desired: dict[int, Flow], changed: set[int], stale: list[int]) -> None:
         """Record what the switch holds after a committed bundle."""
@@ -689,17 +742,22 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
         assert barrier.commit is not None
         if barrier.committing:  # the barrier came back clean and the reader sent the commit (_commit_on_barrier)
             return self._committed(result, self._errors.pop(barrier.commit[0], []))
-        refused = [(xid, err) for xid in [open_xid, *by_xid] for err in self._errors.pop(xid, [])]
+        refused = self._refusals(open_xid, by_xid)
         if refused:
             result.committed = False
-            for xid, err in refused:
-                text = f"switch {self.hv_name}: {wire.error_text(err)} for {_carried(by_xid.get(xid))}"
-                LOG.error("%s", text)
-                result.errors.append(text)
+            result.errors += refused
             self._bundle_ctrl(bundle_id, ofp.ONF_BCT_DISCARD_REQUEST)
             metrics.BUNDLES.labels(self.hv_name, "discarded").inc()
             return result
         return self._committed(result, self._bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
+
+    def _refusals(self, open_xid: int, by_xid: dict[int, Flow | int]) -> list[str]:
+        """The errors a bundle's messages drew (taken, and logged with what each message carried)."""
+        texts = [f"switch {self.hv_name}: {wire.error_text(err)} for {_carried(by_xid.get(xid))}"
+                 for xid in [open_xid, *by_xid] for err in self._errors.pop(xid, [])]
+        for text in texts:
+            LOG.error("%s", text)
+        return texts
 
     def _committed(self, result: PushResult, commit_errors: list) -> PushResult:
         """The commit's answer: the bundle applied, or (errors) refused whole."""
@@ -720,21 +778,12 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
         """Encode and send the bundle in chunks, so the switch installs while we encode; then a barrier, whose
         answer is waited for (and the commit's too when the barrier came back clean: see _commit_on_barrier)."""
         chunk = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
-        xids = self._xids
-        for cookie in delete_cookies:
-            xid = next(xids)
-            chunk.append(wire.bundle_add(bundle_id, self._delete_message(cookie), xid))
-            by_xid[xid] = cookie
-            result.deleted += 1
-        for flow in add_flows:
-            xid = next(xids)
-            chunk.append(wire.bundle_flow_add(bundle_id, flow, xid))
-            by_xid[xid] = flow
-            result.added += 1
+        for message in self._bundle_messages(bundle_id, delete_cookies, add_flows, by_xid, result):
+            chunk.append(message)
             if len(chunk) >= STREAM_CHUNK:
                 self._send(b"".join(chunk))
                 chunk = []
-        barrier_xid, commit_xid = next(xids), next(xids)
+        barrier_xid, commit_xid = next(self._xids), next(self._xids)
         chunk.append(wire.barrier_request(barrier_xid))
         waiter = _Waiter(commit=(commit_xid, wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, commit_xid)))
         self._waiters[commit_xid] = waiter  # (first: the commit's reply may come before _send_and_wait returns)
@@ -742,6 +791,25 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming):
             return self._send_and_wait(b"".join(chunk), barrier_xid, waiter)
         finally:
             self._waiters.pop(commit_xid, None)
+
+    def _bundle_messages(self, bundle_id: int, delete_cookies: Iterable, add_flows: Iterable[Flow],
+                         by_xid: dict[int, object], result: PushResult) -> Iterator[bytes]:
+        """The bundle's deletes, then its adds, encoded one by one (each xid noted in ``by_xid``, counted)."""
+        xids = self._xids
+        for cookie in delete_cookies:
+            xid = next(xids)
+            by_xid[xid] = cookie
+            result.deleted += 1
+            yield wire.bundle_add(bundle_id, self._delete_message(cookie), xid)
+        for flow in add_flows:
+            xid = next(xids)
+            by_xid[xid] = flow
+            result.added += 1
+            yield wire.bundle_flow_add(bundle_id, flow, xid)
+
+    @staticmethod
+    def _reply_timeout() -> float:
+        return REPLY_TIMEOUT  # (read at each call: tests shorten it)
 
     def _send(self, data: bytes) -> None:
         """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the
