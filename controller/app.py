@@ -26,7 +26,6 @@ from controller.addresses import AddressService
 from controller.claiming import ClaimRound, await_claims
 from controller.cluster import Solo
 from controller.connection import DUPLICATE, STALLED
-from controller.fastsync import FastSyncs
 from controller.gateways import GatewayService
 from controller.icmp import time_exceeded
 from controller.neighbour import ext_output_actions, learned_neighbour, next_hop_request
@@ -84,7 +83,6 @@ class TenantflowApp(app_manager.OSKenApp):
         # One of a cluster's instances: compile and push only the bridges this one masters.
         self.cluster = CLUSTER or Solo()
         self.claims = ClaimRound()  # a change of ownership's claims before the new masters' reads
-        self.fast_syncs = FastSyncs()  # one thread writing every ready bridge's changes (controller.fastsync)
         # Provider bridges (controller.provider): named by the OVSDB manager (follow_providers), wired here.
         self.providers = ProviderBridges(None if isinstance(self.cluster, Solo) else self.cluster)
         if CLUSTER is None:
@@ -278,8 +276,7 @@ class TenantflowApp(app_manager.OSKenApp):
             elif hv is None:
                 LOG.warning("bridge %016x connected but no hypervisor has that datapath id yet", dp.id)
             roles = None if isinstance(self.cluster, Solo) else self.cluster
-            sw = Switch(dp, self.engine, self._ports_read, self.gateways.announcements, roles, self.claims,
-                        self.fast_syncs)
+            sw = Switch(dp, self.engine, self._ports_read, self.gateways.announcements, roles, self.claims)
             self.switches[dp.id] = sw
             sw.start(hv_name)
             if hv is None and self.providers.following:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -269,44 +268,6 @@ class FastEchoSocket:
         """Write ``data`` whole; an echo reply never lands inside it."""
         with self._send_lock:
             self._sock.sendall(data)
-
-    def write_nowait(self, data: bytes, written: Callable[[], None]) -> bool | None:
-        """Write ``data`` whole without waiting for anything: True if it is (``written()`` is called once it is),
-        None if it cannot start at once (another thread is writing, the socket is full, or TLS): queue it instead.
-
-        The one thread writing every bridge's changes (controller.fastsync) must never wait for one
-        switch. If the kernel takes only part of ``data``, a thread of its own writes the rest
-        holding the send lock, so that nothing lands inside the message (a full socket buffer
-        means a switch that stopped reading: rare, and then the stall closes the connection).
-        """
-        if isinstance(self._sock, ssl.SSLSocket) or not self._send_lock.acquire(blocking=False):
-            return None
-        try:
-            sent = self._sock.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except BaseException:
-            self._send_lock.release()
-            raise
-        if sent == 0:
-            self._send_lock.release()
-            return None
-        if sent < len(data):
-            threading.Thread(target=self._write_rest, args=(memoryview(data)[sent:], written), name="of-write-rest",
-                             daemon=True).start()
-            return True
-        self._send_lock.release()
-        written()
-        return True
-
-    def _write_rest(self, rest: memoryview, written: Callable[[], None]) -> None:
-        try:
-            self._sock.sendall(rest)
-        except OSError as exc:
-            self.end(f"{STALLED if isinstance(exc, TimeoutError) else 'write failed'}: {exc}")
-        finally:
-            self._send_lock.release()
-            written()
 
     def settimeout(self, value: float | None) -> None:
         """The timeout of :meth:`recv` (the real socket keeps ``IO_TIMEOUT``)."""
@@ -566,26 +527,6 @@ class TenantflowDatapath(Datapath):
         finally:
             self.out.written(len(buf))
         return False
-
-    def write_nowait(self, buf: bytes) -> bool | None:
-        """Write ``buf`` now from the calling thread without ever waiting (controller.fastsync): True once written
-        (or its rest being written), False if the connection failed (it is closed), None if the queue or the
-        socket is busy (send it)."""
-        if self.out.closed:
-            return False
-        if not self.out.claim_idle(len(buf)):
-            return None
-        try:
-            done = self.socket.write_nowait(buf, lambda: self.out.written(len(buf)))
-        except OSError as exc:
-            LOG.debug("switch %s: write failed: %s", self._label(), exc)
-            self.out.written(len(buf))
-            self.out.close()
-            self._close_write()
-            return False
-        if done is None:
-            self.out.written(len(buf))
-        return done
 
     def _label(self) -> str:
         return self.label or (f"{self.id:016x}" if self.id is not None else "?")

@@ -150,11 +150,6 @@ class SwitchObjects:
         """Ids of the ones the flows of the last committed sync use."""
         return set().union(*self._users.values())
 
-    def used_by_any(self, cookies: Iterable[int]) -> bool:
-        """Whether a committed flow with one of ``cookies`` uses some (a sync changing it updates them)."""
-        users = self._users
-        return any(c in users for c in cookies)
-
     def took(self, link: GroupLink, parts: list) -> None:
         """What the switch answered to ``kind.read`` (sent by the caller, with other requests): the ids it holds."""
         self.present = {oid for part in parts for oid in part}

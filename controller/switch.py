@@ -53,7 +53,6 @@ from controller.bundles import Bundling
 from controller.claiming import Claiming, ClaimRound
 from controller.cluster import Role
 from controller.confirmations import Confirmations
-from controller.fastsync import IDLE, QUEUED, FastSyncing, FastSyncs
 from controller.groups import GROUPS, METERS, SwitchObjects
 from controller.icmp import FairLimiter, RateLimiter
 from controller.slots import SyncSlots
@@ -64,7 +63,6 @@ from controller.syncing import (
     RequestRefused,
     RoleSource,
     SwitchGone,
-    SyncDiff,
     _learns,
     _Waiter,
     learned_cookies,
@@ -94,7 +92,7 @@ _DIVERGED: set[Switch] = set()  # connected switches whose last sync failed (a r
 metrics.BRIDGES_DIVERGED.set_function(lambda: len(_DIVERGED))
 
 
-class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling):
+class Switch(monitor.FlowMonitoring, Announcing, Claiming, Bundling):
     """State and sync worker of one connected hypervisor bridge."""
 
     _xids = itertools.count(0x70000000)
@@ -105,16 +103,8 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
     def __init__(self, datapath, source: FlowSource,
                  on_ofports: Callable[[Switch, dict[str, int]], None],
                  announce_fn: Callable[[str], list[Announcement]] | None = None, roles: RoleSource | None = None,
-                 claims: ClaimRound | None = None, fast: FastSyncs | None = None):
+                 claims: ClaimRound | None = None):
         self.dp = datapath
-        # The thread that writes a ready bridge's changes while its worker sleeps (controller.fastsync), its state.
-        self._fast = fast
-        self._fast_state = IDLE
-        self._fast_more = False  # changes came while its bundle was in flight: one more after it
-        self._fast_failed = False  # its bundle failed: the worker retries as after a failed sync
-        self._fast_ctx = None  # the bundle in flight
-        self._worker_idle = False  # the worker waits for a change (the fast path may write one)
-        self._handed = None  # a diff the fast path took from the engine and left to the worker
         self._claims = claims  # a round of claims the new master's first read waits for (controller.claiming)
         # A cluster's instance (controller.cluster): the role to hold on this bridge, asked for before
         # anything is sent on each connection. None: the only controller, no role request (EQUAL).
@@ -208,8 +198,6 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
             waiter.parts.append(body)
         if not more:
             waiter.event.set()
-            if waiter.on_done is not None:
-                waiter.on_done(xid)
 
     def on_error(self, xid: int, msg) -> bool:
         """An OpenFlow error for ``xid``: keep it if it answers one of ours (returns True)."""
@@ -226,8 +214,6 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
         self._errors.setdefault(xid, []).append(msg)
         if waiter is not None:
             waiter.event.set()
-            if waiter.on_done is not None:
-                waiter.on_done(xid)
         return True
 
     def _commit_on_barrier(self, waiter: _Waiter) -> bool:
@@ -295,28 +281,16 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
                 self._tampered("malformed")
 
     def mark_dirty(self) -> None:
-        """Ask for a sync (coalesces bursts of changes): by the fast path if the worker is idle, else the worker."""
-        offer = False
+        """Ask the worker to recompile and sync (coalesces bursts of changes)."""
         with self._dirty:
-            if not self._fast_ready_locked():
-                self._wake_worker_locked()
-            elif self._fast_state == IDLE:
-                self._fast_state, offer = QUEUED, True
-            else:
-                self._fast_more = True
-        if offer:
-            self._fast.offer(self)
-
-    def _wake_worker_locked(self) -> None:
-        self._pending = True
-        self._dirty.notify_all()
+            self._pending = True
+            self._dirty.notify()
 
     def stop(self) -> None:
         """The switch disconnected: end the worker (wherever it waits), wake every waiter."""
         self._alive = False
         self.ready = False
         _DIVERGED.discard(self)
-        self._fast_stop()
         for waiter in list(self._waiters.values()):
             waiter.event.set()
         self.mark_dirty()
@@ -359,10 +333,6 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
                     self._backoff(failures)
                 elif self.ports_known:
                     self._wait_for_change()
-                    if self._take_fast_failure():  # a change the fast path wrote failed: as a failed sync
-                        failures = 1
-                        self._set_diverged(True)
-                        self._backoff(failures)
                     self._sleep(self.tampering.repair_delay() if self.tampering.pending else 0)
                 if not self._alive:
                     break
@@ -472,17 +442,9 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
                 self._dirty.wait(left)
 
     def _wait_for_change(self) -> None:
-        """Until a change is the worker's (and no fast sync of this bridge is under way)."""
         with self._dirty:
-            self._worker_idle = True
-            while (not self._pending or self._fast_state != IDLE) and self._alive:
+            while not self._pending and self._alive:
                 self._dirty.wait()
-            self._worker_idle = False
-
-    def _take_fast_failure(self) -> bool:
-        with self._dirty:
-            failed, self._fast_failed = self._fast_failed, False
-            return failed
 
     def _drop_connection(self) -> None:
         """Close a connection we can no longer keep in sync: the switch reconnects and is reconciled."""
@@ -615,35 +577,12 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
         if not self.ready or self.hv_name is None:
             return PushResult(committed=False)
         start = time.perf_counter()
-        diff, self._handed = self._handed or self._diff(self._full_diff), None
-        if diff is None:
-            # A bridge just taken over whose flows the engine is still building: never diff it
-            # against nothing (that would delete every flow). The build's end wakes us again.
-            return PushResult()
-        # Before the bundle whose flows use them (the groups only if the meters went in: a refused add fails the sync).
-        ref_errors = self.meters.add_for(self, diff.missing) or self.groups.add_for(self, diff.missing)
-        if ref_errors:
-            result = self.last_push = PushResult(committed=False, errors=ref_errors)
-        elif not diff.stale and not diff.missing:
-            result = PushResult()
-        else:
-            result = self.push(diff.stale, diff.missing)
-        if result.committed:
-            # Only now: deleting a group or meter deletes the flows using it.
-            self.groups.committed(self, diff.full, diff.desired, diff.changed)
-            self.meters.committed(self, diff.full, diff.desired, diff.changed)
-            self._record(diff, start)
-        else:
-            self._full_diff = True  # what the switch holds now is unknown: compare everything next time
-        self._report(result.committed, diff.n_desired)
-        return result
-
-    def _diff(self, full: bool) -> SyncDiff | None:
-        """What to send: the changes taken from the engine against what the switch holds (every cookie if ``full``,
-        or if what the switch may learn changed); None while the engine has not built the hypervisor."""
+        full = self._full_diff
         with self._source.lock:
             if not self._source.compiles(self.hv_name):
-                return None
+                # A bridge just taken over whose flows the engine is still building: never diff it
+                # against nothing (that would delete every flow). The build's end wakes us again.
+                return PushResult()
             changed = self._source.take_changes(self.hv_name)
             desired_all = self._source.desired(self.hv_name)
             if not full and (changed & self._learner_flows
@@ -669,30 +608,38 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
             stale = [c for c in changed if c not in desired and c in self.installed and c not in learners]
             stale += [c for c, f in desired.items() if self.installed.get(c, 0) > 1]
             missing = [f for c, f in desired.items() if self.installed.get(c) != 1]
-        return SyncDiff(full, desired, changed, stale, missing, learners, generation, n_desired)
-
-    def _record(self, diff: SyncDiff, start: float) -> None:
-        """A sync committed ``diff`` (the switch confirmed it): what the switch holds now, up to which generation."""
-        self._commit_installed(diff.full, diff.desired, diff.changed, diff.stale)
-        if diff.full:
-            self._learner_flows = {c for c, f in diff.desired.items() if f.traits & LEARNS}
-            self._replace.clear()
-        self._learners = diff.learners
-        self._full_diff = False
-        self.synced_generation = diff.generation  # the switch confirmed (commit reply) every change up to it
-        self.synced_at = time.time()
-        self._wake_waiters()
-        self._announce_due = True  # by _attempt, out of the sync slot (it waits for the topology's lock)
-        metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
-
-    def _report(self, committed: bool, n_desired: int) -> None:
-        """The metrics of a sync's outcome."""
-        if committed and self._alive:
+        # Before the bundle whose flows use them (the groups only if the meters went in: a refused add fails the sync).
+        ref_errors = self.meters.add_for(self, missing) or self.groups.add_for(self, missing)
+        if ref_errors:
+            result = self.last_push = PushResult(committed=False, errors=ref_errors)
+        elif not stale and not missing:
+            result = PushResult()
+        else:
+            result = self.push(stale, missing)
+        if result.committed:
+            self._commit_installed(full, desired, changed, stale)
+            self.groups.committed(self, full, desired, changed)  # only now: deleting a group deletes its flows
+            self.meters.committed(self, full, desired, changed)
+            if full:
+                self._learner_flows = {c for c, f in desired.items() if f.traits & LEARNS}
+            self._learners = learners
+            self._full_diff = False
+            if full:
+                self._replace.clear()
+            self.synced_generation = generation  # the switch confirmed (commit reply) every change up to it
+            self.synced_at = time.time()
+            self._wake_waiters()
+            self._announce_due = True  # by _attempt, out of the sync slot (it waits for the topology's lock)
+            metrics.SYNC_SECONDS.observe(time.perf_counter() - start)
+        else:
+            self._full_diff = True  # what the switch holds now is unknown: compare everything next time
+        if result.committed and self._alive:
             metrics.FLOWS.labels(self.hv_name).set(n_desired)
         # "connected and synced": only a sync that left the switch equal to the
         # compiled flows says so, and only after it (never on connect alone).
         if self._alive:
-            metrics.SWITCH_UP.labels(self.hv_name).set(1 if committed else 0)
+            metrics.SWITCH_UP.labels(self.hv_name).set(1 if result.committed else 0)
+        return result
 
     def _commit_installed(self, full: bool, desired: dict[int, Flow], changed: set[int], stale: list[int]) -> None:
         """Record what the switch holds after a committed bundle."""
@@ -718,9 +665,6 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, FastSyncing, Bundling
         """Send ``data`` into the pipeline from the controller, running ``actions``."""
         self._send(wire.packet_out(actions, data))
 
-    @staticmethod
-    def _reply_timeout() -> float:
-        return REPLY_TIMEOUT  # (read at each call: tests shorten it)
 
     def _send(self, data: bytes) -> None:
         """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the

@@ -4,7 +4,7 @@ flows come from, and how flows are named in its log lines."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,23 +35,6 @@ class _Waiter:
     # bundle refused; ``committing`` once that was sent (the event then waits for the commit's reply).
     commit: tuple[int, bytes] | None = None
     committing: bool = False
-    # Called with the xid on the thread that delivers the last reply (or an error) instead of anyone waiting: a
-    # change bundle the fast path wrote (controller.fastsync) is recorded there.
-    on_done: Callable[[int], None] | None = None
-
-
-@dataclass
-class SyncDiff:
-    """What one sync sends and, once the switch confirms it, records (controller.switch ``_diff``)."""
-
-    full: bool  # every cookie compared (else only the ``changed`` ones)
-    desired: dict[int, Flow]  # the compiled flows compared: all of them if ``full``, else the changed ones still wanted
-    changed: set[int]  # the cookies the engine changed since the last sync
-    stale: list[int]  # cookies to delete
-    missing: list[Flow]  # flows to add
-    learners: set[int]  # cookies the switch's learn actions add, once this is committed
-    generation: int  # the engine generation these flows are of
-    n_desired: int  # how many flows the hypervisor has in all
 
 
 @dataclass
