@@ -703,12 +703,25 @@ class ScaleRun:
         self.compiled(timings)
         self.figures["compile"] = timings
 
+    def scrape_costs(self) -> dict[str, float]:
+        """Wall and controller CPU time of two ``GET /metrics`` in a row (a scrape must stay cheap at 1,000 bridges:
+        the frozen-objects gauge walked the collector's permanent generation at each one, controller.heap)."""
+        out: dict[str, float] = {}
+        for which in ("first", "second"):
+            cpu0, t0 = cpu_s(self.pid), time.perf_counter()
+            m = self.api.metrics()
+            out[f"{which}_ms"] = ms(time.perf_counter() - t0)
+            out[f"{which}_cpu_ms"] = ms(cpu_s(self.pid) - cpu0)
+        out["frozen_objects"] = m.get("tenantflow_gc_frozen_objects", 0.0)
+        return out
+
     def health(self) -> None:
         """Phase 7 (and 8's end RSS): counters over the run, final dump, OVS logs."""
         assert self.lab is not None
         rss = self.figures.setdefault("rss", {})  # (absent when TENANTFLOW_SCALE_PHASES left the rss phase out)
         rss["end_mib"] = round(rss_kib(self.pid) / 1024, 1)
         rss["ports_total"] = len(self.ports)
+        self.figures["metrics_scrape"] = self.scrape_costs()
         final = self.check("final")
         self.harvest()
         logs: Counter[str] = Counter()
