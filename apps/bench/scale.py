@@ -707,6 +707,8 @@ class ScaleRun:
         """Wall and controller CPU time of two ``GET /metrics`` in a row (a scrape must stay cheap at 1,000 bridges:
         the frozen-objects gauge walked the collector's permanent generation at each one, controller.heap)."""
         out: dict[str, float] = {}
+        if self.ctl.proc is None or self.ctl.proc.poll() is not None:  # (the cold start's baseline stopped it)
+            return out
         for which in ("first", "second"):
             cpu0, t0 = cpu_s(self.pid), time.perf_counter()
             m = self.api.metrics()
