@@ -119,4 +119,3 @@ class Bundling:
         xid = next(self._xids)
         self._send_and_wait(wire.bundle_ctrl(bundle_id, ctrl_type, xid), xid)
         return self._errors.pop(xid, [])
-

@@ -665,7 +665,6 @@ class Switch(monitor.FlowMonitoring, Announcing, Claiming, Bundling):
         """Send ``data`` into the pipeline from the controller, running ``actions``."""
         self._send(wire.packet_out(actions, data))
 
-
     def _send(self, data: bytes) -> None:
         """Queue ``data`` for the switch. Only the worker waits for room; any other thread (the app's, the
         address service's...) never blocks on one switch: the message is dropped if its queue is full."""
@@ -714,5 +713,3 @@ def retry_delay(failures: int, rng: random.Random | None = None) -> float:
     """
     delay = min(RETRY_CAP, RETRY_BASE * 2 ** min(max(failures, 1) - 1, 32))
     return (rng or random).uniform(delay / 2, delay)
-
-
