@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -49,22 +49,17 @@ class Bundling:
         assert barrier.commit is not None
         if barrier.committing:  # the barrier came back clean and the reader sent the commit (_commit_on_barrier)
             return self._committed(result, self._errors.pop(barrier.commit[0], []))
-        refused = self._refusals(open_xid, by_xid)
+        refused = [(xid, err) for xid in [open_xid, *by_xid] for err in self._errors.pop(xid, [])]
         if refused:
             result.committed = False
-            result.errors += refused
+            for xid, err in refused:
+                text = f"switch {self.hv_name}: {wire.error_text(err)} for {_carried(by_xid.get(xid))}"
+                LOG.error("%s", text)
+                result.errors.append(text)
             self._bundle_ctrl(bundle_id, ofp.ONF_BCT_DISCARD_REQUEST)
             metrics.BUNDLES.labels(self.hv_name, "discarded").inc()
             return result
         return self._committed(result, self._bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
-
-    def _refusals(self, open_xid: int, by_xid: dict[int, Flow | int]) -> list[str]:
-        """The errors a bundle's messages drew (taken, and logged with what each message carried)."""
-        texts = [f"switch {self.hv_name}: {wire.error_text(err)} for {_carried(by_xid.get(xid))}"
-                 for xid in [open_xid, *by_xid] for err in self._errors.pop(xid, [])]
-        for text in texts:
-            LOG.error("%s", text)
-        return texts
 
     def _committed(self, result: PushResult, commit_errors: list) -> PushResult:
         """The commit's answer: the bundle applied, or (errors) refused whole."""
@@ -85,12 +80,21 @@ class Bundling:
         """Encode and send the bundle in chunks, so the switch installs while we encode; then a barrier, whose
         answer is waited for (and the commit's too when the barrier came back clean: see _commit_on_barrier)."""
         chunk = [wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
-        for message in self._bundle_messages(bundle_id, delete_cookies, add_flows, by_xid, result):
-            chunk.append(message)
+        xids = self._xids
+        for cookie in delete_cookies:
+            xid = next(xids)
+            chunk.append(wire.bundle_add(bundle_id, self._delete_message(cookie), xid))
+            by_xid[xid] = cookie
+            result.deleted += 1
+        for flow in add_flows:
+            xid = next(xids)
+            chunk.append(wire.bundle_flow_add(bundle_id, flow, xid))
+            by_xid[xid] = flow
+            result.added += 1
             if len(chunk) >= STREAM_CHUNK:
                 self._send(b"".join(chunk))
                 chunk = []
-        barrier_xid, commit_xid = next(self._xids), next(self._xids)
+        barrier_xid, commit_xid = next(xids), next(xids)
         chunk.append(wire.barrier_request(barrier_xid))
         waiter = _Waiter(commit=(commit_xid, wire.bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, commit_xid)))
         self._waiters[commit_xid] = waiter  # (first: the commit's reply may come before _send_and_wait returns)
@@ -98,21 +102,6 @@ class Bundling:
             return self._send_and_wait(b"".join(chunk), barrier_xid, waiter)
         finally:
             self._waiters.pop(commit_xid, None)
-
-    def _bundle_messages(self, bundle_id: int, delete_cookies: Iterable, add_flows: Iterable[Flow],
-                         by_xid: dict[int, object], result: PushResult) -> Iterator[bytes]:
-        """The bundle's deletes, then its adds, encoded one by one (each xid noted in ``by_xid``, counted)."""
-        xids = self._xids
-        for cookie in delete_cookies:
-            xid = next(xids)
-            by_xid[xid] = cookie
-            result.deleted += 1
-            yield wire.bundle_add(bundle_id, self._delete_message(cookie), xid)
-        for flow in add_flows:
-            xid = next(xids)
-            by_xid[xid] = flow
-            result.added += 1
-            yield wire.bundle_flow_add(bundle_id, flow, xid)
 
     def _bundle_ctrl(self, bundle_id: int, ctrl_type: int) -> list:
         """Send a bundle control request, wait for its reply, return the errors it drew."""
