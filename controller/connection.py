@@ -21,12 +21,13 @@ Two more things os-ken does with a switch's socket matter here:
   ``send_q.get()`` until something is sent: after the switch disconnects, nothing is,
   so ``DEAD_DISPATCHER`` was never reported and the switch's worker never stopped.
 
-So every switch socket is wrapped in :class:`FastEchoSocket`: its own reader thread
-drains the socket as fast as the switch writes, answers each echo request at once (the
-only writer besides os-ken's send thread, under one lock, between whole buffers) and
-hands everything else, byte for byte, to os-ken's receive loop. The app may fall behind;
-the echo replies do not (they wait for the GIL, a few ms, and at most for one buffer
-os-ken is writing). :class:`TenantflowDatapath` is os-ken's ``Datapath`` with that socket,
+So every switch socket is wrapped in :class:`FastEchoSocket`: a reactor thread
+(controller.reactor, one of a few serving every connection; a TLS connection has a reader
+thread of its own) drains the socket as fast as the switch writes, answers each echo
+request at once (the only writer besides os-ken's send thread and the sync worker, under
+one lock, between whole buffers) and hands everything else, byte for byte, to os-ken's
+receive loop. The app may fall behind; the echo replies do not (they wait for the GIL, a
+few ms, and at most for one buffer os-ken is writing). :class:`TenantflowDatapath` is os-ken's ``Datapath`` with that socket,
 and with a receive loop that ends the send thread when it ends (so a disconnect is
 always reported). :func:`install` makes os-ken's TCP listener create it;
 ``controller.main.serve_unix`` does the same for the unix socket.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import struct
 import threading
@@ -47,6 +49,8 @@ from os_ken.base import app_manager  # noqa: F401  (first: os-ken's controller m
 from os_ken.controller.controller import Datapath
 from os_ken.lib import hub
 from os_ken.ofproto.ofproto_parser import msg as _OS_KEN_PARSE
+
+from controller import reactor
 
 LOG = logging.getLogger("tenantflow.connection")
 
@@ -218,9 +222,12 @@ def echo_reply(request: bytes) -> bytes:
 class FastEchoSocket:
     """A switch's socket as os-ken's ``Datapath`` uses it, with echo requests answered on arrival.
 
-    ``recv`` serves what the reader thread read ahead (``MAX_BUFFERED`` at most, then the
-    reader waits for os-ken and TCP pushes back on the switch), honouring the timeout
-    os-ken sets; ``sendall`` writes under the lock the echo replies share. The real
+    The socket is read by a reactor (:mod:`controller.reactor`: a few threads serve every
+    connection), a TLS one (or any with ``threaded``) by a reader thread of its own.
+    ``recv`` serves what was read ahead (``MAX_BUFFERED`` at most, then reading stops until
+    os-ken catches up, and TCP pushes back on the switch), honouring the timeout os-ken
+    sets; ``sendall`` writes under the lock the echo replies share (on the reactor's thread,
+    which must never block, it leaves what the socket does not take to the reactor). The real
     socket's own timeout is ``IO_TIMEOUT``: os-ken's 5 s ``socket_timeout`` only paces its
     receive loop, and a switch that is slow to read (installing a big bundle) is given a
     minute, as long as the sync engine waits for its replies. On a unix socket TCP options
@@ -229,7 +236,8 @@ class FastEchoSocket:
     vanished without closing the connection is still seen gone, in about a minute.
     """
 
-    def __init__(self, sock: socket.socket, *, unix: bool = False, max_buffered: int = MAX_BUFFERED):
+    def __init__(self, sock: socket.socket, *, unix: bool = False, max_buffered: int = MAX_BUFFERED,
+                 threaded: bool = False, served_by: reactor.Reactor | None = None):
         self._sock = sock
         self._unix = unix
         self._max_buffered = max_buffered
@@ -246,8 +254,18 @@ class FastEchoSocket:
         sock.settimeout(IO_TIMEOUT)
         if not unix:
             _keepalive(sock)
-        self._reader = threading.Thread(target=self._read_loop, name="of-reader", daemon=True)
-        self._reader.start()
+        # A plain socket is read by a reactor (controller.reactor); a TLS one by a thread of its own.
+        self._backlog: deque[bytes | memoryview] = deque()  # bytes to write before anything else (reactor mode)
+        self._paused = False  # reading stopped: os-ken is MAX_BUFFERED behind (reactor mode)
+        self._reactor: reactor.Reactor | None = None
+        self._reader: threading.Thread | None = None
+        if isinstance(sock, socket.socket) and not threaded:
+            self.fd = sock.fileno()
+            self._reactor = served_by or reactor.next_reactor()
+            self._reactor.add(self)
+        else:
+            self._reader = threading.Thread(target=self._read_loop, name="of-reader", daemon=True)
+            self._reader.start()
 
     # -- the socket interface os-ken uses -------------------------------------------
     def recv(self, bufsize: int) -> bytes:
@@ -259,15 +277,33 @@ class FastEchoSocket:
                 data = bytes(self._inbox[:bufsize])
                 del self._inbox[:bufsize]
                 self._cond.notify_all()
+                if self._paused and len(self._inbox) < self._max_buffered:
+                    self._paused = False
+                    self._reactor.want(self, read=True)
                 return data
             if self._eof:
                 return b""
         raise TimeoutError("timed out")
 
     def sendall(self, data: bytes) -> None:
-        """Write ``data`` whole; an echo reply never lands inside it."""
+        """Write ``data`` whole; an echo reply never lands inside it.
+
+        On the reactor's own thread nothing may block: ``data`` is written as far as the socket takes
+        it and the rest left to the reactor (:meth:`_write_soon`).
+        """
+        if self._reactor is None:
+            with self._send_lock:
+                self._sock.sendall(data)
+            return
+        if self._reactor.on_thread:
+            self._write_soon(data)
+            return
         with self._send_lock:
+            while self._backlog:  # what the reactor could not write yet goes first
+                self._sock.sendall(self._backlog.popleft())
             self._sock.sendall(data)
+        if self._backlog:  # an echo reply came while we wrote
+            self._flush_nowait()
 
     def settimeout(self, value: float | None) -> None:
         """The timeout of :meth:`recv` (the real socket keeps ``IO_TIMEOUT``)."""
@@ -307,6 +343,13 @@ class FastEchoSocket:
             self._cond.notify_all()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # a reader blocked in recv or sendall returns
+        if self._reactor is not None:
+            self._reactor.remove(self)  # before the descriptor is closed (and its number reused)
+            with self._send_lock:
+                self._backlog.clear()
+                self._sock.close()
+            self._at_eof()
+            return
         if threading.current_thread() is not self._reader:
             self._reader.join(CLOSE_LINGER)
         self._sock.close()
@@ -316,9 +359,37 @@ class FastEchoSocket:
             raise AttributeError(name)
         return getattr(self._sock, name)
 
-    # -- the reader thread -------------------------------------------------------------
+    # -- reading: the reactor's calls, or the reader thread -----------------------------
+    def on_readable(self) -> None:
+        """The reactor's call: read what the switch sent (never blocks)."""
+        if self._eof or self._closed:
+            return
+        try:
+            data = os.read(self.fd, RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._ended(f"read failed: {exc}")
+            data = None
+        if not data:
+            if data is not None:
+                self._ended("closed by the switch")
+            self._stop_reading()
+        elif not self._take(data):
+            self._stop_reading()
+
+    def on_writable(self) -> None:
+        """The reactor's call: the socket takes more; write the backlog."""
+        self._flush_nowait()
+        if not self._backlog:
+            self._reactor.want(self, write=False)
+
+    def _stop_reading(self) -> None:
+        """The stream ended (or broke): the reactor stops serving it; os-ken's recv sees the end."""
+        self._reactor.remove(self)
+        self._at_eof()
+
     def _read_loop(self) -> None:
-        splitter = self._splitter
         try:
             while not self._closed:
                 try:
@@ -331,23 +402,31 @@ class FastEchoSocket:
                 if not data:
                     self._ended("closed by the switch")
                     break
-                try:
-                    passed, replies = splitter.feed(data)
-                except MalformedStream as exc:  # nothing after this can be framed: end the connection
-                    if splitter.report is not None:
-                        splitter.report(exc.kind, str(exc))
-                    self.end(f"{MALFORMED}: {exc}")
+                if not self._take(data):
                     break
-                for reply in replies:
-                    if not self._answer(reply):
-                        return
-                if passed and not self._hand_over(passed):
-                    return
         finally:
-            self._ended("closed by the controller")
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
+            self._at_eof()
+
+    def _take(self, data: bytes) -> bool:
+        """Split what was read: echo requests answered, the rest handed over; False once the connection ends."""
+        splitter = self._splitter
+        try:
+            passed, replies = splitter.feed(data)
+        except MalformedStream as exc:  # nothing after this can be framed: end the connection
+            if splitter.report is not None:
+                splitter.report(exc.kind, str(exc))
+            self.end(f"{MALFORMED}: {exc}")
+            return False
+        for reply in replies:
+            if not self._answer(reply):
+                return False
+        return not passed or self._hand_over(passed)
+
+    def _at_eof(self) -> None:
+        self._ended("closed by the controller")
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
 
     def _ended(self, reason: str) -> None:
         """Record why the connection ended (the first reason only; ours if we closed it)."""
@@ -355,6 +434,10 @@ class FastEchoSocket:
             self.end_reason = "closed by the controller" if self._closed else reason
 
     def _answer(self, reply: bytes) -> bool:
+        if self._reactor is not None:
+            self._write_soon(reply)  # (a failure shuts the connection: the reactor reads its end)
+            self.echo_replies += 1
+            return True
         try:
             self.sendall(reply)
         except OSError as exc:  # the connection is going: its end is seen by recv
@@ -366,11 +449,60 @@ class FastEchoSocket:
 
     def _hand_over(self, data: bytes) -> bool:
         with self._cond:
-            self._cond.wait_for(lambda: len(self._inbox) < self._max_buffered or self._closed)
+            if self._reactor is None:
+                self._cond.wait_for(lambda: len(self._inbox) < self._max_buffered or self._closed)
             if self._closed:
                 return False
             self._inbox += data
             self._cond.notify_all()
+            if self._reactor is not None and len(self._inbox) >= self._max_buffered:
+                self._paused = True  # os-ken is that far behind: stop reading (TCP pushes back on the switch)
+                self._reactor.want(self, read=False)
+        return True
+
+    # -- writing without blocking (reactor mode) -----------------------------------------
+    def _write_soon(self, data: bytes) -> None:
+        """Write ``data`` after everything before it, as far as the socket takes it now; the reactor writes the
+        rest when it takes more. Never blocks."""
+        self._backlog.append(data)
+        self._flush_nowait()
+
+    def _flush_nowait(self) -> None:
+        """Write the backlog as far as the socket takes it, unless another thread is writing (it writes the
+        backlog after its own data, and calls this again when done)."""
+        while self._backlog and self._send_lock.acquire(blocking=False):
+            try:
+                done = self._write_backlog()
+            finally:
+                self._send_lock.release()
+            if not done:
+                self._reactor.want(self, write=True)
+                return
+
+    def _write_backlog(self) -> bool:
+        """(Under the send lock.) Write the backlog without blocking; True if it is all written (or dropped: the
+        connection failed, and is shut down)."""
+        backlog = self._backlog
+        while backlog:
+            head = backlog[0]
+            try:
+                n = os.write(self.fd, head) if self._sock.fileno() >= 0 else -1
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                n, reason = -1, f"write failed: {exc}"
+            else:
+                reason = "closed by the controller"
+            if n < 0:  # the connection failed (or was closed): its end is seen by the reader
+                backlog.clear()
+                self._ended(reason)
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                return True
+            if n < len(head):
+                backlog[0] = memoryview(head)[n:]
+                return False
+            backlog.popleft()
         return True
 
 

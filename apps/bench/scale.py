@@ -94,6 +94,7 @@ from topology.model import canonical_port_map, provider_patch_name
 PHYSNET = "physnet1"
 RSS_BATCH = 100  # extra ports created (4 clients) between waits for every bridge to converge
 COLD_CREATE_EVERY_S = 0.25  # the pace of the API creates measured while every bridge cold-syncs
+SYNC_READS = 20  # GET /sync and GET /sync?wait= timed in the health phase (CPU in 10 ms ticks: averaged)
 _VOLATILE = re.compile(r"\s*(duration|n_packets|n_bytes|idle_age|hard_age)=[^,\s]*,?")
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -705,7 +706,8 @@ class ScaleRun:
 
     def scrape_costs(self) -> dict[str, float]:
         """Wall and controller CPU time of two ``GET /metrics`` in a row (a scrape must stay cheap at 1,000 bridges:
-        the frozen-objects gauge walked the collector's permanent generation at each one, controller.heap)."""
+        the frozen-objects gauge walked the collector's permanent generation at each one, controller.heap), and of
+        one ``GET /sync`` and one ``GET /sync?wait=`` on converged bridges (averaged over SYNC_READS of each)."""
         out: dict[str, float] = {}
         if self.ctl.proc is None or self.ctl.proc.poll() is not None:  # (the cold start's baseline stopped it)
             return out
@@ -715,6 +717,14 @@ class ScaleRun:
             out[f"{which}_ms"] = ms(time.perf_counter() - t0)
             out[f"{which}_cpu_ms"] = ms(cpu_s(self.pid) - cpu0)
         out["frozen_objects"] = m.get("tenantflow_gc_frozen_objects", 0.0)
+        # What a bench's (or an orchestrator's) wait for convergence costs the controller, converged or not.
+        for query in ("/sync", "/sync?wait=1"):
+            cpu0, t0 = cpu_s(self.pid), time.perf_counter()
+            for _ in range(SYNC_READS):
+                self.api.request("GET", query)
+            key = "sync_wait" if "wait" in query else "sync"
+            out[f"{key}_ms"] = ms((time.perf_counter() - t0) / SYNC_READS)
+            out[f"{key}_cpu_ms"] = ms((cpu_s(self.pid) - cpu0) / SYNC_READS)
         return out
 
     def health(self) -> None:
