@@ -27,9 +27,9 @@ thread of its own) drains the socket as fast as the switch writes, answers each 
 request at once (the only writer besides os-ken's send thread and the sync worker, under
 one lock, between whole buffers) and hands everything else, byte for byte, to os-ken's
 receive loop. The app may fall behind; the echo replies do not (they wait for the GIL, a
-few ms, and at most for one buffer os-ken is writing). :class:`TenantflowDatapath` is os-ken's ``Datapath`` with that socket,
-and with a receive loop that ends the send thread when it ends (so a disconnect is
-always reported). :func:`install` makes os-ken's TCP listener create it;
+few ms, and at most for one buffer os-ken is writing). :class:`TenantflowDatapath` is
+os-ken's ``Datapath`` with that socket, and with a receive loop that ends the send thread
+when it ends (so a disconnect is always reported). :func:`install` makes os-ken's TCP listener create it;
 ``controller.main.serve_unix`` does the same for the unix socket.
 """
 
@@ -63,6 +63,7 @@ HEADER = struct.Struct("!BBHI")
 OFP_VERSION = 0x04  # the one version the app speaks (OpenFlow 1.3)
 RECV_SIZE = 256 * 1024
 MAX_BUFFERED = 64 * 1024 * 1024  # bytes read ahead of os-ken per switch before the reader waits
+MAX_BACKLOG = 1024 * 1024  # bytes of replies waiting for a switch to read before we stop reading it (reactor)
 IO_TIMEOUT = 60.0  # a write the switch does not take within this long drops the connection
 KEEPALIVE = (30, 10, 3)  # TCP keepalive: idle seconds, seconds between probes, probes before giving up
 CLOSE_LINGER = 5.0  # how long close() waits for the reader thread to end
@@ -257,9 +258,10 @@ class FastEchoSocket:
         # A plain socket is read by a reactor (controller.reactor); a TLS one by a thread of its own.
         self._backlog: deque[bytes | memoryview] = deque()  # bytes to write before anything else (reactor mode)
         self._paused = False  # reading stopped: os-ken is MAX_BUFFERED behind (reactor mode)
+        self._choked = False  # reading stopped: MAX_BACKLOG of replies wait for the switch to read (reactor mode)
         self._reactor: reactor.Reactor | None = None
         self._reader: threading.Thread | None = None
-        if isinstance(sock, socket.socket) and not threaded:
+        if isinstance(sock, socket.socket) and not (threaded or os.environ.get("TENANTFLOW_EXPERIMENT_THREADED")):
             self.fd = sock.fileno()
             self._reactor = served_by or reactor.next_reactor()
             self._reactor.add(self)
@@ -279,7 +281,7 @@ class FastEchoSocket:
                 self._cond.notify_all()
                 if self._paused and len(self._inbox) < self._max_buffered:
                     self._paused = False
-                    self._reactor.want(self, read=True)
+                    self._reactor.want(self, read=not self._choked)
                 return data
             if self._eof:
                 return b""
@@ -365,7 +367,8 @@ class FastEchoSocket:
         if self._eof or self._closed:
             return
         try:
-            data = os.read(self.fd, RECV_SIZE)
+            n = os.readv(self.fd, [self._reactor.buffer])
+            data = bytes(self._reactor.view[:n])
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -379,10 +382,14 @@ class FastEchoSocket:
             self._stop_reading()
 
     def on_writable(self) -> None:
-        """The reactor's call: the socket takes more; write the backlog."""
+        """The reactor's call: the socket takes more; write the backlog (and read again once it is short)."""
         self._flush_nowait()
         if not self._backlog:
             self._reactor.want(self, write=False)
+        if self._choked and self._backlog_bytes() < MAX_BACKLOG:
+            self._choked = False
+            with self._cond:
+                self._reactor.want(self, read=not self._paused)
 
     def _stop_reading(self) -> None:
         """The stream ended (or broke): the reactor stops serving it; os-ken's recv sees the end."""
@@ -420,7 +427,15 @@ class FastEchoSocket:
         for reply in replies:
             if not self._answer(reply):
                 return False
+        if self._backlog and self._reactor is not None and self._backlog_bytes() >= MAX_BACKLOG:
+            # A switch that sends and does not read: no more of its requests until it reads our answers
+            # (as a blocked write would have, without blocking every other connection of the reactor).
+            self._choked = True
+            self._reactor.want(self, read=False)
         return not passed or self._hand_over(passed)
+
+    def _backlog_bytes(self) -> int:
+        return sum(len(item) for item in list(self._backlog))
 
     def _at_eof(self) -> None:
         self._ended("closed by the controller")
