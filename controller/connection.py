@@ -261,7 +261,7 @@ class FastEchoSocket:
         self._choked = False  # reading stopped: MAX_BACKLOG of replies wait for the switch to read (reactor mode)
         self._reactor: reactor.Reactor | None = None
         self._reader: threading.Thread | None = None
-        if isinstance(sock, socket.socket) and not (threaded or os.environ.get("TENANTFLOW_EXPERIMENT_THREADED")):
+        if isinstance(sock, socket.socket) and not threaded:
             self.fd = sock.fileno()
             self._reactor = served_by or reactor.next_reactor()
             self._reactor.add(self)

@@ -31,6 +31,7 @@ SECTIONS = {
     "ovsdb": "apps.bench.ovsdb",
     "gateway": "apps.bench.gateway",
     "store": "apps.bench.store",
+    "echo": "apps.bench.echo",
 }
 
 
