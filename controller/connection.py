@@ -383,8 +383,7 @@ class FastEchoSocket:
 
     def on_writable(self) -> None:
         """The reactor's call: the socket takes more; write the backlog (and read again once it is short)."""
-        self._flush_nowait()
-        if not self._backlog:
+        if self._flush_nowait():
             self._reactor.want(self, write=False)
         if self._choked and self._backlog_bytes() < MAX_BACKLOG:
             self._choked = False
@@ -482,17 +481,26 @@ class FastEchoSocket:
         self._backlog.append(data)
         self._flush_nowait()
 
-    def _flush_nowait(self) -> None:
-        """Write the backlog as far as the socket takes it, unless another thread is writing (it writes the
-        backlog after its own data, and calls this again when done)."""
-        while self._backlog and self._send_lock.acquire(blocking=False):
+    def _flush_nowait(self) -> bool:
+        """Write the backlog as far as the socket takes it; False if the socket is full (the reactor then writes
+        the rest when it takes more).
+
+        True also when another thread is writing: that thread writes the backlog, after its own data
+        (:meth:`sendall` calls this again once it let go of the lock). The reactor must not wait on the
+        socket meanwhile: it would be told the socket takes more at every turn while the lock is held
+        (a busy loop, the whole time a sync streams a big push into a slow switch).
+        """
+        while self._backlog:
+            if not self._send_lock.acquire(blocking=False):
+                return True
             try:
                 done = self._write_backlog()
             finally:
                 self._send_lock.release()
             if not done:
                 self._reactor.want(self, write=True)
-                return
+                return False
+        return True
 
     def _write_backlog(self) -> bool:
         """(Under the send lock.) Write the backlog without blocking; True if it is all written (or dropped: the
