@@ -449,8 +449,8 @@ class FastEchoSocket:
 
     def _answer(self, reply: bytes) -> bool:
         if self._reactor is not None:
-            self._write_soon(reply)  # (a failure shuts the connection: the reactor reads its end)
             self.echo_replies += 1
+            self._write_soon(reply)  # (a failure shuts the connection: the reactor reads its end)
             return True
         try:
             self.sendall(reply)
