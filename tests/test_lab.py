@@ -13,6 +13,7 @@ import contextlib
 import http.server
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -241,3 +242,18 @@ def test_destroy_stale_cleans_a_lab_whose_process_died() -> None:
     assert not [p for p in pids if sh.pid_alive(p)]
     assert not set(namespaces) & sh.netns_list()
     assert not os.path.exists(lab.workdir)
+
+
+def test_a_controllers_ports_are_distinct_and_never_one_it_was_given() -> None:
+    """Ports picked one after the other may repeat: a scale-out bench once gave an instance's API the OpenFlow
+    port chosen for it minutes before (still unbound), and the API answered with OpenFlow's hello."""
+    from apps.lab.controller import ControllerProcess, free_ports
+
+    for _ in range(500):
+        ports = free_ports(5, exclude=(4242,))
+        assert len(set(ports)) == 5 and 4242 not in ports
+    with tempfile.TemporaryDirectory() as tmp:
+        given = free_ports(1)[0]
+        ctl = ControllerProcess(tmp, of_port=given)
+        assert ctl.of_port == given
+        assert len({ctl.api_port, ctl.of_port, ctl.ovsdb_port}) == 3

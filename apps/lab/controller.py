@@ -30,6 +30,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int, exclude: tuple[int, ...] = ()) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 nobody listens on right now, none of ``exclude``.
+
+    Held all at once while chosen: ports picked one after the other may repeat (a scale-out bench
+    gave an instance's API the OpenFlow port it had been given minutes before, still unbound).
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            if (port := s.getsockname()[1]) not in exclude:
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
 class ApiError(RuntimeError):
     """A non-2xx answer from the API, with its status and NeutronError body."""
 
@@ -54,15 +75,16 @@ class ControllerProcess:
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.db = db or os.path.join(workdir, "tenantflow.sqlite")
-        self.api_port = api_port or free_port()
-        self.of_port = of_port or free_port()
+        api, of, ovsdb, ssl, ovsdb_ssl = free_ports(5, exclude=(api_port or 0, of_port or 0))
+        self.api_port = api_port or api
+        self.of_port = of_port or of
         self.unix_socket = unix_socket or os.path.join(workdir, "openflow.sock")
         # OVSDB (the controller as the hypervisors' manager): the lab's reach the unix socket
-        self.ovsdb_port = free_port()
+        self.ovsdb_port = ovsdb
         self.ovsdb_socket = os.path.join(workdir, "ovsdb.sock")
         self.tls, self.ssl_host, self.allow_tcp = tls, ssl_host, allow_tcp
-        self.ssl_port = free_port() if tls else 0  # OpenFlow over TLS
-        self.ovsdb_ssl_port = free_port() if tls else 0
+        self.ssl_port = ssl if tls else 0  # OpenFlow over TLS
+        self.ovsdb_ssl_port = ovsdb_ssl if tls else 0
         self.log_path = os.path.join(workdir, "controller.log")
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
