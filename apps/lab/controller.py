@@ -25,9 +25,7 @@ from controller.tls import TlsFiles
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def free_ports(count: int, exclude: tuple[int, ...] = ()) -> list[int]:
